@@ -1,0 +1,279 @@
+"""Sparsity schedules: for a training step, whether to prune now and to which sparsity.
+
+Framework-free and shared by ``prunekit.torch`` and ``prunekit.keras``. The semantics follow
+the TensorFlow Model Optimization Toolkit: pruning happens only at
+``begin_step + k * frequency`` inside ``[begin_step, end_step]`` (``end_step=-1`` means no end).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from abc import ABC, abstractmethod
+from typing import Any, Iterable
+
+from prunekit.errors import ConfigError
+
+
+def _check_step(value: Any, name: str, allow_minus_one: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} should be an integer step, got {value!r}")
+    value = int(value)
+    if value < 0 and not (allow_minus_one and value == -1):
+        hint = " (or -1 for no end)" if allow_minus_one else ""
+        raise ConfigError(f"{name} should be >= 0{hint}, got {value}")
+    return value
+
+
+def _check_sparsity(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} should be a number in [0, 1), got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} should be in [0, 1), got {value}")
+    return value
+
+
+def _check_frequency(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"frequency should be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class PruningSchedule(ABC):
+    """A schedule answers ``schedule(step) -> (prune_now, sparsity)``.
+
+    Subclasses implement :meth:`should_prune`, :meth:`sparsity_at` and :meth:`get_config`.
+    """
+
+    @abstractmethod
+    def should_prune(self, step: int) -> bool:
+        """Whether masks are recomputed at ``step``."""
+
+    @abstractmethod
+    def sparsity_at(self, step: int) -> float:
+        """The target sparsity the schedule asks for at ``step``."""
+
+    @property
+    @abstractmethod
+    def final_sparsity(self) -> float:
+        """The sparsity the schedule ends at."""
+
+    @abstractmethod
+    def get_config(self) -> dict[str, Any]:
+        """``{"class_name": ..., "config": {...}}``, JSON-serialisable."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "PruningSchedule":
+        """Build from the ``"config"`` part of :meth:`get_config` (or the whole dict)."""
+        if "class_name" in config:
+            return schedule_from_config(config)
+        return cls(**config)
+
+    def __call__(self, step: int) -> tuple[bool, float]:
+        step = _check_step(step, "step")
+        return self.should_prune(step), self.sparsity_at(step)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PruningSchedule) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config()["config"].items())
+        return f"{type(self).__name__}({args})"
+
+
+def _in_pruning_turn(step: int, begin_step: int, end_step: int, frequency: int) -> bool:
+    in_range = step >= begin_step and (end_step == -1 or step <= end_step)
+    return in_range and (step - begin_step) % frequency == 0
+
+
+class ConstantSparsity(PruningSchedule):
+    """Prune to ``target_sparsity`` every ``frequency`` steps from ``begin_step`` to ``end_step``.
+
+    Example::
+
+        ConstantSparsity(0.5, begin_step=0, frequency=100)(200)  # (True, 0.5)
+    """
+
+    def __init__(self, target_sparsity: float, begin_step: int = 0, end_step: int = -1, frequency: int = 100):
+        self.target_sparsity = _check_sparsity(target_sparsity, "target_sparsity")
+        self.begin_step = _check_step(begin_step, "begin_step")
+        self.end_step = _check_step(end_step, "end_step", allow_minus_one=True)
+        if self.end_step != -1 and self.end_step < self.begin_step:
+            raise ConfigError(f"end_step ({end_step}) should be >= begin_step ({begin_step}) or -1")
+        self.frequency = _check_frequency(frequency)
+
+    def should_prune(self, step: int) -> bool:
+        return _in_pruning_turn(step, self.begin_step, self.end_step, self.frequency)
+
+    def sparsity_at(self, step: int) -> float:
+        return self.target_sparsity
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.target_sparsity
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "class_name": "ConstantSparsity",
+            "config": {
+                "target_sparsity": self.target_sparsity,
+                "begin_step": self.begin_step,
+                "end_step": self.end_step,
+                "frequency": self.frequency,
+            },
+        }
+
+
+class PolynomialDecay(PruningSchedule):
+    """Sparsity rising from ``initial_sparsity`` to ``final_sparsity`` as a polynomial of the step.
+
+    ``s(t) = final + (initial - final) * (1 - p) ** power`` with
+    ``p = clip((t - begin_step) / (end_step - begin_step), 0, 1)``, so ``s(end_step) == final``.
+    ``power=3`` prunes fast early, while the network has redundancy, and slowly near the end
+    (Zhu & Gupta, 2017).
+
+    Example::
+
+        PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000, frequency=100)(1000)  # (True, 0.8)
+    """
+
+    def __init__(
+        self,
+        initial_sparsity: float,
+        final_sparsity: float,
+        begin_step: int,
+        end_step: int,
+        power: float = 3,
+        frequency: int = 100,
+    ):
+        self.initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
+        self._final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
+        self.begin_step = _check_step(begin_step, "begin_step")
+        self.end_step = _check_step(end_step, "end_step")
+        if self.end_step <= self.begin_step:
+            raise ConfigError(f"end_step ({end_step}) should be > begin_step ({begin_step})")
+        if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
+            raise ConfigError(f"power should be a number > 0, got {power!r}")
+        self.power = power
+        self.frequency = _check_frequency(frequency)
+        if (self.end_step - self.begin_step) % self.frequency:
+            last = self.end_step - (self.end_step - self.begin_step) % self.frequency
+            warnings.warn(
+                f"PolynomialDecay: end_step={end_step} is not begin_step + k * frequency, so the last "
+                f"pruning happens at step {last} with sparsity {self.sparsity_at(last):.4f}, not "
+                f"{final_sparsity}; choose end_step = begin_step + k * {frequency} to reach it",
+                stacklevel=2,
+            )
+
+    def should_prune(self, step: int) -> bool:
+        return _in_pruning_turn(step, self.begin_step, self.end_step, self.frequency)
+
+    def sparsity_at(self, step: int) -> float:
+        progress = (step - self.begin_step) / (self.end_step - self.begin_step)
+        progress = min(1.0, max(0.0, progress))
+        decayed = (self.initial_sparsity - self._final_sparsity) * (1.0 - progress) ** self.power
+        return decayed + self._final_sparsity
+
+    @property
+    def final_sparsity(self) -> float:
+        return self._final_sparsity
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "class_name": "PolynomialDecay",
+            "config": {
+                "initial_sparsity": self.initial_sparsity,
+                "final_sparsity": self._final_sparsity,
+                "begin_step": self.begin_step,
+                "end_step": self.end_step,
+                "power": self.power,
+                "frequency": self.frequency,
+            },
+        }
+
+
+class IterativeSparsity(PruningSchedule):
+    """Prune at given steps to given sparsities: the iterative prune/retrain cycle.
+
+    ``milestones`` is a list of ``(step, sparsity)`` with increasing steps and non-decreasing
+    sparsities; the sparsity between milestones is the last one reached (0 before the first).
+
+    Example::
+
+        s = IterativeSparsity([(0, 0.5), (300, 0.75), (600, 0.9)])
+        s(300)  # (True, 0.75)
+        s(301)  # (False, 0.75)
+    """
+
+    def __init__(self, milestones: Iterable[tuple[int, float]] | Iterable[list]):
+        parsed: list[tuple[int, float]] = []
+        for i, item in enumerate(milestones):
+            try:
+                step, sparsity = item
+            except (TypeError, ValueError):
+                raise ConfigError(f"milestones[{i}] should be a (step, sparsity) pair, got {item!r}") from None
+            parsed.append(
+                (_check_step(step, f"milestones[{i}] step"), _check_sparsity(sparsity, f"milestones[{i}] sparsity"))
+            )
+        if not parsed:
+            raise ConfigError("milestones should hold at least one (step, sparsity) pair")
+        for i in range(1, len(parsed)):
+            if parsed[i][0] <= parsed[i - 1][0]:
+                raise ConfigError(f"milestones steps should increase: step {parsed[i][0]} follows {parsed[i - 1][0]}")
+            if parsed[i][1] < parsed[i - 1][1]:
+                raise ConfigError(
+                    f"milestones sparsities should not decrease (pruning is monotone): "
+                    f"{parsed[i][1]} at step {parsed[i][0]} follows {parsed[i - 1][1]}"
+                )
+        self.milestones = parsed
+        self._steps = {step: sparsity for step, sparsity in parsed}
+
+    def should_prune(self, step: int) -> bool:
+        return step in self._steps
+
+    def sparsity_at(self, step: int) -> float:
+        reached = [sparsity for milestone, sparsity in self.milestones if milestone <= step]
+        return reached[-1] if reached else 0.0
+
+    @property
+    def final_sparsity(self) -> float:
+        return self.milestones[-1][1]
+
+    @property
+    def end_step(self) -> int:
+        return self.milestones[-1][0]
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "class_name": "IterativeSparsity",
+            "config": {"milestones": [[step, sparsity] for step, sparsity in self.milestones]},
+        }
+
+
+_SCHEDULES: dict[str, type[PruningSchedule]] = {
+    "ConstantSparsity": ConstantSparsity,
+    "PolynomialDecay": PolynomialDecay,
+    "IterativeSparsity": IterativeSparsity,
+}
+
+
+def schedule_from_config(config: dict[str, Any]) -> PruningSchedule:
+    """Rebuild a schedule from ``schedule.get_config()`` (for example after a JSON round-trip).
+
+    Example::
+
+        schedule_from_config(PolynomialDecay(0.0, 0.9, 0, 1000).get_config())
+    """
+    if not isinstance(config, dict) or "class_name" not in config or "config" not in config:
+        raise ConfigError(f"a schedule config should be {{'class_name': ..., 'config': {{...}}}}, got {config!r}")
+    name = config["class_name"]
+    if name not in _SCHEDULES:
+        raise ConfigError(f"unknown schedule class_name {name!r}; expected one of {sorted(_SCHEDULES)}")
+    try:
+        return _SCHEDULES[name](**config["config"])
+    except TypeError as exc:
+        raise ConfigError(f"bad fields for schedule {name}: {exc}") from None
