@@ -1,0 +1,54 @@
+"""``prunekit`` command line: a thin driver over the same functions users call from Python.
+
+Each subcommand is a module in ``prunekit.commands`` exposing ``configure_parser(parser)`` and
+``run(args) -> int``. Only the chosen subcommand's module is imported, so ``prunekit serve``
+does not pay for TensorFlow and a broken optional extra breaks only its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from prunekit import __version__
+from prunekit.errors import PrunekitError
+
+# name -> (module in prunekit.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("prunekit.commands.demo", "train, prune and fine-tune a CNN on the bundled digits dataset"),
+}
+
+
+def _chosen_command(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser, with the arguments of the subcommand named in ``argv`` filled in."""
+    parser = argparse.ArgumentParser(prog="prunekit", description="Make trained neural networks smaller and faster.")
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = _chosen_command(argv)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.configure_parser(sub)
+            sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``prunekit`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except PrunekitError as exc:
+        print(f"prunekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
