@@ -29,3 +29,10 @@ class MissingDependencyError(PrunekitError, ImportError):
 
 class CorruptFileError(PrunekitError, ValueError):
     """A prunekit file is truncated, corrupted or from a newer format version."""
+
+
+class ExportError(PrunekitError, RuntimeError):
+    """A model could not be exported or quantized, or the artifact disagrees with the model.
+
+    The message names the op, tensor or output and the measured error.
+    """
