@@ -167,6 +167,53 @@ def nm_mask(
     return np.moveaxis(keep.reshape(moved.shape), -1, axis)
 
 
+def _check_block_shape(block_shape: Sequence[int]) -> tuple[int, int]:
+    if len(block_shape) != 2 or not all(isinstance(b, int) and b >= 1 for b in block_shape):
+        raise ConfigError(f"block_shape should be two integers >= 1, got {block_shape!r}")
+    return int(block_shape[0]), int(block_shape[1])
+
+
+def _tiles(array: np.ndarray, block_shape: tuple[int, int], name: str) -> np.ndarray:
+    """The 2-D view ``(shape[0], -1)`` cut into ``(block_rows, rows, block_cols, cols)`` tiles."""
+    if array.ndim == 0:
+        raise ConfigError(f"block sparsity needs {name} with at least one dimension")
+    matrix = array.reshape(array.shape[0], -1)
+    rows, cols = block_shape
+    if matrix.shape[0] % rows or matrix.shape[1] % cols:
+        raise ConfigError(
+            f"block {block_shape} does not tile the 2-D view {matrix.shape} of {name} (shape {array.shape}); "
+            "choose a block whose sides divide it"
+        )
+    return matrix.reshape(matrix.shape[0] // rows, rows, matrix.shape[1] // cols, cols)
+
+
+def block_scores(scores: np.ndarray, block_shape: Sequence[int], norm: str = "l1", name: str = "scores") -> np.ndarray:
+    """One score per block of the 2-D view ``(shape[0], -1)``: mean |score| (``"l1"``) or L2 norm.
+
+    Example::
+
+        block_scores(np.ones((4, 8)), (2, 4)).shape  # (2, 2)
+    """
+    if norm not in ("l1", "l2"):
+        raise ConfigError(f"block norm should be 'l1' or 'l2', got {norm!r}")
+    tiles = _tiles(_as_scores(scores, name), _check_block_shape(block_shape), name)
+    if norm == "l1":
+        return np.abs(tiles).mean(axis=(1, 3))
+    return np.sqrt((tiles**2).sum(axis=(1, 3)))
+
+
+def block_keep_of(mask: np.ndarray, block_shape: Sequence[int]) -> np.ndarray:
+    """Blocks of ``mask`` that keep at least one entry (the block-level view of an element mask)."""
+    return _tiles(np.asarray(mask, dtype=bool), _check_block_shape(block_shape), "mask").any(axis=(1, 3))
+
+
+def expand_blocks(block_keep: np.ndarray, block_shape: Sequence[int], shape: tuple[int, ...]) -> np.ndarray:
+    """Turn a per-block keep mask back into an element mask of ``shape``."""
+    rows, cols = _check_block_shape(block_shape)
+    tiled = np.broadcast_to(block_keep[:, None, :, None], (block_keep.shape[0], rows, block_keep.shape[1], cols))
+    return tiled.reshape(shape).copy()
+
+
 def block_mask(
     scores: np.ndarray,
     block_shape: Sequence[int],
@@ -183,26 +230,8 @@ def block_mask(
 
         block_mask(np.arange(16.0).reshape(4, 4), (1, 4), 0.5)  # prunes rows 0 and 1
     """
-    sparsity = _check_sparsity(sparsity)
-    if norm not in ("l1", "l2"):
-        raise ConfigError(f"block norm should be 'l1' or 'l2', got {norm!r}")
-    if len(block_shape) != 2 or not all(isinstance(b, int) and b >= 1 for b in block_shape):
-        raise ConfigError(f"block_shape should be two integers >= 1, got {block_shape!r}")
-    array = _as_scores(scores)
-    if array.ndim == 0:
-        raise ConfigError("block sparsity needs scores with at least one dimension")
-    matrix = array.reshape(array.shape[0], -1)
-    rows, cols = block_shape
-    if matrix.shape[0] % rows or matrix.shape[1] % cols:
-        raise ConfigError(
-            f"block {tuple(block_shape)} does not tile the 2-D view {matrix.shape} of shape {array.shape}; "
-            "choose a block whose sides divide it"
-        )
+    array = np.asarray(scores)
     previous = _check_previous(previous, array.shape, "scores")
-    tiles = matrix.reshape(matrix.shape[0] // rows, rows, matrix.shape[1] // cols, cols)
-    magnitude = np.abs(tiles) if norm == "l1" else tiles**2
-    block_scores = magnitude.mean(axis=(1, 3)) if norm == "l1" else np.sqrt(magnitude.sum(axis=(1, 3)))
-    block_previous = None if previous is None else previous.reshape(tiles.shape).any(axis=(1, 3))
-    block_keep = topk_mask(block_scores, sparsity, previous=block_previous)
-    keep = np.broadcast_to(block_keep[:, None, :, None], tiles.shape)
-    return keep.reshape(array.shape).copy()
+    per_block = block_scores(array, block_shape, norm)
+    block_previous = None if previous is None else block_keep_of(previous, block_shape)
+    return expand_blocks(topk_mask(per_block, sparsity, previous=block_previous), block_shape, array.shape)

@@ -7,9 +7,43 @@ from prunekit._optional import require
 
 require("torch", "torch")
 
+from prunekit.torch.metrics import print_sparsity_table, serialized_size, sparsity_report  # noqa: E402
+from prunekit.torch.macs import MacsReport, count_macs, count_params  # noqa: E402
 from prunekit.torch.models import DigitsCNN, DigitsMLP  # noqa: E402
+from prunekit.torch.selection import DEFAULT_TARGET_TYPES, select_parameters  # noqa: E402
+from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
+from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
+from prunekit.torch.workflows import (  # noqa: E402
+    PruningRun,
+    iterative_schedule,
+    prune_gradually,
+    prune_iteratively,
+    prune_one_shot,
+)
 
 __all__ = [
+    "DEFAULT_TARGET_TYPES",
+    "NM",
+    "Blocks",
     "DigitsCNN",
     "DigitsMLP",
+    "MacsReport",
+    "Pruner",
+    "PruningCallback",
+    "PruningRun",
+    "count_macs",
+    "count_params",
+    "default_device",
+    "evaluate",
+    "fit",
+    "iterative_schedule",
+    "make_loader",
+    "print_sparsity_table",
+    "prune_gradually",
+    "prune_iteratively",
+    "prune_one_shot",
+    "prune_unstructured",
+    "select_parameters",
+    "serialized_size",
+    "sparsity_report",
 ]

@@ -1,0 +1,46 @@
+"""``prunekit demo``: the built-in demo on the bundled digits dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _sparsities(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.8,0.9, got {text!r}") from None
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sparsities should be in [0, 1), got {text!r}")
+    return values
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--framework", choices=["torch", "keras"], default="torch", help="backend (default: torch)")
+    parser.add_argument(
+        "--method",
+        choices=["gradual", "one-shot", "iterative", "all"],
+        default="gradual",
+        help="pruning-aware training mode; 'all' runs the three (default: gradual)",
+    )
+    parser.add_argument("--sparsities", type=_sparsities, default=[0.5, 0.8, 0.9], help="default: 0.5,0.8,0.9")
+    parser.add_argument("--output", metavar="DIR", help="write results.md and results.json to DIR")
+    parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (lower accuracy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunekit.demo import run_demo
+
+    methods = ["gradual", "one-shot", "iterative"] if args.method == "all" else [args.method]
+    run_demo(
+        framework=args.framework,
+        methods=methods,
+        sparsities=args.sparsities,
+        output_dir=args.output,
+        quick=args.quick,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    return 0
