@@ -187,3 +187,14 @@ def test_report_is_a_frozen_dataclass():
     assert isinstance(report, MacsReport)
     with pytest.raises(AttributeError):
         report.total = 0
+
+
+def test_lstm_counts_input_and_hidden_products_at_every_step():
+    lstm = nn.LSTM(8, 16, batch_first=True)
+    # 2 x 5 steps, each (8 inputs + 16 hidden) x 4 gates x 16 units
+    assert count_macs(lstm, torch.zeros(2, 5, 8)).total == 10 * (8 + 16) * 64
+
+
+def test_gru_counts_input_and_hidden_products_at_every_step():
+    gru = nn.GRU(8, 16, batch_first=True)
+    assert count_macs(gru, torch.zeros(2, 5, 8)).total == 10 * (8 + 16) * 48

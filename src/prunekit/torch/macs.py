@@ -12,6 +12,7 @@ What counts (one MAC = one multiply plus one add; FLOPs ≈ 2 × MACs):
   convolution: ``input elements × out_channels/groups × kernel elements``;
 * matrix products (linear, matmul, bmm, einsum, addmm, mv, dot): ``m × k × n`` per matrix;
 * attention kernels: ``Q·Kᵀ`` plus ``A·V``, i.e. ``batch × heads × L × S × (E + Ev)``;
+* recurrent layers: their input and hidden matrix products at every time step;
 * everything else counts 0: normalisation (BatchNorm/LayerNorm/GroupNorm/RMSNorm — foldable
   into the neighbouring layer at inference), activations, pooling, elementwise arithmetic,
   softmax, embeddings (a table lookup) and data movement.
@@ -199,6 +200,13 @@ def _attention_macs(args: tuple, out: Any) -> int:
     return batch_heads * length * source * (query.shape[-1] + value.shape[-1])
 
 
+def _rnn_layer_macs(args: tuple, out: Any) -> int:
+    # mkldnn_rnn_layer(input, w_ih, w_hh, ...): every time step multiplies the input by w_ih
+    # and the hidden state by w_hh.
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    return (x.numel() // x.shape[-1]) * (w_ih.numel() + w_hh.numel())
+
+
 _FORMULAS: dict[Any, Callable[[tuple, Any], int]] = {
     aten.convolution: _conv_macs,
     aten._convolution: _conv_macs,
@@ -216,6 +224,7 @@ _FORMULAS: dict[Any, Callable[[tuple, Any], int]] = {
     aten._scaled_dot_product_flash_attention: _attention_macs,
     aten._scaled_dot_product_efficient_attention: _attention_macs,
     aten._scaled_dot_product_cudnn_attention: _attention_macs,
+    aten.mkldnn_rnn_layer: _rnn_layer_macs,
 }
 
 
