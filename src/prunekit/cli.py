@@ -17,6 +17,7 @@ from prunekit.errors import PrunekitError
 # name -> (module in prunekit.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("prunekit.commands.demo", "train, prune and fine-tune a CNN on the bundled digits dataset"),
+    "serve": ("prunekit.commands.serve", "serve ONNX/TFLite models over HTTP in TensorFlow Serving's REST format"),
 }
 
 

@@ -1,0 +1,44 @@
+"""Serve ONNX and TFLite models over HTTP in TensorFlow Serving's REST format.
+
+Example::
+
+    from prunekit.serve import ServeConfig, serve
+    serve(ServeConfig(model_dir="models", port=8501))      # or: prunekit serve models/
+
+Only the standard library and numpy are imported here; Starlette, uvicorn and the runtimes load
+when a server is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prunekit.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from prunekit.serve.app import ModelServer, create_app
+    from prunekit.serve.repository import LoadedModel, ModelRepository
+    from prunekit.serve.runtimes import Runtime, TensorSpec, load_runtime
+    from prunekit.serve.server import serve
+
+_LAZY = {
+    "ModelServer": "prunekit.serve.app",
+    "create_app": "prunekit.serve.app",
+    "LoadedModel": "prunekit.serve.repository",
+    "ModelRepository": "prunekit.serve.repository",
+    "Runtime": "prunekit.serve.runtimes",
+    "TensorSpec": "prunekit.serve.runtimes",
+    "load_runtime": "prunekit.serve.runtimes",
+    "serve": "prunekit.serve.server",
+}
+
+__all__ = ["ServeConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prunekit.serve' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,78 @@
+"""Settings of ``prunekit serve``, validated all at once before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from prunekit.errors import ConfigError
+from prunekit.serve.jsonlog import LEVELS
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the server runs. Every field is checked in the constructor; all problems are reported
+    in one :class:`~prunekit.errors.ConfigError`.
+
+    - ``keep_versions``: how many of each model's highest versions stay loaded (0: all).
+    - ``max_batch_size`` / ``batch_timeout_ms``: micro-batching; ``batching=False`` runs each
+      request alone. ``inference_threads`` batches run at once per model;
+      ``intra_op_threads`` threads each (0: the runtime's default).
+    - ``poll_interval_s``: how often the model directory is scanned for new versions (0: never).
+    - ``token``: the bearer token (from :func:`prunekit.serve.auth.load_token`); ``None``: no auth.
+
+    Example::
+
+        ServeConfig(model_dir=Path("models"), port=8501, max_batch_size=16)
+    """
+
+    model_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8501
+    keep_versions: int = 1
+    batching: bool = True
+    max_batch_size: int = 32
+    batch_timeout_ms: float = 2.0
+    inference_threads: int = 2
+    intra_op_threads: int = 1
+    max_queued_requests: int = 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    allow_nonfinite: bool = False
+    poll_interval_s: float = 2.0
+    token: bytes | None = field(default=None, repr=False)
+    access_log: bool = True
+    log_level: str = "info"
+    shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_dir", Path(self.model_dir))
+        problems = []
+        minimums = {
+            "port": 0, "keep_versions": 0, "max_batch_size": 1, "batch_timeout_ms": 0.0, "inference_threads": 1,
+            "intra_op_threads": 0, "max_queued_requests": 1, "max_body_bytes": 1, "poll_interval_s": 0.0,
+            "shutdown_timeout_s": 0.0,
+        }
+        for name, minimum in minimums.items():
+            value = getattr(self, name)
+            if value < minimum:
+                problems.append(f"{name} should be >= {minimum}, got {value}")
+        if self.port > 65535:
+            problems.append(f"port should be <= 65535, got {self.port}")
+        if self.log_level not in LEVELS:
+            problems.append(f"log_level should be one of {list(LEVELS)}, got {self.log_level!r}")
+        if not self.host:
+            problems.append("host should not be empty")
+        if problems:
+            raise ConfigError("invalid serve settings: " + "; ".join(problems))
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when requests need a bearer token."""
+        return self.token is not None
+
+    def summary(self) -> dict[str, object]:
+        """The settings as loggable JSON values, without the token."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "token"}
+        values["model_dir"] = str(self.model_dir)
+        values["auth"] = self.auth_enabled
+        return values

@@ -1,0 +1,180 @@
+"""What the metadata endpoint reports about a model file: size, sparsity and quantization,
+measured from the file itself, next to what prunekit's export step declared in ``metadata.json``.
+
+Example::
+
+    info = inspect_model(Path("models/mlp/2/model.onnx"))
+    info.size_bytes, info.gzip_size_bytes, info.weight_sparsity, info.quantization
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunekit.errors import CorruptFileError
+
+METADATA_FILE = "metadata.json"
+_CHUNK = 1 << 20
+
+# TFLite TensorType codes (schema.fbs) for the weight dtypes we count.
+_TFLITE_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8, 7: np.int16}
+_ONNX_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about one model file.
+
+    ``weight_sparsity`` is the fraction of exact zeros among the constant tensors of rank >= 2
+    (weights, not biases), ``None`` where it cannot be measured. ``quantization`` is ``"int8"``,
+    ``"float16"`` or ``"none"`` as seen in the weights. ``declared`` holds ``metadata.json``.
+
+    Example::
+
+        ModelInfo(size_bytes=1024, gzip_size_bytes=512, weight_sparsity=0.5, quantization="none")
+    """
+
+    size_bytes: int
+    gzip_size_bytes: int
+    weight_sparsity: float | None
+    quantization: str | None
+    declared: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the metadata endpoint shows under ``size``, ``sparsity``, ``quantization``."""
+        return {
+            "size": {"file_bytes": self.size_bytes, "gzip_bytes": self.gzip_size_bytes},
+            "sparsity": {"measured": self.weight_sparsity, "declared": self.declared.get("sparsity")},
+            "quantization": {"measured": self.quantization, "declared": self.declared.get("quantization")},
+            "prunekit_metadata": self.declared,
+        }
+
+
+def gzip_size(path: Path) -> int:
+    """Bytes of ``path`` after deflate compression (level 6), read in 1 MiB chunks.
+
+    Example::
+
+        gzip_size(Path("model.onnx"))   # 12345
+    """
+    compressor = zlib.compressobj(6)
+    total = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            total += len(compressor.compress(chunk))
+    return total + len(compressor.flush())
+
+
+def read_declared_metadata(version_dir: Path) -> dict[str, Any]:
+    """The JSON object in ``version_dir/metadata.json``, or ``{}`` when there is none.
+
+    Example::
+
+        read_declared_metadata(Path("models/mlp/2"))   # {"sparsity": 0.5, ...}
+    """
+    path = version_dir / METADATA_FILE
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{path}: not a readable JSON file: {exc}") from exc
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _summarise(weights: list[np.ndarray]) -> tuple[float | None, str]:
+    matrices = [w for w in weights if w.ndim >= 2 and w.size]
+    total = sum(w.size for w in matrices)
+    sparsity = None if total == 0 else round(sum(int(w.size - np.count_nonzero(w)) for w in matrices) / total, 6)
+    kinds = {w.dtype for w in matrices}
+    if any(dtype in (np.dtype(np.int8), np.dtype(np.uint8)) for dtype in kinds):
+        return sparsity, "int8"
+    if np.dtype(np.float16) in kinds:
+        return sparsity, "float16"
+    return sparsity, "none"
+
+
+def _onnx_weights(path: Path) -> tuple[float | None, str | None]:
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return None, None
+    model = onnx.load(str(path))
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer]
+    sparsity, quantization = _summarise(weights)
+    if any(node.op_type in _ONNX_QUANT_OPS for node in model.graph.node) and quantization == "none":
+        quantization = "int8"
+    return sparsity, quantization
+
+
+def _tflite_schema() -> Any:
+    try:
+        from ai_edge_litert import schema_py_generated
+
+        return schema_py_generated
+    except ImportError:
+        pass
+    try:
+        from tensorflow.lite.python import schema_py_generated
+
+        return schema_py_generated
+    except ImportError:
+        return None
+
+
+def _tflite_weights(path: Path) -> tuple[float | None, str | None]:
+    schema = _tflite_schema()
+    if schema is None:
+        return None, None
+    data = path.read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    weights: list[np.ndarray] = []
+    seen: set[int] = set()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            dtype = _TFLITE_DTYPES.get(tensor.Type())
+            index = tensor.Buffer()
+            if dtype is None or index in seen or index >= model.BuffersLength():
+                continue
+            buffer = model.Buffers(index)
+            if buffer.DataLength():
+                raw = buffer.DataAsNumpy().tobytes()
+            elif hasattr(buffer, "Offset") and buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
+                raw = data[buffer.Offset() : buffer.Offset() + buffer.Size()]
+            else:
+                continue
+            seen.add(index)
+            shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+            array = np.frombuffer(raw, dtype=dtype)
+            if int(np.prod(shape)) == array.size:
+                weights.append(array.reshape(shape))
+    return _summarise(weights)
+
+
+def inspect_model(path: Path, model_format: str) -> ModelInfo:
+    """Measure a model file: its size, compressed size, weight sparsity and quantization.
+
+    Example::
+
+        inspect_model(Path("models/mlp/2/model.onnx"), "onnx").weight_sparsity   # 0.5
+    """
+    reader = _onnx_weights if model_format == "onnx" else _tflite_weights
+    sparsity, quantization = reader(path)
+    return ModelInfo(
+        size_bytes=path.stat().st_size,
+        gzip_size_bytes=gzip_size(path),
+        weight_sparsity=sparsity,
+        quantization=quantization,
+        declared=read_declared_metadata(path.parent),
+    )
