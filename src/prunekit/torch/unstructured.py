@@ -347,8 +347,9 @@ class Pruner:
                 )
             scores = (weight * param.grad.detach()).abs()
         else:  # random: reproducible per (seed, step, parameter)
-            key = (self.seed * 1_000_003 + self._step) * 2**32 + zlib.crc32(name.encode())
-            generator = torch.Generator().manual_seed(key % 2**63)
+            # torch's CPU generator keeps only 32 bits of a seed: fold everything into them
+            key = zlib.crc32(f"{self.seed}:{self._step}:{name}".encode())
+            generator = torch.Generator().manual_seed(key)
             scores = torch.rand(param.shape, generator=generator)
         return scores.float().cpu().numpy()
 

@@ -1,0 +1,41 @@
+"""The built-in demo: accuracy at 90% sparsity, its outputs, and its command line."""
+
+import json
+
+import pytest
+
+from prunekit.cli import main
+from prunekit.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_at_90_percent_sparsity_stays_within_1_5_points_of_dense(tmp_path):
+    results = run_demo(sparsities=[0.9], output_dir=tmp_path, progress=False)
+    dense, pruned = results["dense"]["accuracy"], results["runs"][0]["accuracy"]
+    print(f"dense {dense:.4f}, 90% sparse {pruned:.4f}")
+    assert dense >= 0.95
+    assert pruned >= dense - 0.015
+    assert results["runs"][0]["achieved_sparsity"] == pytest.approx(0.9, abs=1e-5)
+    assert results["runs"][0]["gzip_bytes"] < 0.3 * results["dense"]["gzip_bytes"]
+
+
+def test_demo_command_writes_markdown_and_json(tmp_path, capsys):
+    code = main(["demo", "--quick", "--sparsities", "0.5,0.8", "--method", "all", "--no-progress", "--output", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["dense"]) >= {"accuracy", "size_bytes", "gzip_bytes"}
+    assert [(r["method"], r["sparsity"]) for r in results["runs"]] == [
+        (m, s) for m in ("gradual", "one-shot", "iterative") for s in (0.5, 0.8)
+    ]
+    for run in results["runs"]:
+        assert set(run) >= {"method", "sparsity", "accuracy", "size_bytes", "gzip_bytes"}
+        assert run["achieved_sparsity"] == pytest.approx(run["sparsity"], abs=1e-5)
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown.count("\n| ") == 1 + 1 + 6  # header, dense, six runs
+    assert "one-shot" in capsys.readouterr().out
+
+
+def test_demo_command_rejects_bad_sparsities(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--sparsities", "0.5,1.2"])
+    assert "sparsities should be in [0, 1)" in capsys.readouterr().err
