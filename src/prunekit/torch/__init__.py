@@ -7,9 +7,14 @@ from prunekit._optional import require
 
 require("torch", "torch")
 
+from prunekit.torch.artifact import evaluate_onnx  # noqa: E402
+from prunekit.torch.compact import load_compressed, save_compressed  # noqa: E402
+from prunekit.torch.compare import Comparison, compare_artifacts  # noqa: E402
+from prunekit.torch.export import export_onnx, verify_onnx  # noqa: E402
 from prunekit.torch.metrics import print_sparsity_table, serialized_size, sparsity_report  # noqa: E402
 from prunekit.torch.macs import MacsReport, count_macs, count_params  # noqa: E402
 from prunekit.torch.models import DigitsCNN, DigitsMLP  # noqa: E402
+from prunekit.torch.quantize import quantize_onnx  # noqa: E402
 from prunekit.torch.selection import DEFAULT_TARGET_TYPES, select_parameters  # noqa: E402
 from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
 from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
@@ -25,25 +30,33 @@ __all__ = [
     "DEFAULT_TARGET_TYPES",
     "NM",
     "Blocks",
+    "Comparison",
     "DigitsCNN",
     "DigitsMLP",
     "MacsReport",
     "Pruner",
     "PruningCallback",
     "PruningRun",
+    "compare_artifacts",
     "count_macs",
     "count_params",
     "default_device",
     "evaluate",
+    "evaluate_onnx",
+    "export_onnx",
     "fit",
     "iterative_schedule",
+    "load_compressed",
     "make_loader",
     "print_sparsity_table",
     "prune_gradually",
     "prune_iteratively",
     "prune_one_shot",
     "prune_unstructured",
+    "quantize_onnx",
+    "save_compressed",
     "select_parameters",
     "serialized_size",
     "sparsity_report",
+    "verify_onnx",
 ]
