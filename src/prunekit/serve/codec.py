@@ -84,7 +84,8 @@ def _as_array(value: Any, spec: TensorSpec, where: str, allow_nonfinite: bool) -
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise InvalidRequestError(f"{where}: values must lie in [{info.min}, {info.max}] for {target}")
         return array.astype(target)
-    converted = array.astype(target)
+    with np.errstate(over="ignore"):  # overflow becomes infinity, refused just below
+        converted = array.astype(target)
     if not allow_nonfinite and not np.isfinite(converted).all():
         position = [int(i) for i in np.argwhere(~np.isfinite(converted))[0]]
         raise InvalidRequestError(
