@@ -114,3 +114,16 @@ def test_sparsity_outside_unit_interval_is_refused(sparsity):
 def test_nan_scores_are_refused():
     with pytest.raises(ConfigError, match="NaN"):
         topk_mask(np.array([1.0, np.nan]), 0.5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, -np.inf]), min_size=1, max_size=40),
+    sparsity=st.floats(0.0, 0.999),
+)
+def test_topk_matches_a_stable_sort_even_with_many_ties(values, sparsity):
+    scores = np.array(values)
+    count = round(sparsity * scores.size)
+    expected = np.ones(scores.size, dtype=bool)
+    expected[np.argsort(scores, kind="stable")[:count]] = False
+    assert topk_mask(scores, sparsity).tolist() == expected.tolist()

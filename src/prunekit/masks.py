@@ -41,8 +41,19 @@ def _check_previous(previous: np.ndarray | None, shape: tuple[int, ...], name: s
 
 
 def _lowest(flat_scores: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the ``count`` lowest scores; ties go to the lower index."""
-    return np.argsort(flat_scores, kind="stable")[:count]
+    """Indices of the ``count`` lowest scores; ties go to the lower index.
+
+    The same set as a stable argsort's first ``count``, in O(n): everything strictly below
+    the count-th smallest value, then the lowest-indexed entries equal to it.
+    """
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if count >= flat_scores.size:
+        return np.arange(flat_scores.size)
+    kth = np.partition(flat_scores, count - 1)[count - 1]
+    below = np.flatnonzero(flat_scores < kth)
+    ties = np.flatnonzero(flat_scores == kth)[: count - below.size]
+    return np.concatenate([below, ties])
 
 
 def topk_mask(
