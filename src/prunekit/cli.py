@@ -18,6 +18,7 @@ from prunekit.errors import PrunekitError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("prunekit.commands.demo", "train, prune and fine-tune a CNN on the bundled digits dataset"),
     "serve": ("prunekit.commands.serve", "serve ONNX/TFLite models over HTTP in TensorFlow Serving's REST format"),
+    "export": ("prunekit.commands.export", "export a pruned PyTorch model to ONNX fp32/int8 and compact files, with a comparison table"),
 }
 
 

@@ -348,6 +348,24 @@ def save_compact(
     return header
 
 
+def is_compact_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file carrying prunekit compact metadata (nothing is verified).
+
+    Example::
+
+        is_compact_file("model.safetensors")  # False for a plain safetensors state_dict
+    """
+    try:
+        with open(path, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            if header_len > 100 * 2**20:
+                return False
+            header = json.loads(handle.read(header_len))
+        return _META_KEY in header.get("__metadata__", {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
 def read_compact_header(path: str | os.PathLike) -> CompactHeader:
     """Read and check only the header of a compact file (fast: tensors are not decoded).
 

@@ -66,12 +66,14 @@ def check_state_fits(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], so
     def listed(names: list[str]) -> str:
         return ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
-    problems = [f"tensor {name!r} has shape {list(shapes[name])} in {source} but {list(expected[name])} in the model"
+    problems = [f"tensor {name!r} has shape {list(shapes[name])} in the file but {list(expected[name])} in the model"
                 for name in mismatched[:5]]
+    if len(mismatched) > 5:
+        problems.append(f"{len(mismatched) - 5} more tensors differ in shape")
     if missing:
-        problems.append(f"the model's tensor(s) {listed(missing)} are not in {source}")
+        problems.append(f"the model's tensor(s) {listed(missing)} are not in the file")
     if unexpected:
-        problems.append(f"{source} has tensor(s) {listed(unexpected)} that the model lacks")
+        problems.append(f"the file has tensor(s) {listed(unexpected)} that the model lacks")
     raise StateMismatchError(
         f"{source} does not fit the {type(model).__name__} built by the model factory: " + "; ".join(problems)
         + ". Pass a factory that builds the architecture the weights were saved from (for a structurally "

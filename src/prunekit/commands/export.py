@@ -1,0 +1,141 @@
+"""``prunekit export MODEL``: from saved weights to ONNX fp32/int8 files, compact files and a comparison table.
+
+MODEL is a weight file: a prunekit compact file, a plain safetensors state_dict, or a
+``torch.save``d state_dict (``.pt``/``.pth``, loaded with ``weights_only=True``). The
+architecture comes from ``--factory module:callable``, a zero-argument callable returning the
+``nn.Module`` the weights belong to (for a structurally pruned model: the pruned architecture).
+
+Example::
+
+    prunekit export pruned.safetensors --factory prunekit.torch:DigitsCNN --dense dense.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="weights of the pruned model: compact file, .safetensors or .pt state_dict")
+    parser.add_argument("--factory", required=True, metavar="MODULE:CALLABLE",
+                        help="import path of a zero-argument callable building the model, e.g. prunekit.torch:DigitsCNN")
+    parser.add_argument("--dense", metavar="WEIGHTS", help="weights of the dense original (same factory) for the dense rows")
+    parser.add_argument("--data", default="digits", metavar="digits|FILE.npz",
+                        help="test and calibration data: the bundled digits (default) or an .npz with x_test, y_test, x_calib")
+    parser.add_argument("--out", default="artifacts", metavar="DIR", help="where to write the artifacts (default: artifacts)")
+    parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE")
+    parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed runs per artifact and batch size (default: 30)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (one subprocess per file)")
+
+
+def import_factory(spec: str) -> Callable[[], Any]:
+    """Resolve ``"package.module:callable"`` (attribute paths like ``module:Class.build`` work too).
+
+    Example::
+
+        import_factory("prunekit.torch:DigitsCNN")()
+    """
+    from prunekit.errors import ConfigError
+
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ConfigError(f"--factory should look like 'package.module:callable', got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--factory {spec!r}: cannot import module {module_name!r} ({exc})") from None
+    for attr in attr_path.split("."):
+        if not hasattr(target, attr):
+            raise ConfigError(f"--factory {spec!r}: {module_name!r} has no attribute {attr_path!r}")
+        target = getattr(target, attr)
+    if not callable(target):
+        raise ConfigError(f"--factory {spec!r} is not callable")
+    return target
+
+
+def load_weights(path: str, factory: Callable[[], Any]) -> Any:
+    """Build ``factory()`` and load a compact file, safetensors state_dict or torch state_dict into it.
+
+    Example::
+
+        model = load_weights("pruned.safetensors", DigitsCNN)
+    """
+    import torch
+
+    from prunekit.compact import is_compact_file
+    from prunekit.errors import ConfigError, CorruptFileError
+    from prunekit.torch.compact import check_state_fits, load_compressed
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"weights file {file} does not exist")
+    if is_compact_file(file):
+        return load_compressed(file, factory)
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError) as exc:
+            raise CorruptFileError(f"{file} is not a readable safetensors file: {exc}") from None
+    else:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch.load raises many types for a bad or non-weights file
+            raise CorruptFileError(f"{file} is not a readable torch state_dict (weights_only load): {exc}") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{file} does not hold a state_dict (a dict of tensors)")
+    model = factory()
+    check_state_fits(model, {name: tuple(t.shape) for name, t in state.items()}, str(file))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _data(spec: str) -> tuple[tuple[Any, Any], Any]:
+    import numpy as np
+
+    from prunekit.errors import ConfigError
+
+    if spec == "digits":
+        from prunekit.data import load_digits
+
+        split = load_digits()
+        return (split.x_test, split.y_test), split.x_val
+    path = Path(spec)
+    if path.suffix != ".npz" or not path.is_file():
+        raise ConfigError(f"--data should be 'digits' or an existing .npz file, got {spec!r}")
+    with np.load(path) as arrays:
+        missing = [key for key in ("x_test", "y_test", "x_calib") if key not in arrays]
+        if missing:
+            raise ConfigError(f"{path} lacks the array(s) {missing}; it has {sorted(arrays.files)}")
+        return (arrays["x_test"], arrays["y_test"]), arrays["x_calib"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunekit._atomic import atomic_write_bytes
+    from prunekit.compact import is_compact_file, read_compact_header
+    from prunekit.errors import ConfigError
+    from prunekit.torch.compare import compare_artifacts
+
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
+    factory = import_factory(args.factory)
+    pruned = load_weights(args.model, factory)
+    dense = load_weights(args.dense, factory) if args.dense else None
+    plan = read_compact_header(args.model).plan if is_compact_file(args.model) else None
+    test_data, calibration = _data(args.data)
+    comparison = compare_artifacts(dense, pruned, test_data, calibration, args.out, repeats=args.repeats,
+                                   threads=args.threads, measure_memory=not args.no_memory, plan=plan)
+    comparison.print(title=f"prunekit export {Path(args.model).name}")
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(comparison.to_dict(), indent=2).encode())
+    print(f"artifacts written to {Path(args.out).resolve()}")
+    return 0
