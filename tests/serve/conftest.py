@@ -79,3 +79,16 @@ def onnx_models(tmp_path_factory) -> dict[str, Path]:
     broken.write_bytes(b"this is not an ONNX model")
     models["broken"] = broken
     return models
+
+
+@pytest.fixture(scope="session")
+def doc_workdir(tmp_path_factory) -> Path:
+    """A directory in which docs/serving.md's setup snippet has made ``models/demo/1/model.onnx``."""
+    import sys
+
+    from tests.serve.doc_examples import make_doc_models
+
+    pytest.importorskip("torch")
+    cwd = tmp_path_factory.mktemp("docs")
+    make_doc_models(cwd, sys.executable)
+    return cwd
