@@ -1,0 +1,70 @@
+"""Keras 3 backend (TensorFlow backend): TF MOT's pruning workflow without wrapper layers, structured
+filter/neuron removal, TFLite conversion and interpreter evaluation.
+
+Importing this module needs the ``keras`` extra (``pip install 'prunekit[keras]'``) and selects
+Keras's TensorFlow backend when ``KERAS_BACKEND`` is unset. The names follow TF MOT, so a tfmot
+script ports by changing its import::
+
+    import prunekit.keras as sparsity      # was: sparsity = tfmot.sparsity.keras
+
+    model = sparsity.prune_low_magnitude(model, pruning_schedule=sparsity.PolynomialDecay(0.0, 0.8, 0, 1000))
+    model.compile(...); model.fit(x, y, callbacks=[sparsity.UpdatePruningStep()])
+    plain = sparsity.strip_pruning(model)
+"""
+
+from prunekit.keras._backend import ensure_tensorflow_backend
+
+ensure_tensorflow_backend()
+
+from prunekit.keras.callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
+from prunekit.keras.metrics import serialized_size, sparsity_report  # noqa: E402
+from prunekit.keras.models import digits_cnn, digits_mlp, load_digits_nhwc  # noqa: E402
+from prunekit.keras.registry import PrunableLayer  # noqa: E402
+from prunekit.keras.saving import load_model  # noqa: E402
+from prunekit.keras.structured import channel_groups, prune_channels, remove_channels  # noqa: E402
+from prunekit.keras.tflite import (  # noqa: E402
+    TFLiteModel,
+    compare_tflite,
+    convert_to_tflite,
+    evaluate_tflite,
+)
+from prunekit.keras.unstructured import get_masks, prune_low_magnitude, strip_pruning  # noqa: E402
+from prunekit.keras.workflows import (  # noqa: E402
+    PruningRun,
+    iterative_schedule,
+    prune_gradually,
+    prune_iteratively,
+    prune_one_shot,
+)
+from prunekit.schedules import ConstantSparsity, IterativeSparsity, PolynomialDecay, PruningSchedule  # noqa: E402
+
+__all__ = [
+    "ConstantSparsity",
+    "IterativeSparsity",
+    "PolynomialDecay",
+    "PrunableLayer",
+    "PruningRun",
+    "PruningSchedule",
+    "PruningSummaries",
+    "TFLiteModel",
+    "UpdatePruningStep",
+    "channel_groups",
+    "compare_tflite",
+    "convert_to_tflite",
+    "digits_cnn",
+    "digits_mlp",
+    "evaluate_tflite",
+    "get_masks",
+    "iterative_schedule",
+    "load_digits_nhwc",
+    "load_model",
+    "prune_channels",
+    "prune_gradually",
+    "prune_iteratively",
+    "prune_low_magnitude",
+    "prune_one_shot",
+    "remove_channels",
+    "serialized_size",
+    "sparsity_report",
+    "strip_pruning",
+]

@@ -1,0 +1,171 @@
+"""Which weights of which Keras 3 layers are pruned (TF MOT's registry), and how a layer opts in.
+
+Built-in layers prune their kernels; normalisation and depthwise layers are known and left
+dense; layers without weights need nothing. Any other layer with weights must either be
+excluded or say what to prune through TF MOT's protocol, a ``get_prunable_weights()`` method.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable, Iterator, Sequence
+
+import keras
+
+from prunekit.errors import ConfigError, LayerNotFoundError
+
+_layers = keras.layers
+
+#: Layer class -> names of the weight attributes pruned by default (TF MOT's choices).
+PRUNABLE_WEIGHTS: dict[type, tuple[str, ...]] = {
+    _layers.Dense: ("kernel",),
+    _layers.EinsumDense: ("kernel",),
+    _layers.Conv1D: ("kernel",),
+    _layers.Conv2D: ("kernel",),
+    _layers.Conv3D: ("kernel",),
+    _layers.Conv1DTranspose: ("kernel",),
+    _layers.Conv2DTranspose: ("kernel",),
+    _layers.Conv3DTranspose: ("kernel",),
+    _layers.SeparableConv1D: ("pointwise_kernel",),
+    _layers.SeparableConv2D: ("pointwise_kernel",),
+    _layers.Embedding: ("embeddings",),
+    _layers.SimpleRNNCell: ("kernel", "recurrent_kernel"),
+    _layers.GRUCell: ("kernel", "recurrent_kernel"),
+    _layers.LSTMCell: ("kernel", "recurrent_kernel"),
+}
+
+#: Layers with weights that are known and stay dense (as in TF MOT).
+DENSE_ONLY: tuple[type, ...] = (
+    _layers.BatchNormalization,
+    _layers.LayerNormalization,
+    _layers.GroupNormalization,
+    _layers.DepthwiseConv1D,
+    _layers.DepthwiseConv2D,
+    _layers.PReLU,
+    _layers.Normalization,
+)
+
+
+class PrunableLayer:
+    """TF MOT's protocol for custom layers: return the weights (variables) prunekit should prune.
+
+    A layer does not have to inherit from this class; a ``get_prunable_weights`` method is enough.
+
+    Example::
+
+        class Scale(keras.layers.Layer, PrunableLayer):
+            def build(self, shape):
+                self.w = self.add_weight(shape=shape[-1:])
+            def call(self, x):
+                return x * self.w
+            def get_prunable_weights(self):
+                return [self.w]
+    """
+
+    def get_prunable_weights(self) -> list[Any]:
+        """The variables to prune (a subset of the layer's own weights)."""
+        raise NotImplementedError(f"{type(self).__name__} should implement get_prunable_weights()")
+
+
+def iter_layers(model_or_layer: Any) -> Iterator[Any]:
+    """Every layer inside ``model_or_layer`` (recursively, nested models and cells included), itself excluded."""
+    yield from model_or_layer._flatten_layers(include_self=False, recursive=True)
+
+
+def _own_weights(layer: Any) -> list[Any]:
+    children = layer._flatten_layers(include_self=False, recursive=False)
+    inherited = {id(weight) for child in children for weight in child.weights}
+    return [weight for weight in layer.weights if id(weight) not in inherited]
+
+
+def prunable_weight_names(layer: Any) -> tuple[str, ...] | None:
+    """Attribute names of the weights pruned by default, ``()`` for known dense-only layers, or
+    ``None`` when the layer type is unknown (and has no ``get_prunable_weights``)."""
+    for cls, names in PRUNABLE_WEIGHTS.items():
+        if type(layer) is cls:
+            return names
+    if isinstance(layer, DENSE_ONLY):
+        return ()
+    for cls, names in PRUNABLE_WEIGHTS.items():
+        if isinstance(layer, cls):
+            return names
+    return None
+
+
+def prunable_weights(layer: Any) -> list[Any]:
+    """The variables of ``layer`` that are pruned; raises for a layer prunekit does not know.
+
+    Example::
+
+        prunable_weights(keras.layers.Dense(4))  # after build: [layer.kernel]
+    """
+    if hasattr(layer, "get_prunable_weights"):
+        weights = list(layer.get_prunable_weights())
+        own = {id(w) for w in layer.weights}
+        for weight in weights:
+            if id(weight) not in own:
+                raise ConfigError(
+                    f"{type(layer).__name__}.get_prunable_weights() of layer {layer.name!r} returned "
+                    f"{getattr(weight, 'path', weight)!r}, which is not one of the layer's weights"
+                )
+        return weights
+    names = prunable_weight_names(layer)
+    if names is None:
+        raise unsupported_layer_error(layer)
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        raise ConfigError(
+            f"layer {layer.name!r} ({type(layer).__name__}) uses LoRA or quantized weights; prune it before "
+            "enabling LoRA/quantization, or exclude it"
+        )
+    return [getattr(layer, name) for name in names]
+
+
+def unsupported_layer_error(layer: Any) -> ConfigError:
+    """The error for a layer with weights prunekit does not know how to prune."""
+    cls = type(layer).__name__
+    return ConfigError(
+        f"layer {layer.name!r} is a {cls}, which has weights prunekit does not know how to prune; "
+        f"pass exclude=[{layer.name!r}] to leave it dense, or give {cls} a get_prunable_weights() method "
+        "returning the variables to prune (TF MOT's PrunableLayer protocol, prunekit.keras.PrunableLayer)"
+    )
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def select_layers(model: Any, exclude: Sequence[str] = ()) -> dict[Any, list[Any]]:
+    """Layers to prune in ``model`` -> their prunable weights, skipping names matching ``exclude`` globs.
+
+    Raises for an unsupported layer with weights, an ``exclude`` pattern matching nothing, and a
+    model with nothing to prune.
+    """
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    layers = list(iter_layers(model))
+    names = [layer.name for layer in layers]
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise LayerNotFoundError(
+                f"exclude pattern {pattern!r} matches no layer of model {model.name!r}; layers are {names}"
+            )
+    selected: dict[Any, list[Any]] = {}
+    for layer in layers:
+        if _matches(layer.name, exclude):
+            continue
+        if not layer.built:
+            raise ConfigError(
+                f"layer {layer.name!r} of model {model.name!r} is not built; build the model first "
+                "(keras.Input(...) in a Sequential, model.build(shape), or call it on a batch)"
+            )
+        if not _own_weights(layer) and not hasattr(layer, "get_prunable_weights"):
+            continue
+        weights = prunable_weights(layer)
+        if weights:
+            selected[layer] = weights
+    if not selected:
+        raise ConfigError(
+            f"model {model.name!r} has no prunable layers (Dense, Conv*, SeparableConv*, Embedding, RNN cells, "
+            "or layers with get_prunable_weights()); nothing to prune"
+        )
+    return selected

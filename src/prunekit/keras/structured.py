@@ -1,0 +1,277 @@
+"""Structured pruning for Keras 3: remove whole filters and neurons, returning a physically smaller model.
+
+The model is traced (:mod:`prunekit.keras.graph`), the channels to remove are chosen per
+:class:`ChannelGroup` (producers coupled by Add/Multiply are pruned together), then the model is
+rebuilt from its config with fewer ``filters``/``units`` and the kept weights are copied:
+producers lose output channels; Dense/Conv/SeparableConv/DepthwiseConv/BatchNormalization lose
+the matching inputs (through Flatten, Concatenate and global pooling). Layer names, classes and
+the output shape stay the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import keras
+import numpy as np
+
+from prunekit.errors import ConfigError, LayerNotFoundError
+from prunekit.keras.graph import DEPTHWISE, PRODUCERS, ChannelGraph, trace
+
+L = keras.layers
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels removed together: one producer's, or those of producers coupled by a merge.
+
+    ``filters[producer]`` is ``(size, fan_in)``: row ``k`` is that producer's filter (kernel slice)
+    for the group's channel ``k``; ``channels[producer][k]`` is its output index. Only removable
+    channels are listed; ``locked`` counts the others and ``locked_reason`` says why.
+    """
+
+    producers: tuple[str, ...]
+    channels: Mapping[str, np.ndarray]
+    filters: Mapping[str, np.ndarray]
+    roots: np.ndarray
+    locked: int = 0
+    locked_reason: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of removable channels."""
+        return len(self.roots)
+
+    def norms(self, order: int = 1) -> np.ndarray:
+        """Sum over the producers of each channel's filter L1 (``order=1``) or L2 norm."""
+        total = np.zeros(self.size)
+        for rows in self.filters.values():
+            total += np.abs(rows).sum(axis=1) if order == 1 else np.sqrt((rows.astype(np.float64) ** 2).sum(axis=1))
+        return total
+
+
+Importance = Union[str, Callable[[ChannelGroup], np.ndarray]]
+
+
+def _kernel_rows(layer: Any) -> np.ndarray:
+    """The producer's filters as ``(out_channels, fan_in)``."""
+    kernel = layer.pointwise_kernel if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)) else layer.kernel
+    values = np.asarray(kernel.numpy())
+    return values.reshape(-1, values.shape[-1]).T
+
+
+def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
+    by_producer: dict[str, np.ndarray] = {}
+    for node in graph.producer_nodes():
+        by_producer[node.layer.name] = graph.roots(graph.maps[node.output])
+    # producers sharing a root are coupled; join them (small union over producers)
+    owner: dict[int, str] = {}
+    link: dict[str, str] = {name: name for name in by_producer}
+
+    def top(name: str) -> str:
+        while link[name] != name:
+            name = link[name]
+        return name
+
+    for name, roots in by_producer.items():
+        for root in roots:
+            other = owner.setdefault(int(root), name)
+            if top(other) != top(name):
+                link[top(name)] = top(other)
+    members: dict[str, list[str]] = {}
+    for name in by_producer:
+        members.setdefault(top(name), []).append(name)
+    groups = []
+    for names in members.values():
+        roots = list(dict.fromkeys(int(r) for name in names for r in by_producer[name]))
+        free = [r for r in roots if graph.locked(r) is None]
+        reasons = [graph.locked(r) for r in roots if graph.locked(r) is not None]
+        channels, filters = {}, {}
+        for name in names:
+            rows = _kernel_rows(model.get_layer(name))
+            position = {int(root): index for index, root in enumerate(by_producer[name])}
+            index = np.array([position.get(r, -1) for r in free], dtype=np.int64)
+            channels[name] = index
+            filters[name] = np.where((index >= 0)[:, None], rows[np.maximum(index, 0)], 0.0) if len(free) else rows[:0]
+        groups.append(ChannelGroup(tuple(names), channels, filters, np.array(free, dtype=np.int64),
+                                   len(roots) - len(free), reasons[0] if reasons else None))
+    return groups
+
+
+def channel_groups(model: Any) -> list[ChannelGroup]:
+    """The model's channel groups, with their removable channels and filters (for custom importance).
+
+    Example::
+
+        for group in channel_groups(model):
+            print(group.producers, group.size, group.locked_reason)
+    """
+    return _groups(model, trace(model))
+
+
+def _scores(group: ChannelGroup, importance: Importance) -> np.ndarray:
+    if importance == "l1":
+        return group.norms(1)
+    if importance == "l2":
+        return group.norms(2)
+    if not callable(importance):
+        raise ConfigError(f"importance should be 'l1', 'l2' or a callable (group) -> scores, got {importance!r}")
+    scores = np.asarray(importance(group), dtype=np.float64)
+    if scores.shape != (group.size,):
+        raise ConfigError(
+            f"importance returned scores of shape {scores.shape} for group {group.producers}; "
+            f"expected ({group.size},), one per removable channel"
+        )
+    if np.isnan(scores).any():
+        raise ConfigError(f"importance returned NaN scores for group {group.producers}")
+    return scores
+
+
+def prune_channels(
+    model: Any,
+    sparsity: float = 0.5,
+    importance: Importance = "l1",
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> keras.Model:
+    """Remove the fraction ``sparsity`` of the lowest-importance filters/neurons of each channel group.
+
+    ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers) or a callable
+    ``(ChannelGroup) -> scores``. ``layers`` (name globs; default every producer) chooses the
+    producers to shrink, ``exclude`` keeps some whole. Channels reaching a model output stay, so
+    the output shape does not change. Returns a new, smaller model; ``model`` is not changed.
+
+    Example::
+
+        small = prune_channels(model, sparsity=0.5, importance="l2", exclude=["conv1"])
+        small.count_params() < model.count_params()  # True
+    """
+    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity should be a fraction of channels in [0, 1), got {sparsity!r}")
+    graph = trace(model)
+    groups = _groups(model, graph)
+    producers = [name for group in groups for name in group.producers]
+    chosen = _select(producers, layers, exclude, model.name)
+    removal: dict[str, list[int]] = {}
+    for group in groups:
+        if group.size == 0 or not any(name in chosen for name in group.producers):
+            continue
+        blocked = [name for name in group.producers if name not in chosen]
+        if blocked:
+            continue  # a coupled producer is excluded, so the whole group stays
+        count = min(round(sparsity * (group.size + group.locked)), group.size)
+        count = min(count, group.size + group.locked - 1)
+        if count <= 0:
+            continue
+        order = np.argsort(_scores(group, importance), kind="stable")[:count]
+        lead = group.producers[0]
+        removal[lead] = sorted(int(i) for i in group.channels[lead][order] if i >= 0)
+        for name in group.producers[1:]:
+            extra = [int(i) for i in group.channels[name][order] if i >= 0]
+            if extra:
+                removal.setdefault(name, []).extend(extra)
+    return _rebuild(model, graph, removal)
+
+
+def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequence[str], model_name: str) -> set[str]:
+    for patterns, what in ((layers or (), "layers"), (exclude, "exclude")):
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in producers):
+                raise LayerNotFoundError(
+                    f"{what} pattern {pattern!r} matches no prunable layer of {model_name!r}; "
+                    f"filters/neurons can be removed from {producers}"
+                )
+    include = [layers] if isinstance(layers, str) else layers
+    exclude = [exclude] if isinstance(exclude, str) else exclude
+    return {
+        name for name in producers
+        if (include is None or any(fnmatch.fnmatchcase(name, p) for p in include))
+        and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+    }
+
+
+def remove_channels(model: Any, channels: Mapping[str, Sequence[int]]) -> keras.Model:
+    """Remove the given output channels (``{producer name: [indices]}``) and everything reading them.
+
+    Channels coupled to another producer (through Add, Multiply, ...) are removed from it too.
+    Raises for a channel that cannot be removed (it reaches a model output, or a layer prunekit
+    does not rewrite) and says why.
+
+    Example::
+
+        small = remove_channels(model, {"conv1": [0, 5], "fc1": list(range(64))})
+    """
+    return _rebuild(model, trace(model), channels)
+
+
+def _rebuild(model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[int]]) -> keras.Model:
+    producer_maps = {node.layer.name: graph.maps[node.output] for node in graph.producer_nodes()}
+    pruned_roots: set[int] = set()
+    for name, indices in channels.items():
+        if name not in producer_maps:
+            known = [layer.name for layer in model.layers]
+            raise LayerNotFoundError(
+                f"{name!r} is not a layer whose channels can be removed (Dense, Conv1D/2D/3D, SeparableConv1D/2D, "
+                f"single call, channels_last, groups=1); the model's layers are {known}"
+            )
+        atoms = producer_maps[name]
+        for index in indices:
+            if not (isinstance(index, (int, np.integer)) and 0 <= index < len(atoms)):
+                raise ConfigError(f"channel index {index!r} is out of range for layer {name!r} with {len(atoms)} channels")
+            root = graph.find(int(atoms[index]))
+            reason = graph.locked(root)
+            if reason is not None:
+                raise ConfigError(f"channel {index} of layer {name!r} cannot be removed: {reason}")
+            pruned_roots.add(root)
+    for name, atoms in producer_maps.items():
+        if all(graph.find(int(a)) in pruned_roots for a in atoms):
+            raise ConfigError(f"removing every channel of layer {name!r} would leave it empty; keep at least one")
+    keep = {tid: ~np.isin(graph.roots(atoms), list(pruned_roots)) for tid, atoms in graph.maps.items()}
+    new_size = {name: int(keep_mask.sum()) for name, keep_mask in ((n, keep[_output_of(graph, n)]) for n in producer_maps)}
+    config = copy.deepcopy(model.get_config())
+    for entry in config["layers"]:
+        entry.pop("build_config", None)
+        name = entry["config"].get("name")
+        if name in new_size:
+            key = "units" if "units" in entry["config"] else "filters"
+            entry["config"][key] = new_size[name]
+    rebuilt = type(model).from_config(config)
+    for node in graph.nodes:
+        if node.layer is None or not node.layer.weights:
+            continue
+        old = node.layer
+        new = rebuilt.get_layer(old.name)
+        in_keep = np.flatnonzero(keep[node.inputs[0]]) if node.inputs and node.inputs[0] in keep else None
+        out_keep = np.flatnonzero(keep[node.output]) if old.name in producer_maps else None
+        new.set_weights(_sliced_weights(old, in_keep, out_keep))
+    if getattr(model, "compiled", False):
+        rebuilt.compile_from_config(model.get_compile_config())
+    return rebuilt
+
+
+def _output_of(graph: ChannelGraph, name: str) -> str:
+    return next(node.output for node in graph.producer_nodes() if node.layer.name == name)
+
+
+def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray | None) -> list[np.ndarray]:
+    weights = [np.asarray(w.numpy()) for w in layer.weights]
+    if in_keep is None and out_keep is None:
+        return weights
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        depthwise, pointwise, *bias = weights
+        multiplier = depthwise.shape[-1]
+        rows = (in_keep[:, None] * multiplier + np.arange(multiplier)).ravel()
+        return [depthwise[..., in_keep, :], pointwise[..., rows, :][..., out_keep], *(b[out_keep] for b in bias)]
+    if isinstance(layer, PRODUCERS):
+        kernel, *bias = weights
+        return [kernel[..., in_keep, :][..., out_keep], *(b[out_keep] for b in bias)]
+    if isinstance(layer, DEPTHWISE):
+        kernel, *bias = weights
+        multiplier = kernel.shape[-1]
+        return [kernel[..., in_keep, :], *(b.reshape(-1, multiplier)[in_keep].ravel() for b in bias)]
+    if isinstance(layer, L.BatchNormalization):
+        return [w[in_keep] for w in weights]
+    return weights  # any other layer sees only locked (unchanged) channels
