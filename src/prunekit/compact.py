@@ -161,6 +161,7 @@ def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict
                           "and floating-point tensors only")
     if array.dtype.kind != "f" or array.size == 0:
         return _entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": array}, False)
+    array = np.where(array == 0, np.zeros((), array.dtype), array)  # -0.0 -> +0.0; NaN bits untouched
     scale = None
     if dtype == "int8" and array.ndim >= 2:
         values, scale = _quantize_int8(name, array)
@@ -170,7 +171,7 @@ def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict
         keep = values.reshape(-1) != 0
     else:
         values, storage = array, "raw"
-        keep = values.reshape(-1) != 0  # NaN is kept as a value; -0.0 is a zero and comes back as +0.0
+        keep = values.reshape(-1) != 0  # NaN is a value
     extra = {} if scale is None else {"scale": scale}
     flat = values.reshape(-1)
     nnz = int(keep.sum())
