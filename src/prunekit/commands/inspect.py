@@ -1,0 +1,78 @@
+"""``prunekit inspect MODEL``: a per-layer table (params, nonzeros, sparsity, MACs), latency and peak memory.
+
+MODEL is either a factory import path ``package.module:callable`` (a zero-argument callable
+returning an ``nn.Module``), or a weight file (compact, safetensors or torch state_dict) with
+``--factory`` naming the architecture.
+
+Example::
+
+    prunekit inspect prunekit.torch:DigitsCNN --input-shape 1,8,8 --latency
+    prunekit inspect pruned.safetensors --factory prunekit.torch:DigitsCNN --input-shape 1,8,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,8,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="factory 'package.module:callable', or a weight file with --factory")
+    parser.add_argument("--factory", metavar="MODULE:CALLABLE", help="architecture of a weight file, e.g. prunekit.torch:DigitsCNN")
+    parser.add_argument("--input-shape", type=_ints, required=True, metavar="C,H,W",
+                        help="shape of one input sample without the batch dim, e.g. 1,8,8")
+    parser.add_argument("--latency", action="store_true", help="also time the model (CPU, and CUDA when present)")
+    parser.add_argument("--batch-sizes", type=_ints, default=[1, 32], metavar="N,N", help="latency batch sizes (default: 1,32)")
+    parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed runs per batch size (default: 30)")
+    parser.add_argument("--json", metavar="FILE", help="also write everything as JSON to FILE")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from prunekit.commands.export import import_factory, load_weights
+    from prunekit.errors import ConfigError
+    from prunekit.report.tables import ResultTable, write_text_atomic
+    from prunekit.torch.latency import measure_latency, measure_peak_memory
+    from prunekit.torch.metrics import serialized_size
+    from prunekit.torch.summary import summarize
+
+    if Path(args.model).is_file():
+        if not args.factory:
+            raise ConfigError(f"{args.model} is a weight file; name its architecture with --factory module:callable")
+        model = load_weights(args.model, import_factory(args.factory))
+    else:
+        model = import_factory(args.model)()
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"{args.model} built a {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    summary = summarize(model, torch.zeros(1, *args.input_shape))
+    summary.table(f"prunekit inspect {args.model} (MACs per sample)").print()
+    sizes = serialized_size(model)
+    memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
+    print(f"state_dict: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip; "
+          + "; ".join(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory))
+    result = {"summary": summary.to_dict(), "sizes": sizes, "memory": [m.to_dict() for m in memory]}
+    if args.latency:
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
+        latency = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
+        table = ResultTable("latency", ["device", "batch", "median ms", "p90 ms", "runs", "threads"])
+        for row in latency:
+            table.add_row(row.device, row.batch_size, f"{row.median_ms:.3f}", f"{row.p90_ms:.3f}", row.runs, row.threads)
+        table.print()
+        result["latency"] = [row.to_dict() for row in latency]
+    if args.json:
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,88 @@
+"""Latency (warm-up, median, p90 per batch size and device), peak inference memory, and the per-layer summary."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.cli import main
+from prunekit.errors import ConfigError
+from prunekit.torch import DigitsCNN, prune_unstructured
+from prunekit.torch.latency import available_devices, measure_latency, measure_peak_memory
+from prunekit.torch.summary import summarize
+
+
+def test_latency_reports_one_row_per_device_and_batch_size():
+    results = measure_latency(DigitsCNN(), (1, 8, 8), batch_sizes=(1, 4), warmup=1, repeats=5)
+    assert [(r.device, r.batch_size) for r in results] == [(d, b) for d in available_devices() for b in (1, 4)]
+    for result in results:
+        assert 0 < result.median_ms <= result.p90_ms
+        assert result.runs == 5
+
+
+def test_latency_restores_thread_count_and_training_mode():
+    model = DigitsCNN().train()
+    before = torch.get_num_threads()
+    measure_latency(model, (1, 8, 8), batch_sizes=(2,), devices=["cpu"], warmup=0, repeats=2, threads=1)
+    assert torch.get_num_threads() == before
+    assert model.training
+
+
+def test_latency_rejects_a_batch_size_of_zero():
+    with pytest.raises(ConfigError, match="batch_sizes"):
+        measure_latency(DigitsCNN(), (1, 8, 8), batch_sizes=(0,))
+
+
+def test_peak_memory_counts_weights_input_and_live_activations_of_a_linear_chain():
+    model = nn.Sequential(nn.Linear(100, 200), nn.Linear(200, 50))
+    memory = measure_peak_memory(model, (100,), batch_size=8)
+    weights = 4 * (100 * 200 + 200 + 200 * 50 + 50)
+    assert memory.weight_bytes == weights
+    # peak: input (8x100) and first output (8x200) alive while the second output (8x50) is computed
+    assert memory.peak_activation_bytes == 4 * (8 * 100 + 8 * 200 + 8 * 50)
+    assert memory.peak_bytes == weights + memory.peak_activation_bytes
+
+
+def test_peak_memory_grows_with_batch_size():
+    small = measure_peak_memory(DigitsCNN(), (1, 8, 8), batch_size=1)
+    large = measure_peak_memory(DigitsCNN(), (1, 8, 8), batch_size=16)
+    assert large.peak_activation_bytes > 8 * small.peak_activation_bytes
+
+
+def test_summary_counts_params_nonzeros_and_hand_counted_macs_per_layer():
+    model = DigitsCNN()
+    summary = summarize(model, torch.zeros(1, 1, 8, 8))
+    conv2 = summary.layer("conv2")
+    assert conv2.macs == 64 * 8 * 8 * 32 * 9
+    assert conv2.params == 64 * 32 * 9 + 64
+    assert summary.layer("fc1").macs == 1024 * 128
+    assert summary.params == sum(p.numel() for p in model.parameters())
+
+
+def test_summary_sparse_macs_follow_weight_density():
+    model = prune_unstructured(DigitsCNN(), 0.75)
+    summary = summarize(model, torch.zeros(1, 1, 8, 8))
+    fc1 = summary.layer("fc1")
+    assert fc1.nonzeros == 1024 * 128 // 4 + 128  # biases are not pruned
+    assert fc1.sparse_macs == 1024 * 128 // 4
+    assert summary.layer("bn1").sparse_macs == 0
+
+
+def test_inspect_command_prints_the_layer_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "inspect.json"
+    code = main(["inspect", "prunekit.torch:DigitsCNN", "--input-shape", "1,8,8", "--latency", "--batch-sizes", "1",
+                 "--repeats", "3", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "conv2" in printed and "1,179,648" in printed
+    result = json.loads(out.read_text())
+    assert result["summary"]["macs"] == 18432 + 1179648 + 131072 + 1280
+    assert result["latency"][0]["batch_size"] == 1
+
+
+def test_inspect_command_asks_for_the_factory_of_a_weight_file(tmp_path, capsys):
+    weights = tmp_path / "w.pt"
+    torch.save(DigitsCNN().state_dict(), weights)
+    assert main(["inspect", str(weights), "--input-shape", "1,8,8"]) == 2
+    assert "--factory" in capsys.readouterr().err
