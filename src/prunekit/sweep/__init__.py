@@ -1,0 +1,1 @@
+"""Sweeps over pruning methods and sparsities: trials in parallel processes, resumable, with Pareto fronts."""

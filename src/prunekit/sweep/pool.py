@@ -1,0 +1,61 @@
+"""Run independent jobs in worker processes (or in this process for one worker), results as they finish.
+
+Workers are started with ``spawn`` (safe with PyTorch's thread pools, unlike ``fork``) and run
+torch with one intra-op thread each, so ``workers`` processes use ``workers`` cores.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterator, Sequence
+
+from prunekit.errors import ConfigError
+
+
+def _one_thread_per_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
+def check_workers(workers: Any) -> int:
+    """``workers`` as a positive int, or a :class:`ConfigError` saying what to pass."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers should be an integer >= 1 (processes), got {workers!r}")
+    return workers
+
+
+def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """Yield ``(index, result, error)`` for every job as it finishes; ``error`` is the job's exception or None.
+
+    With ``workers=1`` jobs run here, in order; otherwise ``fn`` and the jobs must be picklable
+    (a module-level function, plain data). A job that raises does not stop the others.
+
+    Example::
+
+        for index, result, error in run_jobs(train_one, specs, workers=2):
+            ...
+    """
+    workers = check_workers(workers)
+    if workers == 1 or len(jobs) <= 1:
+        for index, job in enumerate(jobs):
+            try:
+                yield index, fn(job), None
+            except Exception as exc:  # the caller records it with the job's id
+                yield index, None, exc
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                             initializer=_one_thread_per_worker) as pool:
+        pending: dict[Future, int] = {pool.submit(fn, job): index for index, job in enumerate(jobs)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = pending.pop(future)
+                error = future.exception()
+                yield index, None if error else future.result(), error
