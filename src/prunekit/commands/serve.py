@@ -74,7 +74,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     batching.add_argument("--batch-timeout-ms", type=float, default=d.batch_timeout_ms, metavar="MS",
                           help=f"longest a request waits for others to join its batch (default {d.batch_timeout_ms:g})")
     batching.add_argument("--inference-threads", type=int, default=d.inference_threads, metavar="N",
-                          help=f"inference calls running at once per model (default {d.inference_threads})")
+                          help=f"worker threads running inference calls (default {d.inference_threads})")
     batching.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads, metavar="N",
                           help=f"threads inside one inference call, 0 for the runtime's choice (default {d.intra_op_threads})")
     batching.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests, metavar="N",

@@ -165,7 +165,10 @@ class ModelServer:
             await asyncio.sleep(self.config.poll_interval_s)
             try:
                 report = await asyncio.to_thread(self.repository.sync)
-            except Exception:  # e.g. the directory vanished: keep serving what is loaded
+            except ConfigError as exc:  # e.g. the directory vanished: keep serving what is loaded
+                log.error("model directory scan failed", extra={"error": str(exc)})
+                continue
+            except Exception:
                 log.exception("model directory scan failed", extra={"path": str(self.config.model_dir)})
                 continue
             self._apply(report)
