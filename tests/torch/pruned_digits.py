@@ -1,12 +1,13 @@
 """A trained digits CNN and its 90%-sparse fine-tuned copy, built once per test session (cached).
 
 Used by the export, quantization, compact-file and artifact tests. Training is a few seconds on
-2 CPU cores: full-batch-ish Adam on scikit-learn's bundled digits, then a global magnitude
-prune of every conv/linear weight to 90% and a short masked fine-tune.
+2 CPU cores: Adam on scikit-learn's bundled digits, then prunekit's ``Pruner`` prunes every
+conv/linear weight to 90% by global magnitude, a short masked fine-tune, and ``strip()``.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from prunekit.data import DatasetSplit, load_digits
-from prunekit.torch import DigitsCNN
+from prunekit.torch import DigitsCNN, Pruner, fit, make_loader
 
 SPARSITY = 0.9
 
@@ -24,40 +25,6 @@ SPARSITY = 0.9
 @functools.lru_cache(maxsize=None)
 def digits() -> DatasetSplit:
     return load_digits(seed=0)
-
-
-def _train(model: nn.Module, split: DatasetSplit, epochs: int, masks: dict[str, torch.Tensor] | None = None) -> None:
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 64):
-            batch = order[start:start + 64]
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimizer.step()
-            if masks:
-                with torch.no_grad():
-                    for name, param in model.named_parameters():
-                        if name in masks:
-                            param.mul_(masks[name])
-    model.eval()
-
-
-def _global_magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
-    weights = {n: p.detach() for n, p in model.named_parameters() if p.ndim >= 2}
-    scores = torch.cat([w.abs().flatten() for w in weights.values()])
-    count = round(sparsity * scores.numel())
-    order = torch.argsort(scores, stable=True)
-    keep = torch.ones_like(scores)
-    keep[order[:count]] = 0
-    masks, offset = {}, 0
-    for name, w in weights.items():
-        masks[name] = keep[offset:offset + w.numel()].reshape(w.shape)
-        offset += w.numel()
-    return masks
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,17 +40,15 @@ def _states() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
 def _train_dense_and_pruned() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     split = digits()
+    loader = make_loader(split.x_train, split.y_train, batch_size=64, shuffle=True, seed=0)
     dense = DigitsCNN()
-    _train(dense, split, epochs=8)
-    pruned = DigitsCNN()
-    pruned.load_state_dict(dense.state_dict())
-    masks = _global_magnitude_masks(pruned, SPARSITY)
-    with torch.no_grad():
-        for name, param in pruned.named_parameters():
-            if name in masks:
-                param.mul_(masks[name])
-    _train(pruned, split, epochs=4, masks=masks)
-    return dense.state_dict(), pruned.state_dict()
+    fit(dense, loader, epochs=8, lr=3e-3, progress=False)
+    pruned = copy.deepcopy(dense)
+    pruner = Pruner(pruned, SPARSITY, scope="global")
+    pruner.prune()
+    fit(pruned, loader, epochs=4, lr=3e-3, pruner=pruner, progress=False)
+    pruner.strip()
+    return dense.eval().state_dict(), pruned.eval().state_dict()
 
 
 def dense_cnn() -> DigitsCNN:
