@@ -1,0 +1,268 @@
+"""Record the tensor operations a model runs on example inputs, with the module running each.
+
+The recorder is a ``TorchFunctionMode``: it sees every call into the torch API (``F.conv2d``,
+``Tensor.view``, ``torch.cat``, ``F.scaled_dot_product_attention`` ...) at the level the Python
+code wrote it, on real tensors, so data-dependent Python control flow, ``**kwargs`` inputs and
+``transformers`` models trace as they run. Every tensor gets a value id; parameters and buffers
+are recognised by identity and named by their qualified name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+from prunekit.errors import ConfigError
+
+ExampleInputs = Any  # torch.Tensor | tuple | list | dict[str, Any]
+
+
+class TraceError(ConfigError):
+    """The model raised while being traced; ``op_index`` is the op that was running."""
+
+    def __init__(self, op_index: int, where: str, message: str):
+        super().__init__(message)
+        self.op_index = op_index
+        self.where = where
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Stands for a traced tensor inside recorded arguments and outputs."""
+
+    vid: int
+
+
+@dataclass
+class OpRecord:
+    """One call into the torch API: normalised name, arguments with tensors as refs, module."""
+
+    index: int
+    name: str
+    func: Callable
+    args: tuple
+    kwargs: dict
+    outputs: Any
+    module: str
+
+    @property
+    def label(self) -> str:
+        """``module:op`` as shown in messages (``"layer1.0:view"``)."""
+        return f"{self.module or '<root>'}:{self.name}"
+
+
+@dataclass
+class Trace:
+    """What one forward pass did: operations in order, and every tensor's shape and origin."""
+
+    ops: list[OpRecord]
+    shapes: dict[int, tuple[int, ...]]
+    sources: dict[int, tuple[str, str]]
+    inputs: Any
+    outputs: Any
+    leaf_ops: list[OpRecord] = field(default_factory=list)
+
+    def param_name(self, vid: int) -> str | None:
+        """Qualified name of the parameter or buffer a value id is, else ``None``."""
+        kind, name = self.sources.get(vid, ("", ""))
+        return name if kind in ("param", "buffer") else None
+
+
+def call_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+    """Call ``model`` with a tensor, a tuple/list of positional inputs, or a dict of keyword inputs."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def normalise_name(func: Callable) -> str:
+    """The op name rules are keyed by: ``Tensor.__iadd__`` -> ``add``, ``relu_`` -> ``relu``."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", name)
+        return name
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name.startswith(("i", "r")) and name[1:] in _DUNDER_BINARY:
+            name = name[1:]
+        return _ALIASES.get(name, name)
+    if name.endswith("_") and not name.startswith("_"):
+        name = name[:-1]
+    return _ALIASES.get(name, name)
+
+
+_DUNDER_BINARY = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor",
+                  "lshift", "rshift"}
+_ALIASES = {"truediv": "div", "true_divide": "div", "divide": "div", "multiply": "mul", "subtract": "sub",
+            "negative": "neg", "concat": "cat", "concatenate": "cat", "moveaxis": "movedim",
+            "swapdims": "transpose", "swapaxes": "transpose", "clip": "clamp", "mod": "remainder",
+            "matmul": "matmul", "absolute": "abs", "rsub": "sub"}
+
+
+class _Recorder(TorchFunctionMode):
+    """Assigns value ids and records each torch call with tensor arguments or results."""
+
+    def __init__(self, named_tensors: dict[int, tuple[str, str, torch.Tensor]], stack: list[str],
+                 leaf_depth: list[int], observer: Callable[[OpRecord, Any], None] | None = None):
+        super().__init__()
+        self.named = named_tensors
+        self.stack = stack
+        self.leaf_depth = leaf_depth
+        self.observer = observer
+        self.ids: dict[int, int] = {}
+        self.alive: list[Any] = []
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.sources: dict[int, tuple[str, str]] = {}
+        self.ops: list[OpRecord] = []
+        self.current: str = ""
+
+    def new_value(self, tensor: torch.Tensor, source: tuple[str, str]) -> int:
+        vid = len(self.shapes)
+        self.ids[id(tensor)] = vid
+        self.alive.append(tensor)
+        self.shapes[vid] = tuple(tensor.shape)
+        self.sources[vid] = source
+        return vid
+
+    def ref(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        vid = self.ids.get(id(value))
+        if vid is None:
+            named = self.named.get(id(value))
+            source = (named[0], named[1]) if named is not None else ("const", "")
+            vid = self.new_value(value, source)
+        return TensorRef(vid)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.leaf_depth[0] > 0:
+            return func(*args, **kwargs)
+        name = normalise_name(func)
+        module = self.stack[-1] if self.stack else ""
+        self.current = f"{module or '<root>'}:{name}"
+        arg_refs = pytree.tree_map(self.ref, args)
+        kwarg_refs = pytree.tree_map(self.ref, kwargs)
+        out = func(*args, **kwargs)
+        inplace_target = None
+        if name == "setitem" and args and isinstance(args[0], torch.Tensor):
+            inplace_target = args[0]
+        out_refs = pytree.tree_map(
+            lambda v: TensorRef(self.new_value(v, ("op", str(len(self.ops))))) if isinstance(v, torch.Tensor) else v,
+            out,
+        )
+        if inplace_target is not None:
+            out_refs = TensorRef(self.new_value(inplace_target, ("op", str(len(self.ops)))))
+        if _has_tensor(arg_refs) or _has_tensor(kwarg_refs) or _has_tensor(out_refs):
+            record = OpRecord(len(self.ops), name, func, arg_refs, kwarg_refs, out_refs, module)
+            self.ops.append(record)
+            if self.observer is not None:
+                self.observer(record, out)
+        return out
+
+
+def _has_tensor(tree: Any) -> bool:
+    return any(isinstance(leaf, TensorRef) for leaf in pytree.tree_leaves(tree))
+
+
+def _named_tensors(model: nn.Module) -> dict[int, tuple[str, str, torch.Tensor]]:
+    named: dict[int, tuple[str, str, torch.Tensor]] = {}
+    for name, buffer in model.named_buffers():
+        named.setdefault(id(buffer), ("buffer", name, buffer))
+    for name, param in model.named_parameters():
+        named.setdefault(id(param), ("param", name, param))
+    return named
+
+
+def trace_model(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Iterable[str] = (),
+                observer: Callable[[OpRecord, Any], None] | None = None) -> Trace:
+    """Run ``model`` once in eval mode without gradients and record every torch call.
+
+    Modules named in ``leaf_modules`` run untraced: each becomes one recorded op named
+    ``leaf_module`` whose inputs keep all their channels. The model's training flags are
+    restored afterwards. Raises ``ConfigError`` naming the module and op when the model fails.
+
+    Example::
+
+        trace = trace_model(nn.Sequential(nn.Linear(4, 3)), torch.zeros(2, 4))
+        [op.name for op in trace.ops]  # ['linear']
+    """
+    leaves = set(leaf_modules)
+    stack: list[str] = []
+    leaf_depth = [0]
+    recorder = _Recorder(_named_tensors(model), stack, leaf_depth, observer)
+    leaf_ops: list[OpRecord] = []
+    handles = []
+    for mod_name, module in model.named_modules():
+        is_leaf = mod_name in leaves
+        handles.append(module.register_forward_pre_hook(_enter(stack, mod_name, leaf_depth, is_leaf, recorder),
+                                                        with_kwargs=True))
+        handles.append(module.register_forward_hook(_exit(stack, leaf_depth, is_leaf, recorder, leaf_ops, mod_name),
+                                                    with_kwargs=True, always_call=True))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        input_refs = pytree.tree_map(
+            lambda v: TensorRef(recorder.new_value(v, ("input", ""))) if isinstance(v, torch.Tensor) else v,
+            example_inputs,
+        )
+        with torch.no_grad(), recorder:
+            output = call_model(model, example_inputs)
+        output_refs = pytree.tree_map(recorder.ref, output)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        where = recorder.current or "<before the first op>"
+        raise TraceError(len(recorder.ops), where,
+            f"the model failed while tracing it on the example inputs, in {where!r}: {type(exc).__name__}: {exc}. "
+            "Check that example_inputs run the model (a tensor, a tuple of positional inputs or a dict of "
+            f"keyword inputs); if the model runs but cannot be traced, pass leaf_modules=[{where.split(':')[0]!r}] "
+            "to treat that module as a black box"
+        ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return Trace(recorder.ops, recorder.shapes, recorder.sources, input_refs, output_refs, leaf_ops)
+
+
+def _enter(stack: list[str], name: str, leaf_depth: list[int], is_leaf: bool, recorder: _Recorder) -> Callable:
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if is_leaf and leaf_depth[0] == 0:
+            recorder.leaf_inputs = pytree.tree_map(recorder.ref, (args, kwargs))
+        if is_leaf:
+            leaf_depth[0] += 1
+        stack.append(name)
+
+    return hook
+
+
+def _exit(stack: list[str], leaf_depth: list[int], is_leaf: bool, recorder: _Recorder,
+          leaf_ops: list[OpRecord], name: str) -> Callable:
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if stack:
+            stack.pop()
+        if not is_leaf:
+            return
+        leaf_depth[0] -= 1
+        if leaf_depth[0] == 0 and output is not None:
+            out_refs = pytree.tree_map(
+                lambda v: TensorRef(recorder.new_value(v, ("op", str(len(recorder.ops)))))
+                if isinstance(v, torch.Tensor) else v,
+                output,
+            )
+            in_args, in_kwargs = getattr(recorder, "leaf_inputs", ((), {}))
+            record = OpRecord(len(recorder.ops), "leaf_module", module.forward, in_args, in_kwargs, out_refs, name)
+            recorder.ops.append(record)
+            leaf_ops.append(record)
+
+    return hook

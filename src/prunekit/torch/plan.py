@@ -1,0 +1,285 @@
+"""Recorded pruning plans: which positions of which tensors survive, and which attributes change.
+
+A plan is plain JSON-serialisable data::
+
+    {"format": "prunekit.structured-plan", "version": 1, "model": "ResNet",
+     "tensors": {"conv1.weight": {"shape": [64, 3, 3, 3], "keep": {"0": [0, 2, ...]}}, ...},
+     "attributes": [{"module": "conv1", "name": "out_channels", "old": 64, "value": 32}, ...]}
+
+``apply_plan`` replays it on a model of the original architecture (slicing parameters and
+buffers, setting attributes) and can be undone; ``save_pruned``/``load_pruned`` store the plan
+beside the weights in one safetensors file, so a pruned model is rebuilt from the original
+architecture without pickling code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, CorruptFileError, StateMismatchError
+
+PLAN_FORMAT = "prunekit.structured-plan"
+PLAN_VERSION = 1
+_PLAN_ATTRIBUTE = "_prunekit_structured_plan"
+_METADATA_KEY = "prunekit_structured_plan"
+
+
+def empty_plan(model: nn.Module) -> dict[str, Any]:
+    """A plan that changes nothing, for ``model``'s architecture."""
+    return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": type(model).__name__, "tensors": {},
+            "attributes": []}
+
+
+def plan_of(model: nn.Module) -> dict[str, Any] | None:
+    """The cumulative plan attached to a model pruned by prunekit, relative to its original
+    architecture, or ``None`` for a model prunekit has not pruned.
+
+    Example::
+
+        plan_of(prune_channels(model, x, 0.5).model)["tensors"]["conv1.weight"]["keep"]
+    """
+    return getattr(model, _PLAN_ATTRIBUTE, None)
+
+
+def attach_plan(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Record ``plan`` on ``model`` (a plain attribute: it survives deepcopy and pickling)."""
+    object.__setattr__(model, _PLAN_ATTRIBUTE, plan)
+
+
+def compose_plans(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The plan equal to applying ``first`` and then ``second`` (recorded on ``first``'s result).
+
+    Example::
+
+        total = compose_plans(step1.plan, step2.plan)  # keep indices relative to the original
+    """
+    tensors = {name: {"shape": list(e["shape"]), "keep": dict(e["keep"])} for name, e in first["tensors"].items()}
+    for name, entry in second["tensors"].items():
+        if name not in tensors:
+            tensors[name] = {"shape": list(entry["shape"]), "keep": dict(entry["keep"])}
+            continue
+        base = tensors[name]
+        for dim, keep in entry["keep"].items():
+            previous = base["keep"].get(dim)
+            base["keep"][dim] = [previous[i] for i in keep] if previous is not None else list(keep)
+    attributes = {(a["module"], a["name"]): dict(a) for a in first["attributes"]}
+    for attr in second["attributes"]:
+        key = (attr["module"], attr["name"])
+        if key in attributes:
+            attributes[key]["value"] = attr["value"]
+        else:
+            attributes[key] = dict(attr)
+    return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": first.get("model", second.get("model")),
+            "tensors": tensors, "attributes": [a for a in attributes.values() if a["old"] != a["value"]]}
+
+
+def new_shape(entry: dict[str, Any]) -> tuple[int, ...]:
+    """Shape of a tensor after its plan entry is applied."""
+    shape = list(entry["shape"])
+    for dim, keep in entry["keep"].items():
+        shape[int(dim)] = len(keep)
+    return tuple(shape)
+
+
+# -- applying -----------------------------------------------------------------------------
+
+
+def _owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]]]:
+    owners: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for module in model.modules():
+        for attr, tensor in module._parameters.items():
+            if tensor is not None:
+                owners.setdefault(id(tensor), []).append((module, attr, "param"))
+        for attr, tensor in module._buffers.items():
+            if tensor is not None:
+                owners.setdefault(id(tensor), []).append((module, attr, "buffer"))
+    return owners
+
+
+def _tensor_index(model: nn.Module) -> dict[str, torch.Tensor]:
+    index: dict[str, torch.Tensor] = {}
+    for name, tensor in model.named_parameters(remove_duplicate=False):
+        index.setdefault(name, tensor)
+    for name, tensor in model.named_buffers(remove_duplicate=False):
+        index.setdefault(name, tensor)
+    return index
+
+
+def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Raise ``StateMismatchError`` naming the first layer of ``model`` the plan does not fit."""
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise CorruptFileError(f"not a prunekit structured plan (format {plan.get('format') if isinstance(plan, dict) else type(plan).__name__!r})")
+    if int(plan.get("version", 0)) > PLAN_VERSION:
+        raise CorruptFileError(f"plan version {plan['version']} is newer than this prunekit reads ({PLAN_VERSION}); "
+                               "upgrade prunekit")
+    index = _tensor_index(model)
+    order = {name: i for i, name in enumerate(index)}
+    pending = sorted(plan["tensors"].items(), key=lambda kv: order.get(kv[0], -1))
+    for name, entry in pending:
+        layer = name.rpartition(".")[0] or name
+        if name not in index:
+            raise StateMismatchError(
+                f"layer {layer!r} does not match the plan: the model has no tensor {name!r} "
+                f"(the plan was recorded on a {plan.get('model', 'different')} model); model_factory must build "
+                "the architecture the model was pruned from")
+        actual = tuple(index[name].shape)
+        if actual != tuple(entry["shape"]):
+            raise StateMismatchError(
+                f"layer {layer!r} does not match the plan: {name!r} has shape {actual} but the plan was recorded "
+                f"for shape {tuple(entry['shape'])}; model_factory must build the original, unpruned architecture "
+                f"the plan was made from ({plan.get('model', 'unknown')})")
+    modules = dict(model.named_modules())
+    for attr in plan["attributes"]:
+        module = modules.get(attr["module"])
+        owner = module
+        parts = attr["name"].split(".")
+        for part in parts[:-1]:
+            owner = getattr(owner, part, None) if owner is not None else None
+        if owner is None or not hasattr(owner, parts[-1]):
+            raise StateMismatchError(
+                f"layer {attr['module']!r} does not match the plan: it has no attribute {attr['name']!r}; "
+                "model_factory must build the architecture the model was pruned from")
+
+
+def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
+    """Slice every planned tensor and set every planned attribute; returns a function undoing it.
+
+    The plan is checked against the model first, so a mismatch raises before anything changes.
+
+    Example::
+
+        undo = apply_plan(model, result.plan)
+        undo()  # model is back to its original shapes
+    """
+    check_plan(model, plan)
+    index, owners = _tensor_index(model), _owners(model)
+    modules = dict(model.named_modules())
+    undo: list[Callable[[], None]] = []
+
+    def rollback() -> None:
+        for step in reversed(undo):
+            step()
+        undo.clear()
+
+    try:
+        for name, entry in plan["tensors"].items():
+            old = index[name]
+            new = old.detach()
+            for dim, keep in sorted(entry["keep"].items(), key=lambda kv: int(kv[0])):
+                new = new.index_select(int(dim), torch.as_tensor(keep, dtype=torch.long, device=new.device))
+            new = new.clone().contiguous()
+            if isinstance(old, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+            for module, attr, kind in owners.get(id(old), []):
+                store = module._parameters if kind == "param" else module._buffers
+                store[attr] = new
+                undo.append(lambda s=store, a=attr, t=old: s.__setitem__(a, t))
+        for attr in plan["attributes"]:
+            owner = modules[attr["module"]]
+            *path, last = attr["name"].split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            previous = getattr(owner, last)
+            value = tuple(attr["value"]) if isinstance(previous, tuple) else attr["value"]
+            setattr(owner, last, value)
+            undo.append(lambda o=owner, n=last, v=previous: setattr(o, n, v))
+    except Exception:
+        rollback()
+        raise
+    return rollback
+
+
+# -- saving and loading -------------------------------------------------------------------
+
+
+def save_pruned(result_or_model: Any, path: str | os.PathLike) -> Path:
+    """Save a pruned model (or a ``StructuredResult``) as one safetensors file: the weights plus
+    the recorded plan as JSON metadata. Written atomically (temp file, then rename).
+
+    Example::
+
+        save_pruned(result, "resnet_pruned.safetensors")
+        model = load_pruned("resnet_pruned.safetensors", lambda: ResNet())
+    """
+    from safetensors.torch import save_model
+
+    model = getattr(result_or_model, "model", result_or_model)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"save_pruned expects a StructuredResult or an nn.Module, got {type(result_or_model).__name__}")
+    plan = getattr(result_or_model, "plan", None) or plan_of(model) or empty_plan(model)
+    path = Path(path)
+    if not path.parent.exists():
+        raise ConfigError(f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_model(model, temp, metadata={_METADATA_KEY: json.dumps(plan)})
+        os.replace(temp, path)
+    except Exception:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+    return path
+
+
+def read_plan(path: str | os.PathLike) -> dict[str, Any]:
+    """The plan stored in a file written by :func:`save_pruned`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:
+        raise CorruptFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+    if _METADATA_KEY not in metadata:
+        raise CorruptFileError(f"{str(path)!r} has no prunekit plan; it was not written by prunekit.torch.save_pruned")
+    try:
+        return json.loads(metadata[_METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{str(path)!r} holds a corrupted prunekit plan: {exc}") from exc
+
+
+def load_pruned(path: str | os.PathLike, model_factory: Callable[[], nn.Module] | nn.Module) -> nn.Module:
+    """Rebuild a pruned model: build the original architecture, replay the saved plan, load weights.
+
+    ``model_factory`` is a callable returning the original (unpruned) model, or that model
+    itself. A model of another architecture raises ``StateMismatchError`` naming the first layer
+    that does not match; nothing is unpickled.
+
+    Example::
+
+        model = load_pruned("digits_cnn_pruned.safetensors", DigitsCNN)
+    """
+    from safetensors.torch import load_model
+
+    plan = read_plan(path)
+    model = model_factory if isinstance(model_factory, nn.Module) else model_factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model_factory must return an nn.Module, got {type(model).__name__}")
+    apply_plan(model, plan)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as exc:
+        raise StateMismatchError(f"weights in {str(path)!r} do not fit the rebuilt model: {exc}") from exc
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise StateMismatchError(
+            f"layer {first.rpartition('.')[0]!r} does not match the file {str(path)!r}: tensor {first!r} is "
+            f"{'missing from the file' if missing else 'not in the model'}; model_factory must build the "
+            "architecture the model was pruned from")
+    attach_plan(model, plan)
+    return model
+
+
+__all__ = ["apply_plan", "attach_plan", "check_plan", "compose_plans", "empty_plan", "load_pruned", "plan_of",
+           "read_plan", "save_pruned"]
