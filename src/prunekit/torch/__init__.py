@@ -16,6 +16,17 @@ from prunekit.torch.macs import MacsReport, count_macs, count_params  # noqa: E4
 from prunekit.torch.models import DigitsCNN, DigitsMLP  # noqa: E402
 from prunekit.torch.quantize import quantize_onnx  # noqa: E402
 from prunekit.torch.selection import DEFAULT_TARGET_TYPES, select_parameters  # noqa: E402
+from prunekit.torch.graph import ChannelGroup, DependencyGraph, GroupMember, analyze_dependencies  # noqa: E402
+from prunekit.torch.importance import (  # noqa: E402
+    ActivationImportance,
+    BNScaleImportance,
+    MagnitudeImportance,
+    RandomImportance,
+    TaylorImportance,
+)
+from prunekit.torch.plan import apply_plan, compose_plans, load_pruned, plan_of, save_pruned  # noqa: E402
+from prunekit.torch.structured import StructuredResult, prune_channels, remove_channels  # noqa: E402
+from prunekit.torch.structured_report import StructuredReport  # noqa: E402
 from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
 from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
 from prunekit.torch.workflows import (  # noqa: E402
@@ -27,6 +38,24 @@ from prunekit.torch.workflows import (  # noqa: E402
 )
 
 __all__ = [
+    "ActivationImportance",
+    "BNScaleImportance",
+    "ChannelGroup",
+    "DependencyGraph",
+    "GroupMember",
+    "MagnitudeImportance",
+    "RandomImportance",
+    "StructuredReport",
+    "StructuredResult",
+    "TaylorImportance",
+    "analyze_dependencies",
+    "apply_plan",
+    "compose_plans",
+    "load_pruned",
+    "plan_of",
+    "prune_channels",
+    "remove_channels",
+    "save_pruned",
     "DEFAULT_TARGET_TYPES",
     "NM",
     "Blocks",
