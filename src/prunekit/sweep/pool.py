@@ -15,12 +15,14 @@ from prunekit.errors import ConfigError
 
 
 def _one_thread_per_worker() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(1)
+    # torch reads these when it is first imported in the worker (not yet, at this point), so a
+    # worker that never needs torch does not pay for importing it.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def check_workers(workers: Any) -> int:

@@ -1,0 +1,225 @@
+"""Run a grid of pruning trials in parallel processes, resumable from an append-only trial log.
+
+Every finished trial (succeeded or failed) is one JSON line in ``OUT/trials.jsonl``. Running the
+same sweep again on the same directory skips the trials the log already holds, so a sweep killed
+midway finishes without redoing any. ``results.json`` and ``results.csv`` are rewritten
+atomically after every trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from prunekit.errors import ConfigError
+from prunekit.report.tables import write_text_atomic
+from prunekit.sweep.pareto import pareto_front
+from prunekit.sweep.pool import check_workers, run_jobs
+
+LOG_NAME = "trials.jsonl"
+COSTS = ("gzip_bytes", "sparse_macs", "macs", "nonzeros", "latency_ms")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of a sweep: a method at a sparsity, with optional extra options for the objective."""
+
+    method: str
+    sparsity: float
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """Stable identifier, the key of the trial log: ``"method@sparsity"`` (plus seed when not 0)."""
+        return f"{self.method}@{self.sparsity:g}" + (f"#seed{self.seed}" if self.seed else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, **asdict(self), "options": dict(self.options)}
+
+
+Objective = Callable[[Trial], Mapping[str, float]]
+
+
+def grid(methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int] = (0,)) -> list[Trial]:
+    """Every method at every sparsity (and seed), methods outermost.
+
+    Example::
+
+        grid(["one-shot", "gradual"], [0.5, 0.9])  # 4 trials
+    """
+    if not methods or not sparsities:
+        raise ConfigError(f"a sweep needs at least one method and one sparsity, got {list(methods)} and {list(sparsities)}")
+    for sparsity in sparsities:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise ConfigError(f"sweep sparsities should be numbers in [0, 1), got {sparsity!r}")
+    trials = [Trial(m, float(s), seed) for m in methods for s in sparsities for seed in seeds]
+    ids = [t.id for t in trials]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"the grid repeats trials {duplicates}; list each method and sparsity once")
+    return trials
+
+
+@dataclass
+class SweepResult:
+    """All trial records (in grid order), which ran now, and the Pareto fronts per cost."""
+
+    records: list[dict[str, Any]]
+    ran: list[str]
+    out_dir: Path
+
+    @property
+    def succeeded(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "ok"]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "failed"]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Flat rows: trial fields plus metrics (failed trials with their error)."""
+        return [_flat(record) for record in self.records]
+
+    def fronts(self, maximize: str = "accuracy") -> dict[str, list[str]]:
+        """Trial ids on the Pareto front of ``maximize`` against each cost the trials reported."""
+        rows = self.rows()
+        return {cost: [rows[i]["id"] for i in pareto_front(rows, maximize, cost)]
+                for cost in COSTS if any(cost in row for row in rows)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": self.records, "pareto": self.fronts()}
+
+
+def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
+    row = {"id": record["id"], "method": record["trial"]["method"], "sparsity": record["trial"]["sparsity"],
+           "seed": record["trial"]["seed"], "status": record["status"], "seconds": record.get("seconds")}
+    row.update(record.get("metrics") or {})
+    if record.get("error"):
+        row["error"] = record["error"]
+    return row
+
+
+def read_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Finished-trial records of ``OUT/trials.jsonl`` in the order written (a torn last line is ignored).
+
+    Example::
+
+        [record["id"] for record in read_log("sweep-out")]
+    """
+    path = Path(out_dir) / LOG_NAME
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # a process killed mid-write leaves at most one torn line, the last
+                break
+            raise ConfigError(f"{path}:{number} is not a JSON trial record; remove that line or the file to start over") from None
+    return records
+
+
+def _append(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        if handle.tell() and not path.read_bytes().endswith(b"\n"):
+            handle.write("\n")  # start after a torn line
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _run_trial(job: tuple[Objective, Trial]) -> dict[str, Any]:
+    objective, trial = job
+    started = time.perf_counter()
+    try:
+        metrics = dict(objective(trial))
+        bad = {k: v for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if bad:
+            raise ConfigError(f"the objective returned non-numeric metrics {bad}; return a dict of numbers")
+    except Exception as exc:
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8),
+                "seconds": time.perf_counter() - started, "pid": os.getpid()}
+    return {"status": "ok", "metrics": metrics, "seconds": time.perf_counter() - started, "pid": os.getpid()}
+
+
+def write_results(result: SweepResult) -> None:
+    """Write ``results.json`` and ``results.csv`` of the records so far, atomically.
+
+    Example::
+
+        write_results(run_sweep(objective, trials, "out"))
+    """
+    write_text_atomic(result.out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    rows = result.rows()
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(result.out_dir / "results.csv", buffer.getvalue())
+
+
+def run_sweep(
+    objective: Objective,
+    trials: Sequence[Trial],
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    retry_failed: bool = False,
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
+) -> SweepResult:
+    """Run every trial not yet in ``out_dir``'s trial log, ``workers`` at a time, and write the results.
+
+    ``objective(trial)`` returns a dict of numbers (say ``accuracy``, ``gzip_bytes``,
+    ``sparse_macs``, ``latency_ms``); with ``workers > 1`` it must be picklable. A trial that
+    raises is logged as ``failed`` with its error and the sweep goes on; ``retry_failed=True``
+    runs failed trials again. ``on_trial`` sees every record as it is logged.
+
+    Example::
+
+        result = run_sweep(DigitsObjective.train(), grid(["one-shot"], [0.5, 0.9]), "sweep-out", workers=2)
+        result.fronts()["gzip_bytes"]
+    """
+    check_workers(workers)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / LOG_NAME
+    by_id = {trial.id: trial for trial in trials}
+    if len(by_id) != len(trials):
+        raise ConfigError("the sweep lists a trial twice; every method@sparsity must be unique")
+    done: dict[str, dict[str, Any]] = {}
+    for record in read_log(out):
+        if record.get("id") in by_id and (record["status"] == "ok" or not retry_failed):
+            done[record["id"]] = record
+    todo = [trial for trial in trials if trial.id not in done]
+    run_id = uuid.uuid4().hex[:8]
+    ran = []
+    result = SweepResult([], ran, out)
+    for index, outcome, error in run_jobs(_run_trial, [(objective, t) for t in todo], workers):
+        trial = todo[index]
+        if error is not None:  # the worker died or could not unpickle the job
+            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}", "seconds": None, "pid": None}
+        record = {"id": trial.id, "trial": trial.to_dict(), "run": run_id, **outcome}
+        _append(log, record)
+        done[trial.id] = record
+        ran.append(trial.id)
+        result.records = [done[t.id] for t in trials if t.id in done]
+        write_results(result)
+        if on_trial is not None:
+            on_trial(record)
+    result.records = [done[t.id] for t in trials if t.id in done]
+    write_results(result)
+    return result
