@@ -27,6 +27,7 @@ from prunekit.torch.importance import (  # noqa: E402
 from prunekit.torch.plan import apply_plan, compose_plans, load_pruned, plan_of, save_pruned  # noqa: E402
 from prunekit.torch.structured import StructuredResult, prune_channels, remove_channels  # noqa: E402
 from prunekit.torch.structured_report import StructuredReport  # noqa: E402
+from prunekit.torch.structured_iterative import prune_channels_iteratively  # noqa: E402
 from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
 from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
 from prunekit.torch.workflows import (  # noqa: E402
@@ -54,6 +55,7 @@ __all__ = [
     "load_pruned",
     "plan_of",
     "prune_channels",
+    "prune_channels_iteratively",
     "remove_channels",
     "save_pruned",
     "DEFAULT_TARGET_TYPES",
