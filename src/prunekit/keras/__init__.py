@@ -28,7 +28,7 @@ from prunekit.keras.tflite import (  # noqa: E402
     convert_to_tflite,
     evaluate_tflite,
 )
-from prunekit.keras.unstructured import get_masks, prune_low_magnitude, strip_pruning  # noqa: E402
+from prunekit.keras.unstructured import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
 from prunekit.keras.workflows import (  # noqa: E402
     PruningRun,
     iterative_schedule,
@@ -63,6 +63,7 @@ __all__ = [
     "prune_iteratively",
     "prune_low_magnitude",
     "prune_one_shot",
+    "pruned_layers",
     "remove_channels",
     "serialized_size",
     "sparsity_report",

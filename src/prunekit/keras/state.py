@@ -189,8 +189,8 @@ class LayerPruning(KerasSaveable):
     def _obj_type(self) -> str:
         return "Loss"
 
-    @property
-    def layer(self) -> Any:
+    def target_layer(self) -> Any:
+        """The pruned layer (a method, not an attribute: Keras's saver must not walk back into it)."""
         layer = self._layer_ref()
         if layer is None:
             raise StateMismatchError(f"layer {self.layer_name!r} of this pruning state no longer exists")
@@ -204,7 +204,7 @@ class LayerPruning(KerasSaveable):
         """Create the masks and install the constraints (the layer must be built); idempotent."""
         if self.attached:
             return
-        layer = self.layer
+        layer = self.target_layer()
         if not layer.built:
             raise ConfigError(
                 f"layer {layer.name!r} is not built yet; build the model before training it "

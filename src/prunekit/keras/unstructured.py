@@ -156,7 +156,7 @@ def strip_pruning(model: Any) -> Any:
         return _clone(model)
     for state in states:
         state.detach()
-        set_pruning(state.layer, None)
+        set_pruning(state.target_layer(), None)
     if isinstance(model, keras.Model):
         model.train_function = None
     return model
