@@ -123,6 +123,7 @@ class _Recorder(TorchFunctionMode):
         self.sources: dict[int, tuple[str, str]] = {}
         self.ops: list[OpRecord] = []
         self.current: str = ""
+        self.in_call = False
 
     def new_value(self, tensor: torch.Tensor, source: tuple[str, str]) -> int:
         vid = len(self.shapes)
@@ -151,7 +152,9 @@ class _Recorder(TorchFunctionMode):
         self.current = f"{module or '<root>'}:{name}"
         arg_refs = pytree.tree_map(self.ref, args)
         kwarg_refs = pytree.tree_map(self.ref, kwargs)
+        self.in_call = True
         out = func(*args, **kwargs)
+        self.in_call = False
         inplace_target = None
         if name == "setitem" and args and isinstance(args[0], torch.Tensor):
             inplace_target = args[0]
@@ -221,7 +224,9 @@ def trace_model(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: I
         raise
     except Exception as exc:
         where = recorder.current or "<before the first op>"
-        raise TraceError(len(recorder.ops), where,
+        # failing inside a torch call: that call (not yet recorded); else the last call made
+        failing = len(recorder.ops) if recorder.in_call else max(len(recorder.ops) - 1, 0)
+        raise TraceError(failing, where,
             f"the model failed while tracing it on the example inputs, in {where!r}: {type(exc).__name__}: {exc}. "
             "Check that example_inputs run the model (a tensor, a tuple of positional inputs or a dict of "
             f"keyword inputs); if the model runs but cannot be traced, pass leaf_modules=[{where.split(':')[0]!r}] "

@@ -257,10 +257,12 @@ def _run(working: nn.Module, example_inputs: ExampleInputs, choose, *, strict: b
     opaque: set[int] = set()
     failures: list[_Failure] = []
     try:
-        before = measure(working, example_inputs)
+        before = None
         for _ in range(_MAX_ATTEMPTS):
             graph = analyze_dependencies(working, example_inputs, strict=strict, protect_outputs=protect_outputs,
                                          leaf_modules=leaf_modules, _opaque_ops=opaque)
+            if before is None:
+                before = measure(working, example_inputs)
             targets, selection = choose(graph)
             plan = build_plan(working, graph, selection)
             removed = graph.removed_roots(selection)
