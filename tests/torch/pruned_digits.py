@@ -95,3 +95,15 @@ def quantized_onnx(mode: str) -> Path:
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(-1).numpy() == y).mean())
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_pruned():
+    from prunekit.torch import prune_channels
+
+    return prune_channels(dense_cnn(), torch.from_numpy(digits().x_val[:2]), 0.5)
+
+
+def channel_pruned_cnn() -> nn.Module:
+    """A copy of the trained CNN with half its channels removed by ``prune_channels`` (carries its plan)."""
+    return copy.deepcopy(_channel_pruned().model).eval()

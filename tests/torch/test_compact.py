@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 
 from prunekit.compact import read_compact_header
 from prunekit.errors import CorruptFileError, StateMismatchError
-from prunekit.torch import DigitsCNN, DigitsMLP, load_compressed, save_compressed
+from prunekit.torch import DigitsCNN, DigitsMLP, load_compressed, plan_of, save_compressed
 from tests.assertions import assert_same_outputs
-from tests.torch.pruned_digits import SPARSITY, accuracy, dense_cnn, digits, pruned_cnn
+from tests.torch.pruned_digits import SPARSITY, accuracy, channel_pruned_cnn, dense_cnn, digits, pruned_cnn
 
 
 def _dense_file_size(tmp_path) -> int:
@@ -105,15 +105,33 @@ def test_corrupted_file_raises_before_the_factory_is_called(tmp_path):
     assert calls == []
 
 
-def test_structurally_smaller_model_round_trips_with_its_plan(tmp_path):
-    small = DigitsCNN(channels=(8, 16), hidden=24).eval()
-    plan = {"conv1": {"out_channels": 8}, "conv2": {"out_channels": 16}, "fc1": {"out_features": 24}}
-    save_compressed(small, tmp_path / "m.safetensors", plan=plan)
-    assert read_compact_header(tmp_path / "m.safetensors").plan == plan
-    restored = load_compressed(tmp_path / "m.safetensors", lambda: DigitsCNN(channels=(8, 16), hidden=24)).eval()
+def test_channel_pruned_model_keeps_its_plan_in_the_header(tmp_path):
+    small = channel_pruned_cnn()
+    header = save_compressed(small, tmp_path / "m.safetensors")
+    assert read_compact_header(tmp_path / "m.safetensors").plan == plan_of(small)
+    assert header.tensors["conv1.weight"].shape == tuple(small.conv1.weight.shape) != (32, 1, 3, 3)
+
+
+def test_channel_pruned_model_loads_from_the_original_architecture_by_replaying_the_plan(tmp_path):
+    small = channel_pruned_cnn()
+    save_compressed(small, tmp_path / "m.safetensors")
+    restored = load_compressed(tmp_path / "m.safetensors", DigitsCNN).eval()
     x = torch.from_numpy(digits().x_test[:16])
     with torch.no_grad():
         assert torch.equal(restored(x), small(x))
+
+
+def test_channel_pruned_model_loads_into_its_own_architecture_too(tmp_path):
+    small = channel_pruned_cnn()
+    save_compressed(small, tmp_path / "m.safetensors", dtype="int8")
+    restored = load_compressed(tmp_path / "m.safetensors", channel_pruned_cnn)
+    assert restored.conv2.weight.shape == small.conv2.weight.shape
+
+
+def test_explicit_plan_dict_is_stored_as_given(tmp_path):
+    plan = {"note": "my own plan", "layers": [1, 2]}
+    save_compressed(pruned_cnn(), tmp_path / "m.safetensors", plan=plan)
+    assert read_compact_header(tmp_path / "m.safetensors").plan == plan
 
 
 def test_bfloat16_tensors_round_trip_exactly(tmp_path):

@@ -15,7 +15,7 @@ from torch import nn
 from prunekit.errors import ExportError
 from prunekit.torch import DigitsCNN, export_onnx, verify_onnx
 from tests.assertions import assert_same_outputs
-from tests.torch.pruned_digits import digits, pruned_cnn, pruned_export, pruned_onnx
+from tests.torch.pruned_digits import channel_pruned_cnn, digits, pruned_cnn, pruned_export, pruned_onnx
 
 
 def _ort_outputs(path, x: np.ndarray) -> np.ndarray:
@@ -54,10 +54,12 @@ def test_export_keeps_every_zero_weight():
         assert np.array_equal(weights[name] == 0, model.get_parameter(name).detach().numpy() == 0), name
 
 
-def test_structurally_smaller_model_exports_and_matches(tmp_path):
-    small = DigitsCNN(channels=(8, 12), hidden=20).eval()
+def test_channel_pruned_model_exports_with_its_smaller_layers_and_matches(tmp_path):
+    small = channel_pruned_cnn()
     result = export_onnx(small, torch.from_numpy(digits().x_val[:4]), tmp_path / "small.onnx")
     assert result.check.max_abs_error < 1e-4
+    weights = {init.name: init.dims for init in onnx.load(str(result.path)).graph.initializer}
+    assert tuple(weights["conv1.weight"]) == tuple(small.conv1.weight.shape) != (32, 1, 3, 3)
 
 
 def test_export_leaves_the_model_in_training_mode_when_it_was(tmp_path):

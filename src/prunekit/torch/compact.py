@@ -16,6 +16,7 @@ from torch import nn
 
 from prunekit.compact import CompactHeader, load_compact, save_compact
 from prunekit.errors import ConfigError, StateMismatchError
+from prunekit.torch.plan import PLAN_FORMAT, apply_plan, attach_plan, plan_of
 
 _TORCH_ONLY_DTYPES = {torch.bfloat16: "bfloat16"}  # numpy has no such dtype: stored as float32, cast back
 
@@ -89,14 +90,17 @@ def save_compressed(
     """Write a model's weights (or a state_dict) as one compact sparse file, atomically.
 
     ``dtype``: ``"fp32"`` (bit-exact), ``"fp16"``, or ``"int8"`` (per-output-channel scales; zeros
-    stay exactly zero). ``plan`` is an optional structured-pruning plan (a dict, or an object with
-    ``to_dict()``) kept in the header. Returns the header (sparsity, per-tensor layout, ...).
+    stay exactly zero). ``plan`` is a structured-pruning plan (a dict, or an object with
+    ``to_dict()``) kept in the header; by default the plan ``prune_channels`` attached to the
+    model, if any. Returns the header (sparsity, per-tensor layout, ...).
 
     Example::
 
         header = save_compressed(pruned_model, "digits.safetensors", dtype="int8")
         model = load_compressed("digits.safetensors", DigitsCNN)
     """
+    if plan is None and isinstance(model, nn.Module):
+        plan = plan_of(model)
     state = model.state_dict() if isinstance(model, nn.Module) else model
     if not isinstance(state, Mapping):
         raise ConfigError(f"model should be an nn.Module or a state_dict, got {type(model).__name__}")
@@ -111,7 +115,9 @@ def load_compressed(path: str | os.PathLike, model_factory: Callable[[], nn.Modu
     The whole file is read and checked first (:class:`~prunekit.errors.CorruptFileError` for a
     truncated, corrupted or newer-version file), then the model's tensor names and shapes are
     checked against it (:class:`~prunekit.errors.StateMismatchError` naming the tensor), so a
-    model is never half-loaded. fp32 files load bit for bit.
+    model is never half-loaded. fp32 files load bit for bit. When the file holds a structured
+    plan (from ``prune_channels``) and the factory builds the original, unpruned architecture,
+    the plan is replayed on it first, as ``load_pruned`` does.
 
     Example::
 
@@ -121,7 +127,14 @@ def load_compressed(path: str | os.PathLike, model_factory: Callable[[], nn.Modu
     model = model_factory()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model_factory should return an nn.Module, got {type(model).__name__}")
-    check_state_fits(model, {name: entry.shape for name, entry in header.tensors.items()}, str(path))
+    shapes = {name: entry.shape for name, entry in header.tensors.items()}
+    plan = header.plan
+    if isinstance(plan, dict) and plan.get("format") == PLAN_FORMAT:
+        current = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        if current != shapes:
+            apply_plan(model, plan)  # the factory built the original architecture
+        attach_plan(model, plan)
+    check_state_fits(model, shapes, str(path))
     torch_dtypes = header.extra.get("torch_dtypes", {})
     state: dict[str, torch.Tensor] = {}
     for name, array in arrays.items():

@@ -184,7 +184,8 @@ def compare_artifacts(
     Writes into ``out_dir``: ``dense.onnx``, ``pruned.onnx``, ``pruned.int8-dynamic.onnx``,
     ``pruned.int8-static.onnx`` (calibrated on ``calibration_data``), ``dense.safetensors`` and
     ``pruned.safetensors`` (plain state_dicts), ``pruned.compact-fp32.safetensors`` and
-    ``pruned.compact-int8.safetensors`` (:func:`save_compressed`, with ``plan`` in the header).
+    ``pruned.compact-int8.safetensors`` (:func:`save_compressed`, with ``plan`` in the header;
+    by default the structured plan ``prune_channels`` attached to the pruned model, if any).
     ``dense_model`` may be None; the pruned fp32 rows are then the reference.
 
     Example::
