@@ -31,6 +31,7 @@ from prunekit.keras.tflite import (  # noqa: E402
 from prunekit.keras.unstructured import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
 from prunekit.keras.workflows import (  # noqa: E402
     PruningRun,
+    gradual_schedule,
     iterative_schedule,
     prune_gradually,
     prune_iteratively,
@@ -55,6 +56,7 @@ __all__ = [
     "digits_mlp",
     "evaluate_tflite",
     "get_masks",
+    "gradual_schedule",
     "iterative_schedule",
     "load_digits_nhwc",
     "load_model",
