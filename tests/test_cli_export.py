@@ -10,9 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from prunekit.cli import main
+from prunekit.commands.export import load_weights
 from prunekit.compact import read_compact_header
-from prunekit.torch import save_compressed
-from tests.torch.pruned_digits import dense_cnn, digits, pruned_cnn
+from prunekit.errors import StateMismatchError
+from prunekit.torch import DigitsCNN, plan_of, save_compressed, save_pruned
+from tests.torch.pruned_digits import channel_pruned_cnn, dense_cnn, digits, pruned_cnn
 
 FACTORY = "prunekit.torch:DigitsCNN"
 
@@ -23,7 +25,29 @@ def weights(tmp_path_factory):
     save_file(dense_cnn().state_dict(), str(folder / "dense.safetensors"))
     torch.save(pruned_cnn().state_dict(), folder / "pruned.pt")
     save_compressed(pruned_cnn(), folder / "pruned.compact.safetensors", plan={"method": "global magnitude"})
+    torch.save({"state_dict": pruned_cnn().state_dict()}, folder / "nested.pt")
+    save_pruned(channel_pruned_cnn(), folder / "channels.safetensors")
+    save_compressed(channel_pruned_cnn(), folder / "channels.compact.safetensors")
     return folder
+
+
+@pytest.mark.parametrize("name", ["pruned.pt", "nested.pt", "pruned.compact.safetensors"])
+def test_load_weights_reads_every_weight_file_kind(weights, name):
+    model = load_weights(str(weights / name), DigitsCNN)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in pruned_cnn().state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["channels.safetensors", "channels.compact.safetensors"])
+def test_load_weights_replays_the_structured_plan_on_the_original_architecture(weights, name):
+    model = load_weights(str(weights / name), DigitsCNN)
+    assert model.conv1.weight.shape == channel_pruned_cnn().conv1.weight.shape
+    assert plan_of(model) == plan_of(channel_pruned_cnn())
+
+
+def test_plain_state_dict_of_a_channel_pruned_model_needs_its_own_architecture(tmp_path):
+    save_file(channel_pruned_cnn().state_dict(), str(tmp_path / "plain.safetensors"))
+    with pytest.raises(StateMismatchError, match="'conv1.weight' has shape"):
+        load_weights(str(tmp_path / "plain.safetensors"), DigitsCNN)
 
 
 def test_export_writes_every_artifact_the_table_and_json(weights, tmp_path, capsys):
@@ -38,13 +62,15 @@ def test_export_writes_every_artifact_the_table_and_json(weights, tmp_path, caps
     assert "pruned int8 static" in capsys.readouterr().out
 
 
-def test_export_of_a_compact_file_keeps_its_plan_and_reads_npz_data(weights, tmp_path):
+def test_export_of_a_channel_pruned_compact_file_keeps_its_plan_and_reads_npz_data(weights, tmp_path):
     split = digits()
     np.savez(tmp_path / "data.npz", x_test=split.x_test[:100], y_test=split.y_test[:100], x_calib=split.x_val[:64])
-    code = main(["export", str(weights / "pruned.compact.safetensors"), "--factory", FACTORY, "--data",
+    code = main(["export", str(weights / "channels.compact.safetensors"), "--factory", FACTORY, "--data",
                  str(tmp_path / "data.npz"), "--out", str(tmp_path / "out"), "--repeats", "2", "--no-memory"])
     assert code == 0
-    assert read_compact_header(tmp_path / "out" / "pruned.compact-fp32.safetensors").plan == {"method": "global magnitude"}
+    header = read_compact_header(tmp_path / "out" / "pruned.compact-int8.safetensors")
+    assert header.plan == plan_of(channel_pruned_cnn())
+    assert header.tensors["conv1.weight"].shape == tuple(channel_pruned_cnn().conv1.weight.shape)
     assert not (tmp_path / "out" / "dense.onnx").exists()
 
 

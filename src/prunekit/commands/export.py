@@ -1,9 +1,11 @@
 """``prunekit export MODEL``: from saved weights to ONNX fp32/int8 files, compact files and a comparison table.
 
-MODEL is a weight file: a prunekit compact file, a plain safetensors state_dict, or a
-``torch.save``d state_dict (``.pt``/``.pth``, loaded with ``weights_only=True``). The
-architecture comes from ``--factory module:callable``, a zero-argument callable returning the
-``nn.Module`` the weights belong to (for a structurally pruned model: the pruned architecture).
+MODEL is a weight file: a prunekit compact file, a ``save_pruned`` file, a plain safetensors
+state_dict, or a ``torch.save``d state_dict (``.pt``/``.pth``, loaded with ``weights_only=True``).
+The architecture comes from ``--factory module:callable``, a zero-argument callable returning
+the ``nn.Module``. For compact and ``save_pruned`` files of structurally pruned models it may
+build the original architecture (the recorded plan is replayed); for plain state_dicts it must
+build the architecture the weights belong to.
 
 Example::
 
@@ -59,7 +61,7 @@ def import_factory(spec: str) -> Callable[[], Any]:
 
 
 def load_weights(path: str, factory: Callable[[], Any]) -> Any:
-    """Build ``factory()`` and load a compact file, safetensors state_dict or torch state_dict into it.
+    """Build ``factory()`` and load a compact file, ``save_pruned`` file, safetensors or torch state_dict into it.
 
     Example::
 
@@ -77,13 +79,20 @@ def load_weights(path: str, factory: Callable[[], Any]) -> Any:
     if is_compact_file(file):
         return load_compressed(file, factory)
     if file.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
+        from prunekit.torch.plan import _METADATA_KEY as STRUCTURED_PLAN_KEY
+        from prunekit.torch.plan import load_pruned
+
         try:
+            with safe_open(str(file), framework="pt") as handle:
+                metadata = handle.metadata() or {}
             state = load_file(str(file))
         except (SafetensorError, OSError) as exc:
             raise CorruptFileError(f"{file} is not a readable safetensors file: {exc}") from None
+        if STRUCTURED_PLAN_KEY in metadata:  # written by save_pruned: replay its plan
+            return load_pruned(file, factory)
     else:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)

@@ -60,7 +60,7 @@ def check_state_fits(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], so
     expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     missing = [name for name in expected if name not in shapes]
     unexpected = [name for name in shapes if name not in expected]
-    mismatched = [name for name in shapes if name in expected and tuple(shapes[name]) != expected[name]]
+    mismatched = [name for name in expected if name in shapes and tuple(shapes[name]) != expected[name]]
     if not (missing or unexpected or mismatched):
         return
 
@@ -78,7 +78,8 @@ def check_state_fits(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], so
     raise StateMismatchError(
         f"{source} does not fit the {type(model).__name__} built by the model factory: " + "; ".join(problems)
         + ". Pass a factory that builds the architecture the weights were saved from (for a structurally "
-        "pruned model, the pruned architecture; the file header's plan records it)")
+        "pruned model, the pruned one; files from save_compressed or save_pruned record the plan and accept "
+        "the original architecture)")
 
 
 def save_compressed(
