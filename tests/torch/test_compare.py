@@ -69,3 +69,12 @@ def test_to_dict_is_json_with_sizes_latency_and_speedups(comparison):
     assert rows["pruned int8 static"]["latency_ms"]["64"]["runs"] == 8
     assert rows["pruned compact int8"]["size_bytes"] == comparison.row("pruned compact int8").size_bytes
     assert rows["pruned int8 static"]["speedup"]["64"] == pytest.approx(comparison.speedup("pruned int8 static", 64))
+
+
+def test_test_data_with_mismatched_labels_raises_config_error_before_writing(tmp_path):
+    from prunekit.errors import ConfigError
+
+    split = digits()
+    with pytest.raises(ConfigError, match="as many labels as inputs"):
+        compare_artifacts(None, pruned_cnn(), (split.x_test, split.y_test[:3]), split.x_val, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

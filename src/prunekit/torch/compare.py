@@ -193,7 +193,11 @@ def compare_artifacts(
         comparison = compare_artifacts(dense, pruned, (split.x_test, split.y_test), split.x_val, "artifacts")
         comparison.print()
     """
+    if not isinstance(test_data, (tuple, list)) or len(test_data) != 2:
+        raise ConfigError("test_data should be a pair (x_test, y_test) of inputs and integer labels")
     x_test, y_test = (np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for v in test_data)
+    if len(x_test) != len(y_test) or len(x_test) == 0:
+        raise ConfigError(f"test_data has {len(x_test)} inputs and {len(y_test)} labels; give as many labels as inputs")
     if example_input is None:
         example_input = torch.as_tensor(batch_of(x_test, 2))
     out = Path(out_dir)
