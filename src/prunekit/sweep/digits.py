@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from prunekit.data import load_digits
+from prunekit.data import DatasetSplit, load_digits
 from prunekit.errors import ConfigError
 from prunekit.sweep.runner import Trial
 from prunekit.torch.latency import measure_latency
@@ -50,7 +50,7 @@ class DigitsObjective:
     """
 
     def __init__(self, dense_state: dict[str, torch.Tensor], *, finetune_epochs: int = 2, latency_repeats: int = 5,
-                 seed: int = 0, model_options: dict[str, Any] | None = None):
+                 seed: int = 0, model_options: dict[str, Any] | None = None, split: DatasetSplit | None = None):
         if not isinstance(finetune_epochs, int) or finetune_epochs < 1:
             raise ConfigError(f"finetune_epochs should be an integer >= 1, got {finetune_epochs!r}")
         self.dense_state = {k: v.detach().cpu().clone() for k, v in dense_state.items()}
@@ -58,6 +58,8 @@ class DigitsObjective:
         self.latency_repeats = latency_repeats
         self.seed = seed
         self.model_options = dict(model_options or {})
+        # the arrays travel with the objective (a few hundred KB), so workers skip importing scikit-learn
+        self.split = split if split is not None else load_digits(seed=seed)
 
     @classmethod
     def train(cls, epochs: int = 8, seed: int = 0, model_options: dict[str, Any] | None = None,
@@ -68,7 +70,7 @@ class DigitsObjective:
         model = DigitsCNN(**(model_options or {}))
         fit(model, make_loader(split.x_train, split.y_train, seed=seed), epochs=epochs, lr=2e-3, progress=False,
             device="cpu")
-        return cls(model.state_dict(), seed=seed, model_options=model_options, **options)
+        return cls(model.state_dict(), seed=seed, model_options=model_options, split=split, **options)
 
     def dense_model(self) -> nn.Module:
         model = DigitsCNN(**self.model_options)
@@ -104,7 +106,7 @@ class DigitsObjective:
 
     def __call__(self, trial: Trial) -> dict[str, float]:
         torch.manual_seed(self.seed + trial.seed)
-        split = load_digits(seed=self.seed)
+        split = self.split
         loader = make_loader(split.x_train, split.y_train, seed=self.seed + trial.seed)
         prune = self._method(trial.method)
         model = prune(self.dense_model(), loader, trial.sparsity) if trial.sparsity > 0 or trial.method == "channels" \
