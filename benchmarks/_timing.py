@@ -37,10 +37,17 @@ _MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOL
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call of one variant: every call, and each round's median."""
+    """Seconds per call of one variant: every call, and each round's median.
+
+    ``samples``/``round_medians`` are wall-clock; ``cpu_samples``/``cpu_round_medians`` are the
+    CPU time of the calling thread, which is all of the compute when torch runs on one thread and
+    is unaffected by other processes competing for the cores (only by their cache traffic).
+    """
 
     samples: tuple[float, ...]
     round_medians: tuple[float, ...]
+    cpu_samples: tuple[float, ...] = ()
+    cpu_round_medians: tuple[float, ...] = ()
 
     @property
     def median(self) -> float:
@@ -51,6 +58,11 @@ class Timing:
     def best(self) -> float:
         """Minimum of the per-round medians: the least disturbed round."""
         return min(self.round_medians)
+
+    @property
+    def cpu_best(self) -> float:
+        """Minimum of the per-round medians of the calling thread's CPU time."""
+        return min(self.cpu_round_medians)
 
 
 def time_interleaved(variants: Mapping[str, Callable[[], object]], rounds: int = 8, repeats: int = 5,
@@ -72,22 +84,29 @@ def time_interleaved(variants: Mapping[str, Callable[[], object]], rounds: int =
     for _ in range(warmup):
         for name in names:
             variants[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    medians: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    wall_medians: dict[str, list[float]] = {name: [] for name in names}
+    cpu_medians: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
         shift = round_index % len(names)
         order = names[shift:] + names[:shift]
-        times: dict[str, list[float]] = {name: [] for name in names}
+        round_wall: dict[str, list[float]] = {name: [] for name in names}
+        round_cpu: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(repeats):
             for name in order:
                 call = variants[name]
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.thread_time()
                 call()
-                times[name].append(time.perf_counter() - start)
+                round_cpu[name].append(time.thread_time() - start_cpu)
+                round_wall[name].append(time.perf_counter() - start)
         for name in names:
-            samples[name].extend(times[name])
-            medians[name].append(statistics.median(times[name]))
-    return {name: Timing(tuple(samples[name]), tuple(medians[name])) for name in names}
+            wall[name].extend(round_wall[name])
+            cpu[name].extend(round_cpu[name])
+            wall_medians[name].append(statistics.median(round_wall[name]))
+            cpu_medians[name].append(statistics.median(round_cpu[name]))
+    return {name: Timing(tuple(wall[name]), tuple(wall_medians[name]), tuple(cpu[name]), tuple(cpu_medians[name]))
+            for name in names}
 
 
 def paired_speedup(baseline: Timing, candidate: Timing) -> float:

@@ -198,3 +198,42 @@ def test_lstm_counts_input_and_hidden_products_at_every_step():
 def test_gru_counts_input_and_hidden_products_at_every_step():
     gru = nn.GRU(8, 16, batch_first=True)
     assert count_macs(gru, torch.zeros(2, 5, 8)).total == 10 * (8 + 16) * 48
+
+
+def test_counting_in_training_mode_leaves_batchnorm_statistics_unchanged():
+    model = DigitsCNN().train()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    count_macs(model, torch.randn(2, 1, 8, 8))
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value and caches a tensor on itself, as some real models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.small = nn.Linear(4, 2)
+        self.large = nn.Linear(4, 8)
+
+    def forward(self, x):
+        self.last_input = x.detach()
+        return self.large(x) if x.sum() > 0 else self.small(x)
+
+
+def test_data_dependent_model_is_counted_on_the_branch_its_inputs_take():
+    assert count_macs(DataDependent(), torch.ones(3, 4)).total == 3 * 4 * 8
+    assert count_macs(DataDependent(), -torch.ones(3, 4)).total == 3 * 4 * 2
+
+
+def test_attributes_set_during_counting_are_removed_afterwards():
+    model = DataDependent()
+    count_macs(model, torch.ones(3, 4))
+    assert not hasattr(model, "last_input")
+
+
+def test_model_on_meta_device_is_counted_without_weights():
+    with torch.device("meta"):
+        model = DigitsCNN()
+    report = count_macs(model, torch.zeros(1, 1, 8, 8, device="meta"))
+    assert report.total == 1_330_432

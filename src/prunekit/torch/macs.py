@@ -21,7 +21,7 @@ What counts (one MAC = one multiply plus one add; FLOPs ≈ 2 × MACs):
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -91,10 +91,14 @@ def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> MacsReport:
 
     ``example_inputs`` is a tensor, a tuple/list of positional inputs, or a dict of keyword
     inputs (``{"input_ids": ...}`` for ``transformers`` models). MACs scale with the batch size
-    of the inputs. The model runs once under ``torch.no_grad()``; its parameters and training
-    mode are not changed. One MAC is one multiply-add, so FLOPs ≈ 2 × MACs (``report.flops``).
+    of the inputs. One MAC is one multiply-add, so FLOPs ≈ 2 × MACs (``report.flops``).
     Convolutions, matrix products and attention count; normalisation, activations, pooling,
     elementwise ops and embeddings count 0 (see the module docstring for the formulas).
+
+    The forward pass runs under ``torch.no_grad()`` on fake tensors (shapes only, so counting
+    costs the same for any batch size), or for real when the model's code needs values (data-
+    dependent branches); either way the model's parameters, buffers (BatchNorm statistics),
+    attributes and training mode are as they were afterwards.
 
     Example::
 
@@ -104,15 +108,32 @@ def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> MacsReport:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"count_macs expects an nn.Module, got {type(model).__name__}")
     names = {module: name for name, module in model.named_modules()}
+    try:
+        macs = _count(model, example_inputs, names, fake=True)
+    except Exception:
+        macs = None  # the model needs real values (or the inputs are wrong): run it for real
+    if macs is None:
+        macs = _count(model, example_inputs, names, fake=False)
+    return _report(model, names, macs)
+
+
+# --- running the model ---------------------------------------------------------------------
+
+
+def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Module, str], fake: bool) -> dict[str, int]:
+    """MACs per module name from one forward pass, with fake tensors or for real."""
     counter = _MacCounter()
     handles = []
     for module, name in names.items():
         handles.append(module.register_forward_pre_hook(_push(counter, name)))
         handles.append(module.register_forward_hook(_pop(counter)))
     try:
-        with torch.no_grad(), _attention_fastpath_disabled(), counter:
-            _call(model, example_inputs)
+        with torch.no_grad(), _attention_fastpath_disabled(), _model_state_preserved(model):
+            with (_fake_tensors() if fake else nullcontext()), counter:
+                _call(model, example_inputs)
     except Exception as exc:
+        if fake:
+            raise
         raise ConfigError(
             f"count_macs could not run {type(model).__name__} on the example inputs "
             f"(failed inside {counter.current or 'the root module'!r}: {type(exc).__name__}: {exc}); "
@@ -122,10 +143,7 @@ def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> MacsReport:
     finally:
         for handle in handles:
             handle.remove()
-    return _report(model, names, counter.macs)
-
-
-# --- running the model ---------------------------------------------------------------------
+    return counter.macs
 
 
 def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
@@ -134,6 +152,37 @@ def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
     if isinstance(example_inputs, (tuple, list)):
         return model(*example_inputs)
     return model(example_inputs)
+
+
+def _fake_tensors() -> Any:
+    """A mode that runs operators on shapes only; real parameters are converted as they are used."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+@contextmanager
+def _model_state_preserved(model: nn.Module) -> Iterator[None]:
+    """Put back every module's attributes, parameters, buffers and buffer values after the block.
+
+    A forward pass may update buffers in place (BatchNorm statistics in training mode) or cache
+    tensors on the module; counting must leave the model exactly as it was.
+    """
+    modules = list(model.modules())
+    saved = [(dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
+    values = [(buffer, buffer.detach().clone()) for m in modules for buffer in m._buffers.values() if buffer is not None]
+    try:
+        yield
+    finally:
+        for module, (attributes, parameters, buffers, children) in zip(modules, saved):
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+            for live, kept in ((module._parameters, parameters), (module._buffers, buffers), (module._modules, children)):
+                live.clear()
+                live.update(kept)
+        with torch.no_grad():
+            for buffer, value in values:
+                buffer.copy_(value)
 
 
 @contextmanager
