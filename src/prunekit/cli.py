@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("prunekit.commands.export", "export a pruned PyTorch model to ONNX fp32/int8 and compact files, with a comparison table"),
     "inspect": ("prunekit.commands.inspect", "print a model's per-layer params, nonzeros and MACs, its peak memory and latency"),
     "sweep": ("prunekit.commands.sweep", "prune over a grid of methods and sparsities in parallel, with Pareto plots and a report"),
+    "run": ("prunekit.commands.run", "run a YAML recipe (validated up front) and write an HTML/Markdown/JSON report"),
 }
 
 

@@ -1,0 +1,217 @@
+"""The recipe schema: a whole pruning job as typed dataclasses, loaded from YAML and validated up front.
+
+Example recipe (the shipped demo, ``prunekit demo --print-recipe``)::
+
+    name: digits-demo
+    model: {factory: "prunekit.torch:DigitsCNN", input_shape: [1, 8, 8]}
+    data: {loader: "prunekit.data:load_digits"}
+    train: {epochs: 25, lr: 0.002}
+    prune: {method: gradual, sparsities: [0.5, 0.8, 0.9], scope: global, epochs: 12, lr: 0.001}
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from prunekit.errors import ConfigError
+from prunekit.recipes.validation import RecipeError, build, checked
+
+
+def resolve_import(spec: str) -> Any:
+    """The object named by ``"package.module:attribute"`` (dotted attributes allowed).
+
+    Example::
+
+        resolve_import("prunekit.torch:DigitsCNN")
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ConfigError(f"should look like 'package.module:callable', got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} ({exc})") from None
+    for attr in attr_path.split("."):
+        if not hasattr(target, attr):
+            raise ConfigError(f"module {module_name!r} has no attribute {attr_path!r}")
+        target = getattr(target, attr)
+    if not callable(target):
+        raise ConfigError(f"{spec!r} is not callable")
+    return target
+
+
+def _importable(value: str) -> str | None:
+    try:
+        resolve_import(value)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _at_least(minimum: float, what: str = "") -> Any:
+    return lambda v: None if v >= minimum else f"should be >= {minimum}{what}, got {v!r}"
+
+
+def _positive_ints(values: list[int]) -> str | None:
+    if not values or any(v < 1 for v in values):
+        return f"should be a non-empty list of positive integers, got {values!r}"
+    return None
+
+
+def _sparsities(values: list[float]) -> str | None:
+    if not values:
+        return "should list at least one sparsity"
+    bad = [v for v in values if not 0 <= v < 1]
+    return f"every sparsity should be in [0, 1), got {bad}" if bad else None
+
+
+def _ratios(values: list[float]) -> str | None:
+    bad = [v for v in values if not 0 < v < 1]
+    return f"every ratio should be in (0, 1), got {bad}" if bad else None
+
+
+def _positive_float(value: float) -> str | None:
+    return None if value > 0 else f"should be > 0, got {value!r}"
+
+
+@dataclass
+class ModelConfig:
+    """The model: a factory import path, its keyword arguments, one sample's shape, optional weights."""
+
+    factory: str = checked(_importable)
+    input_shape: list[int] = checked(_positive_ints)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = checked(lambda v: None if v is None or Path(v).is_file() else f"file {v!r} does not exist",
+                                     default=None)
+
+
+@dataclass
+class DataConfig:
+    """Data: a loader import path returning an object with ``x_train, y_train, x_val, y_val, x_test, y_test``."""
+
+    loader: str = checked(_importable, default="prunekit.data:load_digits")
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = checked(_at_least(1), default=64)
+
+
+@dataclass
+class TrainConfig:
+    """Dense training before pruning (skipped when ``model.weights`` is given)."""
+
+    epochs: int = checked(_at_least(0), default=10)
+    lr: float = checked(_positive_float, default=2e-3)
+
+
+@dataclass
+class PruneConfig:
+    """How to prune: method, target sparsities, scope, importance, fine-tuning epochs and learning rate."""
+
+    method: Literal["gradual", "one-shot", "iterative", "channels"] = "gradual"
+    sparsities: list[float] = checked(_sparsities, default_factory=lambda: [0.5])
+    scope: Literal["layer", "global"] = "global"
+    importance: Literal["magnitude", "taylor", "random"] = "magnitude"
+    epochs: int = checked(_at_least(1), default=4)
+    lr: float = checked(_positive_float, default=1e-3)
+    ignore: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportConfig:
+    """Export the pruned models to ONNX (``onnx``) and quantize them to int8 (``int8``, needs ``onnx``)."""
+
+    onnx: bool = False
+    int8: bool = False
+
+
+@dataclass
+class ReportConfig:
+    """What the report measures: latency batch sizes (empty: none) and sensitivity ratios (empty: none)."""
+
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    sensitivity_ratios: list[float] = checked(_ratios, default_factory=list)
+
+
+@dataclass
+class Recipe:
+    """A whole job. Only ``name`` and ``model`` are required; every other section has defaults."""
+
+    name: str
+    model: ModelConfig
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def _section(data: Any, name: str) -> dict[str, Any]:
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _cross_checks(data: Any) -> list[tuple[str, str]]:
+    """Checks across fields, on the raw data so they are reported with the per-field errors."""
+    errors = []
+    export, prune = _section(data, "export"), _section(data, "prune")
+    if export.get("int8") is True and export.get("onnx") is not True:
+        errors.append(("export.int8", "int8 quantization works on the ONNX export; set export.onnx: true too"))
+    if prune.get("method") == "channels" and prune.get("importance", "magnitude") != "magnitude":
+        errors.append(("prune.importance", "method 'channels' ranks channels by their L1 norm; leave importance: magnitude"))
+    return errors
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe (a dict) and build the :class:`Recipe`; every error is reported at once.
+
+    Example::
+
+        recipe = parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]}})
+    """
+    errors: list[tuple[str, str]] = []
+    recipe = build(Recipe, data, "", errors)
+    errors += _cross_checks(data)
+    if errors:
+        raise RecipeError(errors, source)
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a YAML recipe file.
+
+    Example::
+
+        recipe = load_recipe("recipe.yaml")
+    """
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"recipe file {file} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    return parse_recipe(data, str(file))
+
+
+def builtin_recipe_text(name: str = "demo") -> str:
+    """The text of a recipe shipped in ``prunekit/recipes/`` (``demo`` is the built-in demo).
+
+    Example::
+
+        print(builtin_recipe_text("demo"))
+    """
+    files = resources.files("prunekit.recipes")
+    available = sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+    if name not in available:
+        raise ConfigError(f"no built-in recipe {name!r}; available: {available}")
+    return (files / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "parse_recipe", "builtin_recipe_text", "resolve_import"]

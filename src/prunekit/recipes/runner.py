@@ -1,0 +1,199 @@
+"""Run a validated :class:`Recipe`: build or load the model, train, prune per sparsity, measure, export, report.
+
+Every step is a public prunekit call (``fit``, ``prune_gradually``/``prune_one_shot``/
+``prune_iteratively``, ``prune_channels``, ``summarize``, ``measure_latency``, ``export_onnx``,
+``quantize_onnx``, ``analyze_sensitivity``); this module only wires them as the recipe says.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.recipes.config import Recipe, resolve_import
+from prunekit.recipes.validation import to_plain
+from prunekit.report.html import Report, Section, write_report
+from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
+from prunekit.report.tables import ResultTable, write_text_atomic
+from prunekit.sweep.pareto import pareto_front
+from prunekit.torch.latency import measure_latency
+from prunekit.torch.metrics import serialized_size
+from prunekit.torch.sensitivity import Accuracy, analyze_sensitivity
+from prunekit.torch.summary import ModelSummary, summarize
+from prunekit.torch.training import fit, make_loader
+from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
+
+_SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def _load_data(recipe: Recipe) -> Any:
+    try:
+        split = resolve_import(recipe.data.loader)(**recipe.data.kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"data.loader {recipe.data.loader!r} raised {type(exc).__name__}: {exc}") from exc
+    missing = [name for name in _SPLIT_FIELDS if not hasattr(split, name)]
+    if missing:
+        raise ConfigError(f"data.loader {recipe.data.loader!r} returned a {type(split).__name__} without {missing}; "
+                          "return an object with x_train, y_train, x_val, y_val, x_test, y_test (like prunekit.data.load_digits)")
+    return split
+
+
+def _build_model(recipe: Recipe) -> nn.Module:
+    try:
+        model = resolve_import(recipe.model.factory)(**recipe.model.kwargs)
+    except Exception as exc:
+        raise ConfigError(f"model.factory {recipe.model.factory!r} with kwargs {recipe.model.kwargs} raised "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.factory {recipe.model.factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _prune(recipe: Recipe, model: nn.Module, loader: Any, sparsity: float) -> nn.Module:
+    prune = recipe.prune
+    options = {"scope": prune.scope, "importance": prune.importance, "ignore": prune.ignore, "progress": False}
+    if prune.method == "gradual":
+        return prune_gradually(model, loader, sparsity, epochs=max(prune.epochs, 2), lr=prune.lr, **options).model
+    if prune.method == "one-shot":
+        return prune_one_shot(model, loader, sparsity, finetune_epochs=prune.epochs, lr=prune.lr, **options).model
+    if prune.method == "iterative":
+        return prune_iteratively(model, loader, sparsity, rounds=3, epochs_per_round=max(1, prune.epochs // 3),
+                                 lr=prune.lr, **options).model
+    try:
+        from prunekit.torch.structured import prune_channels
+    except ImportError as exc:
+        raise ConfigError(f"prune.method 'channels' needs structured pruning (prunekit.torch.prune_channels): {exc}") from None
+    example = torch.zeros(1, *recipe.model.input_shape)
+    pruned = prune_channels(model, example, sparsity).model
+    fit(pruned, loader, epochs=prune.epochs, lr=prune.lr, progress=False)
+    return pruned
+
+
+def _measure(model: nn.Module, recipe: Recipe, split: Any) -> tuple[dict[str, Any], ModelSummary]:
+    model = model.eval()
+    summary = summarize(model, torch.zeros(1, *recipe.model.input_shape))
+    sizes = serialized_size(model)
+    row: dict[str, Any] = {"accuracy": Accuracy(split.x_test, split.y_test)(model), "params": summary.params,
+                           "nonzeros": summary.nonzeros, "sparsity": summary.sparsity, "macs": summary.macs,
+                           "sparse_macs": summary.sparse_macs, "raw_bytes": sizes["raw_bytes"], "gzip_bytes": sizes["gzip_bytes"]}
+    if recipe.report.latency_batch_sizes:
+        timings = measure_latency(model, recipe.model.input_shape, recipe.report.latency_batch_sizes, warmup=3, repeats=15)
+        row["latency"] = [t.to_dict() for t in timings]
+    return row, summary
+
+
+def _export(recipe: Recipe, model: nn.Module, split: Any, out: Path, label: str) -> dict[str, str]:
+    from prunekit.torch.export import export_onnx
+
+    files = {}
+    onnx_path = out / f"{label}.onnx"
+    export_onnx(model.eval(), torch.zeros(1, *recipe.model.input_shape), onnx_path)
+    files["onnx"] = str(onnx_path)
+    if recipe.export.int8:
+        from prunekit.torch.quantize import quantize_onnx
+
+        int8_path = out / f"{label}.int8.onnx"
+        quantize_onnx(onnx_path, int8_path, "static", split.x_val[:256])
+        files["int8"] = str(int8_path)
+    return files
+
+
+def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
+    """Run ``recipe`` and write ``results.json`` and ``report.{html,md,json}`` (and exports) to ``out_dir``.
+
+    Returns ``{"dense": {...}, "runs": [{"sparsity", "accuracy", "gzip_bytes", ...}], "sensitivity": ...}``.
+
+    Example::
+
+        results = run_recipe(load_recipe("recipe.yaml"), "out")
+        results["runs"][0]["accuracy"]
+    """
+    out = Path(out_dir)
+    torch.manual_seed(recipe.seed)
+    split = _load_data(recipe)
+    loader = make_loader(split.x_train, split.y_train, batch_size=recipe.data.batch_size, seed=recipe.seed)
+    dense = _build_model(recipe)
+    started = time.perf_counter()
+    if recipe.model.weights:
+        from prunekit.commands.export import load_weights
+
+        dense = load_weights(recipe.model.weights, lambda: _build_model(recipe))
+    elif recipe.train.epochs:
+        fit(dense, loader, epochs=recipe.train.epochs, lr=recipe.train.lr, progress=False)
+    dense_row, dense_summary = _measure(dense, recipe, split)
+    dense_row["seconds"] = time.perf_counter() - started
+    results: dict[str, Any] = {"recipe": recipe.name, "dense": dense_row, "runs": []}
+    summaries = {"dense": dense_summary}
+    for sparsity in recipe.prune.sparsities:
+        torch.manual_seed(recipe.seed)
+        started = time.perf_counter()
+        pruned = _prune(recipe, copy.deepcopy(dense), loader, sparsity)
+        row, summaries[f"{sparsity:.0%}"] = _measure(pruned, recipe, split)
+        row.update({"method": recipe.prune.method, "target": sparsity, "seconds": time.perf_counter() - started})
+        if recipe.export.onnx:
+            row["files"] = _export(recipe, pruned, split, out, f"pruned-{sparsity:g}")
+        results["runs"].append(row)
+    if recipe.report.sensitivity_ratios:
+        table = analyze_sensitivity(dense, Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios,
+                                    metric_name="validation accuracy")
+        results["sensitivity"] = table.to_dict()
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_report(recipe_report(recipe, results, summaries, recipe_text), out)
+    return results
+
+
+def recipe_report(recipe: Recipe, results: dict[str, Any], summaries: dict[str, ModelSummary],
+                  recipe_text: str | None = None) -> Report:
+    """The report of a recipe run: before/after table, per-layer charts, Pareto plot, sensitivity, recipe.
+
+    Example::
+
+        write_report(recipe_report(recipe, results, summaries), "out")
+    """
+    dense = results["dense"]
+    table = ResultTable(f"{recipe.name}: before and after (test set)",
+                        ["model", "accuracy", "Δ pt", "nonzeros", "sparse MACs", "gzip bytes", "latency ms (batch)"])
+
+    def latency(row: dict[str, Any]) -> str:
+        return ", ".join(f"{t['median_ms']:.2f} ({t['device']} {t['batch_size']})" for t in row.get("latency", []))
+
+    table.add_row("dense", f"{dense['accuracy']:.2%}", "", f"{dense['nonzeros']:,}", f"{dense['sparse_macs']:,}",
+                  f"{dense['gzip_bytes']:,}", latency(dense))
+    for run in results["runs"]:
+        table.add_row(f"{run['method']} {run['target']:.0%}", f"{run['accuracy']:.2%}",
+                      f"{(run['accuracy'] - dense['accuracy']) * 100:+.2f}", f"{run['nonzeros']:,}",
+                      f"{run['sparse_macs']:,}", f"{run['gzip_bytes']:,}", latency(run))
+    layers = [layer.name for layer in summaries["dense"].layers if layer.macs or layer.params]
+    shared = [name for name in layers if all(any(l.name == name for l in s.layers) for s in summaries.values())]
+
+    def per_layer(attribute: str) -> dict[str, list[float]]:
+        return {label: [getattr(s.layer(name), attribute) for name in shared] for label, s in summaries.items()}
+
+    figures = [plot_layer_bars(shared, per_layer("sparsity"), ylabel="sparsity", title="Per-layer sparsity"),
+               plot_layer_bars(shared, per_layer("sparse_macs"), ylabel="sparse MACs per sample", title="Per-layer MACs")]
+    rows = [dict(dense, method="dense")] + results["runs"]
+    figures.append(plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"),
+                               title="accuracy vs size (gzip)"))
+    sections = [Section("Before and after", tables=[table]), Section("Per layer and trade-off", figures=figures)]
+    if "sensitivity" in results:
+        data = results["sensitivity"]
+        sections.append(Section("Sensitivity", text="Validation accuracy with one layer pruned at a time (magnitude).",
+                                figures=[plot_heatmap(list(data["scores"]), data["ratios"], list(data["scores"].values()),
+                                                      title="Sensitivity (validation accuracy)", label="accuracy")]))
+    text = recipe_text if recipe_text is not None else _yaml(recipe)
+    return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
+
+
+def _yaml(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_plain(recipe), sort_keys=False)
