@@ -105,3 +105,10 @@ def test_run_command_runs_a_recipe_and_writes_results_and_report(tmp_path, one_t
     assert html.count("data:image/png;base64,") == 4  # sparsity, MACs, Pareto, sensitivity
     assert "name: tiny" in html  # the exact recipe
     assert json.loads((out / "report.json").read_text())["recipe"] == path.read_text()
+
+
+def test_demo_print_recipe_prints_the_shipped_recipe_and_runs_nothing(capsys):
+    assert main(["demo", "--print-recipe"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == builtin_recipe_text("demo")
+    assert parse_recipe(yaml.safe_load(printed)).name == "digits-demo"

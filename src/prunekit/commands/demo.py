@@ -28,9 +28,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (lower accuracy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--print-recipe", action="store_true",
+                        help="print the demo as a YAML recipe to copy, edit and run with `prunekit run` (runs nothing)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "print_recipe", False):
+        from prunekit.recipes.config import builtin_recipe_text
+
+        print(builtin_recipe_text("demo"), end="")
+        return 0
     from prunekit.demo import run_demo
 
     methods = ["gradual", "one-shot", "iterative"] if args.method == "all" else [args.method]
