@@ -98,3 +98,10 @@ def test_accuracy_metric_counts_correct_argmax():
 
 def test_prunable_layers_of_a_chain_are_its_linears():
     assert prunable_layers(PositiveChain()) == ["first", "second"]
+
+
+def test_heatmap_is_written_as_png_and_svg(tmp_path):
+    table = analyze_sensitivity(PositiveChain(), OutputMean(), ratios=(0.5, 0.9))
+    figure = table.heatmap(stem=tmp_path / "sensitivity")
+    assert (tmp_path / "sensitivity.png").read_bytes() == figure.png
+    assert b"<svg" in (tmp_path / "sensitivity.svg").read_bytes()

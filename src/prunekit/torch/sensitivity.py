@@ -118,6 +118,12 @@ class SensitivityTable:
         return cls(float(data["baseline"]), [float(r) for r in data["ratios"]],
                    {k: [float(v) for v in vs] for k, vs in data["scores"].items()}, data.get("metric", "metric"))
 
+    def heatmap(self, stem: str | None = None, title: str = "Sensitivity") -> Any:
+        """The layer × ratio heat-map (a :class:`~prunekit.report.plots.Figure`; PNG+SVG files at ``stem``)."""
+        from prunekit.report.plots import plot_heatmap
+
+        return plot_heatmap(self.layers, self.ratios, self.to_array().tolist(), stem=stem, title=title, label=self.metric)
+
     def table(self, title: str = "Sensitivity") -> ResultTable:
         """Layer × ratio table of scores, with the baseline in the title."""
         result = ResultTable(f"{title} ({self.metric}; dense {self.baseline:.4g})", ["layer", *[f"{r:.0%}" for r in self.ratios]])
