@@ -8,9 +8,16 @@ from prunekit.cli import main
 from prunekit.demo import run_demo
 
 
+@pytest.fixture(scope="module")
+def full_demo(tmp_path_factory):
+    """One full (not --quick) demo run at 90% sparsity, with artifacts, shared by the tests below."""
+    output = tmp_path_factory.mktemp("demo")
+    return output, run_demo(sparsities=[0.9], output_dir=output, progress=False)
+
+
 @pytest.mark.slow
-def test_demo_at_90_percent_sparsity_stays_within_1_5_points_of_dense(tmp_path):
-    results = run_demo(sparsities=[0.9], output_dir=tmp_path, progress=False)
+def test_demo_at_90_percent_sparsity_stays_within_1_5_points_of_dense(full_demo):
+    _, results = full_demo
     dense, pruned = results["dense"]["accuracy"], results["runs"][0]["accuracy"]
     print(f"dense {dense:.4f}, 90% sparse {pruned:.4f}")
     assert dense >= 0.95
@@ -19,11 +26,25 @@ def test_demo_at_90_percent_sparsity_stays_within_1_5_points_of_dense(tmp_path):
     assert results["runs"][0]["gzip_bytes"] < 0.3 * results["dense"]["gzip_bytes"]
 
 
+@pytest.mark.slow
+def test_demo_ends_with_deployable_artifacts_of_the_sparsest_run(full_demo):
+    tmp_path, results = full_demo
+    rows = {row["name"]: row for row in results["artifacts"]["rows"]}
+    assert {"dense fp32", "pruned fp32", "pruned int8 static", "pruned compact int8"} <= set(rows)
+    assert rows["pruned int8 static"]["accuracy"] >= rows["pruned fp32"]["accuracy"] - 0.01
+    assert rows["pruned compact int8"]["size_ratio"] >= 16
+    for row in rows.values():
+        assert (tmp_path / "artifacts" / row["path"].split("/")[-1]).is_file()
+    assert "Deployable artifacts" in (tmp_path / "results.md").read_text()
+
+
 def test_demo_command_writes_markdown_and_json(tmp_path, capsys):
-    code = main(["demo", "--quick", "--sparsities", "0.5,0.8", "--method", "all", "--no-progress", "--output", str(tmp_path)])
+    code = main(["demo", "--quick", "--sparsities", "0.5,0.8", "--method", "all", "--no-progress", "--no-export",
+                 "--output", str(tmp_path)])
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["dense"]) >= {"accuracy", "size_bytes", "gzip_bytes"}
+    assert "artifacts" not in results
     assert [(r["method"], r["sparsity"]) for r in results["runs"]] == [
         (m, s) for m in ("gradual", "one-shot", "iterative") for s in (0.5, 0.8)
     ]

@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from prunekit.errors import (
     ConfigError,
     CorruptFileError,
+    ExportError,
     LayerNotFoundError,
     MissingDependencyError,
     PrunekitError,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "ConstantSparsity",
     "CorruptFileError",
+    "ExportError",
     "IterativeSparsity",
     "LayerNotFoundError",
     "MissingDependencyError",

@@ -39,6 +39,29 @@ def results_table(results: dict[str, Any]) -> ResultTable:
     return table
 
 
+def artifacts_table(artifacts: dict[str, Any]) -> ResultTable:
+    """The deployable artifacts measured by the demo: size, gzip, accuracy, latency and speedup."""
+    big = str(max(artifacts["batch_sizes"]))
+    small = str(min(artifacts["batch_sizes"]))
+    table = ResultTable(
+        "Deployable artifacts (dense and sparsest run)",
+        ["artifact", "KiB", "gzip KiB", "×", "acc", f"b{small} ms", f"b{big} ms", f"b{big} ×"],
+    )
+    for row in artifacts["rows"]:
+        latency, speedup = row["latency_ms"], row["speedup"]
+        table.add_row(
+            row["name"],
+            f"{row['size_bytes'] / 1024:,.0f}",
+            f"{row['gzip_bytes'] / 1024:,.0f}",
+            f"{row['size_ratio']:.1f}",
+            "-" if row["accuracy"] is None else f"{row['accuracy']:.1%}",
+            f"{latency[small]['median']:.2f}" if small in latency else "-",
+            f"{latency[big]['median']:.2f}" if big in latency else "-",
+            f"{speedup[big]:.2f}" if speedup.get(big) else "-",
+        )
+    return table
+
+
 def run_demo(
     framework: str = "torch",
     methods: Sequence[str] = ("gradual",),
@@ -47,9 +70,13 @@ def run_demo(
     quick: bool = False,
     seed: int = 0,
     progress: bool = True,
+    export: bool = True,
     console: Any = None,
 ) -> dict[str, Any]:
-    """Run the demo, print its table, and write ``results.md`` and ``results.json`` to ``output_dir``.
+    """Run the demo, print its tables, and write ``results.md`` and ``results.json`` to ``output_dir``.
+
+    With ``export`` (PyTorch), the demo ends with the deployable artifacts of the dense model and
+    the sparsest run (ONNX fp32/int8, compact files), written to ``output_dir/artifacts``.
 
     Example::
 
@@ -64,7 +91,10 @@ def run_demo(
     if framework == "torch":
         from prunekit.torch.demo import run_torch_demo
 
-        results = run_torch_demo(methods, sparsities, quick=quick, seed=seed, progress=progress)
+        artifacts_dir = Path(output_dir) / "artifacts" if output_dir is not None else None
+        results = run_torch_demo(
+            methods, sparsities, quick=quick, seed=seed, progress=progress, artifacts_dir=artifacts_dir, export=export
+        )
     else:
         from prunekit._optional import require
 
@@ -72,10 +102,13 @@ def run_demo(
         from prunekit.keras.demo import run_demo as run_keras_demo
 
         results = run_keras_demo(output_dir=None, quick=quick)
-    table = results_table(results)
-    table.print(console)
+    tables = [results_table(results)]
+    if results.get("artifacts"):
+        tables.append(artifacts_table(results["artifacts"]))
+    for table in tables:
+        table.print(console)
     if output_dir is not None:
         output_dir = Path(output_dir)
         write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        write_text_atomic(output_dir / "results.md", table.to_markdown())
+        write_text_atomic(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
     return results

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from prunekit._atomic import atomic_write_bytes
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write UTF-8 ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass
@@ -48,7 +39,7 @@ class ResultTable:
 
         table = Table(title=self.title)
         for i, column in enumerate(self.columns):
-            table.add_column(column, justify="left" if i == 0 else "right")
+            table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in self.rows:
             table.add_row(*row)
         (console or Console()).print(table)

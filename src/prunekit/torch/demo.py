@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -37,11 +39,16 @@ def run_torch_demo(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
+    artifacts_dir: str | Path | None = None,
+    export: bool = True,
 ) -> dict[str, Any]:
     """Train the digits CNN, prune a copy per (method, sparsity) with global magnitude + fine-tuning.
 
     Returns ``{"framework", "dense": {...}, "runs": [{"method", "sparsity", "accuracy",
-    "size_bytes", "gzip_bytes", "seconds"}, ...]}`` measured on the held-out test split.
+    "size_bytes", "gzip_bytes", "seconds"}, ...], "artifacts": {...}}`` measured on the held-out
+    test split. With ``export``, the dense model and the sparsest run are exported to ONNX fp32 and
+    int8 and to compact files (in ``artifacts_dir``, else a temporary directory), and each artifact
+    is measured in ONNX Runtime (:func:`prunekit.torch.compare_artifacts`).
 
     Example::
 
@@ -70,6 +77,7 @@ def run_torch_demo(
         },
         "runs": [],
     }
+    sparsest: tuple[float, torch.nn.Module] | None = None
     for method, workflow in workflows.items():
         for sparsity in sparsities:
             torch.manual_seed(seed)
@@ -88,4 +96,19 @@ def run_torch_demo(
                     "seconds": time.perf_counter() - started,
                 }
             )
+            if sparsest is None or sparsity > sparsest[0]:
+                sparsest = (sparsity, run.model)
+    if export and sparsest is not None:
+        results["artifacts"] = _compare(dense, sparsest[1], split, artifacts_dir)
     return results
+
+
+def _compare(dense: torch.nn.Module, pruned: torch.nn.Module, split: Any, artifacts_dir: str | Path | None) -> dict[str, Any]:
+    from prunekit.torch.compare import compare_artifacts
+
+    with tempfile.TemporaryDirectory() as scratch:
+        comparison = compare_artifacts(
+            dense.cpu(), pruned.cpu(), (split.x_test, split.y_test), split.x_train[:256],
+            artifacts_dir if artifacts_dir is not None else Path(scratch), measure_memory=False, repeats=20,
+        )
+        return comparison.to_dict()
