@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +22,29 @@ from prunekit.errors import ConfigError, CorruptFileError
 from prunekit.keras._files import atomic_write_bytes, gzip_size
 
 QUANTIZATIONS = (None, "float", "dynamic", "int8")
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """Hold back the converter's console chatter (Python prints, warnings and the C++ log on fd 2);
+    replay the C++ log on stderr when the conversion fails."""
+    log = tempfile.TemporaryFile()
+    saved = os.dup(2)
+    sys.stderr.flush()
+    os.dup2(log.fileno(), 2)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            yield
+    except BaseException:
+        os.dup2(saved, 2)
+        log.seek(0)
+        sys.stderr.write(log.read().decode("utf-8", "replace")[-4000:])
+        raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
 
 
 def _interpreter_class() -> Any:
@@ -132,8 +157,7 @@ def convert_to_tflite(
         converter.inference_output_type = tf.int8
     elif representative_data is not None:
         raise ConfigError(f"representative_data is only used with quantization='int8', not {quantization!r}")
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+    with _quiet_converter():
         flatbuffer = converter.convert()
     if output_path is not None:
         atomic_write_bytes(output_path, flatbuffer)
