@@ -104,3 +104,21 @@ def test_pareto_plot_writes_png_and_svg(tmp_path):
 def test_heatmap_rejects_an_empty_table():
     with pytest.raises(ConfigError, match="heat-map"):
         plot_heatmap([], [0.5], [])
+
+
+def test_ray_backend_without_ray_names_the_extra(tmp_path):
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("Ray is installed here; the missing-extra message cannot be produced")
+    from prunekit.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match=r"prunekit\[ray\]"):
+        run_sweep(ToyObjective(tmp_path / "exec"), grid(["m"], [0.5]), tmp_path / "out", backend="ray")
+
+
+def test_unknown_backend_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="backend"):
+        run_sweep(ToyObjective(tmp_path / "exec"), grid(["m"], [0.5]), tmp_path / "out", backend="dask")

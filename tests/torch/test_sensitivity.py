@@ -105,3 +105,19 @@ def test_heatmap_is_written_as_png_and_svg(tmp_path):
     figure = table.heatmap(stem=tmp_path / "sensitivity")
     assert (tmp_path / "sensitivity.png").read_bytes() == figure.png
     assert b"<svg" in (tmp_path / "sensitivity.svg").read_bytes()
+
+
+def negative_macs(model):
+    from prunekit.torch import count_macs
+
+    return -float(count_macs(model, torch.zeros(1, 1, 8, 8)).total)
+
+
+def test_channel_pruner_measures_structured_removal_per_layer():
+    from prunekit.torch import DigitsCNN
+    from prunekit.torch.sensitivity import ChannelPruner
+
+    table = analyze_sensitivity(DigitsCNN(channels=(8, 16), hidden=32), negative_macs, ratios=(0.5,),
+                                layers=["conv1", "fc2"], prune=ChannelPruner(torch.zeros(1, 1, 8, 8)))
+    assert table.score("conv1", 0.5) > table.baseline  # fewer channels, fewer MACs
+    assert table.score("fc2", 0.5) == table.baseline  # the model's outputs are never removed

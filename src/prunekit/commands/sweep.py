@@ -36,6 +36,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=8, help="dense training epochs of the digits CNN (default: 8)")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs per trial (default: 2)")
     parser.add_argument("--quick", action="store_true", help="a smaller CNN and fewer epochs, for a smoke test")
+    parser.add_argument("--ray", action="store_true", help="run trials as Ray tasks (needs the 'ray' extra)")
     parser.add_argument("--retry-failed", action="store_true", help="run trials the log holds as failed again")
 
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         detail = f"accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else record.get("error", "")
         print(f"[{record['status']}] {record['id']}: {detail}", flush=True)
 
-    result = run_sweep(objective, trials, args.out, workers=args.workers, retry_failed=args.retry_failed, on_trial=show)
+    result = run_sweep(objective, trials, args.out, workers=args.workers, retry_failed=args.retry_failed,
+                       backend="ray" if args.ray else "processes", on_trial=show)
     paths = sweep_report(result, title=f"prunekit sweep: {', '.join(args.methods)}")
     print(f"{len(result.ran)} trial(s) run now, {len(result.records) - len(result.ran)} reused from the log, "
           f"{len(result.failed)} failed; report: {paths['html']}")

@@ -42,11 +42,38 @@ def check_workers(workers: Any) -> int:
     return workers
 
 
-def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1) -> Iterator[tuple[int, Any, BaseException | None]]:
+BACKENDS = ("processes", "ray")
+
+
+def _run_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[int, Any, BaseException | None]]:
+    try:
+        import ray
+    except ImportError:
+        from prunekit.errors import MissingDependencyError
+
+        raise MissingDependencyError("backend='ray' needs Ray: pip install 'prunekit[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(fn)
+    pending = {remote.remote(job): index for index, job in enumerate(jobs)}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            index = pending.pop(ref)
+            try:
+                yield index, ray.get(ref), None
+            except Exception as exc:  # a RayTaskError wrapping the job's exception
+                yield index, None, exc
+
+
+def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1,
+             backend: str = "processes") -> Iterator[tuple[int, Any, BaseException | None]]:
     """Yield ``(index, result, error)`` for every job as it finishes; ``error`` is the job's exception or None.
 
     With ``workers=1`` jobs run here, in order; otherwise ``fn`` and the jobs must be picklable
     (a module-level function, plain data). A job that raises does not stop the others.
+    ``backend="ray"`` runs the jobs as Ray tasks on the cluster ``ray.init()`` connects to (one
+    CPU each; ``workers`` is then Ray's business), for sweeps that outgrow one machine.
 
     Example::
 
@@ -54,6 +81,11 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1) ->
             ...
     """
     workers = check_workers(workers)
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend should be one of {BACKENDS}, got {backend!r}")
+    if backend == "ray":
+        yield from _run_on_ray(fn, jobs)
+        return
     if workers == 1 or len(jobs) <= 1:
         for index, job in enumerate(jobs):
             try:

@@ -179,6 +179,7 @@ def run_sweep(
     *,
     workers: int = 1,
     retry_failed: bool = False,
+    backend: str = "processes",
     on_trial: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepResult:
     """Run every trial not yet in ``out_dir``'s trial log, ``workers`` at a time, and write the results.
@@ -186,7 +187,8 @@ def run_sweep(
     ``objective(trial)`` returns a dict of numbers (say ``accuracy``, ``gzip_bytes``,
     ``sparse_macs``, ``latency_ms``); with ``workers > 1`` it must be picklable. A trial that
     raises is logged as ``failed`` with its error and the sweep goes on; ``retry_failed=True``
-    runs failed trials again. ``on_trial`` sees every record as it is logged.
+    runs failed trials again. ``on_trial`` sees every record as it is logged. ``backend="ray"``
+    runs trials as Ray tasks (the ``ray`` extra); the log and results are written here as usual.
 
     Example::
 
@@ -208,7 +210,7 @@ def run_sweep(
     run_id = uuid.uuid4().hex[:8]
     ran = []
     result = SweepResult([], ran, out)
-    for index, outcome, error in run_jobs(_run_trial, [(objective, t) for t in todo], workers):
+    for index, outcome, error in run_jobs(_run_trial, [(objective, t) for t in todo], workers, backend):
         trial = todo[index]
         if error is not None:  # the worker died or could not unpickle the job
             outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}", "seconds": None, "pid": None}

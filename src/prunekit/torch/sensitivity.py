@@ -72,6 +72,29 @@ def prune_layer_unstructured(model: nn.Module, layer: str, ratio: float) -> nn.M
     return prune_unstructured(model, ratio, targets=[f"{layer}.weight"])
 
 
+class ChannelPruner:
+    """A picklable structured layer pruner: remove ``ratio`` of one layer's output channels.
+
+    Uses :func:`prunekit.torch.prune_channels` with ``layer_ratios={layer: ratio}`` (coupled
+    layers shrink with it); the model's output channels stay. Pass it as ``prune=`` to
+    :func:`analyze_sensitivity` to measure what channel removal costs per layer.
+
+    Example::
+
+        table = analyze_sensitivity(model, metric, prune=ChannelPruner(torch.zeros(1, 1, 8, 8)))
+    """
+
+    def __init__(self, example_inputs: Any):
+        self.example_inputs = example_inputs
+
+    def __call__(self, model: nn.Module, layer: str, ratio: float) -> nn.Module:
+        from prunekit.torch.structured import prune_channels
+
+        if ratio == 0:
+            return model
+        return prune_channels(model, self.example_inputs, 0.0, layer_ratios={layer: ratio}).model
+
+
 @dataclass
 class SensitivityTable:
     """Scores of a metric with one layer pruned at a time: ``scores[layer][i]`` is at ``ratios[i]``.
