@@ -25,7 +25,8 @@ TINY = {
     "model": {"factory": "prunekit.torch:DigitsCNN", "kwargs": {"channels": [4, 8], "hidden": 16}, "input_shape": [1, 8, 8]},
     "train": {"epochs": 1},
     "prune": {"method": "one-shot", "sparsities": [0.5, 0.8], "epochs": 1},
-    "report": {"latency_batch_sizes": [1], "sensitivity_ratios": [0.5]},
+    "report": {"latency_batch_sizes": [1], "sensitivity_ratios": [0.5, 0.9]},
+    "allocate": {"budget": 0.4, "target": "macs"},
 }
 
 
@@ -66,6 +67,12 @@ def test_an_import_path_to_a_missing_attribute_is_reported():
         parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:NoSuchNet", "input_shape": [1, 8, 8]}})
 
 
+def test_allocation_without_sensitivity_ratios_is_an_error():
+    with pytest.raises(RecipeError, match="allocate: allocation chooses ratios from sensitivity data"):
+        parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]},
+                      "allocate": {"budget": 0.3}})
+
+
 def test_integers_are_accepted_where_numbers_are_expected():
     recipe = parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]},
                            "train": {"lr": 1}})
@@ -101,6 +108,8 @@ def test_run_command_runs_a_recipe_and_writes_results_and_report(tmp_path, one_t
     assert [run["target"] for run in results["runs"]] == [0.5, 0.8]
     assert results["runs"][1]["nonzeros"] < results["runs"][0]["nonzeros"] < results["dense"]["nonzeros"]
     assert list(results["sensitivity"]["scores"]) == ["conv1", "conv2", "fc1", "fc2"]
+    assert [row["method"] for row in results["allocation"]] == ["sensitivity", "uniform", "global"]
+    assert all(abs(row["cost_fraction"] - 0.4) < 0.008 for row in results["allocation"])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4  # sparsity, MACs, Pareto, sensitivity
     assert "name: tiny" in html  # the exact recipe

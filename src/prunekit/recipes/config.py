@@ -137,6 +137,14 @@ class ReportConfig:
 
 
 @dataclass
+class AllocateConfig:
+    """Per-layer ratios for a budget from the sensitivity data, compared with uniform and global allocation."""
+
+    budget: float = checked(lambda v: None if 0 < v <= 1 else f"should be a fraction of the dense cost in (0, 1], got {v!r}")
+    target: Literal["macs", "params", "size"] = "macs"
+
+
+@dataclass
 class Recipe:
     """A whole job. Only ``name`` and ``model`` are required; every other section has defaults."""
 
@@ -148,6 +156,7 @@ class Recipe:
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    allocate: Optional[AllocateConfig] = None
 
 
 def _section(data: Any, name: str) -> dict[str, Any]:
@@ -163,6 +172,8 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
         errors.append(("export.int8", "int8 quantization works on the ONNX export; set export.onnx: true too"))
     if prune.get("method") == "channels" and prune.get("importance", "magnitude") != "magnitude":
         errors.append(("prune.importance", "method 'channels' ranks channels by their L1 norm; leave importance: magnitude"))
+    if isinstance(data, dict) and isinstance(data.get("allocate"), dict) and not _section(data, "report").get("sensitivity_ratios"):
+        errors.append(("allocate", "allocation chooses ratios from sensitivity data; set report.sensitivity_ratios, e.g. [0.5, 0.7, 0.9]"))
     return errors
 
 

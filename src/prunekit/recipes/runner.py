@@ -146,6 +146,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         table = analyze_sensitivity(dense, Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios,
                                     metric_name="validation accuracy")
         results["sensitivity"] = table.to_dict()
+        if recipe.allocate is not None:
+            from prunekit.torch.allocation import compare_allocations
+
+            results["allocation"] = compare_allocations(dense, table, Accuracy(split.x_test, split.y_test),
+                                                        torch.zeros(1, *recipe.model.input_shape),
+                                                        recipe.allocate.budget, recipe.allocate.target)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
     return results
@@ -189,6 +195,12 @@ def recipe_report(recipe: Recipe, results: dict[str, Any], summaries: dict[str, 
         sections.append(Section("Sensitivity", text="Validation accuracy with one layer pruned at a time (magnitude).",
                                 figures=[plot_heatmap(list(data["scores"]), data["ratios"], list(data["scores"].values()),
                                                       title="Sensitivity (validation accuracy)", label="accuracy")]))
+    if "allocation" in results:
+        from prunekit.torch.allocation import allocation_table
+
+        sections.append(Section("Allocation at the same budget", tables=[allocation_table(
+            results["allocation"], "Per-layer ratios: sensitivity (greedy) vs uniform vs global magnitude (test accuracy, "
+            "no fine-tuning)")]))
     text = recipe_text if recipe_text is not None else _yaml(recipe)
     return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
 
