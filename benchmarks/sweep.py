@@ -3,9 +3,10 @@
 Both variants run the same trials on the same trained dense model, one torch thread per worker
 (1 worker runs in this process, 2 workers are spawned processes, their start-up included), in
 interleaved rounds (1, 2, 2, 1, ...). Prints a table and, as its last line, one JSON object with
-``parallel_speedup`` = median wall time with 1 worker / median wall time with 2 workers.
+``parallel_speedup`` = median wall time with 1 worker / median wall time with 2 workers, and
+``paired_speedup`` = median over rounds of the same ratio within a round.
 
-    python benchmarks/sweep.py            # 2 rounds of each
+    python benchmarks/sweep.py            # 3 rounds of each
     python benchmarks/sweep.py --quick    # 1 round of each
 """
 
@@ -48,12 +49,12 @@ def one_sweep(objective: DigitsObjective, workers: int) -> tuple[float, list[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one round of each instead of two")
+    parser.add_argument("--quick", action="store_true", help="one round of each instead of three")
     args = parser.parse_args()
     pin_malloc_settings()
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
-    rounds = 1 if args.quick else 2
+    rounds = 1 if args.quick else 3
     objective = DigitsObjective.train(epochs=4, model_options=MODEL, finetune_epochs=1, latency_repeats=3)
     walls: dict[int, list[float]] = {1: [], 2: []}
     accuracies: dict[int, list[float]] = {}
@@ -67,6 +68,7 @@ def main() -> None:
     same = all(abs(a - b) < 1e-9 for a, b in zip(accuracies[1], accuracies[2]))
     medians = {w: statistics.median(v) for w, v in walls.items()}
     speedup = medians[1] / medians[2]
+    paired = statistics.median(one / two for one, two in zip(walls[1], walls[2]))  # same round, same machine state
     table = ResultTable("12-trial sweep wall time (DigitsCNN, 1 fine-tuning epoch per trial)",
                         ["workers", "median s", "runs", "speedup"])
     for workers in (1, 2):
@@ -75,6 +77,7 @@ def main() -> None:
     print(f"same accuracies with 1 and 2 workers: {same}; cores: {os.cpu_count()}; malloc: {malloc_settings()}")
     print(json.dumps({"benchmark": "sweep", "trials": 12, "rounds": rounds, "seconds_1_worker": round(medians[1], 2),
                       "seconds_2_workers": round(medians[2], 2), "parallel_speedup": round(speedup, 3),
+                      "paired_speedup": round(paired, 3),
                       "same_results": same, "cpu_count": os.cpu_count()}))
 
 

@@ -17,6 +17,16 @@ def test_digits_objective_reports_accuracy_size_and_macs_at_the_requested_sparsi
     assert metrics["latency_ms"] > 0
 
 
+def test_digits_objective_channels_method_shrinks_dense_macs():
+    objective = DigitsObjective.train(epochs=1, model_options={"channels": (4, 8), "hidden": 16},
+                                      finetune_epochs=1, latency_repeats=0)
+    dense = objective(Trial("one-shot", 0.0))
+    channels = objective(Trial("channels", 0.5))
+    assert channels["macs"] < 0.5 * dense["macs"]
+    assert channels["params"] < dense["params"] and channels["sparsity"] == 0.0
+    assert "latency_ms" not in channels
+
+
 def test_sweep_command_writes_results_plots_and_report_and_reports_failed_trials(tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "--objective", "tests.report.test_sweep_digits:toy", "--methods", "m,broken",

@@ -29,6 +29,17 @@ from prunekit.torch.structured import StructuredResult, prune_channels, remove_c
 from prunekit.torch.structured_report import StructuredReport  # noqa: E402
 from prunekit.torch.structured_iterative import prune_channels_iteratively  # noqa: E402
 from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
+from prunekit.torch.latency import LatencyResult, MemoryResult, measure_latency, measure_peak_memory  # noqa: E402
+from prunekit.torch.summary import LayerStats, ModelSummary, summarize  # noqa: E402
+from prunekit.torch.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity  # noqa: E402
+from prunekit.torch.allocation import (  # noqa: E402
+    Allocation,
+    allocate_ratios,
+    apply_ratios,
+    compare_allocations,
+    global_ratios,
+    uniform_ratios,
+)
 from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
 from prunekit.torch.workflows import (  # noqa: E402
     PruningRun,
@@ -39,6 +50,23 @@ from prunekit.torch.workflows import (  # noqa: E402
 )
 
 __all__ = [
+    "Accuracy",
+    "Allocation",
+    "ChannelPruner",
+    "LatencyResult",
+    "LayerStats",
+    "MemoryResult",
+    "ModelSummary",
+    "SensitivityTable",
+    "allocate_ratios",
+    "analyze_sensitivity",
+    "apply_ratios",
+    "compare_allocations",
+    "global_ratios",
+    "measure_latency",
+    "measure_peak_memory",
+    "summarize",
+    "uniform_ratios",
     "ActivationImportance",
     "BNScaleImportance",
     "ChannelGroup",

@@ -73,6 +73,7 @@ class ModelSummary:
             "nonzeros": self.nonzeros,
             "sparsity": self.sparsity,
             "macs": self.macs,
+            "flops": 2 * self.macs,
             "sparse_macs": self.sparse_macs,
         }
 
