@@ -161,8 +161,9 @@ class MaskConstraint:
                 raise ConfigError(message)
             applied.assign(step)
             return tf.where(mask, value, tf.zeros_like(value))
-        check = tf.debugging.assert_greater(step, applied, message=message)
-        with tf.control_dependencies([check] if check is not None else []):
+        # string-only data keeps the Assert unguarded (no tf.cond per weight per step)
+        check = tf.debugging.Assert(tf.greater(step, applied), [f"prunekit: {message}"])
+        with tf.control_dependencies([check]):
             update = applied.assign(step)
         with tf.control_dependencies([update]):
             return tf.where(mask, value, tf.zeros_like(value))
