@@ -40,7 +40,10 @@ def test_sweep_command_writes_results_plots_and_report_and_reports_failed_trials
 
 
 def toy():
-    from tests.report.sweep_objectives import ToyObjective
+    """Zero-argument factory for --objective: a toy objective logging to a fresh temporary file."""
     import tempfile
 
-    return ToyObjective(tempfile.mktemp())
+    from tests.report.sweep_objectives import ToyObjective
+
+    with tempfile.NamedTemporaryFile(prefix="sweep-exec-", delete=False) as handle:
+        return ToyObjective(handle.name)
