@@ -178,8 +178,11 @@ def recipe_report(recipe: Recipe, results: dict[str, Any], summaries: dict[str, 
         table.add_row(f"{run['method']} {run['target']:.0%}", f"{run['accuracy']:.2%}",
                       f"{(run['accuracy'] - dense['accuracy']) * 100:+.2f}", f"{run['nonzeros']:,}",
                       f"{run['sparse_macs']:,}", f"{run['gzip_bytes']:,}", latency(run))
-    layers = [layer.name for layer in summaries["dense"].layers if layer.macs or layer.params]
-    shared = [name for name in layers if all(any(l.name == name for l in s.layers) for s in summaries.values())]
+    names = {label: {layer.name: layer for layer in summary.layers} for label, summary in summaries.items()}
+    # layers that compute (MACs) or were pruned; BatchNorm and other zero-MAC, unpruned layers only clutter the charts
+    shared = [layer.name for layer in summaries["dense"].layers
+              if all(layer.name in known for known in names.values())
+              and (layer.macs or any(known[layer.name].sparsity > 0 for known in names.values()))]
 
     def per_layer(attribute: str) -> dict[str, list[float]]:
         return {label: [getattr(s.layer(name), attribute) for name in shared] for label, s in summaries.items()}
