@@ -338,3 +338,30 @@ def test_analysis_leaves_training_mode_and_weights_unchanged():
     assert model.training and model.bn1.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+class Wide(nn.Module):
+    """Over a million parameters, so tracing runs on fake tensors; caches a tensor on itself and
+    optionally branches on a tensor value (which fake tensors cannot do)."""
+
+    def __init__(self, branch: bool):
+        super().__init__()
+        self.branch = branch
+        self.a = nn.Linear(1100, 1000)
+        self.b = nn.Linear(1000, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        self.cached = h
+        if self.branch and bool(h.sum() > -1):
+            h = h * 2
+        return self.b(h)
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_large_models_trace_on_fake_tensors_or_fall_back_to_a_real_run(branch):
+    model = Wide(branch).eval()
+    model.cached = "before"
+    graph = analyze_dependencies(model, torch.randn(2, 1100))
+    assert sizes(graph) == {"a": 1000}
+    assert model.cached == "before"

@@ -9,8 +9,9 @@ are recognised by identity and named by their qualified name.
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -124,6 +125,7 @@ class _Recorder(TorchFunctionMode):
         self.ops: list[OpRecord] = []
         self.current: str = ""
         self.in_call = False
+        self.observer_failed = False
 
     def new_value(self, tensor: torch.Tensor, source: tuple[str, str]) -> int:
         vid = len(self.shapes)
@@ -145,7 +147,8 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.leaf_depth[0] > 0:
+        if self.leaf_depth[0] > 0 or not self.stack:
+            # inside a black-box module, or outside the model's forward (not the model's own op)
             return func(*args, **kwargs)
         name = normalise_name(func)
         module = self.stack[-1] if self.stack else ""
@@ -168,7 +171,11 @@ class _Recorder(TorchFunctionMode):
             record = OpRecord(len(self.ops), name, func, arg_refs, kwarg_refs, out_refs, module)
             self.ops.append(record)
             if self.observer is not None:
-                self.observer(record, out)
+                try:
+                    self.observer(record, out)
+                except Exception:
+                    self.observer_failed = True
+                    raise
         return out
 
 
@@ -189,15 +196,55 @@ def trace_model(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: I
                 observer: Callable[[OpRecord, Any], None] | None = None) -> Trace:
     """Run ``model`` once in eval mode without gradients and record every torch call.
 
-    Modules named in ``leaf_modules`` run untraced: each becomes one recorded op named
-    ``leaf_module`` whose inputs keep all their channels. The model's training flags are
-    restored afterwards. Raises ``ConfigError`` naming the module and op when the model fails.
+    Large models or inputs (over a million parameters or input elements) traced without an
+    ``observer`` (which needs real values) first run on fake tensors: shapes only, no arithmetic,
+    so the cost follows the number of ops rather than the MACs or the batch. They run for real
+    only if that fails (a forward whose Python control flow reads tensor values); small models
+    run for real, which is then cheaper. Modules named in ``leaf_modules`` run untraced: each becomes one
+    recorded op named ``leaf_module`` whose inputs keep all their channels. The model's training
+    flags and attributes are restored afterwards. Raises ``TraceError`` (a ``ConfigError``)
+    naming the module and op when the model fails.
 
     Example::
 
         trace = trace_model(nn.Sequential(nn.Linear(4, 3)), torch.zeros(2, 4))
         [op.name for op in trace.ops]  # ['linear']
     """
+    inputs = sum(t.numel() for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor))
+    params = sum(p.numel() for p in model.parameters())
+    if observer is None and max(inputs, params) > _FAKE_ABOVE:
+        try:
+            return _trace_once(model, example_inputs, leaf_modules, None, fake=True)
+        except Exception:
+            pass  # the forward needs real values (or fails anyway): run it for real below
+    return _trace_once(model, example_inputs, leaf_modules, observer, fake=False)
+
+
+_FAKE_ABOVE = 1_000_000
+
+
+@contextmanager
+def _attributes_kept(model: nn.Module, fake: bool) -> Iterator[None]:
+    """Run the block (on fake tensors if ``fake``) and put back every module attribute, parameter
+    and buffer entry a forward may set (a cached mask, a fake tensor)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) if fake else nullcontext():
+            yield
+    finally:
+        for module, attributes, parameters, buffers in saved:
+            module.__dict__.clear()
+            module.__dict__.update(attributes)
+            module._parameters.clear()
+            module._parameters.update(parameters)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+
+
+def _trace_once(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Iterable[str],
+                observer: Callable[[OpRecord, Any], None] | None, fake: bool) -> Trace:
     leaves = set(leaf_modules)
     stack: list[str] = []
     leaf_depth = [0]
@@ -210,6 +257,8 @@ def trace_model(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: I
                                                         with_kwargs=True))
         handles.append(module.register_forward_hook(_exit(stack, leaf_depth, is_leaf, recorder, leaf_ops, mod_name),
                                                     with_kwargs=True, always_call=True))
+    captured: list[Any] = []
+    handles.append(model.register_forward_hook(lambda module, args, output: captured.append(output)))
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -217,15 +266,17 @@ def trace_model(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: I
             lambda v: TensorRef(recorder.new_value(v, ("input", ""))) if isinstance(v, torch.Tensor) else v,
             example_inputs,
         )
-        with torch.no_grad(), recorder:
-            output = call_model(model, example_inputs)
-        output_refs = pytree.tree_map(recorder.ref, output)
-    except ConfigError:
-        raise
+        with torch.no_grad(), _attributes_kept(model, fake), recorder:
+            call_model(model, example_inputs)
+        output_refs = pytree.tree_map(recorder.ref, captured[-1])
     except Exception as exc:
+        if recorder.observer_failed:
+            raise
         where = recorder.current or "<before the first op>"
         # failing inside a torch call: that call (not yet recorded); else the last call made
         failing = len(recorder.ops) if recorder.in_call else max(len(recorder.ops) - 1, 0)
+        if isinstance(exc, ConfigError) and exc.__cause__ is not None:
+            exc = exc.__cause__
         raise TraceError(failing, where,
             f"the model failed while tracing it on the example inputs, in {where!r}: {type(exc).__name__}: {exc}. "
             "Check that example_inputs run the model (a tensor, a tuple of positional inputs or a dict of "

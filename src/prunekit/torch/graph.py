@@ -95,17 +95,19 @@ class ChannelGroup:
 
     def reduce(self, values: torch.Tensor, member: GroupMember) -> torch.Tensor:
         """Sum a per-position tensor (``values`` has the member tensor's shape) into one value per
-        channel of this group.
+        channel of this group, in float64.
 
         Example::
 
             scores = sum(group.reduce(t.abs(), m) for m, t in group.tensors())
         """
-        moved = values.detach().movedim(member.dim, 0).reshape(values.shape[member.dim], -1).sum(1)
-        index = torch.as_tensor(member.index, device=moved.device)
+        values = values.detach()
+        other = [d for d in range(values.dim()) if d != member.dim]
+        per_position = (values.sum(dim=other) if other else values).double()
+        index = torch.as_tensor(member.index, device=per_position.device)
         keep = index >= 0
-        out = torch.zeros(self.size, dtype=moved.dtype, device=moved.device)
-        return out.index_add(0, index[keep], moved[keep])
+        out = torch.zeros(self.size, dtype=torch.float64, device=per_position.device)
+        return out.index_add(0, index[keep], per_position[keep])
 
     def __repr__(self) -> str:
         return (f"ChannelGroup({self.name!r}, kind={self.kind!r}, size={self.size}, exact={self.exact}, "

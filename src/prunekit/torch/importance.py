@@ -47,7 +47,8 @@ class MagnitudeImportance:
     def __call__(self, group: ChannelGroup) -> np.ndarray:
         total = torch.zeros(group.size, dtype=torch.float64)
         for member, tensor in group.tensors():
-            total += group.reduce(tensor.detach().double().abs().pow(self.p), member).cpu()
+            magnitude = tensor.detach().abs() if self.p == 1 else tensor.detach().square()
+            total += group.reduce(magnitude, member).cpu()
         return total.pow(1.0 / self.p).numpy()
 
     def __repr__(self) -> str:

@@ -261,8 +261,7 @@ def _run(working: nn.Module, example_inputs: ExampleInputs, choose, *, strict: b
         for _ in range(_MAX_ATTEMPTS):
             graph = analyze_dependencies(working, example_inputs, strict=strict, protect_outputs=protect_outputs,
                                          leaf_modules=leaf_modules, _opaque_ops=opaque)
-            if before is None:
-                before = measure(working, example_inputs)
+            before = before or measure(working, example_inputs)
             targets, selection = choose(graph)
             plan = build_plan(working, graph, selection)
             removed = graph.removed_roots(selection)
