@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,35 +22,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunekit.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class LatencyResult:
-    """Latency of one batch size on one device over ``runs`` timed runs, in milliseconds."""
-
-    device: str
-    batch_size: int
-    median_ms: float
-    p90_ms: float
-    runs: int
-    threads: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class MemoryResult:
-    """Peak memory of one forward pass: weights/buffers, activations at the peak, and their sum (bytes)."""
-
-    device: str
-    batch_size: int
-    weight_bytes: int
-    peak_activation_bytes: int
-    peak_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from prunekit.report.measures import LatencyResult, MemoryResult
 
 
 def available_devices() -> list[str]:
