@@ -292,3 +292,14 @@ def test_get_masks_marks_exactly_the_zero_weights():
     for name in KERNELS:
         kernel = pruned.get_layer(name).kernel
         np.testing.assert_array_equal(masks[kernel.path], kernel.numpy() != 0)
+
+
+def test_sequential_model_stays_sequential_through_prune_and_strip():
+    model = pk.digits_mlp()
+    pruned = compile_classifier(pk.prune_low_magnitude(model, ConstantSparsity(0.5, 0)), eager=True)
+    _fit(pruned)
+    plain = pk.strip_pruning(pruned)
+    assert isinstance(plain, keras.Sequential)
+    assert [layer.name for layer in plain.layers] == ["flatten", "fc1", "fc2", "fc3"]
+    for name in ("fc1", "fc2", "fc3"):
+        assert_sparsity(plain.get_layer(name).kernel.numpy(), 0.5, name)

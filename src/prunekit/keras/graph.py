@@ -225,7 +225,8 @@ def _propagate(graph: ChannelGraph, node: Node) -> None:
         return
     (first, *rest) = inputs
     if isinstance(layer, PRODUCERS):
-        maps[node.output] = graph.new_atoms(name, int(layer.get_config().get("units", layer.get_config().get("filters"))))
+        config = layer.get_config()
+        maps[node.output] = graph.new_atoms(name, int(config["units"] if "units" in config else config["filters"]))
     elif isinstance(layer, DEPTHWISE):
         maps[node.output] = np.repeat(first, layer.get_config()["depth_multiplier"])
     elif isinstance(layer, L.Flatten):

@@ -208,7 +208,8 @@ def remove_channels(model: Any, channels: Mapping[str, Sequence[int]]) -> keras.
 
 
 def _rebuild(model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[int]]) -> keras.Model:
-    producer_maps = {node.layer.name: graph.maps[node.output] for node in graph.producer_nodes()}
+    producer_outputs = {node.layer.name: node.output for node in graph.producer_nodes()}
+    producer_maps = {name: graph.maps[output] for name, output in producer_outputs.items()}
     pruned_roots: set[int] = set()
     for name, indices in channels.items():
         if name not in producer_maps:
@@ -230,7 +231,7 @@ def _rebuild(model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[in
         if all(graph.find(int(a)) in pruned_roots for a in atoms):
             raise ConfigError(f"removing every channel of layer {name!r} would leave it empty; keep at least one")
     keep = {tid: ~np.isin(graph.roots(atoms), list(pruned_roots)) for tid, atoms in graph.maps.items()}
-    new_size = {name: int(keep_mask.sum()) for name, keep_mask in ((n, keep[_output_of(graph, n)]) for n in producer_maps)}
+    new_size = {name: int(keep[output].sum()) for name, output in producer_outputs.items()}
     config = copy.deepcopy(model.get_config())
     for entry in config["layers"]:
         entry.pop("build_config", None)
@@ -250,10 +251,6 @@ def _rebuild(model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[in
     if getattr(model, "compiled", False):
         rebuilt.compile_from_config(model.get_compile_config())
     return rebuilt
-
-
-def _output_of(graph: ChannelGraph, name: str) -> str:
-    return next(node.output for node in graph.producer_nodes() if node.layer.name == name)
 
 
 def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray | None) -> list[np.ndarray]:
