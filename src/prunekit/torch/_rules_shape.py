@@ -1,4 +1,5 @@
-"""How channel labels flow through elementwise, reduction and data-movement ops.
+"""How channel labels flow through data movement: reshapes, permutes, expands, indexing,
+concatenation and splitting.
 
 Each rule reads an :class:`OpRecord`, unifies the atoms its semantics tie together, and sets
 the labels of its outputs. A rule that meets a case it cannot express exactly calls
@@ -7,7 +8,6 @@ the labels of its outputs. A rule that meets a case it cannot express exactly ca
 
 from __future__ import annotations
 
-from typing import Any, Callable
 
 import numpy as np
 
@@ -23,166 +23,12 @@ from prunekit.torch._labels import (
     tensor_refs,
     zeros_like_shape,
 )
-from prunekit.torch._tracing import OpRecord, TensorRef
-
-Rule = Callable[[LabelState, OpRecord], None]
-
-
-def _first_tensor(op: OpRecord) -> TensorRef:
-    return tensor_refs((op.args, op.kwargs))[0]
-
-
-def _outputs(op: OpRecord) -> list[TensorRef]:
-    return tensor_refs(op.outputs)
+from prunekit.torch._rules_pointwise import POINTWISE_RULES, Rule, broadcast_unify, first_tensor, outputs_of, pass_param
+from prunekit.torch._tracing import OpRecord
 
 
 def _has_labels(lab: np.ndarray) -> bool:
     return bool((lab != FIXED).any())
-
-
-def _pass_param(st: LabelState, src: TensorRef, dst: TensorRef) -> None:
-    name = st.param_derived.get(src.vid)
-    if name is not None:
-        st.param_derived[dst.vid] = name
-
-
-# -- elementwise --------------------------------------------------------------------------
-
-
-def broadcast_unify(st: LabelState, refs: list[TensorRef], out_shape: tuple[int, ...]) -> Labels:
-    """Unify same-position atoms of broadcast operands; returns the output's labels."""
-    ndim = len(out_shape)
-    result: list[np.ndarray | None] = [None] * ndim
-    for ref in refs:
-        labels, shape = st.get(ref), st.shape(ref)
-        offset = ndim - len(shape)
-        if offset < 0:
-            st.fix_value(ref)
-            continue
-        for d, size in enumerate(shape):
-            od = d + offset
-            if size == out_shape[od]:
-                if result[od] is None:
-                    result[od] = labels[d]
-                else:
-                    st.unify(result[od], labels[d])
-            elif size != 1:
-                st.fix(labels[d])
-    return [lab if lab is not None else np.zeros(out_shape[i], np.int64) for i, lab in enumerate(result)]
-
-
-def elementwise(st: LabelState, op: OpRecord) -> None:
-    outs = _outputs(op)
-    if not outs:
-        return
-    shape = st.shape(outs[0])
-    labels = broadcast_unify(st, tensor_refs((op.args, op.kwargs)), shape)
-    for out in outs:
-        st.set(out, labels if st.shape(out) == shape else zeros_like_shape(st.shape(out)))
-
-
-def pass_through(st: LabelState, op: OpRecord) -> None:
-    """Same positions in, same positions out; other tensor arguments (``to(other)``) are ignored."""
-    src = _first_tensor(op)
-    for out in _outputs(op):
-        if st.shape(out) == st.shape(src):
-            st.set(out, st.get(src))
-            _pass_param(st, src, out)
-        else:
-            st.unsupported_op(op, "output shape differs from input shape")
-            return
-
-
-def creation(st: LabelState, op: OpRecord) -> None:
-    """``x.new_zeros(...)`` and friends: a new tensor whose positions carry no channels."""
-    for out in _outputs(op):
-        st.set(out, zeros_like_shape(st.shape(out)))
-
-
-def min_max(st: LabelState, op: OpRecord) -> None:
-    """``torch.max(a, b)`` is elementwise; ``torch.max(x, dim)`` is a reduction."""
-    if is_tensor(arg(op, 1, "other")):
-        elementwise(st, op)
-    else:
-        reduction(st, op)
-
-
-def where(st: LabelState, op: OpRecord) -> None:
-    if len(tensor_refs((op.args, op.kwargs))) == 1 and len(op.args) == 1:
-        st.unsupported_op(op, "torch.where(condition) returns indices")
-        return
-    elementwise(st, op)
-
-
-# -- reductions ---------------------------------------------------------------------------
-
-_EXACT_REDUCTIONS = {"sum", "nansum", "norm", "vector_norm", "linalg_vector_norm", "count_nonzero", "any"}
-_INDEX_REDUCTIONS = {"argmax", "argmin", "median", "nanmedian", "mode", "kthvalue", "max", "min", "cummax",
-                     "cummin", "topk", "sort", "argsort"}
-_DIM_ARG_INDEX = {"norm": 2, "vector_norm": 2, "linalg_vector_norm": 2}
-
-
-def reduction(st: LabelState, op: OpRecord) -> None:
-    x = _first_tensor(op)
-    labels, shape = st.get(x), st.shape(x)
-    ndim = len(shape)
-    dim = arg(op, _DIM_ARG_INDEX.get(op.name, 1), "dim", None)
-    if isinstance(dim, bool) or is_tensor(dim):
-        dim = None
-    outs = _outputs(op)
-    if not outs:
-        return
-    out_shape = st.shape(outs[0])
-    reduced = set(range(ndim)) if dim is None or dim == () or dim == [] else {
-        normalise_dim(d, ndim) for d in as_int_list(dim)}
-    keepdim = len(out_shape) == ndim and ndim > 0
-    result: Labels = []
-    for d in range(ndim):
-        if d in reduced:
-            if keepdim:
-                result.append(np.zeros(1, np.int64))
-        else:
-            result.append(labels[d])
-    if [len(lab) for lab in result] != list(out_shape):
-        st.unsupported_op(op, f"could not match reduction output {out_shape} to input {shape}")
-        return
-    for d in reduced:
-        if op.name in _INDEX_REDUCTIONS:
-            st.fix(labels[d])
-        elif op.name not in _EXACT_REDUCTIONS:
-            st.mark_inexact(labels[d])
-    for out in outs:
-        st.set(out, result if st.shape(out) == out_shape else zeros_like_shape(st.shape(out)))
-
-
-def along_dim(kind: str) -> Rule:
-    """Ops acting along one dimension: ``softmax`` (inexact there) or ``cumsum`` (kept there)."""
-
-    def rule(st: LabelState, op: OpRecord) -> None:
-        x = _first_tensor(op)
-        labels = st.get(x)
-        dim = arg(op, 1, "dim", None)
-        dims = range(len(labels)) if dim is None or is_tensor(dim) else [normalise_dim(int(dim), len(labels))]
-        for d in dims:
-            if kind == "inexact":
-                st.mark_inexact(labels[d])
-            else:
-                st.fix(labels[d])
-        for out in _outputs(op):
-            st.set(out, labels if st.shape(out) == st.shape(x) else zeros_like_shape(st.shape(out)))
-
-    return rule
-
-
-def glu(st: LabelState, op: OpRecord) -> None:
-    x = _first_tensor(op)
-    labels, shape = st.get(x), st.shape(x)
-    dim = normalise_dim(int(arg(op, 1, "dim", -1)), len(shape))
-    half = shape[dim] // 2
-    st.unify(labels[dim][:half], labels[dim][half:])
-    result = list(labels)
-    result[dim] = labels[dim][:half]
-    st.set(_outputs(op)[0], result)
 
 
 # -- reshapes -----------------------------------------------------------------------------
@@ -269,15 +115,15 @@ def _minus_one_dim(op: OpRecord, out_ndim: int) -> int | None:
 
 
 def reshape(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     out_shape = st.shape(out)
     prefer = _minus_one_dim(op, len(out_shape)) if op.name in ("view", "reshape", "unflatten") else None
     st.set(out, reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer))
-    _pass_param(st, x, out)
+    pass_param(st, x, out)
 
 
 def permute(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels = st.get(x)
     ndim = len(labels)
     order = list(range(ndim))
@@ -304,11 +150,11 @@ def permute(st: LabelState, op: OpRecord) -> None:
         it = iter(rest)
         order = [placed[k] if k in placed else next(it) for k in range(ndim)]
     st.set(out, [labels[d] for d in order])
-    _pass_param(st, x, out)
+    pass_param(st, x, out)
 
 
 def expand(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels, shape, out_shape = st.get(x), st.shape(x), st.shape(out)
     offset = len(out_shape) - len(shape)
     result = zeros_like_shape(out_shape)
@@ -319,7 +165,7 @@ def expand(st: LabelState, op: OpRecord) -> None:
 
 
 def repeat(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels, shape, out_shape = st.get(x), st.shape(x), st.shape(out)
     offset = len(out_shape) - len(shape)
     result = zeros_like_shape(out_shape)
@@ -330,7 +176,7 @@ def repeat(st: LabelState, op: OpRecord) -> None:
 
 
 def repeat_interleave(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     repeats, dim = arg(op, 1, "repeats"), arg(op, 2, "dim")
     if is_tensor(repeats) or dim is None:
         st.unsupported_op(op, "repeat_interleave with tensor repeats or without dim")
@@ -342,7 +188,7 @@ def repeat_interleave(st: LabelState, op: OpRecord) -> None:
 
 
 def flip(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels = list(st.get(x))
     dims = {"fliplr": [1], "flipud": [0]}.get(op.name) or as_int_list(arg(op, 1, "dims"))
     for d in dims:
@@ -352,7 +198,7 @@ def flip(st: LabelState, op: OpRecord) -> None:
 
 
 def roll(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels = st.get(x)
     dims = arg(op, 2, "dims")
     for d in (range(len(labels)) if dims is None else as_int_list(dims)):
@@ -369,7 +215,7 @@ def _is_full(index: slice, size: int) -> bool:
 
 
 def getitem(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels, shape = st.get(x), st.shape(x)
     index = op.args[1] if len(op.args) > 1 else ()
     items = list(index) if isinstance(index, tuple) else [index]
@@ -404,11 +250,11 @@ def getitem(st: LabelState, op: OpRecord) -> None:
         return
     st.set(out, result)
     if all(isinstance(i, slice) and _is_full(i, shape[k]) for k, i in enumerate(items[: len(shape)])):
-        _pass_param(st, x, out)
+        pass_param(st, x, out)
 
 
 def setitem(st: LabelState, op: OpRecord) -> None:
-    x, out = op.args[0], _outputs(op)[0]
+    x, out = op.args[0], outputs_of(op)[0]
     labels, shape = st.get(x), st.shape(x)
     index = op.args[1]
     value = op.args[2] if len(op.args) > 2 else None
@@ -426,7 +272,7 @@ def setitem(st: LabelState, op: OpRecord) -> None:
 
 
 def narrow(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels, shape = list(st.get(x)), st.shape(x)
     dim = normalise_dim(int(arg(op, 1, "dim")), len(shape))
     start, length = arg(op, 2, "start"), arg(op, 3, "length")
@@ -441,7 +287,7 @@ def narrow(st: LabelState, op: OpRecord) -> None:
 
 
 def select(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
+    x, out = first_tensor(op), outputs_of(op)[0]
     labels = list(st.get(x))
     dim = normalise_dim(int(arg(op, 1, "dim")), len(labels))
     st.fix(labels[dim])
@@ -451,7 +297,7 @@ def select(st: LabelState, op: OpRecord) -> None:
 
 def index_along(st: LabelState, op: OpRecord) -> None:
     """``index_select``/``gather``: the indexed dimension keeps its channels; others pass."""
-    x = _first_tensor(op)
+    x = first_tensor(op)
     labels = st.get(x)
     dim = arg(op, 1, "dim")
     if op.name == "take_along_dim":
@@ -463,7 +309,7 @@ def index_along(st: LabelState, op: OpRecord) -> None:
     st.fix(labels[dim])
     for ref in tensor_refs((op.args[1:], op.kwargs)):
         st.fix_value(ref)
-    for out in _outputs(op):
+    for out in outputs_of(op):
         out_shape = st.shape(out)
         result = zeros_like_shape(out_shape)
         for d, lab in enumerate(labels):
@@ -479,7 +325,7 @@ def index_along(st: LabelState, op: OpRecord) -> None:
 
 def cat(st: LabelState, op: OpRecord) -> None:
     tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
-    out = _outputs(op)[0]
+    out = outputs_of(op)[0]
     out_shape = st.shape(out)
     dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(out_shape))
     tensors = [t for t in tensors if st.shape(t) != (0,)]
@@ -501,7 +347,7 @@ def cat(st: LabelState, op: OpRecord) -> None:
 
 def stack(st: LabelState, op: OpRecord) -> None:
     tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
-    out = _outputs(op)[0]
+    out = outputs_of(op)[0]
     dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(st.shape(out)))
     base = broadcast_unify(st, tensors, st.shape(tensors[0]))
     st.set(out, base[:dim] + [np.zeros(len(tensors), np.int64)] + base[dim:])
@@ -510,9 +356,9 @@ def stack(st: LabelState, op: OpRecord) -> None:
 def split(st: LabelState, op: OpRecord) -> None:
     """``split``/``chunk``/``tensor_split``: equal sections lose the same channels, so they are
     unified across sections; unequal sections keep the split dimension whole."""
-    x = _first_tensor(op)
+    x = first_tensor(op)
     labels, shape = st.get(x), st.shape(x)
-    outs = _outputs(op)
+    outs = outputs_of(op)
     dim_index = 1 if op.name == "unbind" else 2
     dim = normalise_dim(int(arg(op, dim_index, "dim", 0)), len(shape))
     if op.name == "unbind":
@@ -537,61 +383,7 @@ def split(st: LabelState, op: OpRecord) -> None:
         st.set(out, piece)
 
 
-# -- spatial ops --------------------------------------------------------------------------
-
-
-def spatial(st: LabelState, op: OpRecord) -> None:
-    """Pooling, interpolation, padding-free resampling: batch and channel pass, space is fixed."""
-    x = _first_tensor(op)
-    labels, shape = st.get(x), st.shape(x)
-    rank = next((int(c) for c in "123" if f"{c}d" in op.name), max(len(shape) - 2, 1))
-    lead = len(shape) - rank
-    for lab in labels[lead:]:
-        st.fix(lab)
-    for out in _outputs(op):
-        out_shape = st.shape(out)
-        if len(out_shape) != len(shape) or out_shape[:lead] != shape[:lead]:
-            st.unsupported_op(op, f"unexpected output shape {out_shape}")
-            return
-        st.set(out, list(labels[:lead]) + zeros_like_shape(out_shape[lead:]))
-
-
-def pad(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
-    labels, out_shape = list(st.get(x)), st.shape(out)
-    widths = as_int_list(arg(op, 1, "pad"))
-    for k in range(len(widths) // 2):
-        d = len(labels) - 1 - k
-        if widths[2 * k] or widths[2 * k + 1]:
-            st.fix(labels[d])
-            labels[d] = np.zeros(out_shape[d], np.int64)
-    st.set(out, labels)
-
-
-def pixel_shuffle(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
-    labels, shape, out_shape = st.get(x), st.shape(x), st.shape(out)
-    c = len(shape) - 3
-    factor = int(arg(op, 1, "upscale_factor" if op.name == "pixel_shuffle" else "downscale_factor"))
-    for lab in labels[c + 1:]:
-        st.fix(lab)
-    if op.name == "pixel_shuffle":
-        channels = st.coarsen(labels[c].reshape(-1, factor * factor))
-    else:
-        channels = np.repeat(labels[c], factor * factor)
-    st.set(out, list(labels[:c]) + [channels] + zeros_like_shape(out_shape[c + 1:]))
-
-
-def channel_shuffle(st: LabelState, op: OpRecord) -> None:
-    x, out = _first_tensor(op), _outputs(op)[0]
-    labels = st.get(x)
-    groups = int(arg(op, 1, "groups"))
-    blocks = labels[1].reshape(groups, -1)
-    base = st.coarsen(blocks.T)
-    st.set(out, [labels[0], np.repeat(base, groups)] + list(labels[2:]))
-
-
-SHAPE_RULES: dict[str, Rule] = {}
+SHAPE_RULES: dict[str, Rule] = dict(POINTWISE_RULES)
 
 
 def _register(rule: Rule, *names: str) -> None:
@@ -599,59 +391,40 @@ def _register(rule: Rule, *names: str) -> None:
         SHAPE_RULES[name] = rule
 
 
-_register(elementwise, "add", "sub", "mul", "div", "floor_divide", "floordiv", "remainder", "fmod", "pow",
-          "float_power", "maximum", "minimum", "fmax", "fmin", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh",
-          "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu", "selu", "celu", "softplus", "softsign",
-          "mish", "exp", "exp2", "expm1", "log", "log1p", "log2", "log10", "sqrt", "rsqrt", "neg", "abs", "sign",
-          "clamp", "clamp_min", "clamp_max", "square", "reciprocal", "erf", "erfc", "erfinv", "cos", "sin",
-          "tan", "atan", "asin", "acos", "sinh", "cosh", "atan2", "masked_fill", "dropout", "dropout1d",
-          "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "and", "or", "xor", "eq", "ne",
-          "lt", "gt", "le", "ge", "logical_and", "logical_or", "logical_not", "logical_xor", "isnan", "isinf",
-          "isfinite", "nan_to_num", "lerp", "addcmul", "addcdiv", "threshold", "logsigmoid", "tanhshrink",
-          "softshrink", "hardshrink", "rrelu", "invert", "bitwise_not", "bitwise_and", "bitwise_or", "floor",
-          "ceil", "round", "trunc", "frac", "copy", "fill", "zero", "normalize", "hypot", "heaviside", "xlogy",
-          "sgn", "positive")
-_register(where, "where")
-_register(min_max, "max", "min")
-_register(pass_through, "to", "type", "type_as", "float", "half", "double", "bfloat16", "int", "long", "bool",
-          "contiguous", "clone", "detach", "cpu", "cuda", "requires_grad", "data", "zeros_like", "ones_like",
-          "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "pin_memory", "coalesce",
-          "resolve_conj", "resolve_neg", "conj", "align_as")
-_register(creation, "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
-_register(reduction, "sum", "nansum", "mean", "nanmean", "var", "std", "var_mean", "std_mean", "amax", "amin",
-          "norm", "vector_norm", "linalg_vector_norm", "prod", "logsumexp", "all", "any", "argmax", "argmin",
-          "median", "nanmedian", "count_nonzero", "mode", "kthvalue")
-_register(along_dim("inexact"), "softmax", "log_softmax", "softmin")
-_register(along_dim("fixed"), "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "sort", "argsort", "topk")
-_register(glu, "glu")
 _register(reshape, "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
           "ravel")
+
 _register(permute, "permute", "transpose", "t", "T", "mT", "H", "mH", "movedim")
+
 _register(expand, "expand", "expand_as", "broadcast_to")
+
 _register(repeat, "repeat", "tile")
+
 _register(repeat_interleave, "repeat_interleave")
+
 _register(flip, "flip", "fliplr", "flipud")
+
 _register(roll, "roll")
+
 _register(getitem, "getitem")
+
 _register(setitem, "setitem")
+
 _register(narrow, "narrow")
+
 _register(select, "select")
+
 _register(index_along, "index_select", "gather", "take_along_dim")
+
 _register(cat, "cat")
+
 _register(stack, "stack")
+
 _register(split, "split", "split_with_sizes", "chunk", "tensor_split", "unbind")
-_register(spatial, "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-          "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-          "adaptive_max_pool2d", "adaptive_max_pool3d", "lp_pool1d", "lp_pool2d", "lp_pool3d",
-          "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
-          "fractional_max_pool2d", "fractional_max_pool3d", "interpolate", "upsample", "upsample_nearest",
-          "upsample_bilinear")
-_register(pad, "pad")
-_register(pixel_shuffle, "pixel_shuffle", "pixel_unshuffle")
-_register(channel_shuffle, "channel_shuffle", "native_channel_shuffle")
+
 
 def all_outputs_zero(st: LabelState, op: OpRecord) -> None:
     """Give every output the rule did not label fixed labels."""
-    for out in _outputs(op):
+    for out in outputs_of(op):
         if out.vid not in st.labels:
             st.set(out, zeros_like_shape(st.shape(out)))

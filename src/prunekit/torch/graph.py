@@ -10,7 +10,7 @@ every parameter and buffer slice that holds them. Ops without a rule are listed 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
