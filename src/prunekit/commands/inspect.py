@@ -1,13 +1,14 @@
 """``prunekit inspect MODEL``: a per-layer table (params, nonzeros, sparsity, MACs), latency and peak memory.
 
-MODEL is either a factory import path ``package.module:callable`` (a zero-argument callable
-returning an ``nn.Module``), or a weight file (compact, safetensors or torch state_dict) with
-``--factory`` naming the architecture.
+MODEL is a factory import path ``package.module:callable`` (a zero-argument callable returning
+an ``nn.Module`` or a ``keras.Model``), a saved Keras model (``.keras``), or a PyTorch weight
+file (compact, safetensors or torch state_dict) with ``--factory`` naming the architecture.
 
 Example::
 
     prunekit inspect prunekit.torch:DigitsCNN --input-shape 1,8,8 --latency
     prunekit inspect pruned.safetensors --factory prunekit.torch:DigitsCNN --input-shape 1,8,8
+    prunekit inspect model.keras --input-shape 8,8,1 --latency
 """
 
 from __future__ import annotations
@@ -38,24 +39,31 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write everything as JSON to FILE")
 
 
-def run(args: argparse.Namespace) -> int:
+def _is_keras_file(path: str) -> bool:
+    return path.endswith((".keras", ".h5"))
+
+
+def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
+    from prunekit.keras.metrics import serialized_size
+    from prunekit.keras.summary import measure_latency, summarize
+
+    summary = summarize(model)
+    summary.table(f"prunekit inspect {args.model} (Keras; MACs per sample)").print()
+    sizes = serialized_size(model)
+    print(f"weights: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip")
+    result: dict = {"framework": "keras", "summary": summary.to_dict(), "sizes": sizes}
+    if args.latency:
+        result["latency"] = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
+    return result
+
+
+def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
     import torch
 
-    from prunekit.commands.export import import_factory, load_weights
-    from prunekit.errors import ConfigError
-    from prunekit.report.tables import ResultTable, write_text_atomic
     from prunekit.torch.latency import measure_latency, measure_peak_memory
     from prunekit.torch.metrics import serialized_size
     from prunekit.torch.summary import summarize
 
-    if Path(args.model).is_file():
-        if not args.factory:
-            raise ConfigError(f"{args.model} is a weight file; name its architecture with --factory module:callable")
-        model = load_weights(args.model, import_factory(args.factory))
-    else:
-        model = import_factory(args.model)()
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"{args.model} built a {type(model).__name__}, not a torch.nn.Module")
     model.eval()
     summary = summarize(model, torch.zeros(1, *args.input_shape))
     summary.table(f"prunekit inspect {args.model} (MACs per sample)").print()
@@ -63,16 +71,47 @@ def run(args: argparse.Namespace) -> int:
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
     print(f"state_dict: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip; "
           + "; ".join(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory))
-    result = {"summary": summary.to_dict(), "sizes": sizes, "memory": [m.to_dict() for m in memory]}
+    result: dict = {"framework": "torch", "summary": summary.to_dict(), "sizes": sizes, "memory": [m.to_dict() for m in memory]}
     if args.latency:
-        if args.repeats < 1:
-            raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
-        latency = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
+        result["latency"] = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
+    return result
+
+
+def _load(args: argparse.Namespace) -> object:
+    from prunekit.commands.export import import_factory, load_weights
+    from prunekit.errors import ConfigError
+
+    if Path(args.model).is_file():
+        if _is_keras_file(args.model):
+            from prunekit.keras import load_model
+
+            return load_model(args.model)
+        if not args.factory:
+            raise ConfigError(f"{args.model} is a weight file; name its architecture with --factory module:callable")
+        return load_weights(args.model, import_factory(args.factory))
+    return import_factory(args.model)()
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunekit.errors import ConfigError
+    from prunekit.report.tables import ResultTable, write_text_atomic
+
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
+    model = _load(args)
+    kind = type(model).__module__.split(".")[0]
+    if kind == "keras":
+        result = _inspect_keras(model, args)
+    elif kind == "torch" or any(c.__module__.startswith("torch.nn") for c in type(model).__mro__):
+        result = _inspect_torch(model, args)
+    else:
+        raise ConfigError(f"{args.model} built a {type(model).__name__}; inspect takes a torch.nn.Module or a keras.Model")
+    if args.latency:
         table = ResultTable("latency", ["device", "batch", "median ms", "p90 ms", "runs", "threads"])
-        for row in latency:
+        for row in result["latency"]:
             table.add_row(row.device, row.batch_size, f"{row.median_ms:.3f}", f"{row.p90_ms:.3f}", row.runs, row.threads)
         table.print()
-        result["latency"] = [row.to_dict() for row in latency]
+        result["latency"] = [row.to_dict() for row in result["latency"]]
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return 0

@@ -109,6 +109,7 @@ def measure_latency(model: Any, sample_shape: Sequence[int], batch_sizes: Sequen
 
         measure_latency(prunekit.keras.digits_cnn(), (8, 8, 1), batch_sizes=(1, 64))[0].median_ms
     """
+    import keras
     import tensorflow as tf
 
     shape = tuple(sample_shape)
@@ -124,11 +125,11 @@ def measure_latency(model: Any, sample_shape: Sequence[int], batch_sizes: Sequen
     for size in batch_sizes:
         batch = np.random.default_rng(0).standard_normal((size, *shape)).astype("float32")
         for _ in range(warmup):
-            np.asarray(model(batch, training=False))
+            keras.ops.convert_to_numpy(model(batch, training=False))
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            np.asarray(model(batch, training=False))  # to numpy: waits for the device
+            keras.ops.convert_to_numpy(model(batch, training=False))  # to numpy: waits for the device
             samples.append((time.perf_counter() - start) * 1e3)
         results.append(LatencyResult(device, size, float(np.median(samples)), float(np.percentile(samples, 90)),
                                      repeats, threads))
