@@ -319,3 +319,11 @@ def test_groups_with_one_channel_are_skipped():
     result = prune_channels(model, torch.randn(2, 3), 0.5)
     assert [g.skipped for g in result.report.groups] == ["a single channel"]
     assert np.all(np.array([g.channels_after for g in result.report.groups]) == 1)
+
+
+def test_zero_ratio_returns_an_unchanged_copy():
+    model = cnn()
+    result = prune_channels(model, X, 0.0)
+    assert result.model is not model and channels(result.model) == (32, 64, 128, 10)
+    assert result.plan["tensors"] == {} and result.report.params_after == result.report.params_before
+    assert_same_outputs(result.model(X), model(X), atol=0)

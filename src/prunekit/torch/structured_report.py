@@ -102,7 +102,7 @@ class StructuredReport:
         for layer in self.layers:
             if layer.params_before == layer.params_after and layer.macs_before == layer.macs_after:
                 continue
-            lines.append(f"{layer.name[-43:]:<44}{layer.type[:17]:<18}{layer.params_before:>10,} -> "
+            lines.append(f"{(layer.name or '<root>')[-43:]:<44}{layer.type[:17]:<18}{layer.params_before:>10,} -> "
                          f"{layer.params_after:<9,}{layer.macs_before:>12,} -> {layer.macs_after:<10,}")
         lines.append("")
         lines.append(f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.2f}x fewer)   "
