@@ -12,7 +12,8 @@ any failure).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import fnmatch
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -31,7 +32,6 @@ from prunekit.torch.plan import (
     apply_plan,
     attach_plan,
     compose_plans,
-    empty_plan,
     new_shape,
     plan_of,
 )
@@ -47,14 +47,14 @@ class StructuredResult:
     ``model`` is a plain, physically smaller ``nn.Module``; ``plan`` the JSON-serialisable
     record of kept indices and changed attributes relative to the original architecture (what
     ``save_pruned``/``load_pruned`` replay); ``report`` the requested vs achieved channels,
-    params and MACs; ``removed`` the removed channel indices per group name.
+    params and MACs; ``removed`` the removed channel indices per group name. (It holds no
+    reference to the original tensors, so they are freed with the original model.)
     """
 
     model: nn.Module
     plan: dict[str, Any]
     report: StructuredReport
     removed: dict[str, list[int]]
-    graph: DependencyGraph = field(repr=False)
 
 
 @dataclass
@@ -65,7 +65,14 @@ class _Failure:
 
 
 def build_plan(model: nn.Module, graph: DependencyGraph, selection: Mapping[int, Iterable[int]]) -> dict[str, Any]:
-    """The plan removing ``selection`` (group id -> channel indices) from the analysed model."""
+    """The plan removing ``selection`` (group id -> channel indices) from the analysed model.
+
+    Example::
+
+        graph = analyze_dependencies(model, x)
+        plan = build_plan(model, graph, {graph.group("conv1").id: [0, 3]})
+        undo = apply_plan(model, plan)
+    """
     removed = graph.removed_roots(selection)
     tensors: dict[str, Any] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -245,8 +252,6 @@ def remove_channels(model: nn.Module, example_inputs: ExampleInputs, channels: M
 
 
 def _glob_hit(names: list[str], pattern: str) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
 
@@ -294,7 +299,7 @@ def _run(working: nn.Module, example_inputs: ExampleInputs, choose, *, strict: b
     notes.extend(getattr(notes_from, "notes", []) or [])
     report = build_report(before, after, records, _out_channels(graph, removed), graph.unsupported, notes)
     removed_names = {graph.groups[gid].name: sorted(int(i) for i in idx) for gid, idx in selection.items()}
-    return StructuredResult(working, cumulative, report, removed_names, graph)
+    return StructuredResult(working, cumulative, report, removed_names)
 
 
 def _group_record(target: GroupTarget, selection: Mapping[int, np.ndarray]) -> GroupRecord:
@@ -314,4 +319,4 @@ def _out_channels(graph: DependencyGraph, removed: np.ndarray) -> dict[str, tupl
     return counts
 
 
-__all__ = ["StructuredResult", "build_plan", "prune_channels", "remove_channels", "empty_plan"]
+__all__ = ["StructuredResult", "build_plan", "prune_channels", "remove_channels"]

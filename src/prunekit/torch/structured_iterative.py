@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -89,12 +90,10 @@ def prune_channels_iteratively(model: nn.Module, example_inputs: ExampleInputs, 
                 keep = plan["tensors"].get(member.tensor, {}).get("keep", {}).get(str(member.dim))
                 out_channels[member.module] = (len(member.index), len(member.index) if keep is None else len(keep))
     report = build_report(before, after_measure, records, out_channels, result.report.unsupported, notes)
-    return StructuredResult(current, plan, report, result.removed, first)
+    return StructuredResult(current, plan, report, result.removed)
 
 
 def _hit(names: list[str], pattern: str) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
 
