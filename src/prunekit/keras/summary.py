@@ -101,6 +101,12 @@ def summarize(model: Any) -> ModelSummary:
     return ModelSummary(rows)
 
 
+def _to_host(output: Any) -> Any:
+    import keras
+
+    return output.numpy() if hasattr(output, "numpy") else keras.ops.convert_to_numpy(output)
+
+
 def measure_latency(model: Any, sample_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 32), *,
                     warmup: int = 5, repeats: int = 30) -> list[LatencyResult]:
     """Median and p90 of ``model(x, training=False)`` per batch size, in milliseconds (TensorFlow's device).
@@ -109,7 +115,6 @@ def measure_latency(model: Any, sample_shape: Sequence[int], batch_sizes: Sequen
 
         measure_latency(prunekit.keras.digits_cnn(), (8, 8, 1), batch_sizes=(1, 64))[0].median_ms
     """
-    import keras
     import tensorflow as tf
 
     shape = tuple(sample_shape)
@@ -125,11 +130,11 @@ def measure_latency(model: Any, sample_shape: Sequence[int], batch_sizes: Sequen
     for size in batch_sizes:
         batch = np.random.default_rng(0).standard_normal((size, *shape)).astype("float32")
         for _ in range(warmup):
-            keras.ops.convert_to_numpy(model(batch, training=False))
+            _to_host(model(batch, training=False))
         samples = []
         for _ in range(repeats):
             start = time.perf_counter()
-            keras.ops.convert_to_numpy(model(batch, training=False))  # to numpy: waits for the device
+            _to_host(model(batch, training=False))  # waits for the device
             samples.append((time.perf_counter() - start) * 1e3)
         results.append(LatencyResult(device, size, float(np.median(samples)), float(np.percentile(samples, 90)),
                                      repeats, threads))
