@@ -160,13 +160,13 @@ class MaskConstraint:
             if int(step.numpy()) <= int(applied.numpy()):
                 raise ConfigError(message)
             applied.assign(step)
-            return tf.where(mask, value, tf.zeros_like(value))
+            return tf.where(mask, value, tf.zeros((), value.dtype))
         # string-only data keeps the Assert unguarded (no tf.cond per weight per step)
         check = tf.debugging.Assert(tf.greater(step, applied), [f"prunekit: {message}"])
         with tf.control_dependencies([check]):
             update = applied.assign(step)
         with tf.control_dependencies([update]):
-            return tf.where(mask, value, tf.zeros_like(value))
+            return tf.where(mask, value, tf.zeros((), value.dtype))
 
 
 class LayerPruning(KerasSaveable):
@@ -246,7 +246,7 @@ class LayerPruning(KerasSaveable):
     def apply_masks(self) -> None:
         """Zero the pruned entries of every pruned weight now (+0.0, so gzip sees identical bytes)."""
         for weight, mask in zip(self.weights, self.masks):
-            weight.assign(tf.where(mask, weight.value, tf.zeros_like(weight.value)))
+            weight.assign(tf.where(mask, weight.value, tf.zeros((), weight.dtype)))
 
     def mask_arrays(self) -> dict[str, np.ndarray]:
         """Weight path -> boolean keep-mask."""
