@@ -63,26 +63,32 @@ def _images(size: int = 32) -> torch.Tensor:
     return torch.randn(BATCH, 3, size, size)
 
 
+# Stage widths follow the CIFAR versions of the real networks (VGG/ResNet-18: 64-256 channels,
+# MobileNetV2's first five stages), one block per stage to keep each forward near 0.1 s on one
+# core; activations stay below glibc's 32 MiB mmap threshold. Very narrow layers (16-32
+# channels) are a poor guide: their convolutions run far from peak and shrink sub-linearly.
+
+
 def _vgg() -> tuple[nn.Module, Any]:
-    return cnns.VGG(cfg=(32, 32, "M", 64, 64, "M", 128, 128, "M")).eval(), _images()
+    return cnns.VGG(cfg=(64, 64, "M", 128, 128, "M", 256, 256, "M")).eval(), _images()
 
 
 def _resnet() -> tuple[nn.Module, Any]:
-    return cnns.ResNet(cnns.BasicBlock, (2, 1, 1), widths=(32, 64, 128), stem=32).eval(), _images()
+    return cnns.ResNet(cnns.BasicBlock, (1, 1, 1), widths=(64, 128, 256), stem=64).eval(), _images()
 
 
 def _bottleneck() -> tuple[nn.Module, Any]:
-    return cnns.ResNet(cnns.Bottleneck, (1, 1, 1), widths=(16, 32, 64), stem=32).eval(), _images()
+    return cnns.ResNet(cnns.Bottleneck, (1, 1, 1), widths=(32, 64, 128), stem=64).eval(), _images()
 
 
 def _mobilenet() -> tuple[nn.Module, Any]:
-    setting = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 48, 2, 2), (6, 96, 1, 1))
-    return cnns.MobileNetV2(setting=setting, last_channel=256).eval(), _images()
+    setting = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 2, 2), (6, 96, 1, 1))
+    return cnns.MobileNetV2(setting=setting, last_channel=512).eval(), _images()
 
 
 def _transformer() -> tuple[nn.Module, Any]:
-    model = sequence.TransformerClassifier(vocab_size=1000, d_model=128, nhead=4, num_layers=2,
-                                           dim_feedforward=512, max_len=64, num_classes=10)
+    model = sequence.TransformerClassifier(vocab_size=1000, d_model=256, nhead=8, num_layers=2,
+                                           dim_feedforward=1024, max_len=64, num_classes=10)
     return model.eval(), torch.randint(0, 1000, (BATCH, 64))
 
 

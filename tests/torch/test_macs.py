@@ -237,3 +237,18 @@ def test_model_on_meta_device_is_counted_without_weights():
         model = DigitsCNN()
     report = count_macs(model, torch.zeros(1, 1, 8, 8, device="meta"))
     assert report.total == 1_330_432
+
+
+class PlainTensorAttribute(nn.Module):
+    """Keeps a weight as a plain tensor attribute (neither parameter nor buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.projection = torch.randn(4, 6)
+
+    def forward(self, x):
+        return x @ self.projection
+
+
+def test_tensors_held_outside_parameters_and_buffers_are_counted():
+    assert count_macs(PlainTensorAttribute(), torch.ones(3, 4)).total == 3 * 4 * 6

@@ -95,10 +95,10 @@ def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> MacsReport:
     Convolutions, matrix products and attention count; normalisation, activations, pooling,
     elementwise ops and embeddings count 0 (see the module docstring for the formulas).
 
-    The forward pass runs under ``torch.no_grad()`` on fake tensors (shapes only, so counting
-    costs the same for any batch size), or for real when the model's code needs values (data-
-    dependent branches); either way the model's parameters, buffers (BatchNorm statistics),
-    attributes and training mode are as they were afterwards.
+    The forward pass runs under ``torch.no_grad()`` on meta or fake tensors (shapes only, so
+    counting costs the same for any batch size), or for real when the model's code needs values
+    (data-dependent branches); either way the model's parameters, buffers (BatchNorm
+    statistics), attributes and training mode are as they were afterwards.
 
     Example::
 
@@ -108,20 +108,27 @@ def count_macs(model: nn.Module, example_inputs: ExampleInputs) -> MacsReport:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"count_macs expects an nn.Module, got {type(model).__name__}")
     names = {module: name for name, module in model.named_modules()}
-    try:
-        macs = _count(model, example_inputs, names, fake=True)
-    except Exception:
-        macs = None  # the model needs real values (or the inputs are wrong): run it for real
-    if macs is None:
-        macs = _count(model, example_inputs, names, fake=False)
+    for strategy in ("meta", "fake"):
+        try:
+            macs = _count(model, example_inputs, names, strategy)
+            break
+        except Exception:
+            continue  # the model needs real values (or the inputs are wrong): try the next way
+    else:
+        macs = _count(model, example_inputs, names, "real")
     return _report(model, names, macs)
 
 
 # --- running the model ---------------------------------------------------------------------
 
 
-def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Module, str], fake: bool) -> dict[str, int]:
-    """MACs per module name from one forward pass, with fake tensors or for real."""
+def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Module, str], strategy: str) -> dict[str, int]:
+    """MACs per module name from one forward pass.
+
+    ``strategy`` is ``"meta"`` (parameters, buffers and inputs swapped for meta tensors: shapes
+    only, fastest), ``"fake"`` (``FakeTensorMode``: shapes only, also for tensors the model makes
+    itself) or ``"real"`` (a real run, the only one whose errors are reported to the user).
+    """
     counter = _MacCounter()
     handles = []
     for module, name in names.items():
@@ -129,10 +136,13 @@ def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Modul
         handles.append(module.register_forward_hook(_pop(counter)))
     try:
         with torch.no_grad(), _attention_fastpath_disabled(), _model_state_preserved(model):
-            with (_fake_tensors() if fake else nullcontext()), counter:
+            if strategy == "meta":
+                _swap_to_meta(model)
+                example_inputs = _to_meta(example_inputs)
+            with (_fake_tensors() if strategy == "fake" else nullcontext()), counter:
                 _call(model, example_inputs)
     except Exception as exc:
-        if fake:
+        if strategy != "real":
             raise
         raise ConfigError(
             f"count_macs could not run {type(model).__name__} on the example inputs "
@@ -144,6 +154,33 @@ def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Modul
         for handle in handles:
             handle.remove()
     return counter.macs
+
+
+def _swap_to_meta(model: nn.Module) -> None:
+    """Replace every parameter and buffer by a meta tensor of its shape (tied ones stay tied).
+
+    Only called inside ``_model_state_preserved``, which puts the real tensors back.
+    """
+    meta: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for key, value in store.items():
+                if value is None:
+                    continue
+                if id(value) not in meta:
+                    shadow = torch.empty_like(value, device="meta")
+                    meta[id(value)] = nn.Parameter(shadow, value.requires_grad) if isinstance(value, nn.Parameter) else shadow
+                store[key] = meta[id(value)]
+
+
+def _to_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return torch.empty_like(value, device="meta")
+    if isinstance(value, dict):
+        return {key: _to_meta(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_meta(item) for item in value)
+    return value
 
 
 def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
