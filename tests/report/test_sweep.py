@@ -36,7 +36,8 @@ def test_sweep_writes_json_csv_and_one_log_line_per_trial(tmp_path):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["trials"][1]["metrics"] == {"accuracy": 0.75, "gzip_bytes": 500.0}
     csv_lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("id,method,sparsity") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("id,method,target,seed,status") and len(csv_lines) == 3
+    assert csv_lines[2].startswith("m@0.5,m,0.5,0,ok")
     assert result.ran == ["m@0", "m@0.5"]
 
 

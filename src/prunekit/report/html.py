@@ -177,14 +177,15 @@ def sweep_report(result: Any, title: str = "prunekit sweep") -> dict[str, Path]:
     from prunekit.sweep.figures import sweep_figures
 
     rows = result.rows()
-    columns = ["trial", "status", "accuracy", "sparsity", "gzip bytes", "sparse MACs", "latency ms", "seconds"]
+    columns = ["trial", "status", "accuracy", "target", "sparsity", "gzip bytes", "sparse MACs", "latency ms", "seconds"]
     table = ResultTable("Trials", columns)
 
     def fmt(value: Any, spec: str) -> str:
         return "" if value is None else format(value, spec)
 
     for row in rows:
-        table.add_row(row["id"], row["status"], fmt(row.get("accuracy"), ".4f"), fmt(row.get("sparsity"), ".1%"),
+        table.add_row(row["id"], row["status"], fmt(row.get("accuracy"), ".4f"), fmt(row.get("target"), ".0%"),
+                      fmt(row.get("sparsity"), ".1%"),
                       fmt(row.get("gzip_bytes"), ",.0f"), fmt(row.get("sparse_macs"), ",.0f"),
                       fmt(row.get("latency_ms"), ".2f"), fmt(row.get("seconds"), ".1f"))
     fronts = ResultTable("Pareto fronts (accuracy vs cost)", ["cost", "trials on the front, cheapest first"])

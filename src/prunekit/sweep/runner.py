@@ -86,7 +86,7 @@ class SweepResult:
         return [r for r in self.records if r["status"] == "failed"]
 
     def rows(self) -> list[dict[str, Any]]:
-        """Flat rows: trial fields plus metrics (failed trials with their error)."""
+        """Flat rows: trial fields (``target`` is the trial's sparsity) plus metrics, failed trials with their error."""
         return [_flat(record) for record in self.records]
 
     def fronts(self, maximize: str = "accuracy") -> dict[str, list[str]]:
@@ -100,7 +100,7 @@ class SweepResult:
 
 
 def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
-    row = {"id": record["id"], "method": record["trial"]["method"], "sparsity": record["trial"]["sparsity"],
+    row = {"id": record["id"], "method": record["trial"]["method"], "target": record["trial"]["sparsity"],
            "seed": record["trial"]["seed"], "status": record["status"], "seconds": record.get("seconds")}
     row.update(record.get("metrics") or {})
     if record.get("error"):
