@@ -327,3 +327,8 @@ def test_zero_ratio_returns_an_unchanged_copy():
     assert result.model is not model and channels(result.model) == (32, 64, 128, 10)
     assert result.plan["tensors"] == {} and result.report.params_after == result.report.params_before
     assert_same_outputs(result.model(X), model(X), atol=0)
+
+
+def test_a_compiled_model_is_refused_with_a_pointer_to_the_original():
+    with pytest.raises(ConfigError, match=r"torch.compile; prune the original module \(model._orig_mod\)"):
+        prune_channels(torch.compile(cnn(), backend="eager"), X, 0.5)

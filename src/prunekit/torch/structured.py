@@ -119,6 +119,17 @@ def _verify(model: nn.Module, graph: DependencyGraph, removed: np.ndarray, examp
     return None
 
 
+def _check_plain_module(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"structured pruning expects an nn.Module, got {type(model).__name__}")
+    if hasattr(model, "_orig_mod"):
+        raise ConfigError("the model is wrapped by torch.compile; prune the original module (model._orig_mod) "
+                          "and compile the pruned one")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise ConfigError(f"the model is wrapped in {type(model).__name__}; prune model.module, then wrap the "
+                          "pruned model again (its parameters are new objects)")
+
+
 def _check_ratio(value: Any, name: str, errors: list[str]) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
         errors.append(f"{name} should be a number in [0, 1), got {value!r}")
@@ -139,8 +150,7 @@ def _as_list(value: Any, name: str, errors: list[str]) -> list[str]:
 def _validate(model: Any, ratio: Any, scope: str, max_layer_ratio: Any, layer_ratios: Any, round_to: Any,
               ignore_outputs: Any, ignore_inputs: Any, leaf_modules: Any) -> tuple[list[str], list[str], list[str], dict]:
     errors: list[str] = []
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"prune_channels expects an nn.Module, got {type(model).__name__}")
+    _check_plain_module(model)
     _check_ratio(ratio, "ratio", errors)
     if scope not in ("layer", "global"):
         errors.append(f"scope should be 'layer' or 'global', got {scope!r}")
@@ -224,8 +234,7 @@ def remove_channels(model: nn.Module, example_inputs: ExampleInputs, channels: M
         result = remove_channels(model, x, {"conv1": [0, 5, 7]})
         result.model.conv1.out_channels  # 3 fewer
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"remove_channels expects an nn.Module, got {type(model).__name__}")
+    _check_plain_module(model)
     leaves = list(leaf_modules)
     working = model if inplace else copy.deepcopy(model)
 
