@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.torch._allocation import GroupTarget, check_globs, group_targets, select_channels
+from prunekit.torch._channel_allocation import GroupTarget, check_globs, group_targets, select_channels
 from prunekit.torch._labels import tensor_refs
 from prunekit.torch._surgery import plan_attributes
 from prunekit.torch._tracing import ExampleInputs, TraceError, trace_model
