@@ -108,7 +108,7 @@ def test_run_command_runs_a_recipe_and_writes_results_and_report(tmp_path, one_t
     assert [run["target"] for run in results["runs"]] == [0.5, 0.8]
     assert results["runs"][1]["nonzeros"] < results["runs"][0]["nonzeros"] < results["dense"]["nonzeros"]
     assert list(results["sensitivity"]["scores"]) == ["conv1", "conv2", "fc1", "fc2"]
-    assert [row["method"] for row in results["allocation"]] == ["sensitivity", "uniform", "global"]
+    assert [row["method"] for row in results["allocation"]] == ["sensitivity", "uniform", "global", "search"]
     assert all(abs(row["cost_fraction"] - 0.4) < 0.008 for row in results["allocation"])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4  # sparsity, MACs, Pareto, sensitivity

@@ -78,3 +78,18 @@ def test_uniform_ratio_solves_the_linear_budget():
     model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10))
     allocation = uniform_ratios(model, torch.zeros(1, 10), ["0", "1"], budget=0.5, target="params")
     assert allocation.ratios == {"0": pytest.approx(0.55), "1": pytest.approx(0.55)}  # 20 + 200 * 0.45 = 110
+
+
+def test_search_meets_the_budget_and_scores_at_least_as_well_as_greedy_and_global_on_validation(trained):
+    from prunekit.torch.allocation import global_ratios, search_ratios
+
+    model, table, split = trained
+    validation = Accuracy(split.x_val, split.y_val)
+    found = search_ratios(table, model, EXAMPLE, 0.25, validation, target="macs", steps=2)
+    measured = measured_cost(apply_ratios(model, found.ratios), EXAMPLE, table.layers, "macs")
+    assert measured / found.dense_cost == pytest.approx(0.25, abs=0.02 * 0.25)
+    greedy = allocate_ratios(table, model, EXAMPLE, 0.25, "macs")
+    threshold = global_ratios(model, EXAMPLE, table.layers, 0.25, "macs")
+    score = validation(apply_ratios(model, found.ratios))
+    assert score >= validation(apply_ratios(model, greedy.ratios))
+    assert score >= validation(apply_ratios(model, threshold.ratios))

@@ -151,7 +151,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
 
             results["allocation"] = compare_allocations(dense, table, Accuracy(split.x_test, split.y_test),
                                                         torch.zeros(1, *recipe.model.input_shape),
-                                                        recipe.allocate.budget, recipe.allocate.target)
+                                                        recipe.allocate.budget, recipe.allocate.target,
+                                                        search_metric=Accuracy(split.x_val, split.y_val))
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
     return results
@@ -202,8 +203,8 @@ def recipe_report(recipe: Recipe, results: dict[str, Any], summaries: dict[str, 
         from prunekit.torch.allocation import allocation_table
 
         sections.append(Section("Allocation at the same budget", tables=[allocation_table(
-            results["allocation"], "Per-layer ratios: sensitivity (greedy) vs uniform vs global magnitude (test accuracy, "
-            "no fine-tuning)")]))
+            results["allocation"], "Per-layer ratios: sensitivity (greedy), uniform, global magnitude and the best "
+            "blend of greedy and global on validation (search); test accuracy, no fine-tuning")]))
     text = recipe_text if recipe_text is not None else _yaml(recipe)
     return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
 

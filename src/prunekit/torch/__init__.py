@@ -38,6 +38,7 @@ from prunekit.torch.allocation import (  # noqa: E402
     apply_ratios,
     compare_allocations,
     global_ratios,
+    search_ratios,
     uniform_ratios,
 )
 from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
@@ -65,6 +66,7 @@ __all__ = [
     "global_ratios",
     "measure_latency",
     "measure_peak_memory",
+    "search_ratios",
     "summarize",
     "uniform_ratios",
     "ActivationImportance",

@@ -207,6 +207,36 @@ def global_ratios(model: nn.Module, example_inputs: ExampleInputs, layers: list[
     return Allocation("global", target, budget, ratios, costs.cost(ratios), costs.dense)
 
 
+def search_ratios(table: SensitivityTable, model: nn.Module, example_inputs: ExampleInputs, budget: float,
+                  metric: Callable[[nn.Module], float], target: str = "macs", steps: int = 4) -> Allocation:
+    """Search between the greedy and the global-magnitude allocations for the best ``metric`` at ``budget``.
+
+    Both meet the budget and the cost is linear in the ratios, so every blend
+    ``a * greedy + (1 - a) * global`` meets it too; ``steps + 1`` blends (``a`` from 0 to 1) are
+    pruned and scored with ``metric`` (validation data, higher is better) and the best is kept.
+    Its ``predicted_drop`` is the measured drop from the unpruned model's ``metric``.
+
+    Example::
+
+        allocation = search_ratios(table, model, torch.zeros(1, 1, 8, 8), 0.25, Accuracy(x_val, y_val))
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps should be an integer >= 1, got {steps!r}")
+    greedy = allocate_ratios(table, model, example_inputs, budget, target)
+    threshold = global_ratios(model, example_inputs, table.layers, budget, target)
+    costs = cost_model(model, example_inputs, table.layers, target)
+    baseline = float(metric(model))
+    best: tuple[float, dict[str, float]] | None = None
+    for step in range(steps + 1):
+        share = step / steps
+        ratios = {layer: share * greedy.ratios[layer] + (1 - share) * threshold.ratios[layer] for layer in table.layers}
+        score = float(metric(apply_ratios(model, ratios)))
+        if best is None or score > best[0]:
+            best = (score, ratios)
+    score, ratios = best
+    return Allocation("search", target, budget, ratios, costs.cost(ratios), costs.dense, baseline - score)
+
+
 def apply_ratios(model: nn.Module, ratios: dict[str, float]) -> nn.Module:
     """A copy of ``model`` with each layer's weight magnitude-pruned to its ratio (others untouched).
 
@@ -243,10 +273,13 @@ def measured_cost(model: nn.Module, example_inputs: ExampleInputs, layers: list[
 
 
 def compare_allocations(model: nn.Module, table: SensitivityTable, metric: Callable[[nn.Module], float],
-                        example_inputs: ExampleInputs, budget: float, target: str = "macs") -> list[dict[str, Any]]:
+                        example_inputs: ExampleInputs, budget: float, target: str = "macs",
+                        search_metric: Callable[[nn.Module], float] | None = None) -> list[dict[str, Any]]:
     """Sensitivity, uniform and global allocations at one budget: ratios, measured cost and ``metric`` of each.
 
     The measured cost comes from the pruned model itself (``summarize``), not from the cost model.
+    With ``search_metric`` (validation data; keep ``metric`` for held-out test data) a fourth row,
+    ``search``, comes from :func:`search_ratios`.
 
     Example::
 
@@ -257,6 +290,8 @@ def compare_allocations(model: nn.Module, table: SensitivityTable, metric: Calla
     allocations = [allocate_ratios(table, model, example_inputs, budget, target),
                    uniform_ratios(model, example_inputs, layers, budget, target),
                    global_ratios(model, example_inputs, layers, budget, target)]
+    if search_metric is not None:
+        allocations.append(search_ratios(table, model, example_inputs, budget, search_metric, target))
     rows = []
     for allocation in allocations:
         pruned = apply_ratios(model, allocation.ratios)
