@@ -60,3 +60,17 @@ def test_demo_command_rejects_bad_sparsities(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--sparsities", "0.5,1.2"])
     assert "sparsities should be in [0, 1)" in capsys.readouterr().err
+
+
+def test_structured_demo_reports_a_physically_smaller_model(tmp_path):
+    code = main(["demo", "--method", "structured", "--quick", "--sparsities", "0.5", "--no-progress", "--no-export",
+                 "--output", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    dense, (run,) = results["dense"], results["runs"]
+    assert run["method"] == "structured" and run["sparsity"] == 0.5
+    assert run["params"] < dense["params"] / 3  # half the channels of both convs and fc1
+    assert run["macs"] < dense["macs"] / 3
+    assert run["size_bytes"] < dense["size_bytes"] / 3  # the raw file shrinks too: nothing is masked
+    assert run["latency_ms_b64"] > 0 and dense["latency_ms_b64"] > 0
+    assert "Structured pruning: physically smaller model" in (tmp_path / "results.md").read_text()

@@ -19,11 +19,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--framework", choices=["torch", "keras"], default="torch", help="backend (default: torch)")
     parser.add_argument(
         "--method",
-        choices=["gradual", "one-shot", "iterative", "all"],
+        choices=["gradual", "one-shot", "iterative", "structured", "all"],
         default="gradual",
-        help="pruning-aware training mode; 'all' runs the three (default: gradual)",
+        help="pruning-aware training mode, or 'structured' (remove channels); 'all' runs the three "
+        "unstructured modes (default: gradual)",
     )
-    parser.add_argument("--sparsities", type=_sparsities, default=[0.5, 0.8, 0.9], help="default: 0.5,0.8,0.9")
+    parser.add_argument(
+        "--sparsities",
+        type=_sparsities,
+        help="weight sparsities, or channel ratios with --method structured (default: 0.5,0.8,0.9; structured: 0.25,0.5)",
+    )
     parser.add_argument("--output", metavar="DIR", help="write results.md and results.json to DIR")
     parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (lower accuracy)")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     run_demo(
         framework=args.framework,
         methods=methods,
-        sparsities=args.sparsities,
+        sparsities=args.sparsities or ([0.25, 0.5] if args.method == "structured" else [0.5, 0.8, 0.9]),
         output_dir=args.output,
         quick=args.quick,
         seed=args.seed,

@@ -24,9 +24,10 @@ class PruningRun:
     """What a workflow returns: the stripped model, the schedule used, per-epoch history, achieved sparsity."""
 
     model: nn.Module
-    schedule: PruningSchedule
+    schedule: PruningSchedule | None
     history: list[dict[str, float]] = field(default_factory=list)
     sparsity: float = 0.0
+    plan: dict[str, Any] | None = None  # the structured plan, when channels were removed
 
 
 def _steps_per_epoch(loader: Iterable) -> int:
