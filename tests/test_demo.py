@@ -38,6 +38,14 @@ def test_demo_ends_with_deployable_artifacts_of_the_sparsest_run(full_demo):
     assert "Deployable artifacts" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
+def test_demo_writes_a_self_contained_html_report(full_demo):
+    output, _ = full_demo
+    html = (output / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 1
+    assert (output / "report.json").is_file() and (output / "report.md").is_file()
+
+
 def test_demo_command_writes_markdown_and_json(tmp_path, capsys):
     code = main(["demo", "--quick", "--sparsities", "0.5,0.8", "--method", "all", "--no-progress", "--no-export",
                  "--output", str(tmp_path)])

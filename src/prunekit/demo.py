@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -79,6 +80,19 @@ def artifacts_table(artifacts: dict[str, Any]) -> ResultTable:
     return table
 
 
+def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> None:
+    """``report.html`` (self-contained, with plots), ``report.md`` and ``report.json`` beside the results."""
+    from rich.console import Console
+
+    console = console or Console()
+    if importlib.util.find_spec("matplotlib") is None:
+        console.print("report.html skipped: its plots need matplotlib (pip install 'prunekit[report]')")
+        return
+    from prunekit.report.demo import demo_report
+
+    console.print(f"report: {demo_report(results, output_dir)['html']}")
+
+
 def run_demo(
     framework: str = "torch",
     methods: Sequence[str] = ("gradual",),
@@ -90,7 +104,9 @@ def run_demo(
     export: bool = True,
     console: Any = None,
 ) -> dict[str, Any]:
-    """Run the demo, print its tables, and write ``results.md`` and ``results.json`` to ``output_dir``.
+    """Run the demo, print its tables, and write results and a report to ``output_dir``.
+
+    ``output_dir`` receives ``results.json``, ``results.md`` and ``report.html`` / ``.md`` / ``.json``.
 
     With ``export`` (PyTorch), the demo ends with the deployable artifacts of the dense model and
     the sparsest run (ONNX fp32/int8, compact files), written to ``output_dir/artifacts``.
@@ -130,4 +146,5 @@ def run_demo(
         output_dir = Path(output_dir)
         write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
         write_text_atomic(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
+        _write_report(results, output_dir, console)
     return results
