@@ -60,6 +60,7 @@ class ChannelGraph:
 
     # -- union-find over atoms -------------------------------------------------------------
     def new_atoms(self, producer: str, count: int, lock: str | None = None) -> np.ndarray:
+        """``count`` fresh atoms (output channels of ``producer``), locked with ``lock`` as reason if given."""
         start = len(self.parent)
         self.parent.extend(range(start, start + count))
         self.atom_producer.extend([producer] * count)
@@ -70,6 +71,7 @@ class ChannelGraph:
         return atoms
 
     def find(self, atom: int) -> int:
+        """The representative of ``atom``'s class (with path compression)."""
         root = atom
         while self.parent[root] != root:
             root = self.parent[root]
@@ -78,9 +80,11 @@ class ChannelGraph:
         return root
 
     def roots(self, atoms: np.ndarray) -> np.ndarray:
+        """The representative of each atom."""
         return np.array([self.find(int(a)) for a in atoms], dtype=np.int64)
 
     def union(self, a: int, b: int) -> None:
+        """Couple two atoms: they are removed together; a lock on either locks both."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return
@@ -90,13 +94,16 @@ class ChannelGraph:
             self.lock_reason[ra] = reason
 
     def lock(self, atoms: np.ndarray, reason: str) -> None:
+        """Mark the atoms' classes as not removable, keeping the first reason given."""
         for atom in atoms:
             self.lock_reason.setdefault(self.find(int(atom)), reason)
 
     def locked(self, root: int) -> str | None:
+        """Why the class of ``root`` cannot be removed, or ``None``."""
         return self.lock_reason.get(self.find(root))
 
     def producer_nodes(self) -> Iterator[Node]:
+        """Nodes of layers whose output channels can be removed (single call, channels_last, groups=1)."""
         return (node for node in self.nodes if isinstance(node.layer, PRODUCERS) and _traceable(node.layer) and not node.shared)
 
 

@@ -74,6 +74,7 @@ class PruningSpec:
             object.__setattr__(self, "sparsity_m_by_n", pair)
 
     def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable fields (the schedule as its own config)."""
         return {
             "schedule": self.schedule.get_config(),
             "block_size": list(self.block_size),
@@ -83,6 +84,7 @@ class PruningSpec:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "PruningSpec":
+        """Rebuild from :meth:`get_config`."""
         return cls(
             schedule=schedule_from_config(config["schedule"]),
             block_size=tuple(config["block_size"]),
@@ -199,6 +201,7 @@ class LayerPruning(KerasSaveable):
 
     @property
     def attached(self) -> bool:
+        """Whether the masks exist and the constraints are installed."""
         return bool(self.weights)
 
     def attach(self) -> None:
@@ -253,6 +256,7 @@ class LayerPruning(KerasSaveable):
         return {path: mask.numpy() for path, mask in zip(self.weight_paths, self.masks)}
 
     def get_config(self) -> dict[str, Any]:
+        """What the saved state holds besides the arrays: format, layer, weights, shapes, spec."""
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
@@ -263,12 +267,14 @@ class LayerPruning(KerasSaveable):
         }
 
     def save_own_variables(self, store: Any) -> None:
+        """Called by Keras's saver: config (JSON bytes), step and one uint8 mask per weight."""
         store["config"] = np.frombuffer(json.dumps(self.get_config()).encode("utf-8"), dtype=np.uint8)
         store["step"] = np.asarray(int(self.step.numpy()), dtype=np.int64)
         for index, mask in enumerate(self.masks):
             store[f"mask_{index}"] = mask.numpy().astype(np.uint8)
 
     def load_own_variables(self, store: Any) -> None:
+        """Called by Keras's loader (and :func:`prunekit.keras.load_model`): restore spec, masks and step."""
         config = read_config(store, self.layer_name)
         self.spec = PruningSpec.from_config(config)
         self.attach()

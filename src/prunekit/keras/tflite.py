@@ -191,10 +191,12 @@ class TFLiteModel:
 
     @property
     def size_bytes(self) -> int:
+        """Bytes of the flatbuffer."""
         return len(self.content)
 
     @property
     def gzip_bytes(self) -> int:
+        """Bytes of the flatbuffer after gzip -9."""
         return gzip_size(self.content)
 
     def _check(self, x: np.ndarray) -> None:
@@ -324,12 +326,14 @@ class TFLiteComparison:
         self.num_threads = num_threads
 
     def row(self, name: str) -> dict[str, Any]:
+        """The measured row of one variant, e.g. ``row("pruned int8 full")``."""
         for row in self.rows:
             if row["name"] == name:
                 return row
         raise ConfigError(f"no TFLite variant named {name!r}; the rows are {[r['name'] for r in self.rows]}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Rows, Keras accuracies and thread count, JSON-serialisable."""
         return {"rows": self.rows, "keras_accuracy": self.keras_accuracy, "num_threads": self.num_threads}
 
     def table(self, title: str = "TFLite variants (digits test set)") -> Any:
