@@ -23,6 +23,8 @@ from prunekit.schedules import (
     IterativeSparsity,
     PolynomialDecay,
     PruningSchedule,
+    gradual_schedule,
+    iterative_schedule,
     schedule_from_config,
 )
 
@@ -41,6 +43,8 @@ __all__ = [
     "StateMismatchError",
     "block_mask",
     "global_masks",
+    "gradual_schedule",
+    "iterative_schedule",
     "nm_mask",
     "schedule_from_config",
     "topk_mask",

@@ -48,3 +48,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically.
+
+    Example::
+
+        atomic_write_text("results.json", json.dumps(results))
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prunekit.errors import ConfigError
-from prunekit.report.tables import ResultTable, write_text_atomic
+from prunekit._atomic import atomic_write_text
+from prunekit.report.tables import ResultTable
 
 FRAMEWORKS = ("torch", "keras")
 
@@ -134,7 +135,7 @@ def run_demo(
         require("keras", "keras")
         from prunekit.keras.demo import run_demo as run_keras_demo
 
-        results = run_keras_demo(output_dir=None, quick=quick)
+        results = run_keras_demo(output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed)
     tables = [results_table(results)]
     if any("macs" in run for run in results["runs"]):
         tables.append(structured_table(results))
@@ -144,7 +145,7 @@ def run_demo(
         table.print(console)
     if output_dir is not None:
         output_dir = Path(output_dir)
-        write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        write_text_atomic(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
+        atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
         _write_report(results, output_dir, console)
     return results

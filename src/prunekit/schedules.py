@@ -7,6 +7,7 @@ the TensorFlow Model Optimization Toolkit: pruning happens only at
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from abc import ABC, abstractmethod
@@ -252,6 +253,42 @@ class IterativeSparsity(PruningSchedule):
             "class_name": "IterativeSparsity",
             "config": {"milestones": [[step, sparsity] for step, sparsity in self.milestones]},
         }
+
+
+def iterative_schedule(sparsity: float, rounds: int, steps_per_round: int) -> IterativeSparsity:
+    """Milestones that remove the same fraction of the remaining weights each round.
+
+    Example::
+
+        iterative_schedule(0.875, rounds=3, steps_per_round=100).milestones  # [(0, 0.5), (100, 0.75), (200, 0.875)]
+    """
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds should be an integer >= 1, got {rounds!r}")
+    ConstantSparsity(sparsity)  # validates
+    return IterativeSparsity([(r * steps_per_round, 1.0 - (1.0 - sparsity) ** ((r + 1) / rounds)) for r in range(rounds)])
+
+
+def gradual_schedule(
+    sparsity: float, epochs: int, steps_per_epoch: int, pruning_epochs: int | None = None,
+    frequency: int | None = None, initial_sparsity: float = 0.0, power: float = 3,
+) -> PolynomialDecay:
+    """A :class:`PolynomialDecay` over ``pruning_epochs`` (two thirds of ``epochs`` by default) that
+    reaches ``sparsity`` exactly: its end step is a multiple of ``frequency`` inside the training."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs should be an integer >= 1, got {epochs!r}")
+    pruning_epochs = max(1, (2 * epochs) // 3) if pruning_epochs is None else pruning_epochs
+    if not isinstance(pruning_epochs, int) or not 1 <= pruning_epochs <= epochs:
+        raise ConfigError(f"pruning_epochs should be an integer in [1, epochs={epochs}], got {pruning_epochs!r}")
+    frequency = frequency or max(1, steps_per_epoch // 10)
+    end_step = frequency * math.ceil(pruning_epochs * steps_per_epoch / frequency)
+    if end_step >= epochs * steps_per_epoch:
+        end_step = frequency * ((epochs * steps_per_epoch - 1) // frequency)
+    if end_step <= 0:
+        raise ConfigError(
+            f"{epochs} epoch(s) of {steps_per_epoch} steps leave no room for gradual pruning every {frequency} "
+            "steps; train for more epochs or lower frequency"
+        )
+    return PolynomialDecay(initial_sparsity, sparsity, 0, end_step, power=power, frequency=frequency)
 
 
 _SCHEDULES: dict[str, type[PruningSchedule]] = {

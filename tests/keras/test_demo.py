@@ -26,3 +26,16 @@ def test_demo_refuses_an_unknown_method():
 
     with pytest.raises(ConfigError, match="unknown demo method 'lottery'"):
         run_demo(methods=("lottery",))
+
+
+def test_demo_command_runs_the_keras_demo_with_the_chosen_method(tmp_path):
+    from prunekit.cli import main
+
+    code = main(["demo", "--framework", "keras", "--method", "one-shot", "--sparsities", "0.5", "--quick",
+                 "--no-progress", "--output", str(tmp_path)])
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["framework"] == "keras"
+    assert [(r["method"], r["sparsity"]) for r in results["runs"]] == [("one-shot", 0.5)]
+    assert results["runs"][0]["achieved_sparsity"] == pytest.approx(0.5, abs=1e-5)
+    assert "prunekit demo (keras)" in (tmp_path / "results.md").read_text()

@@ -93,8 +93,9 @@ def _load(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunekit._atomic import atomic_write_text
     from prunekit.errors import ConfigError
-    from prunekit.report.tables import ResultTable, write_text_atomic
+    from prunekit.report.tables import ResultTable
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
@@ -113,5 +114,5 @@ def run(args: argparse.Namespace) -> int:
         table.print()
         result["latency"] = [row.to_dict() for row in result["latency"]]
     if args.json:
-        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

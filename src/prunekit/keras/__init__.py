@@ -31,13 +31,18 @@ from prunekit.keras.tflite import (  # noqa: E402
 from prunekit.keras.unstructured import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
 from prunekit.keras.workflows import (  # noqa: E402
     PruningRun,
-    gradual_schedule,
-    iterative_schedule,
     prune_gradually,
     prune_iteratively,
     prune_one_shot,
 )
-from prunekit.schedules import ConstantSparsity, IterativeSparsity, PolynomialDecay, PruningSchedule  # noqa: E402
+from prunekit.schedules import (  # noqa: E402
+    ConstantSparsity,
+    IterativeSparsity,
+    PolynomialDecay,
+    PruningSchedule,
+    gradual_schedule,
+    iterative_schedule,
+)
 
 __all__ = [
     "ConstantSparsity",

@@ -1,4 +1,4 @@
-"""Atomic file writes for the Keras backend: a temporary file next to the target, then a rename."""
+"""Files for the Keras backend: an atomic target that keeps the suffix Keras checks, and gzip sizes."""
 
 from __future__ import annotations
 
@@ -33,20 +33,6 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_target(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def gzip_size(data: bytes) -> int:

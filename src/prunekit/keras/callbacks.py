@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from prunekit.errors import ConfigError
-from prunekit.keras._files import atomic_write_text
+from prunekit._atomic import atomic_write_text
 from prunekit.keras.state import LayerPruning, prunings
 
 

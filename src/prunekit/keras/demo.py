@@ -11,7 +11,8 @@ import keras
 import numpy as np
 
 from prunekit.errors import ConfigError
-from prunekit.keras._files import atomic_target, atomic_write_text
+from prunekit._atomic import atomic_write_text
+from prunekit.keras._files import atomic_target
 from prunekit.keras.metrics import serialized_size
 from prunekit.keras.models import digits_cnn, load_digits_nhwc
 from prunekit.keras.workflows import PruningRun, prune_gradually, prune_iteratively, prune_one_shot

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from prunekit.errors import ConfigError, CorruptFileError
-from prunekit.keras._files import atomic_write_bytes, gzip_size
+from prunekit._atomic import atomic_write_bytes
+from prunekit.keras._files import gzip_size
 
 QUANTIZATIONS = (None, "float", "dynamic", "int8")
 

@@ -18,7 +18,7 @@ from prunekit.errors import ConfigError
 from prunekit.keras.callbacks import UpdatePruningStep
 from prunekit.keras.state import prunings
 from prunekit.keras.unstructured import prune_low_magnitude, strip_pruning
-from prunekit.schedules import ConstantSparsity, IterativeSparsity, PolynomialDecay, PruningSchedule
+from prunekit.schedules import ConstantSparsity, PruningSchedule, gradual_schedule, iterative_schedule
 
 
 @dataclass
@@ -91,19 +91,6 @@ def prune_one_shot(
     return _run(model, x, y, schedule, finetune_epochs, lr, batch_size, exclude, callbacks, fit_options)
 
 
-def iterative_schedule(sparsity: float, rounds: int, steps_per_round: int) -> IterativeSparsity:
-    """Milestones that remove the same fraction of the remaining weights each round.
-
-    Example::
-
-        iterative_schedule(0.875, rounds=3, steps_per_round=100).milestones  # [(0, 0.5), (100, 0.75), (200, 0.875)]
-    """
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"rounds should be an integer >= 1, got {rounds!r}")
-    ConstantSparsity(sparsity)  # validates
-    return IterativeSparsity([(r * steps_per_round, 1.0 - (1.0 - sparsity) ** ((r + 1) / rounds)) for r in range(rounds)])
-
-
 def prune_iteratively(
     model: keras.Model,
     x: np.ndarray,
@@ -128,29 +115,6 @@ def prune_iteratively(
         raise ConfigError(f"epochs_per_round should be an integer >= 1, got {epochs_per_round!r}")
     schedule = iterative_schedule(sparsity, rounds, epochs_per_round * _steps_per_epoch(x, batch_size))
     return _run(model, x, y, schedule, rounds * epochs_per_round, lr, batch_size, exclude, callbacks, fit_options)
-
-
-def gradual_schedule(
-    sparsity: float, epochs: int, steps_per_epoch: int, pruning_epochs: int | None = None,
-    frequency: int | None = None, initial_sparsity: float = 0.0, power: float = 3,
-) -> PolynomialDecay:
-    """A :class:`PolynomialDecay` over ``pruning_epochs`` (two thirds of ``epochs`` by default) that
-    reaches ``sparsity`` exactly: its end step is a multiple of ``frequency`` inside the training."""
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"epochs should be an integer >= 1, got {epochs!r}")
-    pruning_epochs = max(1, (2 * epochs) // 3) if pruning_epochs is None else pruning_epochs
-    if not isinstance(pruning_epochs, int) or not 1 <= pruning_epochs <= epochs:
-        raise ConfigError(f"pruning_epochs should be an integer in [1, epochs={epochs}], got {pruning_epochs!r}")
-    frequency = frequency or max(1, steps_per_epoch // 10)
-    end_step = frequency * math.ceil(pruning_epochs * steps_per_epoch / frequency)
-    if end_step >= epochs * steps_per_epoch:
-        end_step = frequency * ((epochs * steps_per_epoch - 1) // frequency)
-    if end_step <= 0:
-        raise ConfigError(
-            f"{epochs} epoch(s) of {steps_per_epoch} steps leave no room for gradual pruning every {frequency} "
-            "steps; train for more epochs or lower frequency"
-        )
-    return PolynomialDecay(initial_sparsity, sparsity, 0, end_step, power=power, frequency=frequency)
 
 
 def prune_gradually(

@@ -21,7 +21,8 @@ from prunekit.recipes.config import Recipe, resolve_import
 from prunekit.recipes.validation import to_plain
 from prunekit.report.html import Report, Section, write_report
 from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
-from prunekit.report.tables import ResultTable, write_text_atomic
+from prunekit._atomic import atomic_write_text
+from prunekit.report.tables import ResultTable
 from prunekit.sweep.pareto import pareto_front
 from prunekit.torch.latency import measure_latency
 from prunekit.torch.metrics import serialized_size
@@ -153,7 +154,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
                                                         torch.zeros(1, *recipe.model.input_shape),
                                                         recipe.allocate.budget, recipe.allocate.target,
                                                         search_metric=Accuracy(split.x_val, split.y_val))
-    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
     return results
 

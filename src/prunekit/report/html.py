@@ -19,9 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from prunekit._atomic import atomic_write_bytes
+from prunekit._atomic import atomic_write_bytes, atomic_write_text
 from prunekit.report.plots import Figure
-from prunekit.report.tables import ResultTable, write_text_atomic
+from prunekit.report.tables import ResultTable
 
 PACKAGES = ("prunekit", "torch", "numpy", "onnx", "onnxruntime", "matplotlib", "keras", "tensorflow")
 
@@ -160,10 +160,10 @@ def write_report(report: Report, out_dir: str | os.PathLike, stem: str = "report
             atomic_write_bytes(out / name, figure.png)
             names[id(figure)] = name
     paths = {"html": out / f"{stem}.html", "md": out / f"{stem}.md", "json": out / f"{stem}.json"}
-    write_text_atomic(paths["html"], render_html(report))
-    write_text_atomic(paths["md"], _markdown(report, names))
+    atomic_write_text(paths["html"], render_html(report))
+    atomic_write_text(paths["md"], _markdown(report, names))
     payload = {"title": report.title, "data": report.data, "recipe": report.recipe, "versions": report.versions}
-    write_text_atomic(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
     return paths
 
 

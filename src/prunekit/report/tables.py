@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
-
-from prunekit._atomic import atomic_write_bytes
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass

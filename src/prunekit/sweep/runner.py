@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from prunekit.errors import ConfigError
-from prunekit.report.tables import write_text_atomic
+from prunekit._atomic import atomic_write_text
 from prunekit.sweep.pareto import pareto_front
 from prunekit.sweep.pool import check_workers, run_jobs
 
@@ -160,7 +160,7 @@ def write_results(result: SweepResult) -> None:
 
         write_results(run_sweep(objective, trials, "out"))
     """
-    write_text_atomic(result.out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(result.out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     rows = result.rows()
     columns: list[str] = []
     for row in rows:
@@ -169,7 +169,7 @@ def write_results(result: SweepResult) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(result.out_dir / "results.csv", buffer.getvalue())
+    atomic_write_text(result.out_dir / "results.csv", buffer.getvalue())
 
 
 def run_sweep(

@@ -42,9 +42,9 @@ from prunekit.torch.allocation import (  # noqa: E402
     uniform_ratios,
 )
 from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
+from prunekit.schedules import gradual_schedule, iterative_schedule  # noqa: E402
 from prunekit.torch.workflows import (  # noqa: E402
     PruningRun,
-    iterative_schedule,
     prune_gradually,
     prune_iteratively,
     prune_one_shot,
@@ -106,6 +106,7 @@ __all__ = [
     "evaluate_onnx",
     "export_onnx",
     "fit",
+    "gradual_schedule",
     "iterative_schedule",
     "load_compressed",
     "make_loader",

@@ -16,7 +16,6 @@ same ratio and :func:`global_ratios` one magnitude threshold across layers, both
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -7,14 +7,13 @@ read them as recipes for your own loop: each is a schedule plus a pruner plus a 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.schedules import ConstantSparsity, IterativeSparsity, PolynomialDecay, PruningSchedule
+from prunekit.schedules import ConstantSparsity, PruningSchedule, gradual_schedule, iterative_schedule
 from prunekit.torch.training import fit
 from prunekit.torch.unstructured import Pruner
 
@@ -76,16 +75,6 @@ def prune_one_shot(
     return _run(model, train_loader, schedule, finetune_epochs, lr, fit_options, pruner_options, prune_first=True)
 
 
-def iterative_schedule(sparsity: float, rounds: int, steps_per_round: int) -> IterativeSparsity:
-    """Milestones that remove the same fraction of the remaining weights each round."""
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ConfigError(f"rounds should be an integer >= 1, got {rounds!r}")
-    ConstantSparsity(sparsity)  # validates
-    return IterativeSparsity(
-        [(r * steps_per_round, 1.0 - (1.0 - sparsity) ** ((r + 1) / rounds)) for r in range(rounds)]
-    )
-
-
 def prune_iteratively(
     model: nn.Module,
     train_loader: Iterable,
@@ -135,18 +124,7 @@ def prune_gradually(
         run = prune_gradually(model, loader, 0.9, epochs=12, lr=5e-4)
     """
     fit_options, pruner_options = _split_options(options)
-    steps = _steps_per_epoch(train_loader)
-    pruning_epochs = max(1, (2 * epochs) // 3) if pruning_epochs is None else pruning_epochs
-    if not isinstance(pruning_epochs, int) or not 1 <= pruning_epochs <= epochs:
-        raise ConfigError(f"pruning_epochs should be an integer in [1, epochs={epochs}], got {pruning_epochs!r}")
-    frequency = frequency or max(1, steps // 10)
-    end_step = frequency * math.ceil(pruning_epochs * steps / frequency)
-    if end_step >= epochs * steps:
-        end_step = frequency * ((epochs * steps - 1) // frequency)
-    if end_step <= 0:
-        raise ConfigError(
-            f"{epochs} epoch(s) of {steps} steps leave no room for gradual pruning every {frequency} steps; "
-            "train for more epochs or lower frequency"
-        )
-    schedule = PolynomialDecay(initial_sparsity, sparsity, 0, end_step, power=power, frequency=frequency)
+    schedule = gradual_schedule(
+        sparsity, epochs, _steps_per_epoch(train_loader), pruning_epochs, frequency, initial_sparsity, power
+    )
     return _run(model, train_loader, schedule, epochs, lr, fit_options, pruner_options)
