@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -42,22 +41,13 @@ def import_factory(spec: str) -> Callable[[], Any]:
 
         import_factory("prunekit.torch:DigitsCNN")()
     """
+    from prunekit._imports import resolve_import
     from prunekit.errors import ConfigError
 
-    module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ConfigError(f"--factory should look like 'package.module:callable', got {spec!r}")
     try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--factory {spec!r}: cannot import module {module_name!r} ({exc})") from None
-    for attr in attr_path.split("."):
-        if not hasattr(target, attr):
-            raise ConfigError(f"--factory {spec!r}: {module_name!r} has no attribute {attr_path!r}")
-        target = getattr(target, attr)
-    if not callable(target):
-        raise ConfigError(f"--factory {spec!r} is not callable")
-    return target
+        return resolve_import(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"--factory {spec!r}: {exc}") from None
 
 
 def load_weights(path: str, factory: Callable[[], Any]) -> Any:
