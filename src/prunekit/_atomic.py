@@ -14,7 +14,10 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
+    """Yield a fresh temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    The temporary name ends with ``path``'s suffixes (writers such as Keras check them) and does not
+    exist yet (writers such as Keras refuse to overwrite without asking).
 
     Example::
 
@@ -23,12 +26,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".weights.h5") else target.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)  # mkstemp makes 0600
+    tmp.unlink()
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

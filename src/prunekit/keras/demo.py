@@ -11,8 +11,7 @@ import keras
 import numpy as np
 
 from prunekit.errors import ConfigError
-from prunekit._atomic import atomic_write_text
-from prunekit.keras._files import atomic_target
+from prunekit._atomic import atomic_path, atomic_write_text
 from prunekit.keras.metrics import serialized_size
 from prunekit.keras.models import digits_cnn, load_digits_nhwc
 from prunekit.keras.workflows import PruningRun, prune_gradually, prune_iteratively, prune_one_shot
@@ -103,7 +102,7 @@ def run_demo(
     if output_dir is not None:
         out = Path(output_dir)
         for name, model in models.items():
-            with atomic_target(out / f"{name}.keras") as tmp:
+            with atomic_path(out / f"{name}.keras") as tmp:
                 model.save(tmp)
         atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results

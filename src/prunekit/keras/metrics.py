@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.keras._files import gzip_size
+from prunekit._gzip import gzip_size
+from prunekit.report.measures import sparsity_summary
 
 
 def sparsity_report(model: Any) -> dict[str, Any]:
@@ -18,24 +19,10 @@ def sparsity_report(model: Any) -> dict[str, Any]:
         report = sparsity_report(model)
         report["sparsity"], report["layers"]["digits_cnn/fc1/kernel"]["nonzero"]
     """
-    layers: dict[str, dict[str, Any]] = {}
-    for weight in model.trainable_weights:
-        values = np.asarray(weight.numpy())
-        nonzero = int(np.count_nonzero(values))
-        layers[weight.path] = {
-            "shape": list(values.shape),
-            "numel": int(values.size),
-            "nonzero": nonzero,
-            "sparsity": 1.0 - nonzero / values.size if values.size else 0.0,
-        }
-    total = sum(layer["numel"] for layer in layers.values())
-    nonzero = sum(layer["nonzero"] for layer in layers.values())
-    return {
-        "layers": layers,
-        "total_params": total,
-        "nonzero_params": nonzero,
-        "sparsity": 1.0 - nonzero / total if total else 0.0,
-    }
+    return sparsity_summary(
+        (weight.path, tuple(weight.shape), int(np.count_nonzero(np.asarray(weight.numpy()))))
+        for weight in model.trainable_weights
+    )
 
 
 def serialized_size(model: Any) -> dict[str, int]:

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from prunekit.errors import ConfigError, CorruptFileError
 from prunekit._atomic import atomic_write_bytes
-from prunekit.keras._files import gzip_size
+from prunekit._gzip import gzip_size
 
 QUANTIZATIONS = (None, "float", "dynamic", "int8")
 

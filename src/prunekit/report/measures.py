@@ -6,11 +6,38 @@ The PyTorch (:mod:`prunekit.torch.summary`, :mod:`prunekit.torch.latency`) and K
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from prunekit.report.tables import ResultTable
 
+
+
+def sparsity_summary(tensors: Iterable[tuple[str, Sequence[int], int]]) -> dict[str, Any]:
+    """The sparsity report of both backends from ``(name, shape, nonzero)`` per tensor.
+
+    Example::
+
+        sparsity_summary([("fc.weight", [2, 4], 3)])["sparsity"]  # 0.625
+    """
+    layers: dict[str, dict[str, Any]] = {}
+    for name, shape, nonzero in tensors:
+        numel = math.prod(shape)
+        layers[name] = {
+            "shape": list(shape),
+            "numel": numel,
+            "nonzero": nonzero,
+            "sparsity": 1.0 - nonzero / numel if numel else 0.0,
+        }
+    total = sum(layer["numel"] for layer in layers.values())
+    nonzero = sum(layer["nonzero"] for layer in layers.values())
+    return {
+        "layers": layers,
+        "total_params": total,
+        "nonzero_params": nonzero,
+        "sparsity": 1.0 - nonzero / total if total else 0.0,
+    }
 
 @dataclass(frozen=True)
 class LayerStats:

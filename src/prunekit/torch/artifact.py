@@ -7,7 +7,6 @@ not of the PyTorch model it came from. Latency of several files is measured inte
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from prunekit._gzip import gzip_size
 from prunekit.errors import ConfigError
 from prunekit.torch._ort import InputSpec, batch_of, feed, input_specs, session
 
@@ -61,7 +61,7 @@ def file_sizes(path: str | os.PathLike) -> tuple[int, int]:
         raw, packed = file_sizes("model.onnx")
     """
     data = Path(path).read_bytes()
-    return len(data), len(gzip.compress(data, compresslevel=9, mtime=0))
+    return len(data), gzip_size(data)
 
 
 def _as_numpy(value: Any) -> np.ndarray:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 from typing import Any
 
 import torch
 from torch import nn
+
+from prunekit._gzip import gzip_size
+from prunekit.report.measures import sparsity_summary
 
 
 def sparsity_report(model: nn.Module) -> dict[str, Any]:
@@ -18,24 +20,9 @@ def sparsity_report(model: nn.Module) -> dict[str, Any]:
         report = sparsity_report(model)
         report["sparsity"], report["layers"]["fc1.weight"]["nonzero"]
     """
-    layers: dict[str, dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        numel = param.numel()
-        nonzero = int(torch.count_nonzero(param.detach()))
-        layers[name] = {
-            "shape": list(param.shape),
-            "numel": numel,
-            "nonzero": nonzero,
-            "sparsity": 1.0 - nonzero / numel if numel else 0.0,
-        }
-    total = sum(layer["numel"] for layer in layers.values())
-    nonzero = sum(layer["nonzero"] for layer in layers.values())
-    return {
-        "layers": layers,
-        "total_params": total,
-        "nonzero_params": nonzero,
-        "sparsity": 1.0 - nonzero / total if total else 0.0,
-    }
+    return sparsity_summary(
+        (name, tuple(param.shape), int(torch.count_nonzero(param.detach()))) for name, param in model.named_parameters()
+    )
 
 
 def serialized_size(model: nn.Module) -> dict[str, int]:
@@ -50,7 +37,7 @@ def serialized_size(model: nn.Module) -> dict[str, int]:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     raw = buffer.getvalue()
-    return {"raw_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}
+    return {"raw_bytes": len(raw), "gzip_bytes": gzip_size(raw)}
 
 
 def print_sparsity_table(model_or_report: nn.Module | dict[str, Any], title: str = "Sparsity", console: Any = None) -> None:
