@@ -45,13 +45,15 @@ def _is_keras_file(path: str) -> bool:
 
 def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
     from prunekit.keras.metrics import serialized_size
-    from prunekit.keras.summary import measure_latency, summarize
+    from prunekit.keras.summary import measure_latency, measure_peak_memory, summarize
 
     summary = summarize(model)
     summary.table(f"prunekit inspect {args.model} (Keras; MACs per sample)").print()
     sizes = serialized_size(model)
-    print(f"weights: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip")
-    result: dict = {"framework": "keras", "summary": summary.to_dict(), "sizes": sizes}
+    memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
+    print(f"weights: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip; "
+          + "; ".join(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory))
+    result: dict = {"framework": "keras", "summary": summary.to_dict(), "sizes": sizes, "memory": [m.to_dict() for m in memory]}
     if args.latency:
         result["latency"] = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
     return result
