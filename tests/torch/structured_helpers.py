@@ -1,4 +1,5 @@
-"""Helpers for structured-pruning tests: the oracle that silences channels before removing them."""
+"""Helpers for structured-pruning tests: a fixture that runs each test on one torch thread, and
+the oracle that silences channels before removing them."""
 
 from __future__ import annotations
 
@@ -6,12 +7,24 @@ import copy
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from prunekit.torch import analyze_dependencies, remove_channels
 from prunekit.torch.graph import ChannelGroup, DependencyGraph
 from tests.zoo import main_output, run
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run the test on one torch thread (the CI machines have 2 shared cores), then restore the count.
+
+    Autouse where imported: ``from tests.torch.structured_helpers import one_torch_thread``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def silence_channels(graph: DependencyGraph, group: ChannelGroup, channels: np.ndarray) -> None:

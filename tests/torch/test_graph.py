@@ -10,14 +10,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError, LayerNotFoundError
 from prunekit.torch import DigitsCNN, analyze_dependencies
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 
 
 def sizes(graph) -> dict[str, int]:

@@ -9,21 +9,13 @@ import torch
 
 from prunekit.torch import count_macs, count_params, load_pruned, prune_channels, save_pruned
 from tests.assertions import assert_same_outputs
-from tests.torch.structured_helpers import run_oracle
+from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401  (one_torch_thread: autouse)
 from tests.zoo import ZOO, main_output, run
 
 NAMES = sorted(ZOO)
 #: Zoo models whose attention heads form exact groups (no normalisation over the head channels),
 #: so the oracle must remove heads there too.
 EXACT_HEADS = {"hf_bert", "hf_gpt2", "hf_llama_gqa", "hf_vit"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", NAMES)

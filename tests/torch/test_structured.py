@@ -13,16 +13,9 @@ from torch import nn
 from prunekit.errors import ConfigError, LayerNotFoundError
 from prunekit.torch import DigitsCNN, count_macs, count_params, prune_channels, remove_channels
 from tests.assertions import assert_same_outputs
+from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cnn() -> DigitsCNN:

@@ -17,14 +17,7 @@ from prunekit.torch import (
     analyze_dependencies,
     prune_channels,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 
 
 class Net(nn.Module):

@@ -13,16 +13,9 @@ from prunekit.errors import ConfigError
 from prunekit.torch import DigitsCNN, evaluate, fit, load_pruned, make_loader, prune_channels, save_pruned
 from prunekit.torch.structured_iterative import prune_channels_iteratively, step_ratios
 from tests.assertions import assert_same_outputs
+from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_step_ratios_reach_the_target_in_equal_steps_of_the_original():

@@ -11,16 +11,9 @@ import torch
 from prunekit.errors import ConfigError, CorruptFileError, StateMismatchError
 from prunekit.torch import DigitsCNN, DigitsMLP, apply_plan, load_pruned, plan_of, prune_channels, save_pruned
 from tests.assertions import assert_same_outputs
+from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cnn() -> DigitsCNN:
