@@ -116,6 +116,38 @@ def test_run_command_runs_a_recipe_and_writes_results_and_report(tmp_path, one_t
     assert json.loads((out / "report.json").read_text())["recipe"] == path.read_text()
 
 
+def test_a_latency_budget_without_channel_removal_is_a_field_error():
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe({**TINY, "allocate": {"budget": 0.5, "target": "latency"}})
+    assert caught.value.errors == [("allocate.target", "a latency budget needs channel removal (zeroed weights do not "
+                                                       "make dense kernels faster); set allocate.pruning: channels")]
+    recipe = parse_recipe({**TINY, "allocate": {"budget": 0.5, "target": "latency", "pruning": "channels"}})
+    assert recipe.allocate.pruning == "channels" and recipe.allocate.batch_size == 64
+
+
+def test_run_with_channel_allocation_measures_channel_sensitivity_and_meets_the_budget(tmp_path, one_torch_thread):
+    import torch
+
+    from prunekit.recipes.runner import run_recipe
+    from prunekit.torch import DigitsCNN
+    from prunekit.torch.macs import count_macs
+    from prunekit.torch.structured_allocation import apply_channel_ratios
+
+    recipe = parse_recipe({**TINY, "prune": {"method": "channels", "sparsities": [0.5], "epochs": 1},
+                           "report": {"latency_batch_sizes": [], "sensitivity_ratios": [0.25, 0.5, 0.75]},
+                           "allocate": {"budget": 0.5, "target": "macs", "pruning": "channels", "batch_size": 8}})
+    results = run_recipe(recipe, tmp_path)
+    assert list(results["channel_sensitivity"]["scores"]) == ["conv1", "conv2", "fc1"]
+    assert [row["method"] for row in results["allocation"]] == ["sensitivity", "uniform", "global"]
+    model = DigitsCNN(channels=[4, 8], hidden=16)
+    example = torch.zeros(8, 1, 8, 8)
+    for row in results["allocation"]:
+        smaller = apply_channel_ratios(model, example, row["ratios"])
+        assert count_macs(smaller, example).total / count_macs(model, example).total == pytest.approx(row["cost_fraction"])
+        assert 0.4 <= row["cost_fraction"] <= 0.5  # 4 and 8 channels: coarse steps
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 5  # both heat-maps
+
+
 def test_demo_print_recipe_prints_the_shipped_recipe_and_runs_nothing(capsys):
     assert main(["demo", "--print-recipe"]) == 0
     printed = capsys.readouterr().out

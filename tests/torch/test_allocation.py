@@ -60,9 +60,9 @@ def test_unreachable_budget_names_the_closest_achievable(trained):
         allocate_ratios(table, model, EXAMPLE, budget=0.01, target="macs")
 
 
-def test_latency_budget_asks_for_structured_pruning(trained):
+def test_latency_budget_points_to_channel_allocation(trained):
     model, table, _ = trained
-    with pytest.raises(ConfigError, match="latency needs structured pruning"):
+    with pytest.raises(ConfigError, match="latency budget needs channel removal.*allocate_channels"):
         allocate_ratios(table, model, EXAMPLE, budget=0.5, target="latency")
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from prunekit.cli import main
 from prunekit.errors import ConfigError
 from prunekit.torch import DigitsCNN, prune_unstructured
-from prunekit.torch.latency import available_devices, measure_latency, measure_peak_memory
+from prunekit.torch.latency import available_devices, latency_ratio, measure_latency, measure_peak_memory
 from prunekit.torch.summary import summarize
 
 
@@ -32,6 +32,22 @@ def test_latency_restores_thread_count_and_training_mode():
 def test_latency_rejects_a_batch_size_of_zero():
     with pytest.raises(ConfigError, match="batch_sizes"):
         measure_latency(DigitsCNN(), (1, 8, 8), batch_sizes=(0,))
+
+
+def test_latency_ratio_of_a_model_to_itself_is_one_and_a_quarter_of_the_work_is_faster():
+    torch.manual_seed(0)
+    wide, narrow = nn.Linear(512, 2048), nn.Linear(512, 256)  # 8x fewer MACs
+    inputs = torch.randn(64, 512)
+    assert latency_ratio(wide, wide, inputs, rounds=20) == pytest.approx(1.0, abs=0.25)
+    assert latency_ratio(narrow, wide, inputs, rounds=20) < 0.5
+    narrow.train()
+    latency_ratio(narrow, wide, {"input": inputs}, rounds=2)  # keyword inputs
+    assert narrow.training and wide.training
+
+
+def test_latency_ratio_rejects_zero_rounds():
+    with pytest.raises(ConfigError, match="rounds should be >= 1"):
+        latency_ratio(nn.Linear(2, 2), nn.Linear(2, 2), torch.zeros(1, 2), rounds=0)
 
 
 def test_peak_memory_counts_weights_input_and_live_activations_of_a_linear_chain():

@@ -115,10 +115,16 @@ class ReportConfig:
 
 @dataclass
 class AllocateConfig:
-    """Per-layer ratios for a budget from the sensitivity data, compared with uniform and global allocation."""
+    """Per-layer ratios for a budget from the sensitivity data, compared with uniform and global allocation.
+
+    ``pruning: weights`` zeroes weights (targets macs, params, size); ``pruning: channels`` removes
+    channels and measures the cost on the smaller model at ``batch_size`` (targets latency, macs, params).
+    """
 
     budget: float = checked(lambda v: None if 0 < v <= 1 else f"should be a fraction of the dense cost in (0, 1], got {v!r}")
-    target: Literal["macs", "params", "size"] = "macs"
+    target: Literal["macs", "params", "size", "latency"] = "macs"
+    pruning: Literal["weights", "channels"] = "weights"
+    batch_size: int = checked(_at_least(1), default=64)
 
 
 @dataclass
@@ -149,8 +155,14 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
         errors.append(("export.int8", "int8 quantization works on the ONNX export; set export.onnx: true too"))
     if prune.get("method") == "channels" and prune.get("importance", "magnitude") != "magnitude":
         errors.append(("prune.importance", "method 'channels' ranks channels by their L1 norm; leave importance: magnitude"))
+    allocate = _section(data, "allocate")
     if isinstance(data, dict) and isinstance(data.get("allocate"), dict) and not _section(data, "report").get("sensitivity_ratios"):
         errors.append(("allocate", "allocation chooses ratios from sensitivity data; set report.sensitivity_ratios, e.g. [0.5, 0.7, 0.9]"))
+    if allocate.get("target") == "latency" and allocate.get("pruning", "weights") == "weights":
+        errors.append(("allocate.target", "a latency budget needs channel removal (zeroed weights do not make dense "
+                                          "kernels faster); set allocate.pruning: channels"))
+    if allocate.get("target") == "size" and allocate.get("pruning") == "channels":
+        errors.append(("allocate.target", "with pruning: channels the targets are latency, macs or params"))
     return errors
 
 

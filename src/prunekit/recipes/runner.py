@@ -26,7 +26,7 @@ from prunekit.report.tables import ResultTable
 from prunekit.sweep.pareto import pareto_front
 from prunekit.torch.latency import measure_latency
 from prunekit.torch.metrics import serialized_size
-from prunekit.torch.sensitivity import Accuracy, analyze_sensitivity
+from prunekit.torch.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity
 from prunekit.torch.summary import ModelSummary, summarize
 from prunekit.torch.training import fit, make_loader
 from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
@@ -108,6 +108,25 @@ def _export(recipe: Recipe, model: nn.Module, split: Any, out: Path, label: str)
     return files
 
 
+def _allocate(recipe: Recipe, dense: nn.Module, split: Any, table: SensitivityTable) -> dict[str, Any]:
+    """The allocation comparison (and, when channels are removed, the channel sensitivity it is based on)."""
+    allocate, test = recipe.allocate, Accuracy(split.x_test, split.y_test)
+    if allocate.pruning == "weights":
+        from prunekit.torch.allocation import compare_allocations
+
+        return {"allocation": compare_allocations(dense, table, test, torch.zeros(1, *recipe.model.input_shape),
+                                                  allocate.budget, allocate.target,
+                                                  search_metric=Accuracy(split.x_val, split.y_val))}
+    from prunekit.torch.structured_allocation import channel_layers, compare_channel_allocations
+
+    batch = torch.zeros(allocate.batch_size, *recipe.model.input_shape)
+    channels = analyze_sensitivity(dense, Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios,
+                                   layers=channel_layers(dense, batch), prune=ChannelPruner(batch),
+                                   metric_name="validation accuracy")
+    return {"channel_sensitivity": channels.to_dict(),
+            "allocation": compare_channel_allocations(dense, channels, test, batch, allocate.budget, allocate.target)}
+
+
 def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
     """Run ``recipe`` and write ``results.json`` and ``report.{html,md,json}`` (and exports) to ``out_dir``.
 
@@ -148,12 +167,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
                                     metric_name="validation accuracy")
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
-            from prunekit.torch.allocation import compare_allocations
-
-            results["allocation"] = compare_allocations(dense, table, Accuracy(split.x_test, split.y_test),
-                                                        torch.zeros(1, *recipe.model.input_shape),
-                                                        recipe.allocate.budget, recipe.allocate.target,
-                                                        search_metric=Accuracy(split.x_val, split.y_val))
+            results.update(_allocate(recipe, dense, split, table))
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
     return results
@@ -195,17 +209,20 @@ def recipe_report(recipe: Recipe, results: dict[str, Any], summaries: dict[str, 
     figures.append(plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"),
                                title="accuracy vs size (gzip)"))
     sections = [Section("Before and after", tables=[table]), Section("Per layer and trade-off", figures=figures)]
-    if "sensitivity" in results:
-        data = results["sensitivity"]
-        sections.append(Section("Sensitivity", text="Validation accuracy with one layer pruned at a time (magnitude).",
-                                figures=[plot_heatmap(list(data["scores"]), data["ratios"], list(data["scores"].values()),
-                                                      title="Sensitivity (validation accuracy)", label="accuracy")]))
+    for key, how in (("sensitivity", "weights zeroed by magnitude"), ("channel_sensitivity", "channels removed (L1)")):
+        if key in results:
+            data = results[key]
+            sections.append(Section(f"Sensitivity: {how}", text=f"Validation accuracy with one layer pruned at a time ({how}).",
+                                    figures=[plot_heatmap(list(data["scores"]), data["ratios"], list(data["scores"].values()),
+                                                          title=f"Sensitivity, {how} (validation accuracy)", label="accuracy")]))
     if "allocation" in results:
         from prunekit.torch.allocation import allocation_table
 
+        methods = ("sensitivity (greedy), uniform, global magnitude and the best blend of greedy and global on "
+                   "validation (search)" if recipe.allocate.pruning == "weights" else
+                   "sensitivity (greedy, measured), uniform and global channel ratios, channels removed")
         sections.append(Section("Allocation at the same budget", tables=[allocation_table(
-            results["allocation"], "Per-layer ratios: sensitivity (greedy), uniform, global magnitude and the best "
-            "blend of greedy and global on validation (search); test accuracy, no fine-tuning")]))
+            results["allocation"], f"Per-layer ratios: {methods}; test accuracy, no fine-tuning")]))
     text = recipe_text if recipe_text is not None else _yaml(recipe)
     return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
 

@@ -29,17 +29,26 @@ from prunekit.torch.structured import StructuredResult, prune_channels, remove_c
 from prunekit.torch.structured_report import StructuredReport  # noqa: E402
 from prunekit.torch.structured_iterative import prune_channels_iteratively  # noqa: E402
 from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
-from prunekit.torch.latency import LatencyResult, MemoryResult, measure_latency, measure_peak_memory  # noqa: E402
+from prunekit.torch.latency import LatencyResult, MemoryResult, latency_ratio, measure_latency, measure_peak_memory  # noqa: E402
 from prunekit.torch.summary import LayerStats, ModelSummary, summarize  # noqa: E402
 from prunekit.torch.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity  # noqa: E402
 from prunekit.torch.allocation import (  # noqa: E402
     Allocation,
     allocate_ratios,
+    allocation_table,
     apply_ratios,
     compare_allocations,
     global_ratios,
     search_ratios,
     uniform_ratios,
+)
+from prunekit.torch.structured_allocation import (  # noqa: E402
+    allocate_channels,
+    apply_channel_ratios,
+    channel_layers,
+    compare_channel_allocations,
+    global_channels,
+    uniform_channels,
 )
 from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
 from prunekit.schedules import gradual_schedule, iterative_schedule  # noqa: E402
@@ -59,15 +68,23 @@ __all__ = [
     "MemoryResult",
     "ModelSummary",
     "SensitivityTable",
+    "allocate_channels",
     "allocate_ratios",
+    "allocation_table",
     "analyze_sensitivity",
+    "apply_channel_ratios",
     "apply_ratios",
+    "channel_layers",
     "compare_allocations",
+    "compare_channel_allocations",
+    "global_channels",
     "global_ratios",
+    "latency_ratio",
     "measure_latency",
     "measure_peak_memory",
     "search_ratios",
     "summarize",
+    "uniform_channels",
     "uniform_ratios",
     "ActivationImportance",
     "BNScaleImportance",

@@ -76,8 +76,9 @@ def cost_model(model: nn.Module, example_inputs: ExampleInputs, layers: list[str
         costs.dense  # 1330432
     """
     if target not in TARGETS:
-        raise ConfigError(f"target should be one of {TARGETS}, got {target!r}; latency needs structured pruning "
-                          "(unstructured zeros do not make dense kernels faster)")
+        raise ConfigError(f"target should be one of {TARGETS}, got {target!r}; a latency budget needs channel removal "
+                          "(unstructured zeros do not make dense kernels faster): use "
+                          "prunekit.torch.structured_allocation.allocate_channels")
     modules = dict(model.named_modules())
     missing = [layer for layer in layers if not isinstance(getattr(modules.get(layer), "weight", None), torch.Tensor)]
     if missing:
@@ -115,19 +116,48 @@ def _check_budget(costs: CostModel, budget: float, max_ratio: float) -> float:
     return absolute
 
 
-def _interpolated_drop(table: SensitivityTable, layer: str, ratio: float) -> float:
+def greedy_path(table: SensitivityTable, saved: Callable[[str, float], float]) -> list[dict[str, float]]:
+    """Allocations from dense to the most pruned the table allows, each one step further than the last.
+
+    ``saved(layer, ratio)`` is the budget saved by pruning ``layer`` alone at a measured ratio (0 at
+    ratio 0). Each step moves one layer to a higher measured ratio: the step with the least
+    predicted metric drop (:meth:`SensitivityTable.interpolated_drop`) per unit of budget saved.
+    The path ends when no step saves anything.
+
+    Example::
+
+        path = greedy_path(table, lambda layer, ratio: macs[layer] * ratio)
+        path[0]   # {"conv1": 0.0, "conv2": 0.0, ...}
+    """
     grid = [0.0, *table.ratios]
-    drops = [0.0, *[table.baseline - s for s in table.scores[layer]]]
-    return float(np.interp(ratio, grid, drops))
+    position = {layer: 0 for layer in table.layers}
+    path = [{layer: 0.0 for layer in table.layers}]
+    while True:
+        best: tuple[float, str, int] | None = None
+        for layer, index in position.items():
+            for nxt in range(index + 1, len(grid)):
+                gain = saved(layer, grid[nxt]) - saved(layer, grid[index])
+                if gain <= 0:
+                    continue
+                harm = table.interpolated_drop(layer, grid[nxt]) - table.interpolated_drop(layer, grid[index])
+                if best is None or harm / gain < best[0]:
+                    best = (harm / gain, layer, nxt)
+        if best is None:
+            return path
+        _, layer, nxt = best
+        position[layer] = nxt
+        path.append({**path[-1], layer: grid[nxt]})
 
 
 def allocate_ratios(table: SensitivityTable, model: nn.Module, example_inputs: ExampleInputs, budget: float,
                     target: str = "macs") -> Allocation:
     """Choose per-layer ratios meeting ``budget`` (a fraction of the dense ``target``) with the least predicted drop.
 
-    The predicted drop of an allocation is the sum of each layer's measured drop at its ratio
-    (interpolated between measured ratios). An unreachable budget raises a ``ConfigError``
-    naming the closest achievable one.
+    The ratios are the point of :func:`greedy_path` where the cost meets the budget exactly (the
+    cost is linear in each layer's ratio, so the last step is taken part-way). The predicted drop
+    is the sum of each layer's measured drop at its ratio (interpolated between measured ratios).
+    An unreachable budget raises a ``ConfigError`` naming the closest achievable one; a latency
+    budget needs channel removal: :func:`~prunekit.torch.structured_allocation.allocate_channels`.
 
     Example::
 
@@ -137,30 +167,15 @@ def allocate_ratios(table: SensitivityTable, model: nn.Module, example_inputs: E
     """
     costs = cost_model(model, example_inputs, table.layers, target)
     absolute = _check_budget(costs, budget, max(table.ratios))
-    grid = [0.0, *table.ratios]
-    position = {layer: 0 for layer in table.layers}
-    ratios = {layer: 0.0 for layer in table.layers}
-    while costs.cost(ratios) > absolute + 1e-9:
-        best: tuple[float, str, int] | None = None
-        for layer, index in position.items():
-            for nxt in range(index + 1, len(grid)):
-                saved = costs.variable[layer] * (grid[nxt] - grid[index])
-                if saved <= 0:
-                    continue
-                harm = _interpolated_drop(table, layer, grid[nxt]) - _interpolated_drop(table, layer, grid[index])
-                if best is None or harm / saved < best[0]:
-                    best = (harm / saved, layer, nxt)
-        if best is None:  # unreachable after _check_budget; kept as a guard against a zero-cost grid
-            raise ConfigError(f"no layer can be pruned further to meet the {target} budget")
-        _, layer, nxt = best
-        before = ratios[layer]
-        ratios[layer] = grid[nxt]
-        position[layer] = nxt
-        excess = absolute - costs.cost(ratios)
-        if excess > 0:  # overshot: stop part-way so the budget is met exactly
-            ratios[layer] = grid[nxt] - excess / costs.variable[layer]
-            ratios[layer] = max(before, ratios[layer])
-    drop = sum(_interpolated_drop(table, layer, r) for layer, r in ratios.items())
+    path = greedy_path(table, lambda layer, ratio: costs.variable[layer] * ratio)
+    ratios = path[-1]
+    for before, after in zip(path, path[1:]):
+        if costs.cost(after) <= absolute + 1e-9:  # the step reaching the budget, taken only as far as needed
+            layer = next(name for name in after if after[name] != before[name])
+            excess = max(0.0, costs.cost(before) - absolute)
+            ratios = {**before, layer: before[layer] + excess / costs.variable[layer]}
+            break
+    drop = sum(table.interpolated_drop(layer, r) for layer, r in ratios.items())
     return Allocation("sensitivity", target, budget, ratios, costs.cost(ratios), costs.dense, drop)
 
 

@@ -3,6 +3,8 @@
 Latency: ``warmup`` untimed runs, then ``repeats`` timed runs per batch size and device; the
 report keeps the median and the 90th percentile in milliseconds. CUDA runs are synchronised
 before and after each timed call, so the figure is the kernel time users wait for.
+:func:`latency_ratio` times two models alternately, so the drift of a shared machine cancels in
+their ratio: what a latency budget is measured with.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around one forward pass. On CPU, a
 dispatch mode follows every tensor the forward pass allocates and frees, so the figure is the
@@ -23,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunekit.errors import ConfigError
 from prunekit.report.measures import LatencyResult, MemoryResult
+from prunekit.torch._tracing import ExampleInputs, call_model
 
 
 def available_devices() -> list[str]:
@@ -125,6 +128,57 @@ def _time_one(model: nn.Module, batch: torch.Tensor, device: str, warmup: int, r
             samples.append((time.perf_counter() - start) * 1e3)
     return LatencyResult(device, len(batch), float(np.median(samples)), float(np.percentile(samples, 90)), repeats,
                          torch.get_num_threads())
+
+
+def _to_device(inputs: ExampleInputs, device: torch.device) -> ExampleInputs:
+    if isinstance(inputs, dict):
+        return {key: _to_device(value, device) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_to_device(value, device) for value in inputs)
+    return inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
+
+
+def latency_ratio(model: nn.Module, reference: nn.Module, example_inputs: ExampleInputs, *, rounds: int = 30,
+                  warmup: int = 3) -> float:
+    """Latency of ``model`` divided by that of ``reference`` on the same inputs (0.5: twice as fast).
+
+    The two run alternately, ``rounds`` times each after ``warmup`` untimed calls, in eval mode
+    under ``torch.inference_mode`` on ``model``'s device (CUDA synchronised around every call);
+    the result is the median of the per-round ratios, so load that comes and goes on a shared
+    machine affects both sides of each ratio alike. ``example_inputs`` is a tensor, a tuple of
+    positional inputs or a dict of keyword inputs; its batch size is the one that is timed.
+
+    Example::
+
+        latency_ratio(pruned, dense, torch.zeros(64, 1, 8, 8))  # e.g. 0.42
+    """
+    if not isinstance(rounds, int) or rounds < 1 or not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"rounds should be >= 1 and warmup >= 0, got rounds={rounds!r}, warmup={warmup!r}")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    inputs = _to_device(example_inputs, device)
+    states = [(m, m.training, next((p.device for p in m.parameters()), device)) for m in (model, reference)]
+    ratios = []
+    try:
+        for m in (model, reference):
+            m.eval().to(device)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                call_model(model, inputs)
+                call_model(reference, inputs)
+            for _ in range(rounds):
+                seconds = []
+                for m in (model, reference):
+                    sync()
+                    start = time.perf_counter()
+                    call_model(m, inputs)
+                    sync()
+                    seconds.append(time.perf_counter() - start)
+                ratios.append(seconds[0] / max(seconds[1], 1e-12))
+    finally:
+        for m, training, original in states:
+            m.to(original).train(training)
+    return float(np.median(ratios))
 
 
 class _LiveBytes(TorchDispatchMode):

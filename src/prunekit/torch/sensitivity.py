@@ -128,6 +128,11 @@ class SensitivityTable:
         """How much the metric falls below the baseline when ``layer`` alone is pruned at ``ratio``."""
         return self.baseline - self.score(layer, ratio)
 
+    def interpolated_drop(self, layer: str, ratio: float) -> float:
+        """The drop at any ratio, linear between the measured ones (0 at ratio 0)."""
+        drops = [0.0, *[self.baseline - s for s in self.scores[layer]]]
+        return float(np.interp(ratio, [0.0, *self.ratios], drops))
+
     def to_array(self) -> np.ndarray:
         """Scores as a ``(layers, ratios)`` array, in the order of :attr:`layers` and :attr:`ratios`."""
         return np.array([self.scores[layer] for layer in self.layers], dtype=float).reshape(len(self.scores), len(self.ratios))
