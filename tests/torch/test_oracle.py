@@ -102,6 +102,19 @@ def test_removing_silenced_multihead_attention_heads_leaves_outputs_unchanged():
     assert_same_outputs(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_an_odd_number_of_heads_left_in_a_transformer_encoder_prunes_and_runs():
+    # PyTorch's encoder fast path refuses odd head counts, so the pruned model takes the composite path
+    from prunekit.torch import prune_channels
+    from tests.zoo import ZOO
+
+    model, inputs = ZOO["transformer_encoder"]()
+    for ratio, heads in ((0.25, 3), (0.75, 1)):
+        result = prune_channels(model, inputs, 0.0, layer_ratios={"embedding": ratio})
+        assert [layer.self_attn.num_heads for layer in result.model.encoder.layers] == [heads, heads]
+        with torch.no_grad():
+            assert result.model(inputs).shape == model(inputs).shape == (2, 5)
+
+
 # -- architectures beyond the zoo -----------------------------------------------------------
 F = torch.nn.functional
 nn = torch.nn

@@ -224,6 +224,25 @@ _FAKE_ABOVE = 1_000_000
 
 
 @contextmanager
+def attention_fastpath_disabled() -> Iterator[None]:
+    """Make ``nn.MultiheadAttention``/``nn.TransformerEncoderLayer`` run their composite path.
+
+    Their inference fast path is one fused kernel (``_native_multi_head_attention``,
+    ``_transformer_encoder_layer_fwd``); the composite path computes the same result from
+    linears and attention, which the counter and the tracer see one by one. The fast path's
+    eligibility checks also depend on the model (an odd head count skips the rest), so without
+    this a pruned model would run different checks than the original and fail verification.
+    """
+    mha = torch.backends.mha
+    previous = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(previous)
+
+
+@contextmanager
 def _attributes_kept(model: nn.Module, fake: bool) -> Iterator[None]:
     """Run the block (on fake tensors if ``fake``) and put back every module attribute, parameter
     and buffer entry a forward may set (a cached mask, a fake tensor)."""
@@ -266,7 +285,7 @@ def _trace_once(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: I
             lambda v: TensorRef(recorder.new_value(v, ("input", ""))) if isinstance(v, torch.Tensor) else v,
             example_inputs,
         )
-        with torch.no_grad(), _attributes_kept(model, fake), recorder:
+        with torch.no_grad(), attention_fastpath_disabled(), _attributes_kept(model, fake), recorder:
             call_model(model, example_inputs)
         output_refs = pytree.tree_map(recorder.ref, captured[-1])
     except Exception as exc:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunekit.errors import ConfigError
+from prunekit.torch._tracing import attention_fastpath_disabled
 
 aten = torch.ops.aten
 
@@ -135,7 +136,7 @@ def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Modul
         handles.append(module.register_forward_pre_hook(_push(counter, name)))
         handles.append(module.register_forward_hook(_pop(counter)))
     try:
-        with torch.no_grad(), _attention_fastpath_disabled(), _model_state_preserved(model):
+        with torch.no_grad(), attention_fastpath_disabled(), _model_state_preserved(model):
             if strategy == "meta":
                 _swap_to_meta(model)
                 example_inputs = _to_meta(example_inputs)
@@ -220,23 +221,6 @@ def _model_state_preserved(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buffer, value in values:
                 buffer.copy_(value)
-
-
-@contextmanager
-def _attention_fastpath_disabled() -> Iterator[None]:
-    """Make ``nn.MultiheadAttention``/``nn.TransformerEncoderLayer`` run their composite path.
-
-    Their inference fast path is one fused kernel (``_native_multi_head_attention``,
-    ``_transformer_encoder_layer_fwd``); the composite path computes the same result from
-    linears and attention, which the counter sees one by one.
-    """
-    mha = torch.backends.mha
-    previous = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(previous)
 
 
 def _push(counter: "_MacCounter", name: str) -> Callable:
