@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 
 class ToyObjective:
@@ -24,3 +25,37 @@ class ToyObjective:
             raise ValueError("metric function exploded")
         penalty = 0.1 if trial.method == "worse" else 0.0
         return {"accuracy": 1 - trial.sparsity ** 2 - penalty, "gzip_bytes": 1000 * (1 - trial.sparsity)}
+
+
+class TimedObjective:
+    """Sleeps ``seconds`` per trial and appends ``trial-id start end`` (wall-clock) to ``exec_log``."""
+
+    def __init__(self, exec_log, seconds=0.3):
+        self.exec_log = str(exec_log)
+        self.seconds = seconds
+
+    def __call__(self, trial):
+        started = time.time()
+        time.sleep(self.seconds)
+        with open(self.exec_log, "a") as handle:
+            handle.write(f"{trial.id} {started} {time.time()}\n")
+        return {"accuracy": 1 - trial.sparsity}
+
+
+class TorchThreadsObjective:
+    """Reports the intra-op thread count torch runs the trial with, importing torch where it runs."""
+
+    def __call__(self, trial):
+        import torch
+
+        return {"torch_threads": torch.get_num_threads()}
+
+
+def explode(job):
+    """A job function for ``run_jobs`` that raises, naming the job."""
+    raise ValueError(f"job {job} exploded")
+
+
+def quiet_toy_objective():
+    """A zero-argument factory for ``prunekit sweep --objective``: a :class:`ToyObjective` logging nowhere."""
+    return ToyObjective(os.devnull)

@@ -3,14 +3,17 @@
 On Linux workers fork from a ``forkserver`` that has imported torch once (fast to start, and
 safe: the server never ran torch's thread pools, unlike a plain ``fork`` of this process);
 elsewhere they are ``spawn``ed. Each runs torch with one intra-op thread, so ``workers``
-processes use ``workers`` cores.
+processes use ``workers`` cores. With ``backend="ray"`` the jobs are Ray tasks of one CPU
+each (Ray sets ``OMP_NUM_THREADS=1`` in them, so torch also uses one thread).
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sys
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
 
@@ -43,27 +46,75 @@ def check_workers(workers: Any) -> int:
 
 
 BACKENDS = ("processes", "ray")
+_RAY_OBJECT_STORE_BYTES = 1 << 30  # jobs carry an objective and a trial: ample, and small next to a laptop's RAM
 
 
-def _run_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[tuple[int, Any, BaseException | None]]:
+def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
         from prunekit.errors import MissingDependencyError
 
         raise MissingDependencyError("backend='ray' needs Ray: pip install 'prunekit[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(fn)
-    pending = {remote.remote(job): index for index, job in enumerate(jobs)}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            index = pending.pop(ref)
+    return ray
+
+
+def _connect_ray(ray: Any, workers: int) -> bool:
+    """Use the Ray this process is connected to, else connect: True when this call did (and must shut down).
+
+    With ``RAY_ADDRESS`` set, it connects to that cluster as it is. Otherwise it starts a local
+    instance of its own (not one left running by ``ray start``): ``min(workers, cores)`` CPUs, no
+    dashboard, a 1 GiB object store, Ray's logs at ERROR, and the workers importing from this
+    process's ``sys.path``, so objectives importable here are importable there.
+    """
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.ERROR, log_to_driver=False)
+        return True
+    python_path = os.pathsep.join(dict.fromkeys(os.path.abspath(entry or os.curdir) for entry in sys.path))
+    ray.init(address="local", num_cpus=min(workers, os.cpu_count() or 1), include_dashboard=False,
+             object_store_memory=_RAY_OBJECT_STORE_BYTES, logging_level=logging.ERROR, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+    return True
+
+
+def _job_error(ray: Any, error: BaseException) -> BaseException:
+    """The job's own exception, as the processes backend reports it, not Ray's wrapper around it."""
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, BaseException):
+        return error.cause
+    return error
+
+
+def _run_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any],
+                workers: int) -> Iterator[tuple[int, Any, BaseException | None]]:
+    ray = _import_ray()
+    started = _connect_ray(ray, workers)
+    # max_retries=0: a job that kills its worker is reported failed once, like a broken process pool
+    remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+    waiting = deque(enumerate(jobs))
+    pending: dict[Any, int] = {}
+    try:
+        while waiting or pending:
+            while waiting and len(pending) < workers:
+                index, job = waiting.popleft()
+                try:
+                    pending[remote.remote(job)] = index
+                except TypeError as exc:  # Ray could not pickle the job; its cause is pickle's own error
+                    yield index, None, exc.__cause__ or exc
+            if not pending:
+                continue
+            done, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(done[0])
             try:
-                yield index, ray.get(ref), None
-            except Exception as exc:  # a RayTaskError wrapping the job's exception
-                yield index, None, exc
+                yield index, ray.get(done[0]), None
+            except Exception as exc:
+                yield index, None, _job_error(ray, exc)
+    finally:
+        for ref in pending:  # the caller stopped early: do not leave its tasks running
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
 
 
 def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1,
@@ -72,8 +123,11 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1,
 
     With ``workers=1`` jobs run here, in order; otherwise ``fn`` and the jobs must be picklable
     (a module-level function, plain data). A job that raises does not stop the others.
-    ``backend="ray"`` runs the jobs as Ray tasks on the cluster ``ray.init()`` connects to (one
-    CPU each; ``workers`` is then Ray's business), for sweeps that outgrow one machine.
+    ``backend="ray"`` runs the jobs as Ray tasks, one CPU and at most ``workers`` at a time, for
+    sweeps that outgrow one machine: on the Ray this process already joined (``ray.init(...)``,
+    left running), else the cluster ``RAY_ADDRESS`` names (disconnected after), else a local
+    instance started for this call (stopped after). A job's error is its own exception, not
+    Ray's wrapper.
 
     Example::
 
@@ -84,7 +138,7 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1,
     if backend not in BACKENDS:
         raise ConfigError(f"backend should be one of {BACKENDS}, got {backend!r}")
     if backend == "ray":
-        yield from _run_on_ray(fn, jobs)
+        yield from _run_on_ray(fn, jobs, workers)
         return
     if workers == 1 or len(jobs) <= 1:
         for index, job in enumerate(jobs):
