@@ -7,10 +7,12 @@ A budget is a fraction of the dense model's cost, for one target:
 * ``"size"``: bytes of a bitmap-sparse encoding (nonzero values plus one bit per weight position).
 
 Each target is linear in every layer's ratio, so the cost of any allocation is exact before
-pruning. :func:`allocate_ratios` walks greedily from dense, each time taking the step (a layer to
-a higher measured ratio) that costs the least metric per unit of budget saved, and ends the last
-step part-way so the cost meets the budget exactly. :func:`uniform_ratios` gives every layer the
-same ratio and :func:`global_ratios` one magnitude threshold across layers, both at the same budget.
+pruning. :func:`allocate_ratios` follows :func:`greedy_path` from dense, each step (a layer to a
+higher measured ratio) the one that costs the least metric per unit of budget saved, and ends the
+last step part-way so the cost meets the budget exactly. :func:`uniform_ratios` gives every layer
+the same ratio and :func:`global_ratios` one magnitude threshold across layers, both at the same
+budget. Latency is not linear and zeroed weights do not lower it: channel removal with measured
+costs is in :mod:`prunekit.torch.structured_allocation`, on the same greedy path.
 """
 
 from __future__ import annotations
