@@ -130,7 +130,8 @@ def test_unknown_targets_say_what_works(cnn, target, message):
 
 @pytest.mark.parametrize("options, message", [({"budget": 1.5}, "budget should be a fraction"),
                                               ({"tolerance": -0.1}, "tolerance should be"),
-                                              ({"steps": 0}, "steps should be")])
+                                              ({"steps": 0}, "steps should be"),
+                                              ({"scope": "global"}, r"options \['scope'\] are chosen by the allocator")])
 def test_bad_search_settings_are_refused(cnn, options, message):
     arguments = {"budget": 0.5, **options}
     budget = arguments.pop("budget")

@@ -143,7 +143,14 @@ def _bisect(candidate: Callable[[float], Candidate], high: float, budget: float,
     return best
 
 
-def _check_search(tolerance: Any, steps: Any, max_ratio: Any = 0.5) -> None:
+_CHOSEN_HERE = ("ratio", "layer_ratios", "scope", "max_layer_ratio", "inplace")
+
+
+def _check_search(tolerance: Any, steps: Any, max_ratio: Any = 0.5, prune_options: dict[str, Any] | None = None) -> None:
+    taken = sorted(set(prune_options or {}) & set(_CHOSEN_HERE))
+    if taken:
+        raise ConfigError(f"prune_channels options {taken} are chosen by the allocator; pass only the others "
+                          "(importance, round_to, ignore_outputs, leaf_modules, ...)")
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
         raise ConfigError(f"max_ratio should be in (0, 1), got {max_ratio!r}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
@@ -231,7 +238,7 @@ def allocate_channels(table: SensitivityTable, model: nn.Module, example_inputs:
         smaller = apply_channel_ratios(model, example, allocation.ratios)
     """
     budget = _check_budget(budget)
-    _check_search(tolerance, steps)
+    _check_search(tolerance, steps, prune_options=prune_options)
     _check_layers(model, example_inputs, table.layers)
     meter = _Meter(model, example_inputs, target, rounds)
     return _sensitivity(table, example_inputs, budget, meter, tolerance, steps, prune_options)[0]
@@ -247,7 +254,7 @@ def uniform_channels(model: nn.Module, example_inputs: ExampleInputs, layers: li
         uniform_channels(model, torch.zeros(64, 1, 8, 8), ["conv1", "conv2", "fc1"], 0.5).ratios
     """
     budget = _check_budget(budget)
-    _check_search(tolerance, steps, max_ratio)
+    _check_search(tolerance, steps, max_ratio, prune_options)
     _check_layers(model, example_inputs, list(layers))
     meter = _Meter(model, example_inputs, target, rounds)
     return _uniform(list(layers), example_inputs, budget, meter, max_ratio, tolerance, steps, prune_options)[0]
@@ -263,7 +270,7 @@ def global_channels(model: nn.Module, example_inputs: ExampleInputs, layers: lis
         global_channels(model, torch.zeros(64, 1, 8, 8), ["conv1", "conv2", "fc1"], 0.5).ratios
     """
     budget = _check_budget(budget)
-    _check_search(tolerance, steps, max_ratio)
+    _check_search(tolerance, steps, max_ratio, prune_options)
     _check_layers(model, example_inputs, list(layers))
     meter = _Meter(model, example_inputs, target, rounds)
     return _global(list(layers), example_inputs, budget, meter, max_ratio, tolerance, steps, prune_options)[0]
@@ -285,7 +292,7 @@ def compare_channel_allocations(model: nn.Module, table: SensitivityTable, metri
         allocation_table(rows).print()
     """
     budget = _check_budget(budget)
-    _check_search(tolerance, steps)
+    _check_search(tolerance, steps, prune_options=prune_options)
     _check_layers(model, example_inputs, table.layers)
     meter = _Meter(model, example_inputs, target, rounds)
     top = max(table.ratios)
