@@ -19,6 +19,7 @@ from prunekit.torch.structured_allocation import (
     uniform_channels,
 )
 from tests.torch.pruned_digits import dense_cnn, digits
+from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: timings on one thread)
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 LAYERS = ["conv1", "conv2", "fc1"]

@@ -146,7 +146,8 @@ def latency_ratio(model: nn.Module, reference: nn.Module, example_inputs: Exampl
     under ``torch.inference_mode`` on ``model``'s device (CUDA synchronised around every call);
     the result is the median of the per-round ratios, so load that comes and goes on a shared
     machine affects both sides of each ratio alike. ``example_inputs`` is a tensor, a tuple of
-    positional inputs or a dict of keyword inputs; its batch size is the one that is timed.
+    positional inputs or a dict of keyword inputs; its batch size is the one that is timed, with
+    torch's current intra-op thread count (set it to the deployment's, one per free core).
 
     Example::
 
