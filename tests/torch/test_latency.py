@@ -34,12 +34,17 @@ def test_latency_rejects_a_batch_size_of_zero():
         measure_latency(DigitsCNN(), (1, 8, 8), batch_sizes=(0,))
 
 
-def test_latency_ratio_of_a_model_to_itself_is_one_and_a_quarter_of_the_work_is_faster():
+def test_latency_ratio_of_a_model_to_itself_is_one_and_an_eighth_of_the_work_is_faster():
     torch.manual_seed(0)
     wide, narrow = nn.Linear(512, 2048), nn.Linear(512, 256)  # 8x fewer MACs
     inputs = torch.randn(64, 512)
-    assert latency_ratio(wide, wide, inputs, rounds=20) == pytest.approx(1.0, abs=0.25)
-    assert latency_ratio(narrow, wide, inputs, rounds=20) < 0.5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several threads on contended cores wait alike and push every ratio to 1
+    try:
+        assert latency_ratio(wide, wide, inputs, rounds=30) == pytest.approx(1.0, abs=0.25)
+        assert latency_ratio(narrow, wide, inputs, rounds=30) < 0.5
+    finally:
+        torch.set_num_threads(threads)
     narrow.train()
     latency_ratio(narrow, wide, {"input": inputs}, rounds=2)  # keyword inputs
     assert narrow.training and wide.training
