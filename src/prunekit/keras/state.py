@@ -8,6 +8,13 @@ after every update (in the compiled train step too), so a pruned weight is zeroe
 every optimizer step and momentum cannot revive it. Masks change only at the schedule's pruning
 steps, on the host, with :mod:`prunekit.masks` (exactly ``round(s * numel)`` zeros per weight).
 
+Under ``tf.distribute`` the masks, the step and the per-weight ``applied`` counters are created
+under the strategy that owns the pruned weights (:func:`distribution_scope`), so they are mirrored
+like the weights. The step and the masks are written only in cross-replica context (by
+:class:`~prunekit.keras.UpdatePruningStep`, from the first replica's weights), which writes the same
+value to every replica; ``applied`` is written inside each replica from that replica's copy of the
+step. Every replica therefore holds the same masks and zeroes the same weights.
+
 Keras's saver walks every attribute of a layer, so ``model.save("x.keras")`` also writes this
 state (masks, step, schedule) into ``model.weights.h5``; :func:`prunekit.keras.load_model`
 reattaches it.
@@ -15,11 +22,13 @@ reattaches it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras.src.saving.keras_saveable import KerasSaveable
@@ -222,8 +231,11 @@ class LayerPruning(KerasSaveable):
             path = getattr(weight, "path", weight.name)
             select_mask(np.asarray(weight.numpy()), 0.0, None, self.spec, f"layer {layer.name!r} weight {path!r}")
             self.weight_paths.append(path)
-            self.masks.append(tf.Variable(tf.ones(weight.shape, tf.bool), trainable=False, name=f"{layer.name}_mask_{index}"))
-            self.applied.append(tf.Variable(step, dtype=tf.int64, trainable=False, name=f"{layer.name}_applied_{index}"))
+            with distribution_scope([weight], f"layer {layer.name!r}"):
+                mask = tf.Variable(tf.ones(weight.shape, tf.bool), trainable=False, name=f"{layer.name}_mask_{index}")
+                applied = tf.Variable(step, dtype=tf.int64, trainable=False, name=f"{layer.name}_applied_{index}")
+            self.masks.append(mask)
+            self.applied.append(applied)
             self._inner_constraints.append(weight.constraint)
             weight.constraint = MaskConstraint(self, index, weight.constraint)
         self.weights = weights
@@ -315,6 +327,36 @@ def read_config(store: Any, where: str) -> dict[str, Any]:
 def new_step_variable(value: int = -1) -> tf.Variable:
     """A pruning-step counter: -1 before the first training batch, then the index of the current batch."""
     return tf.Variable(value, dtype=tf.int64, trainable=False, name="pruning_step")
+
+
+def distribution_scope(weights: Sequence[Any], where: str) -> contextlib.AbstractContextManager:
+    """The scope of the ``tf.distribute`` strategy that owns ``weights`` (no-op for single-device weights).
+
+    Variables created inside it (a clone of the model, masks, the step) are distributed the way
+    ``weights`` are, wherever the caller runs. ``where`` names the model or layer in the error
+    raised when another strategy's scope is active.
+
+    Example::
+
+        with distribution_scope(model.weights, f"model {model.name!r}"):
+            step = new_step_variable()  # mirrored if the model was built in strategy.scope()
+    """
+    strategy = next((s for s in (_strategy_of(weight) for weight in weights) if s is not None), None)
+    if strategy is None:
+        return contextlib.nullcontext()
+    if tf.distribute.has_strategy() and tf.distribute.get_strategy() is not strategy:
+        raise ConfigError(
+            f"{where} was built under a different tf.distribute strategy than the one whose scope is active; "
+            "prune it inside the scope of the strategy that built it (or outside any scope)"
+        )
+    return strategy.scope()
+
+
+def _strategy_of(weight: Any) -> Any:
+    variable = weight.value if isinstance(weight, keras.Variable) else weight  # a Keras variable wraps a tf.Variable
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return variable.distribute_strategy
+    return None
 
 
 def get_pruning(layer: Any) -> LayerPruning | None:

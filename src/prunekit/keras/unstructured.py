@@ -16,6 +16,7 @@ from prunekit.keras.registry import iter_layers, prunable_weights, select_layers
 from prunekit.keras.state import (
     LayerPruning,
     PruningSpec,
+    distribution_scope,
     get_pruning,
     new_step_variable,
     prunings,
@@ -87,15 +88,20 @@ def prune_low_magnitude(
     if isinstance(to_prune, (list, tuple)):
         if not to_prune:
             raise ConfigError("prune_low_magnitude got an empty list of layers")
-        return [_prune_layer(layer, spec, new_step_variable()) for layer in to_prune]
+        return [_prune_layer(layer, spec) for layer in to_prune]
     _check_keras3(to_prune, "prune_low_magnitude's first argument")
     if not isinstance(to_prune, keras.Model):
-        return _prune_layer(to_prune, spec, new_step_variable())
+        return _prune_layer(to_prune, spec)
     if not (isinstance(to_prune, keras.Sequential) or _is_functional(to_prune)):
         raise ConfigError(
             f"model {to_prune.name!r} is a subclassed {type(to_prune).__name__}; prune its layers instead, "
             "e.g. in __init__: self.fc = prune_low_magnitude(keras.layers.Dense(64), pruning_schedule=...)"
         )
+    with distribution_scope(to_prune.weights, f"model {to_prune.name!r}"):  # the clone trains where the model did
+        return _prune_model(to_prune, spec, exclude, inplace)
+
+
+def _prune_model(to_prune: keras.Model, spec: PruningSpec, exclude: Sequence[str], inplace: bool) -> keras.Model:
     model = to_prune if inplace else _clone(to_prune)
     selected = select_layers(model, exclude)
     already = [layer.name for layer in selected if get_pruning(layer) is not None]
@@ -110,7 +116,7 @@ def prune_low_magnitude(
     return model
 
 
-def _prune_layer(layer: Any, spec: PruningSpec, step: Any) -> Any:
+def _prune_layer(layer: Any, spec: PruningSpec) -> Any:
     _check_keras3(layer, "each layer to prune")
     if isinstance(layer, keras.Model):
         raise ConfigError(f"{layer.name!r} is a model; pass it alone, not in a list of layers")
@@ -123,7 +129,8 @@ def _prune_layer(layer: Any, spec: PruningSpec, step: Any) -> Any:
 
         if prunable_weight_names(layer) is None:
             raise unsupported_layer_error(layer)
-    pruning = LayerPruning(layer, spec, step)
+    with distribution_scope(layer.weights, f"layer {layer.name!r}"):
+        pruning = LayerPruning(layer, spec, new_step_variable())
     if layer.built:
         pruning.attach()
     set_pruning(layer, pruning)
