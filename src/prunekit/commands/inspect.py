@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 
 def _ints(text: str) -> list[int]:
@@ -43,20 +44,26 @@ def _is_keras_file(path: str) -> bool:
     return path.endswith((".keras", ".h5"))
 
 
+def _report(framework: str, model: object, summary: Any, sizes: dict, memory: list, measure_latency: Callable,
+            args: argparse.Namespace, title: str, weights: str) -> dict:
+    """Print the layer table, sizes and peak memory; measure latency if asked; the JSON-ready result."""
+    summary.table(f"prunekit inspect {args.model} ({title})").print()
+    print(f"{weights}: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip; "
+          + "; ".join(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory))
+    result: dict = {"framework": framework, "summary": summary.to_dict(), "sizes": sizes,
+                    "memory": [m.to_dict() for m in memory]}
+    if args.latency:
+        result["latency"] = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
+    return result
+
+
 def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
     from prunekit.keras.metrics import serialized_size
     from prunekit.keras.summary import measure_latency, measure_peak_memory, summarize
 
-    summary = summarize(model)
-    summary.table(f"prunekit inspect {args.model} (Keras; MACs per sample)").print()
-    sizes = serialized_size(model)
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
-    print(f"weights: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip; "
-          + "; ".join(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory))
-    result: dict = {"framework": "keras", "summary": summary.to_dict(), "sizes": sizes, "memory": [m.to_dict() for m in memory]}
-    if args.latency:
-        result["latency"] = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
-    return result
+    return _report("keras", model, summarize(model), serialized_size(model), memory, measure_latency, args,
+                   "Keras; MACs per sample", "weights")
 
 
 def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
@@ -67,16 +74,9 @@ def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
     from prunekit.torch.summary import summarize
 
     model.eval()
-    summary = summarize(model, torch.zeros(1, *args.input_shape))
-    summary.table(f"prunekit inspect {args.model} (MACs per sample)").print()
-    sizes = serialized_size(model)
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
-    print(f"state_dict: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip; "
-          + "; ".join(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory))
-    result: dict = {"framework": "torch", "summary": summary.to_dict(), "sizes": sizes, "memory": [m.to_dict() for m in memory]}
-    if args.latency:
-        result["latency"] = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
-    return result
+    return _report("torch", model, summarize(model, torch.zeros(1, *args.input_shape)), serialized_size(model), memory,
+                   measure_latency, args, "MACs per sample", "state_dict")
 
 
 def _load(args: argparse.Namespace) -> object:

@@ -244,6 +244,16 @@ def allocate_channels(table: SensitivityTable, model: nn.Module, example_inputs:
     return _sensitivity(table, example_inputs, budget, meter, tolerance, steps, prune_options)[0]
 
 
+def _one_ratio(search: Callable[..., tuple[Allocation, nn.Module]], model: nn.Module, example_inputs: ExampleInputs,
+               layers: list[str], budget: float, target: Target, max_ratio: float, tolerance: float, steps: int,
+               rounds: int, prune_options: dict[str, Any]) -> Allocation:
+    budget = _check_budget(budget)
+    _check_search(tolerance, steps, max_ratio, prune_options)
+    _check_layers(model, example_inputs, list(layers))
+    meter = _Meter(model, example_inputs, target, rounds)
+    return search(list(layers), example_inputs, budget, meter, max_ratio, tolerance, steps, prune_options)[0]
+
+
 def uniform_channels(model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float,
                      target: Target = "latency", *, max_ratio: float = 0.9, tolerance: float = 0.02, steps: int = 10,
                      rounds: int = 30, **prune_options: Any) -> Allocation:
@@ -253,11 +263,8 @@ def uniform_channels(model: nn.Module, example_inputs: ExampleInputs, layers: li
 
         uniform_channels(model, torch.zeros(64, 1, 8, 8), ["conv1", "conv2", "fc1"], 0.5).ratios
     """
-    budget = _check_budget(budget)
-    _check_search(tolerance, steps, max_ratio, prune_options)
-    _check_layers(model, example_inputs, list(layers))
-    meter = _Meter(model, example_inputs, target, rounds)
-    return _uniform(list(layers), example_inputs, budget, meter, max_ratio, tolerance, steps, prune_options)[0]
+    return _one_ratio(_uniform, model, example_inputs, layers, budget, target, max_ratio, tolerance, steps, rounds,
+                      prune_options)
 
 
 def global_channels(model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float,
@@ -269,11 +276,8 @@ def global_channels(model: nn.Module, example_inputs: ExampleInputs, layers: lis
 
         global_channels(model, torch.zeros(64, 1, 8, 8), ["conv1", "conv2", "fc1"], 0.5).ratios
     """
-    budget = _check_budget(budget)
-    _check_search(tolerance, steps, max_ratio, prune_options)
-    _check_layers(model, example_inputs, list(layers))
-    meter = _Meter(model, example_inputs, target, rounds)
-    return _global(list(layers), example_inputs, budget, meter, max_ratio, tolerance, steps, prune_options)[0]
+    return _one_ratio(_global, model, example_inputs, layers, budget, target, max_ratio, tolerance, steps, rounds,
+                      prune_options)
 
 
 def compare_channel_allocations(model: nn.Module, table: SensitivityTable, metric: Callable[[nn.Module], float],
