@@ -30,11 +30,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunekit.errors import ConfigError
-from prunekit.torch._tracing import attention_fastpath_disabled
+from prunekit.torch._tracing import ExampleInputs, attention_fastpath_disabled, call_model
 
 aten = torch.ops.aten
 
-ExampleInputs = Any  # torch.Tensor | tuple | list | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Modul
                 _swap_to_meta(model)
                 example_inputs = _to_meta(example_inputs)
             with (_fake_tensors() if strategy == "fake" else nullcontext()), counter:
-                _call(model, example_inputs)
+                call_model(model, example_inputs)
     except Exception as exc:
         if strategy != "real":
             raise
@@ -182,14 +181,6 @@ def _to_meta(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_to_meta(item) for item in value)
     return value
-
-
-def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 def _fake_tensors() -> Any:
