@@ -21,6 +21,7 @@ from torch import nn
 from prunekit import masks as mask_selection
 from prunekit.errors import ConfigError, StateMismatchError
 from prunekit.schedules import ConstantSparsity, PruningSchedule
+from prunekit.torch._sharded import check_not_fsdp1, count_zeros, full, is_dtensor, layout, shard_like
 from prunekit.torch.selection import Targets, resolve_overrides, select_parameters
 
 STATE_FORMAT = "prunekit.torch.Pruner"
@@ -138,6 +139,7 @@ class Pruner:
     ):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model should be a torch.nn.Module, got {type(model).__name__}")
+        check_not_fsdp1(model)
         if scope not in SCOPES:
             raise ConfigError(f"scope should be one of {SCOPES}, got {scope!r}")
         if not (pattern == "unstructured" or isinstance(pattern, (NM, Blocks))):
@@ -164,6 +166,7 @@ class Pruner:
             for name, value in overridden.items()
         }
         self._masks: dict[str, torch.Tensor] = {}
+        self._groups: list[tuple[list[nn.Parameter], list[torch.Tensor]]] = []
         self._step = 0
         self._optimizers: list[torch.optim.Optimizer] = []
         self._hook_handles: list[Any] = []
@@ -184,8 +187,12 @@ class Pruner:
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
-        """Current boolean masks (``True`` = kept) of the parameters pruned so far, on CPU."""
-        return {name: mask.bool().cpu() for name, mask in self._masks.items()}
+        """Current boolean masks (``True`` = kept) of the parameters pruned so far, on CPU.
+
+        The mask of a parameter sharded by FSDP2 is a DTensor sharded like it (this rank's part);
+        ``mask.full_tensor()``, called on every rank, gathers it.
+        """
+        return {name: mask.bool() if is_dtensor(mask) else mask.bool().cpu() for name, mask in self._masks.items()}
 
     def attach(self, optimizer: torch.optim.Optimizer) -> "Pruner":
         """Mask gradients before and weights after every ``optimizer.step()``."""
@@ -231,13 +238,12 @@ class Pruner:
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Multiply every pruned weight by its mask (idempotent)."""
-        if self._masks:
-            names = list(self._masks)
-            torch._foreach_mul_([self.params[n] for n in names], [self._masks[n] for n in names])
+        for params, masks in self._groups:
+            torch._foreach_mul_(params, masks)
 
     def sparsity(self) -> dict[str, float]:
-        """Fraction of exact zeros in each targeted parameter."""
-        return {name: float((p == 0).sum()) / p.numel() for name, p in self.params.items()}
+        """Fraction of exact zeros in each targeted parameter (under FSDP2, call it on every rank)."""
+        return {name: count_zeros(p) / p.numel() for name, p in self.params.items()}
 
     def strip(self) -> nn.Module:
         """Finalise: apply the masks, drop the hooks and masks, and return the plain model."""
@@ -245,23 +251,31 @@ class Pruner:
         self.apply_masks()
         self.detach()
         self._masks.clear()
+        self._groups.clear()
         self._stripped = True
         return self.model
 
     finalize = strip
 
     def state_dict(self) -> dict[str, Any]:
-        """Step and masks, to save beside the model and optimizer checkpoints (``torch.save``-able)."""
+        """Step and whole masks, to save beside the model and optimizer checkpoints (``torch.save``-able).
+
+        Masks of parameters sharded by FSDP2 are gathered (call it on every rank), so the state
+        loads on any number of ranks, or into a Pruner of the unsharded model.
+        """
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "step": self._step,
             "shapes": {name: list(p.shape) for name, p in self.params.items()},
-            "masks": self.masks,
+            "masks": {name: full(mask.bool()).cpu() for name, mask in self._masks.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`; raises :class:`StateMismatchError` naming the first mismatch."""
+        """Resume from :meth:`state_dict`; raises :class:`StateMismatchError` naming the first mismatch.
+
+        Under FSDP2, pass the same state on every rank: each keeps the shards of its parameters.
+        """
         self._check_live()
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise StateMismatchError("not a prunekit Pruner state (expected the dict from Pruner.state_dict())")
@@ -280,10 +294,8 @@ class Pruner:
         extra = sorted(set(saved) - set(self.params))
         if extra:
             raise StateMismatchError(f"pruner state holds parameter {extra[0]!r}, which this pruner does not prune")
-        self._masks = {
-            name: mask.to(device=self.params[name].device, dtype=self.params[name].dtype)
-            for name, mask in state["masks"].items()
-        }
+        self._masks = {name: self._mask_like(mask, self.params[name]) for name, mask in state["masks"].items()}
+        self._group_masks()
         self._step = int(state["step"])
         self.apply_masks()
         self._zero_optimizer_state()
@@ -327,7 +339,7 @@ class Pruner:
         if callable(self.importance):
             scores = self.importance(name, param)
             if isinstance(scores, torch.Tensor):
-                scores = scores.detach().float().cpu().numpy()
+                scores = full(scores.detach()).float().cpu().numpy()
             scores = np.asarray(scores, dtype=np.float64)
             if scores.shape != tuple(param.shape):
                 raise ConfigError(
@@ -351,12 +363,12 @@ class Pruner:
             key = zlib.crc32(f"{self.seed}:{self._step}:{name}".encode())
             generator = torch.Generator().manual_seed(key)
             scores = torch.rand(param.shape, generator=generator)
-        return scores.float().cpu().numpy()
+        return full(scores).float().cpu().numpy()
 
     def _previous(self, name: str) -> np.ndarray | None:
         if self.regrow or name not in self._masks:
             return None
-        return self._masks[name].bool().cpu().numpy()
+        return full(self._masks[name].bool()).cpu().numpy()
 
     def _select(self, targets: Mapping[str, float]) -> dict[str, np.ndarray]:
         scores = {name: self._scores(name, self.params[name]) for name in targets}
@@ -392,17 +404,32 @@ class Pruner:
 
     def _update_masks(self, targets: Mapping[str, float]) -> None:
         for name, keep in self._select(targets).items():
-            param = self.params[name]
-            self._masks[name] = torch.from_numpy(keep).to(device=param.device, dtype=param.dtype)
+            self._masks[name] = self._mask_like(torch.from_numpy(keep), self.params[name])
+        self._group_masks()
         self.apply_masks()
         self._zero_optimizer_state()
 
+    @staticmethod
+    def _mask_like(whole: torch.Tensor, param: nn.Parameter) -> torch.Tensor:
+        """A whole boolean mask as a multiplier of ``param``: its dtype and device, and its shard under FSDP2."""
+        return shard_like(whole.to(device=param.device, dtype=param.dtype), param)
+
+    def _group_masks(self) -> None:
+        """Pair parameters with masks, grouped so each ``_foreach_mul_`` sees one layout (plain or one DTensor mesh)."""
+        groups: dict[Any, tuple[list[nn.Parameter], list[torch.Tensor]]] = {}
+        for name, mask in self._masks.items():
+            params, masks = groups.setdefault(layout(self.params[name]), ([], []))
+            params.append(self.params[name])
+            masks.append(mask)
+        self._groups = list(groups.values())
+
     @torch.no_grad()
     def _mask_grads(self) -> None:
-        pairs = [(self.params[n].grad, m) for n, m in self._masks.items() if self.params[n].grad is not None]
-        if pairs:
-            grads, masks = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(masks))
+        for params, masks in self._groups:
+            pairs = [(p.grad, m) for p, m in zip(params, masks) if p.grad is not None]
+            if pairs:
+                grads, kept = zip(*pairs)
+                torch._foreach_mul_(list(grads), list(kept))
 
     @torch.no_grad()
     def _zero_optimizer_state(self) -> None:
