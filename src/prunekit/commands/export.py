@@ -26,7 +26,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="import path of a zero-argument callable building the model, e.g. prunekit.torch:DigitsCNN")
     parser.add_argument("--dense", metavar="WEIGHTS", help="weights of the dense original (same factory) for the dense rows")
     parser.add_argument("--data", default="digits", metavar="digits|FILE.npz",
-                        help="test and calibration data: the bundled digits (default) or an .npz with x_test, y_test, x_calib")
+                        help="test and calibration data: the bundled digits (default) or an .npz with x_test, "
+                             "y_test, x_calib (several model inputs: x_test.NAME and x_calib.NAME per input)")
     parser.add_argument("--out", default="artifacts", metavar="DIR", help="where to write the artifacts (default: artifacts)")
     parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE")
     parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
@@ -112,10 +113,21 @@ def _data(spec: str) -> tuple[tuple[Any, Any], Any]:
     if path.suffix != ".npz" or not path.is_file():
         raise ConfigError(f"--data should be 'digits' or an existing .npz file, got {spec!r}")
     with np.load(path) as arrays:
-        missing = [key for key in ("x_test", "y_test", "x_calib") if key not in arrays]
+        inputs = {"x_test": _inputs(arrays, "x_test"), "y_test": arrays["y_test"] if "y_test" in arrays else None,
+                  "x_calib": _inputs(arrays, "x_calib")}
+        missing = [key for key, value in inputs.items() if value is None]
         if missing:
-            raise ConfigError(f"{path} lacks the array(s) {missing}; it has {sorted(arrays.files)}")
-        return (arrays["x_test"], arrays["y_test"]), arrays["x_calib"]
+            raise ConfigError(f"{path} lacks the array(s) {missing} (for a model with several inputs, one array "
+                              f"per input named like x_test.input_ids); it has {sorted(arrays.files)}")
+        return (inputs["x_test"], inputs["y_test"]), inputs["x_calib"]
+
+
+def _inputs(arrays: Any, key: str) -> Any:
+    """The array ``key``, or the arrays ``key.NAME`` as a dict by model input name (None when neither is there)."""
+    if key in arrays.files:
+        return arrays[key]
+    named = {name[len(key) + 1:]: arrays[name] for name in arrays.files if name.startswith(key + ".")}
+    return named or None
 
 
 def run(args: argparse.Namespace) -> int:

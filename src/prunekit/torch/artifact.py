@@ -21,7 +21,8 @@ import numpy as np
 
 from prunekit._gzip import gzip_size
 from prunekit.errors import ConfigError
-from prunekit.torch._ort import InputSpec, batch_of, feed, input_specs, session
+from prunekit.torch._ort import (InputSpec, Samples, as_samples, batch_of, feed, generated_batch, input_specs, rows,
+                                 sample_count, session)
 
 
 @dataclass(frozen=True)
@@ -64,39 +65,39 @@ def file_sizes(path: str | os.PathLike) -> tuple[int, int]:
     return len(data), gzip_size(data)
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def onnx_accuracy(path: str | os.PathLike, x: Any, y: Any, batch_size: int = 256, threads: int | None = None) -> float:
     """Top-1 accuracy of an ONNX classifier (first output, argmax over the last axis) on ``(x, y)``.
+
+    ``x`` is an array for a single-input model; for several inputs, a dict of arrays by ONNX
+    input name (or a tuple in input order), every one with a row per label.
 
     Example::
 
         onnx_accuracy("model.int8.onnx", split.x_test, split.y_test)  # 0.975
+        onnx_accuracy("bert.onnx", {"input_ids": ids, "attention_mask": mask}, labels)
     """
-    x, y = _as_numpy(x), _as_numpy(y)
-    if len(x) != len(y) or len(x) == 0:
-        raise ConfigError(f"test data should be (x, y) with as many labels as samples, got {len(x)} and {len(y)}")
+    x, y = as_samples(x), np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
+    count = sample_count(x, "test data")
+    if count != len(y) or count == 0:
+        raise ConfigError(f"test data should be (x, y) with as many labels as samples, got {count} and {len(y)}")
     sess = session(path, threads)
     specs = input_specs(sess)
     correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = sess.run(None, feed(specs, x[start:start + batch_size], f"test batch at sample {start}"))[0]
+    for start in range(0, count, batch_size):
+        batch = feed(specs, rows(x, start, start + batch_size), f"test batch at sample {start}")
+        logits = sess.run(None, batch)[0]
         if logits.ndim < 2:
             raise ConfigError(f"{path}: first output has shape {logits.shape}; accuracy needs class scores (batch, classes)")
         correct += int((logits.argmax(axis=-1) == y[start:start + batch_size]).sum())
-    return correct / len(x)
+    return correct / count
 
 
-def _latency_input(spec: InputSpec, batch_size: int, x: np.ndarray | None) -> np.ndarray:
-    if x is not None:
-        return batch_of(x, batch_size)
-    if any(d is None for d in spec.shape[1:]):
-        raise ConfigError(f"input {spec.name!r} has dynamic dims {spec.describe()}; pass test data to time it")
-    return np.random.default_rng(0).standard_normal((batch_size, *spec.shape[1:])).astype(spec.dtype)
+def _input_batch(path: str | os.PathLike, specs: list[InputSpec], size: int,
+                 x: Samples | None) -> dict[str, np.ndarray]:
+    """A checked feed of ``size`` samples: rows of ``x`` (repeated when it has fewer), or generated from the specs."""
+    if x is None:
+        return generated_batch(specs, size, str(path))
+    return feed(specs, batch_of(x, size), f"batch of {size} for {path}")
 
 
 def measure_latency(
@@ -110,8 +111,11 @@ def measure_latency(
 ) -> dict[str, dict[int, LatencyStats]]:
     """Time several ONNX files interleaved (A B A B ...): median and p90 per file and batch size.
 
-    ``x`` gives the samples to run (repeated to fill a batch); without it, random inputs of the
-    model's shape are used.
+    ``x`` gives the samples to run (an array, or for several inputs a dict of arrays by input name
+    or a tuple in input order; repeated to fill a batch). Without it, inputs are generated from
+    the model's input shapes: seeded normal floats, zeros for integer inputs (token ids, masks);
+    an input with a dynamic dimension other than the batch (a sequence length) then raises
+    :class:`~prunekit.errors.ConfigError`, since only data can give its size.
 
     Example::
 
@@ -120,16 +124,11 @@ def measure_latency(
     """
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats should be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    x = None if x is None else _as_numpy(x)
+    x = None if x is None else as_samples(x)
     sessions = {label: session(path, threads) for label, path in paths.items()}
     results: dict[str, dict[int, LatencyStats]] = {label: {} for label in paths}
     for size in batch_sizes:
-        feeds = {}
-        for label, sess in sessions.items():
-            specs = input_specs(sess)
-            if len(specs) != 1:
-                raise ConfigError(f"{paths[label]} has {len(specs)} inputs; latency is measured on single-input models")
-            feeds[label] = feed(specs, _latency_input(specs[0], size, x), f"latency batch of {size}")
+        feeds = {label: _input_batch(paths[label], input_specs(sess), size, x) for label, sess in sessions.items()}
         for _ in range(warmup):
             for label, sess in sessions.items():
                 sess.run(None, feeds[label])
@@ -156,26 +155,29 @@ options.log_severity_level = 3
 if sys.argv[3] != "None":
     options.intra_op_num_threads = int(sys.argv[3])
 sess = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-sess.run(None, {sess.get_inputs()[0].name: np.load(sys.argv[2])})
+sess.run(None, dict(np.load(sys.argv[2])))
 peak = status("VmHWM")
 print(json.dumps({"peak_increase": max(0, peak - before)}))
 """
 
 
-def peak_memory(path: str | os.PathLike, batch: np.ndarray, threads: int | None = None, timeout: float = 120.0) -> int | None:
+def peak_memory(path: str | os.PathLike, batch: Any, threads: int | None = None, timeout: float = 120.0) -> int | None:
     """Peak resident memory added by loading ``path`` and running one ``batch``, in bytes (Linux; else None).
 
-    Measured in a fresh Python process, so other models in this process do not blur it.
+    ``batch`` is an array, or for several inputs a dict of arrays by input name (or a tuple in
+    input order). Measured in a fresh Python process, so other models in this process do not blur it.
 
     Example::
 
         peak_memory("model.onnx", x[:64])  # 9_437_184
+        peak_memory("bert.onnx", {"input_ids": ids[:64], "attention_mask": mask[:64]})
     """
     if not sys.platform.startswith("linux"):
         return None
+    inputs = feed(input_specs(session(path, threads=1)), as_samples(batch), f"memory batch for {path}")
     with tempfile.TemporaryDirectory(prefix="prunekit-mem-") as work:
-        batch_path = Path(work) / "batch.npy"
-        np.save(batch_path, batch)
+        batch_path = Path(work) / "batch.npz"
+        np.savez(batch_path, **inputs)
         done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), str(batch_path), str(threads)],
                               capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
@@ -185,7 +187,7 @@ def peak_memory(path: str | os.PathLike, batch: np.ndarray, threads: int | None 
 
 def evaluate_onnx(
     path: str | os.PathLike,
-    test_data: tuple[Any, Any] | None = None,
+    test_data: tuple[Any, Any | None] | None = None,
     *,
     batch_sizes: Sequence[int] = (1, 64),
     warmup: int = 5,
@@ -195,20 +197,27 @@ def evaluate_onnx(
 ) -> ArtifactReport:
     """Measure an ONNX file in ONNX Runtime: accuracy on ``test_data=(x, y)``, latency, sizes, peak memory.
 
+    ``x`` is an array, or for a model with several inputs a dict of arrays by ONNX input name
+    (or a tuple in input order); latency and memory batches are its rows, repeated up to each
+    batch size. ``y=None`` skips accuracy; without ``test_data`` the inputs are generated (see
+    :func:`measure_latency`).
+
     Example::
 
         report = evaluate_onnx("model.int8.onnx", (split.x_test, split.y_test))
         report.accuracy, report.latency[64].median_ms, report.gzip_bytes
+        evaluate_onnx("bert.onnx", ({"input_ids": ids, "attention_mask": mask}, labels))
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"ONNX file {path} does not exist")
     raw, packed = file_sizes(path)
-    x = None if test_data is None else _as_numpy(test_data[0])
-    accuracy = None if test_data is None else onnx_accuracy(path, test_data[0], test_data[1], threads=threads)
+    x = None if test_data is None else as_samples(test_data[0])
+    labels = None if test_data is None else test_data[1]
+    accuracy = None if labels is None else onnx_accuracy(path, x, labels, threads=threads)
     latency = measure_latency({"model": path}, x, batch_sizes, warmup=warmup, repeats=repeats, threads=threads)["model"]
     memory = None
     if measure_memory:
-        spec = input_specs(session(path, threads=1))[0]
-        memory = peak_memory(path, _latency_input(spec, max(batch_sizes), x).astype(spec.dtype), threads)
+        batch = _input_batch(path, input_specs(session(path, threads=1)), max(batch_sizes), x)
+        memory = peak_memory(path, batch, threads)
     return ArtifactReport(path, raw, packed, accuracy, latency, memory, threads)

@@ -12,7 +12,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 
 from prunekit._atomic import atomic_write_bytes
 from prunekit.errors import ConfigError
-from prunekit.torch._ort import batch_of
+from prunekit.torch._ort import Samples, as_samples, batch_of, rows, sample_count
 from prunekit.torch.artifact import LatencyStats, file_sizes, measure_latency, onnx_accuracy, peak_memory
 from prunekit.torch.compact import load_compressed, save_compressed
 from prunekit.torch.export import export_onnx
@@ -136,24 +136,47 @@ class Comparison:
         (console or Console()).print(self.table(title))
 
 
+def _torch_batch(samples: Samples, device: torch.device) -> Any:
+    if isinstance(samples, dict):
+        return {name: torch.as_tensor(array).to(device) for name, array in samples.items()}
+    if isinstance(samples, tuple):
+        return tuple(torch.as_tensor(array).to(device) for array in samples)
+    return torch.as_tensor(samples).to(device)
+
+
+def _first_output(model: nn.Module, batch: Any) -> torch.Tensor:
+    """The model's first output on a batch (keyword inputs for a dict, positional for a tuple)."""
+    out = model(**batch) if isinstance(batch, dict) else model(*batch) if isinstance(batch, tuple) else model(batch)
+    if isinstance(out, Mapping):
+        return next(iter(out.values()))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 @torch.no_grad()
 def torch_accuracy(model: nn.Module, x: Any, y: Any, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a PyTorch classifier on arrays ``(x, y)``, in eval mode (the mode is restored).
+    """Top-1 accuracy of a PyTorch classifier on ``(x, y)``, in eval mode (the mode is restored).
+
+    ``x`` is an array, or for several inputs a dict of arrays (keyword arguments, as
+    transformers models take them) or a tuple (positional); the first output (``logits`` of a
+    ``ModelOutput``) is the class scores.
 
     Example::
 
         torch_accuracy(model, split.x_test, split.y_test)  # 0.9778
+        torch_accuracy(bert, {"input_ids": ids, "attention_mask": mask}, labels)
     """
-    x, y = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(y))
+    x, y = as_samples(x), torch.as_tensor(np.asarray(y))
+    count = sample_count(x, "test data")
     was_training = model.training
     model.eval()
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(-1).cpu() == y[i:i + batch_size]).sum())
-                      for i in range(0, len(x), batch_size))
+        correct = sum(int((_first_output(model, _torch_batch(rows(x, i, i + batch_size), device)).argmax(-1).cpu()
+                           == y[i:i + batch_size]).sum())
+                      for i in range(0, count, batch_size))
     finally:
         model.train(was_training)
-    return correct / len(x)
+    return correct / count
 
 
 def _state_file(model: nn.Module, path: Path) -> Path:
@@ -195,11 +218,13 @@ def compare_artifacts(
     """
     if not isinstance(test_data, (tuple, list)) or len(test_data) != 2:
         raise ConfigError("test_data should be a pair (x_test, y_test) of inputs and integer labels")
-    x_test, y_test = (np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for v in test_data)
-    if len(x_test) != len(y_test) or len(x_test) == 0:
-        raise ConfigError(f"test_data has {len(x_test)} inputs and {len(y_test)} labels; give as many labels as inputs")
+    x_test = as_samples(test_data[0])
+    y_test = np.asarray(test_data[1].detach().cpu() if hasattr(test_data[1], "detach") else test_data[1])
+    count = sample_count(x_test, "test_data")
+    if count != len(y_test) or count == 0:
+        raise ConfigError(f"test_data has {count} inputs and {len(y_test)} labels; give as many labels as inputs")
     if example_input is None:
-        example_input = torch.as_tensor(batch_of(x_test, 2))
+        example_input = _torch_batch(batch_of(x_test, 2), torch.device("cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = {"dense": dense_model, "pruned": pruned_model} if dense_model is not None else {"pruned": pruned_model}
@@ -218,7 +243,7 @@ def compare_artifacts(
 
     latency = measure_latency(onnx_paths, x_test, batch_sizes, warmup=warmup, repeats=repeats, threads=threads)
     rows: list[ArtifactRow] = []
-    memory_batch = batch_of(x_test, max(batch_sizes)).astype(np.float32)
+    memory_batch = batch_of(x_test, max(batch_sizes))
     for name, path in onnx_paths.items():
         memory = peak_memory(path, memory_batch, threads) if measure_memory else None
         rows.append(ArtifactRow(name, "onnx", path, *file_sizes(path), onnx_accuracy(path, x_test, y_test, threads=threads),

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,17 +52,40 @@ class OnnxExport:
     check: OnnxCheck | None
 
 
-def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
-    values = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+@dataclass(frozen=True)
+class _Example:
+    """Example batch: tensors, plus their keyword names when the example was a dict (``model(**batch)``)."""
+
+    tensors: tuple[torch.Tensor, ...]
+    keys: tuple[str, ...] | None
+
+    def call(self, model: nn.Module) -> Any:
+        return model(**dict(zip(self.keys, self.tensors))) if self.keys else model(*self.tensors)
+
+    def with_tensors(self, tensors: Iterable[torch.Tensor]) -> _Example:
+        return _Example(tuple(tensors), self.keys)
+
+    def ort_batch(self) -> tuple[np.ndarray, ...] | dict[str, np.ndarray]:
+        arrays = tuple(t.numpy() for t in self.tensors)
+        return dict(zip(self.keys, arrays)) if self.keys else arrays
+
+
+def _as_inputs(example_input: Any) -> _Example:
+    keys = None
+    if isinstance(example_input, Mapping):
+        keys, values = tuple(str(k) for k in example_input), tuple(example_input.values())
+    else:
+        values = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     inputs = []
     for i, value in enumerate(values):
         tensor = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value
         if tensor.ndim == 0:
-            raise ConfigError(f"example input {i} is a scalar; give a batch (first dimension = batch size)")
+            name = repr(keys[i]) if keys else str(i)
+            raise ConfigError(f"example input {name} is a scalar; give a batch (first dimension = batch size)")
         inputs.append(tensor.detach().cpu())
     if not inputs:
         raise ConfigError("example_input is empty; give one example batch per model input")
-    return tuple(inputs)
+    return _Example(tuple(inputs), keys)
 
 
 def _names(names: Sequence[str] | None, count: int | None, stem: str) -> list[str] | None:
@@ -73,13 +96,42 @@ def _names(names: Sequence[str] | None, count: int | None, stem: str) -> list[st
     return [stem] if count == 1 else [f"{stem}_{i}" for i in range(count)]
 
 
-def _torch_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+def _flat_outputs(out: Any) -> tuple[list[Any], list[str] | None]:
+    """The model's outputs in export order, and their names when it returns a dict (a transformers ``ModelOutput``)."""
+    if isinstance(out, Mapping):
+        return list(out.values()), [str(k) for k in out]
+    return list(out) if isinstance(out, (tuple, list)) else [out], None
+
+
+def _torch_outputs(model: nn.Module, example: _Example) -> tuple[list[np.ndarray], list[str] | None]:
+    """The model's outputs on ``example`` as arrays, and their names when it returns a dict."""
     with torch.no_grad():
-        out = model(*inputs)
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+        outs, keys = _flat_outputs(example.call(model))
     if not all(isinstance(o, torch.Tensor) for o in outs):
-        raise ConfigError("the model should return a tensor or a tuple of tensors to be exported")
-    return [o.detach().cpu().numpy() for o in outs]
+        raise ConfigError("the model should return a tensor, a tuple of tensors or a dict of tensors (such as a "
+                          "transformers ModelOutput) to be exported")
+    return [o.detach().cpu().numpy() for o in outs], keys
+
+
+def _dynamic_shapes(example: _Example, names: list[str], dynamic_batch: bool,
+                    dynamic_dims: Mapping[str, Mapping[int, str]]) -> Any:
+    """torch.export ``dynamic_shapes``: the batch dim of every input, plus ``dynamic_dims`` (same name, same Dim)."""
+    unknown = sorted(set(dynamic_dims) - set(names))
+    if unknown:
+        raise ConfigError(f"dynamic_dims names the input(s) {unknown}, but the inputs are {names}")
+    dims: dict[str, Any] = {}
+    shapes = []
+    for name, tensor in zip(names, example.tensors):
+        shape = {0: dims.setdefault("batch", torch.export.Dim("batch", min=1))} if dynamic_batch else {}
+        for axis, dim_name in dynamic_dims.get(name, {}).items():
+            if not 1 <= axis < tensor.ndim:
+                raise ConfigError(f"dynamic_dims[{name!r}] has axis {axis}, but the input has {tensor.ndim} dims; "
+                                  "give axes 1 to ndim-1 (axis 0 is the batch, set by dynamic_batch)")
+            shape[axis] = dims.setdefault(dim_name, torch.export.Dim(dim_name, min=1))
+        shapes.append(shape or None)
+    if not dims:
+        return None
+    return dict(zip(example.keys, shapes)) if example.keys else tuple(shapes)
 
 
 def _explain(exc: Exception, model: nn.Module) -> ExportError:
@@ -90,9 +142,10 @@ def _explain(exc: Exception, model: nn.Module) -> ExportError:
                            "ONNX translation in this torch version; replace that op in the model's forward, or "
                            "register a translation (torch.onnx.export's custom_translation_table)")
     if "Constraints violated" in text or "specializ" in text:
-        return ExportError(f"the batch dimension of {type(model).__name__} cannot be dynamic: its forward treats "
-                           "the batch size as a constant (e.g. x.view(64, -1)); use torch.flatten(x, 1) or "
-                           f"x.reshape(x.shape[0], -1), or export with dynamic_batch=False. Cause: {text[:500]}")
+        return ExportError(f"the batch dimension of {type(model).__name__} (or a dimension in dynamic_dims) cannot be "
+                           "dynamic: its forward treats that size as a constant (e.g. x.view(64, -1)); use "
+                           "torch.flatten(x, 1) or x.reshape(x.shape[0], -1), or export with dynamic_batch=False "
+                           f"(or without that dynamic_dims entry). Cause: {text[:500]}")
     return ExportError(f"exporting {type(model).__name__} to ONNX failed: {type(exc).__name__}: {text[:800]}")
 
 
@@ -124,19 +177,21 @@ def verify_onnx(
 ) -> OnnxCheck:
     """Run ``onnx_path`` in ONNX Runtime and PyTorch ``model`` on the same inputs; raise if they differ.
 
-    Checks ``example_input`` and, when ``other_batch_size`` is given, a batch of that size built
-    by repeating it. Raises :class:`~prunekit.errors.ExportError` naming the output and the
-    error when ``|onnx - torch| > atol + rtol * |torch|`` anywhere.
+    Checks ``example_input`` (a tensor, a tuple of positional inputs, or a dict of keyword
+    inputs named like the ONNX inputs) and, when ``other_batch_size`` is given, a batch of that
+    size built by repeating it. Raises :class:`~prunekit.errors.ExportError` naming the output
+    and the error when ``|onnx - torch| > atol + rtol * |torch|`` anywhere.
 
     Example::
 
         check = verify_onnx(model, "model.onnx", torch.randn(4, 1, 8, 8))
         check.max_abs_error  # 3e-07
     """
-    inputs = _as_inputs(example_input)
-    batches = [inputs]
-    if other_batch_size is not None and other_batch_size != len(inputs[0]):
-        batches.append(tuple(t.repeat_interleave(-(-other_batch_size // len(t)), 0)[:other_batch_size] for t in inputs))
+    example = _as_inputs(example_input)
+    batches = [example]
+    if other_batch_size is not None and other_batch_size != len(example.tensors[0]):
+        batches.append(example.with_tensors(t.repeat_interleave(-(-other_batch_size // len(t)), 0)[:other_batch_size]
+                                            for t in example.tensors))
     was_training = model.training
     model.eval()
     try:
@@ -145,32 +200,33 @@ def verify_onnx(
         output_names = [o.name for o in sess.get_outputs()]
         worst = 0.0
         for batch in batches:
+            size = len(batch.tensors[0])
             try:
-                expected = _torch_outputs(model, batch)
+                expected, _ = _torch_outputs(model, batch)
             except RuntimeError as exc:
-                raise ExportError(f"{type(model).__name__} itself fails at batch size {len(batch[0])} ({exc}): its "
+                raise ExportError(f"{type(model).__name__} itself fails at batch size {size} ({exc}): its "
                                   "forward fixes the batch size (e.g. x.view(64, -1)); use torch.flatten(x, 1) or "
                                   "x.reshape(x.shape[0], -1), or export with dynamic_batch=False") from None
             try:
-                got = sess.run(None, feed(specs, tuple(batch), "example input"))
+                got = sess.run(None, feed(specs, batch.ort_batch(), "example input"))
             except Exception as exc:  # onnxruntime raises its own untyped errors
-                raise ExportError(f"ONNX Runtime could not run {onnx_path} at batch size {len(batch[0])}: {exc}") from None
+                raise ExportError(f"ONNX Runtime could not run {onnx_path} at batch size {size}: {exc}") from None
             if len(got) != len(expected):
                 raise ExportError(f"{onnx_path} has {len(got)} outputs but the model returns {len(expected)}")
             for name, want, have in zip(output_names, expected, got):
                 if want.shape != have.shape:
                     raise ExportError(f"output {name!r} of {onnx_path} has shape {have.shape} but PyTorch gives "
-                                      f"{want.shape} at batch size {len(batch[0])}")
+                                      f"{want.shape} at batch size {size}")
                 error = np.abs(have.astype(np.float64) - want.astype(np.float64))
                 worst = max(worst, float(error.max(initial=0.0)))
                 if (error > atol + rtol * np.abs(want)).any():
                     raise ExportError(
                         f"output {name!r} of {onnx_path} differs from PyTorch by up to {float(error.max()):.3g} "
-                        f"at batch size {len(batch[0])} (tolerance {atol} + {rtol} x |output|); an op is "
+                        f"at batch size {size} (tolerance {atol} + {rtol} x |output|); an op is "
                         "exported with different semantics: check ops such as custom layers, or loosen atol")
     finally:
         model.train(was_training)
-    return OnnxCheck(worst, tuple(len(b[0]) for b in batches), atol, rtol)
+    return OnnxCheck(worst, tuple(len(b.tensors[0]) for b in batches), atol, rtol)
 
 
 def export_onnx(
@@ -179,6 +235,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     dynamic_batch: bool = True,
+    dynamic_dims: Mapping[str, Mapping[int, str]] | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     opset: int | None = None,
@@ -187,43 +244,51 @@ def export_onnx(
 ) -> OnnxExport:
     """Export ``model`` (in eval mode) to one ONNX file, written atomically, and check it in ONNX Runtime.
 
-    ``example_input`` is one batch (a tensor, or a tuple for several inputs). With
-    ``dynamic_batch`` the first dimension of every input is symbolic, so the file runs at any
-    batch size. With ``verify`` the file is compared with PyTorch at the example's batch size
-    and another one before it is moved into place; see :func:`verify_onnx`.
+    ``example_input`` is one batch: a tensor, a tuple for several positional inputs, or a dict
+    of keyword inputs (``model(**example_input)``, as transformers models take them; the keys
+    name the ONNX inputs). With ``dynamic_batch`` the first dimension of every input is
+    symbolic, so the file runs at any batch size; ``dynamic_dims`` makes more dimensions
+    symbolic, ``{input name: {axis: dim name}}`` (one name shared by several inputs is one
+    dimension). A model returning a dict (a ``ModelOutput``) gets its keys as output names.
+    With ``verify`` the file is compared with PyTorch at the example's batch size and another
+    one before it is moved into place; see :func:`verify_onnx`.
 
     Example::
 
         result = export_onnx(model, torch.randn(2, 1, 8, 8), "model.onnx")
         print(result.check)  # ONNX Runtime vs PyTorch: max abs error 2.4e-07 ...
+        export_onnx(bert, {"input_ids": ids, "attention_mask": mask}, "bert.onnx",
+                    dynamic_dims={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}})
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model should be an nn.Module, got {type(model).__name__}")
-    inputs = _as_inputs(example_input)
-    batch = len(inputs[0])
-    if dynamic_batch and any(len(t) != batch for t in inputs):
-        raise ConfigError(f"example inputs have different batch sizes {[len(t) for t in inputs]}; "
+    example = _as_inputs(example_input)
+    batch = len(example.tensors[0])
+    if dynamic_batch and any(len(t) != batch for t in example.tensors):
+        raise ConfigError(f"example inputs have different batch sizes {[len(t) for t in example.tensors]}; "
                           "with dynamic_batch they share one batch dimension")
-    trace_inputs = inputs
+    if example.keys and input_names is not None:
+        raise ConfigError("input_names cannot rename the inputs of a dict example_input: its keys are the "
+                          "model's keyword arguments and name the ONNX inputs; leave input_names out")
+    trace = example
     if dynamic_batch and batch < 2:  # torch.export specialises sizes 0 and 1, so trace with 2
-        trace_inputs = tuple(torch.cat([t, t]) for t in inputs)
-    in_names = _names(input_names, len(inputs), "input")
-    dynamic_shapes = None
-    if dynamic_batch:
-        dim = torch.export.Dim("batch", min=1)
-        dynamic_shapes = tuple({0: dim} for _ in inputs)
+        trace = example.with_tensors(torch.cat([t, t]) for t in example.tensors)
+    in_names = list(example.keys) if example.keys else _names(input_names, len(example.tensors), "input")
+    dynamic_shapes = _dynamic_shapes(example, in_names, dynamic_batch, dynamic_dims or {})
     was_training = model.training
     model.eval()
     try:
         try:
-            out_names = _names(output_names, len(_torch_outputs(model, trace_inputs)), "output")
+            outputs, keys = _torch_outputs(model, trace)
         except RuntimeError as exc:
             raise ConfigError(f"{type(model).__name__} fails on the example input: {exc}") from None
+        out_names = list(output_names) if output_names is not None else keys or _names(None, len(outputs), "output")
+        args, kwargs = ((), dict(zip(trace.keys, trace.tensors))) if trace.keys else (trace.tensors, None)
         with atomic_path(path) as tmp:
             try:
                 with quiet_exporters():
-                    torch.onnx.export(model, trace_inputs, str(tmp), input_names=in_names, output_names=out_names,
-                                      opset_version=opset, dynamo=True, external_data=False,
+                    torch.onnx.export(model, args, str(tmp), kwargs=kwargs, input_names=in_names,
+                                      output_names=out_names, opset_version=opset, dynamo=True, external_data=False,
                                       dynamic_shapes=dynamic_shapes, verbose=False)
             except Exception as exc:  # torch.onnx raises many types; all become one precise ExportError
                 raise _explain(exc, model) from exc
@@ -231,7 +296,7 @@ def export_onnx(
             check = None
             if verify:
                 other = batch + 1 if dynamic_batch else None
-                check = verify_onnx(model, tmp, inputs, atol=atol, other_batch_size=other)
+                check = verify_onnx(model, tmp, example_input, atol=atol, other_batch_size=other)
     finally:
         model.train(was_training)
     return OnnxExport(Path(path), *names, check)

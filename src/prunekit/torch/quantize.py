@@ -17,13 +17,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from prunekit._atomic import atomic_path
 from prunekit.errors import ConfigError, ExportError
-from prunekit.torch._ort import feed, input_specs, quiet_exporters, session
+from prunekit.torch._ort import as_samples, feed, input_specs, quiet_exporters, rows, sample_count, session
 
 QUANTIZATION_MODES = ("static", "dynamic", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -67,29 +67,34 @@ class _Batches:
 def calibration_feeds(model_path: str | os.PathLike, data: Any, max_batches: int | None = None) -> list[dict[str, np.ndarray]]:
     """Check calibration data against the model's inputs and turn it into ONNX Runtime feeds.
 
-    ``data`` is one array/tensor of samples (split into batches of 64), or an iterable of
-    batches: arrays, tensors, ``(inputs, labels)`` pairs (e.g. a DataLoader; labels are
-    ignored), or dicts by input name. A batch of the wrong shape raises
-    :class:`~prunekit.errors.ConfigError` naming the batch, its shape and the expected one.
+    ``data`` is one array/tensor of samples, or for several inputs a dict of arrays by input
+    name (split into batches of 64), or an iterable of batches: arrays, tensors, dicts by input
+    name, or ``(inputs, labels)`` pairs (e.g. a DataLoader; labels are ignored). A batch of the
+    wrong shape raises :class:`~prunekit.errors.ConfigError` naming the batch, its shape and the
+    expected one.
 
     Example::
 
         feeds = calibration_feeds("model.onnx", split.x_val)
+        feeds = calibration_feeds("bert.onnx", {"input_ids": ids, "attention_mask": mask})
     """
     specs = input_specs(session(model_path, threads=1))
     if hasattr(data, "detach"):
         data = data.detach().cpu().numpy()
-    if isinstance(data, np.ndarray):
-        batches: Iterable[Any] = [data[i:i + _CALIBRATION_BATCH] for i in range(0, len(data), _CALIBRATION_BATCH)]
+    if isinstance(data, (np.ndarray, Mapping)):
+        samples = as_samples(data)
+        count = sample_count(samples, "calibration_data")
+        batches: Iterable[Any] = [rows(samples, i, i + _CALIBRATION_BATCH) for i in range(0, count, _CALIBRATION_BATCH)]
     elif isinstance(data, Iterable):
         batches = data
     else:
-        raise ConfigError(f"calibration_data should be an array or an iterable of batches, got {type(data).__name__}")
+        raise ConfigError(f"calibration_data should be an array, a dict of arrays by input name, or an iterable of "
+                          f"batches, got {type(data).__name__}")
     feeds = []
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        if isinstance(batch, (tuple, list)) and len(specs) == 1 and len(batch) == 2:
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and (len(specs) == 1 or isinstance(batch[0], Mapping)):
             batch = batch[0]  # (inputs, labels) from a DataLoader
         feeds.append(feed(specs, batch, f"calibration batch {i}"))
     if not feeds:
