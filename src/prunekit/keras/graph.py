@@ -1,16 +1,20 @@
 """Channel dependencies of a Sequential or Functional Keras model, traced from its config.
 
-Every output channel of a *producer* (Dense, Conv1D/2D/3D, SeparableConv1D/2D) is an "atom".
+Every output channel of a *producer* (Dense, Conv1D/2D/3D, SeparableConv1D/2D, MultiHeadAttention's
+output projection) is an "atom".
 Each tensor in the graph carries a map from its channel positions to atoms: per-channel layers
 (BatchNormalization, activations, pooling, DepthwiseConv) pass it on, Flatten tiles it over the
 spatial positions, Concatenate joins maps, and element-wise merges (Add, Multiply, ...) *couple*
 atoms, which must then be removed together (a union-find). Atoms that reach a model output or
 any layer this analysis does not know are locked: removing them would change the model's
-interface or a computation prunekit cannot rewrite.
+interface or a computation prunekit cannot rewrite. LayerNormalization locks the channels it
+normalises (its mean and variance mix them). Each head of a MultiHeadAttention is an atom of its
+own: heads are removed whole, and the attention's query/key/value inputs are read like a Dense's.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -33,16 +37,19 @@ PER_CHANNEL = (
 )
 ELEMENTWISE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+ATTENTION_INPUTS = ("query", "value", "key")
 
 
 @dataclass
 class Node:
-    """One call of a layer: its input tensor ids (in call order) and output tensor id."""
+    """One call of a layer: its input tensor ids (in call order), output tensor id, and its top-level
+    call arguments by parameter name (tensor ids for tensors, e.g. ``{"query": ..., "value": ...}``)."""
 
     layer: Any
     inputs: list[str]
     output: str
     shared: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +64,7 @@ class ChannelGraph:
     atom_index: list[int] = field(default_factory=list)
     parent: list[int] = field(default_factory=list)
     lock_reason: dict[int, str] = field(default_factory=dict)
+    heads: dict[str, np.ndarray] = field(default_factory=dict)
 
     # -- union-find over atoms -------------------------------------------------------------
     def new_atoms(self, producer: str, count: int, lock: str | None = None) -> np.ndarray:
@@ -103,8 +111,15 @@ class ChannelGraph:
         return self.lock_reason.get(self.find(root))
 
     def producer_nodes(self) -> Iterator[Node]:
-        """Nodes of layers whose output channels can be removed (single call, channels_last, groups=1)."""
-        return (node for node in self.nodes if isinstance(node.layer, PRODUCERS) and _traceable(node.layer) and not node.shared)
+        """Nodes of layers whose output channels can be removed (single call, channels_last, groups=1),
+        traced attention layers included."""
+        return (node for node in self.nodes if not node.shared and (
+            getattr(node.layer, "name", None) in self.heads
+            or isinstance(node.layer, PRODUCERS) and _traceable(node.layer)))
+
+    def attention_nodes(self) -> dict[str, Node]:
+        """The MultiHeadAttention calls whose heads can be removed, by layer name."""
+        return {node.layer.name: node for node in self.nodes if getattr(node.layer, "name", None) in self.heads}
 
 
 def _traceable(layer: Any) -> bool:
@@ -149,11 +164,23 @@ def _functional_nodes(model: Any) -> tuple[list[Node], dict[str, tuple], list[st
                 tid = _tensor_id(tensor["keras_history"])
                 shapes[tid] = tuple(tensor["shape"])
                 inputs.append(tid)
-            nodes.append(Node(layer, inputs, f"{entry['name']}:{index}:0", shared=len(inbound) > 1))
+            nodes.append(Node(layer, inputs, f"{entry['name']}:{index}:0", shared=len(inbound) > 1,
+                              arguments=_arguments(layer, call)))
     outputs = [_tensor_id(history) for history in _output_histories(config["output_layers"])]
     for tid, tensor in zip(outputs, model.outputs):
         shapes.setdefault(tid, tuple(tensor.shape))
     return nodes, shapes, outputs
+
+
+def _arguments(layer: Any, call: Any) -> dict[str, Any]:
+    if not isinstance(call, dict):
+        return {}
+    names = list(inspect.signature(layer.call).parameters)
+    arguments = {}
+    for name, value in [*zip(names, call.get("args", [])), *call.get("kwargs", {}).items()]:
+        is_tensor = isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
+        arguments[name] = _tensor_id(value["config"]["keras_history"]) if is_tensor else value
+    return arguments
 
 
 def _output_histories(output_layers: Any) -> list[list]:
@@ -231,7 +258,9 @@ def _propagate(graph: ChannelGraph, node: Node) -> None:
         maps[node.output] = graph.new_atoms(name, _channels(graph, node.output), lock=reason)
         return
     (first, *rest) = inputs
-    if isinstance(layer, PRODUCERS):
+    if isinstance(layer, L.MultiHeadAttention):
+        _propagate_attention(graph, node)
+    elif isinstance(layer, PRODUCERS):
         config = layer.get_config()
         maps[node.output] = graph.new_atoms(name, int(config["units"] if "units" in config else config["filters"]))
     elif isinstance(layer, DEPTHWISE):
@@ -248,6 +277,18 @@ def _propagate(graph: ChannelGraph, node: Node) -> None:
         maps[node.output] = first
 
 
+def _propagate_attention(graph: ChannelGraph, node: Node) -> None:
+    """Heads and output channels are new atoms; query/key/value channels are read (like a Dense's inputs),
+    any other tensor input (a mask) is locked."""
+    layer = node.layer
+    streams = {node.arguments.get(role) for role in ATTENTION_INPUTS}
+    for tid in node.inputs:
+        if tid not in streams:
+            graph.lock(graph.maps[tid], f"it is a mask of MultiHeadAttention layer {layer.name!r}")
+    graph.maps[node.output] = graph.new_atoms(layer.name, _channels(graph, node.output))
+    graph.heads[layer.name] = graph.new_atoms(layer.name, layer.num_heads)
+
+
 def _is_channel_axis(axis: int, shape: tuple) -> bool:
     return axis == -1 or axis == len(shape) - 1
 
@@ -260,6 +301,10 @@ def _opaque_reason(graph: ChannelGraph, node: Node) -> str | None:
         return f"it feeds the shared layer {layer.name!r} (called more than once)"
     if len(node.inputs) == 0 or any(tid not in graph.maps for tid in node.inputs):
         return f"it feeds {kind}, whose inputs are not traced"
+    if isinstance(layer, L.MultiHeadAttention):
+        return _attention_reason(node, kind)
+    if isinstance(layer, L.LayerNormalization):
+        return f"it feeds {kind}, whose mean and variance mix the channels it normalises"
     if isinstance(layer, PRODUCERS + DEPTHWISE) and not _traceable(layer):
         return f"it feeds {kind} (channels_first or grouped convolutions are not rewritten)"
     if isinstance(layer, PRODUCERS + DEPTHWISE + PER_CHANNEL + (L.Flatten,)):
@@ -278,3 +323,17 @@ def _opaque_reason(graph: ChannelGraph, node: Node) -> str | None:
             return None
         return None if len(sizes) == 1 else f"it feeds {kind}, which broadcasts inputs of different widths"
     return f"it feeds {kind}, which structured pruning does not rewrite"
+
+
+def _attention_reason(node: Node, kind: str) -> str | None:
+    """Why a MultiHeadAttention call cannot be rewritten, or ``None`` when its heads and channels can be removed."""
+    if type(node.layer) is not L.MultiHeadAttention:
+        return f"it feeds {kind}, a MultiHeadAttention subclass whose call structured pruning does not know"
+    if "query" not in node.arguments or "value" not in node.arguments:
+        return f"it feeds {kind}, whose query and value inputs are not traced"
+    if node.arguments.get("return_attention_scores"):
+        return f"it feeds {kind}, whose attention scores (one slice per head) are a model tensor"
+    output_shape = node.layer.get_config()["output_shape"]
+    if isinstance(output_shape, (list, tuple)) and len(output_shape) != 1:
+        return f"it feeds {kind}, whose output_shape {tuple(output_shape)} has more than one dimension"
+    return None

@@ -1,11 +1,13 @@
-"""Structured pruning for Keras 3: remove whole filters and neurons, returning a physically smaller model.
+"""Structured pruning for Keras 3: remove whole filters, neurons and attention heads, returning a
+physically smaller model.
 
 The model is traced (:mod:`prunekit.keras.graph`), the channels to remove are chosen per
-:class:`ChannelGroup` (producers coupled by Add/Multiply are pruned together), then the model is
-rebuilt from its config with fewer ``filters``/``units`` and the kept weights are copied:
-producers lose output channels; Dense/Conv/SeparableConv/DepthwiseConv/BatchNormalization lose
-the matching inputs (through Flatten, Concatenate and global pooling). Layer names, classes and
-the output shape stay the same.
+:class:`ChannelGroup` (producers coupled by Add/Multiply are pruned together; the heads of a
+MultiHeadAttention are a group of their own), then the model is rebuilt from its config with fewer
+``filters``/``units``/``num_heads`` and the kept weights are copied: producers lose output channels;
+Dense/Conv/SeparableConv/DepthwiseConv/BatchNormalization and the attention's query/key/value
+projections lose the matching inputs (through Flatten, Concatenate and global pooling). Layer names,
+classes and the output shape stay the same.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ import keras
 import numpy as np
 
 from prunekit.errors import ConfigError, LayerNotFoundError
-from prunekit.keras.graph import DEPTHWISE, PRODUCERS, ChannelGraph, trace
+from prunekit.keras.graph import DEPTHWISE, PRODUCERS, ChannelGraph, Node, trace
 
 L = keras.layers
+REMOVABLE = {
+    "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D or MultiHeadAttention; single call, channels_last, groups=1",
+    "head": "MultiHeadAttention called once on traced query and value tensors",
+}
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,9 @@ class ChannelGroup:
 
     ``filters[producer]`` is ``(size, fan_in)``: row ``k`` is that producer's filter (kernel slice)
     for the group's channel ``k``; ``channels[producer][k]`` is its output index. Only removable
-    channels are listed; ``locked`` counts the others and ``locked_reason`` says why.
+    channels are listed; ``locked`` counts the others and ``locked_reason`` says why. A group of
+    ``kind`` ``"heads"`` holds one MultiHeadAttention's heads: channel ``k`` is head ``k`` and its row
+    joins that head's query, key, value and output-projection kernel slices.
     """
 
     producers: tuple[str, ...]
@@ -39,6 +47,7 @@ class ChannelGroup:
     roots: np.ndarray
     locked: int = 0
     locked_reason: str | None = None
+    kind: str = "channels"
 
     @property
     def size(self) -> int:
@@ -58,9 +67,28 @@ Importance = Union[str, Callable[[ChannelGroup], np.ndarray]]
 
 def _kernel_rows(layer: Any) -> np.ndarray:
     """The producer's filters as ``(out_channels, fan_in)``."""
-    kernel = layer.pointwise_kernel if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)) else layer.kernel
+    if isinstance(layer, L.MultiHeadAttention):
+        kernel = layer.output_dense.kernel
+    else:
+        kernel = layer.pointwise_kernel if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)) else layer.kernel
     values = np.asarray(kernel.numpy())
     return values.reshape(-1, values.shape[-1]).T
+
+
+def _head_rows(layer: Any) -> np.ndarray:
+    """Each head's query, key, value and output kernel slices joined, as ``(num_heads, fan)``."""
+    projections = (layer.query_dense, layer.key_dense, layer.value_dense)
+    kernels = [np.moveaxis(dense.kernel.numpy(), -2, 0) for dense in projections] + [layer.output_dense.kernel.numpy()]
+    rows = [kernel.reshape(layer.num_heads, -1) for kernel in kernels]
+    return np.concatenate(rows, axis=1)
+
+
+def _head_groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
+    return [
+        ChannelGroup((name,), {name: np.arange(len(atoms))}, {name: _head_rows(model.get_layer(name))},
+                     graph.roots(atoms), kind="heads")
+        for name, atoms in graph.heads.items()
+    ]
 
 
 def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
@@ -98,7 +126,7 @@ def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
             filters[name] = np.where((index >= 0)[:, None], rows[np.maximum(index, 0)], 0.0) if len(free) else rows[:0]
         groups.append(ChannelGroup(tuple(names), channels, filters, np.array(free, dtype=np.int64),
                                    len(roots) - len(free), reasons[0] if reasons else None))
-    return groups
+    return groups + _head_groups(model, graph)
 
 
 def channel_groups(model: Any) -> list[ChannelGroup]:
@@ -137,12 +165,14 @@ def prune_channels(
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
 ) -> keras.Model:
-    """Remove the fraction ``sparsity`` of the lowest-importance filters/neurons of each channel group.
+    """Remove the fraction ``sparsity`` of the lowest-importance filters/neurons of each channel group,
+    and of the heads of each MultiHeadAttention (at least one head stays).
 
-    ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers) or a callable
-    ``(ChannelGroup) -> scores``. ``layers`` (name globs; default every producer) chooses the
-    producers to shrink, ``exclude`` keeps some whole. Channels reaching a model output stay, so
-    the output shape does not change. Returns a new, smaller model; ``model`` is not changed.
+    ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
+    norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
+    ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
+    ``exclude`` keeps some whole. Channels reaching a model output stay, so the output shape does not
+    change. Returns a new, smaller model; ``model`` is not changed.
 
     Example::
 
@@ -153,9 +183,10 @@ def prune_channels(
         raise ConfigError(f"sparsity should be a fraction of channels in [0, 1), got {sparsity!r}")
     graph = trace(model)
     groups = _groups(model, graph)
-    producers = [name for group in groups for name in group.producers]
+    producers = list(dict.fromkeys(name for group in groups for name in group.producers))
     chosen = _select(producers, layers, exclude, model.name)
     removal: dict[str, list[int]] = {}
+    heads: dict[str, list[int]] = {}
     for group in groups:
         if group.size == 0 or not any(name in chosen for name in group.producers):
             continue
@@ -167,13 +198,14 @@ def prune_channels(
         if count <= 0:
             continue
         order = np.argsort(_scores(group, importance), kind="stable")[:count]
+        target = heads if group.kind == "heads" else removal
         lead = group.producers[0]
-        removal[lead] = sorted(int(i) for i in group.channels[lead][order] if i >= 0)
+        target[lead] = sorted(int(i) for i in group.channels[lead][order] if i >= 0)
         for name in group.producers[1:]:
             extra = [int(i) for i in group.channels[name][order] if i >= 0]
             if extra:
-                removal.setdefault(name, []).extend(extra)
-    return _rebuild(model, graph, removal)
+                target.setdefault(name, []).extend(extra)
+    return _rebuild(model, graph, removal, heads)
 
 
 def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequence[str], model_name: str) -> set[str]:
@@ -182,7 +214,7 @@ def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequenc
             if not any(fnmatch.fnmatchcase(name, pattern) for name in producers):
                 raise LayerNotFoundError(
                     f"{what} pattern {pattern!r} matches no prunable layer of {model_name!r}; "
-                    f"filters/neurons can be removed from {producers}"
+                    f"filters/neurons/heads can be removed from {producers}"
                 )
     include = [layers] if isinstance(layers, str) else layers
     exclude = [exclude] if isinstance(exclude, str) else exclude
@@ -193,8 +225,11 @@ def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequenc
     }
 
 
-def remove_channels(model: Any, channels: Mapping[str, Sequence[int]]) -> keras.Model:
-    """Remove the given output channels (``{producer name: [indices]}``) and everything reading them.
+def remove_channels(
+    model: Any, channels: Mapping[str, Sequence[int]] | None = None, heads: Mapping[str, Sequence[int]] | None = None
+) -> keras.Model:
+    """Remove the given output channels (``{producer name: [indices]}``) and attention heads
+    (``{MultiHeadAttention name: [head indices]}``) and everything reading them.
 
     Channels coupled to another producer (through Add, Multiply, ...) are removed from it too.
     Raises for a channel that cannot be removed (it reaches a model output, or a layer prunekit
@@ -203,40 +238,65 @@ def remove_channels(model: Any, channels: Mapping[str, Sequence[int]]) -> keras.
     Example::
 
         small = remove_channels(model, {"conv1": [0, 5], "fc1": list(range(64))})
+        small = remove_channels(transformer, {"ffn_in": [3, 9]}, heads={"attention": [1, 2]})
     """
-    return _rebuild(model, trace(model), channels)
+    return _rebuild(model, trace(model), channels or {}, heads or {})
 
 
-def _rebuild(model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[int]]) -> keras.Model:
-    producer_outputs = {node.layer.name: node.output for node in graph.producer_nodes()}
-    producer_maps = {name: graph.maps[output] for name, output in producer_outputs.items()}
-    pruned_roots: set[int] = set()
-    for name, indices in channels.items():
-        if name not in producer_maps:
-            known = [layer.name for layer in model.layers]
-            raise LayerNotFoundError(
-                f"{name!r} is not a layer whose channels can be removed (Dense, Conv1D/2D/3D, SeparableConv1D/2D, "
-                f"single call, channels_last, groups=1); the model's layers are {known}"
-            )
-        atoms = producer_maps[name]
+def _pruned_roots(
+    graph: ChannelGraph, targets: Mapping[str, np.ndarray], removal: Mapping[str, Sequence[int]], what: str
+) -> set[int]:
+    """The atom classes ``removal`` (``{layer: [indices]}``) removes from ``targets`` (``{layer: atoms}``)."""
+    pruned: set[int] = set()
+    for name, indices in removal.items():
+        atoms = targets[name]
         for index in indices:
             if not (isinstance(index, (int, np.integer)) and 0 <= index < len(atoms)):
-                raise ConfigError(f"channel index {index!r} is out of range for layer {name!r} with {len(atoms)} channels")
+                raise ConfigError(
+                    f"{what} index {index!r} is out of range for layer {name!r} with {len(atoms)} {what}s"
+                )
             root = graph.find(int(atoms[index]))
             reason = graph.locked(root)
             if reason is not None:
-                raise ConfigError(f"channel {index} of layer {name!r} cannot be removed: {reason}")
-            pruned_roots.add(root)
-    for name, atoms in producer_maps.items():
-        if all(graph.find(int(a)) in pruned_roots for a in atoms):
-            raise ConfigError(f"removing every channel of layer {name!r} would leave it empty; keep at least one")
-    keep = {tid: ~np.isin(graph.roots(atoms), list(pruned_roots)) for tid, atoms in graph.maps.items()}
+                raise ConfigError(f"{what} {index} of layer {name!r} cannot be removed: {reason}")
+            pruned.add(root)
+    for name, atoms in targets.items():
+        if all(graph.find(int(a)) in pruned for a in atoms):
+            raise ConfigError(f"removing every {what} of layer {name!r} would leave it empty; keep at least one")
+    return pruned
+
+
+def _check_names(model: Any, removal: Mapping[str, Sequence[int]], targets: Mapping[str, Any], what: str) -> None:
+    for name in removal:
+        if name not in targets:
+            known = [layer.name for layer in model.layers]
+            raise LayerNotFoundError(
+                f"{name!r} is not a layer whose {what}s can be removed ({REMOVABLE[what]}); "
+                f"the model's layers are {known}"
+            )
+
+
+def _rebuild(
+    model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[int]], heads: Mapping[str, Sequence[int]]
+) -> keras.Model:
+    producer_outputs = {node.layer.name: node.output for node in graph.producer_nodes()}
+    producer_maps = {name: graph.maps[output] for name, output in producer_outputs.items()}
+    _check_names(model, channels, producer_maps, "channel")
+    _check_names(model, heads, graph.heads, "head")
+    pruned = list(_pruned_roots(graph, producer_maps, channels, "channel"))
+    pruned += _pruned_roots(graph, graph.heads, heads, "head")
+    keep = {tid: ~np.isin(graph.roots(atoms), pruned) for tid, atoms in graph.maps.items()}
+    head_keep = {name: ~np.isin(graph.roots(atoms), pruned) for name, atoms in graph.heads.items()}
     new_size = {name: int(keep[output].sum()) for name, output in producer_outputs.items()}
+    attention = graph.attention_nodes()
     config = copy.deepcopy(model.get_config())
     for entry in config["layers"]:
         entry.pop("build_config", None)
         name = entry["config"].get("name")
-        if name in new_size:
+        if name in attention:
+            query_width = int(keep[attention[name].arguments["query"]].sum())
+            _resize_attention(entry["config"], new_size[name], int(head_keep[name].sum()), query_width)
+        elif name in new_size:
             key = "units" if "units" in entry["config"] else "filters"
             entry["config"][key] = new_size[name]
     rebuilt = type(model).from_config(config)
@@ -245,12 +305,36 @@ def _rebuild(model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[in
             continue
         old = node.layer
         new = rebuilt.get_layer(old.name)
+        if old.name in attention:
+            new.set_weights(_attention_weights(old, node, keep, np.flatnonzero(head_keep[old.name])))
+            continue
         in_keep = np.flatnonzero(keep[node.inputs[0]]) if node.inputs and node.inputs[0] in keep else None
         out_keep = np.flatnonzero(keep[node.output]) if old.name in producer_maps else None
         new.set_weights(_sliced_weights(old, in_keep, out_keep))
     if getattr(model, "compiled", False):
         rebuilt.compile_from_config(model.get_compile_config())
     return rebuilt
+
+
+def _resize_attention(config: dict, width: int, num_heads: int, query_width: int) -> None:
+    """Set ``num_heads``, and ``output_shape`` unless the output still defaults to the query's width."""
+    config["num_heads"] = num_heads
+    if config["output_shape"] is not None or width != query_width:
+        config["output_shape"] = width
+
+
+def _attention_weights(layer: Any, node: Node, keep: Mapping[str, np.ndarray], heads: np.ndarray) -> list[np.ndarray]:
+    """The kept heads' slices of the query/key/value kernels (rows: kept input channels) and of the
+    output projection (columns: kept output channels), in the layer's weight order."""
+    value = node.arguments["value"]
+    inputs = {"query": node.arguments["query"], "value": value, "key": node.arguments.get("key") or value}
+    weights = []
+    for role, dense in (("query", layer.query_dense), ("key", layer.key_dense), ("value", layer.value_dense)):
+        kernel, *bias = (np.asarray(w.numpy()) for w in dense.weights)
+        weights += [kernel[np.flatnonzero(keep[inputs[role]])][:, heads], *(b[heads] for b in bias)]
+    kernel, *bias = (np.asarray(w.numpy()) for w in layer.output_dense.weights)
+    out_keep = np.flatnonzero(keep[node.output])
+    return weights + [kernel[heads][..., out_keep], *(b[out_keep] for b in bias)]
 
 
 def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray | None) -> list[np.ndarray]:
