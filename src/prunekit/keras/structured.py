@@ -26,7 +26,8 @@ from prunekit.keras.graph import DEPTHWISE, PRODUCERS, ChannelGraph, Node, trace
 L = keras.layers
 REMOVABLE = {
     "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D or MultiHeadAttention; single call, channels_last, groups=1",
-    "head": "MultiHeadAttention called once on traced query and value tensors",
+    "head": "keras.layers.MultiHeadAttention itself (not a subclass or GroupQueryAttention), called once on traced "
+            "query and value tensors, without return_attention_scores, with a one-dimensional output_shape",
 }
 
 
