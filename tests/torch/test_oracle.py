@@ -224,7 +224,7 @@ EXTRA = {
     "audio_conv1d": (Audio1d, (2, 1, 40), {"c1": 16, "c2": 32}),
     "feature_pyramid": (FeaturePyramid, (1, 3, 8, 8), {"c1": 8, "c2": 16, "l2": 12}),
     "window_mlp": (WindowMlp, (1, 3, 16, 16), {"stem": 16, "fc1": 32}),
-    "lstm_head": (LstmHead, None, {"fc1": 32}),
+    "lstm_head": (LstmHead, None, {"emb": 16, "lstm": 24, "fc1": 32}),
 }
 
 

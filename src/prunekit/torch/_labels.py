@@ -34,6 +34,15 @@ class AttentionRecord:
 
 
 @dataclass
+class RecurrentRecord:
+    """Where an LSTM/GRU/RNN ran: its module and the atoms of its hidden units (one per unit)."""
+
+    op: int
+    module: str
+    units: np.ndarray
+
+
+@dataclass
 class SplitRecord:
     """An equal-sections ``split`` whose section size may be held in a module attribute."""
 
@@ -70,6 +79,7 @@ class LabelState:
     param_derived: dict[int, str] = field(default_factory=dict)
     unsupported: list[tuple[OpRecord, str]] = field(default_factory=list)
     attention: list[AttentionRecord] = field(default_factory=list)
+    recurrent: list[RecurrentRecord] = field(default_factory=list)
     splits: list[SplitRecord] = field(default_factory=list)
     norms: list[NormRecord] = field(default_factory=list)
 

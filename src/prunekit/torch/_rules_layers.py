@@ -1,5 +1,5 @@
 """How channel labels flow through layers with weights: convolutions, matrix products,
-normalisations, embeddings and attention.
+normalisations, embeddings and attention (recurrent layers are in ``_rules_recurrent``).
 
 Weight dimensions that create output channels are marked *producers*; a channel can only be
 pruned if some producer makes it. Weight dimensions that read input channels are *consumers*.
@@ -24,6 +24,7 @@ from prunekit.torch._labels import (
     tensor_refs,
     zeros_like_shape,
 )
+from prunekit.torch._rules_recurrent import RECURRENT_RULES
 from prunekit.torch._rules_shape import Rule, broadcast_unify
 from prunekit.torch._tracing import OpRecord, TensorRef
 
@@ -412,3 +413,4 @@ LAYER_RULES.update({
     "scaled_dot_product_attention": scaled_dot_product_attention,
     "multi_head_attention_forward": multi_head_attention,
 })
+LAYER_RULES.update(RECURRENT_RULES)

@@ -68,6 +68,9 @@ def _module_attributes(path: str, module: nn.Module, new_shapes: dict, put) -> N
     shape = lambda name: _shape(new_shapes, path, name, module)  # noqa: E731
     if isinstance(module, nn.MultiheadAttention):
         _mha_attributes(path, module, shape, put)
+    elif isinstance(module, nn.RNNBase):
+        put(path, "input_size", shape("weight_ih_l0")[1])
+        put(path, "hidden_size", shape("weight_hh_l0")[1])
     elif isinstance(module, nn.Linear):
         w = shape("weight")
         put(path, "out_features", w[0])

@@ -287,6 +287,7 @@ def _build_graph(model: nn.Module, trace: Trace, state: LabelState) -> Dependenc
     attention_roots = set()
     for record in state.attention:
         attention_roots.update(int(x) for x in roots[record.query_heads])
+    recurrent_roots = {int(x) for record in state.recurrent for x in roots[record.units]}
     graph = DependencyGraph(model, trace, [], [(op.label, reason) for op, reason in state.unsupported], state,
                             roots, group_of_root, channel_of_root, tensors)
     names: dict[str, int] = {}
@@ -296,7 +297,9 @@ def _build_graph(model: nn.Module, trace: Trace, state: LabelState) -> Dependenc
         names[base] = names.get(base, 0) + 1
         label = base if names[base] == 1 else f"{base}#{names[base]}"
         first_member = next(m for m in members[gid] if m.tensor == first_name and m.dim == first_dim)
-        unit = int((first_member.index == 0).sum())
+        # a hidden unit's gate rows are one channel: round_to counts units, not rows
+        recurrent = recurrent_roots.intersection(int(x) for x in group_roots)
+        unit = 1 if recurrent else int((first_member.index == 0).sum())
         kind = "heads" if attention_roots.intersection(int(x) for x in group_roots) else "channels"
         graph.groups.append(ChannelGroup(gid, label, kind, len(group_roots), unit,
                                          not bool(inexact[group_roots].any()), members[gid], graph))

@@ -161,7 +161,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
     check_plan(model, plan)
     index, owners = _tensor_index(model), _owners(model)
     modules = dict(model.named_modules())
-    undo: list[Callable[[], None]] = []
+    undo: list[Callable[[], None]] = [lambda: _refresh_recurrent(model)]
 
     def rollback() -> None:
         for step in reversed(undo):
@@ -190,10 +190,19 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
             value = tuple(attr["value"]) if isinstance(previous, tuple) else attr["value"]
             setattr(owner, last, value)
             undo.append(lambda o=owner, n=last, v=previous: setattr(o, n, v))
+        _refresh_recurrent(model)
     except Exception:
         rollback()
         raise
     return rollback
+
+
+def _refresh_recurrent(model: nn.Module) -> None:
+    """Point every ``nn.LSTM``/``nn.GRU``/``nn.RNN`` at its current parameters: they run from
+    ``_flat_weights``, a list of them that replacing ``_parameters`` entries leaves stale."""
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            module._init_flat_weights()
 
 
 # -- saving and loading -------------------------------------------------------------------
