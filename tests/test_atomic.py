@@ -5,7 +5,8 @@ import stat
 
 import pytest
 
-from prunekit._atomic import atomic_path, atomic_write_text
+from prunekit import _atomic
+from prunekit._atomic import atomic_path, atomic_paths, atomic_write_text
 
 
 def test_temporary_path_keeps_the_suffixes_and_does_not_exist_yet(tmp_path):
@@ -40,3 +41,79 @@ def test_replacing_a_file_keeps_its_permissions(tmp_path):
 def test_a_new_file_is_readable_by_others(tmp_path):
     atomic_write_text(tmp_path / "report.md", "hello")
     assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
+
+
+def _group(folder, onnx: bytes, data: bytes) -> None:
+    (folder / "model.onnx").write_bytes(onnx)
+    (folder / "model.onnx.data").write_bytes(data)
+
+
+def _contents(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_group_is_written_under_the_final_names_and_replaces_the_old_group(tmp_path):
+    _group(tmp_path, b"old graph", b"old weights")
+    with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (onnx, data):
+        assert (onnx.name, data.name) == ("model.onnx", "model.onnx.data")
+        assert onnx.parent == data.parent and onnx.parent.parent == tmp_path and onnx.parent.name.startswith(".")
+        onnx.write_bytes(b"new graph")
+        data.write_bytes(b"new weights")
+    assert _contents(tmp_path) == {"model.onnx": b"new graph", "model.onnx.data": b"new weights"}
+
+
+def test_a_failed_group_write_leaves_the_old_group_and_no_temporary_folder(tmp_path):
+    _group(tmp_path, b"old graph", b"old weights")
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (onnx, data):
+            data.write_bytes(b"new weights")
+            raise RuntimeError("writer failed")
+    assert _contents(tmp_path) == {"model.onnx": b"old graph", "model.onnx.data": b"old weights"}
+
+
+def test_a_companion_left_unwritten_is_removed_with_the_old_group(tmp_path):
+    _group(tmp_path, b"old graph", b"old weights")
+    with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (onnx, _):
+        onnx.write_bytes(b"self-contained")
+    assert _contents(tmp_path) == {"model.onnx": b"self-contained"}
+
+
+def test_a_swap_that_fails_midway_puts_the_old_group_back(tmp_path, monkeypatch):
+    _group(tmp_path, b"old graph", b"old weights")
+    replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst) == str(tmp_path / "model.onnx") and "replaced" not in str(src):
+            raise OSError("disk full")  # the new model.onnx cannot be moved in, after the new data was
+        replace(src, dst)
+
+    monkeypatch.setattr(_atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (onnx, data):
+            onnx.write_bytes(b"new graph")
+            data.write_bytes(b"new weights")
+    assert _contents(tmp_path) == {"model.onnx": b"old graph", "model.onnx.data": b"old weights"}
+
+
+def test_a_file_the_group_does_not_name_is_refused_and_the_old_group_kept(tmp_path):
+    _group(tmp_path, b"old graph", b"old weights")
+    with pytest.raises(RuntimeError, match=r"also wrote \['model.onnx.weights'\]"):
+        with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (onnx, _):
+            onnx.write_bytes(b"new graph")
+            (onnx.parent / "model.onnx.weights").write_bytes(b"new weights")
+    assert _contents(tmp_path) == {"model.onnx": b"old graph", "model.onnx.data": b"old weights"}
+
+
+def test_a_new_group_is_readable_by_others(tmp_path):
+    with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (onnx, data):
+        onnx.write_bytes(b"graph")
+        data.write_bytes(b"weights")
+    assert [stat.S_IMODE(p.stat().st_mode) for p in sorted(tmp_path.iterdir())] == [0o644, 0o644]
+
+
+def test_a_group_whose_first_file_was_not_written_fails_and_keeps_the_old_group(tmp_path):
+    _group(tmp_path, b"old graph", b"old weights")
+    with pytest.raises(FileNotFoundError):
+        with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (_, data):
+            data.write_bytes(b"new weights")
+    assert _contents(tmp_path) == {"model.onnx": b"old graph", "model.onnx.data": b"old weights"}

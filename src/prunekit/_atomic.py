@@ -1,12 +1,15 @@
 """Write files atomically: into a temporary file in the target's directory, then ``os.replace``.
 
 A reader never sees a half-written file, and a failed write leaves the old file (or nothing).
+:func:`atomic_paths` does the same for a group of files that refer to each other by name (an
+ONNX model and its external data file).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
-    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+    mode = _mode(target)
     try:
         yield tmp
         os.chmod(tmp, mode)
@@ -39,6 +42,72 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        raise
+
+
+def _mode(target: Path) -> int:
+    """The permissions a new version of ``target`` gets: those of the file it replaces, else rw-r--r--."""
+    return target.stat().st_mode & 0o777 if target.exists() else 0o644
+
+
+@contextlib.contextmanager
+def atomic_paths(path: str | os.PathLike, *companions: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+    """Yield temporary paths named like ``path`` and its ``companions``; on success they replace those files as a group.
+
+    The temporary files lie in a fresh hidden folder in ``path``'s directory, under the final
+    names, so files that name each other (an ONNX model and its ``model.onnx.data``) stay valid
+    when moved; the companions must share ``path``'s directory. ``path`` must be written; a
+    companion that is not written is removed from the target too, so an old group never stays
+    mixed with a new one. ``path`` (the file readers open) is moved away first and moved in last:
+    a reader that finds it finds the companions written with it, and a swap cut short by a crash
+    leaves no ``path`` rather than a mixed group (the old files wait in the hidden folder). On
+    error the old files are put back and the temporary folder is removed.
+
+    Example::
+
+        with atomic_paths("model.onnx", "model.onnx.data") as (onnx_tmp, data_tmp):
+            program.save(onnx_tmp, external_data=True)  # writes onnx_tmp and data_tmp
+    """
+    targets = [Path(path), *(Path(companion) for companion in companions)]
+    if any(target.parent != targets[0].parent for target in targets) or len({t.name for t in targets}) < len(targets):
+        raise ValueError(f"atomic_paths needs distinct file names in one directory, got {[str(t) for t in targets]}")
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp", dir=targets[0].parent))
+    try:
+        tmps = tuple(work / target.name for target in targets)
+        yield tmps
+        extra = sorted(p.name for p in work.iterdir() if p not in tmps)
+        if extra:
+            raise RuntimeError(f"the writer of {targets[0]} also wrote {extra}, which atomic_paths was not given; "
+                               "name every file of the group")
+        _swap(targets, tmps, work / ".replaced")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _swap(targets: list[Path], tmps: tuple[Path, ...], backup: Path) -> None:
+    """Move the old ``targets`` into ``backup`` (the first one first), then ``tmps`` into place (the first one last)."""
+    os.chmod(tmps[0], _mode(targets[0]))  # FileNotFoundError when the writer did not write the first file
+    for target, tmp in zip(targets[1:], tmps[1:]):
+        if tmp.exists():
+            os.chmod(tmp, _mode(target))
+    backup.mkdir()
+    moved: list[Path] = []
+    placed: list[Path] = []
+    try:
+        for target in targets:
+            if target.exists():
+                os.replace(target, backup / target.name)
+                moved.append(target)
+        for target, tmp in reversed(list(zip(targets, tmps))):
+            if tmp.exists():
+                os.replace(tmp, target)
+                placed.append(target)
+    except BaseException:
+        for target in placed:
+            target.unlink()
+        for target in reversed(moved):
+            os.replace(backup / target.name, target)
         raise
 
 

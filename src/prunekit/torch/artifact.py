@@ -1,7 +1,8 @@
 """Measure a deployable ONNX file itself: accuracy, latency, file size raw and gzip, peak memory.
 
 Everything runs in ONNX Runtime on CPU, so the figures are those of the artifact users ship,
-not of the PyTorch model it came from. Latency of several files is measured interleaved
+not of the PyTorch model it came from (with its external data file, for a model stored as
+``model.onnx`` plus ``model.onnx.data``). Latency of several files is measured interleaved
 (A B C A B C ...) so that drift on a shared machine hits them all alike.
 """
 
@@ -21,8 +22,8 @@ import numpy as np
 
 from prunekit._gzip import gzip_size
 from prunekit.errors import ConfigError
-from prunekit.torch._ort import (InputSpec, Samples, as_samples, batch_of, feed, generated_batch, input_specs, rows,
-                                 sample_count, session)
+from prunekit.torch._ort import (InputSpec, Samples, as_samples, batch_of, external_data_files, feed, generated_batch,
+                                 input_specs, rows, sample_count, session)
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,18 @@ class ArtifactReport:
 
 
 def file_sizes(path: str | os.PathLike) -> tuple[int, int]:
-    """Raw and gzip (level 9) size of a file in bytes.
+    """Raw and gzip (level 9) size of a file in bytes; an ``.onnx`` file counts its external data files too.
 
     Example::
 
-        raw, packed = file_sizes("model.onnx")
+        raw, packed = file_sizes("model.onnx")  # model.onnx plus model.onnx.data, if it has one
     """
-    data = Path(path).read_bytes()
-    return len(data), gzip_size(data)
+    path = Path(path)
+    raw = packed = 0
+    for file in (path, *(external_data_files(path) if path.suffix == ".onnx" else ())):
+        data = file.read_bytes()
+        raw, packed = raw + len(data), packed + gzip_size(data)
+    return raw, packed
 
 
 def onnx_accuracy(path: str | os.PathLike, x: Any, y: Any, batch_size: int = 256, threads: int | None = None) -> float:
@@ -200,7 +205,7 @@ def evaluate_onnx(
     ``x`` is an array, or for a model with several inputs a dict of arrays by ONNX input name
     (or a tuple in input order); latency and memory batches are its rows, repeated up to each
     batch size. ``y=None`` skips accuracy; without ``test_data`` the inputs are generated (see
-    :func:`measure_latency`).
+    :func:`measure_latency`). The sizes of a model with external data count its ``.data`` file.
 
     Example::
 

@@ -209,7 +209,9 @@ def compare_artifacts(
     ``pruned.safetensors`` (plain state_dicts), ``pruned.compact-fp32.safetensors`` and
     ``pruned.compact-int8.safetensors`` (:func:`save_compressed`, with ``plan`` in the header;
     by default the structured plan ``prune_channels`` attached to the pruned model, if any).
-    ``dense_model`` may be None; the pruned fp32 rows are then the reference.
+    ``dense_model`` may be None; the pruned fp32 rows are then the reference. Models with weights
+    past :data:`~prunekit.torch.export.EXTERNAL_DATA_THRESHOLD` get a ``.data`` file beside each
+    ONNX file (external data), counted in its sizes.
 
     Example::
 

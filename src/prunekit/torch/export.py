@@ -3,6 +3,10 @@
 The check runs the ONNX file in ONNX Runtime and compares its outputs with PyTorch's on the
 example batch and on a batch of another size (which proves the batch dimension is really
 dynamic). A file that fails the check is never written.
+
+Protobuf caps one ONNX file at 2 GB, so a model whose weights come near that is written in
+ONNX's external-data format: ``model.onnx`` (the graph) plus ``model.onnx.data`` (the weights)
+beside it, moved into place together.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._atomic import atomic_path
+from prunekit._atomic import atomic_paths
 from prunekit.errors import ConfigError, ExportError
 from prunekit.torch._ort import feed, input_specs, quiet_exporters, session
+
+#: Weight bytes above which ``export_onnx(external_data=None)`` writes the weights to a ``.data`` file
+#: beside the ``.onnx``: 1.875 GiB, leaving 128 MiB under protobuf's 2 GiB cap for the graph and constants.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
 
 
 @dataclass(frozen=True)
@@ -44,12 +52,14 @@ class OnnxCheck:
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """An exported file: where it is, its input/output names, and the ORT-vs-PyTorch check (if run)."""
+    """An exported file: where it is, its input/output names, the ORT-vs-PyTorch check (if run), and
+    its external data file (``model.onnx.data`` beside it; None when the file is self-contained)."""
 
     path: Path
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     check: OnnxCheck | None
+    data_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,31 @@ def _explain(exc: Exception, model: nn.Module) -> ExportError:
     return ExportError(f"exporting {type(model).__name__} to ONNX failed: {type(exc).__name__}: {text[:800]}")
 
 
+def _weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers: what its ONNX file stores as weights."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _external(model: nn.Module, external_data: bool | None) -> bool:
+    if external_data not in (None, True, False):
+        raise ConfigError(f"external_data should be None (automatic), True or False, got {external_data!r}")
+    return _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+
+
+def _save(program: Any, path: Path, external: bool, model: nn.Module) -> None:
+    """Write an exported program: with ``external``, the weights go to ``<path name>.data`` beside ``path``."""
+    import onnx
+
+    if external:
+        program.save(str(path), external_data=True)
+        return
+    try:
+        onnx.save(program.model_proto, str(path))
+    except ValueError as exc:  # protobuf cannot serialise one message over 2 GB
+        raise ExportError(f"{type(model).__name__} does not fit in one ONNX file {path.name} ({exc}); export it "
+                          f"with external_data=True (or None) to keep its weights in {path.name}.data beside it") from None
+
+
 def _graph_io(path: Path, dynamic_batch: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Input and output names of the exported graph; checks that the batch dim is symbolic when asked."""
     import onnx
@@ -241,8 +276,9 @@ def export_onnx(
     opset: int | None = None,
     verify: bool = True,
     atol: float = 1e-4,
+    external_data: bool | None = None,
 ) -> OnnxExport:
-    """Export ``model`` (in eval mode) to one ONNX file, written atomically, and check it in ONNX Runtime.
+    """Export ``model`` (in eval mode) to ONNX, written atomically, and check it in ONNX Runtime.
 
     ``example_input`` is one batch: a tensor, a tuple for several positional inputs, or a dict
     of keyword inputs (``model(**example_input)``, as transformers models take them; the keys
@@ -253,12 +289,19 @@ def export_onnx(
     With ``verify`` the file is compared with PyTorch at the example's batch size and another
     one before it is moved into place; see :func:`verify_onnx`.
 
+    ``external_data`` True writes the weights to ``<path>.data`` beside ``path`` (ONNX's external
+    data format, needed past protobuf's 2 GB cap), False writes one self-contained file, None
+    (default) chooses external data when the parameters and buffers take more bytes than
+    :data:`EXTERNAL_DATA_THRESHOLD`. The pair is written, checked and moved into place together,
+    and replaces an old pair (or an old ``.data`` file) whole; move the two files together.
+
     Example::
 
         result = export_onnx(model, torch.randn(2, 1, 8, 8), "model.onnx")
         print(result.check)  # ONNX Runtime vs PyTorch: max abs error 2.4e-07 ...
         export_onnx(bert, {"input_ids": ids, "attention_mask": mask}, "bert.onnx",
                     dynamic_dims={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}})
+        export_onnx(llm, ids, "llm.onnx").data_path  # PosixPath('llm.onnx.data'): over 1.875 GiB of weights
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model should be an nn.Module, got {type(model).__name__}")
@@ -267,6 +310,7 @@ def export_onnx(
     if dynamic_batch and any(len(t) != batch for t in example.tensors):
         raise ConfigError(f"example inputs have different batch sizes {[len(t) for t in example.tensors]}; "
                           "with dynamic_batch they share one batch dimension")
+    external = _external(model, external_data)
     if example.keys and input_names is not None:
         raise ConfigError("input_names cannot rename the inputs of a dict example_input: its keys are the "
                           "model's keyword arguments and name the ONNX inputs; leave input_names out")
@@ -284,19 +328,23 @@ def export_onnx(
             raise ConfigError(f"{type(model).__name__} fails on the example input: {exc}") from None
         out_names = list(output_names) if output_names is not None else keys or _names(None, len(outputs), "output")
         args, kwargs = ((), dict(zip(trace.keys, trace.tensors))) if trace.keys else (trace.tensors, None)
-        with atomic_path(path) as tmp:
+        target = Path(path)
+        data = target.with_name(f"{target.name}.data")
+        with atomic_paths(target, data) as (tmp, tmp_data):
             try:
                 with quiet_exporters():
-                    torch.onnx.export(model, args, str(tmp), kwargs=kwargs, input_names=in_names,
-                                      output_names=out_names, opset_version=opset, dynamo=True, external_data=False,
-                                      dynamic_shapes=dynamic_shapes, verbose=False)
+                    program = torch.onnx.export(model, args, None, kwargs=kwargs, input_names=in_names,
+                                                output_names=out_names, opset_version=opset, dynamo=True,
+                                                dynamic_shapes=dynamic_shapes, verbose=False)
             except Exception as exc:  # torch.onnx raises many types; all become one precise ExportError
                 raise _explain(exc, model) from exc
+            _save(program, tmp, external, model)
             names = _graph_io(tmp, dynamic_batch)
             check = None
             if verify:
                 other = batch + 1 if dynamic_batch else None
                 check = verify_onnx(model, tmp, example_input, atol=atol, other_batch_size=other)
+            written = data if tmp_data.exists() else None
     finally:
         model.train(was_training)
-    return OnnxExport(Path(path), *names, check)
+    return OnnxExport(target, *names, check, written)

@@ -9,6 +9,10 @@ Sparsity survives: weights are quantized symmetrically, so a zero maps to the ze
 dequantizes to exactly 0. This is not taken on trust: after quantizing, every quantized weight
 is compared with its float original and any zero that did not stay zero raises
 :class:`~prunekit.errors.ExportError`.
+
+A model in ONNX's external-data format (``model.onnx`` plus ``model.onnx.data``, as
+:func:`~prunekit.torch.export_onnx` writes models near 2 GB) gives a quantized model in the same
+format, ``model.int8.onnx`` plus ``model.int8.onnx.data``, moved into place together.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from prunekit._atomic import atomic_path
+from prunekit._atomic import atomic_paths
 from prunekit.errors import ConfigError, ExportError
-from prunekit.torch._ort import as_samples, feed, input_specs, quiet_exporters, rows, sample_count, session
+from prunekit.torch._ort import (as_samples, external_data_files, feed, input_specs, quiet_exporters, rows, sample_count,
+                                 session)
 
 QUANTIZATION_MODES = ("static", "dynamic", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -33,7 +38,8 @@ _CALIBRATION_BATCH = 64
 
 @dataclass(frozen=True)
 class QuantizedOnnx:
-    """A quantized file and the proof that its zeros survived: weight name -> zeros kept exactly.
+    """A quantized file and the proof that its zeros survived: weight name -> zeros kept exactly;
+    ``data_path`` is its external data file (None when the file is self-contained).
 
     Example::
 
@@ -45,6 +51,7 @@ class QuantizedOnnx:
     mode: str
     zeros_preserved: dict[str, int]
     quantized_weights: tuple[str, ...]
+    data_path: Path | None = None
 
 
 class _Batches:
@@ -195,6 +202,8 @@ def quantize_onnx(
     ``calibration_data`` (static only) are representative inputs: see :func:`calibration_feeds`.
     ``op_types`` limits which ops are quantized (dynamic default: MatMul and Gemm). Zeros are
     checked to survive (see :func:`check_zeros_preserved`) before the file is moved into place.
+    A ``model_path`` with external data gives ``out_path`` plus ``<out_path>.data``, moved into
+    place together (replacing an old pair whole).
 
     Example::
 
@@ -211,49 +220,58 @@ def quantize_onnx(
         raise ConfigError("static quantization needs calibration_data: a few hundred representative inputs "
                           "(e.g. the validation images); or use mode='dynamic'")
     feeds = calibration_feeds(model_path, calibration_data, max_calibration_batches) if mode == "static" else None
-    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(prefix="prunekit-quant-") as work, quiet_exporters():
+    external = bool(external_data_files(model_path))
+    target = Path(out_path)
+    data = target.with_name(f"{target.name}.data")
+    with (atomic_paths(target, data) as (tmp, tmp_data), tempfile.TemporaryDirectory(prefix="prunekit-quant-") as work,
+          quiet_exporters()):
         reference: str | os.PathLike = model_path  # the float graph that was quantized
         try:
             if mode == "fp16":
-                _to_fp16(model_path, tmp)
+                _to_fp16(model_path, tmp, external)
             elif mode == "dynamic":
-                _dynamic(model_path, tmp, per_channel, op_types)
+                _dynamic(model_path, tmp, per_channel, op_types, external)
             else:
-                reference = _static(model_path, tmp, Path(work), feeds, per_channel, op_types, calibration_method)
+                reference = _static(model_path, tmp, Path(work), feeds, per_channel, op_types, calibration_method,
+                                    external)
         except (ConfigError, ExportError):
             raise
         except Exception as exc:  # ORT's quantizer raises bare exceptions naming the node
             raise ExportError(f"ONNX Runtime could not quantize {model_path} ({mode}): {type(exc).__name__}: {exc}") from exc
         kept = check_zeros_preserved(reference, tmp)
-    return QuantizedOnnx(Path(out_path), mode, kept, tuple(kept))
+        written = data if tmp_data.exists() else None
+    return QuantizedOnnx(target, mode, kept, tuple(kept), written)
 
 
-def _to_fp16(source: str | os.PathLike, target: Path) -> None:
+def _to_fp16(source: str | os.PathLike, target: Path, external: bool) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    onnx.save(model, str(target))
+    onnx.save(model, str(target), save_as_external_data=external, location=f"{target.name}.data")
 
 
-def _dynamic(source: str | os.PathLike, target: Path, per_channel: bool, op_types: Sequence[str] | None) -> None:
+def _dynamic(source: str | os.PathLike, target: Path, per_channel: bool, op_types: Sequence[str] | None,
+             external: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     op_types_to_quantize=list(op_types or DYNAMIC_OP_TYPES),
+                     op_types_to_quantize=list(op_types or DYNAMIC_OP_TYPES), use_external_data_format=external,
                      extra_options={"WeightSymmetric": True})
 
 
 def _static(source: str | os.PathLike, target: Path, work: Path, feeds: list[dict[str, np.ndarray]] | None,
-            per_channel: bool, op_types: Sequence[str] | None, method: str) -> Path:
+            per_channel: bool, op_types: Sequence[str] | None, method: str, external: bool) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     prepared = work / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=external,
+                      all_tensors_to_one_file=True, external_data_location=f"{prepared.name}.data")
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     quantize_static(str(prepared), str(target), _Batches(feeds or []), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                     calibrate_method=calibrate, op_types_to_quantize=list(op_types) if op_types else None,
+                    use_external_data_format=external,
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return prepared
