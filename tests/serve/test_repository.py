@@ -170,6 +170,30 @@ def test_inspect_model_measures_sparsity_and_reads_declared_metadata(tmp_path, o
     assert info.declared == {"sparsity": 0.5, "quantization": "none"}
 
 
+def test_a_model_with_external_data_is_measured_with_its_data_file_and_runs(tmp_path):
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from prunekit.serve.runtimes import OnnxRuntime
+    from prunekit.torch import export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)).eval()
+    version = tmp_path / "mlp" / "1"
+    version.mkdir(parents=True)
+    path = version / "model.onnx"
+    export_onnx(model, torch.zeros(1, 4), path, external_data=True)  # what models over 2 GB get
+    data = version / "model.onnx.data"
+    info = inspect_model(path, "onnx")
+    assert info.size_bytes == path.stat().st_size + data.stat().st_size
+    assert data.stat().st_size >= 4 * (4 * 64 + 64 * 3)  # the weight matrices (small biases may stay inline)
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    (output,) = OnnxRuntime(path).run({OnnxRuntime(path).inputs[0].name: x}).values()
+    np.testing.assert_allclose(output, model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+    data.unlink()
+    with pytest.raises(ConfigError, match="model.onnx.data"):
+        inspect_model(path, "onnx")
+
+
 def test_unreadable_metadata_json_refuses_the_version(tmp_path, onnx_models):
     target = place(tmp_path, "mlp", 1, onnx_models["mlp_v1"]).parent
     (target / "metadata.json").write_text("{not json")

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -162,6 +163,15 @@ def _tflite_weights(path: Path) -> tuple[float | None, str | None]:
     return _summarise(weights)
 
 
+def _external_data(path: Path) -> tuple[Path, ...]:
+    """The external-data files of an ONNX model over 2 GB (none when ``onnx`` cannot be imported)."""
+    if importlib.util.find_spec("onnx") is None:
+        return ()
+    from prunekit._onnx_data import external_data_files
+
+    return external_data_files(path)
+
+
 def inspect_model(path: Path, model_format: str) -> ModelInfo:
     """Measure a model file: its size, compressed size, weight sparsity and quantization.
 
@@ -169,11 +179,12 @@ def inspect_model(path: Path, model_format: str) -> ModelInfo:
 
         inspect_model(Path("models/mlp/2/model.onnx"), "onnx").weight_sparsity   # 0.5
     """
+    files = [path, *(_external_data(path) if model_format == "onnx" else ())]  # a missing data file: a clear error
     reader = _onnx_weights if model_format == "onnx" else _tflite_weights
     sparsity, quantization = reader(path)
     return ModelInfo(
-        size_bytes=path.stat().st_size,
-        gzip_size_bytes=gzip_size(path),
+        size_bytes=sum(file.stat().st_size for file in files),
+        gzip_size_bytes=sum(gzip_size(file) for file in files),
         weight_sparsity=sparsity,
         quantization=quantization,
         declared=read_declared_metadata(path.parent),

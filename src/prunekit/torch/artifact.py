@@ -22,7 +22,8 @@ import numpy as np
 
 from prunekit._gzip import gzip_size
 from prunekit.errors import ConfigError
-from prunekit.torch._ort import (InputSpec, Samples, as_samples, batch_of, external_data_files, feed, generated_batch,
+from prunekit._onnx_data import external_data_files
+from prunekit.torch._ort import (InputSpec, Samples, as_samples, batch_of, feed, generated_batch,
                                  input_specs, rows, sample_count, session)
 
 
