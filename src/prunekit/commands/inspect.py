@@ -1,20 +1,26 @@
 """``prunekit inspect MODEL``: a per-layer table (params, nonzeros, sparsity, MACs), latency and peak memory.
 
 MODEL is a factory import path ``package.module:callable`` (a zero-argument callable returning
-an ``nn.Module`` or a ``keras.Model``), a saved Keras model (``.keras``), or a PyTorch weight
-file (compact, safetensors or torch state_dict) with ``--factory`` naming the architecture.
+an ``nn.Module`` or a ``keras.Model``), a saved Keras model (``.keras``), a PyTorch weight
+file (compact, safetensors or torch state_dict) with ``--factory`` naming the architecture, or
+an ONNX file (``.onnx``, with its ``.onnx.data`` beside it if it has one), measured without
+torch: its weighted nodes, its file sizes, and peak memory and latency in ONNX Runtime.
 
 Example::
 
     prunekit inspect prunekit.torch:DigitsCNN --input-shape 1,8,8 --latency
     prunekit inspect pruned.safetensors --factory prunekit.torch:DigitsCNN --input-shape 1,8,8
     prunekit inspect model.keras --input-shape 8,8,1 --latency
+    prunekit inspect model.int8.onnx --latency --batch-sizes 1,32
+    prunekit inspect bert.onnx --input-shape 128 --json bert.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,10 +36,12 @@ def _ints(text: str) -> list[int]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="factory 'package.module:callable', or a weight file with --factory")
+    parser.add_argument("model", metavar="MODEL",
+                        help="factory 'package.module:callable', a weight file with --factory, a .keras or an .onnx file")
     parser.add_argument("--factory", metavar="MODULE:CALLABLE", help="architecture of a weight file, e.g. prunekit.torch:DigitsCNN")
-    parser.add_argument("--input-shape", type=_ints, required=True, metavar="C,H,W",
-                        help="shape of one input sample without the batch dim, e.g. 1,8,8")
+    parser.add_argument("--input-shape", type=_ints, metavar="C,H,W",
+                        help="shape of one input sample without the batch dim, e.g. 1,8,8 (an .onnx file: only for "
+                             "dynamic dims such as a sequence length, applied to every input)")
     parser.add_argument("--latency", action="store_true", help="also time the model (CPU, and CUDA when present)")
     parser.add_argument("--batch-sizes", type=_ints, default=[1, 32], metavar="N,N", help="latency batch sizes (default: 1,32)")
     parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed runs per batch size (default: 30)")
@@ -79,6 +87,46 @@ def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
                    measure_latency, args, "MACs per sample", "state_dict")
 
 
+def _inspect_onnx(args: argparse.Namespace) -> dict:
+    """The ONNX file's weighted nodes, its file sizes, and peak memory and latency in ONNX Runtime (CPU)."""
+    from prunekit._onnx_data import external_data_files
+    from prunekit._ort import InputSpec, batch_of, generated_batch, input_specs, session
+    from prunekit.onnx_artifact import file_sizes, measure_latency, peak_memory
+    from prunekit.onnx_summary import summarize_onnx
+    from prunekit.report.measures import LatencyResult, MemoryResult
+
+    path = Path(args.model)
+    summary = summarize_onnx(path, args.input_shape)
+    raw, packed = file_sizes(path)
+    files = [path.name, *(data.name for data in external_data_files(path))]
+    specs = [InputSpec(spec.name, spec.dtype, (None, *args.input_shape)) if args.input_shape else spec
+             for spec in input_specs(session(path, threads=1))]
+    sample = generated_batch(specs, 1, str(path))
+    weights = _initializer_bytes(path)
+    memory = []
+    for size in args.batch_sizes:
+        peak = peak_memory(path, batch_of(sample, size))
+        if peak is not None:
+            memory.append(MemoryResult("cpu", size, weights, max(0, peak - weights), peak))
+
+    def measure(model: Path, shape: Any, batch_sizes: list[int], repeats: int) -> list[LatencyResult]:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        stats = measure_latency({"model": model}, sample, batch_sizes, repeats=repeats, threads=threads)["model"]
+        return [LatencyResult("cpu", size, row.median_ms, row.p90_ms, row.runs, threads) for size, row in stats.items()]
+
+    return _report("onnx", path, summary, {"raw_bytes": raw, "gzip_bytes": packed, "files": files}, memory, measure,
+                   args, "ONNX; MACs per sample", " + ".join(files))
+
+
+def _initializer_bytes(path: Path) -> int:
+    """Bytes of the weights (initializers) an ONNX file holds, read from the tensor headers only."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
+
+
 def _load(args: argparse.Namespace) -> object:
     from prunekit.commands.export import import_factory, load_weights
     from prunekit.errors import ConfigError
@@ -94,6 +142,18 @@ def _load(args: argparse.Namespace) -> object:
     return import_factory(args.model)()
 
 
+def _inspect_framework(model: object, args: argparse.Namespace) -> dict:
+    """Dispatch a built model to the Keras or the PyTorch branch."""
+    from prunekit.errors import ConfigError
+
+    kind = type(model).__module__.split(".")[0]
+    if kind == "keras":
+        return _inspect_keras(model, args)
+    if kind == "torch" or any(c.__module__.startswith("torch.nn") for c in type(model).__mro__):
+        return _inspect_torch(model, args)
+    raise ConfigError(f"{args.model} built a {type(model).__name__}; inspect takes a torch.nn.Module or a keras.Model")
+
+
 def run(args: argparse.Namespace) -> int:
     from prunekit._atomic import atomic_write_text
     from prunekit.errors import ConfigError
@@ -101,14 +161,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
-    model = _load(args)
-    kind = type(model).__module__.split(".")[0]
-    if kind == "keras":
-        result = _inspect_keras(model, args)
-    elif kind == "torch" or any(c.__module__.startswith("torch.nn") for c in type(model).__mro__):
-        result = _inspect_torch(model, args)
+    if args.model.endswith(".onnx"):
+        result = _inspect_onnx(args)
+    elif args.input_shape is None:
+        raise ConfigError(f"inspecting {args.model} needs --input-shape: the shape of one input sample without the "
+                          "batch dim, e.g. --input-shape 1,8,8 (only an .onnx file knows its own input shape)")
     else:
-        raise ConfigError(f"{args.model} built a {type(model).__name__}; inspect takes a torch.nn.Module or a keras.Model")
+        result = _inspect_framework(_load(args), args)
     if args.latency:
         table = ResultTable("latency", ["device", "batch", "median ms", "p90 ms", "runs", "threads"])
         for row in result["latency"]:
