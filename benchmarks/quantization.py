@@ -37,8 +37,8 @@ from _timing import malloc_settings, paired_speedup, pin_malloc_settings, time_i
 
 from prunekit.data import load_digits  # noqa: E402
 from prunekit.torch import DigitsCNN, Pruner, export_onnx, fit, make_loader, quantize_onnx, save_compressed  # noqa: E402
-from prunekit.torch._ort import session  # noqa: E402
-from prunekit.torch.artifact import file_sizes, onnx_accuracy  # noqa: E402
+from prunekit._ort import session  # noqa: E402
+from prunekit.onnx_artifact import file_sizes, onnx_accuracy  # noqa: E402
 
 SPARSITY = 0.9
 

@@ -1,7 +1,6 @@
 """Small ONNX Runtime helpers shared by export, quantization and evaluation: sessions, inputs, quiet logs.
 
-Framework-free (numpy and onnxruntime), so ONNX files can be measured without torch; the
-PyTorch backend imports them through :mod:`prunekit.torch._ort`.
+Framework-free (numpy and onnxruntime), so ONNX files can be measured without torch.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ not of the framework model it came from (with its external data file, for a mode
 (A B C A B C ...) so that drift on a shared machine hits them all alike.
 
 Framework-free (numpy, onnx, onnxruntime): ``prunekit inspect model.onnx`` uses it without
-torch, and :mod:`prunekit.torch.artifact` re-exports it.
+torch; ``prunekit.torch.evaluate_onnx`` is the same function.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 from prunekit.errors import ConfigError
 from prunekit.torch import evaluate_onnx
-from prunekit.torch.artifact import file_sizes, measure_latency, onnx_accuracy
+from prunekit.onnx_artifact import file_sizes, measure_latency, onnx_accuracy
 from tests.torch.pruned_digits import accuracy, digits, pruned_cnn, pruned_onnx, quantized_onnx
 
 

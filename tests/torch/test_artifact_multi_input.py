@@ -15,8 +15,8 @@ import torch
 
 from prunekit.errors import ConfigError
 from prunekit.torch import Pruner, compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx
-from prunekit.torch._ort import session
-from prunekit.torch.artifact import measure_latency, onnx_accuracy
+from prunekit._ort import session
+from prunekit.onnx_artifact import measure_latency, onnx_accuracy
 from prunekit.torch.compare import torch_accuracy
 
 SAMPLES, SEQUENCE, CLASSES = 64, 12, 3

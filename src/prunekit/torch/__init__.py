@@ -7,7 +7,7 @@ from prunekit._optional import require
 
 require("torch", "torch")
 
-from prunekit.torch.artifact import evaluate_onnx  # noqa: E402
+from prunekit.onnx_artifact import evaluate_onnx  # noqa: E402
 from prunekit.torch.compact import load_compressed, save_compressed  # noqa: E402
 from prunekit.torch.compare import Comparison, compare_artifacts  # noqa: E402
 from prunekit.torch.export import export_onnx, verify_onnx  # noqa: E402

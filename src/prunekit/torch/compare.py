@@ -20,8 +20,8 @@ from torch import nn
 
 from prunekit._atomic import atomic_write_bytes
 from prunekit.errors import ConfigError
-from prunekit.torch._ort import Samples, as_samples, batch_of, rows, sample_count
-from prunekit.torch.artifact import LatencyStats, file_sizes, measure_latency, onnx_accuracy, peak_memory
+from prunekit._ort import Samples, as_samples, batch_of, rows, sample_count
+from prunekit.onnx_artifact import LatencyStats, file_sizes, measure_latency, onnx_accuracy, peak_memory
 from prunekit.torch.compact import load_compressed, save_compressed
 from prunekit.torch.export import export_onnx
 from prunekit.torch.quantize import quantize_onnx

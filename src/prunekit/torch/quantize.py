@@ -28,7 +28,7 @@ import numpy as np
 from prunekit._atomic import atomic_paths
 from prunekit.errors import ConfigError, ExportError
 from prunekit._onnx_data import external_data_files
-from prunekit.torch._ort import (as_samples, feed, input_specs, quiet_exporters, rows, sample_count,
+from prunekit._ort import (as_samples, feed, input_specs, quiet_exporters, rows, sample_count,
                                  session)
 
 QUANTIZATION_MODES = ("static", "dynamic", "fp16")
