@@ -16,11 +16,20 @@ from prunekit.keras._backend import ensure_tensorflow_backend
 
 ensure_tensorflow_backend()
 
+from prunekit.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
+from prunekit.keras.allocation import (  # noqa: E402
+    allocate_ratios,
+    apply_ratios,
+    compare_allocations,
+    global_ratios,
+    uniform_ratios,
+)
 from prunekit.keras.callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
 from prunekit.keras.metrics import serialized_size, sparsity_report  # noqa: E402
 from prunekit.keras.models import digits_cnn, digits_mlp, load_digits_nhwc  # noqa: E402
 from prunekit.keras.registry import PrunableLayer  # noqa: E402
 from prunekit.keras.saving import load_model  # noqa: E402
+from prunekit.keras.sensitivity import Accuracy, analyze_sensitivity  # noqa: E402
 from prunekit.keras.structured import channel_groups, prune_channels, remove_channels  # noqa: E402
 from prunekit.keras.tflite import (  # noqa: E402
     TFLiteModel,
@@ -45,6 +54,8 @@ from prunekit.schedules import (  # noqa: E402
 )
 
 __all__ = [
+    "Accuracy",
+    "Allocation",
     "ConstantSparsity",
     "IterativeSparsity",
     "PolynomialDecay",
@@ -52,15 +63,22 @@ __all__ = [
     "PruningRun",
     "PruningSchedule",
     "PruningSummaries",
+    "SensitivityTable",
     "TFLiteModel",
     "UpdatePruningStep",
+    "allocate_ratios",
+    "allocation_table",
+    "analyze_sensitivity",
+    "apply_ratios",
     "channel_groups",
+    "compare_allocations",
     "compare_tflite",
     "convert_to_tflite",
     "digits_cnn",
     "digits_mlp",
     "evaluate_tflite",
     "get_masks",
+    "global_ratios",
     "gradual_schedule",
     "iterative_schedule",
     "load_digits_nhwc",
@@ -75,4 +93,5 @@ __all__ = [
     "serialized_size",
     "sparsity_report",
     "strip_pruning",
+    "uniform_ratios",
 ]

@@ -31,11 +31,10 @@ from prunekit.torch.structured_iterative import prune_channels_iteratively  # no
 from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
 from prunekit.torch.latency import LatencyResult, MemoryResult, latency_ratio, measure_latency, measure_peak_memory  # noqa: E402
 from prunekit.torch.summary import LayerStats, ModelSummary, summarize  # noqa: E402
-from prunekit.torch.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity  # noqa: E402
+from prunekit.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
+from prunekit.torch.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity  # noqa: E402
 from prunekit.torch.allocation import (  # noqa: E402
-    Allocation,
     allocate_ratios,
-    allocation_table,
     apply_ratios,
     compare_allocations,
     global_ratios,

@@ -3,32 +3,27 @@
 The result is a layer × ratio table of scores (higher is better) next to the dense baseline:
 the data a user reads to see which layers tolerate pruning, and the input of
 :func:`~prunekit.torch.allocation.allocate_ratios`. Layers are evaluated in parallel processes
-with ``workers > 1``.
+with ``workers > 1``. The table itself, :class:`~prunekit.budget.SensitivityTable`, is
+framework-free and shared with :mod:`prunekit.keras.sensitivity`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from prunekit.budget import MetricError, SensitivityTable, check_ratios, evaluate_metric
 from prunekit.errors import ConfigError, PrunekitError
-from prunekit.report.tables import ResultTable
 from prunekit.sweep.pool import run_jobs
 from prunekit.torch.selection import select_parameters
 from prunekit.torch.unstructured import prune_unstructured
 
 Metric = Callable[[nn.Module], float]
 LayerPruner = Callable[[nn.Module, str, float], nn.Module]
-
-
-class MetricError(PrunekitError, RuntimeError):
-    """A metric function raised or returned a non-number; the message names the layer and ratio."""
 
 
 class Accuracy:
@@ -95,89 +90,12 @@ class ChannelPruner:
         return prune_channels(model, self.example_inputs, 0.0, layer_ratios={layer: ratio}).model
 
 
-@dataclass
-class SensitivityTable:
-    """Scores of a metric with one layer pruned at a time: ``scores[layer][i]`` is at ``ratios[i]``.
-
-    Example::
-
-        table.score("conv2", 0.5), table.drop("conv2", 0.5)   # metric, and baseline minus it
-    """
-
-    baseline: float
-    ratios: list[float]
-    scores: dict[str, list[float]] = field(default_factory=dict)
-    metric: str = "metric"
-
-    @property
-    def layers(self) -> list[str]:
-        return list(self.scores)
-
-    def score(self, layer: str, ratio: float) -> float:
-        """The metric with ``layer`` pruned at ``ratio`` (0 gives the baseline)."""
-        if ratio == 0:
-            return self.baseline
-        if layer not in self.scores:
-            raise KeyError(f"no layer {layer!r} in the sensitivity table; layers: {self.layers}")
-        for known, value in zip(self.ratios, self.scores[layer]):
-            if math.isclose(known, ratio):
-                return value
-        raise KeyError(f"ratio {ratio} was not measured; ratios: {self.ratios}")
-
-    def drop(self, layer: str, ratio: float) -> float:
-        """How much the metric falls below the baseline when ``layer`` alone is pruned at ``ratio``."""
-        return self.baseline - self.score(layer, ratio)
-
-    def interpolated_drop(self, layer: str, ratio: float) -> float:
-        """The drop at any ratio, linear between the measured ones (0 at ratio 0)."""
-        drops = [0.0, *[self.baseline - s for s in self.scores[layer]]]
-        return float(np.interp(ratio, [0.0, *self.ratios], drops))
-
-    def to_array(self) -> np.ndarray:
-        """Scores as a ``(layers, ratios)`` array, in the order of :attr:`layers` and :attr:`ratios`."""
-        return np.array([self.scores[layer] for layer in self.layers], dtype=float).reshape(len(self.scores), len(self.ratios))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "baseline": self.baseline, "ratios": list(self.ratios),
-                "scores": {layer: list(values) for layer, values in self.scores.items()}}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SensitivityTable":
-        return cls(float(data["baseline"]), [float(r) for r in data["ratios"]],
-                   {k: [float(v) for v in vs] for k, vs in data["scores"].items()}, data.get("metric", "metric"))
-
-    def heatmap(self, stem: str | None = None, title: str = "Sensitivity") -> Any:
-        """The layer × ratio heat-map (a :class:`~prunekit.report.plots.Figure`; PNG+SVG files at ``stem``)."""
-        from prunekit.report.plots import plot_heatmap
-
-        return plot_heatmap(self.layers, self.ratios, self.to_array().tolist(), stem=stem, title=title, label=self.metric)
-
-    def table(self, title: str = "Sensitivity") -> ResultTable:
-        """Layer × ratio table of scores, with the baseline in the title."""
-        result = ResultTable(f"{title} ({self.metric}; dense {self.baseline:.4g})", ["layer", *[f"{r:.0%}" for r in self.ratios]])
-        for layer, values in self.scores.items():
-            result.add_row(layer, *[f"{v:.4g}" for v in values])
-        return result
-
-
-def _evaluate(metric: Metric, model: nn.Module, what: str) -> float:
-    try:
-        value = metric(model)
-    except Exception as exc:
-        raise MetricError(f"the metric raised {type(exc).__name__} on {what}: {exc}") from exc
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(float(value)):
-        raise MetricError(f"the metric returned {value!r} on {what}; it should return a finite number (higher is better)")
-    return float(value)
-
-
 def _layer_job(job: tuple[nn.Module, str, list[float], Metric, LayerPruner]) -> list[float]:
     model, layer, ratios, metric, prune = job
     scores = []
     for ratio in ratios:
         pruned = prune(copy.deepcopy(model), layer, ratio)
-        scores.append(_evaluate(metric, pruned, f"layer {layer!r} pruned at ratio {ratio}"))
+        scores.append(evaluate_metric(metric, pruned, f"layer {layer!r} pruned at ratio {ratio}"))
     return scores
 
 
@@ -213,9 +131,7 @@ def analyze_sensitivity(
         table = analyze_sensitivity(model, Accuracy(split.x_val, split.y_val), ratios=(0.5, 0.9))
         table.table().print()
     """
-    ratios = [float(r) for r in ratios]
-    if not ratios or not all(0 < r < 1 for r in ratios) or sorted(set(ratios)) != ratios:
-        raise ConfigError(f"ratios should be increasing, distinct and in (0, 1), got {ratios}")
+    ratios = check_ratios(ratios)
     known = prunable_layers(model)
     layers = list(known if layers is None else layers)
     unknown = [layer for layer in layers if layer not in dict(model.named_modules())]
@@ -223,7 +139,7 @@ def analyze_sensitivity(
         raise ConfigError(f"layers {unknown} are not modules of the model; prunable layers: {known}")
     if not layers:
         raise ConfigError("no layers to analyse: the model has no Linear/Conv/Embedding weights; pass layers=[...]")
-    baseline = _evaluate(metric, copy.deepcopy(model), "the unpruned model")
+    baseline = evaluate_metric(metric, copy.deepcopy(model), "the unpruned model")
     jobs = [(model, layer, ratios, metric, prune) for layer in layers]
     scores: dict[str, list[float]] = {}
     for index, result, error in run_jobs(_layer_job, jobs, workers):

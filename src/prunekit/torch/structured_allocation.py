@@ -28,12 +28,11 @@ from typing import Any, Callable, Union
 import torch
 from torch import nn
 
+from prunekit.budget import Allocation, SensitivityTable, greedy_path
 from prunekit.errors import ConfigError
-from prunekit.torch.allocation import Allocation, greedy_path
 from prunekit.torch.graph import analyze_dependencies
 from prunekit.torch.latency import latency_ratio
 from prunekit.torch.macs import ExampleInputs, count_macs, count_params
-from prunekit.torch.sensitivity import SensitivityTable
 from prunekit.torch.structured import prune_channels
 
 STRUCTURED_TARGETS = ("latency", "macs", "params")
