@@ -4,7 +4,9 @@ MODEL is a factory import path ``package.module:callable`` (a zero-argument call
 an ``nn.Module`` or a ``keras.Model``), a saved Keras model (``.keras``), a PyTorch weight
 file (compact, safetensors or torch state_dict) with ``--factory`` naming the architecture, or
 an ONNX file (``.onnx``, with its ``.onnx.data`` beside it if it has one), measured without
-torch: its weighted nodes, its file sizes, and peak memory and latency in ONNX Runtime.
+torch: its weighted nodes, its file sizes, and peak memory and latency in ONNX Runtime, or a
+TFLite file (``.tflite``): its weighted ops, its file sizes and latency in the TFLite interpreter
+at the batch sizes the file allows (no peak memory: the interpreter does not report its arena).
 
 Example::
 
@@ -13,6 +15,7 @@ Example::
     prunekit inspect model.keras --input-shape 8,8,1 --latency
     prunekit inspect model.int8.onnx --latency --batch-sizes 1,32
     prunekit inspect bert.onnx --input-shape 128 --json bert.json
+    prunekit inspect model.int8.tflite --latency --json model.json
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def _ints(text: str) -> list[int]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
-                        help="factory 'package.module:callable', a weight file with --factory, a .keras or an .onnx file")
+                        help="factory 'package.module:callable', a weight file with --factory, a .keras, an .onnx "
+                             "or a .tflite file")
     parser.add_argument("--factory", metavar="MODULE:CALLABLE", help="architecture of a weight file, e.g. prunekit.torch:DigitsCNN")
     parser.add_argument("--input-shape", type=_ints, metavar="C,H,W",
                         help="shape of one input sample without the batch dim, e.g. 1,8,8 (an .onnx file: only for "
@@ -56,8 +60,8 @@ def _report(framework: str, model: object, summary: Any, sizes: dict, memory: li
             args: argparse.Namespace, title: str, weights: str) -> dict:
     """Print the layer table, sizes and peak memory; measure latency if asked; the JSON-ready result."""
     summary.table(f"prunekit inspect {args.model} ({title})").print()
-    print(f"{weights}: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip; "
-          + "; ".join(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory))
+    print("; ".join([f"{weights}: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip",
+                     *(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory)]))
     result: dict = {"framework": framework, "summary": summary.to_dict(), "sizes": sizes,
                     "memory": [m.to_dict() for m in memory]}
     if args.latency:
@@ -118,6 +122,52 @@ def _inspect_onnx(args: argparse.Namespace) -> dict:
                    args, "ONNX; MACs per sample", " + ".join(files))
 
 
+def _inspect_tflite(args: argparse.Namespace) -> dict:
+    """The TFLite file's weighted ops, its file sizes, and latency in the TFLite interpreter (CPU)."""
+    from prunekit.errors import ConfigError
+    from prunekit.onnx_artifact import file_sizes
+    from prunekit.tflite_summary import summarize_tflite
+
+    if args.input_shape:
+        raise ConfigError(f"{args.model} fixes its own input shape; drop --input-shape (convert the Keras model "
+                          "again to change it)")
+    path = Path(args.model)
+    summary = summarize_tflite(path)
+    raw, packed = file_sizes(path)
+
+    def measure(model: Path, shape: Any, batch_sizes: list[int], repeats: int) -> list:
+        import time
+
+        import numpy as np
+
+        from prunekit.keras.tflite import TFLiteModel
+        from prunekit.report.measures import LatencyResult
+
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        tflite = TFLiteModel(model, num_threads=threads)
+        fixed = int(tflite.inputs[0]["shape_signature"][0])
+        timed = [size for size in batch_sizes if fixed in (-1, size)]
+        if len(timed) < len(batch_sizes):
+            print(f"{model.name} fixes its batch size to {fixed}: latency is timed at batch {fixed} only")
+            timed = timed or [fixed]
+        sample_shape = [int(d) for d in tflite.inputs[0]["shape"][1:]]
+        results = []
+        for size in timed:
+            batch = np.random.default_rng(0).standard_normal((size, *sample_shape)).astype("float32")
+            runs = []
+            for _ in range(5 + repeats):  # 5 warm-up runs
+                started = time.perf_counter()
+                tflite.predict(batch, batch_size=size)
+                runs.append((time.perf_counter() - started) * 1e3)
+            runs = runs[5:]
+            results.append(LatencyResult("cpu", size, float(np.median(runs)), float(np.percentile(runs, 90)),
+                                         repeats, threads))
+        return results
+
+    return _report("tflite", path, summary, {"raw_bytes": raw, "gzip_bytes": packed, "files": [path.name]}, [],
+                   measure, args, "TFLite; MACs per sample", path.name)
+
+
 def _initializer_bytes(path: Path) -> int:
     """Bytes of the weights (initializers) an ONNX file holds, read from the tensor headers only."""
     import onnx
@@ -163,9 +213,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
     if args.model.endswith(".onnx"):
         result = _inspect_onnx(args)
+    elif args.model.endswith(".tflite"):
+        result = _inspect_tflite(args)
     elif args.input_shape is None:
         raise ConfigError(f"inspecting {args.model} needs --input-shape: the shape of one input sample without the "
-                          "batch dim, e.g. --input-shape 1,8,8 (only an .onnx file knows its own input shape)")
+                          "batch dim, e.g. --input-shape 1,8,8 (only .onnx and .tflite files know their own input shape)")
     else:
         result = _inspect_framework(_load(args), args)
     if args.latency:

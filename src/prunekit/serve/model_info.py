@@ -23,8 +23,6 @@ from prunekit.errors import CorruptFileError
 METADATA_FILE = "metadata.json"
 _CHUNK = 1 << 20
 
-# TFLite TensorType codes (schema.fbs) for the weight dtypes we count.
-_TFLITE_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8, 7: np.int16}
 _ONNX_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
 
 
@@ -117,23 +115,10 @@ def _onnx_weights(path: Path) -> tuple[float | None, str | None]:
     return sparsity, quantization
 
 
-def _tflite_schema() -> Any:
-    try:
-        from ai_edge_litert import schema_py_generated
-
-        return schema_py_generated
-    except ImportError:
-        pass
-    try:
-        from tensorflow.lite.python import schema_py_generated
-
-        return schema_py_generated
-    except ImportError:
-        return None
-
-
 def _tflite_weights(path: Path) -> tuple[float | None, str | None]:
-    schema = _tflite_schema()
+    from prunekit.tflite_summary import TFLITE_DTYPES, buffer_bytes, tflite_schema
+
+    schema = tflite_schema()
     if schema is None:
         return None, None
     data = path.read_bytes()
@@ -144,16 +129,12 @@ def _tflite_weights(path: Path) -> tuple[float | None, str | None]:
         subgraph = model.Subgraphs(s)
         for t in range(subgraph.TensorsLength()):
             tensor = subgraph.Tensors(t)
-            dtype = _TFLITE_DTYPES.get(tensor.Type())
+            dtype = TFLITE_DTYPES.get(tensor.Type())
             index = tensor.Buffer()
-            if dtype is None or index in seen or index >= model.BuffersLength():
+            if dtype is None or index in seen:
                 continue
-            buffer = model.Buffers(index)
-            if buffer.DataLength():
-                raw = buffer.DataAsNumpy().tobytes()
-            elif hasattr(buffer, "Offset") and buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
-                raw = data[buffer.Offset() : buffer.Offset() + buffer.Size()]
-            else:
+            raw = buffer_bytes(model, data, index)
+            if raw is None:
                 continue
             seen.add(index)
             shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
