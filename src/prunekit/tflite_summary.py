@@ -265,14 +265,14 @@ def _resolved_shapes(data: bytes, path: Path) -> dict[int, tuple[int, ...]]:
     import sys
     import warnings
 
-    from prunekit.serve.runtimes import _litert_interpreter_class
+    from prunekit._litert import interpreter_class
 
-    interpreter_class = _litert_interpreter_class()
-    resolvers = sys.modules[interpreter_class.__module__].OpResolverType
+    interpreter_type = interpreter_class()
+    resolvers = sys.modules[interpreter_type.__module__].OpResolverType
     with warnings.catch_warnings():  # tf.lite.Interpreter warns that it is deprecated
         warnings.simplefilter("ignore")
         try:
-            interpreter = interpreter_class(model_content=data, experimental_preserve_all_tensors=True,
+            interpreter = interpreter_type(model_content=data, experimental_preserve_all_tensors=True,
                                             experimental_op_resolver_type=resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
             interpreter.allocate_tensors()
             for detail in interpreter.get_input_details():

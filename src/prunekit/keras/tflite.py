@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from prunekit._litert import interpreter_class
 from prunekit.errors import ConfigError, CorruptFileError
 from prunekit._atomic import atomic_write_bytes
 from prunekit._gzip import gzip_size
@@ -46,15 +47,6 @@ def _quiet_converter() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         log.close()
-
-
-def _interpreter_class() -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-        return tf.lite.Interpreter
-    return Interpreter
 
 
 def _input_specs(model: Any) -> list[tuple[str, tuple]]:
@@ -179,7 +171,7 @@ class TFLiteModel:
             model = Path(model).read_bytes()
         self.content = bytes(model)
         try:
-            self.interpreter = _interpreter_class()(model_content=self.content, num_threads=num_threads)
+            self.interpreter = interpreter_class()(model_content=self.content, num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise CorruptFileError(f"not a valid TFLite flatbuffer: {exc}") from None

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from prunekit._litert import interpreter_class
 from prunekit.errors import ConfigError, CorruptFileError, MissingDependencyError, PrunekitError
 
 #: File names a version directory may hold, and the runtime format each one selects.
@@ -162,23 +163,6 @@ class OnnxRuntime:
         return dict(zip(self._output_names, values))
 
 
-def _litert_interpreter_class() -> type:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Interpreter
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "serving a .tflite model needs the LiteRT interpreter (ai-edge-litert) or TensorFlow; "
-            "install it with: pip install 'prunekit[keras]'"
-        ) from exc
-    return tf.lite.Interpreter
-
-
 class TFLiteRuntime:
     """A TFLite model run by the LiteRT interpreter (``ai_edge_litert``, else ``tf.lite``).
 
@@ -194,7 +178,7 @@ class TFLiteRuntime:
     format = "tflite"
 
     def __init__(self, path: Path, options: RuntimeOptions = RuntimeOptions()) -> None:
-        self._interpreter_class = _litert_interpreter_class()
+        self._interpreter_class = interpreter_class()
         self._model = path.read_bytes()
         self._path = path
         self._threads = options.intra_op_threads or None
