@@ -10,6 +10,9 @@ any layer this analysis does not know are locked: removing them would change the
 interface or a computation prunekit cannot rewrite. LayerNormalization locks the channels it
 normalises (its mean and variance mix them). Each head of a MultiHeadAttention is an atom of its
 own: heads are removed whole, and the attention's query/key/value inputs are read like a Dense's.
+An LSTM/GRU/SimpleRNN produces ``units`` atoms (its hidden units, whether or not it returns sequences)
+and reads its input features like a Dense; with ``return_state`` or ``stateful`` it locks them.
+An Embedding produces ``output_dim`` atoms (columns of its table).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from prunekit.errors import ConfigError
 
 L = keras.layers
 PRODUCERS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.SeparableConv1D, L.SeparableConv2D)
+RECURRENT = (L.LSTM, L.GRU, L.SimpleRNN)
 DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 PER_CHANNEL = (
     L.ReLU, L.LeakyReLU, L.ELU, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
@@ -115,7 +119,8 @@ class ChannelGraph:
         traced attention layers included."""
         return (node for node in self.nodes if not node.shared and (
             getattr(node.layer, "name", None) in self.heads
-            or isinstance(node.layer, PRODUCERS) and _traceable(node.layer)))
+            or isinstance(node.layer, PRODUCERS) and _traceable(node.layer)
+            or isinstance(node.layer, RECURRENT + (L.Embedding,))))
 
     def attention_nodes(self) -> dict[str, Node]:
         """The MultiHeadAttention calls whose heads can be removed, by layer name."""
@@ -147,10 +152,11 @@ def _tensor_id(history: list) -> str:
 
 def _functional_nodes(model: Any) -> tuple[list[Node], dict[str, tuple], list[str]]:
     config = model.get_config()
+    operations = {operation.name: operation for operation in model.operations}  # layers and ops (a mask's NotEqual)
     nodes: list[Node] = []
     shapes: dict[str, tuple] = {}
     for entry in config["layers"]:
-        layer = model.get_layer(entry["name"])
+        layer = operations[entry["name"]]
         inbound = entry.get("inbound_nodes", [])
         if not inbound:
             shape = tuple(layer.output.shape)
@@ -260,9 +266,14 @@ def _propagate(graph: ChannelGraph, node: Node) -> None:
     (first, *rest) = inputs
     if isinstance(layer, L.MultiHeadAttention):
         _propagate_attention(graph, node)
+    elif isinstance(layer, RECURRENT):
+        _propagate_recurrent(graph, node)
     elif isinstance(layer, PRODUCERS):
         config = layer.get_config()
         maps[node.output] = graph.new_atoms(name, int(config["units"] if "units" in config else config["filters"]))
+    elif isinstance(layer, L.Embedding):
+        graph.lock(first, f"it feeds Embedding layer {name!r} as token ids")
+        maps[node.output] = graph.new_atoms(name, int(layer.get_config()["output_dim"]))
     elif isinstance(layer, DEPTHWISE):
         maps[node.output] = np.repeat(first, layer.get_config()["depth_multiplier"])
     elif isinstance(layer, L.Flatten):
@@ -289,6 +300,15 @@ def _propagate_attention(graph: ChannelGraph, node: Node) -> None:
     graph.heads[layer.name] = graph.new_atoms(layer.name, layer.num_heads)
 
 
+def _propagate_recurrent(graph: ChannelGraph, node: Node) -> None:
+    """Hidden units are new atoms; the sequence's features are read (like a Dense's inputs), a mask is locked."""
+    layer = node.layer
+    for tid in node.inputs:
+        if tid != node.arguments.get("sequences"):
+            graph.lock(graph.maps[tid], f"it is a mask of {type(layer).__name__} layer {layer.name!r}")
+    graph.maps[node.output] = graph.new_atoms(layer.name, int(layer.get_config()["units"]))
+
+
 def _is_channel_axis(axis: int, shape: tuple) -> bool:
     return axis == -1 or axis == len(shape) - 1
 
@@ -305,9 +325,11 @@ def _opaque_reason(graph: ChannelGraph, node: Node) -> str | None:
         return _attention_reason(node, kind)
     if isinstance(layer, L.LayerNormalization):
         return f"it feeds {kind}, whose mean and variance mix the channels it normalises"
+    if isinstance(layer, RECURRENT):
+        return _recurrent_reason(node, kind)
     if isinstance(layer, PRODUCERS + DEPTHWISE) and not _traceable(layer):
         return f"it feeds {kind} (channels_first or grouped convolutions are not rewritten)"
-    if isinstance(layer, PRODUCERS + DEPTHWISE + PER_CHANNEL + (L.Flatten,)):
+    if isinstance(layer, PRODUCERS + DEPTHWISE + PER_CHANNEL + (L.Flatten, L.Embedding)):
         return None if len(node.inputs) == 1 else f"it feeds {kind} with several inputs"
     if isinstance(layer, L.Activation):
         activation = layer.get_config().get("activation")
@@ -336,4 +358,18 @@ def _attention_reason(node: Node, kind: str) -> str | None:
     output_shape = node.layer.get_config()["output_shape"]
     if isinstance(output_shape, (list, tuple)) and len(output_shape) != 1:
         return f"it feeds {kind}, whose output_shape {tuple(output_shape)} has more than one dimension"
+    return None
+
+
+def _recurrent_reason(node: Node, kind: str) -> str | None:
+    """Why an LSTM/GRU/SimpleRNN call cannot be rewritten, or ``None`` when its hidden units can be removed."""
+    config = node.layer.get_config()
+    if type(node.layer) not in RECURRENT:
+        return f"it feeds {kind}, a recurrent subclass whose cell structured pruning does not know"
+    if config.get("return_state"):
+        return f"it feeds {kind}, whose states are model tensors (build it with return_state=False to prune it)"
+    if config.get("stateful"):
+        return f"it feeds {kind}, which keeps its states between batches (build it with stateful=False to prune it)"
+    if set(node.inputs) - {node.arguments.get("sequences"), node.arguments.get("mask")}:
+        return f"it feeds {kind} with an initial state (its shape follows the units)"
     return None

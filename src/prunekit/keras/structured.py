@@ -1,11 +1,13 @@
-"""Structured pruning for Keras 3: remove whole filters, neurons and attention heads, returning a
-physically smaller model.
+"""Structured pruning for Keras 3: remove whole filters, neurons, recurrent hidden units and attention
+heads, returning a physically smaller model.
 
 The model is traced (:mod:`prunekit.keras.graph`), the channels to remove are chosen per
 :class:`ChannelGroup` (producers coupled by Add/Multiply are pruned together; the heads of a
 MultiHeadAttention are a group of their own), then the model is rebuilt from its config with fewer
-``filters``/``units``/``num_heads`` and the kept weights are copied: producers lose output channels;
-Dense/Conv/SeparableConv/DepthwiseConv/BatchNormalization and the attention's query/key/value
+``filters``/``units``/``output_dim``/``num_heads`` and the kept weights are copied: producers lose
+output channels (an LSTM/GRU/SimpleRNN hidden unit ``j`` takes its column ``g*units + j`` of every gate
+``g`` in ``kernel``, ``recurrent_kernel`` and ``bias``, and its row of ``recurrent_kernel``);
+Dense/Conv/SeparableConv/DepthwiseConv/BatchNormalization/RNN and the attention's query/key/value
 projections lose the matching inputs (through Flatten, Concatenate and global pooling). Layer names,
 classes and the output shape stay the same.
 """
@@ -21,11 +23,12 @@ import keras
 import numpy as np
 
 from prunekit.errors import ConfigError, LayerNotFoundError
-from prunekit.keras.graph import DEPTHWISE, PRODUCERS, ChannelGraph, Node, trace
+from prunekit.keras.graph import DEPTHWISE, PRODUCERS, RECURRENT, ChannelGraph, Node, trace
 
 L = keras.layers
 REMOVABLE = {
-    "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D or MultiHeadAttention; single call, channels_last, groups=1",
+    "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, LSTM/GRU/SimpleRNN or MultiHeadAttention; "
+               "single call, channels_last, groups=1",
     "head": "keras.layers.MultiHeadAttention itself (not a subclass or GroupQueryAttention), called once on traced "
             "query and value tensors, without return_attention_scores, with a one-dimensional output_shape",
 }
@@ -67,7 +70,15 @@ Importance = Union[str, Callable[[ChannelGroup], np.ndarray]]
 
 
 def _kernel_rows(layer: Any) -> np.ndarray:
-    """The producer's filters as ``(out_channels, fan_in)``."""
+    """The producer's filters as ``(out_channels, fan_in)``: for a recurrent layer, each hidden unit's
+    ``kernel`` and ``recurrent_kernel`` columns of every gate; for an Embedding, each column of its table."""
+    if isinstance(layer, RECURRENT):
+        kernel, recurrent = (np.asarray(w.numpy()) for w in (layer.cell.kernel, layer.cell.recurrent_kernel))
+        fan = np.concatenate([kernel, recurrent])
+        gates = fan.shape[1] // layer.cell.units
+        return fan.reshape(len(fan), gates, layer.cell.units).transpose(2, 1, 0).reshape(layer.cell.units, -1)
+    if isinstance(layer, L.Embedding):
+        return np.asarray(layer.embeddings.numpy()).T
     if isinstance(layer, L.MultiHeadAttention):
         kernel = layer.output_dense.kernel
     else:
@@ -298,11 +309,11 @@ def _rebuild(
             query_width = int(keep[attention[name].arguments["query"]].sum())
             _resize_attention(entry["config"], new_size[name], int(head_keep[name].sum()), query_width)
         elif name in new_size:
-            key = "units" if "units" in entry["config"] else "filters"
+            key = next(key for key in ("units", "filters", "output_dim") if key in entry["config"])
             entry["config"][key] = new_size[name]
     rebuilt = type(model).from_config(config)
     for node in graph.nodes:
-        if node.layer is None or not node.layer.weights:
+        if node.layer is None or not getattr(node.layer, "weights", None):
             continue
         old = node.layer
         new = rebuilt.get_layer(old.name)
@@ -350,6 +361,10 @@ def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray
     if isinstance(layer, PRODUCERS):
         kernel, *bias = weights
         return [kernel[..., in_keep, :][..., out_keep], *(b[out_keep] for b in bias)]
+    if isinstance(layer, RECURRENT):
+        return _recurrent_weights(weights, in_keep, out_keep)
+    if isinstance(layer, L.Embedding):
+        return [weights[0][:, out_keep]]
     if isinstance(layer, DEPTHWISE):
         kernel, *bias = weights
         multiplier = kernel.shape[-1]
@@ -357,3 +372,12 @@ def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray
     if isinstance(layer, L.BatchNormalization):
         return [w[in_keep] for w in weights]
     return weights  # any other layer sees only locked (unchanged) channels
+
+
+def _recurrent_weights(weights: list[np.ndarray], in_keep: np.ndarray, out_keep: np.ndarray) -> list[np.ndarray]:
+    """``kernel`` (rows: kept inputs), ``recurrent_kernel`` (rows: kept units) and ``bias`` (any leading
+    axis, as GRU's ``reset_after`` ``(2, 3*units)``), each keeping the kept units' columns of every gate."""
+    kernel, recurrent, *bias = weights
+    units = recurrent.shape[0]
+    columns = (np.arange(kernel.shape[1] // units)[:, None] * units + out_keep).ravel()
+    return [kernel[in_keep][:, columns], recurrent[out_keep][:, columns], *(b[..., columns] for b in bias)]
