@@ -1,4 +1,4 @@
-"""Structured pruning of Keras LSTM/GRU/SimpleRNN hidden units, checked by the oracle: units whose
+"""Structured pruning of Keras LSTM/GRU/SimpleRNN (and Bidirectional) hidden units, checked by the oracle: units whose
 outgoing weights are zero contribute nothing, so removing them leaves the outputs unchanged."""
 
 import numpy as np
@@ -80,6 +80,43 @@ def test_oracle_removing_units_that_reach_nothing_keeps_the_outputs(cell, return
         assert_same_outputs(keras.saving.load_model(tmp_path / "small.keras")(x), small(x), atol=1e-6)
 
 
+def bidirectional(merge_mode: str) -> keras.Model:
+    """Input (5, 6) -> Bidirectional(LSTM(8), sequences) -> Bidirectional(GRU(6)) -> Dense(3), both merged by merge_mode."""
+    x = keras.Input((STEPS, FEATURES), name="x")
+    h = L.Bidirectional(L.LSTM(UNITS1, return_sequences=True), merge_mode=merge_mode, name="bi1")(x)
+    h = L.Bidirectional(L.GRU(UNITS2), merge_mode=merge_mode, name="bi2")(h)
+    return keras.Model(x, L.Dense(CLASSES, name="out")(h), name=f"bidirectional_{merge_mode}")
+
+
+def _output_rows(units: list[int], width: int, merge_mode: str) -> list[int]:
+    return units + [width + unit for unit in units] if merge_mode == "concat" else units
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", "sum"])
+def test_oracle_bidirectional_loses_each_removed_unit_in_both_directions(merge_mode, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = bidirectional(merge_mode)
+    bi1, bi2 = model.get_layer("bi1"), model.get_layer("bi2")
+    for direction in (bi1.forward_layer, bi1.backward_layer):
+        _zero_rows(direction.cell.recurrent_kernel, DEAD1)
+    for direction in (bi2.forward_layer, bi2.backward_layer):
+        _zero_rows(direction.cell.kernel, _output_rows(DEAD1, UNITS1, merge_mode))
+        _zero_rows(direction.cell.recurrent_kernel, DEAD2)
+    _zero_rows(model.get_layer("out").kernel, _output_rows(DEAD2, UNITS2, merge_mode))
+    small = pk.remove_channels(model, {"bi1": DEAD1, "bi2": DEAD2})
+    x = _inputs()
+    assert_same_outputs(small(x), model(x), atol=1e-5)
+    live = pk.remove_channels(model, {"bi1": [0, 2, 3], "bi2": [1, 2]})
+    assert np.abs(np.asarray(live(x)) - np.asarray(model(x))).max() > 1e-2
+    units1, units2 = UNITS1 - len(DEAD1), UNITS2 - len(DEAD2)
+    width1 = 2 * units1 if merge_mode == "concat" else units1
+    assert [small.get_layer("bi1").backward_layer.units, small.get_layer("bi2").forward_layer.units] == [units1, units2]
+    assert small.get_layer("bi1").count_params() == 2 * _hand_count("lstm", FEATURES, units1)
+    assert small.get_layer("bi2").count_params() == 2 * _hand_count("gru_reset_after", width1, units2)
+    small.save(tmp_path / "small.keras")
+    assert_same_outputs(keras.saving.load_model(tmp_path / "small.keras")(x), small(x), atol=1e-6)
+
+
 def test_unit_columns_of_every_gate_are_kept_in_order():
     model = stacked("lstm", False)
     small = pk.remove_channels(model, {"rnn1": [0, 2, 3, 5, 6, 7]})  # keeps units 1 and 4
@@ -97,6 +134,16 @@ def test_channel_groups_rank_each_unit_by_all_its_gate_columns():
     assert (groups[("rnn1",)].size, groups[("rnn1",)].filters["rnn1"].shape) == (UNITS1, (UNITS1, 3 * (FEATURES + UNITS1)))
     assert groups[("rnn2",)].size == UNITS2
     assert groups[("out",)].locked_reason == "it reaches the model output 'out'"
+
+
+def test_a_bidirectional_group_joins_both_directions_and_merge_mode_none_locks():
+    groups = {group.producers: group for group in pk.channel_groups(bidirectional("concat"))}
+    assert (groups[("bi1",)].size, groups[("bi1",)].filters["bi1"].shape) == (UNITS1, (UNITS1, 2 * 4 * (FEATURES + UNITS1)))
+    x = keras.Input((STEPS, FEATURES), name="x")
+    forward, backward = L.Bidirectional(L.SimpleRNN(4), merge_mode=None, name="bi")(x)
+    model = keras.Model(x, L.Add(name="add")([forward, backward]))
+    with pytest.raises(ConfigError, match="merge_mode=None returns two tensors"):
+        pk.remove_channels(model, {"bi": [0]})
 
 
 def test_return_state_and_stateful_layers_lock_their_units():

@@ -11,7 +11,9 @@ interface or a computation prunekit cannot rewrite. LayerNormalization locks the
 normalises (its mean and variance mix them). Each head of a MultiHeadAttention is an atom of its
 own: heads are removed whole, and the attention's query/key/value inputs are read like a Dense's.
 An LSTM/GRU/SimpleRNN produces ``units`` atoms (its hidden units, whether or not it returns sequences)
-and reads its input features like a Dense; with ``return_state`` or ``stateful`` it locks them.
+and reads its input features like a Dense; with ``return_state`` or ``stateful`` it locks them. A
+Bidirectional wrapping one produces one atom per unit ``j`` of both directions (Keras needs equal
+forward and backward units): at ``j`` and ``units + j`` with ``merge_mode="concat"``, at ``j`` otherwise.
 An Embedding produces ``output_dim`` atoms (columns of its table).
 """
 
@@ -120,7 +122,7 @@ class ChannelGraph:
         return (node for node in self.nodes if not node.shared and (
             getattr(node.layer, "name", None) in self.heads
             or isinstance(node.layer, PRODUCERS) and _traceable(node.layer)
-            or isinstance(node.layer, RECURRENT + (L.Embedding,))))
+            or isinstance(node.layer, RECURRENT + (L.Bidirectional, L.Embedding))))
 
     def attention_nodes(self) -> dict[str, Node]:
         """The MultiHeadAttention calls whose heads can be removed, by layer name."""
@@ -266,7 +268,7 @@ def _propagate(graph: ChannelGraph, node: Node) -> None:
     (first, *rest) = inputs
     if isinstance(layer, L.MultiHeadAttention):
         _propagate_attention(graph, node)
-    elif isinstance(layer, RECURRENT):
+    elif isinstance(layer, RECURRENT + (L.Bidirectional,)):
         _propagate_recurrent(graph, node)
     elif isinstance(layer, PRODUCERS):
         config = layer.get_config()
@@ -306,7 +308,11 @@ def _propagate_recurrent(graph: ChannelGraph, node: Node) -> None:
     for tid in node.inputs:
         if tid != node.arguments.get("sequences"):
             graph.lock(graph.maps[tid], f"it is a mask of {type(layer).__name__} layer {layer.name!r}")
-    graph.maps[node.output] = graph.new_atoms(layer.name, int(layer.get_config()["units"]))
+    if not isinstance(layer, L.Bidirectional):
+        graph.maps[node.output] = graph.new_atoms(layer.name, int(layer.units))
+        return
+    units = graph.new_atoms(layer.name, int(layer.forward_layer.units))
+    graph.maps[node.output] = np.tile(units, 2 if layer.merge_mode == "concat" else 1)
 
 
 def _is_channel_axis(axis: int, shape: tuple) -> bool:
@@ -327,6 +333,8 @@ def _opaque_reason(graph: ChannelGraph, node: Node) -> str | None:
         return f"it feeds {kind}, whose mean and variance mix the channels it normalises"
     if isinstance(layer, RECURRENT):
         return _recurrent_reason(node, kind)
+    if isinstance(layer, L.Bidirectional):
+        return _bidirectional_reason(node, kind)
     if isinstance(layer, PRODUCERS + DEPTHWISE) and not _traceable(layer):
         return f"it feeds {kind} (channels_first or grouped convolutions are not rewritten)"
     if isinstance(layer, PRODUCERS + DEPTHWISE + PER_CHANNEL + (L.Flatten, L.Embedding)):
@@ -373,3 +381,16 @@ def _recurrent_reason(node: Node, kind: str) -> str | None:
     if set(node.inputs) - {node.arguments.get("sequences"), node.arguments.get("mask")}:
         return f"it feeds {kind} with an initial state (its shape follows the units)"
     return None
+
+
+def _bidirectional_reason(node: Node, kind: str) -> str | None:
+    """Why a Bidirectional call cannot be rewritten, or ``None`` when its two layers' units can be removed."""
+    layer = node.layer
+    forward, backward = layer.forward_layer, layer.backward_layer
+    if type(forward) not in RECURRENT or type(backward) not in RECURRENT:
+        return f"it feeds {kind}, which wraps {type(forward).__name__}, not an LSTM, GRU or SimpleRNN"
+    if layer.merge_mode is None:
+        return f"it feeds {kind}, whose merge_mode=None returns two tensors (use 'concat' to prune it)"
+    if forward.units != backward.units:
+        return f"it feeds {kind}, whose forward and backward layers have different units"
+    return _recurrent_reason(Node(forward, node.inputs, node.output, arguments=node.arguments), kind)

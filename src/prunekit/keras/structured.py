@@ -5,8 +5,9 @@ The model is traced (:mod:`prunekit.keras.graph`), the channels to remove are ch
 :class:`ChannelGroup` (producers coupled by Add/Multiply are pruned together; the heads of a
 MultiHeadAttention are a group of their own), then the model is rebuilt from its config with fewer
 ``filters``/``units``/``output_dim``/``num_heads`` and the kept weights are copied: producers lose
-output channels (an LSTM/GRU/SimpleRNN hidden unit ``j`` takes its column ``g*units + j`` of every gate
-``g`` in ``kernel``, ``recurrent_kernel`` and ``bias``, and its row of ``recurrent_kernel``);
+output channels (an LSTM/GRU/SimpleRNN hidden unit ``j``, in both directions of a Bidirectional,
+takes its column ``g*units + j`` of every gate ``g`` in ``kernel``, ``recurrent_kernel`` and ``bias``,
+and its row of ``recurrent_kernel``);
 Dense/Conv/SeparableConv/DepthwiseConv/BatchNormalization/RNN and the attention's query/key/value
 projections lose the matching inputs (through Flatten, Concatenate and global pooling). Layer names,
 classes and the output shape stay the same.
@@ -27,7 +28,8 @@ from prunekit.keras.graph import DEPTHWISE, PRODUCERS, RECURRENT, ChannelGraph, 
 
 L = keras.layers
 REMOVABLE = {
-    "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, LSTM/GRU/SimpleRNN or MultiHeadAttention; "
+    "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, LSTM/GRU/SimpleRNN (or Bidirectional) or "
+               "MultiHeadAttention; "
                "single call, channels_last, groups=1",
     "head": "keras.layers.MultiHeadAttention itself (not a subclass or GroupQueryAttention), called once on traced "
             "query and value tensors, without return_attention_scores, with a one-dimensional output_shape",
@@ -77,6 +79,9 @@ def _kernel_rows(layer: Any) -> np.ndarray:
         fan = np.concatenate([kernel, recurrent])
         gates = fan.shape[1] // layer.cell.units
         return fan.reshape(len(fan), gates, layer.cell.units).transpose(2, 1, 0).reshape(layer.cell.units, -1)
+    if isinstance(layer, L.Bidirectional):
+        rows = [_kernel_rows(layer.forward_layer), _kernel_rows(layer.backward_layer)]
+        return np.concatenate(rows, axis=1)
     if isinstance(layer, L.Embedding):
         return np.asarray(layer.embeddings.numpy()).T
     if isinstance(layer, L.MultiHeadAttention):
@@ -132,7 +137,9 @@ def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
         channels, filters = {}, {}
         for name in names:
             rows = _kernel_rows(model.get_layer(name))
-            position = {int(root): index for index, root in enumerate(by_producer[name])}
+            position: dict[int, int] = {}  # a root's first output index (a Bidirectional concat repeats each unit)
+            for index, root in enumerate(by_producer[name]):
+                position.setdefault(int(root), index)
             index = np.array([position.get(r, -1) for r in free], dtype=np.int64)
             channels[name] = index
             filters[name] = np.where((index >= 0)[:, None], rows[np.maximum(index, 0)], 0.0) if len(free) else rows[:0]
@@ -308,6 +315,9 @@ def _rebuild(
         if name in attention:
             query_width = int(keep[attention[name].arguments["query"]].sum())
             _resize_attention(entry["config"], new_size[name], int(head_keep[name].sum()), query_width)
+        elif entry["class_name"] == "Bidirectional" and name in new_size:
+            concat = entry["config"]["merge_mode"] == "concat"
+            _resize_bidirectional(entry["config"], new_size[name] // (2 if concat else 1))
         elif name in new_size:
             key = next(key for key in ("units", "filters", "output_dim") if key in entry["config"])
             entry["config"][key] = new_size[name]
@@ -363,6 +373,10 @@ def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray
         return [kernel[..., in_keep, :][..., out_keep], *(b[out_keep] for b in bias)]
     if isinstance(layer, RECURRENT):
         return _recurrent_weights(weights, in_keep, out_keep)
+    if isinstance(layer, L.Bidirectional):
+        split = len(layer.forward_layer.weights)
+        units = out_keep[out_keep < layer.forward_layer.units]  # a unit's two concat positions agree
+        return _recurrent_weights(weights[:split], in_keep, units) + _recurrent_weights(weights[split:], in_keep, units)
     if isinstance(layer, L.Embedding):
         return [weights[0][:, out_keep]]
     if isinstance(layer, DEPTHWISE):
@@ -372,6 +386,13 @@ def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray
     if isinstance(layer, L.BatchNormalization):
         return [w[in_keep] for w in weights]
     return weights  # any other layer sees only locked (unchanged) channels
+
+
+def _resize_bidirectional(config: dict, units: int) -> None:
+    """Set ``units`` of the wrapped forward and backward layers, built again on the smaller input."""
+    for key in ("layer", "backward_layer"):
+        config[key].pop("build_config", None)
+        config[key]["config"]["units"] = units
 
 
 def _recurrent_weights(weights: list[np.ndarray], in_keep: np.ndarray, out_keep: np.ndarray) -> list[np.ndarray]:
