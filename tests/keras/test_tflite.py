@@ -84,3 +84,15 @@ def test_evaluate_tflite_reports_accuracy_latency_and_sizes(pruned_model, digits
     assert result["gzip_bytes"] < result["size_bytes"]
     assert result["accuracy"] >= accuracy(pruned_model, digits.x_test, digits.y_test) - 0.01
     assert result["latency_ms"] > 0
+
+
+def test_integer_id_inputs_are_fed_as_ids_not_quantized():
+    import keras
+
+    inputs = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(20, 4)(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x))
+    model = keras.Model(inputs, outputs)
+    ids = np.random.default_rng(0).integers(0, 20, size=(5, 6)).astype("int32")
+    tflite = pk.TFLiteModel(pk.convert_to_tflite(model))
+    np.testing.assert_allclose(tflite.predict(ids), np.asarray(model(ids)), atol=1e-5)

@@ -209,18 +209,20 @@ class TFLiteModel:
         if detail["dtype"] != np.float32:
             scale, zero = detail["quantization"]
             info = np.iinfo(detail["dtype"])
-            batch = np.clip(np.round(batch / scale + zero), info.min, info.max).astype(detail["dtype"])
+            if scale:  # a quantized input (full-integer int8)
+                batch = np.round(batch / scale + zero)
+            batch = np.clip(batch, info.min, info.max).astype(detail["dtype"])  # else integer ids, as given
         self.interpreter.set_tensor(detail["index"], batch)
         self.interpreter.invoke()
         out = self.outputs[0]
         result = self.interpreter.get_tensor(out["index"])
         if out["dtype"] != np.float32:
             scale, zero = out["quantization"]
-            result = (result.astype(np.float32) - zero) * scale
+            result = (result.astype(np.float32) - zero) * scale if scale else result.astype(np.float32)
         return result
 
     def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Float outputs for ``x`` (float input; quantized for int8 models), in batches."""
+        """Float outputs for ``x`` (floats, quantized for int8 models; or integer ids for an Embedding), in batches."""
         x = np.asarray(x, dtype=np.float32)
         self._check(x)
         return np.concatenate([self._run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
