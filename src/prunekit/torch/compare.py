@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from prunekit._atomic import atomic_write_bytes
-from prunekit.errors import ConfigError
 from prunekit._ort import Samples, as_samples, batch_of, rows, sample_count
+from prunekit.errors import ConfigError
 from prunekit.onnx_artifact import LatencyStats, file_sizes, measure_latency, onnx_accuracy, peak_memory
+from prunekit.torch._tracing import call_model
 from prunekit.torch.compact import load_compressed, save_compressed
 from prunekit.torch.export import export_onnx
 from prunekit.torch.quantize import quantize_onnx
@@ -146,7 +147,7 @@ def _torch_batch(samples: Samples, device: torch.device) -> Any:
 
 def _first_output(model: nn.Module, batch: Any) -> torch.Tensor:
     """The model's first output on a batch (keyword inputs for a dict, positional for a tuple)."""
-    out = model(**batch) if isinstance(batch, dict) else model(*batch) if isinstance(batch, tuple) else model(batch)
+    out = call_model(model, batch)
     if isinstance(out, Mapping):
         return next(iter(out.values()))
     return out[0] if isinstance(out, (tuple, list)) else out

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from prunekit._atomic import atomic_paths
-from prunekit.errors import ConfigError, ExportError
 from prunekit._ort import feed, input_specs, quiet_exporters, session
+from prunekit.errors import ConfigError, ExportError
 
 #: Weight bytes above which ``export_onnx(external_data=None)`` writes the weights to a ``.data`` file
 #: beside the ``.onnx``: 1.875 GiB, leaving 128 MiB under protobuf's 2 GiB cap for the graph and constants.

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunekit.errors import ConfigError
@@ -130,14 +131,6 @@ def _time_one(model: nn.Module, batch: torch.Tensor, device: str, warmup: int, r
                          torch.get_num_threads())
 
 
-def _to_device(inputs: ExampleInputs, device: torch.device) -> ExampleInputs:
-    if isinstance(inputs, dict):
-        return {key: _to_device(value, device) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_to_device(value, device) for value in inputs)
-    return inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
-
-
 def latency_ratio(model: nn.Module, reference: nn.Module, example_inputs: ExampleInputs, *, rounds: int = 30,
                   warmup: int = 3) -> float:
     """Latency of ``model`` divided by that of ``reference`` on the same inputs (0.5: twice as fast).
@@ -157,7 +150,7 @@ def latency_ratio(model: nn.Module, reference: nn.Module, example_inputs: Exampl
         raise ConfigError(f"rounds should be >= 1 and warmup >= 0, got rounds={rounds!r}, warmup={warmup!r}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    inputs = _to_device(example_inputs, device)
+    inputs = pytree.tree_map_only(torch.Tensor, lambda tensor: tensor.to(device), example_inputs)
     states = [(m, m.training, next((p.device for p in m.parameters()), device)) for m in (model, reference)]
     ratios = []
     try:

@@ -26,10 +26,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from prunekit._atomic import atomic_paths
-from prunekit.errors import ConfigError, ExportError
 from prunekit._onnx_data import external_data_files
-from prunekit._ort import (as_samples, feed, input_specs, quiet_exporters, rows, sample_count,
-                                 session)
+from prunekit._ort import as_samples, feed, input_specs, quiet_exporters, rows, sample_count, session
+from prunekit.errors import ConfigError, ExportError
 
 QUANTIZATION_MODES = ("static", "dynamic", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
