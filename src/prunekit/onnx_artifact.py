@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from prunekit._gzip import gzip_size
+from prunekit._gzip import gzip_file_size
 from prunekit.errors import ConfigError
 from prunekit._onnx_data import external_data_files
 from prunekit._ort import (InputSpec, Samples, as_samples, batch_of, feed, generated_batch, input_specs, rows,
@@ -67,11 +67,8 @@ def file_sizes(path: str | os.PathLike) -> tuple[int, int]:
         raw, packed = file_sizes("model.onnx")  # model.onnx plus model.onnx.data, if it has one
     """
     path = Path(path)
-    raw = packed = 0
-    for file in (path, *(external_data_files(path) if path.suffix == ".onnx" else ())):
-        data = file.read_bytes()
-        raw, packed = raw + len(data), packed + gzip_size(data)
-    return raw, packed
+    files = (path, *(external_data_files(path) if path.suffix == ".onnx" else ()))
+    return sum(file.stat().st_size for file in files), sum(gzip_file_size(file) for file in files)
 
 
 def onnx_accuracy(path: str | os.PathLike, x: Any, y: Any, batch_size: int = 256, threads: int | None = None) -> float:

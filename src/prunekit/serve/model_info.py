@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from prunekit._gzip import gzip_file_size
 from prunekit.errors import CorruptFileError
 
 METADATA_FILE = "metadata.json"
-_CHUNK = 1 << 20
 
 _ONNX_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}
 
@@ -53,21 +52,6 @@ class ModelInfo:
             "quantization": {"measured": self.quantization, "declared": self.declared.get("quantization")},
             "prunekit_metadata": self.declared,
         }
-
-
-def gzip_size(path: Path) -> int:
-    """Bytes of ``path`` after deflate compression (level 6), read in 1 MiB chunks.
-
-    Example::
-
-        gzip_size(Path("model.onnx"))   # 12345
-    """
-    compressor = zlib.compressobj(6)
-    total = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            total += len(compressor.compress(chunk))
-    return total + len(compressor.flush())
 
 
 def read_declared_metadata(version_dir: Path) -> dict[str, Any]:
@@ -165,7 +149,7 @@ def inspect_model(path: Path, model_format: str) -> ModelInfo:
     sparsity, quantization = reader(path)
     return ModelInfo(
         size_bytes=sum(file.stat().st_size for file in files),
-        gzip_size_bytes=sum(gzip_size(file) for file in files),
+        gzip_size_bytes=sum(gzip_file_size(file) for file in files),
         weight_sparsity=sparsity,
         quantization=quantization,
         declared=read_declared_metadata(path.parent),
