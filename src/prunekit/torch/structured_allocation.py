@@ -145,8 +145,8 @@ def _bisect(candidate: Callable[[float], Candidate], high: float, budget: float,
 _CHOSEN_HERE = ("ratio", "layer_ratios", "scope", "max_layer_ratio", "inplace")
 
 
-def _check_search(tolerance: Any, steps: Any, max_ratio: Any = 0.5, prune_options: dict[str, Any] | None = None) -> None:
-    taken = sorted(set(prune_options or {}) & set(_CHOSEN_HERE))
+def _check_search(tolerance: Any, steps: Any, max_ratio: Any, prune_options: dict[str, Any]) -> None:
+    taken = sorted(set(prune_options) & set(_CHOSEN_HERE))
     if taken:
         raise ConfigError(f"prune_channels options {taken} are chosen by the allocator; pass only the others "
                           "(importance, round_to, ignore_outputs, leaf_modules, ...)")
@@ -237,7 +237,7 @@ def allocate_channels(table: SensitivityTable, model: nn.Module, example_inputs:
         smaller = apply_channel_ratios(model, example, allocation.ratios)
     """
     budget = _check_budget(budget)
-    _check_search(tolerance, steps, prune_options=prune_options)
+    _check_search(tolerance, steps, max(table.ratios), prune_options)
     _check_layers(model, example_inputs, table.layers)
     meter = _Meter(model, example_inputs, target, rounds)
     return _sensitivity(table, example_inputs, budget, meter, tolerance, steps, prune_options)[0]
@@ -295,7 +295,7 @@ def compare_channel_allocations(model: nn.Module, table: SensitivityTable, metri
         allocation_table(rows).print()
     """
     budget = _check_budget(budget)
-    _check_search(tolerance, steps, prune_options=prune_options)
+    _check_search(tolerance, steps, max(table.ratios), prune_options)
     _check_layers(model, example_inputs, table.layers)
     meter = _Meter(model, example_inputs, target, rounds)
     top = max(table.ratios)
