@@ -21,9 +21,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -31,8 +31,14 @@ import torch
 # activation: buffers below 32 MiB are reused from the heap instead of being unmapped and
 # faulted back in on every call.
 PINNED_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184"
-_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-               "MALLOC_ARENA_MAX", "LD_PRELOAD")
+_MALLOC_ENV = (
+    "GLIBC_TUNABLES",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_ARENA_MAX",
+    "LD_PRELOAD",
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,9 @@ class Timing:
         return min(self.cpu_round_medians)
 
 
-def time_interleaved(variants: Mapping[str, Callable[[], object]], rounds: int = 8, repeats: int = 5,
-                     warmup: int = 2) -> dict[str, Timing]:
+def time_interleaved(
+    variants: Mapping[str, Callable[[], object]], rounds: int = 8, repeats: int = 5, warmup: int = 2
+) -> dict[str, Timing]:
     """Time every variant call by call, interleaved (A B A B …), in ``rounds`` rounds of ``repeats``.
 
     Each round times ``repeats`` calls of every variant, alternating variants call by call and
@@ -105,8 +112,9 @@ def time_interleaved(variants: Mapping[str, Callable[[], object]], rounds: int =
             cpu[name].extend(round_cpu[name])
             wall_medians[name].append(statistics.median(round_wall[name]))
             cpu_medians[name].append(statistics.median(round_cpu[name]))
-    return {name: Timing(tuple(wall[name]), tuple(wall_medians[name]), tuple(cpu[name]), tuple(cpu_medians[name]))
-            for name in names}
+    return {
+        name: Timing(tuple(wall[name]), tuple(wall_medians[name]), tuple(cpu[name]), tuple(cpu_medians[name])) for name in names
+    }
 
 
 def paired_speedup(baseline: Timing, candidate: Timing) -> float:

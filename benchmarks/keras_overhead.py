@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "LD_PRELOAD")
 
@@ -44,10 +44,16 @@ def _models() -> dict[str, tuple[Callable, int]]:
 
     def mlp_1024():
         layers = keras.layers
-        return keras.Sequential([
-            keras.Input((8, 8, 1)), layers.Flatten(), layers.Dense(1024, activation="relu"),
-            layers.Dense(1024, activation="relu"), layers.Dense(10),
-        ], name="mlp_1024")
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                layers.Flatten(),
+                layers.Dense(1024, activation="relu"),
+                layers.Dense(1024, activation="relu"),
+                layers.Dense(10),
+            ],
+            name="mlp_1024",
+        )
 
     return {"digits_cnn": (pk.digits_cnn, 64), "mlp_1024": (mlp_1024, 128)}
 
@@ -66,8 +72,7 @@ def _variants(factory: Callable, batch: int) -> dict[str, Callable[[], None]]:
     base = factory()
 
     def compiled(model):
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return model
 
     dense = compiled(keras.models.clone_model(base))
@@ -87,7 +92,9 @@ def _variants(factory: Callable, batch: int) -> dict[str, Callable[[], None]]:
     return {"dense": dense_step, "pruned": pruned_step}
 
 
-def _time_interleaved(variants: dict[str, Callable[[], None]], rounds: int, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+def _time_interleaved(
+    variants: dict[str, Callable[[], None]], rounds: int, repeats: int, warmup: int = 3
+) -> dict[str, list[float]]:
     """Per-round median seconds of each variant, calls interleaved and the order rotated every round."""
     names = list(variants)
     for _ in range(warmup):
@@ -95,7 +102,7 @@ def _time_interleaved(variants: dict[str, Callable[[], None]], rounds: int, repe
             variants[name]()
     medians: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
-        order = names[round_index % 2:] + names[: round_index % 2]
+        order = names[round_index % 2 :] + names[: round_index % 2]
         samples: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(repeats):
             for name in order:
@@ -145,27 +152,39 @@ def main() -> None:
         return
     import tensorflow as tf
 
-    _print_table(f"TensorFlow default threads (intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}), "
-                 f"{rounds} rounds x {repeats} interleaved steps", results)
+    _print_table(
+        f"TensorFlow default threads (intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}), "
+        f"{rounds} rounds x {repeats} interleaved steps",
+        results,
+    )
     child = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--threads", "1", "--child", *(["--quick"] if args.quick else [])],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     single = json.loads(child.stdout.strip().splitlines()[-1])
     _print_table("1 thread (child process)", single)
     malloc = {key: os.environ[key] for key in MALLOC_ENV if os.environ.get(key)} or {"allocator": "glibc defaults"}
     print(f"\nmalloc settings: {malloc}; goal: overhead <= 1.10 (not asserted)")
-    print(json.dumps({
-        "benchmark": "keras_overhead",
-        "prunekit_keras_overhead": round(max(row["overhead"] for row in results.values()), 4),
-        "per_model": {name: round(row["overhead"], 4) for name, row in results.items()},
-        "per_model_1_thread": {name: round(row["overhead"], 4) for name, row in single.items()},
-        "step_ms": {name: {"dense": round(row["dense_ms"], 3), "pruned": round(row["pruned_ms"], 3)} for name, row in results.items()},
-        "sparsity": 0.8,
-        "mask_frequency": 100,
-        "malloc": malloc,
-        "tensorflow": tf.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "keras_overhead",
+                "prunekit_keras_overhead": round(max(row["overhead"] for row in results.values()), 4),
+                "per_model": {name: round(row["overhead"], 4) for name, row in results.items()},
+                "per_model_1_thread": {name: round(row["overhead"], 4) for name, row in single.items()},
+                "step_ms": {
+                    name: {"dense": round(row["dense_ms"], 3), "pruned": round(row["pruned_ms"], 3)}
+                    for name, row in results.items()
+                },
+                "sparsity": 0.8,
+                "mask_frequency": 100,
+                "malloc": malloc,
+                "tensorflow": tf.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,11 +58,15 @@ def main() -> None:
     torch.manual_seed(0)
     rounds = 3 if args.quick else 8
     budgets = [0.5] if args.quick else [0.3, 0.5, 0.7]
-    cases = {"mlp-1024 (batch 256)": (mlp().eval(), torch.randn(256, 256)),
-             "digits CNN (batch 64)": (DigitsCNN().eval(), torch.randn(64, 1, 8, 8))}
+    cases = {
+        "mlp-1024 (batch 256)": (mlp().eval(), torch.randn(256, 256)),
+        "digits CNN (batch 64)": (DigitsCNN().eval(), torch.randn(64, 1, 8, 8)),
+    }
     load_before = os.getloadavg()[0]
-    table = ResultTable("Latency budget vs re-measured latency (fraction of dense, 1 thread)",
-                        ["model", "budget", "allocator measured", "re-measured", "MACs / dense", "seconds"])
+    table = ResultTable(
+        "Latency budget vs re-measured latency (fraction of dense, 1 thread)",
+        ["model", "budget", "allocator measured", "re-measured", "MACs / dense", "seconds"],
+    )
     results = []
     for name, (model, batch) in cases.items():
         layers = channel_layers(model, batch)
@@ -72,26 +76,48 @@ def main() -> None:
             seconds = time.perf_counter() - started
             smaller = apply_channel_ratios(model, batch, allocation.ratios)
             with torch.inference_mode():
-                timings = time_interleaved({"dense": lambda: model(batch), "smaller": lambda: smaller(batch)},
-                                           rounds=rounds, repeats=10)
-            remeasured = statistics.median(s / d for s, d in zip(timings["smaller"].round_medians,
-                                                                  timings["dense"].round_medians))
+                timings = time_interleaved(
+                    {"dense": lambda m=model, b=batch: m(b), "smaller": lambda m=smaller, b=batch: m(b)},
+                    rounds=rounds,
+                    repeats=10,
+                )
+            remeasured = statistics.median(
+                s / d for s, d in zip(timings["smaller"].round_medians, timings["dense"].round_medians)
+            )
             macs = count_macs(smaller, batch).total / count_macs(model, batch).total
-            table.add_row(name, f"{budget:.0%}", f"{allocation.cost_fraction:.1%}", f"{remeasured:.1%}", f"{macs:.1%}",
-                          f"{seconds:.1f}")
-            results.append({"model": name, "budget": budget, "allocator_fraction": round(allocation.cost_fraction, 4),
-                            "remeasured_fraction": round(remeasured, 4), "macs_fraction": round(macs, 4),
-                            "seconds": round(seconds, 2),
-                            "ratios": {layer: round(r, 3) for layer, r in allocation.ratios.items()}})
+            table.add_row(
+                name, f"{budget:.0%}", f"{allocation.cost_fraction:.1%}", f"{remeasured:.1%}", f"{macs:.1%}", f"{seconds:.1f}"
+            )
+            results.append(
+                {
+                    "model": name,
+                    "budget": budget,
+                    "allocator_fraction": round(allocation.cost_fraction, 4),
+                    "remeasured_fraction": round(remeasured, 4),
+                    "macs_fraction": round(macs, 4),
+                    "seconds": round(seconds, 2),
+                    "ratios": {layer: round(r, 3) for layer, r in allocation.ratios.items()},
+                }
+            )
     table.print()
     errors = [abs(r["remeasured_fraction"] - r["budget"]) for r in results]
-    print(f"load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}; "
-          f"malloc: {malloc_settings()}")
+    print(
+        f"load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}; "
+        f"malloc: {malloc_settings()}"
+    )
     overshoot = max(max(r["remeasured_fraction"] - r["budget"], 0.0) for r in results)
-    print(json.dumps({"benchmark": "latency_budget", "latency_budget_max_error": round(max(errors), 4),
-                      "latency_budget_max_overshoot": round(overshoot, 4),
-                      "latency_budget_mean_error": round(statistics.mean(errors), 4),
-                      "allocation_seconds_max": round(max(r["seconds"] for r in results), 2), "cases": results}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "latency_budget",
+                "latency_budget_max_error": round(max(errors), 4),
+                "latency_budget_max_overshoot": round(overshoot, 4),
+                "latency_budget_mean_error": round(statistics.mean(errors), 4),
+                "allocation_seconds_max": round(max(r["seconds"] for r in results), 2),
+                "cases": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import malloc_settings, paired_speedup, pin_malloc_settings, time_interleaved  # noqa: E402
 
-from prunekit.data import load_digits  # noqa: E402
-from prunekit.torch import DigitsCNN, Pruner, export_onnx, fit, make_loader, quantize_onnx, save_compressed  # noqa: E402
 from prunekit._ort import session  # noqa: E402
+from prunekit.data import load_digits  # noqa: E402
 from prunekit.onnx_artifact import file_sizes, onnx_accuracy  # noqa: E402
+from prunekit.torch import DigitsCNN, Pruner, export_onnx, fit, make_loader, quantize_onnx, save_compressed  # noqa: E402
 
 SPARSITY = 0.9
 
@@ -82,8 +82,11 @@ def _timings(fp32: Path, int8: Path, x: np.ndarray, threads: int | None, rounds:
     feeds = {name: {s.get_inputs()[0].name: x} for name, s in sessions.items()}
     variants = {name: (lambda s=s, f=feeds[name]: s.run(None, f)) for name, s in sessions.items()}
     timings = time_interleaved(variants, rounds=rounds, repeats=repeats, warmup=3)
-    return {"fp32_ms": timings["fp32"].median * 1e3, "int8_ms": timings["int8"].median * 1e3,
-            "speedup": paired_speedup(timings["fp32"], timings["int8"])}
+    return {
+        "fp32_ms": timings["fp32"].median * 1e3,
+        "int8_ms": timings["int8"].median * 1e3,
+        "speedup": paired_speedup(timings["fp32"], timings["int8"]),
+    }
 
 
 def _sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
@@ -127,10 +130,20 @@ def main() -> None:
     acc_int8 = onnx_accuracy(cnn_int8, split.x_test, split.y_test)
     mlp_out = {name: session(path).run(None, {"input": tokens})[0] for name, path in (("fp32", mlp_fp32), ("int8", mlp_int8))}
     sqnr = _sqnr_db(mlp_out["fp32"], mlp_out["int8"])
-    sizes = {name: file_sizes(work / name) for name in ("dense.safetensors", "cnn.onnx", "cnn.int8.onnx",
-                                                       "cnn.compact-fp32.safetensors", "cnn.compact-int8.safetensors",
-                                                       "mlp.safetensors", "mlp.onnx", "mlp.int8.onnx",
-                                                       "mlp.compact-int8.safetensors")}
+    sizes = {
+        name: file_sizes(work / name)
+        for name in (
+            "dense.safetensors",
+            "cnn.onnx",
+            "cnn.int8.onnx",
+            "cnn.compact-fp32.safetensors",
+            "cnn.compact-int8.safetensors",
+            "mlp.safetensors",
+            "mlp.onnx",
+            "mlp.int8.onnx",
+            "mlp.compact-int8.safetensors",
+        )
+    }
     ratio_fp32 = dense_size / sizes["cnn.compact-fp32.safetensors"][0]
     ratio_int8 = dense_size / sizes["cnn.compact-int8.safetensors"][0]
 
@@ -141,9 +154,12 @@ def main() -> None:
     latency = Table(title="ONNX Runtime CPU latency at batch 64 (median ms; speedup = median of per-round ratios)")
     for column in ("model", "threads", "fp32 ms", "int8 static ms", "speedup"):
         latency.add_column(column, justify="left" if column == "model" else "right")
-    for model, threads, t in (("digits CNN (90% sparse)", "default", cnn_default), ("digits CNN (90% sparse)", "1", cnn_single),
-                              ("MLP block 256-1024-256, 64x32 tokens", "default", mlp_default),
-                              ("MLP block 256-1024-256, 64x32 tokens", "1", mlp_single)):
+    for model, threads, t in (
+        ("digits CNN (90% sparse)", "default", cnn_default),
+        ("digits CNN (90% sparse)", "1", cnn_single),
+        ("MLP block 256-1024-256, 64x32 tokens", "default", mlp_default),
+        ("MLP block 256-1024-256, 64x32 tokens", "1", mlp_single),
+    ):
         latency.add_row(model, threads, f"{t['fp32_ms']:.3f}", f"{t['int8_ms']:.3f}", f"{t['speedup']:.2f}x")
     console.print(latency)
     files = Table(title="Files (KB) and quality")
@@ -153,24 +169,35 @@ def main() -> None:
         reference = sizes["mlp.safetensors"][0] if name.startswith("mlp") else dense_size
         files.add_row(name, f"{raw / 1024:.1f}", f"{packed / 1024:.1f}", f"{reference / raw:.1f}x")
     console.print(files)
-    console.print(f"digits CNN accuracy (ONNX Runtime, test set): fp32 {acc_fp32:.2%}, int8 static {acc_int8:.2%}; "
-                  f"MLP block int8 SQNR vs fp32: {sqnr:.1f} dB")
-    console.print(f"malloc: {malloc_settings()}; ONNX Runtime CPU arena on; torch {torch.__version__}; "
-                  f"cpu count {os.cpu_count()}; quick={args.quick}")
-    print(json.dumps({
-        "benchmark": "quantization",
-        "int8_speedup_cnn": round(cnn_default["speedup"], 3),
-        "int8_speedup_mlp": round(mlp_default["speedup"], 3),
-        "compact_ratio_fp32_90": round(ratio_fp32, 3),
-        "compact_ratio_int8_90": round(ratio_int8, 3),
-        "int8_speedup_cnn_1thread": round(cnn_single["speedup"], 3),
-        "int8_speedup_mlp_1thread": round(mlp_single["speedup"], 3),
-        "cnn_fp32_ms": round(cnn_default["fp32_ms"], 4), "cnn_int8_ms": round(cnn_default["int8_ms"], 4),
-        "mlp_fp32_ms": round(mlp_default["fp32_ms"], 4), "mlp_int8_ms": round(mlp_default["int8_ms"], 4),
-        "cnn_accuracy_fp32": round(acc_fp32, 4), "cnn_accuracy_int8_static": round(acc_int8, 4),
-        "mlp_int8_sqnr_db": round(sqnr, 2),
-        "quick": args.quick,
-    }))
+    console.print(
+        f"digits CNN accuracy (ONNX Runtime, test set): fp32 {acc_fp32:.2%}, int8 static {acc_int8:.2%}; "
+        f"MLP block int8 SQNR vs fp32: {sqnr:.1f} dB"
+    )
+    console.print(
+        f"malloc: {malloc_settings()}; ONNX Runtime CPU arena on; torch {torch.__version__}; "
+        f"cpu count {os.cpu_count()}; quick={args.quick}"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "quantization",
+                "int8_speedup_cnn": round(cnn_default["speedup"], 3),
+                "int8_speedup_mlp": round(mlp_default["speedup"], 3),
+                "compact_ratio_fp32_90": round(ratio_fp32, 3),
+                "compact_ratio_int8_90": round(ratio_int8, 3),
+                "int8_speedup_cnn_1thread": round(cnn_single["speedup"], 3),
+                "int8_speedup_mlp_1thread": round(mlp_single["speedup"], 3),
+                "cnn_fp32_ms": round(cnn_default["fp32_ms"], 4),
+                "cnn_int8_ms": round(cnn_default["int8_ms"], 4),
+                "mlp_fp32_ms": round(mlp_default["fp32_ms"], 4),
+                "mlp_int8_ms": round(mlp_default["int8_ms"], 4),
+                "cnn_accuracy_fp32": round(acc_fp32, 4),
+                "cnn_accuracy_int8_static": round(acc_int8, 4),
+                "mlp_int8_sqnr_db": round(sqnr, 2),
+                "quick": args.quick,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

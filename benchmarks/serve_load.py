@@ -45,24 +45,50 @@ def build_model(model_dir: Path) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = torch.nn.Sequential(
-        torch.nn.Linear(INPUTS, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(),
+        torch.nn.Linear(INPUTS, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.ReLU(),
         torch.nn.Linear(HIDDEN, 10),
     ).eval()
     target = model_dir / "mlp" / "1"
     target.mkdir(parents=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, INPUTS),), str(target / "model.onnx"), input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, INPUTS),),
+            str(target / "model.onnx"),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            dynamo=False,
+        )
 
 
 class Server:
     """A `prunekit serve` subprocess on 127.0.0.1 with a free port."""
 
     def __init__(self, model_dir: Path, *options: str) -> None:
-        command = [sys.executable, "-m", "prunekit.cli", "serve", str(model_dir), "--host", "127.0.0.1", "--port", "0",
-                   "--poll-interval", "0", "--no-access-log", "--inference-threads", "2", "--intra-op-threads", "1",
-                   *options]
+        command = [
+            sys.executable,
+            "-m",
+            "prunekit.cli",
+            "serve",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--poll-interval",
+            "0",
+            "--no-access-log",
+            "--inference-threads",
+            "2",
+            "--intra-op-threads",
+            "1",
+            *options,
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.url = ""
@@ -101,8 +127,7 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head
     await writer.drain()
     header = await reader.readuntil(b"\r\n\r\n")
     status = int(header.split(b" ", 2)[1])
-    length = next(int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(int(line.split(b":", 1)[1]) for line in header.split(b"\r\n") if line.lower().startswith(b"content-length:"))
     await reader.readexactly(length)
     return status
 
@@ -112,8 +137,9 @@ async def load_round(url: str, bodies: list[bytes], concurrency: int, time_limit
     ``time_limit`` seconds. Returns (requests per second, latencies in ms, errors).
     """
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    head = (f"POST /v1/models/mlp:predict HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            "Content-Type: application/json\r\nContent-Length: ").encode()
+    head = (
+        f"POST /v1/models/mlp:predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: "
+    ).encode()
     latencies: list[float] = []
     errors = 0
     next_index = 0
@@ -167,8 +193,7 @@ def main() -> None:
     rounds, per_round, time_limit, single = (2, 200, 10.0, 30) if args.quick else (5, 600, 25.0, 100)
 
     rng = np.random.default_rng(0)
-    bodies = [json.dumps({"instances": [rng.standard_normal(INPUTS).round(4).tolist()]}).encode()
-              for _ in range(per_round)]
+    bodies = [json.dumps({"instances": [rng.standard_normal(INPUTS).round(4).tolist()]}).encode() for _ in range(per_round)]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
         build_model(model_dir)
@@ -190,8 +215,11 @@ def main() -> None:
                     throughput[name].append(rps)
                     latencies[name].extend(lat)
                     errors += errs
-                    print(f"round {round_index + 1}/{rounds}  {name:<12} {rps:8.1f} req/s  "
-                          f"p50 {percentile(lat, 50):7.2f} ms  p99 {percentile(lat, 99):7.2f} ms", flush=True)
+                    print(
+                        f"round {round_index + 1}/{rounds}  {name:<12} {rps:8.1f} req/s  "
+                        f"p50 {percentile(lat, 50):7.2f} ms  p99 {percentile(lat, 99):7.2f} ms",
+                        flush=True,
+                    )
             for name in variants:  # one client: latency when there is nothing to batch with
                 _, lat, errs = asyncio.run(load_round(variants[name].url, bodies[:single], 1, time_limit))
                 single_latencies[name] = lat
@@ -207,32 +235,41 @@ def main() -> None:
     print()
     print(f"{'variant':<12} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'1-client p50 ms':>16}")
     for name in variants:
-        print(f"{name:<12} {median[name]:15.1f} {percentile(latencies[name], 50):8.2f} "
-              f"{percentile(latencies[name], 99):8.2f} {percentile(single_latencies[name], 50):16.2f}")
-    print(f"batching throughput ratio: {ratio:.2f}x (median of the per-round ratios; ratio of medians "
-          f"{median['batching'] / median['no batching']:.2f}x), mean rows per inference call with batching: "
-          f"{rows_per_call:.1f}")
+        print(
+            f"{name:<12} {median[name]:15.1f} {percentile(latencies[name], 50):8.2f} "
+            f"{percentile(latencies[name], 99):8.2f} {percentile(single_latencies[name], 50):16.2f}"
+        )
+    print(
+        f"batching throughput ratio: {ratio:.2f}x (median of the per-round ratios; ratio of medians "
+        f"{median['batching'] / median['no batching']:.2f}x), mean rows per inference call with batching: "
+        f"{rows_per_call:.1f}"
+    )
     malloc = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))} or "glibc defaults"
-    print(f"{args.concurrency} clients, {rounds} rounds x {per_round} requests per variant, {os.cpu_count()} CPUs, "
-          f"malloc: {malloc}")
-    print(json.dumps({
-        "benchmark": "serve_load",
-        "batching_throughput_ratio": round(ratio, 3),
-        "p50_ms": round(percentile(latencies["batching"], 50), 3),
-        "p99_ms": round(percentile(latencies["batching"], 99), 3),
-        "errors": errors,
-        "batched_rps": round(median["batching"], 1),
-        "unbatched_rps": round(median["no batching"], 1),
-        "unbatched_p50_ms": round(percentile(latencies["no batching"], 50), 3),
-        "unbatched_p99_ms": round(percentile(latencies["no batching"], 99), 3),
-        "single_client_p50_ms": round(percentile(single_latencies["batching"], 50), 3),
-        "single_client_unbatched_p50_ms": round(percentile(single_latencies["no batching"], 50), 3),
-        "mean_batch_rows": round(rows_per_call, 2),
-        "concurrency": args.concurrency,
-        "rounds": rounds,
-        "requests_per_round": per_round,
-        "malloc": malloc,
-    }))
+    print(
+        f"{args.concurrency} clients, {rounds} rounds x {per_round} requests per variant, {os.cpu_count()} CPUs, malloc: {malloc}"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve_load",
+                "batching_throughput_ratio": round(ratio, 3),
+                "p50_ms": round(percentile(latencies["batching"], 50), 3),
+                "p99_ms": round(percentile(latencies["batching"], 99), 3),
+                "errors": errors,
+                "batched_rps": round(median["batching"], 1),
+                "unbatched_rps": round(median["no batching"], 1),
+                "unbatched_p50_ms": round(percentile(latencies["no batching"], 50), 3),
+                "unbatched_p99_ms": round(percentile(latencies["no batching"], 99), 3),
+                "single_client_p50_ms": round(percentile(single_latencies["batching"], 50), 3),
+                "single_client_unbatched_p50_ms": round(percentile(single_latencies["no batching"], 50), 3),
+                "mean_batch_rows": round(rows_per_call, 2),
+                "concurrency": args.concurrency,
+                "rounds": rounds,
+                "requests_per_round": per_round,
+                "malloc": malloc,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,15 +26,14 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the zoo lives in tests/zoo
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
 from benchmarks._timing import (  # noqa: E402
     malloc_settings,
     paired_speedup,
@@ -42,8 +41,10 @@ from benchmarks._timing import (  # noqa: E402
     time_interleaved,
     torch_threads,
 )
-from prunekit.torch import count_macs, count_params  # noqa: E402
 from tests.zoo import cnns, main_output, run, sequence  # noqa: E402
+from torch import nn  # noqa: E402
+
+from prunekit.torch import count_macs, count_params  # noqa: E402
 
 RATIO = 0.5
 BATCH = 32
@@ -87,8 +88,9 @@ def _mobilenet() -> tuple[nn.Module, Any]:
 
 
 def _transformer() -> tuple[nn.Module, Any]:
-    model = sequence.TransformerClassifier(vocab_size=1000, d_model=256, nhead=8, num_layers=2,
-                                           dim_feedforward=1024, max_len=64, num_classes=10)
+    model = sequence.TransformerClassifier(
+        vocab_size=1000, d_model=256, nhead=8, num_layers=2, dim_feedforward=1024, max_len=64, num_classes=10
+    )
     return model.eval(), torch.randint(0, 1000, (BATCH, 64))
 
 
@@ -140,8 +142,14 @@ def prune_torch_pruning(model: nn.Module, inputs: Any, case: Case, inplace: bool
     ignored = {id(layer) for layer in case.output_layers(model)}
     ignored_layers = [layer for layer, original in zip(pruned.modules(), model.modules()) if id(original) in ignored]
     options = case.torch_pruning_options(pruned)
-    pruner = tp.pruner.MetaPruner(pruned, inputs, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=RATIO, ignored_layers=ignored_layers, **options)
+    pruner = tp.pruner.MetaPruner(
+        pruned,
+        inputs,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=RATIO,
+        ignored_layers=ignored_layers,
+        **options,
+    )
     pruner.step()
     for module in pruned.modules():  # keep nn.MultiheadAttention's head bookkeeping consistent
         if isinstance(module, nn.MultiheadAttention):
@@ -174,8 +182,10 @@ def measure_case(case: Case, rounds: int, repeats: int) -> dict[str, Any]:
     dense, inputs = case.build()
     variants: dict[str, nn.Module] = {"dense": dense}
     result: dict[str, Any] = {}
-    for label, prune in (("ours", lambda: prune_ours(dense, inputs)),
-                         ("torch_pruning", lambda: prune_torch_pruning(dense, inputs, case))):
+    for label, prune in (
+        ("ours", lambda: prune_ours(dense, inputs)),
+        ("torch_pruning", lambda: prune_torch_pruning(dense, inputs, case)),
+    ):
         try:
             start = time.perf_counter()
             pruned = prune()
@@ -191,8 +201,12 @@ def measure_case(case: Case, rounds: int, repeats: int) -> dict[str, Any]:
     timings = time_interleaved(calls, rounds=rounds, repeats=repeats)
     with torch_threads(1):
         single = time_interleaved(calls, rounds=rounds, repeats=repeats)
-    result.update(dense_macs=macs["dense"], dense_params=params["dense"],
-                  dense_ms=1e3 * timings["dense"].best, dense_ms_1thread=1e3 * single["dense"].best)
+    result.update(
+        dense_macs=macs["dense"],
+        dense_params=params["dense"],
+        dense_ms=1e3 * timings["dense"].best,
+        dense_ms_1thread=1e3 * single["dense"].best,
+    )
     for label in variants.keys() - {"dense"}:
         prefix = "" if label == "ours" else "torch_pruning_"
         result[f"{prefix}macs_ratio"] = macs["dense"] / macs[label]
@@ -219,8 +233,10 @@ def time_resnet50_pruning(attempts: int = 2) -> dict[str, Any]:
     inputs = torch.randn(1, 3, 224, 224)
     case = Case("resnet50", lambda: (model, inputs), lambda m: [m.fc])
     result: dict[str, Any] = {"params": count_params(model), "macs": count_macs(model, inputs).total}
-    for label, prune in (("ours", lambda m: prune_ours(m, inputs)),
-                         ("torch_pruning", lambda m: prune_torch_pruning(m, inputs, case, inplace=True))):
+    for label, prune in (
+        ("ours", lambda m: prune_ours(m, inputs)),
+        ("torch_pruning", lambda m: prune_torch_pruning(m, inputs, case, inplace=True)),
+    ):
         wall, cpu = [], []
         try:
             for _ in range(attempts):
@@ -253,10 +269,14 @@ def _over_macs(row: dict[str, Any], key: str, prefix: str = "") -> float | None:
 def print_table(models: dict[str, dict[str, Any]], resnet50: dict[str, Any], settings: dict[str, Any]) -> None:
     """A readable summary: one row per model and pruner, speedups and speedup / MACs ratio."""
     columns = ("speedup", "speedup_1thread", "speedup_1thread_cpu")
-    header = (f"{'model':<20} {'pruner':<14} {'dense ms':>8} {'MACs x':>7} {'params x':>8} "
-              f"{'speedup':>8} {'1-thread':>8} {'1-thr CPU':>9} | {'spd/MACs':>8} {'1-thread':>8} {'1-thr CPU':>9}")
-    print(f"\nStructured pruning at {RATIO:.0%} of channels, batch {BATCH}, CPU, {settings['threads']} threads "
-          f"and 1 thread; latency = min of per-round medians; 'CPU' = thread CPU time (immune to other processes)")
+    header = (
+        f"{'model':<20} {'pruner':<14} {'dense ms':>8} {'MACs x':>7} {'params x':>8} "
+        f"{'speedup':>8} {'1-thread':>8} {'1-thr CPU':>9} | {'spd/MACs':>8} {'1-thread':>8} {'1-thr CPU':>9}"
+    )
+    print(
+        f"\nStructured pruning at {RATIO:.0%} of channels, batch {BATCH}, CPU, {settings['threads']} threads "
+        f"and 1 thread; latency = min of per-round medians; 'CPU' = thread CPU time (immune to other processes)"
+    )
     print(header)
     print("-" * len(header))
     for name, row in models.items():
@@ -264,15 +284,19 @@ def print_table(models: dict[str, dict[str, Any]], resnet50: dict[str, Any], set
             speedups = " ".join(f"{_fmt(row.get(prefix + key)):>{w}}" for key, w in zip(columns, (8, 8, 9)))
             ratios = " ".join(f"{_fmt(_over_macs(row, key, prefix)):>{w}}" for key, w in zip(columns, (8, 8, 9)))
             dense = _fmt(row.get("dense_ms"), ".1f") if prefix == "" else ""
-            print(f"{name if prefix == '' else '':<20} {pruner:<14} {dense:>8} {_fmt(row.get(prefix + 'macs_ratio')):>7} "
-                  f"{_fmt(row.get(prefix + 'params_ratio')):>8} {speedups} | {ratios}")
+            print(
+                f"{name if prefix == '' else '':<20} {pruner:<14} {dense:>8} {_fmt(row.get(prefix + 'macs_ratio')):>7} "
+                f"{_fmt(row.get(prefix + 'params_ratio')):>8} {speedups} | {ratios}"
+            )
         for key in ("ours_error", "torch_pruning_error"):
             if key in row:
                 print(f"{'':<20} {key}: {row[key]}")
-    print(f"\nResNet-50 ({resnet50['params'] / 1e6:.1f}M params), analyse + prune 50%: prunekit "
-          f"{_fmt(resnet50.get('ours_seconds'))} s wall / {_fmt(resnet50.get('ours_cpu_seconds'))} s CPU, "
-          f"Torch-Pruning {_fmt(resnet50.get('torch_pruning_seconds'))} s wall / "
-          f"{_fmt(resnet50.get('torch_pruning_cpu_seconds'))} s CPU")
+    print(
+        f"\nResNet-50 ({resnet50['params'] / 1e6:.1f}M params), analyse + prune 50%: prunekit "
+        f"{_fmt(resnet50.get('ours_seconds'))} s wall / {_fmt(resnet50.get('ours_cpu_seconds'))} s CPU, "
+        f"Torch-Pruning {_fmt(resnet50.get('torch_pruning_seconds'))} s wall / "
+        f"{_fmt(resnet50.get('torch_pruning_cpu_seconds'))} s CPU"
+    )
     for key in ("ours_error", "torch_pruning_error"):
         if key in resnet50:
             print(f"  {key}: {resnet50[key]}")
@@ -288,16 +312,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table and the JSON line; returns the JSON figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer models and rounds (about a minute)")
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="keep the allocator settings of the environment instead of pinning glibc's thresholds")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="keep the allocator settings of the environment instead of pinning glibc's thresholds",
+    )
     args = parser.parse_args(argv)
     if not args.system_malloc:
         pin_malloc_settings()
     rounds, repeats = (4, 3) if args.quick else (8, 5)
     cases = [case for case in CASES if not args.quick or case.name in QUICK_CASES]
-    settings: dict[str, Any] = {"threads": torch.get_num_threads(), "malloc": malloc_settings(),
-                                "torch": torch.__version__, "batch": BATCH, "ratio": RATIO, "rounds": rounds,
-                                "repeats": repeats, "load_average": [round(os.getloadavg()[0], 2)]}
+    settings: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "malloc": malloc_settings(),
+        "torch": torch.__version__,
+        "batch": BATCH,
+        "ratio": RATIO,
+        "rounds": rounds,
+        "repeats": repeats,
+        "load_average": [round(os.getloadavg()[0], 2)],
+    }
 
     models = {}
     for case in cases:
@@ -316,9 +350,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "resnet50_prune_seconds": resnet50.get("ours_seconds"),
         "resnet50_prune_cpu_seconds": resnet50.get("ours_cpu_seconds"),
         "resnet50_torch_pruning_seconds": resnet50.get("torch_pruning_seconds"),
-        "models": {name: {"macs_ratio": row.get("macs_ratio"), "speedup": row.get("speedup"),
-                          "torch_pruning_speedup": row.get("torch_pruning_speedup"), **row}
-                   for name, row in models.items()},
+        "models": {
+            name: {
+                "macs_ratio": row.get("macs_ratio"),
+                "speedup": row.get("speedup"),
+                "torch_pruning_speedup": row.get("torch_pruning_speedup"),
+                **row,
+            }
+            for name, row in models.items()
+        },
         "resnet50": resnet50,
         "settings": settings,
     }

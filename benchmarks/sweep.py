@@ -69,16 +69,28 @@ def main() -> None:
     medians = {w: statistics.median(v) for w, v in walls.items()}
     speedup = medians[1] / medians[2]
     paired = statistics.median(one / two for one, two in zip(walls[1], walls[2]))  # same round, same machine state
-    table = ResultTable("12-trial sweep wall time (DigitsCNN, 1 fine-tuning epoch per trial)",
-                        ["workers", "median s", "runs", "speedup"])
+    table = ResultTable(
+        "12-trial sweep wall time (DigitsCNN, 1 fine-tuning epoch per trial)", ["workers", "median s", "runs", "speedup"]
+    )
     for workers in (1, 2):
         table.add_row(workers, f"{medians[workers]:.1f}", len(walls[workers]), f"{medians[1] / medians[workers]:.2f}")
     table.print()
     print(f"same accuracies with 1 and 2 workers: {same}; cores: {os.cpu_count()}; malloc: {malloc_settings()}")
-    print(json.dumps({"benchmark": "sweep", "trials": 12, "rounds": rounds, "seconds_1_worker": round(medians[1], 2),
-                      "seconds_2_workers": round(medians[2], 2), "parallel_speedup": round(speedup, 3),
-                      "paired_speedup": round(paired, 3),
-                      "same_results": same, "cpu_count": os.cpu_count()}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "sweep",
+                "trials": 12,
+                "rounds": rounds,
+                "seconds_1_worker": round(medians[1], 2),
+                "seconds_2_workers": round(medians[2], 2),
+                "parallel_speedup": round(speedup, 3),
+                "paired_speedup": round(paired, 3),
+                "same_results": same,
+                "cpu_count": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

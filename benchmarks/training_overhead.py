@@ -18,15 +18,15 @@ import json
 import os
 import statistics
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+from _timing import malloc_settings, pin_malloc_settings, time_interleaved, torch_threads  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune as torch_prune  # noqa: E402
 
-from _timing import malloc_settings, pin_malloc_settings, time_interleaved, torch_threads  # noqa: E402
 from prunekit import ConstantSparsity  # noqa: E402
 from prunekit.torch import DigitsCNN, Pruner  # noqa: E402
 
@@ -40,8 +40,13 @@ def _mlp() -> nn.Module:
 MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {"digits_cnn": (DigitsCNN, 64), "mlp_1024": (_mlp, 128)}
 
 
-def _step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             after: Callable[[], object] | None = None) -> Callable[[], None]:
+def _step_fn(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    after: Callable[[], object] | None = None,
+) -> Callable[[], None]:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
@@ -105,8 +110,10 @@ def main() -> None:
     print(f"{'threads':<9} {'model':<11} {'step ms':>8} {'prunekit':>9} {'(mean)':>8} {'torch.prune':>12}")
     for threads, per_model in results.items():
         for model, f in per_model.items():
-            print(f"{threads:<9} {model:<11} {f['step_ms']:8.2f} {f['prunekit_overhead']:9.3f} "
-                  f"{f['prunekit_overhead_mean']:8.3f} {f['torch_prune_overhead']:12.3f}")
+            print(
+                f"{threads:<9} {model:<11} {f['step_ms']:8.2f} {f['prunekit_overhead']:9.3f} "
+                f"{f['prunekit_overhead_mean']:8.3f} {f['torch_prune_overhead']:12.3f}"
+            )
     default = results["default"]
     summary = {
         "benchmark": "training_overhead",
@@ -114,7 +121,9 @@ def main() -> None:
         "torch_prune_overhead": round(max(f["torch_prune_overhead"] for f in default.values()), 4),
         "prunekit_overhead_1thread": round(max(f["prunekit_overhead"] for f in results["1 thread"].values()), 4),
         "torch_prune_overhead_1thread": round(max(f["torch_prune_overhead"] for f in results["1 thread"].values()), 4),
-        "models": {threads: {m: {k: round(v, 4) for k, v in f.items()} for m, f in per.items()} for threads, per in results.items()},
+        "models": {
+            threads: {m: {k: round(v, 4) for k, v in f.items()} for m, f in per.items()} for threads, per in results.items()
+        },
         "malloc": malloc_settings(),
     }
     print(json.dumps(summary))

@@ -5,8 +5,8 @@ optimizer step, call ``on_train_batch_begin``. Forgetting it raises instead of s
 pruning. Run: ``python examples/keras_custom_loop.py``.
 """
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 import prunekit.keras as pk

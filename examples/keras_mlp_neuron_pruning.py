@@ -35,10 +35,14 @@ def main(epochs: int = 30, finetune_epochs: int = 10) -> dict:
         "params": (mlp.count_params(), small.count_params()),
         "accuracy": (float(dense_accuracy), float(pruned_accuracy), float(finetuned_accuracy)),
     }
-    print(f"hidden units 128/64 -> {results['units'][0]}/{results['units'][1]}; "
-          f"parameters {results['params'][0]:,} -> {results['params'][1]:,}")
-    print(f"test accuracy: dense {dense_accuracy:.2%}, right after removal {pruned_accuracy:.2%}, "
-          f"after {finetune_epochs} fine-tuning epochs {finetuned_accuracy:.2%}")
+    print(
+        f"hidden units 128/64 -> {results['units'][0]}/{results['units'][1]}; "
+        f"parameters {results['params'][0]:,} -> {results['params'][1]:,}"
+    )
+    print(
+        f"test accuracy: dense {dense_accuracy:.2%}, right after removal {pruned_accuracy:.2%}, "
+        f"after {finetune_epochs} fine-tuning epochs {finetuned_accuracy:.2%}"
+    )
     return results
 
 

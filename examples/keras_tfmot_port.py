@@ -5,8 +5,8 @@ to 80% with a PolynomialDecay schedule while fine-tuning, strip the pruning stat
 TFLite, and compare gzip sizes. Run: ``python examples/keras_tfmot_port.py``.
 """
 
-import numpy as np
 import keras
+import numpy as np
 
 import prunekit.keras as sparsity  # was: import tensorflow_model_optimization as tfmot; sparsity = tfmot.sparsity.keras
 
@@ -51,10 +51,14 @@ def main(epochs: int = 10, prune_epochs: int = 4, log_dir: str = "logs/pruning")
         "pruned_gzip_bytes": sparsity.TFLiteModel(pruned_tflite).gzip_bytes,
         "int8": sparsity.evaluate_tflite(pruned_int8, data.x_test, data.y_test, latency_repeats=10),
     }
-    print(f"baseline test accuracy {results['baseline_accuracy']:.2%}, pruned {results['pruned_accuracy']:.2%}, "
-          f"fc1 sparsity {results['sparsity']:.0%}")
-    print(f"gzipped TFLite: dense {results['dense_gzip_bytes']:,} B, pruned {results['pruned_gzip_bytes']:,} B; "
-          f"pruned int8 {results['int8']['gzip_bytes']:,} B at {results['int8']['accuracy']:.2%}")
+    print(
+        f"baseline test accuracy {results['baseline_accuracy']:.2%}, pruned {results['pruned_accuracy']:.2%}, "
+        f"fc1 sparsity {results['sparsity']:.0%}"
+    )
+    print(
+        f"gzipped TFLite: dense {results['dense_gzip_bytes']:,} B, pruned {results['pruned_gzip_bytes']:,} B; "
+        f"pruned int8 {results['int8']['gzip_bytes']:,} B at {results['int8']['accuracy']:.2%}"
+    )
     return results
 
 

@@ -21,7 +21,7 @@ steps_per_epoch = len(train)
 schedule = PolynomialDecay(0.0, 0.8, begin_step=2 * steps_per_epoch, end_step=8 * steps_per_epoch, frequency=steps_per_epoch)
 pruner = Pruner(model, schedule, scope="global", ignore=["5"], optimizer=optimizer)  # keep the classifier dense
 
-for epoch in range(12):
+for _epoch in range(12):
     for x, y in train:
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()

@@ -27,8 +27,7 @@ class SimpleCNN(nn.Module):
         return self.fc1(torch.flatten(self.pool(torch.relu(self.conv1(x))), 1))
 
 
-def main(epochs: int = 8, finetune_epochs: int = 3, ratio: float = 0.5, save_to: str | None = None,
-         verbose: bool = True) -> dict:
+def main(epochs: int = 8, finetune_epochs: int = 3, ratio: float = 0.5, save_to: str | None = None, verbose: bool = True) -> dict:
     """Train, prune ``ratio`` of conv1's filters by L1 norm, fine-tune, optionally save and reload."""
     torch.manual_seed(0)
     split = load_digits()
@@ -59,9 +58,11 @@ def main(epochs: int = 8, finetune_epochs: int = 3, ratio: float = 0.5, save_to:
         numbers["reloaded_accuracy"] = evaluate(reloaded, test)
     if verbose:
         print(result.report)
-        print(f"conv1 filters {numbers['filters_before']} -> {numbers['filters_after']} "
-              f"(fc1 inputs {model.fc1.in_features} -> {numbers['fc1_inputs_after']}); "
-              f"accuracy dense {dense_accuracy:.2%}, pruned + fine-tuned {finetuned_accuracy:.2%}")
+        print(
+            f"conv1 filters {numbers['filters_before']} -> {numbers['filters_after']} "
+            f"(fc1 inputs {model.fc1.in_features} -> {numbers['fc1_inputs_after']}); "
+            f"accuracy dense {dense_accuracy:.2%}, pruned + fine-tuned {finetuned_accuracy:.2%}"
+        )
     return numbers
 
 

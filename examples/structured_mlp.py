@@ -42,9 +42,11 @@ def main(epochs: int = 15, finetune_epochs: int = 5, ratio: float = 0.5, verbose
     }
     if verbose:
         print(result.report)
-        print(f"hidden neurons {numbers['hidden_before']} -> {numbers['hidden_after']}; "
-              f"accuracy dense {dense_accuracy:.2%}, pruned {pruned_accuracy:.2%}, "
-              f"fine-tuned {finetuned_accuracy:.2%}")
+        print(
+            f"hidden neurons {numbers['hidden_before']} -> {numbers['hidden_after']}; "
+            f"accuracy dense {dense_accuracy:.2%}, pruned {pruned_accuracy:.2%}, "
+            f"fine-tuned {finetuned_accuracy:.2%}"
+        )
     return numbers
 
 

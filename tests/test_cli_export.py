@@ -51,8 +51,23 @@ def test_plain_state_dict_of_a_channel_pruned_model_needs_its_own_architecture(t
 
 
 def test_export_writes_every_artifact_the_table_and_json(weights, tmp_path, capsys):
-    code = main(["export", str(weights / "pruned.pt"), "--factory", FACTORY, "--dense", str(weights / "dense.safetensors"),
-                 "--out", str(tmp_path / "out"), "--json", str(tmp_path / "table.json"), "--repeats", "3", "--no-memory"])
+    code = main(
+        [
+            "export",
+            str(weights / "pruned.pt"),
+            "--factory",
+            FACTORY,
+            "--dense",
+            str(weights / "dense.safetensors"),
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            str(tmp_path / "table.json"),
+            "--repeats",
+            "3",
+            "--no-memory",
+        ]
+    )
     assert code == 0
     rows = {row["name"]: row for row in json.loads((tmp_path / "table.json").read_text())["rows"]}
     assert list(rows)[:4] == ["dense fp32", "pruned fp32", "pruned int8 dynamic", "pruned int8 static"]
@@ -65,8 +80,21 @@ def test_export_writes_every_artifact_the_table_and_json(weights, tmp_path, caps
 def test_export_of_a_channel_pruned_compact_file_keeps_its_plan_and_reads_npz_data(weights, tmp_path):
     split = digits()
     np.savez(tmp_path / "data.npz", x_test=split.x_test[:100], y_test=split.y_test[:100], x_calib=split.x_val[:64])
-    code = main(["export", str(weights / "channels.compact.safetensors"), "--factory", FACTORY, "--data",
-                 str(tmp_path / "data.npz"), "--out", str(tmp_path / "out"), "--repeats", "2", "--no-memory"])
+    code = main(
+        [
+            "export",
+            str(weights / "channels.compact.safetensors"),
+            "--factory",
+            FACTORY,
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--out",
+            str(tmp_path / "out"),
+            "--repeats",
+            "2",
+            "--no-memory",
+        ]
+    )
     assert code == 0
     header = read_compact_header(tmp_path / "out" / "pruned.compact-int8.safetensors")
     assert header.plan == plan_of(channel_pruned_cnn())

@@ -97,9 +97,7 @@ def test_gaps_longer_than_256_elements_round_trip_through_filler_entries(tmp_pat
     _assert_bitwise_equal(array, load_compact(tmp_path / "m.safetensors")[0]["w"], "w")
 
 
-@pytest.mark.parametrize(
-    ("sparsity", "layout"), [(0.0, "dense"), (0.5, "bitmask"), (0.99, "gaps")]
-)
+@pytest.mark.parametrize(("sparsity", "layout"), [(0.0, "dense"), (0.5, "bitmask"), (0.99, "gaps")])
 def test_layout_is_whichever_is_smallest(tmp_path, sparsity, layout):
     header = save_compact({"w": _sparse((64, 256), sparsity)}, tmp_path / "m.safetensors")
     assert header.tensors["w"].layout == layout
@@ -182,14 +180,14 @@ def test_flipped_byte_in_tensor_data_raises_corrupt_file_error_naming_the_tensor
 def _rewrite_metadata(path, edit) -> None:
     data = path.read_bytes()
     header_len = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + header_len])
+    header = json.loads(data[8 : 8 + header_len])
     meta = json.loads(header["__metadata__"]["prunekit"])
     edit(meta)
     text = json.dumps(meta)
     header["__metadata__"] = {"prunekit": text, "prunekit_crc32": str(zlib.crc32(text.encode()))}
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + header_len:])
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + header_len :])
 
 
 def test_newer_format_version_raises_corrupt_file_error_saying_to_upgrade(tmp_path):

@@ -47,8 +47,20 @@ def test_demo_writes_a_self_contained_html_report(full_demo):
 
 
 def test_demo_command_writes_markdown_and_json(tmp_path, capsys):
-    code = main(["demo", "--quick", "--sparsities", "0.5,0.8", "--method", "all", "--no-progress", "--no-export",
-                 "--output", str(tmp_path)])
+    code = main(
+        [
+            "demo",
+            "--quick",
+            "--sparsities",
+            "0.5,0.8",
+            "--method",
+            "all",
+            "--no-progress",
+            "--no-export",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["dense"]) >= {"accuracy", "size_bytes", "gzip_bytes"}
@@ -71,8 +83,20 @@ def test_demo_command_rejects_bad_sparsities(capsys):
 
 
 def test_structured_demo_reports_a_physically_smaller_model(tmp_path):
-    code = main(["demo", "--method", "structured", "--quick", "--sparsities", "0.5", "--no-progress", "--no-export",
-                 "--output", str(tmp_path)])
+    code = main(
+        [
+            "demo",
+            "--method",
+            "structured",
+            "--quick",
+            "--sparsities",
+            "0.5",
+            "--no-progress",
+            "--no-export",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     dense, (run,) = results["dense"], results["runs"]

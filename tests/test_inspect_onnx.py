@@ -64,9 +64,14 @@ def files(tmp_path_factory):
     cnn = DigitsCNN().eval()
     pruned = prune_unstructured(DigitsCNN().eval(), 0.9)
     transformer = _transformer()
-    paths = {"cnn": work / "cnn.onnx", "pruned": work / "pruned.onnx", "external": work / "external.onnx",
-             "transformer": work / "transformer.onnx", "dynamic": work / "dynamic.onnx",
-             "int8": work / "pruned.int8.onnx"}
+    paths = {
+        "cnn": work / "cnn.onnx",
+        "pruned": work / "pruned.onnx",
+        "external": work / "external.onnx",
+        "transformer": work / "transformer.onnx",
+        "dynamic": work / "dynamic.onnx",
+        "int8": work / "pruned.int8.onnx",
+    }
     export_onnx(cnn, torch.zeros(2, 1, 8, 8), paths["cnn"])
     export_onnx(cnn, torch.zeros(2, 1, 8, 8), paths["external"], external_data=True)
     export_onnx(pruned, torch.zeros(2, 1, 8, 8), paths["pruned"])
@@ -127,8 +132,7 @@ def test_a_pruned_export_keeps_the_torch_sparsity_and_sparse_macs_exactly(files)
     rows = dict(zip(CNN_LAYERS, summarize_onnx(files["paths"]["pruned"]).layers))
     for name, row in rows.items():
         expected = torch_summary.layer(name)
-        assert (row.nonzeros, row.sparsity, row.sparse_macs) == (expected.nonzeros, expected.sparsity,
-                                                                 expected.sparse_macs), name
+        assert (row.nonzeros, row.sparsity, row.sparse_macs) == (expected.nonzeros, expected.sparsity, expected.sparse_macs), name
     assert rows["fc1"].nonzeros == 1024 * 128 - round(0.9 * 1024 * 128) + 128  # 90% of the weight, no bias pruned
 
 
@@ -143,8 +147,14 @@ def test_a_dynamic_int8_transformer_keeps_every_rows_params_and_macs(files, tmp_
     path = tmp_path / "transformer.int8.onnx"
     quantize_onnx(files["paths"]["transformer"], path, "dynamic")
     int8 = summarize_onnx(path)
-    assert [row.type for row in int8.layers] == ["MatMulInteger", "MatMulInteger", "MatMul", "MatMul",
-                                                 "MatMulInteger", "MatMulInteger"]
+    assert [row.type for row in int8.layers] == [
+        "MatMulInteger",
+        "MatMulInteger",
+        "MatMul",
+        "MatMul",
+        "MatMulInteger",
+        "MatMulInteger",
+    ]
     float_rows = summarize_onnx(files["paths"]["transformer"]).layers
     assert [(r.params, r.macs) for r in int8.layers] == [(r.params, r.macs) for r in float_rows]
 
@@ -154,10 +164,12 @@ def test_an_int8_weight_equal_to_its_per_column_zero_point_is_a_zero(tmp_path):
 
     weight = np.array([[128, 3], [5, 3]], np.uint8)  # column 0 has zero point 128, column 1 has 3
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["x", "w", "", "w_zero"], ["y"], name="fc")], "g",
+        [helper.make_node("MatMulInteger", ["x", "w", "", "w_zero"], ["y"], name="fc")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.UINT8, ["batch", 2])],
         [helper.make_tensor_value_info("y", TensorProto.INT32, ["batch", 2])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([128, 3], np.uint8), "w_zero")])
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([128, 3], np.uint8), "w_zero")],
+    )
     path = tmp_path / "int.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     row = summarize_onnx(path).layer("fc")
@@ -197,6 +209,8 @@ def test_inspect_prints_the_table_and_writes_the_same_numbers_as_json(files, tmp
 
 
 def test_summarize_onnx_imports_without_torch():
-    code = ("import sys; import prunekit.onnx_summary, prunekit.onnx_artifact, prunekit.commands.inspect; "
-            "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)")
+    code = (
+        "import sys; import prunekit.onnx_summary, prunekit.onnx_artifact, prunekit.commands.inspect; "
+        "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

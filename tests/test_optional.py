@@ -17,9 +17,6 @@ def test_core_imports_and_works_without_any_framework():
 
 
 def test_torch_backend_without_torch_names_the_extra():
-    result = run(
-        "import prunekit\n"
-        "try:\n    import prunekit.torch\nexcept prunekit.MissingDependencyError as e:\n    print(e)\n"
-    )
+    result = run("import prunekit\ntry:\n    import prunekit.torch\nexcept prunekit.MissingDependencyError as e:\n    print(e)\n")
     assert result.returncode == 0, result.stderr
     assert "pip install 'prunekit[torch]'" in result.stdout

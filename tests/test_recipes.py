@@ -10,6 +10,7 @@ from prunekit.errors import ConfigError
 from prunekit.recipes import RecipeError, builtin_recipe_text, load_recipe, parse_recipe
 from prunekit.recipes.validation import to_plain
 
+
 @pytest.fixture
 def one_torch_thread():
     import torch
@@ -48,8 +49,16 @@ def test_every_bad_field_is_reported_in_one_error_with_its_path():
     with pytest.raises(RecipeError) as caught:
         parse_recipe(bad)
     paths = [path for path, _ in caught.value.errors]
-    assert paths == ["modle", "name", "model.factory", "model.input_shape", "prune.method", "prune.sparsities[1]",
-                     "prune.epochs", "export.int8"]
+    assert paths == [
+        "modle",
+        "name",
+        "model.factory",
+        "model.input_shape",
+        "prune.method",
+        "prune.sparsities[1]",
+        "prune.epochs",
+        "export.int8",
+    ]
     message = str(caught.value)
     assert "8 error(s)" in message
     assert "did you mean 'model'" in message and "did you mean 'gradual'" in message
@@ -69,13 +78,15 @@ def test_an_import_path_to_a_missing_attribute_is_reported():
 
 def test_allocation_without_sensitivity_ratios_is_an_error():
     with pytest.raises(RecipeError, match="allocate: allocation chooses ratios from sensitivity data"):
-        parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]},
-                      "allocate": {"budget": 0.3}})
+        parse_recipe(
+            {"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]}, "allocate": {"budget": 0.3}}
+        )
 
 
 def test_integers_are_accepted_where_numbers_are_expected():
-    recipe = parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]},
-                           "train": {"lr": 1}})
+    recipe = parse_recipe(
+        {"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]}, "train": {"lr": 1}}
+    )
     assert recipe.train.lr == 1.0 and isinstance(recipe.train.lr, float)
 
 
@@ -91,8 +102,9 @@ def test_load_recipe_names_a_missing_file(tmp_path):
 
 def test_run_command_reports_all_recipe_errors_and_exits_2(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\nmodel: {factory: 'prunekit.torch:DigitsCNN', input_shape: [1, 8, 8]}\n"
-                    "prune: {sparsities: [1.5], lr: -1}\n")
+    path.write_text(
+        "name: x\nmodel: {factory: 'prunekit.torch:DigitsCNN', input_shape: [1, 8, 8]}\nprune: {sparsities: [1.5], lr: -1}\n"
+    )
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert "prune.sparsities: every sparsity should be in [0, 1), got [1.5]" in err
@@ -119,8 +131,13 @@ def test_run_command_runs_a_recipe_and_writes_results_and_report(tmp_path, one_t
 def test_a_latency_budget_without_channel_removal_is_a_field_error():
     with pytest.raises(RecipeError) as caught:
         parse_recipe({**TINY, "allocate": {"budget": 0.5, "target": "latency"}})
-    assert caught.value.errors == [("allocate.target", "a latency budget needs channel removal (zeroed weights do not "
-                                                       "make dense kernels faster); set allocate.pruning: channels")]
+    assert caught.value.errors == [
+        (
+            "allocate.target",
+            "a latency budget needs channel removal (zeroed weights do not "
+            "make dense kernels faster); set allocate.pruning: channels",
+        )
+    ]
     recipe = parse_recipe({**TINY, "allocate": {"budget": 0.5, "target": "latency", "pruning": "channels"}})
     assert recipe.allocate.pruning == "channels" and recipe.allocate.batch_size == 64
 
@@ -133,9 +150,14 @@ def test_run_with_channel_allocation_measures_channel_sensitivity_and_meets_the_
     from prunekit.torch.macs import count_macs
     from prunekit.torch.structured_allocation import apply_channel_ratios
 
-    recipe = parse_recipe({**TINY, "prune": {"method": "channels", "sparsities": [0.5], "epochs": 1},
-                           "report": {"latency_batch_sizes": [], "sensitivity_ratios": [0.25, 0.5, 0.75]},
-                           "allocate": {"budget": 0.5, "target": "macs", "pruning": "channels", "batch_size": 8}})
+    recipe = parse_recipe(
+        {
+            **TINY,
+            "prune": {"method": "channels", "sparsities": [0.5], "epochs": 1},
+            "report": {"latency_batch_sizes": [], "sensitivity_ratios": [0.25, 0.5, 0.75]},
+            "allocate": {"budget": 0.5, "target": "macs", "pruning": "channels", "batch_size": 8},
+        }
+    )
     results = run_recipe(recipe, tmp_path)
     assert list(results["channel_sensitivity"]["scores"]) == ["conv1", "conv2", "fc1"]
     assert [row["method"] for row in results["allocation"]] == ["sensitivity", "uniform", "global"]

@@ -50,7 +50,13 @@ def test_zero_sparsity_is_a_valid_noop_target():
 def test_iterative_sparsity_prunes_at_milestones_and_holds_between():
     schedule = IterativeSparsity([(0, 0.5), (300, 0.75), (600, 0.9)])
     assert [schedule(s) for s in (0, 1, 299, 300, 599, 600, 10**6)] == [
-        (True, 0.5), (False, 0.5), (False, 0.5), (True, 0.75), (False, 0.75), (True, 0.9), (False, 0.9)
+        (True, 0.5),
+        (False, 0.5),
+        (False, 0.5),
+        (True, 0.75),
+        (False, 0.75),
+        (True, 0.9),
+        (False, 0.9),
     ]
 
 

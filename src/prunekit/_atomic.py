@@ -11,8 +11,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -78,8 +78,9 @@ def atomic_paths(path: str | os.PathLike, *companions: str | os.PathLike) -> Ite
         yield tmps
         extra = sorted(p.name for p in work.iterdir() if p not in tmps)
         if extra:
-            raise RuntimeError(f"the writer of {targets[0]} also wrote {extra}, which atomic_paths was not given; "
-                               "name every file of the group")
+            raise RuntimeError(
+                f"the writer of {targets[0]} also wrote {extra}, which atomic_paths was not given; name every file of the group"
+            )
         _swap(targets, tmps, work / ".replaced")
     finally:
         shutil.rmtree(work, ignore_errors=True)

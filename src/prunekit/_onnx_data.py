@@ -6,8 +6,9 @@ Framework-free (only ``onnx``), so the PyTorch export helpers and the model serv
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from prunekit.errors import ConfigError
 
@@ -22,13 +23,19 @@ def external_data_files(path: str | os.PathLike) -> tuple[Path, ...]:
 
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
-    locations = dict.fromkeys(entry.value for tensor in _tensors(model.graph) for entry in tensor.external_data
-                              if tensor.data_location == onnx.TensorProto.EXTERNAL and entry.key == "location")
+    locations = dict.fromkeys(
+        entry.value
+        for tensor in _tensors(model.graph)
+        for entry in tensor.external_data
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and entry.key == "location"
+    )
     files = tuple(path.parent / location for location in locations)
     missing = [file.name for file in files if not file.is_file()]
     if missing:
-        raise ConfigError(f"{path} keeps its weights in {missing}, which is missing from {path.parent}; keep the "
-                          "data file(s) next to the .onnx file (copy or move them together)")
+        raise ConfigError(
+            f"{path} keeps its weights in {missing}, which is missing from {path.parent}; keep the "
+            "data file(s) next to the .onnx file (copy or move them together)"
+        )
     return files
 
 

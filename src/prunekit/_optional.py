@@ -13,6 +13,4 @@ def require(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module!r} is not installed; install it with: pip install 'prunekit[{extra}]'"
-        ) from exc
+        raise MissingDependencyError(f"{module!r} is not installed; install it with: pip install 'prunekit[{extra}]'") from exc

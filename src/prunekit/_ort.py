@@ -9,16 +9,24 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
 from prunekit.errors import ConfigError
 
-_NUMPY_OF_ONNX = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-                  "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-                  "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+_NUMPY_OF_ONNX = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
 
 
 @dataclass(frozen=True)
@@ -30,8 +38,11 @@ class InputSpec:
     shape: tuple[int | None, ...]
 
     def describe(self) -> str:
-        return "(" + ", ".join("batch" if d is None and i == 0 else "?" if d is None else str(d)
-                               for i, d in enumerate(self.shape)) + ")"
+        return (
+            "("
+            + ", ".join("batch" if d is None and i == 0 else "?" if d is None else str(d) for i, d in enumerate(self.shape))
+            + ")"
+        )
 
 
 def session(path: str | os.PathLike, threads: int | None = None) -> Any:
@@ -71,12 +82,14 @@ def _by_input(specs: Sequence[InputSpec], batch: Any, where: str) -> list[Any]:
         return [batch[s.name] for s in specs]
     if isinstance(batch, (tuple, list)):
         if len(batch) != len(specs):
-            raise ConfigError(f"{where} has {len(batch)} arrays but the model has {len(specs)} input(s) "
-                              f"{[s.name for s in specs]}")
+            raise ConfigError(
+                f"{where} has {len(batch)} arrays but the model has {len(specs)} input(s) {[s.name for s in specs]}"
+            )
         return list(batch)
     if len(specs) != 1:
-        raise ConfigError(f"{where} is one array but the model has {len(specs)} inputs "
-                          f"{[s.name for s in specs]}; pass a dict by input name")
+        raise ConfigError(
+            f"{where} is one array but the model has {len(specs)} inputs {[s.name for s in specs]}; pass a dict by input name"
+        )
     return [batch]
 
 
@@ -90,8 +103,10 @@ def feed(specs: Sequence[InputSpec], batch: Any, where: str) -> dict[str, np.nda
         array = _as_array(value)
         fits = array.ndim == len(spec.shape) and all(d is None or d == a for d, a in zip(spec.shape, array.shape))
         if not fits:
-            raise ConfigError(f"{where} has shape {tuple(array.shape)} but the model input {spec.name!r} expects "
-                              f"{spec.describe()}; give batches shaped like the model's input")
+            raise ConfigError(
+                f"{where} has shape {tuple(array.shape)} but the model input {spec.name!r} expects "
+                f"{spec.describe()}; give batches shaped like the model's input"
+            )
         result[spec.name] = np.ascontiguousarray(array, dtype=spec.dtype)
     return result
 
@@ -126,8 +141,7 @@ def sample_count(samples: Samples, where: str) -> int:
     counts = [len(array) if array.ndim else 0 for array in _arrays(samples)]
     if not counts or len(set(counts)) != 1:
         names = list(samples) if isinstance(samples, Mapping) else list(range(len(counts)))
-        raise ConfigError(f"{where} should give every model input the same number of samples, got "
-                          f"{dict(zip(names, counts))}")
+        raise ConfigError(f"{where} should give every model input the same number of samples, got {dict(zip(names, counts))}")
     return counts[0]
 
 
@@ -158,8 +172,10 @@ def generated_batch(specs: Sequence[InputSpec], size: int, where: str) -> dict[s
     batch = {}
     for spec in specs:
         if any(d is None for d in spec.shape[1:]):
-            raise ConfigError(f"{where}: input {spec.name!r} has the dynamic shape {spec.describe()} whose size only "
-                              "data can give; pass data (an array, or a dict of arrays by input name) to run it")
+            raise ConfigError(
+                f"{where}: input {spec.name!r} has the dynamic shape {spec.describe()} whose size only "
+                "data can give; pass data (an array, or a dict of arrays by input name) to run it"
+            )
         shape = (size, *spec.shape[1:])
         if np.issubdtype(spec.dtype, np.floating):
             batch[spec.name] = np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)

@@ -19,8 +19,9 @@ magnitude threshold across layers, both at the same budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -113,13 +114,21 @@ class SensitivityTable:
         return np.array([self.scores[layer] for layer in self.layers], dtype=float).reshape(len(self.scores), len(self.ratios))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "baseline": self.baseline, "ratios": list(self.ratios),
-                "scores": {layer: list(values) for layer, values in self.scores.items()}}
+        return {
+            "metric": self.metric,
+            "baseline": self.baseline,
+            "ratios": list(self.ratios),
+            "scores": {layer: list(values) for layer, values in self.scores.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SensitivityTable":
-        return cls(float(data["baseline"]), [float(r) for r in data["ratios"]],
-                   {k: [float(v) for v in vs] for k, vs in data["scores"].items()}, data.get("metric", "metric"))
+    def from_dict(cls, data: dict[str, Any]) -> SensitivityTable:
+        return cls(
+            float(data["baseline"]),
+            [float(r) for r in data["ratios"]],
+            {k: [float(v) for v in vs] for k, vs in data["scores"].items()},
+            data.get("metric", "metric"),
+        )
 
     def heatmap(self, stem: str | None = None, title: str = "Sensitivity") -> Any:
         """The layer × ratio heat-map (a :class:`~prunekit.report.plots.Figure`; PNG+SVG files at ``stem``)."""
@@ -190,12 +199,13 @@ def check_target(target: str, channel_removal: str) -> None:
         check_target("latency", "prunekit.keras.prune_channels")  # raises: a latency budget needs channel removal
     """
     if target not in TARGETS:
-        raise ConfigError(f"target should be one of {TARGETS}, got {target!r}; a latency budget needs channel removal "
-                          f"(unstructured zeros do not make dense kernels faster): use {channel_removal}")
+        raise ConfigError(
+            f"target should be one of {TARGETS}, got {target!r}; a latency budget needs channel removal "
+            f"(unstructured zeros do not make dense kernels faster): use {channel_removal}"
+        )
 
 
-def linear_cost_model(summary: ModelSummary, layers: dict[str, LayerWeights], weight_bytes: float,
-                      target: str) -> CostModel:
+def linear_cost_model(summary: ModelSummary, layers: dict[str, LayerWeights], weight_bytes: float, target: str) -> CostModel:
     """The cost model of a dense model from its summary, the weights of ``layers`` and all its weights' bytes.
 
     Example::
@@ -243,7 +253,8 @@ def check_budget(costs: CostModel, budget: float, max_ratio: float) -> float:
         raise ConfigError(
             f"a {costs.target} budget of {budget:.1%} of dense ({absolute:,.0f}) cannot be met: the closest achievable, "
             f"with every layer at the highest ratio {max_ratio:.0%}, is {floor:,.0f} ({floor / costs.dense:.1%} of dense); "
-            "raise the budget or measure sensitivity at higher ratios")
+            "raise the budget or measure sensitivity at higher ratios"
+        )
     return absolute
 
 
@@ -343,8 +354,12 @@ def threshold_allocation(costs: CostModel, magnitudes: dict[str, np.ndarray], bu
     return Allocation("global", costs.target, budget, ratios, costs.cost(ratios), costs.dense)
 
 
-def comparison_rows(allocations: list[Allocation], prune: Callable[[dict[str, float]], Model],
-                    measure: Callable[[Model], float], metric: Callable[[Model], float]) -> list[dict[str, Any]]:
+def comparison_rows(
+    allocations: list[Allocation],
+    prune: Callable[[dict[str, float]], Model],
+    measure: Callable[[Model], float],
+    metric: Callable[[Model], float],
+) -> list[dict[str, Any]]:
     """One row per allocation: its ratios, the cost ``measure``-d on the model ``prune`` gives, and ``metric`` of it.
 
     Example::
@@ -355,9 +370,17 @@ def comparison_rows(allocations: list[Allocation], prune: Callable[[dict[str, fl
     for allocation in allocations:
         pruned = prune(allocation.ratios)
         actual = measure(pruned)
-        rows.append({"method": allocation.method, "target": allocation.target, "budget": allocation.budget,
-                     "ratios": allocation.ratios, "cost": actual, "cost_fraction": actual / allocation.dense_cost,
-                     "metric": float(metric(pruned))})
+        rows.append(
+            {
+                "method": allocation.method,
+                "target": allocation.target,
+                "budget": allocation.budget,
+                "ratios": allocation.ratios,
+                "cost": actual,
+                "cost_fraction": actual / allocation.dense_cost,
+                "metric": float(metric(pruned)),
+            }
+        )
     return rows
 
 
@@ -366,6 +389,11 @@ def allocation_table(rows: list[dict[str, Any]], title: str = "Allocation at the
     layers = list(rows[0]["ratios"]) if rows else []
     table = ResultTable(title, ["allocation", "cost / dense", "budget", "metric", *layers])
     for row in rows:
-        table.add_row(row["method"], f"{row['cost_fraction']:.2%}", f"{row['budget']:.2%}", f"{row['metric']:.4f}",
-                      *[f"{row['ratios'][layer]:.2f}" for layer in layers])
+        table.add_row(
+            row["method"],
+            f"{row['cost_fraction']:.2%}",
+            f"{row['budget']:.2%}",
+            f"{row['metric']:.4f}",
+            *[f"{row['ratios'][layer]:.2f}" for layer in layers],
+        )
     return table

@@ -18,9 +18,15 @@ from prunekit.errors import PrunekitError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("prunekit.commands.demo", "train, prune and fine-tune a CNN on the bundled digits dataset"),
     "serve": ("prunekit.commands.serve", "serve ONNX/TFLite models over HTTP in TensorFlow Serving's REST format"),
-    "export": ("prunekit.commands.export", "export a pruned PyTorch model to ONNX fp32/int8 and compact files, with a comparison table"),
+    "export": (
+        "prunekit.commands.export",
+        "export a pruned PyTorch model to ONNX fp32/int8 and compact files, with a comparison table",
+    ),
     "inspect": ("prunekit.commands.inspect", "print a model's per-layer params, nonzeros and MACs, its peak memory and latency"),
-    "sweep": ("prunekit.commands.sweep", "prune over a grid of methods and sparsities in parallel, with Pareto plots and a report"),
+    "sweep": (
+        "prunekit.commands.sweep",
+        "prune over a grid of methods and sparsities in parallel, with Pareto plots and a report",
+    ),
     "run": ("prunekit.commands.run", "run a YAML recipe (validated up front) and write an HTML/Markdown/JSON report"),
 }
 

@@ -27,9 +27,10 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -76,9 +77,16 @@ class TensorEntry:
         return value
 
     @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> "TensorEntry":
-        return cls(tuple(int(d) for d in value["shape"]), str(value["dtype"]), str(value.get("store", "raw")),
-                   str(value.get("layout", "dense")), int(value["nnz"]), int(value["crc"]), bool(value.get("z", 0)))
+    def from_json(cls, value: Mapping[str, Any]) -> TensorEntry:
+        return cls(
+            tuple(int(d) for d in value["shape"]),
+            str(value["dtype"]),
+            str(value.get("store", "raw")),
+            str(value.get("layout", "dense")),
+            int(value["nnz"]),
+            int(value["crc"]),
+            bool(value.get("z", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,17 @@ class CompactHeader:
         return math.ceil(bits / 8)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT_NAME, "format_version": self.format_version,
-                "prunekit_version": self.prunekit_version, "framework": self.framework, "dtype": self.dtype,
-                "sparsity": round(self.sparsity, 6),
-                "tensors": {name: entry.to_json() for name, entry in self.tensors.items()},
-                "plan": self.plan, "extra": self.extra}
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "prunekit_version": self.prunekit_version,
+            "framework": self.framework,
+            "dtype": self.dtype,
+            "sparsity": round(self.sparsity, 6),
+            "tensors": {name: entry.to_json() for name, entry in self.tensors.items()},
+            "plan": self.plan,
+            "extra": self.extra,
+        }
 
 
 # --------------------------------------------------------------------------- encoding
@@ -135,8 +149,9 @@ def _quantize_int8(name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Symmetric per-output-channel int8: ``q = round(w / scale)``, ``scale = max|w| / 127`` per row of axis 0."""
     rows = array.reshape(array.shape[0], -1).astype(np.float64)
     if not np.isfinite(rows).all():
-        raise ConfigError(f"tensor {name!r} contains NaN or Inf and cannot be stored as int8; "
-                          "store it with dtype='fp32' or fix the weights")
+        raise ConfigError(
+            f"tensor {name!r} contains NaN or Inf and cannot be stored as int8; store it with dtype='fp32' or fix the weights"
+        )
     peak = np.abs(rows).max(axis=1)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
     quantized = np.clip(np.rint(rows / scale[:, None].astype(np.float64)), -127, 127).astype(np.int8)
@@ -157,8 +172,9 @@ def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict
     """Choose storage and layout for one tensor; return its entry and the arrays to store."""
     array = np.require(array, requirements="C")  # not ascontiguousarray: it turns 0-d into 1-d
     if array.dtype.kind not in "biuf":
-        raise ConfigError(f"tensor {name!r} has dtype {array.dtype}; the compact format stores bool, integer "
-                          "and floating-point tensors only")
+        raise ConfigError(
+            f"tensor {name!r} has dtype {array.dtype}; the compact format stores bool, integer and floating-point tensors only"
+        )
     if array.dtype.kind != "f" or array.size == 0:
         return _entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": array}, False)
     array = np.where(array == 0, np.zeros((), array.dtype), array)  # -0.0 -> +0.0; NaN bits untouched
@@ -196,8 +212,9 @@ def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict
     return _entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}, deflated)
 
 
-def _entry(array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray],
-           deflated: bool) -> tuple[TensorEntry, dict[str, np.ndarray]]:
+def _entry(
+    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray], deflated: bool
+) -> tuple[TensorEntry, dict[str, np.ndarray]]:
     crc = 0
     for part in parts.values():
         crc = zlib.crc32(part.tobytes(), crc)
@@ -267,15 +284,17 @@ def _read_container(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CorruptFileError(f"{path} is {len(data)} bytes, too short to be a prunekit compact file (truncated?)")
     header_len = int.from_bytes(data[:8], "little")
     if 8 + header_len > len(data):
-        raise CorruptFileError(f"{path} is truncated: its header needs {8 + header_len} bytes but the file has "
-                               f"{len(data)}; copy or export it again")
+        raise CorruptFileError(
+            f"{path} is truncated: its header needs {8 + header_len} bytes but the file has {len(data)}; copy or export it again"
+        )
     try:
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
         text = header["__metadata__"][_META_KEY]
         meta = json.loads(text)
     except (ValueError, KeyError, TypeError):
-        raise CorruptFileError(f"{path} has no readable prunekit metadata: it is corrupted or was not written "
-                               "by prunekit's save_compressed") from None
+        raise CorruptFileError(
+            f"{path} has no readable prunekit metadata: it is corrupted or was not written by prunekit's save_compressed"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CorruptFileError(f"{path} is not a prunekit compact file (format {found!r})")
@@ -286,18 +305,27 @@ def _read_container(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CorruptFileError(
             f"{path} uses compact format version {version} (written by prunekit "
             f"{meta.get('prunekit_version', '?')}), newer than version {FORMAT_VERSION} that this prunekit reads; "
-            "upgrade prunekit: pip install -U prunekit")
+            "upgrade prunekit: pip install -U prunekit"
+        )
     if header["__metadata__"].get(_META_CRC_KEY) != str(zlib.crc32(text.encode())):
-        raise CorruptFileError(f"{path}: the prunekit metadata fails its CRC-32 check (corrupted header); "
-                               "re-export the file with save_compressed")
+        raise CorruptFileError(
+            f"{path}: the prunekit metadata fails its CRC-32 check (corrupted header); re-export the file with save_compressed"
+        )
     return data, meta
 
 
 def _header_from_json(path: Path, meta: Mapping[str, Any]) -> CompactHeader:
     try:
         tensors = {str(name): TensorEntry.from_json(value) for name, value in meta["tensors"].items()}
-        return CompactHeader(int(meta["format_version"]), str(meta["prunekit_version"]), str(meta["framework"]),
-                             str(meta["dtype"]), tensors, meta.get("plan"), dict(meta.get("extra") or {}))
+        return CompactHeader(
+            int(meta["format_version"]),
+            str(meta["prunekit_version"]),
+            str(meta["framework"]),
+            str(meta["dtype"]),
+            tensors,
+            meta.get("plan"),
+            dict(meta.get("extra") or {}),
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptFileError(f"{path} has malformed prunekit metadata ({type(exc).__name__}: {exc})") from None
 
@@ -338,8 +366,9 @@ def save_compact(
         entry, parts = _encode(name, array, dtype)
         entries[name] = entry
         stored.update({f"{name}:{part}": value for part, value in parts.items()})
-    header = CompactHeader(FORMAT_VERSION, __version__, framework, dtype, entries,
-                           dict(plan) if plan is not None else None, dict(extra or {}))
+    header = CompactHeader(
+        FORMAT_VERSION, __version__, framework, dtype, entries, dict(plan) if plan is not None else None, dict(extra or {})
+    )
     try:
         meta = json.dumps(header.to_json(), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -36,8 +36,7 @@ def load_digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float 
     """
     if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
-            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
-            "and sum to less than 1"
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum to less than 1"
         )
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -45,9 +44,7 @@ def load_digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float 
     bunch = _sk_load_digits()
     images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        images, labels, test_size=test_fraction, random_state=seed, stratify=labels
-    )
+    x_rest, x_test, y_rest, y_test = train_test_split(images, labels, test_size=test_fraction, random_state=seed, stratify=labels)
     if val_fraction == 0:
         empty_x = np.zeros((0, *images.shape[1:]), np.float32)
         return DatasetSplit(x_rest, y_rest, empty_x, np.zeros(0, np.int64), x_test, y_test)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from prunekit.errors import ConfigError
 from prunekit._atomic import atomic_write_text
+from prunekit.errors import ConfigError
 from prunekit.report.tables import ResultTable
 
 FRAMEWORKS = ("torch", "keras")
@@ -25,8 +26,16 @@ def results_table(results: dict[str, Any]) -> ResultTable:
         f"prunekit demo ({results['framework']}): digits test set",
         ["run", "sparsity", "accuracy", "Δ pt", "raw", "gzip", "gzip ×", "time"],
     )
-    table.add_row("dense", "0%", f"{dense['accuracy']:.2%}", "", _size(dense["size_bytes"]), _size(dense["gzip_bytes"]),
-                  "1.00", f"{dense.get('seconds', 0):.0f} s")
+    table.add_row(
+        "dense",
+        "0%",
+        f"{dense['accuracy']:.2%}",
+        "",
+        _size(dense["size_bytes"]),
+        _size(dense["gzip_bytes"]),
+        "1.00",
+        f"{dense.get('seconds', 0):.0f} s",
+    )
     for run in results["runs"]:
         table.add_row(
             run["method"],
@@ -48,13 +57,26 @@ def structured_table(results: dict[str, Any]) -> ResultTable:
         "Structured pruning: physically smaller model",
         ["run", "channels cut", "params", "MACs", "b64 ms", "speedup", "accuracy"],
     )
-    table.add_row("dense", "0%", f"{dense['params']:,}", f"{dense['macs']:,}", f"{dense['latency_ms_b64']:.2f}", "1.00",
-                  f"{dense['accuracy']:.2%}")
+    table.add_row(
+        "dense",
+        "0%",
+        f"{dense['params']:,}",
+        f"{dense['macs']:,}",
+        f"{dense['latency_ms_b64']:.2f}",
+        "1.00",
+        f"{dense['accuracy']:.2%}",
+    )
     for run in results["runs"]:
         if "macs" in run:
-            table.add_row(run["method"], f"{run['sparsity']:.0%}", f"{run['params']:,}", f"{run['macs']:,}",
-                          f"{run['latency_ms_b64']:.2f}", f"{dense['latency_ms_b64'] / run['latency_ms_b64']:.2f}",
-                          f"{run['accuracy']:.2%}")
+            table.add_row(
+                run["method"],
+                f"{run['sparsity']:.0%}",
+                f"{run['params']:,}",
+                f"{run['macs']:,}",
+                f"{run['latency_ms_b64']:.2f}",
+                f"{dense['latency_ms_b64'] / run['latency_ms_b64']:.2f}",
+                f"{run['accuracy']:.2%}",
+            )
     return table
 
 

@@ -9,7 +9,7 @@ Framework-free, shared by the PyTorch and Keras backends.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

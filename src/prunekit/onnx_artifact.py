@@ -17,17 +17,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from prunekit._gzip import gzip_file_size
-from prunekit.errors import ConfigError
 from prunekit._onnx_data import external_data_files
-from prunekit._ort import (InputSpec, Samples, as_samples, batch_of, feed, generated_batch, input_specs, rows,
-                           sample_count, session)
+from prunekit._ort import (
+    InputSpec,
+    Samples,
+    as_samples,
+    batch_of,
+    feed,
+    generated_batch,
+    input_specs,
+    rows,
+    sample_count,
+    session,
+)
+from prunekit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -94,12 +105,11 @@ def onnx_accuracy(path: str | os.PathLike, x: Any, y: Any, batch_size: int = 256
         logits = sess.run(None, batch)[0]
         if logits.ndim < 2:
             raise ConfigError(f"{path}: first output has shape {logits.shape}; accuracy needs class scores (batch, classes)")
-        correct += int((logits.argmax(axis=-1) == y[start:start + batch_size]).sum())
+        correct += int((logits.argmax(axis=-1) == y[start : start + batch_size]).sum())
     return correct / count
 
 
-def _input_batch(path: str | os.PathLike, specs: list[InputSpec], size: int,
-                 x: Samples | None) -> dict[str, np.ndarray]:
+def _input_batch(path: str | os.PathLike, specs: list[InputSpec], size: int, x: Samples | None) -> dict[str, np.ndarray]:
     """A checked feed of ``size`` samples: rows of ``x`` (repeated when it has fewer), or generated from the specs."""
     if x is None:
         return generated_batch(specs, size, str(path))
@@ -184,8 +194,12 @@ def peak_memory(path: str | os.PathLike, batch: Any, threads: int | None = None,
     with tempfile.TemporaryDirectory(prefix="prunekit-mem-") as work:
         batch_path = Path(work) / "batch.npz"
         np.savez(batch_path, **inputs)
-        done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), str(batch_path), str(threads)],
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(path), str(batch_path), str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if done.returncode != 0:
         raise ConfigError(f"could not run {path} to measure its memory: {done.stderr.strip()[-500:]}")
     return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_increase"])

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,7 @@ InputShapes = Mapping[str, Sequence[int]] | Sequence[int] | None
 _CONVS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
 _MATMULS = {"MatMul": (0, 1), "Gemm": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3)}
 #: Where an int8 op keeps the zero point of its operand at index i (ONNX operator specs).
-_ZERO_POINTS = {"ConvInteger": {1: 3}, "QLinearConv": {3: 5}, "MatMulInteger": {0: 2, 1: 3},
-                "QLinearMatMul": {0: 2, 3: 5}}
+_ZERO_POINTS = {"ConvInteger": {1: 3}, "QLinearConv": {3: 5}, "MatMulInteger": {0: 2, 1: 3}, "QLinearMatMul": {0: 2, 3: 5}}
 _BIASES = {"Conv": 2, "ConvTranspose": 2, "QLinearConv": 8, "Gemm": 2}
 
 
@@ -149,9 +149,11 @@ class _Graph:
     def shape(self, name: str, node: Any) -> tuple[int, ...]:
         found = self.shapes.get(name)
         if found is None:
-            raise ConfigError(f"{self.path}: shape inference could not tell the shape of {name!r} (node "
-                              f"{node.name or node.op_type!r}), so its MACs are unknown; give the sizes of the "
-                              "dynamic input dims with input_shapes (prunekit inspect: --input-shape)")
+            raise ConfigError(
+                f"{self.path}: shape inference could not tell the shape of {name!r} (node "
+                f"{node.name or node.op_type!r}), so its MACs are unknown; give the sizes of the "
+                "dynamic input dims with input_shapes (prunekit inspect: --input-shape)"
+            )
         return found
 
     def linear_bias(self, node: Any) -> _Weight | None:
@@ -220,8 +222,10 @@ def _fill_dims(value: Any, given: Sequence[int] | None, path: Path) -> None:
     dims = value.type.tensor_type.shape.dim
     described = "(" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else d.dim_param or "?" for d in dims) + ")"
     if given is not None and len(given) != len(dims) - 1:
-        raise ConfigError(f"{path}: input {value.name!r} has the shape {described}, so its per-sample shape has "
-                          f"{len(dims) - 1} dims, but {tuple(given)} was given; give the shape without the batch dim")
+        raise ConfigError(
+            f"{path}: input {value.name!r} has the shape {described}, so its per-sample shape has "
+            f"{len(dims) - 1} dims, but {tuple(given)} was given; give the shape without the batch dim"
+        )
     for axis, dim in enumerate(dims):
         if axis == 0:
             if not dim.HasField("dim_value"):
@@ -230,11 +234,15 @@ def _fill_dims(value: Any, given: Sequence[int] | None, path: Path) -> None:
         size = None if given is None else int(given[axis - 1])
         if dim.HasField("dim_value"):
             if size is not None and size != dim.dim_value:
-                raise ConfigError(f"{path}: input {value.name!r} has the shape {described}, but {tuple(given)} "
-                                  f"was given for one sample; give sizes that match its fixed dims")
+                raise ConfigError(
+                    f"{path}: input {value.name!r} has the shape {described}, but {tuple(given)} "
+                    f"was given for one sample; give sizes that match its fixed dims"
+                )
         elif size is None:
-            raise ConfigError(f"{path}: input {value.name!r} has the dynamic shape {described} whose size the file "
-                              "does not fix; give its per-sample shape with input_shapes "
-                              "(prunekit inspect: --input-shape, e.g. --input-shape 128 for a sequence length)")
+            raise ConfigError(
+                f"{path}: input {value.name!r} has the dynamic shape {described} whose size the file "
+                "does not fix; give its per-sample shape with input_shapes "
+                "(prunekit inspect: --input-shape, e.g. --input-shape 128 for a sequence length)"
+            )
         else:
             dim.dim_value = size

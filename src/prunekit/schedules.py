@@ -11,7 +11,8 @@ import math
 import numbers
 import warnings
 from abc import ABC, abstractmethod
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from prunekit.errors import ConfigError
 
@@ -65,7 +66,7 @@ class PruningSchedule(ABC):
         """``{"class_name": ..., "config": {...}}``, JSON-serialisable."""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PruningSchedule":
+    def from_config(cls, config: dict[str, Any]) -> PruningSchedule:
         """Build from the ``"config"`` part of :meth:`get_config` (or the whole dict)."""
         if "class_name" in config:
             return schedule_from_config(config)
@@ -217,9 +218,7 @@ class IterativeSparsity(PruningSchedule):
                 step, sparsity = item
             except (TypeError, ValueError):
                 raise ConfigError(f"milestones[{i}] should be a (step, sparsity) pair, got {item!r}") from None
-            parsed.append(
-                (_check_step(step, f"milestones[{i}] step"), _check_sparsity(sparsity, f"milestones[{i}] sparsity"))
-            )
+            parsed.append((_check_step(step, f"milestones[{i}] step"), _check_sparsity(sparsity, f"milestones[{i}] sparsity")))
         if not parsed:
             raise ConfigError("milestones should hold at least one (step, sparsity) pair")
         for i in range(1, len(parsed)):
@@ -269,8 +268,13 @@ def iterative_schedule(sparsity: float, rounds: int, steps_per_round: int) -> It
 
 
 def gradual_schedule(
-    sparsity: float, epochs: int, steps_per_epoch: int, pruning_epochs: int | None = None,
-    frequency: int | None = None, initial_sparsity: float = 0.0, power: float = 3,
+    sparsity: float,
+    epochs: int,
+    steps_per_epoch: int,
+    pruning_epochs: int | None = None,
+    frequency: int | None = None,
+    initial_sparsity: float = 0.0,
+    power: float = 3,
 ) -> PolynomialDecay:
     """A :class:`PolynomialDecay` over ``pruning_epochs`` (two thirds of ``epochs`` by default) that
     reaches ``sparsity`` exactly: its end step is a multiple of ``frequency`` inside the training."""

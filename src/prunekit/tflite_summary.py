@@ -31,8 +31,9 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,14 @@ from prunekit.report.measures import LayerStats, ModelSummary
 TFLITE_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
 #: Weighted ops: the input index of their weight and of their bias (None: no bias; ``BATCH_MATMUL``'s weight
 #: is whichever operand is constant).
-_OPS = {"CONV_2D": (1, 2), "DEPTHWISE_CONV_2D": (1, 2), "CONV_3D": (1, 2), "TRANSPOSE_CONV": (1, 3),
-        "FULLY_CONNECTED": (1, 2), "BATCH_MATMUL": (1, None)}
+_OPS = {
+    "CONV_2D": (1, 2),
+    "DEPTHWISE_CONV_2D": (1, 2),
+    "CONV_3D": (1, 2),
+    "TRANSPOSE_CONV": (1, 3),
+    "FULLY_CONNECTED": (1, 2),
+    "BATCH_MATMUL": (1, None),
+}
 #: Ops that only turn a stored weight into the dense float tensor an op reads.
 _WEIGHT_DECODERS = ("DEQUANTIZE", "DENSIFY")
 
@@ -104,17 +111,21 @@ def summarize_tflite(path: str | os.PathLike) -> ModelSummary:
         raise ConfigError(f"TFLite file {path} does not exist")
     schema = tflite_schema()
     if schema is None:
-        raise MissingDependencyError(f"reading {path} needs the TFLite schema: pip install ai-edge-litert "
-                                     "(or tensorflow, prunekit's keras extra)")
+        raise MissingDependencyError(
+            f"reading {path} needs the TFLite schema: pip install ai-edge-litert (or tensorflow, prunekit's keras extra)"
+        )
     data = path.read_bytes()
     if not schema.Model.ModelBufferHasIdentifier(data, 0):
-        raise CorruptFileError(f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier); convert the model "
-                               "again, e.g. with prunekit.keras.convert_to_tflite")
+        raise CorruptFileError(
+            f"{path} is not a TFLite flatbuffer (no 'TFL3' identifier); convert the model "
+            "again, e.g. with prunekit.keras.convert_to_tflite"
+        )
     try:
         return _File(schema, data, path, _resolved_shapes(data, path)).summary()
     except (IndexError, ValueError, TypeError, AttributeError, struct.error) as exc:
-        raise CorruptFileError(f"{path} is a damaged TFLite flatbuffer ({type(exc).__name__}: {exc}); "
-                               "convert the model again") from None
+        raise CorruptFileError(
+            f"{path} is a damaged TFLite flatbuffer ({type(exc).__name__}: {exc}); convert the model again"
+        ) from None
 
 
 class _File:
@@ -151,8 +162,9 @@ class _File:
                     rows.append(row)
         return ModelSummary(rows)
 
-    def row(self, subgraph: Any, number: int, op: Any, producers: dict[int, Any], consumers: dict[int, list[Any]],
-            batch: int) -> LayerStats | None:
+    def row(
+        self, subgraph: Any, number: int, op: Any, producers: dict[int, Any], consumers: dict[int, list[Any]], batch: int
+    ) -> LayerStats | None:
         """The row of an op that multiplies by a constant (None for any other op)."""
         kind = self.op_names[op.OpcodeIndex()]
         if kind not in _OPS:
@@ -181,8 +193,9 @@ class _File:
         for the others (the bodies of control-flow ops)."""
         return self.shapes[index] if number == 0 else _shape(subgraph.Tensors(index))
 
-    def macs(self, kind: str, shape: Callable[[int], tuple[int, ...]], op: Any, inputs: list[int],
-             kernel: tuple[int, ...]) -> int:
+    def macs(
+        self, kind: str, shape: Callable[[int], tuple[int, ...]], op: Any, inputs: list[int], kernel: tuple[int, ...]
+    ) -> int:
         """MACs of one invocation (``shape``: a tensor's shape by index; ``kernel``: the weight's shape)."""
         out_elements = math.prod(shape(int(op.Outputs(0))))
         if kind == "CONV_2D":  # weight (out, h, w, in / groups)
@@ -202,8 +215,7 @@ class _File:
             options.Init(table.Bytes, table.Pos)
         return out_elements * (left[-2] if table is not None and options.AdjX() else left[-1])
 
-    def added_bias(self, subgraph: Any, op: Any, producers: dict[int, Any],
-                   consumers: dict[int, list[Any]]) -> "_Weight | None":
+    def added_bias(self, subgraph: Any, op: Any, producers: dict[int, Any], consumers: dict[int, list[Any]]) -> _Weight | None:
         """The 1-D constant an ``ADD`` adds to the op's output, through ``RESHAPE``s: how the converter writes
         the bias of a ``Dense`` on a sequence (a bias-less ``FULLY_CONNECTED`` between two reshapes)."""
         output = int(op.Outputs(0))
@@ -220,7 +232,7 @@ class _File:
                 return None
         return None
 
-    def constant(self, subgraph: Any, index: int, producers: dict[int, Any]) -> "_Weight | None":
+    def constant(self, subgraph: Any, index: int, producers: dict[int, Any]) -> _Weight | None:
         """Tensor ``index`` if it is a constant, or the constant a ``DEQUANTIZE``/``DENSIFY`` op decodes into it."""
         producer = producers.get(index)
         if producer is not None and self.op_names[producer.OpcodeIndex()] in _WEIGHT_DECODERS:
@@ -236,17 +248,23 @@ class _File:
         quantization = tensor.Quantization()
         if quantization is not None and quantization.ZeroPointLength() and values.dtype in (np.int8, np.uint8):
             zero = quantization.ZeroPointAsNumpy().astype(values.dtype)
-            zero = zero[:1].reshape(()) if np.all(zero == zero[0]) else zero.reshape(
-                [zero.size if axis == quantization.QuantizedDimension() else 1 for axis in range(len(shape))])
+            zero = (
+                zero[:1].reshape(())
+                if np.all(zero == zero[0])
+                else zero.reshape([zero.size if axis == quantization.QuantizedDimension() else 1 for axis in range(len(shape))])
+            )
         name = tensor.Name().decode("utf-8", "replace")
         if values.size == math.prod(shape):
             values = values.reshape(shape)
         elif tensor.Sparsity() is None:
-            raise CorruptFileError(f"{self.path}: tensor {name!r} of shape {shape} holds {values.size} values; "
-                                   "convert the model again")
+            raise CorruptFileError(
+                f"{self.path}: tensor {name!r} of shape {shape} holds {values.size} values; convert the model again"
+            )
         elif zero.ndim:
-            raise ConfigError(f"{self.path}: tensor {name!r} is stored sparse with per-channel zero points, which "
-                              "prunekit cannot count; convert it without sparse=True to inspect it")
+            raise ConfigError(
+                f"{self.path}: tensor {name!r} is stored sparse with per-channel zero points, which "
+                "prunekit cannot count; convert it without sparse=True to inspect it"
+            )
         return _Weight(shape, int(np.count_nonzero(values != zero)))
 
 
@@ -272,15 +290,20 @@ def _resolved_shapes(data: bytes, path: Path) -> dict[int, tuple[int, ...]]:
     with warnings.catch_warnings():  # tf.lite.Interpreter warns that it is deprecated
         warnings.simplefilter("ignore")
         try:
-            interpreter = interpreter_type(model_content=data, experimental_preserve_all_tensors=True,
-                                            experimental_op_resolver_type=resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interpreter = interpreter_type(
+                model_content=data,
+                experimental_preserve_all_tensors=True,
+                experimental_op_resolver_type=resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            )
             interpreter.allocate_tensors()
             for detail in interpreter.get_input_details():
                 interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
             interpreter.invoke()
         except (ValueError, RuntimeError) as exc:
-            raise CorruptFileError(f"{path}: the TFLite interpreter cannot run it ({exc}), so its shapes and MACs "
-                                   "are unknown; convert the model again") from None
+            raise CorruptFileError(
+                f"{path}: the TFLite interpreter cannot run it ({exc}), so its shapes and MACs "
+                "are unknown; convert the model again"
+            ) from None
     return {detail["index"]: tuple(int(d) for d in detail["shape"]) for detail in interpreter.get_tensor_details()}
 
 

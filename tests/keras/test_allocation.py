@@ -1,9 +1,8 @@
 """Keras sensitivity and per-layer budgets: exact tables, budgets met within 2%, greedy beats uniform, clear errors."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 import prunekit.keras as pk
 from prunekit.errors import ConfigError
@@ -60,8 +59,10 @@ def test_scores_on_a_positive_chain_are_the_hand_computed_outputs():
     table = pk.analyze_sensitivity(model, output_on_ones, ratios=(0.25, 0.5, 0.75))
     # dense: sum_j second_j * (column j of first) = 1*28 + 2*32 + 3*36 + 4*40 = 360
     assert table.baseline == 360
-    assert table.scores == {"first": [330, 260, 150],   # rows 1..4, 5..8, 9..12 of first zeroed in turn
-                            "second": [332, 268, 160]}  # second's 1, 2, 3 zeroed in turn
+    assert table.scores == {
+        "first": [330, 260, 150],  # rows 1..4, 5..8, 9..12 of first zeroed in turn
+        "second": [332, 268, 160],
+    }  # second's 1, 2, 3 zeroed in turn
     assert np.asarray(model.get_layer("first").kernel.numpy()).min() == 1  # the model itself is untouched
 
 

@@ -2,9 +2,8 @@
 
 import json
 
-import pytest
-
 import keras
+import pytest
 import tensorflow as tf
 
 import prunekit.keras as pk
@@ -27,7 +26,12 @@ def test_pruning_summaries_logs_each_weights_sparsity_once_per_epoch(tmp_path):
     assert records == summaries.records
     assert [(r["epoch"], r["step"]) for r in records] == [(0, 3), (1, 7)]
     assert records[0]["sparsity"]["fc1/kernel"] == pytest.approx(round(SCHEDULE.sparsity_at(2) * 128 * 16) / (128 * 16))
-    assert records[1]["sparsity"] == {"conv1/kernel": pytest.approx(18 / 36), "conv2/kernel": 0.5, "fc1/kernel": 0.5, "fc2/kernel": 0.5}
+    assert records[1]["sparsity"] == {
+        "conv1/kernel": pytest.approx(18 / 36),
+        "conv2/kernel": 0.5,
+        "fc1/kernel": 0.5,
+        "fc2/kernel": 0.5,
+    }
     assert records[1]["target_sparsity"] == {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5, "fc2": 0.5}
 
 

@@ -31,8 +31,21 @@ def test_demo_refuses_an_unknown_method():
 def test_demo_command_runs_the_keras_demo_with_the_chosen_method(tmp_path):
     from prunekit.cli import main
 
-    code = main(["demo", "--framework", "keras", "--method", "one-shot", "--sparsities", "0.5", "--quick",
-                 "--no-progress", "--output", str(tmp_path)])
+    code = main(
+        [
+            "demo",
+            "--framework",
+            "keras",
+            "--method",
+            "one-shot",
+            "--sparsities",
+            "0.5",
+            "--quick",
+            "--no-progress",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["framework"] == "keras"

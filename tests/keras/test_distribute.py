@@ -29,7 +29,10 @@ def distributed(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
     done = subprocess.run(
         [sys.executable, "-m", "tests.keras.distributed_runs", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads((out / "runs.json").read_text())

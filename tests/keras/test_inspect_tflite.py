@@ -94,8 +94,11 @@ def test_depthwise_grouped_transposed_and_sequence_dense_rows_count_the_keras_ma
     pk.convert_to_tflite(model, output_path=path)
     tflite, keras_summary = summarize_tflite(path), summarize(model)
     assert [row.type for row in tflite.layers] == ["DEPTHWISE_CONV_2D", "CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED"]
-    assert [row.macs for row in tflite.layers] == [row.macs for row in keras_summary.layers] == [
-        8 * 8 * 6 * 9, 4 * 4 * 8 * 9 * 3, 4 * 4 * 8 * 9 * 4, 64 * 5 * 4]
+    assert (
+        [row.macs for row in tflite.layers]
+        == [row.macs for row in keras_summary.layers]
+        == [8 * 8 * 6 * 9, 4 * 4 * 8 * 9 * 3, 4 * 4 * 8 * 9 * 4, 64 * 5 * 4]
+    )
     assert [row.params for row in tflite.layers] == [row.params for row in keras_summary.layers] == [60, 224, 292, 25]
 
 
@@ -104,7 +107,8 @@ def test_an_80_percent_pruned_file_keeps_the_keras_sparsity_of_every_layer_exact
     tflite = summarize_tflite(files["paths"]["pruned", quantization])
     keras_rows = _keras_rows(files["pruned"])
     assert [(row.params, row.nonzeros, row.macs, row.sparse_macs) for row in tflite.layers] == [
-        (row.params, row.nonzeros, row.macs, row.sparse_macs) for row in keras_rows]
+        (row.params, row.nonzeros, row.macs, row.sparse_macs) for row in keras_rows
+    ]
     assert [row.sparsity for row in tflite.layers] == [row.sparsity for row in keras_rows]
     assert tflite.layers[2].sparsity == pytest.approx(0.8, abs=0.01)  # fc1, the largest layer
 
@@ -167,7 +171,9 @@ def test_input_shape_is_refused_since_the_file_fixes_its_own(files, capsys):
 
 
 def test_summarize_tflite_reads_the_file_without_tensorflow_or_keras(files):
-    code = ("import sys; from prunekit.tflite_summary import summarize_tflite; "
-            f"assert summarize_tflite({str(files['paths']['dense', 'int8'])!r}).macs > 0; "
-            "assert not any(m.split('.')[0] in ('keras', 'tensorflow') for m in sys.modules)")
+    code = (
+        "import sys; from prunekit.tflite_summary import summarize_tflite; "
+        f"assert summarize_tflite({str(files['paths']['dense', 'int8'])!r}).macs > 0; "
+        "assert not any(m.split('.')[0] in ('keras', 'tensorflow') for m in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

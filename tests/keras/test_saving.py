@@ -2,10 +2,9 @@
 
 import zipfile
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 import prunekit.keras as pk
 from prunekit import PolynomialDecay

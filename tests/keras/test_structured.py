@@ -1,9 +1,8 @@
 """Structured pruning on Keras 3: physically fewer filters/neurons, coupled channels, and the oracle."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 import prunekit.keras as pk
 from prunekit import ConfigError, LayerNotFoundError
@@ -16,8 +15,14 @@ def _randomize_batchnorm(model, rng):
     for layer in model.layers:
         if isinstance(layer, L.BatchNormalization):
             gamma, beta, mean, var = (w.numpy() for w in layer.weights)
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.3, beta.shape),
-                               rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.normal(0, 0.3, beta.shape),
+                    rng.normal(0, 0.3, mean.shape),
+                    rng.uniform(0.5, 1.5, var.shape),
+                ]
+            )
 
 
 def branchy_model():

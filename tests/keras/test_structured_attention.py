@@ -1,9 +1,8 @@
 """Structured pruning of Keras transformer blocks: whole MultiHeadAttention heads, FFN neurons, and the oracle."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 import prunekit.keras as pk
 from prunekit import ConfigError, LayerNotFoundError
@@ -73,7 +72,8 @@ def test_heads_are_a_group_and_the_ffn_is_free_while_the_residual_stream_stays_l
     assert (ffn_in.size, ffn_in.locked) == (HIDDEN, 0)
     assert groups[("attention",), "channels"].locked_reason == "it is a model input"
     assert groups[("ffn_out",), "channels"].locked_reason == (
-        "it feeds LayerNormalization layer 'norm1', whose mean and variance mix the channels it normalises")
+        "it feeds LayerNormalization layer 'norm1', whose mean and variance mix the channels it normalises"
+    )
 
 
 def test_oracle_removing_silent_heads_and_ffn_units_keeps_the_transformer_outputs(pruned_pair):

@@ -1,10 +1,9 @@
 """Structured pruning of Keras LSTM/GRU/SimpleRNN (and Bidirectional) hidden units, checked by the oracle: units whose
 outgoing weights are zero contribute nothing, so removing them leaves the outputs unchanged."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 import prunekit.keras as pk
 from prunekit import ConfigError

@@ -1,9 +1,8 @@
 """prune_low_magnitude / UpdatePruningStep / strip_pruning on Keras 3: exact, wrapper-free, loud."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 import prunekit.keras as pk
@@ -177,7 +176,9 @@ def test_unsupported_layer_error_names_the_layer_and_how_to_exclude_it():
 
 
 def test_custom_layer_with_get_prunable_weights_is_pruned():
-    pruned = compile_classifier(pk.prune_low_magnitude(_model_with(_PrunableScale(name="scale")), ConstantSparsity(0.5, 0)), eager=True)
+    pruned = compile_classifier(
+        pk.prune_low_magnitude(_model_with(_PrunableScale(name="scale")), ConstantSparsity(0.5, 0)), eager=True
+    )
     _fit(pruned)
     assert_zero_count(pruned.get_layer("scale").scale.numpy(), 4, "scale")
 

@@ -24,7 +24,7 @@ class ToyObjective:
         if trial.method == "broken":
             raise ValueError("metric function exploded")
         penalty = 0.1 if trial.method == "worse" else 0.0
-        return {"accuracy": 1 - trial.sparsity ** 2 - penalty, "gzip_bytes": 1000 * (1 - trial.sparsity)}
+        return {"accuracy": 1 - trial.sparsity**2 - penalty, "gzip_bytes": 1000 * (1 - trial.sparsity)}
 
 
 class TimedObjective:

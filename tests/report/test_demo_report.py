@@ -9,8 +9,10 @@ from prunekit.report.demo import demo_report
 RESULTS = {
     "framework": "torch",
     "dense": {"accuracy": 0.9889, "size_bytes": 612000, "gzip_bytes": 565000, "seconds": 20},
-    "runs": [{"method": "gradual", "sparsity": 0.5, "accuracy": 0.9917, "size_bytes": 612000, "gzip_bytes": 339000, "seconds": 9},
-             {"method": "gradual", "sparsity": 0.9, "accuracy": 0.9806, "size_bytes": 612000, "gzip_bytes": 107000, "seconds": 17}],
+    "runs": [
+        {"method": "gradual", "sparsity": 0.5, "accuracy": 0.9917, "size_bytes": 612000, "gzip_bytes": 339000, "seconds": 9},
+        {"method": "gradual", "sparsity": 0.9, "accuracy": 0.9806, "size_bytes": 612000, "gzip_bytes": 107000, "seconds": 17},
+    ],
 }
 
 

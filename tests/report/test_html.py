@@ -18,13 +18,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _report():
-    rows = [{"method": "one-shot", "accuracy": 0.97, "gzip_bytes": 300}, {"method": "gradual", "accuracy": 0.95, "gzip_bytes": 120},
-            {"method": "dense", "accuracy": 0.98, "gzip_bytes": 550}]
+    rows = [
+        {"method": "one-shot", "accuracy": 0.97, "gzip_bytes": 300},
+        {"method": "gradual", "accuracy": 0.95, "gzip_bytes": 120},
+        {"method": "dense", "accuracy": 0.98, "gzip_bytes": 550},
+    ]
     table = ResultTable("Before and after", ["model", "accuracy"], [["dense", "98.0%"], ["gradual 90%", "95.0%"]])
-    figures = [plot_pareto(rows, "gzip_bytes", front=[1, 0, 2]),
-               plot_heatmap(["conv1", "fc1"], [0.5, 0.9], [[0.97, 0.4], [0.98, 0.95]], title="Sensitivity")]
-    return Report("Test <report>", [Section("Results", tables=[table], figures=figures)], data={"answer": 42},
-                  recipe="name: test\n")
+    figures = [
+        plot_pareto(rows, "gzip_bytes", front=[1, 0, 2]),
+        plot_heatmap(["conv1", "fc1"], [0.5, 0.9], [[0.97, 0.4], [0.98, 0.95]], title="Sensitivity"),
+    ]
+    return Report(
+        "Test <report>", [Section("Results", tables=[table], figures=figures)], data={"answer": 42}, recipe="name: test\n"
+    )
 
 
 def _embedded_pngs(html):
@@ -73,9 +79,22 @@ def test_report_renders_in_headless_chromium_with_the_plots_visible(tmp_path):
     chromium = _chromium()
     paths = write_report(_report(), tmp_path)
     shot = tmp_path / "screenshot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1800", f"--screenshot={shot}",
-                    paths["html"].as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1100,1800",
+            f"--screenshot={shot}",
+            paths["html"].as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.stat().st_size > 10_000
     import matplotlib.image
 

@@ -63,8 +63,24 @@ def test_inspect_command_reads_a_saved_keras_model(tmp_path, capsys):
     path = tmp_path / "cnn.keras"
     digits_cnn(channels=(8, 16), hidden=32).save(path)
     out = tmp_path / "inspect.json"
-    assert main(["inspect", str(path), "--input-shape", "8,8,1", "--latency", "--batch-sizes", "2", "--repeats", "2",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                str(path),
+                "--input-shape",
+                "8,8,1",
+                "--latency",
+                "--batch-sizes",
+                "2",
+                "--repeats",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "conv2" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["framework"] == "keras"
@@ -139,11 +155,29 @@ def test_peak_memory_agrees_with_the_torch_twin_on_an_equivalent_sequential_cnn(
 
     from prunekit.torch.latency import measure_peak_memory as torch_peak_memory
 
-    model = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(8, 3, padding="same"), layers.BatchNormalization(),
-                              layers.ReLU(), layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(32), layers.ReLU(),
-                              layers.Dense(10)])
-    twin = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 10))
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            layers.Conv2D(8, 3, padding="same"),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(32),
+            layers.ReLU(),
+            layers.Dense(10),
+        ]
+    )
+    twin = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    )
     keras_memory = measure_peak_memory(model, (8, 8, 1), batch_size=4, device="cpu")
     torch_memory = torch_peak_memory(twin, (1, 8, 8), batch_size=4)
     # tolerance: activations exactly equal; weights differ by BatchNorm2d's int64 num_batches_tracked only
@@ -190,4 +224,6 @@ def test_inspect_command_prints_and_writes_peak_memory_of_a_saved_keras_model(tm
     assert f"peak inference memory at batch 4: {weights + 4 * activations:,} bytes" in printed
     memory = json.loads(out.read_text())["memory"]
     assert [(m["batch_size"], m["weight_bytes"], m["peak_activation_bytes"], m["peak_bytes"]) for m in memory] == [
-        (1, weights, activations, weights + activations), (4, weights, 4 * activations, weights + 4 * activations)]
+        (1, weights, activations, weights + activations),
+        (4, weights, 4 * activations, weights + 4 * activations),
+    ]

@@ -11,7 +11,7 @@ import pytest
 from prunekit.errors import ConfigError
 from prunekit.report.plots import plot_heatmap, plot_pareto
 from prunekit.sweep.pareto import pareto_front
-from prunekit.sweep.runner import Trial, grid, read_log, run_sweep
+from prunekit.sweep.runner import grid, read_log, run_sweep
 from tests.report.sweep_objectives import ToyObjective
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,8 +84,13 @@ def test_two_workers_run_trials_in_worker_processes(tmp_path):
 
 
 def test_pareto_front_keeps_only_undominated_points_sorted_by_cost():
-    rows = [{"accuracy": 0.9, "size": 10}, {"accuracy": 0.8, "size": 20}, {"accuracy": 0.95, "size": 30},
-            {"accuracy": 0.5, "size": 5}, {"status": "failed"}]
+    rows = [
+        {"accuracy": 0.9, "size": 10},
+        {"accuracy": 0.8, "size": 20},
+        {"accuracy": 0.95, "size": 30},
+        {"accuracy": 0.5, "size": 5},
+        {"status": "failed"},
+    ]
     assert pareto_front(rows, "accuracy", "size") == [3, 0, 2]
 
 

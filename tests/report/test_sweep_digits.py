@@ -8,8 +8,9 @@ from prunekit.sweep.runner import Trial
 
 
 def test_digits_objective_reports_accuracy_size_and_macs_at_the_requested_sparsity():
-    objective = DigitsObjective.train(epochs=1, model_options={"channels": (4, 8), "hidden": 16},
-                                      finetune_epochs=1, latency_repeats=2)
+    objective = DigitsObjective.train(
+        epochs=1, model_options={"channels": (4, 8), "hidden": 16}, finetune_epochs=1, latency_repeats=2
+    )
     metrics = objective(Trial("one-shot", 0.5))
     assert 0 <= metrics["accuracy"] <= 1
     assert 0.45 < metrics["sparsity"] < 0.5  # weights at 50%, biases and BN dense
@@ -18,8 +19,9 @@ def test_digits_objective_reports_accuracy_size_and_macs_at_the_requested_sparsi
 
 
 def test_digits_objective_channels_method_shrinks_dense_macs():
-    objective = DigitsObjective.train(epochs=1, model_options={"channels": (4, 8), "hidden": 16},
-                                      finetune_epochs=1, latency_repeats=0)
+    objective = DigitsObjective.train(
+        epochs=1, model_options={"channels": (4, 8), "hidden": 16}, finetune_epochs=1, latency_repeats=0
+    )
     dense = objective(Trial("one-shot", 0.0))
     channels = objective(Trial("channels", 0.5))
     assert channels["macs"] < 0.5 * dense["macs"]
@@ -29,8 +31,19 @@ def test_digits_objective_channels_method_shrinks_dense_macs():
 
 def test_sweep_command_writes_results_plots_and_report_and_reports_failed_trials(tmp_path, capsys):
     out = tmp_path / "sweep"
-    code = main(["sweep", "--objective", "tests.report.test_sweep_digits:toy", "--methods", "m,broken",
-                 "--sparsities", "0.5,0.9", "--out", str(out)])
+    code = main(
+        [
+            "sweep",
+            "--objective",
+            "tests.report.test_sweep_digits:toy",
+            "--methods",
+            "m,broken",
+            "--sparsities",
+            "0.5,0.9",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 1  # a failed trial makes the exit status non-zero, after the others ran
     assert "[failed] broken@0.5" in capsys.readouterr().out
     saved = json.loads((out / "results.json").read_text())

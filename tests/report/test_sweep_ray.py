@@ -13,8 +13,7 @@ ray = pytest.importorskip("ray")
 
 from prunekit.sweep.pool import run_jobs  # noqa: E402
 from prunekit.sweep.runner import grid, read_log, run_sweep  # noqa: E402
-from tests.report.sweep_objectives import (  # noqa: E402
-    TimedObjective, ToyObjective, TorchThreadsObjective, explode)
+from tests.report.sweep_objectives import TimedObjective, TorchThreadsObjective, ToyObjective, explode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,9 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module", autouse=True)
 def user_ray():
     """One local Ray for the module, started as a user would: prunekit must use it and leave it running."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 << 20,
-             logging_level=logging.ERROR, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 << 20,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
     yield
     ray.shutdown()
 
@@ -74,8 +79,9 @@ def test_ray_sweep_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 def test_workers_bounds_the_ray_tasks_running_at_once(tmp_path):
-    run_sweep(TimedObjective(tmp_path / "exec", seconds=0.3), grid(["m"], [0.1, 0.2, 0.3]), tmp_path / "out",
-              workers=1, backend="ray")
+    run_sweep(
+        TimedObjective(tmp_path / "exec", seconds=0.3), grid(["m"], [0.1, 0.2, 0.3]), tmp_path / "out", workers=1, backend="ray"
+    )
     spans = sorted(tuple(map(float, line.split()[1:])) for line in (tmp_path / "exec").read_text().splitlines())
     assert len(spans) == 3
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
@@ -89,7 +95,9 @@ def test_ray_tasks_run_torch_on_one_thread(tmp_path):
 def test_run_jobs_on_ray_yields_the_jobs_own_exceptions():
     outcomes = sorted(run_jobs(explode, [1, 2], workers=2, backend="ray"), key=lambda outcome: outcome[0])
     assert [(index, result, type(error), str(error)) for index, result, error in outcomes] == [
-        (0, None, ValueError, "job 1 exploded"), (1, None, ValueError, "job 2 exploded")]
+        (0, None, ValueError, "job 1 exploded"),
+        (1, None, ValueError, "job 2 exploded"),
+    ]
 
 
 def test_unpicklable_job_on_ray_is_reported_with_pickles_error():
@@ -98,12 +106,35 @@ def test_unpicklable_job_on_ray_is_reported_with_pickles_error():
 
 
 def test_cli_sweep_on_ray_starts_and_stops_its_own_ray(tmp_path):
-    script = ("import sys, ray; from prunekit.cli import main; code = main(sys.argv[1:]); "
-              "print('ray running:', ray.is_initialized()); sys.exit(code)")
+    script = (
+        "import sys, ray; from prunekit.cli import main; code = main(sys.argv[1:]); "
+        "print('ray running:', ray.is_initialized()); sys.exit(code)"
+    )
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    run = subprocess.run([sys.executable, "-c", script, "sweep", "--ray", "--workers", "2", "--methods", "m,broken",
-                          "--sparsities", "0.5", "--objective", "tests.report.sweep_objectives:quiet_toy_objective",
-                          "--out", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "sweep",
+            "--ray",
+            "--workers",
+            "2",
+            "--methods",
+            "m,broken",
+            "--sparsities",
+            "0.5",
+            "--objective",
+            "tests.report.sweep_objectives:quiet_toy_objective",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 1, run.stderr  # one trial failed
     lines = run.stdout.splitlines()
     assert lines[0].startswith("running trials as Ray tasks, 2 at a time")

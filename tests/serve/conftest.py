@@ -25,8 +25,9 @@ def _export(model, example: tuple, inputs: list[str], outputs: list[str], path: 
     axes = {name: {0: "batch"} for name in inputs + outputs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), example, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, dynamo=False)
+        torch.onnx.export(
+            model.eval(), example, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes, dynamo=False
+        )
     return path
 
 
@@ -71,8 +72,13 @@ def onnx_models(tmp_path_factory) -> dict[str, Path]:
     models = {
         "mlp_v1": _export(_mlp(1), (x,), ["x"], ["y"], root / "mlp_v1" / "model.onnx"),
         "mlp_v2": _export(_mlp(2, zero_half=True), (x,), ["x"], ["y"], root / "mlp_v2" / "model.onnx"),
-        "two_heads": _export(_two_heads(), (x, torch.zeros(1, 2, dtype=torch.long)), ["x", "ids"],
-                             ["logits", "score"], root / "two_heads" / "model.onnx"),
+        "two_heads": _export(
+            _two_heads(),
+            (x, torch.zeros(1, 2, dtype=torch.long)),
+            ["x", "ids"],
+            ["logits", "score"],
+            root / "two_heads" / "model.onnx",
+        ),
     }
     broken = root / "broken" / "model.onnx"
     broken.parent.mkdir()

@@ -36,8 +36,9 @@ def run_examples(tag: str, url: str, cwd: Path, env: dict[str, str] | None = Non
     """Run the tagged commands against ``url``; return one message per example that misbehaved."""
     failures = []
     for command, expected in commands(tag):
-        done = subprocess.run(["bash", "-c", command.replace(DOC_URL, url)], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["bash", "-c", command.replace(DOC_URL, url)], cwd=cwd, env=env, capture_output=True, text=True, timeout=30
+        )
         if done.returncode != 0:
             failures.append(f"{command}\n  exited {done.returncode}: {done.stderr.strip()}")
         elif expected is not None and done.stdout.strip() != expected:

@@ -26,8 +26,18 @@ class LiveServer:
     """Runs ``python -m prunekit.cli serve MODEL_DIR --port 0 ...`` and reads its JSON logs."""
 
     def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.command = [sys.executable, "-m", "prunekit.cli", "serve", str(model_dir), "--host", "127.0.0.1",
-                        "--port", "0", *args]
+        self.command = [
+            sys.executable,
+            "-m",
+            "prunekit.cli",
+            "serve",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *args,
+        ]
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", **(env or {})}
         self.lines: list[str] = []
         self.url = ""
@@ -46,8 +56,7 @@ class LiveServer:
 
     def start(self, timeout: float = 60.0) -> LiveServer:
         """Start the process and wait for its ``server ready`` log line."""
-        self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                        text=True, env=self.env)
+        self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env)
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(timeout) or not self.url:
             self.kill()

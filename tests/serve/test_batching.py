@@ -131,8 +131,7 @@ def test_a_full_queue_refuses_new_requests():
 
 def test_on_batch_reports_the_rows_of_each_call():
     seen: list[int] = []
-    run({"max_batch_size": 32, "max_wait_s": 0.05, "on_batch": lambda n, seconds: seen.append(n)},
-        [rows(i, 2) for i in range(3)])
+    run({"max_batch_size": 32, "max_wait_s": 0.05, "on_batch": lambda n, seconds: seen.append(n)}, [rows(i, 2) for i in range(3)])
     assert seen == [6]
 
 

@@ -17,8 +17,12 @@ def test_every_invalid_setting_is_reported_at_once():
     with pytest.raises(ConfigError) as info:
         ServeConfig(model_dir=Path("m"), port=70000, max_batch_size=0, batch_timeout_ms=-1, log_level="loud")
     message = str(info.value)
-    for fragment in ("port should be <= 65535, got 70000", "max_batch_size should be >= 1, got 0",
-                     "batch_timeout_ms should be >= 0.0, got -1", "log_level should be one of"):
+    for fragment in (
+        "port should be <= 65535, got 70000",
+        "max_batch_size should be >= 1, got 0",
+        "batch_timeout_ms should be >= 0.0, got -1",
+        "log_level should be one of",
+    ):
         assert fragment in message
 
 
@@ -40,8 +44,20 @@ def test_parse_size_refuses_other_text():
 
 def test_cli_arguments_become_the_config(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_SERVE_TOKEN", "t" * 20)
-    argv = ["serve", str(tmp_path), "--port", "0", "--keep-versions", "all", "--no-batching", "--token-env",
-            "--max-body-bytes", "1M", "--batch-timeout-ms", "0"]
+    argv = [
+        "serve",
+        str(tmp_path),
+        "--port",
+        "0",
+        "--keep-versions",
+        "all",
+        "--no-batching",
+        "--token-env",
+        "--max-body-bytes",
+        "1M",
+        "--batch-timeout-ms",
+        "0",
+    ]
     config = build_config(build_parser(argv).parse_args(argv))
     assert (config.port, config.keep_versions, config.batching, config.max_body_bytes) == (0, 0, False, 1024**2)
     assert config.token == b"t" * 20 and config.batch_timeout_ms == 0.0

@@ -28,8 +28,7 @@ def test_plain_curl_examples_print_what_the_guide_shows(docs_server):
 
 
 def test_documented_serve_commands_parse():
-    lines = [line[2:] for line in DOC.read_text().splitlines()
-             if line.startswith("$ prunekit serve ") and "--help" not in line]
+    lines = [line[2:] for line in DOC.read_text().splitlines() if line.startswith("$ prunekit serve ") and "--help" not in line]
     assert len(lines) >= 2
     for line in lines:
         argv = shlex.split(line)[1:]

@@ -28,8 +28,10 @@ def test_onnx_runtime_reports_names_shapes_and_dtypes(onnx_models):
 
 
 def test_onnx_runtime_outputs_equal_onnxruntime_run_directly(onnx_models):
-    feeds = {"x": np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32),
-             "ids": np.arange(10, dtype=np.int64).reshape(5, 2)}
+    feeds = {
+        "x": np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32),
+        "ids": np.arange(10, dtype=np.int64).reshape(5, 2),
+    }
     got = load_runtime(onnx_models["two_heads"]).run(feeds)
     expected = ort_run(onnx_models["two_heads"], feeds)
     for name in ("logits", "score"):

@@ -22,8 +22,9 @@ def server(tmp_path_factory, onnx_models):
     place(root, "mlp", 1, onnx_models["mlp_v1"])
     place(root, "mlp", 2, onnx_models["mlp_v2"], metadata={"sparsity": 0.5, "quantization": "none"})
     place(root, "two_heads", 1, onnx_models["two_heads"])
-    with LiveServer(root, "--keep-versions", "all", "--max-body-bytes", "64K", "--batch-timeout-ms", "25",
-                    "--poll-interval", "0") as live:
+    with LiveServer(
+        root, "--keep-versions", "all", "--max-body-bytes", "64K", "--batch-timeout-ms", "25", "--poll-interval", "0"
+    ) as live:
         yield live
 
 
@@ -46,22 +47,25 @@ def test_healthz_lists_the_loaded_models(client):
 def test_row_format_predictions_equal_onnxruntime(client, onnx_models):
     response = client.post("/v1/models/mlp:predict", json={"instances": X.tolist()})
     assert response.status_code == 200 and response.headers["x-model-version"] == "2"
-    np.testing.assert_array_equal(np.asarray(response.json()["predictions"], np.float32),
-                                  ort_run(onnx_models["mlp_v2"], {"x": X})["y"])
+    np.testing.assert_array_equal(
+        np.asarray(response.json()["predictions"], np.float32), ort_run(onnx_models["mlp_v2"], {"x": X})["y"]
+    )
 
 
 def test_columnar_format_outputs_equal_onnxruntime(client, onnx_models):
     response = client.post("/v1/models/mlp:predict", json={"inputs": {"x": X.tolist()}})
     assert response.status_code == 200
-    np.testing.assert_array_equal(np.asarray(response.json()["outputs"], np.float32),
-                                  ort_run(onnx_models["mlp_v2"], {"x": X})["y"])
+    np.testing.assert_array_equal(
+        np.asarray(response.json()["outputs"], np.float32), ort_run(onnx_models["mlp_v2"], {"x": X})["y"]
+    )
 
 
 def test_version_route_serves_that_version(client, onnx_models):
     response = client.post("/v1/models/mlp/versions/1:predict", json={"instances": X.tolist()})
     assert response.status_code == 200 and response.headers["x-model-version"] == "1"
-    np.testing.assert_array_equal(np.asarray(response.json()["predictions"], np.float32),
-                                  ort_run(onnx_models["mlp_v1"], {"x": X})["y"])
+    np.testing.assert_array_equal(
+        np.asarray(response.json()["predictions"], np.float32), ort_run(onnx_models["mlp_v1"], {"x": X})["y"]
+    )
 
 
 def test_several_inputs_and_outputs_in_row_format_give_one_object_per_row(client, onnx_models):
@@ -83,10 +87,12 @@ def test_several_inputs_and_outputs_in_columnar_format_give_named_outputs(client
 
 
 def test_status_lists_versions_in_tensorflow_serving_format(client):
-    assert client.get("/v1/models/mlp").json() == {"model_version_status": [
-        {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
-    ]}
+    assert client.get("/v1/models/mlp").json() == {
+        "model_version_status": [
+            {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+        ]
+    }
     assert [s["version"] for s in client.get("/v1/models/mlp/versions/1").json()["model_version_status"]] == ["1"]
 
 
@@ -109,21 +115,37 @@ BAD_REQUESTS = [
     ("malformed_json", "/v1/models/mlp:predict", b'{"instances": [[1, 2', 400, "malformed JSON body"),
     ("wrong_shape", "/v1/models/mlp:predict", {"instances": [[1, 2, 3]]}, 400, "expected shape [-1, 4]"),
     ("wrong_dtype", "/v1/models/mlp:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "expected float32 values, got strings"),
-    ("non_integer_ids", "/v1/models/two_heads:predict", {"inputs": {"x": [[0, 0, 0, 0]], "ids": [[1.5, 2]]}}, 400,
-     "input 'ids': expected int64 values, got the non-integer 1.5"),
+    (
+        "non_integer_ids",
+        "/v1/models/two_heads:predict",
+        {"inputs": {"x": [[0, 0, 0, 0]], "ids": [[1.5, 2]]}},
+        400,
+        "input 'ids': expected int64 values, got the non-integer 1.5",
+    ),
     ("nan", "/v1/models/mlp:predict", b'{"instances": [[1, NaN, 3, 4]]}', 400, "NaN or infinity at index [0, 1]"),
     ("missing_field", "/v1/models/mlp:predict", {"rows": [[1, 2, 3, 4]]}, 400, "unknown field(s) ['rows']"),
     ("oversized_body", "/v1/models/mlp:predict", b"[" + b"0," * BODY_LIMIT + b"0]", 413, "exceeds the limit of 65536 bytes"),
     ("unknown_model", "/v1/models/nope:predict", {"instances": [[1, 2, 3, 4]]}, 404, "model 'nope' not found"),
-    ("unknown_version", "/v1/models/mlp/versions/9:predict", {"instances": [[1, 2, 3, 4]]}, 404,
-     "model 'mlp' has no loaded version 9; loaded versions: [1, 2]"),
-    ("bad_version", "/v1/models/mlp/versions/latest:predict", {"instances": [[1, 2, 3, 4]]}, 400,
-     "version must be a non-negative integer, got 'latest'"),
+    (
+        "unknown_version",
+        "/v1/models/mlp/versions/9:predict",
+        {"instances": [[1, 2, 3, 4]]},
+        404,
+        "model 'mlp' has no loaded version 9; loaded versions: [1, 2]",
+    ),
+    (
+        "bad_version",
+        "/v1/models/mlp/versions/latest:predict",
+        {"instances": [[1, 2, 3, 4]]},
+        400,
+        "version must be a non-negative integer, got 'latest'",
+    ),
 ]
 
 
-@pytest.mark.parametrize("path, body, status, message", [case[1:] for case in BAD_REQUESTS],
-                         ids=[case[0] for case in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "path, body, status, message", [case[1:] for case in BAD_REQUESTS], ids=[case[0] for case in BAD_REQUESTS]
+)
 def test_bad_request_gets_its_4xx_and_a_json_error(client, path, body, status, message):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = client.post(path, content=content, headers={"content-type": "application/json"})
@@ -137,8 +159,9 @@ def test_server_keeps_serving_after_every_bad_request(client, onnx_models):
         client.post(path, content=body if isinstance(body, bytes) else json.dumps(body).encode())
     response = client.post("/v1/models/mlp:predict", json={"instances": X.tolist()})
     assert response.status_code == 200
-    np.testing.assert_array_equal(np.asarray(response.json()["predictions"], np.float32),
-                                  ort_run(onnx_models["mlp_v2"], {"x": X})["y"])
+    np.testing.assert_array_equal(
+        np.asarray(response.json()["predictions"], np.float32), ort_run(onnx_models["mlp_v2"], {"x": X})["y"]
+    )
 
 
 def test_unknown_route_gets_a_json_404(client):
@@ -203,6 +226,12 @@ def test_logs_are_json_lines_with_one_access_entry_per_request(client, server):
     assert len(entries) == 1
     entry = entries[0]
     assert {k: entry[k] for k in ("level", "msg", "method", "path", "status", "model", "version", "rows")} == {
-        "level": "info", "msg": "request", "method": "POST", "path": "/v1/models/mlp:predict", "status": 200,
-        "model": "mlp", "version": 2, "rows": 1,
+        "level": "info",
+        "msg": "request",
+        "method": "POST",
+        "path": "/v1/models/mlp:predict",
+        "status": 200,
+        "model": "mlp",
+        "version": 2,
+        "rows": 1,
     }

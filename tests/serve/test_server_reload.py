@@ -75,8 +75,16 @@ def test_broken_new_version_is_refused_and_the_old_one_keeps_serving(served, onn
     root, server, http = served
     serving = http.post("/v1/models/mlp:predict", json={"instances": X.tolist()}).headers["x-model-version"]
     publish(root, "mlp", 50, onnx_models["broken"])
-    status = wait_for(lambda: next((s for s in http.get("/v1/models/mlp").json()["model_version_status"]
-                                    if s["version"] == "50" and s["state"] == "END"), None))
+    status = wait_for(
+        lambda: next(
+            (
+                s
+                for s in http.get("/v1/models/mlp").json()["model_version_status"]
+                if s["version"] == "50" and s["state"] == "END"
+            ),
+            None,
+        )
+    )
     assert status["status"]["error_code"] == "UNKNOWN"
     assert "model 'mlp' version 50 refused: cannot load ONNX model" in status["status"]["error_message"]
     response = http.post("/v1/models/mlp:predict", json={"instances": X.tolist()})

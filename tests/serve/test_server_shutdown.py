@@ -32,8 +32,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero(tmp_path, onnx_mode
         server.kill()
     assert code == 0
     assert answers[0].status_code == 200
-    np.testing.assert_array_equal(np.asarray(answers[0].json()["predictions"], np.float32),
-                                  ort_run(onnx_models["mlp_v1"], {"x": x})["y"])
+    np.testing.assert_array_equal(
+        np.asarray(answers[0].json()["predictions"], np.float32), ort_run(onnx_models["mlp_v1"], {"x": x})["y"]
+    )
     messages = [e["msg"] for e in server.logs()]
     assert messages.index("server stopped") > messages.index("Shutting down")
     wait_for(lambda: server.process.poll() is not None)

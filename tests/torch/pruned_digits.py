@@ -22,12 +22,12 @@ from prunekit.torch import DigitsCNN, Pruner, fit, make_loader
 SPARSITY = 0.9
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits() -> DatasetSplit:
     return load_digits(seed=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _states() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the shared 2-core machines train this tiny CNN fastest on one thread
@@ -68,7 +68,7 @@ def pruned_cnn() -> DigitsCNN:
 _WORKDIR = tempfile.TemporaryDirectory(prefix="prunekit-export-tests-")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pruned_export():
     """The pruned CNN exported once to ONNX from a batch-1 example (an ``OnnxExport``; shared, read-only)."""
     from prunekit.torch import export_onnx
@@ -82,7 +82,7 @@ def pruned_onnx() -> Path:
     return pruned_export().path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def quantized_onnx(mode: str) -> Path:
     """The pruned CNN's ONNX file quantized once per mode (shared, read-only for tests)."""
     from prunekit.torch import quantize_onnx
@@ -97,7 +97,7 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
         return float((model(torch.from_numpy(x)).argmax(-1).numpy() == y).mean())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _channel_pruned():
     from prunekit.torch import prune_channels
 

@@ -40,8 +40,9 @@ def silence_channels(graph: DependencyGraph, group: ChannelGroup, channels: np.n
             tensor.index_fill_(member.dim, torch.as_tensor(positions, device=tensor.device), value)
 
 
-def oracle_selection(graph: DependencyGraph, fraction: float = 0.5, seed: int = 0,
-                     exact_only: bool = True) -> dict[str, np.ndarray]:
+def oracle_selection(
+    graph: DependencyGraph, fraction: float = 0.5, seed: int = 0, exact_only: bool = True
+) -> dict[str, np.ndarray]:
     """A seeded random choice of ``fraction`` of the channels of every (exact) group of size >= 2."""
     rng = np.random.default_rng(seed)
     chosen = {}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from prunekit.errors import ConfigError
-from prunekit.torch import evaluate_onnx
 from prunekit.onnx_artifact import file_sizes, measure_latency, onnx_accuracy
+from prunekit.torch import evaluate_onnx
 from tests.torch.pruned_digits import accuracy, digits, pruned_cnn, pruned_onnx, quantized_onnx
 
 
@@ -56,8 +56,9 @@ def test_report_serialises_to_plain_json_types(report):
 
 
 def test_interleaved_latency_times_every_file_at_every_batch_size():
-    stats = measure_latency({"fp32": pruned_onnx(), "int8": quantized_onnx("static")}, digits().x_test,
-                            batch_sizes=(1, 8), warmup=1, repeats=3)
+    stats = measure_latency(
+        {"fp32": pruned_onnx(), "int8": quantized_onnx("static")}, digits().x_test, batch_sizes=(1, 8), warmup=1, repeats=3
+    )
     assert {label: sorted(per) for label, per in stats.items()} == {"fp32": [1, 8], "int8": [1, 8]}
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.errors import ConfigError
-from prunekit.torch import Pruner, compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx
 from prunekit._ort import session
+from prunekit.errors import ConfigError
 from prunekit.onnx_artifact import measure_latency, onnx_accuracy
+from prunekit.torch import Pruner, compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx
 from prunekit.torch.compare import torch_accuracy
 
 SAMPLES, SEQUENCE, CLASSES = 64, 12, 3
@@ -24,7 +24,7 @@ SEQUENCE_DIMS = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}
 INT8_ACCURACY_TOLERANCE = 0.05  # dynamic int8 may flip up to 3 of 64 predictions of this random-weight model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bert_state() -> dict[str, torch.Tensor]:
     from transformers import BertForSequenceClassification
 
@@ -35,8 +35,15 @@ def _bert_state() -> dict[str, torch.Tensor]:
 def _config():
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=64, max_position_embeddings=64, num_labels=CLASSES)
+    return BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=CLASSES,
+    )
 
 
 def bert() -> torch.nn.Module:
@@ -48,7 +55,7 @@ def bert() -> torch.nn.Module:
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _data() -> tuple[dict[str, np.ndarray], np.ndarray]:
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 100, (SAMPLES, SEQUENCE))
@@ -80,8 +87,9 @@ def comparison(tmp_path_factory):
     pruner = Pruner(pruned, 0.5)
     pruner.prune()
     pruner.strip()
-    return compare_artifacts(bert(), pruned, (x, y), x, tmp_path_factory.mktemp("compare"),
-                             batch_sizes=(1, 8), warmup=1, repeats=3)
+    return compare_artifacts(
+        bert(), pruned, (x, y), x, tmp_path_factory.mktemp("compare"), batch_sizes=(1, 8), warmup=1, repeats=3
+    )
 
 
 def test_dict_example_names_the_onnx_inputs_and_the_model_output_names_the_outputs(exported):
@@ -183,14 +191,21 @@ def test_input_names_or_bad_dynamic_dims_with_a_dict_example_raise_config_error(
 
 def test_compare_artifacts_lists_every_file_of_a_multi_input_model(comparison):
     names = [row.name for row in comparison.rows]
-    assert names == ["dense fp32", "pruned fp32", "pruned int8 dynamic", "pruned int8 static",
-                     "dense fp32 state_dict", "pruned fp32 state_dict", "pruned compact fp32", "pruned compact int8"]
+    assert names == [
+        "dense fp32",
+        "pruned fp32",
+        "pruned int8 dynamic",
+        "pruned int8 static",
+        "dense fp32 state_dict",
+        "pruned fp32 state_dict",
+        "pruned compact fp32",
+        "pruned compact int8",
+    ]
     assert all(row.path.is_file() for row in comparison.rows)
     assert comparison.row("dense fp32").accuracy == comparison.torch_accuracy["dense"]
     assert comparison.row("pruned fp32").accuracy == comparison.torch_accuracy["pruned"]
     assert all(comparison.row(name).peak_memory_bytes > 0 for name in names[:4])
     assert sorted(comparison.row("pruned int8 static").latency) == [1, 8]
-
 
 
 def test_export_command_reads_one_npz_array_per_model_input(tmp_path, capsys):
@@ -202,11 +217,28 @@ def test_export_command_reads_one_npz_array_per_model_input(tmp_path, capsys):
 
     x, y = _data()
     save_file(bert().state_dict(), str(tmp_path / "bert.safetensors"))
-    np.savez(tmp_path / "data.npz", y_test=y, **{f"{split}.{name}": array for name, array in x.items()
-                                                 for split in ("x_test", "x_calib")})
-    code = main(["export", str(tmp_path / "bert.safetensors"), "--factory", f"{__name__}:bert", "--data",
-                 str(tmp_path / "data.npz"), "--out", str(tmp_path / "out"), "--json", str(tmp_path / "table.json"),
-                 "--repeats", "1", "--no-memory"])
+    np.savez(
+        tmp_path / "data.npz",
+        y_test=y,
+        **{f"{split}.{name}": array for name, array in x.items() for split in ("x_test", "x_calib")},
+    )
+    code = main(
+        [
+            "export",
+            str(tmp_path / "bert.safetensors"),
+            "--factory",
+            f"{__name__}:bert",
+            "--data",
+            str(tmp_path / "data.npz"),
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            str(tmp_path / "table.json"),
+            "--repeats",
+            "1",
+            "--no-memory",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     rows = {row["name"]: row for row in json.loads((tmp_path / "table.json").read_text())["rows"]}
     assert rows["pruned fp32"]["accuracy"] == torch_accuracy(bert(), x, y)

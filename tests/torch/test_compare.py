@@ -19,9 +19,18 @@ WEIGHT_ROWS = ["dense fp32 state_dict", "pruned fp32 state_dict", "pruned compac
 def comparison(tmp_path_factory):
     split = digits()
     out = tmp_path_factory.mktemp("artifacts")
-    return compare_artifacts(dense_cnn(), pruned_cnn(), (split.x_test, split.y_test), split.x_val, out,
-                             batch_sizes=(1, 64), warmup=2, repeats=8, measure_memory=False,
-                             plan={"note": "unstructured 90%"})
+    return compare_artifacts(
+        dense_cnn(),
+        pruned_cnn(),
+        (split.x_test, split.y_test),
+        split.x_val,
+        out,
+        batch_sizes=(1, 64),
+        warmup=2,
+        repeats=8,
+        measure_memory=False,
+        plan={"note": "unstructured 90%"},
+    )
 
 
 def test_rows_are_the_onnx_artifacts_then_the_weight_files(comparison):

@@ -65,8 +65,10 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The global batches of every step; rank r trains on the r-th slice of each."""
     generator = torch.Generator().manual_seed(100)
     size = PER_RANK_BATCH * WORLD_SIZE
-    return [(torch.randn(size, 1, 8, 8, generator=generator), torch.randint(0, 10, (size,), generator=generator))
-            for _ in range(STEPS)]
+    return [
+        (torch.randn(size, 1, 8, 8, generator=generator), torch.randint(0, 10, (size,), generator=generator))
+        for _ in range(STEPS)
+    ]
 
 
 def _pruner(model: nn.Module, config: str, optimizer: torch.optim.Optimizer | None = None) -> Pruner:

@@ -27,8 +27,9 @@ def test_mlp_example_halves_the_hidden_neurons_and_recovers_accuracy():
 
 @pytest.mark.slow
 def test_cnn_example_halves_conv1_filters_and_fc1_inputs(tmp_path):
-    numbers = load_main("structured_cnn.py")(epochs=5, finetune_epochs=2, save_to=str(tmp_path / "cnn.safetensors"),
-                                             verbose=False)
+    numbers = load_main("structured_cnn.py")(
+        epochs=5, finetune_epochs=2, save_to=str(tmp_path / "cnn.safetensors"), verbose=False
+    )
     assert (numbers["filters_before"], numbers["filters_after"], numbers["fc1_inputs_after"]) == (64, 32, 512)
     assert len(numbers["removed_filters"]) == 32
     assert numbers["macs_ratio"] == pytest.approx(2.0)

@@ -163,8 +163,7 @@ def test_overwriting_a_pair_replaces_both_files(exported, tmp_path, low_threshol
 
 
 @pytest.mark.parametrize("existing", [False, True])
-def test_a_failed_verification_leaves_no_file_and_an_old_pair_intact(exported, tmp_path, monkeypatch, low_threshold,
-                                                                       existing):
+def test_a_failed_verification_leaves_no_file_and_an_old_pair_intact(exported, tmp_path, monkeypatch, low_threshold, existing):
     old = _copy_pair(exported, tmp_path) if existing else {}
     seen = []
 
@@ -183,8 +182,9 @@ def test_a_failed_verification_leaves_no_file_and_an_old_pair_intact(exported, t
 def test_compare_artifacts_writes_and_sizes_external_data_files(tmp_path, low_threshold):
     model, x = _mlp(0), _inputs(64)
     labels = _torch(model, x).argmax(1)
-    comparison = compare_artifacts(None, model, (x, labels), x, tmp_path, batch_sizes=(1,), warmup=0, repeats=1,
-                                   measure_memory=False)
+    comparison = compare_artifacts(
+        None, model, (x, labels), x, tmp_path, batch_sizes=(1,), warmup=0, repeats=1, measure_memory=False
+    )
     for name in ("pruned fp32", "pruned int8 dynamic", "pruned int8 static"):
         row = comparison.row(name)
         data = row.path.with_name(row.path.name + ".data")

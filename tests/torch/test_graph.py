@@ -61,10 +61,15 @@ def test_conv_bn_conv_forms_one_group_with_bn_as_follower():
     assert sizes(graph) == {"conv1": 8}
     group = graph.groups[0]
     roles = {(m.tensor, m.dim): m.role for m in group.members}
-    assert roles == {("conv1.weight", 0): "producer", ("conv1.bias", 0): "follower",
-                     ("bn1.weight", 0): "follower", ("bn1.bias", 0): "follower",
-                     ("bn1.running_mean", 0): "follower", ("bn1.running_var", 0): "follower",
-                     ("conv2.weight", 1): "consumer"}
+    assert roles == {
+        ("conv1.weight", 0): "producer",
+        ("conv1.bias", 0): "follower",
+        ("bn1.weight", 0): "follower",
+        ("bn1.bias", 0): "follower",
+        ("bn1.running_mean", 0): "follower",
+        ("bn1.running_var", 0): "follower",
+        ("conv2.weight", 1): "consumer",
+    }
     assert group.exact
 
 
@@ -143,8 +148,8 @@ class Chunked(nn.Module):
         self.right = nn.Conv2d(4, 2, 1)
 
     def forward(self, x):
-        l, r = self.a(x).chunk(2, dim=1)
-        return self.left(l) + self.right(r)
+        left, right = self.a(x).chunk(2, dim=1)
+        return self.left(left) + self.right(right)
 
 
 def test_chunk_ties_the_same_position_of_every_chunk():
@@ -237,8 +242,7 @@ def test_multihead_attention_prunes_whole_heads_paired_with_embedding_blocks():
     graph = analyze_dependencies(model.eval(), torch.randn(2, 5, 6))
     heads = graph.group("0")
     assert heads.kind == "heads" and heads.size == 4
-    np.testing.assert_array_equal(member(heads, "1.self_attn.in_proj_weight", 0).index,
-                                  np.tile(np.repeat(np.arange(4), 4), 3))
+    np.testing.assert_array_equal(member(heads, "1.self_attn.in_proj_weight", 0).index, np.tile(np.repeat(np.arange(4), 4), 3))
     assert graph.group("1.linear1").size == 32
 
 

@@ -92,8 +92,21 @@ def test_summary_sparse_macs_follow_weight_density():
 
 def test_inspect_command_prints_the_layer_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "inspect.json"
-    code = main(["inspect", "prunekit.torch:DigitsCNN", "--input-shape", "1,8,8", "--latency", "--batch-sizes", "1",
-                 "--repeats", "3", "--json", str(out)])
+    code = main(
+        [
+            "inspect",
+            "prunekit.torch:DigitsCNN",
+            "--input-shape",
+            "1,8,8",
+            "--latency",
+            "--batch-sizes",
+            "1",
+            "--repeats",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "conv2" in printed and "1,179,648" in printed

@@ -194,7 +194,12 @@ class WindowMlp(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem, self.fc1, self.fc2, self.head = nn.Conv2d(3, 16, 2, stride=2), nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 4)
+        self.stem, self.fc1, self.fc2, self.head = (
+            nn.Conv2d(3, 16, 2, stride=2),
+            nn.Linear(16, 32),
+            nn.Linear(32, 16),
+            nn.Linear(16, 4),
+        )
 
     def forward(self, x):
         x = self.stem(x).permute(0, 2, 3, 1)

@@ -11,8 +11,8 @@ import torch
 from onnx import numpy_helper
 
 from prunekit.errors import ConfigError
-from prunekit.torch import quantize_onnx
 from prunekit.onnx_artifact import onnx_accuracy
+from prunekit.torch import quantize_onnx
 from prunekit.torch.quantize import check_zeros_preserved
 from tests.assertions import assert_same_outputs
 from tests.torch.pruned_digits import digits, pruned_cnn, pruned_onnx, quantized_onnx

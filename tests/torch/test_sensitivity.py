@@ -117,7 +117,12 @@ def test_channel_pruner_measures_structured_removal_per_layer():
     from prunekit.torch import DigitsCNN
     from prunekit.torch.sensitivity import ChannelPruner
 
-    table = analyze_sensitivity(DigitsCNN(channels=(8, 16), hidden=32), negative_macs, ratios=(0.5,),
-                                layers=["conv1", "fc2"], prune=ChannelPruner(torch.zeros(1, 1, 8, 8)))
+    table = analyze_sensitivity(
+        DigitsCNN(channels=(8, 16), hidden=32),
+        negative_macs,
+        ratios=(0.5,),
+        layers=["conv1", "fc2"],
+        prune=ChannelPruner(torch.zeros(1, 1, 8, 8)),
+    )
     assert table.score("conv1", 0.5) > table.baseline  # fewer channels, fewer MACs
     assert table.score("fc2", 0.5) == table.baseline  # the model's outputs are never removed

@@ -34,8 +34,9 @@ def cnn():
 def flat_table(layers, drops=None):
     """A sensitivity table with the given drop per layer at every ratio (0.01 by default)."""
     drops = drops or {}
-    return SensitivityTable(1.0, [0.25, 0.5, 0.75, 0.9],
-                            {layer: [1.0 - drops.get(layer, 0.01) * r for r in (1, 2, 3, 4)] for layer in layers})
+    return SensitivityTable(
+        1.0, [0.25, 0.5, 0.75, 0.9], {layer: [1.0 - drops.get(layer, 0.01) * r for r in (1, 2, 3, 4)] for layer in layers}
+    )
 
 
 def macs_fraction(model, pruned):
@@ -92,8 +93,10 @@ def test_a_measured_latency_budget_is_met_on_a_compute_bound_model():
     assert 0.45 <= allocation.cost_fraction <= 0.5  # the allocator's own interleaved measurement
     smaller = apply_channel_ratios(model, batch, allocation.ratios)
     remeasured = latency_ratio(smaller, model, batch, rounds=40)
-    print(f"latency budget 50%: allocator measured {allocation.cost_fraction:.1%}, re-measured {remeasured:.1%}, "
-          f"ratios {allocation.ratios}")
+    print(
+        f"latency budget 50%: allocator measured {allocation.cost_fraction:.1%}, re-measured {remeasured:.1%}, "
+        f"ratios {allocation.ratios}"
+    )
     assert remeasured == pytest.approx(0.5, abs=0.12)  # timing noise of a shared machine; MACs fall with it:
     assert count_macs(smaller, batch).total < 0.75 * count_macs(model, batch).total
 
@@ -101,10 +104,14 @@ def test_a_measured_latency_budget_is_met_on_a_compute_bound_model():
 def test_compare_on_the_digits_cnn_prints_three_allocations_at_the_same_latency_budget():
     model, split = dense_cnn(), digits()
     batch = torch.zeros(64, 1, 8, 8)
-    table = analyze_sensitivity(model, Accuracy(split.x_val, split.y_val), (0.25, 0.5, 0.75, 0.9),
-                                layers=channel_layers(model, batch), prune=ChannelPruner(batch))
-    rows = compare_channel_allocations(model, table, Accuracy(split.x_test, split.y_test), batch, 0.5, "latency",
-                                       rounds=20)
+    table = analyze_sensitivity(
+        model,
+        Accuracy(split.x_val, split.y_val),
+        (0.25, 0.5, 0.75, 0.9),
+        layers=channel_layers(model, batch),
+        prune=ChannelPruner(batch),
+    )
+    rows = compare_channel_allocations(model, table, Accuracy(split.x_test, split.y_test), batch, 0.5, "latency", rounds=20)
     allocation_table(rows, "digits CNN, 50% of dense latency at batch 64, channels removed, no fine-tuning").print()
     assert [row["method"] for row in rows] == ["sensitivity", "uniform", "global"]
     for row in rows:
@@ -122,17 +129,23 @@ def test_an_unreachable_budget_names_the_closest_achievable(cnn):
         allocate_channels(flat_table(LAYERS), cnn, EXAMPLE, 0.01, "macs")
 
 
-@pytest.mark.parametrize("target, message", [("size", "for file size remove weights instead"),
-                                             ("flops", "target should be one of")])
+@pytest.mark.parametrize(
+    "target, message", [("size", "for file size remove weights instead"), ("flops", "target should be one of")]
+)
 def test_unknown_targets_say_what_works(cnn, target, message):
     with pytest.raises(ConfigError, match=message):
         allocate_channels(flat_table(LAYERS), cnn, EXAMPLE, 0.5, target)
 
 
-@pytest.mark.parametrize("options, message", [({"budget": 1.5}, "budget should be a fraction"),
-                                              ({"tolerance": -0.1}, "tolerance should be"),
-                                              ({"steps": 0}, "steps should be"),
-                                              ({"scope": "global"}, r"options \['scope'\] are chosen by the allocator")])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"budget": 1.5}, "budget should be a fraction"),
+        ({"tolerance": -0.1}, "tolerance should be"),
+        ({"steps": 0}, "steps should be"),
+        ({"scope": "global"}, r"options \['scope'\] are chosen by the allocator"),
+    ],
+)
 def test_bad_search_settings_are_refused(cnn, options, message):
     arguments = {"budget": 0.5, **options}
     budget = arguments.pop("budget")

@@ -54,15 +54,25 @@ def conv1_group(model: Net):
 
 def test_l1_sums_absolute_weights_over_every_parameter_slice_of_the_group():
     model = net()
-    expected = (model.conv1.weight.abs().sum((1, 2, 3)) + model.conv1.bias.abs() + model.bn1.weight.abs()
-                + model.bn1.bias.abs() + model.conv2.weight.abs().sum((0, 2, 3)))
+    expected = (
+        model.conv1.weight.abs().sum((1, 2, 3))
+        + model.conv1.bias.abs()
+        + model.bn1.weight.abs()
+        + model.bn1.bias.abs()
+        + model.conv2.weight.abs().sum((0, 2, 3))
+    )
     np.testing.assert_allclose(MagnitudeImportance(1)(conv1_group(model)), expected.detach().numpy(), rtol=1e-6)
 
 
 def test_l2_is_the_root_of_summed_squares_over_the_group():
     model = net()
-    squares = (model.conv1.weight.pow(2).sum((1, 2, 3)) + model.conv1.bias.pow(2) + model.bn1.weight.pow(2)
-               + model.bn1.bias.pow(2) + model.conv2.weight.pow(2).sum((0, 2, 3)))
+    squares = (
+        model.conv1.weight.pow(2).sum((1, 2, 3))
+        + model.conv1.bias.pow(2)
+        + model.bn1.weight.pow(2)
+        + model.bn1.bias.pow(2)
+        + model.conv2.weight.pow(2).sum((0, 2, 3))
+    )
     np.testing.assert_allclose(MagnitudeImportance(2)(conv1_group(model)), squares.sqrt().detach().numpy(), rtol=1e-6)
 
 
@@ -77,11 +87,13 @@ def test_random_importance_is_seeded_per_group():
 def test_taylor_is_the_square_of_summed_weight_times_gradient_per_channel():
     model = net()
     loss = nn.functional.cross_entropy(model(X), Y)
-    grads = torch.autograd.grad(loss, [model.conv1.weight, model.conv1.bias, model.bn1.weight, model.bn1.bias,
-                                       model.conv2.weight])
+    grads = torch.autograd.grad(
+        loss, [model.conv1.weight, model.conv1.bias, model.bn1.weight, model.bn1.bias, model.conv2.weight]
+    )
     w = [model.conv1.weight, model.conv1.bias, model.bn1.weight, model.bn1.bias, model.conv2.weight]
-    per_channel = ((w[0] * grads[0]).sum((1, 2, 3)) + w[1] * grads[1] + w[2] * grads[2] + w[3] * grads[3]
-                   + (w[4] * grads[4]).sum((0, 2, 3)))
+    per_channel = (
+        (w[0] * grads[0]).sum((1, 2, 3)) + w[1] * grads[1] + w[2] * grads[2] + w[3] * grads[3] + (w[4] * grads[4]).sum((0, 2, 3))
+    )
     scores = TaylorImportance([(X, Y)])(conv1_group(model))
     np.testing.assert_allclose(scores, per_channel.pow(2).detach().numpy(), rtol=1e-4, atol=1e-12)
 

@@ -45,19 +45,24 @@ def test_layer_ratios_are_reached_step_by_step_too():
     assert (result.model.conv1.out_channels, result.model.fc1.out_features) == (16, 96)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"steps": 0}, "steps should be an integer >= 1"),
-    ({"fine_tune": lambda m, s: None, "train_loader": [(X, torch.zeros(4, dtype=torch.long))]},
-     "fine_tune or train_loader, not both"),
-    ({"inplace": True, "ratio": 1.0}, "ratio should be a number in \\[0, 1\\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, "steps should be an integer >= 1"),
+        (
+            {"fine_tune": lambda m, s: None, "train_loader": [(X, torch.zeros(4, dtype=torch.long))]},
+            "fine_tune or train_loader, not both",
+        ),
+        ({"inplace": True, "ratio": 1.0}, "ratio should be a number in \\[0, 1\\)"),
+    ],
+)
 def test_iterative_arguments_are_validated(kwargs, message):
     ratio = kwargs.pop("ratio", 0.5)
     with pytest.raises(ConfigError, match=message):
         prune_channels_iteratively(DigitsCNN(), X, ratio, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained() -> tuple[dict, float]:
     torch.manual_seed(0)
     split = load_digits()
@@ -83,11 +88,9 @@ def test_digits_cnn_half_channels_removed_and_fine_tuned_stays_within_one_point(
     model, dense_accuracy = _dense()
     split = load_digits()
     result = prune_channels(model, torch.from_numpy(split.x_train[:64]), 0.5)
-    assert (result.model.conv1.out_channels, result.model.conv2.out_channels, result.model.fc1.out_features) == \
-        (16, 32, 64)
+    assert (result.model.conv1.out_channels, result.model.conv2.out_channels, result.model.fc1.out_features) == (16, 32, 64)
     assert result.report.params_ratio > 3.9 and result.report.macs_ratio > 3.9
-    fit(result.model, make_loader(split.x_train, split.y_train, batch_size=64, seed=1), epochs=3, lr=1e-3,
-        progress=False)
+    fit(result.model, make_loader(split.x_train, split.y_train, batch_size=64, seed=1), epochs=3, lr=1e-3, progress=False)
     accuracy = evaluate(result.model, _test_loader())
     assert dense_accuracy > 0.97
     assert accuracy >= dense_accuracy - 0.01, f"dense {dense_accuracy:.4f}, pruned + fine-tuned {accuracy:.4f}"
@@ -98,8 +101,9 @@ def test_digits_cnn_iterative_half_pruning_with_fit_stays_within_one_point():
     model, dense_accuracy = _dense()
     split = load_digits()
     loader = make_loader(split.x_train, split.y_train, batch_size=64, seed=1)
-    result = prune_channels_iteratively(model, torch.from_numpy(split.x_train[:64]), 0.5, steps=2,
-                                        train_loader=loader, epochs_per_step=2, lr=1e-3)
+    result = prune_channels_iteratively(
+        model, torch.from_numpy(split.x_train[:64]), 0.5, steps=2, train_loader=loader, epochs_per_step=2, lr=1e-3
+    )
     assert result.model.conv2.out_channels == 32
     accuracy = evaluate(result.model, _test_loader())
     assert accuracy >= dense_accuracy - 0.01, f"dense {dense_accuracy:.4f}, iterative {accuracy:.4f}"

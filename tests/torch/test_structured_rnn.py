@@ -137,9 +137,13 @@ def _hand_count(cell, num_layers: int, bidirectional: bool, units: int, features
     return (5 * features + features) + recurrent + (directions * units * 3 + 3)
 
 
-CASES = [(cell, layers, bidirectional, batch_first)
-         for cell in (nn.LSTM, nn.GRU, nn.RNN) for layers in (1, 2)
-         for bidirectional in (False, True) for batch_first in (False, True)]
+CASES = [
+    (cell, layers, bidirectional, batch_first)
+    for cell in (nn.LSTM, nn.GRU, nn.RNN)
+    for layers in (1, 2)
+    for bidirectional in (False, True)
+    for batch_first in (False, True)
+]
 
 
 def _case_id(case) -> str:
@@ -242,8 +246,7 @@ def test_half_ratio_prunes_an_embedding_lstm_classifier_exports_and_round_trips(
     model, ids = LastStepClassifier().eval(), torch.randint(0, 50, (3, 7))
     result = prune_channels(model, ids, 0.5)
     pruned = result.model.eval()
-    assert (pruned.emb.embedding_dim, pruned.lstm.input_size, pruned.lstm.hidden_size, pruned.fc.in_features) \
-        == (8, 8, 12, 12)
+    assert (pruned.emb.embedding_dim, pruned.lstm.input_size, pruned.lstm.hidden_size, pruned.fc.in_features) == (8, 8, 12, 12)
     hand = 50 * 8 + (4 * 12 * 8 + 4 * 12 * 12 + 2 * 4 * 12) + (12 * 4 + 4)
     assert result.report.params_after == count_params(pruned) == hand
     assert result.report.params_before == count_params(model) == 50 * 16 + (4 * 24 * 16 + 4 * 24 * 24 + 8 * 24) + 100
@@ -298,5 +301,4 @@ def test_an_lstm_with_projections_keeps_its_units_and_says_so():
     model = nn.Sequential(nn.Linear(5, 8), nn.LSTM(8, 6, proj_size=3)).eval()
     graph = analyze_dependencies(model, torch.randn(4, 2, 5))
     assert [g.name for g in graph.groups] == []
-    assert graph.unsupported == [("1:lstm", "LSTM with proj_size: its projected state is not followed, "
-                                  "so its units are kept")]
+    assert graph.unsupported == [("1:lstm", "LSTM with proj_size: its projected state is not followed, so its units are kept")]

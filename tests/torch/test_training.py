@@ -106,7 +106,9 @@ def test_resume_from_state_dicts_gives_bitwise_identical_weights():
 def test_loading_pruner_state_into_another_model_names_the_parameter():
     pruner = Pruner(DigitsCNN(), 0.5)
     pruner.prune()
-    with pytest.raises(StateMismatchError, match="'fc1.weight' has shape \\[128, 64\\] but the pruner state holds \\[128, 1024\\]"):
+    with pytest.raises(
+        StateMismatchError, match="'fc1.weight' has shape \\[128, 64\\] but the pruner state holds \\[128, 1024\\]"
+    ):
         Pruner(DigitsMLP(), 0.5).load_state_dict(pruner.state_dict())
     with pytest.raises(StateMismatchError, match="no entry for parameter 'fc3.weight'"):
         Pruner(DigitsMLP(), 0.5, targets=["fc3"]).load_state_dict(pruner.state_dict())

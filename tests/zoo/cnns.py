@@ -58,8 +58,15 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+    ):
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -83,8 +90,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+    ):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
@@ -110,9 +124,16 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision's ResNet layout with a CIFAR-style 3x3 stem, sized by ``widths``."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...],
-                 widths: tuple[int, ...] = (16, 32, 64), stem: int = 16, num_classes: int = 10,
-                 groups: int = 1, width_per_group: int = 64):
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, ...],
+        widths: tuple[int, ...] = (16, 32, 64),
+        stem: int = 16,
+        num_classes: int = 10,
+        groups: int = 1,
+        width_per_group: int = 64,
+    ):
         super().__init__()
         self.inplanes = stem
         self.groups = groups
@@ -186,8 +207,9 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 with a shortened setting table: (expand t, channels c, repeats n, stride s)."""
 
-    def __init__(self, num_classes: int = 10,
-                 setting: tuple = ((1, 8, 1, 1), (6, 16, 2, 2), (6, 24, 2, 2)), last_channel: int = 64):
+    def __init__(
+        self, num_classes: int = 10, setting: tuple = ((1, 8, 1, 1), (6, 16, 2, 2), (6, 24, 2, 2)), last_channel: int = 64
+    ):
         super().__init__()
         input_channel = 16
         features: list[nn.Module] = [ConvBNReLU(3, input_channel, stride=1)]
@@ -251,8 +273,14 @@ class Transition(nn.Sequential):
 class DenseNet(nn.Module):
     """DenseNet-BC with two dense blocks of three layers each."""
 
-    def __init__(self, growth_rate: int = 8, block_config: tuple[int, ...] = (3, 3), num_init_features: int = 16,
-                 bn_size: int = 4, num_classes: int = 10):
+    def __init__(
+        self,
+        growth_rate: int = 8,
+        block_config: tuple[int, ...] = (3, 3),
+        num_init_features: int = 16,
+        bn_size: int = 4,
+        num_classes: int = 10,
+    ):
         super().__init__()
         self.features = nn.Sequential()
         self.features.add_module("conv0", nn.Conv2d(3, num_init_features, 3, padding=1, bias=False))

@@ -9,15 +9,23 @@ from torch import nn
 class TransformerClassifier(nn.Module):
     """Token embedding + learned positions, ``nn.TransformerEncoder`` (pre-norm), mean pool, head."""
 
-    def __init__(self, vocab_size: int = 100, d_model: int = 32, nhead: int = 4, num_layers: int = 2,
-                 dim_feedforward: int = 64, max_len: int = 32, num_classes: int = 5):
+    def __init__(
+        self,
+        vocab_size: int = 100,
+        d_model: int = 32,
+        nhead: int = 4,
+        num_layers: int = 2,
+        dim_feedforward: int = 64,
+        max_len: int = 32,
+        num_classes: int = 5,
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.pos_embedding = nn.Parameter(torch.zeros(1, max_len, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout=0.1, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model),
-                                             enable_nested_tensor=False)
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout=0.1, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -56,8 +64,16 @@ class MixerBlock(nn.Module):
 class MlpMixer(nn.Module):
     """MLP-Mixer: a strided-conv patch embedding, mixer blocks, a final norm and a linear head."""
 
-    def __init__(self, image_size: int = 32, patch_size: int = 8, dim: int = 32, depth: int = 2,
-                 tokens_hidden: int = 16, channels_hidden: int = 64, num_classes: int = 10):
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 8,
+        dim: int = 32,
+        depth: int = 2,
+        tokens_hidden: int = 16,
+        channels_hidden: int = 64,
+        num_classes: int = 10,
+    ):
         super().__init__()
         num_patches = (image_size // patch_size) ** 2
         self.stem = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)

@@ -34,8 +34,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX/int8/compact artifacts table")
-    parser.add_argument("--print-recipe", action="store_true",
-                        help="print the demo as a YAML recipe to copy, edit and run with `prunekit run` (runs nothing)")
+    parser.add_argument(
+        "--print-recipe",
+        action="store_true",
+        help="print the demo as a YAML recipe to copy, edit and run with `prunekit run` (runs nothing)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

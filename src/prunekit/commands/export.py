@@ -16,22 +16,35 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="weights of the pruned model: compact file, .safetensors or .pt state_dict")
-    parser.add_argument("--factory", required=True, metavar="MODULE:CALLABLE",
-                        help="import path of a zero-argument callable building the model, e.g. prunekit.torch:DigitsCNN")
+    parser.add_argument(
+        "model", metavar="MODEL", help="weights of the pruned model: compact file, .safetensors or .pt state_dict"
+    )
+    parser.add_argument(
+        "--factory",
+        required=True,
+        metavar="MODULE:CALLABLE",
+        help="import path of a zero-argument callable building the model, e.g. prunekit.torch:DigitsCNN",
+    )
     parser.add_argument("--dense", metavar="WEIGHTS", help="weights of the dense original (same factory) for the dense rows")
-    parser.add_argument("--data", default="digits", metavar="digits|FILE.npz",
-                        help="test and calibration data: the bundled digits (default) or an .npz with x_test, "
-                             "y_test, x_calib (several model inputs: x_test.NAME and x_calib.NAME per input)")
+    parser.add_argument(
+        "--data",
+        default="digits",
+        metavar="digits|FILE.npz",
+        help="test and calibration data: the bundled digits (default) or an .npz with x_test, "
+        "y_test, x_calib (several model inputs: x_test.NAME and x_calib.NAME per input)",
+    )
     parser.add_argument("--out", default="artifacts", metavar="DIR", help="where to write the artifacts (default: artifacts)")
     parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE")
     parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
-    parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed runs per artifact and batch size (default: 30)")
+    parser.add_argument(
+        "--repeats", type=int, default=30, metavar="N", help="timed runs per artifact and batch size (default: 30)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (one subprocess per file)")
 
 
@@ -113,12 +126,17 @@ def _data(spec: str) -> tuple[tuple[Any, Any], Any]:
     if path.suffix != ".npz" or not path.is_file():
         raise ConfigError(f"--data should be 'digits' or an existing .npz file, got {spec!r}")
     with np.load(path) as arrays:
-        inputs = {"x_test": _inputs(arrays, "x_test"), "y_test": arrays["y_test"] if "y_test" in arrays else None,
-                  "x_calib": _inputs(arrays, "x_calib")}
+        inputs = {
+            "x_test": _inputs(arrays, "x_test"),
+            "y_test": arrays["y_test"] if "y_test" in arrays else None,
+            "x_calib": _inputs(arrays, "x_calib"),
+        }
         missing = [key for key, value in inputs.items() if value is None]
         if missing:
-            raise ConfigError(f"{path} lacks the array(s) {missing} (for a model with several inputs, one array "
-                              f"per input named like x_test.input_ids); it has {sorted(arrays.files)}")
+            raise ConfigError(
+                f"{path} lacks the array(s) {missing} (for a model with several inputs, one array "
+                f"per input named like x_test.input_ids); it has {sorted(arrays.files)}"
+            )
         return (inputs["x_test"], inputs["y_test"]), inputs["x_calib"]
 
 
@@ -126,7 +144,7 @@ def _inputs(arrays: Any, key: str) -> Any:
     """The array ``key``, or the arrays ``key.NAME`` as a dict by model input name (None when neither is there)."""
     if key in arrays.files:
         return arrays[key]
-    named = {name[len(key) + 1:]: arrays[name] for name in arrays.files if name.startswith(key + ".")}
+    named = {name[len(key) + 1 :]: arrays[name] for name in arrays.files if name.startswith(key + ".")}
     return named or None
 
 
@@ -143,8 +161,17 @@ def run(args: argparse.Namespace) -> int:
     dense = load_weights(args.dense, factory) if args.dense else None
     plan = read_compact_header(args.model).plan if is_compact_file(args.model) else None
     test_data, calibration = _data(args.data)
-    comparison = compare_artifacts(dense, pruned, test_data, calibration, args.out, repeats=args.repeats,
-                                   threads=args.threads, measure_memory=not args.no_memory, plan=plan)
+    comparison = compare_artifacts(
+        dense,
+        pruned,
+        test_data,
+        calibration,
+        args.out,
+        repeats=args.repeats,
+        threads=args.threads,
+        measure_memory=not args.no_memory,
+        plan=plan,
+    )
     comparison.print(title=f"prunekit export {Path(args.model).name}")
     if args.json:
         atomic_write_bytes(args.json, json.dumps(comparison.to_dict(), indent=2).encode())

@@ -24,8 +24,9 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def _ints(text: str) -> list[int]:
@@ -39,13 +40,21 @@ def _ints(text: str) -> list[int]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL",
-                        help="factory 'package.module:callable', a weight file with --factory, a .keras, an .onnx "
-                             "or a .tflite file")
-    parser.add_argument("--factory", metavar="MODULE:CALLABLE", help="architecture of a weight file, e.g. prunekit.torch:DigitsCNN")
-    parser.add_argument("--input-shape", type=_ints, metavar="C,H,W",
-                        help="shape of one input sample without the batch dim, e.g. 1,8,8 (an .onnx file: only for "
-                             "dynamic dims such as a sequence length, applied to every input)")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="factory 'package.module:callable', a weight file with --factory, a .keras, an .onnx or a .tflite file",
+    )
+    parser.add_argument(
+        "--factory", metavar="MODULE:CALLABLE", help="architecture of a weight file, e.g. prunekit.torch:DigitsCNN"
+    )
+    parser.add_argument(
+        "--input-shape",
+        type=_ints,
+        metavar="C,H,W",
+        help="shape of one input sample without the batch dim, e.g. 1,8,8 (an .onnx file: only for "
+        "dynamic dims such as a sequence length, applied to every input)",
+    )
     parser.add_argument("--latency", action="store_true", help="also time the model (CPU, and CUDA when present)")
     parser.add_argument("--batch-sizes", type=_ints, default=[1, 32], metavar="N,N", help="latency batch sizes (default: 1,32)")
     parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed runs per batch size (default: 30)")
@@ -56,14 +65,28 @@ def _is_keras_file(path: str) -> bool:
     return path.endswith((".keras", ".h5"))
 
 
-def _report(framework: str, model: object, summary: Any, sizes: dict, memory: list, measure_latency: Callable,
-            args: argparse.Namespace, title: str, weights: str) -> dict:
+def _report(
+    framework: str,
+    model: object,
+    summary: Any,
+    sizes: dict,
+    memory: list,
+    measure_latency: Callable,
+    args: argparse.Namespace,
+    title: str,
+    weights: str,
+) -> dict:
     """Print the layer table, sizes and peak memory; measure latency if asked; the JSON-ready result."""
     summary.table(f"prunekit inspect {args.model} ({title})").print()
-    print("; ".join([f"{weights}: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip",
-                     *(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory)]))
-    result: dict = {"framework": framework, "summary": summary.to_dict(), "sizes": sizes,
-                    "memory": [m.to_dict() for m in memory]}
+    print(
+        "; ".join(
+            [
+                f"{weights}: {sizes['raw_bytes']:,} bytes raw, {sizes['gzip_bytes']:,} bytes gzip",
+                *(f"peak inference memory at batch {m.batch_size}: {m.peak_bytes:,} bytes" for m in memory),
+            ]
+        )
+    )
+    result: dict = {"framework": framework, "summary": summary.to_dict(), "sizes": sizes, "memory": [m.to_dict() for m in memory]}
     if args.latency:
         result["latency"] = measure_latency(model, args.input_shape, args.batch_sizes, repeats=args.repeats)
     return result
@@ -74,8 +97,17 @@ def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
     from prunekit.keras.summary import measure_latency, measure_peak_memory, summarize
 
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
-    return _report("keras", model, summarize(model), serialized_size(model), memory, measure_latency, args,
-                   "Keras; MACs per sample", "weights")
+    return _report(
+        "keras",
+        model,
+        summarize(model),
+        serialized_size(model),
+        memory,
+        measure_latency,
+        args,
+        "Keras; MACs per sample",
+        "weights",
+    )
 
 
 def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
@@ -87,8 +119,17 @@ def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
 
     model.eval()
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
-    return _report("torch", model, summarize(model, torch.zeros(1, *args.input_shape)), serialized_size(model), memory,
-                   measure_latency, args, "MACs per sample", "state_dict")
+    return _report(
+        "torch",
+        model,
+        summarize(model, torch.zeros(1, *args.input_shape)),
+        serialized_size(model),
+        memory,
+        measure_latency,
+        args,
+        "MACs per sample",
+        "state_dict",
+    )
 
 
 def _inspect_onnx(args: argparse.Namespace) -> dict:
@@ -103,8 +144,10 @@ def _inspect_onnx(args: argparse.Namespace) -> dict:
     summary = summarize_onnx(path, args.input_shape)
     raw, packed = file_sizes(path)
     files = [path.name, *(data.name for data in external_data_files(path))]
-    specs = [InputSpec(spec.name, spec.dtype, (None, *args.input_shape)) if args.input_shape else spec
-             for spec in input_specs(session(path, threads=1))]
+    specs = [
+        InputSpec(spec.name, spec.dtype, (None, *args.input_shape)) if args.input_shape else spec
+        for spec in input_specs(session(path, threads=1))
+    ]
     sample = generated_batch(specs, 1, str(path))
     weights = _initializer_bytes(path)
     memory = []
@@ -118,8 +161,17 @@ def _inspect_onnx(args: argparse.Namespace) -> dict:
         stats = measure_latency({"model": model}, sample, batch_sizes, repeats=repeats, threads=threads)["model"]
         return [LatencyResult("cpu", size, row.median_ms, row.p90_ms, row.runs, threads) for size, row in stats.items()]
 
-    return _report("onnx", path, summary, {"raw_bytes": raw, "gzip_bytes": packed, "files": files}, memory, measure,
-                   args, "ONNX; MACs per sample", " + ".join(files))
+    return _report(
+        "onnx",
+        path,
+        summary,
+        {"raw_bytes": raw, "gzip_bytes": packed, "files": files},
+        memory,
+        measure,
+        args,
+        "ONNX; MACs per sample",
+        " + ".join(files),
+    )
 
 
 def _inspect_tflite(args: argparse.Namespace) -> dict:
@@ -129,8 +181,9 @@ def _inspect_tflite(args: argparse.Namespace) -> dict:
     from prunekit.tflite_summary import summarize_tflite
 
     if args.input_shape:
-        raise ConfigError(f"{args.model} fixes its own input shape; drop --input-shape (convert the Keras model "
-                          "again to change it)")
+        raise ConfigError(
+            f"{args.model} fixes its own input shape; drop --input-shape (convert the Keras model again to change it)"
+        )
     path = Path(args.model)
     summary = summarize_tflite(path)
     raw, packed = file_sizes(path)
@@ -160,12 +213,20 @@ def _inspect_tflite(args: argparse.Namespace) -> dict:
                 tflite.predict(batch, batch_size=size)
                 runs.append((time.perf_counter() - started) * 1e3)
             runs = runs[5:]
-            results.append(LatencyResult("cpu", size, float(np.median(runs)), float(np.percentile(runs, 90)),
-                                         repeats, threads))
+            results.append(LatencyResult("cpu", size, float(np.median(runs)), float(np.percentile(runs, 90)), repeats, threads))
         return results
 
-    return _report("tflite", path, summary, {"raw_bytes": raw, "gzip_bytes": packed, "files": [path.name]}, [],
-                   measure, args, "TFLite; MACs per sample", path.name)
+    return _report(
+        "tflite",
+        path,
+        summary,
+        {"raw_bytes": raw, "gzip_bytes": packed, "files": [path.name]},
+        [],
+        measure,
+        args,
+        "TFLite; MACs per sample",
+        path.name,
+    )
 
 
 def _initializer_bytes(path: Path) -> int:
@@ -173,8 +234,7 @@ def _initializer_bytes(path: Path) -> int:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-               for t in model.graph.initializer)
+    return sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize for t in model.graph.initializer)
 
 
 def _load(args: argparse.Namespace) -> object:
@@ -216,8 +276,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.model.endswith(".tflite"):
         result = _inspect_tflite(args)
     elif args.input_shape is None:
-        raise ConfigError(f"inspecting {args.model} needs --input-shape: the shape of one input sample without the "
-                          "batch dim, e.g. --input-shape 1,8,8 (only .onnx and .tflite files know their own input shape)")
+        raise ConfigError(
+            f"inspecting {args.model} needs --input-shape: the shape of one input sample without the "
+            "batch dim, e.g. --input-shape 1,8,8 (only .onnx and .tflite files know their own input shape)"
+        )
     else:
         result = _inspect_framework(_load(args), args)
     if args.latency:

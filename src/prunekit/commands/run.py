@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     dense = results["dense"]
     print(f"dense: accuracy {dense['accuracy']:.2%}, {dense['gzip_bytes']:,} bytes gzip")
     for row in results["runs"]:
-        print(f"{row['method']} {row['target']:.0%}: accuracy {row['accuracy']:.2%}, sparsity {row['sparsity']:.1%}, "
-              f"{row['gzip_bytes']:,} bytes gzip")
+        print(
+            f"{row['method']} {row['target']:.0%}: accuracy {row['accuracy']:.2%}, sparsity {row['sparsity']:.1%}, "
+            f"{row['gzip_bytes']:,} bytes gzip"
+        )
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0

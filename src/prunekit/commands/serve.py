@@ -47,38 +47,96 @@ def _keep_versions(text: str) -> int:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add ``prunekit serve``'s arguments to ``parser``."""
     d = _DEFAULTS
-    parser.add_argument("model_dir", metavar="MODEL_DIR", type=Path,
-                        help="directory laid out as MODEL_DIR/<name>/<version>/model.onnx (or model.tflite)")
+    parser.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        type=Path,
+        help="directory laid out as MODEL_DIR/<name>/<version>/model.onnx (or model.tflite)",
+    )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}: this machine only)")
     net.add_argument("--port", type=int, default=d.port, help=f"port to listen on, 0 for any free one (default {d.port})")
-    net.add_argument("--max-body-bytes", type=parse_size, default=d.max_body_bytes, metavar="SIZE",
-                     help="largest request body accepted, e.g. 8M (default 8M); larger ones get 413")
-    net.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s, metavar="SECONDS",
-                     help=f"on SIGTERM, how long in-flight requests may finish (default {d.shutdown_timeout_s:g})")
+    net.add_argument(
+        "--max-body-bytes",
+        type=parse_size,
+        default=d.max_body_bytes,
+        metavar="SIZE",
+        help="largest request body accepted, e.g. 8M (default 8M); larger ones get 413",
+    )
+    net.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=d.shutdown_timeout_s,
+        metavar="SECONDS",
+        help=f"on SIGTERM, how long in-flight requests may finish (default {d.shutdown_timeout_s:g})",
+    )
     auth = parser.add_argument_group("auth (off unless one of these is given)")
-    auth.add_argument("--token-env", nargs="?", const=DEFAULT_TOKEN_ENV, metavar="VAR",
-                      help=f"require 'Authorization: Bearer <token>' with the token in env var VAR (default {DEFAULT_TOKEN_ENV})")
+    auth.add_argument(
+        "--token-env",
+        nargs="?",
+        const=DEFAULT_TOKEN_ENV,
+        metavar="VAR",
+        help=f"require 'Authorization: Bearer <token>' with the token in env var VAR (default {DEFAULT_TOKEN_ENV})",
+    )
     auth.add_argument("--token-file", type=Path, metavar="PATH", help="require a bearer token, read from PATH")
     models = parser.add_argument_group("models")
-    models.add_argument("--keep-versions", type=_keep_versions, default=d.keep_versions, metavar="N",
-                        help="how many of each model's highest versions stay loaded, or 'all' (default 1)")
-    models.add_argument("--poll-interval", type=float, default=d.poll_interval_s, metavar="SECONDS",
-                        help=f"scan MODEL_DIR for new versions this often, 0 to never (default {d.poll_interval_s:g})")
+    models.add_argument(
+        "--keep-versions",
+        type=_keep_versions,
+        default=d.keep_versions,
+        metavar="N",
+        help="how many of each model's highest versions stay loaded, or 'all' (default 1)",
+    )
+    models.add_argument(
+        "--poll-interval",
+        type=float,
+        default=d.poll_interval_s,
+        metavar="SECONDS",
+        help=f"scan MODEL_DIR for new versions this often, 0 to never (default {d.poll_interval_s:g})",
+    )
     models.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and infinity in float inputs")
     batching = parser.add_argument_group("batching and threads")
-    batching.add_argument("--no-batching", dest="batching", action="store_false",
-                          help="run each request alone instead of stacking concurrent requests")
-    batching.add_argument("--max-batch-size", type=int, default=d.max_batch_size, metavar="ROWS",
-                          help=f"most rows stacked into one inference call (default {d.max_batch_size})")
-    batching.add_argument("--batch-timeout-ms", type=float, default=d.batch_timeout_ms, metavar="MS",
-                          help=f"longest a request waits for others to join its batch (default {d.batch_timeout_ms:g})")
-    batching.add_argument("--inference-threads", type=int, default=d.inference_threads, metavar="N",
-                          help=f"worker threads running inference calls (default {d.inference_threads})")
-    batching.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads, metavar="N",
-                          help=f"threads inside one inference call, 0 for the runtime's choice (default {d.intra_op_threads})")
-    batching.add_argument("--max-queued-requests", type=int, default=d.max_queued_requests, metavar="N",
-                          help=f"requests waiting per model before 503 (default {d.max_queued_requests})")
+    batching.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_false",
+        help="run each request alone instead of stacking concurrent requests",
+    )
+    batching.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        metavar="ROWS",
+        help=f"most rows stacked into one inference call (default {d.max_batch_size})",
+    )
+    batching.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=d.batch_timeout_ms,
+        metavar="MS",
+        help=f"longest a request waits for others to join its batch (default {d.batch_timeout_ms:g})",
+    )
+    batching.add_argument(
+        "--inference-threads",
+        type=int,
+        default=d.inference_threads,
+        metavar="N",
+        help=f"worker threads running inference calls (default {d.inference_threads})",
+    )
+    batching.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=d.intra_op_threads,
+        metavar="N",
+        help=f"threads inside one inference call, 0 for the runtime's choice (default {d.intra_op_threads})",
+    )
+    batching.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=d.max_queued_requests,
+        metavar="N",
+        help=f"requests waiting per model before 503 (default {d.max_queued_requests})",
+    )
     logs = parser.add_argument_group("logging (JSON lines on stderr)")
     logs.add_argument("--log-level", choices=LEVELS, default=d.log_level)
     logs.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log every request")
@@ -94,12 +152,22 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
     if not args.model_dir.is_dir():
         raise ConfigError(f"MODEL_DIR {args.model_dir} is not a directory")
     return ServeConfig(
-        model_dir=args.model_dir, host=args.host, port=args.port, keep_versions=args.keep_versions,
-        batching=args.batching, max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
-        inference_threads=args.inference_threads, intra_op_threads=args.intra_op_threads,
-        max_queued_requests=args.max_queued_requests, max_body_bytes=args.max_body_bytes,
-        allow_nonfinite=args.allow_nonfinite, poll_interval_s=args.poll_interval,
-        token=load_token(args.token_env, args.token_file), access_log=args.access_log, log_level=args.log_level,
+        model_dir=args.model_dir,
+        host=args.host,
+        port=args.port,
+        keep_versions=args.keep_versions,
+        batching=args.batching,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
+        inference_threads=args.inference_threads,
+        intra_op_threads=args.intra_op_threads,
+        max_queued_requests=args.max_queued_requests,
+        max_body_bytes=args.max_body_bytes,
+        allow_nonfinite=args.allow_nonfinite,
+        poll_interval_s=args.poll_interval,
+        token=load_token(args.token_env, args.token_file),
+        access_log=args.access_log,
+        log_level=args.log_level,
         shutdown_timeout_s=args.shutdown_timeout,
     )
 

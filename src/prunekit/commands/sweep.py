@@ -29,16 +29,28 @@ def _names(text: str) -> list[str]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", type=_names, default=["one-shot", "layer", "gradual"],
-                        help="comma-separated: one-shot, layer, gradual, iterative, random, channels (default: one-shot,layer,gradual)")
+    parser.add_argument(
+        "--methods",
+        type=_names,
+        default=["one-shot", "layer", "gradual"],
+        help="comma-separated: one-shot, layer, gradual, iterative, random, channels (default: one-shot,layer,gradual)",
+    )
     parser.add_argument("--sparsities", type=_floats, default=[0.5, 0.7, 0.8, 0.9], help="default: 0.5,0.7,0.8,0.9")
-    parser.add_argument("--workers", type=int, default=1, help="trials at a time: worker processes, or Ray tasks with --ray (default: 1)")
-    parser.add_argument("--out", default="sweep-out", metavar="DIR", help="results, trial log, plots and report (default: sweep-out)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="trials at a time: worker processes, or Ray tasks with --ray (default: 1)"
+    )
+    parser.add_argument(
+        "--out", default="sweep-out", metavar="DIR", help="results, trial log, plots and report (default: sweep-out)"
+    )
     parser.add_argument("--objective", metavar="MODULE:CALLABLE", help="factory of your own objective instead of the digits CNN")
     parser.add_argument("--epochs", type=int, default=8, help="dense training epochs of the digits CNN (default: 8)")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning epochs per trial (default: 2)")
     parser.add_argument("--quick", action="store_true", help="a smaller CNN and fewer epochs, for a smoke test")
-    parser.add_argument("--ray", action="store_true", help="run trials as Ray tasks on the cluster RAY_ADDRESS names, else on a local Ray instance (needs the 'ray' extra)")
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="run trials as Ray tasks on the cluster RAY_ADDRESS names, else on a local Ray instance (needs the 'ray' extra)",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="run trials the log holds as failed again")
 
 
@@ -54,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
         from prunekit.sweep.digits import DigitsObjective
 
         if args.quick:
-            objective = DigitsObjective.train(epochs=2, model_options={"channels": (8, 16), "hidden": 32},
-                                              finetune_epochs=1, latency_repeats=3)
+            objective = DigitsObjective.train(
+                epochs=2, model_options={"channels": (8, 16), "hidden": 32}, finetune_epochs=1, latency_repeats=3
+            )
         else:
             objective = DigitsObjective.train(epochs=args.epochs, finetune_epochs=args.finetune_epochs)
 
@@ -65,11 +78,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{record['status']}] {record['id']}: {detail}", flush=True)
 
     if args.ray:
-        print(f"running trials as Ray tasks, {args.workers} at a time; their output goes to Ray's logs "
-              "(/tmp/ray/session_latest/logs)", flush=True)
-    result = run_sweep(objective, trials, args.out, workers=args.workers, retry_failed=args.retry_failed,
-                       backend="ray" if args.ray else "processes", on_trial=show)
+        print(
+            f"running trials as Ray tasks, {args.workers} at a time; their output goes to Ray's logs "
+            "(/tmp/ray/session_latest/logs)",
+            flush=True,
+        )
+    result = run_sweep(
+        objective,
+        trials,
+        args.out,
+        workers=args.workers,
+        retry_failed=args.retry_failed,
+        backend="ray" if args.ray else "processes",
+        on_trial=show,
+    )
     paths = sweep_report(result, title=f"prunekit sweep: {', '.join(args.methods)}")
-    print(f"{len(result.ran)} trial(s) run now, {len(result.records) - len(result.ran)} reused from the log, "
-          f"{len(result.failed)} failed; report: {paths['html']}")
+    print(
+        f"{len(result.ran)} trial(s) run now, {len(result.records) - len(result.ran)} reused from the log, "
+        f"{len(result.failed)} failed; report: {paths['html']}"
+    )
     return 0 if not result.failed else 1

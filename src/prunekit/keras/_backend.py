@@ -26,9 +26,7 @@ def ensure_tensorflow_backend() -> None:
     keras = require("keras", "keras")
     version = getattr(keras, "__version__", "0")
     if int(version.split(".")[0]) < 3:
-        raise ConfigError(
-            f"prunekit.keras needs Keras 3, found keras {version}; install it with: pip install 'prunekit[keras]'"
-        )
+        raise ConfigError(f"prunekit.keras needs Keras 3, found keras {version}; install it with: pip install 'prunekit[keras]'")
     backend = keras.backend.backend()
     if backend != "tensorflow":
         raise ConfigError(

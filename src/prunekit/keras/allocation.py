@@ -13,7 +13,8 @@ density) and the trainable weights' bytes. Latency needs channel removal:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -58,8 +59,10 @@ def _pruned_weights(model: keras.Model, layers: Sequence[str]) -> dict[str, list
     weights = {name: prunable_weights(found[name]) for name in layers if name in found}
     missing = [name for name in layers if not weights.get(name)]
     if missing:
-        raise ConfigError(f"layers {missing} are not layers with prunable weights in model {model.name!r}; "
-                          f"prunable layers: {prunable_layers(model)}")
+        raise ConfigError(
+            f"layers {missing} are not layers with prunable weights in model {model.name!r}; "
+            f"prunable layers: {prunable_layers(model)}"
+        )
     return weights
 
 
@@ -73,8 +76,12 @@ def _measure(model: keras.Model, layers: Sequence[str]) -> tuple[ModelSummary, d
     for name, variables in weights.items():
         arrays = [np.asarray(v.numpy()) for v in variables]
         scales = len(variables) == 1 and variables[0] is getattr(found[name], "kernel", None)  # sparse MACs follow the kernel
-        measured[name] = LayerWeights(sum(a.size for a in arrays), sum(int(np.count_nonzero(a)) for a in arrays),
-                                      arrays[0].itemsize, macs.get(name, 0) if scales else 0)
+        measured[name] = LayerWeights(
+            sum(a.size for a in arrays),
+            sum(int(np.count_nonzero(a)) for a in arrays),
+            arrays[0].itemsize,
+            macs.get(name, 0) if scales else 0,
+        )
     total = float(sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.trainable_weights))
     return summary, measured, total
 
@@ -113,8 +120,10 @@ def apply_ratios(model: keras.Model, ratios: dict[str, float]) -> keras.Model:
         pruned = apply_ratios(model, {"conv2": 0.8, "fc1": 0.5})
     """
     if not (isinstance(model, keras.Sequential) or _is_functional(model)):
-        raise ConfigError(f"model {getattr(model, 'name', model)!r} is a {type(model).__name__}; sensitivity and "
-                          "allocation work on Functional and Sequential models (costs come from their layer graph)")
+        raise ConfigError(
+            f"model {getattr(model, 'name', model)!r} is a {type(model).__name__}; sensitivity and "
+            "allocation work on Functional and Sequential models (costs come from their layer graph)"
+        )
     pruned = _clone(model)
     for name, variables in _pruned_weights(pruned, [name for name, r in ratios.items() if r > 0]).items():
         ratio = float(min(ratios[name], MAX_RATIO))
@@ -159,13 +168,16 @@ def global_ratios(model: keras.Model, layers: Sequence[str], budget: float, targ
 
         global_ratios(model, ["conv1", "conv2", "fc1", "fc2"], 0.3).ratios
     """
-    magnitudes = {name: np.concatenate([np.abs(np.asarray(v.numpy())).ravel() for v in variables])
-                  for name, variables in _pruned_weights(model, layers).items()}
+    magnitudes = {
+        name: np.concatenate([np.abs(np.asarray(v.numpy())).ravel() for v in variables])
+        for name, variables in _pruned_weights(model, layers).items()
+    }
     return threshold_allocation(cost_model(model, layers, target), magnitudes, budget)
 
 
-def compare_allocations(model: keras.Model, table: SensitivityTable, metric: Callable[[keras.Model], float],
-                        budget: float, target: str = "macs") -> list[dict[str, Any]]:
+def compare_allocations(
+    model: keras.Model, table: SensitivityTable, metric: Callable[[keras.Model], float], budget: float, target: str = "macs"
+) -> list[dict[str, Any]]:
     """Sensitivity, uniform and global allocations at one budget: ratios, measured cost and ``metric`` of each.
 
     The measured cost comes from the pruned model itself (``summarize``), not from the cost model.
@@ -177,8 +189,11 @@ def compare_allocations(model: keras.Model, table: SensitivityTable, metric: Cal
         allocation_table(rows).print()
     """
     layers = table.layers
-    allocations = [allocate_ratios(table, model, budget, target),
-                   uniform_ratios(model, layers, budget, target),
-                   global_ratios(model, layers, budget, target)]
-    return comparison_rows(allocations, lambda ratios: apply_ratios(model, ratios),
-                           lambda pruned: measured_cost(pruned, layers, target), metric)
+    allocations = [
+        allocate_ratios(table, model, budget, target),
+        uniform_ratios(model, layers, budget, target),
+        global_ratios(model, layers, budget, target),
+    ]
+    return comparison_rows(
+        allocations, lambda ratios: apply_ratios(model, ratios), lambda pruned: measured_cost(pruned, layers, target), metric
+    )

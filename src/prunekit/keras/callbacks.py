@@ -10,8 +10,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from prunekit.errors import ConfigError
 from prunekit._atomic import atomic_write_text
+from prunekit.errors import ConfigError
 from prunekit.keras.state import LayerPruning, prunings
 
 
@@ -110,7 +110,9 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch", tensorboard: bool = True):
         super().__init__()
-        if update_freq != "epoch" and not (isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq >= 1):
+        if update_freq != "epoch" and not (
+            isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq >= 1
+        ):
             raise ConfigError(f"update_freq should be 'epoch' or a number of batches >= 1, got {update_freq!r}")
         self.log_dir = Path(log_dir)
         self.update_freq = update_freq

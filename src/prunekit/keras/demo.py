@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-from prunekit.errors import ConfigError
 from prunekit._atomic import atomic_path, atomic_write_text
+from prunekit.errors import ConfigError
 from prunekit.keras.metrics import serialized_size
 from prunekit.keras.models import digits_cnn, load_digits_nhwc
 from prunekit.keras.workflows import PruningRun, prune_gradually, prune_iteratively, prune_one_shot
@@ -89,15 +90,17 @@ def run_demo(
             started = time.perf_counter()
             run = workflow(dense, data.x_train, data.y_train, sparsity)
             sizes = serialized_size(run.model)
-            results["runs"].append({
-                "method": method,
-                "sparsity": float(sparsity),
-                "achieved_sparsity": float(run.sparsity),
-                "accuracy": _accuracy(run.model, data.x_test, data.y_test),
-                "size_bytes": sizes["raw_bytes"],
-                "gzip_bytes": sizes["gzip_bytes"],
-                "seconds": time.perf_counter() - started,
-            })
+            results["runs"].append(
+                {
+                    "method": method,
+                    "sparsity": float(sparsity),
+                    "achieved_sparsity": float(run.sparsity),
+                    "accuracy": _accuracy(run.model, data.x_test, data.y_test),
+                    "size_bytes": sizes["raw_bytes"],
+                    "gzip_bytes": sizes["gzip_bytes"],
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             models[f"{method}-{round(sparsity * 100)}"] = run.model
     if output_dir is not None:
         out = Path(output_dir)

@@ -20,8 +20,9 @@ An Embedding produces ``output_dim`` atoms (columns of its table).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -33,13 +34,39 @@ PRODUCERS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.SeparableConv1D, L.Separab
 RECURRENT = (L.LSTM, L.GRU, L.SimpleRNN)
 DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
 PER_CHANNEL = (
-    L.ReLU, L.LeakyReLU, L.ELU, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-    L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Identity,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+    L.ReLU,
+    L.LeakyReLU,
+    L.ELU,
+    L.Dropout,
+    L.SpatialDropout1D,
+    L.SpatialDropout2D,
+    L.SpatialDropout3D,
+    L.GaussianNoise,
+    L.GaussianDropout,
+    L.AlphaDropout,
+    L.ActivityRegularization,
+    L.Identity,
+    L.MaxPooling1D,
+    L.MaxPooling2D,
+    L.MaxPooling3D,
+    L.AveragePooling1D,
+    L.AveragePooling2D,
+    L.AveragePooling3D,
+    L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D,
+    L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D,
+    L.GlobalMaxPooling3D,
+    L.ZeroPadding1D,
+    L.ZeroPadding2D,
+    L.ZeroPadding3D,
+    L.Cropping1D,
+    L.Cropping2D,
+    L.Cropping3D,
+    L.UpSampling1D,
+    L.UpSampling2D,
+    L.UpSampling3D,
 )
 ELEMENTWISE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
@@ -119,10 +146,17 @@ class ChannelGraph:
     def producer_nodes(self) -> Iterator[Node]:
         """Nodes of layers whose output channels can be removed (single call, channels_last, groups=1),
         traced attention layers included."""
-        return (node for node in self.nodes if not node.shared and (
-            getattr(node.layer, "name", None) in self.heads
-            or isinstance(node.layer, PRODUCERS) and _traceable(node.layer)
-            or isinstance(node.layer, RECURRENT + (L.Bidirectional, L.Embedding))))
+        return (
+            node
+            for node in self.nodes
+            if not node.shared
+            and (
+                getattr(node.layer, "name", None) in self.heads
+                or isinstance(node.layer, PRODUCERS)
+                and _traceable(node.layer)
+                or isinstance(node.layer, RECURRENT + (L.Bidirectional, L.Embedding))
+            )
+        )
 
     def attention_nodes(self) -> dict[str, Node]:
         """The MultiHeadAttention calls whose heads can be removed, by layer name."""
@@ -172,8 +206,9 @@ def _functional_nodes(model: Any) -> tuple[list[Node], dict[str, tuple], list[st
                 tid = _tensor_id(tensor["keras_history"])
                 shapes[tid] = tuple(tensor["shape"])
                 inputs.append(tid)
-            nodes.append(Node(layer, inputs, f"{entry['name']}:{index}:0", shared=len(inbound) > 1,
-                              arguments=_arguments(layer, call)))
+            nodes.append(
+                Node(layer, inputs, f"{entry['name']}:{index}:0", shared=len(inbound) > 1, arguments=_arguments(layer, call))
+            )
     outputs = [_tensor_id(history) for history in _output_histories(config["output_layers"])]
     for tid, tensor in zip(outputs, model.outputs):
         shapes.setdefault(tid, tuple(tensor.shape))

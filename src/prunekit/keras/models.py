@@ -21,9 +21,12 @@ def load_digits_nhwc(seed: int = 0) -> DatasetSplit:
     split = load_digits(seed=seed)
     to_nhwc = lambda images: np.ascontiguousarray(images.transpose(0, 2, 3, 1))  # noqa: E731
     return DatasetSplit(
-        to_nhwc(split.x_train), split.y_train,
-        to_nhwc(split.x_val), split.y_val,
-        to_nhwc(split.x_test), split.y_test,
+        to_nhwc(split.x_train),
+        split.y_train,
+        to_nhwc(split.x_val),
+        split.y_val,
+        to_nhwc(split.x_test),
+        split.y_test,
     )
 
 

@@ -8,7 +8,8 @@ excluded or say what to prune through TF MOT's protocol, a ``get_prunable_weight
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import keras
 
@@ -146,9 +147,7 @@ def select_layers(model: Any, exclude: Sequence[str] = ()) -> dict[Any, list[Any
     names = [layer.name for layer in layers]
     for pattern in exclude:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise LayerNotFoundError(
-                f"exclude pattern {pattern!r} matches no layer of model {model.name!r}; layers are {names}"
-            )
+            raise LayerNotFoundError(f"exclude pattern {pattern!r} matches no layer of model {model.name!r}; layers are {names}")
     selected: dict[Any, list[Any]] = {}
     for layer in layers:
         if _matches(layer.name, exclude):

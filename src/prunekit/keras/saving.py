@@ -62,7 +62,9 @@ def load_model(path: str | os.PathLike, custom_objects: dict[str, Any] | None = 
         name = config["layer"]
         matches = layers.get(name, [])
         if not matches:
-            raise LayerNotFoundError(f"{os.fspath(path)!r} holds a pruning state for layer {name!r}, which the loaded model lacks")
+            raise LayerNotFoundError(
+                f"{os.fspath(path)!r} holds a pruning state for layer {name!r}, which the loaded model lacks"
+            )
         if len(matches) > 1:
             raise StateMismatchError(
                 f"{os.fspath(path)!r}: several layers are named {name!r}, so its pruning state is ambiguous; "

@@ -10,7 +10,8 @@ evaluation over the cores).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -43,8 +44,8 @@ class Accuracy:
     def __call__(self, model: keras.Model) -> float:
         correct = 0
         for start in range(0, len(self.x), self.batch_size):
-            outputs = np.asarray(model(self.x[start:start + self.batch_size], training=False))
-            correct += int((outputs.argmax(axis=-1) == self.y[start:start + self.batch_size]).sum())
+            outputs = np.asarray(model(self.x[start : start + self.batch_size], training=False))
+            correct += int((outputs.argmax(axis=-1) == self.y[start : start + self.batch_size]).sum())
         return correct / len(self.x)
 
 
@@ -78,7 +79,11 @@ def analyze_sensitivity(
     if not layers:
         raise ConfigError(f"no layers to analyse; pass layers=[...] from the prunable layers {known}")
     baseline = evaluate_metric(metric, apply_ratios(model, {}), "the unpruned model")
-    scores = {layer: [evaluate_metric(metric, apply_ratios(model, {layer: ratio}), f"layer {layer!r} pruned at ratio {ratio}")
-                      for ratio in ratios]
-              for layer in layers}
+    scores = {
+        layer: [
+            evaluate_metric(metric, apply_ratios(model, {layer: ratio}), f"layer {layer!r} pruned at ratio {ratio}")
+            for ratio in ratios
+        ]
+        for layer in layers
+    }
     return SensitivityTable(baseline, ratios, scores, metric_name)

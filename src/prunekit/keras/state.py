@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -92,7 +93,7 @@ class PruningSpec:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "PruningSpec":
+    def from_config(cls, config: Mapping[str, Any]) -> PruningSpec:
         """Rebuild from :meth:`get_config`."""
         return cls(
             schedule=schedule_from_config(config["schedule"]),
@@ -106,9 +107,7 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
-def select_mask(
-    weights: np.ndarray, sparsity: float, previous: np.ndarray | None, spec: PruningSpec, where: str
-) -> np.ndarray:
+def select_mask(weights: np.ndarray, sparsity: float, previous: np.ndarray | None, spec: PruningSpec, where: str) -> np.ndarray:
     """The keep-mask of one weight at ``sparsity`` under ``spec`` (``where`` names it in errors).
 
     Unstructured: exactly ``round(sparsity * numel)`` lowest ``|w|`` pruned. Blocks (2-D weights
@@ -155,7 +154,7 @@ class MaskConstraint:
     advanced since the last update, so training without :class:`UpdatePruningStep` fails loudly.
     """
 
-    def __init__(self, pruning: "LayerPruning", index: int, inner: Any = None):
+    def __init__(self, pruning: LayerPruning, index: int, inner: Any = None):
         self.pruning = pruning
         self.index = index
         self.inner = inner

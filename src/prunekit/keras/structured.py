@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import keras
 import numpy as np
@@ -29,10 +30,10 @@ from prunekit.keras.graph import DEPTHWISE, PRODUCERS, RECURRENT, ChannelGraph, 
 L = keras.layers
 REMOVABLE = {
     "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, LSTM/GRU/SimpleRNN (or Bidirectional) or "
-               "MultiHeadAttention; "
-               "single call, channels_last, groups=1",
+    "MultiHeadAttention; "
+    "single call, channels_last, groups=1",
     "head": "keras.layers.MultiHeadAttention itself (not a subclass or GroupQueryAttention), called once on traced "
-            "query and value tensors, without return_attention_scores, with a one-dimensional output_shape",
+    "query and value tensors, without return_attention_scores, with a one-dimensional output_shape",
 }
 
 
@@ -102,8 +103,9 @@ def _head_rows(layer: Any) -> np.ndarray:
 
 def _head_groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
     return [
-        ChannelGroup((name,), {name: np.arange(len(atoms))}, {name: _head_rows(model.get_layer(name))},
-                     graph.roots(atoms), kind="heads")
+        ChannelGroup(
+            (name,), {name: np.arange(len(atoms))}, {name: _head_rows(model.get_layer(name))}, graph.roots(atoms), kind="heads"
+        )
         for name, atoms in graph.heads.items()
     ]
 
@@ -143,8 +145,16 @@ def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
             index = np.array([position.get(r, -1) for r in free], dtype=np.int64)
             channels[name] = index
             filters[name] = np.where((index >= 0)[:, None], rows[np.maximum(index, 0)], 0.0) if len(free) else rows[:0]
-        groups.append(ChannelGroup(tuple(names), channels, filters, np.array(free, dtype=np.int64),
-                                   len(roots) - len(free), reasons[0] if reasons else None))
+        groups.append(
+            ChannelGroup(
+                tuple(names),
+                channels,
+                filters,
+                np.array(free, dtype=np.int64),
+                len(roots) - len(free),
+                reasons[0] if reasons else None,
+            )
+        )
     return groups + _head_groups(model, graph)
 
 
@@ -238,7 +248,8 @@ def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequenc
     include = [layers] if isinstance(layers, str) else layers
     exclude = [exclude] if isinstance(exclude, str) else exclude
     return {
-        name for name in producers
+        name
+        for name in producers
         if (include is None or any(fnmatch.fnmatchcase(name, p) for p in include))
         and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
     }
@@ -271,9 +282,7 @@ def _pruned_roots(
         atoms = targets[name]
         for index in indices:
             if not (isinstance(index, (int, np.integer)) and 0 <= index < len(atoms)):
-                raise ConfigError(
-                    f"{what} index {index!r} is out of range for layer {name!r} with {len(atoms)} {what}s"
-                )
+                raise ConfigError(f"{what} index {index!r} is out of range for layer {name!r} with {len(atoms)} {what}s")
             root = graph.find(int(atoms[index]))
             reason = graph.locked(root)
             if reason is not None:
@@ -290,8 +299,7 @@ def _check_names(model: Any, removal: Mapping[str, Sequence[int]], targets: Mapp
         if name not in targets:
             known = [layer.name for layer in model.layers]
             raise LayerNotFoundError(
-                f"{name!r} is not a layer whose {what}s can be removed ({REMOVABLE[what]}); "
-                f"the model's layers are {known}"
+                f"{name!r} is not a layer whose {what}s can be removed ({REMOVABLE[what]}); the model's layers are {known}"
             )
 
 

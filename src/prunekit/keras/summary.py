@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,8 +104,10 @@ def summarize(model: Any) -> ModelSummary:
         try:
             macs = _layer_macs(layer)
         except (AttributeError, ValueError) as exc:
-            raise ConfigError(f"layer {name!r} has no known input/output shape ({exc}); MACs are counted on built "
-                              "Functional or Sequential models: build it with keras.Input first") from None
+            raise ConfigError(
+                f"layer {name!r} has no known input/output shape ({exc}); MACs are counted on built "
+                "Functional or Sequential models: build it with keras.Input first"
+            ) from None
         if not params and not macs:
             continue
         values = [np.asarray(w.numpy()) for w in layer.weights if w.trainable]
@@ -137,8 +140,9 @@ def _tf_device() -> str:
     return "cuda" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
-def measure_latency(model: Any, sample_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 32), *,
-                    warmup: int = 5, repeats: int = 30) -> list[LatencyResult]:
+def measure_latency(
+    model: Any, sample_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 32), *, warmup: int = 5, repeats: int = 30
+) -> list[LatencyResult]:
     """Median and p90 of ``model(x, training=False)`` per batch size, in milliseconds (TensorFlow's device).
 
     Example::
@@ -164,8 +168,9 @@ def measure_latency(model: Any, sample_shape: Sequence[int], batch_sizes: Sequen
             start = time.perf_counter()
             _to_host(model(batch, training=False))  # waits for the device
             samples.append((time.perf_counter() - start) * 1e3)
-        results.append(LatencyResult(device, size, float(np.median(samples)), float(np.percentile(samples, 90)),
-                                     repeats, threads))
+        results.append(
+            LatencyResult(device, size, float(np.median(samples)), float(np.percentile(samples, 90)), repeats, threads)
+        )
     return results
 
 
@@ -173,9 +178,19 @@ def _shared_buffer_layers() -> tuple[type, ...]:
     import keras
 
     layers = keras.layers
-    return (layers.Reshape, layers.Flatten, layers.Identity, layers.Dropout, layers.SpatialDropout1D,
-            layers.SpatialDropout2D, layers.SpatialDropout3D, layers.GaussianNoise, layers.GaussianDropout,
-            layers.AlphaDropout, layers.ActivityRegularization)
+    return (
+        layers.Reshape,
+        layers.Flatten,
+        layers.Identity,
+        layers.Dropout,
+        layers.SpatialDropout1D,
+        layers.SpatialDropout2D,
+        layers.SpatialDropout3D,
+        layers.GaussianNoise,
+        layers.GaussianDropout,
+        layers.AlphaDropout,
+        layers.ActivityRegularization,
+    )
 
 
 def _graph(model: Any) -> Any | None:
@@ -204,8 +219,10 @@ class _Trace:
     def buffer(self, spec: Any, owner: str) -> int:
         """A new buffer holding ``spec`` (a ``KerasTensor`` of concrete shape), produced by ``owner``."""
         if any(d is None for d in spec.shape):
-            raise ConfigError(f"layer {owner!r} gives a tensor of shape {tuple(spec.shape)} whose size depends on the "
-                              "data; peak memory needs static shapes: use a model whose layers keep them")
+            raise ConfigError(
+                f"layer {owner!r} gives a tensor of shape {tuple(spec.shape)} whose size depends on the "
+                "data; peak memory needs static shapes: use a model whose layers keep them"
+            )
         self.sizes.append(_nbytes(spec.shape, spec.dtype))
         return len(self.sizes) - 1
 
@@ -227,8 +244,9 @@ class _Trace:
                     outputs = self.run(inner, [(specs[id(x)], buffers[id(x)]) for x in node.input_tensors], f"{name}/")
                 else:
                     args, kwargs = node.arguments.fill_in(specs)
-                    outputs = self._call(node.operation, name, reads,
-                                         tree.flatten(node.operation.compute_output_spec(*args, **kwargs)))
+                    outputs = self._call(
+                        node.operation, name, reads, tree.flatten(node.operation.compute_output_spec(*args, **kwargs))
+                    )
                 for x, (spec, buffer) in zip(node.outputs, outputs):
                     specs[id(x)], buffers[id(x)] = spec, buffer
         return [(specs[id(x)], buffers[id(x)]) for x in graph.outputs]
@@ -261,17 +279,22 @@ class _Trace:
 
 def _single_input(model: Any, graph: Any, shape: tuple[int, ...]) -> Any:
     if len(graph.inputs) != 1:
-        raise ConfigError(f"model {model.name!r} has {len(graph.inputs)} inputs; measure_peak_memory takes one "
-                          "sample_shape, so it measures single-input models")
+        raise ConfigError(
+            f"model {model.name!r} has {len(graph.inputs)} inputs; measure_peak_memory takes one "
+            "sample_shape, so it measures single-input models"
+        )
     declared = tuple(graph.inputs[0].shape)[1:]
     if len(declared) != len(shape) or any(d is not None and d != s for d, s in zip(declared, shape)):
-        raise ConfigError(f"sample_shape {shape} does not fit model {model.name!r}, whose input is "
-                          f"{declared} without the batch dim; pass a shape like {tuple(d or 1 for d in declared)}")
+        raise ConfigError(
+            f"sample_shape {shape} does not fit model {model.name!r}, whose input is "
+            f"{declared} without the batch dim; pass a shape like {tuple(d or 1 for d in declared)}"
+        )
     return graph.inputs[0]
 
 
-def measure_peak_memory(model: Any, sample_shape: Sequence[int], batch_size: int = 1, *,
-                        device: str | None = None) -> MemoryResult:
+def measure_peak_memory(
+    model: Any, sample_shape: Sequence[int], batch_size: int = 1, *, device: str | None = None
+) -> MemoryResult:
     """Peak memory of one inference pass of a Functional/Sequential model: weights plus activations live at the peak.
 
     A liveness analysis of the layer graph at ``batch_size`` (see the module docstring); it reads no
@@ -294,12 +317,16 @@ def measure_peak_memory(model: Any, sample_shape: Sequence[int], batch_size: int
         raise ConfigError(f"measure_peak_memory expects a keras.Model, got {type(model).__name__}")
     graph = _graph(model)
     if graph is None and isinstance(model, keras.Sequential):
-        raise ConfigError(f"Sequential model {model.name!r} has no layer graph yet; start it with keras.Input(...) "
-                          "or call model.build(input_shape) first")
+        raise ConfigError(
+            f"Sequential model {model.name!r} has no layer graph yet; start it with keras.Input(...) "
+            "or call model.build(input_shape) first"
+        )
     if graph is None:
-        raise ConfigError(f"model {model.name!r} is a subclassed {type(model).__name__} without a layer graph; "
-                          "measure_peak_memory analyses Functional and Sequential models: build the same layers "
-                          "from keras.Input with the functional API")
+        raise ConfigError(
+            f"model {model.name!r} is a subclassed {type(model).__name__} without a layer graph; "
+            "measure_peak_memory analyses Functional and Sequential models: build the same layers "
+            "from keras.Input with the functional API"
+        )
     source = _single_input(model, graph, shape)
     trace = _Trace()
     spec = keras.KerasTensor((batch_size, *shape), dtype=source.dtype)

@@ -12,16 +12,17 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from prunekit._litert import interpreter_class
-from prunekit.errors import ConfigError, CorruptFileError
 from prunekit._atomic import atomic_write_bytes
 from prunekit._gzip import gzip_size
+from prunekit._litert import interpreter_class
+from prunekit.errors import ConfigError, CorruptFileError
 
 QUANTIZATIONS = (None, "float", "dynamic", "int8")
 
@@ -178,8 +179,10 @@ class TFLiteModel:
         self.inputs = self.interpreter.get_input_details()
         self.outputs = self.interpreter.get_output_details()
         if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise ConfigError(f"TFLiteModel runs single-input, single-output models; this one has "
-                              f"{len(self.inputs)} inputs and {len(self.outputs)} outputs")
+            raise ConfigError(
+                f"TFLiteModel runs single-input, single-output models; this one has "
+                f"{len(self.inputs)} inputs and {len(self.outputs)} outputs"
+            )
         self._batch = int(self.inputs[0]["shape"][0])
 
     @property
@@ -252,8 +255,11 @@ def measure_latency(models: dict[str, TFLiteModel], sample: np.ndarray, repeats:
 
 
 def evaluate_tflite(
-    model: TFLiteModel | bytes | str | os.PathLike, x: np.ndarray, y: np.ndarray,
-    latency_repeats: int = 50, num_threads: int | None = 1,
+    model: TFLiteModel | bytes | str | os.PathLike,
+    x: np.ndarray,
+    y: np.ndarray,
+    latency_repeats: int = 50,
+    num_threads: int | None = 1,
 ) -> dict[str, float | int]:
     """Accuracy on ``(x, y)``, batch-1 median latency (ms), raw and gzip size of a TFLite model.
 
@@ -264,8 +270,12 @@ def evaluate_tflite(
     """
     tfl = model if isinstance(model, TFLiteModel) else TFLiteModel(model, num_threads=num_threads)
     latency = measure_latency({"model": tfl}, np.asarray(x[:1], np.float32), repeats=latency_repeats)["model"]
-    return {"accuracy": _accuracy(tfl.predict(x), y), "latency_ms": latency,
-            "size_bytes": tfl.size_bytes, "gzip_bytes": tfl.gzip_bytes}
+    return {
+        "accuracy": _accuracy(tfl.predict(x), y),
+        "latency_ms": latency,
+        "size_bytes": tfl.size_bytes,
+        "gzip_bytes": tfl.gzip_bytes,
+    }
 
 
 def compare_tflite(
@@ -278,7 +288,7 @@ def compare_tflite(
     latency_repeats: int = 50,
     num_threads: int | None = 1,
     keras_accuracy: Callable[[Any], float] | None = None,
-) -> "TFLiteComparison":
+) -> TFLiteComparison:
     """Dense fp32 / pruned fp32 / pruned int8 dynamic / pruned int8 full, measured in the interpreter.
 
     Writes ``dense.tflite``, ``pruned.tflite``, ``pruned.int8-dynamic.tflite`` and
@@ -296,16 +306,25 @@ def compare_tflite(
         "pruned int8 dynamic": convert_to_tflite(pruned, "dynamic"),
         "pruned int8 full": convert_to_tflite(pruned, "int8", representative_data),
     }
-    files = {"dense fp32": "dense.tflite", "pruned fp32": "pruned.tflite",
-             "pruned int8 dynamic": "pruned.int8-dynamic.tflite", "pruned int8 full": "pruned.int8-full.tflite"}
+    files = {
+        "dense fp32": "dense.tflite",
+        "pruned fp32": "pruned.tflite",
+        "pruned int8 dynamic": "pruned.int8-dynamic.tflite",
+        "pruned int8 full": "pruned.int8-full.tflite",
+    }
     if out_dir is not None:
         for name, content in flatbuffers.items():
             atomic_write_bytes(Path(out_dir) / files[name], content)
     models = {name: TFLiteModel(content, num_threads=num_threads) for name, content in flatbuffers.items()}
     latency = measure_latency(models, x[:1].astype(np.float32), repeats=latency_repeats)
     rows = [
-        {"name": name, "size_bytes": m.size_bytes, "gzip_bytes": m.gzip_bytes,
-         "accuracy": _accuracy(m.predict(x), y), "latency_ms": latency[name]}
+        {
+            "name": name,
+            "size_bytes": m.size_bytes,
+            "gzip_bytes": m.gzip_bytes,
+            "accuracy": _accuracy(m.predict(x), y),
+            "latency_ms": latency[name],
+        }
         for name, m in models.items()
     ]
     score = keras_accuracy or (lambda model: _accuracy(model.predict(x, verbose=0, batch_size=256), y))
@@ -339,8 +358,12 @@ class TFLiteComparison:
         table = ResultTable(title, ["variant", "size KB", "gzip KB", "gzip smaller", "accuracy", "b1 ms", "speedup"])
         for row in self.rows:
             table.add_row(
-                row["name"], f"{row['size_bytes'] / 1024:,.1f}", f"{row['gzip_bytes'] / 1024:,.1f}",
-                f"{base['gzip_bytes'] / row['gzip_bytes']:.1f}x", f"{row['accuracy']:.2%}",
-                f"{row['latency_ms']:.3f}", f"{base['latency_ms'] / row['latency_ms']:.2f}x",
+                row["name"],
+                f"{row['size_bytes'] / 1024:,.1f}",
+                f"{row['gzip_bytes'] / 1024:,.1f}",
+                f"{base['gzip_bytes'] / row['gzip_bytes']:.1f}x",
+                f"{row['accuracy']:.2%}",
+                f"{row['latency_ms']:.3f}",
+                f"{base['latency_ms'] / row['latency_ms']:.2f}x",
             )
         return table

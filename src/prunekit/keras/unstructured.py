@@ -6,7 +6,8 @@ pruning step live in a small state object on each pruned layer (see :mod:`prunek
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np

@@ -8,8 +8,9 @@ Each clones and prunes ``model`` with :func:`prune_low_magnitude`, compiles and 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -58,8 +59,13 @@ def _run(
         metrics=["accuracy"],
     )
     history = pruned.fit(
-        x, y, batch_size=batch_size, epochs=epochs, verbose=0,
-        callbacks=[UpdatePruningStep(), *callbacks], **fit_options,
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[UpdatePruningStep(), *callbacks],
+        **fit_options,
     )
     masks = [mask for state in prunings(pruned) for mask in state.mask_arrays().values()]
     sparsity = 1.0 - sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)

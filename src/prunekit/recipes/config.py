@@ -63,8 +63,9 @@ class ModelConfig:
     factory: str = checked(_importable)
     input_shape: list[int] = checked(_positive_ints)
     kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: Optional[str] = checked(lambda v: None if v is None or Path(v).is_file() else f"file {v!r} does not exist",
-                                     default=None)
+    weights: Optional[str] = checked(
+        lambda v: None if v is None or Path(v).is_file() else f"file {v!r} does not exist", default=None
+    )
 
 
 @dataclass
@@ -156,11 +157,22 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
     if prune.get("method") == "channels" and prune.get("importance", "magnitude") != "magnitude":
         errors.append(("prune.importance", "method 'channels' ranks channels by their L1 norm; leave importance: magnitude"))
     allocate = _section(data, "allocate")
-    if isinstance(data, dict) and isinstance(data.get("allocate"), dict) and not _section(data, "report").get("sensitivity_ratios"):
-        errors.append(("allocate", "allocation chooses ratios from sensitivity data; set report.sensitivity_ratios, e.g. [0.5, 0.7, 0.9]"))
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("allocate"), dict)
+        and not _section(data, "report").get("sensitivity_ratios")
+    ):
+        errors.append(
+            ("allocate", "allocation chooses ratios from sensitivity data; set report.sensitivity_ratios, e.g. [0.5, 0.7, 0.9]")
+        )
     if allocate.get("target") == "latency" and allocate.get("pruning", "weights") == "weights":
-        errors.append(("allocate.target", "a latency budget needs channel removal (zeroed weights do not make dense "
-                                          "kernels faster); set allocate.pruning: channels"))
+        errors.append(
+            (
+                "allocate.target",
+                "a latency budget needs channel removal (zeroed weights do not make dense "
+                "kernels faster); set allocate.pruning: channels",
+            )
+        )
     if allocate.get("target") == "size" and allocate.get("pruning") == "channels":
         errors.append(("allocate.target", "with pruning: channels the targets are latency, macs or params"))
     return errors

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._atomic import atomic_write_text
 from prunekit.errors import ConfigError
 from prunekit.recipes.config import Recipe, resolve_import
 from prunekit.recipes.validation import to_plain
 from prunekit.report.html import Report, Section, write_report
 from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
-from prunekit._atomic import atomic_write_text
 from prunekit.report.tables import ResultTable
 from prunekit.sweep.pareto import pareto_front
 from prunekit.torch.latency import measure_latency
@@ -43,8 +43,10 @@ def _load_data(recipe: Recipe) -> Any:
         raise ConfigError(f"data.loader {recipe.data.loader!r} raised {type(exc).__name__}: {exc}") from exc
     missing = [name for name in _SPLIT_FIELDS if not hasattr(split, name)]
     if missing:
-        raise ConfigError(f"data.loader {recipe.data.loader!r} returned a {type(split).__name__} without {missing}; "
-                          "return an object with x_train, y_train, x_val, y_val, x_test, y_test (like prunekit.data.load_digits)")
+        raise ConfigError(
+            f"data.loader {recipe.data.loader!r} returned a {type(split).__name__} without {missing}; "
+            "return an object with x_train, y_train, x_val, y_val, x_test, y_test (like prunekit.data.load_digits)"
+        )
     return split
 
 
@@ -52,8 +54,9 @@ def _build_model(recipe: Recipe) -> nn.Module:
     try:
         model = resolve_import(recipe.model.factory)(**recipe.model.kwargs)
     except Exception as exc:
-        raise ConfigError(f"model.factory {recipe.model.factory!r} with kwargs {recipe.model.kwargs} raised "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise ConfigError(
+            f"model.factory {recipe.model.factory!r} with kwargs {recipe.model.kwargs} raised {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.factory {recipe.model.factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -67,8 +70,9 @@ def _prune(recipe: Recipe, model: nn.Module, loader: Any, sparsity: float) -> nn
     if prune.method == "one-shot":
         return prune_one_shot(model, loader, sparsity, finetune_epochs=prune.epochs, lr=prune.lr, **options).model
     if prune.method == "iterative":
-        return prune_iteratively(model, loader, sparsity, rounds=3, epochs_per_round=max(1, prune.epochs // 3),
-                                 lr=prune.lr, **options).model
+        return prune_iteratively(
+            model, loader, sparsity, rounds=3, epochs_per_round=max(1, prune.epochs // 3), lr=prune.lr, **options
+        ).model
     try:
         from prunekit.torch.structured import prune_channels
     except ImportError as exc:
@@ -83,9 +87,16 @@ def _measure(model: nn.Module, recipe: Recipe, split: Any) -> tuple[dict[str, An
     model = model.eval()
     summary = summarize(model, torch.zeros(1, *recipe.model.input_shape))
     sizes = serialized_size(model)
-    row: dict[str, Any] = {"accuracy": Accuracy(split.x_test, split.y_test)(model), "params": summary.params,
-                           "nonzeros": summary.nonzeros, "sparsity": summary.sparsity, "macs": summary.macs,
-                           "sparse_macs": summary.sparse_macs, "raw_bytes": sizes["raw_bytes"], "gzip_bytes": sizes["gzip_bytes"]}
+    row: dict[str, Any] = {
+        "accuracy": Accuracy(split.x_test, split.y_test)(model),
+        "params": summary.params,
+        "nonzeros": summary.nonzeros,
+        "sparsity": summary.sparsity,
+        "macs": summary.macs,
+        "sparse_macs": summary.sparse_macs,
+        "raw_bytes": sizes["raw_bytes"],
+        "gzip_bytes": sizes["gzip_bytes"],
+    }
     if recipe.report.latency_batch_sizes:
         timings = measure_latency(model, recipe.model.input_shape, recipe.report.latency_batch_sizes, warmup=3, repeats=15)
         row["latency"] = [t.to_dict() for t in timings]
@@ -114,17 +125,32 @@ def _allocate(recipe: Recipe, dense: nn.Module, split: Any, table: SensitivityTa
     if allocate.pruning == "weights":
         from prunekit.torch.allocation import compare_allocations
 
-        return {"allocation": compare_allocations(dense, table, test, torch.zeros(1, *recipe.model.input_shape),
-                                                  allocate.budget, allocate.target,
-                                                  search_metric=Accuracy(split.x_val, split.y_val))}
+        return {
+            "allocation": compare_allocations(
+                dense,
+                table,
+                test,
+                torch.zeros(1, *recipe.model.input_shape),
+                allocate.budget,
+                allocate.target,
+                search_metric=Accuracy(split.x_val, split.y_val),
+            )
+        }
     from prunekit.torch.structured_allocation import channel_layers, compare_channel_allocations
 
     batch = torch.zeros(allocate.batch_size, *recipe.model.input_shape)
-    channels = analyze_sensitivity(dense, Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios,
-                                   layers=channel_layers(dense, batch), prune=ChannelPruner(batch),
-                                   metric_name="validation accuracy")
-    return {"channel_sensitivity": channels.to_dict(),
-            "allocation": compare_channel_allocations(dense, channels, test, batch, allocate.budget, allocate.target)}
+    channels = analyze_sensitivity(
+        dense,
+        Accuracy(split.x_val, split.y_val),
+        recipe.report.sensitivity_ratios,
+        layers=channel_layers(dense, batch),
+        prune=ChannelPruner(batch),
+        metric_name="validation accuracy",
+    )
+    return {
+        "channel_sensitivity": channels.to_dict(),
+        "allocation": compare_channel_allocations(dense, channels, test, batch, allocate.budget, allocate.target),
+    }
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
@@ -163,8 +189,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
             row["files"] = _export(recipe, pruned, split, out, f"pruned-{sparsity:g}")
         results["runs"].append(row)
     if recipe.report.sensitivity_ratios:
-        table = analyze_sensitivity(dense, Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios,
-                                    metric_name="validation accuracy")
+        table = analyze_sensitivity(
+            dense, Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios, metric_name="validation accuracy"
+        )
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
@@ -173,8 +200,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
     return results
 
 
-def recipe_report(recipe: Recipe, results: dict[str, Any], summaries: dict[str, ModelSummary],
-                  recipe_text: str | None = None) -> Report:
+def recipe_report(
+    recipe: Recipe, results: dict[str, Any], summaries: dict[str, ModelSummary], recipe_text: str | None = None
+) -> Report:
     """The report of a recipe run: before/after table, per-layer charts, Pareto plot, sensitivity, recipe.
 
     Example::
@@ -182,47 +210,86 @@ def recipe_report(recipe: Recipe, results: dict[str, Any], summaries: dict[str, 
         write_report(recipe_report(recipe, results, summaries), "out")
     """
     dense = results["dense"]
-    table = ResultTable(f"{recipe.name}: before and after (test set)",
-                        ["model", "accuracy", "Δ pt", "nonzeros", "sparse MACs", "gzip bytes", "latency ms (batch)"])
+    table = ResultTable(
+        f"{recipe.name}: before and after (test set)",
+        ["model", "accuracy", "Δ pt", "nonzeros", "sparse MACs", "gzip bytes", "latency ms (batch)"],
+    )
 
     def latency(row: dict[str, Any]) -> str:
         return ", ".join(f"{t['median_ms']:.2f} ({t['device']} {t['batch_size']})" for t in row.get("latency", []))
 
-    table.add_row("dense", f"{dense['accuracy']:.2%}", "", f"{dense['nonzeros']:,}", f"{dense['sparse_macs']:,}",
-                  f"{dense['gzip_bytes']:,}", latency(dense))
+    table.add_row(
+        "dense",
+        f"{dense['accuracy']:.2%}",
+        "",
+        f"{dense['nonzeros']:,}",
+        f"{dense['sparse_macs']:,}",
+        f"{dense['gzip_bytes']:,}",
+        latency(dense),
+    )
     for run in results["runs"]:
-        table.add_row(f"{run['method']} {run['target']:.0%}", f"{run['accuracy']:.2%}",
-                      f"{(run['accuracy'] - dense['accuracy']) * 100:+.2f}", f"{run['nonzeros']:,}",
-                      f"{run['sparse_macs']:,}", f"{run['gzip_bytes']:,}", latency(run))
+        table.add_row(
+            f"{run['method']} {run['target']:.0%}",
+            f"{run['accuracy']:.2%}",
+            f"{(run['accuracy'] - dense['accuracy']) * 100:+.2f}",
+            f"{run['nonzeros']:,}",
+            f"{run['sparse_macs']:,}",
+            f"{run['gzip_bytes']:,}",
+            latency(run),
+        )
     names = {label: {layer.name: layer for layer in summary.layers} for label, summary in summaries.items()}
     # layers that compute (MACs) or were pruned; BatchNorm and other zero-MAC, unpruned layers only clutter the charts
-    shared = [layer.name for layer in summaries["dense"].layers
-              if all(layer.name in known for known in names.values())
-              and (layer.macs or any(known[layer.name].sparsity > 0 for known in names.values()))]
+    shared = [
+        layer.name
+        for layer in summaries["dense"].layers
+        if all(layer.name in known for known in names.values())
+        and (layer.macs or any(known[layer.name].sparsity > 0 for known in names.values()))
+    ]
 
     def per_layer(attribute: str) -> dict[str, list[float]]:
         return {label: [getattr(s.layer(name), attribute) for name in shared] for label, s in summaries.items()}
 
-    figures = [plot_layer_bars(shared, per_layer("sparsity"), ylabel="sparsity", title="Per-layer sparsity"),
-               plot_layer_bars(shared, per_layer("sparse_macs"), ylabel="sparse MACs per sample", title="Per-layer MACs")]
+    figures = [
+        plot_layer_bars(shared, per_layer("sparsity"), ylabel="sparsity", title="Per-layer sparsity"),
+        plot_layer_bars(shared, per_layer("sparse_macs"), ylabel="sparse MACs per sample", title="Per-layer MACs"),
+    ]
     rows = [dict(dense, method="dense")] + results["runs"]
-    figures.append(plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"),
-                               title="accuracy vs size (gzip)"))
+    figures.append(
+        plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"), title="accuracy vs size (gzip)")
+    )
     sections = [Section("Before and after", tables=[table]), Section("Per layer and trade-off", figures=figures)]
     for key, how in (("sensitivity", "weights zeroed by magnitude"), ("channel_sensitivity", "channels removed (L1)")):
         if key in results:
             data = results[key]
-            sections.append(Section(f"Sensitivity: {how}", text=f"Validation accuracy with one layer pruned at a time ({how}).",
-                                    figures=[plot_heatmap(list(data["scores"]), data["ratios"], list(data["scores"].values()),
-                                                          title=f"Sensitivity, {how} (validation accuracy)", label="accuracy")]))
+            sections.append(
+                Section(
+                    f"Sensitivity: {how}",
+                    text=f"Validation accuracy with one layer pruned at a time ({how}).",
+                    figures=[
+                        plot_heatmap(
+                            list(data["scores"]),
+                            data["ratios"],
+                            list(data["scores"].values()),
+                            title=f"Sensitivity, {how} (validation accuracy)",
+                            label="accuracy",
+                        )
+                    ],
+                )
+            )
     if "allocation" in results:
         from prunekit.torch.allocation import allocation_table
 
-        methods = ("sensitivity (greedy), uniform, global magnitude and the best blend of greedy and global on "
-                   "validation (search)" if recipe.allocate.pruning == "weights" else
-                   "sensitivity (greedy, measured), uniform and global channel ratios, channels removed")
-        sections.append(Section("Allocation at the same budget", tables=[allocation_table(
-            results["allocation"], f"Per-layer ratios: {methods}; test accuracy, no fine-tuning")]))
+        methods = (
+            "sensitivity (greedy), uniform, global magnitude and the best blend of greedy and global on validation (search)"
+            if recipe.allocate.pruning == "weights"
+            else "sensitivity (greedy, measured), uniform and global channel ratios, channels removed"
+        )
+        sections.append(
+            Section(
+                "Allocation at the same budget",
+                tables=[allocation_table(results["allocation"], f"Per-layer ratios: {methods}; test accuracy, no fine-tuning")],
+            )
+        )
     text = recipe_text if recipe_text is not None else _yaml(recipe)
     return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
 

@@ -13,7 +13,8 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Callable, Literal, Union
+from collections.abc import Callable
+from typing import Any, Literal, Union
 
 from prunekit.errors import ConfigError
 
@@ -64,7 +65,9 @@ def _convert(hint: Any, value: Any, path: str, errors: list[tuple[str, str]]) ->
         allowed = typing.get_args(hint)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            errors.append((path, f"should be {_type_name(hint)}, got {value!r}" + (f" (did you mean {close[0]!r}?)" if close else "")))
+            errors.append(
+                (path, f"should be {_type_name(hint)}, got {value!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            )
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -91,7 +94,9 @@ def _convert(hint: Any, value: Any, path: str, errors: list[tuple[str, str]]) ->
         return value
     if hint in (str, bool):
         if not isinstance(value, hint):
-            errors.append((path, f"should be {'a string' if hint is str else 'true or false'}, got {type(value).__name__} {value!r}"))
+            errors.append(
+                (path, f"should be {'a string' if hint is str else 'true or false'}, got {type(value).__name__} {value!r}")
+            )
         return value
     raise TypeError(f"unsupported type hint {hint!r} at {path}")  # a bug in a config class, not in the recipe
 

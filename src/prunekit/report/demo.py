@@ -23,11 +23,13 @@ def demo_report(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str
 
     dense = dict(results["dense"], method="dense", sparsity=0.0)
     rows = [dense] + [dict(run) for run in results["runs"]]
-    figures = [plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"),
-                           title="accuracy vs size (gzip)")]
+    figures = [
+        plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"), title="accuracy vs size (gzip)")
+    ]
     labels = [f"{row['method']} {row['sparsity']:.0%}" for row in rows]
-    figures.append(plot_layer_bars(labels, {"accuracy": [row["accuracy"] for row in rows]}, ylabel="test accuracy",
-                                   title="Accuracy per run"))
+    figures.append(
+        plot_layer_bars(labels, {"accuracy": [row["accuracy"] for row in rows]}, ylabel="test accuracy", title="Accuracy per run")
+    )
     sections = [Section("Before and after", tables=[results_table(results)]), Section("Trade-off", figures=figures)]
     title = f"prunekit demo ({results.get('framework', 'torch')})"
     return write_report(Report(title, sections, data=results, recipe=builtin_recipe_text("demo")), out_dir)

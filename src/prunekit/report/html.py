@@ -105,9 +105,11 @@ def render_html(report: Report) -> str:
 
         Path("report.html").write_text(render_html(report))
     """
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(report.title)}</h1>",
-             f"<p class='meta'>generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}</p>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(report.title)}</h1>",
+        f"<p class='meta'>generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}</p>",
+    ]
     for section in report.sections:
         parts.append(f"<section><h2>{html.escape(section.heading)}</h2>")
         if section.text:
@@ -184,16 +186,25 @@ def sweep_report(result: Any, title: str = "prunekit sweep") -> dict[str, Path]:
         return "" if value is None else format(value, spec)
 
     for row in rows:
-        table.add_row(row["id"], row["status"], fmt(row.get("accuracy"), ".4f"), fmt(row.get("target"), ".0%"),
-                      fmt(row.get("sparsity"), ".1%"),
-                      fmt(row.get("gzip_bytes"), ",.0f"), fmt(row.get("sparse_macs"), ",.0f"),
-                      fmt(row.get("latency_ms"), ".2f"), fmt(row.get("seconds"), ".1f"))
+        table.add_row(
+            row["id"],
+            row["status"],
+            fmt(row.get("accuracy"), ".4f"),
+            fmt(row.get("target"), ".0%"),
+            fmt(row.get("sparsity"), ".1%"),
+            fmt(row.get("gzip_bytes"), ",.0f"),
+            fmt(row.get("sparse_macs"), ",.0f"),
+            fmt(row.get("latency_ms"), ".2f"),
+            fmt(row.get("seconds"), ".1f"),
+        )
     fronts = ResultTable("Pareto fronts (accuracy vs cost)", ["cost", "trials on the front, cheapest first"])
     for cost, ids in result.fronts().items():
         fronts.add_row(cost, ", ".join(ids))
     failed = [f"{r['id']}: {r.get('error', '')}" for r in result.failed]
-    sections = [Section("Trials", tables=[table, fronts]),
-                Section("Pareto plots", figures=sweep_figures(result) if result.succeeded else [])]
+    sections = [
+        Section("Trials", tables=[table, fronts]),
+        Section("Pareto plots", figures=sweep_figures(result) if result.succeeded else []),
+    ]
     if failed:
         sections.append(Section("Failed trials", code="\n".join(failed)))
     return write_report(Report(title, sections, data=result.to_dict()), result.out_dir)

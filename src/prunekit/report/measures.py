@@ -7,11 +7,11 @@ The PyTorch (:mod:`prunekit.torch.summary`, :mod:`prunekit.torch.latency`) and K
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from prunekit.report.tables import ResultTable
-
 
 
 def sparsity_summary(tensors: Iterable[tuple[str, Sequence[int], int]]) -> dict[str, Any]:
@@ -38,6 +38,7 @@ def sparsity_summary(tensors: Iterable[tuple[str, Sequence[int], int]]) -> dict[
         "nonzero_params": nonzero,
         "sparsity": 1.0 - nonzero / total if total else 0.0,
     }
+
 
 @dataclass(frozen=True)
 class LayerStats:
@@ -103,10 +104,24 @@ class ModelSummary:
         """The summary as a :class:`ResultTable` (console and Markdown), with a total row."""
         table = ResultTable(title, ["layer", "type", "params", "nonzeros", "sparsity", "MACs", "sparse MACs"])
         for layer in self.layers:
-            table.add_row(layer.name or "(root)", layer.type, f"{layer.params:,}", f"{layer.nonzeros:,}",
-                          f"{layer.sparsity:.1%}", f"{layer.macs:,}", f"{layer.sparse_macs:,}")
-        table.add_row("total", "", f"{self.params:,}", f"{self.nonzeros:,}", f"{self.sparsity:.1%}",
-                      f"{self.macs:,}", f"{self.sparse_macs:,}")
+            table.add_row(
+                layer.name or "(root)",
+                layer.type,
+                f"{layer.params:,}",
+                f"{layer.nonzeros:,}",
+                f"{layer.sparsity:.1%}",
+                f"{layer.macs:,}",
+                f"{layer.sparse_macs:,}",
+            )
+        table.add_row(
+            "total",
+            "",
+            f"{self.params:,}",
+            f"{self.nonzeros:,}",
+            f"{self.sparsity:.1%}",
+            f"{self.macs:,}",
+            f"{self.sparse_macs:,}",
+        )
         return table
 
 

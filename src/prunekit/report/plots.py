@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from prunekit._atomic import atomic_write_bytes
 from prunekit.errors import ConfigError
@@ -64,8 +65,15 @@ def _finish(plt: Any, fig: Any, title: str, stem: str | os.PathLike | None) -> F
     return Figure(title, outputs["png"], outputs["svg"], paths)
 
 
-def plot_pareto(rows: Sequence[Mapping[str, Any]], cost: str, *, quality: str = "accuracy", front: Sequence[int] = (),
-                stem: str | os.PathLike | None = None, title: str | None = None) -> Figure:
+def plot_pareto(
+    rows: Sequence[Mapping[str, Any]],
+    cost: str,
+    *,
+    quality: str = "accuracy",
+    front: Sequence[int] = (),
+    stem: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
     """Quality vs ``cost`` for every trial, one marker per method, the Pareto front joined by a line.
 
     Example::
@@ -94,8 +102,15 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], cost: str, *, quality: str = 
     return _finish(plt, fig, title, stem)
 
 
-def plot_heatmap(layers: Sequence[str], ratios: Sequence[float], values: Sequence[Sequence[float]], *,
-                 stem: str | os.PathLike | None = None, title: str = "Sensitivity", label: str = "metric") -> Figure:
+def plot_heatmap(
+    layers: Sequence[str],
+    ratios: Sequence[float],
+    values: Sequence[Sequence[float]],
+    *,
+    stem: str | os.PathLike | None = None,
+    title: str = "Sensitivity",
+    label: str = "metric",
+) -> Figure:
     """A layer × ratio heat-map with each cell's value written in it (sensitivity tables).
 
     Example::
@@ -118,8 +133,14 @@ def plot_heatmap(layers: Sequence[str], ratios: Sequence[float], values: Sequenc
     return _finish(plt, fig, title, stem)
 
 
-def plot_layer_bars(layers: Sequence[str], series: Mapping[str, Sequence[float]], *, ylabel: str,
-                    stem: str | os.PathLike | None = None, title: str = "Per layer") -> Figure:
+def plot_layer_bars(
+    layers: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    ylabel: str,
+    stem: str | os.PathLike | None = None,
+    title: str = "Per layer",
+) -> Figure:
     """Grouped bars per layer, one bar per series (say sparsity before/after, or MACs before/after).
 
     Example::

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from prunekit.serve.config import ServeConfig
 
-if TYPE_CHECKING:
-    from prunekit.serve.app import ModelServer, create_app
-    from prunekit.serve.repository import LoadedModel, ModelRepository
-    from prunekit.serve.runtimes import Runtime, TensorSpec, load_runtime
-    from prunekit.serve.server import serve
+if TYPE_CHECKING:  # for type checkers; at run time __getattr__ imports lazily
+    from prunekit.serve.app import ModelServer, create_app  # noqa: F401
+    from prunekit.serve.repository import LoadedModel, ModelRepository  # noqa: F401
+    from prunekit.serve.runtimes import Runtime, TensorSpec, load_runtime  # noqa: F401
+    from prunekit.serve.server import serve  # noqa: F401
 
 _LAZY = {
     "ModelServer": "prunekit.serve.app",

@@ -41,14 +41,14 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from prunekit.errors import ConfigError
-from prunekit.serve.auth import check_bearer
-from prunekit.serve.batching import MicroBatcher, OverloadedError
-from prunekit.serve.codec import InvalidRequestError, decode_request, dump_json, encode_response, parse_json
-from prunekit.serve.config import ServeConfig
-from prunekit.serve.metrics import CONTENT_TYPE, ServeMetrics
-from prunekit.serve.repository import LoadedModel, ModelNotFoundError, ModelRepository, SyncReport
-from prunekit.serve.runtimes import InferenceInputError, RuntimeOptions
+from prunekit.errors import ConfigError  # noqa: E402
+from prunekit.serve.auth import check_bearer  # noqa: E402
+from prunekit.serve.batching import MicroBatcher, OverloadedError  # noqa: E402
+from prunekit.serve.codec import InvalidRequestError, decode_request, dump_json, encode_response, parse_json  # noqa: E402
+from prunekit.serve.config import ServeConfig  # noqa: E402
+from prunekit.serve.metrics import CONTENT_TYPE, ServeMetrics  # noqa: E402
+from prunekit.serve.repository import LoadedModel, ModelNotFoundError, ModelRepository, SyncReport  # noqa: E402
+from prunekit.serve.runtimes import InferenceInputError, RuntimeOptions  # noqa: E402
 
 log = logging.getLogger("prunekit.serve")
 access_log = logging.getLogger("prunekit.serve.access")
@@ -177,9 +177,7 @@ class ModelServer:
         batcher = self._batchers.get(model)
         if batcher is None:
             runtime = model.runtime
-            stackable = all(s.batched for s in runtime.inputs) and all(
-                s.shape is None or s.batched for s in runtime.outputs
-            )
+            stackable = all(s.batched for s in runtime.inputs) and all(s.shape is None or s.batched for s in runtime.outputs)
             assert self._executor is not None
             batcher = MicroBatcher(
                 runtime.run,
@@ -226,9 +224,7 @@ class ModelServer:
             Route("/v1/models/{name}/metadata", e("metadata", self._metadata), methods=["GET"]),
             Route("/v1/models/{name}/versions/{version}/metadata", e("metadata", self._metadata), methods=["GET"]),
         ]
-        return Starlette(
-            routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: self._unrouted}
-        )
+        return Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: self._unrouted})
 
     async def _unrouted(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -260,8 +256,7 @@ class ModelServer:
             except (InvalidRequestError, InferenceInputError) as exc:
                 response = _json({"error": str(exc)}, 400)
             except OverloadedError as exc:
-                response = _json({"error": f"model {call.model!r} version {call.version}: {exc}"}, 503,
-                                 {"Retry-After": "1"})
+                response = _json({"error": f"model {call.model!r} version {call.version}: {exc}"}, 503, {"Retry-After": "1"})
             except Exception as exc:  # a bug or a runtime failure: answer 500 and keep serving
                 log.exception("request failed", extra={"request_id": request_id, "path": request.url.path})
                 where = f"model {call.model!r} version {call.version}" if call.model else request.url.path
@@ -281,8 +276,11 @@ class ModelServer:
         if not self.config.access_log:
             return
         fields: dict[str, Any] = {
-            "method": request.method, "path": request.url.path, "status": status,
-            "duration_ms": round(seconds * 1000, 3), "request_id": request_id,
+            "method": request.method,
+            "path": request.url.path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": request_id,
             "client": request.client.host if request.client else None,
         }
         if call.model:

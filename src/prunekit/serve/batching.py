@@ -57,8 +57,7 @@ def _split(outputs: Outputs, counts: list[int]) -> list[Outputs]:
     for name, value in outputs.items():
         if value.ndim == 0 or value.shape[0] != total:
             raise BatchShapeError(
-                f"output {name!r} has shape {list(value.shape)} for a batch of {total} rows; "
-                "its first dimension is not the batch"
+                f"output {name!r} has shape {list(value.shape)} for a batch of {total} rows; its first dimension is not the batch"
             )
     parts, start = [], 0
     for count in counts:

@@ -66,9 +66,7 @@ def _as_array(value: Any, spec: TensorSpec, where: str, allow_nonfinite: bool) -
         raise InvalidRequestError(f"{where}: nested lists of different lengths; every row must have the same shape") from None
     kind, target = array.dtype.kind, spec.dtype
     if kind not in "biuf":
-        raise InvalidRequestError(
-            f"{where}: expected {target} values, got {_describe(array)}"
-        )
+        raise InvalidRequestError(f"{where}: expected {target} values, got {_describe(array)}")
     if target.kind == "b":
         if kind != "b":
             raise InvalidRequestError(f"{where}: expected bool values (true/false), got {array.dtype.name} numbers")
@@ -106,9 +104,7 @@ def _describe(array: np.ndarray) -> str:
 def _check_shape(array: np.ndarray, spec: TensorSpec, where: str) -> None:
     if spec.shape is None:
         return
-    matches = array.ndim == len(spec.shape) and all(
-        want is None or want == got for want, got in zip(spec.shape, array.shape)
-    )
+    matches = array.ndim == len(spec.shape) and all(want is None or want == got for want, got in zip(spec.shape, array.shape))
     if not matches:
         raise InvalidRequestError(
             f"{where}: expected shape {spec.json_shape()} (-1 means any size, the first dimension "
@@ -120,9 +116,7 @@ def _named(value: Any, specs: tuple[TensorSpec, ...], where: str) -> dict[str, A
     """``value`` as ``{input_name: value}``, checking it names every input and nothing else."""
     names = [spec.name for spec in specs]
     if not isinstance(value, dict):
-        raise InvalidRequestError(
-            f"{where}: the model has {len(names)} inputs, so this must be an object with keys {names}"
-        )
+        raise InvalidRequestError(f"{where}: the model has {len(names)} inputs, so this must be an object with keys {names}")
     missing = [name for name in names if name not in value]
     unknown = sorted(key for key in value if key not in names)
     if missing or unknown:
@@ -171,9 +165,7 @@ def _decode_columns(inputs: Any, specs: tuple[TensorSpec, ...], label: str, allo
     return feeds
 
 
-def decode_request(
-    body: Any, inputs: tuple[TensorSpec, ...], label: str, allow_nonfinite: bool = False
-) -> DecodedRequest:
+def decode_request(body: Any, inputs: tuple[TensorSpec, ...], label: str, allow_nonfinite: bool = False) -> DecodedRequest:
     """Validate a parsed predict body against the model's inputs and build the input arrays.
 
     ``label`` (e.g. ``"model 'mlp' version 2"``) starts every error message. Raises

@@ -48,8 +48,15 @@ class ServeConfig:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
         problems = []
         minimums = {
-            "port": 0, "keep_versions": 0, "max_batch_size": 1, "batch_timeout_ms": 0.0, "inference_threads": 1,
-            "intra_op_threads": 0, "max_queued_requests": 1, "max_body_bytes": 1, "poll_interval_s": 0.0,
+            "port": 0,
+            "keep_versions": 0,
+            "max_batch_size": 1,
+            "batch_timeout_ms": 0.0,
+            "inference_threads": 1,
+            "intra_op_threads": 0,
+            "max_queued_requests": 1,
+            "max_body_bytes": 1,
+            "poll_interval_s": 0.0,
             "shutdown_timeout_s": 0.0,
         }
         for name, minimum in minimums.items():

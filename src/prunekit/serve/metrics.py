@@ -221,32 +221,37 @@ class ServeMetrics:
         self.registry = MetricsRegistry()
         r = self.registry
         self.requests = r.counter(
-            "prunekit_serve_requests_total", "HTTP requests answered, by endpoint, model and status code.",
+            "prunekit_serve_requests_total",
+            "HTTP requests answered, by endpoint, model and status code.",
             ["endpoint", "model", "code"],
         )
         self.errors = r.counter(
-            "prunekit_serve_errors_total", "HTTP requests answered with a 4xx or 5xx status.",
+            "prunekit_serve_errors_total",
+            "HTTP requests answered with a 4xx or 5xx status.",
             ["endpoint", "model", "code"],
         )
         self.latency = r.histogram(
-            "prunekit_serve_request_duration_seconds", "Time from request start to response, in seconds.",
+            "prunekit_serve_request_duration_seconds",
+            "Time from request start to response, in seconds.",
             ["endpoint", "model"],
         )
         self.inference = r.histogram(
-            "prunekit_serve_inference_duration_seconds", "Time of one inference call (one batch), in seconds.",
+            "prunekit_serve_inference_duration_seconds",
+            "Time of one inference call (one batch), in seconds.",
             ["model", "version"],
         )
         self.batch_size = r.histogram(
-            "prunekit_serve_batch_size", "Rows per inference call after micro-batching.",
-            ["model", "version"], buckets=BATCH_SIZE_BUCKETS,
+            "prunekit_serve_batch_size",
+            "Rows per inference call after micro-batching.",
+            ["model", "version"],
+            buckets=BATCH_SIZE_BUCKETS,
         )
         self.reloads = r.counter(
-            "prunekit_serve_model_reloads_total", "Model versions loaded, refused or unloaded.",
+            "prunekit_serve_model_reloads_total",
+            "Model versions loaded, refused or unloaded.",
             ["model", "result"],
         )
-        self.latest_version = r.gauge(
-            "prunekit_serve_model_latest_version", "Highest loaded version of each model.", ["model"]
-        )
+        self.latest_version = r.gauge("prunekit_serve_model_latest_version", "Highest loaded version of each model.", ["model"])
 
     def record_request(self, endpoint: str, model: str, code: int, seconds: float) -> None:
         """Count one answered request and its latency."""

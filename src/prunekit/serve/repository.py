@@ -137,9 +137,7 @@ class ModelRepository:
         [m.version for m in report.loaded]
     """
 
-    def __init__(
-        self, root: Path | str, keep_versions: int = 1, runtime_options: RuntimeOptions = RuntimeOptions()
-    ) -> None:
+    def __init__(self, root: Path | str, keep_versions: int = 1, runtime_options: RuntimeOptions = RuntimeOptions()) -> None:
         if keep_versions < 0:
             raise ConfigError(f"keep_versions should be >= 0 (0 keeps every version), got {keep_versions}")
         self.root = Path(root)
@@ -169,9 +167,7 @@ class ModelRepository:
             return versions[max(versions)]
         loaded = versions.get(version)
         if loaded is None:
-            raise ModelNotFoundError(
-                f"model {name!r} has no loaded version {version}; loaded versions: {sorted(versions)}"
-            )
+            raise ModelNotFoundError(f"model {name!r} has no loaded version {version}; loaded versions: {sorted(versions)}")
         return loaded
 
     def loaded(self) -> list[LoadedModel]:
@@ -194,9 +190,7 @@ class ModelRepository:
         """
         with self._sync_lock:
             if not self.root.is_dir():
-                raise ConfigError(
-                    f"model directory {self.root} does not exist; expected {self.root}/<name>/<version>/model.onnx"
-                )
+                raise ConfigError(f"model directory {self.root} does not exist; expected {self.root}/<name>/<version>/model.onnx")
             report = SyncReport()
             on_disk = self._scan()
             models: dict[str, dict[int, LoadedModel]] = {}

@@ -132,9 +132,7 @@ class OnnxRuntime:
         session_options.inter_op_num_threads = 1
         session_options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(path), sess_options=session_options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise CorruptFileError(f"cannot load ONNX model {path}: {exc}") from exc
         self.inputs = tuple(self._spec(path, arg, "input") for arg in self._session.get_inputs())
@@ -148,9 +146,7 @@ class OnnxRuntime:
     def _spec(path: Path, arg: Any, what: str) -> TensorSpec:
         dtype = _ONNX_DTYPES.get(arg.type)
         if dtype is None:
-            raise ConfigError(
-                f"{path}: {what} {arg.name!r} has type {arg.type}, which prunekit serve does not support"
-            )
+            raise ConfigError(f"{path}: {what} {arg.name!r} has type {arg.type}, which prunekit serve does not support")
         shape = None if arg.shape is None else tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
         return TensorSpec(arg.name, shape, np.dtype(dtype))
 

@@ -91,8 +91,15 @@ def serve(config: ServeConfig) -> None:
                 log.warning("serving without a bearer token on a non-loopback address", extra={"host": config.host})
             log.info("starting", extra={"settings": config.summary()})
             uv_config = uvicorn.Config(
-                server.app, host=host, port=port, log_config=None, log_level=config.log_level, access_log=False,
-                lifespan="on", timeout_graceful_shutdown=config.shutdown_timeout_s, server_header=False,
+                server.app,
+                host=host,
+                port=port,
+                log_config=None,
+                log_level=config.log_level,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=config.shutdown_timeout_s,
+                server_header=False,
                 proxy_headers=False,
             )
             uvicorn.Server(uv_config).run(sockets=[sock])

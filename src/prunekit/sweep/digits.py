@@ -8,7 +8,8 @@ beat) and, when structured pruning is installed, ``channels`` (remove that fract
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,8 +50,16 @@ class DigitsObjective:
         objective(Trial("one-shot", 0.8))["accuracy"]
     """
 
-    def __init__(self, dense_state: dict[str, torch.Tensor], *, finetune_epochs: int = 2, latency_repeats: int = 5,
-                 seed: int = 0, model_options: dict[str, Any] | None = None, split: DatasetSplit | None = None):
+    def __init__(
+        self,
+        dense_state: dict[str, torch.Tensor],
+        *,
+        finetune_epochs: int = 2,
+        latency_repeats: int = 5,
+        seed: int = 0,
+        model_options: dict[str, Any] | None = None,
+        split: DatasetSplit | None = None,
+    ):
         if not isinstance(finetune_epochs, int) or finetune_epochs < 1:
             raise ConfigError(f"finetune_epochs should be an integer >= 1, got {finetune_epochs!r}")
         self.dense_state = {k: v.detach().cpu().clone() for k, v in dense_state.items()}
@@ -62,14 +71,14 @@ class DigitsObjective:
         self.split = split if split is not None else load_digits(seed=seed)
 
     @classmethod
-    def train(cls, epochs: int = 8, seed: int = 0, model_options: dict[str, Any] | None = None,
-              **options: Any) -> "DigitsObjective":
+    def train(
+        cls, epochs: int = 8, seed: int = 0, model_options: dict[str, Any] | None = None, **options: Any
+    ) -> DigitsObjective:
         """Train the dense ``DigitsCNN(**model_options)`` once (CPU, seeded); return the objective built on it."""
         torch.manual_seed(seed)
         split = load_digits(seed=seed)
         model = DigitsCNN(**(model_options or {}))
-        fit(model, make_loader(split.x_train, split.y_train, seed=seed), epochs=epochs, lr=2e-3, progress=False,
-            device="cpu")
+        fit(model, make_loader(split.x_train, split.y_train, seed=seed), epochs=epochs, lr=2e-3, progress=False, device="cpu")
         return cls(model.state_dict(), seed=seed, model_options=model_options, split=split, **options)
 
     def dense_model(self) -> nn.Module:
@@ -80,15 +89,21 @@ class DigitsObjective:
     def _method(self, name: str) -> Callable[[nn.Module, Any, float], nn.Module]:
         epochs = self.finetune_epochs
         methods: dict[str, Callable[[nn.Module, Any, float], nn.Module]] = {
-            "one-shot": lambda m, loader, s: prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, scope="global",
-                                                            progress=False).model,
+            "one-shot": lambda m, loader, s: (
+                prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, scope="global", progress=False).model
+            ),
             "layer": lambda m, loader, s: prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, progress=False).model,
-            "gradual": lambda m, loader, s: prune_gradually(m, loader, s, epochs=max(epochs, 2), lr=1e-3, scope="global",
-                                                            progress=False).model,
-            "iterative": lambda m, loader, s: prune_iteratively(m, loader, s, rounds=2, epochs_per_round=max(1, epochs // 2),
-                                                                lr=1e-3, scope="global", progress=False).model,
-            "random": lambda m, loader, s: prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, importance="random",
-                                                          progress=False).model,
+            "gradual": lambda m, loader, s: (
+                prune_gradually(m, loader, s, epochs=max(epochs, 2), lr=1e-3, scope="global", progress=False).model
+            ),
+            "iterative": lambda m, loader, s: (
+                prune_iteratively(
+                    m, loader, s, rounds=2, epochs_per_round=max(1, epochs // 2), lr=1e-3, scope="global", progress=False
+                ).model
+            ),
+            "random": lambda m, loader, s: (
+                prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, importance="random", progress=False).model
+            ),
             "channels": self._channels,
         }
         if name not in methods:
@@ -109,8 +124,11 @@ class DigitsObjective:
         split = self.split
         loader = make_loader(split.x_train, split.y_train, seed=self.seed + trial.seed)
         prune = self._method(trial.method)
-        model = prune(self.dense_model(), loader, trial.sparsity) if trial.sparsity > 0 or trial.method == "channels" \
+        model = (
+            prune(self.dense_model(), loader, trial.sparsity)
+            if trial.sparsity > 0 or trial.method == "channels"
             else self.dense_model()
+        )
         return measure_model(model, split.x_test, split.y_test, self.latency_repeats)
 
 
@@ -124,11 +142,17 @@ def measure_model(model: nn.Module, x: Any, y: Any, latency_repeats: int = 5) ->
     model = model.cpu().eval()
     summary = summarize(model, torch.zeros(1, *tuple(x.shape[1:])))
     sizes = serialized_size(model)
-    metrics = {"accuracy": Accuracy(x, y)(model), "params": summary.params, "nonzeros": summary.nonzeros,
-               "sparsity": summary.sparsity, "macs": summary.macs, "sparse_macs": summary.sparse_macs,
-               "raw_bytes": sizes["raw_bytes"], "gzip_bytes": sizes["gzip_bytes"]}
+    metrics = {
+        "accuracy": Accuracy(x, y)(model),
+        "params": summary.params,
+        "nonzeros": summary.nonzeros,
+        "sparsity": summary.sparsity,
+        "macs": summary.macs,
+        "sparse_macs": summary.sparse_macs,
+        "raw_bytes": sizes["raw_bytes"],
+        "gzip_bytes": sizes["gzip_bytes"],
+    }
     if latency_repeats > 0:
         timing = measure_latency(model, tuple(x.shape[1:]), (32,), devices=["cpu"], warmup=2, repeats=latency_repeats)
         metrics["latency_ms"] = timing[0].median_ms
     return metrics
-

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prunekit.errors import ConfigError
 
@@ -28,7 +29,7 @@ def pareto_front(rows: Sequence[Mapping[str, Any]], maximize: str = "accuracy", 
         points.append((float(cost), -float(quality), index))
     points.sort()
     front, best = [], math.inf
-    for cost, negative_quality, index in points:
+    for _cost, negative_quality, index in points:
         if negative_quality < best:
             front.append(index)
             best = negative_quality

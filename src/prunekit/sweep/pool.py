@@ -14,8 +14,9 @@ import multiprocessing
 import os
 import sys
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from prunekit.errors import ConfigError
 
@@ -73,9 +74,15 @@ def _connect_ray(ray: Any, workers: int) -> bool:
         ray.init(logging_level=logging.ERROR, log_to_driver=False)
         return True
     python_path = os.pathsep.join(dict.fromkeys(os.path.abspath(entry or os.curdir) for entry in sys.path))
-    ray.init(address="local", num_cpus=min(workers, os.cpu_count() or 1), include_dashboard=False,
-             object_store_memory=_RAY_OBJECT_STORE_BYTES, logging_level=logging.ERROR, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+    ray.init(
+        address="local",
+        num_cpus=min(workers, os.cpu_count() or 1),
+        include_dashboard=False,
+        object_store_memory=_RAY_OBJECT_STORE_BYTES,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+    )
     return True
 
 
@@ -86,8 +93,7 @@ def _job_error(ray: Any, error: BaseException) -> BaseException:
     return error
 
 
-def _run_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any],
-                workers: int) -> Iterator[tuple[int, Any, BaseException | None]]:
+def _run_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> Iterator[tuple[int, Any, BaseException | None]]:
     ray = _import_ray()
     started = _connect_ray(ray, workers)
     # max_retries=0: a job that kills its worker is reported failed once, like a broken process pool
@@ -117,8 +123,9 @@ def _run_on_ray(fn: Callable[[Any], Any], jobs: Sequence[Any],
             ray.shutdown()
 
 
-def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1,
-             backend: str = "processes") -> Iterator[tuple[int, Any, BaseException | None]]:
+def run_jobs(
+    fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, backend: str = "processes"
+) -> Iterator[tuple[int, Any, BaseException | None]]:
     """Yield ``(index, result, error)`` for every job as it finishes; ``error`` is the job's exception or None.
 
     With ``workers=1`` jobs run here, in order; otherwise ``fn`` and the jobs must be picklable
@@ -148,8 +155,7 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1,
                 yield index, None, exc
         return
     context = _context()
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
-                             initializer=_one_thread_per_worker) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_one_thread_per_worker) as pool:
         pending: dict[Future, int] = {pool.submit(fn, job): index for index, job in enumerate(jobs)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)

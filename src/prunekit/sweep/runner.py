@@ -15,12 +15,13 @@ import os
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from prunekit.errors import ConfigError
 from prunekit._atomic import atomic_write_text
+from prunekit.errors import ConfigError
 from prunekit.sweep.pareto import pareto_front
 from prunekit.sweep.pool import check_workers, run_jobs
 
@@ -92,16 +93,25 @@ class SweepResult:
     def fronts(self, maximize: str = "accuracy") -> dict[str, list[str]]:
         """Trial ids on the Pareto front of ``maximize`` against each cost the trials reported."""
         rows = self.rows()
-        return {cost: [rows[i]["id"] for i in pareto_front(rows, maximize, cost)]
-                for cost in COSTS if any(cost in row for row in rows)}
+        return {
+            cost: [rows[i]["id"] for i in pareto_front(rows, maximize, cost)]
+            for cost in COSTS
+            if any(cost in row for row in rows)
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials": self.records, "pareto": self.fronts()}
 
 
 def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
-    row = {"id": record["id"], "method": record["trial"]["method"], "target": record["trial"]["sparsity"],
-           "seed": record["trial"]["seed"], "status": record["status"], "seconds": record.get("seconds")}
+    row = {
+        "id": record["id"],
+        "method": record["trial"]["method"],
+        "target": record["trial"]["sparsity"],
+        "seed": record["trial"]["seed"],
+        "status": record["status"],
+        "seconds": record.get("seconds"),
+    }
     row.update(record.get("metrics") or {})
     if record.get("error"):
         row["error"] = record["error"]
@@ -148,8 +158,13 @@ def _run_trial(job: tuple[Objective, Trial]) -> dict[str, Any]:
         if bad:
             raise ConfigError(f"the objective returned non-numeric metrics {bad}; return a dict of numbers")
     except Exception as exc:
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8),
-                "seconds": time.perf_counter() - started, "pid": os.getpid()}
+        return {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8),
+            "seconds": time.perf_counter() - started,
+            "pid": os.getpid(),
+        }
     return {"status": "ok", "metrics": metrics, "seconds": time.perf_counter() - started, "pid": os.getpid()}
 
 

@@ -38,8 +38,9 @@ def _matches(names: list[str], patterns: list[str]) -> str | None:
     return None
 
 
-def group_targets(groups: list[ChannelGroup], ratio: float, layer_ratios: dict[str, float],
-                  ignore_outputs: list[str], ignore_inputs: list[str]) -> list[GroupTarget]:
+def group_targets(
+    groups: list[ChannelGroup], ratio: float, layer_ratios: dict[str, float], ignore_outputs: list[str], ignore_inputs: list[str]
+) -> list[GroupTarget]:
     """The requested ratio of every group; ignore lists and single-channel groups skip it.
 
     A group's ratio is that of the first ``layer_ratios`` pattern matching one of the modules
@@ -79,15 +80,22 @@ def _validated(scores: object, group: ChannelGroup) -> np.ndarray:
         raise ConfigError(f"importance for group {group.name!r} returned {type(scores).__name__}, not numbers") from exc
     array = array.reshape(-1)
     if array.shape != (group.size,):
-        raise ConfigError(f"importance for group {group.name!r} returned {array.shape[0]} scores; "
-                          f"it has {group.size} channels")
+        raise ConfigError(f"importance for group {group.name!r} returned {array.shape[0]} scores; it has {group.size} channels")
     if not np.isfinite(array).all():
         raise ConfigError(f"importance for group {group.name!r} returned NaN or infinite scores")
     return array
 
 
-def select_channels(targets: list[GroupTarget], scores: dict[int, object], *, scope: str, ratio: float,
-                    max_layer_ratio: float, round_to: int | None, explicit: set[int]) -> dict[int, np.ndarray]:
+def select_channels(
+    targets: list[GroupTarget],
+    scores: dict[int, object],
+    *,
+    scope: str,
+    ratio: float,
+    max_layer_ratio: float,
+    round_to: int | None,
+    explicit: set[int],
+) -> dict[int, np.ndarray]:
     """Channel indices to remove per group id (lowest scores first; ties to the lower index).
 
     With ``scope="global"`` groups without an explicit ``layer_ratios`` entry compete on scores

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.torch._tracing import OpRecord, Trace, TensorRef
+from prunekit.torch._tracing import OpRecord, TensorRef, Trace
 
 FIXED = 0
 Labels = list[np.ndarray]

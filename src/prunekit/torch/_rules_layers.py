@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from prunekit.torch._labels import (
     AttentionRecord,
-    LabelState,
     Labels,
+    LabelState,
     NormRecord,
     arg,
     as_int_list,
@@ -95,7 +95,7 @@ def conv_transpose(st: LabelState, op: OpRecord) -> None:
 def _set_conv_output(st: LabelState, op: OpRecord, xl: Labels, c: int, channels: np.ndarray) -> None:
     out = _out(op)
     shape = st.shape(out)
-    st.set(out, list(xl[:c]) + [channels] + zeros_like_shape(shape[c + 1:]))
+    st.set(out, list(xl[:c]) + [channels] + zeros_like_shape(shape[c + 1 :]))
 
 
 # -- matrix products ----------------------------------------------------------------------
@@ -138,8 +138,7 @@ def _matmul_labels(st: LabelState, op: OpRecord, a: TensorRef, b: TensorRef) -> 
     if not a_vec and st.tensor_name(a) is not None:
         st.mark_producer(a, len(st.get(a)) - 2)
         st.mark_consumer(a, len(st.get(a)) - 1)
-    if (len(al) >= 4 and len(bl) >= 4 and st.tensor_name(a) is None and st.tensor_name(b) is None
-            and len(al[-3]) > 1):
+    if len(al) >= 4 and len(bl) >= 4 and st.tensor_name(a) is None and st.tensor_name(b) is None and len(al[-3]) > 1:
         st.attention.append(AttentionRecord(op.index, op.module, al[-3].copy(), bl[-3].copy(), len(al[-1])))
     return out
 
@@ -232,7 +231,7 @@ def layer_norm(st: LabelState, op: OpRecord) -> None:
     x = arg(op, 0, "input")
     xl = st.get(x)
     shape = as_int_list(arg(op, 1, "normalized_shape"))
-    dims = xl[len(xl) - len(shape):]
+    dims = xl[len(xl) - len(shape) :]
     for index, name in ((2, "weight"), (3, "bias")):
         t = arg(op, index, name)
         if is_tensor(t):
@@ -329,8 +328,7 @@ def scaled_dot_product_attention(st: LabelState, op: OpRecord) -> None:
 
 def broadcast_unify_labels(st: LabelState, parts: list[Labels]) -> Labels:
     ndim = max(len(p) for p in parts)
-    shape = tuple(max((len(p[d - ndim + len(p)]) for p in parts if d - ndim + len(p) >= 0), default=1)
-                  for d in range(ndim))
+    shape = tuple(max((len(p[d - ndim + len(p)]) for p in parts if d - ndim + len(p) >= 0), default=1) for d in range(ndim))
     return _broadcast_labels(st, parts, shape)
 
 
@@ -367,7 +365,7 @@ def multi_head_attention(st: LabelState, op: OpRecord) -> None:
             st.unify(st.get(inp)[-1], wl[1])
         st.mark_producer(w, 0)
         st.mark_consumer(w, 1)
-        qr, kr, vr = wl[0][:embed], wl[0][embed:2 * embed], wl[0][2 * embed:]
+        qr, kr, vr = wl[0][:embed], wl[0][embed : 2 * embed], wl[0][2 * embed :]
     if is_tensor(p["in_proj_bias"]):
         st.unify(st.get(p["in_proj_bias"])[0], np.concatenate([qr, kr, vr]))
     for name, rows in (("bias_k", kr), ("bias_v", vr)):
@@ -399,18 +397,20 @@ for _name in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
     LAYER_RULES[_name] = conv_transpose
 for _name in ("matmul", "mm", "bmm", "mv", "dot", "vdot", "inner", "addmm", "addbmm", "baddbmm", "addmv", "addr"):
     LAYER_RULES[_name] = matmul
-LAYER_RULES.update({
-    "linear": linear,
-    "einsum": einsum,
-    "batch_norm": batch_norm,
-    "instance_norm": batch_norm,
-    "layer_norm": layer_norm,
-    "rms_norm": layer_norm,
-    "group_norm": group_norm,
-    "local_response_norm": local_response_norm,
-    "embedding": embedding,
-    "prelu": prelu,
-    "scaled_dot_product_attention": scaled_dot_product_attention,
-    "multi_head_attention_forward": multi_head_attention,
-})
+LAYER_RULES.update(
+    {
+        "linear": linear,
+        "einsum": einsum,
+        "batch_norm": batch_norm,
+        "instance_norm": batch_norm,
+        "layer_norm": layer_norm,
+        "rms_norm": layer_norm,
+        "group_norm": group_norm,
+        "local_response_norm": local_response_norm,
+        "embedding": embedding,
+        "prelu": prelu,
+        "scaled_dot_product_attention": scaled_dot_product_attention,
+        "multi_head_attention_forward": multi_head_attention,
+    }
+)
 LAYER_RULES.update(RECURRENT_RULES)

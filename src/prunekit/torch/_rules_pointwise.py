@@ -8,13 +8,13 @@ a case it cannot express exactly calls ``st.unsupported_op`` (all channels it to
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from prunekit.torch._labels import (
-    LabelState,
     Labels,
+    LabelState,
     arg,
     as_int_list,
     is_tensor,
@@ -112,8 +112,21 @@ def where(st: LabelState, op: OpRecord) -> None:
 # -- reductions ---------------------------------------------------------------------------
 
 _EXACT_REDUCTIONS = {"sum", "nansum", "norm", "vector_norm", "linalg_vector_norm", "count_nonzero", "any"}
-_INDEX_REDUCTIONS = {"argmax", "argmin", "median", "nanmedian", "mode", "kthvalue", "max", "min", "cummax",
-                     "cummin", "topk", "sort", "argsort"}
+_INDEX_REDUCTIONS = {
+    "argmax",
+    "argmin",
+    "median",
+    "nanmedian",
+    "mode",
+    "kthvalue",
+    "max",
+    "min",
+    "cummax",
+    "cummin",
+    "topk",
+    "sort",
+    "argsort",
+}
 _DIM_ARG_INDEX = {"norm": 2, "vector_norm": 2, "linalg_vector_norm": 2}
 
 
@@ -128,8 +141,7 @@ def reduction(st: LabelState, op: OpRecord) -> None:
     if not outs:
         return
     out_shape = st.shape(outs[0])
-    reduced = set(range(ndim)) if dim is None or dim == () or dim == [] else {
-        normalise_dim(d, ndim) for d in as_int_list(dim)}
+    reduced = set(range(ndim)) if dim is None or dim == () or dim == [] else {normalise_dim(d, ndim) for d in as_int_list(dim)}
     keepdim = len(out_shape) == ndim and ndim > 0
     result: Labels = []
     for d in range(ndim):
@@ -216,13 +228,13 @@ def pixel_shuffle(st: LabelState, op: OpRecord) -> None:
     labels, shape, out_shape = st.get(x), st.shape(x), st.shape(out)
     c = len(shape) - 3
     factor = int(arg(op, 1, "upscale_factor" if op.name == "pixel_shuffle" else "downscale_factor"))
-    for lab in labels[c + 1:]:
+    for lab in labels[c + 1 :]:
         st.fix(lab)
     if op.name == "pixel_shuffle":
         channels = st.coarsen(labels[c].reshape(-1, factor * factor))
     else:
         channels = np.repeat(labels[c], factor * factor)
-    st.set(out, list(labels[:c]) + [channels] + zeros_like_shape(out_shape[c + 1:]))
+    st.set(out, list(labels[:c]) + [channels] + zeros_like_shape(out_shape[c + 1 :]))
 
 
 def channel_shuffle(st: LabelState, op: OpRecord) -> None:
@@ -242,37 +254,212 @@ def _register(rule: Rule, *names: str) -> None:
         POINTWISE_RULES[name] = rule
 
 
-_register(elementwise, "add", "sub", "mul", "div", "floor_divide", "floordiv", "remainder", "fmod", "pow",
-          "float_power", "maximum", "minimum", "fmax", "fmin", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh",
-          "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu", "selu", "celu", "softplus", "softsign",
-          "mish", "exp", "exp2", "expm1", "log", "log1p", "log2", "log10", "sqrt", "rsqrt", "neg", "abs", "sign",
-          "clamp", "clamp_min", "clamp_max", "square", "reciprocal", "erf", "erfc", "erfinv", "cos", "sin",
-          "tan", "atan", "asin", "acos", "sinh", "cosh", "atan2", "masked_fill", "dropout", "dropout1d",
-          "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "and", "or", "xor", "eq", "ne",
-          "lt", "gt", "le", "ge", "logical_and", "logical_or", "logical_not", "logical_xor", "isnan", "isinf",
-          "isfinite", "nan_to_num", "lerp", "addcmul", "addcdiv", "threshold", "logsigmoid", "tanhshrink",
-          "softshrink", "hardshrink", "rrelu", "invert", "bitwise_not", "bitwise_and", "bitwise_or", "floor",
-          "ceil", "round", "trunc", "frac", "copy", "fill", "zero", "normalize", "hypot", "heaviside", "xlogy",
-          "sgn", "positive")
+_register(
+    elementwise,
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "floor_divide",
+    "floordiv",
+    "remainder",
+    "fmod",
+    "pow",
+    "float_power",
+    "maximum",
+    "minimum",
+    "fmax",
+    "fmin",
+    "relu",
+    "relu6",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "softplus",
+    "softsign",
+    "mish",
+    "exp",
+    "exp2",
+    "expm1",
+    "log",
+    "log1p",
+    "log2",
+    "log10",
+    "sqrt",
+    "rsqrt",
+    "neg",
+    "abs",
+    "sign",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "square",
+    "reciprocal",
+    "erf",
+    "erfc",
+    "erfinv",
+    "cos",
+    "sin",
+    "tan",
+    "atan",
+    "asin",
+    "acos",
+    "sinh",
+    "cosh",
+    "atan2",
+    "masked_fill",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "and",
+    "or",
+    "xor",
+    "eq",
+    "ne",
+    "lt",
+    "gt",
+    "le",
+    "ge",
+    "logical_and",
+    "logical_or",
+    "logical_not",
+    "logical_xor",
+    "isnan",
+    "isinf",
+    "isfinite",
+    "nan_to_num",
+    "lerp",
+    "addcmul",
+    "addcdiv",
+    "threshold",
+    "logsigmoid",
+    "tanhshrink",
+    "softshrink",
+    "hardshrink",
+    "rrelu",
+    "invert",
+    "bitwise_not",
+    "bitwise_and",
+    "bitwise_or",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "frac",
+    "copy",
+    "fill",
+    "zero",
+    "normalize",
+    "hypot",
+    "heaviside",
+    "xlogy",
+    "sgn",
+    "positive",
+)
 _register(where, "where")
 _register(min_max, "max", "min")
-_register(pass_through, "to", "type", "type_as", "float", "half", "double", "bfloat16", "int", "long", "bool",
-          "contiguous", "clone", "detach", "cpu", "cuda", "requires_grad", "data", "zeros_like", "ones_like",
-          "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "pin_memory", "coalesce",
-          "resolve_conj", "resolve_neg", "conj", "align_as")
+_register(
+    pass_through,
+    "to",
+    "type",
+    "type_as",
+    "float",
+    "half",
+    "double",
+    "bfloat16",
+    "int",
+    "long",
+    "bool",
+    "contiguous",
+    "clone",
+    "detach",
+    "cpu",
+    "cuda",
+    "requires_grad",
+    "data",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "pin_memory",
+    "coalesce",
+    "resolve_conj",
+    "resolve_neg",
+    "conj",
+    "align_as",
+)
 _register(creation, "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
-_register(reduction, "sum", "nansum", "mean", "nanmean", "var", "std", "var_mean", "std_mean", "amax", "amin",
-          "norm", "vector_norm", "linalg_vector_norm", "prod", "logsumexp", "all", "any", "argmax", "argmin",
-          "median", "nanmedian", "count_nonzero", "mode", "kthvalue")
+_register(
+    reduction,
+    "sum",
+    "nansum",
+    "mean",
+    "nanmean",
+    "var",
+    "std",
+    "var_mean",
+    "std_mean",
+    "amax",
+    "amin",
+    "norm",
+    "vector_norm",
+    "linalg_vector_norm",
+    "prod",
+    "logsumexp",
+    "all",
+    "any",
+    "argmax",
+    "argmin",
+    "median",
+    "nanmedian",
+    "count_nonzero",
+    "mode",
+    "kthvalue",
+)
 _register(along_dim("inexact"), "softmax", "log_softmax", "softmin")
 _register(along_dim("fixed"), "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "sort", "argsort", "topk")
 _register(glu, "glu")
-_register(spatial, "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-          "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-          "adaptive_max_pool2d", "adaptive_max_pool3d", "lp_pool1d", "lp_pool2d", "lp_pool3d",
-          "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
-          "fractional_max_pool2d", "fractional_max_pool3d", "interpolate", "upsample", "upsample_nearest",
-          "upsample_bilinear")
+_register(
+    spatial,
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "lp_pool1d",
+    "lp_pool2d",
+    "lp_pool3d",
+    "max_pool1d_with_indices",
+    "max_pool2d_with_indices",
+    "max_pool3d_with_indices",
+    "fractional_max_pool2d",
+    "fractional_max_pool3d",
+    "interpolate",
+    "upsample",
+    "upsample_nearest",
+    "upsample_bilinear",
+)
 _register(pad, "pad")
 _register(pixel_shuffle, "pixel_shuffle", "pixel_unshuffle")
 _register(channel_shuffle, "channel_shuffle", "native_channel_shuffle")

@@ -47,7 +47,7 @@ def recurrent(st: LabelState, op: OpRecord) -> None:
     for layer in range(num_layers):
         for direction in range(directions):
             start = (layer * directions + direction) * per_direction
-            _tie_direction(st, params[start:start + per_direction], units, inputs)
+            _tie_direction(st, params[start : start + per_direction], units, inputs)
         inputs = np.tile(units, directions)
     _initial_state(st, op, hx, units)
     outs = tensor_refs(op.outputs)

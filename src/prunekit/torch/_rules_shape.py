@@ -8,13 +8,12 @@ the labels of its outputs. A rule that meets a case it cannot express exactly ca
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from prunekit.torch._labels import (
     FIXED,
-    LabelState,
     Labels,
+    LabelState,
     SplitRecord,
     arg,
     as_int_list,
@@ -34,8 +33,9 @@ def _has_labels(lab: np.ndarray) -> bool:
 # -- reshapes -----------------------------------------------------------------------------
 
 
-def reshape_labels(st: LabelState, labels: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                   prefer: int | None = None) -> Labels:
+def reshape_labels(
+    st: LabelState, labels: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...], prefer: int | None = None
+) -> Labels:
     """Carry labels through a reshape, splitting/merging dimensions by matching sizes.
 
     A merged dimension repeats the channel of its labelled factor (``flatten`` of ``C×H×W``
@@ -69,8 +69,16 @@ def reshape_labels(st: LabelState, labels: Labels, in_shape: tuple[int, ...], ou
     return result
 
 
-def _reshape_segment(st: LabelState, labels: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                     seg_in: list[int], seg_out: list[int], result: Labels, prefer: int | None) -> None:
+def _reshape_segment(
+    st: LabelState,
+    labels: Labels,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    seg_in: list[int],
+    seg_out: list[int],
+    result: Labels,
+    prefer: int | None,
+) -> None:
     labelled = [d for d in seg_in if _has_labels(labels[d])]
     if not labelled:
         return
@@ -201,7 +209,7 @@ def roll(st: LabelState, op: OpRecord) -> None:
     x, out = first_tensor(op), outputs_of(op)[0]
     labels = st.get(x)
     dims = arg(op, 2, "dims")
-    for d in (range(len(labels)) if dims is None else as_int_list(dims)):
+    for d in range(len(labels)) if dims is None else as_int_list(dims):
         st.fix(labels[normalise_dim(d, len(labels))])
     st.set(out, labels)
 
@@ -227,7 +235,7 @@ def getitem(st: LabelState, op: OpRecord) -> None:
     explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
     if Ellipsis in items:
         at = items.index(Ellipsis)
-        items = items[:at] + [slice(None)] * (len(shape) - explicit) + items[at + 1:]
+        items = items[:at] + [slice(None)] * (len(shape) - explicit) + items[at + 1 :]
     else:
         items += [slice(None)] * (len(shape) - explicit)
     result: Labels = []
@@ -259,8 +267,9 @@ def setitem(st: LabelState, op: OpRecord) -> None:
     index = op.args[1]
     value = op.args[2] if len(op.args) > 2 else None
     items = list(index) if isinstance(index, tuple) else [index]
-    full = all(isinstance(i, slice) and k < len(shape) and _is_full(i, shape[k]) for k, i in enumerate(items)) \
-        or items == [Ellipsis]
+    full = all(isinstance(i, slice) and k < len(shape) and _is_full(i, shape[k]) for k, i in enumerate(items)) or items == [
+        Ellipsis
+    ]
     if full and is_tensor(value):
         broadcast_unify(st, [x, value], shape)
     else:
@@ -282,7 +291,7 @@ def narrow(st: LabelState, op: OpRecord) -> None:
     start = normalise_dim(int(start), shape[dim])
     if not (start == 0 and length == shape[dim]):
         st.fix(labels[dim])
-    labels[dim] = labels[dim][start:start + int(length)]
+    labels[dim] = labels[dim][start : start + int(length)]
     st.set(out, labels)
 
 
@@ -364,7 +373,7 @@ def split(st: LabelState, op: OpRecord) -> None:
     if op.name == "unbind":
         st.fix(labels[dim])
         for out in outs:
-            st.set(out, labels[:dim] + labels[dim + 1:])
+            st.set(out, labels[:dim] + labels[dim + 1 :])
         return
     sizes = [st.shape(o)[dim] for o in outs]
     equal = len(set(sizes)) == 1 and sizes[0] * len(sizes) == shape[dim]
@@ -378,7 +387,7 @@ def split(st: LabelState, op: OpRecord) -> None:
     offset = 0
     for out, size in zip(outs, sizes):
         piece = list(labels)
-        piece[dim] = labels[dim][offset:offset + size]
+        piece[dim] = labels[dim][offset : offset + size]
         offset += size
         st.set(out, piece)
 
@@ -391,8 +400,7 @@ def _register(rule: Rule, *names: str) -> None:
         SHAPE_RULES[name] = rule
 
 
-_register(reshape, "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
-          "ravel")
+_register(reshape, "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
 
 _register(permute, "permute", "transpose", "t", "T", "mT", "H", "mH", "movedim")
 

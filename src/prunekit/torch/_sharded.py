@@ -7,7 +7,7 @@ second): a tensor can only be a DTensor once that module is loaded, so until the
 from __future__ import annotations
 
 import sys
-from typing import Hashable
+from collections.abc import Hashable
 
 import torch
 from torch import nn

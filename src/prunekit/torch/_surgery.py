@@ -21,8 +21,9 @@ INNER_SIZE_NAMES = ("all_head_size", "inner_dim", "attention_dim")
 HEAD_DIM_NAMES = ("head_dim", "attention_head_size", "head_size")
 
 
-def plan_attributes(model: nn.Module, graph: DependencyGraph, removed: np.ndarray,
-                    new_shapes: dict[str, tuple[int, ...]]) -> list[dict[str, Any]]:
+def plan_attributes(
+    model: nn.Module, graph: DependencyGraph, removed: np.ndarray, new_shapes: dict[str, tuple[int, ...]]
+) -> list[dict[str, Any]]:
     """Every attribute update a plan needs, in a stable order (modules, attention, splits, config)."""
     modules = dict(model.named_modules())
     updates: dict[tuple[str, str], dict[str, Any]] = {}
@@ -157,8 +158,9 @@ def _attention_attributes(graph: DependencyGraph, removed: np.ndarray, modules: 
             kv_old, kv_new = heads_old, heads_new
         seen["heads"].append((heads_old, heads_new))
         seen["kv"].append((kv_old, kv_new))
-        head_dim = next((getattr(module, n) for n in HEAD_DIM_NAMES if isinstance(getattr(module, n, None), int)),
-                        record.head_dim)
+        head_dim = next(
+            (getattr(module, n) for n in HEAD_DIM_NAMES if isinstance(getattr(module, n, None), int)), record.head_dim
+        )
         for name in HEAD_COUNT_NAMES:
             if _is_int(getattr(module, name, None)) and getattr(module, name) == heads_old:
                 put(record.module, name, heads_new)
@@ -195,7 +197,8 @@ def _config_attributes(graph: DependencyGraph, removed: np.ndarray, modules: dic
     evidence: dict[str, set[tuple[int, int]]] = {
         "num_attention_heads": set(attention.get("heads", [])),
         "num_key_value_heads": set(attention.get("kv", [])),
-        "hidden_size": set(), "intermediate_size": set(),
+        "hidden_size": set(),
+        "intermediate_size": set(),
     }
     for group in graph.groups:
         first = next(m for m in group.members if m.role == "producer")

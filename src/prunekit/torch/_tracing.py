@@ -9,9 +9,10 @@ are recognised by identity and named by their qualified name.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,19 +101,37 @@ def normalise_name(func: Callable) -> str:
     return _ALIASES.get(name, name)
 
 
-_DUNDER_BINARY = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor",
-                  "lshift", "rshift"}
-_ALIASES = {"truediv": "div", "true_divide": "div", "divide": "div", "multiply": "mul", "subtract": "sub",
-            "negative": "neg", "concat": "cat", "concatenate": "cat", "moveaxis": "movedim",
-            "swapdims": "transpose", "swapaxes": "transpose", "clip": "clamp", "mod": "remainder",
-            "matmul": "matmul", "absolute": "abs", "rsub": "sub"}
+_DUNDER_BINARY = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"}
+_ALIASES = {
+    "truediv": "div",
+    "true_divide": "div",
+    "divide": "div",
+    "multiply": "mul",
+    "subtract": "sub",
+    "negative": "neg",
+    "concat": "cat",
+    "concatenate": "cat",
+    "moveaxis": "movedim",
+    "swapdims": "transpose",
+    "swapaxes": "transpose",
+    "clip": "clamp",
+    "mod": "remainder",
+    "matmul": "matmul",
+    "absolute": "abs",
+    "rsub": "sub",
+}
 
 
 class _Recorder(TorchFunctionMode):
     """Assigns value ids and records each torch call with tensor arguments or results."""
 
-    def __init__(self, named_tensors: dict[int, tuple[str, str, torch.Tensor]], stack: list[str],
-                 leaf_depth: list[int], observer: Callable[[OpRecord, Any], None] | None = None):
+    def __init__(
+        self,
+        named_tensors: dict[int, tuple[str, str, torch.Tensor]],
+        stack: list[str],
+        leaf_depth: list[int],
+        observer: Callable[[OpRecord, Any], None] | None = None,
+    ):
         super().__init__()
         self.named = named_tensors
         self.stack = stack
@@ -192,8 +211,12 @@ def _named_tensors(model: nn.Module) -> dict[int, tuple[str, str, torch.Tensor]]
     return named
 
 
-def trace_model(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Iterable[str] = (),
-                observer: Callable[[OpRecord, Any], None] | None = None) -> Trace:
+def trace_model(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    leaf_modules: Iterable[str] = (),
+    observer: Callable[[OpRecord, Any], None] | None = None,
+) -> Trace:
     """Run ``model`` once in eval mode without gradients and record every torch call.
 
     Large models or inputs (over a million parameters or input elements) traced without an
@@ -262,8 +285,13 @@ def _attributes_kept(model: nn.Module, fake: bool) -> Iterator[None]:
             module._buffers.update(buffers)
 
 
-def _trace_once(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: Iterable[str],
-                observer: Callable[[OpRecord, Any], None] | None, fake: bool) -> Trace:
+def _trace_once(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    leaf_modules: Iterable[str],
+    observer: Callable[[OpRecord, Any], None] | None,
+    fake: bool,
+) -> Trace:
     leaves = set(leaf_modules)
     stack: list[str] = []
     leaf_depth = [0]
@@ -272,10 +300,12 @@ def _trace_once(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: I
     handles = []
     for mod_name, module in model.named_modules():
         is_leaf = mod_name in leaves
-        handles.append(module.register_forward_pre_hook(_enter(stack, mod_name, leaf_depth, is_leaf, recorder),
-                                                        with_kwargs=True))
-        handles.append(module.register_forward_hook(_exit(stack, leaf_depth, is_leaf, recorder, leaf_ops, mod_name),
-                                                    with_kwargs=True, always_call=True))
+        handles.append(module.register_forward_pre_hook(_enter(stack, mod_name, leaf_depth, is_leaf, recorder), with_kwargs=True))
+        handles.append(
+            module.register_forward_hook(
+                _exit(stack, leaf_depth, is_leaf, recorder, leaf_ops, mod_name), with_kwargs=True, always_call=True
+            )
+        )
     captured: list[Any] = []
     handles.append(model.register_forward_hook(lambda module, args, output: captured.append(output)))
     modes = {m: m.training for m in model.modules()}
@@ -296,11 +326,13 @@ def _trace_once(model: nn.Module, example_inputs: ExampleInputs, leaf_modules: I
         failing = len(recorder.ops) if recorder.in_call else max(len(recorder.ops) - 1, 0)
         if isinstance(exc, ConfigError) and exc.__cause__ is not None:
             exc = exc.__cause__
-        raise TraceError(failing, where,
+        raise TraceError(
+            failing,
+            where,
             f"the model failed while tracing it on the example inputs, in {where!r}: {type(exc).__name__}: {exc}. "
             "Check that example_inputs run the model (a tensor, a tuple of positional inputs or a dict of "
             f"keyword inputs); if the model runs but cannot be traced, pass leaf_modules=[{where.split(':')[0]!r}] "
-            "to treat that module as a black box"
+            "to treat that module as a black box",
         ) from exc
     finally:
         for handle in handles:
@@ -321,8 +353,9 @@ def _enter(stack: list[str], name: str, leaf_depth: list[int], is_leaf: bool, re
     return hook
 
 
-def _exit(stack: list[str], leaf_depth: list[int], is_leaf: bool, recorder: _Recorder,
-          leaf_ops: list[OpRecord], name: str) -> Callable:
+def _exit(
+    stack: list[str], leaf_depth: list[int], is_leaf: bool, recorder: _Recorder, leaf_ops: list[OpRecord], name: str
+) -> Callable:
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if stack:
             stack.pop()
@@ -331,8 +364,7 @@ def _exit(stack: list[str], leaf_depth: list[int], is_leaf: bool, recorder: _Rec
         leaf_depth[0] -= 1
         if leaf_depth[0] == 0 and output is not None:
             out_refs = pytree.tree_map(
-                lambda v: TensorRef(recorder.new_value(v, ("op", str(len(recorder.ops)))))
-                if isinstance(v, torch.Tensor) else v,
+                lambda v: TensorRef(recorder.new_value(v, ("op", str(len(recorder.ops))))) if isinstance(v, torch.Tensor) else v,
                 output,
             )
             in_args, in_kwargs = getattr(recorder, "leaf_inputs", ((), {}))

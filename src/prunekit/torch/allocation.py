@@ -14,7 +14,8 @@ not linear and zeroed weights do not lower it: channel removal with measured cos
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,8 +54,9 @@ def _weights(model: nn.Module, summary: ModelSummary, layers: list[str]) -> dict
     found = {}
     for layer in layers:
         weight = modules[layer].weight.detach()
-        found[layer] = LayerWeights(weight.numel(), int(torch.count_nonzero(weight)), weight.element_size(),
-                                    summary.layer(layer).macs)
+        found[layer] = LayerWeights(
+            weight.numel(), int(torch.count_nonzero(weight)), weight.element_size(), summary.layer(layer).macs
+        )
     return found
 
 
@@ -75,8 +77,9 @@ def cost_model(model: nn.Module, example_inputs: ExampleInputs, layers: list[str
     return linear_cost_model(summary, _weights(model, summary, layers), _parameter_bytes(model), target)
 
 
-def allocate_ratios(table: SensitivityTable, model: nn.Module, example_inputs: ExampleInputs, budget: float,
-                    target: str = "macs") -> Allocation:
+def allocate_ratios(
+    table: SensitivityTable, model: nn.Module, example_inputs: ExampleInputs, budget: float, target: str = "macs"
+) -> Allocation:
     """Choose per-layer ratios meeting ``budget`` (a fraction of the dense ``target``) with the least predicted drop.
 
     The ratios are the point of :func:`greedy_path` where the cost meets the budget exactly (the
@@ -94,8 +97,9 @@ def allocate_ratios(table: SensitivityTable, model: nn.Module, example_inputs: E
     return sensitivity_allocation(table, cost_model(model, example_inputs, table.layers, target), budget)
 
 
-def uniform_ratios(model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float,
-                   target: str = "macs") -> Allocation:
+def uniform_ratios(
+    model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float, target: str = "macs"
+) -> Allocation:
     """The same ratio for every layer in ``layers``, chosen so the cost meets ``budget``.
 
     Example::
@@ -105,8 +109,9 @@ def uniform_ratios(model: nn.Module, example_inputs: ExampleInputs, layers: list
     return uniform_allocation(cost_model(model, example_inputs, layers, target), budget)
 
 
-def global_ratios(model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float,
-                  target: str = "macs") -> Allocation:
+def global_ratios(
+    model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float, target: str = "macs"
+) -> Allocation:
     """Per-layer ratios of one global magnitude threshold, found by bisection so the cost meets ``budget``.
 
     Example::
@@ -118,8 +123,15 @@ def global_ratios(model: nn.Module, example_inputs: ExampleInputs, layers: list[
     return threshold_allocation(cost_model(model, example_inputs, layers, target), magnitudes, budget)
 
 
-def search_ratios(table: SensitivityTable, model: nn.Module, example_inputs: ExampleInputs, budget: float,
-                  metric: Callable[[nn.Module], float], target: str = "macs", steps: int = 4) -> Allocation:
+def search_ratios(
+    table: SensitivityTable,
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    budget: float,
+    metric: Callable[[nn.Module], float],
+    target: str = "macs",
+    steps: int = 4,
+) -> Allocation:
     """Search between the greedy and the global-magnitude allocations for the best ``metric`` at ``budget``.
 
     Both meet the budget and the cost is linear in the ratios, so every blend
@@ -173,9 +185,15 @@ def measured_cost(model: nn.Module, example_inputs: ExampleInputs, layers: list[
     return measured_cost_of(summary, _weights(model, summary, layers), _parameter_bytes(model), target)
 
 
-def compare_allocations(model: nn.Module, table: SensitivityTable, metric: Callable[[nn.Module], float],
-                        example_inputs: ExampleInputs, budget: float, target: str = "macs",
-                        search_metric: Callable[[nn.Module], float] | None = None) -> list[dict[str, Any]]:
+def compare_allocations(
+    model: nn.Module,
+    table: SensitivityTable,
+    metric: Callable[[nn.Module], float],
+    example_inputs: ExampleInputs,
+    budget: float,
+    target: str = "macs",
+    search_metric: Callable[[nn.Module], float] | None = None,
+) -> list[dict[str, Any]]:
     """Sensitivity, uniform and global allocations at one budget: ratios, measured cost and ``metric`` of each.
 
     The measured cost comes from the pruned model itself (``summarize``), not from the cost model.
@@ -188,10 +206,16 @@ def compare_allocations(model: nn.Module, table: SensitivityTable, metric: Calla
         allocation_table(rows).print()
     """
     layers = table.layers
-    allocations = [allocate_ratios(table, model, example_inputs, budget, target),
-                   uniform_ratios(model, example_inputs, layers, budget, target),
-                   global_ratios(model, example_inputs, layers, budget, target)]
+    allocations = [
+        allocate_ratios(table, model, example_inputs, budget, target),
+        uniform_ratios(model, example_inputs, layers, budget, target),
+        global_ratios(model, example_inputs, layers, budget, target),
+    ]
     if search_metric is not None:
         allocations.append(search_ratios(table, model, example_inputs, budget, search_metric, target))
-    return comparison_rows(allocations, lambda ratios: apply_ratios(model, ratios),
-                           lambda pruned: measured_cost(pruned, example_inputs, layers, target), metric)
+    return comparison_rows(
+        allocations,
+        lambda ratios: apply_ratios(model, ratios),
+        lambda pruned: measured_cost(pruned, example_inputs, layers, target),
+        metric,
+    )

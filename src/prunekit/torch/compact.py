@@ -8,7 +8,8 @@ file before anything is loaded into it.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,10 @@ def _state_arrays(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict
         if not isinstance(tensor, torch.Tensor):
             raise ConfigError(f"state_dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
         if tensor.is_sparse or tensor.is_quantized or tensor.layout != torch.strided:
-            raise ConfigError(f"tensor {name!r} has layout {tensor.layout}; convert it to a dense tensor "
-                              "(e.g. tensor.to_dense() or a dequantized model) before saving")
+            raise ConfigError(
+                f"tensor {name!r} has layout {tensor.layout}; convert it to a dense tensor "
+                "(e.g. tensor.to_dense() or a dequantized model) before saving"
+            )
         tensor = tensor.detach().cpu()
         if tensor.dtype in _TORCH_ONLY_DTYPES:
             torch_dtypes[name] = _TORCH_ONLY_DTYPES[tensor.dtype]
@@ -67,8 +70,10 @@ def check_state_fits(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], so
     def listed(names: list[str]) -> str:
         return ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
-    problems = [f"tensor {name!r} has shape {list(shapes[name])} in the file but {list(expected[name])} in the model"
-                for name in mismatched[:5]]
+    problems = [
+        f"tensor {name!r} has shape {list(shapes[name])} in the file but {list(expected[name])} in the model"
+        for name in mismatched[:5]
+    ]
     if len(mismatched) > 5:
         problems.append(f"{len(mismatched) - 5} more tensors differ in shape")
     if missing:
@@ -76,10 +81,12 @@ def check_state_fits(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], so
     if unexpected:
         problems.append(f"the file has tensor(s) {listed(unexpected)} that the model lacks")
     raise StateMismatchError(
-        f"{source} does not fit the {type(model).__name__} built by the model factory: " + "; ".join(problems)
+        f"{source} does not fit the {type(model).__name__} built by the model factory: "
+        + "; ".join(problems)
         + ". Pass a factory that builds the architecture the weights were saved from (for a structurally "
         "pruned model, the pruned one; files from save_compressed or save_pruned record the plan and accept "
-        "the original architecture)")
+        "the original architecture)"
+    )
 
 
 def save_compressed(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,15 +85,29 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         rows = []
         for row in self.rows:
-            rows.append({
-                "name": row.name, "kind": row.kind, "path": str(row.path), "size_bytes": row.size_bytes,
-                "gzip_bytes": row.gzip_bytes, "size_ratio": self.size_ratio(row.name), "accuracy": row.accuracy,
-                "latency_ms": {str(b): {"median": s.median_ms, "p90": s.p90_ms, "runs": s.runs} for b, s in row.latency.items()},
-                "speedup": {str(b): self.speedup(row.name, b) for b in row.latency},
-                "peak_memory_bytes": row.peak_memory_bytes, "max_abs_error": row.max_abs_error,
-            })
-        return {"rows": rows, "batch_sizes": list(self.batch_sizes), "threads": self.threads,
-                "torch_accuracy": self.torch_accuracy}
+            rows.append(
+                {
+                    "name": row.name,
+                    "kind": row.kind,
+                    "path": str(row.path),
+                    "size_bytes": row.size_bytes,
+                    "gzip_bytes": row.gzip_bytes,
+                    "size_ratio": self.size_ratio(row.name),
+                    "accuracy": row.accuracy,
+                    "latency_ms": {
+                        str(b): {"median": s.median_ms, "p90": s.p90_ms, "runs": s.runs} for b, s in row.latency.items()
+                    },
+                    "speedup": {str(b): self.speedup(row.name, b) for b in row.latency},
+                    "peak_memory_bytes": row.peak_memory_bytes,
+                    "max_abs_error": row.max_abs_error,
+                }
+            )
+        return {
+            "rows": rows,
+            "batch_sizes": list(self.batch_sizes),
+            "threads": self.threads,
+            "torch_accuracy": self.torch_accuracy,
+        }
 
     def table(self, title: str = "Deployable artifacts") -> Any:
         """A ``rich.table.Table``: sizes in KB, latency medians in ms, speedup at the largest batch."""
@@ -100,32 +115,43 @@ class Comparison:
         from rich.table import Table
 
         big = max(self.batch_sizes)
-        table = Table(title=title, caption=self._caption(), box=box.SIMPLE_HEAD, padding=0,
-                      collapse_padding=True, pad_edge=False)
-        columns = ("artifact", "size KB", "gzip KB", "smaller", "accuracy",
-                   *(f"b{b} ms" for b in self.batch_sizes), f"speedup b{big}")
+        table = Table(title=title, caption=self._caption(), box=box.SIMPLE_HEAD, padding=0, collapse_padding=True, pad_edge=False)
+        columns = (
+            "artifact",
+            "size KB",
+            "gzip KB",
+            "smaller",
+            "accuracy",
+            *(f"b{b} ms" for b in self.batch_sizes),
+            f"speedup b{big}",
+        )
         for column in columns:
             table.add_column(column, justify="left" if column == "artifact" else "right", no_wrap=column == "artifact")
         for row in self.rows:
             speed = self.speedup(row.name, big)
             table.add_row(
-                row.name, f"{row.size_bytes / 1024:,.1f}", f"{row.gzip_bytes / 1024:,.1f}",
-                f"{self.size_ratio(row.name):.1f}x", "-" if row.accuracy is None else f"{row.accuracy:.2%}",
+                row.name,
+                f"{row.size_bytes / 1024:,.1f}",
+                f"{row.gzip_bytes / 1024:,.1f}",
+                f"{self.size_ratio(row.name):.1f}x",
+                "-" if row.accuracy is None else f"{row.accuracy:.2%}",
                 *(f"{row.latency[b].median_ms:.2f}" if b in row.latency else "-" for b in self.batch_sizes),
-                "-" if speed is None else f"{speed:.2f}x")
+                "-" if speed is None else f"{speed:.2f}x",
+            )
         return table
 
     def _caption(self) -> str:
         checks = ", ".join(f"{r.name} {r.max_abs_error:.1e}" for r in self.rows if r.max_abs_error is not None)
         torch_acc = ", ".join(f"{name} {acc:.2%}" for name, acc in self.torch_accuracy.items())
         threads = "ORT default" if self.threads is None else str(self.threads)
-        memory = ", ".join(f"{r.name} {r.peak_memory_bytes / 2**20:.1f}" for r in self.rows
-                           if r.peak_memory_bytes is not None)
-        return (f"PyTorch accuracy: {torch_acc}. ONNX Runtime vs PyTorch max abs error: {checks}. "
-                f"Latency: ONNX Runtime CPU, {threads} thread(s), interleaved, median of {self._runs()} runs. "
-                + (f"Peak memory added by loading and running (MB): {memory}. " if memory else "")
-                + "'smaller': vs the dense file of the same kind. Weight files are evaluated after loading "
-                "them back into PyTorch.")
+        memory = ", ".join(f"{r.name} {r.peak_memory_bytes / 2**20:.1f}" for r in self.rows if r.peak_memory_bytes is not None)
+        return (
+            f"PyTorch accuracy: {torch_acc}. ONNX Runtime vs PyTorch max abs error: {checks}. "
+            f"Latency: ONNX Runtime CPU, {threads} thread(s), interleaved, median of {self._runs()} runs. "
+            + (f"Peak memory added by loading and running (MB): {memory}. " if memory else "")
+            + "'smaller': vs the dense file of the same kind. Weight files are evaluated after loading "
+            "them back into PyTorch."
+        )
 
     def _runs(self) -> int:
         return next((s.runs for r in self.rows for s in r.latency.values()), 0)
@@ -172,9 +198,15 @@ def torch_accuracy(model: nn.Module, x: Any, y: Any, batch_size: int = 256) -> f
     model.eval()
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        correct = sum(int((_first_output(model, _torch_batch(rows(x, i, i + batch_size), device)).argmax(-1).cpu()
-                           == y[i:i + batch_size]).sum())
-                      for i in range(0, count, batch_size))
+        correct = sum(
+            int(
+                (
+                    _first_output(model, _torch_batch(rows(x, i, i + batch_size), device)).argmax(-1).cpu()
+                    == y[i : i + batch_size]
+                ).sum()
+            )
+            for i in range(0, count, batch_size)
+        )
     finally:
         model.train(was_training)
     return correct / count
@@ -249,8 +281,18 @@ def compare_artifacts(
     memory_batch = batch_of(x_test, max(batch_sizes))
     for name, path in onnx_paths.items():
         memory = peak_memory(path, memory_batch, threads) if measure_memory else None
-        rows.append(ArtifactRow(name, "onnx", path, *file_sizes(path), onnx_accuracy(path, x_test, y_test, threads=threads),
-                                latency[name], memory, errors.get(name)))
+        rows.append(
+            ArtifactRow(
+                name,
+                "onnx",
+                path,
+                *file_sizes(path),
+                onnx_accuracy(path, x_test, y_test, threads=threads),
+                latency[name],
+                memory,
+                errors.get(name),
+            )
+        )
 
     for name, model in models.items():
         path = _state_file(model, out / f"{name}.safetensors")
@@ -259,6 +301,7 @@ def compare_artifacts(
         path = out / f"pruned.compact-{dtype}.safetensors"
         save_compressed(pruned_model, path, dtype=dtype, plan=plan)
         restored = load_compressed(path, lambda: copy.deepcopy(pruned_model))
-        rows.append(ArtifactRow(f"pruned compact {dtype}", "weights", path, *file_sizes(path),
-                                torch_accuracy(restored, x_test, y_test)))
+        rows.append(
+            ArtifactRow(f"pruned compact {dtype}", "weights", path, *file_sizes(path), torch_accuracy(restored, x_test, y_test))
+        )
     return Comparison(tuple(rows), tuple(batch_sizes), threads, torch_acc)

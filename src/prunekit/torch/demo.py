@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -34,8 +35,9 @@ def _workflow(method: str, quick: bool) -> Callable[..., PruningRun]:
     raise ConfigError(f"unknown demo method {method!r}; choose from {METHODS}")
 
 
-def _prune_structured(model: torch.nn.Module, loader: Any, ratio: float, quick: bool, progress: bool,
-                      description: str) -> PruningRun:
+def _prune_structured(
+    model: torch.nn.Module, loader: Any, ratio: float, quick: bool, progress: bool, description: str
+) -> PruningRun:
     """Remove ``ratio`` of the channels of every prunable layer (L1), then fine-tune the smaller model."""
     from prunekit.torch.structured import prune_channels
 
@@ -154,8 +156,13 @@ def _compare(dense: torch.nn.Module, pruned: PruningRun, split: Any, artifacts_d
 
     with tempfile.TemporaryDirectory() as scratch:
         comparison = compare_artifacts(
-            dense.cpu(), pruned.model.cpu(), (split.x_test, split.y_test), split.x_train[:256],
-            artifacts_dir if artifacts_dir is not None else Path(scratch), measure_memory=False, repeats=20,
+            dense.cpu(),
+            pruned.model.cpu(),
+            (split.x_test, split.y_test),
+            split.x_train[:256],
+            artifacts_dir if artifacts_dir is not None else Path(scratch),
+            measure_memory=False,
+            repeats=20,
             plan=pruned.plan,
         )
         return comparison.to_dict()

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +47,10 @@ class OnnxCheck:
 
     def __str__(self) -> str:
         sizes = ", ".join(map(str, self.batch_sizes))
-        return (f"ONNX Runtime vs PyTorch: max abs error {self.max_abs_error:.2e} at batch size(s) {sizes} "
-                f"(tolerance {self.atol:.0e} + {self.rtol:.0e} x |output|)")
+        return (
+            f"ONNX Runtime vs PyTorch: max abs error {self.max_abs_error:.2e} at batch size(s) {sizes} "
+            f"(tolerance {self.atol:.0e} + {self.rtol:.0e} x |output|)"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,13 +121,16 @@ def _torch_outputs(model: nn.Module, example: _Example) -> tuple[list[np.ndarray
     with torch.no_grad():
         outs, keys = _flat_outputs(example.call(model))
     if not all(isinstance(o, torch.Tensor) for o in outs):
-        raise ConfigError("the model should return a tensor, a tuple of tensors or a dict of tensors (such as a "
-                          "transformers ModelOutput) to be exported")
+        raise ConfigError(
+            "the model should return a tensor, a tuple of tensors or a dict of tensors (such as a "
+            "transformers ModelOutput) to be exported"
+        )
     return [o.detach().cpu().numpy() for o in outs], keys
 
 
-def _dynamic_shapes(example: _Example, names: list[str], dynamic_batch: bool,
-                    dynamic_dims: Mapping[str, Mapping[int, str]]) -> Any:
+def _dynamic_shapes(
+    example: _Example, names: list[str], dynamic_batch: bool, dynamic_dims: Mapping[str, Mapping[int, str]]
+) -> Any:
     """torch.export ``dynamic_shapes``: the batch dim of every input, plus ``dynamic_dims`` (same name, same Dim)."""
     unknown = sorted(set(dynamic_dims) - set(names))
     if unknown:
@@ -135,8 +141,10 @@ def _dynamic_shapes(example: _Example, names: list[str], dynamic_batch: bool,
         shape = {0: dims.setdefault("batch", torch.export.Dim("batch", min=1))} if dynamic_batch else {}
         for axis, dim_name in dynamic_dims.get(name, {}).items():
             if not 1 <= axis < tensor.ndim:
-                raise ConfigError(f"dynamic_dims[{name!r}] has axis {axis}, but the input has {tensor.ndim} dims; "
-                                  "give axes 1 to ndim-1 (axis 0 is the batch, set by dynamic_batch)")
+                raise ConfigError(
+                    f"dynamic_dims[{name!r}] has axis {axis}, but the input has {tensor.ndim} dims; "
+                    "give axes 1 to ndim-1 (axis 0 is the batch, set by dynamic_batch)"
+                )
             shape[axis] = dims.setdefault(dim_name, torch.export.Dim(dim_name, min=1))
         shapes.append(shape or None)
     if not dims:
@@ -148,14 +156,18 @@ def _explain(exc: Exception, model: nn.Module) -> ExportError:
     text = str(exc)
     op = re.search(r"OpOverload\(op='([\w.:]+)'", text) or re.search(r"target=(?:torch\.ops\.)?([\w.:]+)", text)
     if op:
-        return ExportError(f"exporting {type(model).__name__} to ONNX failed at op {op.group(1)!r}, which has no "
-                           "ONNX translation in this torch version; replace that op in the model's forward, or "
-                           "register a translation (torch.onnx.export's custom_translation_table)")
+        return ExportError(
+            f"exporting {type(model).__name__} to ONNX failed at op {op.group(1)!r}, which has no "
+            "ONNX translation in this torch version; replace that op in the model's forward, or "
+            "register a translation (torch.onnx.export's custom_translation_table)"
+        )
     if "Constraints violated" in text or "specializ" in text:
-        return ExportError(f"the batch dimension of {type(model).__name__} (or a dimension in dynamic_dims) cannot be "
-                           "dynamic: its forward treats that size as a constant (e.g. x.view(64, -1)); use "
-                           "torch.flatten(x, 1) or x.reshape(x.shape[0], -1), or export with dynamic_batch=False "
-                           f"(or without that dynamic_dims entry). Cause: {text[:500]}")
+        return ExportError(
+            f"the batch dimension of {type(model).__name__} (or a dimension in dynamic_dims) cannot be "
+            "dynamic: its forward treats that size as a constant (e.g. x.view(64, -1)); use "
+            "torch.flatten(x, 1) or x.reshape(x.shape[0], -1), or export with dynamic_batch=False "
+            f"(or without that dynamic_dims entry). Cause: {text[:500]}"
+        )
     return ExportError(f"exporting {type(model).__name__} to ONNX failed: {type(exc).__name__}: {text[:800]}")
 
 
@@ -180,8 +192,10 @@ def _save(program: Any, path: Path, external: bool, model: nn.Module) -> None:
     try:
         onnx.save(program.model_proto, str(path))
     except ValueError as exc:  # protobuf cannot serialise one message over 2 GB
-        raise ExportError(f"{type(model).__name__} does not fit in one ONNX file {path.name} ({exc}); export it "
-                          f"with external_data=True (or None) to keep its weights in {path.name}.data beside it") from None
+        raise ExportError(
+            f"{type(model).__name__} does not fit in one ONNX file {path.name} ({exc}); export it "
+            f"with external_data=True (or None) to keep its weights in {path.name}.data beside it"
+        ) from None
 
 
 def _graph_io(path: Path, dynamic_batch: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -197,7 +211,8 @@ def _graph_io(path: Path, dynamic_batch: bool) -> tuple[tuple[str, ...], tuple[s
             raise ExportError(
                 f"the exported input {value.name!r} has a fixed batch size {dims[0].dim_value}: the model's forward "
                 "uses the batch size as a constant (e.g. x.view(64, -1)); use torch.flatten(x, 1) or "
-                "x.reshape(x.shape[0], -1), or export with dynamic_batch=False")
+                "x.reshape(x.shape[0], -1), or export with dynamic_batch=False"
+            )
     return tuple(v.name for v in inputs), tuple(v.name for v in graph.output)
 
 
@@ -225,8 +240,11 @@ def verify_onnx(
     example = _as_inputs(example_input)
     batches = [example]
     if other_batch_size is not None and other_batch_size != len(example.tensors[0]):
-        batches.append(example.with_tensors(t.repeat_interleave(-(-other_batch_size // len(t)), 0)[:other_batch_size]
-                                            for t in example.tensors))
+        batches.append(
+            example.with_tensors(
+                t.repeat_interleave(-(-other_batch_size // len(t)), 0)[:other_batch_size] for t in example.tensors
+            )
+        )
     was_training = model.training
     model.eval()
     try:
@@ -239,9 +257,11 @@ def verify_onnx(
             try:
                 expected, _ = _torch_outputs(model, batch)
             except RuntimeError as exc:
-                raise ExportError(f"{type(model).__name__} itself fails at batch size {size} ({exc}): its "
-                                  "forward fixes the batch size (e.g. x.view(64, -1)); use torch.flatten(x, 1) or "
-                                  "x.reshape(x.shape[0], -1), or export with dynamic_batch=False") from None
+                raise ExportError(
+                    f"{type(model).__name__} itself fails at batch size {size} ({exc}): its "
+                    "forward fixes the batch size (e.g. x.view(64, -1)); use torch.flatten(x, 1) or "
+                    "x.reshape(x.shape[0], -1), or export with dynamic_batch=False"
+                ) from None
             try:
                 got = sess.run(None, feed(specs, batch.ort_batch(), "example input"))
             except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -250,15 +270,18 @@ def verify_onnx(
                 raise ExportError(f"{onnx_path} has {len(got)} outputs but the model returns {len(expected)}")
             for name, want, have in zip(output_names, expected, got):
                 if want.shape != have.shape:
-                    raise ExportError(f"output {name!r} of {onnx_path} has shape {have.shape} but PyTorch gives "
-                                      f"{want.shape} at batch size {size}")
+                    raise ExportError(
+                        f"output {name!r} of {onnx_path} has shape {have.shape} but PyTorch gives "
+                        f"{want.shape} at batch size {size}"
+                    )
                 error = np.abs(have.astype(np.float64) - want.astype(np.float64))
                 worst = max(worst, float(error.max(initial=0.0)))
                 if (error > atol + rtol * np.abs(want)).any():
                     raise ExportError(
                         f"output {name!r} of {onnx_path} differs from PyTorch by up to {float(error.max()):.3g} "
                         f"at batch size {size} (tolerance {atol} + {rtol} x |output|); an op is "
-                        "exported with different semantics: check ops such as custom layers, or loosen atol")
+                        "exported with different semantics: check ops such as custom layers, or loosen atol"
+                    )
     finally:
         model.train(was_training)
     return OnnxCheck(worst, tuple(len(b.tensors[0]) for b in batches), atol, rtol)
@@ -308,12 +331,16 @@ def export_onnx(
     example = _as_inputs(example_input)
     batch = len(example.tensors[0])
     if dynamic_batch and any(len(t) != batch for t in example.tensors):
-        raise ConfigError(f"example inputs have different batch sizes {[len(t) for t in example.tensors]}; "
-                          "with dynamic_batch they share one batch dimension")
+        raise ConfigError(
+            f"example inputs have different batch sizes {[len(t) for t in example.tensors]}; "
+            "with dynamic_batch they share one batch dimension"
+        )
     external = _external(model, external_data)
     if example.keys and input_names is not None:
-        raise ConfigError("input_names cannot rename the inputs of a dict example_input: its keys are the "
-                          "model's keyword arguments and name the ONNX inputs; leave input_names out")
+        raise ConfigError(
+            "input_names cannot rename the inputs of a dict example_input: its keys are the "
+            "model's keyword arguments and name the ONNX inputs; leave input_names out"
+        )
     trace = example
     if dynamic_batch and batch < 2:  # torch.export specialises sizes 0 and 1, so trace with 2
         trace = example.with_tensors(torch.cat([t, t]) for t in example.tensors)
@@ -333,9 +360,18 @@ def export_onnx(
         with atomic_paths(target, data) as (tmp, tmp_data):
             try:
                 with quiet_exporters():
-                    program = torch.onnx.export(model, args, None, kwargs=kwargs, input_names=in_names,
-                                                output_names=out_names, opset_version=opset, dynamo=True,
-                                                dynamic_shapes=dynamic_shapes, verbose=False)
+                    program = torch.onnx.export(
+                        model,
+                        args,
+                        None,
+                        kwargs=kwargs,
+                        input_names=in_names,
+                        output_names=out_names,
+                        opset_version=opset,
+                        dynamo=True,
+                        dynamic_shapes=dynamic_shapes,
+                        verbose=False,
+                    )
             except Exception as exc:  # torch.onnx raises many types; all become one precise ExportError
                 raise _explain(exc, model) from exc
             _save(program, tmp, external, model)

@@ -9,8 +9,8 @@ every parameter and buffer slice that holds them. Ops without a rule are listed 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ class ChannelGroup:
     unit: int
     exact: bool
     members: list[GroupMember]
-    graph: "DependencyGraph" = field(repr=False)
+    graph: DependencyGraph = field(repr=False)
 
     @property
     def producers(self) -> list[str]:
@@ -110,8 +110,9 @@ class ChannelGroup:
         return out.index_add(0, index[keep], per_position[keep])
 
     def __repr__(self) -> str:
-        return (f"ChannelGroup({self.name!r}, kind={self.kind!r}, size={self.size}, exact={self.exact}, "
-                f"producers={self.producers})")
+        return (
+            f"ChannelGroup({self.name!r}, kind={self.kind!r}, size={self.size}, exact={self.exact}, producers={self.producers})"
+        )
 
 
 @dataclass
@@ -156,24 +157,30 @@ class DependencyGraph:
 
     def expected_shapes(self, removed: np.ndarray) -> dict[int, tuple[int, ...]]:
         """Shape every traced value should have after removing the atoms in ``removed``."""
-        return {vid: tuple(int((~removed[lab]).sum()) for lab in labels)
-                for vid, labels in self.state.labels.items()}
+        return {vid: tuple(int((~removed[lab]).sum()) for lab in labels) for vid, labels in self.state.labels.items()}
 
     def summary(self) -> str:
         """A readable table of groups and unsupported ops."""
         lines = [f"{len(self.groups)} channel groups:"]
         for g in self.groups:
-            lines.append(f"  {g.name:<40} {g.kind:<8} {g.size:>5} ch  {'exact' if g.exact else 'inexact'}  "
-                         f"consumers={g.consumers}")
+            lines.append(
+                f"  {g.name:<40} {g.kind:<8} {g.size:>5} ch  {'exact' if g.exact else 'inexact'}  consumers={g.consumers}"
+            )
         if self.unsupported:
             lines.append("ops left unpruned (their channels are kept):")
             lines.extend(f"  {label}: {reason}" for label, reason in self.unsupported)
         return "\n".join(lines)
 
 
-def analyze_dependencies(model: nn.Module, example_inputs: ExampleInputs, *, strict: bool = False,
-                         protect_outputs: bool = True, leaf_modules: Iterable[str] = (),
-                         _opaque_ops: Iterable[int] = ()) -> DependencyGraph:
+def analyze_dependencies(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    strict: bool = False,
+    protect_outputs: bool = True,
+    leaf_modules: Iterable[str] = (),
+    _opaque_ops: Iterable[int] = (),
+) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and find the groups of channels pruned together.
 
     ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
@@ -206,7 +213,8 @@ def analyze_dependencies(model: nn.Module, example_inputs: ExampleInputs, *, str
         raise ConfigError(
             f"strict=True: {len(graph.unsupported)} op(s) have no pruning rule: {listed}. Their channels would be "
             "kept; pass strict=False to accept that, or leaf_modules=[...] / ignore_outputs=[...] to exclude "
-            "the modules running them")
+            "the modules running them"
+        )
     return graph
 
 
@@ -281,15 +289,23 @@ def _build_graph(model: nn.Module, trace: Trace, state: LabelState) -> Dependenc
             groups_here = group_of_root[r]
             for gid in np.unique(groups_here[groups_here >= 0]):
                 index = np.where(groups_here == gid, channel_of_root[r], -1)
-                role = "producer" if (name, dim) in producers else "consumer" if (name, dim) in consumers \
-                    else "follower"
+                role = "producer" if (name, dim) in producers else "consumer" if (name, dim) in consumers else "follower"
                 members[int(gid)].append(GroupMember(name, dim, index, role, name in buffers))
     attention_roots = set()
     for record in state.attention:
         attention_roots.update(int(x) for x in roots[record.query_heads])
     recurrent_roots = {int(x) for record in state.recurrent for x in roots[record.units]}
-    graph = DependencyGraph(model, trace, [], [(op.label, reason) for op, reason in state.unsupported], state,
-                            roots, group_of_root, channel_of_root, tensors)
+    graph = DependencyGraph(
+        model,
+        trace,
+        [],
+        [(op.label, reason) for op, reason in state.unsupported],
+        state,
+        roots,
+        group_of_root,
+        channel_of_root,
+        tensors,
+    )
     names: dict[str, int] = {}
     for gid, (first_name, first_dim) in enumerate(firsts):
         group_roots = np.nonzero(group_of_root == gid)[0]
@@ -301,8 +317,9 @@ def _build_graph(model: nn.Module, trace: Trace, state: LabelState) -> Dependenc
         recurrent = recurrent_roots.intersection(int(x) for x in group_roots)
         unit = 1 if recurrent else int((first_member.index == 0).sum())
         kind = "heads" if attention_roots.intersection(int(x) for x in group_roots) else "channels"
-        graph.groups.append(ChannelGroup(gid, label, kind, len(group_roots), unit,
-                                         not bool(inexact[group_roots].any()), members[gid], graph))
+        graph.groups.append(
+            ChannelGroup(gid, label, kind, len(group_roots), unit, not bool(inexact[group_roots].any()), members[gid], graph)
+        )
     return graph
 
 

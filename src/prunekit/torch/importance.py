@@ -16,7 +16,8 @@ normalisation affine), so coupled layers are judged together:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.torch._tracing import call_model, trace_model, TensorRef
+from prunekit.torch._tracing import TensorRef, call_model, trace_model
 from prunekit.torch.graph import ChannelGroup, DependencyGraph
 
 Importance = Callable[[ChannelGroup], Any]
@@ -165,8 +166,23 @@ class TaylorImportance:
         return f"TaylorImportance({len(self.batches)} batches)"
 
 
-_ACTIVATIONS = {"relu", "relu6", "gelu", "silu", "hardswish", "leaky_relu", "elu", "selu", "celu", "mish",
-                "softplus", "sigmoid", "tanh", "hardtanh", "prelu"}
+_ACTIVATIONS = {
+    "relu",
+    "relu6",
+    "gelu",
+    "silu",
+    "hardswish",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "mish",
+    "softplus",
+    "sigmoid",
+    "tanh",
+    "hardtanh",
+    "prelu",
+}
 
 
 class ActivationImportance:
@@ -229,8 +245,10 @@ class ActivationImportance:
 
         def observer(record, output) -> None:
             if record.index >= len(names) or record.name != names[record.index]:
-                raise ConfigError(f"calibration batch ran a different sequence of ops than example_inputs at "
-                                  f"{record.label}; use batches of the same form as example_inputs")
+                raise ConfigError(
+                    f"calibration batch ran a different sequence of ops than example_inputs at "
+                    f"{record.label}; use batches of the same form as example_inputs"
+                )
             for gid, position, dim, channels in by_op.get(record.index, ()):
                 tensor = [t for t in _tensor_leaves(output)][position].detach().double()
                 moved = tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
@@ -273,14 +291,20 @@ def _tensor_leaves(tree: Any) -> list[torch.Tensor]:
 
 
 def _inputs_of(batch: Any) -> Any:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
-            and batch[1].dtype in (torch.int64, torch.int32) and batch[1].dim() <= 1:
+    if (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and isinstance(batch[1], torch.Tensor)
+        and batch[1].dtype in (torch.int64, torch.int32)
+        and batch[1].dim() <= 1
+    ):
         return batch[0]
     return batch
 
 
-def resolve_importance(importance: str | Importance, calibration: Iterable[Any] | None = None,
-                       loss_fn: Callable | None = None, seed: int = 0) -> Importance:
+def resolve_importance(
+    importance: str | Importance, calibration: Iterable[Any] | None = None, loss_fn: Callable | None = None, seed: int = 0
+) -> Importance:
     """Turn an importance name into a criterion (callables pass through unchanged).
 
     Example::
@@ -305,5 +329,13 @@ def resolve_importance(importance: str | Importance, calibration: Iterable[Any] 
     }[importance]()
 
 
-__all__ = ["ActivationImportance", "BNScaleImportance", "Importance", "MagnitudeImportance", "RandomImportance",
-           "TaylorImportance", "default_loss", "resolve_importance"]
+__all__ = [
+    "ActivationImportance",
+    "BNScaleImportance",
+    "Importance",
+    "MagnitudeImportance",
+    "RandomImportance",
+    "TaylorImportance",
+    "default_loss",
+    "resolve_importance",
+]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -127,12 +127,14 @@ def _time_one(model: nn.Module, batch: torch.Tensor, device: str, warmup: int, r
             model(batch)
             sync()
             samples.append((time.perf_counter() - start) * 1e3)
-    return LatencyResult(device, len(batch), float(np.median(samples)), float(np.percentile(samples, 90)), repeats,
-                         torch.get_num_threads())
+    return LatencyResult(
+        device, len(batch), float(np.median(samples)), float(np.percentile(samples, 90)), repeats, torch.get_num_threads()
+    )
 
 
-def latency_ratio(model: nn.Module, reference: nn.Module, example_inputs: ExampleInputs, *, rounds: int = 30,
-                  warmup: int = 3) -> float:
+def latency_ratio(
+    model: nn.Module, reference: nn.Module, example_inputs: ExampleInputs, *, rounds: int = 30, warmup: int = 3
+) -> float:
     """Latency of ``model`` divided by that of ``reference`` on the same inputs (0.5: twice as fast).
 
     The two run alternately, ``rounds`` times each after ``warmup`` untimed calls, in eval mode

@@ -21,9 +21,10 @@ What counts (one MAC = one multiply plus one add; FLOPs ≈ 2 × MACs):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,6 @@ from prunekit.errors import ConfigError
 from prunekit.torch._tracing import ExampleInputs, attention_fastpath_disabled, call_model
 
 aten = torch.ops.aten
-
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _count(model: nn.Module, example_inputs: ExampleInputs, names: dict[nn.Modul
             if strategy == "meta":
                 _swap_to_meta(model)
                 example_inputs = _to_meta(example_inputs)
-            with (_fake_tensors() if strategy == "fake" else nullcontext()), counter:
+            with _fake_tensors() if strategy == "fake" else nullcontext(), counter:
                 call_model(model, example_inputs)
     except Exception as exc:
         if strategy != "real":
@@ -214,14 +214,14 @@ def _model_state_preserved(model: nn.Module) -> Iterator[None]:
                 buffer.copy_(value)
 
 
-def _push(counter: "_MacCounter", name: str) -> Callable:
+def _push(counter: _MacCounter, name: str) -> Callable:
     def hook(module: nn.Module, args: Any) -> None:
         counter.stack.append(name)
 
     return hook
 
 
-def _pop(counter: "_MacCounter") -> Callable:
+def _pop(counter: _MacCounter) -> Callable:
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if counter.stack:
             counter.stack.pop()

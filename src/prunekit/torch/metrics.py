@@ -50,6 +50,10 @@ def print_sparsity_table(model_or_report: nn.Module | dict[str, Any], title: str
     for column in ("parameter", "shape", "nonzero", "total", "sparsity"):
         table.add_column(column, justify="left" if column in ("parameter", "shape") else "right")
     for name, layer in report["layers"].items():
-        table.add_row(name, "x".join(map(str, layer["shape"])), f"{layer['nonzero']:,}", f"{layer['numel']:,}", f"{layer['sparsity']:.2%}")
-    table.add_row("total", "", f"{report['nonzero_params']:,}", f"{report['total_params']:,}", f"{report['sparsity']:.2%}", style="bold")
+        table.add_row(
+            name, "x".join(map(str, layer["shape"])), f"{layer['nonzero']:,}", f"{layer['numel']:,}", f"{layer['sparsity']:.2%}"
+        )
+    table.add_row(
+        "total", "", f"{report['nonzero_params']:,}", f"{report['total_params']:,}", f"{report['sparsity']:.2%}", style="bold"
+    )
     (console or Console()).print(table)

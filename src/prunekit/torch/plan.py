@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +34,7 @@ _METADATA_KEY = "prunekit_structured_plan"
 
 def empty_plan(model: nn.Module) -> dict[str, Any]:
     """A plan that changes nothing, for ``model``'s architecture."""
-    return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": type(model).__name__, "tensors": {},
-            "attributes": []}
+    return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": type(model).__name__, "tensors": {}, "attributes": []}
 
 
 def plan_of(model: nn.Module) -> dict[str, Any] | None:
@@ -76,8 +76,13 @@ def compose_plans(first: dict[str, Any], second: dict[str, Any]) -> dict[str, An
             attributes[key]["value"] = attr["value"]
         else:
             attributes[key] = dict(attr)
-    return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": first.get("model", second.get("model")),
-            "tensors": tensors, "attributes": [a for a in attributes.values() if a["old"] != a["value"]]}
+    return {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "model": first.get("model", second.get("model")),
+        "tensors": tensors,
+        "attributes": [a for a in attributes.values() if a["old"] != a["value"]],
+    }
 
 
 def new_shape(entry: dict[str, Any]) -> tuple[int, ...]:
@@ -115,10 +120,13 @@ def _tensor_index(model: nn.Module) -> dict[str, torch.Tensor]:
 def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
     """Raise ``StateMismatchError`` naming the first layer of ``model`` the plan does not fit."""
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
-        raise CorruptFileError(f"not a prunekit structured plan (format {plan.get('format') if isinstance(plan, dict) else type(plan).__name__!r})")
+        raise CorruptFileError(
+            f"not a prunekit structured plan (format {plan.get('format') if isinstance(plan, dict) else type(plan).__name__!r})"
+        )
     if int(plan.get("version", 0)) > PLAN_VERSION:
-        raise CorruptFileError(f"plan version {plan['version']} is newer than this prunekit reads ({PLAN_VERSION}); "
-                               "upgrade prunekit")
+        raise CorruptFileError(
+            f"plan version {plan['version']} is newer than this prunekit reads ({PLAN_VERSION}); upgrade prunekit"
+        )
     index = _tensor_index(model)
     order = {name: i for i, name in enumerate(index)}
     pending = sorted(plan["tensors"].items(), key=lambda kv: order.get(kv[0], -1))
@@ -128,13 +136,15 @@ def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
             raise StateMismatchError(
                 f"layer {layer!r} does not match the plan: the model has no tensor {name!r} "
                 f"(the plan was recorded on a {plan.get('model', 'different')} model); model_factory must build "
-                "the architecture the model was pruned from")
+                "the architecture the model was pruned from"
+            )
         actual = tuple(index[name].shape)
         if actual != tuple(entry["shape"]):
             raise StateMismatchError(
                 f"layer {layer!r} does not match the plan: {name!r} has shape {actual} but the plan was recorded "
                 f"for shape {tuple(entry['shape'])}; model_factory must build the original, unpruned architecture "
-                f"the plan was made from ({plan.get('model', 'unknown')})")
+                f"the plan was made from ({plan.get('model', 'unknown')})"
+            )
     modules = dict(model.named_modules())
     for attr in plan["attributes"]:
         module = modules.get(attr["module"])
@@ -145,7 +155,8 @@ def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
         if owner is None or not hasattr(owner, parts[-1]):
             raise StateMismatchError(
                 f"layer {attr['module']!r} does not match the plan: it has no attribute {attr['name']!r}; "
-                "model_factory must build the architecture the model was pruned from")
+                "model_factory must build the architecture the model was pruned from"
+            )
 
 
 def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
@@ -285,10 +296,20 @@ def load_pruned(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
         raise StateMismatchError(
             f"layer {first.rpartition('.')[0]!r} does not match the file {str(path)!r}: tensor {first!r} is "
             f"{'missing from the file' if missing else 'not in the model'}; model_factory must build the "
-            "architecture the model was pruned from")
+            "architecture the model was pruned from"
+        )
     attach_plan(model, plan)
     return model
 
 
-__all__ = ["apply_plan", "attach_plan", "check_plan", "compose_plans", "empty_plan", "load_pruned", "plan_of",
-           "read_plan", "save_pruned"]
+__all__ = [
+    "apply_plan",
+    "attach_plan",
+    "check_plan",
+    "compose_plans",
+    "empty_plan",
+    "load_pruned",
+    "plan_of",
+    "read_plan",
+    "save_pruned",
+]

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,8 +96,10 @@ def calibration_feeds(model_path: str | os.PathLike, data: Any, max_batches: int
     elif isinstance(data, Iterable):
         batches = data
     else:
-        raise ConfigError(f"calibration_data should be an array, a dict of arrays by input name, or an iterable of "
-                          f"batches, got {type(data).__name__}")
+        raise ConfigError(
+            f"calibration_data should be an array, a dict of arrays by input name, or an iterable of "
+            f"batches, got {type(data).__name__}"
+        )
     feeds = []
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
@@ -180,8 +183,10 @@ def check_zeros_preserved(float_path: str | os.PathLike, quantized_path: str | o
         zeros = source == 0
         lost = int((zeros & (values != zero_point)).sum())
         if lost:
-            raise ExportError(f"quantization turned {lost} zero weight(s) of {source_name!r} into nonzeros "
-                              f"({quantized_path}); quantize weights symmetrically (QInt8) to keep sparsity")
+            raise ExportError(
+                f"quantization turned {lost} zero weight(s) of {source_name!r} into nonzeros "
+                f"({quantized_path}); quantize weights symmetrically (QInt8) to keep sparsity"
+            )
         kept[source_name] = int(zeros.sum())
     return kept
 
@@ -217,14 +222,19 @@ def quantize_onnx(
     if not Path(model_path).is_file():
         raise ConfigError(f"ONNX file {model_path} does not exist; export the model first with export_onnx")
     if mode == "static" and calibration_data is None:
-        raise ConfigError("static quantization needs calibration_data: a few hundred representative inputs "
-                          "(e.g. the validation images); or use mode='dynamic'")
+        raise ConfigError(
+            "static quantization needs calibration_data: a few hundred representative inputs "
+            "(e.g. the validation images); or use mode='dynamic'"
+        )
     feeds = calibration_feeds(model_path, calibration_data, max_calibration_batches) if mode == "static" else None
     external = bool(external_data_files(model_path))
     target = Path(out_path)
     data = target.with_name(f"{target.name}.data")
-    with (atomic_paths(target, data) as (tmp, tmp_data), tempfile.TemporaryDirectory(prefix="prunekit-quant-") as work,
-          quiet_exporters()):
+    with (
+        atomic_paths(target, data) as (tmp, tmp_data),
+        tempfile.TemporaryDirectory(prefix="prunekit-quant-") as work,
+        quiet_exporters(),
+    ):
         reference: str | os.PathLike = model_path  # the float graph that was quantized
         try:
             if mode == "fp16":
@@ -232,8 +242,7 @@ def quantize_onnx(
             elif mode == "dynamic":
                 _dynamic(model_path, tmp, per_channel, op_types, external)
             else:
-                reference = _static(model_path, tmp, Path(work), feeds, per_channel, op_types, calibration_method,
-                                    external)
+                reference = _static(model_path, tmp, Path(work), feeds, per_channel, op_types, calibration_method, external)
         except (ConfigError, ExportError):
             raise
         except Exception as exc:  # ORT's quantizer raises bare exceptions naming the node
@@ -251,27 +260,57 @@ def _to_fp16(source: str | os.PathLike, target: Path, external: bool) -> None:
     onnx.save(model, str(target), save_as_external_data=external, location=f"{target.name}.data")
 
 
-def _dynamic(source: str | os.PathLike, target: Path, per_channel: bool, op_types: Sequence[str] | None,
-             external: bool) -> None:
+def _dynamic(source: str | os.PathLike, target: Path, per_channel: bool, op_types: Sequence[str] | None, external: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     op_types_to_quantize=list(op_types or DYNAMIC_OP_TYPES), use_external_data_format=external,
-                     extra_options={"WeightSymmetric": True})
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        op_types_to_quantize=list(op_types or DYNAMIC_OP_TYPES),
+        use_external_data_format=external,
+        extra_options={"WeightSymmetric": True},
+    )
 
 
-def _static(source: str | os.PathLike, target: Path, work: Path, feeds: list[dict[str, np.ndarray]] | None,
-            per_channel: bool, op_types: Sequence[str] | None, method: str, external: bool) -> Path:
+def _static(
+    source: str | os.PathLike,
+    target: Path,
+    work: Path,
+    feeds: list[dict[str, np.ndarray]] | None,
+    per_channel: bool,
+    op_types: Sequence[str] | None,
+    method: str,
+    external: bool,
+) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     prepared = work / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, save_as_external_data=external,
-                      all_tensors_to_one_file=True, external_data_location=f"{prepared.name}.data")
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
-    quantize_static(str(prepared), str(target), _Batches(feeds or []), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                    calibrate_method=calibrate, op_types_to_quantize=list(op_types) if op_types else None,
-                    use_external_data_format=external,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    quant_pre_process(
+        str(source),
+        str(prepared),
+        skip_symbolic_shape=True,
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        external_data_location=f"{prepared.name}.data",
+    )
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    quantize_static(
+        str(prepared),
+        str(target),
+        _Batches(feeds or []),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        calibrate_method=calibrate,
+        op_types_to_quantize=list(op_types) if op_types else None,
+        use_external_data_format=external,
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+    )
     return prepared

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar, Union
 
 import torch
 from torch import nn
@@ -102,9 +103,7 @@ def select_parameters(
                 raise ConfigError(f"a target should be a name glob, a module type or a predicate, got {pattern!r}")
             matched = _matching_pattern(model, pattern)
             if not matched:
-                raise LayerNotFoundError(
-                    f"target {pattern!r} matches no parameter or module; parameters are: {_suggest(params)}"
-                )
+                raise LayerNotFoundError(f"target {pattern!r} matches no parameter or module; parameters are: {_suggest(params)}")
             chosen.update(matched)
     for pattern in ignore:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in params) and not any(
@@ -132,8 +131,6 @@ def resolve_overrides(names: Sequence[str], overrides: Mapping[str, T] | None) -
     for pattern, value in (overrides or {}).items():
         hits = [name for name in names if matches_name(name, pattern)]
         if not hits:
-            raise LayerNotFoundError(
-                f"override {pattern!r} matches none of the pruned parameters: {_suggest(names)}"
-            )
+            raise LayerNotFoundError(f"override {pattern!r} matches none of the pruned parameters: {_suggest(names)}")
         resolved.update({name: value for name in hits})
     return resolved

@@ -10,7 +10,8 @@ framework-free and shared with :mod:`prunekit.keras.sensitivity`.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +50,8 @@ class Accuracy:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         correct = 0
         for start in range(0, len(self.x), self.batch_size):
-            logits = model(self.x[start:start + self.batch_size].to(device))
-            correct += int((logits.argmax(dim=1).cpu() == self.y[start:start + self.batch_size]).sum())
+            logits = model(self.x[start : start + self.batch_size].to(device))
+            correct += int((logits.argmax(dim=1).cpu() == self.y[start : start + self.batch_size]).sum())
         model.train(was_training)
         return correct / len(self.x)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -83,20 +84,28 @@ def build_plan(model: nn.Module, graph: DependencyGraph, selection: Mapping[int,
         for dim, atoms in enumerate(atoms_per_dim):
             kept = np.nonzero(~removed[atoms])[0]
             if len(kept) == 0:
-                raise ConfigError(f"this selection removes every channel of dimension {dim} of {name!r}; "
-                                  "keep at least one channel in every group")
+                raise ConfigError(
+                    f"this selection removes every channel of dimension {dim} of {name!r}; "
+                    "keep at least one channel in every group"
+                )
             if len(kept) < len(atoms):
                 keep[str(dim)] = kept.tolist()
         if keep:
             entry = {"shape": list(graph.tensor(name).shape), "keep": keep}
             tensors[name] = entry
             shapes[name] = new_shape(entry)
-    return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model": type(model).__name__, "tensors": tensors,
-            "attributes": plan_attributes(model, graph, removed, shapes)}
+    return {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "model": type(model).__name__,
+        "tensors": tensors,
+        "attributes": plan_attributes(model, graph, removed, shapes),
+    }
 
 
-def _verify(model: nn.Module, graph: DependencyGraph, removed: np.ndarray, example_inputs: ExampleInputs,
-            leaf_modules: Sequence[str]) -> _Failure | None:
+def _verify(
+    model: nn.Module, graph: DependencyGraph, removed: np.ndarray, example_inputs: ExampleInputs, leaf_modules: Sequence[str]
+) -> _Failure | None:
     """Trace the pruned model and compare every op's output shapes with the predicted ones."""
     expected = graph.expected_shapes(removed)
     original = graph.trace.ops
@@ -123,11 +132,14 @@ def _check_plain_module(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"structured pruning expects an nn.Module, got {type(model).__name__}")
     if hasattr(model, "_orig_mod"):
-        raise ConfigError("the model is wrapped by torch.compile; prune the original module (model._orig_mod) "
-                          "and compile the pruned one")
+        raise ConfigError(
+            "the model is wrapped by torch.compile; prune the original module (model._orig_mod) and compile the pruned one"
+        )
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        raise ConfigError(f"the model is wrapped in {type(model).__name__}; prune model.module, then wrap the "
-                          "pruned model again (its parameters are new objects)")
+        raise ConfigError(
+            f"the model is wrapped in {type(model).__name__}; prune model.module, then wrap the "
+            "pruned model again (its parameters are new objects)"
+        )
 
 
 def _check_ratio(value: Any, name: str, errors: list[str]) -> None:
@@ -147,15 +159,27 @@ def _as_list(value: Any, name: str, errors: list[str]) -> list[str]:
     return items
 
 
-def _validate(model: Any, ratio: Any, scope: str, max_layer_ratio: Any, layer_ratios: Any, round_to: Any,
-              ignore_outputs: Any, ignore_inputs: Any, leaf_modules: Any) -> tuple[list[str], list[str], list[str], dict]:
+def _validate(
+    model: Any,
+    ratio: Any,
+    scope: str,
+    max_layer_ratio: Any,
+    layer_ratios: Any,
+    round_to: Any,
+    ignore_outputs: Any,
+    ignore_inputs: Any,
+    leaf_modules: Any,
+) -> tuple[list[str], list[str], list[str], dict]:
     errors: list[str] = []
     _check_plain_module(model)
     _check_ratio(ratio, "ratio", errors)
     if scope not in ("layer", "global"):
         errors.append(f"scope should be 'layer' or 'global', got {scope!r}")
-    if isinstance(max_layer_ratio, bool) or not isinstance(max_layer_ratio, (int, float)) \
-            or not 0.0 < float(max_layer_ratio) < 1.0:
+    if (
+        isinstance(max_layer_ratio, bool)
+        or not isinstance(max_layer_ratio, (int, float))
+        or not 0.0 < float(max_layer_ratio) < 1.0
+    ):
         errors.append(f"max_layer_ratio should be in (0, 1), got {max_layer_ratio!r}")
     ratios = dict(layer_ratios or {})
     for pattern, value in ratios.items():
@@ -170,14 +194,27 @@ def _validate(model: Any, ratio: Any, scope: str, max_layer_ratio: Any, layer_ra
     return outputs, inputs, leaves, ratios
 
 
-def prune_channels(model: nn.Module, example_inputs: ExampleInputs, ratio: float = 0.5, *,
-                   importance: str | Importance = "l1", scope: str = "layer", max_layer_ratio: float = 0.9,
-                   layer_ratios: Mapping[str, float] | None = None, round_to: int | None = None,
-                   ignore_outputs: Sequence[str] = (), ignore_inputs: Sequence[str] = (),
-                   leaf_modules: Sequence[str] = (), protect_outputs: bool = True, strict: bool = False,
-                   inplace: bool = False, calibration: Iterable[Any] | None = None,
-                   loss_fn: Callable[[nn.Module, Any], Any] | None = None, seed: int = 0,
-                   verify: bool = True) -> StructuredResult:
+def prune_channels(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    ratio: float = 0.5,
+    *,
+    importance: str | Importance = "l1",
+    scope: str = "layer",
+    max_layer_ratio: float = 0.9,
+    layer_ratios: Mapping[str, float] | None = None,
+    round_to: int | None = None,
+    ignore_outputs: Sequence[str] = (),
+    ignore_inputs: Sequence[str] = (),
+    leaf_modules: Sequence[str] = (),
+    protect_outputs: bool = True,
+    strict: bool = False,
+    inplace: bool = False,
+    calibration: Iterable[Any] | None = None,
+    loss_fn: Callable[[nn.Module, Any], Any] | None = None,
+    seed: int = 0,
+    verify: bool = True,
+) -> StructuredResult:
     """Remove ``ratio`` of the channels of every prunable group, least important first.
 
     ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
@@ -199,8 +236,9 @@ def prune_channels(model: nn.Module, example_inputs: ExampleInputs, ratio: float
         result = prune_channels(model, torch.randn(1, 3, 32, 32), 0.5, importance="l2", round_to=8)
         result.model, result.report.macs_ratio
     """
-    outputs, inputs, leaves, ratios = _validate(model, ratio, scope, max_layer_ratio, layer_ratios, round_to,
-                                                ignore_outputs, ignore_inputs, leaf_modules)
+    outputs, inputs, leaves, ratios = _validate(
+        model, ratio, scope, max_layer_ratio, layer_ratios, round_to, ignore_outputs, ignore_inputs, leaf_modules
+    )
     criterion = resolve_importance(importance, calibration, loss_fn, seed)
     names = [name for name, _ in model.named_modules()]
     check_globs(names, outputs, "ignore_outputs")
@@ -212,17 +250,40 @@ def prune_channels(model: nn.Module, example_inputs: ExampleInputs, ratio: float
         targets = group_targets(graph.groups, float(ratio), ratios, outputs, inputs)
         explicit = {t.group.id for t in targets if any(_glob_hit(t.group.producers, p) for p in ratios)}
         scores = {t.group.id: criterion(t.group) for t in targets if not t.skipped}
-        return targets, select_channels(targets, scores, scope=scope, ratio=float(ratio),
-                                        max_layer_ratio=float(max_layer_ratio), round_to=round_to,
-                                        explicit=explicit)
+        return targets, select_channels(
+            targets,
+            scores,
+            scope=scope,
+            ratio=float(ratio),
+            max_layer_ratio=float(max_layer_ratio),
+            round_to=round_to,
+            explicit=explicit,
+        )
 
-    return _run(working, example_inputs, choose, strict=strict, protect_outputs=protect_outputs,
-                leaf_modules=leaves, verify=verify, retry=not strict, notes_from=criterion)
+    return _run(
+        working,
+        example_inputs,
+        choose,
+        strict=strict,
+        protect_outputs=protect_outputs,
+        leaf_modules=leaves,
+        verify=verify,
+        retry=not strict,
+        notes_from=criterion,
+    )
 
 
-def remove_channels(model: nn.Module, example_inputs: ExampleInputs, channels: Mapping[str, Sequence[int]], *,
-                    protect_outputs: bool = True, leaf_modules: Sequence[str] = (), strict: bool = False,
-                    inplace: bool = False, verify: bool = True) -> StructuredResult:
+def remove_channels(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    channels: Mapping[str, Sequence[int]],
+    *,
+    protect_outputs: bool = True,
+    leaf_modules: Sequence[str] = (),
+    strict: bool = False,
+    inplace: bool = False,
+    verify: bool = True,
+) -> StructuredResult:
     """Remove exactly the given channels: ``{group name: [channel indices]}``.
 
     Group names are those of ``analyze_dependencies(model, example_inputs).groups`` (the module
@@ -250,22 +311,42 @@ def remove_channels(model: nn.Module, example_inputs: ExampleInputs, channels: M
             if chosen.size and (chosen.min() < 0 or chosen.max() >= group.size):
                 raise ConfigError(f"group {name!r} has channels 0..{group.size - 1}; got indices {chosen.tolist()}")
             if chosen.size >= group.size:
-                raise ConfigError(f"removing all {group.size} channels of group {name!r} would disconnect the model; "
-                                  "keep at least one")
+                raise ConfigError(
+                    f"removing all {group.size} channels of group {name!r} would disconnect the model; keep at least one"
+                )
             selection[group.id] = chosen
             targets.append(GroupTarget(group, chosen.size / group.size))
         return targets, selection
 
-    return _run(working, example_inputs, choose, strict=strict, protect_outputs=protect_outputs,
-                leaf_modules=leaves, verify=verify, retry=False, notes_from=None)
+    return _run(
+        working,
+        example_inputs,
+        choose,
+        strict=strict,
+        protect_outputs=protect_outputs,
+        leaf_modules=leaves,
+        verify=verify,
+        retry=False,
+        notes_from=None,
+    )
 
 
 def _glob_hit(names: list[str], pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
 
-def _run(working: nn.Module, example_inputs: ExampleInputs, choose, *, strict: bool, protect_outputs: bool,
-         leaf_modules: list[str], verify: bool, retry: bool, notes_from: Any) -> StructuredResult:
+def _run(
+    working: nn.Module,
+    example_inputs: ExampleInputs,
+    choose,
+    *,
+    strict: bool,
+    protect_outputs: bool,
+    leaf_modules: list[str],
+    verify: bool,
+    retry: bool,
+    notes_from: Any,
+) -> StructuredResult:
     """Analyse, choose, plan, apply and verify; retry with failing ops left alone; roll back on error."""
     undo: Callable[[], None] | None = None
     opaque: set[int] = set()
@@ -273,8 +354,14 @@ def _run(working: nn.Module, example_inputs: ExampleInputs, choose, *, strict: b
     try:
         before = None
         for _ in range(_MAX_ATTEMPTS):
-            graph = analyze_dependencies(working, example_inputs, strict=strict, protect_outputs=protect_outputs,
-                                         leaf_modules=leaf_modules, _opaque_ops=opaque)
+            graph = analyze_dependencies(
+                working,
+                example_inputs,
+                strict=strict,
+                protect_outputs=protect_outputs,
+                leaf_modules=leaf_modules,
+                _opaque_ops=opaque,
+            )
             before = before or measure(working, example_inputs)
             targets, selection = choose(graph)
             plan = build_plan(working, graph, selection)
@@ -290,11 +377,14 @@ def _run(working: nn.Module, example_inputs: ExampleInputs, choose, *, strict: b
                 raise ConfigError(
                     f"pruning made {failure.label!r} inconsistent ({failure.detail}); the model's code probably "
                     f"uses a channel count as a literal there. Keep those channels with ignore_outputs=[...] on "
-                    f"the layer producing them, or leaf_modules=[{failure.label.split(':')[0]!r}]")
+                    f"the layer producing them, or leaf_modules=[{failure.label.split(':')[0]!r}]"
+                )
             opaque.add(failure.op_index)
         else:
-            raise ConfigError(f"pruning stayed inconsistent after {_MAX_ATTEMPTS} attempts; last problem at "
-                              f"{failures[-1].label!r}: {failures[-1].detail}")
+            raise ConfigError(
+                f"pruning stayed inconsistent after {_MAX_ATTEMPTS} attempts; last problem at "
+                f"{failures[-1].label!r}: {failures[-1].detail}"
+            )
         after = measure(working, example_inputs)
         previous = plan_of(working)
         cumulative = compose_plans(previous, plan) if previous else plan
@@ -314,8 +404,7 @@ def _run(working: nn.Module, example_inputs: ExampleInputs, choose, *, strict: b
 def _group_record(target: GroupTarget, selection: Mapping[int, np.ndarray]) -> GroupRecord:
     group = target.group
     removed = len(selection.get(group.id, ()))
-    return GroupRecord(group.name, group.kind, group.producers, group.size, group.size - removed, target.ratio,
-                       target.skipped)
+    return GroupRecord(group.name, group.kind, group.producers, group.size, group.size - removed, target.ratio, target.skipped)
 
 
 def _out_channels(graph: DependencyGraph, removed: np.ndarray) -> dict[str, tuple[int, int]]:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -54,8 +55,9 @@ def channel_layers(model: nn.Module, example_inputs: ExampleInputs, **graph_opti
     return [group.producers[0] for group in graph.groups if group.size >= 2 and group.producers]
 
 
-def apply_channel_ratios(model: nn.Module, example_inputs: ExampleInputs, ratios: dict[str, float],
-                         **prune_options: Any) -> nn.Module:
+def apply_channel_ratios(
+    model: nn.Module, example_inputs: ExampleInputs, ratios: dict[str, float], **prune_options: Any
+) -> nn.Module:
     """A smaller copy of ``model`` with ``ratios[layer]`` of each layer's output channels removed.
 
     ``prune_options`` go to :func:`prunekit.torch.prune_channels` (``importance``, ``round_to``, ...).
@@ -80,8 +82,10 @@ class _Meter:
         elif target in STRUCTURED_TARGETS:
             self.name = target
         else:
-            raise ConfigError(f"target should be one of {STRUCTURED_TARGETS} or a callable (model) -> cost, got {target!r}; "
-                              "for file size remove weights instead: prunekit.torch.allocation.allocate_ratios")
+            raise ConfigError(
+                f"target should be one of {STRUCTURED_TARGETS} or a callable (model) -> cost, got {target!r}; "
+                "for file size remove weights instead: prunekit.torch.allocation.allocate_ratios"
+            )
         self.dense = self._absolute(model)
         if not math.isfinite(self.dense) or self.dense <= 0:
             raise ConfigError(f"the dense model's {self.name} is {self.dense!r}; a cost should be a positive number")
@@ -112,15 +116,18 @@ def _check_layers(model: nn.Module, example_inputs: ExampleInputs, layers: list[
     known = channel_layers(model, example_inputs)
     unknown = [layer for layer in layers if layer not in known]
     if unknown:
-        raise ConfigError(f"layers {unknown} have no removable output channels (or are not one group's first layer); "
-                          f"use layers from channel_layers(model, example_inputs): {known}, and build the sensitivity "
-                          "table with prune=ChannelPruner(example_inputs)")
+        raise ConfigError(
+            f"layers {unknown} have no removable output channels (or are not one group's first layer); "
+            f"use layers from channel_layers(model, example_inputs): {known}, and build the sensitivity "
+            "table with prune=ChannelPruner(example_inputs)"
+        )
     if not layers:
         raise ConfigError("no layers to allocate to; pass layers from channel_layers(model, example_inputs)")
 
 
-def _bisect(candidate: Callable[[float], Candidate], high: float, budget: float, meter: _Meter,
-            tolerance: float, steps: int) -> Candidate:
+def _bisect(
+    candidate: Callable[[float], Candidate], high: float, budget: float, meter: _Meter, tolerance: float, steps: int
+) -> Candidate:
     """The candidate with the least ``t`` in [0, high] whose measured cost fraction meets ``budget``."""
     if budget >= 1:
         return candidate(0.0)
@@ -128,7 +135,8 @@ def _bisect(candidate: Callable[[float], Candidate], high: float, budget: float,
     if most[2] > budget:
         raise ConfigError(
             f"a {meter.name} budget of {budget:.1%} of dense cannot be met: the closest achievable, with every layer at its "
-            f"highest ratio, measured {most[2]:.1%} of dense; raise the budget or measure sensitivity at higher ratios")
+            f"highest ratio, measured {most[2]:.1%} of dense; raise the budget or measure sensitivity at higher ratios"
+        )
     low, best = 0.0, most
     for _ in range(steps):
         if best[2] >= budget - tolerance:
@@ -148,8 +156,10 @@ _CHOSEN_HERE = ("ratio", "layer_ratios", "scope", "max_layer_ratio", "inplace")
 def _check_search(tolerance: Any, steps: Any, max_ratio: Any, prune_options: dict[str, Any]) -> None:
     taken = sorted(set(prune_options) & set(_CHOSEN_HERE))
     if taken:
-        raise ConfigError(f"prune_channels options {taken} are chosen by the allocator; pass only the others "
-                          "(importance, round_to, ignore_outputs, leaf_modules, ...)")
+        raise ConfigError(
+            f"prune_channels options {taken} are chosen by the allocator; pass only the others "
+            "(importance, round_to, ignore_outputs, leaf_modules, ...)"
+        )
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
         raise ConfigError(f"max_ratio should be in (0, 1), got {max_ratio!r}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
@@ -158,14 +168,22 @@ def _check_search(tolerance: Any, steps: Any, max_ratio: Any, prune_options: dic
         raise ConfigError(f"steps should be an integer >= 1, got {steps!r}")
 
 
-def _result(method: str, meter: _Meter, budget: float, found: Candidate,
-            drop: float | None = None) -> tuple[Allocation, nn.Module]:
+def _result(
+    method: str, meter: _Meter, budget: float, found: Candidate, drop: float | None = None
+) -> tuple[Allocation, nn.Module]:
     ratios, pruned, fraction = found
     return Allocation(method, meter.name, budget, ratios, fraction * meter.dense, meter.dense, drop), pruned
 
 
-def _sensitivity(table: SensitivityTable, example_inputs: ExampleInputs, budget: float, meter: _Meter,
-                 tolerance: float, steps: int, prune_options: dict[str, Any]) -> tuple[Allocation, nn.Module]:
+def _sensitivity(
+    table: SensitivityTable,
+    example_inputs: ExampleInputs,
+    budget: float,
+    meter: _Meter,
+    tolerance: float,
+    steps: int,
+    prune_options: dict[str, Any],
+) -> tuple[Allocation, nn.Module]:
     model = meter.model
     saving: dict[str, dict[float, float]] = {}
     for layer in table.layers:  # each layer alone at each measured ratio; made monotone against timing noise
@@ -186,11 +204,19 @@ def _sensitivity(table: SensitivityTable, example_inputs: ExampleInputs, budget:
         return ratios, pruned, meter.fraction(pruned)
 
     found = _bisect(candidate, float(len(path) - 1), budget, meter, tolerance, steps + math.ceil(math.log2(len(path))))
-    return _result("sensitivity", meter, budget, found, sum(table.interpolated_drop(l, r) for l, r in found[0].items()))
+    return _result("sensitivity", meter, budget, found, sum(table.interpolated_drop(layer, r) for layer, r in found[0].items()))
 
 
-def _uniform(layers: list[str], example_inputs: ExampleInputs, budget: float, meter: _Meter, max_ratio: float,
-             tolerance: float, steps: int, prune_options: dict[str, Any]) -> tuple[Allocation, nn.Module]:
+def _uniform(
+    layers: list[str],
+    example_inputs: ExampleInputs,
+    budget: float,
+    meter: _Meter,
+    max_ratio: float,
+    tolerance: float,
+    steps: int,
+    prune_options: dict[str, Any],
+) -> tuple[Allocation, nn.Module]:
     def candidate(ratio: float) -> Candidate:
         ratios = {layer: ratio for layer in layers}
         pruned = apply_channel_ratios(meter.model, example_inputs, ratios, **prune_options)
@@ -199,8 +225,16 @@ def _uniform(layers: list[str], example_inputs: ExampleInputs, budget: float, me
     return _result("uniform", meter, budget, _bisect(candidate, max_ratio, budget, meter, tolerance, steps))
 
 
-def _global(layers: list[str], example_inputs: ExampleInputs, budget: float, meter: _Meter, max_ratio: float,
-            tolerance: float, steps: int, prune_options: dict[str, Any]) -> tuple[Allocation, nn.Module]:
+def _global(
+    layers: list[str],
+    example_inputs: ExampleInputs,
+    budget: float,
+    meter: _Meter,
+    max_ratio: float,
+    tolerance: float,
+    steps: int,
+    prune_options: dict[str, Any],
+) -> tuple[Allocation, nn.Module]:
     options = dict(prune_options)
     kept = [layer for layer in channel_layers(meter.model, example_inputs) if layer not in layers]
     options["ignore_outputs"] = [*kept, *options.get("ignore_outputs", [])]
@@ -214,9 +248,18 @@ def _global(layers: list[str], example_inputs: ExampleInputs, budget: float, met
     return _result("global", meter, budget, _bisect(candidate, max_ratio, budget, meter, tolerance, steps))
 
 
-def allocate_channels(table: SensitivityTable, model: nn.Module, example_inputs: ExampleInputs, budget: float,
-                      target: Target = "latency", *, tolerance: float = 0.02, steps: int = 6, rounds: int = 30,
-                      **prune_options: Any) -> Allocation:
+def allocate_channels(
+    table: SensitivityTable,
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    budget: float,
+    target: Target = "latency",
+    *,
+    tolerance: float = 0.02,
+    steps: int = 6,
+    rounds: int = 30,
+    **prune_options: Any,
+) -> Allocation:
     """Per-layer channel ratios whose measured ``target`` meets ``budget`` (a fraction of dense), least drop first.
 
     ``table`` comes from ``analyze_sensitivity(..., layers=channel_layers(model, example_inputs),
@@ -243,9 +286,19 @@ def allocate_channels(table: SensitivityTable, model: nn.Module, example_inputs:
     return _sensitivity(table, example_inputs, budget, meter, tolerance, steps, prune_options)[0]
 
 
-def _one_ratio(search: Callable[..., tuple[Allocation, nn.Module]], model: nn.Module, example_inputs: ExampleInputs,
-               layers: list[str], budget: float, target: Target, max_ratio: float, tolerance: float, steps: int,
-               rounds: int, prune_options: dict[str, Any]) -> Allocation:
+def _one_ratio(
+    search: Callable[..., tuple[Allocation, nn.Module]],
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    layers: list[str],
+    budget: float,
+    target: Target,
+    max_ratio: float,
+    tolerance: float,
+    steps: int,
+    rounds: int,
+    prune_options: dict[str, Any],
+) -> Allocation:
     budget = _check_budget(budget)
     _check_search(tolerance, steps, max_ratio, prune_options)
     _check_layers(model, example_inputs, list(layers))
@@ -253,36 +306,63 @@ def _one_ratio(search: Callable[..., tuple[Allocation, nn.Module]], model: nn.Mo
     return search(list(layers), example_inputs, budget, meter, max_ratio, tolerance, steps, prune_options)[0]
 
 
-def uniform_channels(model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float,
-                     target: Target = "latency", *, max_ratio: float = 0.9, tolerance: float = 0.02, steps: int = 10,
-                     rounds: int = 30, **prune_options: Any) -> Allocation:
+def uniform_channels(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    layers: list[str],
+    budget: float,
+    target: Target = "latency",
+    *,
+    max_ratio: float = 0.9,
+    tolerance: float = 0.02,
+    steps: int = 10,
+    rounds: int = 30,
+    **prune_options: Any,
+) -> Allocation:
     """The same channel ratio for every layer in ``layers``, the least whose measured ``target`` meets ``budget``.
 
     Example::
 
         uniform_channels(model, torch.zeros(64, 1, 8, 8), ["conv1", "conv2", "fc1"], 0.5).ratios
     """
-    return _one_ratio(_uniform, model, example_inputs, layers, budget, target, max_ratio, tolerance, steps, rounds,
-                      prune_options)
+    return _one_ratio(_uniform, model, example_inputs, layers, budget, target, max_ratio, tolerance, steps, rounds, prune_options)
 
 
-def global_channels(model: nn.Module, example_inputs: ExampleInputs, layers: list[str], budget: float,
-                    target: Target = "latency", *, max_ratio: float = 0.9, tolerance: float = 0.02, steps: int = 10,
-                    rounds: int = 30, **prune_options: Any) -> Allocation:
+def global_channels(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    layers: list[str],
+    budget: float,
+    target: Target = "latency",
+    *,
+    max_ratio: float = 0.9,
+    tolerance: float = 0.02,
+    steps: int = 10,
+    rounds: int = 30,
+    **prune_options: Any,
+) -> Allocation:
     """Channels of ``layers`` ranked together (L1, normalised per layer), the fewest removed that meet ``budget``.
 
     Example::
 
         global_channels(model, torch.zeros(64, 1, 8, 8), ["conv1", "conv2", "fc1"], 0.5).ratios
     """
-    return _one_ratio(_global, model, example_inputs, layers, budget, target, max_ratio, tolerance, steps, rounds,
-                      prune_options)
+    return _one_ratio(_global, model, example_inputs, layers, budget, target, max_ratio, tolerance, steps, rounds, prune_options)
 
 
-def compare_channel_allocations(model: nn.Module, table: SensitivityTable, metric: Callable[[nn.Module], float],
-                                example_inputs: ExampleInputs, budget: float, target: Target = "latency", *,
-                                tolerance: float = 0.02, steps: int = 6, rounds: int = 30,
-                                **prune_options: Any) -> list[dict[str, Any]]:
+def compare_channel_allocations(
+    model: nn.Module,
+    table: SensitivityTable,
+    metric: Callable[[nn.Module], float],
+    example_inputs: ExampleInputs,
+    budget: float,
+    target: Target = "latency",
+    *,
+    tolerance: float = 0.02,
+    steps: int = 6,
+    rounds: int = 30,
+    **prune_options: Any,
+) -> list[dict[str, Any]]:
     """Sensitivity, uniform and global channel allocations at one budget: ratios, measured cost and ``metric``.
 
     Rows have the keys of :func:`~prunekit.torch.allocation.compare_allocations`, so
@@ -299,9 +379,20 @@ def compare_channel_allocations(model: nn.Module, table: SensitivityTable, metri
     _check_layers(model, example_inputs, table.layers)
     meter = _Meter(model, example_inputs, target, rounds)
     top = max(table.ratios)
-    results = [_sensitivity(table, example_inputs, budget, meter, tolerance, steps, prune_options),
-               _uniform(table.layers, example_inputs, budget, meter, top, tolerance, steps + 4, prune_options),
-               _global(table.layers, example_inputs, budget, meter, top, tolerance, steps + 4, prune_options)]
-    return [{"method": allocation.method, "target": allocation.target, "budget": budget, "ratios": allocation.ratios,
-             "cost": allocation.cost, "cost_fraction": allocation.cost_fraction, "metric": float(metric(pruned))}
-            for allocation, pruned in results]
+    results = [
+        _sensitivity(table, example_inputs, budget, meter, tolerance, steps, prune_options),
+        _uniform(table.layers, example_inputs, budget, meter, top, tolerance, steps + 4, prune_options),
+        _global(table.layers, example_inputs, budget, meter, top, tolerance, steps + 4, prune_options),
+    ]
+    return [
+        {
+            "method": allocation.method,
+            "target": allocation.target,
+            "budget": budget,
+            "ratios": allocation.ratios,
+            "cost": allocation.cost,
+            "cost_fraction": allocation.cost_fraction,
+            "metric": float(metric(pruned)),
+        }
+        for allocation, pruned in results
+    ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -28,10 +29,19 @@ def step_ratios(ratio: float, steps: int) -> list[float]:
     return [1.0 - (1.0 - removed[k]) / (1.0 - removed[k - 1]) for k in range(1, steps + 1)]
 
 
-def prune_channels_iteratively(model: nn.Module, example_inputs: ExampleInputs, ratio: float = 0.5, *,
-                               steps: int = 3, fine_tune: Callable[[nn.Module, int], Any] | None = None,
-                               train_loader: Iterable | None = None, epochs_per_step: int = 1, lr: float = 1e-3,
-                               inplace: bool = False, **prune_kwargs: Any) -> StructuredResult:
+def prune_channels_iteratively(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    ratio: float = 0.5,
+    *,
+    steps: int = 3,
+    fine_tune: Callable[[nn.Module, int], Any] | None = None,
+    train_loader: Iterable | None = None,
+    epochs_per_step: int = 1,
+    lr: float = 1e-3,
+    inplace: bool = False,
+    **prune_kwargs: Any,
+) -> StructuredResult:
     """Reach ``ratio`` in ``steps`` equal steps of :func:`prune_channels`, fine-tuning after each.
 
     Fine-tuning is ``fine_tune(model, step)`` if given, else ``fit(model, train_loader,
@@ -56,14 +66,24 @@ def prune_channels_iteratively(model: nn.Module, example_inputs: ExampleInputs, 
     layer_ratios = dict(prune_kwargs.pop("layer_ratios", None) or {})
     current = model if inplace else copy.deepcopy(model)
     before = measure(current, example_inputs)
-    first = analyze_dependencies(current, example_inputs, protect_outputs=prune_kwargs.get("protect_outputs", True),
-                                 leaf_modules=prune_kwargs.get("leaf_modules", ()))
+    first = analyze_dependencies(
+        current,
+        example_inputs,
+        protect_outputs=prune_kwargs.get("protect_outputs", True),
+        leaf_modules=prune_kwargs.get("leaf_modules", ()),
+    )
     per_layer = {pattern: step_ratios(value, steps) for pattern, value in layer_ratios.items()}
     result: StructuredResult | None = None
     notes: list[str] = []
     for index, step_ratio in enumerate(step_ratios(float(ratio), steps)):
-        result = prune_channels(current, example_inputs, step_ratio, inplace=True,
-                                layer_ratios={p: r[index] for p, r in per_layer.items()}, **prune_kwargs)
+        result = prune_channels(
+            current,
+            example_inputs,
+            step_ratio,
+            inplace=True,
+            layer_ratios={p: r[index] for p, r in per_layer.items()},
+            **prune_kwargs,
+        )
         notes.extend(result.report.notes)
         current = result.model
         if fine_tune is not None:

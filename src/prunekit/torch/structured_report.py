@@ -95,18 +95,24 @@ class StructuredReport:
         lines = [f"{'group':<44}{'kind':<10}{'channels':>14}{'requested':>11}{'achieved':>10}"]
         for g in self.groups:
             state = g.skipped or ""
-            lines.append(f"{g.name[-43:]:<44}{g.kind:<10}{g.channels_before:>6} -> {g.channels_after:<5}"
-                         f"{g.requested_ratio:>10.1%}{g.achieved_ratio:>10.1%}  {state}")
+            lines.append(
+                f"{g.name[-43:]:<44}{g.kind:<10}{g.channels_before:>6} -> {g.channels_after:<5}"
+                f"{g.requested_ratio:>10.1%}{g.achieved_ratio:>10.1%}  {state}"
+            )
         lines.append("")
         lines.append(f"{'layer':<44}{'type':<18}{'params':>22}{'MACs':>26}")
         for layer in self.layers:
             if layer.params_before == layer.params_after and layer.macs_before == layer.macs_after:
                 continue
-            lines.append(f"{(layer.name or '<root>')[-43:]:<44}{layer.type[:17]:<18}{layer.params_before:>10,} -> "
-                         f"{layer.params_after:<9,}{layer.macs_before:>12,} -> {layer.macs_after:<10,}")
+            lines.append(
+                f"{(layer.name or '<root>')[-43:]:<44}{layer.type[:17]:<18}{layer.params_before:>10,} -> "
+                f"{layer.params_after:<9,}{layer.macs_before:>12,} -> {layer.macs_after:<10,}"
+            )
         lines.append("")
-        lines.append(f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.2f}x fewer)   "
-                     f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.2f}x fewer)")
+        lines.append(
+            f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.2f}x fewer)   "
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.2f}x fewer)"
+        )
         for label, reason in self.unsupported:
             lines.append(f"left unpruned: {label} ({reason})")
         lines.extend(self.notes)
@@ -124,19 +130,33 @@ def measure(model: nn.Module, example_inputs: Any) -> MacsReport:
             m.training = mode
 
 
-def build_report(before: MacsReport, after: MacsReport, groups: list[GroupRecord],
-                 out_channels: dict[str, tuple[int, int]], unsupported: list[tuple[str, str]],
-                 notes: list[str]) -> StructuredReport:
+def build_report(
+    before: MacsReport,
+    after: MacsReport,
+    groups: list[GroupRecord],
+    out_channels: dict[str, tuple[int, int]],
+    unsupported: list[tuple[str, str]],
+    notes: list[str],
+) -> StructuredReport:
     """Assemble a report from before/after measurements and per-group channel counts."""
     layers = []
     for name in before.per_layer:
         channels = out_channels.get(name, (None, None))
-        layers.append(LayerRecord(
-            name, before.layer_types.get(name, ""), before.per_layer_params.get(name, 0),
-            after.per_layer_params.get(name, 0), before.per_layer.get(name, 0), after.per_layer.get(name, 0),
-            channels[0], channels[1]))
-    return StructuredReport(groups, layers, before.params, after.params, before.total, after.total,
-                            list(unsupported), list(notes))
+        layers.append(
+            LayerRecord(
+                name,
+                before.layer_types.get(name, ""),
+                before.per_layer_params.get(name, 0),
+                after.per_layer_params.get(name, 0),
+                before.per_layer.get(name, 0),
+                after.per_layer.get(name, 0),
+                channels[0],
+                channels[1],
+            )
+        )
+    return StructuredReport(
+        groups, layers, before.params, after.params, before.total, after.total, list(unsupported), list(notes)
+    )
 
 
 __all__ = ["GroupRecord", "LayerRecord", "StructuredReport", "build_report", "measure"]

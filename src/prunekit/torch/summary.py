@@ -40,6 +40,14 @@ def summarize(model: nn.Module, example_inputs: ExampleInputs) -> ModelSummary:
         density = 1.0
         if isinstance(weight, torch.Tensor) and weight.numel():
             density = int(torch.count_nonzero(weight.detach())) / weight.numel()
-        layers.append(LayerStats(name, report.layer_types[name], seen_params, min(nonzeros, seen_params) if seen_params else 0,
-                                 macs, round(macs * density)))
+        layers.append(
+            LayerStats(
+                name,
+                report.layer_types[name],
+                seen_params,
+                min(nonzeros, seen_params) if seen_params else 0,
+                macs,
+                round(macs * density),
+            )
+        )
     return ModelSummary(layers)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numbers
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -194,7 +195,7 @@ class Pruner:
         """
         return {name: mask.bool() if is_dtensor(mask) else mask.bool().cpu() for name, mask in self._masks.items()}
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "Pruner":
+    def attach(self, optimizer: torch.optim.Optimizer) -> Pruner:
         """Mask gradients before and weights after every ``optimizer.step()``."""
         self._check_live()
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -327,9 +328,7 @@ class Pruner:
 
     def _prune_due(self, step: int) -> bool:
         due = {
-            name: self._schedule_of(name).sparsity_at(step)
-            for name in self.params
-            if self._schedule_of(name).should_prune(step)
+            name: self._schedule_of(name).sparsity_at(step) for name in self.params if self._schedule_of(name).should_prune(step)
         }
         if due:
             self._update_masks(due)
@@ -354,9 +353,7 @@ class Pruner:
             scores = weight.abs()
         elif self.importance == "taylor":
             if param.grad is None:
-                raise ConfigError(
-                    f"importance='taylor' needs gradients, but {name!r} has none: prune after loss.backward()"
-                )
+                raise ConfigError(f"importance='taylor' needs gradients, but {name!r} has none: prune after loss.backward()")
             scores = (weight * param.grad.detach()).abs()
         else:  # random: reproducible per (seed, step, parameter)
             # torch's CPU generator keeps only 32 bits of a seed: fold everything into them

@@ -7,8 +7,9 @@ read them as recipes for your own loop: each is a schedule plus a pruner plus a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from torch import nn
 
@@ -33,14 +34,24 @@ def _steps_per_epoch(loader: Iterable) -> int:
     try:
         steps = len(loader)  # type: ignore[arg-type]
     except TypeError:
-        raise ConfigError("the workflows need a loader with a length (steps per epoch); use fit() with your own schedule") from None
+        raise ConfigError(
+            "the workflows need a loader with a length (steps per epoch); use fit() with your own schedule"
+        ) from None
     if steps == 0:
         raise ConfigError("train_loader yields no batches")
     return steps
 
 
-def _run(model: nn.Module, loader: Iterable, schedule: PruningSchedule, epochs: int, lr: float,
-         fit_options: dict[str, Any], pruner_options: dict[str, Any], prune_first: bool = False) -> PruningRun:
+def _run(
+    model: nn.Module,
+    loader: Iterable,
+    schedule: PruningSchedule,
+    epochs: int,
+    lr: float,
+    fit_options: dict[str, Any],
+    pruner_options: dict[str, Any],
+    prune_first: bool = False,
+) -> PruningRun:
     pruner = Pruner(model, schedule, **pruner_options)
     if prune_first:
         pruner.prune()
