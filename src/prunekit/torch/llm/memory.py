@@ -1,0 +1,99 @@
+"""Up-front checks of the device and of the memory a sequential pruning run will need."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.torch.llm.discovery import DecoderStack, weight_matrix
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """The device blocks are moved to while pruned (``None``: where the model is); ``cuda`` without a GPU is an error.
+
+    Example::
+
+        resolve_device("cpu")  # device(type='cpu')
+    """
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but no CUDA GPU is available to torch; use device='cpu'")
+    return resolved
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def available_bytes(device: torch.device | None) -> int | None:
+    """Free memory on ``device`` (GPU: ``mem_get_info``; CPU: ``MemAvailable`` of /proc/meminfo), ``None`` if unknown."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimate_bytes(
+    model: nn.Module, stack: DecoderStack, shape: tuple[int, int], batch_size: int, *, hessian: bool
+) -> dict[str, int]:
+    """Estimated bytes of a run: calibration activations, one batch's block intermediates, statistics.
+
+    Example::
+
+        estimate_bytes(model, stack, (128, 2048), 4, hessian=True)["activations"]
+    """
+    n, length = shape
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    first = stack.blocks[0]
+    widths = [weight_matrix(m).shape for name, m in first.named_modules() if name in stack.projections[0]]
+    widest = max((max(s) for s in widths), default=hidden)
+    hidden = hidden or widest
+    activations = n * length * hidden * 4
+    intermediates = batch_size * length * (heads * length + 4 * widest) * 4
+    stats = sum(s[1] * s[1] * 4 for s in widths) if hessian else sum(s[1] * 4 for s in widths)
+    return {"activations": activations, "intermediates": intermediates, "statistics": stats}
+
+
+def check_memory(
+    model: nn.Module, stack: DecoderStack, shape: tuple[int, int], batch_size: int, *, hessian: bool, device: torch.device | None
+) -> dict[str, int]:
+    """Raise a :class:`ConfigError` with settings that would fit when the run's estimate exceeds free memory.
+
+    Set ``PRUNEKIT_SKIP_MEMORY_CHECK=1`` to skip the check.
+    """
+    parts = estimate_bytes(model, stack, shape, batch_size, hessian=hessian)
+    if os.environ.get("PRUNEKIT_SKIP_MEMORY_CHECK"):
+        return parts
+    free = available_bytes(device)
+    need = sum(parts.values())
+    if device is not None and device.type == "cuda":
+        block = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in stack.blocks)
+        need += block
+    if free is None or need <= free:
+        return parts
+    n, length = shape
+    per_sample = max(1, parts["activations"] // n)
+    fit = max(0, (free - parts["statistics"] - parts["intermediates"]) // per_sample)
+    raise ConfigError(
+        f"calibration of {n} x {length} tokens needs about {need / 2**30:.2f} GiB "
+        f"(activations {parts['activations'] / 2**30:.2f}, one batch's intermediates {parts['intermediates'] / 2**30:.2f}, "
+        f"statistics {parts['statistics'] / 2**30:.2f}) but only {free / 2**30:.2f} GiB is free; "
+        f"use n_samples <= {fit} or a smaller seq_len / batch_size"
+    )

@@ -1,0 +1,152 @@
+"""The one-shot LLM pruning methods: magnitude, Wanda and SparseGPT (handlers of registry kind ``"llm"``).
+
+Calling convention of kind ``"llm"``: a handler is an :class:`LLMMethod` — a callable
+``handler(task: LayerTask, **options) -> torch.Tensor`` returning the pruned ``[out, in]`` weight
+(float32, zeros where pruned) — with a ``statistics`` attribute naming what the sequential
+driver must collect for it: ``"none"``, ``"norms"`` (``||X_j||``) or ``"hessian"`` (``X X^T``).
+``options`` are the method record's defaults merged with the user's overrides.
+
+Example::
+
+    task = LayerTask(name="fc", weight=w, stats=stats, sparsity=0.5, pattern=(2, 4), comparison="row")
+    pruned = wanda(task)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from prunekit.errors import ConfigError
+from prunekit.torch.llm.selection import lowest_k_mask, select_mask
+from prunekit.torch.llm.statistics import InputStatistics
+
+
+@dataclass
+class LayerTask:
+    """One projection to prune: its ``[out, in]`` float32 weight, its input statistics and the target.
+
+    ``pattern`` is ``(n, m)`` for N:M or ``None`` for unstructured ``sparsity``; ``comparison``
+    is ``"row"`` (each output row loses the same share) or ``"layer"`` (one ranking over the
+    matrix), or ``None`` for the method's own default.
+    """
+
+    name: str
+    weight: torch.Tensor
+    stats: InputStatistics | None
+    sparsity: float
+    pattern: tuple[int, int] | None = None
+    comparison: str | None = None
+
+
+@dataclass(frozen=True)
+class LLMMethod:
+    """A kind-``"llm"`` handler: ``prune(task, **options)`` and the ``statistics`` it needs (none, norms, hessian)."""
+
+    prune: Callable[..., torch.Tensor]
+    statistics: str
+    comparison: str
+
+    def __call__(self, task: LayerTask, **options: Any) -> torch.Tensor:
+        return self.prune(task, **options)
+
+
+def _magnitude(task: LayerTask, **_: Any) -> torch.Tensor:
+    weight = task.weight.float()
+    keep = select_mask(weight.abs(), task.sparsity, task.pattern, task.comparison or "layer", layer=task.name)
+    return weight * keep
+
+
+def _wanda(task: LayerTask, **_: Any) -> torch.Tensor:
+    if task.stats is None:
+        raise ConfigError(f"wanda needs calibration input norms for layer {task.name!r}")
+    weight = task.weight.float()
+    scores = weight.abs() * task.stats.input_norms().to(weight.device).unsqueeze(0)
+    keep = select_mask(scores, task.sparsity, task.pattern, task.comparison or "row", layer=task.name)
+    return weight * keep
+
+
+def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01, **_: Any) -> torch.Tensor:
+    """OBS reconstruction (Frantar & Alistarh 2023), columns in blocks of ``blocksize`` with lazy batch updates."""
+    if task.stats is None:
+        raise ConfigError(f"sparsegpt needs the calibration Hessian of layer {task.name!r}")
+    if blocksize < 1 or dampening < 0:
+        raise ConfigError(f"sparsegpt needs blocksize >= 1 and dampening >= 0, got {blocksize} and {dampening}")
+    weight = task.weight.float().clone()
+    rows, cols = weight.shape
+    comparison = task.comparison or "layer"
+    if task.pattern is None and task.sparsity == 0.0:
+        return weight
+    if task.pattern is not None and cols % task.pattern[1]:
+        select_mask(weight[:1], 0.0, task.pattern, comparison, layer=task.name)  # raises the divisibility error
+    n_keep, m = task.pattern if task.pattern is not None else (0, 0)
+    hessian = task.stats.hessian_matrix().to(weight.device).clone()
+    dead = torch.diag(hessian) == 0
+    hessian[dead, dead] = 1.0
+    weight[:, dead] = 0.0
+    damp = dampening * torch.mean(torch.diag(hessian))
+    hessian.diagonal().add_(damp)
+    hinv = _upper_cholesky_of_inverse(hessian, task.name)
+    if m and blocksize % m:
+        blocksize = max(m, blocksize - blocksize % m)
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        count = end - start
+        w1 = weight[:, start:end].clone()
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[start:end, start:end]
+        diag1 = torch.diag(hinv1)
+        if not m:
+            scores = w1**2 / diag1.unsqueeze(0) ** 2
+            if comparison == "row":
+                k = int(round(count * task.sparsity))
+                prune = torch.zeros_like(w1, dtype=torch.bool)
+                if k:
+                    prune.scatter_(1, torch.topk(scores, k, dim=1, largest=False, sorted=False).indices, True)
+            elif comparison == "layer":
+                prune = ~lowest_k_mask(scores, int(round(scores.numel() * task.sparsity)))
+            else:
+                raise ConfigError(f"comparison must be 'row' or 'layer', got {comparison!r}")
+        else:
+            prune = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(count):
+            w = w1[:, i]
+            d = hinv1[i, i]
+            if m and i % m == 0:
+                scores = w1[:, i : i + m] ** 2 / diag1[i : i + m].unsqueeze(0) ** 2
+                prune.scatter_(1, i + torch.topk(scores, m - n_keep, dim=1, largest=False).indices, True)
+            q = w.clone()
+            q[prune[:, i]] = 0.0
+            q1[:, i] = q
+            err = (w - q) / d
+            w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = err
+        weight[:, start:end] = q1
+        weight[:, end:] -= err1 @ hinv[start:end, end:]
+    return weight
+
+
+def _upper_cholesky_of_inverse(hessian: torch.Tensor, name: str) -> torch.Tensor:
+    """``U`` with ``U^T U = H^{-1}``: the Cholesky factor SparseGPT's column updates read their rows from."""
+    for extra in (0.0, 1e-4, 1e-2, 1e-1):
+        h = (
+            hessian
+            if extra == 0
+            else hessian + extra * torch.mean(torch.diag(hessian)) * torch.eye(len(hessian), device=hessian.device)
+        )
+        factor, info = torch.linalg.cholesky_ex(h)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper
+    raise ConfigError(f"the calibration Hessian of layer {name!r} is not positive definite even after dampening; raise dampening")
+
+
+magnitude = LLMMethod(prune=_magnitude, statistics="none", comparison="layer")
+wanda = LLMMethod(prune=_wanda, statistics="norms", comparison="row")
+sparsegpt = LLMMethod(prune=_sparsegpt, statistics="hessian", comparison="layer")

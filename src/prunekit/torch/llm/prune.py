@@ -1,0 +1,400 @@
+"""One-shot pruning of a causal LM, block by block within memory (the SparseGPT recipe).
+
+The calibration tokens go through the embeddings once; then, for each decoder block in turn:
+its inputs (and the mask / positions / rotary inputs it needs) are on hand, a pass through the
+block collects each projection's input statistics, every projection is pruned, and a second
+pass recomputes the block's outputs with the pruned weights, which become the next block's
+inputs. Peak memory is the model plus one block's calibration activations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
+from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inputs, on_device
+from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
+from prunekit.torch.llm.memory import check_memory, resolve_device
+from prunekit.torch.llm.methods import LayerTask, LLMMethod
+from prunekit.torch.llm.progress import block_progress
+from prunekit.torch.llm.ratios import glob_sparsities, outlier_ratio, owl_sparsities
+from prunekit.torch.llm.selection import check_sparsity, parse_pattern
+from prunekit.torch.llm.statistics import InputStatistics
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` did: the recipe, per-layer target and achieved sparsity, and the time taken.
+
+    ``to_dict()`` is the JSON saved beside a pruned model.
+    """
+
+    recipe: dict[str, Any]
+    targets: dict[str, float]
+    achieved: dict[str, float]
+    seconds: float
+    params_pruned: int = 0
+    zeros: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        """The share of zeros over all pruned projections' weights."""
+        return self.zeros / self.params_pruned if self.params_pruned else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: recipe, overall and per-layer sparsity, seconds."""
+        return {
+            "recipe": self.recipe,
+            "sparsity": self.sparsity,
+            "seconds": self.seconds,
+            "layers": {name: {"target": self.targets[name], "sparsity": self.achieved[name]} for name in self.achieved},
+            **self.extra,
+        }
+
+
+def resolve_method(method: str | LLMMethod, options: Mapping[str, Any]) -> tuple[str, LLMMethod, dict[str, Any]]:
+    """``(name, handler, options)`` for a registry name (kind ``"llm"``) or an :class:`LLMMethod` given directly."""
+    if isinstance(method, LLMMethod):
+        return getattr(method.prune, "__name__", "custom").lstrip("_"), method, dict(options)
+    from prunekit.methods import get_method
+
+    record = get_method(str(method), kind="llm", framework="torch")
+    return record.name, record.handler("torch"), record.options("torch", **options)
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The model's maximum context (``max_position_embeddings`` / ``n_positions``) from its config, if it says."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    value = getattr(getattr(model, "config", None), "vocab_size", None)
+    return value if isinstance(value, int) else None
+
+
+def _skipped(name: str, skip: Sequence[str]) -> bool:
+    parts = name.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatchcase(prefix, glob) for glob in skip for prefix in prefixes)
+
+
+def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
+    names = [name for name, _ in model.named_modules() if name]
+    for glob in skip:
+        if not any(_skipped(name, [glob]) for name in names):
+            raise ConfigError(f"skip glob {glob!r} matches no module of the model (names look like {names[:4]})")
+
+
+def prepare_tokens(
+    model: nn.Module, calibration: CalibrationSource, tokenizer: Any, n_samples: int, seq_len: int, seed: int
+) -> torch.Tensor:
+    """Calibration tokens with ``seq_len`` clipped to the model's context and ids checked against its vocabulary."""
+    limit = context_length(model)
+    if limit is not None:
+        seq_len = min(seq_len, limit)
+    return calibration_tokens(
+        calibration, tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed, vocab_size=_vocab_size(model)
+    )
+
+
+def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 4096) -> int:
+    """Calibration sequences per block call: about ``tokens_per_batch`` tokens, at least one sequence."""
+    return max(1, min(n_samples, tokens_per_batch // seq_len))
+
+
+class _StatsCollector:
+    """Forward pre-hooks on a block's projections that add their inputs to :class:`InputStatistics`.
+
+    Projections fed the very same tensor (q/k/v, gate/up) share one statistics object, found on
+    the first batch; the tensors seen in a batch are held until the next batch so that no freed
+    address can be mistaken for a shared input.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], hessian: bool) -> None:
+        self.stats: dict[str, InputStatistics] = {}
+        self.owner: dict[str, str] = {}
+        self._seen: dict[tuple, tuple[torch.Tensor, str]] = {}
+        self._batches = 0
+        self._handles = [
+            module.register_forward_pre_hook(self._hook(name, weight_matrix(module).shape[1], hessian))
+            for name, module in modules.items()
+        ]
+
+    def new_batch(self) -> None:
+        self._seen = {}
+        self._batches += 1
+
+    def _hook(self, name: str, features: int, hessian: bool):  # noqa: ANN202
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            if name in self.owner:
+                return
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+            if self._batches <= 1 and key in self._seen and self._seen[key][0] is not None:
+                first = self._seen[key][1]
+                self.owner[name] = first
+                self.stats[name] = self.stats[first]
+                return
+            self._seen[key] = (x, name)
+            if name not in self.stats:
+                self.stats[name] = InputStatistics(features=features, hessian=hessian)
+            self.stats[name].add(x)
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._seen = {}
+
+
+def _run_block(
+    block: nn.Module, batches: list[BlockBatch], device: torch.device | None, collector: _StatsCollector | None, replace: bool
+) -> None:
+    with torch.no_grad():
+        for index, batch in enumerate(batches):
+            if collector is not None:
+                collector.new_batch()
+            work = batch.to(device) if device is not None else batch
+            out = call_block(block, work)
+            if replace:
+                batches[index].hidden = out.to(batch.hidden.device) if device is not None else out
+
+
+def block_projections(stack: DecoderStack, index: int) -> dict[str, nn.Module]:
+    """Block ``index``'s projections by their qualified model names."""
+    block = stack.blocks[index]
+    modules = dict(block.named_modules())
+    return {f"{stack.block_name(index)}.{name}": modules[name] for name in stack.projections[index]}
+
+
+def owl_block_sparsities(
+    model: nn.Module,
+    stack: DecoderStack,
+    tokens: torch.Tensor,
+    sparsity: float,
+    *,
+    lam: float = 0.08,
+    threshold: float = 5.0,
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    skip: Sequence[str] = (),
+) -> list[float]:
+    """OWL's per-block sparsities from a dense sequential pass over the calibration tokens.
+
+    Example::
+
+        owl_block_sparsities(model, find_decoder_stack(model), tokens, 0.7)
+    """
+    batches = capture_block_inputs(model, stack, tokens, batch_size)
+    ratios = []
+    for index, block in enumerate(stack.blocks):
+        modules = {n: m for n, m in block_projections(stack, index).items() if not _skipped(n, skip)}
+        with on_device(block, device):
+            collector = _StatsCollector(modules, hessian=False)
+            try:
+                _run_block(block, batches, device, collector, replace=True)
+            finally:
+                collector.close()
+            scores = [
+                weight_matrix(m).detach().float().abs() * collector.stats[n].input_norms().to(m.weight.device)
+                for n, m in modules.items()
+                if n in collector.stats
+            ]
+        ratios.append(outlier_ratio(scores, threshold) if scores else 0.0)
+    return owl_sparsities(ratios, sparsity, lam)
+
+
+def prune(
+    model: nn.Module,
+    calibration: CalibrationSource | None = None,
+    *,
+    tokenizer: Any = None,
+    method: str | LLMMethod = "wanda",
+    sparsity: float = 0.5,
+    pattern: str | tuple[int, int] | None = None,
+    comparison: str | None = None,
+    ratios: str | Mapping[str, float] = "uniform",
+    skip: Sequence[str] = (),
+    n_samples: int = 128,
+    seq_len: int = 2048,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    owl_lambda: float = 0.08,
+    owl_threshold: float = 5.0,
+    progress: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> PruneResult:
+    """Prune ``model``'s decoder blocks in place, one block at a time, and return what was done.
+
+    ``method`` is a registry name of kind ``"llm"`` (``prunekit methods``) or an
+    :class:`~prunekit.torch.llm.methods.LLMMethod`; ``pattern`` ``"2:4"``/``"4:8"`` gives N:M
+    sparsity (then ``sparsity`` is ``1 - N/M``); ``comparison`` ``"row"``/``"layer"`` overrides the
+    method's comparison group; ``ratios`` is ``"uniform"``, ``"owl"`` or ``{glob: sparsity}``;
+    ``skip`` globs name projections or blocks left dense; ``device="cuda"`` moves one block at
+    a time to the GPU. Every argument is checked before any work.
+
+    Example::
+
+        result = prune(model, "train.txt", tokenizer=tok, method="wanda", sparsity=0.5, n_samples=32, seq_len=512)
+        result.sparsity  # 0.5
+    """
+    started = time.perf_counter()
+    parsed = parse_pattern(pattern)
+    sparsity = 1.0 - parsed[0] / parsed[1] if parsed is not None else check_sparsity(sparsity)
+    name, handler, method_options = resolve_method(method, options or {})
+    if comparison is not None and comparison not in ("row", "layer"):
+        raise ConfigError(f"comparison must be 'row' or 'layer', got {comparison!r}")
+    if isinstance(ratios, str) and ratios not in ("uniform", "owl"):
+        raise ConfigError(f"ratios must be 'uniform', 'owl' or a dict of glob -> sparsity, got {ratios!r}")
+    if parsed is not None and ratios != "uniform":
+        raise ConfigError(f"an N:M pattern fixes every layer's sparsity at {sparsity:g}; use ratios='uniform' with it")
+    skip = list(skip)
+    _check_skip(model, skip)
+    work_device = resolve_device(device)
+    stack = find_decoder_stack(model)
+    all_names = [n for i in range(len(stack.blocks)) for n in stack.projection_names(i)]
+    names = [n for n in all_names if not _skipped(n, skip)]
+    targets = glob_sparsities(names, ratios, sparsity) if isinstance(ratios, Mapping) else dict.fromkeys(names, sparsity)
+    if parsed is not None:
+        modules = dict(model.named_modules())
+        for n in names:
+            cols = weight_matrix(modules[n]).shape[1]
+            if cols % parsed[1]:
+                raise ConfigError(
+                    f"pattern {parsed[0]}:{parsed[1]} does not divide layer {n!r}'s {cols} input features; "
+                    f"add it to skip or use another M"
+                )
+    needs_data = handler.statistics != "none" or ratios == "owl"
+    tokens = None
+    if needs_data:
+        if calibration is None:
+            raise ConfigError(f"method {name!r} needs calibration data: a text file, a list of strings or token ids")
+        tokens = prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
+        batch_size = batch_size or default_batch_size(tokens.shape[0], tokens.shape[1])
+        check_memory(model, stack, tokens.shape, batch_size, hessian=handler.statistics == "hessian", device=work_device)
+    was_training = model.training
+    model.eval()
+    try:
+        if ratios == "owl":
+            assert tokens is not None and batch_size is not None
+            block_sparsity = owl_block_sparsities(
+                model,
+                stack,
+                tokens,
+                sparsity,
+                lam=owl_lambda,
+                threshold=owl_threshold,
+                batch_size=batch_size,
+                device=work_device,
+                skip=skip,
+            )
+            for i, value in enumerate(block_sparsity):
+                for n in stack.projection_names(i):
+                    if n in targets:
+                        targets[n] = value
+        achieved = _prune_blocks(
+            model, stack, handler, method_options, tokens, batch_size, targets, parsed, comparison, work_device, progress, name
+        )
+    finally:
+        model.train(was_training)
+    modules = dict(model.named_modules())
+    params = sum(weight_matrix(modules[n]).numel() for n in achieved)
+    zeros = sum(round(achieved[n] * weight_matrix(modules[n]).numel()) for n in achieved)
+    recipe = {
+        "method": name,
+        "options": _jsonable(method_options),
+        "sparsity": sparsity,
+        "pattern": f"{parsed[0]}:{parsed[1]}" if parsed else None,
+        "comparison": comparison or handler.comparison,
+        "ratios": ratios if isinstance(ratios, str) else dict(ratios),
+        "skip": skip,
+        "n_samples": int(tokens.shape[0]) if tokens is not None else 0,
+        "seq_len": int(tokens.shape[1]) if tokens is not None else 0,
+        "seed": seed,
+    }
+    return PruneResult(
+        recipe=recipe,
+        targets=targets,
+        achieved=achieved,
+        seconds=time.perf_counter() - started,
+        params_pruned=params,
+        zeros=zeros,
+    )
+
+
+def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v if isinstance(v, (int, float, str, bool, type(None))) else list(v) if isinstance(v, (list, tuple)) else str(v))
+        for k, v in options.items()
+    }
+
+
+def _prune_blocks(
+    model: nn.Module,
+    stack: DecoderStack,
+    handler: LLMMethod,
+    options: Mapping[str, Any],
+    tokens: torch.Tensor | None,
+    batch_size: int | None,
+    targets: Mapping[str, float],
+    pattern: tuple[int, int] | None,
+    comparison: str | None,
+    device: torch.device | None,
+    progress: bool,
+    name: str,
+) -> dict[str, float]:
+    achieved: dict[str, float] = {}
+    batches = capture_block_inputs(model, stack, tokens, batch_size) if tokens is not None and batch_size else []
+    if device is not None:
+        batches = [b.to(device) for b in batches]
+    with block_progress(len(stack.blocks), name, progress) as advance:
+        for index, block in enumerate(stack.blocks):
+            modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
+            with on_device(block, device):
+                stats: dict[str, InputStatistics] = {}
+                if handler.statistics != "none" and modules:
+                    collector = _StatsCollector(modules, hessian=handler.statistics == "hessian")
+                    try:
+                        _run_block(block, batches, None, collector, replace=False)
+                    finally:
+                        collector.close()
+                    stats = collector.stats
+                for n, module in modules.items():
+                    if targets[n] == 0.0 and pattern is None:
+                        achieved[n] = _zero_share(weight_matrix(module))
+                        continue
+                    task = LayerTask(
+                        name=n,
+                        weight=weight_matrix(module).detach().float(),
+                        stats=stats.get(n),
+                        sparsity=targets[n],
+                        pattern=pattern,
+                        comparison=comparison,
+                    )
+                    pruned = handler(task, **options)
+                    set_weight_matrix(module, pruned)
+                    achieved[n] = _zero_share(weight_matrix(module))
+                if batches and index + 1 < len(stack.blocks):
+                    _run_block(block, batches, None, None, replace=True)
+            advance(f"{stack.block_name(index)}")
+    return achieved
+
+
+def _zero_share(weight: torch.Tensor) -> float:
+    return float((weight == 0).sum()) / weight.numel()
