@@ -56,7 +56,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prunekit.commands.export import import_factory
-    from prunekit.report.html import sweep_report
+    from prunekit.sweep.report import sweep_report
     from prunekit.sweep.runner import grid, run_sweep
 
     trials = grid(args.methods, args.sparsities)

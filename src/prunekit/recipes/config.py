@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from prunekit._imports import resolve_import
+from prunekit.core.imports import resolve_import
 from prunekit.errors import ConfigError
 from prunekit.recipes.validation import RecipeError, build, checked
 

@@ -16,20 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._atomic import atomic_write_text
+from prunekit.core.atomic import atomic_write_text
+from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
 from prunekit.recipes.config import Recipe, resolve_import
 from prunekit.recipes.validation import to_plain
 from prunekit.report.html import Report, Section, write_report
 from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
-from prunekit.report.tables import ResultTable
-from prunekit.sweep.pareto import pareto_front
 from prunekit.torch.latency import measure_latency
 from prunekit.torch.metrics import serialized_size
 from prunekit.torch.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity
 from prunekit.torch.summary import ModelSummary, summarize
 from prunekit.torch.training import fit, make_loader
 from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
+from prunekit.tradeoffs.pareto import pareto_front
 
 _SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
@@ -111,7 +111,7 @@ def _export(recipe: Recipe, model: nn.Module, split: Any, out: Path, label: str)
     export_onnx(model.eval(), torch.zeros(1, *recipe.model.input_shape), onnx_path)
     files["onnx"] = str(onnx_path)
     if recipe.export.int8:
-        from prunekit.torch.quantize import quantize_onnx
+        from prunekit.artifacts.quantize import quantize_onnx
 
         int8_path = out / f"{label}.int8.onnx"
         quantize_onnx(onnx_path, int8_path, "static", split.x_val[:256])
@@ -170,7 +170,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
     dense = _build_model(recipe)
     started = time.perf_counter()
     if recipe.model.weights:
-        from prunekit.commands.export import load_weights
+        from prunekit.torch.weights import load_weights
 
         dense = load_weights(recipe.model.weights, lambda: _build_model(recipe))
     elif recipe.train.epochs:
