@@ -82,4 +82,24 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         defaults={"epochs": 4, "lr": 1e-3},
         checks=(_channels_importance,),
     ),
+    # One-shot LLM pruning (issue #15): handlers of kind "llm" are prunekit.torch.llm.methods.LLMMethod objects
+    Method(
+        name="magnitude",
+        kind="llm",
+        summary="one-shot: zero the smallest |W| of each decoder projection (per layer), no calibration data",
+        handlers={"torch": "prunekit.torch.llm.methods:magnitude"},
+    ),
+    Method(
+        name="wanda",
+        kind="llm",
+        summary="one-shot: zero the lowest |W| * ||X|| in each output row, from calibration input norms (Sun et al.)",
+        handlers={"torch": "prunekit.torch.llm.methods:wanda"},
+    ),
+    Method(
+        name="sparsegpt",
+        kind="llm",
+        summary="one-shot OBS reconstruction from the calibration Hessian, remaining weights updated (Frantar & Alistarh)",
+        handlers={"torch": "prunekit.torch.llm.methods:sparsegpt"},
+        defaults={"blocksize": 128, "dampening": 0.01},
+    ),
 )

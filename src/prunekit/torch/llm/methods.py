@@ -9,7 +9,7 @@ driver must collect for it: ``"none"``, ``"norms"`` (``||X_j||``) or ``"hessian"
 Example::
 
     task = LayerTask(name="fc", weight=w, stats=stats, sparsity=0.5, pattern=(2, 4), comparison="row")
-    pruned = wanda(task)
+    pruned = get_method(name, kind="llm").handler("torch")(task)
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _magnitude(task: LayerTask, **_: Any) -> torch.Tensor:
 
 def _wanda(task: LayerTask, **_: Any) -> torch.Tensor:
     if task.stats is None:
-        raise ConfigError(f"wanda needs calibration input norms for layer {task.name!r}")
+        raise ConfigError(f"this method needs calibration input norms for layer {task.name!r}")
     weight = task.weight.float()
     scores = weight.abs() * task.stats.input_norms().to(weight.device).unsqueeze(0)
     keep = select_mask(scores, task.sparsity, task.pattern, task.comparison or "row", layer=task.name)
@@ -72,9 +72,9 @@ def _wanda(task: LayerTask, **_: Any) -> torch.Tensor:
 def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01, **_: Any) -> torch.Tensor:
     """OBS reconstruction (Frantar & Alistarh 2023), columns in blocks of ``blocksize`` with lazy batch updates."""
     if task.stats is None:
-        raise ConfigError(f"sparsegpt needs the calibration Hessian of layer {task.name!r}")
+        raise ConfigError(f"this method needs the calibration Hessian of layer {task.name!r}")
     if blocksize < 1 or dampening < 0:
-        raise ConfigError(f"sparsegpt needs blocksize >= 1 and dampening >= 0, got {blocksize} and {dampening}")
+        raise ConfigError(f"OBS reconstruction needs blocksize >= 1 and dampening >= 0, got {blocksize} and {dampening}")
     weight = task.weight.float().clone()
     rows, cols = weight.shape
     comparison = task.comparison or "layer"

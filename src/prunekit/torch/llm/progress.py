@@ -13,7 +13,7 @@ def block_progress(total: int, description: str, enabled: bool = True) -> Iterat
 
     Example::
 
-        with block_progress(len(blocks), "wanda") as advance:
+        with block_progress(len(blocks), "pruning") as advance:
             for i in range(len(blocks)):
                 advance(f"block {i}")
     """

@@ -223,8 +223,8 @@ def prune(
     model: nn.Module,
     calibration: CalibrationSource | None = None,
     *,
+    method: str | LLMMethod,
     tokenizer: Any = None,
-    method: str | LLMMethod = "wanda",
     sparsity: float = 0.5,
     pattern: str | tuple[int, int] | None = None,
     comparison: str | None = None,
@@ -251,7 +251,7 @@ def prune(
 
     Example::
 
-        result = prune(model, "train.txt", tokenizer=tok, method="wanda", sparsity=0.5, n_samples=32, seq_len=512)
+        result = prune(model, "train.txt", tokenizer=tok, method=name, sparsity=0.5, n_samples=32, seq_len=512)
         result.sparsity  # 0.5
     """
     started = time.perf_counter()
