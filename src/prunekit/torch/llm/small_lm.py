@@ -1,0 +1,211 @@
+"""A small byte-level Llama trained here, on the source of Python's standard library (no download needed).
+
+:func:`ensure_small_lm` returns the cached model directory (``$PRUNEKIT_CACHE`` or
+``~/.cache/prunekit``, then ``small-lm-v1``), training it when missing: ~3.4M parameters
+(hidden 256, 4 blocks, vocabulary of 256 bytes + 3 specials), a few minutes on 2 CPU cores.
+The directory holds a ``save_pretrained`` model, its tokenizer, and ``train.txt``/``valid.txt``
+(the stdlib split by file, the validation text held out).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.errors import ConfigError
+
+CACHE_ENV = "PRUNEKIT_CACHE"
+SPECIALS = ("<s>", "</s>", "<pad>")
+MODEL_NAME = "small-lm-v1"
+
+
+def cache_dir() -> Path:
+    """prunekit's cache directory: ``$PRUNEKIT_CACHE``, else ``$XDG_CACHE_HOME/prunekit``, else ``~/.cache/prunekit``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "prunekit"
+
+
+def byte_tokenizer() -> Any:
+    """A ``transformers`` fast tokenizer with one token per byte (ids 0-255) plus ``<s>``, ``</s>``, ``<pad>`` (256-258).
+
+    Example::
+
+        byte_tokenizer().encode("hi", add_special_tokens=False)  # [104, 105]
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_to_char = _bytes_to_unicode()
+    vocab = {byte_to_char[b]: b for b in range(256)}
+    assert set(vocab) == set(alphabet)
+    for offset, token in enumerate(SPECIALS):
+        vocab[token] = 256 + offset
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (the alphabet of ``ByteLevel``)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+def stdlib_texts(max_bytes: int = 12_000_000, valid_every: int = 25) -> tuple[str, str]:
+    """``(train, valid)`` text from the standard library's ``.py`` files, sorted by path; every ``valid_every``-th file is held out.
+
+    Example::
+
+        train, valid = stdlib_texts(2_000_000)
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(
+        p for p in root.rglob("*.py") if "site-packages" not in p.parts and "test" not in p.parts[len(root.parts) :][:1]
+    )
+    if not files:
+        raise ConfigError(f"found no Python files under the standard library at {root}")
+    train, valid = [], []
+    size = 0
+    for index, path in enumerate(files):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        (valid if index % valid_every == valid_every - 1 else train).append(text)
+        size += len(text)
+        if size >= max_bytes:
+            break
+    return "\n\n".join(train), "\n\n".join(valid)
+
+
+@dataclass(frozen=True)
+class SmallLMConfig:
+    """Size and training budget of the small LM. The defaults train in about 8 minutes on 2 CPU cores."""
+
+    hidden: int = 256
+    intermediate: int = 688
+    layers: int = 4
+    heads: int = 4
+    context: int = 256
+    steps: int = 1200
+    batch: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+    max_seconds: float = 540.0
+    max_bytes: int = 12_000_000
+
+
+def train_small_lm(
+    output: str | os.PathLike, config: SmallLMConfig = SmallLMConfig(), log: Callable[[str], None] | None = print
+) -> Path:
+    """Train the byte-level Llama on the stdlib and save it (atomically) with its tokenizer and text split into ``output``.
+
+    Training stops after ``config.steps`` steps or ``config.max_seconds``, whichever comes first.
+
+    Example::
+
+        train_small_lm("/tmp/small-lm", SmallLMConfig(steps=50, max_seconds=30))
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(config.seed)
+    tokenizer = byte_tokenizer()
+    train_text, valid_text = stdlib_texts(config.max_bytes)
+    stream = torch.frombuffer(bytearray(train_text.encode("utf-8")), dtype=torch.uint8).long()
+    model_config = LlamaConfig(
+        vocab_size=len(SPECIALS) + 256,
+        hidden_size=config.hidden,
+        intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
+        max_position_embeddings=config.context,
+        bos_token_id=256,
+        eos_token_id=257,
+        pad_token_id=258,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(model_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(config.seed)
+    warmup = 20
+    started = time.perf_counter()
+    model.train()
+    step = 0
+    for step in range(config.steps):
+        elapsed = time.perf_counter() - started
+        if elapsed > config.max_seconds:
+            break
+        progress = max(step / config.steps, elapsed / config.max_seconds)  # cosine over steps or time, whichever ends first
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * max(scale, 0.05)
+        starts = torch.randint(0, stream.numel() - config.context - 1, (config.batch,), generator=generator)
+        batch = torch.stack([stream[int(s) : int(s) + config.context] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if log is not None and (step % 50 == 0 or step == config.steps - 1):
+            log(f"step {step:5d}  loss {loss.item():.3f}  {time.perf_counter() - started:6.0f} s")
+    model.eval()
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "train.txt").write_text(train_text, encoding="utf-8")
+        (tmp / "valid.txt").write_text(valid_text, encoding="utf-8")
+        (tmp / "training.json").write_text(
+            json.dumps({**asdict(config), "steps_done": step + 1, "seconds": time.perf_counter() - started}, indent=2) + "\n"
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def ensure_small_lm(
+    rebuild: bool = False, log: Callable[[str], None] | None = print, config: SmallLMConfig = SmallLMConfig()
+) -> Path:
+    """The cached small LM's directory, trained first when it is missing (or ``rebuild``).
+
+    Example::
+
+        model_dir = ensure_small_lm()
+        AutoModelForCausalLM.from_pretrained(model_dir)
+    """
+    target = cache_dir() / MODEL_NAME
+    complete = all((target / name).is_file() for name in ("config.json", "model.safetensors", "valid.txt", "tokenizer.json"))
+    if rebuild or not complete:
+        if log is not None:
+            log(f"training the small LM into {target} (once; a few minutes on 2 CPU cores)")
+        train_small_lm(target, config, log)
+    return target
