@@ -1,0 +1,280 @@
+"""Width pruning: remove MLP intermediate neurons and attention KV groups, physically, by activation-aware importance.
+
+The roles of a block's projections come from its structure, not from names: a calibration pass
+groups the projections fed the same tensor; the MLP's *down* projection is the lone consumer of
+a width ``I != hidden`` writing ``hidden``, its *ups* are those writing ``I``; the attention's
+*q/k/v* are a group of three reading the hidden states (q writes ``heads * head_dim``), its *o*
+the lone projection reading ``heads * head_dim``. Importance is Wanda's, summed over a unit:
+neuron ``j`` scores ``||X_j|| * ||W_down[:, j]||``, a KV group sums that over the ``o`` columns of
+its query heads. Every block loses the same count (the config holds one width), the config is
+updated (``intermediate_size``-like key, ``num_attention_heads``, ``num_key_value_heads``,
+``head_dim``) and the model reloads with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.torch.llm.calibration import CalibrationSource
+from prunekit.torch.llm.capture import capture_block_inputs, on_device
+from prunekit.torch.llm.discovery import find_decoder_stack, is_transposed, weight_matrix
+from prunekit.torch.llm.memory import resolve_device
+from prunekit.torch.llm.prune import _run_block, _StatsCollector, block_projections, default_batch_size, prepare_tokens
+
+
+@dataclass
+class WidthResult:
+    """What :func:`prune_width` removed: neurons and KV groups per block, and the new widths."""
+
+    intermediate: tuple[int, int] | None = None  # (before, after)
+    kv_groups: tuple[int, int] | None = None
+    removed_neurons: dict[str, list[int]] = field(default_factory=dict)
+    removed_groups: dict[str, list[int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intermediate": self.intermediate,
+            "kv_groups": self.kv_groups,
+            "removed_neurons": self.removed_neurons,
+            "removed_groups": self.removed_groups,
+        }
+
+
+@dataclass
+class _Roles:
+    down: str | None = None
+    ups: list[str] = field(default_factory=list)
+    q: str | None = None
+    kv: list[str] = field(default_factory=list)
+    o: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _config_value(config: Any, *keys: str) -> int | None:
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _heads(config: Any) -> tuple[int, int, int]:
+    hidden = _config_value(config, "hidden_size", "n_embd")
+    heads = _config_value(config, "num_attention_heads", "n_head")
+    if hidden is None or heads is None:
+        raise ConfigError("width pruning needs the model config's hidden_size and num_attention_heads")
+    kv = _config_value(config, "num_key_value_heads") or heads
+    head_dim = _config_value(config, "head_dim") or hidden // heads
+    return heads, kv, head_dim
+
+
+def _roles(modules: Mapping[str, nn.Module], owner: Mapping[str, str], hidden: int, heads: int, head_dim: int) -> _Roles:
+    groups: dict[str, list[str]] = {}
+    for name in modules:
+        groups.setdefault(owner.get(name, name), []).append(name)
+    shape = {n: tuple(weight_matrix(m).shape) for n, m in modules.items()}  # (out, in)
+    roles = _Roles()
+    alone = [g[0] for g in groups.values() if len(g) == 1]
+    downs = [n for n in alone if shape[n][0] == hidden and shape[n][1] != hidden and shape[n][1] != heads * head_dim]
+    if len(downs) == 1:
+        roles.down = downs[0]
+        width = shape[roles.down][1]
+        roles.ups = [n for n in modules if shape[n] == (width, hidden)]
+        if not roles.ups:
+            roles.problems.append(f"no projection writes the MLP width {width} read by {roles.down!r} (a fused gate/up?)")
+    else:
+        roles.problems.append(f"found {len(downs)} candidate MLP down projections")
+    qkv = [g for g in groups.values() if len(g) == 3 and all(shape[n][1] == hidden for n in g)]
+    if len(qkv) == 1:
+        group = qkv[0]
+        roles.q = next((n for n in group if shape[n][0] == heads * head_dim), None)
+        roles.kv = [n for n in group if n != roles.q]
+        roles.o = next((n for n in alone if shape[n] == (hidden, heads * head_dim) and n != roles.down), None)
+        if roles.q is None or roles.o is None:
+            roles.problems.append("could not tell q and o among the attention projections")
+    else:
+        fused = [
+            n
+            for n in modules
+            if shape[n][1] == hidden and shape[n][0] % (heads * head_dim) == 0 and shape[n][0] // (heads * head_dim) > 1
+        ]
+        roles.problems.append(f"attention uses a fused q/k/v projection {fused[:1]} (not separate q, k, v)")
+    return roles
+
+
+def _slice(module: nn.Module, keep: torch.Tensor, dim: str) -> None:
+    """Keep output rows (``dim="out"``) or input columns (``"in"``) ``keep`` of a projection, in place."""
+    transposed = is_transposed(module)
+    weight = module.weight.data
+    with torch.no_grad():
+        if dim == "out":
+            new = weight[:, keep] if transposed else weight[keep]
+            if getattr(module, "bias", None) is not None:
+                module.bias = nn.Parameter(module.bias.data[keep].clone())
+        else:
+            new = weight[keep] if transposed else weight[:, keep]
+        module.weight = nn.Parameter(new.clone())
+    if transposed:
+        module.nf = int(new.shape[1])
+    else:
+        module.in_features, module.out_features = int(new.shape[1]), int(new.shape[0])
+
+
+def _score_columns(module: nn.Module, norms: torch.Tensor) -> torch.Tensor:
+    weight = weight_matrix(module).detach().float()
+    return norms.to(weight.device) * weight.norm(dim=0)
+
+
+def prune_width(
+    model: nn.Module,
+    calibration: CalibrationSource,
+    *,
+    tokenizer: Any = None,
+    mlp: float = 0.0,
+    heads: float = 0.0,
+    n_samples: int = 32,
+    seq_len: int = 512,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> WidthResult:
+    """Remove a fraction ``mlp`` of every block's MLP neurons and ``heads`` of its KV groups (with their query heads).
+
+    Example::
+
+        prune_width(model, "train.txt", tokenizer=tok, mlp=0.25, heads=0.25)
+        model.config.intermediate_size  # 3/4 of before
+    """
+    for what, value in (("mlp", mlp), ("heads", heads)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"width fraction {what} must be in [0, 1), got {value}")
+    if mlp == 0.0 and heads == 0.0:
+        raise ConfigError("give a fraction of MLP neurons (mlp) and/or of attention KV groups (heads) to remove")
+    config = getattr(model, "config", None)
+    hidden = _config_value(config, "hidden_size", "n_embd")
+    n_heads, n_kv, head_dim = _heads(config)
+    if heads and not _config_describes_fewer_heads(model, n_heads, n_kv, head_dim):
+        raise ConfigError(
+            f"{type(config).__name__} cannot describe fewer heads of the same size (its attention derives "
+            "head_dim from hidden_size / heads or fuses q/k/v), so the model would not reload; "
+            "prune MLP neurons only (heads=0)"
+        )
+    work_device = resolve_device(device)
+    stack = find_decoder_stack(model)
+    tokens = prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
+    batch_size = batch_size or default_batch_size(tokens.shape[0], tokens.shape[1])
+    batches = capture_block_inputs(model, stack, tokens, batch_size)
+    if work_device is not None:
+        batches = [b.to(work_device) for b in batches]
+    result = WidthResult()
+    group_size = n_heads // n_kv
+    drop_groups = int(round(heads * n_kv))
+    if heads and not 1 <= drop_groups < n_kv:
+        raise ConfigError(
+            f"removing {heads:.0%} of {n_kv} KV groups rounds to {drop_groups}; choose a fraction that "
+            f"removes between 1 and {n_kv - 1}"
+        )
+    width = None
+    for index, block in enumerate(stack.blocks):
+        modules = block_projections(stack, index)
+        with on_device(block, work_device):
+            collector = _StatsCollector(modules, hessian=False)
+            try:
+                _run_block(block, batches, None, collector, replace=False)
+            finally:
+                collector.close()
+            assert hidden is not None
+            roles = _roles(modules, collector.owner, hidden, n_heads, head_dim)
+            needed = (["mlp"] if mlp else []) + (["heads"] if heads else [])
+            if roles.problems and (
+                ("mlp" in needed and roles.down is None)
+                or ("heads" in needed and roles.o is None)
+                or ("mlp" in needed and not roles.ups)
+            ):
+                raise ConfigError(f"width pruning of block {stack.block_name(index)!r}: " + "; ".join(roles.problems))
+            if mlp:
+                down = modules[roles.down]
+                width = weight_matrix(down).shape[1]
+                drop = int(round(mlp * width))
+                if not 1 <= drop < width:
+                    raise ConfigError(f"removing {mlp:.0%} of {width} MLP neurons rounds to {drop}; choose another fraction")
+                scores = _score_columns(down, collector.stats[roles.down].input_norms())
+                removed = torch.topk(scores, drop, largest=False).indices.sort().values
+                keep = torch.tensor([j for j in range(width) if j not in set(removed.tolist())], device=scores.device)
+                for name in roles.ups:
+                    _slice(modules[name], keep.to(modules[name].weight.device), "out")
+                _slice(down, keep.to(down.weight.device), "in")
+                result.removed_neurons[stack.block_name(index)] = removed.tolist()
+                result.intermediate = (width, width - drop)
+            if heads:
+                o = modules[roles.o]
+                scores = _score_columns(o, collector.stats[roles.o].input_norms()).reshape(n_kv, group_size * head_dim).sum(1)
+                removed = torch.topk(scores, drop_groups, largest=False).indices.sort().values.tolist()
+                kept_groups = [g for g in range(n_kv) if g not in removed]
+                kv_rows = torch.tensor([g * head_dim + d for g in kept_groups for d in range(head_dim)])
+                q_rows = torch.tensor(
+                    [(g * group_size + h) * head_dim + d for g in kept_groups for h in range(group_size) for d in range(head_dim)]
+                )
+                _slice(modules[roles.q], q_rows.to(o.weight.device), "out")
+                for name in roles.kv:
+                    _slice(modules[name], kv_rows.to(o.weight.device), "out")
+                _slice(o, q_rows.to(o.weight.device), "in")
+                result.removed_groups[stack.block_name(index)] = removed
+                result.kv_groups = (n_kv, n_kv - drop_groups)
+            if index + 1 < len(stack.blocks):
+                _run_block(block, batches, None, None, replace=True)
+    if mlp and width is not None and result.intermediate is not None:
+        _set_intermediate(config, width, result.intermediate[1])
+    if heads:
+        config.num_attention_heads = (n_kv - drop_groups) * group_size
+        if hasattr(config, "num_key_value_heads"):
+            config.num_key_value_heads = n_kv - drop_groups
+        config.head_dim = head_dim
+        for module in model.modules():  # attention modules that cached their head counts
+            for key, value in (("num_heads", config.num_attention_heads), ("num_key_value_heads", n_kv - drop_groups)):
+                if isinstance(getattr(module, key, None), int) and module is not model:
+                    setattr(module, key, value)
+    return result
+
+
+def _config_describes_fewer_heads(model: nn.Module, heads: int, kv: int, head_dim: int) -> bool:
+    """Whether a config with one KV group fewer (``head_dim`` fixed) builds narrower q/k/v/o projections (checked on ``meta``)."""
+    if kv < 2 or heads % kv:
+        return False
+    config = copy.deepcopy(model.config)
+    config.num_attention_heads = heads - heads // kv
+    if hasattr(config, "num_key_value_heads"):
+        config.num_key_value_heads = kv - 1
+    config.head_dim = head_dim
+    config.num_hidden_layers = 1
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(config)
+    except Exception:  # noqa: BLE001 - any refusal of the config means "cannot describe"
+        return False
+    old = sorted(tuple(weight_matrix(m).shape) for m in block_projections(find_decoder_stack(model), 0).values())
+    fresh_stack = find_decoder_stack(fresh)
+    new = sorted(tuple(weight_matrix(m).shape) for m in block_projections(fresh_stack, 0).values())
+    shrunk = [a for a, b in zip(old, new, strict=False) if a != b]
+    return bool(shrunk) and sum(a[0] * a[1] for a in new) < sum(a[0] * a[1] for a in old)
+
+
+def _set_intermediate(config: Any, before: int, after: int) -> None:
+    keys = [
+        k
+        for k, v in config.to_dict().items()
+        if v == before and isinstance(v, int) and any(part in k for part in ("inter", "ffn", "inner"))
+    ]
+    if not keys and hasattr(config, "n_inner"):  # GPT-2 leaves n_inner None for 4 * n_embd
+        keys = ["n_inner"]
+    if not keys:
+        raise ConfigError(f"found no config key holding the MLP width {before}; cannot record the new width {after}")
+    for key in keys:
+        setattr(config, key, after)
