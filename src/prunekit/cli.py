@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prunekit.commands.sweep",
         "prune over a grid of methods and sparsities in parallel, with Pareto plots and a report",
     ),
+    "llm": ("prunekit.commands.llm", "one-shot pruning of causal language models: prune, eval, depth, width, demo"),
     "run": ("prunekit.commands.run", "run a YAML recipe (validated up front) and write an HTML/Markdown/JSON report"),
 }
 

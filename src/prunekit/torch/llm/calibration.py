@@ -1,7 +1,7 @@
 """Calibration tokens for one-shot LLM pruning: ``n_samples`` windows of ``seq_len`` tokens, seeded.
 
-A source is a text file (path), a list of strings, or token ids (a 1-D stream to cut windows
-from, or a 2-D ``[n, L]`` tensor used as it is).
+A source is a text file (path), a list of strings, or token ids (a list of ints or a 1-D tensor:
+a stream to cut windows from; or a 2-D ``[n, L]`` tensor used as it is).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 def read_text(path: str | os.PathLike) -> str:
     """The text of a UTF-8 file, with a clear error when it is missing or empty."""
+    if isinstance(path, str) and ("\n" in path or len(path) > 4096):
+        raise ConfigError("a str is read as a file path; pass raw text as a list of strings, e.g. [text]")
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"calibration/evaluation text file {str(file)!r} does not exist; pass a path to a UTF-8 text file")
@@ -59,6 +61,8 @@ def token_stream(source: CalibrationSource, tokenizer: Any = None) -> torch.Tens
         if not source:
             raise ConfigError("calibration list of strings is empty")
         return torch.tensor(encode(tokenizer, "\n\n".join(source)), dtype=torch.long)
+    if isinstance(source, Sequence) and source and all(isinstance(item, int) for item in source):
+        return torch.tensor(list(source), dtype=torch.long)
     raise ConfigError(
         f"calibration source must be a text file path, a list of strings or a token tensor, got {type(source).__name__}"
     )

@@ -48,11 +48,13 @@ def perplexity(
     context: int | None = None,
     stride: int | None = None,
     max_tokens: int | None = None,
+    batch_size: int = 8,
 ) -> Perplexity:
     """Perplexity and next-token accuracy of ``model`` on ``text`` (a file path, strings or token ids).
 
     ``context`` defaults to the model's context length, ``stride`` to ``context`` (disjoint
-    windows); ``max_tokens`` keeps only the first tokens of the text.
+    windows); ``max_tokens`` keeps only the first tokens of the text; ``batch_size`` windows
+    of equal length run together.
 
     Example::
 
@@ -76,20 +78,34 @@ def perplexity(
     model.eval()
     try:
         with torch.no_grad():
+            windows = []  # (begin, end, first): score targets[first:] of ids[begin:end]
             scored_until = 1  # absolute index of the first token not scored yet (token 0 has no history)
             for begin in range(0, ids.numel() - 1, stride):
                 end = min(begin + context, ids.numel())
-                window = ids[begin:end].to(device).unsqueeze(0)
-                logits = _logits(model, window)[0, :-1].float()
-                first = max(scored_until, begin + 1) - begin - 1  # position in logits of that token's prediction
-                chosen = window[0, 1:][first:]
-                logp = torch.log_softmax(logits[first:], dim=-1)
-                nll -= float(logp.gather(1, chosen.unsqueeze(1)).sum())
-                correct += int((logits[first:].argmax(dim=-1) == chosen).sum())
-                scored += int(chosen.numel())
+                windows.append((begin, end, max(scored_until, begin + 1) - begin - 1))
                 scored_until = end
                 if end == ids.numel():
                     break
+            index = 0
+            while index < len(windows):  # windows of one length and offset run as one batch
+                _, end0, first = windows[index]
+                length = end0 - windows[index][0]
+                group = [windows[index]]
+                while (
+                    index + len(group) < len(windows)
+                    and len(group) < batch_size
+                    and windows[index + len(group)][1] - windows[index + len(group)][0] == length
+                    and windows[index + len(group)][2] == first
+                ):
+                    group.append(windows[index + len(group)])
+                index += len(group)
+                batch = torch.stack([ids[b:e] for b, e, _ in group]).to(device)
+                logits = _logits(model, batch)[:, :-1][:, first:].float()
+                chosen = batch[:, 1:][:, first:]
+                logp = torch.log_softmax(logits, dim=-1)
+                nll -= float(logp.gather(2, chosen.unsqueeze(2)).sum())
+                correct += int((logits.argmax(dim=-1) == chosen).sum())
+                scored += int(chosen.numel())
     finally:
         model.train(was_training)
     return Perplexity(math.exp(nll / scored), nll, scored, correct / scored, time.perf_counter() - started)

@@ -97,7 +97,11 @@ def stdlib_texts(max_bytes: int = 12_000_000, valid_every: int = 25) -> tuple[st
         size += len(text)
         if size >= max_bytes:
             break
-    return "\n\n".join(train), "\n\n".join(valid)
+    train_text, valid_text = "\n\n".join(train), "\n\n".join(valid)
+    if len(valid_text) < len(train_text) // (4 * valid_every):  # too few files to hold some out: hold out the tail
+        cut = len(train_text) - len(train_text) // valid_every
+        train_text, valid_text = train_text[:cut], train_text[cut:] + ("\n\n" + valid_text if valid_text else "")
+    return train_text, valid_text
 
 
 @dataclass(frozen=True)
