@@ -21,9 +21,14 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds, help="training time budget")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="most optimizer steps")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="sequences per step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    parser.add_argument("--continue-from", metavar="DIR", help="keep training the model saved in DIR")
     args = parser.parse_args()
-    config = dataclasses.replace(defaults, max_seconds=args.max_seconds, steps=args.steps, seed=args.seed)
-    path = train_small_lm(args.output, config)
+    config = dataclasses.replace(
+        defaults, max_seconds=args.max_seconds, steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr
+    )
+    path = train_small_lm(args.output, config, init_from=args.continue_from)
     print(f"saved {path}")
 
 

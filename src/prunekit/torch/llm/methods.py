@@ -123,7 +123,7 @@ def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01
             q[prune[:, i]] = 0.0
             q1[:, i] = q
             err = (w - q) / d
-            w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1.0)
             err1[:, i] = err
         weight[:, start:end] = q1
         weight[:, end:] -= err1 @ hinv[start:end, end:]

@@ -1,0 +1,224 @@
+"""One-shot LLM pruning: perplexity of magnitude / Wanda / SparseGPT, OWL, depth; and the cost of pruning.
+
+Quality, on prunekit's small byte-level Llama (trained once, cached; see ``prunekit llm demo``):
+perplexity on held-out stdlib text of the dense model, of each method at 50 % unstructured and
+at 2:4, of Wanda at 70 % with OWL ratios beside uniform, and of removing 25 % of the blocks by
+block influence beside removing the last 25 %.
+
+Cost, on a randomly initialised GPT-2-small-size decoder (12 blocks of width 768, ~85M
+parameters in its blocks) with 32 x 512 calibration tokens, each figure from its own process:
+prune time over the time of one plain forward pass over the same tokens (forwards run before
+and after each prune, the ratio uses their mean), and the peak RSS growth of a pruning process
+(peak minus the RSS before the model was built) over the model's bytes; one block's
+calibration activations are reported separately (``block_activation_bytes``).
+
+    python benchmarks/llm_prune.py            # full run
+    python benchmarks/llm_prune.py --quick    # fewer tokens, a 4-block cost model
+
+The last line is one JSON object: ``ppl_dense``, ``ppl`` (method -> "0.5"/"2:4" -> value), OWL,
+depth and cost figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import malloc_settings, pin_malloc_settings  # noqa: E402
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak RSS (VmHWM) of this process to its current RSS (Linux)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+        handle.write("5")
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _cost_model(layers: int):  # noqa: ANN202
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=layers, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+    return GPT2LMHeadModel(config).eval()
+
+
+def _worker(kind: str, layers: int, samples: int, seq_len: int) -> None:
+    import torch
+
+    from prunekit.llm import prune
+    from prunekit.torch.llm.memory import model_bytes
+
+    _cost_model(1)  # imports the model's modules and warms torch up before the baseline RSS is read
+    tokens = torch.randint(0, 50257, (samples, seq_len), generator=torch.Generator().manual_seed(1))
+    model = _cost_model(layers)
+    after_model = _rss_now()
+    model_rss = after_model  # the model's pages are resident now; the pruning run's growth is measured from here
+    _reset_peak_rss()
+    result: dict[str, float] = {"model_bytes": model_bytes(model)}
+    started = time.perf_counter()
+    with torch.no_grad():
+        if kind == "forward":
+            for start in range(0, samples, 4):
+                model(input_ids=tokens[start : start + 4], use_cache=False)
+        else:
+            prune(model, tokens, method=kind, sparsity=0.5, n_samples=samples, seq_len=seq_len)
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_growth"] = _peak_rss() - model_rss + result["model_bytes"]  # model + what the run added on top
+    print(json.dumps(result))
+
+
+def _run_worker(kind: str, layers: int, samples: int, seq_len: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            kind,
+            "--layers",
+            str(layers),
+            "--samples",
+            str(samples),
+            "--seq-len",
+            str(seq_len),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _quality(quick: bool) -> dict:
+    import torch
+
+    from prunekit.llm import ensure_small_lm, load_model_dir, perplexity, prune, prune_depth
+    from prunekit.methods import list_methods
+
+    directory = ensure_small_lm(log=lambda line: print(line, file=sys.stderr))
+    model, tokenizer = load_model_dir(directory)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    valid, train = directory / "valid.txt", directory / "train.txt"
+    max_tokens = 30_000 if quick else 120_000
+    samples, seq_len = (32, 128) if quick else (128, 128)
+
+    def ppl(m) -> float:  # noqa: ANN001
+        return perplexity(m, valid, tokenizer, max_tokens=max_tokens).perplexity
+
+    figures: dict = {"ppl_dense": ppl(model), "ppl": {}, "prune_seconds": {}}
+    for method in list_methods(kind="llm"):
+        figures["ppl"][method.name] = {}
+        for label, kwargs in (("0.5", {"sparsity": 0.5}), ("2:4", {"pattern": "2:4"})):
+            model.load_state_dict(dense_state)
+            result = prune(model, train, tokenizer=tokenizer, method=method.name, n_samples=samples, seq_len=seq_len, **kwargs)
+            figures["ppl"][method.name][label] = ppl(model)
+            figures["prune_seconds"][f"{method.name} {label}"] = result.seconds
+    for ratios in ("uniform", "owl"):
+        model.load_state_dict(dense_state)
+        prune(model, train, tokenizer=tokenizer, method="wanda", sparsity=0.7, ratios=ratios, n_samples=samples, seq_len=seq_len)
+        figures[f"ppl_wanda_70_{ratios}"] = ppl(model)
+    for criterion in ("influence", "last"):
+        fresh, _ = load_model_dir(directory)
+        with torch.no_grad():
+            depth = prune_depth(
+                fresh, train, tokenizer=tokenizer, remove=0.25, criterion=criterion, n_samples=samples, seq_len=seq_len
+            )
+        figures[f"ppl_depth_{criterion}"] = ppl(fresh)
+        figures[f"depth_removed_{criterion}"] = depth.removed
+    dense = figures["ppl_dense"]
+    rise = {m: {p: v - dense for p, v in row.items()} for m, row in figures["ppl"].items()}
+    figures["ppl_increase"] = rise
+    return figures
+
+
+def _cost(quick: bool) -> dict:
+    layers, samples, seq_len = (4, 8, 256) if quick else (12, 32, 512)
+    forward_a = _run_worker("forward", layers, samples, seq_len)
+    wanda = _run_worker("wanda", layers, samples, seq_len)
+    forward_b = _run_worker("forward", layers, samples, seq_len)
+    sparsegpt = _run_worker("sparsegpt", layers, samples, seq_len)
+    forward_c = _run_worker("forward", layers, samples, seq_len)
+    model_bytes = wanda["model_bytes"]
+    return {
+        "cost_model": f"random GPT-2, {layers} blocks of 768, {samples} x {seq_len} calibration tokens",
+        "forward_seconds": (forward_a["seconds"] + forward_b["seconds"] + forward_c["seconds"]) / 3,
+        "wanda_seconds": wanda["seconds"],
+        "sparsegpt_seconds": sparsegpt["seconds"],
+        "wanda_time_over_forward": wanda["seconds"] / ((forward_a["seconds"] + forward_b["seconds"]) / 2),
+        "sparsegpt_time_over_forward": sparsegpt["seconds"] / ((forward_b["seconds"] + forward_c["seconds"]) / 2),
+        "peak_rss_over_model_bytes": max(wanda["peak_rss_growth"], sparsegpt["peak_rss_growth"]) / model_bytes,
+        "peak_rss_over_model_bytes_wanda": wanda["peak_rss_growth"] / model_bytes,
+        "peak_rss_over_model_bytes_sparsegpt": sparsegpt["peak_rss_growth"] / model_bytes,
+        "model_bytes": model_bytes,
+        "block_activation_bytes": samples * seq_len * 768 * 4,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one-shot LLM pruning: perplexity and cost")
+    parser.add_argument("--quick", action="store_true", help="fewer evaluation/calibration tokens and a 4-block cost model")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, default=12, help=argparse.SUPPRESS)
+    parser.add_argument("--samples", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--seq-len", type=int, default=512, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker, args.layers, args.samples, args.seq_len)
+        return
+    pin_malloc_settings()
+    quality = _quality(args.quick)
+    cost = _cost(args.quick)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="small byte-level Llama, perplexity on held-out stdlib text")
+    for column in ("variant", "perplexity", "rise over dense"):
+        table.add_column(column, justify="right")
+    table.add_row("dense", f"{quality['ppl_dense']:.3f}", "-")
+    for method, row in quality["ppl"].items():
+        for pattern, value in row.items():
+            table.add_row(f"{method} {pattern}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
+    for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", "ppl_depth_influence", "ppl_depth_last"):
+        table.add_row(key.removeprefix("ppl_"), f"{quality[key]:.3f}", f"{quality[key] - quality['ppl_dense']:+.3f}")
+    console = Console()
+    console.print(table)
+    cost_table = Table(title=cost["cost_model"])
+    cost_table.add_column("figure")
+    cost_table.add_column("value", justify="right")
+    for key in (
+        "forward_seconds",
+        "wanda_seconds",
+        "sparsegpt_seconds",
+        "wanda_time_over_forward",
+        "sparsegpt_time_over_forward",
+        "peak_rss_over_model_bytes",
+        "model_bytes",
+        "block_activation_bytes",
+    ):
+        value = cost[key]
+        cost_table.add_row(key, f"{value:.3f}" if isinstance(value, float) else f"{value:,}")
+    console.print(cost_table)
+    print(json.dumps({"benchmark": "llm_prune", **quality, **cost, "malloc": malloc_settings(), "quick": args.quick}))
+
+
+if __name__ == "__main__":
+    main()
