@@ -150,8 +150,7 @@ def _quality(quick: bool) -> dict:
     return figures
 
 
-def _cost(quick: bool) -> dict:
-    layers, samples, seq_len = (4, 8, 256) if quick else (12, 32, 512)
+def _cost(layers: int, samples: int, seq_len: int) -> dict:
     forward_a = _run_worker("forward", layers, samples, seq_len)
     wanda = _run_worker("wanda", layers, samples, seq_len)
     forward_b = _run_worker("forward", layers, samples, seq_len)
@@ -176,6 +175,9 @@ def _cost(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description="one-shot LLM pruning: perplexity and cost")
     parser.add_argument("--quick", action="store_true", help="fewer evaluation/calibration tokens and a 4-block cost model")
+    parser.add_argument("--skip-quality", action="store_true", help="only the cost figures")
+    parser.add_argument("--skip-cost", action="store_true", help="only the perplexity figures")
+    parser.add_argument("--cost-shape", help="cost model as BLOCKSxSAMPLESxSEQ_LEN (default 12x32x512, quick 4x8x256)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, default=12, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=32, help=argparse.SUPPRESS)
@@ -185,9 +187,21 @@ def main() -> None:
         _worker(args.worker, args.layers, args.samples, args.seq_len)
         return
     pin_malloc_settings()
-    quality = _quality(args.quick)
-    cost = _cost(args.quick)
+    shape = args.cost_shape or ("4x8x256" if args.quick else "12x32x512")
+    layers, samples, seq_len = (int(part) for part in shape.split("x"))
+    quality = {} if args.skip_quality else _quality(args.quick)
+    cost = {} if args.skip_cost else _cost(layers, samples, seq_len)
     from rich.console import Console
+
+    console = Console()
+    if quality:
+        _print_quality(console, quality)
+    if cost:
+        _print_cost(console, cost)
+    print(json.dumps({"benchmark": "llm_prune", **quality, **cost, "malloc": malloc_settings(), "quick": args.quick}))
+
+
+def _print_quality(console, quality: dict) -> None:  # noqa: ANN001
     from rich.table import Table
 
     table = Table(title="small byte-level Llama, perplexity on held-out stdlib text")
@@ -199,8 +213,12 @@ def main() -> None:
             table.add_row(f"{method} {pattern}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
     for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", "ppl_depth_influence", "ppl_depth_last"):
         table.add_row(key.removeprefix("ppl_"), f"{quality[key]:.3f}", f"{quality[key] - quality['ppl_dense']:+.3f}")
-    console = Console()
     console.print(table)
+
+
+def _print_cost(console, cost: dict) -> None:  # noqa: ANN001
+    from rich.table import Table
+
     cost_table = Table(title=cost["cost_model"])
     cost_table.add_column("figure")
     cost_table.add_column("value", justify="right")
@@ -217,7 +235,6 @@ def main() -> None:
         value = cost[key]
         cost_table.add_row(key, f"{value:.3f}" if isinstance(value, float) else f"{value:,}")
     console.print(cost_table)
-    print(json.dumps({"benchmark": "llm_prune", **quality, **cost, "malloc": malloc_settings(), "quick": args.quick}))
 
 
 if __name__ == "__main__":

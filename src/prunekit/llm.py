@@ -16,9 +16,9 @@ from prunekit.torch.llm.depth import DepthResult, block_influence, prune_depth, 
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack
 from prunekit.torch.llm.evaluate import Perplexity, comparison_rows, layer_sparsity, model_report, perplexity
 from prunekit.torch.llm.methods import LayerTask, LLMMethod
-from prunekit.torch.llm.prune import PruneResult, prune
 from prunekit.torch.llm.ratios import owl_sparsities
 from prunekit.torch.llm.saving import check_model_dir, load_model_dir, save_pruned
+from prunekit.torch.llm.sequential import PruneResult, prune
 from prunekit.torch.llm.small_lm import SmallLMConfig, byte_tokenizer, ensure_small_lm, train_small_lm
 from prunekit.torch.llm.width import WidthResult, prune_width
 

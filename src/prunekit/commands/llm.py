@@ -122,7 +122,8 @@ def _finish(
 ) -> int:
     from prunekit.llm import model_report, save_pruned
 
-    out = save_pruned(model, args.output, tokenizer_dir=directory, record=record, overwrite=args.overwrite)
+    compact = bool(record.get("recipe", {}).get("pattern"))  # N:M: also the compact sparse file
+    out = save_pruned(model, args.output, tokenizer_dir=directory, record=record, overwrite=args.overwrite, compact=compact)
     print(f"saved {out}")
     if dense is not None:
         pruned = model_report(model, args.eval_text, tokenizer, directory=out)

@@ -8,9 +8,10 @@ import math
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prunekit.artifacts.compact import load_compact
 from prunekit.cli import main
 from prunekit.torch.llm.evaluate import layer_sparsity, perplexity
-from prunekit.torch.llm.saving import RECORD_NAME
+from prunekit.torch.llm.saving import COMPACT_NAME, RECORD_NAME
 
 SMALL = ["--samples", "8", "--seq-len", "64"]
 
@@ -52,6 +53,9 @@ def test_prune_then_eval_json(trained_lm_dir, tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert set(layer_sparsity(model).values()) == {0.5}
     assert (out / "tokenizer.json").is_file()
+    arrays, _ = load_compact(out / COMPACT_NAME)  # N:M output also comes in the compact sparse format
+    weight = model.model.layers[0].mlp.up_proj.weight.detach().numpy()
+    assert (arrays["model.layers.0.mlp.up_proj.weight"] == weight).all()
     capsys.readouterr()
     assert main(["llm", "eval", str(out), "--text", str(trained_lm_dir / "valid.txt"), "--max-tokens", "3000", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.evaluate import layer_sparsity, model_report, perplexity
-from prunekit.torch.llm.prune import prune
 from prunekit.torch.llm.saving import RECORD_NAME, check_model_dir, load_model_dir, save_pruned
+from prunekit.torch.llm.sequential import prune
 from tests.torch.llm.tiny import tiny_model, tokens
 
 

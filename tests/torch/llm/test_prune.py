@@ -9,7 +9,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.discovery import find_decoder_stack, set_weight_matrix, weight_matrix
 from prunekit.torch.llm.methods import LayerTask, magnitude, sparsegpt, wanda
-from prunekit.torch.llm.prune import prune
+from prunekit.torch.llm.sequential import prune
 from prunekit.torch.llm.statistics import InputStatistics
 from tests.torch.llm.tiny import FAMILIES, tiny_model, tokens
 

@@ -4,12 +4,12 @@ Modules, one job each: :mod:`.discovery` (decoder stack and projections), :mod:`
 (token windows), :mod:`.capture` (first-block inputs, block replay), :mod:`.statistics` (input
 norms, Hessians), :mod:`.selection` (row/layer/N:M masks), :mod:`.methods` (magnitude, Wanda,
 SparseGPT handlers of registry kind ``"llm"``), :mod:`.ratios` (uniform, globs, OWL),
-:mod:`.prune` (the sequential driver), :mod:`.memory` (device and memory checks).
+:mod:`.sequential` (the sequential driver), :mod:`.memory` (device and memory checks).
 """
 
 from prunekit.torch.llm.calibration import calibration_tokens
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack
 from prunekit.torch.llm.methods import LayerTask, LLMMethod
-from prunekit.torch.llm.prune import PruneResult, prune
+from prunekit.torch.llm.sequential import PruneResult, prune
 
 __all__ = ["DecoderStack", "LLMMethod", "LayerTask", "PruneResult", "calibration_tokens", "find_decoder_stack", "prune"]

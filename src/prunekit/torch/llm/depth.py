@@ -22,7 +22,7 @@ from prunekit.torch.llm.calibration import CalibrationSource
 from prunekit.torch.llm.capture import call_block, capture_block_inputs, on_device
 from prunekit.torch.llm.discovery import find_decoder_stack
 from prunekit.torch.llm.memory import resolve_device
-from prunekit.torch.llm.prune import default_batch_size, prepare_tokens
+from prunekit.torch.llm.sequential import default_batch_size, prepare_tokens
 
 CRITERIA = ("influence", "last")
 

@@ -23,7 +23,7 @@ from prunekit.errors import ConfigError
 from prunekit.torch.llm.calibration import _check_vocab, token_stream
 from prunekit.torch.llm.capture import model_device
 from prunekit.torch.llm.discovery import find_decoder_stack, weight_matrix
-from prunekit.torch.llm.prune import context_length
+from prunekit.torch.llm.sequential import context_length
 
 
 @dataclass

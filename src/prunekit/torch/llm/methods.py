@@ -14,7 +14,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,10 +97,10 @@ def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01
         end = min(start + blocksize, cols)
         count = end - start
         w1 = weight[:, start:end].clone()
-        q1 = torch.zeros_like(w1)
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[start:end, start:end]
         diag1 = torch.diag(hinv1)
+        inv_diag1 = 1.0 / diag1
         if not m:
             scores = w1**2 / diag1.unsqueeze(0) ** 2
             if comparison == "row":
@@ -113,21 +114,44 @@ def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01
                 raise ConfigError(f"comparison must be 'row' or 'layer', got {comparison!r}")
         else:
             prune = torch.zeros_like(w1, dtype=torch.bool)
-        for i in range(count):
-            w = w1[:, i]
-            d = hinv1[i, i]
-            if m and i % m == 0:
-                scores = w1[:, i : i + m] ** 2 / diag1[i : i + m].unsqueeze(0) ** 2
-                prune.scatter_(1, i + torch.topk(scores, m - n_keep, dim=1, largest=False).indices, True)
-            q = w.clone()
-            q[prune[:, i]] = 0.0
-            q1[:, i] = q
-            err = (w - q) / d
-            w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1.0)
-            err1[:, i] = err
-        weight[:, start:end] = q1
-        weight[:, end:] -= err1 @ hinv[start:end, end:]
+        pruned = prune.to(w1.dtype)
+        with _one_thread():  # the column loop is many tiny ops: thread hand-offs cost more than they save
+            _obs_columns(w1, err1, hinv1, diag1, inv_diag1, prune, pruned, m, n_keep)
+        weight[:, start:end] = w1.masked_fill_(prune, 0.0)
+        weight[:, end:].addmm_(err1, hinv[start:end, end:], alpha=-1.0)
     return weight
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _obs_columns(
+    w1: torch.Tensor,
+    err1: torch.Tensor,
+    hinv1: torch.Tensor,
+    diag1: torch.Tensor,
+    inv_diag1: torch.Tensor,
+    prune: torch.Tensor,
+    pruned: torch.Tensor,
+    m: int,
+    n_keep: int,
+) -> None:
+    """One block's column-by-column OBS updates in place (``w1`` ends as the kept weights, ``err1`` the scaled errors)."""
+    for i in range(w1.shape[1]):
+        if m and i % m == 0:
+            scores = w1[:, i : i + m] ** 2 / diag1[i : i + m].unsqueeze(0) ** 2
+            prune.scatter_(1, i + torch.topk(scores, m - n_keep, dim=1, largest=False).indices, True)
+            pruned[:, i : i + m] = prune[:, i : i + m].to(w1.dtype)
+        err = w1[:, i] * pruned[:, i] * inv_diag1[i]  # (w - q) / d with q = w where kept, 0 where pruned
+        err1[:, i] = err
+        w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1.0)  # column i becomes q; later columns compensate
 
 
 def _upper_cholesky_of_inverse(hessian: torch.Tensor, name: str) -> torch.Tensor:
@@ -140,7 +164,8 @@ def _upper_cholesky_of_inverse(hessian: torch.Tensor, name: str) -> torch.Tensor
         )
         factor, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
+            factor_inv = torch.linalg.solve_triangular(factor, torch.eye(len(h), device=h.device, dtype=h.dtype), upper=False)
+            inverse = factor_inv.t() @ factor_inv  # H^-1 = L^-T L^-1 (faster on CPU than cholesky_inverse)
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if int(info) == 0:
                 return upper

@@ -23,6 +23,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 
 RECORD_NAME = "prunekit_llm.json"
+COMPACT_NAME = "compact.safetensors"
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -114,10 +115,13 @@ def save_pruned(
     tokenizer: Any = None,
     record: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    compact: bool = False,
 ) -> Path:
     """Save ``model`` (and tokenizer files, and ``record`` as ``prunekit_llm.json``) into ``path`` atomically.
 
     Tokenizer files are copied from ``tokenizer_dir`` when given, else written by ``tokenizer``.
+    ``compact=True`` also writes the weights in prunekit's compact sparse format (``COMPACT_NAME``,
+    read with :func:`prunekit.artifacts.compact.load_compact`), worth it for N:M and high sparsity.
 
     Example::
 
@@ -128,6 +132,11 @@ def save_pruned(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         model.save_pretrained(tmp)
+        if compact:
+            from prunekit.artifacts.compact import save_compact
+
+            arrays = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items() if v.is_floating_point()}
+            save_compact(arrays, tmp / COMPACT_NAME, framework="torch", extra={"source": "prunekit.llm"})
         if tokenizer_dir is not None:
             for name in TOKENIZER_FILES:
                 source = Path(tokenizer_dir) / name

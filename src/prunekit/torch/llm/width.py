@@ -26,7 +26,7 @@ from prunekit.torch.llm.calibration import CalibrationSource
 from prunekit.torch.llm.capture import capture_block_inputs, on_device
 from prunekit.torch.llm.discovery import find_decoder_stack, is_transposed, weight_matrix
 from prunekit.torch.llm.memory import resolve_device
-from prunekit.torch.llm.prune import _run_block, _StatsCollector, block_projections, default_batch_size, prepare_tokens
+from prunekit.torch.llm.sequential import _run_block, _StatsCollector, block_projections, default_batch_size, prepare_tokens
 
 
 @dataclass

@@ -111,7 +111,7 @@ def prepare_tokens(
     )
 
 
-def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 4096) -> int:
+def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 2048) -> int:
     """Calibration sequences per block call: about ``tokens_per_batch`` tokens, at least one sequence."""
     return max(1, min(n_samples, tokens_per_batch // seq_len))
 
