@@ -14,6 +14,7 @@ from prunekit.torch.llm.evaluate import layer_sparsity, perplexity
 from prunekit.torch.llm.saving import COMPACT_NAME, RECORD_NAME
 
 SMALL = ["--samples", "8", "--seq-len", "64"]
+pytestmark = pytest.mark.slow  # the shared fixture trains a tiny LM (about 20 s on 2 idle cores)
 
 
 def test_trained_tiny_lm_beats_the_unigram_model(trained_lm_dir):
