@@ -43,8 +43,38 @@ def read_text(path: str | os.PathLike) -> str:
     return text
 
 
-def token_stream(source: CalibrationSource, tokenizer: Any = None) -> torch.Tensor:
-    """The source as one 1-D ``long`` token stream (a 2-D tensor is flattened row by row).
+CHUNK_CHARS = 1_000_000
+"""Long texts are tokenized in pieces of about this many characters (cut at a newline), so memory stays bounded."""
+
+
+def _source_text(source: CalibrationSource) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return read_text(source)
+    if (
+        isinstance(source, Sequence)
+        and not isinstance(source, torch.Tensor)
+        and source
+        and all(isinstance(item, str) for item in source)
+    ):
+        return "\n\n".join(source)
+    if isinstance(source, Sequence) and not isinstance(source, torch.Tensor) and not source:
+        raise ConfigError("calibration list of strings is empty")
+    return None
+
+
+def _encode_prefix(tokenizer: Any, text: str, max_tokens: int | None) -> list[int]:
+    """Token ids of ``text`` (or of its start, once ``max_tokens`` are reached), tokenized piece by piece."""
+    ids: list[int] = []
+    start = 0
+    while start < len(text) and (max_tokens is None or len(ids) < max_tokens):
+        end = len(text) if len(text) - start <= CHUNK_CHARS else text.find("\n", start + CHUNK_CHARS) + 1 or len(text)
+        ids.extend(encode(tokenizer, text[start:end]))
+        start = end
+    return ids if max_tokens is None else ids[:max_tokens]
+
+
+def token_stream(source: CalibrationSource, tokenizer: Any = None, max_tokens: int | None = None) -> torch.Tensor:
+    """The source as one 1-D ``long`` token stream (a 2-D tensor is flattened row by row), cut to ``max_tokens``.
 
     Example::
 
@@ -53,19 +83,31 @@ def token_stream(source: CalibrationSource, tokenizer: Any = None) -> torch.Tens
     if isinstance(source, torch.Tensor):
         if source.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ConfigError(f"calibration token tensor must hold integer ids, got dtype {source.dtype}")
-        return source.reshape(-1).long()
-    if isinstance(source, (str, os.PathLike)):
-        text = read_text(source)
-        return torch.tensor(encode(tokenizer, text), dtype=torch.long)
-    if isinstance(source, Sequence) and all(isinstance(item, str) for item in source):
-        if not source:
-            raise ConfigError("calibration list of strings is empty")
-        return torch.tensor(encode(tokenizer, "\n\n".join(source)), dtype=torch.long)
+        return source.reshape(-1).long()[:max_tokens]
+    text = _source_text(source)
+    if text is not None:
+        return torch.tensor(_encode_prefix(tokenizer, text, max_tokens), dtype=torch.long)
     if isinstance(source, Sequence) and source and all(isinstance(item, int) for item in source):
-        return torch.tensor(list(source), dtype=torch.long)
+        return torch.tensor(list(source), dtype=torch.long)[:max_tokens]
     raise ConfigError(
         f"calibration source must be a text file path, a list of strings or a token tensor, got {type(source).__name__}"
     )
+
+
+def _windows_from_text(text: str, tokenizer: Any, n_samples: int, seq_len: int, seed: int) -> torch.Tensor | None:
+    """Windows cut from pieces of a long text at seeded random character offsets (``None`` if a piece runs short)."""
+    generator = torch.Generator().manual_seed(seed)
+    span = seq_len * 16
+    if len(text) < 4 * span:
+        return None
+    rows = []
+    for _ in range(n_samples):
+        offset = int(torch.randint(0, len(text) - span, (1,), generator=generator))
+        ids = encode(tokenizer, text[offset : offset + span])
+        if len(ids) < seq_len:
+            return None
+        rows.append(torch.tensor(ids[:seq_len], dtype=torch.long))
+    return torch.stack(rows)
 
 
 def calibration_tokens(
@@ -92,6 +134,12 @@ def calibration_tokens(
     if isinstance(source, torch.Tensor) and source.dim() == 2 and source.shape[1] == seq_len:
         tokens = source[:n_samples].long()
     else:
+        text = _source_text(source)
+        if text is not None and len(text) > CHUNK_CHARS:  # a long text: tokenize only the sampled pieces
+            tokens = _windows_from_text(text, tokenizer, n_samples, seq_len, seed)
+            if tokens is not None:
+                _check_vocab(tokens, vocab_size, "calibration")
+                return tokens
         stream = token_stream(source, tokenizer)
         if stream.numel() < seq_len:
             raise ConfigError(

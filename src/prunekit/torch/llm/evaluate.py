@@ -60,9 +60,7 @@ def perplexity(
 
         perplexity(model, "valid.txt", tokenizer, context=512, stride=256).perplexity
     """
-    ids = token_stream(text, tokenizer)
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
+    ids = token_stream(text, tokenizer, max_tokens=max_tokens)
     limit = context_length(model)
     context = min(context or limit or 1024, limit or sys.maxsize)
     stride = stride or context
@@ -209,4 +207,8 @@ def comparison_rows(reports: dict[str, dict[str, Any]]) -> tuple[list[str], list
                 f"{r['peak_rss_bytes'] / 2**20:.0f} MiB",
             ]
         )
+    if not any("size_bytes" in r for r in reports.values()):  # no directory measured: leave the column out
+        size = columns.index("size")
+        columns = columns[:size] + columns[size + 1 :]
+        rows = [row[:size] + row[size + 1 :] for row in rows]
     return columns, rows
