@@ -11,8 +11,7 @@ from typing import Any
 from prunekit.core.atomic import atomic_write_text
 from prunekit.demo.tables import artifacts_table, results_table, structured_table
 from prunekit.errors import ConfigError
-
-FRAMEWORKS = ("torch", "keras")
+from prunekit.methods import FRAMEWORKS
 
 
 def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> None:
@@ -30,7 +29,7 @@ def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> No
 
 def run_demo(
     framework: str = "torch",
-    methods: Sequence[str] = ("gradual",),
+    methods: Sequence[str] | None = None,
     sparsities: Sequence[float] = (0.5, 0.8, 0.9),
     output_dir: str | Path | None = None,
     quick: bool = False,

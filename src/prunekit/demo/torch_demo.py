@@ -5,46 +5,17 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunekit.data import load_digits
-from prunekit.errors import ConfigError
+from prunekit.methods import PruningRun, default_method, get_method, run_method
 from prunekit.torch.metrics import serialized_size, sparsity_report
 from prunekit.torch.models import DigitsCNN
 from prunekit.torch.training import default_device, evaluate, fit, make_loader
-from prunekit.torch.workflows import PruningRun, prune_gradually, prune_iteratively, prune_one_shot
-
-METHODS = ("gradual", "one-shot", "iterative", "structured")
-
-
-def _workflow(method: str, quick: bool) -> Callable[..., PruningRun]:
-    if method == "gradual":
-        return lambda m, loader, s, **kw: prune_gradually(m, loader, s, epochs=3 if quick else 12, lr=1e-3, **kw)
-    if method == "one-shot":
-        return lambda m, loader, s, **kw: prune_one_shot(m, loader, s, finetune_epochs=2 if quick else 10, lr=5e-4, **kw)
-    if method == "iterative":
-        return lambda m, loader, s, **kw: prune_iteratively(
-            m, loader, s, rounds=3, epochs_per_round=1 if quick else 4, lr=1e-3, **kw
-        )
-    if method == "structured":
-        return lambda m, loader, ratio, **kw: _prune_structured(m, loader, ratio, quick, kw["progress"], kw["description"])
-    raise ConfigError(f"unknown demo method {method!r}; choose from {METHODS}")
-
-
-def _prune_structured(
-    model: torch.nn.Module, loader: Any, ratio: float, quick: bool, progress: bool, description: str
-) -> PruningRun:
-    """Remove ``ratio`` of the channels of every prunable layer (L1), then fine-tune the smaller model."""
-    from prunekit.torch.structured import prune_channels
-
-    example = next(iter(loader))[0][:8].to(next(model.parameters()).device)
-    result = prune_channels(model, example, ratio=ratio, importance="l1")
-    history = fit(result.model, loader, epochs=1 if quick else 4, lr=1e-3, progress=progress, description=description)
-    return PruningRun(result.model, None, history, ratio, plan=result.plan)
 
 
 def _cost(model: torch.nn.Module) -> dict[str, float]:
@@ -71,7 +42,7 @@ def _latencies_b64(models: Sequence[torch.nn.Module], rounds: int = 7) -> list[f
 
 
 def run_torch_demo(
-    methods: Sequence[str] = ("gradual",),
+    methods: Sequence[str] | None = None,
     sparsities: Sequence[float] = (0.5, 0.8, 0.9),
     quick: bool = False,
     seed: int = 0,
@@ -92,7 +63,8 @@ def run_torch_demo(
 
         results = run_torch_demo(sparsities=[0.9])
     """
-    workflows = {method: _workflow(method, quick) for method in methods}
+    methods = list(methods) if methods else [default_method(framework="torch").name]
+    kinds = {method: get_method(method, framework="torch").kind for method in methods}  # unknown names fail here
     torch.manual_seed(seed)
     split = load_digits(seed=seed)
     train = make_loader(split.x_train, split.y_train, batch_size=64, seed=seed)
@@ -103,7 +75,7 @@ def run_torch_demo(
     started = time.perf_counter()
     fit(dense, train, epochs=4 if quick else 25, lr=2e-3, progress=progress, description="dense")
     sizes = serialized_size(dense)
-    structured = "structured" in workflows
+    structured = "structured" in kinds.values()
     results: dict[str, Any] = {
         "framework": "torch",
         "model": "DigitsCNN",
@@ -119,16 +91,27 @@ def run_torch_demo(
     }
     sparsest: tuple[float, PruningRun] | None = None
     smaller: list[tuple[dict[str, Any], torch.nn.Module]] = []  # structured runs, timed against dense at the end
-    for method, workflow in workflows.items():
+    for method, kind in kinds.items():
         for sparsity in sparsities:
             torch.manual_seed(seed)
             model = copy.deepcopy(dense)
             started = time.perf_counter()
-            run = workflow(model, train, sparsity, scope="global", progress=progress, description=f"{method} {sparsity:.0%}")
+            run = run_method(
+                method,
+                "torch",
+                model,
+                split.x_train,
+                split.y_train,
+                sparsity,
+                seed=seed,
+                progress=progress,
+                device=str(target),
+                **({"epochs": 3} if quick else {}),
+            )
             sizes = serialized_size(run.model)
             results["runs"].append(
                 {
-                    **(_cost(run.model) if method == "structured" else {}),
+                    **(_cost(run.model) if kind == "structured" else {}),
                     "method": method,
                     "sparsity": sparsity,
                     "achieved_sparsity": run.sparsity,
@@ -138,7 +121,7 @@ def run_torch_demo(
                     "seconds": time.perf_counter() - started,
                 }
             )
-            if method == "structured":
+            if kind == "structured":
                 smaller.append((results["runs"][-1], run.model))
             if sparsest is None or sparsity > sparsest[0]:
                 sparsest = (sparsity, run)

@@ -12,13 +12,14 @@ from prunekit.methods.contract import Backend, PruningRun, TrainJob
 from prunekit.methods.record import FRAMEWORKS, KINDS, Method
 from prunekit.methods.registry import (
     ENTRY_POINT_GROUP,
+    default_method,
     get_method,
     list_methods,
     method_names,
     register,
     unregister,
 )
-from prunekit.methods.run import run_method
+from prunekit.methods.run import TRAINING_KINDS, load_backend, run_method
 
 __all__ = [
     "Backend",
@@ -27,9 +28,12 @@ __all__ = [
     "KINDS",
     "Method",
     "PruningRun",
+    "TRAINING_KINDS",
     "TrainJob",
+    "default_method",
     "get_method",
     "list_methods",
+    "load_backend",
     "method_names",
     "register",
     "run_method",

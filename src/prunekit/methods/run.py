@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
+from prunekit.errors import ConfigError
 from prunekit.methods.contract import PruningRun, TrainJob
+from prunekit.methods.record import FRAMEWORKS
 from prunekit.methods.registry import get_method
 
 TRAINING_KINDS = ("unstructured", "structured", "dynamic")
@@ -53,3 +57,17 @@ def run_method(
             f"the {framework} handler of method {method.name!r} returned {type(run).__name__}, not a prunekit.methods.PruningRun"
         )
     return run
+
+
+def load_backend(framework: str) -> ModuleType:
+    """The backend module of ``framework`` (``prunekit.torch.backend`` or ``prunekit.keras.backend``): the contract's
+    verbs (fit, accuracy, measure, summarize, measure_latency, export, clone, load_weights, analyze_sensitivity).
+
+    Example::
+
+        backend = load_backend("keras")
+        backend.accuracy(model, split.x_test, split.y_test)
+    """
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"framework should be one of {list(FRAMEWORKS)}, got {framework!r}")
+    return importlib.import_module(f"prunekit.{framework}.backend")

@@ -16,14 +16,17 @@ import torch
 from torch import nn
 
 from prunekit.methods.contract import PruningRun, TrainJob
+from prunekit.torch.latency import measure_latency
 from prunekit.torch.metrics import serialized_size
-from prunekit.torch.sensitivity import Accuracy
-from prunekit.torch.summary import summarize
+from prunekit.torch.sensitivity import Accuracy, analyze_sensitivity
+from prunekit.torch.summary import summarize as _summarize
 from prunekit.torch.training import fit as _fit
 from prunekit.torch.training import make_loader
+from prunekit.torch.weights import load_weights
 from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
 
 name = "torch"
+__all__ = ["Accuracy", "analyze_sensitivity", "load_weights", "measure_latency"]  # verbs re-exported as they are
 
 
 def is_model(obj: Any) -> bool:
@@ -53,6 +56,12 @@ def accuracy(model: nn.Module, x: Any, y: Any) -> float:
     return Accuracy(x, y)(model)
 
 
+def summarize(model: nn.Module, x: Any) -> Any:
+    """Per-layer params, nonzeros and MACs (a :class:`~prunekit.core.records.ModelSummary`) for samples like ``x[:1]``."""
+    model = model.eval()
+    return _summarize(model, torch.as_tensor(np.asarray(x[:1])).to(next(model.parameters()).device))
+
+
 def measure(model: nn.Module, x: Any) -> dict[str, Any]:
     """The figures a results row holds for a model taking samples like ``x[:1]``: params, nonzeros, sparsity,
     MACs, sparse MACs, state_dict bytes raw and gzip.
@@ -61,9 +70,7 @@ def measure(model: nn.Module, x: Any) -> dict[str, Any]:
 
         measure(model, split.x_test)["sparse_macs"]
     """
-    model = model.eval()
-    example = torch.as_tensor(np.asarray(x[:1]))
-    summary = summarize(model, example.to(next(model.parameters()).device))
+    summary = summarize(model, x)
     sizes = serialized_size(model)
     return {
         "params": summary.params,
