@@ -110,7 +110,8 @@ class Pruner:
             ``"max"`` or ``"l2"`` first (``None`` compares raw scores).
         optimizer: attach now (see :meth:`attach`).
         regrow: recompute masks from scratch at each pruning step instead of keeping pruned
-            weights pruned.
+            weights pruned; ``"set"`` or ``"rigl"`` builds a
+            :class:`~prunekit.torch.dynamic.DynamicPruner` (dynamic sparse training).
         seed: seed of the ``"random"`` importance.
 
     Example::
@@ -121,6 +122,13 @@ class Pruner:
             pruner.step()
         model = pruner.strip()
     """
+
+    def __new__(cls, *args: Any, regrow: bool | str = False, **kwargs: Any) -> Pruner:
+        if isinstance(regrow, str) and cls is Pruner:  # regrow="set" | "rigl": dynamic sparse training
+            from prunekit.torch.dynamic import DynamicPruner
+
+            return super().__new__(DynamicPruner)
+        return super().__new__(cls)
 
     def __init__(
         self,
