@@ -184,15 +184,18 @@ def layer_sparsities(
             raw[name] = sum(shape) / float(np.prod(shape))
     kept_dense: set[str] = set()
     while True:
-        budget = sum((1.0 - sparsity) * sizes[n] for n in sparse) - sum(sparsity * sizes[n] for n in kept_dense)
+        budget = sum((1.0 - sparsity) * sizes[n] for n in sparse if n not in kept_dense) - sum(
+            sparsity * sizes[n] for n in kept_dense
+        )
         divisor = sum(raw[n] * sizes[n] for n in sparse if n not in kept_dense)
         if divisor <= 0:
             raise ConfigError(f"sparsity {sparsity} cannot be reached: every layer would have to be dense")
         epsilon = budget / divisor
-        over = [n for n in sparse if n not in kept_dense and epsilon * raw[n] > 1.0]
-        if not over:
+        remaining = [n for n in sparse if n not in kept_dense]
+        highest = max(raw[n] for n in remaining)
+        if epsilon * highest <= 1.0:
             break
-        kept_dense.update(over)
+        kept_dense.update(n for n in remaining if raw[n] == highest)  # densest first, then rescale the rest
     for name in sparse:
         result[name] = 0.0 if name in kept_dense else float(1.0 - epsilon * raw[name])
     return result
