@@ -88,7 +88,7 @@ BUILTIN_METHODS: tuple[Method, ...] = (
             name=name,
             kind="dynamic",
             summary=summary,
-            handlers={"torch": f"prunekit.torch.dynamic_training:{function}"},
+            handlers={"torch": f"prunekit.torch.dynamic_training:{function}", "keras": f"prunekit.keras.dynamic:{function}"},
             defaults={
                 "epochs": 30,
                 "lr": 2e-3,
