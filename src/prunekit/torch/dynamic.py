@@ -63,6 +63,8 @@ class DynamicPruner(Pruner):
             pruner.step()
     """
 
+    regrow_methods = dynamic.REGROW_METHODS
+
     def __init__(
         self,
         model: nn.Module,

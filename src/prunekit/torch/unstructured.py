@@ -123,11 +123,14 @@ class Pruner:
         model = pruner.strip()
     """
 
-    def __new__(cls, *args: Any, regrow: bool | str = False, **kwargs: Any) -> Pruner:
-        if isinstance(regrow, str) and cls is Pruner:  # regrow="set" | "rigl": dynamic sparse training
-            from prunekit.torch.dynamic import DynamicPruner
+    regrow_methods: tuple[str, ...] = ()  # a subclass naming regrowth methods is built for ``regrow=<one of them>``
 
-            return super().__new__(DynamicPruner)
+    def __new__(cls, *args: Any, regrow: bool | str = False, **kwargs: Any) -> Pruner:
+        if isinstance(regrow, str) and cls is Pruner:  # e.g. regrow="rigl": prunekit.torch.dynamic.DynamicPruner
+            subclass = next((c for c in _subclasses(Pruner) if regrow in c.regrow_methods), None)
+            if subclass is None:
+                raise ConfigError(f"regrow should be True/False or a regrowth method of prunekit.torch.dynamic, got {regrow!r}")
+            return super().__new__(subclass)
         return super().__new__(cls)
 
     def __init__(
@@ -443,6 +446,10 @@ class Pruner:
                 for value in optimizer.state.get(self.params[name], {}).values():
                     if isinstance(value, torch.Tensor) and value.shape == mask.shape:
                         value.mul_(mask)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
 def _is_number(value: Any) -> bool:
