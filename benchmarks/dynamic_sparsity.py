@@ -3,10 +3,10 @@
 Every arm trains its own freshly initialised model (the same initial weights for one seed) on the
 same batches for the same number of steps with Adam. ``static`` prunes by magnitude at
 initialisation and keeps the mask; ``set`` and ``rigl`` start from that same mask and move it
-every ``update_interval`` steps until 75 % of the training (drop fraction 0.3, cosine decay);
-``dense`` is the unpruned reference. Test accuracy is averaged over 3 seeds; the arms run
-interleaved (static, rigl, set, dense, rotating per seed), and ``rigl_overhead`` is the median over
-seeds and models of RigL's training time ÷ the static arm's.
+every half epoch until 75 % of the training (drop fraction 0.3, cosine decay); ``dense`` is the
+unpruned reference. Test accuracy is averaged over 3 seeds. The four arms train in lockstep, one
+step each in turn (the order rotating every step), so drifts of a shared machine hit them alike;
+``rigl_overhead`` is the median over seeds and models of RigL's summed step time ÷ the static arm's.
 
 Run: ``python benchmarks/dynamic_sparsity.py [--quick]``. Last line: one JSON object with
 ``static_acc``, ``set_acc``, ``rigl_acc``, ``dense_acc`` (means over models and seeds),
@@ -39,38 +39,69 @@ ARMS = ("static", "rigl", "set", "dense")
 MODELS: dict[str, Callable[[], nn.Module]] = {"mlp": DigitsMLP, "cnn": DigitsCNN}
 
 
-def _train(arm: str, factory: Callable[[], nn.Module], split, seed: int, epochs: int, lr: float) -> tuple[float, float, list]:
-    torch.manual_seed(seed)
-    model = factory()
+class _Arm:
+    """One arm's model, optimizer and pruner, trained one step at a time."""
+
+    def __init__(self, arm: str, factory: Callable[[], nn.Module], seed: int, steps: int, steps_per_epoch: int, lr: float):
+        torch.manual_seed(seed)  # the same initial weights in every arm
+        self.model = factory()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.pruner: Pruner | None = None
+        if arm == "static":
+            self.pruner = Pruner(self.model, SPARSITY, optimizer=self.optimizer)
+        elif arm in ("set", "rigl"):
+            interval = max(1, steps_per_epoch // 2)
+            self.pruner = DynamicPruner(
+                self.model,
+                SPARSITY,
+                regrow=arm,
+                end_step=int(0.75 * steps),
+                update_interval=interval,
+                drop_fraction=0.3,
+                seed=seed,
+            )
+            self.pruner.attach(self.optimizer)
+        if self.pruner is not None:
+            self.pruner.prune()  # sparse from initialisation; the same mask in the three sparse arms
+        self.seconds = 0.0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(self.model(x), y).backward()
+        self.optimizer.step()
+        if self.pruner is not None:
+            self.pruner.step()
+        self.seconds += time.perf_counter() - started
+
+    def finish(self, split) -> tuple[float, list]:
+        history = list(getattr(self.pruner, "history", []))
+        if self.pruner is not None:
+            self.pruner.strip()
+        return evaluate(self.model, make_loader(split.x_test, split.y_test, batch_size=256, shuffle=False)), history
+
+
+def _train_arms(
+    factory: Callable[[], nn.Module], split, seed: int, epochs: int, lr: float
+) -> dict[str, tuple[float, float, list]]:
+    """Train the four arms in lockstep on the same batches, their steps interleaved (rotating order), so
+    machine drifts hit every arm alike."""
     loader = make_loader(split.x_train, split.y_train, batch_size=64, seed=seed)
-    steps = epochs * len(loader)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    pruner: Pruner | None = None
-    if arm == "static":
-        pruner = Pruner(model, SPARSITY, optimizer=optimizer)
-    elif arm in ("set", "rigl"):
-        interval = max(1, len(loader) // 2)
-        pruner = DynamicPruner(
-            model, SPARSITY, regrow=arm, end_step=int(0.75 * steps), update_interval=interval, drop_fraction=0.3, seed=seed
-        )
-        pruner.attach(optimizer)
-    if pruner is not None:
-        pruner.prune()
-    started = time.perf_counter()
-    model.train()
+    arms = {arm: _Arm(arm, factory, seed, epochs * len(loader), len(loader), lr) for arm in ARMS}
+    for arm in arms.values():
+        arm.model.train()
+    step = 0
     for _ in range(epochs):
         for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            if pruner is not None:
-                pruner.step()
-    seconds = time.perf_counter() - started
-    history = getattr(pruner, "history", [])
-    if pruner is not None:
-        pruner.strip()
-    accuracy = evaluate(model, make_loader(split.x_test, split.y_test, batch_size=256, shuffle=False))
-    return accuracy, seconds, history
+            shift = step % len(ARMS)
+            for name in ARMS[shift:] + ARMS[:shift]:
+                arms[name].step(x, y)
+            step += 1
+    results = {}
+    for name, arm in arms.items():
+        accuracy, history = arm.finish(split)
+        results[name] = (accuracy, arm.seconds, history)
+    return results
 
 
 def main() -> None:
@@ -89,19 +120,14 @@ def main() -> None:
     turnovers: dict[str, list[float]] = {"set": [], "rigl": []}
     for name, factory in models.items():
         for seed in range(args.seeds):
-            order = ARMS[seed % len(ARMS) :] + ARMS[: seed % len(ARMS)]
-            times = {}
-            for arm in order:
-                accuracy, seconds, history = _train(arm, factory, split, seed, epochs[name], lr[name])
+            trained = _train_arms(factory, split, seed, epochs[name], lr[name])
+            for arm, (accuracy, _, history) in trained.items():
                 results[name][arm].append(accuracy)
-                times[arm] = seconds
                 if history:
                     turnovers[arm].append(history[-1]["turnover"])
-            ratios.append(times["rigl"] / times["static"])
-            print(
-                f"{name} seed {seed}: " + ", ".join(f"{a} {results[name][a][-1]:.4f} ({times[a]:.1f} s)" for a in ARMS),
-                flush=True,
-            )
+            ratios.append(trained["rigl"][1] / trained["static"][1])
+            line = ", ".join(f"{a} {trained[a][0]:.4f} ({trained[a][1]:.1f} s)" for a in ARMS)
+            print(f"{name} seed {seed}: {line}", flush=True)
     print(f"\nsparsity {SPARSITY:.0%} from scratch, {args.seeds} seeds, 1 thread, malloc: {malloc_settings()}")
     print(f"{'model':<6} {'epochs':>6} " + " ".join(f"{a + '_acc':>11}" for a in ARMS))
     for name in models:
