@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import numbers
 import zlib
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from prunekit.masks import _lowest
 REGROW_METHODS = ("set", "rigl")
 DISTRIBUTIONS = ("uniform", "erdos_renyi", "erdos_renyi_kernel")
 BLOCK_POOLING = ("l1", "l2", "max")
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def _integer(value: Any, name: str, minimum: int) -> int:
@@ -144,12 +146,12 @@ def regrowth_start(sparsity_at: Callable[[int], float], final: float, horizon: i
 
 # ----------------------------------------------------------------- per-layer sparsity
 def layer_sparsities(
-    shapes: Mapping[str, Sequence[int]],
+    shapes: Mapping[Key, Sequence[int]],
     sparsity: float,
     distribution: str = "uniform",
     *,
-    dense: Collection[str] = (),
-) -> dict[str, float]:
+    dense: Collection[Key] = (),
+) -> dict[Key, float]:
     """Each layer's sparsity so that the whole reaches ``sparsity`` (exactly, up to rounding).
 
     ``shapes`` are channel-first, ``(out, in, *kernel)`` (PyTorch's layout; the Keras backend
@@ -273,10 +275,10 @@ def _drop_and_grow_nm(
     moved_shape = np.moveaxis(mask, axis, -1).shape
     before = np.moveaxis(mask, axis, -1).reshape(-1, m)
     flat_weights = np.abs(np.moveaxis(weights, axis, -1)).reshape(-1).astype(np.float64)
-    after = before.reshape(-1).copy()
-    active = np.flatnonzero(after)
-    after[active[_lowest(flat_weights[active], min(int(count), active.size))]] = False
-    after = after.reshape(-1, m)
+    flat_after = before.reshape(-1).copy()
+    active = np.flatnonzero(flat_after)
+    flat_after[active[_lowest(flat_weights[active], min(int(count), active.size))]] = False
+    after = flat_after.reshape(-1, m)
     lost = before.sum(axis=1) - after.sum(axis=1)
     scores = np.moveaxis(grow, axis, -1).reshape(-1, m).astype(np.float64)
     scores[after] = -np.inf

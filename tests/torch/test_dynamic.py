@@ -215,6 +215,7 @@ def test_erdos_renyi_kernel_distribution_reaches_the_overall_sparsity():
         ({"scope": "global", "distribution": "erdos_renyi"}, "use scope='layer' with it"),
         ({"importance": "taylor"}, "drops by magnitude"),
         ({"end_step": 5, "update_interval": 10}, "raise end_step"),
+        ({"end_step": None}, "regrow='rigl' needs end_step"),
     ],
 )
 def test_bad_settings_are_refused_naming_them(kwargs, message):

@@ -83,14 +83,14 @@ def prune_sparse(
     if distribution == "uniform":
         return pruned
     states = prunings(pruned)
-    shapes = {}
+    shapes: dict[tuple[str, int], tuple[int, ...]] = {}
     for state in states:
         for index, weight in enumerate(prunable_weights(state.target_layer())):
             shapes[(state.layer_name, index)] = _channel_first(weight.shape)
     shares = dynamic.layer_sparsities(shapes, sparsity, distribution)
     for state in states:
         own = [(key, int(np.prod(shapes[key]))) for key in shapes if key[0] == state.layer_name]
-        share = sum(shares[key] * size for key, size in own) / sum(size for _, size in own)
+        share = float(sum(shares[key] * size for key, size in own)) / sum(size for _, size in own)
         state.spec = dataclasses.replace(state.spec, schedule=ConstantSparsity(share, begin_step=0, end_step=0, frequency=1))
     return pruned
 
@@ -233,6 +233,8 @@ class DynamicSparsity(UpdatePruningStep):
         model = self.model
         if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
             raise ConfigError(f"RigL computes the gradient of the compiled loss: compile model {model.name!r} first")
+        if self._data is None:
+            raise ConfigError("RigL needs data=(x, y) to compute its gradient")
         x, y = next(self._data)
         saved = [v.numpy() for v in model.non_trainable_variables]
         with tf.GradientTape() as tape:

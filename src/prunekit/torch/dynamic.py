@@ -71,13 +71,18 @@ class DynamicPruner(Pruner):
         schedule: PruningSchedule | float,
         *,
         regrow: str = "rigl",
-        end_step: int,
+        end_step: int | None = None,
         update_interval: int = 100,
         drop_fraction: float = 0.3,
         begin_step: int | None = None,
         distribution: str = "uniform",
         **options: Any,
     ):
+        if end_step is None:
+            raise ConfigError(
+                f"regrow={regrow!r} needs end_step, the step regrowth stops at (RigL: 75 % of the training steps), "
+                "e.g. DynamicPruner(model, 0.9, regrow='rigl', end_step=int(0.75 * total_steps))"
+            )
         importance = options.get("importance", "magnitude")
         if importance != "magnitude":
             raise ConfigError(f"dynamic sparsity drops by magnitude; importance={importance!r} is not supported with regrow")
@@ -252,5 +257,5 @@ def _constraint(pattern: Any) -> dynamic.Constraint:
     if isinstance(pattern, NM):
         return dynamic.Constraint(nm=(pattern.n, pattern.m, 1))
     if isinstance(pattern, Blocks):
-        return dynamic.Constraint(block=tuple(pattern.shape), pooling=pattern.norm)
+        return dynamic.Constraint(block=(pattern.shape[0], pattern.shape[1]), pooling=pattern.norm)
     return dynamic.UNCONSTRAINED
