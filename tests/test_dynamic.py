@@ -184,3 +184,17 @@ def test_turnover_is_the_fraction_of_initially_active_connections_now_inactive()
     initial = {"a": np.array([True, True, False, False]), "b": np.array([True, False])}
     current = {"a": np.array([True, False, True, False]), "b": np.array([False, True])}
     assert turnover(initial, current) == pytest.approx(2 / 3)
+
+
+def test_turnover_plot_renders_png_and_svg_and_writes_both_files(tmp_path):
+    from prunekit.report.dynamic import plot_turnover
+
+    history = [{"step": s, "turnover": t, "regrown": {"a": n}} for s, t, n in [(10, 0.1, 30), (20, 0.18, 20), (30, 0.2, 5)]]
+    figure = plot_turnover(history, stem=tmp_path / "turnover")
+    assert figure.png.startswith(b"\x89PNG") and b"<svg" in figure.svg
+    assert [p.name for p in figure.paths] == ["turnover.png", "turnover.svg"]
+    assert (tmp_path / "turnover.png").read_bytes() == figure.png
+    with pytest.raises(ConfigError, match="at least one update"):
+        plot_turnover([])
+    with pytest.raises(ConfigError, match=r"history\[0\] has no \['turnover'\]"):
+        plot_turnover([{"step": 1, "regrown": {}}])

@@ -169,3 +169,15 @@ def test_rigl_method_runs_on_keras_through_the_registry():
     assert [r["epoch"] for r in run.history] == [1, 2]
     assert run.history[0]["regrown"] > 0 and run.history[-1]["turnover"] > 0
     assert not hasattr(run.model.layers[-1], "_prunekit_pruning")
+
+
+def test_keras_train_sparse_from_dense_prunes_gradually_then_regrows():
+    from prunekit.keras.dynamic import train_sparse
+
+    x, y = random_digits(128, seed=4)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32), keras.layers.Dense(10)])
+    run = train_sparse(model, x, y, 0.8, regrow="set", epochs=3, batch_size=16, gradual_epochs=1, update_interval=2)
+    # 8 steps an epoch: pruning every 2 steps up to step 8, the first update at step 10, the last before 0.75 * 24 = 18
+    assert [r["regrown"] > 0 for r in run.history] == [False, True, True]
+    kernels = [layer.kernel.numpy() for layer in run.model.layers if hasattr(layer, "kernel")]
+    assert all((k != 0).sum() <= k.size - round(0.8 * k.size) for k in kernels)

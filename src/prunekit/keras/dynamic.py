@@ -33,7 +33,7 @@ from prunekit.keras.registry import prunable_weights
 from prunekit.keras.state import LayerPruning, prunings
 from prunekit.keras.unstructured import prune_low_magnitude, strip_pruning
 from prunekit.methods.contract import PruningRun, TrainJob
-from prunekit.schedules import ConstantSparsity
+from prunekit.schedules import ConstantSparsity, PolynomialDecay
 
 SCOPES = ("layer", "global")
 
@@ -329,6 +329,7 @@ def train_sparse(
     drop_fraction: float = 0.3,
     end_fraction: float = 0.75,
     distribution: str = "uniform",
+    gradual_epochs: int = 0,
     scope: str = "layer",
     exclude: Sequence[str] = (),
     seed: int = 0,
@@ -337,8 +338,9 @@ def train_sparse(
     """Train a classifier (logits output) sparse from the first step with SET or RigL; the Keras twin of
     :func:`prunekit.torch.dynamic_training.train_sparse` (Adam, sparse categorical cross-entropy).
 
-    Returns the stripped model (a clone) and one history record per epoch with ``turnover``,
-    ``dropped`` and ``regrown``.
+    With ``gradual_epochs > 0`` sparsity rises along a cubic polynomial over those epochs (from a
+    pretrained model, say) before regrowth starts. Returns the stripped model (a clone) and one
+    history record per epoch with ``turnover``, ``dropped`` and ``regrown``.
 
     Example::
 
@@ -350,7 +352,17 @@ def train_sparse(
         raise ConfigError(f"end_fraction should be in (0, 1], the share of training with regrowth, got {end_fraction!r}")
     keras.utils.set_random_seed(seed)
     steps_per_epoch = -(-len(x) // batch_size)
-    sparse = prune_sparse(model, sparsity, distribution=distribution, exclude=exclude)
+    if not isinstance(gradual_epochs, int) or not 0 <= gradual_epochs < epochs:
+        raise ConfigError(f"gradual_epochs should be an integer in [0, epochs={epochs}), got {gradual_epochs!r}")
+    if gradual_epochs:
+        if distribution != "uniform":
+            raise ConfigError(f"distribution={distribution!r} works when training sparse from scratch (gradual_epochs=0)")
+        frequency = max(1, steps_per_epoch // 4)
+        end = frequency * max(1, (gradual_epochs * steps_per_epoch) // frequency)
+        schedule = PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=frequency)
+        sparse = prune_low_magnitude(model, pruning_schedule=schedule, exclude=exclude)
+    else:
+        sparse = prune_sparse(model, sparsity, distribution=distribution, exclude=exclude)
     sparse.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -391,6 +403,7 @@ def _job(job: TrainJob, regrow: str) -> PruningRun:
         drop_fraction=options["drop_fraction"],
         end_fraction=options["end_fraction"],
         distribution=options["distribution"],
+        gradual_epochs=options["gradual_epochs"],
         scope=options["scope"],
         exclude=tuple(options["exclude"]),
         seed=job.seed,
