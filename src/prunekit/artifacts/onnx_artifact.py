@@ -193,7 +193,7 @@ def peak_memory(path: str | os.PathLike, batch: Any, threads: int | None = None,
     inputs = feed(input_specs(session(path, threads=1)), as_samples(batch), f"memory batch for {path}")
     with tempfile.TemporaryDirectory(prefix="prunekit-mem-") as work:
         batch_path = Path(work) / "batch.npz"
-        np.savez(batch_path, **inputs)
+        np.savez(batch_path, **inputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
         done = subprocess.run(
             [sys.executable, "-c", _MEMORY_PROBE, str(path), str(batch_path), str(threads)],
             capture_output=True,

@@ -110,7 +110,7 @@ def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
     )
 
 
-def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
+def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
     import torch
 
     from prunekit.torch.latency import measure_latency, measure_peak_memory
