@@ -25,7 +25,8 @@ import numpy as np
 from prunekit.errors import ConfigError
 from prunekit.masks import _lowest
 
-REGROW_METHODS = ("set", "rigl")
+SET, RIGL = "set", "rigl"  # the regrowth methods: the values of ``regrow=``
+REGROW_METHODS = (SET, RIGL)
 DISTRIBUTIONS = ("uniform", "erdos_renyi", "erdos_renyi_kernel")
 BLOCK_POOLING = ("l1", "l2", "max")
 

@@ -148,7 +148,7 @@ class DynamicSparsity(UpdatePruningStep):
 
     def __init__(
         self,
-        regrow: str = "rigl",
+        regrow: str = dynamic.RIGL,
         *,
         end_step: int,
         update_interval: int = 100,
@@ -163,7 +163,7 @@ class DynamicSparsity(UpdatePruningStep):
         self.regrowth = dynamic.Regrowth(regrow, end_step, update_interval, drop_fraction, begin_step)
         if scope not in SCOPES:
             raise ConfigError(f"scope should be one of {SCOPES}, got {scope!r}")
-        if regrow == "rigl" and data is None:
+        if regrow == dynamic.RIGL and data is None:
             raise ConfigError(
                 "regrow='rigl' computes the dense gradient on update steps from a batch of data: pass "
                 "DynamicSparsity(..., data=(x_train, y_train)) or a tf.data.Dataset of (x, y) batches"
@@ -263,7 +263,7 @@ class DynamicSparsity(UpdatePruningStep):
         if self._initial is None:
             self._initial = {path: mask.copy() for path, mask in masks.items()}
         values = {path: np.asarray(weight.numpy()) for _, weight, _, path in entries}
-        if self.regrowth.method == "set":
+        if self.regrowth.method == dynamic.SET:
             grow = {path: dynamic.random_scores(self.seed, step, path, values[path].shape) for path in values}
         elif gradients is not None:
             grow = {path: np.abs(np.asarray(gradients[path])) for path in values}
@@ -321,7 +321,7 @@ def train_sparse(
     y: Any,
     sparsity: float,
     *,
-    regrow: str = "rigl",
+    regrow: str = dynamic.RIGL,
     epochs: int = 12,
     lr: float = 1e-3,
     batch_size: int = 64,
@@ -374,7 +374,7 @@ def train_sparse(
         update_interval=update_interval or max(1, steps_per_epoch // 2),
         drop_fraction=drop_fraction,
         scope=scope,
-        data=(x, y) if regrow == "rigl" else None,
+        data=(x, y) if regrow == dynamic.RIGL else None,
         batch_size=batch_size,
         seed=seed,
     )
@@ -417,7 +417,7 @@ def rigl_job(job: TrainJob) -> PruningRun:
         raise ConfigError(
             "gradual_epochs is not supported by the Keras handler yet; train sparse from scratch (gradual_epochs: 0)"
         )
-    return _job(job, "rigl")
+    return _job(job, dynamic.RIGL)
 
 
 def set_job(job: TrainJob) -> PruningRun:
@@ -426,4 +426,4 @@ def set_job(job: TrainJob) -> PruningRun:
         raise ConfigError(
             "gradual_epochs is not supported by the Keras handler yet; train sparse from scratch (gradual_epochs: 0)"
         )
-    return _job(job, "set")
+    return _job(job, dynamic.SET)

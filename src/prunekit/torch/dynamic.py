@@ -70,7 +70,7 @@ class DynamicPruner(Pruner):
         model: nn.Module,
         schedule: PruningSchedule | float,
         *,
-        regrow: str = "rigl",
+        regrow: str = dynamic.RIGL,
         end_step: int | None = None,
         update_interval: int = 100,
         drop_fraction: float = 0.3,
@@ -158,7 +158,7 @@ class DynamicPruner(Pruner):
     def _mask_grads(self) -> None:
         """The optimizer's pre-step hook: on an update step, read RigL's ``|grad|`` before masking it."""
         self._optimizer_steps += 1
-        if self.regrowth.method == "rigl" and self.regrowth.is_update(self._step):
+        if self.regrowth.method == dynamic.RIGL and self.regrowth.is_update(self._step):
             self._grow_scores = {name: self._dense_grad(name) for name in self._masks}
         super()._mask_grads()
 
@@ -172,7 +172,7 @@ class DynamicPruner(Pruner):
         return full(grad.detach()).abs().float().cpu().numpy()
 
     def _grow(self, step: int, names: list[str]) -> dict[str, np.ndarray]:
-        if self.regrowth.method == "set":
+        if self.regrowth.method == dynamic.SET:
             return {n: dynamic.random_scores(self.seed, step, n, tuple(self.params[n].shape)) for n in names}
         if self._optimizers:
             if self._optimizer_steps == self._steps_at_update or not self._grow_scores:

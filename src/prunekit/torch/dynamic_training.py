@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.dynamic import RIGL, SET
 from prunekit.errors import ConfigError
 from prunekit.methods.contract import PruningRun, TrainJob
 from prunekit.schedules import PolynomialDecay, PruningSchedule
@@ -30,7 +31,7 @@ def train_sparse(
     train_loader: Iterable,
     sparsity: float,
     *,
-    regrow: str = "rigl",
+    regrow: str = RIGL,
     epochs: int = 12,
     lr: float = 1e-3,
     update_interval: int | None = None,
@@ -55,7 +56,7 @@ def train_sparse(
         run.history[-1]["turnover"]
     """
     try:
-        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        steps_per_epoch = len(train_loader)
     except TypeError:
         raise ConfigError("train_sparse needs a loader with a length (steps per epoch)") from None
     if not isinstance(epochs, int) or epochs < 1:
@@ -131,9 +132,9 @@ def _job(job: TrainJob, regrow: str) -> PruningRun:
 
 def rigl_job(job: TrainJob) -> PruningRun:
     """Handler (kind ``"dynamic"``): :func:`train_sparse` with RigL regrowth."""
-    return _job(job, "rigl")
+    return _job(job, RIGL)
 
 
 def set_job(job: TrainJob) -> PruningRun:
     """Handler (kind ``"dynamic"``): :func:`train_sparse` with SET (random) regrowth."""
-    return _job(job, "set")
+    return _job(job, SET)
