@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from prunekit import masks as mask_selection
+from prunekit.core.deprecation import renamed_globs
 from prunekit.errors import ConfigError, StateMismatchError
 from prunekit.schedules import ConstantSparsity, PruningSchedule
 from prunekit.torch._sharded import check_not_fsdp1, count_zeros, full, is_dtensor, layout, shard_like
@@ -103,7 +104,7 @@ class Pruner:
             ``(name, param) -> scores`` of the parameter's shape.
         targets: what to prune: ``None`` (Linear, Conv*, ConvTranspose*, Embedding weights),
             module types and/or name globs, or a predicate ``(name, param) -> bool``.
-        ignore: globs of parameter or module names never pruned.
+        exclude: globs of parameter or module names never pruned (``ignore``: its deprecated old name).
         overrides: ``{glob: sparsity or schedule}`` per layer; a float follows the main
             schedule's timing, scaled to end at that sparsity.
         normalize: for ``scope="global"``, divide each tensor's scores by its ``"mean"``,
@@ -142,12 +143,13 @@ class Pruner:
         pattern: Pattern = "unstructured",
         importance: str | ImportanceFn = "magnitude",
         targets: Targets = None,
-        ignore: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         overrides: Mapping[str, PruningSchedule | float] | None = None,
         normalize: str | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         regrow: bool = False,
         seed: int = 0,
+        ignore: Sequence[str] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model should be a torch.nn.Module, got {type(model).__name__}")
@@ -170,7 +172,7 @@ class Pruner:
         self.normalize = normalize
         self.regrow = regrow
         self.seed = seed
-        self.params = select_parameters(model, targets, ignore)
+        self.params = select_parameters(model, targets, renamed_globs(exclude, ignore, "ignore", "exclude", "Pruner"))
         self._check_pattern_fits()
         overridden = resolve_overrides(list(self.params), overrides)
         self._schedules = {
@@ -323,7 +325,7 @@ class Pruner:
                 if param.dim() < 2 or param.shape[1] % self.pattern.m:
                     raise ConfigError(
                         f"N:M {self.pattern.n}:{self.pattern.m} groups weights along dim 1, but {name!r} has shape "
-                        f"{tuple(param.shape)}; exclude it with ignore=[{name!r}]"
+                        f"{tuple(param.shape)}; exclude it with exclude=[{name!r}]"
                     )
             elif isinstance(self.pattern, Blocks):
                 rows, cols = self.pattern.shape
@@ -331,7 +333,7 @@ class Pruner:
                 if param.dim() == 0 or view[0] % rows or view[1] % cols:
                     raise ConfigError(
                         f"block {self.pattern.shape} does not tile {name!r} (2-D view {view}); "
-                        f"choose another block or ignore=[{name!r}]"
+                        f"choose another block or exclude=[{name!r}]"
                     )
 
     def _schedule_of(self, name: str) -> PruningSchedule:
@@ -464,9 +466,10 @@ def prune_unstructured(
     pattern: Pattern = "unstructured",
     importance: str | ImportanceFn = "magnitude",
     targets: Targets = None,
-    ignore: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     overrides: Mapping[str, float] | None = None,
     normalize: str | None = None,
+    ignore: Sequence[str] | None = None,
 ) -> nn.Module:
     """One call, one-shot: prune ``model`` in place to ``sparsity`` and return it (no pruner left).
 
@@ -481,7 +484,7 @@ def prune_unstructured(
         pattern=pattern,
         importance=importance,
         targets=targets,
-        ignore=ignore,
+        exclude=renamed_globs(exclude, ignore, "ignore", "exclude", "prune_unstructured"),
         overrides=overrides,
         normalize=normalize,
     )
