@@ -10,7 +10,7 @@ from tests.architecture.import_graph import PACKAGE
 BUILTIN = PACKAGE / "methods" / "builtin.py"
 # words that are also other vocabulary: a scope ("layer"), an importance ("random", "magnitude"), a kind of
 # method ("structured"), a dict key and allocate.pruning's value ("channels"); such literals are not dispatch
-VOCABULARY = {"layer", "random", "magnitude", "structured", "channels"}
+VOCABULARY = {"layer", "random", "magnitude", "structured", "channels", "set", "rigl"}  # + regrow= values (prunekit.dynamic)
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

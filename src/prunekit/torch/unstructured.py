@@ -111,7 +111,8 @@ class Pruner:
             ``"max"`` or ``"l2"`` first (``None`` compares raw scores).
         optimizer: attach now (see :meth:`attach`).
         regrow: recompute masks from scratch at each pruning step instead of keeping pruned
-            weights pruned.
+            weights pruned; ``"set"`` or ``"rigl"`` builds a
+            :class:`~prunekit.torch.dynamic.DynamicPruner` (dynamic sparse training).
         seed: seed of the ``"random"`` importance.
 
     Example::
@@ -122,6 +123,16 @@ class Pruner:
             pruner.step()
         model = pruner.strip()
     """
+
+    regrow_methods: tuple[str, ...] = ()  # a subclass naming regrowth methods is built for ``regrow=<one of them>``
+
+    def __new__(cls, *args: Any, regrow: bool | str = False, **kwargs: Any) -> Pruner:
+        if isinstance(regrow, str) and cls is Pruner:  # e.g. regrow="rigl": prunekit.torch.dynamic.DynamicPruner
+            subclass = next((c for c in _subclasses(Pruner) if regrow in c.regrow_methods), None)
+            if subclass is None:
+                raise ConfigError(f"regrow should be True/False or a regrowth method of prunekit.torch.dynamic, got {regrow!r}")
+            return super().__new__(subclass)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -437,6 +448,10 @@ class Pruner:
                 for value in optimizer.state.get(self.params[name], {}).values():
                     if isinstance(value, torch.Tensor) and value.shape == mask.shape:
                         value.mul_(mask)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
 def _is_number(value: Any) -> bool:
