@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from _timing import malloc_settings, pin_malloc_settings, time_interleaved  # noqa: E402
 from torch import nn  # noqa: E402
 
-from prunekit.report.tables import ResultTable  # noqa: E402
+from prunekit.core.tables import ResultTable  # noqa: E402
 from prunekit.torch import DigitsCNN, allocate_channels, apply_channel_ratios, channel_layers, count_macs  # noqa: E402
 from prunekit.torch.sensitivity import SensitivityTable  # noqa: E402
 

@@ -35,9 +35,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import malloc_settings, paired_speedup, pin_malloc_settings, time_interleaved  # noqa: E402
 
-from prunekit._ort import session  # noqa: E402
+from prunekit.artifacts.onnx_artifact import file_sizes, onnx_accuracy  # noqa: E402
+from prunekit.artifacts.ort import session  # noqa: E402
 from prunekit.data import load_digits  # noqa: E402
-from prunekit.onnx_artifact import file_sizes, onnx_accuracy  # noqa: E402
 from prunekit.torch import DigitsCNN, Pruner, export_onnx, fit, make_loader, quantize_onnx, save_compressed  # noqa: E402
 
 SPARSITY = 0.9

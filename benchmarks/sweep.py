@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _timing import malloc_settings, pin_malloc_settings  # noqa: E402
 
-from prunekit.report.tables import ResultTable  # noqa: E402
+from prunekit.core.tables import ResultTable  # noqa: E402
 from prunekit.sweep.digits import DigitsObjective  # noqa: E402
 from prunekit.sweep.runner import grid, run_sweep  # noqa: E402
 

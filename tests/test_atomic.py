@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from prunekit import _atomic
-from prunekit._atomic import atomic_path, atomic_paths, atomic_write_text
+from prunekit.core import atomic as _atomic
+from prunekit.core.atomic import atomic_path, atomic_paths, atomic_write_text
 
 
 def test_temporary_path_keeps_the_suffixes_and_does_not_exist_yet(tmp_path):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from prunekit.artifacts.compact import read_compact_header
 from prunekit.cli import main
-from prunekit.commands.export import load_weights
-from prunekit.compact import read_compact_header
 from prunekit.errors import StateMismatchError
 from prunekit.torch import DigitsCNN, plan_of, save_compressed, save_pruned
+from prunekit.torch.weights import load_weights
 from tests.torch.pruned_digits import channel_pruned_cnn, dense_cnn, digits, pruned_cnn
 
 FACTORY = "prunekit.torch:DigitsCNN"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit import __version__
-from prunekit.compact import (
+from prunekit.artifacts.compact import (
     FORMAT_VERSION,
     is_compact_file,
     load_compact,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prunekit._gzip import gzip_file_size, gzip_size
+from prunekit.core.gzip import gzip_file_size, gzip_size
 
 
 @pytest.mark.parametrize("size", [0, 1000, 3 * (1 << 20) + 17])  # empty, one chunk, several 1 MiB chunks

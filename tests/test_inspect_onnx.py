@@ -19,9 +19,9 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 from torch import nn  # noqa: E402
 
+from prunekit.artifacts.onnx_summary import summarize_onnx  # noqa: E402
 from prunekit.cli import main  # noqa: E402
 from prunekit.errors import ConfigError  # noqa: E402
-from prunekit.onnx_summary import summarize_onnx  # noqa: E402
 from prunekit.torch import DigitsCNN, count_macs, export_onnx, prune_unstructured, quantize_onnx, summarize  # noqa: E402
 
 CNN_LAYERS = ["conv1", "conv2", "fc1", "fc2"]
@@ -210,7 +210,7 @@ def test_inspect_prints_the_table_and_writes_the_same_numbers_as_json(files, tmp
 
 def test_summarize_onnx_imports_without_torch():
     code = (
-        "import sys; import prunekit.onnx_summary, prunekit.onnx_artifact, prunekit.commands.inspect; "
+        "import sys; import prunekit.artifacts.onnx_summary, prunekit.artifacts.onnx_artifact, prunekit.commands.inspect; "
         "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,10 +1,10 @@
-"""prunekit.keras.demo.run_demo: the shape the demo command reads, and files written atomically."""
+"""prunekit.demo.keras_demo.run_demo: the shape the demo command reads, and files written atomically."""
 
 import json
 
 import pytest
 
-from prunekit.keras.demo import run_demo
+from prunekit.demo.keras_demo import run_demo
 
 
 def test_quick_demo_returns_dense_and_one_run_per_sparsity(tmp_path):

@@ -20,10 +20,10 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import prunekit.keras as pk  # noqa: E402
+from prunekit.artifacts.tflite_summary import summarize_tflite  # noqa: E402
 from prunekit.cli import main  # noqa: E402
 from prunekit.errors import CorruptFileError  # noqa: E402
 from prunekit.keras.summary import summarize  # noqa: E402
-from prunekit.tflite_summary import summarize_tflite  # noqa: E402
 
 WEIGHTED = ["conv1", "conv2", "fc1", "fc2"]
 TYPES = ["CONV_2D", "CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED"]
@@ -172,7 +172,7 @@ def test_input_shape_is_refused_since_the_file_fixes_its_own(files, capsys):
 
 def test_summarize_tflite_reads_the_file_without_tensorflow_or_keras(files):
     code = (
-        "import sys; from prunekit.tflite_summary import summarize_tflite; "
+        "import sys; from prunekit.artifacts.tflite_summary import summarize_tflite; "
         f"assert summarize_tflite({str(files['paths']['dense', 'int8'])!r}).macs > 0; "
         "assert not any(m.split('.')[0] in ('keras', 'tensorflow') for m in sys.modules)"
     )

@@ -7,7 +7,7 @@ import pytest
 
 import prunekit.keras as pk
 from prunekit import ConfigError
-from prunekit._litert import interpreter_class
+from prunekit.artifacts.litert import interpreter_class
 from tests.assertions import assert_same_outputs
 
 L = keras.layers

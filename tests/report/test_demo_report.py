@@ -3,8 +3,8 @@
 import json
 import re
 
+from prunekit.demo.report import demo_report
 from prunekit.recipes import builtin_recipe_text
-from prunekit.report.demo import demo_report
 
 RESULTS = {
     "framework": "torch",

@@ -10,9 +10,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from prunekit.core.tables import ResultTable
 from prunekit.report.html import Report, Section, render_html, write_report
 from prunekit.report.plots import plot_heatmap, plot_pareto
-from prunekit.report.tables import ResultTable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

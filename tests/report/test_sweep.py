@@ -10,8 +10,8 @@ import pytest
 
 from prunekit.errors import ConfigError
 from prunekit.report.plots import plot_heatmap, plot_pareto
-from prunekit.sweep.pareto import pareto_front
 from prunekit.sweep.runner import grid, read_log, run_sweep
+from prunekit.tradeoffs.pareto import pareto_front
 from tests.report.sweep_objectives import ToyObjective
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from prunekit.sweep.pool import run_jobs  # noqa: E402
+from prunekit.core.pool import run_jobs  # noqa: E402
 from prunekit.sweep.runner import grid, read_log, run_sweep  # noqa: E402
 from tests.report.sweep_objectives import TimedObjective, TorchThreadsObjective, ToyObjective, explode  # noqa: E402
 

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
+from prunekit.artifacts.onnx_artifact import file_sizes, measure_latency, onnx_accuracy
 from prunekit.errors import ConfigError
-from prunekit.onnx_artifact import file_sizes, measure_latency, onnx_accuracy
 from prunekit.torch import evaluate_onnx
 from tests.torch.pruned_digits import accuracy, digits, pruned_cnn, pruned_onnx, quantized_onnx
 

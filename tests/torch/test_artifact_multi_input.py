@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit._ort import session
+from prunekit.artifacts.onnx_artifact import measure_latency, onnx_accuracy
+from prunekit.artifacts.ort import session
 from prunekit.errors import ConfigError
-from prunekit.onnx_artifact import measure_latency, onnx_accuracy
 from prunekit.torch import Pruner, compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx
 from prunekit.torch.compare import torch_accuracy
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from prunekit.compact import read_compact_header
+from prunekit.artifacts.compact import read_compact_header
 from prunekit.errors import CorruptFileError, StateMismatchError
 from prunekit.torch import DigitsCNN, DigitsMLP, load_compressed, plan_of, save_compressed
 from tests.assertions import assert_same_outputs

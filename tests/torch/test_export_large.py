@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import prunekit.torch.export as export_module
-from prunekit._gzip import gzip_size
+from prunekit.core.gzip import gzip_size
 from prunekit.errors import ConfigError, ExportError
 from prunekit.torch import compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx
 from tests.assertions import assert_same_outputs

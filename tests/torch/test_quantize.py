@@ -10,10 +10,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from prunekit.artifacts.onnx_artifact import onnx_accuracy
+from prunekit.artifacts.quantize import check_zeros_preserved
 from prunekit.errors import ConfigError
-from prunekit.onnx_artifact import onnx_accuracy
 from prunekit.torch import quantize_onnx
-from prunekit.torch.quantize import check_zeros_preserved
 from tests.assertions import assert_same_outputs
 from tests.torch.pruned_digits import digits, pruned_cnn, pruned_onnx, quantized_onnx
 

@@ -134,11 +134,11 @@ def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
 
 def _inspect_onnx(args: argparse.Namespace) -> dict:
     """The ONNX file's weighted nodes, its file sizes, and peak memory and latency in ONNX Runtime (CPU)."""
-    from prunekit._onnx_data import external_data_files
-    from prunekit._ort import InputSpec, batch_of, generated_batch, input_specs, session
-    from prunekit.onnx_artifact import file_sizes, measure_latency, peak_memory
-    from prunekit.onnx_summary import summarize_onnx
-    from prunekit.report.measures import LatencyResult, MemoryResult
+    from prunekit.artifacts.onnx_artifact import file_sizes, measure_latency, peak_memory
+    from prunekit.artifacts.onnx_data import external_data_files
+    from prunekit.artifacts.onnx_summary import summarize_onnx
+    from prunekit.artifacts.ort import InputSpec, batch_of, generated_batch, input_specs, session
+    from prunekit.core.records import LatencyResult, MemoryResult
 
     path = Path(args.model)
     summary = summarize_onnx(path, args.input_shape)
@@ -176,9 +176,9 @@ def _inspect_onnx(args: argparse.Namespace) -> dict:
 
 def _inspect_tflite(args: argparse.Namespace) -> dict:
     """The TFLite file's weighted ops, its file sizes, and latency in the TFLite interpreter (CPU)."""
+    from prunekit.artifacts.onnx_artifact import file_sizes
+    from prunekit.artifacts.tflite_summary import summarize_tflite
     from prunekit.errors import ConfigError
-    from prunekit.onnx_artifact import file_sizes
-    from prunekit.tflite_summary import summarize_tflite
 
     if args.input_shape:
         raise ConfigError(
@@ -193,8 +193,8 @@ def _inspect_tflite(args: argparse.Namespace) -> dict:
 
         import numpy as np
 
+        from prunekit.core.records import LatencyResult
         from prunekit.keras.tflite import TFLiteModel
-        from prunekit.report.measures import LatencyResult
 
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         tflite = TFLiteModel(model, num_threads=threads)
@@ -238,8 +238,9 @@ def _initializer_bytes(path: Path) -> int:
 
 
 def _load(args: argparse.Namespace) -> object:
-    from prunekit.commands.export import import_factory, load_weights
+    from prunekit.commands.export import import_factory
     from prunekit.errors import ConfigError
+    from prunekit.torch.weights import load_weights
 
     if Path(args.model).is_file():
         if _is_keras_file(args.model):
@@ -265,9 +266,9 @@ def _inspect_framework(model: object, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunekit._atomic import atomic_write_text
+    from prunekit.core.atomic import atomic_write_text
+    from prunekit.core.tables import ResultTable
     from prunekit.errors import ConfigError
-    from prunekit.report.tables import ResultTable
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")

@@ -32,8 +32,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         type=_names,
-        default=["one-shot", "layer", "gradual"],
-        help="comma-separated: one-shot, layer, gradual, iterative, random, channels (default: one-shot,layer,gradual)",
+        help="comma-separated training methods of the registry (`prunekit methods`; default: every unstructured one)",
     )
     parser.add_argument("--sparsities", type=_floats, default=[0.5, 0.7, 0.8, 0.9], help="default: 0.5,0.7,0.8,0.9")
     parser.add_argument(
@@ -56,10 +55,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prunekit.commands.export import import_factory
-    from prunekit.report.html import sweep_report
+    from prunekit.methods import TRAINING_KINDS, get_method, method_names
+    from prunekit.sweep.report import sweep_report
     from prunekit.sweep.runner import grid, run_sweep
 
-    trials = grid(args.methods, args.sparsities)
+    methods = args.methods or method_names(kind="unstructured", framework="torch")
+    for method in methods if not args.objective else ():
+        get_method(method, kind=TRAINING_KINDS, framework="torch")  # an unknown name fails before any training
+    trials = grid(methods, args.sparsities)
     if args.objective:
         objective = import_factory(args.objective)()
     else:
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         backend="ray" if args.ray else "processes",
         on_trial=show,
     )
-    paths = sweep_report(result, title=f"prunekit sweep: {', '.join(args.methods)}")
+    paths = sweep_report(result, title=f"prunekit sweep: {', '.join(methods)}")
     print(
         f"{len(result.ran)} trial(s) run now, {len(result.records) - len(result.ran)} reused from the log, "
         f"{len(result.failed)} failed; report: {paths['html']}"

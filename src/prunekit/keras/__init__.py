@@ -16,7 +16,6 @@ from prunekit.keras._backend import ensure_tensorflow_backend
 
 ensure_tensorflow_backend()
 
-from prunekit.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
 from prunekit.keras.allocation import (  # noqa: E402
     allocate_ratios,
     apply_ratios,
@@ -52,6 +51,7 @@ from prunekit.schedules import (  # noqa: E402
     gradual_schedule,
     iterative_schedule,
 )
+from prunekit.tradeoffs.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
 
 __all__ = [
     "Accuracy",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from prunekit._optional import require
+from prunekit.core.optional import require
 from prunekit.errors import ConfigError
 
 

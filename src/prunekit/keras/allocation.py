@@ -1,7 +1,7 @@
 """Per-layer pruning ratios of a Keras model for a budget, from sensitivity data, beside uniform and global allocation.
 
 The twin of :mod:`prunekit.torch.allocation`: the targets (``"macs"``, ``"params"``, ``"size"``),
-the linear cost model and the allocators are the framework-free ones of :mod:`prunekit.budget`;
+the linear cost model and the allocators are the framework-free ones of :mod:`prunekit.tradeoffs.budget`;
 this module measures a Keras model into them and prunes it. A layer's ratio prunes the weights
 :func:`~prunekit.keras.prune_low_magnitude` prunes in it (the kernel of Dense and Conv layers) by
 magnitude, each to exactly ``round(ratio * numel)`` zeros. Costs come from
@@ -19,7 +19,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from prunekit.budget import (
+from prunekit.core.records import ModelSummary
+from prunekit.errors import ConfigError
+from prunekit.keras.registry import iter_layers, prunable_weights, select_layers
+from prunekit.keras.summary import summarize
+from prunekit.keras.unstructured import _clone, _is_functional
+from prunekit.masks import topk_mask
+from prunekit.tradeoffs.budget import (
     MAX_RATIO,
     Allocation,
     CostModel,
@@ -33,12 +39,6 @@ from prunekit.budget import (
     threshold_allocation,
     uniform_allocation,
 )
-from prunekit.errors import ConfigError
-from prunekit.keras.registry import iter_layers, prunable_weights, select_layers
-from prunekit.keras.summary import summarize
-from prunekit.keras.unstructured import _clone, _is_functional
-from prunekit.masks import topk_mask
-from prunekit.report.measures import ModelSummary
 
 CHANNEL_REMOVAL = "prunekit.keras.prune_channels, which removes whole filters and neurons"
 
@@ -137,7 +137,7 @@ def allocate_ratios(table: SensitivityTable, model: keras.Model, budget: float, 
     """Choose per-layer ratios meeting ``budget`` (a fraction of the dense ``target``) with the least predicted drop.
 
     The same greedy allocation as :func:`prunekit.torch.allocate_ratios`
-    (:func:`~prunekit.budget.sensitivity_allocation`): the cost is linear in each layer's ratio,
+    (:func:`~prunekit.tradeoffs.budget.sensitivity_allocation`): the cost is linear in each layer's ratio,
     so the last step is taken part-way and the budget is met exactly. An unreachable budget
     raises a ``ConfigError`` naming the closest achievable one; a latency budget needs channel
     removal (:func:`prunekit.keras.prune_channels`).
@@ -181,7 +181,7 @@ def compare_allocations(
     """Sensitivity, uniform and global allocations at one budget: ratios, measured cost and ``metric`` of each.
 
     The measured cost comes from the pruned model itself (``summarize``), not from the cost model.
-    Print the rows with :func:`~prunekit.budget.allocation_table`.
+    Print the rows with :func:`~prunekit.tradeoffs.budget.allocation_table`.
 
     Example::
 

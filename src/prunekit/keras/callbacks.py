@@ -10,7 +10,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from prunekit._atomic import atomic_write_text
+from prunekit.core.atomic import atomic_write_text
 from prunekit.errors import ConfigError
 from prunekit.keras.state import LayerPruning, prunings
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from prunekit._gzip import gzip_size
-from prunekit.report.measures import sparsity_summary
+from prunekit.core.gzip import gzip_size
+from prunekit.core.records import sparsity_summary
 
 
 def sparsity_report(model: Any) -> dict[str, Any]:

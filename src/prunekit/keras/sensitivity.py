@@ -1,7 +1,7 @@
 """Per-layer sensitivity of a Keras model: prune each layer alone at several ratios and measure a validation metric.
 
 The twin of :mod:`prunekit.torch.sensitivity`, giving the same framework-free
-:class:`~prunekit.budget.SensitivityTable`: the data a user reads to see which layers tolerate
+:class:`~prunekit.tradeoffs.budget.SensitivityTable`: the data a user reads to see which layers tolerate
 pruning, and the input of :func:`~prunekit.keras.allocation.allocate_ratios`. Each evaluation
 prunes a copy of the model (:func:`~prunekit.keras.allocation.apply_ratios`); layers run one
 after another in this process, with no ``workers`` option (TensorFlow already spreads each
@@ -16,9 +16,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from prunekit.budget import SensitivityTable, check_ratios, evaluate_metric
 from prunekit.errors import ConfigError
 from prunekit.keras.allocation import apply_ratios, prunable_layers
+from prunekit.tradeoffs.budget import SensitivityTable, check_ratios, evaluate_metric
 
 Metric = Callable[[keras.Model], float]
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from prunekit.core.records import LatencyResult, LayerStats, MemoryResult, ModelSummary
 from prunekit.errors import ConfigError
-from prunekit.report.measures import LatencyResult, LayerStats, MemoryResult, ModelSummary
 
 
 def _elements(shape: Any) -> int:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from prunekit._atomic import atomic_write_bytes
-from prunekit._gzip import gzip_size
-from prunekit._litert import interpreter_class
+from prunekit.artifacts.litert import interpreter_class
+from prunekit.core.atomic import atomic_write_bytes
+from prunekit.core.gzip import gzip_size
 from prunekit.errors import ConfigError, CorruptFileError
 
 QUANTIZATIONS = (None, "float", "dynamic", "int8")
@@ -351,8 +351,8 @@ class TFLiteComparison:
         return {"rows": self.rows, "keras_accuracy": self.keras_accuracy, "num_threads": self.num_threads}
 
     def table(self, title: str = "TFLite variants (digits test set)") -> Any:
-        """A :class:`prunekit.report.tables.ResultTable` (``.print()`` or ``.to_markdown()``)."""
-        from prunekit.report.tables import ResultTable
+        """A :class:`prunekit.core.tables.ResultTable` (``.print()`` or ``.to_markdown()``)."""
+        from prunekit.core.tables import ResultTable
 
         base = self.rows[0]
         table = ResultTable(title, ["variant", "size KB", "gzip KB", "gzip smaller", "accuracy", "b1 ms", "speedup"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -19,17 +18,8 @@ from prunekit.errors import ConfigError
 from prunekit.keras.callbacks import UpdatePruningStep
 from prunekit.keras.state import prunings
 from prunekit.keras.unstructured import prune_low_magnitude, strip_pruning
+from prunekit.methods.contract import PruningRun
 from prunekit.schedules import ConstantSparsity, PruningSchedule, gradual_schedule, iterative_schedule
-
-
-@dataclass
-class PruningRun:
-    """What a workflow returns: the stripped model, the schedule, per-epoch history, achieved sparsity."""
-
-    model: keras.Model
-    schedule: PruningSchedule
-    history: dict[str, list[float]] = field(default_factory=dict)
-    sparsity: float = 0.0
 
 
 def _steps_per_epoch(x: np.ndarray, batch_size: int) -> int:
@@ -69,7 +59,9 @@ def _run(
     )
     masks = [mask for state in prunings(pruned) for mask in state.mask_arrays().values()]
     sparsity = 1.0 - sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)
-    return PruningRun(strip_pruning(pruned), schedule, dict(history.history), sparsity)
+    epochs = len(next(iter(history.history.values()), []))
+    per_epoch = [{key: float(values[i]) for key, values in history.history.items()} for i in range(epochs)]
+    return PruningRun(strip_pruning(pruned), schedule, per_epoch, sparsity)
 
 
 def prune_one_shot(

@@ -17,8 +17,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from prunekit._imports import resolve_import
+from prunekit.core.imports import resolve_import
 from prunekit.errors import ConfigError
+from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, get_method
 from prunekit.recipes.validation import RecipeError, build, checked
 
 
@@ -85,24 +86,53 @@ class TrainConfig:
     lr: float = checked(_positive_float, default=2e-3)
 
 
+def _training_method(name: str) -> str | None:
+    try:
+        get_method(name, kind=TRAINING_KINDS)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: None if v is None else check(v)
+
+
 @dataclass
 class PruneConfig:
-    """How to prune: method, target sparsities, scope, importance, fine-tuning epochs and learning rate."""
+    """How to prune: a training method of the registry, target amounts and the method's options.
 
-    method: Literal["gradual", "one-shot", "iterative", "channels"] = "gradual"
+    ``epochs``, ``lr``, ``scope`` and ``importance`` left out take the method's defaults
+    (``prunekit methods`` shows them); ``exclude`` globs name layers left dense (``ignore`` is its
+    deprecated old name).
+    """
+
+    method: str = checked(_training_method, default_factory=lambda: default_method().name)
     sparsities: list[float] = checked(_sparsities, default_factory=lambda: [0.5])
-    scope: Literal["layer", "global"] = "global"
-    importance: Literal["magnitude", "taylor", "random"] = "magnitude"
-    epochs: int = checked(_at_least(1), default=4)
-    lr: float = checked(_positive_float, default=1e-3)
+    scope: Optional[Literal["layer", "global"]] = None
+    importance: Optional[Literal["magnitude", "taylor", "random"]] = None
+    epochs: Optional[int] = checked(_optional(_at_least(1)), default=None)
+    lr: Optional[float] = checked(_optional(_positive_float), default=None)
+    exclude: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
+
+    def options(self) -> dict[str, Any]:
+        """The options this section sets (what it leaves out keeps the method's default)."""
+        options: dict[str, Any] = {
+            k: getattr(self, k) for k in ("scope", "importance", "epochs", "lr") if getattr(self, k) is not None
+        }
+        if self.exclude or self.ignore:
+            options["exclude"] = [*self.exclude, *self.ignore]
+        return options
 
 
 @dataclass
 class ExportConfig:
-    """Export the pruned models to ONNX (``onnx``) and quantize them to int8 (``int8``, needs ``onnx``)."""
+    """Export the pruned models: PyTorch to ONNX (``onnx``), Keras to TFLite (``tflite``); ``int8`` adds a
+    statically quantized int8 file of the same format, calibrated on validation samples."""
 
     onnx: bool = False
+    tflite: bool = False
     int8: bool = False
 
 
@@ -134,6 +164,9 @@ class Recipe:
 
     name: str
     model: ModelConfig
+    framework: str = checked(
+        lambda v: None if v in FRAMEWORKS else f"should be one of {list(FRAMEWORKS)}, got {v!r}", default=FRAMEWORKS[0]
+    )
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -152,10 +185,14 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
     """Checks across fields, on the raw data so they are reported with the per-field errors."""
     errors = []
     export, prune = _section(data, "export"), _section(data, "prune")
-    if export.get("int8") is True and export.get("onnx") is not True:
-        errors.append(("export.int8", "int8 quantization works on the ONNX export; set export.onnx: true too"))
-    if prune.get("method") == "channels" and prune.get("importance", "magnitude") != "magnitude":
-        errors.append(("prune.importance", "method 'channels' ranks channels by their L1 norm; leave importance: magnitude"))
+    framework = data.get("framework", "torch") if isinstance(data, dict) else "torch"
+    file_format = "tflite" if framework == "keras" else "onnx"
+    other = "onnx" if file_format == "tflite" else "tflite"
+    if export.get(other) is True:
+        errors.append((f"export.{other}", f"{framework} models export to {file_format}; set export.{file_format}: true instead"))
+    if export.get("int8") is True and export.get(file_format) is not True:
+        errors.append(("export.int8", f"int8 quantization works on the {file_format} export; set export.{file_format}: true too"))
+    errors += _method_checks(data, prune)
     allocate = _section(data, "allocate")
     if (
         isinstance(data, dict)
@@ -175,6 +212,31 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
         )
     if allocate.get("target") == "size" and allocate.get("pruning") == "channels":
         errors.append(("allocate.target", "with pruning: channels the targets are latency, macs or params"))
+    return errors
+
+
+def _method_checks(data: Any, prune: dict[str, Any]) -> list[tuple[str, str]]:
+    """The method's own recipe checks, and whether it takes the options the section sets on this framework."""
+    framework = data.get("framework", FRAMEWORKS[0]) if isinstance(data, dict) else FRAMEWORKS[0]
+    try:
+        method = get_method(prune.get("method", default_method().name), kind=TRAINING_KINDS)
+    except ConfigError:
+        return []  # reported by the field check
+    errors = method.check(prune)
+    if framework in FRAMEWORKS and framework not in method.frameworks:
+        errors.append(
+            ("prune.method", f"method {method.name!r} has no {framework} handler; it runs on {list(method.frameworks)}")
+        )
+    for key in ("scope", "importance", "epochs", "lr", "exclude", "ignore"):
+        option = "exclude" if key == "ignore" else key
+        if prune.get(key) not in (None, []) and option not in method.defaults:
+            errors.append(
+                (f"prune.{key}", f"method {method.name!r} takes no {option!r}; its options are {sorted(method.defaults)}")
+            )
+    if framework == "keras" and isinstance(data, dict) and data.get("allocate") is not None:
+        errors.append(
+            ("allocate", "budget allocation in recipes runs on PyTorch; use prunekit.keras.allocate_ratios from Python")
+        )
     return errors
 
 

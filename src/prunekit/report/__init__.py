@@ -1,5 +1,5 @@
 """Reports: tables (console and Markdown) and, later, plots and HTML."""
 
-from prunekit.report.tables import ResultTable
+from prunekit.core.tables import ResultTable
 
 __all__ = ["ResultTable"]

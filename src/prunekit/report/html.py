@@ -19,9 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from prunekit._atomic import atomic_write_bytes, atomic_write_text
+from prunekit.core.atomic import atomic_write_bytes, atomic_write_text
+from prunekit.core.tables import ResultTable
 from prunekit.report.plots import Figure
-from prunekit.report.tables import ResultTable
 
 PACKAGES = ("prunekit", "torch", "numpy", "onnx", "onnxruntime", "matplotlib", "keras", "tensorflow")
 
@@ -167,44 +167,3 @@ def write_report(report: Report, out_dir: str | os.PathLike, stem: str = "report
     payload = {"title": report.title, "data": report.data, "recipe": report.recipe, "versions": report.versions}
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
     return paths
-
-
-def sweep_report(result: Any, title: str = "prunekit sweep") -> dict[str, Path]:
-    """Figures and the report of a :class:`~prunekit.sweep.runner.SweepResult`, written to its directory.
-
-    Example::
-
-        sweep_report(run_sweep(objective, trials, "out"))["html"]
-    """
-    from prunekit.sweep.figures import sweep_figures
-
-    rows = result.rows()
-    columns = ["trial", "status", "accuracy", "target", "sparsity", "gzip bytes", "sparse MACs", "latency ms", "seconds"]
-    table = ResultTable("Trials", columns)
-
-    def fmt(value: Any, spec: str) -> str:
-        return "" if value is None else format(value, spec)
-
-    for row in rows:
-        table.add_row(
-            row["id"],
-            row["status"],
-            fmt(row.get("accuracy"), ".4f"),
-            fmt(row.get("target"), ".0%"),
-            fmt(row.get("sparsity"), ".1%"),
-            fmt(row.get("gzip_bytes"), ",.0f"),
-            fmt(row.get("sparse_macs"), ",.0f"),
-            fmt(row.get("latency_ms"), ".2f"),
-            fmt(row.get("seconds"), ".1f"),
-        )
-    fronts = ResultTable("Pareto fronts (accuracy vs cost)", ["cost", "trials on the front, cheapest first"])
-    for cost, ids in result.fronts().items():
-        fronts.add_row(cost, ", ".join(ids))
-    failed = [f"{r['id']}: {r.get('error', '')}" for r in result.failed]
-    sections = [
-        Section("Trials", tables=[table, fronts]),
-        Section("Pareto plots", figures=sweep_figures(result) if result.succeeded else []),
-    ]
-    if failed:
-        sections.append(Section("Failed trials", code="\n".join(failed)))
-    return write_report(Report(title, sections, data=result.to_dict()), result.out_dir)

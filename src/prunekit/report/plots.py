@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunekit._atomic import atomic_write_bytes
+from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError
 
 COST_LABELS = {

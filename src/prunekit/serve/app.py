@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunekit._optional import require
+from prunekit.core.optional import require
 
 require("starlette", "serve")
 

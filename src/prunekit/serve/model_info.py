@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit._gzip import gzip_file_size
+from prunekit.core.gzip import gzip_file_size
 from prunekit.errors import CorruptFileError
 
 METADATA_FILE = "metadata.json"
@@ -108,7 +108,7 @@ def _onnx_weights(path: Path) -> tuple[float | None, str | None]:
 
 
 def _tflite_weights(path: Path) -> tuple[float | None, str | None]:
-    from prunekit.tflite_summary import TFLITE_DTYPES, buffer_bytes, tflite_schema
+    from prunekit.artifacts.tflite_summary import TFLITE_DTYPES, buffer_bytes, tflite_schema
 
     schema = tflite_schema()
     if schema is None:
@@ -140,7 +140,7 @@ def _external_data(path: Path) -> tuple[Path, ...]:
     """The external-data files of an ONNX model over 2 GB (none when ``onnx`` cannot be imported)."""
     if importlib.util.find_spec("onnx") is None:
         return ()
-    from prunekit._onnx_data import external_data_files
+    from prunekit.artifacts.onnx_data import external_data_files
 
     return external_data_files(path)
 

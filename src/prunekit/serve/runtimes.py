@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from prunekit._litert import interpreter_class
+from prunekit.artifacts.litert import interpreter_class
 from prunekit.errors import ConfigError, CorruptFileError, MissingDependencyError, PrunekitError
 
 #: File names a version directory may hold, and the runtime format each one selects.

@@ -14,7 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from prunekit._optional import require
+from prunekit.core.optional import require
 from prunekit.errors import ConfigError
 from prunekit.serve.app import ModelServer
 from prunekit.serve.config import ServeConfig

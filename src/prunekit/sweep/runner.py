@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunekit._atomic import atomic_write_text
+from prunekit.core.atomic import atomic_write_text
+from prunekit.core.pool import check_workers, run_jobs
 from prunekit.errors import ConfigError
-from prunekit.sweep.pareto import pareto_front
-from prunekit.sweep.pool import check_workers, run_jobs
+from prunekit.tradeoffs.pareto import pareto_front
 
 LOG_NAME = "trials.jsonl"
 COSTS = ("gzip_bytes", "sparse_macs", "macs", "nonzeros", "latency_ms")

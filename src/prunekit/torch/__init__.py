@@ -3,12 +3,12 @@
 Importing this module needs the ``torch`` extra: ``pip install 'prunekit[torch]'``.
 """
 
-from prunekit._optional import require
+from prunekit.core.optional import require
 
 require("torch", "torch")
 
-from prunekit.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
-from prunekit.onnx_artifact import evaluate_onnx  # noqa: E402
+from prunekit.artifacts.onnx_artifact import evaluate_onnx  # noqa: E402
+from prunekit.artifacts.quantize import quantize_onnx  # noqa: E402
 from prunekit.schedules import gradual_schedule, iterative_schedule  # noqa: E402
 from prunekit.torch.allocation import (  # noqa: E402
     allocate_ratios,
@@ -34,7 +34,6 @@ from prunekit.torch.macs import MacsReport, count_macs, count_params  # noqa: E4
 from prunekit.torch.metrics import print_sparsity_table, serialized_size, sparsity_report  # noqa: E402
 from prunekit.torch.models import DigitsCNN, DigitsMLP  # noqa: E402
 from prunekit.torch.plan import apply_plan, compose_plans, load_pruned, plan_of, save_pruned  # noqa: E402
-from prunekit.torch.quantize import quantize_onnx  # noqa: E402
 from prunekit.torch.selection import DEFAULT_TARGET_TYPES, select_parameters  # noqa: E402
 from prunekit.torch.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity  # noqa: E402
 from prunekit.torch.structured import StructuredResult, prune_channels, remove_channels  # noqa: E402
@@ -57,6 +56,7 @@ from prunekit.torch.workflows import (  # noqa: E402
     prune_iteratively,
     prune_one_shot,
 )
+from prunekit.tradeoffs.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
 
 __all__ = [
     "Accuracy",

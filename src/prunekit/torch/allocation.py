@@ -1,9 +1,9 @@
 """Per-layer pruning ratios for a budget, chosen from sensitivity data, beside uniform and global allocation.
 
 The targets (``"macs"``, ``"params"``, ``"size"``), the linear cost model and the allocators are
-framework-free, in :mod:`prunekit.budget` (shared with :mod:`prunekit.keras.allocation`); this
+framework-free, in :mod:`prunekit.tradeoffs.budget` (shared with :mod:`prunekit.keras.allocation`); this
 module measures a PyTorch model into them and prunes it. :func:`allocate_ratios` follows
-:func:`~prunekit.budget.greedy_path` from dense, each step (a layer to a higher measured ratio)
+:func:`~prunekit.tradeoffs.budget.greedy_path` from dense, each step (a layer to a higher measured ratio)
 the one that costs the least metric per unit of budget saved, and ends the last step part-way so
 the cost meets the budget exactly. :func:`uniform_ratios` gives every layer the same ratio and
 :func:`global_ratios` one magnitude threshold across layers, both at the same budget. Latency is
@@ -20,7 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.budget import (  # noqa: F401  (TARGETS, allocation_table, greedy_path: importable from here too)
+from prunekit.core.records import ModelSummary
+from prunekit.errors import ConfigError
+from prunekit.torch.macs import ExampleInputs
+from prunekit.torch.summary import summarize
+from prunekit.torch.unstructured import prune_unstructured
+from prunekit.tradeoffs.budget import (  # noqa: F401  (TARGETS, allocation_table, greedy_path: importable from here too)
     MAX_RATIO,
     TARGETS,
     Allocation,
@@ -37,11 +42,6 @@ from prunekit.budget import (  # noqa: F401  (TARGETS, allocation_table, greedy_
     threshold_allocation,
     uniform_allocation,
 )
-from prunekit.errors import ConfigError
-from prunekit.report.measures import ModelSummary
-from prunekit.torch.macs import ExampleInputs
-from prunekit.torch.summary import summarize
-from prunekit.torch.unstructured import prune_unstructured
 
 CHANNEL_REMOVAL = "prunekit.torch.structured_allocation.allocate_channels"
 

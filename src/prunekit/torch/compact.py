@@ -1,6 +1,6 @@
 """Save a PyTorch model's weights as a compact sparse file, and load them back into a fresh model.
 
-The file format lives in :mod:`prunekit.compact` (framework-free); this module turns a
+The file format lives in :mod:`prunekit.artifacts.compact` (framework-free); this module turns a
 ``state_dict`` into numpy arrays and back, and checks that the model a factory builds fits the
 file before anything is loaded into it.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.compact import CompactHeader, load_compact, save_compact
+from prunekit.artifacts.compact import CompactHeader, load_compact, save_compact
 from prunekit.errors import ConfigError, StateMismatchError
 from prunekit.torch.plan import PLAN_FORMAT, apply_plan, attach_plan, plan_of
 

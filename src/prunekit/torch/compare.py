@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._atomic import atomic_write_bytes
-from prunekit._ort import Samples, as_samples, batch_of, rows, sample_count
+from prunekit.artifacts.onnx_artifact import LatencyStats, file_sizes, measure_latency, onnx_accuracy, peak_memory
+from prunekit.artifacts.ort import Samples, as_samples, batch_of, rows, sample_count
+from prunekit.artifacts.quantize import quantize_onnx
+from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError
-from prunekit.onnx_artifact import LatencyStats, file_sizes, measure_latency, onnx_accuracy, peak_memory
 from prunekit.torch._tracing import call_model
 from prunekit.torch.compact import load_compressed, save_compressed
 from prunekit.torch.export import export_onnx
-from prunekit.torch.quantize import quantize_onnx
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._atomic import atomic_paths
-from prunekit._ort import feed, input_specs, quiet_exporters, session
+from prunekit.artifacts.ort import feed, input_specs, quiet_exporters, session
+from prunekit.core.atomic import atomic_paths
 from prunekit.errors import ConfigError, ExportError
 
 #: Weight bytes above which ``export_onnx(external_data=None)`` writes the weights to a ``.data`` file

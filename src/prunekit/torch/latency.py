@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from prunekit.core.records import LatencyResult, MemoryResult
 from prunekit.errors import ConfigError
-from prunekit.report.measures import LatencyResult, MemoryResult
 from prunekit.torch._tracing import ExampleInputs, call_model
 
 

@@ -29,7 +29,7 @@ from prunekit.errors import ConfigError, CorruptFileError, StateMismatchError
 PLAN_FORMAT = "prunekit.structured-plan"
 PLAN_VERSION = 1
 _PLAN_ATTRIBUTE = "_prunekit_structured_plan"
-_METADATA_KEY = "prunekit_structured_plan"
+STRUCTURED_PLAN_KEY = "prunekit_structured_plan"
 
 
 def empty_plan(model: nn.Module) -> dict[str, Any]:
@@ -240,7 +240,7 @@ def save_pruned(result_or_model: Any, path: str | os.PathLike) -> Path:
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        save_model(model, temp, metadata={_METADATA_KEY: json.dumps(plan)})
+        save_model(model, temp, metadata={STRUCTURED_PLAN_KEY: json.dumps(plan)})
         os.replace(temp, path)
     except Exception:
         if os.path.exists(temp):
@@ -261,10 +261,10 @@ def read_plan(path: str | os.PathLike) -> dict[str, Any]:
             metadata = handle.metadata() or {}
     except Exception as exc:
         raise CorruptFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
-    if _METADATA_KEY not in metadata:
+    if STRUCTURED_PLAN_KEY not in metadata:
         raise CorruptFileError(f"{str(path)!r} has no prunekit plan; it was not written by prunekit.torch.save_pruned")
     try:
-        return json.loads(metadata[_METADATA_KEY])
+        return json.loads(metadata[STRUCTURED_PLAN_KEY])
     except json.JSONDecodeError as exc:
         raise CorruptFileError(f"{str(path)!r} holds a corrupted prunekit plan: {exc}") from exc
 

@@ -3,7 +3,7 @@
 The result is a layer × ratio table of scores (higher is better) next to the dense baseline:
 the data a user reads to see which layers tolerate pruning, and the input of
 :func:`~prunekit.torch.allocation.allocate_ratios`. Layers are evaluated in parallel processes
-with ``workers > 1``. The table itself, :class:`~prunekit.budget.SensitivityTable`, is
+with ``workers > 1``. The table itself, :class:`~prunekit.tradeoffs.budget.SensitivityTable`, is
 framework-free and shared with :mod:`prunekit.keras.sensitivity`.
 """
 
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.budget import MetricError, SensitivityTable, check_ratios, evaluate_metric
+from prunekit.core.pool import run_jobs
 from prunekit.errors import ConfigError, PrunekitError
-from prunekit.sweep.pool import run_jobs
 from prunekit.torch.selection import select_parameters
 from prunekit.torch.unstructured import prune_unstructured
+from prunekit.tradeoffs.budget import MetricError, SensitivityTable, check_ratios, evaluate_metric
 
 Metric = Callable[[nn.Module], float]
 LayerPruner = Callable[[nn.Module, str, float], nn.Module]

@@ -29,12 +29,12 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from prunekit.budget import Allocation, SensitivityTable, greedy_path
 from prunekit.errors import ConfigError
 from prunekit.torch.graph import analyze_dependencies
 from prunekit.torch.latency import latency_ratio
 from prunekit.torch.macs import ExampleInputs, count_macs, count_params
 from prunekit.torch.structured import prune_channels
+from prunekit.tradeoffs.budget import Allocation, SensitivityTable, greedy_path
 
 STRUCTURED_TARGETS = ("latency", "macs", "params")
 Target = Union[str, Callable[[nn.Module], float]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.report.measures import LayerStats, ModelSummary
+from prunekit.core.records import LayerStats, ModelSummary
 from prunekit.torch.macs import ExampleInputs, count_macs
 
 __all__ = ["LayerStats", "ModelSummary", "summarize"]

@@ -8,26 +8,15 @@ read them as recipes for your own loop: each is a schedule plus a pruner plus a 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.methods.contract import PruningRun
 from prunekit.schedules import ConstantSparsity, PruningSchedule, gradual_schedule, iterative_schedule
 from prunekit.torch.training import fit
 from prunekit.torch.unstructured import Pruner
-
-
-@dataclass
-class PruningRun:
-    """What a workflow returns: the stripped model, the schedule used, per-epoch history, achieved sparsity."""
-
-    model: nn.Module
-    schedule: PruningSchedule | None
-    history: list[dict[str, float]] = field(default_factory=list)
-    sparsity: float = 0.0
-    plan: dict[str, Any] | None = None  # the structured plan, when channels were removed
 
 
 def _steps_per_epoch(loader: Iterable) -> int:

@@ -1,0 +1,439 @@
+"""The compact sparse model file: one safetensors file that stores only the nonzeros.
+
+Framework-free (numpy + safetensors); ``prunekit.torch.save_compressed`` and the Keras backend
+adapt their models to the ``{name: array}`` dicts used here.
+
+Each floating-point tensor is stored as its nonzero values plus where they are: a bitmask
+(1 bit per element) or relative indices (1 byte per nonzero, Deep Compression style, with a
+filler zero for gaps over 256), whichever is smaller, and the index bytes are deflated when that
+makes them smaller. Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
+bit), in float16 (``"fp16"``) or in int8 with one float32 scale per output channel (``"int8"``,
+symmetric, so a zero stays exactly zero; tensors of fewer than 2 dimensions, such as biases and
+norm statistics, stay exact). Tensors for which the sparse layout is not smaller, and
+non-float tensors, are stored dense. Zeros are canonical: a ``-0.0`` weight (left by masking
+with a multiply) is a zero like any other and loads as ``+0.0``; every other value, NaN
+payloads included, round-trips bit for bit in ``"fp32"``.
+
+The safetensors header's metadata holds one JSON object under ``"prunekit"``: the format name
+and version, the prunekit version, the framework, the storage dtype, each tensor's shape,
+dtype, layout, nonzero count and CRC-32, the overall sparsity, and an optional structured
+pruning plan. Reading checks all of it and raises :class:`~prunekit.errors.CorruptFileError`
+naming the file and tensor for a truncated, corrupted or newer-version file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunekit.core.atomic import atomic_write_bytes
+from prunekit.errors import ConfigError, CorruptFileError
+
+FORMAT_NAME = "prunekit.artifacts.compact"
+FORMAT_VERSION = 1
+STORAGE_DTYPES = ("fp32", "fp16", "int8")
+_META_KEY = "prunekit"
+_META_CRC_KEY = "prunekit_crc32"
+_MAX_GAP = 256  # one index byte encodes a gap of 1..256 elements
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """How one tensor is stored: shape and dtype as saved, storage, layout, nonzeros, checksum."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    storage: str  # "raw" (own dtype), "float16" or "int8"
+    layout: str  # "dense", "bitmask" or "gaps"
+    nnz: int
+    crc32: int
+    deflated: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / self.numel if self.numel else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Compact JSON: fields at their default (raw storage, dense layout, not deflated) are left out."""
+        value: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype, "nnz": self.nnz, "crc": self.crc32}
+        if self.storage != "raw":
+            value["store"] = self.storage
+        if self.layout != "dense":
+            value["layout"] = self.layout
+        if self.deflated:
+            value["z"] = 1
+        return value
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> TensorEntry:
+        return cls(
+            tuple(int(d) for d in value["shape"]),
+            str(value["dtype"]),
+            str(value.get("store", "raw")),
+            str(value.get("layout", "dense")),
+            int(value["nnz"]),
+            int(value["crc"]),
+            bool(value.get("z", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class CompactHeader:
+    """The metadata of a compact file: versions, framework, storage dtype, tensors, plan.
+
+    Example::
+
+        header = read_compact_header("model.safetensors")
+        header.sparsity, header.tensors["fc1.weight"].layout, header.plan
+    """
+
+    format_version: int
+    prunekit_version: str
+    framework: str
+    dtype: str
+    tensors: dict[str, TensorEntry]
+    plan: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zeros over all floating-point elements."""
+        floats = [e for e in self.tensors.values() if np.dtype(e.dtype).kind == "f"]
+        total = sum(e.numel for e in floats)
+        return 1.0 - sum(e.nnz for e in floats) / total if total else 0.0
+
+    @property
+    def information_limit_bytes(self) -> int:
+        """``nnz x bits / 8 + numel / 8`` summed over the stored tensors: what an ideal mask + values costs."""
+        bits = 0
+        for entry in self.tensors.values():
+            value_bits = {"float16": 16, "int8": 8}.get(entry.storage, np.dtype(entry.dtype).itemsize * 8)
+            if entry.layout == "dense":
+                bits += entry.numel * value_bits
+            else:
+                bits += entry.nnz * value_bits + entry.numel
+            if entry.storage == "int8":
+                bits += entry.shape[0] * 32
+        return math.ceil(bits / 8)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "prunekit_version": self.prunekit_version,
+            "framework": self.framework,
+            "dtype": self.dtype,
+            "sparsity": round(self.sparsity, 6),
+            "tensors": {name: entry.to_json() for name, entry in self.tensors.items()},
+            "plan": self.plan,
+            "extra": self.extra,
+        }
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _quantize_int8(name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8: ``q = round(w / scale)``, ``scale = max|w| / 127`` per row of axis 0."""
+    rows = array.reshape(array.shape[0], -1).astype(np.float64)
+    if not np.isfinite(rows).all():
+        raise ConfigError(
+            f"tensor {name!r} contains NaN or Inf and cannot be stored as int8; store it with dtype='fp32' or fix the weights"
+        )
+    peak = np.abs(rows).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    quantized = np.clip(np.rint(rows / scale[:, None].astype(np.float64)), -127, 127).astype(np.int8)
+    return quantized.reshape(array.shape), scale
+
+
+def _gap_bytes(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relative index bytes (gap - 1) with filler entries for gaps over 256, and where the real entries sit."""
+    gaps = np.diff(positions, prepend=-1)
+    fillers = (gaps - 1) // _MAX_GAP
+    slots = np.cumsum(fillers + 1) - 1  # slot of each real entry in the stream
+    stream = np.full(int(slots[-1]) + 1 if len(slots) else 0, _MAX_GAP - 1, dtype=np.uint8)
+    stream[slots] = gaps - _MAX_GAP * fillers - 1
+    return stream, slots
+
+
+def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict[str, np.ndarray]]:
+    """Choose storage and layout for one tensor; return its entry and the arrays to store."""
+    array = np.require(array, requirements="C")  # not ascontiguousarray: it turns 0-d into 1-d
+    if array.dtype.kind not in "biuf":
+        raise ConfigError(
+            f"tensor {name!r} has dtype {array.dtype}; the compact format stores bool, integer and floating-point tensors only"
+        )
+    if array.dtype.kind != "f" or array.size == 0:
+        return _entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": array}, False)
+    array = np.where(array == 0, np.zeros((), array.dtype), array)  # -0.0 -> +0.0; NaN bits untouched
+    scale = None
+    if dtype == "int8" and array.ndim >= 2:
+        values, scale = _quantize_int8(name, array)
+        storage, keep = "int8", values.reshape(-1) != 0
+    elif dtype == "fp16":
+        values, storage = array.astype(np.float16), "float16"
+        keep = values.reshape(-1) != 0
+    else:
+        values, storage = array, "raw"
+        keep = values.reshape(-1) != 0  # NaN is a value
+    extra = {} if scale is None else {"scale": scale}
+    flat = values.reshape(-1)
+    nnz = int(keep.sum())
+    positions = np.flatnonzero(keep)
+    candidates: list[tuple[str, np.ndarray, np.ndarray]] = [("bitmask", np.packbits(keep, bitorder="little"), flat[keep])]
+    if nnz:
+        stream, slots = _gap_bytes(positions)
+        stored = np.zeros(len(stream), dtype=flat.dtype)
+        stored[slots] = flat[positions]
+        candidates.append(("gaps", stream, stored))
+    best_size, best = flat.nbytes, None
+    for layout, index, stored in candidates:
+        packed = zlib.compress(index.tobytes(), 9)
+        deflated = len(packed) < index.nbytes
+        index = np.frombuffer(packed, dtype=np.uint8) if deflated else index
+        size = index.nbytes + stored.nbytes + 64  # a part costs about 64 header bytes
+        if size < best_size:
+            best_size, best = size, (layout, index, stored, deflated)
+    if best is None:
+        return _entry(array, storage, "dense", nnz, {"values": values, **extra}, False)
+    layout, index, stored, deflated = best
+    return _entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}, deflated)
+
+
+def _entry(
+    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray], deflated: bool
+) -> tuple[TensorEntry, dict[str, np.ndarray]]:
+    crc = 0
+    for part in parts.values():
+        crc = zlib.crc32(part.tobytes(), crc)
+    return TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc, deflated), parts
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _decode(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+    def corrupt(reason: str) -> CorruptFileError:
+        return CorruptFileError(f"{path}: tensor {name!r} is corrupted ({reason}); re-export the file with save_compressed")
+
+    try:
+        dtype = np.dtype(entry.dtype)
+    except TypeError:
+        raise corrupt(f"unknown dtype {entry.dtype!r}") from None
+    crc = 0
+    for part in parts.values():
+        crc = zlib.crc32(part.tobytes(), crc)
+    if crc != entry.crc32:
+        raise corrupt(f"CRC-32 {crc:#010x} does not match the recorded {entry.crc32:#010x}")
+    values = parts["values"]
+    expected = {"float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}.get(entry.storage, dtype)
+    if values.dtype != expected or values.ndim != 1 and entry.layout != "dense":
+        raise corrupt(f"values stored as {values.dtype}{list(values.shape)}, expected a {expected} vector")
+    if entry.layout == "dense":
+        if values.size != entry.numel:
+            raise corrupt(f"{values.size} values for shape {entry.shape}")
+        flat = values.reshape(-1).copy()  # writable, not a view of the file buffer
+    else:
+        index = parts["index"]
+        if index.dtype != np.uint8:
+            raise corrupt(f"index stored as {index.dtype}, expected uint8")
+        if entry.deflated:
+            try:
+                index = np.frombuffer(zlib.decompress(index.tobytes()), dtype=np.uint8)
+            except zlib.error as exc:
+                raise corrupt(f"index stream does not inflate: {exc}") from None
+        if entry.layout == "bitmask":
+            if index.size != -(-entry.numel // 8):
+                raise corrupt(f"bitmask of {index.size} bytes for {entry.numel} elements")
+            positions = np.flatnonzero(np.unpackbits(index, count=entry.numel, bitorder="little"))
+        elif entry.layout == "gaps":
+            positions = np.cumsum(index.astype(np.int64) + 1) - 1
+        else:
+            raise corrupt(f"unknown layout {entry.layout!r}")
+        if positions.size != values.size or (positions.size and positions[-1] >= entry.numel):
+            raise corrupt(f"{values.size} values for {positions.size} positions in {entry.numel} elements")
+        flat = np.zeros(entry.numel, dtype=values.dtype)
+        flat[positions] = values
+    if entry.storage == "int8":
+        scale = parts.get("scale")
+        if scale is None or scale.size != entry.shape[0]:
+            raise corrupt("missing or misshapen per-channel scales")
+        rows = flat.reshape(entry.shape[0], -1).astype(np.float32) * scale.astype(np.float32)[:, None]
+        return rows.astype(dtype).reshape(entry.shape)
+    return flat.astype(dtype, copy=False).reshape(entry.shape)
+
+
+def _read_container(path: Path) -> tuple[bytes, dict[str, Any]]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"compact file {path} does not exist") from None
+    if len(data) < 8:
+        raise CorruptFileError(f"{path} is {len(data)} bytes, too short to be a prunekit compact file (truncated?)")
+    header_len = int.from_bytes(data[:8], "little")
+    if 8 + header_len > len(data):
+        raise CorruptFileError(
+            f"{path} is truncated: its header needs {8 + header_len} bytes but the file has {len(data)}; copy or export it again"
+        )
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        text = header["__metadata__"][_META_KEY]
+        meta = json.loads(text)
+    except (ValueError, KeyError, TypeError):
+        raise CorruptFileError(
+            f"{path} has no readable prunekit metadata: it is corrupted or was not written by prunekit's save_compressed"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CorruptFileError(f"{path} is not a prunekit compact file (format {found!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CorruptFileError(f"{path} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CorruptFileError(
+            f"{path} uses compact format version {version} (written by prunekit "
+            f"{meta.get('prunekit_version', '?')}), newer than version {FORMAT_VERSION} that this prunekit reads; "
+            "upgrade prunekit: pip install -U prunekit"
+        )
+    if header["__metadata__"].get(_META_CRC_KEY) != str(zlib.crc32(text.encode())):
+        raise CorruptFileError(
+            f"{path}: the prunekit metadata fails its CRC-32 check (corrupted header); re-export the file with save_compressed"
+        )
+    return data, meta
+
+
+def _header_from_json(path: Path, meta: Mapping[str, Any]) -> CompactHeader:
+    try:
+        tensors = {str(name): TensorEntry.from_json(value) for name, value in meta["tensors"].items()}
+        return CompactHeader(
+            int(meta["format_version"]),
+            str(meta["prunekit_version"]),
+            str(meta["framework"]),
+            str(meta["dtype"]),
+            tensors,
+            meta.get("plan"),
+            dict(meta.get("extra") or {}),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptFileError(f"{path} has malformed prunekit metadata ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def save_compact(
+    arrays: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    dtype: str = "fp32",
+    *,
+    framework: str = "numpy",
+    plan: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> CompactHeader:
+    """Write ``{name: array}`` as a compact sparse file (atomically) and return its header.
+
+    ``dtype`` is ``"fp32"`` (exact), ``"fp16"`` or ``"int8"`` (per-channel scales). ``plan`` is an
+    optional JSON-serialisable structured-pruning plan stored in the header.
+
+    Example::
+
+        header = save_compact({"fc.weight": weights}, "model.safetensors", dtype="int8")
+        header.tensors["fc.weight"].nnz
+    """
+    from safetensors.numpy import save as save_safetensors
+
+    from prunekit import __version__
+
+    if dtype not in STORAGE_DTYPES:
+        raise ConfigError(f"dtype should be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    entries: dict[str, TensorEntry] = {}
+    stored: dict[str, np.ndarray] = {}
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray):
+            raise ConfigError(f"tensor {name!r} is a {type(array).__name__}, expected a numpy array")
+        entry, parts = _encode(name, array, dtype)
+        entries[name] = entry
+        stored.update({f"{name}:{part}": value for part, value in parts.items()})
+    header = CompactHeader(
+        FORMAT_VERSION, __version__, framework, dtype, entries, dict(plan) if plan is not None else None, dict(extra or {})
+    )
+    try:
+        meta = json.dumps(header.to_json(), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the plan or extra metadata is not JSON-serialisable: {exc}") from None
+    metadata = {_META_KEY: meta, _META_CRC_KEY: str(zlib.crc32(meta.encode()))}
+    atomic_write_bytes(path, save_safetensors(stored, metadata=metadata))
+    return header
+
+
+def is_compact_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file carrying prunekit compact metadata (nothing is verified).
+
+    Example::
+
+        is_compact_file("model.safetensors")  # False for a plain safetensors state_dict
+    """
+    try:
+        with open(path, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            if header_len > 100 * 2**20:
+                return False
+            header = json.loads(handle.read(header_len))
+        return _META_KEY in header.get("__metadata__", {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
+def read_compact_header(path: str | os.PathLike) -> CompactHeader:
+    """Read and check only the header of a compact file (fast: tensors are not decoded).
+
+    Example::
+
+        read_compact_header("model.safetensors").plan
+    """
+    path = Path(path)
+    _, meta = _read_container(path)
+    return _header_from_json(path, meta)
+
+
+def load_compact(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], CompactHeader]:
+    """Read a compact file back into ``{name: array}`` (exact for fp32) plus its header.
+
+    Raises :class:`~prunekit.errors.CorruptFileError` naming the file and tensor when the file
+    is truncated, corrupted or from a newer format version; nothing is returned half-decoded.
+
+    Example::
+
+        arrays, header = load_compact("model.safetensors")
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as load_safetensors
+
+    path = Path(path)
+    data, meta = _read_container(path)
+    header = _header_from_json(path, meta)
+    try:
+        stored = load_safetensors(data)
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise CorruptFileError(f"{path} is truncated or corrupted: {exc}") from None
+    arrays: dict[str, np.ndarray] = {}
+    for name, entry in header.tensors.items():
+        needed = ["values"] + ([] if entry.layout == "dense" else ["index"]) + (["scale"] if entry.storage == "int8" else [])
+        missing = [part for part in needed if f"{name}:{part}" not in stored]
+        if missing:
+            raise CorruptFileError(f"{path}: tensor {name!r} lacks its stored part(s) {', '.join(missing)}")
+        parts = {part: stored[f"{name}:{part}"] for part in needed}
+        arrays[name] = _decode(path, name, entry, parts)
+    return arrays, header

@@ -1,0 +1,84 @@
+"""Run the built-in demo for either framework: show the tables, write Markdown, JSON and a report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prunekit.core.atomic import atomic_write_text
+from prunekit.demo.tables import artifacts_table, results_table, structured_table
+from prunekit.errors import ConfigError
+from prunekit.methods import FRAMEWORKS
+
+
+def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> None:
+    """``report.html`` (self-contained, with plots), ``report.md`` and ``report.json`` beside the results."""
+    from rich.console import Console
+
+    console = console or Console()
+    if importlib.util.find_spec("matplotlib") is None:
+        console.print("report.html skipped: its plots need matplotlib (pip install 'prunekit[report]')")
+        return
+    from prunekit.demo.report import demo_report
+
+    console.print(f"report: {demo_report(results, output_dir)['html']}")
+
+
+def run_demo(
+    framework: str = "torch",
+    methods: Sequence[str] | None = None,
+    sparsities: Sequence[float] = (0.5, 0.8, 0.9),
+    output_dir: str | Path | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    export: bool = True,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Run the demo, print its tables, and write results and a report to ``output_dir``.
+
+    ``output_dir`` receives ``results.json``, ``results.md`` and ``report.html`` / ``.md`` / ``.json``.
+
+    With ``export`` (PyTorch), the demo ends with the deployable artifacts of the dense model and
+    the sparsest run (ONNX fp32/int8, compact files), written to ``output_dir/artifacts``.
+
+    Example::
+
+        results = run_demo(output_dir="demo-out")
+        results["runs"][-1]["accuracy"]
+    """
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"framework should be one of {FRAMEWORKS}, got {framework!r}")
+    for sparsity in sparsities:
+        if not 0 <= sparsity < 1:
+            raise ConfigError(f"demo sparsities should be in [0, 1), got {sparsity}")
+    if framework == "torch":
+        from prunekit.demo.torch_demo import run_torch_demo
+
+        artifacts_dir = Path(output_dir) / "artifacts" if output_dir is not None else None
+        results = run_torch_demo(
+            methods, sparsities, quick=quick, seed=seed, progress=progress, artifacts_dir=artifacts_dir, export=export
+        )
+    else:
+        from prunekit.core.optional import require
+
+        require("keras", "keras")
+        from prunekit.demo.keras_demo import run_demo as run_keras_demo
+
+        results = run_keras_demo(output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed)
+    tables = [results_table(results)]
+    if any("macs" in run for run in results["runs"]):
+        tables.append(structured_table(results))
+    if results.get("artifacts"):
+        tables.append(artifacts_table(results["artifacts"]))
+    for table in tables:
+        table.print(console)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
+        _write_report(results, output_dir, console)
+    return results

@@ -1,0 +1,85 @@
+"""The built-in methods: the one place in prunekit that names them.
+
+Each record says what the method is, its defaults and where each framework's handler lives;
+add a method here (or call :func:`prunekit.methods.register` from your own code) and every front
+end can run it by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prunekit.methods.record import Method
+
+_TRAINING = {"scope": "global", "importance": "magnitude", "exclude": ()}
+_KERAS_LAYERWISE = {"scope": "layer"}  # prune_low_magnitude (as TF MOT) prunes every layer to the sparsity on its own
+
+
+def _channels_importance(section: Mapping[str, Any]) -> list[tuple[str, str]]:
+    importance = section.get("importance")
+    if importance not in (None, "l1"):
+        return [("prune.importance", "channel removal ranks channels by their L1 norm; leave importance unset")]
+    return []
+
+
+def _training(name: str, summary: str, function: str, defaults: dict[str, Any], keras: bool = True, **extra: Any) -> Method:
+    handlers = {"torch": f"prunekit.torch.backend:{function}"}
+    if keras:
+        handlers["keras"] = f"prunekit.keras.backend:{function}"
+    return Method(
+        name=name,
+        kind="unstructured",
+        summary=summary,
+        handlers=handlers,
+        defaults={**_TRAINING, **defaults},
+        framework_defaults={"keras": _KERAS_LAYERWISE} if keras else {},
+        **extra,
+    )
+
+
+BUILTIN_METHODS: tuple[Method, ...] = (
+    _training(
+        "gradual",
+        "raise sparsity along a polynomial schedule while fine-tuning (Zhu & Gupta)",
+        "prune_gradually_job",
+        {"epochs": 12, "lr": 1e-3},
+    ),
+    _training(
+        "one-shot",
+        "prune once to the target by importance, then fine-tune with the masks held",
+        "prune_one_shot_job",
+        {"epochs": 10, "lr": 5e-4},
+    ),
+    _training(
+        "iterative",
+        "prune and retrain in rounds, each removing the same share of the weights left",
+        "prune_iteratively_job",
+        {"epochs": 12, "lr": 1e-3, "rounds": 3},
+    ),
+    _training(
+        "one-shot-layer",
+        "one-shot with every layer pruned to the same sparsity",
+        "prune_one_shot_job",
+        {"epochs": 10, "lr": 5e-4, "scope": "layer"},
+        aliases=("layer",),
+    ),
+    _training(
+        "one-shot-random",
+        "one-shot with random importance: the baseline a criterion must beat",
+        "prune_one_shot_job",
+        {"epochs": 10, "lr": 5e-4, "scope": "layer", "importance": "random"},
+        keras=False,  # Keras prunes by magnitude only
+        aliases=("random",),
+    ),
+    Method(
+        name="channels",
+        kind="structured",
+        summary="remove the lowest-L1 channels and heads of every prunable layer (a smaller model), then fine-tune",
+        handlers={"torch": "prunekit.torch.backend:prune_channels_job", "keras": "prunekit.keras.backend:prune_channels_job"},
+        amount="channel ratio",
+        aliases=("structured",),
+        defaults={"epochs": 4, "lr": 1e-3},
+        checks=(_channels_importance,),
+    ),
+)

@@ -1,0 +1,1 @@
+"""Choosing the trade-off, framework-free: budget allocation over sensitivity data, Pareto fronts."""
