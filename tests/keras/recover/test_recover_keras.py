@@ -144,3 +144,18 @@ def test_quantize_model_rejects_bad_masks():
         quantize_model(model, masks={"fc2": np.ones((2, 2), bool)})
     with pytest.raises(ConfigError, match="'zeros'"):
         quantize_model(model, masks="ones")
+
+
+def test_keras_recover_handlers_run_through_the_registry(pruned_90, digits, tmp_path):
+    from prunekit.methods import get_method
+    from prunekit.methods.recover import RecoverJob
+
+    method = get_method("pqat")
+    model = clone_of(pruned_90.model)
+    zeros = {layer.name: int((layer.kernel.numpy() == 0).sum()) for layer in model.layers if hasattr(layer, "kernel")}
+    job = RecoverJob(model, digits.x_train, digits.y_train, method.options(epochs=1), export_path=tmp_path / "m.tflite")
+    run = method.handler("keras")(job)
+    assert run.artifact.is_file() and run.zeros == zeros and len(run.history) == 1
+    assert [type(layer) for layer in run.model.layers] == [type(layer) for layer in model.layers]  # stripped, plain
+    with pytest.raises(ConfigError, match="teacher"):
+        get_method("distill").handler("keras")(RecoverJob(model, digits.x_train, digits.y_train, get_method("distill").options()))

@@ -2,6 +2,7 @@
 model, the pruned zeros kept exactly (unstructured and 2:4), and loud errors."""
 
 import functools
+import importlib
 
 import numpy as np
 import onnx
@@ -12,9 +13,10 @@ from torch import nn
 
 from prunekit import ConfigError, ExportError
 from prunekit.torch import NM, DigitsCNN, Pruner, evaluate, make_loader
-from prunekit.torch.recover import qat as qat_module
 from prunekit.torch.recover.qat import QuantizationAwareTraining, pqat, qat, sqnr_db, weight_codes
 from tests.torch.pruned_digits import dense_cnn, digits, pruned_cnn
+
+qat_module = importlib.import_module("prunekit.torch.recover.qat")  # the module (the package exports the function qat)
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -202,7 +202,7 @@ def _check_model(model: Any) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class KerasQat:
     """A fake-quant clone of a Keras model: ``model`` (train it with ``fit``), the quantized layer names,
     the layers left in float (name -> reason), and the masked layers' zero counts (PQAT).
@@ -217,6 +217,7 @@ class KerasQat:
     quantized: tuple[str, ...]
     float_layers: dict[str, str]
     mask_zeros: dict[str, int]
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = ()) -> KerasQat:
@@ -322,7 +323,7 @@ def strip_qat(model: Any) -> Any:
 
 
 def _int8_kernels(flatbuffer: bytes) -> list[tuple[str, np.ndarray]]:
-    from prunekit._litert import interpreter_class
+    from prunekit.artifacts.litert import interpreter_class
 
     interpreter = interpreter_class()(model_content=flatbuffer)
     interpreter.allocate_tensors()
@@ -378,13 +379,15 @@ def export_tflite(
             )
         zeros[layer.name] = expected
     if output_path is not None:
-        from prunekit._atomic import atomic_write_bytes
+        from prunekit.core.atomic import atomic_write_bytes
 
         atomic_write_bytes(output_path, flatbuffer)
     return flatbuffer, zeros
 
 
-def _train(model: Any, x: Any, y: Any, epochs: int, lr: float, batch_size: int, validation_data: Any, callbacks: Any) -> Any:
+def _train(
+    model: Any, x: Any, y: Any, epochs: int, lr: float, batch_size: int, validation_data: Any, callbacks: Any
+) -> list[dict[str, float]]:
     if not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"epochs should be an integer >= 0, got {epochs!r}")
     model.compile(
@@ -392,9 +395,11 @@ def _train(model: Any, x: Any, y: Any, epochs: int, lr: float, batch_size: int, 
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    return model.fit(
+    history = model.fit(
         x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data, callbacks=list(callbacks), verbose=0
-    )
+    ).history
+    count = len(next(iter(history.values()), []))
+    return [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.items()}} for i in range(count)]
 
 
 def qat(
@@ -421,7 +426,7 @@ def qat(
         flatbuffer, _ = export_tflite(run.model, split.x_val, "model.int8.tflite")
     """
     run = quantize_model(model, masks=masks, exclude=exclude)
-    _train(run.model, x, y, epochs, lr, batch_size, validation_data, callbacks)
+    run.history = _train(run.model, x, y, epochs, lr, batch_size, validation_data, callbacks)
     return run
 
 
@@ -445,7 +450,7 @@ def pqat(model: Any, x: Any, y: Any, *, epochs: int, masks: Any = "zeros", **opt
     run = quantize_model(model, masks=masks, exclude=options.get("exclude", ()))
     if not any(run.mask_zeros.values()):
         raise ConfigError(f"PQAT found no pruning masks in {model.name!r} (no zero weights); prune first, or use qat")
-    _train(
+    run.history = _train(
         run.model,
         x,
         y,

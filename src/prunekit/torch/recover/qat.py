@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit._atomic import atomic_paths
-from prunekit._ort import feed, input_specs, quiet_exporters, session
+from prunekit.artifacts.ort import feed, input_specs, quiet_exporters, session
+from prunekit.core.atomic import atomic_paths
 from prunekit.errors import ConfigError, ExportError
 from prunekit.torch.training import _length, _model_device, _progress, evaluate
 from prunekit.torch.unstructured import Pruner
