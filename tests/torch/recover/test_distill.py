@@ -9,7 +9,7 @@ from torch import nn
 
 from prunekit import ConfigError, LayerNotFoundError
 from prunekit.data import load_digits
-from prunekit.torch import DigitsCNN, DigitsMLP, Pruner, evaluate, fit, make_loader, prune_channels
+from prunekit.torch import NM, DigitsCNN, DigitsMLP, Pruner, evaluate, fit, make_loader, prune_channels
 from prunekit.torch.recover import Distiller, distill, distillation_loss
 from tests.assertions import assert_same_outputs, assert_sparsity
 
@@ -149,3 +149,31 @@ def test_distill_with_a_pruner_keeps_exact_sparsity_and_learns_from_the_teacher(
     assert not any(m._forward_hooks for m in student.modules())
     x = torch.as_tensor(split.x_test[:4])
     assert_same_outputs(student(x), copy.deepcopy(student)(x))  # a plain, copyable model again
+
+
+@pytest.mark.slow  # importing transformers alone takes ~10 s on the shared machines
+def test_logit_distillation_of_a_2_4_pruned_language_model_over_token_batches():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    teacher = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(40.0)  # peaked next-token distributions, as a trained LM has
+    student = copy.deepcopy(teacher)
+    pruner = Pruner(student, 0.5, pattern=NM(2, 4), targets=[nn.Linear], ignore=["lm_head"])
+    pruner.prune()
+    generator = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 64, (4, 16), generator=generator)} for _ in range(8)]
+
+    def kl_to_teacher() -> float:
+        with torch.no_grad():
+            return sum(float(distillation_loss(student(**b).logits, teacher(**b).logits, alpha=1.0)) for b in batches)
+
+    before = kl_to_teacher()
+    history = distill(student, teacher, batches, epochs=4, lr=2e-3, alpha=1.0, pruner=pruner, progress=False)
+    assert kl_to_teacher() < 0.5 * before, (before, history)
+    weight = student.model.layers[0].mlp.up_proj.weight
+    assert ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) == 2).all()  # the 2:4 pattern held

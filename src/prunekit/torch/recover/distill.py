@@ -51,7 +51,7 @@ def distillation_loss(
     teacher_logits: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    temperature: float = 4.0,
+    temperature: float = 2.0,
     alpha: float = 0.5,
     task_loss: TaskLoss | None = None,
 ) -> torch.Tensor:
@@ -80,6 +80,41 @@ def distillation_loss(
         task = task_loss or nn.CrossEntropyLoss()
         loss = loss + (1.0 - alpha) * task(student_logits, labels)
     return loss
+
+
+def _logits(out: Any, role: str) -> torch.Tensor:
+    """The logits of a model's output: a tensor, a ``ModelOutput``/dict's ``logits``, or a tuple's first tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, Mapping):
+        logits = out.get("logits")
+    if logits is None and isinstance(out, (tuple, list)) and out:
+        logits = out[0]
+    if not isinstance(logits, torch.Tensor):
+        raise ConfigError(f"the {role} returned {type(out).__name__}: return logits, or a ModelOutput/dict with 'logits'")
+    return logits
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def _to(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return inputs
+
+
+def _split(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """``(inputs, labels)`` from a loader's batch: a pair, or inputs alone (a tensor or a dict such as token ids)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, (tuple, list)) and len(batch) == 1:
+        return batch[0], None
+    return batch, None
 
 
 def _module(model: nn.Module, name: str, role: str) -> nn.Module:
@@ -184,7 +219,7 @@ class Distiller:
         student: nn.Module,
         teacher: nn.Module,
         *,
-        temperature: float = 4.0,
+        temperature: float = 2.0,
         alpha: float = 0.5,
         features: Mapping[str, str] | Sequence[str] | None = None,
         feature_weight: float = 1.0,
@@ -247,16 +282,16 @@ class Distiller:
         yield from self.projections.parameters()
 
     def _forward_both(self, inputs: Any, device: torch.device, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
+        inputs = _to(inputs, device)
         teacher_mode = self.teacher.training
         self.teacher.eval()
         try:
-            with torch.no_grad():
-                teacher_out = self.teacher(inputs)
+            with torch.no_grad():  # no graph is kept: the teacher costs one forward pass of memory per batch
+                teacher_out = _logits(_call(self.teacher, inputs), "teacher")
         finally:
             self.teacher.train(teacher_mode)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            student_out = self.student(inputs)
+            student_out = _logits(_call(self.student, inputs), "student")
         return student_out, teacher_out
 
     def feature_loss(self) -> torch.Tensor:
@@ -302,7 +337,7 @@ def distill(
     epochs: int,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
-    temperature: float = 4.0,
+    temperature: float = 2.0,
     alpha: float = 0.5,
     features: Mapping[str, str] | Sequence[str] | None = None,
     feature_weight: float = 1.0,
@@ -313,7 +348,12 @@ def distill(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train ``student`` on ``train_loader`` (``(inputs, labels)`` batches) by distilling ``teacher``, like :func:`fit`.
+    """Train ``student`` on ``train_loader`` by distilling ``teacher``, like :func:`fit`.
+
+    Batches are ``(inputs, labels)`` pairs, or inputs alone (a tensor, or a dict of keyword
+    inputs such as ``{"input_ids": ...}`` for a language model) with ``alpha=1``: pure logit
+    distillation over calibration or training text after one-shot pruning. Models may return
+    logits or a ``ModelOutput``/dict with ``logits`` (sequence logits are distilled per token).
 
     With a ``pruner``, it steps after every optimizer step (and masks gradients and weights when
     ``distill`` builds the optimizer), so pruning and distillation run together. The feature
@@ -335,7 +375,7 @@ def distill(
         first = next(iter(train_loader), None)
         if first is None:
             raise ConfigError("the training loader is empty")
-        example = first[0][:2]
+        example = _split(first)[0]
     distiller = Distiller(
         student,
         teacher,
@@ -359,7 +399,8 @@ def distill(
             for epoch in range(epochs):
                 student.train()
                 started, total, batches = time.perf_counter(), 0.0, 0
-                for inputs, labels in train_loader:
+                for batch in train_loader:
+                    inputs, labels = _split(batch)
                     optimizer.zero_grad(set_to_none=True)
                     loss = distiller(inputs, labels)
                     loss.backward()
