@@ -198,3 +198,40 @@ def test_bad_targets_and_masks_are_named():
 def test_sqnr_of_a_hand_example():
     assert sqnr_db(np.array([1.0, 2.0]), np.array([1.0, 2.1])) == pytest.approx(10 * np.log10(5 / 0.01))
     assert sqnr_db(np.ones(3), np.ones(3)) == float("inf")
+
+
+class _SequenceNet(nn.Module):
+    """Conv1d, a depthwise Conv2d and a Linear applied to (batch, length, features): MatMul + Add in ONNX."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.proj = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))  # (B, 8, L)
+        h = self.depthwise(h.unsqueeze(2)).squeeze(2)
+        h = torch.relu(self.proj(h.transpose(1, 2)))  # (B, L, 6): MatMul + Add
+        return self.head(h.mean(1))
+
+
+def test_qat_export_handles_conv1d_depthwise_and_matmul_linears(tmp_path):
+    torch.manual_seed(0)
+    model = _SequenceNet()
+    controller = QuantizationAwareTraining(model)
+    x = torch.randn(64, 4, 10)
+    model.train()
+    for _ in range(5):
+        model(x)  # observe ranges
+    model.eval()
+    with torch.no_grad():
+        fake = model(x).numpy()
+    result = controller.export_onnx(x, tmp_path / "seq.onnx")
+    assert result.float_layers == {}
+    assert set(int8_weights(result.path)) == {"conv.weight", "depthwise.weight", "proj.weight", "head.weight"}
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert sqnr_db(fake, got) >= 35.0
