@@ -59,7 +59,8 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
 
 
 def _finish(job: RecoverJob, run: Any) -> RecoveryRun:
-    artifact, zeros = None, {}
+    artifact: Path | None = None
+    zeros: dict[str, int] = {}
     if job.export_path is not None:
         calibration = job.calibration if job.calibration is not None else job.x[:200]
         _, zeros = export_tflite(run.model, calibration, job.export_path)

@@ -387,7 +387,7 @@ def distill(
         task_loss=task_loss,
     )
     own_optimizer = optimizer is None
-    if own_optimizer:
+    if optimizer is None:
         optimizer = torch.optim.Adam(distiller.parameters(), lr=lr, weight_decay=weight_decay)
         if pruner is not None:
             pruner.attach(optimizer)

@@ -95,6 +95,13 @@ def weight_codes(weight: torch.Tensor, mask: torch.Tensor | None = None) -> tupl
     return codes, scales
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The module's own ``weight`` parameter (not the per-call fake-quant shadow)."""
+    weight = module._parameters["weight"]
+    assert weight is not None
+    return weight
+
+
 def _fake_quant_weight(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     codes, scales = weight_codes(weight, mask)
     effective = weight * mask if mask is not None else weight
@@ -277,7 +284,7 @@ class QuantizationAwareTraining:
                 layer.input_range.observe(x, self.momentum)
             x = _fake_quant_activation(x, *layer.input_range.qparams())
             # shadow the parameter for this call only: state_dict and parameters() still see it
-            module.__dict__["weight"] = _fake_quant_weight(module._parameters["weight"], layer.mask)
+            module.__dict__["weight"] = _fake_quant_weight(_weight(module), layer.mask)
             return (x, *args[1:])
 
         return hook
@@ -303,7 +310,7 @@ class QuantizationAwareTraining:
         """Zero the pruned float weights (PQAT; call after each optimizer step, as :func:`qat` does)."""
         for layer in self.layers.values():
             if layer.mask is not None:
-                layer.module._parameters["weight"].mul_(layer.mask)
+                _weight(layer.module).mul_(layer.mask)
 
     def close(self) -> nn.Module:
         """Remove the hooks (apply the masks first) and return the plain float model."""
@@ -394,6 +401,8 @@ class QuantizationAwareTraining:
             raise ExportError(f"exporting {type(self.model).__name__} to ONNX failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._attach()
+        if program is None:
+            raise ExportError(f"torch.onnx.export returned no program for {type(self.model).__name__}")
         return program.model_proto
 
     def _insert_qdq(self, proto: Any) -> dict[str, int]:
@@ -435,9 +444,7 @@ class QuantizationAwareTraining:
             if compute is None:
                 self.float_layers[name] = "its weight feeds no Conv/Gemm/MatMul in the exported graph; left in float"
                 continue
-            codes, scales = weight_codes(
-                layer.module._parameters["weight"].cpu(), layer.mask.cpu() if layer.mask is not None else None
-            )
+            codes, scales = weight_codes(_weight(layer.module).cpu(), layer.mask.cpu() if layer.mask is not None else None)
             int8 = codes.numpy().astype(np.int8)
             if layer.mask is not None:
                 wrong = int(((int8 == 0) != (~layer.mask.cpu()).numpy()).sum())
