@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prune over a grid of methods and sparsities in parallel, with Pareto plots and a report",
     ),
     "run": ("prunekit.commands.run", "run a YAML recipe (validated up front) and write an HTML/Markdown/JSON report"),
+    "methods": ("prunekit.commands.methods", "list the registered pruning and recovery methods, their frameworks and defaults"),
 }
 
 

@@ -110,7 +110,7 @@ def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
     )
 
 
-def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
+def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
     import torch
 
     from prunekit.torch.latency import measure_latency, measure_peak_memory
@@ -134,7 +134,7 @@ def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
 
 def _inspect_onnx(args: argparse.Namespace) -> dict:
     """The ONNX file's weighted nodes, its file sizes, and peak memory and latency in ONNX Runtime (CPU)."""
-    from prunekit.artifacts.onnx_artifact import file_sizes, measure_latency, peak_memory
+    from prunekit.artifacts.onnx_artifact import file_sizes, peak_memory, time_onnx_files
     from prunekit.artifacts.onnx_data import external_data_files
     from prunekit.artifacts.onnx_summary import summarize_onnx
     from prunekit.artifacts.ort import InputSpec, batch_of, generated_batch, input_specs, session
@@ -158,7 +158,7 @@ def _inspect_onnx(args: argparse.Namespace) -> dict:
 
     def measure(model: Path, shape: Any, batch_sizes: list[int], repeats: int) -> list[LatencyResult]:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        stats = measure_latency({"model": model}, sample, batch_sizes, repeats=repeats, threads=threads)["model"]
+        stats = time_onnx_files({"model": model}, sample, batch_sizes, repeats=repeats, threads=threads)["model"]
         return [LatencyResult("cpu", size, row.median_ms, row.p90_ms, row.runs, threads) for size, row in stats.items()]
 
     return _report(

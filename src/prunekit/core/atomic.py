@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
 
     The temporary name ends with ``path``'s suffixes (writers such as Keras check them) and does not
@@ -51,7 +51,7 @@ def _mode(target: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_paths(path: str | os.PathLike, *companions: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+def atomic_paths(path: str | os.PathLike[str], *companions: str | os.PathLike[str]) -> Iterator[tuple[Path, ...]]:
     """Yield temporary paths named like ``path`` and its ``companions``; on success they replace those files as a group.
 
     The temporary files lie in a fresh hidden folder in ``path``'s directory, under the final
@@ -112,7 +112,7 @@ def _swap(targets: list[Path], tmps: tuple[Path, ...], backup: Path) -> None:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (flushed to disk before the rename).
 
     Example::
@@ -126,7 +126,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(handle.fileno())
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically.
 
     Example::

@@ -47,6 +47,7 @@ def run_demo(
     methods = list(methods) if methods else [default_method(framework="keras").name]
     for method in methods:
         get_method(method, framework="keras")  # unknown names fail before any training
+    quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     for sparsity in sparsities:
         if not 0 <= sparsity < 1:
             raise ConfigError(f"demo sparsities should be in [0, 1), got {sparsity}")
@@ -88,7 +89,7 @@ def run_demo(
                 sparsity,
                 seed=seed,
                 batch_size=32,
-                **({"epochs": 3} if quick else {}),
+                **quick_options,
             )
             sizes = serialized_size(run.model)
             results["runs"].append(

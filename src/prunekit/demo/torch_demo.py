@@ -65,6 +65,7 @@ def run_torch_demo(
     """
     methods = list(methods) if methods else [default_method(framework="torch").name]
     kinds = {method: get_method(method, framework="torch").kind for method in methods}  # unknown names fail here
+    quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     torch.manual_seed(seed)
     split = load_digits(seed=seed)
     train = make_loader(split.x_train, split.y_train, batch_size=64, seed=seed)
@@ -106,7 +107,7 @@ def run_torch_demo(
                 seed=seed,
                 progress=progress,
                 device=str(target),
-                **({"epochs": 3} if quick else {}),
+                **quick_options,
             )
             sizes = serialized_size(run.model)
             results["runs"].append(

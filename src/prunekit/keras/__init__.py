@@ -24,6 +24,7 @@ from prunekit.keras.allocation import (  # noqa: E402
     uniform_ratios,
 )
 from prunekit.keras.callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
+from prunekit.keras.dynamic import DynamicSparsity, prune_sparse  # noqa: E402
 from prunekit.keras.metrics import serialized_size, sparsity_report  # noqa: E402
 from prunekit.keras.models import digits_cnn, digits_mlp, load_digits_nhwc  # noqa: E402
 from prunekit.keras.registry import PrunableLayer  # noqa: E402
@@ -54,6 +55,8 @@ from prunekit.schedules import (  # noqa: E402
 from prunekit.tradeoffs.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
 
 __all__ = [
+    "DynamicSparsity",
+    "prune_sparse",
     "Accuracy",
     "Allocation",
     "ConstantSparsity",

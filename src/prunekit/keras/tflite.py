@@ -237,12 +237,14 @@ def _accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
     return float((outputs.argmax(axis=-1) == np.asarray(y)).mean())
 
 
-def measure_latency(models: dict[str, TFLiteModel], sample: np.ndarray, repeats: int = 50, warmup: int = 5) -> dict[str, float]:
+def time_tflite_models(
+    models: dict[str, TFLiteModel], sample: np.ndarray, repeats: int = 50, warmup: int = 5
+) -> dict[str, float]:
     """Median milliseconds per ``predict(sample)``, interleaving the models (A B C A B C ...).
 
     Example::
 
-        measure_latency({"fp32": a, "int8": b}, x_test[:1])  # {"fp32": 0.05, "int8": 0.03}
+        time_tflite_models({"fp32": a, "int8": b}, x_test[:1])  # {"fp32": 0.05, "int8": 0.03}
     """
     times: dict[str, list[float]] = {name: [] for name in models}
     for round_index in range(warmup + repeats):
@@ -269,7 +271,7 @@ def evaluate_tflite(
         # {"accuracy": 0.97, "latency_ms": 0.04, "size_bytes": 610000, "gzip_bytes": 560000}
     """
     tfl = model if isinstance(model, TFLiteModel) else TFLiteModel(model, num_threads=num_threads)
-    latency = measure_latency({"model": tfl}, np.asarray(x[:1], np.float32), repeats=latency_repeats)["model"]
+    latency = time_tflite_models({"model": tfl}, np.asarray(x[:1], np.float32), repeats=latency_repeats)["model"]
     return {
         "accuracy": _accuracy(tfl.predict(x), y),
         "latency_ms": latency,
@@ -316,7 +318,7 @@ def compare_tflite(
         for name, content in flatbuffers.items():
             atomic_write_bytes(Path(out_dir) / files[name], content)
     models = {name: TFLiteModel(content, num_threads=num_threads) for name, content in flatbuffers.items()}
-    latency = measure_latency(models, x[:1].astype(np.float32), repeats=latency_repeats)
+    latency = time_tflite_models(models, x[:1].astype(np.float32), repeats=latency_repeats)
     rows = [
         {
             "name": name,

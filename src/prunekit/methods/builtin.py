@@ -82,6 +82,30 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         defaults={"epochs": 4, "lr": 1e-3},
         checks=(_channels_importance,),
     ),
+    # dynamic sparse training (issue #18): masks move during training at fixed sparsity
+    *(
+        Method(
+            name=name,
+            kind="dynamic",
+            summary=summary,
+            handlers={"torch": f"prunekit.torch.dynamic_training:{function}", "keras": f"prunekit.keras.dynamic:{function}"},
+            defaults={
+                "epochs": 30,
+                "lr": 2e-3,
+                "scope": "layer",
+                "exclude": (),
+                "update_interval": 0,  # 0: half an epoch
+                "drop_fraction": 0.3,
+                "end_fraction": 0.75,
+                "distribution": "uniform",
+                "gradual_epochs": 0,  # 0: sparse from the first step
+            },
+        )
+        for name, function, summary in (
+            ("rigl", "rigl_job", "train sparse, every interval moving the smallest weights to the largest gradients (RigL)"),
+            ("set", "set_job", "train sparse, every interval moving the smallest weights to random positions (SET)"),
+        )
+    ),
     # --- recovery after pruning (issue #16): handler(job: RecoverJob) -> RecoveryRun, see prunekit.methods.recover
     *(
         Method(

@@ -63,8 +63,8 @@ def register(method: Method, *, replace: bool = False) -> Method:
         _load()
         taken = [n for n in (method.name, *method.aliases) if n in _METHODS or n in _ALIASES]
         if replace:
-            for name in taken:
-                unregister(_ALIASES.get(name, name))
+            for name in {_ALIASES.get(name, name) for name in taken}:
+                unregister(name)
         elif taken:
             raise ConfigError(f"method name {taken[0]!r} is already registered; choose another name or pass replace=True")
         _METHODS[method.name] = method

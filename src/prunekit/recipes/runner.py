@@ -79,6 +79,8 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
     from prunekit.torch.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity
 
     allocate, test = recipe.allocate, Accuracy(split.x_test, split.y_test)
+    if allocate is None:
+        raise ConfigError("the recipe has no allocate section")
     if allocate.pruning == "weights":
         from prunekit.torch.allocation import compare_allocations
 
@@ -254,7 +256,7 @@ def recipe_report(
 
         methods = (
             "sensitivity (greedy), uniform, global magnitude and the best blend of greedy and global on validation (search)"
-            if recipe.allocate.pruning == "weights"
+            if recipe.allocate is not None and recipe.allocate.pruning == "weights"
             else "sensitivity (greedy, measured), uniform and global channel ratios, channels removed"
         )
         sections.append(

@@ -81,7 +81,7 @@ def _convert(hint: Any, value: Any, path: str, errors: list[tuple[str, str]]) ->
             return value
         _, item = typing.get_args(hint)
         return {str(k): _convert(item, v, f"{path}.{k}", errors) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, path, errors)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -223,7 +223,7 @@ def run_sweep(
             done[record["id"]] = record
     todo = [trial for trial in trials if trial.id not in done]
     run_id = uuid.uuid4().hex[:8]
-    ran = []
+    ran: list[str] = []
     result = SweepResult([], ran, out)
     for index, outcome, error in run_jobs(_run_trial, [(objective, t) for t in todo], workers, backend):
         trial = todo[index]

@@ -20,6 +20,8 @@ from prunekit.torch.allocation import (  # noqa: E402
 )
 from prunekit.torch.compact import load_compressed, save_compressed  # noqa: E402
 from prunekit.torch.compare import Comparison, compare_artifacts  # noqa: E402
+from prunekit.torch.dynamic import DynamicPruner  # noqa: E402
+from prunekit.torch.dynamic_training import train_sparse  # noqa: E402
 from prunekit.torch.export import export_onnx, verify_onnx  # noqa: E402
 from prunekit.torch.graph import ChannelGroup, DependencyGraph, GroupMember, analyze_dependencies  # noqa: E402
 from prunekit.torch.importance import (  # noqa: E402
@@ -62,6 +64,7 @@ __all__ = [
     "Accuracy",
     "Allocation",
     "ChannelPruner",
+    "DynamicPruner",
     "LatencyResult",
     "LayerStats",
     "MemoryResult",
@@ -74,6 +77,7 @@ __all__ = [
     "apply_channel_ratios",
     "apply_ratios",
     "channel_layers",
+    "train_sparse",
     "compare_allocations",
     "compare_channel_allocations",
     "global_channels",

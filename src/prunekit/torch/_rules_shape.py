@@ -339,7 +339,7 @@ def cat(st: LabelState, op: OpRecord) -> None:
     dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(out_shape))
     tensors = [t for t in tensors if st.shape(t) != (0,)]
     pieces: list[np.ndarray] = []
-    result: Labels = [None] * len(out_shape)  # type: ignore[list-item]
+    result: Labels = [None] * len(out_shape)
     for t in tensors:
         labels = st.get(t)
         pieces.append(labels[dim])

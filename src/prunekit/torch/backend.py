@@ -109,7 +109,7 @@ def _options(job: TrainJob) -> dict[str, Any]:
     return {
         "scope": options["scope"],
         "importance": options["importance"],
-        "ignore": list(options["exclude"]),
+        "exclude": list(options["exclude"]),
         "progress": job.progress,
         "description": job.description,
         **({"device": job.device} if job.device else {}),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.artifacts.onnx_artifact import LatencyStats, file_sizes, measure_latency, onnx_accuracy, peak_memory
+from prunekit.artifacts.onnx_artifact import LatencyStats, file_sizes, onnx_accuracy, peak_memory, time_onnx_files
 from prunekit.artifacts.ort import Samples, as_samples, batch_of, rows, sample_count
 from prunekit.artifacts.quantize import quantize_onnx
 from prunekit.core.atomic import atomic_write_bytes
@@ -276,7 +276,7 @@ def compare_artifacts(
         quantize_onnx(onnx_paths["pruned fp32"], target, mode, calibration_data if mode == "static" else None)
         onnx_paths[f"pruned int8 {mode}"] = target
 
-    latency = measure_latency(onnx_paths, x_test, batch_sizes, warmup=warmup, repeats=repeats, threads=threads)
+    latency = time_onnx_files(onnx_paths, x_test, batch_sizes, warmup=warmup, repeats=repeats, threads=threads)
     rows: list[ArtifactRow] = []
     memory_batch = batch_of(x_test, max(batch_sizes))
     for name, path in onnx_paths.items():

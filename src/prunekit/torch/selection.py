@@ -9,6 +9,7 @@ from typing import TypeVar, Union
 import torch
 from torch import nn
 
+from prunekit.core.deprecation import renamed_globs
 from prunekit.errors import ConfigError, LayerNotFoundError
 
 #: Module types whose ``weight`` is pruned when no targets are given.
@@ -68,20 +69,23 @@ def _matching_pattern(model: nn.Module, pattern: str) -> dict[str, nn.Parameter]
 def select_parameters(
     model: nn.Module,
     targets: Targets = None,
-    ignore: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    *,
+    ignore: Sequence[str] | None = None,
 ) -> dict[str, nn.Parameter]:
     """The parameters to prune, by qualified name, in model order.
 
     ``targets`` is ``None`` (the weights of Linear, Conv*, ConvTranspose* and Embedding layers),
     a sequence of module types and/or name globs (a glob matching a parameter name selects it;
     one matching a module name selects that module's weight and those of prunable layers
-    inside it), or a predicate ``(name, param) -> bool``. ``ignore`` holds globs of parameter
-    or module names to leave alone. Every glob must match something.
+    inside it), or a predicate ``(name, param) -> bool``. ``exclude`` holds globs of parameter
+    or module names to leave alone (``ignore`` is its deprecated old name). Every glob must match something.
 
     Example::
 
-        select_parameters(model, ["features.*", nn.Linear], ignore=["classifier"])
+        select_parameters(model, ["features.*", nn.Linear], exclude=["classifier"])
     """
+    exclude = renamed_globs(exclude, ignore, "ignore", "exclude", "select_parameters")
     params = dict(model.named_parameters())
     if targets is None:
         chosen = _typed_weights(model, DEFAULT_TARGET_TYPES)
@@ -105,14 +109,14 @@ def select_parameters(
             if not matched:
                 raise LayerNotFoundError(f"target {pattern!r} matches no parameter or module; parameters are: {_suggest(params)}")
             chosen.update(matched)
-    for pattern in ignore:
+    for pattern in exclude:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in params) and not any(
             fnmatch.fnmatchcase(m, pattern) for m, _ in model.named_modules() if m
         ):
-            raise LayerNotFoundError(f"ignore pattern {pattern!r} matches no parameter or module of the model")
+            raise LayerNotFoundError(f"exclude pattern {pattern!r} matches no parameter or module of the model")
         chosen = {n: p for n, p in chosen.items() if not matches_name(n, pattern)}
     if not chosen:
-        raise ConfigError("no parameter left to prune: check targets and ignore")
+        raise ConfigError("no parameter left to prune: check targets and exclude")
     for name, param in chosen.items():
         if not torch.is_floating_point(param):
             raise ConfigError(f"parameter {name!r} has dtype {param.dtype}; only floating-point tensors can be pruned")

@@ -165,7 +165,7 @@ def fit(
 
 def _length(loader: Iterable) -> int | None:
     try:
-        return len(loader)  # type: ignore[arg-type]
+        return len(loader)
     except TypeError:
         return None
 

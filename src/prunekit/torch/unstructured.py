@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from prunekit import masks as mask_selection
+from prunekit.core.deprecation import renamed_globs
 from prunekit.errors import ConfigError, StateMismatchError
 from prunekit.schedules import ConstantSparsity, PruningSchedule
 from prunekit.torch._sharded import check_not_fsdp1, count_zeros, full, is_dtensor, layout, shard_like
@@ -103,14 +104,15 @@ class Pruner:
             ``(name, param) -> scores`` of the parameter's shape.
         targets: what to prune: ``None`` (Linear, Conv*, ConvTranspose*, Embedding weights),
             module types and/or name globs, or a predicate ``(name, param) -> bool``.
-        ignore: globs of parameter or module names never pruned.
+        exclude: globs of parameter or module names never pruned (``ignore``: its deprecated old name).
         overrides: ``{glob: sparsity or schedule}`` per layer; a float follows the main
             schedule's timing, scaled to end at that sparsity.
         normalize: for ``scope="global"``, divide each tensor's scores by its ``"mean"``,
             ``"max"`` or ``"l2"`` first (``None`` compares raw scores).
         optimizer: attach now (see :meth:`attach`).
         regrow: recompute masks from scratch at each pruning step instead of keeping pruned
-            weights pruned.
+            weights pruned; ``"set"`` or ``"rigl"`` builds a
+            :class:`~prunekit.torch.dynamic.DynamicPruner` (dynamic sparse training).
         seed: seed of the ``"random"`` importance.
 
     Example::
@@ -122,6 +124,16 @@ class Pruner:
         model = pruner.strip()
     """
 
+    regrow_methods: tuple[str, ...] = ()  # a subclass naming regrowth methods is built for ``regrow=<one of them>``
+
+    def __new__(cls, *args: Any, regrow: bool | str = False, **kwargs: Any) -> Pruner:
+        if isinstance(regrow, str) and cls is Pruner:  # e.g. regrow="rigl": prunekit.torch.dynamic.DynamicPruner
+            subclass = next((c for c in _subclasses(Pruner) if regrow in c.regrow_methods), None)
+            if subclass is None:
+                raise ConfigError(f"regrow should be True/False or a regrowth method of prunekit.torch.dynamic, got {regrow!r}")
+            return super().__new__(subclass)
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: nn.Module,
@@ -131,12 +143,13 @@ class Pruner:
         pattern: Pattern = "unstructured",
         importance: str | ImportanceFn = "magnitude",
         targets: Targets = None,
-        ignore: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         overrides: Mapping[str, PruningSchedule | float] | None = None,
         normalize: str | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         regrow: bool = False,
         seed: int = 0,
+        ignore: Sequence[str] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model should be a torch.nn.Module, got {type(model).__name__}")
@@ -159,7 +172,7 @@ class Pruner:
         self.normalize = normalize
         self.regrow = regrow
         self.seed = seed
-        self.params = select_parameters(model, targets, ignore)
+        self.params = select_parameters(model, targets, renamed_globs(exclude, ignore, "ignore", "exclude", "Pruner"))
         self._check_pattern_fits()
         overridden = resolve_overrides(list(self.params), overrides)
         self._schedules = {
@@ -312,7 +325,7 @@ class Pruner:
                 if param.dim() < 2 or param.shape[1] % self.pattern.m:
                     raise ConfigError(
                         f"N:M {self.pattern.n}:{self.pattern.m} groups weights along dim 1, but {name!r} has shape "
-                        f"{tuple(param.shape)}; exclude it with ignore=[{name!r}]"
+                        f"{tuple(param.shape)}; exclude it with exclude=[{name!r}]"
                     )
             elif isinstance(self.pattern, Blocks):
                 rows, cols = self.pattern.shape
@@ -320,7 +333,7 @@ class Pruner:
                 if param.dim() == 0 or view[0] % rows or view[1] % cols:
                     raise ConfigError(
                         f"block {self.pattern.shape} does not tile {name!r} (2-D view {view}); "
-                        f"choose another block or ignore=[{name!r}]"
+                        f"choose another block or exclude=[{name!r}]"
                     )
 
     def _schedule_of(self, name: str) -> PruningSchedule:
@@ -437,6 +450,10 @@ class Pruner:
                         value.mul_(mask)
 
 
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -449,9 +466,10 @@ def prune_unstructured(
     pattern: Pattern = "unstructured",
     importance: str | ImportanceFn = "magnitude",
     targets: Targets = None,
-    ignore: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     overrides: Mapping[str, float] | None = None,
     normalize: str | None = None,
+    ignore: Sequence[str] | None = None,
 ) -> nn.Module:
     """One call, one-shot: prune ``model`` in place to ``sparsity`` and return it (no pruner left).
 
@@ -466,7 +484,7 @@ def prune_unstructured(
         pattern=pattern,
         importance=importance,
         targets=targets,
-        ignore=ignore,
+        exclude=renamed_globs(exclude, ignore, "ignore", "exclude", "prune_unstructured"),
         overrides=overrides,
         normalize=normalize,
     )

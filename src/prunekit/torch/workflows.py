@@ -21,7 +21,7 @@ from prunekit.torch.unstructured import Pruner
 
 def _steps_per_epoch(loader: Iterable) -> int:
     try:
-        steps = len(loader)  # type: ignore[arg-type]
+        steps = len(loader)
     except TypeError:
         raise ConfigError(
             "the workflows need a loader with a length (steps per epoch); use fit() with your own schedule"
