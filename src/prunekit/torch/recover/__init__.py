@@ -7,17 +7,13 @@ Example::
     pqat(pruned, loader, epochs=2).export_onnx(x[:64], "model.int8.onnx")
 """
 
-from prunekit.torch.recover.distill import Distiller, distill, distillation_loss
-from prunekit.torch.recover.qat import QatExport, QuantizationAwareTraining, pqat, qat, sqnr_db, weight_codes
-
-__all__ = [
-    "Distiller",
-    "QatExport",
-    "QuantizationAwareTraining",
-    "distill",
-    "distillation_loss",
-    "pqat",
-    "qat",
-    "sqnr_db",
-    "weight_codes",
-]
+# explicit re-exports (``name as name``): the public API of this package
+from prunekit.torch.recover.distill import Distiller as Distiller
+from prunekit.torch.recover.distill import distill as distill
+from prunekit.torch.recover.distill import distillation_loss as distillation_loss
+from prunekit.torch.recover.qat import QatExport as QatExport
+from prunekit.torch.recover.qat import QuantizationAwareTraining as QuantizationAwareTraining
+from prunekit.torch.recover.qat import pqat as pqat
+from prunekit.torch.recover.qat import qat as qat
+from prunekit.torch.recover.qat import sqnr_db as sqnr_db
+from prunekit.torch.recover.qat import weight_codes as weight_codes

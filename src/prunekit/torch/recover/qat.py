@@ -562,7 +562,7 @@ def qat(
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
     try:
-        with _progress(progress, "qat", epochs * (_length(train_loader) or 0) or None) as advance:
+        with _progress(progress, "quantization-aware training", epochs * (_length(train_loader) or 0) or None) as advance:
             for epoch in range(epochs):
                 model.train()
                 started, total, batches = time.perf_counter(), 0.0, 0
