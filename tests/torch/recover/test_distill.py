@@ -163,7 +163,7 @@ def test_logit_distillation_of_a_2_4_pruned_language_model_over_token_batches():
     with torch.no_grad():
         teacher.lm_head.weight.mul_(40.0)  # peaked next-token distributions, as a trained LM has
     student = copy.deepcopy(teacher)
-    pruner = Pruner(student, 0.5, pattern=NM(2, 4), targets=[nn.Linear], ignore=["lm_head"])
+    pruner = Pruner(student, 0.5, pattern=NM(2, 4), targets=[nn.Linear], exclude=["lm_head"])
     pruner.prune()
     generator = torch.Generator().manual_seed(1)
     batches = [{"input_ids": torch.randint(0, 64, (4, 16), generator=generator)} for _ in range(8)]

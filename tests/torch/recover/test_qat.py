@@ -125,7 +125,7 @@ def test_pqat_export_has_exactly_the_unstructured_masks_zeros(tmp_path):
 def test_pqat_export_keeps_the_2_4_pattern(tmp_path):
     train, _ = loaders()
     model = dense_cnn()
-    pruner = Pruner(model, 0.5, pattern=NM(2, 4), ignore=["conv1"])
+    pruner = Pruner(model, 0.5, pattern=NM(2, 4), exclude=["conv1"])
     pruner.prune()
     masks = pruner.masks
     controller = pqat(model, train, epochs=1, lr=1e-3, masks=pruner, progress=False)
@@ -192,7 +192,7 @@ def test_bad_targets_and_masks_are_named():
     with pytest.raises(ConfigError, match="shape"):
         QuantizationAwareTraining(DigitsCNN(), masks={"fc2.weight": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(ConfigError, match="no quantized layer"):
-        QuantizationAwareTraining(DigitsCNN(), ignore=["fc2"], masks={"fc2.weight": torch.ones(10, 128, dtype=torch.bool)})
+        QuantizationAwareTraining(DigitsCNN(), exclude=["fc2"], masks={"fc2.weight": torch.ones(10, 128, dtype=torch.bool)})
 
 
 def test_sqnr_of_a_hand_example():

@@ -203,7 +203,7 @@ class QuantizationAwareTraining:
     Args:
         model: the model, modified in place only by training (no wrappers; hooks until :meth:`close`).
         targets: module-name globs to quantize (default: every ``Linear``/``Conv1d/2d/3d``).
-        ignore: module-name globs left in float.
+        exclude: module-name globs left in float.
         masks: for PQAT, a :class:`Pruner`, ``{param name: bool mask}`` or ``"zeros"``; kept exactly.
         quantize_outputs: fake-quantize each layer's output too (lets ONNX Runtime fuse int8 kernels).
         momentum: EMA factor of the observed activation ranges.
@@ -224,7 +224,7 @@ class QuantizationAwareTraining:
         model: nn.Module,
         *,
         targets: Sequence[str] | None = None,
-        ignore: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         masks: Any = None,
         quantize_outputs: bool = True,
         momentum: float = 0.1,
@@ -233,8 +233,8 @@ class QuantizationAwareTraining:
             raise ConfigError(f"model should be a torch.nn.Module, got {type(model).__name__}")
         if not 0 < momentum <= 1:
             raise ConfigError(f"momentum should be in (0, 1], got {momentum!r}")
-        if isinstance(targets, str) or isinstance(ignore, str):
-            raise ConfigError("targets and ignore take lists of module-name globs, e.g. ['features.*']")
+        if isinstance(targets, str) or isinstance(exclude, str):
+            raise ConfigError("targets and exclude take lists of module-name globs, e.g. ['features.*']")
         self.model = model
         self.momentum = float(momentum)
         self.quantize_outputs = bool(quantize_outputs)
@@ -248,7 +248,7 @@ class QuantizationAwareTraining:
                 continue
             chosen = targets is None or any(fnmatch.fnmatchcase(name, g) for g in targets)
             matched.update(g for g in targets or () if fnmatch.fnmatchcase(name, g))
-            if not chosen or any(fnmatch.fnmatchcase(name, g) for g in ignore):
+            if not chosen or any(fnmatch.fnmatchcase(name, g) for g in exclude):
                 continue
             if not isinstance(module, QUANTIZABLE):
                 if weight.dim() >= 2:
@@ -533,7 +533,7 @@ def qat(
     weight_decay: float = 0.0,
     masks: Any = None,
     targets: Sequence[str] | None = None,
-    ignore: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     quantize_outputs: bool = True,
     loss_fn: Any = None,
     val_loader: Iterable | None = None,
@@ -556,7 +556,9 @@ def qat(
         raise ConfigError(f"epochs should be an integer >= 0, got {epochs!r}")
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
-    controller = QuantizationAwareTraining(model, targets=targets, ignore=ignore, masks=masks, quantize_outputs=quantize_outputs)
+    controller = QuantizationAwareTraining(
+        model, targets=targets, exclude=exclude, masks=masks, quantize_outputs=quantize_outputs
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     handle = optimizer.register_step_post_hook(lambda *_: controller.apply_masks())
     loss_fn = loss_fn or nn.CrossEntropyLoss()
