@@ -17,3 +17,6 @@ from prunekit.torch.recover.qat import pqat as pqat
 from prunekit.torch.recover.qat import qat as qat
 from prunekit.torch.recover.qat import sqnr_db as sqnr_db
 from prunekit.torch.recover.qat import weight_codes as weight_codes
+from prunekit.torch.recover.teacher_cache import TeacherLogitCache as TeacherLogitCache
+from prunekit.torch.recover.teacher_cache import cached_distillation_loss as cached_distillation_loss
+from prunekit.torch.recover.teacher_cache import distill_from_cache as distill_from_cache
