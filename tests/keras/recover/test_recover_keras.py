@@ -159,3 +159,21 @@ def test_keras_recover_handlers_run_through_the_registry(pruned_90, digits, tmp_
     assert [type(layer) for layer in run.model.layers] == [type(layer) for layer in model.layers]  # stripped, plain
     with pytest.raises(ConfigError, match="teacher"):
         get_method("distill").handler("keras")(RecoverJob(model, digits.x_train, digits.y_train, get_method("distill").options()))
+
+
+def test_quantize_model_rejects_subclassed_models_and_live_pruning_state():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.head = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.head(x)
+
+    model = Subclassed()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(ConfigError, match="Sequential and Functional"):
+        quantize_model(model)
+    pruned = pk.prune_low_magnitude(pk.digits_cnn(channels=(4, 8), hidden=16), pruning_schedule=pk.ConstantSparsity(0.5, 0))
+    with pytest.raises(ConfigError, match="strip_pruning"):
+        quantize_model(pruned)
