@@ -32,7 +32,7 @@ from torch import nn  # noqa: E402
 
 from prunekit.data import load_digits  # noqa: E402
 from prunekit.torch import DigitsCNN, DigitsMLP, Pruner, evaluate, make_loader  # noqa: E402
-from prunekit.torch.dynamic import DynamicPruner  # noqa: E402
+from prunekit.torch.unstructured.dynamic import DynamicPruner  # noqa: E402
 
 SPARSITY = 0.95
 ARMS = ("static", "rigl", "set", "dense")

@@ -147,8 +147,8 @@ def test_run_with_channel_allocation_measures_channel_sensitivity_and_meets_the_
 
     from prunekit.recipes.runner import run_recipe
     from prunekit.torch import DigitsCNN
-    from prunekit.torch.macs import count_macs
-    from prunekit.torch.structured_allocation import apply_channel_ratios
+    from prunekit.torch.measure.macs import count_macs
+    from prunekit.torch.tradeoffs.structured_allocation import apply_channel_ratios
 
     recipe = parse_recipe(
         {

@@ -6,8 +6,8 @@ regrows as many inactive ones, chosen at random (SET, Mocanu et al. 2018) or whe
 gradient is largest (RigL, Evci et al. 2020). The drop fraction decays along a cosine to 0 at
 ``end_step``. Regrown weights start at exactly 0.
 
-Everything here works on numpy arrays and is shared by :mod:`prunekit.torch.dynamic` and
-:mod:`prunekit.keras.dynamic`, so both backends choose the same masks from the same weights and
+Everything here works on numpy arrays and is shared by :mod:`prunekit.torch.unstructured.dynamic` and
+:mod:`prunekit.keras.unstructured.dynamic`, so both backends choose the same masks from the same weights and
 gradients. Selection is exact and deterministic (ties go to the lower flat index).
 """
 

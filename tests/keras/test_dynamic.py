@@ -10,10 +10,10 @@ torch = pytest.importorskip("torch")
 
 from prunekit import ConfigError, PolynomialDecay  # noqa: E402
 from prunekit.keras import get_masks, prune_low_magnitude  # noqa: E402
-from prunekit.keras.dynamic import DynamicSparsity, prune_sparse  # noqa: E402
+from prunekit.keras.unstructured.dynamic import DynamicSparsity, prune_sparse  # noqa: E402
 from prunekit.methods.run import run_method  # noqa: E402
 from prunekit.torch import NM  # noqa: E402
-from prunekit.torch.dynamic import DynamicPruner  # noqa: E402
+from prunekit.torch.unstructured.dynamic import DynamicPruner  # noqa: E402
 from tests.keras.helpers import compile_classifier, random_digits  # noqa: E402
 
 IN, OUT = 16, 8
@@ -153,7 +153,7 @@ def test_erdos_renyi_kernel_gives_the_small_head_more_density():
         0.9,
         distribution="erdos_renyi_kernel",
     )
-    from prunekit.keras.state import prunings
+    from prunekit.keras.unstructured.state import prunings
 
     finals = [state.spec.schedule.final_sparsity for state in prunings(model)]
     sizes = [64 * 128, 128 * 10]
@@ -172,7 +172,7 @@ def test_rigl_method_runs_on_keras_through_the_registry():
 
 
 def test_keras_train_sparse_from_dense_prunes_gradually_then_regrows():
-    from prunekit.keras.dynamic import train_sparse
+    from prunekit.keras.unstructured.dynamic import train_sparse
 
     x, y = random_digits(128, seed=4)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32), keras.layers.Dense(10)])

@@ -7,7 +7,7 @@ import yaml
 
 from prunekit.cli import main
 from prunekit.keras import load_digits_nhwc
-from prunekit.keras.tflite import TFLiteModel
+from prunekit.keras.deploy.tflite import TFLiteModel
 from prunekit.recipes import builtin_recipe_text, parse_recipe
 
 

@@ -17,7 +17,7 @@ from prunekit.artifacts.onnx_artifact import onnx_accuracy, time_onnx_files
 from prunekit.artifacts.ort import session
 from prunekit.errors import ConfigError
 from prunekit.torch import Pruner, compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx
-from prunekit.torch.compare import torch_accuracy
+from prunekit.torch.deploy.compare import torch_accuracy
 
 SAMPLES, SEQUENCE, CLASSES = 64, 12, 3
 SEQUENCE_DIMS = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}

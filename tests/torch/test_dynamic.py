@@ -9,7 +9,7 @@ from torch import nn
 from prunekit import ConfigError, PolynomialDecay
 from prunekit.dynamic import turnover
 from prunekit.torch import NM, Blocks, DigitsCNN, DigitsMLP, Pruner
-from prunekit.torch.dynamic import DynamicPruner
+from prunekit.torch.unstructured.dynamic import DynamicPruner
 
 
 def _batches(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

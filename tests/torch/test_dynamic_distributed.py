@@ -10,7 +10,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from prunekit.torch import DigitsCNN
-from prunekit.torch.dynamic import DynamicPruner
+from prunekit.torch.unstructured.dynamic import DynamicPruner
 
 STEPS = 24
 RUNS = {"ddp_set": ("ddp", "set"), "ddp_rigl": ("ddp", "rigl"), "fsdp2_rigl": ("fsdp2", "rigl")}

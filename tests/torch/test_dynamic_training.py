@@ -10,7 +10,7 @@ from prunekit.methods import get_method, list_methods
 from prunekit.methods.run import run_method
 from prunekit.recipes import RecipeError, parse_recipe
 from prunekit.torch import DigitsMLP, make_loader
-from prunekit.torch.dynamic_training import train_sparse
+from prunekit.torch.unstructured.dynamic_training import train_sparse
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ A row is a node that multiplies: ``Conv``, ``ConvTranspose``, ``Gemm`` and ``Mat
 weight, or between two activations as in attention), their int8 forms ``QLinearConv``,
 ``QLinearMatMul``, ``ConvInteger`` and ``MatMulInteger``, and nodes whose weight is fed by a
 ``DequantizeLinear`` (ONNX Runtime's static QDQ files). MACs follow
-:mod:`prunekit.torch.macs`, per sample (the batch dim set to 1 for shape inference):
+:mod:`prunekit.torch.measure.macs`, per sample (the batch dim set to 1 for shape inference):
 
 * convolution: ``output elements × in_channels/groups × kernel elements``; transposed:
   ``input elements × out_channels/groups × kernel elements``;

@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.artifacts.compact import is_compact_file, read_compact_header
     from prunekit.core.atomic import atomic_write_bytes
     from prunekit.errors import ConfigError
-    from prunekit.torch.compare import compare_artifacts
-    from prunekit.torch.weights import load_weights
+    from prunekit.torch.deploy.compare import compare_artifacts
+    from prunekit.torch.deploy.weights import load_weights
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")

@@ -93,8 +93,8 @@ def _report(
 
 
 def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
-    from prunekit.keras.metrics import serialized_size
-    from prunekit.keras.summary import measure_latency, measure_peak_memory, summarize
+    from prunekit.keras.measure.metrics import serialized_size
+    from prunekit.keras.measure.summary import measure_latency, measure_peak_memory, summarize
 
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
     return _report(
@@ -113,9 +113,9 @@ def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
 def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
     import torch
 
-    from prunekit.torch.latency import measure_latency, measure_peak_memory
-    from prunekit.torch.metrics import serialized_size
-    from prunekit.torch.summary import summarize
+    from prunekit.torch.measure.latency import measure_latency, measure_peak_memory
+    from prunekit.torch.measure.metrics import serialized_size
+    from prunekit.torch.measure.summary import summarize
 
     model.eval()
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
@@ -194,7 +194,7 @@ def _inspect_tflite(args: argparse.Namespace) -> dict:
         import numpy as np
 
         from prunekit.core.records import LatencyResult
-        from prunekit.keras.tflite import TFLiteModel
+        from prunekit.keras.deploy.tflite import TFLiteModel
 
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         tflite = TFLiteModel(model, num_threads=threads)
@@ -240,7 +240,7 @@ def _initializer_bytes(path: Path) -> int:
 def _load(args: argparse.Namespace) -> object:
     from prunekit.commands.export import import_factory
     from prunekit.errors import ConfigError
-    from prunekit.torch.weights import load_weights
+    from prunekit.torch.deploy.weights import load_weights
 
     if Path(args.model).is_file():
         if _is_keras_file(args.model):

@@ -13,7 +13,7 @@ import numpy as np
 
 from prunekit.core.atomic import atomic_path, atomic_write_text
 from prunekit.errors import ConfigError
-from prunekit.keras.metrics import serialized_size
+from prunekit.keras.measure.metrics import serialized_size
 from prunekit.keras.models import digits_cnn, load_digits_nhwc
 from prunekit.methods import default_method, get_method, run_method
 

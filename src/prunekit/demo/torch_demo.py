@@ -13,14 +13,14 @@ import torch
 
 from prunekit.data import load_digits
 from prunekit.methods import PruningRun, default_method, get_method, run_method
-from prunekit.torch.metrics import serialized_size, sparsity_report
+from prunekit.torch.measure.metrics import serialized_size, sparsity_report
 from prunekit.torch.models import DigitsCNN
 from prunekit.torch.training import default_device, evaluate, fit, make_loader
 
 
 def _cost(model: torch.nn.Module) -> dict[str, float]:
     """Parameters and MACs per image, for the structured comparison."""
-    from prunekit.torch.macs import count_macs, count_params
+    from prunekit.torch.measure.macs import count_macs, count_params
 
     device = next(model.parameters()).device
     return {"params": count_params(model), "macs": count_macs(model, torch.zeros(1, 1, 8, 8, device=device)).total}
@@ -28,7 +28,7 @@ def _cost(model: torch.nn.Module) -> dict[str, float]:
 
 def _latencies_b64(models: Sequence[torch.nn.Module], rounds: int = 7) -> list[float]:
     """CPU latency at batch 64 of each model, timed in alternating rounds (min of per-round medians)."""
-    from prunekit.torch.latency import measure_latency
+    from prunekit.torch.measure.latency import measure_latency
 
     best = [float("inf")] * len(models)
     for round_index in range(rounds):
@@ -57,7 +57,7 @@ def run_torch_demo(
     "size_bytes", "gzip_bytes", "seconds"}, ...], "artifacts": {...}}`` measured on the held-out
     test split. With ``export``, the dense model and the sparsest run are exported to ONNX fp32 and
     int8 and to compact files (in ``artifacts_dir``, else a temporary directory), and each artifact
-    is measured in ONNX Runtime (:func:`prunekit.torch.compare_artifacts`).
+    is measured in ONNX Runtime (:func:`prunekit.torch.deploy.compare_artifacts`).
 
     Example::
 
@@ -136,7 +136,7 @@ def run_torch_demo(
 
 
 def _compare(dense: torch.nn.Module, pruned: PruningRun, split: Any, artifacts_dir: str | Path | None) -> dict[str, Any]:
-    from prunekit.torch.compare import compare_artifacts
+    from prunekit.torch.deploy.compare import compare_artifacts
 
     with tempfile.TemporaryDirectory() as scratch:
         comparison = compare_artifacts(

@@ -12,11 +12,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from prunekit.keras.metrics import serialized_size
-from prunekit.keras.sensitivity import Accuracy, analyze_sensitivity
-from prunekit.keras.summary import measure_latency
-from prunekit.keras.summary import summarize as _summarize
-from prunekit.keras.workflows import prune_gradually, prune_iteratively, prune_one_shot
+from prunekit.keras.measure.metrics import serialized_size
+from prunekit.keras.measure.summary import measure_latency
+from prunekit.keras.measure.summary import summarize as _summarize
+from prunekit.keras.tradeoffs.sensitivity import Accuracy, analyze_sensitivity
+from prunekit.keras.unstructured.workflows import prune_gradually, prune_iteratively, prune_one_shot
 from prunekit.methods.contract import PruningRun, TrainJob
 
 name = "keras"
@@ -118,7 +118,7 @@ def export(model: keras.Model, x: Any, path: str | Path, *, int8: bool = False, 
 
         export(model, split.x_val, "out/pruned", int8=True, calibration=split.x_val[:256])
     """
-    from prunekit.keras.tflite import convert_to_tflite
+    from prunekit.keras.deploy.tflite import convert_to_tflite
 
     path = Path(path)
     files = {"tflite": str(path.with_name(path.name + ".tflite"))}
@@ -164,7 +164,7 @@ def prune_iteratively_job(job: TrainJob) -> PruningRun:
 def prune_channels(model: keras.Model, x: Any, ratio: float) -> keras.Model:
     """Remove ``ratio`` of the channels of every prunable layer (L1); returns the smaller model (``x`` unused:
     Keras models carry their shapes)."""
-    from prunekit.keras.structured import prune_channels as _prune_channels
+    from prunekit.keras.structured.prune import prune_channels as _prune_channels
 
     return _prune_channels(model, ratio)
 

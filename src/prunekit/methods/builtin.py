@@ -88,7 +88,10 @@ BUILTIN_METHODS: tuple[Method, ...] = (
             name=name,
             kind="dynamic",
             summary=summary,
-            handlers={"torch": f"prunekit.torch.dynamic_training:{function}", "keras": f"prunekit.keras.dynamic:{function}"},
+            handlers={
+                "torch": f"prunekit.torch.unstructured.dynamic_training:{function}",
+                "keras": f"prunekit.keras.unstructured.dynamic:{function}",
+            },
             defaults={
                 "epochs": 30,
                 "lr": 2e-3,

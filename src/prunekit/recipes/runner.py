@@ -76,13 +76,13 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
     """The allocation comparison (and, when channels are removed, the channel sensitivity it is based on)."""
     import torch
 
-    from prunekit.torch.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity
+    from prunekit.torch.tradeoffs.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity
 
     allocate, test = recipe.allocate, Accuracy(split.x_test, split.y_test)
     if allocate is None:
         raise ConfigError("the recipe has no allocate section")
     if allocate.pruning == "weights":
-        from prunekit.torch.allocation import compare_allocations
+        from prunekit.torch.tradeoffs.allocation import compare_allocations
 
         return {
             "allocation": compare_allocations(
@@ -95,7 +95,7 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
                 search_metric=Accuracy(split.x_val, split.y_val),
             )
         }
-    from prunekit.torch.structured_allocation import channel_layers, compare_channel_allocations
+    from prunekit.torch.tradeoffs.structured_allocation import channel_layers, compare_channel_allocations
 
     batch = torch.zeros(allocate.batch_size, *recipe.model.input_shape)
     channels = analyze_sensitivity(
@@ -252,7 +252,7 @@ def recipe_report(
                 )
             )
     if "allocation" in results:
-        from prunekit.torch.allocation import allocation_table
+        from prunekit.torch.tradeoffs.allocation import allocation_table
 
         methods = (
             "sensitivity (greedy), uniform, global magnitude and the best blend of greedy and global on validation (search)"

@@ -18,7 +18,7 @@ def plot_turnover(
 ) -> Figure:
     """Turnover (line) and connections regrown per update (bars) over training steps.
 
-    ``history`` is the per-update history of :class:`prunekit.torch.dynamic.DynamicPruner` or
+    ``history`` is the per-update history of :class:`prunekit.torch.unstructured.dynamic.DynamicPruner` or
     :class:`prunekit.keras.DynamicSparsity`: dicts with ``step``, ``turnover`` and ``regrown``
     (per layer). Writes ``STEM.png``/``STEM.svg`` atomically when given a ``stem``.
 

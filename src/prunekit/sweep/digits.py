@@ -16,7 +16,7 @@ from prunekit.errors import ConfigError
 from prunekit.methods import TRAINING_KINDS, get_method, run_method
 from prunekit.sweep.runner import Trial
 from prunekit.torch import backend
-from prunekit.torch.latency import measure_latency
+from prunekit.torch.measure.latency import measure_latency
 from prunekit.torch.models import DigitsCNN
 from prunekit.torch.training import fit, make_loader
 

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from prunekit.methods.contract import PruningRun, TrainJob
-from prunekit.torch.latency import measure_latency
-from prunekit.torch.metrics import serialized_size
-from prunekit.torch.sensitivity import Accuracy, analyze_sensitivity
-from prunekit.torch.summary import summarize as _summarize
+from prunekit.torch.deploy.weights import load_weights
+from prunekit.torch.measure.latency import measure_latency
+from prunekit.torch.measure.metrics import serialized_size
+from prunekit.torch.measure.summary import summarize as _summarize
+from prunekit.torch.tradeoffs.sensitivity import Accuracy, analyze_sensitivity
 from prunekit.torch.training import fit as _fit
 from prunekit.torch.training import make_loader
-from prunekit.torch.weights import load_weights
-from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
+from prunekit.torch.unstructured.workflows import prune_gradually, prune_iteratively, prune_one_shot
 
 name = "torch"
 __all__ = ["Accuracy", "analyze_sensitivity", "load_weights", "measure_latency"]  # verbs re-exported as they are
@@ -91,7 +91,7 @@ def export(model: nn.Module, x: Any, path: str | Path, *, int8: bool = False, ca
 
         export(model, split.x_val, "out/pruned", int8=True, calibration=split.x_val[:256])
     """
-    from prunekit.torch.export import export_onnx
+    from prunekit.torch.deploy.export import export_onnx
 
     path = Path(path)
     files = {"onnx": str(path.with_name(path.name + ".onnx"))}
@@ -151,7 +151,7 @@ def prune_iteratively_job(job: TrainJob) -> PruningRun:
 def prune_channels(model: nn.Module, x: Any, ratio: float) -> Any:
     """Remove ``ratio`` of the channels of every prunable layer (L1), traced on a few samples of ``x``;
     returns the :class:`~prunekit.torch.StructuredResult`."""
-    from prunekit.torch.structured import prune_channels as _prune_channels
+    from prunekit.torch.structured.prune import prune_channels as _prune_channels
 
     device = next(model.parameters()).device
     return _prune_channels(model, torch.as_tensor(np.asarray(x[:8])).to(device), ratio=ratio, importance="l1")

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.errors import ConfigError
-from prunekit.torch.unstructured import Pruner
+from prunekit.torch.unstructured.pruner import Pruner
 
 
 def default_device() -> torch.device:
