@@ -110,9 +110,9 @@ def keras_arm(seed: int, epochs: int, dense_epochs: int) -> dict[str, float] | N
     import keras
 
     import prunekit.keras as pk
+    from prunekit.keras.deploy.tflite import TFLiteModel, convert_to_tflite
     from prunekit.keras.recover import export_tflite
     from prunekit.keras.recover import pqat as keras_pqat
-    from prunekit.keras.tflite import TFLiteModel, convert_to_tflite
 
     split = pk.load_digits_nhwc(seed=seed)
     keras.utils.set_random_seed(seed)

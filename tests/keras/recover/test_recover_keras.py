@@ -9,8 +9,8 @@ keras = pytest.importorskip("keras")
 
 import prunekit.keras as pk  # noqa: E402
 from prunekit import ConfigError, LayerNotFoundError  # noqa: E402
+from prunekit.keras.deploy.tflite import TFLiteModel  # noqa: E402
 from prunekit.keras.recover import Distiller, distill, export_tflite, kernel_codes, pqat, qat, quantize_model, strip_qat  # noqa: E402
-from prunekit.keras.tflite import TFLiteModel  # noqa: E402
 from tests.keras.helpers import accuracy, compile_classifier  # noqa: E402
 
 

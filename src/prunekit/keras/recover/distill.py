@@ -170,8 +170,8 @@ def distill(
 
         distill(pruned_student, dense, split.x_train, split.y_train, epochs=5, alpha=0.7)
     """
-    from prunekit.keras.callbacks import UpdatePruningStep
-    from prunekit.keras.state import prunings
+    from prunekit.keras.unstructured.callbacks import UpdatePruningStep
+    from prunekit.keras.unstructured.state import prunings
 
     if not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"epochs should be an integer >= 0, got {epochs!r}")

@@ -232,7 +232,7 @@ def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = ()
         qat_model = quantize_model(pruned, masks="zeros").model
     """
     _check_model(model)
-    from prunekit.keras.state import prunings
+    from prunekit.keras.unstructured.state import prunings
 
     if prunings(model):
         raise ConfigError(
@@ -353,7 +353,7 @@ def export_tflite(
 
         flatbuffer, zeros = export_tflite(run.model, split.x_val, "model.int8.tflite")
     """
-    from prunekit.keras.tflite import convert_to_tflite
+    from prunekit.keras.deploy.tflite import convert_to_tflite
 
     plain = strip_qat(model)
     flatbuffer = convert_to_tflite(plain, "int8", representative_data, calibration_samples=calibration_samples)
@@ -439,8 +439,8 @@ def pqat(model: Any, x: Any, y: Any, *, epochs: int, masks: Any = "zeros", **opt
 
         run = pqat(strip_pruning(pruned), split.x_train, split.y_train, epochs=2)
     """
-    from prunekit.keras.state import prunings
-    from prunekit.keras.unstructured import strip_pruning
+    from prunekit.keras.unstructured.pruning import strip_pruning
+    from prunekit.keras.unstructured.state import prunings
 
     unknown = sorted(set(options) - {"lr", "batch_size", "validation_data", "callbacks", "exclude"})
     if unknown:

@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError, LayerNotFoundError
 from prunekit.torch.training import _length, _model_device, _progress, evaluate
-from prunekit.torch.unstructured import Pruner
+from prunekit.torch.unstructured.pruner import Pruner
 
 TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -46,7 +46,7 @@ from prunekit.artifacts.ort import feed, input_specs, quiet_exporters, session
 from prunekit.core.atomic import atomic_paths
 from prunekit.errors import ConfigError, ExportError
 from prunekit.torch.training import _length, _model_device, _progress, evaluate
-from prunekit.torch.unstructured import Pruner
+from prunekit.torch.unstructured.pruner import Pruner
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Layer types QAT fake-quantizes: weight of shape ``(out_channels, ...)`` read as ``self.weight`` in forward."""

@@ -23,7 +23,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.recover.distill import _call, _logits, _split, _to
 from prunekit.torch.training import _model_device, _progress
-from prunekit.torch.unstructured import Pruner
+from prunekit.torch.unstructured.pruner import Pruner
 
 
 def cached_distillation_loss(
