@@ -142,7 +142,7 @@ class QuantDense(_FakeQuant, keras.layers.Dense):
 
 
 def _conv_class(base: type) -> type:
-    class QuantConv(_FakeQuant, base):  # type: ignore[misc, valid-type]
+    class QuantConv(_FakeQuant, base):
         def __init__(self, *args: Any, masked: bool = False, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.masked = masked
@@ -311,7 +311,7 @@ def strip_qat(model: Any) -> Any:
     plain = keras.models.clone_model(model, clone_function=clone)
     for layer, source in zip(plain.layers, model.layers):
         if isinstance(source, _QUANT_TYPES):
-            mask = np.asarray(source.pqat_mask, bool) if source.pqat_mask is not None else None
+            mask = np.asarray(source.pqat_mask, dtype=np.bool_) if source.pqat_mask is not None else None
             codes, scale = kernel_codes(np.asarray(source.kernel), mask, _channel_axes(source))
             layer.kernel.assign(codes.astype(np.float32) * scale)
             if source.use_bias:
