@@ -18,7 +18,7 @@ from prunekit.core.records import ModelSummary
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
 from prunekit.methods import load_backend, run_method
-from prunekit.recipes.config import Recipe, resolve_import
+from prunekit.recipes.config import Recipe
 from prunekit.recipes.validation import to_plain
 from prunekit.report.html import Report, Section, write_report
 from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
@@ -30,7 +30,7 @@ _SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 def _load_data(recipe: Recipe) -> Any:
     try:
-        split = resolve_import(recipe.data.loader)(**recipe.data.kwargs)
+        split = recipe.resolve(recipe.data.loader)(**recipe.data.kwargs)
     except ConfigError:
         raise
     except Exception as exc:
@@ -46,7 +46,7 @@ def _load_data(recipe: Recipe) -> Any:
 
 def _build_model(recipe: Recipe, backend: Any) -> Any:
     try:
-        model = resolve_import(recipe.model.factory)(**recipe.model.kwargs)
+        model = recipe.resolve(recipe.model.factory)(**recipe.model.kwargs)
     except Exception as exc:
         raise ConfigError(
             f"model.factory {recipe.model.factory!r} with kwargs {recipe.model.kwargs} raised {type(exc).__name__}: {exc}"
