@@ -220,6 +220,22 @@ def _state_file(model: nn.Module, path: Path) -> Path:
     return path
 
 
+def artifact_names(with_dense: bool = True) -> list[str]:
+    """The file names :func:`compare_artifacts` writes into its ``out_dir`` (ONNX files may get a ``.data`` beside them).
+
+    Example::
+
+        artifact_names(with_dense=False)   # ['pruned.onnx', 'pruned.int8-dynamic.onnx', ...]
+    """
+    models = ["dense", "pruned"] if with_dense else ["pruned"]
+    return [
+        *(f"{m}.onnx" for m in models),
+        *(f"pruned.int8-{mode}.onnx" for mode in ("dynamic", "static")),
+        *(f"{m}.safetensors" for m in models),
+        *(f"pruned.compact-{dtype}.safetensors" for dtype in ("fp32", "int8")),
+    ]
+
+
 def compare_artifacts(
     dense_model: nn.Module | None,
     pruned_model: nn.Module,
