@@ -51,6 +51,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="run trials as Ray tasks on the cluster RAY_ADDRESS names, else on a local Ray instance (needs the 'ray' extra)",
     )
     parser.add_argument("--retry-failed", action="store_true", help="run trials the log holds as failed again")
+    parser.add_argument(
+        "--rerun-mismatched",
+        action="store_true",
+        help="rerun trials the log holds under another configuration (default: refuse to mix them)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         backend="ray" if args.ray else "processes",
         on_trial=show,
+        on_mismatch="rerun" if args.rerun_mismatched else "refuse",
     )
     paths = sweep_report(result, title=f"prunekit sweep: {', '.join(methods)}")
     print(
