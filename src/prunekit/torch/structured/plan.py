@@ -117,16 +117,117 @@ def _tensor_index(model: nn.Module) -> dict[str, torch.Tensor]:
     return index
 
 
-def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
-    """Raise ``StateMismatchError`` naming the first layer of ``model`` the plan does not fit."""
+_MAX_DIM = 2**40  # larger than any real tensor dimension; a bigger one is a crafted file
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_plan(plan: Any) -> None:
+    """Raise :class:`CorruptFileError` naming the field when ``plan`` is not a well-formed plan (no model needed).
+
+    Checks the format and version, that every tensor entry has a ``shape`` of non-negative integers
+    and ``keep`` lists of in-range integer positions per existing dimension, and
+    that every attribute entry names a module and a public attribute path (no ``_``/dunder parts).
+
+    Example::
+
+        validate_plan({"format": "prunekit.structured-plan", "version": 1, "tensors": {}, "attributes": []})
+    """
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise CorruptFileError(
             f"not a prunekit structured plan (format {plan.get('format') if isinstance(plan, dict) else type(plan).__name__!r})"
         )
-    if int(plan.get("version", 0)) > PLAN_VERSION:
-        raise CorruptFileError(
-            f"plan version {plan['version']} is newer than this prunekit reads ({PLAN_VERSION}); upgrade prunekit"
+    version = plan.get("version")
+    if not _is_index(version) or version < 1:
+        raise CorruptFileError(f"plan field 'version' should be a positive integer, got {version!r}")
+    if version > PLAN_VERSION:
+        raise CorruptFileError(f"plan version {version} is newer than this prunekit reads ({PLAN_VERSION}); upgrade prunekit")
+    tensors, attributes = plan.get("tensors"), plan.get("attributes")
+    if not isinstance(tensors, dict):
+        raise CorruptFileError(f"plan field 'tensors' should be a mapping, got {type(tensors).__name__}")
+    if not isinstance(attributes, list):
+        raise CorruptFileError(f"plan field 'attributes' should be a list, got {type(attributes).__name__}")
+    for name, entry in tensors.items():
+        where = f"plan field 'tensors.{name}"
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        keep = entry.get("keep") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(_is_index(d) and 0 <= d < _MAX_DIM for d in shape):
+            raise CorruptFileError(f"{where}.shape' should be a list of non-negative integers, got {shape!r}")
+        if not isinstance(keep, dict):
+            raise CorruptFileError(f"{where}.keep' should be a mapping of dimension -> kept positions, got {keep!r}")
+        for dim, positions in keep.items():
+            if not (isinstance(dim, str) and dim.isdigit() and int(dim) < len(shape)):
+                raise CorruptFileError(f"{where}.keep' names dimension {dim!r}; the tensor has {len(shape)} dimension(s)")
+            size = shape[int(dim)]
+            if not isinstance(positions, list) or not all(_is_index(i) and 0 <= i < size for i in positions):
+                raise CorruptFileError(f"{where}.keep.{dim}' should list positions in [0, {size}), got {positions!r}"[:300])
+    for number, attr in enumerate(attributes):
+        where = f"plan field 'attributes[{number}]"
+        if not isinstance(attr, dict) or not isinstance(attr.get("module"), str) or not isinstance(attr.get("name"), str):
+            raise CorruptFileError(f"{where}' should be a mapping with string 'module' and 'name', got {attr!r}"[:300])
+        if "value" not in attr:
+            raise CorruptFileError(f"{where}' has no 'value'")
+        parts = attr["name"].split(".") + (attr["module"].split(".") if attr["module"] else [])
+        if any(not part or part.startswith("_") for part in parts):
+            raise CorruptFileError(
+                f"{where}' sets {attr['module']}.{attr['name']}: plans may only set public attributes (no '_' or dunder names)"
+            )
+
+
+def _plain_kind(value: Any) -> str | None:
+    """The kind of plain value a plan may set: 'int', 'float', 'bool', 'str', 'none', 'seq' (of ints), or None."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)) and all(_is_index(v) for v in value):
+        return "seq"
+    return None
+
+
+def _check_attribute(model: nn.Module, modules: dict[str, nn.Module], attr: dict[str, Any]) -> None:
+    """A plan's attribute update may only reach plain values on objects inside the model, keeping their kind."""
+    import types
+
+    inside = {id(m) for m in modules.values()}
+    owner: Any = modules.get(attr["module"])
+    parts = attr["name"].split(".")
+    for part in parts[:-1]:
+        owner = getattr(owner, part, None) if owner is not None else None
+        if isinstance(owner, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+            raise CorruptFileError(
+                f"plan attribute {attr['module']}.{attr['name']} reaches a {type(owner).__name__}, not an object of the model"
+            )
+        if isinstance(owner, nn.Module) and id(owner) not in inside:
+            raise CorruptFileError(f"plan attribute {attr['module']}.{attr['name']} reaches a module outside the model")
+    if owner is None or not hasattr(owner, parts[-1]):
+        raise StateMismatchError(
+            f"layer {attr['module']!r} does not match the plan: it has no attribute {attr['name']!r}; "
+            "model_factory must build the architecture the model was pruned from"
         )
+    current, value = getattr(owner, parts[-1]), attr["value"]
+    kind, new_kind = _plain_kind(current), _plain_kind(value)
+    if kind is None or kind in ("none", "str") or new_kind != kind and not (kind == "float" and new_kind == "int"):
+        raise CorruptFileError(
+            f"plan attribute {attr['module']}.{attr['name']} is a {type(current).__name__}; a plan may only set integer "
+            f"sizes (or tuples of them) to values of the same type, got {value!r}"[:300]
+        )
+    if new_kind in ("int", "seq") and any(v < 0 for v in (value if new_kind == "seq" else [value])):
+        raise CorruptFileError(f"plan attribute {attr['module']}.{attr['name']} should be non-negative, got {value!r}"[:300])
+
+
+def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Raise ``StateMismatchError`` naming the first layer of ``model`` the plan does not fit
+    (``CorruptFileError`` for a malformed plan, or one that would set anything but plain sizes)."""
+    validate_plan(plan)
     index = _tensor_index(model)
     order = {name: i for i, name in enumerate(index)}
     pending = sorted(plan["tensors"].items(), key=lambda kv: order.get(kv[0], -1))
@@ -147,16 +248,7 @@ def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
             )
     modules = dict(model.named_modules())
     for attr in plan["attributes"]:
-        module = modules.get(attr["module"])
-        owner = module
-        parts = attr["name"].split(".")
-        for part in parts[:-1]:
-            owner = getattr(owner, part, None) if owner is not None else None
-        if owner is None or not hasattr(owner, parts[-1]):
-            raise StateMismatchError(
-                f"layer {attr['module']!r} does not match the plan: it has no attribute {attr['name']!r}; "
-                "model_factory must build the architecture the model was pruned from"
-            )
+        _check_attribute(model, modules, attr)
 
 
 def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
@@ -286,7 +378,10 @@ def load_pruned(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
     model = model_factory if isinstance(model_factory, nn.Module) else model_factory()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model_factory must return an nn.Module, got {type(model).__name__}")
-    apply_plan(model, plan)
+    try:
+        apply_plan(model, plan)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{str(path)!r}: {exc}") from None
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as exc:
@@ -312,4 +407,5 @@ __all__ = [
     "plan_of",
     "read_plan",
     "save_pruned",
+    "validate_plan",
 ]
