@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ PLAN_FORMAT = "prunekit.structured-plan"
 PLAN_VERSION = 1
 _PLAN_ATTRIBUTE = "_prunekit_structured_plan"
 STRUCTURED_PLAN_KEY = "prunekit_structured_plan"
+CHECKSUMS_KEY = "prunekit_crc32"
+
+
+def tensor_crc32(tensor: torch.Tensor) -> int:
+    """CRC-32 of a tensor's bytes as stored (contiguous, CPU), whatever its dtype.
+
+    Example::
+
+        tensor_crc32(torch.zeros(3))
+    """
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return zlib.crc32(data.tobytes())
 
 
 def empty_plan(model: nn.Module) -> dict[str, Any]:
@@ -313,7 +326,8 @@ def _refresh_recurrent(model: nn.Module) -> None:
 
 def save_pruned(result_or_model: Any, path: str | os.PathLike) -> Path:
     """Save a pruned model (or a ``StructuredResult``) as one safetensors file: the weights plus
-    the recorded plan as JSON metadata. Written atomically (temp file, then rename).
+    the recorded plan as JSON metadata, and a CRC-32 of every tensor and of the plan (checked by
+    :func:`load_pruned`). Written atomically (temp file, then rename).
 
     Example::
 
@@ -332,7 +346,10 @@ def save_pruned(result_or_model: Any, path: str | os.PathLike) -> Path:
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        save_model(model, temp, metadata={STRUCTURED_PLAN_KEY: json.dumps(plan)})
+        text = json.dumps(plan)
+        checksums = {name: tensor_crc32(t) for name, t in model.state_dict().items()}
+        checksums["__plan__"] = zlib.crc32(text.encode())
+        save_model(model, temp, metadata={STRUCTURED_PLAN_KEY: text, CHECKSUMS_KEY: json.dumps(checksums)})
         os.replace(temp, path)
     except Exception:
         if os.path.exists(temp):
@@ -355,18 +372,76 @@ def read_plan(path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
     if STRUCTURED_PLAN_KEY not in metadata:
         raise CorruptFileError(f"{str(path)!r} has no prunekit plan; it was not written by prunekit.torch.save_pruned")
+    checksums = _checksums(path, metadata)
+    text = metadata[STRUCTURED_PLAN_KEY]
+    if checksums is not None:
+        if checksums.get("__plan__") != zlib.crc32(text.encode()):
+            raise CorruptFileError(f"{str(path)!r}: metadata field {STRUCTURED_PLAN_KEY!r} fails its CRC-32 check (corrupted)")
     try:
-        return json.loads(metadata[STRUCTURED_PLAN_KEY])
+        plan = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CorruptFileError(f"{str(path)!r} holds a corrupted prunekit plan: {exc}") from exc
+    try:
+        validate_plan(plan)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{str(path)!r}: {exc}") from None
+    return plan
+
+
+def _checksums(path: Path, metadata: dict[str, str]) -> dict[str, int] | None:
+    """The per-tensor CRC-32s a file records (None for files written before prunekit recorded them)."""
+    if CHECKSUMS_KEY not in metadata:
+        return None
+    try:
+        checksums = json.loads(metadata[CHECKSUMS_KEY])
+    except json.JSONDecodeError:
+        checksums = None
+    if not isinstance(checksums, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in checksums.values()):
+        raise CorruptFileError(f"{str(path)!r}: metadata field {CHECKSUMS_KEY!r} is not a mapping of tensor name -> CRC-32")
+    return checksums
+
+
+def verify_checksums(path: str | os.PathLike) -> int:
+    """Check every tensor of a :func:`save_pruned` file against its recorded CRC-32; returns how many were checked.
+
+    Raises :class:`CorruptFileError` naming the file and the first tensor whose bytes changed (or that
+    has no recorded checksum). Files written before checksums were recorded check nothing (returns 0).
+
+    Example::
+
+        verify_checksums("digits_pruned.safetensors")
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            checksums = _checksums(path, handle.metadata() or {})
+            if checksums is None:
+                return 0
+            names = list(handle.keys())
+            for name in names:
+                if name not in checksums:
+                    raise CorruptFileError(f"{str(path)!r}: tensor {name!r} has no recorded checksum (the file was altered)")
+                if tensor_crc32(handle.get_tensor(name)) != checksums[name]:
+                    raise CorruptFileError(
+                        f"{str(path)!r}: tensor {name!r} fails its CRC-32 check (the file is corrupted); save it again"
+                    )
+    except CorruptFileError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+    return len(names)
 
 
 def load_pruned(path: str | os.PathLike, model_factory: Callable[[], nn.Module] | nn.Module) -> nn.Module:
     """Rebuild a pruned model: build the original architecture, replay the saved plan, load weights.
 
     ``model_factory`` is a callable returning the original (unpruned) model, or that model
-    itself. A model of another architecture raises ``StateMismatchError`` naming the first layer
-    that does not match; nothing is unpickled.
+    itself (then that model is modified in place). A model of another architecture raises
+    ``StateMismatchError`` naming the first layer that does not match; a tensor whose bytes fail
+    the CRC-32 recorded by :func:`save_pruned`, or a malformed plan, raises ``CorruptFileError``
+    naming the file and tensor or field. Nothing is unpickled.
 
     Example::
 
@@ -375,6 +450,7 @@ def load_pruned(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
     from safetensors.torch import load_model
 
     plan = read_plan(path)
+    verify_checksums(path)
     model = model_factory if isinstance(model_factory, nn.Module) else model_factory()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model_factory must return an nn.Module, got {type(model).__name__}")
@@ -408,4 +484,5 @@ __all__ = [
     "read_plan",
     "save_pruned",
     "validate_plan",
+    "verify_checksums",
 ]
