@@ -55,6 +55,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}: this machine only)")
+    net.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without a bearer token (trusted networks only; refused otherwise)",
+    )
     net.add_argument("--port", type=int, default=d.port, help=f"port to listen on, 0 for any free one (default {d.port})")
     net.add_argument(
         "--max-body-bytes",
@@ -169,6 +174,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         access_log=args.access_log,
         log_level=args.log_level,
         shutdown_timeout_s=args.shutdown_timeout,
+        insecure=args.insecure,
     )
 
 

@@ -20,6 +20,7 @@ class ServeConfig:
       ``intra_op_threads`` threads each (0: the runtime's default).
     - ``poll_interval_s``: how often the model directory is scanned for new versions (0: never).
     - ``token``: the bearer token (from :func:`prunekit.serve.auth.load_token`); ``None``: no auth.
+    - ``insecure``: allow a non-loopback ``host`` without a token (refused otherwise).
 
     Example::
 
@@ -43,6 +44,7 @@ class ServeConfig:
     access_log: bool = True
     log_level: str = "info"
     shutdown_timeout_s: float = 30.0
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -69,6 +71,11 @@ class ServeConfig:
             problems.append(f"log_level should be one of {list(LEVELS)}, got {self.log_level!r}")
         if not self.host:
             problems.append("host should not be empty")
+        elif self.token is None and not self.insecure and not is_loopback(self.host):
+            problems.append(
+                f"host {self.host!r} is reachable from other machines but no bearer token is set; set one "
+                "(--token-env/--token-file) or, on a trusted network only, pass --insecure (insecure=True)"
+            )
         if problems:
             raise ConfigError("invalid serve settings: " + "; ".join(problems))
 
@@ -83,3 +90,20 @@ class ServeConfig:
         values["model_dir"] = str(self.model_dir)
         values["auth"] = self.auth_enabled
         return values
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``).
+
+    Example::
+
+        is_loopback("0.0.0.0")   # False
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
