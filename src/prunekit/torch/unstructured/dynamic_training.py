@@ -20,6 +20,7 @@ from prunekit.errors import ConfigError
 from prunekit.methods.contract import PruningRun, TrainJob
 from prunekit.schedules import PolynomialDecay, PruningSchedule
 from prunekit.torch._sharded import count_zeros
+from prunekit.torch.rollback import rollback_on_error
 from prunekit.torch.training import fit, make_loader
 from prunekit.torch.unstructured.dynamic import DynamicPruner
 
@@ -42,6 +43,8 @@ def train_sparse(
     **options: Any,
 ) -> PruningRun:
     """Train ``model`` at ``sparsity`` with masks that move (SET or RigL) and return the stripped model.
+
+    ``model`` is trained in place; if training fails it is rolled back to what it was before the call.
 
     With ``gradual_epochs=0`` the model is pruned (by magnitude) before the first step and trains
     sparse from scratch; otherwise sparsity rises along a cubic polynomial over ``gradual_epochs``
@@ -84,13 +87,14 @@ def train_sparse(
         distribution=distribution,
         **pruner_options,
     )
-    if not gradual_epochs:
-        pruner.prune()
-    history = fit(model, train_loader, epochs=epochs, lr=lr, pruner=pruner, **fit_options)
-    _add_regrowth(history, pruner.history, steps_per_epoch)
-    params = list(pruner.params.values())
-    achieved = sum(count_zeros(p) for p in params) / sum(p.numel() for p in params)
-    pruner.strip()
+    with rollback_on_error(model):
+        if not gradual_epochs:
+            pruner.prune()
+        history = fit(model, train_loader, epochs=epochs, lr=lr, pruner=pruner, **fit_options)
+        _add_regrowth(history, pruner.history, steps_per_epoch)
+        params = list(pruner.params.values())
+        achieved = sum(count_zeros(p) for p in params) / sum(p.numel() for p in params)
+        pruner.strip()
     return PruningRun(model, pruner.schedule, history, achieved)
 
 
