@@ -56,7 +56,10 @@ def test_a_well_formed_plan_still_replays():
     model = _net()
     keep = {"0.weight": {"shape": [3, 4], "keep": {"0": [0, 2]}}, "0.bias": {"shape": [3], "keep": {"0": [0, 2]}},
             "2.weight": {"shape": [2, 3], "keep": {"1": [0, 2]}}}  # fmt: skip
-    attributes = [{"module": "0", "name": "out_features", "old": 3, "value": 2}, {"module": "2", "name": "in_features", "old": 3, "value": 2}]
+    attributes = [
+        {"module": "0", "name": "out_features", "old": 3, "value": 2},
+        {"module": "2", "name": "in_features", "old": 3, "value": 2},
+    ]
     apply_plan(model, _plan(attributes, keep))
     assert model[0].out_features == 2 and tuple(model[2].weight.shape) == (2, 2)
 

@@ -18,7 +18,9 @@ def _decode(instances):
 
 
 def test_two_to_the_63_beside_small_ints_is_refused_not_wrapped():
-    with pytest.raises(InvalidRequestError, match=r"value 9223372036854775808 lies outside \[-9223372036854775808, 9223372036854775807\]"):
+    with pytest.raises(
+        InvalidRequestError, match=r"value 9223372036854775808 lies outside \[-9223372036854775808, 9223372036854775807\]"
+    ):
         _decode([[2**63, 1], [2, 3]])
 
 

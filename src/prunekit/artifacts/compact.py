@@ -463,9 +463,7 @@ def read_compact_header(path: str | os.PathLike) -> CompactHeader:
     return _header_from_json(path, meta)
 
 
-def load_compact(
-    path: str | os.PathLike, *, max_bytes: int = MAX_DECODED_BYTES
-) -> tuple[dict[str, np.ndarray], CompactHeader]:
+def load_compact(path: str | os.PathLike, *, max_bytes: int = MAX_DECODED_BYTES) -> tuple[dict[str, np.ndarray], CompactHeader]:
     """Read a compact file back into ``{name: array}`` (exact for fp32) plus its header.
 
     Raises :class:`~prunekit.errors.CorruptFileError` naming the file and tensor when the file

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.debris import RunOutputs
 from prunekit.core.records import ModelSummary
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
@@ -115,6 +116,10 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
 def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
     """Run ``recipe`` and write ``results.json`` and ``report.{html,md,json}`` (and exports) to ``out_dir``.
 
+    A reused ``out_dir`` is cleaned first of what the previous run wrote there (and of temporary
+    files of killed runs); the report is written before ``results.json``, so ``results.json``
+    exists only when the whole run finished and always agrees with the report beside it.
+
     Returns ``{"dense": {...}, "runs": [{"sparsity", "accuracy", "gzip_bytes", ...}], "sensitivity": ...}``.
 
     Example::
@@ -123,6 +128,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         results["runs"][0]["accuracy"]
     """
     out = Path(out_dir)
+    outputs = RunOutputs(out)
+    legacy = [] if outputs.previous() or not (out / "results.json").is_file() else _legacy_outputs(out)
+    outputs.start(legacy)
+    run_started = time.time_ns() - 2_000_000_000  # file clocks may lag time_ns() a little
     backend = load_backend(recipe.framework)
     split = _load_data(recipe)
     dense = _build_model(recipe, backend)
@@ -170,9 +179,16 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run is complete
+    outputs.finish(p for p in out.iterdir() if p.is_file() and p.stat().st_mtime_ns >= run_started)
     return results
+
+
+def _legacy_outputs(out: Path) -> list[str]:
+    """What a run written before output manifests existed left in ``out``: results, report and exports."""
+    names = ["results.json", "report.html", "report.md", "report.json"]
+    return names + sorted(p.name for p in out.glob("pruned-*") if p.is_file())
 
 
 def recipe_report(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.debris import remove_stale_temps
 from prunekit.core.pool import check_workers, run_jobs
 from prunekit.errors import ConfigError
 from prunekit.tradeoffs.pareto import pareto_front
@@ -261,6 +262,7 @@ def run_sweep(
     check_workers(workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     log = out / LOG_NAME
     by_id = {trial.id: trial for trial in trials}
     if len(by_id) != len(trials):
@@ -297,7 +299,14 @@ def run_sweep(
         trial = todo[index]
         if error is not None:  # the worker died or could not unpickle the job
             outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}", "seconds": None, "pid": None}
-        record = {"id": trial.id, "key": keys[trial.id], "trial": trial.to_dict(), "fingerprint": fingerprint, "run": run_id, **outcome}
+        record = {
+            "id": trial.id,
+            "key": keys[trial.id],
+            "trial": trial.to_dict(),
+            "fingerprint": fingerprint,
+            "run": run_id,
+            **outcome,
+        }
         _append(log, record)
         done[trial.id] = record
         ran.append(trial.id)

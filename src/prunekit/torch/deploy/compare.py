@@ -23,6 +23,7 @@ from prunekit.artifacts.onnx_artifact import LatencyStats, file_sizes, onnx_accu
 from prunekit.artifacts.ort import Samples, as_samples, batch_of, rows, sample_count
 from prunekit.artifacts.quantize import quantize_onnx
 from prunekit.core.atomic import atomic_write_bytes
+from prunekit.core.debris import remove_stale_temps
 from prunekit.errors import ConfigError
 from prunekit.torch.deploy.compact import load_compressed, save_compressed
 from prunekit.torch.deploy.export import export_onnx
@@ -278,6 +279,7 @@ def compare_artifacts(
         example_input = _torch_batch(batch_of(x_test, 2), torch.device("cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     models = {"dense": dense_model, "pruned": pruned_model} if dense_model is not None else {"pruned": pruned_model}
     torch_acc = {name: torch_accuracy(model, x_test, y_test) for name, model in models.items()}
 

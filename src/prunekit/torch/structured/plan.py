@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.core.atomic import atomic_path
 from prunekit.errors import ConfigError, CorruptFileError, StateMismatchError
 
 PLAN_FORMAT = "prunekit.structured-plan"
@@ -343,18 +343,11 @@ def save_pruned(result_or_model: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.parent.exists():
         raise ConfigError(f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        text = json.dumps(plan)
-        checksums = {name: tensor_crc32(t) for name, t in model.state_dict().items()}
-        checksums["__plan__"] = zlib.crc32(text.encode())
-        save_model(model, temp, metadata={STRUCTURED_PLAN_KEY: text, CHECKSUMS_KEY: json.dumps(checksums)})
-        os.replace(temp, path)
-    except Exception:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+    text = json.dumps(plan)
+    checksums = {name: tensor_crc32(t) for name, t in model.state_dict().items()}
+    checksums["__plan__"] = zlib.crc32(text.encode())
+    with atomic_path(path) as temp:
+        save_model(model, str(temp), metadata={STRUCTURED_PLAN_KEY: text, CHECKSUMS_KEY: json.dumps(checksums)})
     return path
 
 
