@@ -46,6 +46,7 @@ from prunekit.serve.auth import check_bearer  # noqa: E402
 from prunekit.serve.batching import MicroBatcher, OverloadedError  # noqa: E402
 from prunekit.serve.codec import InvalidRequestError, decode_request, dump_json, encode_response, parse_json  # noqa: E402
 from prunekit.serve.config import ServeConfig  # noqa: E402
+from prunekit.serve.guard import ArtifactGuard  # noqa: E402
 from prunekit.serve.metrics import CONTENT_TYPE, ServeMetrics  # noqa: E402
 from prunekit.serve.repository import LoadedModel, ModelNotFoundError, ModelRepository, SyncReport  # noqa: E402
 from prunekit.serve.runtimes import InferenceInputError, RuntimeOptions  # noqa: E402
@@ -122,7 +123,10 @@ class ModelServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.repository = ModelRepository(
-            config.model_dir, config.keep_versions, RuntimeOptions(intra_op_threads=config.intra_op_threads)
+            config.model_dir,
+            config.keep_versions,
+            RuntimeOptions(intra_op_threads=config.intra_op_threads),
+            ArtifactGuard(config.public_key, config.encryption_key),
         )
         self.metrics = ServeMetrics()
         self._batchers: dict[LoadedModel, MicroBatcher] = {}
