@@ -34,6 +34,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=_names,
         help="comma-separated training methods of the registry (`prunekit methods`; default: every unstructured one)",
     )
+    parser.add_argument(
+        "--recover",
+        type=_names,
+        default=[],
+        help="comma-separated recover methods (`prunekit methods --kind recover`) each trial is also run with after "
+        "pruning, e.g. none,distill (none: no recovery)",
+    )
     parser.add_argument("--sparsities", type=_floats, default=[0.5, 0.7, 0.8, 0.9], help="default: 0.5,0.7,0.8,0.9")
     parser.add_argument(
         "--workers", type=int, default=1, help="trials at a time: worker processes, or Ray tasks with --ray (default: 1)"
@@ -67,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     methods = args.methods or method_names(kind="unstructured", framework="torch")
     for method in methods if not args.objective else ():
         get_method(method, kind=TRAINING_KINDS, framework="torch")  # an unknown name fails before any training
-    trials = grid(methods, args.sparsities)
+    recoveries = [None if name == "none" else get_method(name, kind="recover", framework="torch").name for name in args.recover]
+    trials = grid(methods, args.sparsities, recoveries=recoveries or [None])
     if args.objective:
         objective = import_factory(args.objective)()
     else:

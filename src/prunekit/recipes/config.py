@@ -130,6 +130,32 @@ class PruneConfig:
         return options
 
 
+def _recover_method(name: str) -> str | None:
+    try:
+        get_method(name, kind="recover")
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class RecoverConfig:
+    """Recovery after pruning, on each pruned model: a ``recover`` method of the registry (fine-tune, distil
+    from the dense model, QAT/PQAT with an int8 export), its epochs and learning rate, any other option
+    (``prunekit methods --kind recover`` lists them). Left-out options take the method's defaults.
+    """
+
+    method: str = checked(_recover_method)
+    epochs: Optional[int] = checked(_optional(_at_least(1)), default=None)
+    lr: Optional[float] = checked(_optional(_positive_float), default=None)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self) -> dict[str, Any]:
+        """The options this section sets."""
+        chosen = {k: getattr(self, k) for k in ("epochs", "lr") if getattr(self, k) is not None}
+        return {**self.options, **chosen}
+
+
 @dataclass
 class ExportConfig:
     """Export the pruned models: PyTorch to ONNX (``onnx``), Keras to TFLite (``tflite``); ``int8`` adds a
@@ -178,6 +204,7 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     allocate: Optional[AllocateConfig] = None
+    recover: Optional[RecoverConfig] = None
 
     #: Modules this recipe's ``factory``/``loader`` may come from; set by the caller (``--trust-module``),
     #: never by the recipe file (a shared recipe cannot vouch for itself).
@@ -245,6 +272,27 @@ def _method_checks(data: Any, prune: dict[str, Any]) -> list[tuple[str, str]]:
             errors.append(
                 (f"prune.{key}", f"method {method.name!r} takes no {option!r}; its options are {sorted(method.defaults)}")
             )
+    recover = _section(data, "recover")
+    if recover.get("method") is not None:
+        try:
+            recovery = get_method(recover["method"], kind="recover")
+        except ConfigError:
+            recovery = None  # reported by the field check
+        if recovery is not None:
+            if framework in FRAMEWORKS and framework not in recovery.frameworks:
+                errors.append(("recover.method", f"method {recovery.name!r} has no {framework} handler"))
+            set_here = {
+                **(recover.get("options") or {}),
+                **{k: recover[k] for k in ("epochs", "lr") if recover.get(k) is not None},
+            }
+            unknown = sorted(set(set_here) - set(recovery.defaults))
+            if unknown:
+                errors.append(
+                    (
+                        "recover.options",
+                        f"method {recovery.name!r} has no option {unknown}; its options are {sorted(recovery.defaults)}",
+                    )
+                )
     if framework == "keras" and isinstance(data, dict) and data.get("allocate") is not None:
         errors.append(
             ("allocate", "budget allocation in recipes runs on PyTorch; use prunekit.keras.allocate_ratios from Python")

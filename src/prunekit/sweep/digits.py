@@ -13,7 +13,7 @@ from torch import nn
 
 from prunekit.data import DatasetSplit, load_digits
 from prunekit.errors import ConfigError
-from prunekit.methods import TRAINING_KINDS, get_method, run_method
+from prunekit.methods import TRAINING_KINDS, get_method, run_method, run_recovery
 from prunekit.sweep.runner import Trial
 from prunekit.torch import backend
 from prunekit.torch.measure.latency import measure_latency
@@ -102,6 +102,19 @@ class DigitsObjective:
                 split.x_train,
                 split.y_train,
                 trial.sparsity,
+                seed=self.seed + trial.seed,
+                device="cpu",
+                epochs=self.finetune_epochs,
+            ).model
+        recover = trial.options.get("recover")
+        if recover:
+            model = run_recovery(
+                recover,
+                "torch",
+                model,
+                split.x_train,
+                split.y_train,
+                teacher=self.dense_model(),
                 seed=self.seed + trial.seed,
                 device="cpu",
                 epochs=self.finetune_epochs,

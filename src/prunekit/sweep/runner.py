@@ -42,8 +42,10 @@ class Trial:
 
     @property
     def id(self) -> str:
-        """Stable identifier, the key of the trial log: ``"method@sparsity"`` (plus seed when not 0)."""
-        return f"{self.method}@{self.sparsity:g}" + (f"#seed{self.seed}" if self.seed else "")
+        """Stable identifier, the key of the trial log: ``"method@sparsity"`` (plus ``+recover`` when the trial
+        recovers the pruned model, and the seed when not 0)."""
+        recover = self.options.get("recover")
+        return f"{self.method}{f'+{recover}' if recover else ''}@{self.sparsity:g}" + (f"#seed{self.seed}" if self.seed else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, **asdict(self), "options": dict(self.options)}
@@ -92,8 +94,10 @@ def _differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)] or ["trial options differ"]
 
 
-def grid(methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int] = (0,)) -> list[Trial]:
-    """Every method at every sparsity (and seed), methods outermost.
+def grid(
+    methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int] = (0,), recoveries: Sequence[str | None] = (None,)
+) -> list[Trial]:
+    """Every method at every sparsity (and seed, and recovery method: None for none), methods outermost.
 
     Example::
 
@@ -104,7 +108,13 @@ def grid(methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[in
     for sparsity in sparsities:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
             raise ConfigError(f"sweep sparsities should be numbers in [0, 1), got {sparsity!r}")
-    trials = [Trial(m, float(s), seed) for m in methods for s in sparsities for seed in seeds]
+    trials = [
+        Trial(m, float(s), seed, {"recover": r} if r else {})
+        for m in methods
+        for r in recoveries
+        for s in sparsities
+        for seed in seeds
+    ]
     ids = [t.id for t in trials]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -126,7 +126,7 @@ def _job(job: TrainJob, regrow: str) -> PruningRun:
         distribution=options["distribution"],
         gradual_epochs=options["gradual_epochs"],
         scope=options["scope"],
-        ignore=list(options["exclude"]),
+        exclude=list(options["exclude"]),
         seed=job.seed,
         progress=job.progress,
         description=job.description,
