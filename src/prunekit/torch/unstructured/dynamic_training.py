@@ -24,7 +24,7 @@ from prunekit.torch.rollback import rollback_on_error
 from prunekit.torch.training import fit, make_loader
 from prunekit.torch.unstructured.dynamic import DynamicPruner
 
-_FIT_KEYS = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks"}
+_FIT_KEYS = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks", "checkpoint"}
 
 
 def train_sparse(

@@ -58,7 +58,7 @@ def _run(
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    fit_keys = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks"}
+    fit_keys = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks", "checkpoint"}
     fit_options = {k: v for k, v in options.items() if k in fit_keys}
     return fit_options, {k: v for k, v in options.items() if k not in fit_keys}
 
