@@ -153,3 +153,45 @@ def test_a_loader_without_its_own_generator_resumes_from_the_global_rng(tmp_path
 def test_every_must_be_a_positive_integer():
     with pytest.raises(ConfigError, match="every should be an integer >= 1"):
         EpochCheckpoint("x.ckpt", every=0)
+
+
+def test_run_method_hands_the_checkpoint_to_the_torch_handler(tmp_path):
+    import numpy as np
+
+    from prunekit.methods import run_method
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    y = x[:, :4].argmax(1).astype(np.int64)
+
+    def run(**options):
+        return run_method("gradual", "torch", build(), x, y, 0.6, seed=2, batch_size=16, epochs=4, lr=1e-2, **options).model
+
+    reference = run()
+    path = tmp_path / "method.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupting_after_checkpoint(path):
+            run(checkpoint=EpochCheckpoint(path))
+    assert _same(run(checkpoint=EpochCheckpoint(path, resume=True)), reference)
+
+
+class _interrupting_after_checkpoint:
+    """Interrupt the run right after its first checkpoint is written (patches EpochCheckpoint.save)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.original = EpochCheckpoint.save
+
+        def save(checkpoint, *args, **kwargs):
+            self.original(checkpoint, *args, **kwargs)
+            if self.path.exists():
+                raise KeyboardInterrupt
+
+        EpochCheckpoint.save = save  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc):
+        EpochCheckpoint.save = self.original  # type: ignore[method-assign]
+        return False

@@ -28,11 +28,13 @@ def run_method(
     progress: bool = False,
     description: str = "",
     device: str | None = None,
+    checkpoint: Any = None,
     **options: Any,
 ) -> PruningRun:
     """Prune ``model`` by ``amount`` with the method ``name`` on ``framework``, training on ``(x, y)``.
 
     ``options`` override the method's defaults (unknown names are an error listing the known ones).
+    ``checkpoint`` is handed to the handler (see :attr:`TrainJob.checkpoint`).
 
     Example::
 
@@ -51,6 +53,7 @@ def run_method(
         progress=progress,
         description=description or f"{method.name} {amount:.0%}",
         device=device,
+        checkpoint=checkpoint,
     )
     run = method.handler(framework)(job)
     if not isinstance(run, PruningRun):

@@ -112,7 +112,9 @@ def _add_regrowth(history: list[dict[str, Any]], updates: list[dict[str, Any]], 
 def _job(job: TrainJob, regrow: str) -> PruningRun:
     options = dict(job.options)
     loader = make_loader(job.x, job.y, batch_size=job.batch_size, seed=job.seed)
-    extra = {"device": job.device} if job.device else {}
+    extra: dict[str, Any] = {"device": job.device} if job.device else {}
+    if job.checkpoint is not None:
+        extra["checkpoint"] = job.checkpoint
     return train_sparse(
         job.model,
         loader,
