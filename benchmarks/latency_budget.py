@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 
 from prunekit.core.tables import ResultTable  # noqa: E402
 from prunekit.torch import DigitsCNN, allocate_channels, apply_channel_ratios, channel_layers, count_macs  # noqa: E402
-from prunekit.torch.sensitivity import SensitivityTable  # noqa: E402
+from prunekit.torch.tradeoffs.sensitivity import SensitivityTable  # noqa: E402
 
 
 def mlp() -> nn.Module:

@@ -19,7 +19,7 @@ model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256
 optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
 steps_per_epoch = len(train)
 schedule = PolynomialDecay(0.0, 0.8, begin_step=2 * steps_per_epoch, end_step=8 * steps_per_epoch, frequency=steps_per_epoch)
-pruner = Pruner(model, schedule, scope="global", ignore=["5"], optimizer=optimizer)  # keep the classifier dense
+pruner = Pruner(model, schedule, scope="global", exclude=["5"], optimizer=optimizer)  # keep the classifier dense
 
 for _epoch in range(12):
     for x, y in train:

@@ -13,7 +13,7 @@ from prunekit.artifacts.compact import read_compact_header
 from prunekit.cli import main
 from prunekit.errors import StateMismatchError
 from prunekit.torch import DigitsCNN, plan_of, save_compressed, save_pruned
-from prunekit.torch.weights import load_weights
+from prunekit.torch.deploy.weights import load_weights
 from tests.torch.pruned_digits import channel_pruned_cnn, dense_cnn, digits, pruned_cnn
 
 FACTORY = "prunekit.torch:DigitsCNN"

@@ -132,8 +132,8 @@ def global_masks(
     if previous is not None and not regrow:
         pruned_before = 0
         for name, array, flat in zip(names, arrays, flats):
-            if name in previous:
-                prev = _check_previous(previous[name], array.shape, repr(name))
+            prev = _check_previous(previous.get(name), array.shape, repr(name))
+            if prev is not None:
                 flat[~prev.reshape(-1)] = -np.inf
                 pruned_before += int((~prev).sum())
         count = max(count, pruned_before)
@@ -221,7 +221,7 @@ def block_scores(scores: np.ndarray, block_shape: Sequence[int], norm: str = "l1
 
 def block_keep_of(mask: np.ndarray, block_shape: Sequence[int]) -> np.ndarray:
     """Blocks of ``mask`` that keep at least one entry (the block-level view of an element mask)."""
-    return _tiles(np.asarray(mask, dtype=bool), _check_block_shape(block_shape), "mask").any(axis=(1, 3))
+    return np.asarray(_tiles(np.asarray(mask, dtype=bool), _check_block_shape(block_shape), "mask").any(axis=(1, 3)))
 
 
 def expand_blocks(block_keep: np.ndarray, block_shape: Sequence[int], shape: tuple[int, ...]) -> np.ndarray:

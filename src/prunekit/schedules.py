@@ -160,8 +160,8 @@ class PolynomialDecay(PruningSchedule):
             raise ConfigError(f"end_step ({end_step}) should be > begin_step ({begin_step})")
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
             raise ConfigError(f"power should be a number > 0, got {power!r}")
-        self.power = power
-        self.frequency = _check_frequency(frequency)
+        self.power: float = power
+        self.frequency: int = _check_frequency(frequency)
         if (self.end_step - self.begin_step) % self.frequency:
             last = self.end_step - (self.end_step - self.begin_step) % self.frequency
             warnings.warn(

@@ -10,7 +10,7 @@ from tests.architecture.import_graph import import_graph, package_of
 LAYERS = [
     {"errors"},
     {"core"},
-    {"prunekit", "schedules", "masks", "data"},  # "prunekit": the root package, which re-exports the vocabulary
+    {"prunekit", "schedules", "masks", "data", "dynamic"},  # "prunekit": the root package, which re-exports the vocabulary
     {"report"},
     {"methods"},
     {"artifacts", "tradeoffs"},

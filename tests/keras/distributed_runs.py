@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 import prunekit.keras as pk  # noqa: E402
 from prunekit import ConfigError  # noqa: E402
-from prunekit.keras.state import prunings  # noqa: E402
+from prunekit.keras.unstructured.state import prunings  # noqa: E402
 from tests.keras.helpers import compile_classifier, random_digits, tiny_cnn  # noqa: E402
 
 STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

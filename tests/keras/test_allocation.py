@@ -6,7 +6,7 @@ import pytest
 
 import prunekit.keras as pk
 from prunekit.errors import ConfigError
-from prunekit.keras.summary import summarize
+from prunekit.keras.measure.summary import summarize
 
 KERNELS = ["conv1", "conv2", "fc1", "fc2"]
 

@@ -24,7 +24,7 @@ def test_quick_demo_returns_dense_and_one_run_per_sparsity(tmp_path):
 def test_demo_refuses_an_unknown_method():
     from prunekit import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown demo method 'lottery'"):
+    with pytest.raises(ConfigError, match="unknown keras method 'lottery'"):
         run_demo(methods=("lottery",))
 
 

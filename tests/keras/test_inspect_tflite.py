@@ -23,7 +23,7 @@ import prunekit.keras as pk  # noqa: E402
 from prunekit.artifacts.tflite_summary import summarize_tflite  # noqa: E402
 from prunekit.cli import main  # noqa: E402
 from prunekit.errors import CorruptFileError  # noqa: E402
-from prunekit.keras.summary import summarize  # noqa: E402
+from prunekit.keras.measure.summary import summarize  # noqa: E402
 
 WEIGHTED = ["conv1", "conv2", "fc1", "fc2"]
 TYPES = ["CONV_2D", "CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED"]

@@ -8,7 +8,7 @@ import pytest
 
 import prunekit.keras as pk
 from prunekit import PolynomialDecay
-from prunekit.keras.state import get_pruning
+from prunekit.keras.unstructured.state import get_pruning
 from tests.assertions import assert_sparsity
 from tests.keras.helpers import compile_classifier, random_digits, tiny_cnn
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import prunekit.keras as pk
 from prunekit import ConfigError, ConstantSparsity, LayerNotFoundError, PolynomialDecay
-from prunekit.keras.state import MaskConstraint, get_pruning
+from prunekit.keras.unstructured.state import MaskConstraint, get_pruning
 from tests.assertions import assert_sparsity, assert_zero_count
 from tests.keras.helpers import compile_classifier, random_digits, tiny_cnn
 

@@ -10,7 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 keras = pytest.importorskip("keras", reason="the Keras metrics need the 'keras' extra")
 
 from prunekit.errors import ConfigError  # noqa: E402
-from prunekit.keras.summary import measure_latency, measure_peak_memory, summarize  # noqa: E402
+from prunekit.keras.measure.summary import measure_latency, measure_peak_memory, summarize  # noqa: E402
 
 layers = keras.layers
 
@@ -153,7 +153,7 @@ def test_peak_memory_agrees_with_the_torch_twin_on_an_equivalent_sequential_cnn(
     torch = pytest.importorskip("torch")
     from torch import nn
 
-    from prunekit.torch.latency import measure_peak_memory as torch_peak_memory
+    from prunekit.torch.measure.latency import measure_peak_memory as torch_peak_memory
 
     model = keras.Sequential(
         [

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from prunekit.torch import analyze_dependencies, remove_channels
-from prunekit.torch.graph import ChannelGroup, DependencyGraph
+from prunekit.torch.structured.graph import ChannelGroup, DependencyGraph
 from tests.zoo import main_output, run
 
 

@@ -7,7 +7,7 @@ from torch import nn
 from prunekit.data import load_digits
 from prunekit.errors import ConfigError
 from prunekit.torch import DigitsCNN, fit, make_loader
-from prunekit.torch.allocation import (
+from prunekit.torch.tradeoffs.allocation import (
     allocate_ratios,
     allocation_table,
     apply_ratios,
@@ -16,7 +16,7 @@ from prunekit.torch.allocation import (
     measured_cost,
     uniform_ratios,
 )
-from prunekit.torch.sensitivity import Accuracy, SensitivityTable, analyze_sensitivity
+from prunekit.torch.tradeoffs.sensitivity import Accuracy, SensitivityTable, analyze_sensitivity
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 
@@ -81,7 +81,7 @@ def test_uniform_ratio_solves_the_linear_budget():
 
 
 def test_search_meets_the_budget_and_scores_at_least_as_well_as_greedy_and_global_on_validation(trained):
-    from prunekit.torch.allocation import global_ratios, search_ratios
+    from prunekit.torch.tradeoffs.allocation import global_ratios, search_ratios
 
     model, table, split = trained
     validation = Accuracy(split.x_val, split.y_val)

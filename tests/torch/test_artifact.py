@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from prunekit.artifacts.onnx_artifact import file_sizes, measure_latency, onnx_accuracy
+from prunekit.artifacts.onnx_artifact import file_sizes, onnx_accuracy, time_onnx_files
 from prunekit.errors import ConfigError
 from prunekit.torch import evaluate_onnx
 from tests.torch.pruned_digits import accuracy, digits, pruned_cnn, pruned_onnx, quantized_onnx
@@ -56,14 +56,14 @@ def test_report_serialises_to_plain_json_types(report):
 
 
 def test_interleaved_latency_times_every_file_at_every_batch_size():
-    stats = measure_latency(
+    stats = time_onnx_files(
         {"fp32": pruned_onnx(), "int8": quantized_onnx("static")}, digits().x_test, batch_sizes=(1, 8), warmup=1, repeats=3
     )
     assert {label: sorted(per) for label, per in stats.items()} == {"fp32": [1, 8], "int8": [1, 8]}
 
 
 def test_latency_without_data_uses_random_inputs_of_the_model_shape():
-    stats = measure_latency({"m": pruned_onnx()}, None, batch_sizes=(4,), warmup=0, repeats=2)
+    stats = time_onnx_files({"m": pruned_onnx()}, None, batch_sizes=(4,), warmup=0, repeats=2)
     assert stats["m"][4].runs == 2
 
 

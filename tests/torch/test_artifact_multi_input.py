@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.artifacts.onnx_artifact import measure_latency, onnx_accuracy
+from prunekit.artifacts.onnx_artifact import onnx_accuracy, time_onnx_files
 from prunekit.artifacts.ort import session
 from prunekit.errors import ConfigError
 from prunekit.torch import Pruner, compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx
-from prunekit.torch.compare import torch_accuracy
+from prunekit.torch.deploy.compare import torch_accuracy
 
 SAMPLES, SEQUENCE, CLASSES = 64, 12, 3
 SEQUENCE_DIMS = {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}}
@@ -168,7 +168,7 @@ def test_data_missing_an_input_raises_config_error_naming_it(exported):
     with pytest.raises(ConfigError, match=r"lacks the model input\(s\) \['attention_mask'\]"):
         onnx_accuracy(exported.path, {"input_ids": x["input_ids"]}, y)
     with pytest.raises(ConfigError, match="one array but the model has 2 inputs"):
-        measure_latency({"bert": exported.path}, x["input_ids"], batch_sizes=(1,), repeats=1)
+        time_onnx_files({"bert": exported.path}, x["input_ids"], batch_sizes=(1,), repeats=1)
 
 
 def test_inputs_with_different_sample_counts_raise_config_error(exported):

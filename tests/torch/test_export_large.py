@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-import prunekit.torch.export as export_module
+import prunekit.torch.deploy.export as export_module
 from prunekit.core.gzip import gzip_size
 from prunekit.errors import ConfigError, ExportError
 from prunekit.torch import compare_artifacts, evaluate_onnx, export_onnx, quantize_onnx

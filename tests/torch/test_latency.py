@@ -9,8 +9,8 @@ from torch import nn
 from prunekit.cli import main
 from prunekit.errors import ConfigError
 from prunekit.torch import DigitsCNN, prune_unstructured
-from prunekit.torch.latency import available_devices, latency_ratio, measure_latency, measure_peak_memory
-from prunekit.torch.summary import summarize
+from prunekit.torch.measure.latency import available_devices, latency_ratio, measure_latency, measure_peak_memory
+from prunekit.torch.measure.summary import summarize
 
 
 def test_latency_reports_one_row_per_device_and_batch_size():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.torch.sensitivity import Accuracy, MetricError, SensitivityTable, analyze_sensitivity, prunable_layers
+from prunekit.torch.tradeoffs.sensitivity import Accuracy, MetricError, SensitivityTable, analyze_sensitivity, prunable_layers
 
 
 class PositiveChain(nn.Module):
@@ -115,7 +115,7 @@ def negative_macs(model):
 
 def test_channel_pruner_measures_structured_removal_per_layer():
     from prunekit.torch import DigitsCNN
-    from prunekit.torch.sensitivity import ChannelPruner
+    from prunekit.torch.tradeoffs.sensitivity import ChannelPruner
 
     table = analyze_sensitivity(
         DigitsCNN(channels=(8, 16), hidden=32),

@@ -6,11 +6,11 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.torch import DigitsCNN
-from prunekit.torch.allocation import allocation_table
-from prunekit.torch.latency import latency_ratio
-from prunekit.torch.macs import count_macs, count_params
-from prunekit.torch.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity
-from prunekit.torch.structured_allocation import (
+from prunekit.torch.measure.latency import latency_ratio
+from prunekit.torch.measure.macs import count_macs, count_params
+from prunekit.torch.tradeoffs.allocation import allocation_table
+from prunekit.torch.tradeoffs.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity
+from prunekit.torch.tradeoffs.structured_allocation import (
     allocate_channels,
     apply_channel_ratios,
     channel_layers,

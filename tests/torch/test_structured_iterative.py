@@ -11,7 +11,7 @@ import torch
 from prunekit.data import load_digits
 from prunekit.errors import ConfigError
 from prunekit.torch import DigitsCNN, evaluate, fit, load_pruned, make_loader, prune_channels, save_pruned
-from prunekit.torch.structured_iterative import prune_channels_iteratively, step_ratios
+from prunekit.torch.structured.iterative import prune_channels_iteratively, step_ratios
 from tests.assertions import assert_same_outputs
 from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 

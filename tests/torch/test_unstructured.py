@@ -72,13 +72,20 @@ def test_overrides_in_global_scope_are_pruned_layerwise_and_the_rest_globally():
     assert_zero_count(model.large.weight, 50, "large")
 
 
-def test_ignore_leaves_a_layer_dense():
+def test_exclude_leaves_a_layer_dense():
     model = DigitsCNN()
-    pruner = Pruner(model, 0.9, ignore=["fc2"])
+    pruner = Pruner(model, 0.9, exclude=["fc2"])
     pruner.prune()
     assert "fc2.weight" not in pruner.params
     assert_zero_count(model.fc2.weight, 0, "fc2")
     assert_sparsity(model.fc1.weight, 0.9, "fc1")
+
+
+def test_ignore_still_excludes_with_a_deprecation_warning():
+    model = DigitsCNN()
+    with pytest.warns(DeprecationWarning, match="Pruner: ignore= is now exclude="):
+        pruner = Pruner(model, 0.9, exclude=["fc1"], ignore=["fc2"])
+    assert "fc1.weight" not in pruner.params and "fc2.weight" not in pruner.params
 
 
 def test_targets_by_parameter_glob_can_include_biases():
@@ -108,7 +115,7 @@ def test_default_targets_include_embeddings():
     "kwargs, match",
     [
         ({"targets": ["decoder.*"]}, "target 'decoder.\\*' matches no parameter or module"),
-        ({"ignore": ["head"]}, "ignore pattern 'head' matches no parameter or module"),
+        ({"exclude": ["head"]}, "exclude pattern 'head' matches no parameter or module"),
         ({"overrides": {"conv9": 0.5}}, "override 'conv9' matches none of the pruned parameters"),
     ],
 )

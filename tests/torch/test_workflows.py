@@ -55,6 +55,6 @@ def test_gradual_workflow_refuses_training_too_short_to_prune(loader):
 
 def test_workflow_options_reach_the_pruner(loader):
     model = DigitsMLP()
-    prune_one_shot(model, loader, 0.5, finetune_epochs=1, ignore=["fc3"], progress=False)
+    prune_one_shot(model, loader, 0.5, finetune_epochs=1, exclude=["fc3"], progress=False)
     assert int((model.fc3.weight == 0).sum()) == 0
     assert_sparsity(model.fc1.weight, 0.5, "fc1")

@@ -116,7 +116,7 @@ def _input_batch(path: str | os.PathLike, specs: list[InputSpec], size: int, x: 
     return feed(specs, batch_of(x, size), f"batch of {size} for {path}")
 
 
-def measure_latency(
+def time_onnx_files(
     paths: Mapping[str, str | os.PathLike],
     x: Any = None,
     batch_sizes: Sequence[int] = (1, 64),
@@ -135,7 +135,7 @@ def measure_latency(
 
     Example::
 
-        stats = measure_latency({"fp32": "m.onnx", "int8": "m.int8.onnx"}, split.x_test)
+        stats = time_onnx_files({"fp32": "m.onnx", "int8": "m.int8.onnx"}, split.x_test)
         stats["int8"][64].median_ms
     """
     if repeats < 1 or warmup < 0:
@@ -193,7 +193,7 @@ def peak_memory(path: str | os.PathLike, batch: Any, threads: int | None = None,
     inputs = feed(input_specs(session(path, threads=1)), as_samples(batch), f"memory batch for {path}")
     with tempfile.TemporaryDirectory(prefix="prunekit-mem-") as work:
         batch_path = Path(work) / "batch.npz"
-        np.savez(batch_path, **inputs)
+        np.savez(batch_path, **inputs)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
         done = subprocess.run(
             [sys.executable, "-c", _MEMORY_PROBE, str(path), str(batch_path), str(threads)],
             capture_output=True,
@@ -220,7 +220,7 @@ def evaluate_onnx(
     ``x`` is an array, or for a model with several inputs a dict of arrays by ONNX input name
     (or a tuple in input order); latency and memory batches are its rows, repeated up to each
     batch size. ``y=None`` skips accuracy; without ``test_data`` the inputs are generated (see
-    :func:`measure_latency`). The sizes of a model with external data count its ``.data`` file.
+    :func:`time_onnx_files`). The sizes of a model with external data count its ``.data`` file.
 
     Example::
 
@@ -235,9 +235,21 @@ def evaluate_onnx(
     x = None if test_data is None else as_samples(test_data[0])
     labels = None if test_data is None else test_data[1]
     accuracy = None if labels is None else onnx_accuracy(path, x, labels, threads=threads)
-    latency = measure_latency({"model": path}, x, batch_sizes, warmup=warmup, repeats=repeats, threads=threads)["model"]
+    latency = time_onnx_files({"model": path}, x, batch_sizes, warmup=warmup, repeats=repeats, threads=threads)["model"]
     memory = None
     if measure_memory:
         batch = _input_batch(path, input_specs(session(path, threads=1)), max(batch_sizes), x)
         memory = peak_memory(path, batch, threads)
     return ArtifactReport(path, raw, packed, accuracy, latency, memory, threads)
+
+
+def measure_latency(*args: Any, **kwargs: Any) -> dict[str, dict[int, LatencyStats]]:
+    """Deprecated name of :func:`time_onnx_files` (``measure_latency`` is the model-latency verb of the backends)."""
+    import warnings
+
+    warnings.warn(
+        "prunekit.artifacts.onnx_artifact.measure_latency is now time_onnx_files; the old name goes away in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return time_onnx_files(*args, **kwargs)

@@ -5,7 +5,7 @@ A row is a node that multiplies: ``Conv``, ``ConvTranspose``, ``Gemm`` and ``Mat
 weight, or between two activations as in attention), their int8 forms ``QLinearConv``,
 ``QLinearMatMul``, ``ConvInteger`` and ``MatMulInteger``, and nodes whose weight is fed by a
 ``DequantizeLinear`` (ONNX Runtime's static QDQ files). MACs follow
-:mod:`prunekit.torch.macs`, per sample (the batch dim set to 1 for shape inference):
+:mod:`prunekit.torch.measure.macs`, per sample (the batch dim set to 1 for shape inference):
 
 * convolution: ``output elements × in_channels/groups × kernel elements``; transposed:
   ``input elements × out_channels/groups × kernel elements``;
@@ -128,15 +128,17 @@ class _Graph:
     def weight(self, node: Any, index: int) -> _Weight | None:
         """Operand ``index`` of ``node`` if it is a constant: an initializer, or one a DequantizeLinear reads."""
         name = _input(node, index)
-        if name in self.initializers:
+        values = self.constant(name)
+        if values is not None:
             zero_index = _ZERO_POINTS.get(node.op_type, {}).get(index)
             zero_point = self.constant(_input(node, zero_index)) if zero_index is not None else None
-            return _Weight(self.constant(name), zero_point, _per_channel_axis(node.op_type, index))
+            return _Weight(values, zero_point, _per_channel_axis(node.op_type, index))
         source = self.producers.get(name)
-        if source is not None and source.op_type == "DequantizeLinear" and source.input[0] in self.initializers:
+        quantized = self.constant(source.input[0]) if source is not None and source.op_type == "DequantizeLinear" else None
+        if source is not None and quantized is not None:
             zero_point = self.constant(_input(source, 2))
             axis = next((attr.i for attr in source.attribute if attr.name == "axis"), 1)
-            return _Weight(self.constant(source.input[0]), zero_point, axis)
+            return _Weight(quantized, zero_point, axis)
         return None
 
     def constant(self, name: str) -> np.ndarray | None:
@@ -235,7 +237,7 @@ def _fill_dims(value: Any, given: Sequence[int] | None, path: Path) -> None:
         if dim.HasField("dim_value"):
             if size is not None and size != dim.dim_value:
                 raise ConfigError(
-                    f"{path}: input {value.name!r} has the shape {described}, but {tuple(given)} "
+                    f"{path}: input {value.name!r} has the shape {described}, but {tuple(given or ())} "
                     f"was given for one sample; give sizes that match its fixed dims"
                 )
         elif size is None:

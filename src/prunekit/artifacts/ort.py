@@ -176,7 +176,7 @@ def generated_batch(specs: Sequence[InputSpec], size: int, where: str) -> dict[s
                 f"{where}: input {spec.name!r} has the dynamic shape {spec.describe()} whose size only "
                 "data can give; pass data (an array, or a dict of arrays by input name) to run it"
             )
-        shape = (size, *spec.shape[1:])
+        shape = tuple(int(d) for d in (size, *spec.shape[1:]) if d is not None)  # every dim is known here
         if np.issubdtype(spec.dtype, np.floating):
             batch[spec.name] = np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)
         else:

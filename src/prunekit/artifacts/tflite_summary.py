@@ -9,7 +9,7 @@ its ``DEQUANTIZE``/``DENSIFY`` op, counts as the op's own). It is named after th
 the op reads (``digits_cnn_1/conv1_1/convolution`` for the digits CNN's ``conv1``): output tensors carry the
 names of every op the converter fused into them, joined by ``;`` (the conv, its BatchNorm, its
 activation), and the last layer's is the signature's output name. MACs follow
-:mod:`prunekit.keras.summary`, per sample: the counts of one invocation on zeros of the file's
+:mod:`prunekit.keras.measure.summary`, per sample: the counts of one invocation on zeros of the file's
 input shapes (batch 1 where the batch is dynamic), divided by that batch, with every tensor's
 shape as the interpreter resolved it (a shape the converter left dynamic, such as the rows a
 ``Dense`` on a sequence multiplies, is known only after a run):

@@ -16,18 +16,25 @@ def _sparsities(text: str) -> list[float]:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--framework", choices=["torch", "keras"], default="torch", help="backend (default: torch)")
+    from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, method_names
+
+    parser.add_argument("--framework", choices=FRAMEWORKS, default=FRAMEWORKS[0], help=f"backend (default: {FRAMEWORKS[0]})")
     parser.add_argument(
         "--method",
-        choices=["gradual", "one-shot", "iterative", "structured", "all"],
-        default="gradual",
-        help="pruning-aware training mode, or 'structured' (remove channels); 'all' runs the three "
-        "unstructured modes (default: gradual)",
+        choices=[*method_names(kind=TRAINING_KINDS, aliases=True), "all"],
+        default=default_method().name,
+        help="a training method of the registry (`prunekit methods` describes them); 'all' runs every unstructured "
+        f"method of the framework (default: {default_method().name})",
     )
     parser.add_argument(
         "--sparsities",
         type=_sparsities,
-        help="weight sparsities, or channel ratios with --method structured (default: 0.5,0.8,0.9; structured: 0.25,0.5)",
+        help="weight sparsities, or channel ratios for channel removal (default: 0.5,0.8,0.9; channels: 0.25,0.5)",
+    )
+    parser.add_argument(
+        "--recover",
+        choices=method_names(kind="recover"),
+        help="recover each pruned model after pruning: fine-tune, distil from the dense model, QAT or PQAT",
     )
     parser.add_argument("--output", metavar="DIR", help="write results.md and results.json to DIR")
     parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (lower accuracy)")
@@ -45,19 +52,22 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "print_recipe", False):
         from prunekit.recipes.config import builtin_recipe_text
 
-        print(builtin_recipe_text("demo"), end="")
+        print(builtin_recipe_text("demo" if args.framework == "torch" else f"demo-{args.framework}"), end="")
         return 0
     from prunekit.demo import run_demo
+    from prunekit.methods import get_method, method_names
 
-    methods = ["gradual", "one-shot", "iterative"] if args.method == "all" else [args.method]
+    methods = method_names(kind="unstructured", framework=args.framework) if args.method == "all" else [args.method]
+    channel_ratios = args.method != "all" and get_method(args.method).amount == "channel ratio"
     run_demo(
         framework=args.framework,
         methods=methods,
-        sparsities=args.sparsities or ([0.25, 0.5] if args.method == "structured" else [0.5, 0.8, 0.9]),
+        sparsities=args.sparsities or ([0.25, 0.5] if channel_ratios else [0.5, 0.8, 0.9]),
         output_dir=args.output,
         quick=args.quick,
         seed=args.seed,
         progress=not args.no_progress,
         export=not args.no_export,
+        recover=args.recover,
     )
     return 0

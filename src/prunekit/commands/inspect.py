@@ -93,8 +93,8 @@ def _report(
 
 
 def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
-    from prunekit.keras.metrics import serialized_size
-    from prunekit.keras.summary import measure_latency, measure_peak_memory, summarize
+    from prunekit.keras.measure.metrics import serialized_size
+    from prunekit.keras.measure.summary import measure_latency, measure_peak_memory, summarize
 
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
     return _report(
@@ -110,12 +110,12 @@ def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
     )
 
 
-def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
+def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
     import torch
 
-    from prunekit.torch.latency import measure_latency, measure_peak_memory
-    from prunekit.torch.metrics import serialized_size
-    from prunekit.torch.summary import summarize
+    from prunekit.torch.measure.latency import measure_latency, measure_peak_memory
+    from prunekit.torch.measure.metrics import serialized_size
+    from prunekit.torch.measure.summary import summarize
 
     model.eval()
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
@@ -134,7 +134,7 @@ def _inspect_torch(model: object, args: argparse.Namespace) -> dict:
 
 def _inspect_onnx(args: argparse.Namespace) -> dict:
     """The ONNX file's weighted nodes, its file sizes, and peak memory and latency in ONNX Runtime (CPU)."""
-    from prunekit.artifacts.onnx_artifact import file_sizes, measure_latency, peak_memory
+    from prunekit.artifacts.onnx_artifact import file_sizes, peak_memory, time_onnx_files
     from prunekit.artifacts.onnx_data import external_data_files
     from prunekit.artifacts.onnx_summary import summarize_onnx
     from prunekit.artifacts.ort import InputSpec, batch_of, generated_batch, input_specs, session
@@ -158,7 +158,7 @@ def _inspect_onnx(args: argparse.Namespace) -> dict:
 
     def measure(model: Path, shape: Any, batch_sizes: list[int], repeats: int) -> list[LatencyResult]:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        stats = measure_latency({"model": model}, sample, batch_sizes, repeats=repeats, threads=threads)["model"]
+        stats = time_onnx_files({"model": model}, sample, batch_sizes, repeats=repeats, threads=threads)["model"]
         return [LatencyResult("cpu", size, row.median_ms, row.p90_ms, row.runs, threads) for size, row in stats.items()]
 
     return _report(
@@ -194,7 +194,7 @@ def _inspect_tflite(args: argparse.Namespace) -> dict:
         import numpy as np
 
         from prunekit.core.records import LatencyResult
-        from prunekit.keras.tflite import TFLiteModel
+        from prunekit.keras.deploy.tflite import TFLiteModel
 
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         tflite = TFLiteModel(model, num_threads=threads)
@@ -240,7 +240,7 @@ def _initializer_bytes(path: Path) -> int:
 def _load(args: argparse.Namespace) -> object:
     from prunekit.commands.export import import_factory
     from prunekit.errors import ConfigError
-    from prunekit.torch.weights import load_weights
+    from prunekit.torch.deploy.weights import load_weights
 
     if Path(args.model).is_file():
         if _is_keras_file(args.model):
@@ -272,6 +272,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
+    if args.json:
+        from prunekit.core.paths import refuse_overwriting_inputs
+
+        model = Path(args.model)
+        refuse_overwriting_inputs([args.json], [model, model.with_name(model.name + ".data")], "choose another --json file")
     if args.model.endswith(".onnx"):
         result = _inspect_onnx(args)
     elif args.model.endswith(".tflite"):

@@ -156,7 +156,7 @@ def run_jobs(
         return
     context = _context()
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_one_thread_per_worker) as pool:
-        pending: dict[Future, int] = {pool.submit(fn, job): index for index, job in enumerate(jobs)}
+        pending: dict[Future[Any], int] = {pool.submit(fn, job): index for index, job in enumerate(jobs)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:

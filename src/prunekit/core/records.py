@@ -1,7 +1,7 @@
 """What prunekit measures about a model, framework-free: per-layer statistics, latency, peak memory.
 
-The PyTorch (:mod:`prunekit.torch.summary`, :mod:`prunekit.torch.latency`) and Keras
-(:mod:`prunekit.keras.summary`) backends fill the same types, so tables and reports read both.
+The PyTorch (:mod:`prunekit.torch.measure.summary`, :mod:`prunekit.torch.measure.latency`) and Keras
+(:mod:`prunekit.keras.measure.summary`) backends fill the same types, so tables and reports read both.
 """
 
 from __future__ import annotations

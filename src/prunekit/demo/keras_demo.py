@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +13,11 @@ import numpy as np
 
 from prunekit.core.atomic import atomic_path, atomic_write_text
 from prunekit.errors import ConfigError
-from prunekit.keras.metrics import serialized_size
+from prunekit.keras.measure.metrics import serialized_size
 from prunekit.keras.models import digits_cnn, load_digits_nhwc
-from prunekit.keras.workflows import PruningRun, prune_gradually, prune_iteratively, prune_one_shot
+from prunekit.methods import default_method, get_method, run_method, run_recovery
 
-METHODS = ("gradual", "one-shot", "iterative")
 SIZE_FORMAT = "HDF5 file of the stripped model's weights (one dataset per weight, no optimizer state)"
-
-
-def _workflow(method: str, quick: bool) -> Callable[..., PruningRun]:
-    if method == "gradual":
-        return lambda m, x, y, s: prune_gradually(m, x, y, s, epochs=3 if quick else 8, lr=1e-3)
-    if method == "one-shot":
-        return lambda m, x, y, s: prune_one_shot(m, x, y, s, finetune_epochs=2 if quick else 6, lr=5e-4)
-    if method == "iterative":
-        return lambda m, x, y, s: prune_iteratively(m, x, y, s, rounds=3, epochs_per_round=1 if quick else 3, lr=1e-3)
-    raise ConfigError(f"unknown demo method {method!r}; choose from {METHODS}")
 
 
 def _accuracy(model: keras.Model, x: Any, y: Any) -> float:
@@ -39,11 +28,13 @@ def _accuracy(model: keras.Model, x: Any, y: Any) -> float:
 def run_demo(
     output_dir: str | Path | None = None,
     quick: bool = False,
-    methods: Sequence[str] = ("gradual",),
+    methods: Sequence[str] | None = None,
     sparsities: Sequence[float] = (0.5, 0.8, 0.9),
     seed: int = 0,
+    recover: str | None = None,
 ) -> dict[str, Any]:
-    """Train the digits CNN in Keras, prune a copy per (method, sparsity) with fine-tuning, measure each.
+    """Train the digits CNN in Keras, prune a copy per (method, sparsity) with fine-tuning, measure each
+    (with ``recover``, recover each pruned model by that ``recover`` method, as the PyTorch demo does).
 
     Returns ``{"framework": "keras", "dense": {"accuracy", "size_bytes", "gzip_bytes", ...},
     "runs": [{"method", "sparsity", "accuracy", "size_bytes", "gzip_bytes", "seconds",
@@ -55,7 +46,12 @@ def run_demo(
         results = run_demo(quick=True)
         results["runs"][-1]["accuracy"]
     """
-    workflows = {method: _workflow(method, quick) for method in methods}
+    methods = list(methods) if methods else [default_method(framework="keras").name]
+    for method in methods:
+        get_method(method, framework="keras")  # unknown names fail before any training
+    if recover is not None:
+        get_method(recover, kind="recover", framework="keras")
+    quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     for sparsity in sparsities:
         if not 0 <= sparsity < 1:
             raise ConfigError(f"demo sparsities should be in [0, 1), got {sparsity}")
@@ -84,11 +80,36 @@ def run_demo(
         "runs": [],
     }
     models = {"dense": dense}
-    for method, workflow in workflows.items():
+    for method in methods:
         for sparsity in sparsities:
             keras.utils.set_random_seed(seed)
             started = time.perf_counter()
-            run = workflow(dense, data.x_train, data.y_train, sparsity)
+            run = run_method(
+                method,
+                "keras",
+                dense,
+                data.x_train,
+                data.y_train,
+                sparsity,
+                seed=seed,
+                batch_size=32,
+                **quick_options,
+            )
+            recovered: dict[str, Any] = {}
+            if recover is not None:
+                before = _accuracy(run.model, data.x_test, data.y_test)
+                run.model = run_recovery(
+                    recover,
+                    "keras",
+                    run.model,
+                    data.x_train,
+                    data.y_train,
+                    teacher=dense,
+                    seed=seed,
+                    batch_size=32,
+                    **quick_options,
+                ).model
+                recovered = {"recover": recover, "accuracy_before_recovery": before}
             sizes = serialized_size(run.model)
             results["runs"].append(
                 {
@@ -99,6 +120,7 @@ def run_demo(
                     "size_bytes": sizes["raw_bytes"],
                     "gzip_bytes": sizes["gzip_bytes"],
                     "seconds": time.perf_counter() - started,
+                    **recovered,
                 }
             )
             models[f"{method}-{round(sparsity * 100)}"] = run.model

@@ -5,51 +5,22 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prunekit.data import load_digits
-from prunekit.errors import ConfigError
-from prunekit.torch.metrics import serialized_size, sparsity_report
+from prunekit.methods import PruningRun, default_method, get_method, run_method, run_recovery
+from prunekit.torch.measure.metrics import serialized_size, sparsity_report
 from prunekit.torch.models import DigitsCNN
 from prunekit.torch.training import default_device, evaluate, fit, make_loader
-from prunekit.torch.workflows import PruningRun, prune_gradually, prune_iteratively, prune_one_shot
-
-METHODS = ("gradual", "one-shot", "iterative", "structured")
-
-
-def _workflow(method: str, quick: bool) -> Callable[..., PruningRun]:
-    if method == "gradual":
-        return lambda m, loader, s, **kw: prune_gradually(m, loader, s, epochs=3 if quick else 12, lr=1e-3, **kw)
-    if method == "one-shot":
-        return lambda m, loader, s, **kw: prune_one_shot(m, loader, s, finetune_epochs=2 if quick else 10, lr=5e-4, **kw)
-    if method == "iterative":
-        return lambda m, loader, s, **kw: prune_iteratively(
-            m, loader, s, rounds=3, epochs_per_round=1 if quick else 4, lr=1e-3, **kw
-        )
-    if method == "structured":
-        return lambda m, loader, ratio, **kw: _prune_structured(m, loader, ratio, quick, kw["progress"], kw["description"])
-    raise ConfigError(f"unknown demo method {method!r}; choose from {METHODS}")
-
-
-def _prune_structured(
-    model: torch.nn.Module, loader: Any, ratio: float, quick: bool, progress: bool, description: str
-) -> PruningRun:
-    """Remove ``ratio`` of the channels of every prunable layer (L1), then fine-tune the smaller model."""
-    from prunekit.torch.structured import prune_channels
-
-    example = next(iter(loader))[0][:8].to(next(model.parameters()).device)
-    result = prune_channels(model, example, ratio=ratio, importance="l1")
-    history = fit(result.model, loader, epochs=1 if quick else 4, lr=1e-3, progress=progress, description=description)
-    return PruningRun(result.model, None, history, ratio, plan=result.plan)
 
 
 def _cost(model: torch.nn.Module) -> dict[str, float]:
     """Parameters and MACs per image, for the structured comparison."""
-    from prunekit.torch.macs import count_macs, count_params
+    from prunekit.torch.measure.macs import count_macs, count_params
 
     device = next(model.parameters()).device
     return {"params": count_params(model), "macs": count_macs(model, torch.zeros(1, 1, 8, 8, device=device)).total}
@@ -57,7 +28,7 @@ def _cost(model: torch.nn.Module) -> dict[str, float]:
 
 def _latencies_b64(models: Sequence[torch.nn.Module], rounds: int = 7) -> list[float]:
     """CPU latency at batch 64 of each model, timed in alternating rounds (min of per-round medians)."""
-    from prunekit.torch.latency import measure_latency
+    from prunekit.torch.measure.latency import measure_latency
 
     best = [float("inf")] * len(models)
     for round_index in range(rounds):
@@ -71,7 +42,7 @@ def _latencies_b64(models: Sequence[torch.nn.Module], rounds: int = 7) -> list[f
 
 
 def run_torch_demo(
-    methods: Sequence[str] = ("gradual",),
+    methods: Sequence[str] | None = None,
     sparsities: Sequence[float] = (0.5, 0.8, 0.9),
     quick: bool = False,
     seed: int = 0,
@@ -79,20 +50,29 @@ def run_torch_demo(
     progress: bool = True,
     artifacts_dir: str | Path | None = None,
     export: bool = True,
+    recover: str | None = None,
 ) -> dict[str, Any]:
     """Train the digits CNN, prune a copy per (method, sparsity) with global magnitude + fine-tuning.
+
+    With ``recover`` (a ``recover`` method: ``finetune``, ``distill`` from the dense model, ``qat``,
+    ``pqat``), each pruned model is recovered after pruning; its run records ``recover`` and
+    ``accuracy_before_recovery``.
 
     Returns ``{"framework", "dense": {...}, "runs": [{"method", "sparsity", "accuracy",
     "size_bytes", "gzip_bytes", "seconds"}, ...], "artifacts": {...}}`` measured on the held-out
     test split. With ``export``, the dense model and the sparsest run are exported to ONNX fp32 and
     int8 and to compact files (in ``artifacts_dir``, else a temporary directory), and each artifact
-    is measured in ONNX Runtime (:func:`prunekit.torch.compare_artifacts`).
+    is measured in ONNX Runtime (:func:`prunekit.torch.deploy.compare_artifacts`).
 
     Example::
 
         results = run_torch_demo(sparsities=[0.9])
     """
-    workflows = {method: _workflow(method, quick) for method in methods}
+    methods = list(methods) if methods else [default_method(framework="torch").name]
+    kinds = {method: get_method(method, framework="torch").kind for method in methods}  # unknown names fail here
+    if recover is not None:
+        get_method(recover, kind="recover", framework="torch")
+    quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     torch.manual_seed(seed)
     split = load_digits(seed=seed)
     train = make_loader(split.x_train, split.y_train, batch_size=64, seed=seed)
@@ -103,7 +83,7 @@ def run_torch_demo(
     started = time.perf_counter()
     fit(dense, train, epochs=4 if quick else 25, lr=2e-3, progress=progress, description="dense")
     sizes = serialized_size(dense)
-    structured = "structured" in workflows
+    structured = "structured" in kinds.values()
     results: dict[str, Any] = {
         "framework": "torch",
         "model": "DigitsCNN",
@@ -119,16 +99,43 @@ def run_torch_demo(
     }
     sparsest: tuple[float, PruningRun] | None = None
     smaller: list[tuple[dict[str, Any], torch.nn.Module]] = []  # structured runs, timed against dense at the end
-    for method, workflow in workflows.items():
+    for method, kind in kinds.items():
         for sparsity in sparsities:
             torch.manual_seed(seed)
             model = copy.deepcopy(dense)
             started = time.perf_counter()
-            run = workflow(model, train, sparsity, scope="global", progress=progress, description=f"{method} {sparsity:.0%}")
+            run = run_method(
+                method,
+                "torch",
+                model,
+                split.x_train,
+                split.y_train,
+                sparsity,
+                seed=seed,
+                progress=progress,
+                device=str(target),
+                **quick_options,
+            )
+            recovered: dict[str, Any] = {}
+            if recover is not None:
+                before = evaluate(run.model, test)
+                run.model = run_recovery(
+                    recover,
+                    "torch",
+                    run.model,
+                    split.x_train,
+                    split.y_train,
+                    teacher=dense,
+                    seed=seed,
+                    progress=progress,
+                    device=str(target),
+                    **quick_options,
+                ).model
+                recovered = {"recover": recover, "accuracy_before_recovery": before}
             sizes = serialized_size(run.model)
             results["runs"].append(
                 {
-                    **(_cost(run.model) if method == "structured" else {}),
+                    **(_cost(run.model) if kind == "structured" else {}),
                     "method": method,
                     "sparsity": sparsity,
                     "achieved_sparsity": run.sparsity,
@@ -136,9 +143,10 @@ def run_torch_demo(
                     "size_bytes": sizes["raw_bytes"],
                     "gzip_bytes": sizes["gzip_bytes"],
                     "seconds": time.perf_counter() - started,
+                    **recovered,
                 }
             )
-            if method == "structured":
+            if kind == "structured":
                 smaller.append((results["runs"][-1], run.model))
             if sparsest is None or sparsity > sparsest[0]:
                 sparsest = (sparsity, run)
@@ -152,7 +160,7 @@ def run_torch_demo(
 
 
 def _compare(dense: torch.nn.Module, pruned: PruningRun, split: Any, artifacts_dir: str | Path | None) -> dict[str, Any]:
-    from prunekit.torch.compare import compare_artifacts
+    from prunekit.torch.deploy.compare import compare_artifacts
 
     with tempfile.TemporaryDirectory() as scratch:
         comparison = compare_artifacts(

@@ -16,28 +16,29 @@ from prunekit.keras._backend import ensure_tensorflow_backend
 
 ensure_tensorflow_backend()
 
-from prunekit.keras.allocation import (  # noqa: E402
+from prunekit.keras.deploy.saving import load_model  # noqa: E402
+from prunekit.keras.deploy.tflite import (  # noqa: E402
+    TFLiteModel,
+    compare_tflite,
+    convert_to_tflite,
+    evaluate_tflite,
+)
+from prunekit.keras.measure.metrics import serialized_size, sparsity_report  # noqa: E402
+from prunekit.keras.models import digits_cnn, digits_mlp, load_digits_nhwc  # noqa: E402
+from prunekit.keras.structured.prune import channel_groups, prune_channels, remove_channels  # noqa: E402
+from prunekit.keras.tradeoffs.allocation import (  # noqa: E402
     allocate_ratios,
     apply_ratios,
     compare_allocations,
     global_ratios,
     uniform_ratios,
 )
-from prunekit.keras.callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
-from prunekit.keras.metrics import serialized_size, sparsity_report  # noqa: E402
-from prunekit.keras.models import digits_cnn, digits_mlp, load_digits_nhwc  # noqa: E402
-from prunekit.keras.registry import PrunableLayer  # noqa: E402
-from prunekit.keras.saving import load_model  # noqa: E402
-from prunekit.keras.sensitivity import Accuracy, analyze_sensitivity  # noqa: E402
-from prunekit.keras.structured import channel_groups, prune_channels, remove_channels  # noqa: E402
-from prunekit.keras.tflite import (  # noqa: E402
-    TFLiteModel,
-    compare_tflite,
-    convert_to_tflite,
-    evaluate_tflite,
-)
-from prunekit.keras.unstructured import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
-from prunekit.keras.workflows import (  # noqa: E402
+from prunekit.keras.tradeoffs.sensitivity import Accuracy, analyze_sensitivity  # noqa: E402
+from prunekit.keras.unstructured.callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
+from prunekit.keras.unstructured.dynamic import DynamicSparsity, prune_sparse  # noqa: E402
+from prunekit.keras.unstructured.layers import PrunableLayer  # noqa: E402
+from prunekit.keras.unstructured.pruning import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
+from prunekit.keras.unstructured.workflows import (  # noqa: E402
     PruningRun,
     prune_gradually,
     prune_iteratively,
@@ -54,6 +55,8 @@ from prunekit.schedules import (  # noqa: E402
 from prunekit.tradeoffs.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
 
 __all__ = [
+    "DynamicSparsity",
+    "prune_sparse",
     "Accuracy",
     "Allocation",
     "ConstantSparsity",

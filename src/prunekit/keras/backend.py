@@ -12,12 +12,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from prunekit.keras.metrics import serialized_size
-from prunekit.keras.summary import summarize
-from prunekit.keras.workflows import prune_gradually, prune_iteratively, prune_one_shot
+from prunekit.keras.measure.metrics import serialized_size
+from prunekit.keras.measure.summary import measure_latency
+from prunekit.keras.measure.summary import summarize as _summarize
+from prunekit.keras.tradeoffs.sensitivity import Accuracy, analyze_sensitivity
+from prunekit.keras.unstructured.workflows import prune_gradually, prune_iteratively, prune_one_shot
 from prunekit.methods.contract import PruningRun, TrainJob
 
 name = "keras"
+__all__ = ["Accuracy", "analyze_sensitivity", "measure_latency"]  # verbs re-exported as they are
 
 
 def is_model(obj: Any) -> bool:
@@ -67,6 +70,26 @@ def accuracy(model: keras.Model, x: Any, y: Any) -> float:
     return float((logits.argmax(-1) == np.asarray(y)).mean())
 
 
+def summarize(model: keras.Model, x: Any) -> Any:
+    """Per-layer params, nonzeros and MACs (a :class:`~prunekit.core.records.ModelSummary`); ``x`` unused
+    (Keras models carry their shapes)."""
+    return _summarize(model)
+
+
+def load_weights(path: str, factory: Any) -> keras.Model:
+    """Build ``factory()`` and load a ``.weights.h5`` file or a saved ``.keras`` model's weights into it."""
+    from prunekit.errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"weights file {path} does not exist")
+    model = factory()
+    if str(path).endswith(".keras"):
+        model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+    else:
+        model.load_weights(path)
+    return model
+
+
 def measure(model: keras.Model, x: Any) -> dict[str, Any]:
     """The figures a results row holds: params, nonzeros, sparsity, MACs, sparse MACs, weights bytes raw and gzip.
 
@@ -74,7 +97,7 @@ def measure(model: keras.Model, x: Any) -> dict[str, Any]:
 
         measure(model, split.x_test)["sparse_macs"]
     """
-    summary = summarize(model)
+    summary = summarize(model, x)
     sizes = serialized_size(model)
     return {
         "params": summary.params,
@@ -95,7 +118,7 @@ def export(model: keras.Model, x: Any, path: str | Path, *, int8: bool = False, 
 
         export(model, split.x_val, "out/pruned", int8=True, calibration=split.x_val[:256])
     """
-    from prunekit.keras.tflite import convert_to_tflite
+    from prunekit.keras.deploy.tflite import convert_to_tflite
 
     path = Path(path)
     files = {"tflite": str(path.with_name(path.name + ".tflite"))}
@@ -106,11 +129,6 @@ def export(model: keras.Model, x: Any, path: str | Path, *, int8: bool = False, 
             model, "int8", representative_data=calibration if calibration is not None else x[:256], output_path=files["int8"]
         )
     return files
-
-
-def _run(run: Any) -> PruningRun:
-    """The Keras workflow's result as the contract's :class:`PruningRun` (history: one dict per epoch)."""
-    return PruningRun(run.model, run.schedule, _per_epoch(run.history), run.sparsity)
 
 
 def _options(job: TrainJob) -> dict[str, Any]:
@@ -128,34 +146,25 @@ def _options(job: TrainJob) -> dict[str, Any]:
 
 def prune_gradually_job(job: TrainJob) -> PruningRun:
     """Handler: :func:`prune_gradually` over ``max(epochs, 2)`` epochs."""
-    return _run(prune_gradually(job.model, job.x, job.y, job.amount, epochs=max(job.options["epochs"], 2), **_options(job)))
+    return prune_gradually(job.model, job.x, job.y, job.amount, epochs=max(job.options["epochs"], 2), **_options(job))
 
 
 def prune_one_shot_job(job: TrainJob) -> PruningRun:
     """Handler: :func:`prune_one_shot`, fine-tuning ``epochs``."""
-    return _run(prune_one_shot(job.model, job.x, job.y, job.amount, finetune_epochs=job.options["epochs"], **_options(job)))
+    return prune_one_shot(job.model, job.x, job.y, job.amount, finetune_epochs=job.options["epochs"], **_options(job))
 
 
 def prune_iteratively_job(job: TrainJob) -> PruningRun:
     """Handler: :func:`prune_iteratively` in ``rounds`` sharing ``epochs`` (at least one epoch a round)."""
     rounds = job.options["rounds"]
-    return _run(
-        prune_iteratively(
-            job.model,
-            job.x,
-            job.y,
-            job.amount,
-            rounds=rounds,
-            epochs_per_round=max(1, job.options["epochs"] // rounds),
-            **_options(job),
-        )
-    )
+    per_round = max(1, job.options["epochs"] // rounds)
+    return prune_iteratively(job.model, job.x, job.y, job.amount, rounds=rounds, epochs_per_round=per_round, **_options(job))
 
 
 def prune_channels(model: keras.Model, x: Any, ratio: float) -> keras.Model:
     """Remove ``ratio`` of the channels of every prunable layer (L1); returns the smaller model (``x`` unused:
     Keras models carry their shapes)."""
-    from prunekit.keras.structured import prune_channels as _prune_channels
+    from prunekit.keras.structured.prune import prune_channels as _prune_channels
 
     return _prune_channels(model, ratio)
 

@@ -10,15 +10,17 @@ Example::
 
 from prunekit.methods.contract import Backend, PruningRun, TrainJob
 from prunekit.methods.record import FRAMEWORKS, KINDS, Method
+from prunekit.methods.recover import RecoverJob, RecoveryRun
 from prunekit.methods.registry import (
     ENTRY_POINT_GROUP,
+    default_method,
     get_method,
     list_methods,
     method_names,
     register,
     unregister,
 )
-from prunekit.methods.run import run_method
+from prunekit.methods.run import TRAINING_KINDS, load_backend, run_method, run_recovery
 
 __all__ = [
     "Backend",
@@ -27,11 +29,17 @@ __all__ = [
     "KINDS",
     "Method",
     "PruningRun",
+    "RecoverJob",
+    "RecoveryRun",
+    "TRAINING_KINDS",
     "TrainJob",
+    "default_method",
     "get_method",
     "list_methods",
+    "load_backend",
     "method_names",
     "register",
     "run_method",
+    "run_recovery",
     "unregister",
 ]

@@ -82,6 +82,62 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         defaults={"epochs": 4, "lr": 1e-3},
         checks=(_channels_importance,),
     ),
+    # dynamic sparse training (issue #18): masks move during training at fixed sparsity
+    *(
+        Method(
+            name=name,
+            kind="dynamic",
+            summary=summary,
+            handlers={
+                "torch": f"prunekit.torch.unstructured.dynamic_training:{function}",
+                "keras": f"prunekit.keras.unstructured.dynamic:{function}",
+            },
+            defaults={
+                "epochs": 30,
+                "lr": 2e-3,
+                "scope": "layer",
+                "exclude": (),
+                "update_interval": 0,  # 0: half an epoch
+                "drop_fraction": 0.3,
+                "end_fraction": 0.75,
+                "distribution": "uniform",
+                "gradual_epochs": 0,  # 0: sparse from the first step
+            },
+        )
+        for name, function, summary in (
+            ("rigl", "rigl_job", "train sparse, every interval moving the smallest weights to the largest gradients (RigL)"),
+            ("set", "set_job", "train sparse, every interval moving the smallest weights to random positions (SET)"),
+        )
+    ),
+    # --- recovery after pruning (issue #16): handler(job: RecoverJob) -> RecoveryRun, see prunekit.methods.recover
+    *(
+        Method(
+            name=name,
+            kind="recover",
+            summary=summary,
+            handlers={framework: f"prunekit.{framework}.recover.handlers:{name}_job" for framework in ("torch", "keras")},
+            amount="epochs",
+            defaults=defaults,
+        )
+        for name, summary, defaults in (
+            ("finetune", "fine-tune the pruned model with the task loss (the baseline)", {"epochs": 4, "lr": 1e-3}),
+            (
+                "distill",
+                "knowledge distillation from the dense teacher: T^2-scaled KL on logits (+ projected features)",
+                {"epochs": 4, "lr": 1e-3, "temperature": 2.0, "alpha": 0.5, "features": (), "feature_weight": 1.0},
+            ),
+            (
+                "qat",
+                "quantization-aware training: int8 fake-quant weights and activations, int8 export",
+                {"epochs": 2, "lr": 1e-4},
+            ),
+            (
+                "pqat",
+                "sparsity-preserving QAT: the pruning masks kept exactly through int8 fake quantization and export",
+                {"epochs": 2, "lr": 1e-4},
+            ),
+        )
+    ),
     # One-shot LLM pruning (issue #15): handlers of kind "llm" are prunekit.torch.llm.methods.LLMMethod objects
     Method(
         name="magnitude",

@@ -41,6 +41,9 @@ class TrainJob:
     progress: bool = False
     description: str = ""
     device: str | None = None
+    #: where a handler that trains epoch by epoch checkpoints and resumes (``prunekit.torch.checkpoint.EpochCheckpoint``);
+    #: handlers that cannot checkpoint ignore it
+    checkpoint: Any = None
 
 
 @dataclass
@@ -64,21 +67,42 @@ class Backend(Protocol):
     """The verbs both backends implement, with one name, one parameter list and one return type each.
 
     ``prunekit.torch.backend`` and ``prunekit.keras.backend`` are modules that satisfy this protocol
-    (a test checks that both have every verb with the same parameter names).
+    (a test checks that both have every verb with the same parameter names). Arrays in, records out:
+    a front end written against this protocol runs either framework.
     """
 
     name: str
 
+    def is_model(self, obj: Any) -> bool: ...
+
+    def clone(self, model: Any) -> Any: ...
+
     def fit(
-        self, model: Any, x: Any, y: Any, *, epochs: int, lr: float, batch_size: int = 64, progress: bool = False
+        self, model: Any, x: Any, y: Any, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0, progress: bool = False
     ) -> list[dict[str, float]]: ...
 
     def accuracy(self, model: Any, x: Any, y: Any) -> float: ...
 
-    def prune_channels(self, model: Any, x: Any, ratio: float, *, exclude: Sequence[str] = ()) -> Any: ...
+    def summarize(self, model: Any, x: Any) -> Any: ...
 
-    def serialized_size(self, model: Any) -> dict[str, int]: ...
+    def measure(self, model: Any, x: Any) -> dict[str, Any]: ...
 
-    def layers(self, model: Any) -> list[str]: ...
+    def measure_latency(
+        self, model: Any, sample_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 32), *, warmup: int = 5, repeats: int = 30
+    ) -> list[Any]: ...
 
-    def clone(self, model: Any) -> Any: ...
+    def export(self, model: Any, x: Any, path: Any, *, int8: bool = False, calibration: Any = None) -> dict[str, str]: ...
+
+    def load_weights(self, path: str, factory: Any) -> Any: ...
+
+    def prune_channels(self, model: Any, x: Any, ratio: float) -> Any: ...
+
+    def analyze_sensitivity(
+        self,
+        model: Any,
+        metric: Any,
+        ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
+        *,
+        layers: Sequence[str] | None = None,
+        metric_name: str = "metric",
+    ) -> Any: ...

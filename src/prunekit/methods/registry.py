@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import threading
 
 from prunekit.errors import ConfigError
@@ -62,8 +63,8 @@ def register(method: Method, *, replace: bool = False) -> Method:
         _load()
         taken = [n for n in (method.name, *method.aliases) if n in _METHODS or n in _ALIASES]
         if replace:
-            for name in taken:
-                unregister(_ALIASES.get(name, name))
+            for name in {_ALIASES.get(name, name) for name in taken}:
+                unregister(name)
         elif taken:
             raise ConfigError(f"method name {taken[0]!r} is already registered; choose another name or pass replace=True")
         _METHODS[method.name] = method
@@ -92,9 +93,11 @@ def get_method(name: str, *, kind: str | tuple[str, ...] | None = None, framewor
     kinds = (kind,) if isinstance(kind, str) else kind
     method = _METHODS.get(_ALIASES.get(name, name)) if isinstance(name, str) else None
     if method is None or (kinds and method.kind not in kinds) or (framework and framework not in method.frameworks):
-        choices = method_names(kind=kind, framework=framework)
+        choices = method_names(kind=kind, framework=framework, aliases=True)
         what = " ".join(filter(None, [framework, "/".join(kinds or ()), "method"]))
-        raise ConfigError(f"unknown {what} {name!r}; choose from {choices} (`prunekit methods` lists them)")
+        close = difflib.get_close_matches(str(name), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown {what} {name!r}{hint}; choose from {choices} (`prunekit methods` lists them)")
     return method
 
 
@@ -118,3 +121,16 @@ def method_names(kind: str | tuple[str, ...] | None = None, framework: str | Non
         if aliases:
             names.extend(method.aliases)
     return names
+
+
+def default_method(kind: str = "unstructured", framework: str | None = None) -> Method:
+    """The method front ends use when none is named: the first registered of ``kind`` (for ``framework``).
+
+    Example::
+
+        default_method().name   # the built-in gradual schedule
+    """
+    methods = list_methods(kind, framework)
+    if not methods:
+        raise ConfigError(f"no {kind} method is registered{f' for {framework}' if framework else ''}")
+    return methods[0]

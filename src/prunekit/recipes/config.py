@@ -12,19 +12,24 @@ Example recipe (the shipped demo, ``prunekit demo --print-recipe``)::
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from prunekit.core.imports import resolve_import
+from prunekit.core.imports import resolve_import, resolve_trusted_import, trusted_modules
 from prunekit.errors import ConfigError
+from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, get_method
 from prunekit.recipes.validation import RecipeError, build, checked
+
+#: The modules the recipe being validated may import from (set by :func:`parse_recipe`).
+_TRUSTED: ContextVar[tuple[str, ...]] = ContextVar("prunekit_recipe_trusted", default=())
 
 
 def _importable(value: str) -> str | None:
     try:
-        resolve_import(value)
+        resolve_trusted_import(value, _TRUSTED.get() or trusted_modules())
     except ConfigError as exc:
         return str(exc)
     return None
@@ -85,24 +90,79 @@ class TrainConfig:
     lr: float = checked(_positive_float, default=2e-3)
 
 
+def _training_method(name: str) -> str | None:
+    try:
+        get_method(name, kind=TRAINING_KINDS)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: None if v is None else check(v)
+
+
 @dataclass
 class PruneConfig:
-    """How to prune: method, target sparsities, scope, importance, fine-tuning epochs and learning rate."""
+    """How to prune: a training method of the registry, target amounts and the method's options.
 
-    method: Literal["gradual", "one-shot", "iterative", "channels"] = "gradual"
+    ``epochs``, ``lr``, ``scope`` and ``importance`` left out take the method's defaults
+    (``prunekit methods`` shows them); ``exclude`` globs name layers left dense (``ignore`` is its
+    deprecated old name).
+    """
+
+    method: str = checked(_training_method, default_factory=lambda: default_method().name)
     sparsities: list[float] = checked(_sparsities, default_factory=lambda: [0.5])
-    scope: Literal["layer", "global"] = "global"
-    importance: Literal["magnitude", "taylor", "random"] = "magnitude"
-    epochs: int = checked(_at_least(1), default=4)
-    lr: float = checked(_positive_float, default=1e-3)
+    scope: Optional[Literal["layer", "global"]] = None
+    importance: Optional[Literal["magnitude", "taylor", "random"]] = None
+    epochs: Optional[int] = checked(_optional(_at_least(1)), default=None)
+    lr: Optional[float] = checked(_optional(_positive_float), default=None)
+    exclude: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
+
+    def options(self) -> dict[str, Any]:
+        """The options this section sets (what it leaves out keeps the method's default)."""
+        options: dict[str, Any] = {
+            k: getattr(self, k) for k in ("scope", "importance", "epochs", "lr") if getattr(self, k) is not None
+        }
+        if self.exclude or self.ignore:
+            options["exclude"] = [*self.exclude, *self.ignore]
+        return options
+
+
+def _recover_method(name: str) -> str | None:
+    try:
+        get_method(name, kind="recover")
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class RecoverConfig:
+    """Recovery after pruning, on each pruned model: a ``recover`` method of the registry (fine-tune, distil
+    from the dense model, QAT/PQAT with an int8 export), its epochs and learning rate, any other option
+    (``prunekit methods --kind recover`` lists them). Left-out options take the method's defaults.
+    """
+
+    method: str = checked(_recover_method)
+    epochs: Optional[int] = checked(_optional(_at_least(1)), default=None)
+    lr: Optional[float] = checked(_optional(_positive_float), default=None)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self) -> dict[str, Any]:
+        """The options this section sets."""
+        chosen = {k: getattr(self, k) for k in ("epochs", "lr") if getattr(self, k) is not None}
+        return {**self.options, **chosen}
 
 
 @dataclass
 class ExportConfig:
-    """Export the pruned models to ONNX (``onnx``) and quantize them to int8 (``int8``, needs ``onnx``)."""
+    """Export the pruned models: PyTorch to ONNX (``onnx``), Keras to TFLite (``tflite``); ``int8`` adds a
+    statically quantized int8 file of the same format, calibrated on validation samples."""
 
     onnx: bool = False
+    tflite: bool = False
     int8: bool = False
 
 
@@ -134,6 +194,9 @@ class Recipe:
 
     name: str
     model: ModelConfig
+    framework: str = checked(
+        lambda v: None if v in FRAMEWORKS else f"should be one of {list(FRAMEWORKS)}, got {v!r}", default=FRAMEWORKS[0]
+    )
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -141,6 +204,15 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     allocate: Optional[AllocateConfig] = None
+    recover: Optional[RecoverConfig] = None
+
+    #: Modules this recipe's ``factory``/``loader`` may come from; set by the caller (``--trust-module``),
+    #: never by the recipe file (a shared recipe cannot vouch for itself).
+    trusted: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+    def resolve(self, spec: str) -> Any:
+        """The callable ``spec`` names, refused unless it lives in a trusted module (see :attr:`trusted`)."""
+        return resolve_trusted_import(spec, self.trusted or trusted_modules())
 
 
 def _section(data: Any, name: str) -> dict[str, Any]:
@@ -152,10 +224,14 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
     """Checks across fields, on the raw data so they are reported with the per-field errors."""
     errors = []
     export, prune = _section(data, "export"), _section(data, "prune")
-    if export.get("int8") is True and export.get("onnx") is not True:
-        errors.append(("export.int8", "int8 quantization works on the ONNX export; set export.onnx: true too"))
-    if prune.get("method") == "channels" and prune.get("importance", "magnitude") != "magnitude":
-        errors.append(("prune.importance", "method 'channels' ranks channels by their L1 norm; leave importance: magnitude"))
+    framework = data.get("framework", "torch") if isinstance(data, dict) else "torch"
+    file_format = "tflite" if framework == "keras" else "onnx"
+    other = "onnx" if file_format == "tflite" else "tflite"
+    if export.get(other) is True:
+        errors.append((f"export.{other}", f"{framework} models export to {file_format}; set export.{file_format}: true instead"))
+    if export.get("int8") is True and export.get(file_format) is not True:
+        errors.append(("export.int8", f"int8 quantization works on the {file_format} export; set export.{file_format}: true too"))
+    errors += _method_checks(data, prune)
     allocate = _section(data, "allocate")
     if (
         isinstance(data, dict)
@@ -178,23 +254,79 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
     return errors
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+def _method_checks(data: Any, prune: dict[str, Any]) -> list[tuple[str, str]]:
+    """The method's own recipe checks, and whether it takes the options the section sets on this framework."""
+    framework = data.get("framework", FRAMEWORKS[0]) if isinstance(data, dict) else FRAMEWORKS[0]
+    try:
+        method = get_method(prune.get("method", default_method().name), kind=TRAINING_KINDS)
+    except ConfigError:
+        return []  # reported by the field check
+    errors = method.check(prune)
+    if framework in FRAMEWORKS and framework not in method.frameworks:
+        errors.append(
+            ("prune.method", f"method {method.name!r} has no {framework} handler; it runs on {list(method.frameworks)}")
+        )
+    for key in ("scope", "importance", "epochs", "lr", "exclude", "ignore"):
+        option = "exclude" if key == "ignore" else key
+        if prune.get(key) not in (None, []) and option not in method.defaults:
+            errors.append(
+                (f"prune.{key}", f"method {method.name!r} takes no {option!r}; its options are {sorted(method.defaults)}")
+            )
+    recover = _section(data, "recover")
+    if recover.get("method") is not None:
+        try:
+            recovery = get_method(recover["method"], kind="recover")
+        except ConfigError:
+            recovery = None  # reported by the field check
+        if recovery is not None:
+            if framework in FRAMEWORKS and framework not in recovery.frameworks:
+                errors.append(("recover.method", f"method {recovery.name!r} has no {framework} handler"))
+            set_here = {
+                **(recover.get("options") or {}),
+                **{k: recover[k] for k in ("epochs", "lr") if recover.get(k) is not None},
+            }
+            unknown = sorted(set(set_here) - set(recovery.defaults))
+            if unknown:
+                errors.append(
+                    (
+                        "recover.options",
+                        f"method {recovery.name!r} has no option {unknown}; its options are {sorted(recovery.defaults)}",
+                    )
+                )
+    if framework == "keras" and isinstance(data, dict) and data.get("allocate") is not None:
+        errors.append(
+            ("allocate", "budget allocation in recipes runs on PyTorch; use prunekit.keras.allocate_ratios from Python")
+        )
+    return errors
+
+
+def parse_recipe(data: Any, source: str = "recipe", trust_modules: tuple[str, ...] | list[str] = ()) -> Recipe:
     """Validate a parsed recipe (a dict) and build the :class:`Recipe`; every error is reported at once.
+
+    A recipe is a shared file, so its ``model.factory`` and ``data.loader`` may only name callables
+    in prunekit itself, in ``trust_modules`` (the CLI's ``--trust-module``) or in the modules listed
+    in ``$PRUNEKIT_TRUST_MODULES``; an untrusted module is refused *before* it is imported.
 
     Example::
 
         recipe = parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]}})
     """
-    errors: list[tuple[str, str]] = []
-    recipe = build(Recipe, data, "", errors)
-    errors += _cross_checks(data)
+    trusted = trusted_modules(tuple(trust_modules))
+    token = _TRUSTED.set(trusted)
+    try:
+        errors: list[tuple[str, str]] = []
+        recipe = build(Recipe, data, "", errors)
+        errors += _cross_checks(data)
+    finally:
+        _TRUSTED.reset(token)
     if errors:
         raise RecipeError(errors, source)
+    recipe.trusted = trusted
     return recipe
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read and validate a YAML recipe file.
+def load_recipe(path: str | os.PathLike, trust_modules: tuple[str, ...] | list[str] = ()) -> Recipe:
+    """Read and validate a YAML recipe file (``trust_modules``: see :func:`parse_recipe`).
 
     Example::
 
@@ -209,7 +341,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
-    return parse_recipe(data, str(file))
+    return parse_recipe(data, str(file), trust_modules)
 
 
 def builtin_recipe_text(name: str = "demo") -> str:

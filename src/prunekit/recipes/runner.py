@@ -1,34 +1,30 @@
 """Run a validated :class:`Recipe`: build or load the model, train, prune per sparsity, measure, export, report.
 
-Every step is a public prunekit call (``fit``, ``prune_gradually``/``prune_one_shot``/
-``prune_iteratively``, ``prune_channels``, ``summarize``, ``measure_latency``, ``export_onnx``,
-``quantize_onnx``, ``analyze_sensitivity``); this module only wires them as the recipe says.
+Every step is a public prunekit call: the method runs through the registry
+(:func:`prunekit.methods.run_method`), everything else through the recipe's framework backend
+(``prunekit.torch.backend`` or ``prunekit.keras.backend``: fit, accuracy, measure, measure_latency,
+export, analyze_sensitivity); this module only wires them as the recipe says.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.debris import RunOutputs
+from prunekit.core.records import ModelSummary
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
-from prunekit.recipes.config import Recipe, resolve_import
+from prunekit.methods import load_backend, run_method, run_recovery
+from prunekit.recipes.config import Recipe
 from prunekit.recipes.validation import to_plain
+from prunekit.report.dynamic import plot_turnover
 from prunekit.report.html import Report, Section, write_report
 from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
-from prunekit.torch.latency import measure_latency
-from prunekit.torch.metrics import serialized_size
-from prunekit.torch.sensitivity import Accuracy, ChannelPruner, SensitivityTable, analyze_sensitivity
-from prunekit.torch.summary import ModelSummary, summarize
-from prunekit.torch.training import fit, make_loader
-from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
+from prunekit.tradeoffs.budget import SensitivityTable
 from prunekit.tradeoffs.pareto import pareto_front
 
 _SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
@@ -36,7 +32,7 @@ _SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 def _load_data(recipe: Recipe) -> Any:
     try:
-        split = resolve_import(recipe.data.loader)(**recipe.data.kwargs)
+        split = recipe.resolve(recipe.data.loader)(**recipe.data.kwargs)
     except ConfigError:
         raise
     except Exception as exc:
@@ -50,80 +46,71 @@ def _load_data(recipe: Recipe) -> Any:
     return split
 
 
-def _build_model(recipe: Recipe) -> nn.Module:
+def _build_model(recipe: Recipe, backend: Any) -> Any:
     try:
-        model = resolve_import(recipe.model.factory)(**recipe.model.kwargs)
+        model = recipe.resolve(recipe.model.factory)(**recipe.model.kwargs)
     except Exception as exc:
         raise ConfigError(
             f"model.factory {recipe.model.factory!r} with kwargs {recipe.model.kwargs} raised {type(exc).__name__}: {exc}"
         ) from exc
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model.factory {recipe.model.factory!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    if not backend.is_model(model):
+        raise ConfigError(
+            f"model.factory {recipe.model.factory!r} returned a {type(model).__name__}, not a {recipe.framework} model; "
+            "set framework: to the model's framework"
+        )
     return model
 
 
-def _prune(recipe: Recipe, model: nn.Module, loader: Any, sparsity: float) -> nn.Module:
-    prune = recipe.prune
-    options = {"scope": prune.scope, "importance": prune.importance, "ignore": prune.ignore, "progress": False}
-    if prune.method == "gradual":
-        return prune_gradually(model, loader, sparsity, epochs=max(prune.epochs, 2), lr=prune.lr, **options).model
-    if prune.method == "one-shot":
-        return prune_one_shot(model, loader, sparsity, finetune_epochs=prune.epochs, lr=prune.lr, **options).model
-    if prune.method == "iterative":
-        return prune_iteratively(
-            model, loader, sparsity, rounds=3, epochs_per_round=max(1, prune.epochs // 3), lr=prune.lr, **options
-        ).model
-    try:
-        from prunekit.torch.structured import prune_channels
-    except ImportError as exc:
-        raise ConfigError(f"prune.method 'channels' needs structured pruning (prunekit.torch.prune_channels): {exc}") from None
-    example = torch.zeros(1, *recipe.model.input_shape)
-    pruned = prune_channels(model, example, sparsity).model
-    fit(pruned, loader, epochs=prune.epochs, lr=prune.lr, progress=False)
-    return pruned
-
-
-def _measure(model: nn.Module, recipe: Recipe, split: Any) -> tuple[dict[str, Any], ModelSummary]:
-    model = model.eval()
-    summary = summarize(model, torch.zeros(1, *recipe.model.input_shape))
-    sizes = serialized_size(model)
+def _measure(backend: Any, model: Any, recipe: Recipe, split: Any) -> tuple[dict[str, Any], ModelSummary]:
     row: dict[str, Any] = {
-        "accuracy": Accuracy(split.x_test, split.y_test)(model),
-        "params": summary.params,
-        "nonzeros": summary.nonzeros,
-        "sparsity": summary.sparsity,
-        "macs": summary.macs,
-        "sparse_macs": summary.sparse_macs,
-        "raw_bytes": sizes["raw_bytes"],
-        "gzip_bytes": sizes["gzip_bytes"],
+        "accuracy": backend.accuracy(model, split.x_test, split.y_test),
+        **backend.measure(model, split.x_test),
     }
     if recipe.report.latency_batch_sizes:
-        timings = measure_latency(model, recipe.model.input_shape, recipe.report.latency_batch_sizes, warmup=3, repeats=15)
+        timings = backend.measure_latency(
+            model, recipe.model.input_shape, recipe.report.latency_batch_sizes, warmup=3, repeats=15
+        )
         row["latency"] = [t.to_dict() for t in timings]
-    return row, summary
+    return row, backend.summarize(model, split.x_test)
 
 
-def _export(recipe: Recipe, model: nn.Module, split: Any, out: Path, label: str) -> dict[str, str]:
-    from prunekit.torch.export import export_onnx
+def _recover(recipe: Recipe, backend: Any, pruned: Any, dense: Any, split: Any, stem: Path) -> tuple[Any, dict[str, Any]]:
+    """Run the recipe's recovery on a pruned model; the recovered model and what the report shows of it."""
+    if recipe.recover is None:
+        raise ConfigError("the recipe has no recover section")
+    before = backend.accuracy(pruned, split.x_test, split.y_test)
+    suffix = ".onnx" if recipe.framework == "torch" else ".tflite"
+    run = run_recovery(
+        recipe.recover.method,
+        recipe.framework,
+        pruned,
+        split.x_train,
+        split.y_train,
+        teacher=dense,
+        export_path=str(stem.with_name(f"{stem.name}.{recipe.recover.method}.int8{suffix}")),
+        calibration=split.x_val[:256],
+        seed=recipe.seed,
+        batch_size=recipe.data.batch_size,
+        **recipe.recover.overrides(),
+    )
+    return run.model, {
+        "method": recipe.recover.method,
+        "accuracy_before": before,
+        "artifact": None if run.artifact is None else str(run.artifact),
+    }
 
-    files = {}
-    onnx_path = out / f"{label}.onnx"
-    export_onnx(model.eval(), torch.zeros(1, *recipe.model.input_shape), onnx_path)
-    files["onnx"] = str(onnx_path)
-    if recipe.export.int8:
-        from prunekit.artifacts.quantize import quantize_onnx
 
-        int8_path = out / f"{label}.int8.onnx"
-        quantize_onnx(onnx_path, int8_path, "static", split.x_val[:256])
-        files["int8"] = str(int8_path)
-    return files
-
-
-def _allocate(recipe: Recipe, dense: nn.Module, split: Any, table: SensitivityTable) -> dict[str, Any]:
+def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -> dict[str, Any]:
     """The allocation comparison (and, when channels are removed, the channel sensitivity it is based on)."""
+    import torch
+
+    from prunekit.torch.tradeoffs.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity
+
     allocate, test = recipe.allocate, Accuracy(split.x_test, split.y_test)
+    if allocate is None:
+        raise ConfigError("the recipe has no allocate section")
     if allocate.pruning == "weights":
-        from prunekit.torch.allocation import compare_allocations
+        from prunekit.torch.tradeoffs.allocation import compare_allocations
 
         return {
             "allocation": compare_allocations(
@@ -136,7 +123,7 @@ def _allocate(recipe: Recipe, dense: nn.Module, split: Any, table: SensitivityTa
                 search_metric=Accuracy(split.x_val, split.y_val),
             )
         }
-    from prunekit.torch.structured_allocation import channel_layers, compare_channel_allocations
+    from prunekit.torch.tradeoffs.structured_allocation import channel_layers, compare_channel_allocations
 
     batch = torch.zeros(allocate.batch_size, *recipe.model.input_shape)
     channels = analyze_sensitivity(
@@ -156,6 +143,10 @@ def _allocate(recipe: Recipe, dense: nn.Module, split: Any, table: SensitivityTa
 def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
     """Run ``recipe`` and write ``results.json`` and ``report.{html,md,json}`` (and exports) to ``out_dir``.
 
+    A reused ``out_dir`` is cleaned first of what the previous run wrote there (and of temporary
+    files of killed runs); the report is written before ``results.json``, so ``results.json``
+    exists only when the whole run finished and always agrees with the report beside it.
+
     Returns ``{"dense": {...}, "runs": [{"sparsity", "accuracy", "gzip_bytes", ...}], "sensitivity": ...}``.
 
     Example::
@@ -164,40 +155,74 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         results["runs"][0]["accuracy"]
     """
     out = Path(out_dir)
-    torch.manual_seed(recipe.seed)
+    outputs = RunOutputs(out)
+    legacy = [] if outputs.previous() or not (out / "results.json").is_file() else _legacy_outputs(out)
+    outputs.start(legacy)
+    run_started = time.time_ns() - 2_000_000_000  # file clocks may lag time_ns() a little
+    backend = load_backend(recipe.framework)
     split = _load_data(recipe)
-    loader = make_loader(split.x_train, split.y_train, batch_size=recipe.data.batch_size, seed=recipe.seed)
-    dense = _build_model(recipe)
+    dense = _build_model(recipe, backend)
     started = time.perf_counter()
     if recipe.model.weights:
-        from prunekit.torch.weights import load_weights
-
-        dense = load_weights(recipe.model.weights, lambda: _build_model(recipe))
+        dense = backend.load_weights(recipe.model.weights, lambda: _build_model(recipe, backend))
     elif recipe.train.epochs:
-        fit(dense, loader, epochs=recipe.train.epochs, lr=recipe.train.lr, progress=False)
-    dense_row, dense_summary = _measure(dense, recipe, split)
+        backend.fit(
+            dense,
+            split.x_train,
+            split.y_train,
+            epochs=recipe.train.epochs,
+            lr=recipe.train.lr,
+            batch_size=recipe.data.batch_size,
+            seed=recipe.seed,
+        )
+    dense_row, dense_summary = _measure(backend, dense, recipe, split)
     dense_row["seconds"] = time.perf_counter() - started
-    results: dict[str, Any] = {"recipe": recipe.name, "dense": dense_row, "runs": []}
+    results: dict[str, Any] = {"recipe": recipe.name, "framework": recipe.framework, "dense": dense_row, "runs": []}
     summaries = {"dense": dense_summary}
     for sparsity in recipe.prune.sparsities:
-        torch.manual_seed(recipe.seed)
         started = time.perf_counter()
-        pruned = _prune(recipe, copy.deepcopy(dense), loader, sparsity)
-        row, summaries[f"{sparsity:.0%}"] = _measure(pruned, recipe, split)
+        pruning = run_method(
+            recipe.prune.method,
+            recipe.framework,
+            backend.clone(dense),
+            split.x_train,
+            split.y_train,
+            sparsity,
+            seed=recipe.seed,
+            batch_size=recipe.data.batch_size,
+            **recipe.prune.options(),
+        )
+        pruned, recovery = pruning.model, None
+        if recipe.recover is not None:
+            pruned, recovery = _recover(recipe, backend, pruned, dense, split, out / f"pruned-{sparsity:g}")
+        row, summaries[f"{sparsity:.0%}"] = _measure(backend, pruned, recipe, split)
         row.update({"method": recipe.prune.method, "target": sparsity, "seconds": time.perf_counter() - started})
-        if recipe.export.onnx:
-            row["files"] = _export(recipe, pruned, split, out, f"pruned-{sparsity:g}")
+        if pruning.history:
+            row["history"] = pruning.history
+        if recovery is not None:
+            row["recover"] = recovery
+        if recipe.export.onnx or recipe.export.tflite:
+            row["files"] = backend.export(
+                pruned, split.x_val, out / f"pruned-{sparsity:g}", int8=recipe.export.int8, calibration=split.x_val[:256]
+            )
         results["runs"].append(row)
     if recipe.report.sensitivity_ratios:
-        table = analyze_sensitivity(
-            dense, Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios, metric_name="validation accuracy"
+        table = backend.analyze_sensitivity(
+            dense, backend.Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios, metric_name="validation accuracy"
         )
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run is complete
+    outputs.finish(p for p in out.iterdir() if p.is_file() and p.stat().st_mtime_ns >= run_started)
     return results
+
+
+def _legacy_outputs(out: Path) -> list[str]:
+    """What a run written before output manifests existed left in ``out``: results, report and exports."""
+    names = ["results.json", "report.html", "report.md", "report.json"]
+    return names + sorted(p.name for p in out.glob("pruned-*") if p.is_file())
 
 
 def recipe_report(
@@ -210,9 +235,19 @@ def recipe_report(
         write_report(recipe_report(recipe, results, summaries), "out")
     """
     dense = results["dense"]
+    recovered = any("recover" in run for run in results["runs"])
     table = ResultTable(
         f"{recipe.name}: before and after (test set)",
-        ["model", "accuracy", "Δ pt", "nonzeros", "sparse MACs", "gzip bytes", "latency ms (batch)"],
+        [
+            "model",
+            *(["before recovery"] if recovered else []),
+            "accuracy",
+            "Δ pt",
+            "nonzeros",
+            "sparse MACs",
+            "gzip bytes",
+            "latency ms (batch)",
+        ],
     )
 
     def latency(row: dict[str, Any]) -> str:
@@ -220,6 +255,7 @@ def recipe_report(
 
     table.add_row(
         "dense",
+        *([""] if recovered else []),
         f"{dense['accuracy']:.2%}",
         "",
         f"{dense['nonzeros']:,}",
@@ -228,8 +264,10 @@ def recipe_report(
         latency(dense),
     )
     for run in results["runs"]:
+        recovery = run.get("recover")
         table.add_row(
-            f"{run['method']} {run['target']:.0%}",
+            f"{run['method']} {run['target']:.0%}" + (f" + {recovery['method']}" if recovery else ""),
+            *([f"{recovery['accuracy_before']:.2%}" if recovery else ""] if recovered else []),
             f"{run['accuracy']:.2%}",
             f"{(run['accuracy'] - dense['accuracy']) * 100:+.2f}",
             f"{run['nonzeros']:,}",
@@ -258,6 +296,23 @@ def recipe_report(
         plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"), title="accuracy vs size (gzip)")
     )
     sections = [Section("Before and after", tables=[table]), Section("Per layer and trade-off", figures=figures)]
+    turnover = [
+        plot_turnover(
+            [{**record, "epoch": i + 1} for i, record in enumerate(run["history"])],
+            x_key="epoch",
+            title=f"Mask turnover, {run['method']} {run['target']:.0%}",
+        )
+        for run in results["runs"]
+        if run.get("history") and "turnover" in run["history"][0]
+    ]
+    if turnover:
+        sections.append(
+            Section(
+                "Dynamic sparsity",
+                text="Share of the first mask that changed, and connections regrown, per epoch of training.",
+                figures=turnover,
+            )
+        )
     for key, how in (("sensitivity", "weights zeroed by magnitude"), ("channel_sensitivity", "channels removed (L1)")):
         if key in results:
             data = results[key]
@@ -277,11 +332,11 @@ def recipe_report(
                 )
             )
     if "allocation" in results:
-        from prunekit.torch.allocation import allocation_table
+        from prunekit.torch.tradeoffs.allocation import allocation_table
 
         methods = (
             "sensitivity (greedy), uniform, global magnitude and the best blend of greedy and global on validation (search)"
-            if recipe.allocate.pruning == "weights"
+            if recipe.allocate is not None and recipe.allocate.pruning == "weights"
             else "sensitivity (greedy, measured), uniform and global channel ratios, channels removed"
         )
         sections.append(

@@ -1,14 +1,11 @@
 """The built-in sweep objective: prune a trained digits CNN by a method at a sparsity, fine-tune, measure.
 
-Methods: ``one-shot`` (global magnitude, then fine-tuning), ``layer`` (every layer to the same
-sparsity, then fine-tuning), ``gradual`` (polynomial schedule during fine-tuning), ``iterative``
-(prune and retrain in rounds), ``random`` (random importance: the baseline a criterion must
-beat) and, when structured pruning is installed, ``channels`` (remove that fraction of channels).
+A trial's method is any PyTorch training method of the registry (``prunekit methods`` lists them),
+run with its defaults and the objective's fine-tuning epochs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,25 +13,12 @@ from torch import nn
 
 from prunekit.data import DatasetSplit, load_digits
 from prunekit.errors import ConfigError
+from prunekit.methods import TRAINING_KINDS, get_method, run_method, run_recovery
 from prunekit.sweep.runner import Trial
-from prunekit.torch.latency import measure_latency
-from prunekit.torch.metrics import serialized_size
+from prunekit.torch import backend
+from prunekit.torch.measure.latency import measure_latency
 from prunekit.torch.models import DigitsCNN
-from prunekit.torch.sensitivity import Accuracy
-from prunekit.torch.summary import summarize
 from prunekit.torch.training import fit, make_loader
-from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
-
-METHODS = ("one-shot", "layer", "gradual", "iterative", "random", "channels")
-
-
-def structured_available() -> bool:
-    """Whether ``prunekit.torch.prune_channels`` (structured pruning) can be imported."""
-    try:
-        from prunekit.torch.structured import prune_channels  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class DigitsObjective:
@@ -81,54 +65,60 @@ class DigitsObjective:
         fit(model, make_loader(split.x_train, split.y_train, seed=seed), epochs=epochs, lr=2e-3, progress=False, device="cpu")
         return cls(model.state_dict(), seed=seed, model_options=model_options, split=split, **options)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything a trial's result depends on besides the trial (a resumed sweep reuses only matching trials)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(self.dense_state):
+            digest.update(name.encode())
+            digest.update(self.dense_state[name].numpy().tobytes())
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            digest.update(getattr(self.split, name).tobytes())
+        return {
+            "objective": "prunekit.sweep.digits.DigitsObjective",
+            "finetune_epochs": self.finetune_epochs,
+            "latency_repeats": self.latency_repeats,
+            "seed": self.seed,
+            "model_options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(self.model_options.items())},
+            "weights_and_data_sha256": digest.hexdigest()[:16],
+        }
+
     def dense_model(self) -> nn.Module:
         model = DigitsCNN(**self.model_options)
         model.load_state_dict(self.dense_state)
         return model
 
-    def _method(self, name: str) -> Callable[[nn.Module, Any, float], nn.Module]:
-        epochs = self.finetune_epochs
-        methods: dict[str, Callable[[nn.Module, Any, float], nn.Module]] = {
-            "one-shot": lambda m, loader, s: (
-                prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, scope="global", progress=False).model
-            ),
-            "layer": lambda m, loader, s: prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, progress=False).model,
-            "gradual": lambda m, loader, s: (
-                prune_gradually(m, loader, s, epochs=max(epochs, 2), lr=1e-3, scope="global", progress=False).model
-            ),
-            "iterative": lambda m, loader, s: (
-                prune_iteratively(
-                    m, loader, s, rounds=2, epochs_per_round=max(1, epochs // 2), lr=1e-3, scope="global", progress=False
-                ).model
-            ),
-            "random": lambda m, loader, s: (
-                prune_one_shot(m, loader, s, finetune_epochs=epochs, lr=5e-4, importance="random", progress=False).model
-            ),
-            "channels": self._channels,
-        }
-        if name not in methods:
-            raise ConfigError(f"unknown sweep method {name!r}; choose from {list(methods)}")
-        return methods[name]
-
-    def _channels(self, model: nn.Module, loader: Any, ratio: float) -> nn.Module:
-        try:
-            from prunekit.torch.structured import prune_channels
-        except ImportError as exc:
-            raise ConfigError(f"method 'channels' needs structured pruning (prunekit.torch.prune_channels): {exc}") from None
-        pruned = prune_channels(model, torch.zeros(1, 1, 8, 8), ratio).model if ratio > 0 else model
-        fit(pruned, loader, epochs=self.finetune_epochs, lr=5e-4, progress=False, device="cpu")
-        return pruned
-
     def __call__(self, trial: Trial) -> dict[str, float]:
         torch.manual_seed(self.seed + trial.seed)
         split = self.split
-        loader = make_loader(split.x_train, split.y_train, seed=self.seed + trial.seed)
-        prune = self._method(trial.method)
-        model = (
-            prune(self.dense_model(), loader, trial.sparsity)
-            if trial.sparsity > 0 or trial.method == "channels"
-            else self.dense_model()
-        )
+        method = get_method(trial.method, kind=TRAINING_KINDS, framework="torch")
+        model = self.dense_model()
+        if trial.sparsity > 0 or method.kind != "unstructured":  # channel removal fine-tunes at ratio 0 too
+            model = run_method(
+                method.name,
+                "torch",
+                model,
+                split.x_train,
+                split.y_train,
+                trial.sparsity,
+                seed=self.seed + trial.seed,
+                device="cpu",
+                epochs=self.finetune_epochs,
+            ).model
+        recover = trial.options.get("recover")
+        if recover:
+            model = run_recovery(
+                recover,
+                "torch",
+                model,
+                split.x_train,
+                split.y_train,
+                teacher=self.dense_model(),
+                seed=self.seed + trial.seed,
+                device="cpu",
+                epochs=self.finetune_epochs,
+            ).model
         return measure_model(model, split.x_test, split.y_test, self.latency_repeats)
 
 
@@ -140,18 +130,7 @@ def measure_model(model: nn.Module, x: Any, y: Any, latency_repeats: int = 5) ->
         measure_model(model, split.x_test, split.y_test)["sparse_macs"]
     """
     model = model.cpu().eval()
-    summary = summarize(model, torch.zeros(1, *tuple(x.shape[1:])))
-    sizes = serialized_size(model)
-    metrics = {
-        "accuracy": Accuracy(x, y)(model),
-        "params": summary.params,
-        "nonzeros": summary.nonzeros,
-        "sparsity": summary.sparsity,
-        "macs": summary.macs,
-        "sparse_macs": summary.sparse_macs,
-        "raw_bytes": sizes["raw_bytes"],
-        "gzip_bytes": sizes["gzip_bytes"],
-    }
+    metrics = {"accuracy": backend.accuracy(model, x, y), **backend.measure(model, x)}
     if latency_repeats > 0:
         timing = measure_latency(model, tuple(x.shape[1:]), (32,), devices=["cpu"], warmup=2, repeats=latency_repeats)
         metrics["latency_ms"] = timing[0].median_ms

@@ -10,7 +10,27 @@ require("torch", "torch")
 from prunekit.artifacts.onnx_artifact import evaluate_onnx  # noqa: E402
 from prunekit.artifacts.quantize import quantize_onnx  # noqa: E402
 from prunekit.schedules import gradual_schedule, iterative_schedule  # noqa: E402
-from prunekit.torch.allocation import (  # noqa: E402
+from prunekit.torch.deploy.compact import load_compressed, save_compressed  # noqa: E402
+from prunekit.torch.deploy.compare import Comparison, compare_artifacts  # noqa: E402
+from prunekit.torch.deploy.export import export_onnx, verify_onnx  # noqa: E402
+from prunekit.torch.measure.latency import LatencyResult, MemoryResult, latency_ratio, measure_latency, measure_peak_memory  # noqa: E402
+from prunekit.torch.measure.macs import MacsReport, count_macs, count_params  # noqa: E402
+from prunekit.torch.measure.metrics import print_sparsity_table, serialized_size, sparsity_report  # noqa: E402
+from prunekit.torch.measure.summary import LayerStats, ModelSummary, summarize  # noqa: E402
+from prunekit.torch.models import DigitsCNN, DigitsMLP  # noqa: E402
+from prunekit.torch.structured.graph import ChannelGroup, DependencyGraph, GroupMember, analyze_dependencies  # noqa: E402
+from prunekit.torch.structured.importance import (  # noqa: E402
+    ActivationImportance,
+    BNScaleImportance,
+    MagnitudeImportance,
+    RandomImportance,
+    TaylorImportance,
+)
+from prunekit.torch.structured.iterative import prune_channels_iteratively  # noqa: E402
+from prunekit.torch.structured.plan import apply_plan, compose_plans, load_pruned, plan_of, save_pruned  # noqa: E402
+from prunekit.torch.structured.prune import StructuredResult, prune_channels, remove_channels  # noqa: E402
+from prunekit.torch.structured.report import StructuredReport  # noqa: E402
+from prunekit.torch.tradeoffs.allocation import (  # noqa: E402
     allocate_ratios,
     apply_ratios,
     compare_allocations,
@@ -18,26 +38,8 @@ from prunekit.torch.allocation import (  # noqa: E402
     search_ratios,
     uniform_ratios,
 )
-from prunekit.torch.compact import load_compressed, save_compressed  # noqa: E402
-from prunekit.torch.compare import Comparison, compare_artifacts  # noqa: E402
-from prunekit.torch.export import export_onnx, verify_onnx  # noqa: E402
-from prunekit.torch.graph import ChannelGroup, DependencyGraph, GroupMember, analyze_dependencies  # noqa: E402
-from prunekit.torch.importance import (  # noqa: E402
-    ActivationImportance,
-    BNScaleImportance,
-    MagnitudeImportance,
-    RandomImportance,
-    TaylorImportance,
-)
-from prunekit.torch.latency import LatencyResult, MemoryResult, latency_ratio, measure_latency, measure_peak_memory  # noqa: E402
-from prunekit.torch.macs import MacsReport, count_macs, count_params  # noqa: E402
-from prunekit.torch.metrics import print_sparsity_table, serialized_size, sparsity_report  # noqa: E402
-from prunekit.torch.models import DigitsCNN, DigitsMLP  # noqa: E402
-from prunekit.torch.plan import apply_plan, compose_plans, load_pruned, plan_of, save_pruned  # noqa: E402
-from prunekit.torch.selection import DEFAULT_TARGET_TYPES, select_parameters  # noqa: E402
-from prunekit.torch.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity  # noqa: E402
-from prunekit.torch.structured import StructuredResult, prune_channels, remove_channels  # noqa: E402
-from prunekit.torch.structured_allocation import (  # noqa: E402
+from prunekit.torch.tradeoffs.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity  # noqa: E402
+from prunekit.torch.tradeoffs.structured_allocation import (  # noqa: E402
     allocate_channels,
     apply_channel_ratios,
     channel_layers,
@@ -45,12 +47,12 @@ from prunekit.torch.structured_allocation import (  # noqa: E402
     global_channels,
     uniform_channels,
 )
-from prunekit.torch.structured_iterative import prune_channels_iteratively  # noqa: E402
-from prunekit.torch.structured_report import StructuredReport  # noqa: E402
-from prunekit.torch.summary import LayerStats, ModelSummary, summarize  # noqa: E402
 from prunekit.torch.training import PruningCallback, default_device, evaluate, fit, make_loader  # noqa: E402
-from prunekit.torch.unstructured import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
-from prunekit.torch.workflows import (  # noqa: E402
+from prunekit.torch.unstructured.dynamic import DynamicPruner  # noqa: E402
+from prunekit.torch.unstructured.dynamic_training import train_sparse  # noqa: E402
+from prunekit.torch.unstructured.pruner import NM, Blocks, Pruner, prune_unstructured  # noqa: E402
+from prunekit.torch.unstructured.selection import DEFAULT_TARGET_TYPES, select_parameters  # noqa: E402
+from prunekit.torch.unstructured.workflows import (  # noqa: E402
     PruningRun,
     prune_gradually,
     prune_iteratively,
@@ -62,6 +64,7 @@ __all__ = [
     "Accuracy",
     "Allocation",
     "ChannelPruner",
+    "DynamicPruner",
     "LatencyResult",
     "LayerStats",
     "MemoryResult",
@@ -74,6 +77,7 @@ __all__ = [
     "apply_channel_ratios",
     "apply_ratios",
     "channel_layers",
+    "train_sparse",
     "compare_allocations",
     "compare_channel_allocations",
     "global_channels",

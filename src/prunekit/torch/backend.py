@@ -16,14 +16,17 @@ import torch
 from torch import nn
 
 from prunekit.methods.contract import PruningRun, TrainJob
-from prunekit.torch.metrics import serialized_size
-from prunekit.torch.sensitivity import Accuracy
-from prunekit.torch.summary import summarize
+from prunekit.torch.deploy.weights import load_weights
+from prunekit.torch.measure.latency import measure_latency
+from prunekit.torch.measure.metrics import serialized_size
+from prunekit.torch.measure.summary import summarize as _summarize
+from prunekit.torch.tradeoffs.sensitivity import Accuracy, analyze_sensitivity
 from prunekit.torch.training import fit as _fit
 from prunekit.torch.training import make_loader
-from prunekit.torch.workflows import prune_gradually, prune_iteratively, prune_one_shot
+from prunekit.torch.unstructured.workflows import prune_gradually, prune_iteratively, prune_one_shot
 
 name = "torch"
+__all__ = ["Accuracy", "analyze_sensitivity", "load_weights", "measure_latency"]  # verbs re-exported as they are
 
 
 def is_model(obj: Any) -> bool:
@@ -53,6 +56,12 @@ def accuracy(model: nn.Module, x: Any, y: Any) -> float:
     return Accuracy(x, y)(model)
 
 
+def summarize(model: nn.Module, x: Any) -> Any:
+    """Per-layer params, nonzeros and MACs (a :class:`~prunekit.core.records.ModelSummary`) for samples like ``x[:1]``."""
+    model = model.eval()
+    return _summarize(model, torch.as_tensor(np.asarray(x[:1])).to(next(model.parameters()).device))
+
+
 def measure(model: nn.Module, x: Any) -> dict[str, Any]:
     """The figures a results row holds for a model taking samples like ``x[:1]``: params, nonzeros, sparsity,
     MACs, sparse MACs, state_dict bytes raw and gzip.
@@ -61,9 +70,7 @@ def measure(model: nn.Module, x: Any) -> dict[str, Any]:
 
         measure(model, split.x_test)["sparse_macs"]
     """
-    model = model.eval()
-    example = torch.as_tensor(np.asarray(x[:1]))
-    summary = summarize(model, example.to(next(model.parameters()).device))
+    summary = summarize(model, x)
     sizes = serialized_size(model)
     return {
         "params": summary.params,
@@ -84,7 +91,7 @@ def export(model: nn.Module, x: Any, path: str | Path, *, int8: bool = False, ca
 
         export(model, split.x_val, "out/pruned", int8=True, calibration=split.x_val[:256])
     """
-    from prunekit.torch.export import export_onnx
+    from prunekit.torch.deploy.export import export_onnx
 
     path = Path(path)
     files = {"onnx": str(path.with_name(path.name + ".onnx"))}
@@ -102,10 +109,11 @@ def _options(job: TrainJob) -> dict[str, Any]:
     return {
         "scope": options["scope"],
         "importance": options["importance"],
-        "ignore": list(options["exclude"]),
+        "exclude": list(options["exclude"]),
         "progress": job.progress,
         "description": job.description,
         **({"device": job.device} if job.device else {}),
+        **({"checkpoint": job.checkpoint} if job.checkpoint is not None else {}),
     }
 
 
@@ -144,7 +152,7 @@ def prune_iteratively_job(job: TrainJob) -> PruningRun:
 def prune_channels(model: nn.Module, x: Any, ratio: float) -> Any:
     """Remove ``ratio`` of the channels of every prunable layer (L1), traced on a few samples of ``x``;
     returns the :class:`~prunekit.torch.StructuredResult`."""
-    from prunekit.torch.structured import prune_channels as _prune_channels
+    from prunekit.torch.structured.prune import prune_channels as _prune_channels
 
     device = next(model.parameters()).device
     return _prune_channels(model, torch.as_tensor(np.asarray(x[:8])).to(device), ratio=ratio, importance="l1")

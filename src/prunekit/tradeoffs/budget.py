@@ -1,6 +1,6 @@
 """Per-layer pruning budgets, framework-free: sensitivity tables, linear cost models and the allocators.
 
-Both backends (:mod:`prunekit.torch.allocation`, :mod:`prunekit.keras.allocation`) measure a
+Both backends (:mod:`prunekit.torch.tradeoffs.allocation`, :mod:`prunekit.keras.tradeoffs.allocation`) measure a
 model into the types here and allocate with the same code, so a target means the same in both.
 A budget is a fraction of the dense model's cost, for one target:
 

@@ -1,0 +1,1 @@
+"""Deployable files from Keras models: TFLite conversion and interpreter evaluation, saving with pruning state."""

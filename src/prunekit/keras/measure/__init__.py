@@ -1,0 +1,1 @@
+"""What a Keras model costs: parameters, nonzeros, MACs, latency, peak memory, weights-file size."""

@@ -1,0 +1,412 @@
+"""Structured pruning for Keras 3: remove whole filters, neurons, recurrent hidden units and attention
+heads, returning a physically smaller model.
+
+The model is traced (:mod:`prunekit.keras.structured.graph`), the channels to remove are chosen per
+:class:`ChannelGroup` (producers coupled by Add/Multiply are pruned together; the heads of a
+MultiHeadAttention are a group of their own), then the model is rebuilt from its config with fewer
+``filters``/``units``/``output_dim``/``num_heads`` and the kept weights are copied: producers lose
+output channels (an LSTM/GRU/SimpleRNN hidden unit ``j``, in both directions of a Bidirectional,
+takes its column ``g*units + j`` of every gate ``g`` in ``kernel``, ``recurrent_kernel`` and ``bias``,
+and its row of ``recurrent_kernel``);
+Dense/Conv/SeparableConv/DepthwiseConv/BatchNormalization/RNN and the attention's query/key/value
+projections lose the matching inputs (through Flatten, Concatenate and global pooling). Layer names,
+classes and the output shape stay the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import keras
+import numpy as np
+
+from prunekit.errors import ConfigError, LayerNotFoundError
+from prunekit.keras.structured.graph import DEPTHWISE, PRODUCERS, RECURRENT, ChannelGraph, Node, trace
+
+L = keras.layers
+REMOVABLE = {
+    "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, LSTM/GRU/SimpleRNN (or Bidirectional) or "
+    "MultiHeadAttention; "
+    "single call, channels_last, groups=1",
+    "head": "keras.layers.MultiHeadAttention itself (not a subclass or GroupQueryAttention), called once on traced "
+    "query and value tensors, without return_attention_scores, with a one-dimensional output_shape",
+}
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels removed together: one producer's, or those of producers coupled by a merge.
+
+    ``filters[producer]`` is ``(size, fan_in)``: row ``k`` is that producer's filter (kernel slice)
+    for the group's channel ``k``; ``channels[producer][k]`` is its output index. Only removable
+    channels are listed; ``locked`` counts the others and ``locked_reason`` says why. A group of
+    ``kind`` ``"heads"`` holds one MultiHeadAttention's heads: channel ``k`` is head ``k`` and its row
+    joins that head's query, key, value and output-projection kernel slices.
+    """
+
+    producers: tuple[str, ...]
+    channels: Mapping[str, np.ndarray]
+    filters: Mapping[str, np.ndarray]
+    roots: np.ndarray
+    locked: int = 0
+    locked_reason: str | None = None
+    kind: str = "channels"
+
+    @property
+    def size(self) -> int:
+        """Number of removable channels."""
+        return len(self.roots)
+
+    def norms(self, order: int = 1) -> np.ndarray:
+        """Sum over the producers of each channel's filter L1 (``order=1``) or L2 norm."""
+        total = np.zeros(self.size)
+        for rows in self.filters.values():
+            total += np.abs(rows).sum(axis=1) if order == 1 else np.sqrt((rows.astype(np.float64) ** 2).sum(axis=1))
+        return total
+
+
+Importance = Union[str, Callable[[ChannelGroup], np.ndarray]]
+
+
+def _kernel_rows(layer: Any) -> np.ndarray:
+    """The producer's filters as ``(out_channels, fan_in)``: for a recurrent layer, each hidden unit's
+    ``kernel`` and ``recurrent_kernel`` columns of every gate; for an Embedding, each column of its table."""
+    if isinstance(layer, RECURRENT):
+        kernel, recurrent = (np.asarray(w.numpy()) for w in (layer.cell.kernel, layer.cell.recurrent_kernel))
+        fan = np.concatenate([kernel, recurrent])
+        gates = fan.shape[1] // layer.cell.units
+        return fan.reshape(len(fan), gates, layer.cell.units).transpose(2, 1, 0).reshape(layer.cell.units, -1)
+    if isinstance(layer, L.Bidirectional):
+        rows = [_kernel_rows(layer.forward_layer), _kernel_rows(layer.backward_layer)]
+        return np.concatenate(rows, axis=1)
+    if isinstance(layer, L.Embedding):
+        return np.asarray(layer.embeddings.numpy()).T
+    if isinstance(layer, L.MultiHeadAttention):
+        kernel = layer.output_dense.kernel
+    else:
+        kernel = layer.pointwise_kernel if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)) else layer.kernel
+    values = np.asarray(kernel.numpy())
+    return values.reshape(-1, values.shape[-1]).T
+
+
+def _head_rows(layer: Any) -> np.ndarray:
+    """Each head's query, key, value and output kernel slices joined, as ``(num_heads, fan)``."""
+    projections = (layer.query_dense, layer.key_dense, layer.value_dense)
+    kernels = [np.moveaxis(dense.kernel.numpy(), -2, 0) for dense in projections] + [layer.output_dense.kernel.numpy()]
+    rows = [kernel.reshape(layer.num_heads, -1) for kernel in kernels]
+    return np.concatenate(rows, axis=1)
+
+
+def _head_groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
+    return [
+        ChannelGroup(
+            (name,), {name: np.arange(len(atoms))}, {name: _head_rows(model.get_layer(name))}, graph.roots(atoms), kind="heads"
+        )
+        for name, atoms in graph.heads.items()
+    ]
+
+
+def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
+    by_producer: dict[str, np.ndarray] = {}
+    for node in graph.producer_nodes():
+        by_producer[node.layer.name] = graph.roots(graph.maps[node.output])
+    # producers sharing a root are coupled; join them (small union over producers)
+    owner: dict[int, str] = {}
+    link: dict[str, str] = {name: name for name in by_producer}
+
+    def top(name: str) -> str:
+        while link[name] != name:
+            name = link[name]
+        return name
+
+    for name, roots in by_producer.items():
+        for root in roots:
+            other = owner.setdefault(int(root), name)
+            if top(other) != top(name):
+                link[top(name)] = top(other)
+    members: dict[str, list[str]] = {}
+    for name in by_producer:
+        members.setdefault(top(name), []).append(name)
+    groups = []
+    for names in members.values():
+        roots = list(dict.fromkeys(int(r) for name in names for r in by_producer[name]))
+        free = [r for r in roots if graph.locked(r) is None]
+        reasons = [graph.locked(r) for r in roots if graph.locked(r) is not None]
+        channels, filters = {}, {}
+        for name in names:
+            rows = _kernel_rows(model.get_layer(name))
+            position: dict[int, int] = {}  # a root's first output index (a Bidirectional concat repeats each unit)
+            for index, root in enumerate(by_producer[name]):
+                position.setdefault(int(root), index)
+            index = np.array([position.get(r, -1) for r in free], dtype=np.int64)
+            channels[name] = index
+            filters[name] = np.where((index >= 0)[:, None], rows[np.maximum(index, 0)], 0.0) if len(free) else rows[:0]
+        groups.append(
+            ChannelGroup(
+                tuple(names),
+                channels,
+                filters,
+                np.array(free, dtype=np.int64),
+                len(roots) - len(free),
+                reasons[0] if reasons else None,
+            )
+        )
+    return groups + _head_groups(model, graph)
+
+
+def channel_groups(model: Any) -> list[ChannelGroup]:
+    """The model's channel groups, with their removable channels and filters (for custom importance).
+
+    Example::
+
+        for group in channel_groups(model):
+            print(group.producers, group.size, group.locked_reason)
+    """
+    return _groups(model, trace(model))
+
+
+def _scores(group: ChannelGroup, importance: Importance) -> np.ndarray:
+    if importance == "l1":
+        return group.norms(1)
+    if importance == "l2":
+        return group.norms(2)
+    if not callable(importance):
+        raise ConfigError(f"importance should be 'l1', 'l2' or a callable (group) -> scores, got {importance!r}")
+    scores = np.asarray(importance(group), dtype=np.float64)
+    if scores.shape != (group.size,):
+        raise ConfigError(
+            f"importance returned scores of shape {scores.shape} for group {group.producers}; "
+            f"expected ({group.size},), one per removable channel"
+        )
+    if np.isnan(scores).any():
+        raise ConfigError(f"importance returned NaN scores for group {group.producers}")
+    return scores
+
+
+def prune_channels(
+    model: Any,
+    sparsity: float = 0.5,
+    importance: Importance = "l1",
+    layers: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> keras.Model:
+    """Remove the fraction ``sparsity`` of the lowest-importance filters/neurons of each channel group,
+    and of the heads of each MultiHeadAttention (at least one head stays).
+
+    ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
+    norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
+    ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
+    ``exclude`` keeps some whole. Channels reaching a model output stay, so the output shape does not
+    change. Returns a new, smaller model; ``model`` is not changed.
+
+    Example::
+
+        small = prune_channels(model, sparsity=0.5, importance="l2", exclude=["conv1"])
+        small.count_params() < model.count_params()  # True
+    """
+    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity should be a fraction of channels in [0, 1), got {sparsity!r}")
+    graph = trace(model)
+    groups = _groups(model, graph)
+    producers = list(dict.fromkeys(name for group in groups for name in group.producers))
+    chosen = _select(producers, layers, exclude, model.name)
+    removal: dict[str, list[int]] = {}
+    heads: dict[str, list[int]] = {}
+    for group in groups:
+        if group.size == 0 or not any(name in chosen for name in group.producers):
+            continue
+        blocked = [name for name in group.producers if name not in chosen]
+        if blocked:
+            continue  # a coupled producer is excluded, so the whole group stays
+        count = min(round(sparsity * (group.size + group.locked)), group.size)
+        count = min(count, group.size + group.locked - 1)
+        if count <= 0:
+            continue
+        order = np.argsort(_scores(group, importance), kind="stable")[:count]
+        target = heads if group.kind == "heads" else removal
+        lead = group.producers[0]
+        target[lead] = sorted(int(i) for i in group.channels[lead][order] if i >= 0)
+        for name in group.producers[1:]:
+            extra = [int(i) for i in group.channels[name][order] if i >= 0]
+            if extra:
+                target.setdefault(name, []).extend(extra)
+    return _rebuild(model, graph, removal, heads)
+
+
+def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequence[str], model_name: str) -> set[str]:
+    for patterns, what in ((layers or (), "layers"), (exclude, "exclude")):
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in producers):
+                raise LayerNotFoundError(
+                    f"{what} pattern {pattern!r} matches no prunable layer of {model_name!r}; "
+                    f"filters/neurons/heads can be removed from {producers}"
+                )
+    include = [layers] if isinstance(layers, str) else layers
+    exclude = [exclude] if isinstance(exclude, str) else exclude
+    return {
+        name
+        for name in producers
+        if (include is None or any(fnmatch.fnmatchcase(name, p) for p in include))
+        and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+    }
+
+
+def remove_channels(
+    model: Any, channels: Mapping[str, Sequence[int]] | None = None, heads: Mapping[str, Sequence[int]] | None = None
+) -> keras.Model:
+    """Remove the given output channels (``{producer name: [indices]}``) and attention heads
+    (``{MultiHeadAttention name: [head indices]}``) and everything reading them.
+
+    Channels coupled to another producer (through Add, Multiply, ...) are removed from it too.
+    Raises for a channel that cannot be removed (it reaches a model output, or a layer prunekit
+    does not rewrite) and says why.
+
+    Example::
+
+        small = remove_channels(model, {"conv1": [0, 5], "fc1": list(range(64))})
+        small = remove_channels(transformer, {"ffn_in": [3, 9]}, heads={"attention": [1, 2]})
+    """
+    return _rebuild(model, trace(model), channels or {}, heads or {})
+
+
+def _pruned_roots(
+    graph: ChannelGraph, targets: Mapping[str, np.ndarray], removal: Mapping[str, Sequence[int]], what: str
+) -> set[int]:
+    """The atom classes ``removal`` (``{layer: [indices]}``) removes from ``targets`` (``{layer: atoms}``)."""
+    pruned: set[int] = set()
+    for name, indices in removal.items():
+        atoms = targets[name]
+        for index in indices:
+            if not (isinstance(index, (int, np.integer)) and 0 <= index < len(atoms)):
+                raise ConfigError(f"{what} index {index!r} is out of range for layer {name!r} with {len(atoms)} {what}s")
+            root = graph.find(int(atoms[index]))
+            reason = graph.locked(root)
+            if reason is not None:
+                raise ConfigError(f"{what} {index} of layer {name!r} cannot be removed: {reason}")
+            pruned.add(root)
+    for name, atoms in targets.items():
+        if all(graph.find(int(a)) in pruned for a in atoms):
+            raise ConfigError(f"removing every {what} of layer {name!r} would leave it empty; keep at least one")
+    return pruned
+
+
+def _check_names(model: Any, removal: Mapping[str, Sequence[int]], targets: Mapping[str, Any], what: str) -> None:
+    for name in removal:
+        if name not in targets:
+            known = [layer.name for layer in model.layers]
+            raise LayerNotFoundError(
+                f"{name!r} is not a layer whose {what}s can be removed ({REMOVABLE[what]}); the model's layers are {known}"
+            )
+
+
+def _rebuild(
+    model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[int]], heads: Mapping[str, Sequence[int]]
+) -> keras.Model:
+    producer_outputs = {node.layer.name: node.output for node in graph.producer_nodes()}
+    producer_maps = {name: graph.maps[output] for name, output in producer_outputs.items()}
+    _check_names(model, channels, producer_maps, "channel")
+    _check_names(model, heads, graph.heads, "head")
+    pruned = list(_pruned_roots(graph, producer_maps, channels, "channel"))
+    pruned += _pruned_roots(graph, graph.heads, heads, "head")
+    keep = {tid: ~np.isin(graph.roots(atoms), pruned) for tid, atoms in graph.maps.items()}
+    head_keep = {name: ~np.isin(graph.roots(atoms), pruned) for name, atoms in graph.heads.items()}
+    new_size = {name: int(keep[output].sum()) for name, output in producer_outputs.items()}
+    attention = graph.attention_nodes()
+    config = copy.deepcopy(model.get_config())
+    for entry in config["layers"]:
+        entry.pop("build_config", None)
+        name = entry["config"].get("name")
+        if name in attention:
+            query_width = int(keep[attention[name].arguments["query"]].sum())
+            _resize_attention(entry["config"], new_size[name], int(head_keep[name].sum()), query_width)
+        elif entry["class_name"] == "Bidirectional" and name in new_size:
+            concat = entry["config"]["merge_mode"] == "concat"
+            _resize_bidirectional(entry["config"], new_size[name] // (2 if concat else 1))
+        elif name in new_size:
+            key = next(key for key in ("units", "filters", "output_dim") if key in entry["config"])
+            entry["config"][key] = new_size[name]
+    rebuilt = type(model).from_config(config)
+    for node in graph.nodes:
+        if node.layer is None or not getattr(node.layer, "weights", None):
+            continue
+        old = node.layer
+        new = rebuilt.get_layer(old.name)
+        if old.name in attention:
+            new.set_weights(_attention_weights(old, node, keep, np.flatnonzero(head_keep[old.name])))
+            continue
+        in_keep = np.flatnonzero(keep[node.inputs[0]]) if node.inputs and node.inputs[0] in keep else None
+        out_keep = np.flatnonzero(keep[node.output]) if old.name in producer_maps else None
+        new.set_weights(_sliced_weights(old, in_keep, out_keep))
+    if getattr(model, "compiled", False):
+        rebuilt.compile_from_config(model.get_compile_config())
+    return rebuilt
+
+
+def _resize_attention(config: dict, width: int, num_heads: int, query_width: int) -> None:
+    """Set ``num_heads``, and ``output_shape`` unless the output still defaults to the query's width."""
+    config["num_heads"] = num_heads
+    if config["output_shape"] is not None or width != query_width:
+        config["output_shape"] = width
+
+
+def _attention_weights(layer: Any, node: Node, keep: Mapping[str, np.ndarray], heads: np.ndarray) -> list[np.ndarray]:
+    """The kept heads' slices of the query/key/value kernels (rows: kept input channels) and of the
+    output projection (columns: kept output channels), in the layer's weight order."""
+    value = node.arguments["value"]
+    inputs = {"query": node.arguments["query"], "value": value, "key": node.arguments.get("key") or value}
+    weights = []
+    for role, dense in (("query", layer.query_dense), ("key", layer.key_dense), ("value", layer.value_dense)):
+        kernel, *bias = (np.asarray(w.numpy()) for w in dense.weights)
+        weights += [kernel[np.flatnonzero(keep[inputs[role]])][:, heads], *(b[heads] for b in bias)]
+    kernel, *bias = (np.asarray(w.numpy()) for w in layer.output_dense.weights)
+    out_keep = np.flatnonzero(keep[node.output])
+    return weights + [kernel[heads][..., out_keep], *(b[out_keep] for b in bias)]
+
+
+def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray | None) -> list[np.ndarray]:
+    weights = [np.asarray(w.numpy()) for w in layer.weights]
+    if in_keep is None and out_keep is None:
+        return weights
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        depthwise, pointwise, *bias = weights
+        multiplier = depthwise.shape[-1]
+        rows = (in_keep[:, None] * multiplier + np.arange(multiplier)).ravel()
+        return [depthwise[..., in_keep, :], pointwise[..., rows, :][..., out_keep], *(b[out_keep] for b in bias)]
+    if isinstance(layer, PRODUCERS):
+        kernel, *bias = weights
+        return [kernel[..., in_keep, :][..., out_keep], *(b[out_keep] for b in bias)]
+    if isinstance(layer, RECURRENT):
+        return _recurrent_weights(weights, in_keep, out_keep)
+    if isinstance(layer, L.Bidirectional):
+        split = len(layer.forward_layer.weights)
+        units = out_keep[out_keep < layer.forward_layer.units]  # a unit's two concat positions agree
+        return _recurrent_weights(weights[:split], in_keep, units) + _recurrent_weights(weights[split:], in_keep, units)
+    if isinstance(layer, L.Embedding):
+        return [weights[0][:, out_keep]]
+    if isinstance(layer, DEPTHWISE):
+        kernel, *bias = weights
+        multiplier = kernel.shape[-1]
+        return [kernel[..., in_keep, :], *(b.reshape(-1, multiplier)[in_keep].ravel() for b in bias)]
+    if isinstance(layer, L.BatchNormalization):
+        return [w[in_keep] for w in weights]
+    return weights  # any other layer sees only locked (unchanged) channels
+
+
+def _resize_bidirectional(config: dict, units: int) -> None:
+    """Set ``units`` of the wrapped forward and backward layers, built again on the smaller input."""
+    for key in ("layer", "backward_layer"):
+        config[key].pop("build_config", None)
+        config[key]["config"]["units"] = units
+
+
+def _recurrent_weights(weights: list[np.ndarray], in_keep: np.ndarray, out_keep: np.ndarray) -> list[np.ndarray]:
+    """``kernel`` (rows: kept inputs), ``recurrent_kernel`` (rows: kept units) and ``bias`` (any leading
+    axis, as GRU's ``reset_after`` ``(2, 3*units)``), each keeping the kept units' columns of every gate."""
+    kernel, recurrent, *bias = weights
+    units = recurrent.shape[0]
+    columns = (np.arange(kernel.shape[1] // units)[:, None] * units + out_keep).ravel()
+    return [kernel[in_keep][:, columns], recurrent[out_keep][:, columns], *(b[..., columns] for b in bias)]

@@ -1,0 +1,1 @@
+"""Choosing the trade-off on Keras models: sensitivity analysis and budget allocation."""

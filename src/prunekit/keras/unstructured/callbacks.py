@@ -1,0 +1,161 @@
+"""TF MOT's two callbacks: ``UpdatePruningStep`` (required while training) and ``PruningSummaries``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from prunekit.core.atomic import atomic_write_text
+from prunekit.errors import ConfigError
+from prunekit.keras.unstructured.state import LayerPruning, prunings
+
+
+def _pruning_states(model: Any, who: str) -> list[LayerPruning]:
+    if model is None:
+        raise ConfigError(f"{who} has no model; Keras sets it in fit(), in a custom loop call callback.set_model(model)")
+    states = prunings(model)
+    if not states:
+        raise ConfigError(
+            f"{who}: model {model.name!r} has no pruned layers; prune it first with "
+            "prunekit.keras.prune_low_magnitude(model, pruning_schedule=...)"
+        )
+    return states
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Advance the pruning step before every training batch and update masks on schedule (TF MOT's).
+
+    Required while training a pruned model: an optimizer step without it raises. In a custom
+    loop, call it as TF MOT documents::
+
+        step = UpdatePruningStep()
+        step.set_model(model)
+        step.on_train_begin()
+        for x, y in dataset:
+            step.on_train_batch_begin(batch=-1)
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        step.on_train_end()
+
+    Example::
+
+        model.fit(x, y, epochs=4, callbacks=[UpdatePruningStep()])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._states: list[LayerPruning] = []
+        self._counters: dict[int, list[Any]] = {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._states = _pruning_states(self.model, "UpdatePruningStep")
+        steps_per_execution = getattr(self.model, "steps_per_execution", 1) or 1
+        if steps_per_execution > 1:
+            raise ConfigError(
+                f"model {self.model.name!r} was compiled with steps_per_execution={steps_per_execution}; "
+                "pruning needs a callback before every optimizer step, so compile it with steps_per_execution=1"
+            )
+        self._counters = {}
+        for state in self._states:
+            state.attach()
+            state.apply_masks()
+            self._counters.setdefault(id(state.step), [state.step, int(state.step.numpy())])
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if not self._counters:
+            self.on_train_begin()
+        for counter in self._counters.values():
+            counter[1] += 1
+            counter[0].assign(counter[1])
+        for state in self._states:
+            state.update_masks(self._counters[id(state.step)][1])
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._counters = {}
+
+    @property
+    def step(self) -> int:
+        """The pruning step of the last batch started (-1 before the first)."""
+        if self._counters:
+            return max(value for _, value in self._counters.values())
+        states = prunings(self.model) if self.model is not None else []
+        return max((int(state.step.numpy()) for state in states), default=-1)
+
+
+def _scalar_metadata() -> bytes:
+    from tensorflow.core.framework import summary_pb2
+
+    plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    return summary_pb2.SummaryMetadata(plugin_data=plugin).SerializeToString()
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Log per-weight sparsity and each layer's target sparsity (TF MOT's ``PruningSummaries``).
+
+    Every ``update_freq`` (``"epoch"`` or a number of batches) it appends a record to
+    :attr:`records`, rewrites ``log_dir/pruning_summaries.jsonl``, and writes TensorBoard scalars
+    ``<weight path>/sparsity`` and ``<layer>/target_sparsity`` at the pruning step (event files
+    are written by TensorFlow itself; install ``tensorboard`` to view them).
+
+    Example::
+
+        model.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries(log_dir="logs")])
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch", tensorboard: bool = True):
+        super().__init__()
+        if update_freq != "epoch" and not (
+            isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq >= 1
+        ):
+            raise ConfigError(f"update_freq should be 'epoch' or a number of batches >= 1, got {update_freq!r}")
+        self.log_dir = Path(log_dir)
+        self.update_freq = update_freq
+        self.tensorboard = tensorboard
+        self.records: list[dict[str, Any]] = []
+        self._writer: Any = None
+        self._batches = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        _pruning_states(self.model, "PruningSummaries")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.tensorboard and self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches += 1
+        if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
+            self._log(epoch=None)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.update_freq == "epoch":
+            self._log(epoch=epoch)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _log(self, epoch: int | None) -> None:
+        states = prunings(self.model)
+        step = max(int(state.step.numpy()) for state in states)
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "sparsity": {}, "target_sparsity": {}}
+        for state in states:
+            for path, mask in state.mask_arrays().items():
+                record["sparsity"][path] = float(1.0 - mask.mean())
+            record["target_sparsity"][state.layer_name] = float(state.spec.schedule.sparsity_at(max(step, 0)))
+        self.records.append(record)
+        lines = "".join(json.dumps(item) + "\n" for item in self.records)
+        atomic_write_text(self.log_dir / "pruning_summaries.jsonl", lines)
+        if self._writer is not None:
+            metadata = _scalar_metadata()
+            with self._writer.as_default():
+                for path, value in record["sparsity"].items():
+                    tf.summary.write(f"{path}/sparsity", tf.constant(value, tf.float32), step=step, metadata=metadata)
+                for name, value in record["target_sparsity"].items():
+                    tf.summary.write(f"{name}/target_sparsity", tf.constant(value, tf.float32), step=step, metadata=metadata)
+            self._writer.flush()

@@ -1,0 +1,189 @@
+"""``prune_low_magnitude`` and ``strip_pruning`` for Keras 3, with TF MOT's names and no wrapper layers.
+
+The pruned model has the same layers, names and weights as the original: the masks and the
+pruning step live in a small state object on each pruned layer (see :mod:`prunekit.keras.unstructured.state`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from prunekit.errors import ConfigError
+from prunekit.keras.unstructured.layers import iter_layers, prunable_weights, select_layers
+from prunekit.keras.unstructured.state import (
+    LayerPruning,
+    PruningSpec,
+    distribution_scope,
+    get_pruning,
+    new_step_variable,
+    prunings,
+    set_pruning,
+)
+from prunekit.schedules import ConstantSparsity, PruningSchedule
+
+
+def _is_functional(model: Any) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional) and type(model).__init__ is Functional.__init__
+
+
+def _check_keras3(obj: Any, what: str) -> None:
+    if not isinstance(obj, keras.layers.Layer):
+        hint = ""
+        if type(obj).__module__.startswith(("tf_keras", "tensorflow.python.keras", "keras.engine")):
+            hint = " It looks like a legacy tf-keras (Keras 2) object; rebuild it with Keras 3 (`import keras`)."
+        raise ConfigError(f"{what} should be a Keras 3 model or layer, got {type(obj).__name__}.{hint}")
+
+
+def prune_low_magnitude(
+    to_prune: Any,
+    pruning_schedule: PruningSchedule | None = None,
+    block_size: tuple[int, int] = (1, 1),
+    block_pooling_type: str = "AVG",
+    pruning_policy: Any = None,
+    sparsity_m_by_n: tuple[int, int] | None = None,
+    *,
+    exclude: Sequence[str] = (),
+    inplace: bool = False,
+) -> Any:
+    """Mark a model's (or layers') weights for magnitude pruning on ``pruning_schedule``, as TF MOT does.
+
+    ``to_prune`` is a Sequential or Functional model, a layer, or a list of layers (the
+    layer-wise form, also for the layers of subclassed models). A model is cloned (same layer
+    names and weights) unless ``inplace=True``; layers are marked in place and returned. Then
+    compile and fit with ``callbacks=[UpdatePruningStep()]``; :func:`strip_pruning` gives the
+    plain model back.
+
+    Args:
+        pruning_schedule: when and how much to prune; default ``ConstantSparsity(0.5, 0)``.
+        block_size: prune whole blocks of 2-D (Dense) kernels, ranked by ``block_pooling_type``
+            (``"AVG"`` or ``"MAX"`` of ``|w|``).
+        pruning_policy: TF MOT's latency policies are not supported; must be ``None``.
+        sparsity_m_by_n: ``(m, n)``: ``m`` zeros in every ``n`` consecutive weights along the input
+            channels (``(2, 4)`` for sparse tensor cores); the schedule then only times the pruning.
+        exclude: layer-name globs to leave dense (e.g. ``["conv1", "head_*"]``).
+        inplace: prune the given model object instead of a clone.
+
+    Example::
+
+        pruned = prune_low_magnitude(model, pruning_schedule=PolynomialDecay(0.0, 0.9, 0, 1000))
+        pruned.compile("adam", "sparse_categorical_crossentropy")
+        pruned.fit(x, y, epochs=5, callbacks=[UpdatePruningStep()])
+    """
+    if pruning_policy is not None:
+        raise ConfigError(
+            "pruning_policy (TF MOT's PruneForLatencyOnXNNPack) is not supported by prunekit; pass None "
+            "and choose the layers with exclude=[...]"
+        )
+    spec = PruningSpec(
+        schedule=pruning_schedule if pruning_schedule is not None else ConstantSparsity(0.5, begin_step=0),
+        block_size=block_size,
+        block_pooling_type=block_pooling_type,
+        sparsity_m_by_n=sparsity_m_by_n,
+    )
+    if isinstance(to_prune, (list, tuple)):
+        if not to_prune:
+            raise ConfigError("prune_low_magnitude got an empty list of layers")
+        return [_prune_layer(layer, spec) for layer in to_prune]
+    _check_keras3(to_prune, "prune_low_magnitude's first argument")
+    if not isinstance(to_prune, keras.Model):
+        return _prune_layer(to_prune, spec)
+    if not (isinstance(to_prune, keras.Sequential) or _is_functional(to_prune)):
+        raise ConfigError(
+            f"model {to_prune.name!r} is a subclassed {type(to_prune).__name__}; prune its layers instead, "
+            "e.g. in __init__: self.fc = prune_low_magnitude(keras.layers.Dense(64), pruning_schedule=...)"
+        )
+    with distribution_scope(to_prune.weights, f"model {to_prune.name!r}"):  # the clone trains where the model did
+        return _prune_model(to_prune, spec, exclude, inplace)
+
+
+def _prune_model(to_prune: keras.Model, spec: PruningSpec, exclude: Sequence[str], inplace: bool) -> keras.Model:
+    model = to_prune if inplace else _clone(to_prune)
+    selected = select_layers(model, exclude)
+    already = [layer.name for layer in selected if get_pruning(layer) is not None]
+    if already:
+        raise ConfigError(f"layers {already} are already pruned; strip_pruning(model) first to start over")
+    step = new_step_variable()
+    for layer in selected:
+        pruning = LayerPruning(layer, spec, step)
+        pruning.attach()
+        set_pruning(layer, pruning)
+    model.train_function = None  # a train step traced before pruning would not apply the masks
+    return model
+
+
+def _prune_layer(layer: Any, spec: PruningSpec) -> Any:
+    _check_keras3(layer, "each layer to prune")
+    if isinstance(layer, keras.Model):
+        raise ConfigError(f"{layer.name!r} is a model; pass it alone, not in a list of layers")
+    if get_pruning(layer) is not None:
+        raise ConfigError(f"layer {layer.name!r} is already pruned")
+    if layer.built:
+        prunable_weights(layer)  # raises for unsupported layers now, not at training time
+    elif not hasattr(layer, "get_prunable_weights"):
+        from prunekit.keras.unstructured.layers import prunable_weight_names, unsupported_layer_error
+
+        if prunable_weight_names(layer) is None:
+            raise unsupported_layer_error(layer)
+    with distribution_scope(layer.weights, f"layer {layer.name!r}"):
+        pruning = LayerPruning(layer, spec, new_step_variable())
+    if layer.built:
+        pruning.attach()
+    set_pruning(layer, pruning)
+    return layer
+
+
+def _clone(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def strip_pruning(model: Any) -> Any:
+    """A plain Keras model: same classes and layer names, pruned weights exactly zero, no pruning state.
+
+    Sequential and Functional models are cloned (the pruning model is left as it was); a
+    subclassed model, or a single layer, is stripped in place and returned.
+
+    Example::
+
+        final = strip_pruning(pruned)
+        final.save("final.keras")  # loads anywhere, no custom objects needed
+    """
+    _check_keras3(model, "strip_pruning's argument")
+    states = prunings(model)
+    for state in states:
+        if state.attached:
+            state.apply_masks()
+    if isinstance(model, keras.Model) and (isinstance(model, keras.Sequential) or _is_functional(model)):
+        return _clone(model)
+    for state in states:
+        state.detach()
+        set_pruning(state.target_layer(), None)
+    if isinstance(model, keras.Model):
+        model.train_function = None
+    return model
+
+
+def get_masks(model: Any) -> dict[str, np.ndarray]:
+    """Weight path -> boolean keep-mask, for every pruned weight in ``model``.
+
+    Example::
+
+        masks = get_masks(pruned)
+        masks["digits_cnn/fc1/kernel"].mean()  # fraction of weights kept
+    """
+    result: dict[str, np.ndarray] = {}
+    for state in prunings(model):
+        result.update(state.mask_arrays())
+    return result
+
+
+def pruned_layers(model: Any) -> list[str]:
+    """Names of the layers of ``model`` that carry a pruning state."""
+    return [layer.name for layer in iter_layers(model) if get_pruning(layer) is not None]

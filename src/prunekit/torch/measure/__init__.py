@@ -1,0 +1,1 @@
+"""What a model costs: parameters, nonzeros, MACs, latency, peak memory, serialized size."""

@@ -1,0 +1,611 @@
+"""Quantization-aware training (QAT) and its sparsity-preserving variant (PQAT), exported to int8 QDQ ONNX.
+
+During training every targeted layer (``Linear``, ``Conv1d/2d/3d``) computes with
+
+* weights fake-quantized to int8, symmetric, per output channel (``scale = max|w| / 127``);
+* its input and its output fake-quantized to uint8, affine, per tensor, with ranges observed
+  as an exponential moving average of the batch min/max while the model is in training mode;
+
+and gradients pass straight through the rounding (zero outside the clipped activation range).
+:meth:`QuantizationAwareTraining.export_onnx` writes the same arithmetic as an ONNX QDQ graph:
+int8 weight initializers with per-channel ``DequantizeLinear``, and ``QuantizeLinear`` /
+``DequantizeLinear`` pairs carrying the learned activation ranges, which ONNX Runtime fuses into
+its int8 kernels (``QLinearConv``, ``QGemm``). The export is checked against the fake-quant PyTorch
+model (SQNR) before it is moved into place.
+
+**PQAT** takes masks (a :class:`~prunekit.torch.Pruner`, a dict of boolean masks, or the exact
+zeros already in a pruned model's weights) and keeps them through training: the fake-quantized
+weight is ``quantize(w * mask)`` and a kept weight never rounds to 0 (it becomes +-1 step), so the
+int8 file has exactly the mask's zeros; the export raises :class:`~prunekit.errors.ExportError` if
+it would not. N:M masks (2:4) survive the same way.
+
+Why not torchao: its QAT flow (``torchao.quantization.qat``) fake-quantizes ``nn.Linear`` and
+``nn.Embedding`` only (no convolutions) and converts to torchao tensor subclasses for PyTorch
+inference rather than to an ONNX Runtime graph; the arithmetic above is the few lines it needs.
+
+The model is not wrapped: its class and ``state_dict`` keys are unchanged (ranges and masks live
+in the controller). While the controller is attached, each targeted layer carries a forward
+pre-hook and a forward hook; :meth:`~QuantizationAwareTraining.close` removes them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.artifacts.ort import feed, input_specs, quiet_exporters, session
+from prunekit.core.atomic import atomic_paths
+from prunekit.errors import ConfigError, ExportError
+from prunekit.torch.training import _length, _model_device, _progress, evaluate
+from prunekit.torch.unstructured.pruner import Pruner
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Layer types QAT fake-quantizes: weight of shape ``(out_channels, ...)`` read as ``self.weight`` in forward."""
+
+WEIGHT_QMAX = 127
+ACT_QMIN, ACT_QMAX = 0, 255
+DEFAULT_SQNR_FLOOR_DB = 25.0
+
+
+def _act_qparams(low: float, high: float) -> tuple[float, int]:
+    """uint8 affine scale and zero point of a range (widened to include 0), as float32 like ONNX stores it."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = float(np.float32(max((high - low) / (ACT_QMAX - ACT_QMIN), 1e-8)))
+    zero_point = int(min(max(round(-low / scale), ACT_QMIN), ACT_QMAX))
+    return scale, zero_point
+
+
+def _fake_quant_activation(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``(clamp(round(x / s) + z, 0, 255) - z) * s`` with a straight-through gradient inside the range."""
+    scaled = torch.round(x / scale) + zero_point
+    quantized = (scaled.clamp(ACT_QMIN, ACT_QMAX) - zero_point) * scale
+    inside = ((scaled >= ACT_QMIN) & (scaled <= ACT_QMAX)).to(x.dtype)
+    return x * inside + (quantized - x * inside).detach()
+
+
+def weight_codes(weight: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes (as a float tensor) and per-channel scales of ``weight`` (symmetric, axis 0).
+
+    With a ``mask`` (True = kept), pruned weights get code 0 and kept weights never do (a kept
+    weight that would round to 0 gets +-1), so the codes' zeros are exactly the mask's.
+
+    Example::
+
+        codes, scales = weight_codes(layer.weight)   # codes in [-127, 127], scales of shape (out,)
+    """
+    w = weight.detach().float()
+    if mask is not None:
+        w = w * mask
+    channels = w.shape[0]
+    scales = (w.abs().reshape(channels, -1).amax(dim=1) / WEIGHT_QMAX).clamp_min(1e-12)
+    view = (channels,) + (1,) * (w.dim() - 1)
+    codes = torch.round(w / scales.view(view)).clamp(-WEIGHT_QMAX, WEIGHT_QMAX)
+    if mask is not None:
+        away_from_zero = torch.where(w >= 0, torch.ones_like(codes), -torch.ones_like(codes))
+        codes = torch.where(mask & (codes == 0), away_from_zero, codes) * mask
+    return codes, scales
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The module's own ``weight`` parameter (not the per-call fake-quant shadow)."""
+    weight = module._parameters["weight"]
+    assert weight is not None
+    return weight
+
+
+def _fake_quant_weight(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    codes, scales = weight_codes(weight, mask)
+    effective = weight * mask if mask is not None else weight
+    dequantized = (codes * scales.view((-1,) + (1,) * (weight.dim() - 1))).to(weight.dtype)
+    return effective + (dequantized - effective).detach()
+
+
+@dataclass
+class _Range:
+    """An observed activation range (EMA of batch min/max once initialised)."""
+
+    low: float = 0.0
+    high: float = 0.0
+    seen: bool = False
+
+    def observe(self, x: torch.Tensor, momentum: float) -> None:
+        low, high = float(x.detach().min()), float(x.detach().max())
+        if not self.seen:
+            self.low, self.high, self.seen = low, high, True
+        else:
+            self.low += momentum * (low - self.low)
+            self.high += momentum * (high - self.high)
+
+    def qparams(self) -> tuple[float, int]:
+        return _act_qparams(self.low, self.high)
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    mask: torch.Tensor | None
+    input_range: _Range = field(default_factory=_Range)
+    output_range: _Range = field(default_factory=_Range)
+
+
+@dataclass(frozen=True)
+class QatExport:
+    """An int8 QDQ ONNX file from QAT: its path, the SQNR of ONNX Runtime's output against the fake-quant
+    PyTorch model, the int8 zeros per weight, and the layers left in float (name -> reason).
+
+    Example::
+
+        result = controller.export_onnx(x[:8], "model.int8.onnx")
+        result.sqnr_db, result.zeros["fc1.weight"]
+    """
+
+    path: Path
+    sqnr_db: float
+    zeros: dict[str, int]
+    float_layers: dict[str, str]
+
+
+def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``other`` against ``reference``, in dB (inf when equal).
+
+    Example::
+
+        sqnr_db(np.array([1.0, 2.0]), np.array([1.0, 2.1]))   # 26.99
+    """
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    noise = float(((reference - other) ** 2).sum())
+    signal = float((reference**2).sum())
+    return math.inf if noise == 0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+def _masks_from(masks: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Masks by parameter name from a Pruner, a dict, or ``"zeros"`` (the exact zeros of the weights)."""
+    if isinstance(masks, Pruner):
+        if masks.stripped:
+            raise ConfigError("the pruner was stripped and holds no masks; pass masks='zeros' to keep the model's zeros")
+        return dict(masks.masks)
+    if isinstance(masks, str):
+        if masks != "zeros":
+            raise ConfigError(f"masks should be a Pruner, a dict of boolean masks or 'zeros', got {masks!r}")
+        found = {}
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, QUANTIZABLE) and isinstance(weight, torch.Tensor) and bool((weight == 0).any()):
+                found[f"{name}.weight"] = weight.detach() != 0
+        return found
+    if isinstance(masks, Mapping):
+        params = dict(model.named_parameters())
+        result = {}
+        for name, mask in masks.items():
+            if name not in params:
+                raise ConfigError(f"mask {name!r} names no parameter of {type(model).__name__}")
+            mask = torch.as_tensor(mask).bool()
+            if mask.shape != params[name].shape:
+                raise ConfigError(f"mask {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(params[name].shape)}")
+            result[name] = mask
+        return result
+    raise ConfigError(f"masks should be a Pruner, a dict of boolean masks or 'zeros', got {type(masks).__name__}")
+
+
+class QuantizationAwareTraining:
+    """Fake-quantizes a model's Linear/Conv layers for training, and exports the result as int8 QDQ ONNX.
+
+    Args:
+        model: the model, modified in place only by training (no wrappers; hooks until :meth:`close`).
+        targets: module-name globs to quantize (default: every ``Linear``/``Conv1d/2d/3d``).
+        exclude: module-name globs left in float.
+        masks: for PQAT, a :class:`Pruner`, ``{param name: bool mask}`` or ``"zeros"``; kept exactly.
+        quantize_outputs: fake-quantize each layer's output too (lets ONNX Runtime fuse int8 kernels).
+        momentum: EMA factor of the observed activation ranges.
+
+    Layers with weights that cannot be fake-quantized (e.g. ``ConvTranspose2d``, ``Embedding``)
+    stay in float and are listed in :attr:`float_layers` with the reason.
+
+    Example::
+
+        controller = QuantizationAwareTraining(model)
+        fit(model, loader, epochs=2)                  # any loop trains the fake-quant model
+        controller.export_onnx(x[:8], "model.int8.onnx")
+        model = controller.close()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        targets: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        masks: Any = None,
+        quantize_outputs: bool = True,
+        momentum: float = 0.1,
+    ):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model should be a torch.nn.Module, got {type(model).__name__}")
+        if not 0 < momentum <= 1:
+            raise ConfigError(f"momentum should be in (0, 1], got {momentum!r}")
+        if isinstance(targets, str) or isinstance(exclude, str):
+            raise ConfigError("targets and exclude take lists of module-name globs, e.g. ['features.*']")
+        self.model = model
+        self.momentum = float(momentum)
+        self.quantize_outputs = bool(quantize_outputs)
+        self.masks = _masks_from(masks, model) if masks is not None else {}
+        self.float_layers: dict[str, str] = {}
+        self.layers: dict[str, _Layer] = {}
+        matched: set[str] = set()
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if not name or not isinstance(weight, nn.Parameter):
+                continue
+            chosen = targets is None or any(fnmatch.fnmatchcase(name, g) for g in targets)
+            matched.update(g for g in targets or () if fnmatch.fnmatchcase(name, g))
+            if not chosen or any(fnmatch.fnmatchcase(name, g) for g in exclude):
+                continue
+            if not isinstance(module, QUANTIZABLE):
+                if weight.dim() >= 2:
+                    self.float_layers[name] = f"{type(module).__name__} cannot be fake-quantized; left in float"
+                continue
+            mask = self.masks.get(f"{name}.weight")
+            self.layers[name] = _Layer(name, module, mask.to(weight.device) if mask is not None else None)
+        unmatched = sorted(set(targets or ()) - matched)
+        if unmatched:
+            raise ConfigError(f"target glob(s) {unmatched} match no layer of {type(model).__name__}")
+        stray = sorted(set(self.masks) - {f"{n}.weight" for n in self.layers})
+        if stray:
+            raise ConfigError(f"mask(s) {stray[:5]} belong to no quantized layer; they could not be kept through QAT")
+        if not self.layers:
+            raise ConfigError(f"{type(model).__name__} has no Linear/Conv layer to quantize (targets={targets!r})")
+        self.history: list[dict[str, float]] = []
+        self._handles: list[Any] = []
+        self._attach()
+
+    # ------------------------------------------------------------------ hooks
+    def _attach(self) -> None:
+        for layer in self.layers.values():
+            self._handles.append(layer.module.register_forward_pre_hook(self._pre_hook(layer)))
+            self._handles.append(layer.module.register_forward_hook(self._post_hook(layer)))
+
+    def _observing(self, layer: _Layer, which: _Range) -> bool:
+        return layer.module.training or not which.seen
+
+    def _pre_hook(self, layer: _Layer) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x = args[0]
+            if self._observing(layer, layer.input_range):
+                layer.input_range.observe(x, self.momentum)
+            x = _fake_quant_activation(x, *layer.input_range.qparams())
+            # shadow the parameter for this call only: state_dict and parameters() still see it
+            module.__dict__["weight"] = _fake_quant_weight(_weight(module), layer.mask)
+            return (x, *args[1:])
+
+        return hook
+
+    def _post_hook(self, layer: _Layer) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            module.__dict__.pop("weight", None)
+            if not self.quantize_outputs:
+                return output
+            if self._observing(layer, layer.output_range):
+                layer.output_range.observe(output, self.momentum)
+            return _fake_quant_activation(output, *layer.output_range.qparams())
+
+        return hook
+
+    @property
+    def attached(self) -> bool:
+        """Whether the fake-quant hooks are on the model."""
+        return bool(self._handles)
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero the pruned float weights (PQAT; call after each optimizer step, as :func:`qat` does)."""
+        for layer in self.layers.values():
+            if layer.mask is not None:
+                _weight(layer.module).mul_(layer.mask)
+
+    def close(self) -> nn.Module:
+        """Remove the hooks (apply the masks first) and return the plain float model."""
+        self.apply_masks()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for layer in self.layers.values():
+            layer.module.__dict__.pop("weight", None)
+        return self.model
+
+    # ------------------------------------------------------------------ export
+    def export_onnx(
+        self,
+        example_input: torch.Tensor,
+        path: str | Path,
+        *,
+        sqnr_floor_db: float = DEFAULT_SQNR_FLOOR_DB,
+    ) -> QatExport:
+        """Write the fake-quant model as int8 QDQ ONNX (atomically), checked against PyTorch.
+
+        ONNX Runtime's output on ``example_input`` must reach ``sqnr_floor_db`` against the
+        fake-quant model's, and with masks the int8 weights must have exactly the masks' zeros;
+        otherwise :class:`~prunekit.errors.ExportError` and nothing is written.
+
+        Example::
+
+            result = controller.export_onnx(torch.as_tensor(x_val[:64]), "model.int8.onnx")
+            result.sqnr_db  # 41.3
+        """
+        if not self.attached:
+            raise ConfigError("this QAT controller was closed; export before close()")
+        if not isinstance(example_input, torch.Tensor):
+            example_input = torch.as_tensor(np.asarray(example_input))
+        if example_input.dim() == 0 or len(example_input) == 0:
+            raise ConfigError("example_input should be a batch of inputs (first dimension = batch size)")
+        missing = [n for n, layer in self.layers.items() if not layer.input_range.seen]
+        if missing:
+            raise ConfigError(f"layer(s) {missing[:5]} never ran, so they have no activation range; train or calibrate first")
+        device = _model_device(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                reference = _first(self.model(example_input.to(device))).cpu().numpy()
+            self.apply_masks()
+            proto = self._export_float(example_input.to(device))
+        finally:
+            self.model.train(was_training)
+        zeros = self._insert_qdq(proto)
+        target = Path(path)
+        with atomic_paths(target) as (tmp,):
+            import onnx
+
+            onnx.save(proto, str(tmp))
+            try:
+                sess = session(tmp)
+                got = sess.run(None, feed(input_specs(sess), (example_input.cpu().numpy(),), "example input"))[0]
+            except Exception as exc:  # onnxruntime raises untyped errors
+                raise ExportError(f"ONNX Runtime could not run the int8 QDQ model of {type(self.model).__name__}: {exc}") from exc
+            quality = sqnr_db(reference, got)
+            if quality < sqnr_floor_db:
+                raise ExportError(
+                    f"the int8 ONNX output differs from the fake-quant PyTorch model: SQNR {quality:.1f} dB < "
+                    f"{sqnr_floor_db} dB; a layer is exported with other semantics than it trained with"
+                )
+        return QatExport(target, quality, zeros, dict(self.float_layers))
+
+    def _export_float(self, example: torch.Tensor) -> Any:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+        try:
+            trace = torch.cat([example, example]) if len(example) < 2 else example
+            with quiet_exporters():
+                program = torch.onnx.export(
+                    self.model,
+                    (trace,),
+                    None,
+                    input_names=["input"],
+                    output_names=None,
+                    dynamo=True,
+                    optimize=False,  # keep parameter names and one node per layer (no BN folding)
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                    verbose=False,
+                )
+        except Exception as exc:
+            raise ExportError(f"exporting {type(self.model).__name__} to ONNX failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._attach()
+        if program is None:
+            raise ExportError(f"torch.onnx.export returned no program for {type(self.model).__name__}")
+        return program.model_proto
+
+    def _insert_qdq(self, proto: Any) -> dict[str, int]:
+        from onnx import helper, numpy_helper
+
+        graph = proto.graph
+        initializers = {init.name: init for init in graph.initializer}
+        consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        producers = {out: node for node in graph.node for out in node.output}
+        new_nodes: dict[int, list[Any]] = {}  # insert after node index (-1: at the start)
+        index = {id(node): i for i, node in enumerate(graph.node)}
+        zeros: dict[str, int] = {}
+
+        def qdq(tensor: str, scale: float, zero_point: int, tag: str, after: int) -> str:
+            out = f"{tag}_dequantized"
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.array(scale, np.float32), f"{tag}_scale"),
+                    numpy_helper.from_array(np.array(zero_point, np.uint8), f"{tag}_zero_point"),
+                ]
+            )
+            new_nodes.setdefault(after, []).extend(
+                [
+                    helper.make_node("QuantizeLinear", [tensor, f"{tag}_scale", f"{tag}_zero_point"], [f"{tag}_quantized"]),
+                    helper.make_node("DequantizeLinear", [f"{tag}_quantized", f"{tag}_scale", f"{tag}_zero_point"], [out]),
+                ]
+            )
+            return out
+
+        for name, layer in self.layers.items():
+            weight_name = f"{name}.weight"
+            if weight_name not in initializers:
+                self.float_layers[name] = "not found in the exported graph; left in float"
+                continue
+            compute, weight_input = _compute_node(weight_name, consumers)
+            if compute is None:
+                self.float_layers[name] = "its weight feeds no Conv/Gemm/MatMul in the exported graph; left in float"
+                continue
+            codes, scales = weight_codes(_weight(layer.module).cpu(), layer.mask.cpu() if layer.mask is not None else None)
+            int8 = codes.numpy().astype(np.int8)
+            if layer.mask is not None:
+                wrong = int(((int8 == 0) != (~layer.mask.cpu()).numpy()).sum())
+                if wrong:
+                    raise ExportError(f"the int8 weight of {name!r} has {wrong} zero(s) that differ from its pruning mask")
+            zeros[weight_name] = int((int8 == 0).sum())
+            init = initializers[weight_name]
+            graph.initializer.remove(init)
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(int8, f"{weight_name}_quantized"),
+                    numpy_helper.from_array(scales.numpy().astype(np.float32), f"{weight_name}_scale"),
+                    numpy_helper.from_array(np.zeros(len(scales), np.int8), f"{weight_name}_zero_point"),
+                ]
+            )
+            new_nodes.setdefault(-1, []).append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{weight_name}_quantized", f"{weight_name}_scale", f"{weight_name}_zero_point"],
+                    [weight_name],
+                    axis=0,
+                )
+            )
+            activation = next(i for i, value in enumerate(compute.input) if value and value != weight_input)
+            producer = producers.get(compute.input[activation])
+            after = index[id(producer)] if producer is not None else -1
+            compute.input[activation] = qdq(compute.input[activation], *layer.input_range.qparams(), f"{name}.input", after)
+            if self.quantize_outputs:
+                output_node = _output_node(compute, f"{name}.bias", consumers)
+                original = output_node.output[0]
+                raw = f"{name}.output_float"
+                output_node.output[0] = raw
+                dequantized = qdq(raw, *layer.output_range.qparams(), f"{name}.output", index[id(output_node)])
+                rename = helper.make_node("Identity", [dequantized], [original])
+                new_nodes.setdefault(index[id(output_node)], []).append(rename)  # consumers keep the old name
+        ordered = list(new_nodes.get(-1, []))
+        for i, node in enumerate(graph.node):
+            ordered.append(node)
+            ordered.extend(new_nodes.get(i, []))
+        del graph.node[:]
+        graph.node.extend(ordered)
+        return zeros
+
+
+def _first(out: Any) -> torch.Tensor:
+    if isinstance(out, Mapping):
+        out = next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"the model should return a tensor (or a tuple/dict of them), got {type(out).__name__}")
+    return out.detach().float()
+
+
+def _compute_node(weight: str, consumers: Mapping[str, list[Any]]) -> tuple[Any, str]:
+    """The Conv/Gemm/MatMul that ``weight`` feeds (through Transposes), and the name it arrives under."""
+    name = weight
+    for _ in range(4):
+        users = consumers.get(name, [])
+        if len(users) != 1:
+            return None, name
+        node = users[0]
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            return node, name
+        if node.op_type not in ("Transpose", "Identity"):
+            return None, name
+        name = node.output[0]
+    return None, name
+
+
+def _output_node(compute: Any, bias: str, consumers: Mapping[str, list[Any]]) -> Any:
+    """The node whose output is the layer's: the compute node, or the Add of the bias after a MatMul."""
+    if compute.op_type == "MatMul":
+        users = consumers.get(compute.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Add" and bias in users[0].input:
+            return users[0]
+    return compute
+
+
+def qat(
+    model: nn.Module,
+    train_loader: Iterable,
+    *,
+    epochs: int,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    masks: Any = None,
+    targets: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    quantize_outputs: bool = True,
+    loss_fn: Any = None,
+    val_loader: Iterable | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> QuantizationAwareTraining:
+    """Fine-tune ``model`` with fake-quantized weights and activations; returns the attached controller.
+
+    With ``masks`` (a Pruner, a dict, or ``"zeros"``) this is PQAT: the masked weights stay
+    exactly zero, in float and in int8 (see :func:`pqat`). Export with
+    ``controller.export_onnx(x, path)``, then ``controller.close()``. ``controller.history``
+    holds one record per epoch.
+
+    Example::
+
+        controller = qat(model, loader, epochs=2, lr=1e-4)
+        controller.export_onnx(torch.as_tensor(x_val[:64]), "model.int8.onnx")
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"epochs should be an integer >= 0, got {epochs!r}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    model.to(device)
+    controller = QuantizationAwareTraining(
+        model, targets=targets, exclude=exclude, masks=masks, quantize_outputs=quantize_outputs
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    handle = optimizer.register_step_post_hook(lambda *_: controller.apply_masks())
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    history: list[dict[str, float]] = []
+    try:
+        with _progress(progress, "quantization-aware training", epochs * (_length(train_loader) or 0) or None) as advance:
+            for epoch in range(epochs):
+                model.train()
+                started, total, batches = time.perf_counter(), 0.0, 0
+                for inputs, labels in train_loader:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(inputs.to(device)), labels.to(device))
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach())
+                    batches += 1
+                    advance()
+                record = {"epoch": epoch + 1, "loss": total / max(batches, 1), "seconds": time.perf_counter() - started}
+                if val_loader is not None:
+                    record["val_accuracy"] = evaluate(model, val_loader, device)
+                history.append(record)
+    finally:
+        handle.remove()
+    controller.history = history
+    return controller
+
+
+def pqat(
+    model: nn.Module,
+    train_loader: Iterable,
+    *,
+    epochs: int,
+    masks: Any = "zeros",
+    **options: Any,
+) -> QuantizationAwareTraining:
+    """Sparsity-preserving QAT: :func:`qat` with the pruning masks enforced (default: the model's exact zeros).
+
+    A model without masks (no zero weights, or a pruner that pruned nothing) is an error:
+    prune first, or use :func:`qat`.
+
+    Example::
+
+        pruner = Pruner(model, NM(2, 4), pattern=NM(2, 4)); pruner.prune()
+        controller = pqat(model, loader, epochs=2, masks=pruner)
+        controller.export_onnx(x[:64], "model.int8.onnx").zeros   # exactly the 2:4 zeros
+    """
+    found = _masks_from(masks, model)
+    if not found or all(bool(m.all()) for m in found.values()):
+        raise ConfigError(f"PQAT found no pruning masks in {type(model).__name__} (no pruned weights); prune first, or use qat")
+    return qat(model, train_loader, epochs=epochs, masks=found, **options)

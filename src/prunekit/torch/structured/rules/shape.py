@@ -1,0 +1,438 @@
+"""How channel labels flow through data movement: reshapes, permutes, expands, indexing,
+concatenation and splitting.
+
+Each rule reads an :class:`OpRecord`, unifies the atoms its semantics tie together, and sets
+the labels of its outputs. A rule that meets a case it cannot express exactly calls
+``st.unsupported_op`` (all channels it touches are kept) rather than guessing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prunekit.torch.structured.labels import (
+    FIXED,
+    Labels,
+    LabelState,
+    SplitRecord,
+    arg,
+    as_int_list,
+    is_tensor,
+    normalise_dim,
+    tensor_refs,
+    zeros_like_shape,
+)
+from prunekit.torch.structured.rules.pointwise import POINTWISE_RULES, Rule, broadcast_unify, first_tensor, outputs_of, pass_param
+from prunekit.torch.structured.tracing import OpRecord
+
+
+def _has_labels(lab: np.ndarray) -> bool:
+    return bool((lab != FIXED).any())
+
+
+# -- reshapes -----------------------------------------------------------------------------
+
+
+def reshape_labels(
+    st: LabelState, labels: Labels, in_shape: tuple[int, ...], out_shape: tuple[int, ...], prefer: int | None = None
+) -> Labels:
+    """Carry labels through a reshape, splitting/merging dimensions by matching sizes.
+
+    A merged dimension repeats the channel of its labelled factor (``flatten`` of ``C×H×W``
+    gives each channel ``H·W`` positions). A split that cannot keep positions apart (``H·D`` into
+    heads ``(H, D)``) unifies each block into one channel along the preferred output dimension:
+    the one the code wrote as ``-1``, else the largest.
+    """
+    ins = [d for d, s in enumerate(in_shape) if s != 1]
+    outs = [d for d, s in enumerate(out_shape) if s != 1]
+    for d, size in enumerate(in_shape):
+        if size == 1:
+            st.fix(labels[d])
+    result = zeros_like_shape(out_shape)
+    if 0 in in_shape:
+        return result
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        seg_in, seg_out = [ins[i]], [outs[j]]
+        p_in, p_out = in_shape[ins[i]], out_shape[outs[j]]
+        i, j = i + 1, j + 1
+        while p_in != p_out:
+            if p_in < p_out:
+                seg_in.append(ins[i])
+                p_in *= in_shape[ins[i]]
+                i += 1
+            else:
+                seg_out.append(outs[j])
+                p_out *= out_shape[outs[j]]
+                j += 1
+        _reshape_segment(st, labels, in_shape, out_shape, seg_in, seg_out, result, prefer)
+    return result
+
+
+def _reshape_segment(
+    st: LabelState,
+    labels: Labels,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    seg_in: list[int],
+    seg_out: list[int],
+    result: Labels,
+    prefer: int | None,
+) -> None:
+    labelled = [d for d in seg_in if _has_labels(labels[d])]
+    if not labelled:
+        return
+    keep = max(labelled, key=lambda d: len(np.unique(labels[d])))
+    for d in labelled:
+        if d != keep:
+            st.fix(labels[d])
+    sizes = [in_shape[d] for d in seg_in]
+    view = [1] * len(seg_in)
+    view[seg_in.index(keep)] = in_shape[keep]
+    flat = np.broadcast_to(labels[keep].reshape(view), sizes).reshape(-1)
+    if len(seg_out) == 1:
+        result[seg_out[0]] = flat.copy()
+        return
+    grid = flat.reshape([out_shape[d] for d in seg_out])
+    for t in range(len(seg_out)):
+        rows = np.moveaxis(grid, t, 0).reshape(grid.shape[t], -1)
+        if (rows == rows[:, :1]).all():
+            result[seg_out[t]] = rows[:, 0].copy()
+            return
+    if prefer is not None and prefer in seg_out:
+        t = seg_out.index(prefer)
+    else:
+        t = max(range(len(seg_out)), key=lambda k: (out_shape[seg_out[k]], -k))
+    rows = np.moveaxis(grid, t, 0).reshape(grid.shape[t], -1)
+    result[seg_out[t]] = st.coarsen(rows)
+
+
+def _minus_one_dim(op: OpRecord, out_ndim: int) -> int | None:
+    sizes = [a for a in op.args[1:] if not is_tensor(a)]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    if "shape" in op.kwargs:
+        sizes = list(op.kwargs["shape"])
+    if op.name == "unflatten":
+        dim = normalise_dim(int(arg(op, 1, "dim")), out_ndim)
+        inner = list(arg(op, 2, "sizes", ()))
+        return dim + inner.index(-1) if -1 in inner else None
+    if len(sizes) == out_ndim and sizes.count(-1) == 1:
+        return sizes.index(-1)
+    return None
+
+
+def reshape(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    out_shape = st.shape(out)
+    prefer = _minus_one_dim(op, len(out_shape)) if op.name in ("view", "reshape", "unflatten") else None
+    st.set(out, reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer))
+    pass_param(st, x, out)
+
+
+def permute(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels = st.get(x)
+    ndim = len(labels)
+    order = list(range(ndim))
+    name = op.name
+    if name == "permute":
+        dims = op.args[1:] if len(op.args) > 1 else (op.kwargs.get("dims"),)
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list, type(None))):
+            dims = dims[0] or ()
+        order = [normalise_dim(int(d), ndim) for d in dims]
+    elif name == "transpose":
+        a = normalise_dim(int(arg(op, 1, "dim0")), ndim)
+        b = normalise_dim(int(arg(op, 2, "dim1")), ndim)
+        order[a], order[b] = order[b], order[a]
+    elif name in ("t", "mT", "mH") and ndim >= 2:
+        order[-1], order[-2] = order[-2], order[-1]
+    elif name in ("T", "H"):
+        order = order[::-1]
+    elif name == "movedim":
+        src = [normalise_dim(d, ndim) for d in as_int_list(arg(op, 1, "source"))]
+        dst = [normalise_dim(d, ndim) for d in as_int_list(arg(op, 2, "destination"))]
+        rest = [d for d in range(ndim) if d not in src]
+        order = [0] * ndim
+        placed = dict(zip(dst, src))
+        it = iter(rest)
+        order = [placed[k] if k in placed else next(it) for k in range(ndim)]
+    st.set(out, [labels[d] for d in order])
+    pass_param(st, x, out)
+
+
+def expand(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels, shape, out_shape = st.get(x), st.shape(x), st.shape(out)
+    offset = len(out_shape) - len(shape)
+    result = zeros_like_shape(out_shape)
+    for d, size in enumerate(shape):
+        if size == out_shape[d + offset]:
+            result[d + offset] = labels[d]
+    st.set(out, result)
+
+
+def repeat(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels, shape, out_shape = st.get(x), st.shape(x), st.shape(out)
+    offset = len(out_shape) - len(shape)
+    result = zeros_like_shape(out_shape)
+    for d, size in enumerate(shape):
+        times = out_shape[d + offset] // max(size, 1)
+        result[d + offset] = np.tile(labels[d], times)
+    st.set(out, result)
+
+
+def repeat_interleave(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    repeats, dim = arg(op, 1, "repeats"), arg(op, 2, "dim")
+    if is_tensor(repeats) or dim is None:
+        st.unsupported_op(op, "repeat_interleave with tensor repeats or without dim")
+        return
+    labels = list(st.get(x))
+    dim = normalise_dim(int(dim), len(labels))
+    labels[dim] = np.repeat(labels[dim], int(repeats))
+    st.set(out, labels)
+
+
+def flip(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels = list(st.get(x))
+    dims = {"fliplr": [1], "flipud": [0]}.get(op.name) or as_int_list(arg(op, 1, "dims"))
+    for d in dims:
+        d = normalise_dim(d, len(labels))
+        labels[d] = labels[d][::-1].copy()
+    st.set(out, labels)
+
+
+def roll(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels = st.get(x)
+    dims = arg(op, 2, "dims")
+    for d in range(len(labels)) if dims is None else as_int_list(dims):
+        st.fix(labels[normalise_dim(d, len(labels))])
+    st.set(out, labels)
+
+
+# -- indexing -----------------------------------------------------------------------------
+
+
+def _is_full(index: slice, size: int) -> bool:
+    start, stop, step = index.indices(size)
+    return start == 0 and stop == size and step == 1
+
+
+def getitem(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels, shape = st.get(x), st.shape(x)
+    index = op.args[1] if len(op.args) > 1 else ()
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(is_tensor(i) or isinstance(i, (list, bool)) for i in items):
+        for lab in labels:
+            st.fix(lab)
+        st.set(out, zeros_like_shape(st.shape(out)))
+        return
+    explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items = items[:at] + [slice(None)] * (len(shape) - explicit) + items[at + 1 :]
+    else:
+        items += [slice(None)] * (len(shape) - explicit)
+    result: Labels = []
+    d = 0
+    for item in items:
+        if item is None:
+            result.append(np.zeros(1, np.int64))
+        elif isinstance(item, int):
+            st.fix(labels[d])
+            d += 1
+        elif isinstance(item, slice):
+            if d >= len(shape):
+                break
+            if not _is_full(item, shape[d]):
+                st.fix(labels[d])
+            result.append(labels[d][item])
+            d += 1
+    if [len(lab) for lab in result] != list(st.shape(out)):
+        st.unsupported_op(op, "could not follow this indexing")
+        return
+    st.set(out, result)
+    if all(isinstance(i, slice) and _is_full(i, shape[k]) for k, i in enumerate(items[: len(shape)])):
+        pass_param(st, x, out)
+
+
+def setitem(st: LabelState, op: OpRecord) -> None:
+    x, out = op.args[0], outputs_of(op)[0]
+    labels, shape = st.get(x), st.shape(x)
+    index = op.args[1]
+    value = op.args[2] if len(op.args) > 2 else None
+    items = list(index) if isinstance(index, tuple) else [index]
+    full = all(isinstance(i, slice) and k < len(shape) and _is_full(i, shape[k]) for k, i in enumerate(items)) or items == [
+        Ellipsis
+    ]
+    if full and is_tensor(value):
+        broadcast_unify(st, [x, value], shape)
+    else:
+        for lab in labels:
+            st.fix(lab)
+        if is_tensor(value):
+            st.fix_value(value)
+    st.set(out, labels)
+
+
+def narrow(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels, shape = list(st.get(x)), st.shape(x)
+    dim = normalise_dim(int(arg(op, 1, "dim")), len(shape))
+    start, length = arg(op, 2, "start"), arg(op, 3, "length")
+    if is_tensor(start):
+        st.unsupported_op(op, "narrow with a tensor start")
+        return
+    start = normalise_dim(int(start), shape[dim])
+    if not (start == 0 and length == shape[dim]):
+        st.fix(labels[dim])
+    labels[dim] = labels[dim][start : start + int(length)]
+    st.set(out, labels)
+
+
+def select(st: LabelState, op: OpRecord) -> None:
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels = list(st.get(x))
+    dim = normalise_dim(int(arg(op, 1, "dim")), len(labels))
+    st.fix(labels[dim])
+    del labels[dim]
+    st.set(out, labels)
+
+
+def index_along(st: LabelState, op: OpRecord) -> None:
+    """``index_select``/``gather``: the indexed dimension keeps its channels; others pass."""
+    x = first_tensor(op)
+    labels = st.get(x)
+    dim = arg(op, 1, "dim")
+    if op.name == "take_along_dim":
+        dim = arg(op, 2, "dim")
+    if dim is None:
+        st.unsupported_op(op, "indexing without a dimension")
+        return
+    dim = normalise_dim(int(dim), len(labels))
+    st.fix(labels[dim])
+    for ref in tensor_refs((op.args[1:], op.kwargs)):
+        st.fix_value(ref)
+    for out in outputs_of(op):
+        out_shape = st.shape(out)
+        result = zeros_like_shape(out_shape)
+        for d, lab in enumerate(labels):
+            if d != dim and d < len(out_shape) and len(lab) == out_shape[d]:
+                result[d] = lab
+            elif d != dim:
+                st.fix(lab)
+        st.set(out, result)
+
+
+# -- concatenation and splitting ----------------------------------------------------------
+
+
+def cat(st: LabelState, op: OpRecord) -> None:
+    tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
+    out = outputs_of(op)[0]
+    out_shape = st.shape(out)
+    dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(out_shape))
+    tensors = [t for t in tensors if st.shape(t) != (0,)]
+    pieces: list[np.ndarray] = []
+    result: Labels = [None] * len(out_shape)
+    for t in tensors:
+        labels = st.get(t)
+        pieces.append(labels[dim])
+        for d, lab in enumerate(labels):
+            if d == dim:
+                continue
+            if result[d] is None:
+                result[d] = lab
+            else:
+                st.unify(result[d], lab)
+    result[dim] = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    st.set(out, [lab if lab is not None else np.zeros(out_shape[d], np.int64) for d, lab in enumerate(result)])
+
+
+def stack(st: LabelState, op: OpRecord) -> None:
+    tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
+    out = outputs_of(op)[0]
+    dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(st.shape(out)))
+    base = broadcast_unify(st, tensors, st.shape(tensors[0]))
+    st.set(out, base[:dim] + [np.zeros(len(tensors), np.int64)] + base[dim:])
+
+
+def split(st: LabelState, op: OpRecord) -> None:
+    """``split``/``chunk``/``tensor_split``: equal sections lose the same channels, so they are
+    unified across sections; unequal sections keep the split dimension whole."""
+    x = first_tensor(op)
+    labels, shape = st.get(x), st.shape(x)
+    outs = outputs_of(op)
+    dim_index = 1 if op.name == "unbind" else 2
+    dim = normalise_dim(int(arg(op, dim_index, "dim", 0)), len(shape))
+    if op.name == "unbind":
+        st.fix(labels[dim])
+        for out in outs:
+            st.set(out, labels[:dim] + labels[dim + 1 :])
+        return
+    sizes = [st.shape(o)[dim] for o in outs]
+    equal = len(set(sizes)) == 1 and sizes[0] * len(sizes) == shape[dim]
+    if equal and len(outs) > 1:
+        sections = labels[dim].reshape(len(outs), sizes[0])
+        st.unify(sections[1:], np.repeat(sections[:1], len(outs) - 1, axis=0))
+        if op.name in ("split", "split_with_sizes") and _has_labels(labels[dim]):
+            st.splits.append(SplitRecord(op.index, op.module, sections[0].copy(), sizes[0]))
+    elif len(outs) > 1:
+        st.fix(labels[dim])
+    offset = 0
+    for out, size in zip(outs, sizes):
+        piece = list(labels)
+        piece[dim] = labels[dim][offset : offset + size]
+        offset += size
+        st.set(out, piece)
+
+
+SHAPE_RULES: dict[str, Rule] = dict(POINTWISE_RULES)
+
+
+def _register(rule: Rule, *names: str) -> None:
+    for name in names:
+        SHAPE_RULES[name] = rule
+
+
+_register(reshape, "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
+
+_register(permute, "permute", "transpose", "t", "T", "mT", "H", "mH", "movedim")
+
+_register(expand, "expand", "expand_as", "broadcast_to")
+
+_register(repeat, "repeat", "tile")
+
+_register(repeat_interleave, "repeat_interleave")
+
+_register(flip, "flip", "fliplr", "flipud")
+
+_register(roll, "roll")
+
+_register(getitem, "getitem")
+
+_register(setitem, "setitem")
+
+_register(narrow, "narrow")
+
+_register(select, "select")
+
+_register(index_along, "index_select", "gather", "take_along_dim")
+
+_register(cat, "cat")
+
+_register(stack, "stack")
+
+_register(split, "split", "split_with_sizes", "chunk", "tensor_split", "unbind")
+
+
+def all_outputs_zero(st: LabelState, op: OpRecord) -> None:
+    """Give every output the rule did not label fixed labels."""
+    for out in outputs_of(op):
+        if out.vid not in st.labels:
+            st.set(out, zeros_like_shape(st.shape(out)))

@@ -1,0 +1,152 @@
+"""Per-layer sensitivity: prune each layer alone at several ratios and measure a validation metric.
+
+The result is a layer × ratio table of scores (higher is better) next to the dense baseline:
+the data a user reads to see which layers tolerate pruning, and the input of
+:func:`~prunekit.torch.tradeoffs.allocation.allocate_ratios`. Layers are evaluated in parallel processes
+with ``workers > 1``. The table itself, :class:`~prunekit.tradeoffs.budget.SensitivityTable`, is
+framework-free and shared with :mod:`prunekit.keras.tradeoffs.sensitivity`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.core.pool import run_jobs
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.torch.unstructured.pruner import prune_unstructured
+from prunekit.torch.unstructured.selection import select_parameters
+from prunekit.tradeoffs.budget import MetricError, SensitivityTable, check_ratios, evaluate_metric
+
+Metric = Callable[[nn.Module], float]
+LayerPruner = Callable[[nn.Module, str, float], nn.Module]
+
+
+class Accuracy:
+    """A picklable metric: top-1 accuracy of a classifier on arrays ``(x, y)``, in [0, 1].
+
+    Example::
+
+        metric = Accuracy(split.x_val, split.y_val)
+        metric(model)  # 0.97
+    """
+
+    def __init__(self, x: Any, y: Any, batch_size: int = 256):
+        self.x = torch.as_tensor(np.asarray(x))
+        self.y = torch.as_tensor(np.asarray(y))
+        if len(self.x) != len(self.y) or len(self.x) == 0:
+            raise ConfigError(f"Accuracy needs as many labels as samples (and at least one), got {len(self.x)} and {len(self.y)}")
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> float:
+        was_training = model.training
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        correct = 0
+        for start in range(0, len(self.x), self.batch_size):
+            logits = model(self.x[start : start + self.batch_size].to(device))
+            correct += int((logits.argmax(dim=1).cpu() == self.y[start : start + self.batch_size]).sum())
+        model.train(was_training)
+        return correct / len(self.x)
+
+
+def prune_layer_unstructured(model: nn.Module, layer: str, ratio: float) -> nn.Module:
+    """Zero the ``ratio`` smallest-magnitude weights of one layer (``layer`` is a module name), in place.
+
+    Example::
+
+        prune_layer_unstructured(model, "fc1", 0.5)
+    """
+    if ratio == 0:
+        return model
+    return prune_unstructured(model, ratio, targets=[f"{layer}.weight"])
+
+
+class ChannelPruner:
+    """A picklable structured layer pruner: remove ``ratio`` of one layer's output channels.
+
+    Uses :func:`prunekit.torch.prune_channels` with ``layer_ratios={layer: ratio}`` (coupled
+    layers shrink with it); the model's output channels stay. Pass it as ``prune=`` to
+    :func:`analyze_sensitivity` to measure what channel removal costs per layer.
+
+    Example::
+
+        table = analyze_sensitivity(model, metric, prune=ChannelPruner(torch.zeros(1, 1, 8, 8)))
+    """
+
+    def __init__(self, example_inputs: Any):
+        self.example_inputs = example_inputs
+
+    def __call__(self, model: nn.Module, layer: str, ratio: float) -> nn.Module:
+        from prunekit.torch.structured.prune import prune_channels
+
+        if ratio == 0:
+            return model
+        return prune_channels(model, self.example_inputs, 0.0, layer_ratios={layer: ratio}).model
+
+
+def _layer_job(job: tuple[nn.Module, str, list[float], Metric, LayerPruner]) -> list[float]:
+    model, layer, ratios, metric, prune = job
+    scores = []
+    for ratio in ratios:
+        pruned = prune(copy.deepcopy(model), layer, ratio)
+        scores.append(evaluate_metric(metric, pruned, f"layer {layer!r} pruned at ratio {ratio}"))
+    return scores
+
+
+def prunable_layers(model: nn.Module) -> list[str]:
+    """Names of the modules whose weights prunekit prunes by default (Linear, Conv*, Embedding).
+
+    Example::
+
+        prunable_layers(DigitsCNN())  # ["conv1", "conv2", "fc1", "fc2"]
+    """
+    return [name.rsplit(".", 1)[0] if "." in name else "" for name in select_parameters(model, None, ())]
+
+
+def analyze_sensitivity(
+    model: nn.Module,
+    metric: Metric,
+    ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
+    *,
+    layers: Sequence[str] | None = None,
+    prune: LayerPruner = prune_layer_unstructured,
+    workers: int = 1,
+    metric_name: str = "metric",
+) -> SensitivityTable:
+    """Prune each layer alone at each ratio (on a copy) and score it with ``metric`` (higher is better).
+
+    ``metric`` is a callable ``(model) -> float`` such as :class:`Accuracy`; ``prune`` a callable
+    ``(model, layer, ratio) -> model`` (default: magnitude pruning of the layer's weight; pass a
+    structured one to measure channel removal). With ``workers > 1`` layers run in that many
+    processes, so ``metric`` and ``prune`` must be picklable. ``model`` itself is not modified.
+
+    Example::
+
+        table = analyze_sensitivity(model, Accuracy(split.x_val, split.y_val), ratios=(0.5, 0.9))
+        table.table().print()
+    """
+    ratios = check_ratios(ratios)
+    known = prunable_layers(model)
+    layers = list(known if layers is None else layers)
+    unknown = [layer for layer in layers if layer not in dict(model.named_modules())]
+    if unknown:
+        raise ConfigError(f"layers {unknown} are not modules of the model; prunable layers: {known}")
+    if not layers:
+        raise ConfigError("no layers to analyse: the model has no Linear/Conv/Embedding weights; pass layers=[...]")
+    baseline = evaluate_metric(metric, copy.deepcopy(model), "the unpruned model")
+    jobs = [(model, layer, ratios, metric, prune) for layer in layers]
+    scores: dict[str, list[float]] = {}
+    for index, result, error in run_jobs(_layer_job, jobs, workers):
+        if error is not None:
+            if isinstance(error, PrunekitError):
+                raise error
+            raise MetricError(f"sensitivity of layer {layers[index]!r} failed: {type(error).__name__}: {error}") from error
+        scores[layers[index]] = result
+    return SensitivityTable(baseline, ratios, {layer: scores[layer] for layer in layers}, metric_name)

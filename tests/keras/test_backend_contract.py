@@ -1,0 +1,41 @@
+"""The two backends implement the contract's verbs with the same names and parameters."""
+
+import inspect
+
+import pytest
+
+from prunekit.methods import Backend, list_methods, load_backend
+
+VERBS = [
+    "is_model",
+    "clone",
+    "fit",
+    "accuracy",
+    "summarize",
+    "measure",
+    "measure_latency",
+    "export",
+    "load_weights",
+    "prune_channels",
+    "analyze_sensitivity",
+]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_both_backends_have_the_verb_with_the_same_parameter_names(verb):
+    torch_backend, keras_backend = load_backend("torch"), load_backend("keras")
+    names = [list(inspect.signature(getattr(b, verb)).parameters) for b in (torch_backend, keras_backend)]
+    if verb in ("measure_latency", "analyze_sensitivity"):  # the torch twin adds options (devices, workers, prune)
+        assert names[1] == [n for n in names[0] if n in names[1]]
+    else:
+        assert names[0] == names[1]
+
+
+def test_both_backends_satisfy_the_protocol():
+    assert all(isinstance(load_backend(f), Backend) for f in ("torch", "keras"))
+
+
+def test_every_keras_training_handler_exists_in_its_backend():
+    for method in list_methods(framework="keras"):
+        if method.kind in ("unstructured", "structured"):
+            assert callable(method.handler("keras"))

@@ -1,0 +1,237 @@
+"""QAT and PQAT: hand-computed fake quantization, an int8 QDQ ONNX that ONNX Runtime runs like the fake-quant
+model, the pruned zeros kept exactly (unstructured and 2:4), and loud errors."""
+
+import functools
+import importlib
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from prunekit import ConfigError, ExportError
+from prunekit.torch import NM, DigitsCNN, Pruner, evaluate, make_loader
+from prunekit.torch.recover.qat import QuantizationAwareTraining, pqat, qat, sqnr_db, weight_codes
+from tests.torch.pruned_digits import dense_cnn, digits, pruned_cnn
+
+qat_module = importlib.import_module("prunekit.torch.recover.qat")  # the module (the package exports the function qat)
+
+
+@functools.cache
+def loaders():
+    split = digits()
+    return make_loader(split.x_train, split.y_train, batch_size=64, seed=0), make_loader(
+        split.x_test, split.y_test, shuffle=False
+    )
+
+
+def int8_weights(path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    return {
+        i.name[: -len("_quantized")]: numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.name.endswith(".weight_quantized")
+    }
+
+
+def optimized_ops(path, tmp_path) -> list[str]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_weight_codes_match_a_hand_computation():
+    weight = torch.tensor([[0.5, -1.0, 0.001, 0.3], [0.2, 0.1, -0.05, 0.0]])
+    codes, scales = weight_codes(weight)
+    assert scales.tolist() == pytest.approx([1.0 / 127, 0.2 / 127])
+    assert codes.tolist() == [[64.0, -127.0, 0.0, 38.0], [127.0, 64.0, -32.0, 0.0]]  # 63.5 -> 64, 31.75 -> 32
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    codes, scales = weight_codes(weight, mask)
+    assert scales.tolist() == pytest.approx([1.0 / 127, 0.2 / 127])
+    assert codes[0].tolist() == [64.0, -127.0, 1.0, 0.0]  # masked 0.3 -> 0; kept 0.001 never rounds to 0
+    assert codes[1].tolist() == [127.0, 64.0, -32.0, 1.0]  # a kept exact zero becomes +1 step, so zeros == mask
+
+
+def test_activation_qparams_and_fake_quant_match_a_hand_computation():
+    scale, zero_point = qat_module._act_qparams(-1.0, 3.0)
+    assert scale == pytest.approx(4.0 / 255) and zero_point == 64
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.01, 3.0, 5.0], requires_grad=True)
+    out = qat_module._fake_quant_activation(x, scale, zero_point)
+    expected = [(-64) * scale, (-64) * scale, 0.0, round(0.01 / scale) * scale, 191 * scale, 191 * scale]
+    assert out.tolist() == pytest.approx(expected, abs=1e-6)
+    out.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # straight through inside the range only
+
+
+def test_qat_keeps_class_and_state_dict_keys_and_close_leaves_a_plain_model():
+    model = dense_cnn()
+    keys = list(model.state_dict())
+    controller = QuantizationAwareTraining(model)
+    assert type(model) is DigitsCNN and list(model.state_dict()) == keys
+    assert sorted(controller.layers) == ["conv1", "conv2", "fc1", "fc2"]
+    x = torch.as_tensor(digits().x_val[:8])
+    fake = model(x)
+    assert not torch.equal(fake, dense_cnn()(x))  # the forward is fake-quantized
+    assert all(not isinstance(v, torch.Tensor) or k != "weight" for m in model.modules() for k, v in vars(m).items())
+    plain = controller.close()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in plain.modules())
+    torch.testing.assert_close(plain(x), dense_cnn()(x))
+
+
+def test_qat_int8_onnx_matches_the_fake_quant_model_and_runs_int8_kernels(tmp_path):
+    train, test = loaders()
+    model = dense_cnn()
+    controller = qat(model, train, epochs=1, lr=1e-4, progress=False)
+    x = torch.as_tensor(digits().x_test[:128])
+    with torch.no_grad():
+        model.eval()
+        fake = model(x).numpy()
+    result = controller.export_onnx(x, tmp_path / "model.int8.onnx")
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert sqnr_db(fake, got) >= 35.0
+    assert result.sqnr_db == pytest.approx(sqnr_db(fake, got))
+    assert (got.argmax(1) == fake.argmax(1)).mean() >= 0.99
+    assert set(int8_weights(result.path)) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+    ops = optimized_ops(result.path, tmp_path)
+    assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 2
+    assert evaluate(model, test) > 0.9
+    controller.close()
+
+
+def mask_zero_positions(masks: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: (~mask).numpy() for name, mask in masks.items()}
+
+
+def test_pqat_export_has_exactly_the_unstructured_masks_zeros(tmp_path):
+    train, _ = loaders()
+    model = pruned_cnn()  # 90% of each conv/linear weight exactly zero, pruner stripped
+    masks = {f"{n}.weight": (getattr(model, n).weight != 0) for n in ("conv1", "conv2", "fc1", "fc2")}
+    controller = pqat(model, train, epochs=1, lr=1e-3, progress=False)  # masks from the zeros
+    result = controller.export_onnx(torch.as_tensor(digits().x_val[:64]), tmp_path / "pqat.onnx")
+    stored = int8_weights(result.path)
+    for name, mask in masks.items():
+        assert int((stored[name] == 0).sum()) == int((~mask).sum()) == result.zeros[name], name
+        assert np.array_equal(stored[name] == 0, (~mask).numpy()), name
+        assert torch.equal(model.get_parameter(name) == 0, ~mask)  # the float weights kept them too
+
+
+def test_pqat_export_keeps_the_2_4_pattern(tmp_path):
+    train, _ = loaders()
+    model = dense_cnn()
+    pruner = Pruner(model, 0.5, pattern=NM(2, 4), exclude=["conv1"])
+    pruner.prune()
+    masks = pruner.masks
+    controller = pqat(model, train, epochs=1, lr=1e-3, masks=pruner, progress=False)
+    result = controller.export_onnx(torch.as_tensor(digits().x_val[:64]), tmp_path / "nm.onnx")
+    stored = int8_weights(result.path)
+    for name, mask in masks.items():
+        codes = stored[name]
+        assert np.array_equal(codes == 0, (~mask).numpy()), name
+        groups = (codes != 0).reshape(codes.shape[0], codes.shape[1] // 4, 4, -1)
+        assert (groups.sum(axis=2) == 2).all(), f"{name}: not 2 of every 4"
+    assert int((stored["conv1.weight"] == 0).sum()) == 0  # the unpruned layer holds no forced zeros
+
+
+def test_pqat_without_masks_is_an_error():
+    train, _ = loaders()
+    with pytest.raises(ConfigError, match="prune first, or use qat"):
+        pqat(dense_cnn(), train, epochs=1, progress=False)
+    stripped = Pruner(dense_cnn(), 0.5)
+    stripped.prune()
+    stripped.strip()
+    with pytest.raises(ConfigError, match="stripped"):
+        pqat(stripped.model, train, epochs=1, masks=stripped, progress=False)
+
+
+def test_export_whose_zeros_differ_from_the_masks_is_refused(tmp_path, monkeypatch):
+    model = pruned_cnn()
+    controller = QuantizationAwareTraining(model, masks="zeros")
+    x = torch.as_tensor(digits().x_val[:16])
+    model(x)  # observe ranges
+    real = qat_module.weight_codes
+
+    def losing_a_zero(weight, mask=None):
+        codes, scales = real(weight, mask)
+        codes = codes.clone()
+        codes.view(-1)[torch.nonzero(codes.view(-1) == 0)[0]] = 1.0
+        return codes, scales
+
+    monkeypatch.setattr(qat_module, "weight_codes", losing_a_zero)
+    with pytest.raises(ExportError, match="differ from its pruning mask"):
+        controller.export_onnx(x, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_unsupported_layers_are_named_and_left_in_float():
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.up = nn.ConvTranspose1d(4, 4, 2)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, ids):
+            return self.head(self.up(self.embed(ids).transpose(1, 2)).transpose(1, 2))
+
+    controller = QuantizationAwareTraining(Decoder())
+    assert list(controller.layers) == ["head"]
+    assert set(controller.float_layers) == {"embed", "up"}
+    assert "ConvTranspose1d" in controller.float_layers["up"]
+
+
+def test_bad_targets_and_masks_are_named():
+    with pytest.raises(ConfigError, match=r"\['blocks\.\*'\] match no layer"):
+        QuantizationAwareTraining(DigitsCNN(), targets=["blocks.*"])
+    with pytest.raises(ConfigError, match="shape"):
+        QuantizationAwareTraining(DigitsCNN(), masks={"fc2.weight": torch.ones(3, 3, dtype=torch.bool)})
+    with pytest.raises(ConfigError, match="no quantized layer"):
+        QuantizationAwareTraining(DigitsCNN(), exclude=["fc2"], masks={"fc2.weight": torch.ones(10, 128, dtype=torch.bool)})
+
+
+def test_sqnr_of_a_hand_example():
+    assert sqnr_db(np.array([1.0, 2.0]), np.array([1.0, 2.1])) == pytest.approx(10 * np.log10(5 / 0.01))
+    assert sqnr_db(np.ones(3), np.ones(3)) == float("inf")
+
+
+class _SequenceNet(nn.Module):
+    """Conv1d, a depthwise Conv2d and a Linear applied to (batch, length, features): MatMul + Add in ONNX."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.proj = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))  # (B, 8, L)
+        h = self.depthwise(h.unsqueeze(2)).squeeze(2)
+        h = torch.relu(self.proj(h.transpose(1, 2)))  # (B, L, 6): MatMul + Add
+        return self.head(h.mean(1))
+
+
+def test_qat_export_handles_conv1d_depthwise_and_matmul_linears(tmp_path):
+    torch.manual_seed(0)
+    model = _SequenceNet()
+    controller = QuantizationAwareTraining(model)
+    x = torch.randn(64, 4, 10)
+    model.train()
+    for _ in range(5):
+        model(x)  # observe ranges
+    model.eval()
+    with torch.no_grad():
+        fake = model(x).numpy()
+    result = controller.export_onnx(x, tmp_path / "seq.onnx")
+    assert result.float_layers == {}
+    assert set(int8_weights(result.path)) == {"conv.weight", "depthwise.weight", "proj.weight", "head.weight"}
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert sqnr_db(fake, got) >= 35.0
