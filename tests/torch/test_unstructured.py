@@ -253,3 +253,14 @@ def test_prune_unstructured_is_one_call_and_keeps_outputs_of_untouched_layers():
     total = sum(model.get_parameter(n).numel() for n in PRUNABLE)
     zeros = sum(int((model.get_parameter(n) == 0).sum()) for n in PRUNABLE)
     assert zeros == round(0.9 * total)
+
+
+def test_a_tied_weight_is_selected_once_under_its_parameter_name():
+    from prunekit.torch.unstructured.selection import select_parameters
+
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight  # tied, as an LM head and its embedding
+    chosen = select_parameters(model)
+    assert list(chosen) == ["0.weight"] and chosen["0.weight"] is model[0].weight
+    Pruner(model, 0.5).prune()
+    assert_zero_count(model[0].weight, 20, "tied weight")

@@ -120,6 +120,9 @@ def select_parameters(
     for name, param in chosen.items():
         if not torch.is_floating_point(param):
             raise ConfigError(f"parameter {name!r} has dtype {param.dtype}; only floating-point tensors can be pruned")
+    # a tied weight (an LM head sharing the embedding) is one tensor: keep it once, under its state_dict name
+    canonical = {id(p): name for name, p in reversed(list(params.items()))}
+    chosen = {canonical.get(id(p), name): p for name, p in chosen.items()}
     order = {name: i for i, name in enumerate(params)}
     return dict(sorted(chosen.items(), key=lambda item: order[item[0]]))
 
