@@ -30,6 +30,12 @@ def _pruning_states(model: Any, who: str) -> list[LayerPruning]:
 class UpdatePruningStep(keras.callbacks.Callback):
     """Advance the pruning step before every training batch and update masks on schedule (TF MOT's).
 
+    Step numbering is TF MOT's: a freshly pruned model is at step -1, ``on_train_begin`` moves it
+    to 0 and every training batch advances it before its forward pass, so **the first batch is
+    step 1** and ``PolynomialDecay(0.5, 0.8, 0, end_step=20, frequency=10)`` reaches 0.8 at the
+    20th batch. A restored model continues from its saved step. ``first_step=0`` numbers the
+    first batch 0 instead, as ``prunekit.torch``'s ``Pruner`` does (prunekit's own workflows use it).
+
     Required while training a pruned model: an optimizer step without it raises. In a custom
     loop, call it as TF MOT documents::
 
@@ -48,13 +54,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
         model.fit(x, y, epochs=4, callbacks=[UpdatePruningStep()])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first_step: int = 1) -> None:
         super().__init__()
+        if first_step not in (0, 1):
+            raise ConfigError(f"first_step should be 1 (TF MOT's numbering) or 0 (prunekit.torch's), got {first_step!r}")
+        self.first_step = first_step
         self._states: list[LayerPruning] = []
         self._counters: dict[int, list[Any]] = {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._states = _pruning_states(self.model, "UpdatePruningStep")
+        if self.model is None:
+            raise ConfigError(
+                "UpdatePruningStep has no model; Keras sets it in fit(), in a custom loop call callback.set_model(model)"
+            )
+        self._states = prunings(self.model)
+        if not self._states:  # TF MOT: nothing to do on a model without pruned layers
+            self._counters = {}
+            return
         steps_per_execution = getattr(self.model, "steps_per_execution", 1) or 1
         if steps_per_execution > 1:
             raise ConfigError(
@@ -65,9 +81,11 @@ class UpdatePruningStep(keras.callbacks.Callback):
         for state in self._states:
             state.attach()
             state.apply_masks()
+            if self.first_step == 1 and int(state.step.numpy()) == -1:
+                state.step.assign(0)  # TF MOT: a fresh model starts at 0, so the first batch is step 1
             self._counters.setdefault(id(state.step), [state.step, int(state.step.numpy())])
 
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+    def on_train_batch_begin(self, batch: int = -1, logs: dict | None = None) -> None:
         if not self._counters:
             self.on_train_begin()
         for counter in self._counters.values():
@@ -75,6 +93,12 @@ class UpdatePruningStep(keras.callbacks.Callback):
             counter[0].assign(counter[1])
         for state in self._states:
             state.update_masks(self._counters[id(state.step)][1])
+
+    def on_epoch_end(self, batch: int = -1, logs: dict | None = None) -> None:
+        """Zero the pruned weights again (TF MOT re-masks at every epoch end; custom loops call it with ``batch=-1``)."""
+        for state in self._states:
+            if state.attached:
+                state.apply_masks()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._counters = {}
