@@ -38,20 +38,14 @@ from prunekit.keras.unstructured.callbacks import PruningSummaries, UpdatePrunin
 from prunekit.keras.unstructured.dynamic import DynamicSparsity, prune_sparse  # noqa: E402
 from prunekit.keras.unstructured.layers import PrunableLayer  # noqa: E402
 from prunekit.keras.unstructured.pruning import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
+from prunekit.keras.unstructured.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule  # noqa: E402
 from prunekit.keras.unstructured.workflows import (  # noqa: E402
     PruningRun,
     prune_gradually,
     prune_iteratively,
     prune_one_shot,
 )
-from prunekit.schedules import (  # noqa: E402
-    ConstantSparsity,
-    IterativeSparsity,
-    PolynomialDecay,
-    PruningSchedule,
-    gradual_schedule,
-    iterative_schedule,
-)
+from prunekit.schedules import IterativeSparsity, gradual_schedule, iterative_schedule  # noqa: E402
 from prunekit.tradeoffs.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
 
 __all__ = [

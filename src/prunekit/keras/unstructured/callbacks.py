@@ -13,6 +13,7 @@ import tensorflow as tf
 from prunekit.core.atomic import atomic_write_text
 from prunekit.errors import ConfigError
 from prunekit.keras.unstructured.state import LayerPruning, prunings
+from prunekit.schedules import schedule_value
 
 
 def _pruning_states(model: Any, who: str) -> list[LayerPruning]:
@@ -171,7 +172,7 @@ class PruningSummaries(keras.callbacks.Callback):
         for state in states:
             for path, mask in state.mask_arrays().items():
                 record["sparsity"][path] = float(1.0 - mask.mean())
-            record["target_sparsity"][state.layer_name] = float(state.spec.schedule.sparsity_at(max(step, 0)))
+            record["target_sparsity"][state.layer_name] = schedule_value(state.spec.schedule, max(step, 0))[1]
         self.records.append(record)
         lines = "".join(json.dumps(item) + "\n" for item in self.records)
         atomic_write_text(self.log_dir / "pruning_summaries.jsonl", lines)

@@ -37,7 +37,7 @@ from keras.src.saving.keras_saveable import KerasSaveable
 from prunekit import masks as mask_selection
 from prunekit.errors import ConfigError, StateMismatchError
 from prunekit.keras.unstructured.layers import prunable_weights
-from prunekit.schedules import PruningSchedule, schedule_from_config
+from prunekit.schedules import PruningSchedule, schedule_from_config, schedule_value
 
 ATTRIBUTE = "_prunekit_pruning"
 STATE_FORMAT = "prunekit.keras.LayerPruning"
@@ -64,7 +64,7 @@ class PruningSpec:
         if not isinstance(self.schedule, PruningSchedule):
             raise ConfigError(
                 f"pruning_schedule should be a prunekit schedule (ConstantSparsity, PolynomialDecay, "
-                f"IterativeSparsity), got {self.schedule!r}"
+                f"IterativeSparsity, or a subclass of prunekit.keras.PruningSchedule), got {self.schedule!r}"
             )
         block = tuple(self.block_size) if isinstance(self.block_size, (list, tuple)) else self.block_size
         if not (isinstance(block, tuple) and len(block) == 2 and all(_positive_int(b) for b in block)):
@@ -247,9 +247,9 @@ class LayerPruning(KerasSaveable):
 
     def update_masks(self, step: int) -> bool:
         """At a pruning step of the schedule, recompute the masks and zero the pruned weights."""
-        if not self.spec.schedule.should_prune(step):
+        prune, sparsity = schedule_value(self.spec.schedule, step)
+        if not prune:
             return False
-        sparsity = self.spec.schedule.sparsity_at(step)
         for weight, mask, path in zip(self.weights, self.masks, self.weight_paths):
             values = np.asarray(weight.numpy())
             keep = select_mask(values, sparsity, mask.numpy(), self.spec, f"layer {self.layer_name!r} weight {path!r}")
