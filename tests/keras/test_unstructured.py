@@ -241,10 +241,11 @@ def test_subclassed_model_as_a_whole_is_refused_with_the_layer_wise_hint():
         pk.prune_low_magnitude(SubclassedNet())
 
 
-def test_unbuilt_subclassed_model_asks_to_be_built_before_training():
+def test_unbuilt_subclassed_model_is_pruned_once_fit_builds_it():
     model = compile_classifier(SubclassedNet(ConstantSparsity(0.5, 1)), eager=True)
-    with pytest.raises(ConfigError, match="not built yet"):
-        _fit(model)
+    _fit(model)  # Keras builds the layers in the first train step; the masks are attached before the second
+    assert_sparsity(model.fc1.kernel.numpy(), 0.5, "fc1")
+    assert_zero_count(model.fc2.kernel.numpy(), 0, "fc2")
 
 
 def _tape_loop(model, steps, callback, compiled=True):

@@ -37,7 +37,14 @@ from prunekit.keras.tradeoffs.sensitivity import Accuracy, analyze_sensitivity  
 from prunekit.keras.unstructured.callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
 from prunekit.keras.unstructured.dynamic import DynamicSparsity, prune_sparse  # noqa: E402
 from prunekit.keras.unstructured.layers import PrunableLayer  # noqa: E402
-from prunekit.keras.unstructured.pruning import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
+from prunekit.keras.unstructured.policy import PruneForLatencyOnXNNPack, PruningPolicy  # noqa: E402
+from prunekit.keras.unstructured.pruning import (  # noqa: E402
+    get_masks,
+    prune_low_magnitude,
+    prune_scope,
+    pruned_layers,
+    strip_pruning,
+)
 from prunekit.keras.unstructured.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule  # noqa: E402
 from prunekit.keras.unstructured.workflows import (  # noqa: E402
     PruningRun,
@@ -57,6 +64,8 @@ __all__ = [
     "IterativeSparsity",
     "PolynomialDecay",
     "PrunableLayer",
+    "PruneForLatencyOnXNNPack",
+    "PruningPolicy",
     "PruningRun",
     "PruningSchedule",
     "PruningSummaries",
@@ -85,6 +94,7 @@ __all__ = [
     "prune_iteratively",
     "prune_low_magnitude",
     "prune_one_shot",
+    "prune_scope",
     "pruned_layers",
     "remove_channels",
     "serialized_size",

@@ -61,6 +61,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
             raise ConfigError(f"first_step should be 1 (TF MOT's numbering) or 0 (prunekit.torch's), got {first_step!r}")
         self.first_step = first_step
         self._states: list[LayerPruning] = []
+        self._pending: list[LayerPruning] = []
         self._counters: dict[int, list[Any]] = {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -79,12 +80,18 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "pruning needs a callback before every optimizer step, so compile it with steps_per_execution=1"
             )
         self._counters = {}
+        self._start_steps: dict[int, int] = {}
+        self._pending = []
         for state in self._states:
-            state.attach()
-            state.apply_masks()
+            if state.target_layer().built:
+                state.attach()
+                state.apply_masks()
+            else:  # an unbuilt model (TF MOT prunes those too): Keras builds it in the first train step
+                self._pending.append(state)
             if self.first_step == 1 and int(state.step.numpy()) == -1:
                 state.step.assign(0)  # TF MOT: a fresh model starts at 0, so the first batch is step 1
             self._counters.setdefault(id(state.step), [state.step, int(state.step.numpy())])
+            self._start_steps.setdefault(id(state.step), int(state.step.numpy()))
 
     def on_train_batch_begin(self, batch: int = -1, logs: dict | None = None) -> None:
         if not self._counters:
@@ -92,8 +99,29 @@ class UpdatePruningStep(keras.callbacks.Callback):
         for counter in self._counters.values():
             counter[1] += 1
             counter[0].assign(counter[1])
+        if self._pending:
+            self._attach_built_layers()
         for state in self._states:
             state.update_masks(self._counters[id(state.step)][1])
+
+    def _attach_built_layers(self) -> None:
+        """Attach the layers Keras built in the first train step, catch up on the pruning steps they missed,
+        and retrace the train step so that it applies their masks."""
+        built = [state for state in self._pending if state.target_layer().built]
+        if not built:
+            return
+        for state in built:
+            step = self._counters[id(state.step)][1]
+            state.attach()
+            for applied in state.applied:
+                applied.assign(step - 1)
+            start = self._start_steps.get(id(state.step), step - 1)
+            missed = [s for s in range(max(start + 1, 0), step) if state.spec.schedule.should_prune(s)]
+            if missed:
+                state.update_masks(missed[-1])
+        self._pending = [state for state in self._pending if state not in built]
+        if hasattr(self.model, "make_train_function") and getattr(self.model, "train_function", None) is not None:
+            self.model.make_train_function(force=True)
 
     def on_epoch_end(self, batch: int = -1, logs: dict | None = None) -> None:
         """Zero the pruned weights again (TF MOT re-masks at every epoch end; custom loops call it with ``batch=-1``)."""

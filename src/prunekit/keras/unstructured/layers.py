@@ -8,7 +8,7 @@ excluded or say what to prune through TF MOT's protocol, a ``get_prunable_weight
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -73,6 +73,14 @@ def iter_layers(model_or_layer: Any) -> Iterator[Any]:
     yield from model_or_layer._flatten_layers(include_self=False, recursive=True)
 
 
+def is_weightless(layer: Any) -> bool:
+    """A built layer with nothing to prune: no weights of its own (Dropout, Flatten, pooling) or a
+    known dense-only layer, and no ``get_prunable_weights``. TF MOT wraps these as no-ops."""
+    if hasattr(layer, "get_prunable_weights"):
+        return False
+    return not _own_weights(layer) or prunable_weight_names(layer) == ()
+
+
 def _own_weights(layer: Any) -> list[Any]:
     children = layer._flatten_layers(include_self=False, recursive=False)
     inherited = {id(weight) for child in children for weight in child.weights}
@@ -135,11 +143,13 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def select_layers(model: Any, exclude: Sequence[str] = ()) -> dict[Any, list[Any]]:
-    """Layers to prune in ``model`` -> their prunable weights, skipping names matching ``exclude`` globs.
+def select_layers(model: Any, exclude: Sequence[str] = (), allow: Callable[[Any], bool] | None = None) -> dict[Any, list[Any]]:
+    """Layers to prune in ``model`` -> their prunable weights, skipping names matching ``exclude`` globs
+    and layers ``allow(layer)`` refuses (a pruning policy). An unbuilt layer maps to ``[]``: its
+    weights are found when it is built (a weightless one then stays a no-op, as in TF MOT).
 
     Raises for an unsupported layer with weights, an ``exclude`` pattern matching nothing, and a
-    model with nothing to prune.
+    built model with nothing to prune.
     """
     if isinstance(exclude, str):
         exclude = [exclude]
@@ -152,17 +162,18 @@ def select_layers(model: Any, exclude: Sequence[str] = ()) -> dict[Any, list[Any
     for layer in layers:
         if _matches(layer.name, exclude):
             continue
+        if allow is not None and not allow(layer):
+            continue
         if not layer.built:
-            raise ConfigError(
-                f"layer {layer.name!r} of model {model.name!r} is not built; build the model first "
-                "(keras.Input(...) in a Sequential, model.build(shape), or call it on a batch)"
-            )
+            if hasattr(layer, "get_prunable_weights") or prunable_weight_names(layer) != ():
+                selected[layer] = []
+            continue
         if not _own_weights(layer) and not hasattr(layer, "get_prunable_weights"):
             continue
         weights = prunable_weights(layer)
         if weights:
             selected[layer] = weights
-    if not selected:
+    if not selected and allow is None and all(layer.built for layer in layers):  # a policy may choose none
         raise ConfigError(
             f"model {model.name!r} has no prunable layers (Dense, Conv*, SeparableConv*, Embedding, RNN cells, "
             "or layers with get_prunable_weights()); nothing to prune"
