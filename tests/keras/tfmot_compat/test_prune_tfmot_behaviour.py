@@ -119,3 +119,10 @@ def test_a_block_that_does_not_tile_the_kernel_is_padded_like_tfmot(pooling):
     wide, edge = zero[:, :16], zero[:, 16:]  # 20 rows x 2 blocks: 16 wide and a 4-wide edge block
     assert (wide.all(axis=1) | ~wide.any(axis=1)).all() and (edge.all(axis=1) | ~edge.any(axis=1)).all()
     assert int(wide.all(axis=1).sum() + edge.all(axis=1).sum()) == 20  # half of the 40 blocks
+
+
+def test_loading_a_legacy_h5_checkpoint_is_refused_with_the_keras_format_to_use(tmp_path):
+    model = pk.prune_low_magnitude(keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="fc")]), EVERY_STEP_HALF)
+    model.save(tmp_path / "ckpt.h5")
+    with pytest.raises(ConfigError, match=r"holds no pruning state.*\.keras"):
+        pk.load_model(tmp_path / "ckpt.h5")

@@ -163,6 +163,8 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch", tensorboard: bool = True):
         super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+            raise ConfigError(f"`log_dir` must be a non-empty string or path. You passed `log_dir`={log_dir!r}.")
         if update_freq != "epoch" and not (
             isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq >= 1
         ):
@@ -179,6 +181,13 @@ class PruningSummaries(keras.callbacks.Callback):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.tensorboard and self._writer is None:
             self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def on_epoch_begin(self, epoch: int = -1, logs: dict | None = None) -> None:
+        """In a custom loop (no ``fit``), TF MOT's guide calls this at each epoch start: it logs then."""
+        if self.params:  # inside fit(): logged at epoch end / every update_freq batches
+            return
+        self.on_train_begin()  # idempotent: the folder and the event writer, once
+        self._log(epoch=None if epoch == -1 else epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batches += 1
