@@ -49,10 +49,10 @@ def test_unknown_layer_keywords_are_refused_naming_them():
 
 
 @pytest.mark.parametrize("layer", [keras.layers.Dropout(0.5), keras.layers.Flatten(), keras.layers.MaxPooling2D()])
-def test_a_built_weightless_layer_is_returned_as_a_no_op(layer):
+def test_a_built_weightless_layer_is_marked_as_a_no_op_like_tfmot(layer):
     layer.build((None, 4, 4, 3))
     assert pk.prune_low_magnitude(layer, pruning_schedule=EVERY_STEP_HALF) is layer
-    assert get_pruning(layer) is None
+    assert get_pruning(layer).spec.schedule == EVERY_STEP_HALF and pk.get_masks(layer) == {}
 
 
 def test_layers_pruned_beforehand_keep_their_own_settings_when_the_model_is_pruned():

@@ -207,6 +207,8 @@ class PruningSummaries(keras.callbacks.Callback):
         step = max(int(state.step.numpy()) for state in states)
         record: dict[str, Any] = {"epoch": epoch, "step": step, "sparsity": {}, "target_sparsity": {}}
         for state in states:
+            if not state.attached:
+                continue  # a weightless layer marked as a no-op, or one not built yet
             for path, mask in state.mask_arrays().items():
                 record["sparsity"][path] = float(1.0 - mask.mean())
             record["target_sparsity"][state.layer_name] = schedule_value(state.spec.schedule, max(step, 0))[1]

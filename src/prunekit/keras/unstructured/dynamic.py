@@ -204,7 +204,7 @@ class DynamicSparsity(UpdatePruningStep):
     # ----------------------------------------------------------------- regrowth
     def _resolve_begin(self) -> None:
         regrowth = self.regrowth
-        schedules = {state.layer_name: state.spec.schedule for state in self._states}
+        schedules = {state.layer_name: state.spec.schedule for state in self._states if state.attached}  # not no-op layers
         if regrowth.begin_step is None:
             start = max(dynamic.regrowth_start(s.sparsity_at, s.final_sparsity, regrowth.end_step) for s in schedules.values())
             begin = start + regrowth.update_interval

@@ -47,6 +47,21 @@ DENSE_ONLY: tuple[type, ...] = (
 )
 
 
+#: Built-in layers without weights: TF MOT wraps them as no-ops, so prunekit marks them, built or not.
+WEIGHTLESS: tuple[type, ...] = tuple(
+    getattr(_layers, name)
+    for name in (
+        "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout "
+        "ActivityRegularization Flatten Reshape Permute RepeatVector Activation ReLU LeakyReLU ELU Softmax Masking "
+        "ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D "
+        "UpSampling3D MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D "
+        "GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D GlobalAveragePooling1D GlobalAveragePooling2D "
+        "GlobalAveragePooling3D Add Subtract Multiply Average Maximum Minimum Concatenate Dot Identity"
+    ).split()
+    if hasattr(_layers, name)
+)
+
+
 class PrunableLayer:
     """TF MOT's protocol for custom layers: return the weights (variables) prunekit should prune.
 
@@ -79,6 +94,13 @@ def is_weightless(layer: Any) -> bool:
     if hasattr(layer, "get_prunable_weights"):
         return False
     return not _own_weights(layer) or prunable_weight_names(layer) == ()
+
+
+def _is_container(layer: Any) -> bool:
+    """A nested model, an input layer or a layer made of sublayers (RNN, Bidirectional): never marked itself."""
+    if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
+        return True
+    return bool(list(layer._flatten_layers(include_self=False, recursive=False)))
 
 
 def _own_weights(layer: Any) -> list[Any]:
@@ -119,6 +141,8 @@ def prunable_weights(layer: Any) -> list[Any]:
                 )
         return weights
     names = prunable_weight_names(layer)
+    if names is None and layer.built and not _own_weights(layer):
+        return []  # a weightless layer (Dropout, Flatten, Add): nothing to prune
     if names is None:
         raise unsupported_layer_error(layer)
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
@@ -127,6 +151,17 @@ def prunable_weights(layer: Any) -> list[Any]:
             "enabling LoRA/quantization, or exclude it"
         )
     return [getattr(layer, name) for name in names]
+
+
+def check_unbuilt_layer(layer: Any) -> None:
+    """Raise now for an unbuilt layer prunekit will not know how to prune once built (TF MOT raises at wrap time)."""
+    if hasattr(layer, "get_prunable_weights") or prunable_weight_names(layer) is not None or isinstance(layer, WEIGHTLESS):
+        return
+    if _is_container(layer):
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            check_unbuilt_layer(child)
+        return
+    raise unsupported_layer_error(layer)
 
 
 def unsupported_layer_error(layer: Any) -> ConfigError:
@@ -165,15 +200,19 @@ def select_layers(model: Any, exclude: Sequence[str] = (), allow: Callable[[Any]
         if allow is not None and not allow(layer):
             continue
         if not layer.built:
+            check_unbuilt_layer(layer)
             if hasattr(layer, "get_prunable_weights") or prunable_weight_names(layer) != ():
                 selected[layer] = []
             continue
-        if not _own_weights(layer) and not hasattr(layer, "get_prunable_weights"):
+        if is_weightless(layer):
+            if not _is_container(layer):
+                selected[layer] = []  # TF MOT wraps it too, as a no-op: it keeps the model's settings
             continue
         weights = prunable_weights(layer)
         if weights:
             selected[layer] = weights
-    if not selected and allow is None and all(layer.built for layer in layers):  # a policy may choose none
+    nothing = not any(selected.values()) and all(layer.built for layer in layers)
+    if nothing and allow is None:  # a policy may choose none
         raise ConfigError(
             f"model {model.name!r} has no prunable layers (Dense, Conv*, SeparableConv*, Embedding, RNN cells, "
             "or layers with get_prunable_weights()); nothing to prune"

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from prunekit.errors import ConfigError
-from prunekit.keras.unstructured.layers import is_weightless, iter_layers, prunable_weights, select_layers
+from prunekit.keras.unstructured.layers import check_unbuilt_layer, is_weightless, iter_layers, prunable_weights, select_layers
 from prunekit.keras.unstructured.policy import PruningPolicy
 from prunekit.keras.unstructured.state import (
     LayerPruning,
@@ -38,6 +38,12 @@ def _check_keras3(obj: Any, what: str) -> None:
         hint = ""
         if type(obj).__module__.startswith(("tf_keras", "tensorflow.python.keras", "keras.engine")):
             hint = " It looks like a legacy tf-keras (Keras 2) object; rebuild it with Keras 3 (`import keras`)."
+        if what == "prune_low_magnitude's first argument":  # TF MOT's message, word for word
+            raise ConfigError(
+                "`prune_low_magnitude` can only prune an object of the following types: keras.models.Sequential, "
+                "keras functional model, keras.layers.Layer, list of keras.layers.Layer. You passed an object of "
+                f"type: {type(obj).__name__}.{hint}"
+            )
         raise ConfigError(f"{what} should be a Keras 3 model or layer, got {type(obj).__name__}.{hint}")
 
 
@@ -159,9 +165,9 @@ def _prune_layer(layer: Any, spec: PruningSpec) -> Any:
     if get_pruning(layer) is not None:
         return layer  # TF MOT returns an already wrapped layer as it is, with its own settings
     if layer.built:
-        if is_weightless(layer):
-            return layer  # TF MOT wraps weightless layers as no-ops; there is nothing to prune
         prunable_weights(layer)  # raises for unsupported layers now, not at training time
+    else:
+        check_unbuilt_layer(layer)
     with distribution_scope(layer.weights, f"layer {layer.name!r}"):
         pruning = LayerPruning(layer, spec, new_step_variable())
     if layer.built:
@@ -171,7 +177,13 @@ def _prune_layer(layer: Any, spec: PruningSpec) -> Any:
 
 
 def _clone(model: keras.Model) -> keras.Model:
-    clone = keras.models.clone_model(model)
+    if _is_functional(model):  # keep the input layers' names (Keras 3's clone renames them)
+        inputs = keras.tree.map_structure(
+            lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name), model.input
+        )
+        clone = keras.models.clone_model(model, input_tensors=inputs)
+    else:
+        clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
 
@@ -230,5 +242,10 @@ def get_masks(model: Any) -> dict[str, np.ndarray]:
 
 
 def pruned_layers(model: Any) -> list[str]:
-    """Names of the layers of ``model`` that carry a pruning state."""
-    return [layer.name for layer in iter_layers(model) if get_pruning(layer) is not None]
+    """Names of the layers of ``model`` whose weights are pruned (weightless layers marked as no-ops, as TF MOT
+    wraps them, are not listed)."""
+    return [
+        layer.name
+        for layer in iter_layers(model)
+        if get_pruning(layer) is not None and not (layer.built and is_weightless(layer))
+    ]
