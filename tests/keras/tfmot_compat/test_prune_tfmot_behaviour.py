@@ -126,3 +126,35 @@ def test_loading_a_legacy_h5_checkpoint_is_refused_with_the_keras_format_to_use(
     model.save(tmp_path / "ckpt.h5")
     with pytest.raises(ConfigError, match=r"holds no pruning state.*\.keras"):
         pk.load_model(tmp_path / "ckpt.h5")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.layers.LSTM(4, name="rnn"),
+        lambda: keras.layers.Bidirectional(keras.layers.GRU(3), name="rnn"),
+    ],
+    ids=["lstm", "bidirectional-gru"],
+)
+def test_a_recurrent_layer_pruned_layer_wise_prunes_its_cells_kernels_like_tfmot(make):
+    layer = pk.prune_low_magnitude(make(), pruning_schedule=EVERY_STEP_HALF)
+    model = keras.Sequential([keras.Input((5, 6)), layer, keras.layers.Dense(2, name="out")])
+    rng = np.random.default_rng(5)
+    _fit(model, rng.normal(size=(8, 5, 6)).astype("float32"), rng.normal(size=(8, 2)).astype("float32"))
+    masks = pk.get_masks(layer)
+    cell_kernels = [w for w in layer.weights if w.path.endswith("kernel")]
+    assert sorted(masks) == sorted(w.path for w in cell_kernels) and len(masks) in (2, 4)  # kernel + recurrent, per cell
+    for weight in cell_kernels:
+        assert _zeros(weight) == round(0.5 * weight.numpy().size)
+    assert _zeros(model.get_layer("out").kernel) == 0
+
+
+def test_m_by_n_leaves_weights_that_are_not_rank_2_or_4_dense_like_tfmot():
+    model = pk.prune_low_magnitude(
+        keras.Sequential([keras.Input((4, 4, 4, 1)), keras.layers.Conv3D(2, 3, name="conv3d")]),
+        EVERY_STEP_HALF,
+        sparsity_m_by_n=(2, 4),
+    )
+    x = np.random.default_rng(6).normal(size=(4, 4, 4, 4, 1)).astype("float32")
+    _fit(model, x, np.zeros((4, 2, 2, 2, 2), "float32"))
+    assert pk.get_masks(model) == {} and _zeros(model.get_layer("conv3d").kernel) == 0

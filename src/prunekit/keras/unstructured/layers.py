@@ -89,11 +89,25 @@ def iter_layers(model_or_layer: Any) -> Iterator[Any]:
 
 
 def is_weightless(layer: Any) -> bool:
-    """A built layer with nothing to prune: no weights of its own (Dropout, Flatten, pooling) or a
-    known dense-only layer, and no ``get_prunable_weights``. TF MOT wraps these as no-ops."""
+    """A built layer with nothing to prune: no weights of its own (Dropout, Flatten, pooling) nor prunable
+    sublayers, or a known dense-only layer, and no ``get_prunable_weights``. TF MOT wraps these as no-ops."""
     if hasattr(layer, "get_prunable_weights"):
         return False
-    return not _own_weights(layer) or prunable_weight_names(layer) == ()
+    if prunable_weight_names(layer) == ():
+        return True
+    return not _own_weights(layer) and not _sublayer_weights(layer)
+
+
+def _sublayer_weights(layer: Any) -> list[Any]:
+    """The prunable weights of a layer made of sublayers (an RNN's cell, Bidirectional's two RNNs,
+    MultiHeadAttention's projections): TF MOT prunes an RNN by its cell's kernels."""
+    if isinstance(layer, keras.Model):
+        return []
+    weights: list[Any] = []
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        if child.built and not is_weightless(child):
+            weights.extend(prunable_weights(child))
+    return weights
 
 
 def _is_container(layer: Any) -> bool:
@@ -142,7 +156,7 @@ def prunable_weights(layer: Any) -> list[Any]:
         return weights
     names = prunable_weight_names(layer)
     if names is None and layer.built and not _own_weights(layer):
-        return []  # a weightless layer (Dropout, Flatten, Add): nothing to prune
+        return _sublayer_weights(layer)  # [] for a weightless layer (Dropout, Flatten, Add)
     if names is None:
         raise unsupported_layer_error(layer)
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
@@ -204,6 +218,8 @@ def select_layers(model: Any, exclude: Sequence[str] = (), allow: Callable[[Any]
             if hasattr(layer, "get_prunable_weights") or prunable_weight_names(layer) != ():
                 selected[layer] = []
             continue
+        if _is_container(layer):
+            continue  # its sublayers are selected themselves
         if is_weightless(layer):
             if not _is_container(layer):
                 selected[layer] = []  # TF MOT wraps it too, as a no-op: it keeps the model's settings

@@ -257,6 +257,10 @@ class LayerPruning(KerasSaveable):
         weights = prunable_weights(layer)
         if not weights:
             raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) has no weights to prune")
+        if self.spec.sparsity_m_by_n is not None:  # TF MOT applies m-by-n to rank-2 and rank-4 weights only
+            weights = [weight for weight in weights if len(weight.shape) in (2, 4)]
+            if not weights:
+                return
         step = int(self.step.numpy())
         for index, weight in enumerate(weights):
             path = getattr(weight, "path", weight.name)
