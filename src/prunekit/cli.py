@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "run": ("prunekit.commands.run", "run a YAML recipe (validated up front) and write an HTML/Markdown/JSON report"),
     "methods": ("prunekit.commands.methods", "list the registered pruning and recovery methods, their frameworks and defaults"),
+    "sign": ("prunekit.commands.signing", "sign artifacts with an Ed25519 key (FILE.sig beside each)"),
+    "verify": ("prunekit.commands.signing", "verify artifacts' Ed25519 signatures"),
+    "encrypt": ("prunekit.commands.encryption", "encrypt an artifact at rest with AES-256-GCM (FILE.enc)"),
+    "decrypt": ("prunekit.commands.encryption", "decrypt a FILE.enc written by prunekit encrypt"),
 }
 
 

@@ -43,6 +43,9 @@ STORAGE_DTYPES = ("fp32", "fp16", "int8")
 _META_KEY = "prunekit"
 _META_CRC_KEY = "prunekit_crc32"
 _MAX_GAP = 256  # one index byte encodes a gap of 1..256 elements
+_MAX_DIM = 2**40  # no real tensor dimension is this large; a bigger one is a crafted file
+#: Default cap on the bytes a compact file may declare (decoded tensors), checked before anything is decoded.
+MAX_DECODED_BYTES = 2**36
 
 
 @dataclass(frozen=True)
@@ -78,15 +81,44 @@ class TensorEntry:
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> TensorEntry:
-        return cls(
-            tuple(int(d) for d in value["shape"]),
+        """The entry of a header; ``ValueError`` naming the field when one is missing or out of range."""
+        if not isinstance(value, Mapping):
+            raise ValueError(f"entry should be a mapping, got {type(value).__name__}")
+        missing = [key for key in ("shape", "dtype", "nnz", "crc") if key not in value]
+        if missing:
+            raise ValueError(f"field {missing[0]!r} is missing")
+        shape = value["shape"]
+        if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < _MAX_DIM for d in shape):
+            raise ValueError(f"field 'shape' should be a list of non-negative integers, got {shape!r}"[:200])
+        try:
+            np.dtype(str(value["dtype"]))
+        except TypeError:
+            raise ValueError(f"field 'dtype' names no dtype: {value['dtype']!r}") from None
+        numel = math.prod(shape)
+        if not _is_int(value["nnz"]) or not 0 <= value["nnz"] <= numel:
+            raise ValueError(f"field 'nnz' should be an integer in [0, {numel}], got {value['nnz']!r}")
+        if not _is_int(value["crc"]) or not 0 <= value["crc"] < 2**32:
+            raise ValueError(f"field 'crc' should be a 32-bit checksum, got {value['crc']!r}")
+        entry = cls(
+            tuple(shape),
             str(value["dtype"]),
             str(value.get("store", "raw")),
             str(value.get("layout", "dense")),
-            int(value["nnz"]),
-            int(value["crc"]),
+            value["nnz"],
+            value["crc"],
             bool(value.get("z", 0)),
         )
+        if entry.storage not in ("raw", "float16", "int8"):
+            raise ValueError(f"field 'store' should be raw, float16 or int8, got {entry.storage!r}")
+        if entry.layout not in ("dense", "bitmask", "gaps"):
+            raise ValueError(f"field 'layout' should be dense, bitmask or gaps, got {entry.layout!r}")
+        if entry.storage == "int8" and not shape:
+            raise ValueError("int8 storage needs at least one dimension (its per-channel scales)")
+        return entry
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -250,15 +282,24 @@ def _decode(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.nd
         if index.dtype != np.uint8:
             raise corrupt(f"index stored as {index.dtype}, expected uint8")
         if entry.deflated:
+            # a bitmask has exactly ceil(numel / 8) bytes and a gap stream at most one byte per element:
+            # inflate no further than the declared shape allows (a crafted file cannot balloon its index)
+            cap = -(-entry.numel // 8) if entry.layout == "bitmask" else entry.numel
+            inflater = zlib.decompressobj()
             try:
-                index = np.frombuffer(zlib.decompress(index.tobytes()), dtype=np.uint8)
+                inflated = inflater.decompress(index.tobytes(), cap)
             except zlib.error as exc:
                 raise corrupt(f"index stream does not inflate: {exc}") from None
+            if inflater.unconsumed_tail or not inflater.eof:
+                raise corrupt(f"index stream inflates past the {cap} bytes that shape {entry.shape} allows")
+            index = np.frombuffer(inflated, dtype=np.uint8)
         if entry.layout == "bitmask":
             if index.size != -(-entry.numel // 8):
                 raise corrupt(f"bitmask of {index.size} bytes for {entry.numel} elements")
             positions = np.flatnonzero(np.unpackbits(index, count=entry.numel, bitorder="little"))
         elif entry.layout == "gaps":
+            if index.size > entry.numel:
+                raise corrupt(f"gap stream of {index.size} bytes for {entry.numel} elements")
             positions = np.cumsum(index.astype(np.int64) + 1) - 1
         else:
             raise corrupt(f"unknown layout {entry.layout!r}")
@@ -315,8 +356,22 @@ def _read_container(path: Path) -> tuple[bytes, dict[str, Any]]:
 
 
 def _header_from_json(path: Path, meta: Mapping[str, Any]) -> CompactHeader:
+    for key in ("tensors", "prunekit_version", "framework", "dtype"):
+        if key not in meta:
+            raise CorruptFileError(f"{path}: the prunekit metadata lacks the field {key!r}")
+    if not isinstance(meta["tensors"], Mapping):
+        raise CorruptFileError(f"{path}: metadata field 'tensors' should be a mapping, got {type(meta['tensors']).__name__}")
+    if meta.get("plan") is not None and not isinstance(meta["plan"], Mapping):
+        raise CorruptFileError(f"{path}: metadata field 'plan' should be a mapping, got {type(meta['plan']).__name__}")
+    if meta.get("extra") is not None and not isinstance(meta["extra"], Mapping):
+        raise CorruptFileError(f"{path}: metadata field 'extra' should be a mapping, got {type(meta['extra']).__name__}")
+    tensors = {}
+    for name, value in meta["tensors"].items():
+        try:
+            tensors[str(name)] = TensorEntry.from_json(value)
+        except ValueError as exc:
+            raise CorruptFileError(f"{path}: metadata of tensor {name!r}: {exc}") from None
     try:
-        tensors = {str(name): TensorEntry.from_json(value) for name, value in meta["tensors"].items()}
         return CompactHeader(
             int(meta["format_version"]),
             str(meta["prunekit_version"]),
@@ -408,11 +463,13 @@ def read_compact_header(path: str | os.PathLike) -> CompactHeader:
     return _header_from_json(path, meta)
 
 
-def load_compact(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], CompactHeader]:
+def load_compact(path: str | os.PathLike, *, max_bytes: int = MAX_DECODED_BYTES) -> tuple[dict[str, np.ndarray], CompactHeader]:
     """Read a compact file back into ``{name: array}`` (exact for fp32) plus its header.
 
     Raises :class:`~prunekit.errors.CorruptFileError` naming the file and tensor when the file
     is truncated, corrupted or from a newer format version; nothing is returned half-decoded.
+    Declared shapes are checked before anything is decoded: a file declaring more than
+    ``max_bytes`` of tensors is refused, and no index stream inflates past what its shape allows.
 
     Example::
 
@@ -424,6 +481,12 @@ def load_compact(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Compac
     path = Path(path)
     data, meta = _read_container(path)
     header = _header_from_json(path, meta)
+    declared = sum(e.numel * np.dtype(e.dtype).itemsize for e in header.tensors.values())
+    if declared > max_bytes:
+        raise CorruptFileError(
+            f"{path} declares {declared:,} bytes of tensors, over the {max_bytes:,} allowed; if the file is trusted "
+            "and really that large, pass a larger max_bytes to load_compact"
+        )
     try:
         stored = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError) as exc:

@@ -31,6 +31,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=_sparsities,
         help="weight sparsities, or channel ratios for channel removal (default: 0.5,0.8,0.9; channels: 0.25,0.5)",
     )
+    parser.add_argument(
+        "--recover",
+        choices=method_names(kind="recover"),
+        help="recover each pruned model after pruning: fine-tune, distil from the dense model, QAT or PQAT",
+    )
     parser.add_argument("--output", metavar="DIR", help="write results.md and results.json to DIR")
     parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (lower accuracy)")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         export=not args.no_export,
+        recover=args.recover,
     )
     return 0

@@ -100,6 +100,20 @@ def _inputs(arrays: Any, key: str) -> Any:
     return named or None
 
 
+def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
+    """Refuse before anything runs when an artifact (or --json) would be written over MODEL, --dense or --data."""
+    from prunekit.core.paths import refuse_overwriting_inputs
+    from prunekit.torch.deploy.compare import artifact_names
+
+    out = Path(args.out)
+    names = artifact_names(with_dense=args.dense is not None)
+    outputs = [out / name for name in names] + [out / f"{name}.data" for name in names if name.endswith(".onnx")]
+    inputs = [args.model, args.dense, None if args.data == "digits" else args.data]
+    refuse_overwriting_inputs(outputs, inputs, "choose another --out (or move the input)")
+    if args.json:
+        refuse_overwriting_inputs([args.json], inputs, "choose another --json file")
+
+
 def run(args: argparse.Namespace) -> int:
     from prunekit.artifacts.compact import is_compact_file, read_compact_header
     from prunekit.core.atomic import atomic_write_bytes
@@ -109,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
+    _refuse_overwriting_inputs(args)
     factory = import_factory(args.factory)
     pruned = load_weights(args.model, factory)
     dense = load_weights(args.dense, factory) if args.dense else None

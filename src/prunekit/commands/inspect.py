@@ -272,6 +272,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats should be >= 1, got {args.repeats}")
+    if args.json:
+        from prunekit.core.paths import refuse_overwriting_inputs
+
+        model = Path(args.model)
+        refuse_overwriting_inputs([args.json], [model, model.with_name(model.name + ".data")], "choose another --json file")
     if args.model.endswith(".onnx"):
         result = _inspect_onnx(args)
     elif args.model.endswith(".tflite"):

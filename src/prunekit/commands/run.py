@@ -15,14 +15,21 @@ from pathlib import Path
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", metavar="RECIPE", help="a YAML recipe file (see `prunekit demo --print-recipe`)")
     parser.add_argument("--out", default="run-out", metavar="DIR", help="where results and the report go (default: run-out)")
-    parser.add_argument("--check", action="store_true", help="only validate the recipe")
+    parser.add_argument("--check", action="store_true", help="only validate the recipe (imports only trusted modules)")
+    parser.add_argument(
+        "--trust-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let the recipe's model.factory / data.loader import from MODULE (repeatable); only prunekit is trusted otherwise",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from prunekit.recipes.config import load_recipe
     from prunekit.recipes.runner import run_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, trust_modules=args.trust_module)
     if args.check:
         print(f"{args.recipe}: valid recipe {recipe.name!r}")
         return 0

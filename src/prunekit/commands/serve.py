@@ -55,6 +55,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}: this machine only)")
+    secure = parser.add_argument_group("signed and encrypted models (the 'secure' extra)")
+    secure.add_argument("--public-key", metavar="PEM", help="Ed25519 public key: serve only models whose .sig verifies with it")
+    secure.add_argument("--encryption-key-file", metavar="KEY", help="AES-256 key (64 hex digits) for model.*.enc files")
+    secure.add_argument("--encryption-key-env", metavar="VAR", help="environment variable holding that key (instead of a file)")
+    net.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without a bearer token (trusted networks only; refused otherwise)",
+    )
     net.add_argument("--port", type=int, default=d.port, help=f"port to listen on, 0 for any free one (default {d.port})")
     net.add_argument(
         "--max-body-bytes",
@@ -169,7 +178,29 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         access_log=args.access_log,
         log_level=args.log_level,
         shutdown_timeout_s=args.shutdown_timeout,
+        insecure=args.insecure,
+        **_artifact_keys(args),
     )
+
+
+def _artifact_keys(args: argparse.Namespace) -> dict[str, bytes]:
+    """The public key (a file: it is not secret) and the encryption key (a file or an env var, never an argument)."""
+    keys: dict[str, bytes] = {}
+    if args.public_key:
+        path = Path(args.public_key)
+        if not path.is_file():
+            raise ConfigError(f"--public-key {path} does not exist")
+        keys["public_key"] = path.read_bytes()
+    if args.encryption_key_file or args.encryption_key_env:
+        if args.encryption_key_file and args.encryption_key_env:
+            raise ConfigError("give --encryption-key-file or --encryption-key-env, not both")
+        from prunekit.artifacts.signing import load_encryption_key
+
+        if args.encryption_key_env:
+            keys["encryption_key"] = load_encryption_key(env=args.encryption_key_env)
+        else:
+            keys["encryption_key"] = load_encryption_key(args.encryption_key_file)
+    return keys
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=_names,
         help="comma-separated training methods of the registry (`prunekit methods`; default: every unstructured one)",
     )
+    parser.add_argument(
+        "--recover",
+        type=_names,
+        default=[],
+        help="comma-separated recover methods (`prunekit methods --kind recover`) each trial is also run with after "
+        "pruning, e.g. none,distill (none: no recovery)",
+    )
     parser.add_argument("--sparsities", type=_floats, default=[0.5, 0.7, 0.8, 0.9], help="default: 0.5,0.7,0.8,0.9")
     parser.add_argument(
         "--workers", type=int, default=1, help="trials at a time: worker processes, or Ray tasks with --ray (default: 1)"
@@ -51,6 +58,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="run trials as Ray tasks on the cluster RAY_ADDRESS names, else on a local Ray instance (needs the 'ray' extra)",
     )
     parser.add_argument("--retry-failed", action="store_true", help="run trials the log holds as failed again")
+    parser.add_argument(
+        "--rerun-mismatched",
+        action="store_true",
+        help="rerun trials the log holds under another configuration (default: refuse to mix them)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     methods = args.methods or method_names(kind="unstructured", framework="torch")
     for method in methods if not args.objective else ():
         get_method(method, kind=TRAINING_KINDS, framework="torch")  # an unknown name fails before any training
-    trials = grid(methods, args.sparsities)
+    recoveries = [None if name == "none" else get_method(name, kind="recover", framework="torch").name for name in args.recover]
+    trials = grid(methods, args.sparsities, recoveries=recoveries or [None])
     if args.objective:
         objective = import_factory(args.objective)()
     else:
@@ -94,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         backend="ray" if args.ray else "processes",
         on_trial=show,
+        on_mismatch="rerun" if args.rerun_mismatched else "refuse",
     )
     paths = sweep_report(result, title=f"prunekit sweep: {', '.join(methods)}")
     print(

@@ -1,6 +1,8 @@
 """Write files atomically: into a temporary file in the target's directory, then ``os.replace``.
 
 A reader never sees a half-written file, and a failed write leaves the old file (or nothing).
+Temporary names are hidden and carry the writer's process id, so a process killed mid-write
+leaves debris that :func:`prunekit.core.debris.remove_stale_temps` can recognise and clean.
 :func:`atomic_paths` does the same for a group of files that refer to each other by name (an
 ONNX model and its external data file).
 """
@@ -30,7 +32,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".weights.h5") else target.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
@@ -72,7 +74,7 @@ def atomic_paths(path: str | os.PathLike[str], *companions: str | os.PathLike[st
     if any(target.parent != targets[0].parent for target in targets) or len({t.name for t in targets}) < len(targets):
         raise ValueError(f"atomic_paths needs distinct file names in one directory, got {[str(t) for t in targets]}")
     targets[0].parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp", dir=targets[0].parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.{os.getpid()}.", suffix=".tmp", dir=targets[0].parent))
     try:
         tmps = tuple(work / target.name for target in targets)
         yield tmps

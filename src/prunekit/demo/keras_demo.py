@@ -15,7 +15,7 @@ from prunekit.core.atomic import atomic_path, atomic_write_text
 from prunekit.errors import ConfigError
 from prunekit.keras.measure.metrics import serialized_size
 from prunekit.keras.models import digits_cnn, load_digits_nhwc
-from prunekit.methods import default_method, get_method, run_method
+from prunekit.methods import default_method, get_method, run_method, run_recovery
 
 SIZE_FORMAT = "HDF5 file of the stripped model's weights (one dataset per weight, no optimizer state)"
 
@@ -31,8 +31,10 @@ def run_demo(
     methods: Sequence[str] | None = None,
     sparsities: Sequence[float] = (0.5, 0.8, 0.9),
     seed: int = 0,
+    recover: str | None = None,
 ) -> dict[str, Any]:
-    """Train the digits CNN in Keras, prune a copy per (method, sparsity) with fine-tuning, measure each.
+    """Train the digits CNN in Keras, prune a copy per (method, sparsity) with fine-tuning, measure each
+    (with ``recover``, recover each pruned model by that ``recover`` method, as the PyTorch demo does).
 
     Returns ``{"framework": "keras", "dense": {"accuracy", "size_bytes", "gzip_bytes", ...},
     "runs": [{"method", "sparsity", "accuracy", "size_bytes", "gzip_bytes", "seconds",
@@ -47,6 +49,8 @@ def run_demo(
     methods = list(methods) if methods else [default_method(framework="keras").name]
     for method in methods:
         get_method(method, framework="keras")  # unknown names fail before any training
+    if recover is not None:
+        get_method(recover, kind="recover", framework="keras")
     quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     for sparsity in sparsities:
         if not 0 <= sparsity < 1:
@@ -91,6 +95,21 @@ def run_demo(
                 batch_size=32,
                 **quick_options,
             )
+            recovered: dict[str, Any] = {}
+            if recover is not None:
+                before = _accuracy(run.model, data.x_test, data.y_test)
+                run.model = run_recovery(
+                    recover,
+                    "keras",
+                    run.model,
+                    data.x_train,
+                    data.y_train,
+                    teacher=dense,
+                    seed=seed,
+                    batch_size=32,
+                    **quick_options,
+                ).model
+                recovered = {"recover": recover, "accuracy_before_recovery": before}
             sizes = serialized_size(run.model)
             results["runs"].append(
                 {
@@ -101,6 +120,7 @@ def run_demo(
                     "size_bytes": sizes["raw_bytes"],
                     "gzip_bytes": sizes["gzip_bytes"],
                     "seconds": time.perf_counter() - started,
+                    **recovered,
                 }
             )
             models[f"{method}-{round(sparsity * 100)}"] = run.model

@@ -37,6 +37,7 @@ def run_demo(
     progress: bool = True,
     export: bool = True,
     console: Any = None,
+    recover: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo, print its tables, and write results and a report to ``output_dir``.
 
@@ -60,7 +61,14 @@ def run_demo(
 
         artifacts_dir = Path(output_dir) / "artifacts" if output_dir is not None else None
         results = run_torch_demo(
-            methods, sparsities, quick=quick, seed=seed, progress=progress, artifacts_dir=artifacts_dir, export=export
+            methods,
+            sparsities,
+            quick=quick,
+            seed=seed,
+            progress=progress,
+            artifacts_dir=artifacts_dir,
+            export=export,
+            recover=recover,
         )
     else:
         from prunekit.core.optional import require
@@ -68,7 +76,7 @@ def run_demo(
         require("keras", "keras")
         from prunekit.demo.keras_demo import run_demo as run_keras_demo
 
-        results = run_keras_demo(output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed)
+        results = run_keras_demo(output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover)
     tables = [results_table(results)]
     if any("macs" in run for run in results["runs"]):
         tables.append(structured_table(results))

@@ -14,13 +14,15 @@ def _size(num_bytes: int) -> str:
 def results_table(results: dict[str, Any]) -> ResultTable:
     """The demo's table: accuracy and size of the dense model and of every pruned run."""
     dense = results["dense"]
+    recovered = any("recover" in run for run in results["runs"])
     table = ResultTable(
         f"prunekit demo ({results['framework']}): digits test set",
-        ["run", "sparsity", "accuracy", "Δ pt", "raw", "gzip", "gzip ×", "time"],
+        ["run", "sparsity", *(["before recovery"] if recovered else []), "accuracy", "Δ pt", "raw", "gzip", "gzip ×", "time"],
     )
     table.add_row(
         "dense",
         "0%",
+        *([""] if recovered else []),
         f"{dense['accuracy']:.2%}",
         "",
         _size(dense["size_bytes"]),
@@ -29,9 +31,11 @@ def results_table(results: dict[str, Any]) -> ResultTable:
         f"{dense.get('seconds', 0):.0f} s",
     )
     for run in results["runs"]:
+        before = f"{run['accuracy_before_recovery']:.2%}" if "recover" in run else ""
         table.add_row(
-            run["method"],
+            run["method"] + (f" + {run['recover']}" if "recover" in run else ""),
             f"{run['sparsity']:.0%}",
+            *([before] if recovered else []),
             f"{run['accuracy']:.2%}",
             f"{(run['accuracy'] - dense['accuracy']) * 100:+.2f}",
             _size(run["size_bytes"]),

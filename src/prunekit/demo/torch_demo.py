@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from prunekit.data import load_digits
-from prunekit.methods import PruningRun, default_method, get_method, run_method
+from prunekit.methods import PruningRun, default_method, get_method, run_method, run_recovery
 from prunekit.torch.measure.metrics import serialized_size, sparsity_report
 from prunekit.torch.models import DigitsCNN
 from prunekit.torch.training import default_device, evaluate, fit, make_loader
@@ -50,8 +50,13 @@ def run_torch_demo(
     progress: bool = True,
     artifacts_dir: str | Path | None = None,
     export: bool = True,
+    recover: str | None = None,
 ) -> dict[str, Any]:
     """Train the digits CNN, prune a copy per (method, sparsity) with global magnitude + fine-tuning.
+
+    With ``recover`` (a ``recover`` method: ``finetune``, ``distill`` from the dense model, ``qat``,
+    ``pqat``), each pruned model is recovered after pruning; its run records ``recover`` and
+    ``accuracy_before_recovery``.
 
     Returns ``{"framework", "dense": {...}, "runs": [{"method", "sparsity", "accuracy",
     "size_bytes", "gzip_bytes", "seconds"}, ...], "artifacts": {...}}`` measured on the held-out
@@ -65,6 +70,8 @@ def run_torch_demo(
     """
     methods = list(methods) if methods else [default_method(framework="torch").name]
     kinds = {method: get_method(method, framework="torch").kind for method in methods}  # unknown names fail here
+    if recover is not None:
+        get_method(recover, kind="recover", framework="torch")
     quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     torch.manual_seed(seed)
     split = load_digits(seed=seed)
@@ -109,6 +116,22 @@ def run_torch_demo(
                 device=str(target),
                 **quick_options,
             )
+            recovered: dict[str, Any] = {}
+            if recover is not None:
+                before = evaluate(run.model, test)
+                run.model = run_recovery(
+                    recover,
+                    "torch",
+                    run.model,
+                    split.x_train,
+                    split.y_train,
+                    teacher=dense,
+                    seed=seed,
+                    progress=progress,
+                    device=str(target),
+                    **quick_options,
+                ).model
+                recovered = {"recover": recover, "accuracy_before_recovery": before}
             sizes = serialized_size(run.model)
             results["runs"].append(
                 {
@@ -120,6 +143,7 @@ def run_torch_demo(
                     "size_bytes": sizes["raw_bytes"],
                     "gzip_bytes": sizes["gzip_bytes"],
                     "seconds": time.perf_counter() - started,
+                    **recovered,
                 }
             )
             if kind == "structured":

@@ -10,6 +10,7 @@ Example::
 
 from prunekit.methods.contract import Backend, PruningRun, TrainJob
 from prunekit.methods.record import FRAMEWORKS, KINDS, Method
+from prunekit.methods.recover import RecoverJob, RecoveryRun
 from prunekit.methods.registry import (
     ENTRY_POINT_GROUP,
     default_method,
@@ -19,7 +20,7 @@ from prunekit.methods.registry import (
     register,
     unregister,
 )
-from prunekit.methods.run import TRAINING_KINDS, load_backend, run_method
+from prunekit.methods.run import TRAINING_KINDS, load_backend, run_method, run_recovery
 
 __all__ = [
     "Backend",
@@ -28,6 +29,8 @@ __all__ = [
     "KINDS",
     "Method",
     "PruningRun",
+    "RecoverJob",
+    "RecoveryRun",
     "TRAINING_KINDS",
     "TrainJob",
     "default_method",
@@ -37,5 +40,6 @@ __all__ = [
     "method_names",
     "register",
     "run_method",
+    "run_recovery",
     "unregister",
 ]

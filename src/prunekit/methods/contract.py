@@ -41,6 +41,9 @@ class TrainJob:
     progress: bool = False
     description: str = ""
     device: str | None = None
+    #: where a handler that trains epoch by epoch checkpoints and resumes (``prunekit.torch.checkpoint.EpochCheckpoint``);
+    #: handlers that cannot checkpoint ignore it
+    checkpoint: Any = None
 
 
 @dataclass

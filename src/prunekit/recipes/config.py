@@ -12,20 +12,24 @@ Example recipe (the shipped demo, ``prunekit demo --print-recipe``)::
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from prunekit.core.imports import resolve_import
+from prunekit.core.imports import resolve_import, resolve_trusted_import, trusted_modules
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, get_method
 from prunekit.recipes.validation import RecipeError, build, checked
 
+#: The modules the recipe being validated may import from (set by :func:`parse_recipe`).
+_TRUSTED: ContextVar[tuple[str, ...]] = ContextVar("prunekit_recipe_trusted", default=())
+
 
 def _importable(value: str) -> str | None:
     try:
-        resolve_import(value)
+        resolve_trusted_import(value, _TRUSTED.get() or trusted_modules())
     except ConfigError as exc:
         return str(exc)
     return None
@@ -126,6 +130,32 @@ class PruneConfig:
         return options
 
 
+def _recover_method(name: str) -> str | None:
+    try:
+        get_method(name, kind="recover")
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class RecoverConfig:
+    """Recovery after pruning, on each pruned model: a ``recover`` method of the registry (fine-tune, distil
+    from the dense model, QAT/PQAT with an int8 export), its epochs and learning rate, any other option
+    (``prunekit methods --kind recover`` lists them). Left-out options take the method's defaults.
+    """
+
+    method: str = checked(_recover_method)
+    epochs: Optional[int] = checked(_optional(_at_least(1)), default=None)
+    lr: Optional[float] = checked(_optional(_positive_float), default=None)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self) -> dict[str, Any]:
+        """The options this section sets."""
+        chosen = {k: getattr(self, k) for k in ("epochs", "lr") if getattr(self, k) is not None}
+        return {**self.options, **chosen}
+
+
 @dataclass
 class ExportConfig:
     """Export the pruned models: PyTorch to ONNX (``onnx``), Keras to TFLite (``tflite``); ``int8`` adds a
@@ -174,6 +204,15 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     allocate: Optional[AllocateConfig] = None
+    recover: Optional[RecoverConfig] = None
+
+    #: Modules this recipe's ``factory``/``loader`` may come from; set by the caller (``--trust-module``),
+    #: never by the recipe file (a shared recipe cannot vouch for itself).
+    trusted: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+    def resolve(self, spec: str) -> Any:
+        """The callable ``spec`` names, refused unless it lives in a trusted module (see :attr:`trusted`)."""
+        return resolve_trusted_import(spec, self.trusted or trusted_modules())
 
 
 def _section(data: Any, name: str) -> dict[str, Any]:
@@ -233,6 +272,27 @@ def _method_checks(data: Any, prune: dict[str, Any]) -> list[tuple[str, str]]:
             errors.append(
                 (f"prune.{key}", f"method {method.name!r} takes no {option!r}; its options are {sorted(method.defaults)}")
             )
+    recover = _section(data, "recover")
+    if recover.get("method") is not None:
+        try:
+            recovery = get_method(recover["method"], kind="recover")
+        except ConfigError:
+            recovery = None  # reported by the field check
+        if recovery is not None:
+            if framework in FRAMEWORKS and framework not in recovery.frameworks:
+                errors.append(("recover.method", f"method {recovery.name!r} has no {framework} handler"))
+            set_here = {
+                **(recover.get("options") or {}),
+                **{k: recover[k] for k in ("epochs", "lr") if recover.get(k) is not None},
+            }
+            unknown = sorted(set(set_here) - set(recovery.defaults))
+            if unknown:
+                errors.append(
+                    (
+                        "recover.options",
+                        f"method {recovery.name!r} has no option {unknown}; its options are {sorted(recovery.defaults)}",
+                    )
+                )
     if framework == "keras" and isinstance(data, dict) and data.get("allocate") is not None:
         errors.append(
             ("allocate", "budget allocation in recipes runs on PyTorch; use prunekit.keras.allocate_ratios from Python")
@@ -240,23 +300,33 @@ def _method_checks(data: Any, prune: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+def parse_recipe(data: Any, source: str = "recipe", trust_modules: tuple[str, ...] | list[str] = ()) -> Recipe:
     """Validate a parsed recipe (a dict) and build the :class:`Recipe`; every error is reported at once.
+
+    A recipe is a shared file, so its ``model.factory`` and ``data.loader`` may only name callables
+    in prunekit itself, in ``trust_modules`` (the CLI's ``--trust-module``) or in the modules listed
+    in ``$PRUNEKIT_TRUST_MODULES``; an untrusted module is refused *before* it is imported.
 
     Example::
 
         recipe = parse_recipe({"name": "x", "model": {"factory": "prunekit.torch:DigitsCNN", "input_shape": [1, 8, 8]}})
     """
-    errors: list[tuple[str, str]] = []
-    recipe = build(Recipe, data, "", errors)
-    errors += _cross_checks(data)
+    trusted = trusted_modules(tuple(trust_modules))
+    token = _TRUSTED.set(trusted)
+    try:
+        errors: list[tuple[str, str]] = []
+        recipe = build(Recipe, data, "", errors)
+        errors += _cross_checks(data)
+    finally:
+        _TRUSTED.reset(token)
     if errors:
         raise RecipeError(errors, source)
+    recipe.trusted = trusted
     return recipe
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read and validate a YAML recipe file.
+def load_recipe(path: str | os.PathLike, trust_modules: tuple[str, ...] | list[str] = ()) -> Recipe:
+    """Read and validate a YAML recipe file (``trust_modules``: see :func:`parse_recipe`).
 
     Example::
 
@@ -271,7 +341,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
-    return parse_recipe(data, str(file))
+    return parse_recipe(data, str(file), trust_modules)
 
 
 def builtin_recipe_text(name: str = "demo") -> str:

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.debris import RunOutputs
 from prunekit.core.records import ModelSummary
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
-from prunekit.methods import load_backend, run_method
-from prunekit.recipes.config import Recipe, resolve_import
+from prunekit.methods import load_backend, run_method, run_recovery
+from prunekit.recipes.config import Recipe
 from prunekit.recipes.validation import to_plain
+from prunekit.report.dynamic import plot_turnover
 from prunekit.report.html import Report, Section, write_report
 from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
 from prunekit.tradeoffs.budget import SensitivityTable
@@ -30,7 +32,7 @@ _SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 def _load_data(recipe: Recipe) -> Any:
     try:
-        split = resolve_import(recipe.data.loader)(**recipe.data.kwargs)
+        split = recipe.resolve(recipe.data.loader)(**recipe.data.kwargs)
     except ConfigError:
         raise
     except Exception as exc:
@@ -46,7 +48,7 @@ def _load_data(recipe: Recipe) -> Any:
 
 def _build_model(recipe: Recipe, backend: Any) -> Any:
     try:
-        model = resolve_import(recipe.model.factory)(**recipe.model.kwargs)
+        model = recipe.resolve(recipe.model.factory)(**recipe.model.kwargs)
     except Exception as exc:
         raise ConfigError(
             f"model.factory {recipe.model.factory!r} with kwargs {recipe.model.kwargs} raised {type(exc).__name__}: {exc}"
@@ -70,6 +72,32 @@ def _measure(backend: Any, model: Any, recipe: Recipe, split: Any) -> tuple[dict
         )
         row["latency"] = [t.to_dict() for t in timings]
     return row, backend.summarize(model, split.x_test)
+
+
+def _recover(recipe: Recipe, backend: Any, pruned: Any, dense: Any, split: Any, stem: Path) -> tuple[Any, dict[str, Any]]:
+    """Run the recipe's recovery on a pruned model; the recovered model and what the report shows of it."""
+    if recipe.recover is None:
+        raise ConfigError("the recipe has no recover section")
+    before = backend.accuracy(pruned, split.x_test, split.y_test)
+    suffix = ".onnx" if recipe.framework == "torch" else ".tflite"
+    run = run_recovery(
+        recipe.recover.method,
+        recipe.framework,
+        pruned,
+        split.x_train,
+        split.y_train,
+        teacher=dense,
+        export_path=str(stem.with_name(f"{stem.name}.{recipe.recover.method}.int8{suffix}")),
+        calibration=split.x_val[:256],
+        seed=recipe.seed,
+        batch_size=recipe.data.batch_size,
+        **recipe.recover.overrides(),
+    )
+    return run.model, {
+        "method": recipe.recover.method,
+        "accuracy_before": before,
+        "artifact": None if run.artifact is None else str(run.artifact),
+    }
 
 
 def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -> dict[str, Any]:
@@ -115,6 +143,10 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
 def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
     """Run ``recipe`` and write ``results.json`` and ``report.{html,md,json}`` (and exports) to ``out_dir``.
 
+    A reused ``out_dir`` is cleaned first of what the previous run wrote there (and of temporary
+    files of killed runs); the report is written before ``results.json``, so ``results.json``
+    exists only when the whole run finished and always agrees with the report beside it.
+
     Returns ``{"dense": {...}, "runs": [{"sparsity", "accuracy", "gzip_bytes", ...}], "sensitivity": ...}``.
 
     Example::
@@ -123,6 +155,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         results["runs"][0]["accuracy"]
     """
     out = Path(out_dir)
+    outputs = RunOutputs(out)
+    legacy = [] if outputs.previous() or not (out / "results.json").is_file() else _legacy_outputs(out)
+    outputs.start(legacy)
+    run_started = time.time_ns() - 2_000_000_000  # file clocks may lag time_ns() a little
     backend = load_backend(recipe.framework)
     split = _load_data(recipe)
     dense = _build_model(recipe, backend)
@@ -145,7 +181,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
     summaries = {"dense": dense_summary}
     for sparsity in recipe.prune.sparsities:
         started = time.perf_counter()
-        pruned = run_method(
+        pruning = run_method(
             recipe.prune.method,
             recipe.framework,
             backend.clone(dense),
@@ -155,9 +191,16 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
             seed=recipe.seed,
             batch_size=recipe.data.batch_size,
             **recipe.prune.options(),
-        ).model
+        )
+        pruned, recovery = pruning.model, None
+        if recipe.recover is not None:
+            pruned, recovery = _recover(recipe, backend, pruned, dense, split, out / f"pruned-{sparsity:g}")
         row, summaries[f"{sparsity:.0%}"] = _measure(backend, pruned, recipe, split)
         row.update({"method": recipe.prune.method, "target": sparsity, "seconds": time.perf_counter() - started})
+        if pruning.history:
+            row["history"] = pruning.history
+        if recovery is not None:
+            row["recover"] = recovery
         if recipe.export.onnx or recipe.export.tflite:
             row["files"] = backend.export(
                 pruned, split.x_val, out / f"pruned-{sparsity:g}", int8=recipe.export.int8, calibration=split.x_val[:256]
@@ -170,9 +213,16 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run is complete
+    outputs.finish(p for p in out.iterdir() if p.is_file() and p.stat().st_mtime_ns >= run_started)
     return results
+
+
+def _legacy_outputs(out: Path) -> list[str]:
+    """What a run written before output manifests existed left in ``out``: results, report and exports."""
+    names = ["results.json", "report.html", "report.md", "report.json"]
+    return names + sorted(p.name for p in out.glob("pruned-*") if p.is_file())
 
 
 def recipe_report(
@@ -185,9 +235,19 @@ def recipe_report(
         write_report(recipe_report(recipe, results, summaries), "out")
     """
     dense = results["dense"]
+    recovered = any("recover" in run for run in results["runs"])
     table = ResultTable(
         f"{recipe.name}: before and after (test set)",
-        ["model", "accuracy", "Δ pt", "nonzeros", "sparse MACs", "gzip bytes", "latency ms (batch)"],
+        [
+            "model",
+            *(["before recovery"] if recovered else []),
+            "accuracy",
+            "Δ pt",
+            "nonzeros",
+            "sparse MACs",
+            "gzip bytes",
+            "latency ms (batch)",
+        ],
     )
 
     def latency(row: dict[str, Any]) -> str:
@@ -195,6 +255,7 @@ def recipe_report(
 
     table.add_row(
         "dense",
+        *([""] if recovered else []),
         f"{dense['accuracy']:.2%}",
         "",
         f"{dense['nonzeros']:,}",
@@ -203,8 +264,10 @@ def recipe_report(
         latency(dense),
     )
     for run in results["runs"]:
+        recovery = run.get("recover")
         table.add_row(
-            f"{run['method']} {run['target']:.0%}",
+            f"{run['method']} {run['target']:.0%}" + (f" + {recovery['method']}" if recovery else ""),
+            *([f"{recovery['accuracy_before']:.2%}" if recovery else ""] if recovered else []),
             f"{run['accuracy']:.2%}",
             f"{(run['accuracy'] - dense['accuracy']) * 100:+.2f}",
             f"{run['nonzeros']:,}",
@@ -233,6 +296,23 @@ def recipe_report(
         plot_pareto(rows, "gzip_bytes", front=pareto_front(rows, "accuracy", "gzip_bytes"), title="accuracy vs size (gzip)")
     )
     sections = [Section("Before and after", tables=[table]), Section("Per layer and trade-off", figures=figures)]
+    turnover = [
+        plot_turnover(
+            [{**record, "epoch": i + 1} for i, record in enumerate(run["history"])],
+            x_key="epoch",
+            title=f"Mask turnover, {run['method']} {run['target']:.0%}",
+        )
+        for run in results["runs"]
+        if run.get("history") and "turnover" in run["history"][0]
+    ]
+    if turnover:
+        sections.append(
+            Section(
+                "Dynamic sparsity",
+                text="Share of the first mask that changed, and connections regrown, per epoch of training.",
+                figures=turnover,
+            )
+        )
     for key, how in (("sensitivity", "weights zeroed by magnitude"), ("channel_sensitivity", "channels removed (L1)")):
         if key in results:
             data = results[key]

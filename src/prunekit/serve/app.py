@@ -4,7 +4,7 @@
 POST     /v1/models/{name}[/versions/{v}]:predict        ``{"instances"|"inputs": ...}`` -> predictions
 GET      /v1/models/{name}[/versions/{v}]                status (``model_version_status``)
 GET      /v1/models/{name}[/versions/{v}]/metadata       inputs, outputs, size, sparsity, quantization
-GET      /healthz                                        200 while a model is loaded (never needs a token)
+GET      /healthz                                        200 while a model is loaded (no token needed; lists models only with one)
 GET      /metrics                                        Prometheus text format
 =======  =============================================  ===========================================
 
@@ -46,6 +46,7 @@ from prunekit.serve.auth import check_bearer  # noqa: E402
 from prunekit.serve.batching import MicroBatcher, OverloadedError  # noqa: E402
 from prunekit.serve.codec import InvalidRequestError, decode_request, dump_json, encode_response, parse_json  # noqa: E402
 from prunekit.serve.config import ServeConfig  # noqa: E402
+from prunekit.serve.guard import ArtifactGuard  # noqa: E402
 from prunekit.serve.metrics import CONTENT_TYPE, ServeMetrics  # noqa: E402
 from prunekit.serve.repository import LoadedModel, ModelNotFoundError, ModelRepository, SyncReport  # noqa: E402
 from prunekit.serve.runtimes import InferenceInputError, RuntimeOptions  # noqa: E402
@@ -122,7 +123,10 @@ class ModelServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.repository = ModelRepository(
-            config.model_dir, config.keep_versions, RuntimeOptions(intra_op_threads=config.intra_op_threads)
+            config.model_dir,
+            config.keep_versions,
+            RuntimeOptions(intra_op_threads=config.intra_op_threads),
+            ArtifactGuard(config.public_key, config.encryption_key),
         )
         self.metrics = ServeMetrics()
         self._batchers: dict[LoadedModel, MicroBatcher] = {}
@@ -292,7 +296,11 @@ class ModelServer:
     # -- handlers ------------------------------------------------------------------------------
     async def _healthz(self, request: Request, call: _Call) -> Response:
         names = self.repository.names()
-        return _json({"status": "ok" if names else "unavailable", "models": names}, 200 if names else 503)
+        body: dict[str, Any] = {"status": "ok" if names else "unavailable"}
+        # public for load balancers, but which models are served is only told to token holders
+        if self.config.token is None or check_bearer(request.headers.get("authorization"), self.config.token) is None:
+            body["models"] = names
+        return _json(body, 200 if names else 503)
 
     async def _metrics(self, request: Request, call: _Call) -> Response:
         return Response(self.metrics.registry.render(), media_type=CONTENT_TYPE)

@@ -74,11 +74,18 @@ def _as_array(value: Any, spec: TensorSpec, where: str, allow_nonfinite: bool) -
     if kind == "b":
         raise InvalidRequestError(f"{where}: expected {target} values, got booleans")
     if target.kind in "iu":
+        info = np.iinfo(target)
         if kind == "f":
             bad = ~np.isfinite(array) | (np.mod(np.nan_to_num(array), 1) != 0)
             if bad.any():
                 raise InvalidRequestError(f"{where}: expected {target} values, got the non-integer {array[bad].flat[0]}")
-        info = np.iinfo(target)
+            # numpy promoted the JSON numbers to float64 (e.g. 2**63 beside small ints), which rounds large
+            # integers: check the exact Python values before any conversion
+            exact = np.asarray(value, dtype=object).reshape(-1)
+            outside = next((v for v in exact if not info.min <= v <= info.max), None)
+            if outside is not None:
+                raise InvalidRequestError(f"{where}: value {outside} lies outside [{info.min}, {info.max}] for {target}")
+            return np.array([int(v) for v in exact], dtype=target).reshape(array.shape)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise InvalidRequestError(f"{where}: values must lie in [{info.min}, {info.max}] for {target}")
         return array.astype(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,6 +21,9 @@ class ServeConfig:
       ``intra_op_threads`` threads each (0: the runtime's default).
     - ``poll_interval_s``: how often the model directory is scanned for new versions (0: never).
     - ``token``: the bearer token (from :func:`prunekit.serve.auth.load_token`); ``None``: no auth.
+    - ``insecure``: allow a non-loopback ``host`` without a token (refused otherwise).
+    - ``public_key``: an Ed25519 public key (PEM bytes); every model must then carry a valid ``.sig``.
+    - ``encryption_key``: the 32-byte AES-256-GCM key for ``model.onnx.enc``/``model.tflite.enc`` files.
 
     Example::
 
@@ -43,6 +47,9 @@ class ServeConfig:
     access_log: bool = True
     log_level: str = "info"
     shutdown_timeout_s: float = 30.0
+    insecure: bool = False
+    public_key: bytes | None = field(default=None, repr=False)
+    encryption_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -69,6 +76,12 @@ class ServeConfig:
             problems.append(f"log_level should be one of {list(LEVELS)}, got {self.log_level!r}")
         if not self.host:
             problems.append("host should not be empty")
+        elif self.token is None and not self.insecure and not is_loopback(self.host):
+            problems.append(
+                f"host {self.host!r} is reachable from other machines but no bearer token is set; set one "
+                "(--token-env/--token-file) or, on a trusted network only, pass --insecure (insecure=True)"
+            )
+        problems += _key_problems(self.public_key, self.encryption_key)
         if problems:
             raise ConfigError("invalid serve settings: " + "; ".join(problems))
 
@@ -79,7 +92,50 @@ class ServeConfig:
 
     def summary(self) -> dict[str, object]:
         """The settings as loggable JSON values, without the token."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "token"}
+        secret = ("token", "public_key", "encryption_key")
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in secret}
+        values["signed_models"] = self.public_key is not None
+        values["encrypted_models"] = self.encryption_key is not None
         values["model_dir"] = str(self.model_dir)
         values["auth"] = self.auth_enabled
         return values
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``).
+
+    Example::
+
+        is_loopback("0.0.0.0")   # False
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _key_problems(public_key: bytes | None, encryption_key: bytes | None) -> list[str]:
+    """Why the configured keys cannot be used (an empty list when they can)."""
+    if public_key is None and encryption_key is None:
+        return []
+    if importlib.util.find_spec("cryptography") is None:
+        return ["signed or encrypted models need the cryptography package: pip install 'prunekit[secure]'"]
+    problems = []
+    if public_key is not None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        try:
+            key = serialization.load_pem_public_key(public_key)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"public_key is not a PEM public key ({exc})")
+        else:
+            if not isinstance(key, Ed25519PublicKey):
+                problems.append(f"public_key is a {type(key).__name__}, not an Ed25519 key")
+    if encryption_key is not None and len(encryption_key) != 32:
+        problems.append(f"encryption_key should be 32 bytes (AES-256), got {len(encryption_key)}")
+    return problems

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.core.gzip import gzip_file_size
+from prunekit.core.gzip import gzip_file_size, gzip_size
 from prunekit.errors import CorruptFileError
 
 METADATA_FILE = "metadata.json"
@@ -93,13 +93,13 @@ def _summarise(weights: list[np.ndarray]) -> tuple[float | None, str]:
     return sparsity, "none"
 
 
-def _onnx_weights(path: Path) -> tuple[float | None, str | None]:
+def _onnx_weights(path: Path, content: bytes | None = None) -> tuple[float | None, str | None]:
     try:
         import onnx
         from onnx import numpy_helper
     except ImportError:
         return None, None
-    model = onnx.load(str(path))
+    model = onnx.load_model_from_string(content) if content is not None else onnx.load(str(path))
     weights = [numpy_helper.to_array(t) for t in model.graph.initializer]
     sparsity, quantization = _summarise(weights)
     if any(node.op_type in _ONNX_QUANT_OPS for node in model.graph.node) and quantization == "none":
@@ -107,13 +107,13 @@ def _onnx_weights(path: Path) -> tuple[float | None, str | None]:
     return sparsity, quantization
 
 
-def _tflite_weights(path: Path) -> tuple[float | None, str | None]:
+def _tflite_weights(path: Path, content: bytes | None = None) -> tuple[float | None, str | None]:
     from prunekit.artifacts.tflite_summary import TFLITE_DTYPES, buffer_bytes, tflite_schema
 
     schema = tflite_schema()
     if schema is None:
         return None, None
-    data = path.read_bytes()
+    data = content if content is not None else path.read_bytes()
     model = schema.Model.GetRootAsModel(data, 0)
     weights: list[np.ndarray] = []
     seen: set[int] = set()
@@ -145,19 +145,25 @@ def _external_data(path: Path) -> tuple[Path, ...]:
     return external_data_files(path)
 
 
-def inspect_model(path: Path, model_format: str) -> ModelInfo:
-    """Measure a model file: its size, compressed size, weight sparsity and quantization.
+def inspect_model(path: Path, model_format: str, content: bytes | None = None) -> ModelInfo:
+    """Measure a model file: its size, compressed size, weight sparsity and quantization
+    (of ``content``, the decrypted or verified bytes of ``path``, when given).
 
     Example::
 
         inspect_model(Path("models/mlp/2/model.onnx"), "onnx").weight_sparsity   # 0.5
     """
-    files = [path, *(_external_data(path) if model_format == "onnx" else ())]  # a missing data file: a clear error
     reader = _onnx_weights if model_format == "onnx" else _tflite_weights
-    sparsity, quantization = reader(path)
+    if content is not None:
+        sparsity, quantization = reader(path, content)
+        sizes = (len(content), gzip_size(content))
+    else:
+        files = [path, *(_external_data(path) if model_format == "onnx" else ())]  # a missing data file: a clear error
+        sparsity, quantization = reader(path)
+        sizes = (sum(file.stat().st_size for file in files), sum(gzip_file_size(file) for file in files))
     return ModelInfo(
-        size_bytes=sum(file.stat().st_size for file in files),
-        gzip_size_bytes=sum(gzip_file_size(file) for file in files),
+        size_bytes=sizes[0],
+        gzip_size_bytes=sizes[1],
         weight_sparsity=sparsity,
         quantization=quantization,
         declared=read_declared_metadata(path.parent),

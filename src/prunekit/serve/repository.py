@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from prunekit.errors import ConfigError
+from prunekit.serve.guard import ArtifactGuard
 from prunekit.serve.model_info import METADATA_FILE, ModelInfo, inspect_model
 from prunekit.serve.runtimes import MODEL_FILES, Runtime, RuntimeOptions, load_runtime, model_format
 
@@ -137,12 +138,19 @@ class ModelRepository:
         [m.version for m in report.loaded]
     """
 
-    def __init__(self, root: Path | str, keep_versions: int = 1, runtime_options: RuntimeOptions = RuntimeOptions()) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        keep_versions: int = 1,
+        runtime_options: RuntimeOptions = RuntimeOptions(),
+        guard: ArtifactGuard = ArtifactGuard(),
+    ) -> None:
         if keep_versions < 0:
             raise ConfigError(f"keep_versions should be >= 0 (0 keeps every version), got {keep_versions}")
         self.root = Path(root)
         self.keep_versions = keep_versions
         self.runtime_options = runtime_options
+        self.guard = guard
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._failures: dict[tuple[str, int], tuple[Fingerprint, str]] = {}
@@ -282,12 +290,13 @@ class ModelRepository:
             raise ConfigError(entry.problem)
         assert entry.model_file is not None
         fmt = model_format(entry.model_file)
-        runtime = load_runtime(entry.model_file, self.runtime_options)
+        content = self.guard.read(entry.model_file)  # verified / decrypted in memory, or None
+        runtime = load_runtime(entry.model_file, self.runtime_options, content)
         try:
             _warm_up(runtime)
         except Exception as exc:
             raise ConfigError(f"{entry.model_file}: a warm-up inference on zeros failed: {exc}") from exc
-        info = inspect_model(entry.model_file, fmt)
+        info = inspect_model(entry.model_file, fmt, content)
         return LoadedModel(name, version, entry.model_file, fmt, runtime, info, entry.fingerprint)
 
 

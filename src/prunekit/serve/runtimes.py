@@ -25,7 +25,12 @@ from prunekit.artifacts.litert import interpreter_class
 from prunekit.errors import ConfigError, CorruptFileError, MissingDependencyError, PrunekitError
 
 #: File names a version directory may hold, and the runtime format each one selects.
-MODEL_FILES: dict[str, str] = {"model.onnx": "onnx", "model.tflite": "tflite"}
+MODEL_FILES: dict[str, str] = {
+    "model.onnx": "onnx",
+    "model.tflite": "tflite",
+    "model.onnx.enc": "onnx",  # encrypted at rest (prunekit encrypt); decrypted in memory when served
+    "model.tflite.enc": "tflite",
+}
 
 _ONNX_DTYPES: dict[str, str] = {
     "tensor(float)": "float32",
@@ -120,7 +125,7 @@ class OnnxRuntime:
 
     format = "onnx"
 
-    def __init__(self, path: Path, options: RuntimeOptions = RuntimeOptions()) -> None:
+    def __init__(self, path: Path, options: RuntimeOptions = RuntimeOptions(), content: bytes | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -132,7 +137,9 @@ class OnnxRuntime:
         session_options.inter_op_num_threads = 1
         session_options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=session_options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                content if content is not None else str(path), sess_options=session_options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise CorruptFileError(f"cannot load ONNX model {path}: {exc}") from exc
         self.inputs = tuple(self._spec(path, arg, "input") for arg in self._session.get_inputs())
@@ -173,9 +180,9 @@ class TFLiteRuntime:
 
     format = "tflite"
 
-    def __init__(self, path: Path, options: RuntimeOptions = RuntimeOptions()) -> None:
+    def __init__(self, path: Path, options: RuntimeOptions = RuntimeOptions(), content: bytes | None = None) -> None:
         self._interpreter_class = interpreter_class()
-        self._model = path.read_bytes()
+        self._model = content if content is not None else path.read_bytes()
         self._path = path
         self._threads = options.intra_op_threads or None
         self._local = threading.local()
@@ -269,8 +276,9 @@ def model_format(path: Path) -> str:
         raise ConfigError(f"{path}: a model file is named one of {sorted(MODEL_FILES)}") from None
 
 
-def load_runtime(path: Path, options: RuntimeOptions = RuntimeOptions()) -> Runtime:
-    """Open ``model.onnx`` with ONNX Runtime or ``model.tflite`` with LiteRT.
+def load_runtime(path: Path, options: RuntimeOptions = RuntimeOptions(), content: bytes | None = None) -> Runtime:
+    """Open ``model.onnx`` with ONNX Runtime or ``model.tflite`` with LiteRT (from ``content`` when given:
+    the verified or decrypted bytes of ``path``, which then never touch the disk).
 
     Raises :class:`~prunekit.errors.CorruptFileError` for an unreadable file,
     :class:`~prunekit.errors.MissingDependencyError` when the runtime is not installed and
@@ -283,9 +291,9 @@ def load_runtime(path: Path, options: RuntimeOptions = RuntimeOptions()) -> Runt
     """
     runtime: Runtime
     if model_format(path) == "onnx":
-        runtime = OnnxRuntime(path, options)
+        runtime = OnnxRuntime(path, options, content)
     else:
-        runtime = TFLiteRuntime(path, options)
+        runtime = TFLiteRuntime(path, options, content)
     _check_servable(path, runtime.inputs, "input")
     _check_servable(path, runtime.outputs, "output")
     return runtime

@@ -87,7 +87,7 @@ def serve(config: ServeConfig) -> None:
             sock = bind_socket(config.host, config.port)
             host, port = sock.getsockname()[:2]
             server.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-            if config.token is None and config.host not in _LOOPBACK:
+            if config.token is None and config.host not in _LOOPBACK:  # only with insecure=True (ServeConfig checks)
                 log.warning("serving without a bearer token on a non-loopback address", extra={"host": config.host})
             log.info("starting", extra={"settings": config.summary()})
             uv_config = uvicorn.Config(

@@ -13,7 +13,7 @@ from torch import nn
 
 from prunekit.data import DatasetSplit, load_digits
 from prunekit.errors import ConfigError
-from prunekit.methods import TRAINING_KINDS, get_method, run_method
+from prunekit.methods import TRAINING_KINDS, get_method, run_method, run_recovery
 from prunekit.sweep.runner import Trial
 from prunekit.torch import backend
 from prunekit.torch.measure.latency import measure_latency
@@ -65,6 +65,25 @@ class DigitsObjective:
         fit(model, make_loader(split.x_train, split.y_train, seed=seed), epochs=epochs, lr=2e-3, progress=False, device="cpu")
         return cls(model.state_dict(), seed=seed, model_options=model_options, split=split, **options)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything a trial's result depends on besides the trial (a resumed sweep reuses only matching trials)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(self.dense_state):
+            digest.update(name.encode())
+            digest.update(self.dense_state[name].numpy().tobytes())
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            digest.update(getattr(self.split, name).tobytes())
+        return {
+            "objective": "prunekit.sweep.digits.DigitsObjective",
+            "finetune_epochs": self.finetune_epochs,
+            "latency_repeats": self.latency_repeats,
+            "seed": self.seed,
+            "model_options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(self.model_options.items())},
+            "weights_and_data_sha256": digest.hexdigest()[:16],
+        }
+
     def dense_model(self) -> nn.Module:
         model = DigitsCNN(**self.model_options)
         model.load_state_dict(self.dense_state)
@@ -83,6 +102,19 @@ class DigitsObjective:
                 split.x_train,
                 split.y_train,
                 trial.sparsity,
+                seed=self.seed + trial.seed,
+                device="cpu",
+                epochs=self.finetune_epochs,
+            ).model
+        recover = trial.options.get("recover")
+        if recover:
+            model = run_recovery(
+                recover,
+                "torch",
+                model,
+                split.x_train,
+                split.y_train,
+                teacher=self.dense_model(),
                 seed=self.seed + trial.seed,
                 device="cpu",
                 epochs=self.finetune_epochs,

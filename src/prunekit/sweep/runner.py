@@ -9,6 +9,7 @@ atomically after every trial.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -16,11 +17,12 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.debris import remove_stale_temps
 from prunekit.core.pool import check_workers, run_jobs
 from prunekit.errors import ConfigError
 from prunekit.tradeoffs.pareto import pareto_front
@@ -40,8 +42,10 @@ class Trial:
 
     @property
     def id(self) -> str:
-        """Stable identifier, the key of the trial log: ``"method@sparsity"`` (plus seed when not 0)."""
-        return f"{self.method}@{self.sparsity:g}" + (f"#seed{self.seed}" if self.seed else "")
+        """Stable identifier, the key of the trial log: ``"method@sparsity"`` (plus ``+recover`` when the trial
+        recovers the pruned model, and the seed when not 0)."""
+        recover = self.options.get("recover")
+        return f"{self.method}{f'+{recover}' if recover else ''}@{self.sparsity:g}" + (f"#seed{self.seed}" if self.seed else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, **asdict(self), "options": dict(self.options)}
@@ -50,8 +54,50 @@ class Trial:
 Objective = Callable[[Trial], Mapping[str, float]]
 
 
-def grid(methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int] = (0,)) -> list[Trial]:
-    """Every method at every sparsity (and seed), methods outermost.
+def objective_fingerprint(objective: Any) -> dict[str, Any]:
+    """What determines an objective's results, as plain JSON data: its ``fingerprint()`` if it has one.
+
+    Otherwise the objective's qualified class/function name and, for dataclasses, its fields. Give
+    your own objectives a ``fingerprint()`` returning everything its results depend on (data,
+    model, epochs), so a resumed sweep never reuses trials measured under another configuration.
+
+    Example::
+
+        objective_fingerprint(DigitsObjective.train(epochs=2))["finetune_epochs"]
+    """
+    own = getattr(objective, "fingerprint", None)
+    if callable(own):
+        return dict(own())
+    kind = objective if callable(objective) and hasattr(objective, "__qualname__") else type(objective)
+    fingerprint: dict[str, Any] = {"objective": f"{kind.__module__}.{kind.__qualname__}"}
+    if is_dataclass(objective) and not isinstance(objective, type):
+        fingerprint["fields"] = json.loads(json.dumps(asdict(objective), default=repr, sort_keys=True))
+    return fingerprint
+
+
+def trial_key(trial: Trial, fingerprint: Mapping[str, Any]) -> str:
+    """A hash of everything that determines a trial's result: the trial itself and the objective's fingerprint.
+
+    Example::
+
+        trial_key(Trial("one-shot", 0.5), {"objective": "mine"})   # 16 hex digits
+    """
+    payload = {"trial": {k: v for k, v in trial.to_dict().items() if k != "id"}, "objective": dict(fingerprint)}
+    text = json.dumps(payload, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    if old is None:
+        return ["the logged trial has no configuration record (written by an older prunekit)"]
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)] or ["trial options differ"]
+
+
+def grid(
+    methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[int] = (0,), recoveries: Sequence[str | None] = (None,)
+) -> list[Trial]:
+    """Every method at every sparsity (and seed, and recovery method: None for none), methods outermost.
 
     Example::
 
@@ -62,7 +108,13 @@ def grid(methods: Sequence[str], sparsities: Sequence[float], seeds: Sequence[in
     for sparsity in sparsities:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
             raise ConfigError(f"sweep sparsities should be numbers in [0, 1), got {sparsity!r}")
-    trials = [Trial(m, float(s), seed) for m in methods for s in sparsities for seed in seeds]
+    trials = [
+        Trial(m, float(s), seed, {"recover": r} if r else {})
+        for m in methods
+        for r in recoveries
+        for s in sparsities
+        for seed in seeds
+    ]
     ids = [t.id for t in trials]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -196,6 +248,7 @@ def run_sweep(
     retry_failed: bool = False,
     backend: str = "processes",
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    on_mismatch: str = "refuse",
 ) -> SweepResult:
     """Run every trial not yet in ``out_dir``'s trial log, ``workers`` at a time, and write the results.
 
@@ -205,6 +258,12 @@ def run_sweep(
     runs failed trials again. ``on_trial`` sees every record as it is logged. ``backend="ray"``
     runs trials as Ray tasks (the ``ray`` extra); the log and results are written here as usual.
 
+    A logged trial is reused only when its key (:func:`trial_key`: a hash of the trial and of
+    :func:`objective_fingerprint`) matches. When the log holds the same trial id measured under
+    another configuration, ``on_mismatch="refuse"`` (the default) raises a :class:`ConfigError`
+    naming the trial and what differs; ``on_mismatch="rerun"`` runs those trials again (the new
+    records supersede the old ones in the log).
+
     Example::
 
         result = run_sweep(DigitsObjective.train(), grid(["one-shot"], [0.5, 0.9]), "sweep-out", workers=2)
@@ -213,14 +272,35 @@ def run_sweep(
     check_workers(workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     log = out / LOG_NAME
     by_id = {trial.id: trial for trial in trials}
     if len(by_id) != len(trials):
         raise ConfigError("the sweep lists a trial twice; every method@sparsity must be unique")
+    if on_mismatch not in ("refuse", "rerun"):
+        raise ConfigError(f"on_mismatch should be 'refuse' or 'rerun', got {on_mismatch!r}")
+    fingerprint = objective_fingerprint(objective)
+    keys = {trial.id: trial_key(trial, fingerprint) for trial in trials}
     done: dict[str, dict[str, Any]] = {}
+    stale: dict[str, dict[str, Any]] = {}
     for record in read_log(out):
-        if record.get("id") in by_id and (record["status"] == "ok" or not retry_failed):
-            done[record["id"]] = record
+        trial_id = record.get("id")
+        if trial_id not in by_id:
+            continue
+        if record.get("key") != keys[trial_id]:
+            stale[trial_id] = record
+            continue
+        stale.pop(trial_id, None)
+        if record["status"] == "ok" or not retry_failed:
+            done[trial_id] = record
+    stale = {i: r for i, r in stale.items() if i not in done}
+    if stale and on_mismatch == "refuse":
+        first_id, first = next(iter(stale.items()))
+        why = "; ".join(_differences(first.get("fingerprint"), fingerprint))
+        raise ConfigError(
+            f"{log} holds {len(stale)} trial(s) ({', '.join(stale)}) measured under another configuration "
+            f"({first_id}: {why}); use another output folder, or rerun them (--rerun-mismatched / on_mismatch='rerun')"
+        )
     todo = [trial for trial in trials if trial.id not in done]
     run_id = uuid.uuid4().hex[:8]
     ran: list[str] = []
@@ -229,7 +309,14 @@ def run_sweep(
         trial = todo[index]
         if error is not None:  # the worker died or could not unpickle the job
             outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}", "seconds": None, "pid": None}
-        record = {"id": trial.id, "trial": trial.to_dict(), "run": run_id, **outcome}
+        record = {
+            "id": trial.id,
+            "key": keys[trial.id],
+            "trial": trial.to_dict(),
+            "fingerprint": fingerprint,
+            "run": run_id,
+            **outcome,
+        }
         _append(log, record)
         done[trial.id] = record
         ran.append(trial.id)

@@ -113,6 +113,7 @@ def _options(job: TrainJob) -> dict[str, Any]:
         "progress": job.progress,
         "description": job.description,
         **({"device": job.device} if job.device else {}),
+        **({"checkpoint": job.checkpoint} if job.checkpoint is not None else {}),
     }
 
 

@@ -111,12 +111,15 @@ def fit(
     device: torch.device | str | None = None,
     progress: bool = True,
     description: str = "train",
+    checkpoint: Any = None,
 ) -> list[dict[str, float]]:
     """Train a classifier for ``epochs``; with a ``pruner``, step it after every optimizer step.
 
     Without ``optimizer``, Adam with ``lr`` and ``weight_decay`` is used. When ``fit`` creates
     the optimizer it attaches the pruner to it for the run (gradient and weight masking) and
     detaches it at the end. Returns one record per epoch: loss, seconds, and accuracies.
+    ``checkpoint`` (a :class:`~prunekit.torch.checkpoint.EpochCheckpoint`) saves the run at epoch
+    boundaries and resumes it, bitwise identically on CPU.
 
     Example::
 
@@ -133,9 +136,12 @@ def fit(
             pruner.attach(optimizer)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
+    start = 0
+    if checkpoint is not None:
+        start, history = checkpoint.restore(model, optimizer, pruner, train_loader, epochs=epochs, lr=lr)
     try:
-        with _progress(progress, description, epochs * _length(train_loader)) as advance:
-            for epoch in range(epochs):
+        with _progress(progress, description, (epochs - start) * _length(train_loader)) as advance:
+            for epoch in range(start, epochs):
                 model.train()
                 started, total_loss, batches = time.perf_counter(), 0.0, 0
                 for inputs, labels in train_loader:
@@ -154,9 +160,13 @@ def fit(
                 if val_loader is not None:
                     record["val_accuracy"] = evaluate(model, val_loader, device)
                 history.append(record)
+                if checkpoint is not None:
+                    checkpoint.save(epoch + 1, model, optimizer, pruner, train_loader, history, epochs=epochs, lr=lr)
         for callback in callbacks:
             if hasattr(callback, "on_train_end"):
                 callback.on_train_end()
+        if checkpoint is not None:
+            checkpoint.finish()
     finally:
         if own_optimizer and pruner is not None and not pruner.stripped:
             pruner.detach()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from prunekit.errors import ConfigError
 from prunekit.keras.recover.distill import distill
@@ -26,14 +27,37 @@ def _per_epoch(history: dict[str, list[float]]) -> list[dict[str, float]]:
     return [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.items()}} for i in range(epochs)]
 
 
+class KeepZeros(keras.callbacks.Callback):
+    """Hold the exact zeros of ``model``'s kernels (a stripped pruned model) through more training: the zeros
+    are read when training begins and restored after every batch, so the model ends as sparse as it began."""
+
+    def __init__(self, model: keras.Model):
+        super().__init__()
+        self.student = model
+        self.masks: list[tuple[Any, np.ndarray]] = []
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self.masks = []
+        for weight in self.student.trainable_weights:
+            values = np.asarray(weight.numpy())
+            if values.ndim > 1 and (values == 0).any():
+                self.masks.append((weight, (values != 0).astype(values.dtype)))
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        for weight, mask in self.masks:
+            weight.assign(weight.numpy() * mask)
+
+
 def finetune_job(job: RecoverJob) -> RecoveryRun:
-    """Plain fine-tuning with the task loss."""
+    """Plain fine-tuning with the task loss; the model's exact zeros stay zero."""
     job.model.compile(
         optimizer=keras.optimizers.Adam(job.options["lr"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    history = job.model.fit(job.x, job.y, epochs=job.options["epochs"], batch_size=job.batch_size, verbose=0)
+    history = job.model.fit(
+        job.x, job.y, epochs=job.options["epochs"], batch_size=job.batch_size, verbose=0, callbacks=[KeepZeros(job.model)]
+    )
     return RecoveryRun(job.model, _per_epoch(history.history))
 
 
@@ -54,6 +78,7 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
         alpha=options["alpha"],
         features=list(options["features"]) or None,
         feature_weight=options["feature_weight"],
+        callbacks=[KeepZeros(job.model)],
     )
     return RecoveryRun(job.model, _per_epoch(history.history))
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from prunekit.artifacts.compact import CompactHeader, load_compact, save_compact
-from prunekit.errors import ConfigError, StateMismatchError
-from prunekit.torch.structured.plan import PLAN_FORMAT, apply_plan, attach_plan, plan_of
+from prunekit.errors import ConfigError, CorruptFileError, StateMismatchError
+from prunekit.torch.structured.plan import PLAN_FORMAT, apply_plan, attach_plan, plan_of, validate_plan
 
 _TORCH_ONLY_DTYPES = {torch.bfloat16: "bfloat16"}  # numpy has no such dtype: stored as float32, cast back
 
@@ -139,8 +139,13 @@ def load_compressed(path: str | os.PathLike, model_factory: Callable[[], nn.Modu
     plan = header.plan
     if isinstance(plan, dict) and plan.get("format") == PLAN_FORMAT:
         current = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-        if current != shapes:
-            apply_plan(model, plan)  # the factory built the original architecture
+        try:
+            if current != shapes:
+                apply_plan(model, plan)  # the factory built the original architecture
+            else:
+                validate_plan(plan)
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{str(path)!r}: {exc}") from None
         attach_plan(model, plan)
     check_state_fits(model, shapes, str(path))
     torch_dtypes = header.extra.get("torch_dtypes", {})

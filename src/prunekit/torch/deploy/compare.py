@@ -23,6 +23,7 @@ from prunekit.artifacts.onnx_artifact import LatencyStats, file_sizes, onnx_accu
 from prunekit.artifacts.ort import Samples, as_samples, batch_of, rows, sample_count
 from prunekit.artifacts.quantize import quantize_onnx
 from prunekit.core.atomic import atomic_write_bytes
+from prunekit.core.debris import remove_stale_temps
 from prunekit.errors import ConfigError
 from prunekit.torch.deploy.compact import load_compressed, save_compressed
 from prunekit.torch.deploy.export import export_onnx
@@ -220,6 +221,22 @@ def _state_file(model: nn.Module, path: Path) -> Path:
     return path
 
 
+def artifact_names(with_dense: bool = True) -> list[str]:
+    """The file names :func:`compare_artifacts` writes into its ``out_dir`` (ONNX files may get a ``.data`` beside them).
+
+    Example::
+
+        artifact_names(with_dense=False)   # ['pruned.onnx', 'pruned.int8-dynamic.onnx', ...]
+    """
+    models = ["dense", "pruned"] if with_dense else ["pruned"]
+    return [
+        *(f"{m}.onnx" for m in models),
+        *(f"pruned.int8-{mode}.onnx" for mode in ("dynamic", "static")),
+        *(f"{m}.safetensors" for m in models),
+        *(f"pruned.compact-{dtype}.safetensors" for dtype in ("fp32", "int8")),
+    ]
+
+
 def compare_artifacts(
     dense_model: nn.Module | None,
     pruned_model: nn.Module,
@@ -262,6 +279,7 @@ def compare_artifacts(
         example_input = _torch_batch(batch_of(x_test, 2), torch.device("cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     models = {"dense": dense_model, "pruned": pruned_model} if dense_model is not None else {"pruned": pruned_model}
     torch_acc = {name: torch_accuracy(model, x_test, y_test) for name, model in models.items()}
 

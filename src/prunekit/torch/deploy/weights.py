@@ -43,7 +43,12 @@ def load_weights(path: str, factory: Callable[[], Any]) -> Any:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch.load raises many types for a bad or non-weights file
-            raise CorruptFileError(f"{file} is not a readable torch state_dict (weights_only load): {exc}") from None
+            raise CorruptFileError(
+                f"{file} is not a readable torch state_dict (weights_only load): {str(exc).splitlines()[0][:300]}. "
+                "prunekit never unpickles code from a file; if it is a pickled model you trust, convert it once "
+                "to safetensors: load it in Python with torch.load (weights_only disabled, trusted files only), then "
+                "safetensors.torch.save_model(model, 'model.safetensors')"
+            ) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -18,17 +18,37 @@ from prunekit.methods.recover import RecoverJob, RecoveryRun
 from prunekit.torch.recover.distill import distill
 from prunekit.torch.recover.qat import qat
 from prunekit.torch.training import fit, make_loader
+from prunekit.torch.unstructured.pruner import Pruner
 
 
 def _loader(job: RecoverJob) -> Any:
     return make_loader(job.x, job.y, batch_size=job.batch_size, seed=job.seed)
 
 
+def _keep_zeros(job: RecoverJob) -> Pruner | None:
+    """The pruned model's exact zeros held through training (an unstructured-pruned model stays as sparse)."""
+    return Pruner.from_zeros(job.model)
+
+
+def _release(pruner: Pruner | None) -> None:
+    if pruner is not None and not pruner.stripped:
+        pruner.strip()
+
+
 def finetune_job(job: RecoverJob) -> RecoveryRun:
-    """Plain fine-tuning with the task loss (the baseline the other recoveries are measured against)."""
+    """Plain fine-tuning with the task loss (the baseline the other recoveries are measured against); the
+    model's exact zeros stay zero."""
+    pruner = _keep_zeros(job)
     history = fit(
-        job.model, _loader(job), epochs=job.options["epochs"], lr=job.options["lr"], device=job.device, progress=job.progress
+        job.model,
+        _loader(job),
+        epochs=job.options["epochs"],
+        lr=job.options["lr"],
+        pruner=pruner,
+        device=job.device,
+        progress=job.progress,
     )
+    _release(pruner)
     return RecoveryRun(job.model, history)
 
 
@@ -37,6 +57,7 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
     if job.teacher is None:
         raise ConfigError("distillation needs job.teacher: the dense model the pruned one came from")
     options = job.options
+    pruner = _keep_zeros(job)
     history = distill(
         job.model,
         job.teacher,
@@ -47,9 +68,11 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
         alpha=options["alpha"],
         features=list(options["features"]) or None,
         feature_weight=options["feature_weight"],
+        pruner=pruner,
         device=job.device,
         progress=job.progress,
     )
+    _release(pruner)
     return RecoveryRun(job.model, history)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.core.atomic import atomic_path
 from prunekit.errors import ConfigError, CorruptFileError, StateMismatchError
 
 PLAN_FORMAT = "prunekit.structured-plan"
 PLAN_VERSION = 1
 _PLAN_ATTRIBUTE = "_prunekit_structured_plan"
 STRUCTURED_PLAN_KEY = "prunekit_structured_plan"
+CHECKSUMS_KEY = "prunekit_crc32"
+
+
+def tensor_crc32(tensor: torch.Tensor) -> int:
+    """CRC-32 of a tensor's bytes as stored (contiguous, CPU), whatever its dtype.
+
+    Example::
+
+        tensor_crc32(torch.zeros(3))
+    """
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return zlib.crc32(data.tobytes())
 
 
 def empty_plan(model: nn.Module) -> dict[str, Any]:
@@ -117,16 +130,117 @@ def _tensor_index(model: nn.Module) -> dict[str, torch.Tensor]:
     return index
 
 
-def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
-    """Raise ``StateMismatchError`` naming the first layer of ``model`` the plan does not fit."""
+_MAX_DIM = 2**40  # larger than any real tensor dimension; a bigger one is a crafted file
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_plan(plan: Any) -> None:
+    """Raise :class:`CorruptFileError` naming the field when ``plan`` is not a well-formed plan (no model needed).
+
+    Checks the format and version, that every tensor entry has a ``shape`` of non-negative integers
+    and ``keep`` lists of in-range integer positions per existing dimension, and
+    that every attribute entry names a module and a public attribute path (no ``_``/dunder parts).
+
+    Example::
+
+        validate_plan({"format": "prunekit.structured-plan", "version": 1, "tensors": {}, "attributes": []})
+    """
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise CorruptFileError(
             f"not a prunekit structured plan (format {plan.get('format') if isinstance(plan, dict) else type(plan).__name__!r})"
         )
-    if int(plan.get("version", 0)) > PLAN_VERSION:
-        raise CorruptFileError(
-            f"plan version {plan['version']} is newer than this prunekit reads ({PLAN_VERSION}); upgrade prunekit"
+    version = plan.get("version")
+    if not _is_index(version) or version < 1:
+        raise CorruptFileError(f"plan field 'version' should be a positive integer, got {version!r}")
+    if version > PLAN_VERSION:
+        raise CorruptFileError(f"plan version {version} is newer than this prunekit reads ({PLAN_VERSION}); upgrade prunekit")
+    tensors, attributes = plan.get("tensors"), plan.get("attributes")
+    if not isinstance(tensors, dict):
+        raise CorruptFileError(f"plan field 'tensors' should be a mapping, got {type(tensors).__name__}")
+    if not isinstance(attributes, list):
+        raise CorruptFileError(f"plan field 'attributes' should be a list, got {type(attributes).__name__}")
+    for name, entry in tensors.items():
+        where = f"plan field 'tensors.{name}"
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        keep = entry.get("keep") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(_is_index(d) and 0 <= d < _MAX_DIM for d in shape):
+            raise CorruptFileError(f"{where}.shape' should be a list of non-negative integers, got {shape!r}")
+        if not isinstance(keep, dict):
+            raise CorruptFileError(f"{where}.keep' should be a mapping of dimension -> kept positions, got {keep!r}")
+        for dim, positions in keep.items():
+            if not (isinstance(dim, str) and dim.isdigit() and int(dim) < len(shape)):
+                raise CorruptFileError(f"{where}.keep' names dimension {dim!r}; the tensor has {len(shape)} dimension(s)")
+            size = shape[int(dim)]
+            if not isinstance(positions, list) or not all(_is_index(i) and 0 <= i < size for i in positions):
+                raise CorruptFileError(f"{where}.keep.{dim}' should list positions in [0, {size}), got {positions!r}"[:300])
+    for number, attr in enumerate(attributes):
+        where = f"plan field 'attributes[{number}]"
+        if not isinstance(attr, dict) or not isinstance(attr.get("module"), str) or not isinstance(attr.get("name"), str):
+            raise CorruptFileError(f"{where}' should be a mapping with string 'module' and 'name', got {attr!r}"[:300])
+        if "value" not in attr:
+            raise CorruptFileError(f"{where}' has no 'value'")
+        parts = attr["name"].split(".") + (attr["module"].split(".") if attr["module"] else [])
+        if any(not part or part.startswith("_") for part in parts):
+            raise CorruptFileError(
+                f"{where}' sets {attr['module']}.{attr['name']}: plans may only set public attributes (no '_' or dunder names)"
+            )
+
+
+def _plain_kind(value: Any) -> str | None:
+    """The kind of plain value a plan may set: 'int', 'float', 'bool', 'str', 'none', 'seq' (of ints), or None."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)) and all(_is_index(v) for v in value):
+        return "seq"
+    return None
+
+
+def _check_attribute(model: nn.Module, modules: dict[str, nn.Module], attr: dict[str, Any]) -> None:
+    """A plan's attribute update may only reach plain values on objects inside the model, keeping their kind."""
+    import types
+
+    inside = {id(m) for m in modules.values()}
+    owner: Any = modules.get(attr["module"])
+    parts = attr["name"].split(".")
+    for part in parts[:-1]:
+        owner = getattr(owner, part, None) if owner is not None else None
+        if isinstance(owner, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+            raise CorruptFileError(
+                f"plan attribute {attr['module']}.{attr['name']} reaches a {type(owner).__name__}, not an object of the model"
+            )
+        if isinstance(owner, nn.Module) and id(owner) not in inside:
+            raise CorruptFileError(f"plan attribute {attr['module']}.{attr['name']} reaches a module outside the model")
+    if owner is None or not hasattr(owner, parts[-1]):
+        raise StateMismatchError(
+            f"layer {attr['module']!r} does not match the plan: it has no attribute {attr['name']!r}; "
+            "model_factory must build the architecture the model was pruned from"
         )
+    current, value = getattr(owner, parts[-1]), attr["value"]
+    kind, new_kind = _plain_kind(current), _plain_kind(value)
+    if kind is None or kind in ("none", "str") or new_kind != kind and not (kind == "float" and new_kind == "int"):
+        raise CorruptFileError(
+            f"plan attribute {attr['module']}.{attr['name']} is a {type(current).__name__}; a plan may only set integer "
+            f"sizes (or tuples of them) to values of the same type, got {value!r}"[:300]
+        )
+    if new_kind in ("int", "seq") and any(v < 0 for v in (value if new_kind == "seq" else [value])):
+        raise CorruptFileError(f"plan attribute {attr['module']}.{attr['name']} should be non-negative, got {value!r}"[:300])
+
+
+def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
+    """Raise ``StateMismatchError`` naming the first layer of ``model`` the plan does not fit
+    (``CorruptFileError`` for a malformed plan, or one that would set anything but plain sizes)."""
+    validate_plan(plan)
     index = _tensor_index(model)
     order = {name: i for i, name in enumerate(index)}
     pending = sorted(plan["tensors"].items(), key=lambda kv: order.get(kv[0], -1))
@@ -147,16 +261,7 @@ def check_plan(model: nn.Module, plan: dict[str, Any]) -> None:
             )
     modules = dict(model.named_modules())
     for attr in plan["attributes"]:
-        module = modules.get(attr["module"])
-        owner = module
-        parts = attr["name"].split(".")
-        for part in parts[:-1]:
-            owner = getattr(owner, part, None) if owner is not None else None
-        if owner is None or not hasattr(owner, parts[-1]):
-            raise StateMismatchError(
-                f"layer {attr['module']!r} does not match the plan: it has no attribute {attr['name']!r}; "
-                "model_factory must build the architecture the model was pruned from"
-            )
+        _check_attribute(model, modules, attr)
 
 
 def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
@@ -221,7 +326,8 @@ def _refresh_recurrent(model: nn.Module) -> None:
 
 def save_pruned(result_or_model: Any, path: str | os.PathLike) -> Path:
     """Save a pruned model (or a ``StructuredResult``) as one safetensors file: the weights plus
-    the recorded plan as JSON metadata. Written atomically (temp file, then rename).
+    the recorded plan as JSON metadata, and a CRC-32 of every tensor and of the plan (checked by
+    :func:`load_pruned`). Written atomically (temp file, then rename).
 
     Example::
 
@@ -237,15 +343,11 @@ def save_pruned(result_or_model: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.parent.exists():
         raise ConfigError(f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_model(model, temp, metadata={STRUCTURED_PLAN_KEY: json.dumps(plan)})
-        os.replace(temp, path)
-    except Exception:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+    text = json.dumps(plan)
+    checksums = {name: tensor_crc32(t) for name, t in model.state_dict().items()}
+    checksums["__plan__"] = zlib.crc32(text.encode())
+    with atomic_path(path) as temp:
+        save_model(model, str(temp), metadata={STRUCTURED_PLAN_KEY: text, CHECKSUMS_KEY: json.dumps(checksums)})
     return path
 
 
@@ -263,18 +365,76 @@ def read_plan(path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
     if STRUCTURED_PLAN_KEY not in metadata:
         raise CorruptFileError(f"{str(path)!r} has no prunekit plan; it was not written by prunekit.torch.save_pruned")
+    checksums = _checksums(path, metadata)
+    text = metadata[STRUCTURED_PLAN_KEY]
+    if checksums is not None:
+        if checksums.get("__plan__") != zlib.crc32(text.encode()):
+            raise CorruptFileError(f"{str(path)!r}: metadata field {STRUCTURED_PLAN_KEY!r} fails its CRC-32 check (corrupted)")
     try:
-        return json.loads(metadata[STRUCTURED_PLAN_KEY])
+        plan = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CorruptFileError(f"{str(path)!r} holds a corrupted prunekit plan: {exc}") from exc
+    try:
+        validate_plan(plan)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{str(path)!r}: {exc}") from None
+    return plan
+
+
+def _checksums(path: Path, metadata: dict[str, str]) -> dict[str, int] | None:
+    """The per-tensor CRC-32s a file records (None for files written before prunekit recorded them)."""
+    if CHECKSUMS_KEY not in metadata:
+        return None
+    try:
+        checksums = json.loads(metadata[CHECKSUMS_KEY])
+    except json.JSONDecodeError:
+        checksums = None
+    if not isinstance(checksums, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in checksums.values()):
+        raise CorruptFileError(f"{str(path)!r}: metadata field {CHECKSUMS_KEY!r} is not a mapping of tensor name -> CRC-32")
+    return checksums
+
+
+def verify_checksums(path: str | os.PathLike) -> int:
+    """Check every tensor of a :func:`save_pruned` file against its recorded CRC-32; returns how many were checked.
+
+    Raises :class:`CorruptFileError` naming the file and the first tensor whose bytes changed (or that
+    has no recorded checksum). Files written before checksums were recorded check nothing (returns 0).
+
+    Example::
+
+        verify_checksums("digits_pruned.safetensors")
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            checksums = _checksums(path, handle.metadata() or {})
+            if checksums is None:
+                return 0
+            names = list(handle.keys())
+            for name in names:
+                if name not in checksums:
+                    raise CorruptFileError(f"{str(path)!r}: tensor {name!r} has no recorded checksum (the file was altered)")
+                if tensor_crc32(handle.get_tensor(name)) != checksums[name]:
+                    raise CorruptFileError(
+                        f"{str(path)!r}: tensor {name!r} fails its CRC-32 check (the file is corrupted); save it again"
+                    )
+    except CorruptFileError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(f"{str(path)!r} is not a readable safetensors file: {exc}") from exc
+    return len(names)
 
 
 def load_pruned(path: str | os.PathLike, model_factory: Callable[[], nn.Module] | nn.Module) -> nn.Module:
     """Rebuild a pruned model: build the original architecture, replay the saved plan, load weights.
 
     ``model_factory`` is a callable returning the original (unpruned) model, or that model
-    itself. A model of another architecture raises ``StateMismatchError`` naming the first layer
-    that does not match; nothing is unpickled.
+    itself (then that model is modified in place). A model of another architecture raises
+    ``StateMismatchError`` naming the first layer that does not match; a tensor whose bytes fail
+    the CRC-32 recorded by :func:`save_pruned`, or a malformed plan, raises ``CorruptFileError``
+    naming the file and tensor or field. Nothing is unpickled.
 
     Example::
 
@@ -283,10 +443,14 @@ def load_pruned(path: str | os.PathLike, model_factory: Callable[[], nn.Module] 
     from safetensors.torch import load_model
 
     plan = read_plan(path)
+    verify_checksums(path)
     model = model_factory if isinstance(model_factory, nn.Module) else model_factory()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model_factory must return an nn.Module, got {type(model).__name__}")
-    apply_plan(model, plan)
+    try:
+        apply_plan(model, plan)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{str(path)!r}: {exc}") from None
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except Exception as exc:
@@ -312,4 +476,6 @@ __all__ = [
     "plan_of",
     "read_plan",
     "save_pruned",
+    "validate_plan",
+    "verify_checksums",
 ]

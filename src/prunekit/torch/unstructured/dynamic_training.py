@@ -20,10 +20,11 @@ from prunekit.errors import ConfigError
 from prunekit.methods.contract import PruningRun, TrainJob
 from prunekit.schedules import PolynomialDecay, PruningSchedule
 from prunekit.torch._sharded import count_zeros
+from prunekit.torch.rollback import rollback_on_error
 from prunekit.torch.training import fit, make_loader
 from prunekit.torch.unstructured.dynamic import DynamicPruner
 
-_FIT_KEYS = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks"}
+_FIT_KEYS = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks", "checkpoint"}
 
 
 def train_sparse(
@@ -42,6 +43,8 @@ def train_sparse(
     **options: Any,
 ) -> PruningRun:
     """Train ``model`` at ``sparsity`` with masks that move (SET or RigL) and return the stripped model.
+
+    ``model`` is trained in place; if training fails it is rolled back to what it was before the call.
 
     With ``gradual_epochs=0`` the model is pruned (by magnitude) before the first step and trains
     sparse from scratch; otherwise sparsity rises along a cubic polynomial over ``gradual_epochs``
@@ -84,13 +87,14 @@ def train_sparse(
         distribution=distribution,
         **pruner_options,
     )
-    if not gradual_epochs:
-        pruner.prune()
-    history = fit(model, train_loader, epochs=epochs, lr=lr, pruner=pruner, **fit_options)
-    _add_regrowth(history, pruner.history, steps_per_epoch)
-    params = list(pruner.params.values())
-    achieved = sum(count_zeros(p) for p in params) / sum(p.numel() for p in params)
-    pruner.strip()
+    with rollback_on_error(model):
+        if not gradual_epochs:
+            pruner.prune()
+        history = fit(model, train_loader, epochs=epochs, lr=lr, pruner=pruner, **fit_options)
+        _add_regrowth(history, pruner.history, steps_per_epoch)
+        params = list(pruner.params.values())
+        achieved = sum(count_zeros(p) for p in params) / sum(p.numel() for p in params)
+        pruner.strip()
     return PruningRun(model, pruner.schedule, history, achieved)
 
 
@@ -108,7 +112,9 @@ def _add_regrowth(history: list[dict[str, Any]], updates: list[dict[str, Any]], 
 def _job(job: TrainJob, regrow: str) -> PruningRun:
     options = dict(job.options)
     loader = make_loader(job.x, job.y, batch_size=job.batch_size, seed=job.seed)
-    extra = {"device": job.device} if job.device else {}
+    extra: dict[str, Any] = {"device": job.device} if job.device else {}
+    if job.checkpoint is not None:
+        extra["checkpoint"] = job.checkpoint
     return train_sparse(
         job.model,
         loader,
@@ -122,7 +128,7 @@ def _job(job: TrainJob, regrow: str) -> PruningRun:
         distribution=options["distribution"],
         gradual_epochs=options["gradual_epochs"],
         scope=options["scope"],
-        ignore=list(options["exclude"]),
+        exclude=list(options["exclude"]),
         seed=job.seed,
         progress=job.progress,
         description=job.description,

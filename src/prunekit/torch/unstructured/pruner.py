@@ -136,6 +136,26 @@ class Pruner:
             return super().__new__(subclass)
         return super().__new__(cls)
 
+    @classmethod
+    def from_zeros(
+        cls, model: nn.Module, *, targets: Targets = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> Pruner | None:
+        """A pruner whose masks are the exact zeros already in ``model``'s prunable weights (a stripped pruned
+        model), so more training (fine-tuning, distillation) keeps them; None when there are no zeros.
+
+        Example::
+
+            pruner = Pruner.from_zeros(pruned, optimizer=optimizer)   # the 80% zeros stay zero
+        """
+        params = select_parameters(model, targets)
+        fractions = {name: int((p == 0).sum()) / p.numel() for name, p in params.items()}
+        held = {name: f for name, f in fractions.items() if 0 < f < 1}
+        if not held:
+            return None
+        pruner = cls(model, 0.0, targets=list(held), overrides=held, optimizer=optimizer)
+        pruner.prune()
+        return pruner
+
     def __init__(
         self,
         model: nn.Module,

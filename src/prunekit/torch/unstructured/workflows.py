@@ -1,7 +1,10 @@
 """The three pruning-aware training modes as one call each: one-shot, iterative and gradual.
 
-Each prunes ``model`` in place with a :class:`Pruner`, fine-tunes it with :func:`fit`, strips
-the pruner and returns the plain model with its training history. Use them as they are, or
+Each prunes ``model`` **in place** with a :class:`Pruner`, fine-tunes it with :func:`fit`, strips
+the pruner and returns the plain model (the same object) with its training history. When a run
+fails (an exception, Ctrl-C), ``model`` is rolled back to exactly what it was before the call
+(:func:`~prunekit.torch.rollback.rollback_on_error`); pass ``copy.deepcopy(model)`` to keep the
+original whatever happens. Use them as they are, or
 read them as recipes for your own loop: each is a schedule plus a pruner plus a loop.
 """
 
@@ -15,6 +18,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.methods.contract import PruningRun
 from prunekit.schedules import ConstantSparsity, PruningSchedule, gradual_schedule, iterative_schedule
+from prunekit.torch.rollback import rollback_on_error
 from prunekit.torch.training import fit
 from prunekit.torch.unstructured.pruner import Pruner
 
@@ -42,18 +46,19 @@ def _run(
     prune_first: bool = False,
 ) -> PruningRun:
     pruner = Pruner(model, schedule, **pruner_options)
-    if prune_first:
-        pruner.prune()
-    history = fit(model, loader, epochs=epochs, lr=lr, pruner=pruner, **fit_options)
-    pruned = list(pruner.params.values())
-    zeros = sum(int((p == 0).sum()) for p in pruned)
-    total = sum(p.numel() for p in pruned)
-    pruner.strip()
+    with rollback_on_error(model):
+        if prune_first:
+            pruner.prune()
+        history = fit(model, loader, epochs=epochs, lr=lr, pruner=pruner, **fit_options)
+        pruned = list(pruner.params.values())
+        zeros = sum(int((p == 0).sum()) for p in pruned)
+        total = sum(p.numel() for p in pruned)
+        pruner.strip()
     return PruningRun(model, schedule, history, zeros / total)
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    fit_keys = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks"}
+    fit_keys = {"weight_decay", "loss_fn", "val_loader", "device", "progress", "description", "callbacks", "checkpoint"}
     fit_options = {k: v for k, v in options.items() if k in fit_keys}
     return fit_options, {k: v for k, v in options.items() if k not in fit_keys}
 
