@@ -116,6 +116,8 @@ def save_run(out: Path, name: str, pruned, optimizer) -> dict:
     """Write each replica's state of ``pruned`` to ``out/name.npz``; return its variable types and counts."""
     arrays, info = {}, {"layers": [], "variable_types": {}, "optimizer_steps": replicas(optimizer.iterations)[0].item()}
     for state in prunings(pruned):
+        if not state.attached:
+            continue  # a weightless layer (Flatten, ...) marked as a no-op, as tfmot wraps it
         info["layers"].append(state.layer_name)
         for kind, variable in (("mask", state.masks[0]), ("kernel", state.weights[0]), ("applied", state.applied[0])):
             for replica, value in enumerate(replicas(variable)):

@@ -158,3 +158,15 @@ def test_m_by_n_leaves_weights_that_are_not_rank_2_or_4_dense_like_tfmot():
     x = np.random.default_rng(6).normal(size=(4, 4, 4, 4, 1)).astype("float32")
     _fit(model, x, np.zeros((4, 2, 2, 2, 2), "float32"))
     assert pk.get_masks(model) == {} and _zeros(model.get_layer("conv3d").kernel) == 0
+
+
+def test_no_op_marks_on_weightless_layers_leave_erdos_renyi_shares_over_the_weighted_layers_only():
+    from prunekit.keras.unstructured.layers import prunable_weights
+    from prunekit.keras.unstructured.state import prunings
+
+    model = pk.prune_sparse(pk.digits_cnn(), 0.9, distribution="erdos_renyi_kernel")
+    weighted = [state for state in prunings(model) if prunable_weights(state.target_layer())]
+    assert [state.layer_name for state in weighted] == pk.pruned_layers(model) == ["conv1", "conv2", "fc1", "fc2"]
+    sizes = [int(np.prod(state.target_layer().kernel.shape)) for state in weighted]
+    kept = sum((1 - state.spec.schedule.final_sparsity) * size for state, size in zip(weighted, sizes))
+    assert kept == pytest.approx(0.1 * sum(sizes))

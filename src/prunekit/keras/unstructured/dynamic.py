@@ -82,7 +82,7 @@ def prune_sparse(
     )
     if distribution == "uniform":
         return pruned
-    states = prunings(pruned)
+    states = [state for state in prunings(pruned) if prunable_weights(state.target_layer())]  # not no-op layers
     shapes: dict[tuple[str, int], tuple[int, ...]] = {}
     for state in states:
         for index, weight in enumerate(prunable_weights(state.target_layer())):
