@@ -93,7 +93,7 @@ def test_from_config_accepts_inner_config():
         (lambda: ConstantSparsity(0.5, begin_step=10, end_step=5), "end_step \\(5\\) should be >= begin_step \\(10\\)"),
         (lambda: ConstantSparsity(0.5, frequency=0), "frequency should be an integer >= 1"),
         (lambda: PolynomialDecay(0.0, 1.2, 0, 100), "final_sparsity should be in \\[0, 1\\)"),
-        (lambda: PolynomialDecay(0.0, 0.5, 100, 100), "end_step \\(100\\) should be > begin_step \\(100\\)"),
+        (lambda: PolynomialDecay(0.0, 0.5, 100, 99), "end_step \\(99\\) should be >= begin_step \\(100\\)"),
         (lambda: PolynomialDecay(0.0, 0.5, 0, 100, power=0), "power should be a number > 0"),
         (lambda: PolynomialDecay(0.0, 0.5, 0, 100, frequency=1.5), "frequency should be an integer"),
         (lambda: IterativeSparsity([]), "at least one"),

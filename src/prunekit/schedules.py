@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from prunekit.errors import ConfigError
 
 
@@ -42,24 +44,78 @@ def _check_frequency(value: Any) -> int:
     return int(value)
 
 
+def _as_step(value: Any) -> int:
+    """A step given as an int, a NumPy scalar or a 0-d tensor (anything ``np.asarray`` reads) as an int."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return _check_step(value, "step")
+    try:
+        array = np.asarray(value)
+    except Exception:  # noqa: BLE001 - any object NumPy cannot read is reported below
+        array = None
+    if array is None or array.ndim != 0 or not np.issubdtype(array.dtype, np.integer):
+        raise ConfigError(f"step should be an integer (or a 0-d integer tensor), got {value!r}")
+    return _check_step(int(array), "step")
+
+
+def schedule_value(schedule: PruningSchedule, step: int) -> tuple[bool, float]:
+    """``schedule(step)`` as Python ``(bool, float)``, whatever the schedule returns (bools, NumPy values or
+    TensorFlow tensors, as TF MOT-style custom schedules do).
+
+    Example::
+
+        schedule_value(ConstantSparsity(0.5, 0, frequency=10), 20)  # (True, 0.5)
+    """
+    prune, sparsity = schedule(step)
+    return bool(np.asarray(prune)), float(np.asarray(sparsity))
+
+
 class PruningSchedule(ABC):
     """A schedule answers ``schedule(step) -> (prune_now, sparsity)``.
 
-    Subclasses implement :meth:`should_prune`, :meth:`sparsity_at` and :meth:`get_config`.
+    Subclasses implement :meth:`get_config` and either :meth:`should_prune` and :meth:`sparsity_at`
+    (prunekit's built-ins) or ``__call__`` alone (TF MOT's way; its results may be tensors).
+
+    Example::
+
+        class EveryTenSteps(PruningSchedule):
+            def __call__(self, step):
+                return step % 10 == 0, 0.5
+            def get_config(self):
+                return {"class_name": "EveryTenSteps", "config": {}}
     """
 
-    @abstractmethod
+    def _overrides_call(self) -> bool:
+        return type(self).__call__ is not PruningSchedule.__call__
+
     def should_prune(self, step: int) -> bool:
         """Whether masks are recomputed at ``step``."""
+        if not self._overrides_call():
+            raise NotImplementedError(f"{type(self).__name__} should implement __call__ or should_prune and sparsity_at")
+        return schedule_value(self, step)[0]
 
-    @abstractmethod
     def sparsity_at(self, step: int) -> float:
         """The target sparsity the schedule asks for at ``step``."""
+        if not self._overrides_call():
+            raise NotImplementedError(f"{type(self).__name__} should implement __call__ or should_prune and sparsity_at")
+        return schedule_value(self, step)[1]
 
     @property
-    @abstractmethod
     def final_sparsity(self) -> float:
-        """The sparsity the schedule ends at."""
+        """The sparsity the schedule ends at: a ``final_sparsity`` attribute set by the subclass, else the
+        sparsity at its ``end_step``."""
+        if "_final_sparsity" in self.__dict__:
+            return float(self.__dict__["_final_sparsity"])
+        end = getattr(self, "end_step", None)
+        if isinstance(end, numbers.Integral) and int(end) >= 0:
+            return self.sparsity_at(int(end))
+        raise ConfigError(
+            f"{type(self).__name__} does not say which sparsity it ends at; set self.final_sparsity in its "
+            "__init__ (or give it an end_step >= 0)"
+        )
+
+    @final_sparsity.setter
+    def final_sparsity(self, value: float) -> None:
+        self.__dict__["_final_sparsity"] = value
 
     @abstractmethod
     def get_config(self) -> dict[str, Any]:
@@ -73,7 +129,7 @@ class PruningSchedule(ABC):
         return cls(**config)
 
     def __call__(self, step: int) -> tuple[bool, float]:
-        step = _check_step(step, "step")
+        step = _as_step(step)
         return self.should_prune(step), self.sparsity_at(step)
 
     def __eq__(self, other: object) -> bool:
@@ -107,15 +163,12 @@ class ConstantSparsity(PruningSchedule):
         if self.end_step != -1 and self.end_step < self.begin_step:
             raise ConfigError(f"end_step ({end_step}) should be >= begin_step ({begin_step}) or -1")
         self.frequency = _check_frequency(frequency)
+        self._final_sparsity = self.target_sparsity
 
     def should_prune(self, step: int) -> bool:
         return _in_pruning_turn(step, self.begin_step, self.end_step, self.frequency)
 
     def sparsity_at(self, step: int) -> float:
-        return self.target_sparsity
-
-    @property
-    def final_sparsity(self) -> float:
         return self.target_sparsity
 
     def get_config(self) -> dict[str, Any]:
@@ -134,7 +187,8 @@ class PolynomialDecay(PruningSchedule):
     """Sparsity rising from ``initial_sparsity`` to ``final_sparsity`` as a polynomial of the step.
 
     ``s(t) = final + (initial - final) * (1 - p) ** power`` with
-    ``p = clip((t - begin_step) / (end_step - begin_step), 0, 1)``, so ``s(end_step) == final``.
+    ``p = clip((t - begin_step) / (end_step - begin_step), 0, 1)``, so ``s(end_step) == final``
+    (``end_step == begin_step`` prunes once, to ``final``, as TF MOT allows).
     ``power=3`` prunes fast early, while the network has redundancy, and slowly near the end
     (Zhu & Gupta, 2017).
 
@@ -156,8 +210,8 @@ class PolynomialDecay(PruningSchedule):
         self._final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
         self.begin_step = _check_step(begin_step, "begin_step")
         self.end_step = _check_step(end_step, "end_step")
-        if self.end_step <= self.begin_step:
-            raise ConfigError(f"end_step ({end_step}) should be > begin_step ({begin_step})")
+        if self.end_step < self.begin_step:
+            raise ConfigError(f"end_step ({end_step}) should be >= begin_step ({begin_step})")
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
             raise ConfigError(f"power should be a number > 0, got {power!r}")
         self.power: float = power
@@ -175,14 +229,12 @@ class PolynomialDecay(PruningSchedule):
         return _in_pruning_turn(step, self.begin_step, self.end_step, self.frequency)
 
     def sparsity_at(self, step: int) -> float:
+        if self.end_step == self.begin_step:  # TF MOT allows it: one pruning step, at the final sparsity
+            return self._final_sparsity if step >= self.begin_step else self.initial_sparsity
         progress = (step - self.begin_step) / (self.end_step - self.begin_step)
         progress = min(1.0, max(0.0, progress))
         decayed = (self.initial_sparsity - self._final_sparsity) * (1.0 - progress) ** self.power
         return decayed + self._final_sparsity
-
-    @property
-    def final_sparsity(self) -> float:
-        return self._final_sparsity
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -230,6 +282,7 @@ class IterativeSparsity(PruningSchedule):
                     f"{parsed[i][1]} at step {parsed[i][0]} follows {parsed[i - 1][1]}"
                 )
         self.milestones = parsed
+        self._final_sparsity = parsed[-1][1]
         self._steps = {step: sparsity for step, sparsity in parsed}
 
     def should_prune(self, step: int) -> bool:
@@ -238,10 +291,6 @@ class IterativeSparsity(PruningSchedule):
     def sparsity_at(self, step: int) -> float:
         reached = [sparsity for milestone, sparsity in self.milestones if milestone <= step]
         return reached[-1] if reached else 0.0
-
-    @property
-    def final_sparsity(self) -> float:
-        return self.milestones[-1][1]
 
     @property
     def end_step(self) -> int:

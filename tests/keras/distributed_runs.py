@@ -36,11 +36,11 @@ from prunekit.keras.unstructured.state import prunings  # noqa: E402
 from tests.keras.helpers import compile_classifier, random_digits, tiny_cnn  # noqa: E402
 
 STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-BATCH, SAMPLES = 8, 64  # 8 optimizer steps: pruning steps 0..7
+BATCH, SAMPLES = 8, 64  # 8 optimizer steps: pruning steps 1..8
 
 
 def schedule() -> pk.PolynomialDecay:
-    """Prunes at steps 0, 2, 4 and 6 of the 8, reaching 0.8 at step 6."""
+    """Prunes at steps 2, 4 and 6 of 1..8 (TF MOT numbering), reaching 0.8 at step 6."""
     return pk.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=6, frequency=2)
 
 
@@ -116,6 +116,8 @@ def save_run(out: Path, name: str, pruned, optimizer) -> dict:
     """Write each replica's state of ``pruned`` to ``out/name.npz``; return its variable types and counts."""
     arrays, info = {}, {"layers": [], "variable_types": {}, "optimizer_steps": replicas(optimizer.iterations)[0].item()}
     for state in prunings(pruned):
+        if not state.attached:
+            continue  # a weightless layer (Flatten, ...) marked as a no-op, as tfmot wraps it
         info["layers"].append(state.layer_name)
         for kind, variable in (("mask", state.masks[0]), ("kernel", state.weights[0]), ("applied", state.applied[0])):
             for replica, value in enumerate(replicas(variable)):

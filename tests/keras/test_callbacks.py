@@ -24,8 +24,8 @@ def test_pruning_summaries_logs_each_weights_sparsity_once_per_epoch(tmp_path):
     _fit(model, [pk.UpdatePruningStep(), summaries])
     records = [json.loads(line) for line in (tmp_path / "pruning_summaries.jsonl").read_text().splitlines()]
     assert records == summaries.records
-    assert [(r["epoch"], r["step"]) for r in records] == [(0, 3), (1, 7)]
-    assert records[0]["sparsity"]["fc1/kernel"] == pytest.approx(round(SCHEDULE.sparsity_at(2) * 128 * 16) / (128 * 16))
+    assert [(r["epoch"], r["step"]) for r in records] == [(0, 4), (1, 8)]  # TF MOT: the first batch is step 1
+    assert records[0]["sparsity"]["fc1/kernel"] == 0.5  # end_step 4 is the 4th batch: final sparsity reached
     assert records[1]["sparsity"] == {
         "conv1/kernel": pytest.approx(18 / 36),
         "conv2/kernel": 0.5,
@@ -39,7 +39,7 @@ def test_pruning_summaries_writes_tensorboard_scalars_without_tensorboard_instal
     from tensorflow.core.util import event_pb2
 
     model = compile_classifier(pk.prune_low_magnitude(tiny_cnn(), pruning_schedule=SCHEDULE), eager=True)
-    _fit(model, [pk.UpdatePruningStep(), pk.PruningSummaries(log_dir=tmp_path, update_freq=4)], epochs=1)
+    _fit(model, [pk.UpdatePruningStep(), pk.PruningSummaries(log_dir=tmp_path, update_freq=3)], epochs=1)
     values = {}
     for event_file in tmp_path.glob("events.out.tfevents.*"):
         for record in tf.data.TFRecordDataset(str(event_file)):
@@ -57,10 +57,12 @@ def test_update_pruning_step_refuses_steps_per_execution_above_one():
         _fit(model, [pk.UpdatePruningStep()])
 
 
-def test_update_pruning_step_on_an_unpruned_model_says_to_prune_first():
+def test_update_pruning_step_on_an_unpruned_model_is_a_no_op_like_tfmot():
     model = compile_classifier(tiny_cnn(), eager=True)
-    with pytest.raises(ConfigError, match="has no pruned layers; prune it first"):
-        _fit(model, [pk.UpdatePruningStep()])
+    callback = pk.UpdatePruningStep()
+    _fit(model, [callback])
+    assert callback.step == -1
+    assert all(float((w.numpy() == 0).mean()) == 0.0 for w in model.trainable_weights if w.path.endswith("kernel"))
 
 
 def test_pruning_summaries_rejects_a_bad_update_freq(tmp_path):

@@ -85,9 +85,9 @@ def test_pruning_step_follows_every_optimizer_step_on_every_replica(distributed,
     assert report["runs"][run]["optimizer_steps"] == OPTIMIZER_STEPS
     for name in report["runs"][run]["layers"]:
         for replica in REPLICAS:
-            # the step is the index of the current batch (TF MOT's): 0..7 over 8 optimizer steps
-            assert arrays[run][f"{name}/step/{replica}"] == OPTIMIZER_STEPS - 1
-            assert arrays[run][f"{name}/applied/{replica}"] == OPTIMIZER_STEPS - 1
+            # TF MOT numbering: the first batch is step 1, so 8 optimizer steps end at step 8
+            assert arrays[run][f"{name}/step/{replica}"] == OPTIMIZER_STEPS
+            assert arrays[run][f"{name}/applied/{replica}"] == OPTIMIZER_STEPS
 
 
 @pytest.mark.parametrize("run", RUNS)

@@ -38,7 +38,7 @@ def test_load_model_restores_masks_step_and_schedule(halfway):
         np.testing.assert_array_equal(pk.get_masks(loaded)[key], keep)
     for name in ("conv1", "fc1"):
         state = get_pruning(loaded.get_layer(name))
-        assert int(state.step.numpy()) == 5
+        assert int(state.step.numpy()) == 6  # 6 batches: steps 1..6 (TF MOT numbering)
         assert state.spec.schedule == SCHEDULE
 
 
@@ -46,7 +46,7 @@ def test_training_resumes_after_loading_and_ends_exactly_at_the_final_sparsity(h
     model, path = halfway
     loaded = pk.load_model(path)
     pruned_before = {key: ~keep for key, keep in pk.get_masks(loaded).items()}
-    _train(loaded, 8)  # steps 6..13 include the pruning steps 8 and 12
+    _train(loaded, 8)  # steps 7..14 include the pruning steps 8 and 12
     for name in ("conv1", "conv2", "fc1", "fc2"):
         kernel = loaded.get_layer(name).kernel
         assert_sparsity(kernel.numpy(), 0.8, name)
@@ -85,6 +85,6 @@ def test_subclassed_model_gets_its_state_back_through_plain_keras_load(tmp_path)
     model.save(tmp_path / "net.keras")
     loaded = keras.saving.load_model(tmp_path / "net.keras", custom_objects={"PrunedNet": PrunedNet})
     state = get_pruning(loaded.fc1)
-    assert int(state.step.numpy()) == 4
+    assert int(state.step.numpy()) == 5
     np.testing.assert_array_equal(pk.get_masks(loaded)[loaded.fc1.kernel.path], pk.get_masks(model)[model.fc1.kernel.path])
     assert_sparsity(pk.get_masks(loaded)[loaded.fc1.kernel.path], SCHEDULE.sparsity_at(4), "fc1 mask")

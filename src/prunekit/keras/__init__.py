@@ -37,21 +37,22 @@ from prunekit.keras.tradeoffs.sensitivity import Accuracy, analyze_sensitivity  
 from prunekit.keras.unstructured.callbacks import PruningSummaries, UpdatePruningStep  # noqa: E402
 from prunekit.keras.unstructured.dynamic import DynamicSparsity, prune_sparse  # noqa: E402
 from prunekit.keras.unstructured.layers import PrunableLayer  # noqa: E402
-from prunekit.keras.unstructured.pruning import get_masks, prune_low_magnitude, pruned_layers, strip_pruning  # noqa: E402
+from prunekit.keras.unstructured.policy import PruneForLatencyOnXNNPack, PruningPolicy  # noqa: E402
+from prunekit.keras.unstructured.pruning import (  # noqa: E402
+    get_masks,
+    prune_low_magnitude,
+    prune_scope,
+    pruned_layers,
+    strip_pruning,
+)
+from prunekit.keras.unstructured.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule  # noqa: E402
 from prunekit.keras.unstructured.workflows import (  # noqa: E402
     PruningRun,
     prune_gradually,
     prune_iteratively,
     prune_one_shot,
 )
-from prunekit.schedules import (  # noqa: E402
-    ConstantSparsity,
-    IterativeSparsity,
-    PolynomialDecay,
-    PruningSchedule,
-    gradual_schedule,
-    iterative_schedule,
-)
+from prunekit.schedules import IterativeSparsity, gradual_schedule, iterative_schedule  # noqa: E402
 from prunekit.tradeoffs.budget import Allocation, SensitivityTable, allocation_table  # noqa: E402
 
 __all__ = [
@@ -63,6 +64,8 @@ __all__ = [
     "IterativeSparsity",
     "PolynomialDecay",
     "PrunableLayer",
+    "PruneForLatencyOnXNNPack",
+    "PruningPolicy",
     "PruningRun",
     "PruningSchedule",
     "PruningSummaries",
@@ -91,6 +94,7 @@ __all__ = [
     "prune_iteratively",
     "prune_low_magnitude",
     "prune_one_shot",
+    "prune_scope",
     "pruned_layers",
     "remove_channels",
     "serialized_size",

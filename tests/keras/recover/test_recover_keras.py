@@ -174,6 +174,6 @@ def test_quantize_model_rejects_subclassed_models_and_live_pruning_state():
     model(np.zeros((1, 4), "float32"))
     with pytest.raises(ConfigError, match="Sequential and Functional"):
         quantize_model(model)
-    pruned = pk.prune_low_magnitude(pk.digits_cnn(channels=(4, 8), hidden=16), pruning_schedule=pk.ConstantSparsity(0.5, 0))
+    pruned = pk.prune_low_magnitude(pk.digits_cnn(channels=(4, 8), hidden=16), pruning_schedule=pk.ConstantSparsity(0.5, 1))
     with pytest.raises(ConfigError, match="strip_pruning"):
         quantize_model(pruned)

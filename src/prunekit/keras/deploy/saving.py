@@ -16,7 +16,7 @@ import h5py
 import keras
 import numpy as np
 
-from prunekit.errors import CorruptFileError, LayerNotFoundError, StateMismatchError
+from prunekit.errors import ConfigError, CorruptFileError, LayerNotFoundError, StateMismatchError
 from prunekit.keras.unstructured.layers import iter_layers
 from prunekit.keras.unstructured.state import (
     ATTRIBUTE,
@@ -57,6 +57,13 @@ def load_model(path: str | os.PathLike, custom_objects: dict[str, Any] | None = 
         pruned = load_model("checkpoint.keras")
         pruned.fit(x, y, callbacks=[UpdatePruningStep()])
     """
+    if os.fspath(path).lower().endswith((".h5", ".hdf5")):
+        raise ConfigError(
+            f"{os.fspath(path)!r} is a legacy HDF5 file: Keras 3 writes only the layers' own weights there, so it "
+            "holds no pruning state (masks, step, schedule) to restore. Save pruning checkpoints as .keras "
+            "(model.save('ckpt.keras')) and load them with prunekit.keras.load_model; load a plain .h5 model "
+            "with keras.saving.load_model"
+        )
     model = keras.saving.load_model(path, custom_objects=custom_objects, compile=compile)
     saved = _saved_states(path)
     if not saved:

@@ -50,7 +50,7 @@ def prunable_layers(model: keras.Model) -> list[str]:
 
         prunable_layers(prunekit.keras.digits_cnn())  # ["conv1", "conv2", "fc1", "fc2"]
     """
-    return [layer.name for layer in select_layers(model)]
+    return [layer.name for layer, weights in select_layers(model).items() if weights]  # not weightless no-op layers
 
 
 def _pruned_weights(model: keras.Model, layers: Sequence[str]) -> dict[str, list[Any]]:

@@ -13,6 +13,7 @@ import tensorflow as tf
 from prunekit.core.atomic import atomic_write_text
 from prunekit.errors import ConfigError
 from prunekit.keras.unstructured.state import LayerPruning, prunings
+from prunekit.schedules import schedule_value
 
 
 def _pruning_states(model: Any, who: str) -> list[LayerPruning]:
@@ -29,6 +30,12 @@ def _pruning_states(model: Any, who: str) -> list[LayerPruning]:
 
 class UpdatePruningStep(keras.callbacks.Callback):
     """Advance the pruning step before every training batch and update masks on schedule (TF MOT's).
+
+    Step numbering is TF MOT's: a freshly pruned model is at step -1, ``on_train_begin`` moves it
+    to 0 and every training batch advances it before its forward pass, so **the first batch is
+    step 1** and ``PolynomialDecay(0.5, 0.8, 0, end_step=20, frequency=10)`` reaches 0.8 at the
+    20th batch. A restored model continues from its saved step. ``first_step=0`` numbers the
+    first batch 0 instead, as ``prunekit.torch``'s ``Pruner`` does (prunekit's own workflows use it).
 
     Required while training a pruned model: an optimizer step without it raises. In a custom
     loop, call it as TF MOT documents::
@@ -48,13 +55,24 @@ class UpdatePruningStep(keras.callbacks.Callback):
         model.fit(x, y, epochs=4, callbacks=[UpdatePruningStep()])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first_step: int = 1) -> None:
         super().__init__()
+        if first_step not in (0, 1):
+            raise ConfigError(f"first_step should be 1 (TF MOT's numbering) or 0 (prunekit.torch's), got {first_step!r}")
+        self.first_step = first_step
         self._states: list[LayerPruning] = []
+        self._pending: list[LayerPruning] = []
         self._counters: dict[int, list[Any]] = {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._states = _pruning_states(self.model, "UpdatePruningStep")
+        if self.model is None:
+            raise ConfigError(
+                "UpdatePruningStep has no model; Keras sets it in fit(), in a custom loop call callback.set_model(model)"
+            )
+        self._states = prunings(self.model)
+        if not self._states:  # TF MOT: nothing to do on a model without pruned layers
+            self._counters = {}
+            return
         steps_per_execution = getattr(self.model, "steps_per_execution", 1) or 1
         if steps_per_execution > 1:
             raise ConfigError(
@@ -62,19 +80,54 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 "pruning needs a callback before every optimizer step, so compile it with steps_per_execution=1"
             )
         self._counters = {}
+        self._start_steps: dict[int, int] = {}
+        self._pending = []
         for state in self._states:
-            state.attach()
-            state.apply_masks()
+            if state.target_layer().built:
+                state.attach()
+                state.apply_masks()
+            else:  # an unbuilt model (TF MOT prunes those too): Keras builds it in the first train step
+                self._pending.append(state)
+            if self.first_step == 1 and int(state.step.numpy()) == -1:
+                state.step.assign(0)  # TF MOT: a fresh model starts at 0, so the first batch is step 1
             self._counters.setdefault(id(state.step), [state.step, int(state.step.numpy())])
+            self._start_steps.setdefault(id(state.step), int(state.step.numpy()))
 
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+    def on_train_batch_begin(self, batch: int = -1, logs: dict | None = None) -> None:
         if not self._counters:
             self.on_train_begin()
         for counter in self._counters.values():
             counter[1] += 1
             counter[0].assign(counter[1])
+        if self._pending:
+            self._attach_built_layers()
         for state in self._states:
             state.update_masks(self._counters[id(state.step)][1])
+
+    def _attach_built_layers(self) -> None:
+        """Attach the layers Keras built in the first train step, catch up on the pruning steps they missed,
+        and retrace the train step so that it applies their masks."""
+        built = [state for state in self._pending if state.target_layer().built]
+        if not built:
+            return
+        for state in built:
+            step = self._counters[id(state.step)][1]
+            state.attach()
+            for applied in state.applied:
+                applied.assign(step - 1)
+            start = self._start_steps.get(id(state.step), step - 1)
+            missed = [s for s in range(max(start + 1, 0), step) if state.spec.schedule.should_prune(s)]
+            if missed:
+                state.update_masks(missed[-1])
+        self._pending = [state for state in self._pending if state not in built]
+        if hasattr(self.model, "make_train_function") and getattr(self.model, "train_function", None) is not None:
+            self.model.make_train_function(force=True)
+
+    def on_epoch_end(self, batch: int = -1, logs: dict | None = None) -> None:
+        """Zero the pruned weights again (TF MOT re-masks at every epoch end; custom loops call it with ``batch=-1``)."""
+        for state in self._states:
+            if state.attached:
+                state.apply_masks()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._counters = {}
@@ -110,6 +163,8 @@ class PruningSummaries(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch", tensorboard: bool = True):
         super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+            raise ConfigError(f"`log_dir` must be a non-empty string or path. You passed `log_dir`={log_dir!r}.")
         if update_freq != "epoch" and not (
             isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq >= 1
         ):
@@ -126,6 +181,13 @@ class PruningSummaries(keras.callbacks.Callback):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.tensorboard and self._writer is None:
             self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def on_epoch_begin(self, epoch: int = -1, logs: dict | None = None) -> None:
+        """In a custom loop (no ``fit``), TF MOT's guide calls this at each epoch start: it logs then."""
+        if self.params:  # inside fit(): logged at epoch end / every update_freq batches
+            return
+        self.on_train_begin()  # idempotent: the folder and the event writer, once
+        self._log(epoch=None if epoch == -1 else epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batches += 1
@@ -145,9 +207,11 @@ class PruningSummaries(keras.callbacks.Callback):
         step = max(int(state.step.numpy()) for state in states)
         record: dict[str, Any] = {"epoch": epoch, "step": step, "sparsity": {}, "target_sparsity": {}}
         for state in states:
+            if not state.attached:
+                continue  # a weightless layer marked as a no-op, or one not built yet
             for path, mask in state.mask_arrays().items():
                 record["sparsity"][path] = float(1.0 - mask.mean())
-            record["target_sparsity"][state.layer_name] = float(state.spec.schedule.sparsity_at(max(step, 0)))
+            record["target_sparsity"][state.layer_name] = schedule_value(state.spec.schedule, max(step, 0))[1]
         self.records.append(record)
         lines = "".join(json.dumps(item) + "\n" for item in self.records)
         atomic_write_text(self.log_dir / "pruning_summaries.jsonl", lines)

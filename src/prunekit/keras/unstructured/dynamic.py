@@ -82,7 +82,7 @@ def prune_sparse(
     )
     if distribution == "uniform":
         return pruned
-    states = prunings(pruned)
+    states = [state for state in prunings(pruned) if prunable_weights(state.target_layer())]  # not no-op layers
     shapes: dict[tuple[str, int], tuple[int, ...]] = {}
     for state in states:
         for index, weight in enumerate(prunable_weights(state.target_layer())):
@@ -159,7 +159,7 @@ class DynamicSparsity(UpdatePruningStep):
         batch_size: int = 64,
         seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(first_step=0)  # RigL steps count from 0, like prunekit.torch
         self.regrowth = dynamic.Regrowth(regrow, end_step, update_interval, drop_fraction, begin_step)
         if scope not in SCOPES:
             raise ConfigError(f"scope should be one of {SCOPES}, got {scope!r}")
@@ -183,7 +183,7 @@ class DynamicSparsity(UpdatePruningStep):
             self._resolve_begin()
             self._resolved = True
 
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+    def on_train_batch_begin(self, batch: int = -1, logs: dict | None = None) -> None:
         super().on_train_batch_begin(batch, logs)
         step = self.step
         if self.regrowth.is_update(step):
@@ -192,7 +192,8 @@ class DynamicSparsity(UpdatePruningStep):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch_start = len(self.history)
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, batch: int = -1, logs: dict | None = None) -> None:
+        super().on_epoch_end(batch, logs)
         if logs is None:
             return
         inside = self.history[self._epoch_start :]
@@ -203,7 +204,7 @@ class DynamicSparsity(UpdatePruningStep):
     # ----------------------------------------------------------------- regrowth
     def _resolve_begin(self) -> None:
         regrowth = self.regrowth
-        schedules = {state.layer_name: state.spec.schedule for state in self._states}
+        schedules = {state.layer_name: state.spec.schedule for state in self._states if state.attached}  # not no-op layers
         if regrowth.begin_step is None:
             start = max(dynamic.regrowth_start(s.sparsity_at, s.final_sparsity, regrowth.end_step) for s in schedules.values())
             begin = start + regrowth.update_interval

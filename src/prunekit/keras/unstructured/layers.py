@@ -8,7 +8,7 @@ excluded or say what to prune through TF MOT's protocol, a ``get_prunable_weight
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -47,6 +47,21 @@ DENSE_ONLY: tuple[type, ...] = (
 )
 
 
+#: Built-in layers without weights: TF MOT wraps them as no-ops, so prunekit marks them, built or not.
+WEIGHTLESS: tuple[type, ...] = tuple(
+    getattr(_layers, name)
+    for name in (
+        "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout "
+        "ActivityRegularization Flatten Reshape Permute RepeatVector Activation ReLU LeakyReLU ELU Softmax Masking "
+        "ZeroPadding1D ZeroPadding2D ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D "
+        "UpSampling3D MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D "
+        "GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D GlobalAveragePooling1D GlobalAveragePooling2D "
+        "GlobalAveragePooling3D Add Subtract Multiply Average Maximum Minimum Concatenate Dot Identity"
+    ).split()
+    if hasattr(_layers, name)
+)
+
+
 class PrunableLayer:
     """TF MOT's protocol for custom layers: return the weights (variables) prunekit should prune.
 
@@ -71,6 +86,35 @@ class PrunableLayer:
 def iter_layers(model_or_layer: Any) -> Iterator[Any]:
     """Every layer inside ``model_or_layer`` (recursively, nested models and cells included), itself excluded."""
     yield from model_or_layer._flatten_layers(include_self=False, recursive=True)
+
+
+def is_weightless(layer: Any) -> bool:
+    """A built layer with nothing to prune: no weights of its own (Dropout, Flatten, pooling) nor prunable
+    sublayers, or a known dense-only layer, and no ``get_prunable_weights``. TF MOT wraps these as no-ops."""
+    if hasattr(layer, "get_prunable_weights"):
+        return False
+    if prunable_weight_names(layer) == ():
+        return True
+    return not _own_weights(layer) and not _sublayer_weights(layer)
+
+
+def _sublayer_weights(layer: Any) -> list[Any]:
+    """The prunable weights of a layer made of sublayers (an RNN's cell, Bidirectional's two RNNs,
+    MultiHeadAttention's projections): TF MOT prunes an RNN by its cell's kernels."""
+    if isinstance(layer, keras.Model):
+        return []
+    weights: list[Any] = []
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        if child.built and not is_weightless(child):
+            weights.extend(prunable_weights(child))
+    return weights
+
+
+def _is_container(layer: Any) -> bool:
+    """A nested model, an input layer or a layer made of sublayers (RNN, Bidirectional): never marked itself."""
+    if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
+        return True
+    return bool(list(layer._flatten_layers(include_self=False, recursive=False)))
 
 
 def _own_weights(layer: Any) -> list[Any]:
@@ -111,6 +155,8 @@ def prunable_weights(layer: Any) -> list[Any]:
                 )
         return weights
     names = prunable_weight_names(layer)
+    if names is None and layer.built and not _own_weights(layer):
+        return _sublayer_weights(layer)  # [] for a weightless layer (Dropout, Flatten, Add)
     if names is None:
         raise unsupported_layer_error(layer)
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
@@ -119,6 +165,17 @@ def prunable_weights(layer: Any) -> list[Any]:
             "enabling LoRA/quantization, or exclude it"
         )
     return [getattr(layer, name) for name in names]
+
+
+def check_unbuilt_layer(layer: Any) -> None:
+    """Raise now for an unbuilt layer prunekit will not know how to prune once built (TF MOT raises at wrap time)."""
+    if hasattr(layer, "get_prunable_weights") or prunable_weight_names(layer) is not None or isinstance(layer, WEIGHTLESS):
+        return
+    if _is_container(layer):
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            check_unbuilt_layer(child)
+        return
+    raise unsupported_layer_error(layer)
 
 
 def unsupported_layer_error(layer: Any) -> ConfigError:
@@ -135,11 +192,13 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def select_layers(model: Any, exclude: Sequence[str] = ()) -> dict[Any, list[Any]]:
-    """Layers to prune in ``model`` -> their prunable weights, skipping names matching ``exclude`` globs.
+def select_layers(model: Any, exclude: Sequence[str] = (), allow: Callable[[Any], bool] | None = None) -> dict[Any, list[Any]]:
+    """Layers to prune in ``model`` -> their prunable weights, skipping names matching ``exclude`` globs
+    and layers ``allow(layer)`` refuses (a pruning policy). An unbuilt layer maps to ``[]``: its
+    weights are found when it is built (a weightless one then stays a no-op, as in TF MOT).
 
     Raises for an unsupported layer with weights, an ``exclude`` pattern matching nothing, and a
-    model with nothing to prune.
+    built model with nothing to prune.
     """
     if isinstance(exclude, str):
         exclude = [exclude]
@@ -152,17 +211,24 @@ def select_layers(model: Any, exclude: Sequence[str] = ()) -> dict[Any, list[Any
     for layer in layers:
         if _matches(layer.name, exclude):
             continue
+        if allow is not None and not allow(layer):
+            continue
         if not layer.built:
-            raise ConfigError(
-                f"layer {layer.name!r} of model {model.name!r} is not built; build the model first "
-                "(keras.Input(...) in a Sequential, model.build(shape), or call it on a batch)"
-            )
-        if not _own_weights(layer) and not hasattr(layer, "get_prunable_weights"):
+            check_unbuilt_layer(layer)
+            if hasattr(layer, "get_prunable_weights") or prunable_weight_names(layer) != ():
+                selected[layer] = []
+            continue
+        if _is_container(layer):
+            continue  # its sublayers are selected themselves
+        if is_weightless(layer):
+            if not _is_container(layer):
+                selected[layer] = []  # TF MOT wraps it too, as a no-op: it keeps the model's settings
             continue
         weights = prunable_weights(layer)
         if weights:
             selected[layer] = weights
-    if not selected:
+    nothing = not any(selected.values()) and all(layer.built for layer in layers)
+    if nothing and allow is None:  # a policy may choose none
         raise ConfigError(
             f"model {model.name!r} has no prunable layers (Dense, Conv*, SeparableConv*, Embedding, RNN cells, "
             "or layers with get_prunable_weights()); nothing to prune"

@@ -36,8 +36,8 @@ from keras.src.saving.keras_saveable import KerasSaveable
 
 from prunekit import masks as mask_selection
 from prunekit.errors import ConfigError, StateMismatchError
-from prunekit.keras.unstructured.layers import prunable_weights
-from prunekit.schedules import PruningSchedule, schedule_from_config
+from prunekit.keras.unstructured.layers import is_weightless, prunable_weights
+from prunekit.schedules import PruningSchedule, schedule_from_config, schedule_value
 
 ATTRIBUTE = "_prunekit_pruning"
 STATE_FORMAT = "prunekit.keras.LayerPruning"
@@ -64,7 +64,7 @@ class PruningSpec:
         if not isinstance(self.schedule, PruningSchedule):
             raise ConfigError(
                 f"pruning_schedule should be a prunekit schedule (ConstantSparsity, PolynomialDecay, "
-                f"IterativeSparsity), got {self.schedule!r}"
+                f"IterativeSparsity, or a subclass of prunekit.keras.PruningSchedule), got {self.schedule!r}"
             )
         block = tuple(self.block_size) if isinstance(self.block_size, (list, tuple)) else self.block_size
         if not (isinstance(block, tuple) and len(block) == 2 and all(_positive_int(b) for b in block)):
@@ -110,41 +110,71 @@ def _positive_int(value: Any) -> bool:
 def select_mask(weights: np.ndarray, sparsity: float, previous: np.ndarray | None, spec: PruningSpec, where: str) -> np.ndarray:
     """The keep-mask of one weight at ``sparsity`` under ``spec`` (``where`` names it in errors).
 
-    Unstructured: exactly ``round(sparsity * numel)`` lowest ``|w|`` pruned. Blocks (2-D weights
-    only): whole ``block_size`` blocks ranked by mean (``AVG``) or max ``|w|``. ``sparsity_m_by_n``
-    ``(m, n)``: ``m`` zeros in every ``n`` weights along the input-channel axis (TF MOT's layout);
-    the schedule then only times the pruning.
+    Unstructured: the ``round(sparsity * numel)`` lowest ``|w|`` pruned, but at least one weight
+    kept (TF MOT keeps ``max(1, round((1 - s) * numel))``: 99 % of 40 weights keeps 1). Blocks
+    (2-D weights only): whole ``block_size`` blocks ranked by mean (``AVG``) or max ``|w|``; a
+    shape that does not tile is padded like TF MOT's ``SAME`` pooling (edge blocks are smaller,
+    their mean is over their real entries). ``sparsity_m_by_n`` ``(m, n)``: ``m`` zeros in every
+    ``n`` weights along the input-channel axis (TF MOT's layout); an axis that is not a multiple
+    of ``n`` is zero-padded as TF MOT pads it, and the padding counts among the zeros of the last
+    group. The schedule then only times the pruning.
     """
     try:
         if spec.sparsity_m_by_n is not None:
             zeros, group = spec.sparsity_m_by_n
             if weights.ndim < 2:
                 raise ConfigError(f"m-by-n sparsity needs a weight with an input-channel axis, got shape {weights.shape}")
-            return mask_selection.nm_mask(np.abs(weights), group - zeros, group, axis=weights.ndim - 2, previous=previous)
+            return _padded_nm_mask(np.abs(weights), zeros, group, weights.ndim - 2, previous)
         if spec.block_size != (1, 1):
             if weights.ndim != 2:
                 raise ConfigError(
                     f"block sparsity works on 2-D weights (Dense kernels); this weight has shape {weights.shape}. "
                     "Use block_size=(1, 1) for it or exclude its layer"
                 )
-            if spec.block_pooling_type == "AVG":
-                return mask_selection.block_mask(weights, spec.block_size, sparsity, previous=previous, norm="l1")
-            return _max_pooled_block_mask(weights, spec.block_size, sparsity, previous)
-        return mask_selection.topk_mask(np.abs(weights), sparsity, previous=previous)
+            return _pooled_block_mask(weights, spec.block_size, spec.block_pooling_type, sparsity, previous)
+        return mask_selection.topk_mask(np.abs(weights), _keep_one(sparsity, weights.size), previous=previous)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _max_pooled_block_mask(
-    weights: np.ndarray, block: tuple[int, int], sparsity: float, previous: np.ndarray | None
+def _keep_one(sparsity: float, count: int) -> float:
+    """``sparsity``, lowered so that at least one of ``count`` entries is kept (TF MOT's ``max(1, k)``)."""
+    if count > 1 and round(sparsity * count) >= count:
+        return (count - 1) / count
+    return sparsity
+
+
+def _padded_nm_mask(scores: np.ndarray, zeros: int, group: int, axis: int, previous: np.ndarray | None) -> np.ndarray:
+    size = scores.shape[axis]
+    pad = -size % group
+    if pad:
+        widths = [(0, 0)] * scores.ndim
+        widths[axis] = (0, pad)
+        scores = np.pad(scores, widths, constant_values=-1.0)  # below every |w|: the padding is pruned first
+        if previous is not None:
+            previous = np.pad(previous, widths, constant_values=False)
+    keep = mask_selection.nm_mask(scores, group - zeros, group, axis=axis, previous=previous)
+    return np.take(keep, np.arange(size), axis=axis)
+
+
+def _pooled_block_mask(
+    weights: np.ndarray, block: tuple[int, int], pooling: str, sparsity: float, previous: np.ndarray | None
 ) -> np.ndarray:
     rows, cols = block
-    if weights.shape[0] % rows or weights.shape[1] % cols:
-        raise ConfigError(f"block {block} does not tile the weight of shape {weights.shape}; choose sides that divide it")
-    tiles = np.abs(weights).reshape(weights.shape[0] // rows, rows, weights.shape[1] // cols, cols)
-    block_previous = None if previous is None else previous.reshape(tiles.shape).any(axis=(1, 3))
-    keep = mask_selection.topk_mask(tiles.max(axis=(1, 3)), sparsity, previous=block_previous)
-    return np.broadcast_to(keep[:, None, :, None], tiles.shape).reshape(weights.shape).copy()
+    height, width = weights.shape
+    pad_rows, pad_cols = -height % rows, -width % cols
+    magnitudes = np.pad(np.abs(weights).astype(np.float64), ((0, pad_rows), (0, pad_cols)))
+    real = np.pad(np.ones(weights.shape), ((0, pad_rows), (0, pad_cols)))
+    shape = (magnitudes.shape[0] // rows, rows, magnitudes.shape[1] // cols, cols)
+    tiles, counts = magnitudes.reshape(shape), real.reshape(shape).sum(axis=(1, 3))
+    scores = tiles.sum(axis=(1, 3)) / counts if pooling == "AVG" else tiles.max(axis=(1, 3))
+    block_previous = None
+    if previous is not None:
+        padded_previous = np.pad(np.asarray(previous, bool), ((0, pad_rows), (0, pad_cols)))
+        block_previous = padded_previous.reshape(shape).any(axis=(1, 3))
+    keep = mask_selection.topk_mask(scores, _keep_one(sparsity, scores.size), previous=block_previous)
+    expanded = np.broadcast_to(keep[:, None, :, None], shape).reshape(magnitudes.shape)
+    return expanded[:height, :width].copy()
 
 
 class MaskConstraint:
@@ -222,9 +252,15 @@ class LayerPruning(KerasSaveable):
                 f"layer {layer.name!r} is not built yet; build the model before training it "
                 "(call it on a batch, or model.build(input_shape))"
             )
+        if is_weightless(layer):
+            return  # TF MOT wraps weightless layers as no-ops: nothing to mask
         weights = prunable_weights(layer)
         if not weights:
             raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) has no weights to prune")
+        if self.spec.sparsity_m_by_n is not None:  # TF MOT applies m-by-n to rank-2 and rank-4 weights only
+            weights = [weight for weight in weights if len(weight.shape) in (2, 4)]
+            if not weights:
+                return
         step = int(self.step.numpy())
         for index, weight in enumerate(weights):
             path = getattr(weight, "path", weight.name)
@@ -247,9 +283,9 @@ class LayerPruning(KerasSaveable):
 
     def update_masks(self, step: int) -> bool:
         """At a pruning step of the schedule, recompute the masks and zero the pruned weights."""
-        if not self.spec.schedule.should_prune(step):
+        prune, sparsity = schedule_value(self.spec.schedule, step)
+        if not prune:
             return False
-        sparsity = self.spec.schedule.sparsity_at(step)
         for weight, mask, path in zip(self.weights, self.masks, self.weight_paths):
             values = np.asarray(weight.numpy())
             keep = select_mask(values, sparsity, mask.numpy(), self.spec, f"layer {self.layer_name!r} weight {path!r}")

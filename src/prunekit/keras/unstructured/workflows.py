@@ -54,7 +54,7 @@ def _run(
         batch_size=batch_size,
         epochs=epochs,
         verbose=0,
-        callbacks=[UpdatePruningStep(), *callbacks],
+        callbacks=[UpdatePruningStep(first_step=0), *callbacks],  # prunekit's schedules count from 0
         **fit_options,
     )
     masks = [mask for state in prunings(pruned) for mask in state.mask_arrays().values()]
