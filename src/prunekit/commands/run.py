@@ -35,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     results = run_recipe(recipe, args.out, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
     dense = results["dense"]
+    if recipe.llm is not None:
+        pruned = results["pruned"]
+        print(
+            f"dense: perplexity {dense['perplexity']:.3f}; pruned ({results['prune']['sparsity']:.1%} of block weights "
+            f"zeroed): perplexity {pruned['perplexity']:.3f}; saved {results['output']}"
+        )
+        print(f"report: {Path(args.out) / 'report.html'}")
+        return 0
     print(f"dense: accuracy {dense['accuracy']:.2%}, {dense['gzip_bytes']:,} bytes gzip")
     for row in results["runs"]:
         print(

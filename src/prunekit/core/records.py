@@ -82,6 +82,16 @@ class ModelSummary:
     def sparsity(self) -> float:
         return 1.0 - self.nonzeros / self.params if self.params else 0.0
 
+    def totals(self) -> dict[str, Any]:
+        """The model-level figures a results row holds: params, nonzeros, sparsity, MACs, sparse MACs."""
+        return {
+            "params": self.params,
+            "nonzeros": self.nonzeros,
+            "sparsity": self.sparsity,
+            "macs": self.macs,
+            "sparse_macs": self.sparse_macs,
+        }
+
     def layer(self, name: str) -> LayerStats:
         """The row of layer ``name`` (a ``KeyError`` naming the known layers otherwise)."""
         for layer in self.layers:

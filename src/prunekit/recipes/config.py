@@ -188,12 +188,68 @@ class AllocateConfig:
     batch_size: int = checked(_at_least(1), default=64)
 
 
+def _llm_method(name: str) -> str | None:
+    try:
+        get_method(name, kind="llm")
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _model_dir(value: str) -> str | None:
+    if value == "demo":
+        return None
+    folder = Path(value)
+    if not folder.is_dir():
+        return f"directory {value!r} does not exist (give a save_pretrained model directory, or demo for the small LM)"
+    if not (folder / "config.json").is_file():
+        return f"{value!r} has no config.json: it is not a save_pretrained model directory"
+    return None
+
+
+def _pattern(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = value.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
+        return f"should be an N:M pattern such as '2:4' (0 < N < M), got {value!r}"
+    return None
+
+
+def _text_file(value: str | None) -> str | None:
+    return None if value is None or Path(value).is_file() else f"file {value!r} does not exist"
+
+
+@dataclass
+class LLMConfig:
+    """One-shot pruning of a causal language model (``prunekit.llm``) instead of the train-prune-fine-tune chain.
+
+    ``model`` is a ``save_pretrained`` directory, or ``demo`` for the cached small LM (trained once);
+    ``calibration`` and ``eval_text`` default to the directory's ``train.txt`` and ``valid.txt``.
+    """
+
+    model: str = checked(_model_dir)
+    method: str = checked(_llm_method)
+    sparsity: float = checked(lambda v: None if 0 <= v < 1 else f"should be in [0, 1), got {v!r}", default=0.5)
+    pattern: Optional[str] = checked(_pattern, default=None)
+    ratios: Literal["uniform", "owl"] = "uniform"
+    layer_ratios: dict[str, float] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
+    calibration: Optional[str] = checked(_text_file, default=None)
+    eval_text: Optional[str] = checked(_text_file, default=None)
+    samples: int = checked(_at_least(1), default=128)
+    seq_len: int = checked(_at_least(2), default=2048)
+    eval_tokens: Optional[int] = checked(_optional(_at_least(2)), default=None)
+    device: Optional[Literal["cpu", "cuda"]] = None
+
+
 @dataclass
 class Recipe:
-    """A whole job. Only ``name`` and ``model`` are required; every other section has defaults."""
+    """A whole job. ``name`` and ``model`` (or, for a language model, ``llm``) are required; every other
+    section has defaults."""
 
     name: str
-    model: ModelConfig
+    model: Optional[ModelConfig] = None
     framework: str = checked(
         lambda v: None if v in FRAMEWORKS else f"should be one of {list(FRAMEWORKS)}, got {v!r}", default=FRAMEWORKS[0]
     )
@@ -205,6 +261,7 @@ class Recipe:
     report: ReportConfig = field(default_factory=ReportConfig)
     allocate: Optional[AllocateConfig] = None
     recover: Optional[RecoverConfig] = None
+    llm: Optional[LLMConfig] = None
 
     #: Modules this recipe's ``factory``/``loader`` may come from; set by the caller (``--trust-module``),
     #: never by the recipe file (a shared recipe cannot vouch for itself).
@@ -231,7 +288,16 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
         errors.append((f"export.{other}", f"{framework} models export to {file_format}; set export.{file_format}: true instead"))
     if export.get("int8") is True and export.get(file_format) is not True:
         errors.append(("export.int8", f"int8 quantization works on the {file_format} export; set export.{file_format}: true too"))
-    errors += _method_checks(data, prune)
+    if isinstance(data, dict) and ("model" in data) == ("llm" in data):
+        errors.append(
+            (
+                "model",
+                "give model: (a model factory to train and prune) or llm: (a language model directory "
+                "to prune one-shot), exactly one of them",
+            )
+        )
+    if not isinstance(data, dict) or "llm" not in data:
+        errors += _method_checks(data, prune)
     allocate = _section(data, "allocate")
     if (
         isinstance(data, dict)

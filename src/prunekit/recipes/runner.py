@@ -19,7 +19,7 @@ from prunekit.core.records import ModelSummary
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
 from prunekit.methods import load_backend, run_method, run_recovery
-from prunekit.recipes.config import Recipe
+from prunekit.recipes.config import ModelConfig, Recipe
 from prunekit.recipes.validation import to_plain
 from prunekit.report.dynamic import plot_turnover
 from prunekit.report.html import Report, Section, write_report
@@ -46,16 +46,22 @@ def _load_data(recipe: Recipe) -> Any:
     return split
 
 
+def _model(recipe: Recipe) -> ModelConfig:
+    if recipe.model is None:
+        raise ConfigError("the recipe has no model section")
+    return recipe.model
+
+
 def _build_model(recipe: Recipe, backend: Any) -> Any:
     try:
-        model = recipe.resolve(recipe.model.factory)(**recipe.model.kwargs)
+        model = recipe.resolve(_model(recipe).factory)(**_model(recipe).kwargs)
     except Exception as exc:
         raise ConfigError(
-            f"model.factory {recipe.model.factory!r} with kwargs {recipe.model.kwargs} raised {type(exc).__name__}: {exc}"
+            f"model.factory {_model(recipe).factory!r} with kwargs {_model(recipe).kwargs} raised {type(exc).__name__}: {exc}"
         ) from exc
     if not backend.is_model(model):
         raise ConfigError(
-            f"model.factory {recipe.model.factory!r} returned a {type(model).__name__}, not a {recipe.framework} model; "
+            f"model.factory {_model(recipe).factory!r} returned a {type(model).__name__}, not a {recipe.framework} model; "
             "set framework: to the model's framework"
         )
     return model
@@ -68,7 +74,7 @@ def _measure(backend: Any, model: Any, recipe: Recipe, split: Any) -> tuple[dict
     }
     if recipe.report.latency_batch_sizes:
         timings = backend.measure_latency(
-            model, recipe.model.input_shape, recipe.report.latency_batch_sizes, warmup=3, repeats=15
+            model, _model(recipe).input_shape, recipe.report.latency_batch_sizes, warmup=3, repeats=15
         )
         row["latency"] = [t.to_dict() for t in timings]
     return row, backend.summarize(model, split.x_test)
@@ -117,7 +123,7 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
                 dense,
                 table,
                 test,
-                torch.zeros(1, *recipe.model.input_shape),
+                torch.zeros(1, *_model(recipe).input_shape),
                 allocate.budget,
                 allocate.target,
                 search_metric=Accuracy(split.x_val, split.y_val),
@@ -125,7 +131,7 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
         }
     from prunekit.torch.tradeoffs.structured_allocation import channel_layers, compare_channel_allocations
 
-    batch = torch.zeros(allocate.batch_size, *recipe.model.input_shape)
+    batch = torch.zeros(allocate.batch_size, *_model(recipe).input_shape)
     channels = analyze_sensitivity(
         dense,
         Accuracy(split.x_val, split.y_val),
@@ -154,6 +160,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         results = run_recipe(load_recipe("recipe.yaml"), "out")
         results["runs"][0]["accuracy"]
     """
+    if recipe.llm is not None:
+        from prunekit.recipes.llm_runner import run_llm_recipe
+
+        return run_llm_recipe(recipe, out_dir, recipe_text)
     out = Path(out_dir)
     outputs = RunOutputs(out)
     legacy = [] if outputs.previous() or not (out / "results.json").is_file() else _legacy_outputs(out)
@@ -163,8 +173,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
     split = _load_data(recipe)
     dense = _build_model(recipe, backend)
     started = time.perf_counter()
-    if recipe.model.weights:
-        dense = backend.load_weights(recipe.model.weights, lambda: _build_model(recipe, backend))
+    if _model(recipe).weights:
+        dense = backend.load_weights(_model(recipe).weights, lambda: _build_model(recipe, backend))
     elif recipe.train.epochs:
         backend.fit(
             dense,

@@ -70,17 +70,7 @@ def measure(model: nn.Module, x: Any) -> dict[str, Any]:
 
         measure(model, split.x_test)["sparse_macs"]
     """
-    summary = summarize(model, x)
-    sizes = serialized_size(model)
-    return {
-        "params": summary.params,
-        "nonzeros": summary.nonzeros,
-        "sparsity": summary.sparsity,
-        "macs": summary.macs,
-        "sparse_macs": summary.sparse_macs,
-        "raw_bytes": sizes["raw_bytes"],
-        "gzip_bytes": sizes["gzip_bytes"],
-    }
+    return {**summarize(model, x).totals(), **serialized_size(model)}
 
 
 def export(model: nn.Module, x: Any, path: str | Path, *, int8: bool = False, calibration: Any = None) -> dict[str, str]:
