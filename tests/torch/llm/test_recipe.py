@@ -13,8 +13,17 @@ pytestmark = pytest.mark.slow  # the shared fixture trains a tiny LM
 
 
 def test_an_llm_recipe_prunes_2_4_saves_a_loadable_model_and_reports_perplexity(trained_lm_dir, tmp_path):
-    recipe = {"name": "tiny-llm", "llm": {"model": str(trained_lm_dir), "method": "sparsegpt", "pattern": "2:4",
-                                          "samples": 8, "seq_len": 64, "eval_tokens": 4000}}
+    recipe = {
+        "name": "tiny-llm",
+        "llm": {
+            "model": str(trained_lm_dir),
+            "method": "sparsegpt",
+            "pattern": "2:4",
+            "samples": 8,
+            "seq_len": 64,
+            "eval_tokens": 4000,
+        },
+    }
     path = tmp_path / "llm.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
