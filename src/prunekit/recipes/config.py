@@ -288,7 +288,7 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
         errors.append((f"export.{other}", f"{framework} models export to {file_format}; set export.{file_format}: true instead"))
     if export.get("int8") is True and export.get(file_format) is not True:
         errors.append(("export.int8", f"int8 quantization works on the {file_format} export; set export.{file_format}: true too"))
-    if isinstance(data, dict) and ("model" in data) == ("llm" in data):
+    if isinstance(data, dict) and (data.get("model") is None) == (data.get("llm") is None):
         errors.append(
             (
                 "model",
@@ -296,7 +296,7 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
                 "to prune one-shot), exactly one of them",
             )
         )
-    if not isinstance(data, dict) or "llm" not in data:
+    if not isinstance(data, dict) or data.get("llm") is None:
         errors += _method_checks(data, prune)
     allocate = _section(data, "allocate")
     if (
