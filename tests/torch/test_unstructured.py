@@ -1,5 +1,6 @@
 """The PyTorch pruner: exact per-layer sparsity, scopes, targets, patterns and importances."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -264,3 +265,20 @@ def test_a_tied_weight_is_selected_once_under_its_parameter_name():
     assert list(chosen) == ["0.weight"] and chosen["0.weight"] is model[0].weight
     Pruner(model, 0.5).prune()
     assert_zero_count(model[0].weight, 20, "tied weight")
+
+
+def test_from_zeros_holds_a_stripped_models_zeros_through_training():
+    from prunekit.torch.training import fit, make_loader
+
+    model = DigitsCNN(channels=(4, 8), hidden=16)
+    prune_unstructured(model, 0.8, scope="global")
+    zeros = {name: (p == 0).clone() for name, p in model.named_parameters() if p.dim() > 1}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pruner = Pruner.from_zeros(model, optimizer=optimizer)
+    x = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    fit(model, make_loader(x, np.arange(64) % 10, batch_size=16), epochs=2, optimizer=optimizer, pruner=pruner, progress=False)
+    pruner.strip()
+    for name, p in model.named_parameters():
+        if name in zeros:
+            assert torch.equal(p == 0, zeros[name]), name  # exactly the same zeros, none revived, none added
+    assert Pruner.from_zeros(DigitsCNN()) is None  # a dense model has nothing to hold
