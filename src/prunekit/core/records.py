@@ -7,7 +7,7 @@ The PyTorch (:mod:`prunekit.torch.measure.summary`, :mod:`prunekit.torch.measure
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -162,3 +162,15 @@ class MemoryResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def epoch_records(history: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """A Keras ``History.history`` (metric -> one value per epoch) as one record per epoch, numbered from 1
+    like the PyTorch ``fit`` history.
+
+    Example::
+
+        epoch_records({"loss": [0.9, 0.4]})   # [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.4}]
+    """
+    epochs = len(next(iter(history.values()), []))
+    return [{"epoch": i + 1, **{key: float(values[i]) for key, values in history.items()}} for i in range(epochs)]

@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from prunekit.core.records import epoch_records
 from prunekit.keras.measure.metrics import serialized_size
 from prunekit.keras.measure.summary import measure_latency
 from prunekit.keras.measure.summary import summarize as _summarize
@@ -43,11 +44,6 @@ def _compile(model: keras.Model, lr: float) -> None:
     )
 
 
-def _per_epoch(history: dict[str, list[float]]) -> list[dict[str, float]]:
-    epochs = len(next(iter(history.values()), []))
-    return [{key: float(values[i]) for key, values in history.items()} for i in range(epochs)]
-
-
 def fit(
     model: keras.Model, x: Any, y: Any, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0, progress: bool = False
 ) -> list[dict[str, float]]:
@@ -60,7 +56,7 @@ def fit(
     keras.utils.set_random_seed(seed)
     _compile(model, lr)
     history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=1 if progress else 0)
-    return _per_epoch(history.history)
+    return epoch_records(history.history)
 
 
 def accuracy(model: keras.Model, x: Any, y: Any) -> float:

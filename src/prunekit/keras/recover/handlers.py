@@ -16,15 +16,11 @@ from typing import Any
 import keras
 import numpy as np
 
+from prunekit.core.records import epoch_records
 from prunekit.errors import ConfigError
 from prunekit.keras.recover.distill import distill
 from prunekit.keras.recover.qat import export_tflite, pqat, qat, strip_qat
 from prunekit.methods.recover import RecoverJob, RecoveryRun
-
-
-def _per_epoch(history: dict[str, list[float]]) -> list[dict[str, float]]:
-    epochs = len(next(iter(history.values()), []))
-    return [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.items()}} for i in range(epochs)]
 
 
 class KeepZeros(keras.callbacks.Callback):
@@ -45,7 +41,7 @@ class KeepZeros(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         for weight, mask in self.masks:
-            weight.assign(weight.numpy() * mask)
+            weight.assign(keras.ops.multiply(weight, mask))  # in the graph: no copy to numpy each batch
 
 
 def finetune_job(job: RecoverJob) -> RecoveryRun:
@@ -58,7 +54,7 @@ def finetune_job(job: RecoverJob) -> RecoveryRun:
     history = job.model.fit(
         job.x, job.y, epochs=job.options["epochs"], batch_size=job.batch_size, verbose=0, callbacks=[KeepZeros(job.model)]
     )
-    return RecoveryRun(job.model, _per_epoch(history.history))
+    return RecoveryRun(job.model, epoch_records(history.history))
 
 
 def distill_job(job: RecoverJob) -> RecoveryRun:
@@ -80,7 +76,7 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
         feature_weight=options["feature_weight"],
         callbacks=[KeepZeros(job.model)],
     )
-    return RecoveryRun(job.model, _per_epoch(history.history))
+    return RecoveryRun(job.model, epoch_records(history.history))
 
 
 def _finish(job: RecoverJob, run: Any) -> RecoveryRun:

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from prunekit.core.records import epoch_records
 from prunekit.errors import ConfigError, ExportError
 
 WEIGHT_QMAX = 127
@@ -398,8 +399,7 @@ def _train(
     history = model.fit(
         x, y, epochs=epochs, batch_size=batch_size, validation_data=validation_data, callbacks=list(callbacks), verbose=0
     ).history
-    count = len(next(iter(history.values()), []))
-    return [{"epoch": i + 1, **{k: float(v[i]) for k, v in history.items()}} for i in range(count)]
+    return epoch_records(history)
 
 
 def qat(

@@ -391,6 +391,10 @@ def train_sparse(
 
 def _job(job: TrainJob, regrow: str) -> PruningRun:
     options = job.options
+    if options.get("gradual_epochs"):
+        raise ConfigError(
+            "gradual_epochs is not supported by the Keras handler yet; train sparse from scratch (gradual_epochs: 0)"
+        )
     return train_sparse(
         job.model,
         job.x,
@@ -414,17 +418,9 @@ def _job(job: TrainJob, regrow: str) -> PruningRun:
 
 def rigl_job(job: TrainJob) -> PruningRun:
     """Handler (kind ``"dynamic"``): :func:`train_sparse` with RigL regrowth."""
-    if job.options.get("gradual_epochs"):
-        raise ConfigError(
-            "gradual_epochs is not supported by the Keras handler yet; train sparse from scratch (gradual_epochs: 0)"
-        )
     return _job(job, dynamic.RIGL)
 
 
 def set_job(job: TrainJob) -> PruningRun:
     """Handler (kind ``"dynamic"``): :func:`train_sparse` with SET (random) regrowth."""
-    if job.options.get("gradual_epochs"):
-        raise ConfigError(
-            "gradual_epochs is not supported by the Keras handler yet; train sparse from scratch (gradual_epochs: 0)"
-        )
     return _job(job, dynamic.SET)

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from prunekit.core.records import epoch_records
 from prunekit.errors import ConfigError
 from prunekit.keras.unstructured.callbacks import UpdatePruningStep
 from prunekit.keras.unstructured.pruning import prune_low_magnitude, strip_pruning
@@ -59,9 +60,7 @@ def _run(
     )
     masks = [mask for state in prunings(pruned) for mask in state.mask_arrays().values()]
     sparsity = 1.0 - sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)
-    epochs = len(next(iter(history.history.values()), []))
-    per_epoch = [{key: float(values[i]) for key, values in history.history.items()} for i in range(epochs)]
-    return PruningRun(strip_pruning(pruned), schedule, per_epoch, sparsity)
+    return PruningRun(strip_pruning(pruned), schedule, epoch_records(history.history), sparsity)
 
 
 def prune_one_shot(
