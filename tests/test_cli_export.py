@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 from prunekit.artifacts.compact import read_compact_header
 from prunekit.cli import main
 from prunekit.errors import StateMismatchError
-from prunekit.torch import DigitsCNN, plan_of, save_compressed, save_pruned
+from prunekit.torch import DigitsCNN, save_compressed, save_pruned
 from prunekit.torch.deploy.weights import load_weights
+from prunekit.torch.structured.plan import plan_of
 from tests.torch.pruned_digits import channel_pruned_cnn, dense_cnn, digits, pruned_cnn
 
 FACTORY = "prunekit.torch:DigitsCNN"

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from prunekit.artifacts.compact import read_compact_header
 from prunekit.errors import CorruptFileError, StateMismatchError
-from prunekit.torch import DigitsCNN, DigitsMLP, load_compressed, plan_of, save_compressed
+from prunekit.torch import DigitsCNN, DigitsMLP, load_compressed, save_compressed
+from prunekit.torch.structured.plan import plan_of
 from tests.assertions import assert_same_outputs
 from tests.torch.pruned_digits import SPARSITY, accuracy, channel_pruned_cnn, dense_cnn, digits, pruned_cnn
 

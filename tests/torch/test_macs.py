@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.torch import DigitsCNN, MacsReport, count_macs, count_params
+from prunekit.torch import DigitsCNN, count_macs, count_params
+from prunekit.torch.measure.macs import MacsReport
 
 
 def test_conv2d_macs_count_groups_stride_and_padding():

@@ -8,14 +8,13 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.torch import (
+from prunekit.torch import analyze_dependencies, prune_channels
+from prunekit.torch.structured.importance import (
     ActivationImportance,
     BNScaleImportance,
     MagnitudeImportance,
     RandomImportance,
     TaylorImportance,
-    analyze_dependencies,
-    prune_channels,
 )
 from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 

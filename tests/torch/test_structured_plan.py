@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from prunekit.errors import ConfigError, CorruptFileError, StateMismatchError
-from prunekit.torch import DigitsCNN, DigitsMLP, apply_plan, load_pruned, plan_of, prune_channels, save_pruned
+from prunekit.torch import DigitsCNN, DigitsMLP, load_pruned, prune_channels, save_pruned
+from prunekit.torch.structured.plan import apply_plan, plan_of
 from tests.assertions import assert_same_outputs
 from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 

@@ -18,7 +18,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from prunekit.torch import (
     analyze_dependencies,
-    apply_plan,
     count_params,
     export_onnx,
     load_pruned,
@@ -26,6 +25,7 @@ from prunekit.torch import (
     remove_channels,
     save_pruned,
 )
+from prunekit.torch.structured.plan import apply_plan
 from tests.assertions import assert_same_outputs
 from tests.torch.structured_helpers import one_torch_thread, run_oracle, silence_channels  # noqa: F401  (autouse)
 
