@@ -118,4 +118,5 @@ def test_to_dict_has_what_prunekit_methods_json_promises(toy):
         "amount": "sparsity",
         "aliases": ["toy-alias"],
         "defaults": {"epochs": 2, "lr": 1e-3},
+        "sensitivity": [],
     }

@@ -23,6 +23,12 @@ def _channels_importance(section: Mapping[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
+def _layer_pruners(factory: str, keras: bool = True) -> dict[str, str]:
+    """Sensitivity's per-layer pruner (``factory(example_inputs) -> prune``) in each framework's tradeoffs package."""
+    frameworks = ("torch", "keras") if keras else ("torch",)
+    return {framework: f"prunekit.{framework}.tradeoffs.sensitivity:{factory}" for framework in frameworks}
+
+
 def _training(name: str, summary: str, function: str, defaults: dict[str, Any], keras: bool = True, **extra: Any) -> Method:
     handlers = {"torch": f"prunekit.torch.backend:{function}"}
     if keras:
@@ -34,7 +40,7 @@ def _training(name: str, summary: str, function: str, defaults: dict[str, Any], 
         handlers=handlers,
         defaults={**_TRAINING, **defaults},
         framework_defaults={"keras": _KERAS_LAYERWISE} if keras else {},
-        **extra,
+        **{"layer_pruners": _layer_pruners("MagnitudePruner", keras), **extra},
     )
 
 
@@ -71,6 +77,7 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         {"epochs": 10, "lr": 5e-4, "scope": "layer", "importance": "random"},
         keras=False,  # Keras prunes by magnitude only
         aliases=("random",),
+        layer_pruners={},  # a random criterion has no per-layer sensitivity worth measuring
     ),
     Method(
         name="channels",
@@ -81,6 +88,7 @@ BUILTIN_METHODS: tuple[Method, ...] = (
         aliases=("structured",),
         defaults={"epochs": 4, "lr": 1e-3},
         checks=(_channels_importance,),
+        layer_pruners=_layer_pruners("ChannelPruner"),
     ),
     # dynamic sparse training (issue #18): masks move during training at fixed sparsity
     *(

@@ -104,5 +104,9 @@ class Backend(Protocol):
         ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
         *,
         layers: Sequence[str] | None = None,
+        method: str | None = None,
+        prune: Any = None,
+        example_inputs: Any = None,
+        workers: int = 1,
         metric_name: str = "metric",
     ) -> Any: ...

@@ -26,7 +26,10 @@ class Method:
     ``amount`` says what the number a user gives means (``"sparsity"``, ``"channel ratio"``,
     ``"fraction of blocks"``...). ``defaults`` lists every option the method takes with its default;
     ``framework_defaults`` overrides some of them for one framework (a backend fact, such as
-    Keras pruning each layer on its own).
+    Keras pruning each layer on its own). ``layer_pruners`` says, per framework, how sensitivity
+    analysis prunes one layer the way this method would: a factory ``(example_inputs) -> prune``
+    where ``prune(model, layer, ratio)`` returns the model with that layer pruned (see
+    :meth:`layer_pruner`); methods without one cannot be analysed per layer.
 
     Example::
 
@@ -43,6 +46,7 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     framework_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     checks: tuple[Check, ...] = ()
+    layer_pruners: Mapping[str, str | Callable[..., Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"method {self.name!r}"
@@ -52,7 +56,7 @@ class Method:
             raise ConfigError(f"{where}: kind should be one of {KINDS}, got {self.kind!r}")
         if not self.handlers:
             raise ConfigError(f"{where}: give at least one handler, e.g. handlers={{'torch': 'package.module:function'}}")
-        for framework, handler in self.handlers.items():
+        for framework, handler in [*self.handlers.items(), *self.layer_pruners.items()]:
             if not (callable(handler) or (isinstance(handler, str) and handler.count(":") == 1)):
                 raise ConfigError(
                     f"{where}: the {framework!r} handler should be a callable or 'module:attribute', got {handler!r}"
@@ -65,6 +69,7 @@ class Method:
                     f"with a handler; unknown {unknown or framework!r}"
                 )
         object.__setattr__(self, "handlers", MappingProxyType(dict(self.handlers)))
+        object.__setattr__(self, "layer_pruners", MappingProxyType(dict(self.layer_pruners)))
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
         object.__setattr__(
             self,
@@ -88,7 +93,24 @@ class Method:
         """
         if framework not in self.handlers:
             raise ConfigError(f"method {self.name!r} has no {framework} handler; it runs on {list(self.frameworks)}")
-        handler = self.handlers[framework]
+        return self._resolve(self.handlers[framework])
+
+    def layer_pruner(self, framework: str, example_inputs: Any = None) -> Callable[[Any, str, float], Any]:
+        """How sensitivity analysis prunes one layer with this method: ``prune(model, layer, ratio) -> model``.
+
+        Example::
+
+            prune = get_method("channels").layer_pruner("torch", torch.zeros(1, 1, 8, 8))
+            smaller = prune(model, "conv1", 0.5)
+        """
+        if framework not in self.layer_pruners:
+            raise ConfigError(
+                f"method {self.name!r} cannot be analysed layer by layer in {framework}; "
+                f"it has a layer pruner for {list(self.layer_pruners) or 'no framework'}"
+            )
+        return self._resolve(self.layer_pruners[framework])(example_inputs)  # type: ignore[no-any-return]
+
+    def _resolve(self, handler: str | Callable[..., Any]) -> Callable[..., Any]:
         if callable(handler):
             return handler
         module_name, attribute = handler.split(":")
@@ -132,4 +154,5 @@ class Method:
             "amount": self.amount,
             "aliases": list(self.aliases),
             "defaults": dict(self.defaults),
+            "sensitivity": list(self.layer_pruners),
         }

@@ -110,7 +110,7 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
     """The allocation comparison (and, when channels are removed, the channel sensitivity it is based on)."""
     import torch
 
-    from prunekit.torch.tradeoffs.sensitivity import Accuracy, ChannelPruner, analyze_sensitivity
+    from prunekit.torch.tradeoffs.sensitivity import Accuracy, analyze_sensitivity
 
     allocate, test = recipe.allocate, Accuracy(split.x_test, split.y_test)
     if allocate is None:
@@ -129,15 +129,15 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
                 search_metric=Accuracy(split.x_val, split.y_val),
             )
         }
-    from prunekit.torch.tradeoffs.structured_allocation import channel_layers, compare_channel_allocations
+    from prunekit.torch.tradeoffs.structured_allocation import compare_channel_allocations
 
     batch = torch.zeros(allocate.batch_size, *_model(recipe).input_shape)
     channels = analyze_sensitivity(
         dense,
         Accuracy(split.x_val, split.y_val),
         recipe.report.sensitivity_ratios,
-        layers=channel_layers(dense, batch),
-        prune=ChannelPruner(batch),
+        method=allocate.pruning,  # the registered channel-removal method's layer pruner
+        example_inputs=batch,
         metric_name="validation accuracy",
     )
     return {

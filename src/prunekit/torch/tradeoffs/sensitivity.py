@@ -19,6 +19,7 @@ from torch import nn
 
 from prunekit.core.pool import run_jobs
 from prunekit.errors import ConfigError, PrunekitError
+from prunekit.methods import get_method
 from prunekit.torch.unstructured.pruner import prune_unstructured
 from prunekit.torch.unstructured.selection import select_parameters
 from prunekit.tradeoffs.budget import MetricError, SensitivityTable, check_ratios, evaluate_metric
@@ -68,6 +69,27 @@ def prune_layer_unstructured(model: nn.Module, layer: str, ratio: float) -> nn.M
     return prune_unstructured(model, ratio, targets=[f"{layer}.weight"])
 
 
+class MagnitudePruner:
+    """The layer pruner of the unstructured methods: zero one layer's smallest weights.
+
+    What ``get_method("one-shot").layer_pruner("torch")`` gives; picklable, so it runs in workers.
+
+    Example::
+
+        table = analyze_sensitivity(model, metric, prune=MagnitudePruner())
+    """
+
+    def __init__(self, example_inputs: Any = None):
+        self.example_inputs = example_inputs  # unused: magnitude needs no forward pass
+
+    def __call__(self, model: nn.Module, layer: str, ratio: float) -> nn.Module:
+        return prune_layer_unstructured(model, layer, ratio)
+
+    def layers(self, model: nn.Module) -> list[str]:
+        """The layers it can prune: every Linear, Conv and Embedding."""
+        return prunable_layers(model)
+
+
 class ChannelPruner:
     """A picklable structured layer pruner: remove ``ratio`` of one layer's output channels.
 
@@ -89,6 +111,12 @@ class ChannelPruner:
         if ratio == 0:
             return model
         return prune_channels(model, self.example_inputs, 0.0, layer_ratios={layer: ratio}).model
+
+    def layers(self, model: nn.Module) -> list[str]:
+        """The layers whose channels can be removed (not those feeding the model's output)."""
+        from prunekit.torch.tradeoffs.structured_allocation import channel_layers
+
+        return channel_layers(model, self.example_inputs)
 
 
 def _layer_job(job: tuple[nn.Module, str, list[float], Metric, LayerPruner]) -> list[float]:
@@ -116,25 +144,35 @@ def analyze_sensitivity(
     ratios: Sequence[float] = (0.25, 0.5, 0.75, 0.9),
     *,
     layers: Sequence[str] | None = None,
-    prune: LayerPruner = prune_layer_unstructured,
+    method: str | None = None,
+    prune: LayerPruner | None = None,
+    example_inputs: Any = None,
     workers: int = 1,
     metric_name: str = "metric",
 ) -> SensitivityTable:
     """Prune each layer alone at each ratio (on a copy) and score it with ``metric`` (higher is better).
 
-    ``metric`` is a callable ``(model) -> float`` such as :class:`Accuracy`; ``prune`` a callable
-    ``(model, layer, ratio) -> model`` (default: magnitude pruning of the layer's weight; pass a
-    structured one to measure channel removal). With ``workers > 1`` layers run in that many
+    ``metric`` is a callable ``(model) -> float`` such as :class:`Accuracy`. Each layer is pruned the
+    way the registered ``method`` would (its layer pruner: magnitude for the unstructured methods,
+    channel removal for ``channels``, which needs ``example_inputs``), or by ``prune``, a callable
+    ``(model, layer, ratio) -> model``; the default is magnitude pruning of the layer's weight.
+    ``layers`` default to those the pruner can prune. With ``workers > 1`` layers run in that many
     processes, so ``metric`` and ``prune`` must be picklable. ``model`` itself is not modified.
 
     Example::
 
         table = analyze_sensitivity(model, Accuracy(split.x_val, split.y_val), ratios=(0.5, 0.9))
+        table = analyze_sensitivity(model, metric, method="channels", example_inputs=torch.zeros(1, 1, 8, 8))
         table.table().print()
     """
     ratios = check_ratios(ratios)
+    if method is not None and prune is not None:
+        raise ConfigError("give either method= (a registered method's layer pruner) or prune= (your own), not both")
+    if prune is None:
+        prune = MagnitudePruner() if method is None else get_method(method).layer_pruner("torch", example_inputs)
     known = prunable_layers(model)
-    layers = list(known if layers is None else layers)
+    default = getattr(prune, "layers", None)
+    layers = list((default(model) if callable(default) else known) if layers is None else layers)
     unknown = [layer for layer in layers if layer not in dict(model.named_modules())]
     if unknown:
         raise ConfigError(f"layers {unknown} are not modules of the model; prunable layers: {known}")
