@@ -147,9 +147,9 @@ def prune_iteratively_job(job: TrainJob) -> PruningRun:
     return prune_iteratively(job.model, job.x, job.y, job.amount, rounds=rounds, epochs_per_round=per_round, **_options(job))
 
 
-def prune_channels(model: keras.Model, x: Any, ratio: float) -> keras.Model:
-    """Remove ``ratio`` of the channels of every prunable layer (L1); returns the smaller model (``x`` unused:
-    Keras models carry their shapes)."""
+def prune_channels(model: keras.Model, x: Any, ratio: float) -> Any:
+    """Remove ``ratio`` of the channels of every prunable layer (L1); returns the
+    :class:`~prunekit.core.structured.StructuredResult` (``x`` unused: Keras models carry their shapes)."""
     from prunekit.keras.structured.prune import prune_channels as _prune_channels
 
     return _prune_channels(model, ratio)
@@ -157,7 +157,11 @@ def prune_channels(model: keras.Model, x: Any, ratio: float) -> keras.Model:
 
 def prune_channels_job(job: TrainJob) -> PruningRun:
     """Handler: remove ``amount`` of the channels (L1), then fine-tune the smaller model ``epochs``."""
-    smaller = prune_channels(job.model, job.x, job.amount) if job.amount > 0 else clone(job.model)
+    if job.amount > 0:
+        result = prune_channels(job.model, job.x, job.amount)
+        smaller, plan = result.model, result.plan
+    else:
+        smaller, plan = clone(job.model), None
     history = fit(
         smaller,
         job.x,
@@ -168,4 +172,4 @@ def prune_channels_job(job: TrainJob) -> PruningRun:
         seed=job.seed,
         progress=job.progress,
     )
-    return PruningRun(smaller, None, history, job.amount)
+    return PruningRun(smaller, None, history, job.amount, plan=plan)

@@ -24,7 +24,9 @@ from typing import Any, Union
 import keras
 import numpy as np
 
+from prunekit.core.structured import GroupRecord, LayerRecord, StructuredReport, StructuredResult
 from prunekit.errors import ConfigError, LayerNotFoundError
+from prunekit.keras.measure.summary import summarize
 from prunekit.keras.structured.graph import DEPTHWISE, PRODUCERS, RECURRENT, ChannelGraph, Node, trace
 
 L = keras.layers
@@ -193,20 +195,24 @@ def prune_channels(
     importance: Importance = "l1",
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
-) -> keras.Model:
+) -> StructuredResult:
     """Remove the fraction ``sparsity`` of the lowest-importance filters/neurons of each channel group,
-    and of the heads of each MultiHeadAttention (at least one head stays).
+        and of the heads of each MultiHeadAttention (at least one head stays).
 
-    ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
-    norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
-    ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
-    ``exclude`` keeps some whole. Channels reaching a model output stay, so the output shape does not
-    change. Returns a new, smaller model; ``model`` is not changed.
+        ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
+        norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
+        ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
+        ``exclude`` keeps some whole. Channels reaching a model output stay, so the output shape does not
+        change. Returns a :class:`~prunekit.core.structured.StructuredResult` (the PyTorch backend's
+    type): ``.model`` the new, smaller model, ``.report`` requested vs achieved channels per group
+    (with why a group stayed whole) and params/MACs per layer, ``.plan`` what was removed
+    (``remove_channels(model, **plan)`` replays it); ``model`` is not changed.
 
-    Example::
+        Example::
 
-        small = prune_channels(model, sparsity=0.5, importance="l2", exclude=["conv1"])
-        small.count_params() < model.count_params()  # True
+            result = prune_channels(model, sparsity=0.5, importance="l2", exclude=["conv1"])
+            result.model.count_params() < model.count_params()  # True
+            print(result.report)
     """
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity should be a fraction of channels in [0, 1), got {sparsity!r}")
@@ -216,12 +222,20 @@ def prune_channels(
     chosen = _select(producers, layers, exclude, model.name)
     removal: dict[str, list[int]] = {}
     heads: dict[str, list[int]] = {}
-    for group in groups:
-        if group.size == 0 or not any(name in chosen for name in group.producers):
-            continue
+
+    def requested(group: ChannelGroup, removed: int = 0) -> tuple[float, str]:
+        if group.size == 0:
+            return 0.0, group.locked_reason or "no removable channels"
         blocked = [name for name in group.producers if name not in chosen]
+        if len(blocked) == len(group.producers):
+            return 0.0, "not selected (layers/exclude)"
         if blocked:
-            continue  # a coupled producer is excluded, so the whole group stays
+            return 0.0, f"coupled to excluded layer {blocked[0]!r}"
+        return float(sparsity), ""
+
+    for group in groups:
+        if requested(group)[1]:
+            continue  # locked, not chosen, or a coupled producer is excluded: the whole group stays
         count = min(round(sparsity * (group.size + group.locked)), group.size)
         count = min(count, group.size + group.locked - 1)
         if count <= 0:
@@ -234,7 +248,7 @@ def prune_channels(
             extra = [int(i) for i in group.channels[name][order] if i >= 0]
             if extra:
                 target.setdefault(name, []).extend(extra)
-    return _rebuild(model, graph, removal, heads)
+    return _result(model, graph, removal, heads, requested)
 
 
 def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequence[str], model_name: str) -> set[str]:
@@ -257,7 +271,7 @@ def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequenc
 
 def remove_channels(
     model: Any, channels: Mapping[str, Sequence[int]] | None = None, heads: Mapping[str, Sequence[int]] | None = None
-) -> keras.Model:
+) -> StructuredResult:
     """Remove the given output channels (``{producer name: [indices]}``) and attention heads
     (``{MultiHeadAttention name: [head indices]}``) and everything reading them.
 
@@ -267,10 +281,15 @@ def remove_channels(
 
     Example::
 
-        small = remove_channels(model, {"conv1": [0, 5], "fc1": list(range(64))})
-        small = remove_channels(transformer, {"ffn_in": [3, 9]}, heads={"attention": [1, 2]})
+        small = remove_channels(model, {"conv1": [0, 5], "fc1": list(range(64))}).model
+        small = remove_channels(transformer, {"ffn_in": [3, 9]}, heads={"attention": [1, 2]}).model
     """
-    return _rebuild(model, trace(model), channels or {}, heads or {})
+    channels, heads = channels or {}, heads or {}
+
+    def requested(group: ChannelGroup, removed: int) -> tuple[float, str]:
+        return removed / (group.size + group.locked), "" if removed else "not asked"
+
+    return _result(model, trace(model), channels, heads, requested)
 
 
 def _pruned_roots(
@@ -305,7 +324,8 @@ def _check_names(model: Any, removal: Mapping[str, Sequence[int]], targets: Mapp
 
 def _rebuild(
     model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[int]], heads: Mapping[str, Sequence[int]]
-) -> keras.Model:
+) -> tuple[keras.Model, set[int]]:
+    """The smaller model without ``channels`` and ``heads``, and the channel classes (roots) removed."""
     producer_outputs = {node.layer.name: node.output for node in graph.producer_nodes()}
     producer_maps = {name: graph.maps[output] for name, output in producer_outputs.items()}
     _check_names(model, channels, producer_maps, "channel")
@@ -343,7 +363,65 @@ def _rebuild(
         new.set_weights(_sliced_weights(old, in_keep, out_keep))
     if getattr(model, "compiled", False):
         rebuilt.compile_from_config(model.get_compile_config())
-    return rebuilt
+    return rebuilt, set(pruned)
+
+
+def _result(
+    model: Any,
+    graph: ChannelGraph,
+    channels: Mapping[str, Sequence[int]],
+    heads: Mapping[str, Sequence[int]],
+    requested: Callable[[ChannelGroup, int], tuple[float, str]],
+) -> StructuredResult:
+    """Rebuild without ``channels``/``heads`` and report each group: ``requested(group, removed)`` gives
+    the ratio asked of it and, for a group left whole, why."""
+    small, pruned = _rebuild(model, graph, channels, heads)
+    records, removed = [], {}
+    for group in _groups(model, graph):
+        gone = [k for k, root in enumerate(group.roots) if int(root) in pruned]
+        lead = group.producers[0]
+        ratio, skipped = requested(group, len(gone))
+        before = group.size + group.locked
+        records.append(GroupRecord(lead, group.kind, list(group.producers), before, before - len(gone), ratio, skipped))
+        if gone:
+            removed[lead] = sorted(int(group.channels[lead][k]) for k in gone if group.channels[lead][k] >= 0)
+    plan = {
+        "channels": {name: sorted(int(i) for i in indices) for name, indices in channels.items() if len(indices)},
+        "heads": {name: sorted(int(i) for i in indices) for name, indices in heads.items() if len(indices)},
+    }
+    return StructuredResult(small, plan, _report(model, small, records), removed)
+
+
+def _report(model: Any, small: Any, groups: list[GroupRecord]) -> StructuredReport:
+    """Params and MACs per layer before and after, beside the group records."""
+    before, after = summarize(model), summarize(small)
+    kept = {layer.name: layer for layer in after.layers}
+    layers = []
+    for layer in before.layers:
+        new = kept.get(layer.name)
+        width = (_width(model, layer.name), _width(small, layer.name))
+        layers.append(
+            LayerRecord(
+                layer.name, layer.type, layer.params, new.params if new else 0, layer.macs, new.macs if new else 0, *width
+            )
+        )
+    return StructuredReport(groups, layers, before.params, after.params, before.macs, after.macs)
+
+
+def _width(model: Any, name: str) -> int | None:
+    """A layer's output width as its config declares it (units, filters, output_dim), if any."""
+    config = _find_layer(model, name)
+    if config is None:
+        return None
+    values = [config.get(key) for key in ("units", "filters", "output_dim")]
+    return next((int(v) for v in values if isinstance(v, int)), None)
+
+
+def _find_layer(model: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(model.get_layer(name).get_config())
+    except ValueError:
+        return None
 
 
 def _resize_attention(config: dict, width: int, num_heads: int, query_width: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from prunekit.core.structured import StructuredResult
 from prunekit.errors import ConfigError
 from prunekit.torch.structured.allocation import GroupTarget, check_globs, group_targets, select_channels
 from prunekit.torch.structured.graph import DependencyGraph, analyze_dependencies
@@ -34,28 +35,11 @@ from prunekit.torch.structured.plan import (
     new_shape,
     plan_of,
 )
-from prunekit.torch.structured.report import GroupRecord, StructuredReport, build_report, measure
+from prunekit.torch.structured.report import GroupRecord, build_report, measure
 from prunekit.torch.structured.surgery import plan_attributes
 from prunekit.torch.structured.tracing import ExampleInputs, TraceError, trace_model
 
 _MAX_ATTEMPTS = 6
-
-
-@dataclass
-class StructuredResult:
-    """What ``prune_channels`` returns.
-
-    ``model`` is a plain, physically smaller ``nn.Module``; ``plan`` the JSON-serialisable
-    record of kept indices and changed attributes relative to the original architecture (what
-    ``save_pruned``/``load_pruned`` replay); ``report`` the requested vs achieved channels,
-    params and MACs; ``removed`` the removed channel indices per group name. (It holds no
-    reference to the original tensors, so they are freed with the original model.)
-    """
-
-    model: nn.Module
-    plan: dict[str, Any]
-    report: StructuredReport
-    removed: dict[str, list[int]]
 
 
 @dataclass
