@@ -35,6 +35,7 @@ from prunekit.torch.structured.plan import (
     plan_of,
 )
 from prunekit.torch.structured.report import GroupRecord, StructuredReport, build_report, measure
+from prunekit.torch.structured.rules.base import ChannelRule, RuleError, check_rules, rule_for
 from prunekit.torch.structured.surgery import plan_attributes
 from prunekit.torch.structured.tracing import ExampleInputs, TraceError, trace_model
 
@@ -113,6 +114,8 @@ def _verify(
         trace = trace_model(model, example_inputs, leaf_modules)
     except TraceError as exc:
         index = min(exc.op_index, len(original) - 1)
+        if exc.where.endswith(":leaf_module"):  # a black box raised: report it, wherever its record falls
+            index = next((op.index for op in original if op.label == exc.where), index)
         return _Failure(index, original[index].label, f"the pruned model raised there: {exc.__cause__}")
     for old, new in zip(original, trace.ops):
         if old.name != new.name:
@@ -214,6 +217,7 @@ def prune_channels(
     loss_fn: Callable[[nn.Module, Any], Any] | None = None,
     seed: int = 0,
     verify: bool = True,
+    rules: Mapping[type, ChannelRule] | None = None,
 ) -> StructuredResult:
     """Remove ``ratio`` of the channels of every prunable group, least important first.
 
@@ -229,6 +233,8 @@ def prune_channels(
     groups produced by matching layers; ``round_to`` keeps channel counts multiples of it;
     ``ignore_outputs``/``ignore_inputs`` keep the output/input channels of matching layers. The
     model's output channels are protected unless ``protect_outputs=False``.
+    ``rules={ModuleClass: ChannelRule()}`` describes custom modules (how their channels couple,
+    which attributes shrink); see :mod:`prunekit.torch.structured.rules`.
 
     Returns a :class:`StructuredResult` with the smaller model (a copy unless ``inplace``), its
     plan and a report. Example::
@@ -270,6 +276,7 @@ def prune_channels(
         verify=verify,
         retry=not strict,
         notes_from=criterion,
+        rules=check_rules(rules),
     )
 
 
@@ -283,6 +290,7 @@ def remove_channels(
     strict: bool = False,
     inplace: bool = False,
     verify: bool = True,
+    rules: Mapping[type, ChannelRule] | None = None,
 ) -> StructuredResult:
     """Remove exactly the given channels: ``{group name: [channel indices]}``.
 
@@ -328,6 +336,7 @@ def remove_channels(
         verify=verify,
         retry=False,
         notes_from=None,
+        rules=check_rules(rules),
     )
 
 
@@ -346,6 +355,7 @@ def _run(
     verify: bool,
     retry: bool,
     notes_from: Any,
+    rules: dict[type, ChannelRule],
 ) -> StructuredResult:
     """Analyse, choose, plan, apply and verify; retry with failing ops left alone; roll back on error."""
     undo: Callable[[], None] | None = None
@@ -360,6 +370,7 @@ def _run(
                 strict=strict,
                 protect_outputs=protect_outputs,
                 leaf_modules=leaf_modules,
+                rules=rules,
                 _opaque_ops=opaque,
             )
             before = before or measure(working, example_inputs)
@@ -367,12 +378,14 @@ def _run(
             plan = build_plan(working, graph, selection)
             removed = graph.removed_roots(selection)
             undo = apply_plan(working, plan)
-            failure = _verify(working, graph, removed, example_inputs, leaf_modules) if verify else None
+            leaves = leaf_modules + [n for n in graph.black_box_ops if n not in leaf_modules]
+            failure = _verify(working, graph, removed, example_inputs, leaves) if verify else None
             if failure is None:
                 break
             undo()
             undo = None
             failures.append(failure)
+            _raise_if_rule_failed(graph, failure)
             if not retry or failure.op_index in opaque:
                 raise ConfigError(
                     f"pruning made {failure.label!r} inconsistent ({failure.detail}); the model's code probably "
@@ -399,6 +412,20 @@ def _run(
     report = build_report(before, after, records, _out_channels(graph, removed), graph.unsupported, notes)
     removed_names = {graph.groups[gid].name: sorted(int(i) for i in idx) for gid, idx in selection.items()}
     return StructuredResult(working, cumulative, report, removed_names)
+
+
+def _raise_if_rule_failed(graph: DependencyGraph, failure: _Failure) -> None:
+    """A black-box module described by a user rule came out inconsistent: the rule is wrong, say so."""
+    op = graph.trace.ops[failure.op_index]
+    if op.name != "leaf_module" or op.module not in graph.black_box_ops:
+        return
+    module = graph.model.get_submodule(op.module)
+    rule = rule_for(module, graph.rules)
+    raise RuleError(
+        f"rule {type(rule).__name__} for module {op.module!r} ({type(module).__name__}): after pruning, {failure.detail}; "
+        "its couple() must describe every output dimension the forward computes, and shrink() must return every "
+        "attribute the forward reads to size them"
+    )
 
 
 def _group_record(target: GroupTarget, selection: Mapping[int, np.ndarray]) -> GroupRecord:
