@@ -82,7 +82,7 @@ def test_a_module_without_a_rule_is_named_with_the_hook_to_use():
     assert "module 'norm' (TimeNorm)" in labels["norm:time_norm.default"]
     assert "rules={TimeNorm: YourRule()}" in labels["norm:time_norm.default"]
     assert graph.groups == []
-    with pytest.raises(ConfigError, match=r"rules=\{GatedLinear: YourRule\(\)\}"):
+    with pytest.raises(ConfigError, match=r"strict=True: inp .*rules=\{TimeNorm: YourRule\(\)\}"):
         analyze_dependencies(net(), X, strict=True)
 
 
@@ -135,36 +135,35 @@ def test_inputs_a_rule_never_reads_keep_their_channels():
     assert [g.name for g in graph.groups] == ["glu"]  # inp's channels meet an unread input: kept
 
 
-class Reshaper(nn.Module):
-    """Reads its width from an attribute: (b, t, c) -> (b, t * c // self.width, self.width)."""
+class Scaled(nn.Module):
+    """Scales channels, then reads its width from a tuple attribute: (b, c) -> (b, *self.dims)."""
 
     def __init__(self, width: int):
         super().__init__()
-        self.width = width
+        self.dims = (width,)
+        self.scale = nn.Parameter(torch.rand(width) + 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], -1, self.width).sum(1)
+        return (x * self.scale).reshape(x.shape[0], *self.dims)
+
+
+class DimsRule(TracedRule):
+    """The forward is traced; shrink updates the size tuple it reads."""
+
+    def shrink(self, module: nn.Module, ctx: Shrink) -> dict[str, tuple[int, ...]]:
+        return {"dims": ctx.shape("scale")}
 
 
 def test_traced_rule_updates_an_attribute_the_forward_reads():
-    class WidthRule(TracedRule):
-        def shrink(self, module: nn.Module, ctx: Shrink) -> dict[str, int]:
-            return {"width": ctx.shape("scale")[0]}
-
-    class Scaled(Reshaper):
-        def __init__(self, width: int):
-            super().__init__(width)
-            self.scale = nn.Parameter(torch.rand(width) + 0.5)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return super().forward(x * self.scale)
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), Scaled(8), nn.Linear(8, 2)).eval()
-    plain = prune_channels(model, torch.randn(3, 6), 0.5)
-    assert plain.model[1].width == 8  # the literal width keeps the channels without the rule
-    ruled = prune_channels(model, torch.randn(3, 6), 0.5, rules={Scaled: WidthRule()})
-    assert (ruled.model[0].out_features, ruled.model[1].width, ruled.model[2].in_features) == (4, 4, 4)
+    with pytest.warns(UserWarning, match="left alone: 0 "):
+        plain = prune_channels(model, torch.randn(3, 6), 0.5)
+    assert plain.model[1].dims == (8,)  # the size tuple keeps the channels without the rule
+    ruled = prune_channels(model, torch.randn(3, 6), 0.5, rules={Scaled: DimsRule()})
+    assert (ruled.model[0].out_features, ruled.model[1].dims, ruled.model[2].in_features) == (4, (4,), 4)
+    x = torch.randn(3, 6)
+    assert ruled.model(x).shape == (3, 2)
 
 
 def test_rules_argument_is_validated():
@@ -174,3 +173,12 @@ def test_rules_argument_is_validated():
         prune_channels(net(), X, 0.5, rules={"TimeNorm": TimeNormRule()})
     with pytest.raises(ConfigError, match=r"rules\[TimeNorm\] should be a ChannelRule instance"):
         prune_channels(net(), X, 0.5, rules={TimeNorm: object()})
+
+
+def test_iterative_pruning_passes_the_rules_to_every_step():
+    from prunekit.torch import prune_channels_iteratively
+
+    result = prune_channels_iteratively(net(), X, 0.5, steps=2, rules=RULES)
+    pruned = result.model
+    assert pruned.inp.out_features == pruned.norm.features == pruned.glu.in_features == 8
+    assert pruned.glu.hidden == pruned.out.in_features == 6

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +35,18 @@ from prunekit.torch.structured.plan import (
     new_shape,
     plan_of,
 )
+from prunekit.torch.structured.repair import size_attribute_repairs
 from prunekit.torch.structured.report import GroupRecord, StructuredReport, build_report, measure
 from prunekit.torch.structured.rules.base import ChannelRule, RuleError, check_rules, rule_for
+from prunekit.torch.structured.shortfall import measure_shortfall
 from prunekit.torch.structured.surgery import plan_attributes
 from prunekit.torch.structured.tracing import ExampleInputs, TraceError, trace_model
 
 _MAX_ATTEMPTS = 6
+
+
+class PruningShortfallWarning(UserWarning):
+    """The achieved MACs reduction is more than 10 % below what the channel ratio asked for."""
 
 
 @dataclass
@@ -277,6 +284,7 @@ def prune_channels(
         retry=not strict,
         notes_from=criterion,
         rules=check_rules(rules),
+        ratio=float(ratio),
     )
 
 
@@ -356,11 +364,13 @@ def _run(
     retry: bool,
     notes_from: Any,
     rules: dict[type, ChannelRule],
+    ratio: float | None = None,
 ) -> StructuredResult:
     """Analyse, choose, plan, apply and verify; retry with failing ops left alone; roll back on error."""
     undo: Callable[[], None] | None = None
     opaque: set[int] = set()
     failures: list[_Failure] = []
+    repairs: list[dict[str, Any]] = []
     try:
         before = None
         for _ in range(_MAX_ATTEMPTS):
@@ -376,6 +386,7 @@ def _run(
             before = before or measure(working, example_inputs)
             targets, selection = choose(graph)
             plan = build_plan(working, graph, selection)
+            _add_attributes(plan, repairs)
             removed = graph.removed_roots(selection)
             undo = apply_plan(working, plan)
             leaves = leaf_modules + [n for n in graph.black_box_ops if n not in leaf_modules]
@@ -384,8 +395,13 @@ def _run(
                 break
             undo()
             undo = None
-            failures.append(failure)
             _raise_if_rule_failed(graph, failure)
+            known = {(a["module"], a["name"]) for a in plan["attributes"]}
+            fresh = [r for r in size_attribute_repairs(working, graph, removed) if (r["module"], r["name"]) not in known]
+            if fresh:  # sizes the forward reads from attributes: update them and try again
+                repairs.extend(fresh)
+                continue
+            failures.append(failure)
             if not retry or failure.op_index in opaque:
                 raise ConfigError(
                     f"pruning made {failure.label!r} inconsistent ({failure.detail}); the model's code probably "
@@ -409,9 +425,24 @@ def _run(
     records = [_group_record(t, selection) for t in targets]
     notes = [f"{f.label}: {f.detail}; its channels were kept" for f in failures]
     notes.extend(getattr(notes_from, "notes", []) or [])
-    report = build_report(before, after, records, _out_channels(graph, removed), graph.unsupported, notes)
+    ignored = {t.group.id: f"{t.group.name}: user ignore ({t.skipped})" for t in targets if t.skipped.startswith("ignore_")}
+    left_alone = [(e.text.partition(": ")[0], e.reason) for e in graph.left_alone]
+    left_alone += [(text.partition(": ")[0], text.partition(": ")[2]) for text in ignored.values()]
+    requested = None
+    if ratio is not None and ratio > 0:
+        shortfall = measure_shortfall(graph, before, after, ratio, removed, ignored)
+        requested = shortfall.requested
+        if shortfall.short:
+            warnings.warn(shortfall.message(), PruningShortfallWarning, stacklevel=3)
+    report = build_report(before, after, records, _out_channels(graph, removed), graph.unsupported, notes, left_alone, requested)
     removed_names = {graph.groups[gid].name: sorted(int(i) for i in idx) for gid, idx in selection.items()}
     return StructuredResult(working, cumulative, report, removed_names)
+
+
+def _add_attributes(plan: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Append attribute updates the plan does not already make."""
+    known = {(a["module"], a["name"]) for a in plan["attributes"]}
+    plan["attributes"].extend(dict(r) for r in records if (r["module"], r["name"]) not in known)
 
 
 def _raise_if_rule_failed(graph: DependencyGraph, failure: _Failure) -> None:
@@ -444,4 +475,4 @@ def _out_channels(graph: DependencyGraph, removed: np.ndarray) -> dict[str, tupl
     return counts
 
 
-__all__ = ["StructuredResult", "build_plan", "prune_channels", "remove_channels"]
+__all__ = ["PruningShortfallWarning", "StructuredResult", "build_plan", "prune_channels", "remove_channels"]
