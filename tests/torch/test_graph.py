@@ -287,7 +287,13 @@ class Unsupported(nn.Module):
 def test_ops_without_a_rule_are_listed_and_their_channels_kept():
     graph = analyze_dependencies(Unsupported(), torch.randn(1, 3, 4, 4))
     assert sizes(graph) == {"b": 4}
-    assert graph.unsupported == [("<root>:diff", "no rule for 'diff'")]
+    assert graph.unsupported == [
+        (
+            "<root>:diff",
+            "no rule for op 'diff' in module '<root>' (Unsupported); describe the module with "
+            "rules={Unsupported: YourRule()} (a prunekit.torch.structured.rules.ChannelRule)",
+        )
+    ]
 
 
 def test_strict_mode_raises_on_ops_without_a_rule():

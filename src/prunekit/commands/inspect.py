@@ -11,6 +11,7 @@ at the batch sizes the file allows (no peak memory: the interpreter does not rep
 Example::
 
     prunekit inspect prunekit.torch:DigitsCNN --input-shape 1,8,8 --latency
+    prunekit inspect prunekit.torch:DigitsCNN --input-shape 1,8,8 --structured
     prunekit inspect pruned.safetensors --factory prunekit.torch:DigitsCNN --input-shape 1,8,8
     prunekit inspect model.keras --input-shape 8,8,1 --latency
     prunekit inspect model.int8.onnx --latency --batch-sizes 1,32
@@ -59,6 +60,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", type=_ints, default=[1, 32], metavar="N,N", help="latency batch sizes (default: 1,32)")
     parser.add_argument("--repeats", type=int, default=30, metavar="N", help="timed runs per batch size (default: 30)")
     parser.add_argument("--json", metavar="FILE", help="also write everything as JSON to FILE")
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="also list the channel groups structured pruning finds, and every channel dimension it leaves alone with "
+        "the reason (PyTorch models)",
+    )
 
 
 def _is_keras_file(path: str) -> bool:
@@ -119,7 +126,7 @@ def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
 
     model.eval()
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
-    return _report(
+    result = _report(
         "torch",
         model,
         summarize(model, torch.zeros(1, *args.input_shape)),
@@ -130,6 +137,37 @@ def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
         "MACs per sample",
         "state_dict",
     )
+    if getattr(args, "structured", False):
+        result["structured"] = _structured_torch(model, torch.zeros(1, *args.input_shape))
+    return result
+
+
+def _structured_torch(model: Any, example: Any) -> dict:
+    """Print the channel groups and the dimensions left alone (with reasons); their JSON form."""
+    from prunekit.core.tables import ResultTable
+    from prunekit.torch.structured.graph import analyze_dependencies
+
+    graph = analyze_dependencies(model, example)
+    groups = ResultTable("structured pruning: channel groups", ["group", "kind", "channels", "exact", "consumers"])
+    for group in graph.groups:
+        groups.add_row(group.name, group.kind, group.size, "yes" if group.exact else "no", ", ".join(group.consumers))
+    groups.print()
+    kept = ResultTable("structured pruning: channels left alone", ["layer", "tensor", "channels kept", "reason"])
+    for entry in graph.left_alone:
+        kept.add_row(
+            entry.module or "<root>", f"{entry.tensor} dim {entry.dim}", f"{entry.channels} of {entry.size}", entry.reason
+        )
+    kept.print()
+    return {
+        "groups": [
+            {"name": g.name, "kind": g.kind, "size": g.size, "exact": g.exact, "producers": g.producers, "consumers": g.consumers}
+            for g in graph.groups
+        ],
+        "left_alone": [
+            {"module": e.module, "tensor": e.tensor, "dim": e.dim, "channels": e.channels, "size": e.size, "reason": e.reason}
+            for e in graph.left_alone
+        ],
+    }
 
 
 def _inspect_onnx(args: argparse.Namespace) -> dict:
@@ -259,6 +297,8 @@ def _inspect_framework(model: object, args: argparse.Namespace) -> dict:
 
     kind = type(model).__module__.split(".")[0]
     if kind == "keras":
+        if getattr(args, "structured", False):
+            raise ConfigError("--structured lists the PyTorch engine's channel groups; it needs a torch.nn.Module")
         return _inspect_keras(model, args)
     if kind == "torch" or any(c.__module__.startswith("torch.nn") for c in type(model).__mro__):
         return _inspect_torch(model, args)

@@ -62,6 +62,8 @@ class StructuredReport:
     macs_after: int
     unsupported: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    left_alone: list[tuple[str, str]] = field(default_factory=list)
+    requested_macs_ratio: float | None = None
 
     @property
     def params_ratio(self) -> float:
@@ -87,6 +89,7 @@ class StructuredReport:
         for record, source in zip(data["groups"], self.groups):
             record["achieved_ratio"] = source.achieved_ratio
         data["unsupported"] = [list(x) for x in self.unsupported]
+        data["left_alone"] = [list(x) for x in self.left_alone]
         data["params_ratio"] = self.params_ratio
         data["macs_ratio"] = self.macs_ratio
         return data
@@ -113,8 +116,12 @@ class StructuredReport:
             f"params {self.params_before:,} -> {self.params_after:,} ({self.params_ratio:.2f}x fewer)   "
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_ratio:.2f}x fewer)"
         )
+        if self.requested_macs_ratio is not None:
+            lines.append(f"requested about {self.requested_macs_ratio:.2f}x fewer MACs, achieved {self.macs_ratio:.2f}x")
         for label, reason in self.unsupported:
             lines.append(f"left unpruned: {label} ({reason})")
+        for where, reason in self.left_alone:
+            lines.append(f"channels kept: {where}: {reason}")
         lines.extend(self.notes)
         return "\n".join(lines)
 

@@ -4,11 +4,17 @@ from prunekit.torch.structured.graph import ChannelGroup, DependencyGraph, analy
 from prunekit.torch.structured.iterative import prune_channels_iteratively
 from prunekit.torch.structured.plan import apply_plan, load_pruned, save_pruned
 from prunekit.torch.structured.prune import StructuredResult, prune_channels, remove_channels
+from prunekit.torch.structured.rules.base import ChannelRule, Coupling, RuleError, Shrink, TracedRule
 
 __all__ = [
     "ChannelGroup",
+    "ChannelRule",
+    "Coupling",
     "DependencyGraph",
+    "RuleError",
+    "Shrink",
     "StructuredResult",
+    "TracedRule",
     "analyze_dependencies",
     "apply_plan",
     "load_pruned",

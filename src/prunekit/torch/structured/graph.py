@@ -9,7 +9,7 @@ every parameter and buffer slice that holds them. Ops without a rule are listed 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.torch.structured.heads import head_split_dims
 from prunekit.torch.structured.labels import FIXED, LabelState, connected_roots, tensor_refs
+from prunekit.torch.structured.rules.base import ChannelRule, apply_black_box_rule, black_box_modules, check_rules, rule_for
 from prunekit.torch.structured.rules.layers import LAYER_RULES
 from prunekit.torch.structured.rules.shape import SHAPE_RULES, all_outputs_zero
 from prunekit.torch.structured.tracing import ExampleInputs, OpRecord, Trace, trace_model
@@ -115,6 +117,45 @@ class ChannelGroup:
         )
 
 
+MODEL_OUTPUT = "coupled to the model output (pass protect_outputs=False to prune it)"
+MODEL_INPUT = "coupled to the model input"
+TIED_PREFIX = "tied at node "
+
+
+def is_structural(reason: str) -> bool:
+    """Whether a reason for keeping channels is the model's own structure (its inputs and outputs,
+    positions that are not channels) rather than a gap in the analysis or a user's choice."""
+    return reason in (MODEL_OUTPUT, MODEL_INPUT) or reason.startswith(TIED_PREFIX)
+
+
+@dataclass(frozen=True)
+class LeftAlone:
+    """A prunable-looking dimension (one that makes channels: conv/linear outputs, embedding
+    width) whose channels, all or ``channels`` of ``size`` of them, are kept, and why."""
+
+    tensor: str
+    dim: int
+    channels: int
+    size: int
+    reason: str
+
+    @property
+    def module(self) -> str:
+        """Qualified name of the module owning the tensor."""
+        return self.tensor.rpartition(".")[0]
+
+    @property
+    def expected(self) -> bool:
+        """Kept by the model's structure (its inputs and outputs, positions that are not channels),
+        not by a gap in the analysis."""
+        return is_structural(self.reason)
+
+    @property
+    def text(self) -> str:
+        """One line for reports and errors."""
+        return f"{self.module or '<root>'} ({self.tensor} dim {self.dim}, {self.channels} of {self.size} channels): {self.reason}"
+
+
 @dataclass
 class DependencyGraph:
     """The result of :func:`analyze_dependencies`: groups, the ops left alone, and the labels
@@ -129,6 +170,10 @@ class DependencyGraph:
     group_of_root: np.ndarray = field(repr=False)
     channel_of_root: np.ndarray = field(repr=False)
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    rules: dict[type, ChannelRule] = field(default_factory=dict, repr=False)
+    black_box_ops: dict[str, OpRecord] = field(default_factory=dict, repr=False)
+    rule_modules: list[str] = field(default_factory=list, repr=False)
+    left_alone: list[LeftAlone] = field(default_factory=list)
 
     def tensor(self, name: str) -> torch.Tensor:
         """The live parameter or buffer called ``name``."""
@@ -169,6 +214,9 @@ class DependencyGraph:
         if self.unsupported:
             lines.append("ops left unpruned (their channels are kept):")
             lines.extend(f"  {label}: {reason}" for label, reason in self.unsupported)
+        if self.left_alone:
+            lines.append("channels left alone:")
+            lines.extend(f"  {entry.text}" for entry in self.left_alone)
         return "\n".join(lines)
 
 
@@ -179,6 +227,7 @@ def analyze_dependencies(
     strict: bool = False,
     protect_outputs: bool = True,
     leaf_modules: Iterable[str] = (),
+    rules: Mapping[type, ChannelRule] | None = None,
     _opaque_ops: Iterable[int] = (),
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and find the groups of channels pruned together.
@@ -188,6 +237,9 @@ def analyze_dependencies(
     analysis has no rule for keep every channel they touch and are listed in
     ``graph.unsupported``; with ``strict=True`` they raise ``ConfigError``. ``leaf_modules``
     names modules to run as black boxes (their inputs and outputs keep all channels).
+    ``rules={ModuleClass: ChannelRule()}`` tells how custom modules' channels couple and shrink
+    (see :mod:`prunekit.torch.structured.rules`); a rule whose description does not fit the
+    traced shapes raises :class:`~prunekit.torch.structured.rules.RuleError` naming it.
 
     Example::
 
@@ -198,22 +250,44 @@ def analyze_dependencies(
         raise ConfigError(f"analyze_dependencies expects an nn.Module, got {type(model).__name__}")
     leaf_modules = list(leaf_modules)
     _check_module_names(model, leaf_modules, "leaf_modules")
-    trace = trace_model(model, example_inputs, leaf_modules)
+    user_rules = check_rules(rules)
+    black_boxes = {n: r for n, r in black_box_modules(model, user_rules).items() if n not in leaf_modules}
+    trace = trace_model(model, example_inputs, leaf_modules + list(black_boxes))
     state = LabelState(trace, frozenset(_opaque_ops))
+    state.head_dims = head_split_dims(trace)
+    modules = dict(model.named_modules())
+    black_box_ops: dict[str, OpRecord] = {}
     for op in trace.ops:
-        _apply_rule(state, op)
+        state.reason = f"{TIED_PREFIX}{op.label} to positions that are not prunable channels (batch, space, tokens or inputs)"
+        if op.name == "leaf_module" and op.module in black_boxes:
+            black_box_ops.setdefault(op.module, op)
+            apply_black_box_rule(state, op, modules[op.module], black_boxes[op.module])
+            all_outputs_zero(state, op)
+        else:
+            _apply_rule(state, op, modules)
     if protect_outputs:
         for ref in tensor_refs(trace.outputs):
-            state.fix_value(ref)
+            state.fix_value(ref, MODEL_OUTPUT)
     for ref in tensor_refs(trace.inputs):
-        state.fix_value(ref)
+        state.fix_value(ref, MODEL_INPUT)
     graph = _build_graph(model, trace, state)
+    graph.left_alone = _left_alone(state, graph.roots)
+    graph.rules = user_rules
+    graph.black_box_ops = black_box_ops
+    graph.rule_modules = [name for name, module in modules.items() if rule_for(module, user_rules) is not None]
+    problems = [entry for entry in graph.left_alone if not entry.expected]
+    if strict and problems:
+        raise ConfigError(
+            f"strict=True: {problems[0].text}. {len(problems)} channel dimension(s) would be left unpruned; pass "
+            "strict=False to accept that, rules={ModuleClass: ChannelRule()} to describe a custom module, or "
+            "leaf_modules=[...] / ignore_outputs=[...] to exclude the modules involved"
+        )
     if strict and graph.unsupported:
         listed = "; ".join(f"{label} ({reason})" for label, reason in graph.unsupported)
         raise ConfigError(
             f"strict=True: {len(graph.unsupported)} op(s) have no pruning rule: {listed}. Their channels would be "
-            "kept; pass strict=False to accept that, or leaf_modules=[...] / ignore_outputs=[...] to exclude "
-            "the modules running them"
+            "kept; pass strict=False to accept that, rules={ModuleClass: ChannelRule()} to describe a custom "
+            "module, or leaf_modules=[...] / ignore_outputs=[...] to exclude the modules running them"
         )
     return graph
 
@@ -227,7 +301,7 @@ def _check_module_names(model: nn.Module, names: list[str], field_name: str) -> 
             raise LayerNotFoundError(f"{field_name}: no module named {name!r} in {type(model).__name__}")
 
 
-def _apply_rule(state: LabelState, op: OpRecord) -> None:
+def _apply_rule(state: LabelState, op: OpRecord, modules: Mapping[str, nn.Module]) -> None:
     if not tensor_refs(op.outputs):
         return
     if op.index in state.opaque_ops:
@@ -237,13 +311,46 @@ def _apply_rule(state: LabelState, op: OpRecord) -> None:
     else:
         rule = LAYER_RULES.get(op.name) or SHAPE_RULES.get(op.name)
         if rule is None:
-            state.unsupported_op(op, f"no rule for {op.name!r}")
+            state.unsupported_op(op, _no_rule(op, modules))
         else:
             try:
                 rule(state, op)
             except Exception as exc:  # a rule meeting an argument form it does not know
                 state.unsupported_op(op, f"could not follow {op.name!r}: {type(exc).__name__}: {exc}")
     all_outputs_zero(state, op)
+
+
+def _left_alone(state: LabelState, roots: np.ndarray) -> list[LeftAlone]:
+    """Every producer dimension with kept channels, with the first reason they were kept."""
+    reason_of, texts = state.fixed_reasons()
+    found = []
+    candidates = list(state.producers)
+    with_producers = {name for name, _ in candidates}
+    for op, _ in state.unsupported:  # weights handed to an op with no rule never became producers
+        for ref in tensor_refs((op.args, op.kwargs)):
+            name = state.trace.param_name(ref.vid)
+            if name is not None and name not in with_producers and len(state.trace.shapes[ref.vid]) >= 2:
+                with_producers.add(name)
+                candidates.append((name, 0))
+    for name, dim in candidates:
+        atoms = state.tensor_atoms[name][dim]
+        fixed = roots[atoms] == FIXED
+        if not fixed.any():
+            continue
+        numbers = reason_of[atoms[fixed]]
+        known = numbers[numbers >= 0]
+        reason = texts[int(np.bincount(known).argmax())] if known.size else "kept (no recorded reason)"
+        found.append(LeftAlone(name, dim, int(fixed.sum()), len(atoms), reason))
+    return found
+
+
+def _no_rule(op: OpRecord, modules: Mapping[str, nn.Module]) -> str:
+    module = modules.get(op.module)
+    owner = type(module).__name__ if module is not None else "module"
+    return (
+        f"no rule for op {op.name!r} in module {op.module or '<root>'!r} ({owner}); describe the module with "
+        f"rules={{{owner}: YourRule()}} (a prunekit.torch.structured.rules.ChannelRule)"
+    )
 
 
 def _build_graph(model: nn.Module, trace: Trace, state: LabelState) -> DependencyGraph:
@@ -336,4 +443,4 @@ def _unique(items: Iterable[str]) -> list[str]:
     return seen
 
 
-__all__ = ["ChannelGroup", "DependencyGraph", "GroupMember", "analyze_dependencies"]
+__all__ = ["ChannelGroup", "DependencyGraph", "GroupMember", "LeftAlone", "analyze_dependencies"]

@@ -71,6 +71,7 @@ def prune_channels_iteratively(
         example_inputs,
         protect_outputs=prune_kwargs.get("protect_outputs", True),
         leaf_modules=prune_kwargs.get("leaf_modules", ()),
+        rules=prune_kwargs.get("rules"),
     )
     per_layer = {pattern: step_ratios(value, steps) for pattern, value in layer_ratios.items()}
     result: StructuredResult | None = None

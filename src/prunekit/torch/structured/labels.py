@@ -82,6 +82,11 @@ class LabelState:
     recurrent: list[RecurrentRecord] = field(default_factory=list)
     splits: list[SplitRecord] = field(default_factory=list)
     norms: list[NormRecord] = field(default_factory=list)
+    # why positions became unremovable: (atoms tied to FIXED, reason), in the order it happened
+    fixed_because: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    reason: str = ""
+    # reshape op index -> the output dimension that is attention heads (see ``heads``)
+    head_dims: dict[int, int] = field(default_factory=dict)
 
     # -- atoms -----------------------------------------------------------------------------
 
@@ -136,18 +141,23 @@ class LabelState:
             raise AssertionError(f"cannot unify {a.shape} with {b.shape}")
         mask = a != b
         if mask.any():
-            self.edges.append((a[mask], b[mask]))
+            a, b = a[mask], b[mask]
+            self.edges.append((a, b))
+            to_fixed = (a == FIXED) | (b == FIXED)
+            if to_fixed.any():
+                self.fixed_because.append((np.where(a[to_fixed] == FIXED, b[to_fixed], a[to_fixed]), self.reason))
 
-    def fix(self, atoms: np.ndarray) -> None:
-        """These positions cannot be removed."""
+    def fix(self, atoms: np.ndarray, reason: str | None = None) -> None:
+        """These positions cannot be removed (``reason`` defaults to the op being followed)."""
         atoms = np.asarray(atoms, np.int64).reshape(-1)
         atoms = atoms[atoms != FIXED]
         if atoms.size:
             self.edges.append((atoms, np.zeros_like(atoms)))
+            self.fixed_because.append((atoms, reason or self.reason))
 
-    def fix_value(self, value: Any) -> None:
+    def fix_value(self, value: Any, reason: str | None = None) -> None:
         for lab in self.get(value):
-            self.fix(lab)
+            self.fix(lab, reason)
 
     def coarsen(self, blocks: np.ndarray) -> np.ndarray:
         """Unify each row of a 2-D atom array; returns one representative per row."""
@@ -188,18 +198,44 @@ class LabelState:
     def unsupported_op(self, op: OpRecord, reason: str) -> None:
         """Keep every channel an op touches and give its outputs fixed labels."""
         touched = False
+        why = f"unsupported op {op.name} at node {op.label} ({reason})"
         for leaf in tensor_refs((op.args, op.kwargs)):
             labels = self.get(leaf)
             if any((lab != FIXED).any() for lab in labels):
                 touched = True
             for lab in labels:
-                self.fix(lab)
+                self.fix(lab, why)
         for out in tensor_refs(op.outputs):
             self.set(out, [np.zeros(size, np.int64) for size in self.shape(out)])
         if touched:
             self.unsupported.append((op, reason))
 
     # -- solving ---------------------------------------------------------------------------
+
+    def fixed_reasons(self) -> tuple[np.ndarray, list[str]]:
+        """Why each atom cannot be removed: an index into the returned reasons per atom (``-1``:
+        removable). Found through the ties that do not pass through ``FIXED``, so each channel is
+        blamed on the first thing that fixed it, not on everything else that is fixed."""
+        if self.edges:
+            a = np.concatenate([e[0] for e in self.edges])
+            b = np.concatenate([e[1] for e in self.edges])
+            free = (a != FIXED) & (b != FIXED)
+            a, b = a[free], b[free]
+        else:
+            a = b = np.zeros(0, np.int64)
+        roots = connected_roots(self.next_atom, a, b)
+        root_reason = np.full(self.next_atom, -1, np.int64)
+        texts: list[str] = []
+        numbers: dict[str, int] = {}
+        for atoms, reason in self.fixed_because:
+            r = roots[atoms]
+            unset = r[root_reason[r] < 0]
+            if unset.size:
+                number = numbers.setdefault(reason, len(texts))
+                if number == len(texts):
+                    texts.append(reason)
+                root_reason[unset] = number
+        return root_reason[roots], texts
 
     def components(self) -> np.ndarray:
         """Root atom of every atom after all unifications (``FIXED``'s root is ``FIXED``)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +36,18 @@ from prunekit.torch.structured.plan import (
     new_shape,
     plan_of,
 )
+from prunekit.torch.structured.repair import size_attribute_repairs
 from prunekit.torch.structured.report import GroupRecord, build_report, measure
+from prunekit.torch.structured.rules.base import ChannelRule, RuleError, check_rules, rule_for
+from prunekit.torch.structured.shortfall import measure_shortfall
 from prunekit.torch.structured.surgery import plan_attributes
 from prunekit.torch.structured.tracing import ExampleInputs, TraceError, trace_model
 
 _MAX_ATTEMPTS = 6
+
+
+class PruningShortfallWarning(UserWarning):
+    """The achieved MACs reduction is more than 10 % below what the channel ratio asked for."""
 
 
 @dataclass
@@ -97,6 +105,8 @@ def _verify(
         trace = trace_model(model, example_inputs, leaf_modules)
     except TraceError as exc:
         index = min(exc.op_index, len(original) - 1)
+        if exc.where.endswith(":leaf_module"):  # a black box raised: report it, wherever its record falls
+            index = next((op.index for op in original if op.label == exc.where), index)
         return _Failure(index, original[index].label, f"the pruned model raised there: {exc.__cause__}")
     for old, new in zip(original, trace.ops):
         if old.name != new.name:
@@ -198,6 +208,7 @@ def prune_channels(
     loss_fn: Callable[[nn.Module, Any], Any] | None = None,
     seed: int = 0,
     verify: bool = True,
+    rules: Mapping[type, ChannelRule] | None = None,
 ) -> StructuredResult:
     """Remove ``ratio`` of the channels of every prunable group, least important first.
 
@@ -213,6 +224,8 @@ def prune_channels(
     groups produced by matching layers; ``round_to`` keeps channel counts multiples of it;
     ``ignore_outputs``/``ignore_inputs`` keep the output/input channels of matching layers. The
     model's output channels are protected unless ``protect_outputs=False``.
+    ``rules={ModuleClass: ChannelRule()}`` describes custom modules (how their channels couple,
+    which attributes shrink); see :mod:`prunekit.torch.structured.rules`.
 
     Returns a :class:`StructuredResult` with the smaller model (a copy unless ``inplace``), its
     plan and a report. Example::
@@ -254,6 +267,8 @@ def prune_channels(
         verify=verify,
         retry=not strict,
         notes_from=criterion,
+        rules=check_rules(rules),
+        ratio=float(ratio),
     )
 
 
@@ -267,6 +282,7 @@ def remove_channels(
     strict: bool = False,
     inplace: bool = False,
     verify: bool = True,
+    rules: Mapping[type, ChannelRule] | None = None,
 ) -> StructuredResult:
     """Remove exactly the given channels: ``{group name: [channel indices]}``.
 
@@ -312,6 +328,7 @@ def remove_channels(
         verify=verify,
         retry=False,
         notes_from=None,
+        rules=check_rules(rules),
     )
 
 
@@ -330,11 +347,14 @@ def _run(
     verify: bool,
     retry: bool,
     notes_from: Any,
+    rules: dict[type, ChannelRule],
+    ratio: float | None = None,
 ) -> StructuredResult:
     """Analyse, choose, plan, apply and verify; retry with failing ops left alone; roll back on error."""
     undo: Callable[[], None] | None = None
     opaque: set[int] = set()
     failures: list[_Failure] = []
+    repairs: list[dict[str, Any]] = []
     try:
         before = None
         for _ in range(_MAX_ATTEMPTS):
@@ -344,18 +364,27 @@ def _run(
                 strict=strict,
                 protect_outputs=protect_outputs,
                 leaf_modules=leaf_modules,
+                rules=rules,
                 _opaque_ops=opaque,
             )
             before = before or measure(working, example_inputs)
             targets, selection = choose(graph)
             plan = build_plan(working, graph, selection)
+            _add_attributes(plan, repairs)
             removed = graph.removed_roots(selection)
             undo = apply_plan(working, plan)
-            failure = _verify(working, graph, removed, example_inputs, leaf_modules) if verify else None
+            leaves = leaf_modules + [n for n in graph.black_box_ops if n not in leaf_modules]
+            failure = _verify(working, graph, removed, example_inputs, leaves) if verify else None
             if failure is None:
                 break
             undo()
             undo = None
+            _raise_if_rule_failed(graph, failure)
+            known = {(a["module"], a["name"]) for a in plan["attributes"]}
+            fresh = [r for r in size_attribute_repairs(working, graph, removed) if (r["module"], r["name"]) not in known]
+            if fresh:  # sizes the forward reads from attributes: update them and try again
+                repairs.extend(fresh)
+                continue
             failures.append(failure)
             if not retry or failure.op_index in opaque:
                 raise ConfigError(
@@ -380,9 +409,38 @@ def _run(
     records = [_group_record(t, selection) for t in targets]
     notes = [f"{f.label}: {f.detail}; its channels were kept" for f in failures]
     notes.extend(getattr(notes_from, "notes", []) or [])
-    report = build_report(before, after, records, _out_channels(graph, removed), graph.unsupported, notes)
+    ignored = {t.group.id: f"{t.group.name}: user ignore ({t.skipped})" for t in targets if t.skipped.startswith("ignore_")}
+    left_alone = [(e.text.partition(": ")[0], e.reason) for e in graph.left_alone]
+    left_alone += [(text.partition(": ")[0], text.partition(": ")[2]) for text in ignored.values()]
+    requested = None
+    if ratio is not None and ratio > 0:
+        shortfall = measure_shortfall(graph, before, after, ratio, removed, ignored)
+        requested = shortfall.requested
+        if shortfall.short:
+            warnings.warn(shortfall.message(), PruningShortfallWarning, stacklevel=3)
+    report = build_report(before, after, records, _out_channels(graph, removed), graph.unsupported, notes, left_alone, requested)
     removed_names = {graph.groups[gid].name: sorted(int(i) for i in idx) for gid, idx in selection.items()}
     return StructuredResult(working, cumulative, report, removed_names)
+
+
+def _add_attributes(plan: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Append attribute updates the plan does not already make."""
+    known = {(a["module"], a["name"]) for a in plan["attributes"]}
+    plan["attributes"].extend(dict(r) for r in records if (r["module"], r["name"]) not in known)
+
+
+def _raise_if_rule_failed(graph: DependencyGraph, failure: _Failure) -> None:
+    """A black-box module described by a user rule came out inconsistent: the rule is wrong, say so."""
+    op = graph.trace.ops[failure.op_index]
+    if op.name != "leaf_module" or op.module not in graph.black_box_ops:
+        return
+    module = graph.model.get_submodule(op.module)
+    rule = rule_for(module, graph.rules)
+    raise RuleError(
+        f"rule {type(rule).__name__} for module {op.module!r} ({type(module).__name__}): after pruning, {failure.detail}; "
+        "its couple() must describe every output dimension the forward computes, and shrink() must return every "
+        "attribute the forward reads to size them"
+    )
 
 
 def _group_record(target: GroupTarget, selection: Mapping[int, np.ndarray]) -> GroupRecord:
@@ -401,4 +459,4 @@ def _out_channels(graph: DependencyGraph, removed: np.ndarray) -> dict[str, tupl
     return counts
 
 
-__all__ = ["StructuredResult", "build_plan", "prune_channels", "remove_channels"]
+__all__ = ["PruningShortfallWarning", "StructuredResult", "build_plan", "prune_channels", "remove_channels"]

@@ -29,6 +29,8 @@ def build_report(
     out_channels: dict[str, tuple[int, int]],
     unsupported: list[tuple[str, str]],
     notes: list[str],
+    left_alone: list[tuple[str, str]] | None = None,
+    requested_macs_ratio: float | None = None,
 ) -> StructuredReport:
     """Assemble a report from before/after measurements and per-group channel counts."""
     layers = []
@@ -47,7 +49,16 @@ def build_report(
             )
         )
     return StructuredReport(
-        groups, layers, before.params, after.params, before.total, after.total, list(unsupported), list(notes)
+        groups,
+        layers,
+        before.params,
+        after.params,
+        before.total,
+        after.total,
+        list(unsupported),
+        list(notes),
+        list(left_alone or []),
+        requested_macs_ratio,
     )
 
 

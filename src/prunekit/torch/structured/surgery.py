@@ -13,7 +13,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from prunekit.errors import ConfigError
 from prunekit.torch.structured.graph import DependencyGraph
+from prunekit.torch.structured.labels import tensor_refs
+from prunekit.torch.structured.rules.base import RuleError, Shrink
+from prunekit.torch.structured.rules.modules import module_rule
 
 HEAD_COUNT_NAMES = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_attention_heads_per_partition")
 KV_HEAD_NAMES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
@@ -36,9 +40,9 @@ def plan_attributes(
         if old != value and (module, name) not in updates:
             updates[(module, name)] = {"module": module, "name": name, "old": _plain(old), "value": _plain(value)}
 
-    changed_modules = {name.rpartition(".")[0] for name in new_shapes}
+    changed_modules = {name.rpartition(".")[0] for name in new_shapes} | set(graph.rule_modules)
     for path in sorted(changed_modules, key=list(modules).index):
-        _module_attributes(path, modules[path], new_shapes, put)
+        _module_attributes(path, modules[path], graph, removed, new_shapes, put)
     _norm_attributes(graph, removed, modules, put)
     attention = _attention_attributes(graph, removed, modules, put)
     _split_attributes(graph, removed, modules, put)
@@ -57,72 +61,45 @@ def _resolve(obj: Any, dotted: str) -> tuple[Any, str]:
     return obj, last
 
 
-def _shape(new_shapes: dict[str, tuple[int, ...]], module_path: str, tensor: str, module: nn.Module) -> tuple[int, ...] | None:
-    full = f"{module_path}.{tensor}" if module_path else tensor
-    if full in new_shapes:
-        return new_shapes[full]
-    value = getattr(module, tensor, None)
-    return tuple(value.shape) if value is not None and hasattr(value, "shape") else None
+def _module_attributes(path: str, module: nn.Module, graph: DependencyGraph, removed: np.ndarray, new_shapes: dict, put) -> None:
+    """Ask the module's rule (the user's, else a built-in one) which attributes follow its new shapes."""
+    rule = module_rule(module, graph.rules)
+    if rule is None:
+        return
 
+    def kept(tensor: str, dim: int) -> np.ndarray | None:
+        atoms = graph.state.tensor_atoms.get(tensor)
+        return None if atoms is None or dim >= len(atoms) else np.nonzero(~removed[atoms[dim]])[0]
 
-def _module_attributes(path: str, module: nn.Module, new_shapes: dict, put) -> None:
-    shape = lambda name: _shape(new_shapes, path, name, module)  # noqa: E731
-    if isinstance(module, nn.MultiheadAttention):
-        _mha_attributes(path, module, shape, put)
-    elif isinstance(module, nn.RNNBase):
-        put(path, "input_size", shape("weight_ih_l0")[1])
-        put(path, "hidden_size", shape("weight_hh_l0")[1])
-    elif isinstance(module, nn.Linear):
-        w = shape("weight")
-        put(path, "out_features", w[0])
-        put(path, "in_features", w[1])
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        w = shape("weight")
-        groups = module.groups
-        if module.transposed:
-            if groups > 1:
-                groups = w[0] // (module.in_channels // module.groups)
-            put(path, "groups", groups)
-            put(path, "in_channels", w[0])
-            put(path, "out_channels", w[1] * groups)
-        else:
-            if groups > 1 and module.in_channels // module.groups == 1:
-                groups = w[0] // (module.out_channels // module.groups)
-            put(path, "groups", groups)
-            put(path, "out_channels", w[0])
-            put(path, "in_channels", w[1] * groups)
-    elif isinstance(module, (nn.modules.batchnorm._NormBase,)):
-        size = (shape("weight") or shape("running_mean"))[0]
-        put(path, "num_features", size)
-    elif isinstance(module, (nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm))):
-        if shape("weight") is not None:
-            put(path, "normalized_shape", shape("weight"))
-    elif isinstance(module, nn.GroupNorm):
-        if shape("weight") is not None:
-            channels = shape("weight")[0]
-            put(path, "num_channels", channels)
-            put(path, "num_groups", 1 if module.num_groups == 1 else channels // (module.num_channels // module.num_groups))
-    elif isinstance(module, nn.Embedding):
-        put(path, "embedding_dim", shape("weight")[1])
-    elif isinstance(module, nn.PReLU):
-        put(path, "num_parameters", shape("weight")[0])
-    elif type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx"):
-        w = shape("weight")
-        put(path, "nx", w[0])
-        put(path, "nf", w[1])
-
-
-def _mha_attributes(path: str, module: nn.MultiheadAttention, shape, put) -> None:
-    if module._qkv_same_embed_dim:
-        embed = shape("in_proj_weight")[1]
-        kdim = vdim = embed
-    else:
-        embed = shape("q_proj_weight")[1]
-        kdim, vdim = shape("k_proj_weight")[1], shape("v_proj_weight")[1]
-    put(path, "embed_dim", embed)
-    put(path, "kdim", kdim)
-    put(path, "vdim", vdim)
-    put(path, "num_heads", embed // module.head_dim)
+    io = None
+    op = graph.black_box_ops.get(path)
+    if op is not None:
+        expected = graph.expected_shapes(removed)
+        io = tuple(
+            [tuple(expected.get(ref.vid, graph.trace.shapes[ref.vid])) for ref in tensor_refs(refs)]
+            for refs in ((op.args, op.kwargs), op.outputs)
+        )
+    try:
+        updates = rule.shrink(module, Shrink(path, module, new_shapes, kept, io))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise RuleError(
+            f"rule {type(rule).__name__} for module {path!r} ({type(module).__name__}): shrink() raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(updates, dict):
+        raise RuleError(
+            f"rule {type(rule).__name__} for module {path!r}: shrink() should return a dict of attribute -> value, "
+            f"got {type(updates).__name__}"
+        )
+    for name, value in updates.items():
+        try:
+            put(path, name, value)
+        except AttributeError as exc:
+            raise RuleError(
+                f"rule {type(rule).__name__} for module {path!r}: shrink() names attribute {name!r}, which the module does not have"
+            ) from exc
 
 
 def _norm_attributes(graph: DependencyGraph, removed: np.ndarray, modules: dict, put) -> None:

@@ -346,6 +346,9 @@ def _enter(stack: list[str], name: str, leaf_depth: list[int], is_leaf: bool, re
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if is_leaf and leaf_depth[0] == 0:
             recorder.leaf_inputs = pytree.tree_map(recorder.ref, (args, kwargs))
+            # a black box raising is reported as the op it is about to become
+            recorder.current = f"{name}:leaf_module"
+            recorder.in_call = True
         if is_leaf:
             leaf_depth[0] += 1
         stack.append(name)
@@ -363,6 +366,7 @@ def _exit(
             return
         leaf_depth[0] -= 1
         if leaf_depth[0] == 0 and output is not None:
+            recorder.in_call = False
             out_refs = pytree.tree_map(
                 lambda v: TensorRef(recorder.new_value(v, ("op", str(len(recorder.ops))))) if isinstance(v, torch.Tensor) else v,
                 output,

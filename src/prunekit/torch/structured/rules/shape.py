@@ -125,7 +125,9 @@ def _minus_one_dim(op: OpRecord, out_ndim: int) -> int | None:
 def reshape(st: LabelState, op: OpRecord) -> None:
     x, out = first_tensor(op), outputs_of(op)[0]
     out_shape = st.shape(out)
-    prefer = _minus_one_dim(op, len(out_shape)) if op.name in ("view", "reshape", "unflatten") else None
+    prefer = st.head_dims.get(op.index)
+    if prefer is None and op.name in ("view", "reshape", "unflatten"):
+        prefer = _minus_one_dim(op, len(out_shape))
     st.set(out, reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer))
     pass_param(st, x, out)
 
