@@ -16,6 +16,7 @@ normalisation affine), so coupled layers are judged together:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,12 +49,23 @@ class MagnitudeImportance:
     def __call__(self, group: ChannelGroup) -> np.ndarray:
         total = torch.zeros(group.size, dtype=torch.float64)
         for member, tensor in group.tensors():
-            magnitude = tensor.detach().abs() if self.p == 1 else tensor.detach().square()
-            total += group.reduce(magnitude, member).cpu()
+            total += group.reduce(_position_power_sums(tensor.detach(), member.dim, self.p), member).cpu()
         return total.pow(1.0 / self.p).numpy()
 
     def __repr__(self) -> str:
         return f"MagnitudeImportance(p={self.p})"
+
+
+def _position_power_sums(values: torch.Tensor, dim: int, p: int) -> torch.Tensor:
+    """Sum of ``|w|^p`` over every dimension but ``dim``, shaped to broadcast against ``values``.
+
+    Reduces the contiguous trailing dimensions first and the leading ones after, so a conv
+    weight's input-channel sums cost one pass over memory instead of a strided reduction.
+    """
+    shape = values.shape
+    flat = values.reshape(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :]))
+    sums = (flat.abs() if p == 1 else flat.square()).sum(dim=2).sum(dim=0)
+    return sums.reshape([1] * dim + [shape[dim]] + [1] * (len(shape) - dim - 1))
 
 
 class RandomImportance:

@@ -290,7 +290,8 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
             new = old.detach()
             for dim, keep in sorted(entry["keep"].items(), key=lambda kv: int(kv[0])):
                 new = new.index_select(int(dim), torch.as_tensor(keep, dtype=torch.long, device=new.device))
-            new = new.clone().contiguous()
+            # index_select copies; only a plan entry keeping every dimension whole needs a copy made here
+            new = new.contiguous() if entry["keep"] else new.clone()
             if isinstance(old, nn.Parameter):
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             for module, attr, kind in owners.get(id(old), []):

@@ -102,7 +102,7 @@ def _verify(
     expected = graph.expected_shapes(removed)
     original = graph.trace.ops
     try:
-        trace = trace_model(model, example_inputs, leaf_modules)
+        trace = trace_model(model, example_inputs, leaf_modules, fake=graph.trace.fake)
     except TraceError as exc:
         index = min(exc.op_index, len(original) - 1)
         if exc.where.endswith(":leaf_module"):  # a black box raised: report it, wherever its record falls

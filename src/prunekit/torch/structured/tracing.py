@@ -68,6 +68,7 @@ class Trace:
     inputs: Any
     outputs: Any
     leaf_ops: list[OpRecord] = field(default_factory=list)
+    fake: bool = False
 
     def param_name(self, vid: int) -> str | None:
         """Qualified name of the parameter or buffer a value id is, else ``None``."""
@@ -131,8 +132,10 @@ class _Recorder(TorchFunctionMode):
         stack: list[str],
         leaf_depth: list[int],
         observer: Callable[[OpRecord, Any], None] | None = None,
+        fake: bool = False,
     ):
         super().__init__()
+        self.fake = fake
         self.named = named_tensors
         self.stack = stack
         self.leaf_depth = leaf_depth
@@ -175,7 +178,10 @@ class _Recorder(TorchFunctionMode):
         arg_refs = pytree.tree_map(self.ref, args)
         kwarg_refs = pytree.tree_map(self.ref, kwargs)
         self.in_call = True
-        out = func(*args, **kwargs)
+        if self.fake and name in _SAME_SHAPE_OPS and args and isinstance(args[0], torch.Tensor):
+            out = torch.empty_like(args[0])  # fake kernels decompose these op by op: slow, same shape
+        else:
+            out = func(*args, **kwargs)
         self.in_call = False
         inplace_target = None
         if name == "setitem" and args and isinstance(args[0], torch.Tensor):
@@ -198,6 +204,10 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
+# Normalisations whose output has their input's shape and dtype; on fake tensors only that is needed.
+_SAME_SHAPE_OPS = frozenset({"batch_norm"})
+
+
 def _has_tensor(tree: Any) -> bool:
     return any(isinstance(leaf, TensorRef) for leaf in pytree.tree_leaves(tree))
 
@@ -216,6 +226,7 @@ def trace_model(
     example_inputs: ExampleInputs,
     leaf_modules: Iterable[str] = (),
     observer: Callable[[OpRecord, Any], None] | None = None,
+    fake: bool | None = None,
 ) -> Trace:
     """Run ``model`` once in eval mode without gradients and record every torch call.
 
@@ -223,7 +234,9 @@ def trace_model(
     ``observer`` (which needs real values) first run on fake tensors: shapes only, no arithmetic,
     so the cost follows the number of ops rather than the MACs or the batch. They run for real
     only if that fails (a forward whose Python control flow reads tensor values); small models
-    run for real, which is then cheaper. Modules named in ``leaf_modules`` run untraced: each becomes one
+    run for real, which is then cheaper. ``fake=True``/``False`` forces the choice (a fake trace that
+    fails still falls back to a real one): a pruned model is verified the way the original was
+    traced, since the two ways can record different op sequences. Modules named in ``leaf_modules`` run untraced: each becomes one
     recorded op named ``leaf_module`` whose inputs keep all their channels. The model's training
     flags and attributes are restored afterwards. Raises ``TraceError`` (a ``ConfigError``)
     naming the module and op when the model fails.
@@ -235,7 +248,9 @@ def trace_model(
     """
     inputs = sum(t.numel() for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor))
     params = sum(p.numel() for p in model.parameters())
-    if observer is None and max(inputs, params) > _FAKE_ABOVE:
+    if fake is None:
+        fake = observer is None and max(inputs, params) > _FAKE_ABOVE
+    if fake and observer is None:
         try:
             return _trace_once(model, example_inputs, leaf_modules, None, fake=True)
         except Exception:
@@ -295,7 +310,7 @@ def _trace_once(
     leaves = set(leaf_modules)
     stack: list[str] = []
     leaf_depth = [0]
-    recorder = _Recorder(_named_tensors(model), stack, leaf_depth, observer)
+    recorder = _Recorder(_named_tensors(model), stack, leaf_depth, observer, fake)
     leaf_ops: list[OpRecord] = []
     handles = []
     for mod_name, module in model.named_modules():
@@ -339,7 +354,7 @@ def _trace_once(
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    return Trace(recorder.ops, recorder.shapes, recorder.sources, input_refs, output_refs, leaf_ops)
+    return Trace(recorder.ops, recorder.shapes, recorder.sources, input_refs, output_refs, leaf_ops, fake)
 
 
 def _enter(stack: list[str], name: str, leaf_depth: list[int], is_leaf: bool, recorder: _Recorder) -> Callable:
