@@ -24,6 +24,7 @@ def test_tfmots_distributed_pruning_tests_pass_under_three_strategies():
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    # MultiWorkerMirroredStrategy, MirroredStrategy over 2 CPUs, OneDeviceStrategy: all three ran
-    passed = re.findall(r"^testPrunesSimpleDenseModel\d .* \.\.\. ok$", done.stderr, re.MULTILINE)
-    assert len(passed) == 3, done.stderr[-2000:]
+    # MultiWorkerMirroredStrategy, MirroredStrategy over 2 CPUs, OneDeviceStrategy, and tf.test.TestCase's
+    # own test_session, which it skips
+    assert re.search(r"^Ran 4 tests", done.stderr, re.MULTILINE), done.stderr[-2000:]
+    assert re.search(r"^OK \(skipped=1\)$", done.stderr, re.MULTILINE), done.stderr[-2000:]
