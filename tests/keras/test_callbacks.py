@@ -119,3 +119,13 @@ def test_update_pruning_step_on_an_unpruned_model_is_a_no_op_like_tfmot():
 def test_pruning_summaries_rejects_a_bad_update_freq(tmp_path):
     with pytest.raises(ConfigError, match="update_freq"):
         pk.PruningSummaries(tmp_path, update_freq="sometimes")
+
+
+def test_pruning_summaries_asks_for_tensorboard_only_for_what_needs_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed: histograms are available")
+    with pytest.raises(ConfigError, match=r"histogram_freq=1.*pip install tensorboard"):
+        pk.PruningSummaries(tmp_path, histogram_freq=1)
+    assert pk.PruningSummaries(tmp_path, profile_batch=0, write_graph=True).update_freq == "epoch"

@@ -195,3 +195,20 @@ def test_no_op_marks_on_weightless_layers_leave_erdos_renyi_shares_over_the_weig
     sizes = [int(np.prod(state.target_layer().kernel.shape)) for state in weighted]
     kept = sum((1 - state.spec.schedule.final_sparsity) * size for state, size in zip(weighted, sizes))
     assert kept == pytest.approx(0.1 * sum(sizes))
+
+
+def test_a_model_whose_custom_layer_cannot_be_cloned_raises_a_config_error_saying_how_to_fix_it():
+    class NoConfig(keras.layers.Layer):
+        def __init__(self):  # takes none of Keras's keyword arguments back
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, NoConfig()(inputs), name="custom")
+    with pytest.raises(ConfigError, match=r"(?s)model .custom. cannot be cloned for pruning.*get_config.*inplace=True"):
+        pk.prune_low_magnitude(model, EVERY_STEP_HALF)
+    pruned = pk.prune_low_magnitude(model, EVERY_STEP_HALF, inplace=True)  # the way out the message names
+    assert pruned is model and len(pk.pruned_layers(model)) == 1
