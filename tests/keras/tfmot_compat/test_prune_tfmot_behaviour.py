@@ -121,11 +121,36 @@ def test_a_block_that_does_not_tile_the_kernel_is_padded_like_tfmot(pooling):
     assert int(wide.all(axis=1).sum() + edge.all(axis=1).sum()) == 20  # half of the 40 blocks
 
 
-def test_loading_a_legacy_h5_checkpoint_is_refused_with_the_keras_format_to_use(tmp_path):
+def test_saving_a_pruned_model_as_legacy_h5_is_refused_and_a_stripped_one_saves(tmp_path):
     model = pk.prune_low_magnitude(keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="fc")]), EVERY_STEP_HALF)
-    model.save(tmp_path / "ckpt.h5")
+    with pytest.raises(ConfigError, match=r"layer 'fc' is being pruned.*legacy \.h5.*\.keras.*strip_pruning"):
+        model.save(tmp_path / "ckpt.h5")
+    with pytest.raises(ConfigError, match="layer 'fc' is being pruned"):
+        keras.saving.save_model(model, tmp_path / "ckpt.hdf5")
+    # the .keras checkpoint keeps the state; a restored model refuses .h5 the same way
+    model.save(tmp_path / "ckpt.keras")
+    restored = pk.load_model(tmp_path / "ckpt.keras")
+    assert pk.pruned_layers(restored) == ["fc"]
+    with pytest.raises(ConfigError, match="layer 'fc' is being pruned"):
+        restored.save(tmp_path / "restored.h5")
+    # config-driven Keras paths other than .h5 still get the layer's own config
+    assert keras.models.clone_model(model).get_layer("fc").get_config()["units"] == 4
+    stripped = pk.strip_pruning(model)
+    stripped.save(tmp_path / "final.h5")
+    loaded = keras.saving.load_model(tmp_path / "final.h5")
+    np.testing.assert_array_equal(loaded.get_layer("fc").kernel.numpy(), stripped.get_layer("fc").kernel.numpy())
     with pytest.raises(ConfigError, match=r"holds no pruning state.*\.keras"):
-        pk.load_model(tmp_path / "ckpt.h5")
+        pk.load_model(tmp_path / "final.h5")
+
+
+def test_a_layer_pruned_layer_wise_refuses_h5_until_stripped(tmp_path):
+    layer = pk.prune_low_magnitude(keras.layers.Dense(4, name="fc"), pruning_schedule=EVERY_STEP_HALF)
+    model = keras.Sequential([keras.Input((4,)), layer, keras.layers.Dense(2, name="out")])
+    with pytest.raises(ConfigError, match="layer 'fc' is being pruned"):
+        model.save(tmp_path / "a.h5")
+    pk.strip_pruning(layer)  # a single layer is stripped in place
+    model.save(tmp_path / "a.h5")
+    assert keras.saving.load_model(tmp_path / "a.h5").get_layer("fc").units == 4
 
 
 @pytest.mark.parametrize(
@@ -170,3 +195,20 @@ def test_no_op_marks_on_weightless_layers_leave_erdos_renyi_shares_over_the_weig
     sizes = [int(np.prod(state.target_layer().kernel.shape)) for state in weighted]
     kept = sum((1 - state.spec.schedule.final_sparsity) * size for state, size in zip(weighted, sizes))
     assert kept == pytest.approx(0.1 * sum(sizes))
+
+
+def test_a_model_whose_custom_layer_cannot_be_cloned_raises_a_config_error_saying_how_to_fix_it():
+    class NoConfig(keras.layers.Layer):
+        def __init__(self):  # takes none of Keras's keyword arguments back
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, NoConfig()(inputs), name="custom")
+    with pytest.raises(ConfigError, match=r"(?s)model .custom. cannot be cloned for pruning.*get_config.*inplace=True"):
+        pk.prune_low_magnitude(model, EVERY_STEP_HALF)
+    pruned = pk.prune_low_magnitude(model, EVERY_STEP_HALF, inplace=True)  # the way out the message names
+    assert pruned is model and len(pk.pruned_layers(model)) == 1

@@ -1,4 +1,4 @@
-"""TF MOT's two callbacks: ``UpdatePruningStep`` (required while training) and ``PruningSummaries``."""
+"""TF MOT's two callbacks: ``UpdatePruningStep`` (required while training) and ``PruningSummaries`` (a TensorBoard)."""
 
 from __future__ import annotations
 
@@ -141,85 +141,121 @@ class UpdatePruningStep(keras.callbacks.Callback):
         return max((int(state.step.numpy()) for state in states), default=-1)
 
 
-def _scalar_metadata() -> bytes:
-    from tensorflow.core.framework import summary_pb2
+class _Summary:
+    """``tf.summary`` for Keras's ``TensorBoard`` callback, with ``scalar`` written by TensorFlow itself.
 
-    plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-    return summary_pb2.SummaryMetadata(plugin_data=plugin).SerializeToString()
+    ``tf.summary.scalar`` is implemented by the ``tensorboard`` package; without it Keras's
+    callback fails at its first scalar. Scalars here are ``tf.summary.write`` events with the
+    scalars plugin's metadata, which is what ``tensorboard`` writes too, so TensorBoard reads them
+    either way. Everything else is ``tf.summary``'s.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(tf.summary, name)
+
+    @staticmethod
+    def scalar(name: str, data: Any, step: Any = None, description: str | None = None) -> Any:
+        from tensorflow.core.framework import summary_pb2
+
+        plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        metadata = summary_pb2.SummaryMetadata(plugin_data=plugin, summary_description=description or "")
+        value = tf.cast(tf.convert_to_tensor(data), tf.float32)
+        return tf.summary.write(name, value, step=step, metadata=metadata.SerializeToString())
 
 
-class PruningSummaries(keras.callbacks.Callback):
-    """Log per-weight sparsity and each layer's target sparsity (TF MOT's ``PruningSummaries``).
+def _tensorboard_installed() -> bool:
+    import importlib.util
 
-    Every ``update_freq`` (``"epoch"`` or a number of batches) it appends a record to
-    :attr:`records`, rewrites ``log_dir/pruning_summaries.jsonl``, and writes TensorBoard scalars
-    ``<weight path>/sparsity`` and ``<layer>/target_sparsity`` at the pruning step (event files
-    are written by TensorFlow itself; install ``tensorboard`` to view them).
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class PruningSummaries(keras.callbacks.TensorBoard):
+    """A ``keras.callbacks.TensorBoard`` that also logs each pruned weight's sparsity (TF MOT's ``PruningSummaries``).
+
+    Takes TensorBoard's arguments (``histogram_freq``, ``write_graph``, ``profile_batch``, ...) and
+    logs what TensorBoard logs. At the start of every epoch, as TF MOT does, it writes the scalars
+    ``<weight path>/sparsity`` and ``<layer>/target_sparsity`` at the pruning step to
+    ``log_dir/metrics``; in ``fit`` also at the end of training, and every ``update_freq`` batches
+    when that is a number. Each of those is also a record in :attr:`records` and a line of
+    ``log_dir/pruning_summaries.jsonl``. Scalars are written by TensorFlow's ``tf.summary`` (the
+    ``tensorboard`` package is needed to view them, not to write them).
 
     Example::
 
-        model.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries(log_dir="logs")])
+        model.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries(log_dir="logs", profile_batch=0)])
+
+    In a custom loop, as TF MOT's guide drives it::
+
+        log = PruningSummaries(log_dir="logs")
+        log.set_model(model)
+        for epoch in range(epochs):
+            log.on_epoch_begin(epoch=-1)
+            ...  # the batches, with UpdatePruningStep
     """
 
-    def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch", tensorboard: bool = True):
-        super().__init__()
+    def __init__(self, log_dir: str | os.PathLike, update_freq: str | int = "epoch", **kwargs: Any) -> None:
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise ConfigError(f"`log_dir` must be a non-empty string or path. You passed `log_dir`={log_dir!r}.")
-        if update_freq != "epoch" and not (
+        if update_freq not in ("epoch", "batch") and not (
             isinstance(update_freq, int) and not isinstance(update_freq, bool) and update_freq >= 1
         ):
-            raise ConfigError(f"update_freq should be 'epoch' or a number of batches >= 1, got {update_freq!r}")
-        self.log_dir = Path(log_dir)
-        self.update_freq = update_freq
-        self.tensorboard = tensorboard
+            raise ConfigError(f"update_freq should be 'epoch', 'batch' or a number of batches >= 1, got {update_freq!r}")
+        needs_tensorboard = [key for key in ("histogram_freq", "write_images", "embeddings_freq") if kwargs.get(key)]
+        if needs_tensorboard and not _tensorboard_installed():
+            raise ConfigError(
+                f"PruningSummaries({needs_tensorboard[0]}={kwargs[needs_tensorboard[0]]!r}) writes TensorBoard "
+                "histograms/images, which needs the tensorboard package: pip install tensorboard"
+            )
+        super().__init__(log_dir=os.fspath(log_dir), update_freq=update_freq, **kwargs)
+        self._summary_module = _Summary()
         self.records: list[dict[str, Any]] = []
-        self._writer: Any = None
+        self._pruning_writer: Any = None
         self._batches = 0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         _pruning_states(self.model, "PruningSummaries")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        if self.tensorboard and self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        self._batches = 0
+        super().on_train_begin(logs)
 
     def on_epoch_begin(self, epoch: int = -1, logs: dict | None = None) -> None:
-        """In a custom loop (no ``fit``), TF MOT's guide calls this at each epoch start: it logs then."""
-        if self.params:  # inside fit(): logged at epoch end / every update_freq batches
-            return
-        self.on_train_begin()  # idempotent: the folder and the event writer, once
+        """Log the pruning scalars (TF MOT logs them here; a custom loop calls it with ``epoch=-1``)."""
+        if logs is not None:  # fit passes logs; a custom loop does not, and has no TensorBoard state to update
+            super().on_epoch_begin(epoch, logs)
         self._log(epoch=None if epoch == -1 else epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        super().on_train_batch_end(batch, logs)
         self._batches += 1
         if self.update_freq != "epoch" and self._batches % self.update_freq == 0:
             self._log(epoch=None)
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.update_freq == "epoch":
-            self._log(epoch=epoch)
-
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        self._log(epoch=None)  # the final sparsity, which no epoch start sees
+        super().on_train_end(logs)
+        if self._pruning_writer is not None:
+            self._pruning_writer.close()
+            self._pruning_writer = None
 
     def _log(self, epoch: int | None) -> None:
-        states = prunings(self.model)
-        step = max(int(state.step.numpy()) for state in states)
+        states = _pruning_states(self.model, "PruningSummaries")
+        step = max(0, max(int(state.step.numpy()) for state in states))
         record: dict[str, Any] = {"epoch": epoch, "step": step, "sparsity": {}, "target_sparsity": {}}
         for state in states:
             if not state.attached:
                 continue  # a weightless layer marked as a no-op, or one not built yet
             for path, mask in state.mask_arrays().items():
                 record["sparsity"][path] = float(1.0 - mask.mean())
-            record["target_sparsity"][state.layer_name] = schedule_value(state.spec.schedule, max(step, 0))[1]
+            record["target_sparsity"][state.layer_name] = schedule_value(state.spec.schedule, step)[1]
         self.records.append(record)
-        lines = "".join(json.dumps(item) + "\n" for item in self.records)
-        atomic_write_text(self.log_dir / "pruning_summaries.jsonl", lines)
-        if self._writer is not None:
-            metadata = _scalar_metadata()
-            with self._writer.as_default():
-                for path, value in record["sparsity"].items():
-                    tf.summary.write(f"{path}/sparsity", tf.constant(value, tf.float32), step=step, metadata=metadata)
-                for name, value in record["target_sparsity"].items():
-                    tf.summary.write(f"{name}/target_sparsity", tf.constant(value, tf.float32), step=step, metadata=metadata)
-            self._writer.flush()
+        log_dir = Path(self.log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(log_dir / "pruning_summaries.jsonl", "".join(json.dumps(item) + "\n" for item in self.records))
+        if self._pruning_writer is None:
+            self._pruning_writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "metrics"))
+        # TensorBoard's own writer may be recording only every update_freq batches; these always are
+        with self._pruning_writer.as_default(), tf.summary.record_if(True):
+            for path, value in record["sparsity"].items():
+                self._summary_module.scalar(f"{path}/sparsity", value, step=step)
+            for name, value in record["target_sparsity"].items():
+                self._summary_module.scalar(f"{name}/target_sparsity", value, step=step)
+        self._pruning_writer.flush()

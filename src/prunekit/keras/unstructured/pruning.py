@@ -177,13 +177,20 @@ def _prune_layer(layer: Any, spec: PruningSpec) -> Any:
 
 
 def _clone(model: keras.Model) -> keras.Model:
-    if _is_functional(model):  # keep the input layers' names (Keras 3's clone renames them)
-        inputs = keras.tree.map_structure(
-            lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name), model.input
-        )
-        clone = keras.models.clone_model(model, input_tensors=inputs)
-    else:
-        clone = keras.models.clone_model(model)
+    try:
+        if _is_functional(model):  # keep the input layers' names (Keras 3's clone renames them)
+            inputs = keras.tree.map_structure(
+                lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name),
+                model.input,
+            )
+            clone = keras.models.clone_model(model, input_tensors=inputs)
+        else:
+            clone = keras.models.clone_model(model)
+    except TypeError as exc:  # a custom layer whose get_config() does not give back its __init__ arguments
+        raise ConfigError(
+            f"model {model.name!r} cannot be cloned for pruning: {exc}. Give the custom layer a get_config() "
+            "that returns its __init__ arguments, or prune the model object itself with inplace=True"
+        ) from None
     clone.set_weights(model.get_weights())
     return clone
 
@@ -205,7 +212,8 @@ def strip_pruning(model: Any) -> Any:
     """A plain Keras model: same classes and layer names, pruned weights exactly zero, no pruning state.
 
     Sequential and Functional models are cloned (the pruning model is left as it was); a
-    subclassed model, or a single layer, is stripped in place and returned.
+    subclassed model, or a single layer, is stripped in place and returned. A model without
+    pruned layers is returned as it is (TF MOT's clone reuses its unpruned layers too).
 
     Example::
 
@@ -214,6 +222,8 @@ def strip_pruning(model: Any) -> Any:
     """
     _check_keras3(model, "strip_pruning's argument")
     states = prunings(model)
+    if not states:
+        return model
     for state in states:
         if state.attached:
             state.apply_masks()

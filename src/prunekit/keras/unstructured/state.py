@@ -32,6 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend.common import global_state
 from keras.src.saving.keras_saveable import KerasSaveable
 
 from prunekit import masks as mask_selection
@@ -400,11 +401,45 @@ def get_pruning(layer: Any) -> LayerPruning | None:
 
 
 def set_pruning(layer: Any, pruning: LayerPruning | None) -> None:
-    """Attach (or with ``None`` remove) a layer's pruning state without Keras's attribute tracking."""
+    """Attach (or with ``None`` remove) a layer's pruning state without Keras's attribute tracking.
+
+    A layer that carries a state also refuses Keras 3's legacy ``.h5`` model format (see
+    :class:`_LegacyH5Guard`), which would silently drop the state.
+    """
     if pruning is None:
         layer.__dict__.pop(ATTRIBUTE, None)
+        layer.__dict__.pop("get_config", None)
     else:
         object.__setattr__(layer, ATTRIBUTE, pruning)
+        object.__setattr__(layer, "get_config", _LegacyH5Guard(layer))
+
+
+H5_REFUSED = (
+    "layer {layer!r} is being pruned and Keras 3's legacy .h5 model format cannot hold its pruning state "
+    "(masks, step, schedule): it would be saved as a plain layer and resuming would fail. Save checkpoints "
+    "as .keras (model.save('ckpt.keras'), restored with prunekit.keras.load_model), or save the final model "
+    "as .h5 after prunekit.keras.strip_pruning(model)"
+)
+
+
+class _LegacyH5Guard:
+    """A pruned layer's ``get_config``: the class's own, refused while Keras writes a legacy ``.h5`` model.
+
+    Keras 3's ``.h5`` writer serialises configs under its ``use_legacy_config`` option and writes
+    only the layers' own variables, so the pruning state would be lost silently (TF MOT's ``.h5``
+    kept it in its wrapper layers). Keras opens the file before it asks for the config, so an
+    empty ``.h5`` is left behind.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        # Keras's auto-config checks whether get_config is its default one; keep that answer
+        self._is_default = getattr(type(layer).get_config, "_is_default", False)
+
+    def __call__(self) -> dict[str, Any]:
+        if global_state.get_global_attribute("use_legacy_config", False):
+            raise ConfigError(H5_REFUSED.format(layer=self.layer.name))
+        return type(self.layer).get_config(self.layer)
 
 
 def prunings(model: Any, layers: Sequence[Any] | None = None) -> list[LayerPruning]:
