@@ -96,7 +96,8 @@ class TensorProfile:
 class OutputProfile:
     """One output: ``kind`` ``"classes"`` (scores over the last axis: class frequencies of the
     arg-max and a histogram of the top probability, after a softmax when ``softmax``) or
-    ``"values"`` (summarised like an input, in ``tensor``)."""
+    ``"values"`` (summarised like an input, in ``tensor``). ``quantization`` ``(scale, zero_point)``
+    turns a quantized integer output back into scores first."""
 
     name: str
     kind: str
@@ -104,6 +105,14 @@ class OutputProfile:
     confidence_counts: tuple[int, ...] = ()
     softmax: bool = False
     tensor: TensorProfile | None = None
+    quantization: tuple[float, int] | None = None
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` as float scores (dequantized when the output is quantized)."""
+        if self.quantization is None:
+            return batch
+        scale, zero_point = self.quantization
+        return (np.asarray(batch, np.float64) - zero_point) * scale
 
 
 @dataclass(frozen=True)
@@ -292,22 +301,33 @@ def is_class_output(batch: np.ndarray) -> bool:
     return batch.dtype.kind == "f" and batch.ndim >= 2 and 2 <= batch.shape[-1] <= MAX_CLASSES
 
 
-def profile_output(name: str, batch: np.ndarray, *, channel_axis: int = 1) -> OutputProfile:
+def profile_output(
+    name: str, batch: np.ndarray, *, channel_axis: int = 1, quantization: tuple[float, int] | None = None
+) -> OutputProfile:
     """Summarise one output: class frequencies and confidences for class scores, else like an input.
+
+    ``quantization`` ``(scale, zero_point)`` of an integer output makes it scores again first.
 
     Example::
 
         profile_output("y", logits).class_counts   # how often each class is predicted
     """
-    array = np.asarray(batch)
+    raw = np.asarray(batch)
+    array = raw
+    if quantization is not None and raw.dtype.kind in "iu":
+        array = OutputProfile(name, "classes", quantization=quantization).scores(raw)
+    else:
+        quantization = None
     if not is_class_output(array):
+        array = raw
         sample = array.shape[1:]
         layout = "elements" if math.prod(sample) <= 256 else "pooled"  # large non-class outputs: their value distribution
         return OutputProfile(name, "values", tensor=profile_tensor(name, array, channel_axis=channel_axis, layout=layout))
     if not np.isfinite(array).all():
         raise ConfigError(f"model output {name!r} holds NaN or Inf on the reference data")
     rows = array.reshape(-1, array.shape[-1]).astype(np.float64)
-    probabilities = bool((rows >= 0).all() and (rows <= 1).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+    tolerance = 1e-3 if quantization is None else max(1e-3, rows.shape[1] * quantization[0])  # rounding of each entry
+    probabilities = bool((rows >= 0).all() and (rows <= 1).all() and np.allclose(rows.sum(axis=1), 1.0, atol=tolerance))
     predicted, confidence = class_scores(array, softmax=not probabilities)
     classes = np.bincount(predicted, minlength=array.shape[-1])
     return OutputProfile(
@@ -316,6 +336,7 @@ def profile_output(name: str, batch: np.ndarray, *, channel_axis: int = 1) -> Ou
         class_counts=tuple(int(c) for c in classes),
         confidence_counts=tuple(int(c) for c in confidence_counts(confidence)),
         softmax=not probabilities,
+        quantization=quantization,
     )
 
 
@@ -327,11 +348,13 @@ def build_profile(
     channel_axis: int = 1,
     max_features: int = 256,
     source: str = "",
+    output_quantization: Mapping[str, tuple[float, int]] | None = None,
 ) -> ReferenceProfile:
     """A profile of reference ``inputs`` and the model's ``outputs`` on them (all batches of equal rows).
 
     ``labels`` (one class per row) adds the reference accuracy of the first class output.
     ``channel_axis`` is where image channels are: 1 for PyTorch/ONNX (NCHW), -1 for Keras/TFLite (NHWC).
+    ``output_quantization`` maps quantized integer outputs to their ``(scale, zero_point)``.
 
     Example::
 
@@ -347,7 +370,11 @@ def build_profile(
         profile_tensor(name, np.asarray(batch), channel_axis=channel_axis, max_features=max_features)
         for name, batch in inputs.items()
     )
-    output_profiles = tuple(profile_output(name, np.asarray(batch), channel_axis=channel_axis) for name, batch in outputs.items())
+    quantized = output_quantization or {}
+    output_profiles = tuple(
+        profile_output(name, np.asarray(batch), channel_axis=channel_axis, quantization=quantized.get(name))
+        for name, batch in outputs.items()
+    )
     accuracy = None
     if labels is not None:
         classes = [(o, np.asarray(outputs[o.name])) for o in output_profiles if o.kind == "classes"]
@@ -359,7 +386,7 @@ def build_profile(
         label_array = np.asarray(labels).reshape(-1)
         if len(label_array) != samples:
             raise ConfigError(f"labels has {len(label_array)} entries for {samples} reference rows")
-        predicted, _ = class_scores(batch, profile.softmax)
+        predicted, _ = class_scores(profile.scores(batch), profile.softmax)
         accuracy = float((predicted == label_array).mean())
     return ReferenceProfile(samples, input_profiles, output_profiles, accuracy, source)
 
@@ -401,6 +428,7 @@ def _output_json(o: OutputProfile) -> dict[str, Any]:
         "class_counts": list(o.class_counts),
         "class_frequencies": [c / total for c in o.class_counts],
         "confidence_histogram": {"edges": list(CONFIDENCE_EDGES), "counts": list(o.confidence_counts)},
+        "quantization": None if o.quantization is None else list(o.quantization),
     }
 
 
@@ -452,7 +480,10 @@ def _output_from(data: Mapping[str, Any], where: str) -> OutputProfile:
         raise ValueError(
             f"{where}: class_counts needs >= 2 classes and the confidence histogram {len(CONFIDENCE_EDGES) + 1} bins"
         )
-    return OutputProfile(str(data["name"]), kind, classes, confidence, bool(data["softmax"]))
+    quantization = data.get("quantization")
+    if quantization is not None:
+        quantization = (float(quantization[0]), int(quantization[1]))
+    return OutputProfile(str(data["name"]), kind, classes, confidence, bool(data["softmax"]), quantization=quantization)
 
 
 __all__ = [

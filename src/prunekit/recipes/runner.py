@@ -215,6 +215,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
             row["files"] = backend.export(
                 pruned, split.x_val, out / f"pruned-{sparsity:g}", int8=recipe.export.int8, calibration=split.x_val[:256]
             )
+            row["profiles"] = _profile_exports(row["files"], split)
         results["runs"].append(row)
     if recipe.report.sensitivity_ratios:
         table = backend.analyze_sensitivity(
@@ -227,6 +228,17 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run is complete
     outputs.finish(p for p in out.iterdir() if p.is_file() and p.stat().st_mtime_ns >= run_started)
     return results
+
+
+def _profile_exports(files: dict[str, str], split: Any) -> dict[str, str]:
+    """Write the reference profile (validation data; for drift monitoring in ``prunekit serve``) beside each export."""
+    from prunekit.serve.profiling import profile_artifact, profile_path_for
+
+    profiles = {}
+    for kind, file in files.items():
+        profile_artifact(file, split.x_val, split.y_val)  # a full-integer TFLite file gets the data quantized
+        profiles[kind] = str(profile_path_for(file))
+    return profiles
 
 
 def _legacy_outputs(out: Path) -> list[str]:

@@ -130,7 +130,7 @@ class _ClassWatch:
         self.confidence = _Window((len(profile.confidence_counts),), half)
 
     def observe(self, batch: np.ndarray) -> np.ndarray:
-        predicted, confidence = class_scores(batch, self.profile.softmax)
+        predicted, confidence = class_scores(self.profile.scores(batch), self.profile.softmax)
         rows = len(batch)
         self.classes.add(np.bincount(predicted, minlength=len(self.profile.class_counts))[: len(self.profile.class_counts)], rows)
         self.confidence.add(confidence_counts(confidence), rows)

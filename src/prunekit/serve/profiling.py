@@ -103,6 +103,7 @@ def profile_artifact(
         raise ConfigError(f"batch_size should be >= 1, got {batch_size}")
     runtime = _runtime(path)
     feeds = _feeds(runtime, data, path)
+    quantization = getattr(runtime, "quantization", {})
     rows = {name: len(array) for name, array in feeds.items()}
     if len(set(rows.values())) != 1 or 0 in rows.values():
         raise ConfigError(f"reference data for {path} should hold the same non-zero number of rows per input, got {rows}")
@@ -120,6 +121,11 @@ def profile_artifact(
         channel_axis=1 if runtime.format == "onnx" else -1,
         max_features=max_features,
         source=path.name,
+        output_quantization={
+            spec.name: (quantization[spec.name]["scale"], quantization[spec.name]["zero_point"])
+            for spec in runtime.outputs
+            if spec.name in quantization
+        },
     )
     profile.save(target)
     return profile
