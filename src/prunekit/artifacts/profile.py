@@ -214,8 +214,9 @@ def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
         bin_counts(np.array([[0.0], [1.0], [2.0]]), np.array([[0.5, 1.5]]))   # [[1, 1, 1]]
     """
     features, width = edges.shape
-    index = (values[:, :, None] > edges[None, :, :]).sum(axis=2)
-    flat = index + np.arange(features)[None, :] * (width + 1)
+    flat = np.broadcast_to(np.arange(features) * (width + 1), values.shape).copy()
+    for column in edges.T:  # one pass per edge: much faster than a reduction over a short third axis
+        flat += values > column
     return np.bincount(flat.ravel(), minlength=features * (width + 1)).reshape(features, width + 1)
 
 

@@ -140,6 +140,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"threads inside one inference call, 0 for the runtime's choice (default {d.intra_op_threads})",
     )
     batching.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout_s,
+        metavar="SECONDS",
+        help=f"answer 504 when a predict waits longer than this (default {d.request_timeout_s:g})",
+    )
+    batching.add_argument(
         "--max-queued-requests",
         type=int,
         default=d.max_queued_requests,
@@ -213,6 +220,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         access_log=args.access_log,
         log_level=args.log_level,
         shutdown_timeout_s=args.shutdown_timeout,
+        request_timeout_s=args.request_timeout,
         insecure=args.insecure,
         drift_monitoring=args.drift_monitoring,
         drift=DriftSettings(

@@ -425,7 +425,12 @@ class ModelServer:
 
         decoded = await run_in_threadpool(decode) if len(body) > _OFFLOAD_BYTES else decode()
         call.rows = decoded.rows
-        outputs = await self._batcher(model).submit(decoded.feeds)
+        try:
+            outputs = await asyncio.wait_for(self._batcher(model).submit(decoded.feeds), self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPError(
+                504, f"{label}: no answer within the request timeout of {self.config.request_timeout_s:g} s (--request-timeout)"
+            ) from None
         monitor = self._monitor(model)
         if monitor is not None:
             monitor.observe(decoded.feeds, outputs, call.request_id)

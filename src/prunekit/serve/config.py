@@ -59,6 +59,8 @@ class ServeConfig:
       request alone. ``inference_threads`` batches run at once per model;
       ``intra_op_threads`` threads each (0: the runtime's default).
     - ``poll_interval_s``: how often the model directory is scanned for new versions (0: never).
+    - ``request_timeout_s``: a predict waiting longer than this for its inference is answered 504
+      (the inference itself cannot be interrupted; its result is dropped).
     - ``token``: the bearer token (from :func:`prunekit.serve.auth.load_token`); ``None``: no auth.
     - ``insecure``: allow a non-loopback ``host`` without a token (refused otherwise).
     - ``public_key``: an Ed25519 public key (PEM bytes); every model must then carry a valid ``.sig``.
@@ -88,6 +90,7 @@ class ServeConfig:
     access_log: bool = True
     log_level: str = "info"
     shutdown_timeout_s: float = 30.0
+    request_timeout_s: float = 60.0
     insecure: bool = False
     public_key: bytes | None = field(default=None, repr=False)
     encryption_key: bytes | None = field(default=None, repr=False)
@@ -108,6 +111,7 @@ class ServeConfig:
             "max_body_bytes": 1,
             "poll_interval_s": 0.0,
             "shutdown_timeout_s": 0.0,
+            "request_timeout_s": 0.001,
         }
         for name, minimum in minimums.items():
             value = getattr(self, name)

@@ -225,7 +225,7 @@ class DriftMonitor:
         self._labelled = _Window((2,), half)  # [correct, labelled]
         self._predictions: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._check_every = max(1, settings.window // 10)
+        self._check_every = max(1, settings.window // 4)  # thresholds are checked four times per window
         self._next_check = settings.min_rows
         self._active: dict[str, str] = {}
         self._pending: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray], str, int]] = []
