@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -269,6 +270,34 @@ def fault_run(model_dir: Path, requests: int, concurrency: int = 64) -> dict[str
     }
 
 
+def monitor_cost(model_dir: Path, requests: int = 3000) -> dict[str, float]:
+    """In process, interleaved: the drift monitor's time per one-row request (binning, flushes and
+    threshold checks included) against one inference call on the same row; medians of 5 rounds."""
+    from prunekit.artifacts.profile import ReferenceProfile
+    from prunekit.serve.config import DriftSettings
+    from prunekit.serve.drift import DriftMonitor
+    from prunekit.serve.runtimes import load_runtime
+
+    runtime = load_runtime(model_dir / "mlp" / "1" / "model.onnx")
+    profile = ReferenceProfile.load(model_dir / "mlp" / "1" / "profile.json")
+    rows = np.random.default_rng(2).standard_normal((requests, 1, INPUTS)).astype(np.float32)
+    outputs = [runtime.run({"x": row}) for row in rows[:50]]  # reused: 50 distinct outputs do shift the classes
+    logging.getLogger("prunekit.serve.drift").disabled = True  # ... so the warnings it logs are not the point here
+    monitor_us, inference_us = [], []
+    for _ in range(5):
+        monitor = DriftMonitor(profile, runtime.inputs, runtime.outputs, DriftSettings(), "mlp", 1)
+        started = time.perf_counter()
+        for i, row in enumerate(rows):
+            monitor.observe({"x": row}, outputs[i % 50], f"r{i}")
+        monitor.report()
+        monitor_us.append((time.perf_counter() - started) / requests * 1e6)
+        started = time.perf_counter()
+        for row in rows[:100]:
+            runtime.run({"x": row})
+        inference_us.append((time.perf_counter() - started) / 100 * 1e6)
+    return {"monitor_us_per_request": statistics.median(monitor_us), "inference_us_per_request": statistics.median(inference_us)}
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -318,6 +347,7 @@ def main() -> None:
         finally:
             for server in variants.values():
                 server.stop()
+        cost = monitor_cost(model_dir, 1000 if args.quick else 3000)
         fault_dir = Path(tmp) / "fault"
         shutil.copytree(model_dir, fault_dir)
         faults = fault_run(fault_dir, per_round * 2)
@@ -343,6 +373,11 @@ def main() -> None:
         f"window {drift['window_rows']} rows, max PSI {drift['inputs']['x']['max_psi']:.3f}, alerts {len(drift['alerts'])}"
     )
     print(
+        f"drift monitor in process: {cost['monitor_us_per_request']:.1f} us per one-row request vs "
+        f"{cost['inference_us_per_request']:.1f} us for its inference call "
+        f"({cost['monitor_us_per_request'] / cost['inference_us_per_request']:.2%})"
+    )
+    print(
         f"fault run (queue of 4, 64 clients, broken version 2 during load): answers by status {faults['fault_statuses']}, "
         f"lost {faults['lost_requests']}, broken version refused: {faults['broken_version_refused']}, "
         f"version 1 served after: {faults['served_after_fault']}"
@@ -361,6 +396,11 @@ def main() -> None:
                 "errors": errors,
                 "monitoring_overhead": round(overhead, 3),
                 "monitored_rps": round(median["batch+drift"], 1),
+                "monitoring_overhead_per_round": [
+                    round(b / d, 3) for b, d in zip(throughput["batching"], throughput["batch+drift"])
+                ],
+                "monitor_us_per_request": round(cost["monitor_us_per_request"], 2),
+                "monitor_cost_over_inference": round(cost["monitor_us_per_request"] / cost["inference_us_per_request"], 4),
                 "drift_alerts_on_reference_load": len(drift["alerts"]),
                 **faults,
                 "batched_rps": round(median["batching"], 1),
