@@ -276,3 +276,22 @@ def test_monitoring_memory_stays_bounded(torch_dir, digits):
     assert (watch.window.older.shape, watch.window.newer.shape) == shapes == ((64, 10), (64, 10))
     assert 50 <= report["window_rows"] <= 100 + 25 and report["rows_seen"] == 6000  # window + one flush (window // 4)
     assert len(monitor._predictions) == 50 and "id2999" in monitor._predictions and "id2949" not in monitor._predictions
+
+
+def test_serve_command_line_sets_the_drift_settings(tmp_path):
+    from prunekit.cli import build_parser
+    from prunekit.commands.serve import build_config
+
+    argv = ["serve", str(tmp_path), "--drift-window", "500", "--drift-min-rows", "50", "--drift-psi-threshold", "0.1"]
+    argv += ["--drift-ks-threshold", "0.2", "--drift-share-threshold", "0.5", "--drift-min-accuracy", "0.9"]
+    config = build_config(build_parser(argv).parse_args(argv))
+    assert config.drift_monitoring and config.drift == DriftSettings(500, 50, 0.1, 0.2, 0.5, 0.9)
+    off = ["serve", str(tmp_path), "--no-drift"]
+    assert not build_config(build_parser(off).parse_args(off)).drift_monitoring
+
+
+def test_bad_drift_settings_are_reported_together():
+    from prunekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"min_rows should be in \[1, window=10\], got 100; drift psi_threshold should be > 0"):
+        DriftSettings(window=10, psi_threshold=0)
