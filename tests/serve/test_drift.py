@@ -239,7 +239,7 @@ def test_a_model_without_a_profile_is_not_watched(tmp_path, torch_dir):
     place(tmp_path, "plain", 1, torch_dir / "digits" / "1" / "model.onnx")
     with _client(tmp_path) as client:
         response = client.get("/v1/models/plain/drift")
-    assert response.status_code == 404 and "no reference profile" in response.json()["error"]
+    assert response.status_code == 404 and "no reference profile (plain/1/profile.json" in response.json()["error"]
 
 
 def test_a_profile_of_another_model_refuses_the_version(tmp_path, torch_dir, onnx_models):

@@ -344,7 +344,7 @@ class ModelServer:
             why = (
                 "drift monitoring is off (--no-drift)"
                 if not self.config.drift_monitoring
-                else (f"it has no reference profile ({model.path.parent.name}/profile.json; prunekit export writes one)")
+                else f"it has no reference profile ({model.path.parent.relative_to(self.config.model_dir)}/profile.json; prunekit export writes one)"
             )
             raise HTTPError(404, f"model {model.name!r} version {model.version} is not watched for drift: {why}")
         return monitor
