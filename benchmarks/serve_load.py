@@ -1,4 +1,4 @@
-"""Load test of `prunekit serve` on loopback: throughput and latency with and without micro-batching.
+"""Load test of `prunekit serve` on loopback: micro-batching, drift monitoring, and faults under load.
 
 Two servers run the same ONNX MLP (512 -> 4096 -> 4096 -> 10, about 19M weights, so that one row
 at a time is bound by reading the weights and stacking rows pays): one with micro-batching, one
@@ -8,11 +8,21 @@ median throughput of each variant, pooled p50/p99 latency, the throughput ratio 
 per-round ratios, as each round measures both variants back to back), the mean rows per inference
 call, and single-client latency (the price of waiting for a batch at low load).
 
+A third server is the batching one with drift monitoring on (the model has a reference profile):
+``monitoring_overhead`` is throughput without monitoring / with it (median of per-round ratios).
+One request in 20 is malformed (bad JSON, a wrong shape, NaN, a wrong dtype); ``errors`` counts
+answers other than the expected one (200, or 400 for a malformed body) and requests left without one.
+
+The fault run then serves the model with a short queue (``--max-queued-requests 4``) under 64
+clients while a broken version 2 is dropped into the model directory: ``lost_requests`` counts
+requests without an answer or with an answer other than 200, a JSON 4xx, or 503 with Retry-After.
+
     python benchmarks/serve_load.py            # a few minutes on 2 cores
     python benchmarks/serve_load.py --quick    # well under a minute
 
 The last line is one JSON object: {"benchmark": "serve_load", "batching_throughput_ratio": ...,
-"p50_ms": ..., "p99_ms": ..., "errors": ...} (p50/p99 of the batching server under load).
+"p50_ms": ..., "p99_ms": ..., "errors": ..., "monitoring_overhead": ..., "lost_requests": ...}
+(p50/p99 of the batching server under load).
 Everything listens on and connects to 127.0.0.1 only.
 """
 
@@ -21,7 +31,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,7 +51,8 @@ HIDDEN, INPUTS = 4096, 512
 
 
 def build_model(model_dir: Path) -> None:
-    """Export the benchmark MLP to ``model_dir/mlp/1/model.onnx`` with a dynamic batch axis."""
+    """Export the benchmark MLP to ``model_dir/mlp/1/model.onnx`` with a dynamic batch axis, and its
+    reference profile (1,000 standard normal rows, the distribution the load sends) beside it."""
     import torch
 
     torch.manual_seed(0)
@@ -64,6 +77,31 @@ def build_model(model_dir: Path) -> None:
             dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
             dynamo=False,
         )
+    from prunekit.serve.profiling import profile_artifact
+
+    reference = np.random.default_rng(1).standard_normal((1000, INPUTS)).astype(np.float32)
+    profile_artifact(target / "model.onnx", reference, out=target / "profile.json")
+
+
+MALFORMED = [
+    b'{"instances": [[1, 2',  # truncated JSON
+    json.dumps({"instances": [[0.5] * (INPUTS - 1)]}).encode(),  # wrong shape
+    b'{"instances": [[NaN' + b", 0" * (INPUTS - 1) + b"]]}",  # NaN
+    json.dumps({"instances": [["x"] * INPUTS]}).encode(),  # wrong dtype
+    json.dumps({"inputs": {"nope": [[0.0] * INPUTS]}}).encode(),  # unknown input name
+]
+
+
+def request_bodies(count: int, seed: int = 0) -> list[tuple[bytes, int]]:
+    """``count`` one-row predict bodies with their expected status; every 20th is malformed (400)."""
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for i in range(count):
+        if i % 20 == 19:
+            bodies.append((MALFORMED[(i // 20) % len(MALFORMED)], 400))
+        else:
+            bodies.append((json.dumps({"instances": [rng.standard_normal(INPUTS).round(4).tolist()]}).encode(), 200))
+    return bodies
 
 
 class Server:
@@ -117,8 +155,9 @@ class Server:
                 self.process.wait(10)
 
 
-async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> int:
-    """One keep-alive HTTP/1.1 POST on an open connection; returns the status code.
+async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> tuple[int, bool]:
+    """One keep-alive HTTP/1.1 POST on an open connection; returns the status code and whether the
+    answer is well formed (a JSON body; a Retry-After header on a 503).
 
     A minimal client (like wrk's) so that the load generator, which shares the CPUs with the
     server, costs little per request and the figures describe the server.
@@ -127,14 +166,20 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head
     await writer.drain()
     header = await reader.readuntil(b"\r\n\r\n")
     status = int(header.split(b" ", 2)[1])
-    length = next(int(line.split(b":", 1)[1]) for line in header.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-    await reader.readexactly(length)
-    return status
+    lines = [line.lower() for line in header.split(b"\r\n")]
+    length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:"))
+    payload = await reader.readexactly(length)
+    well_formed = payload.startswith(b"{") and (status != 503 or any(line.startswith(b"retry-after:") for line in lines))
+    return status, well_formed
 
 
-async def load_round(url: str, bodies: list[bytes], concurrency: int, time_limit: float) -> tuple[float, list[float], int]:
+async def load_round(
+    url: str, bodies: list[tuple[bytes, int]], concurrency: int, time_limit: float, statuses: dict[int, int] | None = None
+) -> tuple[float, list[float], int]:
     """Send every body once over ``concurrency`` keep-alive connections; stop early after
-    ``time_limit`` seconds. Returns (requests per second, latencies in ms, errors).
+    ``time_limit`` seconds. Returns (requests per second, latencies in ms, errors): an error is an
+    answer other than the body's expected status, or none. ``statuses`` counts the answers by status
+    (-1: no answer, 0: an answer that is not well formed).
     """
     host, port = url.removeprefix("http://").rsplit(":", 1)
     head = (
@@ -150,15 +195,19 @@ async def load_round(url: str, bodies: list[bytes], concurrency: int, time_limit
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             while next_index < len(bodies) and time.perf_counter() - started < time_limit:
-                body = bodies[next_index]
+                body, expected = bodies[next_index]
                 next_index += 1
                 sent = time.perf_counter()
                 try:
-                    ok = await asyncio.wait_for(_post(reader, writer, head, body), 30) == 200
+                    status, well_formed = await asyncio.wait_for(_post(reader, writer, head, body), 30)
+                    ok = status == expected and well_formed
+                    status = status if well_formed else 0
                 except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, StopIteration):
-                    ok = False
+                    status, ok = -1, False
                     writer.close()
                     reader, writer = await asyncio.open_connection(host, int(port))
+                if statuses is not None:
+                    statuses[status] = statuses.get(status, 0) + 1
                 latencies.append((time.perf_counter() - sent) * 1000)
                 errors += not ok
         finally:
@@ -181,6 +230,74 @@ def mean_batch_rows(url: str) -> float:
     return values["prunekit_serve_batch_size_sum"] / max(values["prunekit_serve_batch_size_count"], 1)
 
 
+async def _with_broken_version(url: str, bodies: list[tuple[bytes, int]], concurrency: int, broken: Path) -> dict[int, int]:
+    """Run one load round; half a second in, write a corrupt model as a new version (reloaded under load)."""
+
+    async def break_model() -> None:
+        await asyncio.sleep(0.5)
+        broken.parent.mkdir(parents=True)
+        broken.write_bytes(b"not an ONNX model: the reload must fail and version 1 keep serving")
+
+    statuses: dict[int, int] = {}
+    task = asyncio.create_task(break_model())
+    await load_round(url, bodies, concurrency, 120.0, statuses)
+    await task
+    return statuses
+
+
+def fault_run(model_dir: Path, requests: int, concurrency: int = 64) -> dict[str, object]:
+    """A short queue under many clients while a broken version arrives; every request must get an answer."""
+    import httpx
+
+    server = Server(model_dir, "--no-drift", "--max-queued-requests", "4", "--max-batch-size", "8", "--poll-interval", "0.2")
+    try:
+        statuses = asyncio.run(
+            _with_broken_version(
+                server.url, request_bodies(requests, seed=7), concurrency, model_dir / "mlp" / "2" / "model.onnx"
+            )
+        )
+        time.sleep(1.0)  # two scans: the broken version is seen settled and refused
+        versions = {v["version"]: v for v in httpx.get(server.url + "/v1/models/mlp", timeout=10).json()["model_version_status"]}
+        after = httpx.post(server.url + "/v1/models/mlp:predict", content=request_bodies(1)[0][0], timeout=30)
+    finally:
+        server.stop()
+    lost = sum(n for status, n in statuses.items() if not (status == 200 or 400 <= status < 500 or status == 503))
+    return {
+        "lost_requests": lost,
+        "fault_statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "broken_version_refused": versions.get("2", {}).get("state") == "END" and bool(versions["2"]["status"]["error_message"]),
+        "served_after_fault": after.status_code == 200 and after.headers.get("x-model-version") == "1",
+    }
+
+
+def monitor_cost(model_dir: Path, requests: int = 3000) -> dict[str, float]:
+    """In process, interleaved: the drift monitor's time per one-row request (binning, flushes and
+    threshold checks included) against one inference call on the same row; medians of 5 rounds."""
+    from prunekit.artifacts.profile import ReferenceProfile
+    from prunekit.serve.config import DriftSettings
+    from prunekit.serve.drift import DriftMonitor
+    from prunekit.serve.runtimes import load_runtime
+
+    runtime = load_runtime(model_dir / "mlp" / "1" / "model.onnx")
+    profile = ReferenceProfile.load(model_dir / "mlp" / "1" / "profile.json")
+    rows = np.random.default_rng(2).standard_normal((requests, 1, INPUTS)).astype(np.float32)
+    outputs = [runtime.run({"x": row}) for row in rows[:50]]  # reused: 50 distinct outputs do shift the classes
+    logging.getLogger("prunekit.serve.drift").disabled = True  # ... so the warnings it logs are not the point here
+    monitor_us, inference_us = [], []
+    for _ in range(5):
+        monitor = DriftMonitor(profile, runtime.inputs, runtime.outputs, DriftSettings(), "mlp", 1)
+        started = time.perf_counter()
+        for i, row in enumerate(rows):
+            monitor.observe({"x": row}, outputs[i % 50], f"r{i}")
+        monitor.report()
+        monitor_us.append((time.perf_counter() - started) / requests * 1e6)
+        started = time.perf_counter()
+        for row in rows[:100]:
+            runtime.run({"x": row})
+        inference_us.append((time.perf_counter() - started) / 100 * 1e6)
+    return {"monitor_us_per_request": statistics.median(monitor_us), "inference_us_per_request": statistics.median(inference_us)}
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -192,14 +309,15 @@ def main() -> None:
     args = parser.parse_args()
     rounds, per_round, time_limit, single = (2, 200, 10.0, 30) if args.quick else (5, 600, 25.0, 100)
 
-    rng = np.random.default_rng(0)
-    bodies = [json.dumps({"instances": [rng.standard_normal(INPUTS).round(4).tolist()]}).encode() for _ in range(per_round)]
+    bodies = request_bodies(per_round)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
         build_model(model_dir)
+        batching = ("--max-batch-size", "32", "--batch-timeout-ms", "2")
         variants = {
-            "batching": Server(model_dir, "--max-batch-size", "32", "--batch-timeout-ms", "2"),
-            "no batching": Server(model_dir, "--no-batching"),
+            "batching": Server(model_dir, *batching, "--no-drift"),
+            "no batching": Server(model_dir, "--no-batching", "--no-drift"),
+            "batch+drift": Server(model_dir, *batching),
         }
         try:
             throughput: dict[str, list[float]] = {name: [] for name in variants}
@@ -225,13 +343,19 @@ def main() -> None:
                 single_latencies[name] = lat
                 errors += errs
             rows_per_call = mean_batch_rows(variants["batching"].url)
+            drift = __import__("httpx").get(variants["batch+drift"].url + "/v1/models/mlp/drift", timeout=10).json()
         finally:
             for server in variants.values():
                 server.stop()
+        cost = monitor_cost(model_dir, 1000 if args.quick else 3000)
+        fault_dir = Path(tmp) / "fault"
+        shutil.copytree(model_dir, fault_dir)
+        faults = fault_run(fault_dir, per_round * 2)
 
     median = {name: statistics.median(values) for name, values in throughput.items()}
     # Each round measures both variants back to back, so their ratio cancels the machine's drift.
     ratio = statistics.median(b / n for b, n in zip(throughput["batching"], throughput["no batching"]))
+    overhead = statistics.median(b / d for b, d in zip(throughput["batching"], throughput["batch+drift"]))
     print()
     print(f"{'variant':<12} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'1-client p50 ms':>16}")
     for name in variants:
@@ -243,6 +367,20 @@ def main() -> None:
         f"batching throughput ratio: {ratio:.2f}x (median of the per-round ratios; ratio of medians "
         f"{median['batching'] / median['no batching']:.2f}x), mean rows per inference call with batching: "
         f"{rows_per_call:.1f}"
+    )
+    print(
+        f"drift monitoring overhead: {overhead:.3f}x (batching throughput without / with monitoring; goal <= 1.05); "
+        f"window {drift['window_rows']} rows, max PSI {drift['inputs']['x']['max_psi']:.3f}, alerts {len(drift['alerts'])}"
+    )
+    print(
+        f"drift monitor in process: {cost['monitor_us_per_request']:.1f} us per one-row request vs "
+        f"{cost['inference_us_per_request']:.1f} us for its inference call "
+        f"({cost['monitor_us_per_request'] / cost['inference_us_per_request']:.2%})"
+    )
+    print(
+        f"fault run (queue of 4, 64 clients, broken version 2 during load): answers by status {faults['fault_statuses']}, "
+        f"lost {faults['lost_requests']}, broken version refused: {faults['broken_version_refused']}, "
+        f"version 1 served after: {faults['served_after_fault']}"
     )
     malloc = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))} or "glibc defaults"
     print(
@@ -256,6 +394,15 @@ def main() -> None:
                 "p50_ms": round(percentile(latencies["batching"], 50), 3),
                 "p99_ms": round(percentile(latencies["batching"], 99), 3),
                 "errors": errors,
+                "monitoring_overhead": round(overhead, 3),
+                "monitored_rps": round(median["batch+drift"], 1),
+                "monitoring_overhead_per_round": [
+                    round(b / d, 3) for b, d in zip(throughput["batching"], throughput["batch+drift"])
+                ],
+                "monitor_us_per_request": round(cost["monitor_us_per_request"], 2),
+                "monitor_cost_over_inference": round(cost["monitor_us_per_request"] / cost["inference_us_per_request"], 4),
+                "drift_alerts_on_reference_load": len(drift["alerts"]),
+                **faults,
                 "batched_rps": round(median["batching"], 1),
                 "unbatched_rps": round(median["no batching"], 1),
                 "unbatched_p50_ms": round(percentile(latencies["no batching"], 50), 3),

@@ -44,6 +44,13 @@ def test_a_keras_recipe_runs_end_to_end_from_the_cli(tmp_path, capsys):
     int8 = TFLiteModel(run["files"]["int8"])
     assert abs(float((int8.predict(split.x_test).argmax(-1) == split.y_test).mean()) - accuracy) < 0.03
     assert {"report.html", "report.md", "report.json"} <= {p.name for p in out.iterdir()}
+    from prunekit.artifacts.profile import ReferenceProfile
+
+    profiles = {kind: ReferenceProfile.load(path) for kind, path in run["profiles"].items()}
+    assert profiles["tflite"].inputs[0].dtype == "float32" and profiles["int8"].inputs[0].dtype == "int8"
+    assert profiles["tflite"].samples == profiles["int8"].samples == len(split.x_val)
+    assert abs(profiles["tflite"].accuracy - float((tflite.predict(split.x_val).argmax(-1) == split.y_val).mean())) < 1e-9
+    assert profiles["int8"].outputs[0].kind == "classes" and profiles["int8"].outputs[0].quantization is not None
     assert np.isfinite(run["latency"][0]["median_ms"])
 
 

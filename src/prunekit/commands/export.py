@@ -5,7 +5,9 @@ state_dict, or a ``torch.save``d state_dict (``.pt``/``.pth``, loaded with ``wei
 The architecture comes from ``--factory module:callable``, a zero-argument callable returning
 the ``nn.Module``. For compact and ``save_pruned`` files of structurally pruned models it may
 build the original architecture (the recorded plan is replayed); for plain state_dicts it must
-build the architecture the weights belong to.
+build the architecture the weights belong to. Beside each ONNX file goes its reference profile
+(``<file>.profile.json``: the test data's statistics and the model's outputs on it), which
+``prunekit serve`` uses to watch for drift.
 
 Example::
 
@@ -103,15 +105,28 @@ def _inputs(arrays: Any, key: str) -> Any:
 def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
     """Refuse before anything runs when an artifact (or --json) would be written over MODEL, --dense or --data."""
     from prunekit.core.paths import refuse_overwriting_inputs
+    from prunekit.serve.profiling import PROFILE_SUFFIX
     from prunekit.torch.deploy.compare import artifact_names
 
     out = Path(args.out)
     names = artifact_names(with_dense=args.dense is not None)
-    outputs = [out / name for name in names] + [out / f"{name}.data" for name in names if name.endswith(".onnx")]
+    onnx = [name for name in names if name.endswith(".onnx")]
+    outputs = [out / name for name in names] + [out / f"{name}{suffix}" for name in onnx for suffix in (".data", PROFILE_SUFFIX)]
     inputs = [args.model, args.dense, None if args.data == "digits" else args.data]
     refuse_overwriting_inputs(outputs, inputs, "choose another --out (or move the input)")
     if args.json:
         refuse_overwriting_inputs([args.json], inputs, "choose another --json file")
+
+
+def _write_profiles(out: Path, with_dense: bool, test_data: tuple[Any, Any]) -> None:
+    """Beside each ONNX artifact, the reference profile of the test data it served (for drift monitoring)."""
+    from prunekit.serve.profiling import profile_artifact
+    from prunekit.torch.deploy.compare import artifact_names
+
+    x_test, y_test = test_data
+    for name in artifact_names(with_dense=with_dense):
+        if name.endswith(".onnx"):
+            profile_artifact(out / name, x_test, y_test)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         measure_memory=not args.no_memory,
         plan=plan,
     )
+    _write_profiles(Path(args.out), dense is not None, test_data)
     comparison.print(title=f"prunekit export {Path(args.model).name}")
     if args.json:
         atomic_write_bytes(args.json, json.dumps(comparison.to_dict(), indent=2).encode())

@@ -17,6 +17,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="run-out", metavar="DIR", help="where results and the report go (default: run-out)")
     parser.add_argument("--check", action="store_true", help="only validate the recipe (imports only trusted modules)")
     parser.add_argument(
+        "--resume", action="store_true", help="continue a killed run from the checkpoints in OUT/.checkpoints (torch recipes)"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        metavar="EPOCHS",
+        help="epochs between checkpoints of a pruning run (default 1)",
+    )
+    parser.add_argument(
         "--trust-module",
         action="append",
         default=[],
@@ -33,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.recipe}: valid recipe {recipe.name!r}")
         return 0
-    results = run_recipe(recipe, args.out, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
+    results = run_recipe(
+        recipe,
+        args.out,
+        recipe_text=Path(args.recipe).read_text(encoding="utf-8"),
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+    )
     dense = results["dense"]
     if recipe.llm is not None:
         pruned = results["pruned"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prunekit.errors import ConfigError
 from prunekit.serve.auth import DEFAULT_TOKEN_ENV, load_token
-from prunekit.serve.config import ServeConfig
+from prunekit.serve.config import DriftSettings, ServeConfig
 from prunekit.serve.jsonlog import LEVELS
 
 _DEFAULTS = ServeConfig(model_dir=Path("."))
@@ -140,11 +140,53 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"threads inside one inference call, 0 for the runtime's choice (default {d.intra_op_threads})",
     )
     batching.add_argument(
+        "--request-timeout",
+        type=float,
+        default=d.request_timeout_s,
+        metavar="SECONDS",
+        help=f"answer 504 when a predict waits longer than this (default {d.request_timeout_s:g})",
+    )
+    batching.add_argument(
         "--max-queued-requests",
         type=int,
         default=d.max_queued_requests,
         metavar="N",
         help=f"requests waiting per model before 503 (default {d.max_queued_requests})",
+    )
+    drift = parser.add_argument_group("drift monitoring (versions with a profile.json; see docs/monitoring.md)")
+    dd = d.drift
+    drift.add_argument("--no-drift", dest="drift_monitoring", action="store_false", help="do not watch inputs for drift")
+    drift.add_argument("--drift-window", type=int, default=dd.window, metavar="ROWS", help=f"rows scored (default {dd.window})")
+    drift.add_argument(
+        "--drift-min-rows",
+        type=int,
+        default=dd.min_rows,
+        metavar="ROWS",
+        help=f"rows before scores count (default {dd.min_rows})",
+    )
+    drift.add_argument(
+        "--drift-psi-threshold",
+        type=float,
+        default=dd.psi_threshold,
+        metavar="X",
+        help=f"PSI of a drifted feature (default {dd.psi_threshold})",
+    )
+    drift.add_argument(
+        "--drift-ks-threshold",
+        type=float,
+        default=dd.ks_threshold,
+        metavar="X",
+        help=f"KS of a drifted feature (default {dd.ks_threshold})",
+    )
+    drift.add_argument(
+        "--drift-share-threshold",
+        type=float,
+        default=dd.share_threshold,
+        metavar="X",
+        help=f"share of drifted features that flags an input (default {dd.share_threshold})",
+    )
+    drift.add_argument(
+        "--drift-min-accuracy", type=float, default=None, metavar="X", help="warn when feedback accuracy falls below X"
     )
     logs = parser.add_argument_group("logging (JSON lines on stderr)")
     logs.add_argument("--log-level", choices=LEVELS, default=d.log_level)
@@ -178,7 +220,17 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         access_log=args.access_log,
         log_level=args.log_level,
         shutdown_timeout_s=args.shutdown_timeout,
+        request_timeout_s=args.request_timeout,
         insecure=args.insecure,
+        drift_monitoring=args.drift_monitoring,
+        drift=DriftSettings(
+            window=args.drift_window,
+            min_rows=args.drift_min_rows,
+            psi_threshold=args.drift_psi_threshold,
+            ks_threshold=args.drift_ks_threshold,
+            share_threshold=args.drift_share_threshold,
+            min_accuracy=args.drift_min_accuracy,
+        ),
         **_artifact_keys(args),
     )
 

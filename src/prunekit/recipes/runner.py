@@ -8,8 +8,11 @@ export, analyze_sensitivity); this module only wires them as the recipe says.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,19 @@ def _model(recipe: Recipe) -> ModelConfig:
     if recipe.model is None:
         raise ConfigError("the recipe has no model section")
     return recipe.model
+
+
+def _seed(recipe: Recipe) -> None:
+    """Seed the framework's global generator with ``recipe.seed``: the model's initial weights (and
+    dropout) are then the same in every run, which a resumed run relies on to end bitwise identical."""
+    if recipe.framework == "torch":
+        import torch
+
+        torch.manual_seed(recipe.seed)
+    else:
+        import keras
+
+        keras.utils.set_random_seed(recipe.seed)
 
 
 def _build_model(recipe: Recipe, backend: Any) -> Any:
@@ -146,12 +162,21 @@ def _allocate(recipe: Recipe, dense: Any, split: Any, table: SensitivityTable) -
     }
 
 
-def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
+def run_recipe(
+    recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None, *, resume: bool = False, checkpoint_every: int = 1
+) -> dict[str, Any]:
     """Run ``recipe`` and write ``results.json`` and ``report.{html,md,json}`` (and exports) to ``out_dir``.
 
     A reused ``out_dir`` is cleaned first of what the previous run wrote there (and of temporary
     files of killed runs); the report is written before ``results.json``, so ``results.json``
     exists only when the whole run finished and always agrees with the report beside it.
+
+    Each pruning run (PyTorch) checkpoints atomically every ``checkpoint_every`` epochs into
+    ``out_dir/.checkpoints`` (model, optimizer, masks and schedule step, RNG and data order);
+    after a kill, ``resume=True`` continues every run from its checkpoint (finished ones are not
+    trained again) and the final models are bitwise those of an uninterrupted run on CPU. The
+    dense training, when the recipe has one, runs again (it is seeded). A checkpoint of another
+    recipe is refused naming the file and what differs; the folder is removed when the run ends.
 
     Returns ``{"dense": {...}, "runs": [{"sparsity", "accuracy", "gzip_bytes", ...}], "sensitivity": ...}``.
 
@@ -163,14 +188,19 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
     if recipe.llm is not None:
         from prunekit.recipes.llm_runner import run_llm_recipe
 
+        if resume:
+            raise ConfigError("--resume is for recipes that train (model: sections); an llm: recipe runs from the start")
+
         return run_llm_recipe(recipe, out_dir, recipe_text)
     out = Path(out_dir)
+    checkpoints = _checkpoints(recipe, out, resume, checkpoint_every)
     outputs = RunOutputs(out)
     legacy = [] if outputs.previous() or not (out / "results.json").is_file() else _legacy_outputs(out)
     outputs.start(legacy)
     run_started = time.time_ns() - 2_000_000_000  # file clocks may lag time_ns() a little
     backend = load_backend(recipe.framework)
     split = _load_data(recipe)
+    _seed(recipe)
     dense = _build_model(recipe, backend)
     started = time.perf_counter()
     if _model(recipe).weights:
@@ -200,6 +230,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
             sparsity,
             seed=recipe.seed,
             batch_size=recipe.data.batch_size,
+            checkpoint=checkpoints(sparsity),
             **recipe.prune.options(),
         )
         pruned, recovery = pruning.model, None
@@ -215,6 +246,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
             row["files"] = backend.export(
                 pruned, split.x_val, out / f"pruned-{sparsity:g}", int8=recipe.export.int8, calibration=split.x_val[:256]
             )
+            row["profiles"] = _profile_exports(row["files"], split)
         results["runs"].append(row)
     if recipe.report.sensitivity_ratios:
         table = backend.analyze_sensitivity(
@@ -226,7 +258,44 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run is complete
     outputs.finish(p for p in out.iterdir() if p.is_file() and p.stat().st_mtime_ns >= run_started)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # the run is complete: nothing to resume
     return results
+
+
+def _checkpoints(recipe: Recipe, out: Path, resume: bool, every: int) -> Callable[[float], Any]:
+    """Per sparsity, the checkpoint of its pruning run (None where the framework cannot checkpoint)."""
+    folder = out / CHECKPOINT_DIR
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"checkpoint_every (--checkpoint-every) should be an integer >= 1 (epochs), got {every!r}")
+    if recipe.framework != "torch":
+        if resume:
+            raise ConfigError(f"--resume needs a torch recipe; {recipe.framework} recipes run from the start")
+        return lambda sparsity: None
+    if not resume and folder.is_dir() and any(folder.iterdir()):
+        raise ConfigError(
+            f"{folder} holds checkpoints of an interrupted run: pass --resume to continue it, or delete the folder to start over"
+        )
+    from prunekit.torch.checkpoint import EpochCheckpoint
+
+    digest = hashlib.sha256(json.dumps(to_plain(recipe), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    return lambda sparsity: EpochCheckpoint(
+        folder / f"prune-{sparsity:g}.ckpt", every=every, resume=resume, key={"recipe": digest, "sparsity": sparsity}, keep=True
+    )
+
+
+def _profile_exports(files: dict[str, str], split: Any) -> dict[str, str]:
+    """Write the reference profile (validation data; for drift monitoring in ``prunekit serve``) beside each export."""
+    from prunekit.serve.profiling import profile_artifact, profile_path_for
+
+    profiles = {}
+    for kind, file in files.items():
+        profile_artifact(file, split.x_val, split.y_val)  # a full-integer TFLite file gets the data quantized
+        profiles[kind] = str(profile_path_for(file))
+    return profiles
+
+
+CHECKPOINT_DIR = ".checkpoints"
 
 
 def _legacy_outputs(out: Path) -> list[str]:

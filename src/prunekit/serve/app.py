@@ -6,6 +6,8 @@ GET      /v1/models/{name}[/versions/{v}]                status (``model_version
 GET      /v1/models/{name}[/versions/{v}]/metadata       inputs, outputs, size, sparsity, quantization
 GET      /healthz                                        200 while a model is loaded (no token needed; lists models only with one)
 GET      /metrics                                        Prometheus text format
+GET      /v1/models/{name}[/versions/{v}]/drift          drift scores against profile.json (404 without one)
+POST     /v1/models/{name}[/versions/{v}]/feedback       ``{"request_id": ..., "labels": [...]}``: late labels
 =======  =============================================  ===========================================
 
 Every error is a JSON ``{"error": "..."}`` with a 4xx/5xx status and the server keeps serving.
@@ -46,6 +48,7 @@ from prunekit.serve.auth import check_bearer  # noqa: E402
 from prunekit.serve.batching import MicroBatcher, OverloadedError  # noqa: E402
 from prunekit.serve.codec import InvalidRequestError, decode_request, dump_json, encode_response, parse_json  # noqa: E402
 from prunekit.serve.config import ServeConfig  # noqa: E402
+from prunekit.serve.drift import DriftCollector, DriftMonitor, UnknownPredictionError  # noqa: E402
 from prunekit.serve.guard import ArtifactGuard  # noqa: E402
 from prunekit.serve.metrics import CONTENT_TYPE, ServeMetrics  # noqa: E402
 from prunekit.serve.repository import LoadedModel, ModelNotFoundError, ModelRepository, SyncReport  # noqa: E402
@@ -78,6 +81,7 @@ class _Call:
     version: int | None = None
     rows: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -130,6 +134,8 @@ class ModelServer:
         )
         self.metrics = ServeMetrics()
         self._batchers: dict[LoadedModel, MicroBatcher] = {}
+        self._monitors: dict[LoadedModel, DriftMonitor] = {}
+        self._drift_registry = _drift_registry(self._live_monitors)
         self._executor: ThreadPoolExecutor | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._loaded_once = False
@@ -157,6 +163,7 @@ class ModelServer:
         for model in report.unloaded:
             self.metrics.reloads.inc((model.name, "unloaded"))
             self._batchers.pop(model, None)  # in-flight requests keep their reference and finish
+            self._monitors.pop(model, None)
         known = set(self.repository.names())
         for name in known:
             self.metrics.latest_version.set((name,), self.repository.get(name).version)
@@ -196,6 +203,21 @@ class ModelServer:
                 self._batchers[model] = batcher
         return batcher
 
+    def _monitor(self, model: LoadedModel) -> DriftMonitor | None:
+        """The drift monitor of a loaded version with a profile (None without one or when monitoring is off)."""
+        if model.profile is None or not self.config.drift_monitoring:
+            return None
+        monitor = self._monitors.get(model)
+        if monitor is None:
+            runtime = model.runtime
+            monitor = DriftMonitor(model.profile, runtime.inputs, runtime.outputs, self.config.drift, model.name, model.version)
+            if model in self.repository.loaded():
+                self._monitors[model] = monitor
+        return monitor
+
+    def _live_monitors(self) -> list[DriftMonitor]:
+        return [m for m in (self._monitor(model) for model in self.repository.loaded()) if m is not None]
+
     # -- app -----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -227,6 +249,10 @@ class ModelServer:
             Route("/v1/models/{name}/versions/{version}", e("status", self._status), methods=["GET"]),
             Route("/v1/models/{name}/metadata", e("metadata", self._metadata), methods=["GET"]),
             Route("/v1/models/{name}/versions/{version}/metadata", e("metadata", self._metadata), methods=["GET"]),
+            Route("/v1/models/{name}/drift", e("drift", self._drift), methods=["GET"]),
+            Route("/v1/models/{name}/versions/{version}/drift", e("drift", self._drift), methods=["GET"]),
+            Route("/v1/models/{name}/feedback", e("feedback", self._feedback), methods=["POST"]),
+            Route("/v1/models/{name}/versions/{version}/feedback", e("feedback", self._feedback), methods=["POST"]),
         ]
         return Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: self._unrouted})
 
@@ -247,6 +273,7 @@ class ModelServer:
             call = _Call(name)
             given_id = request.headers.get("x-request-id", "")
             request_id = given_id if _REQUEST_ID.match(given_id) else uuid.uuid4().hex[:16]
+            call.request_id = request_id
             try:
                 if self.config.token is not None and not public:
                     refusal = check_bearer(request.headers.get("authorization"), self.config.token)
@@ -255,7 +282,7 @@ class ModelServer:
                 response = await handler(request, call)
             except HTTPError as exc:
                 response = _json({"error": exc.message}, exc.status, exc.headers)
-            except ModelNotFoundError as exc:
+            except (ModelNotFoundError, UnknownPredictionError) as exc:
                 response = _json({"error": str(exc)}, 404)
             except (InvalidRequestError, InferenceInputError) as exc:
                 response = _json({"error": str(exc)}, 400)
@@ -303,7 +330,54 @@ class ModelServer:
         return _json(body, 200 if names else 503)
 
     async def _metrics(self, request: Request, call: _Call) -> Response:
-        return Response(self.metrics.registry.render(), media_type=CONTENT_TYPE)
+        from prometheus_client import generate_latest
+
+        text = self.metrics.registry.render() + generate_latest(self._drift_registry).decode()
+        return Response(text, media_type=CONTENT_TYPE)
+
+    def _watched(self, request: Request, call: _Call) -> DriftMonitor:
+        call.model = request.path_params["name"]
+        model = self.repository.get(call.model, _version(request))
+        call.version = model.version
+        monitor = self._monitor(model)
+        if monitor is None:
+            why = (
+                "drift monitoring is off (--no-drift)"
+                if not self.config.drift_monitoring
+                else f"it has no reference profile ({model.path.parent.relative_to(self.config.model_dir)}/profile.json; prunekit export writes one)"
+            )
+            raise HTTPError(404, f"model {model.name!r} version {model.version} is not watched for drift: {why}")
+        return monitor
+
+    async def _drift(self, request: Request, call: _Call) -> Response:
+        return _json(self._watched(request, call).report())
+
+    async def _feedback(self, request: Request, call: _Call) -> Response:
+        name = request.path_params["name"]
+        version = _version(request)
+        self._watched(request, call)  # 404 unless the version is watched
+        body = parse_json(await _read_body(request, self.config.max_body_bytes))
+        if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
+            raise HTTPError(400, 'feedback body should be {"request_id": "<X-Request-ID of the prediction>", "labels": [...]}')
+        models = (
+            [self.repository.get(name, version)]
+            if version is not None
+            else sorted((m for m in self.repository.loaded() if m.name == name), key=lambda m: -m.version)
+        )
+        for model in models:  # the version that answered the request keeps its prediction
+            monitor = self._monitor(model)
+            if monitor is None:
+                continue
+            try:
+                result = monitor.feedback(body["request_id"], body.get("labels"))
+            except UnknownPredictionError:
+                continue
+            call.version = model.version
+            return _json({**result, "version": model.version})
+        raise UnknownPredictionError(
+            f"model {name!r}: no prediction is kept for request id {body['request_id']!r} (send the X-Request-ID "
+            f"header of the predict response; the last {self.config.drift.kept_predictions} predictions are kept per version)"
+        )
 
     async def _status(self, request: Request, call: _Call) -> Response:
         call.model = request.path_params["name"]
@@ -351,7 +425,15 @@ class ModelServer:
 
         decoded = await run_in_threadpool(decode) if len(body) > _OFFLOAD_BYTES else decode()
         call.rows = decoded.rows
-        outputs = await self._batcher(model).submit(decoded.feeds)
+        try:
+            outputs = await asyncio.wait_for(self._batcher(model).submit(decoded.feeds), self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPError(
+                504, f"{label}: no answer within the request timeout of {self.config.request_timeout_s:g} s (--request-timeout)"
+            ) from None
+        monitor = self._monitor(model)
+        if monitor is not None:
+            monitor.observe(decoded.feeds, outputs, call.request_id)
 
         def encode() -> bytes:
             return dump_json(encode_response(outputs, model.runtime.outputs, decoded.row_format))
@@ -359,6 +441,14 @@ class ModelServer:
         values = sum(int(v.size) for v in outputs.values())
         payload = await run_in_threadpool(encode) if values > _OFFLOAD_VALUES else encode()
         return Response(payload, media_type="application/json")
+
+
+def _drift_registry(monitors: Callable[[], list[DriftMonitor]]) -> Any:
+    """A ``prometheus_client`` registry holding the drift collector of one server."""
+    prometheus_client = require("prometheus_client", "serve")
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(DriftCollector(monitors))
+    return registry
 
 
 def create_app(config: ServeConfig) -> Starlette:

@@ -3,11 +3,50 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from prunekit.errors import ConfigError
 from prunekit.serve.jsonlog import LEVELS
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How drift is watched: window rows, rows needed before scoring, thresholds, kept predictions.
+
+    Example::
+
+        DriftSettings(window=2000, psi_threshold=0.2, min_accuracy=0.9)
+    """
+
+    window: int = 1000
+    min_rows: int = 100
+    psi_threshold: float = 0.25
+    ks_threshold: float = 0.3
+    share_threshold: float = 0.3
+    min_accuracy: float | None = None
+    kept_predictions: int = 4096
+    flush_rows: int = 64
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.window < 2:
+            problems.append(f"drift window should be >= 2 rows, got {self.window}")
+        if not 1 <= self.min_rows <= self.window:
+            problems.append(f"drift min_rows should be in [1, window={self.window}], got {self.min_rows}")
+        for name in ("psi_threshold", "ks_threshold"):
+            if not getattr(self, name) > 0:
+                problems.append(f"drift {name} should be > 0, got {getattr(self, name)}")
+        if not 0 < self.share_threshold <= 1:
+            problems.append(f"drift share_threshold should be in (0, 1], got {self.share_threshold}")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            problems.append(f"drift min_accuracy should be in [0, 1], got {self.min_accuracy}")
+        if self.flush_rows < 1:
+            problems.append(f"drift flush_rows should be >= 1, got {self.flush_rows}")
+        if self.kept_predictions < 0:
+            problems.append(f"drift kept_predictions should be >= 0, got {self.kept_predictions}")
+        if problems:
+            raise ConfigError("invalid drift settings: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -20,10 +59,14 @@ class ServeConfig:
       request alone. ``inference_threads`` batches run at once per model;
       ``intra_op_threads`` threads each (0: the runtime's default).
     - ``poll_interval_s``: how often the model directory is scanned for new versions (0: never).
+    - ``request_timeout_s``: a predict waiting longer than this for its inference is answered 504
+      (the inference itself cannot be interrupted; its result is dropped).
     - ``token``: the bearer token (from :func:`prunekit.serve.auth.load_token`); ``None``: no auth.
     - ``insecure``: allow a non-loopback ``host`` without a token (refused otherwise).
     - ``public_key``: an Ed25519 public key (PEM bytes); every model must then carry a valid ``.sig``.
     - ``encryption_key``: the 32-byte AES-256-GCM key for ``model.onnx.enc``/``model.tflite.enc`` files.
+    - ``drift_monitoring`` / ``drift``: watch the inputs and outputs of every version that has a
+      ``profile.json`` beside it (:mod:`prunekit.serve.drift`), with the window and thresholds of ``drift``.
 
     Example::
 
@@ -47,9 +90,12 @@ class ServeConfig:
     access_log: bool = True
     log_level: str = "info"
     shutdown_timeout_s: float = 30.0
+    request_timeout_s: float = 60.0
     insecure: bool = False
     public_key: bytes | None = field(default=None, repr=False)
     encryption_key: bytes | None = field(default=None, repr=False)
+    drift_monitoring: bool = True
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
@@ -65,6 +111,7 @@ class ServeConfig:
             "max_body_bytes": 1,
             "poll_interval_s": 0.0,
             "shutdown_timeout_s": 0.0,
+            "request_timeout_s": 0.001,
         }
         for name, minimum in minimums.items():
             value = getattr(self, name)
@@ -97,6 +144,7 @@ class ServeConfig:
         values["signed_models"] = self.public_key is not None
         values["encrypted_models"] = self.encryption_key is not None
         values["model_dir"] = str(self.model_dir)
+        values["drift"] = asdict(self.drift)
         values["auth"] = self.auth_enabled
         return values
 

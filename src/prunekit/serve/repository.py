@@ -2,7 +2,9 @@
 
 Layout (as TensorFlow Serving's)::
 
-    MODEL_DIR/<name>/<version>/model.onnx        (or model.tflite, optionally metadata.json)
+    MODEL_DIR/<name>/<version>/model.onnx        (or model.tflite, optionally metadata.json and
+                                                  profile.json or model.onnx.profile.json, the reference profile
+                                                  for drift monitoring)
 
 :meth:`ModelRepository.sync` scans the directory and makes the loaded set match it: the
 ``keep_versions`` highest versions of each model are loaded (0 keeps every version). A new version
@@ -31,9 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from prunekit.artifacts.profile import PROFILE_FILE, ReferenceProfile
 from prunekit.errors import ConfigError
+from prunekit.serve.drift import check_profile
 from prunekit.serve.guard import ArtifactGuard
 from prunekit.serve.model_info import METADATA_FILE, ModelInfo, inspect_model
+from prunekit.serve.profiling import profile_path_for
 from prunekit.serve.runtimes import MODEL_FILES, Runtime, RuntimeOptions, load_runtime, model_format
 
 log = logging.getLogger("prunekit.serve")
@@ -62,6 +67,7 @@ class LoadedModel:
     info: ModelInfo
     fingerprint: Fingerprint
     loaded_at: float = field(default_factory=time.time)
+    profile: ReferenceProfile | None = None  # from profile.json beside the model, checked against its signature
 
 
 @dataclass(frozen=True)
@@ -297,7 +303,13 @@ class ModelRepository:
         except Exception as exc:
             raise ConfigError(f"{entry.model_file}: a warm-up inference on zeros failed: {exc}") from exc
         info = inspect_model(entry.model_file, fmt, content)
-        return LoadedModel(name, version, entry.model_file, fmt, runtime, info, entry.fingerprint)
+        profile = None
+        for profile_path in (entry.path / PROFILE_FILE, profile_path_for(entry.model_file)):
+            if profile_path.is_file():
+                profile = ReferenceProfile.load(profile_path)
+                check_profile(profile, runtime.inputs, runtime.outputs, profile_path)
+                break
+        return LoadedModel(name, version, entry.model_file, fmt, runtime, info, entry.fingerprint, profile=profile)
 
 
 __all__ = ["METADATA_FILE", "LoadedModel", "ModelNotFoundError", "ModelRepository", "SyncReport", "VersionStatus"]
