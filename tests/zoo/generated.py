@@ -146,8 +146,8 @@ def shrink_overrides(config: Any) -> dict[str, Any]:
                 overrides[key] = 4
             elif key in _ACTIVE_EXPERT_KEYS and value > 2:
                 overrides[key] = 2
-            elif key == "window_size" and value > 4:
-                overrides[key] = 4
+            elif key == "window_size" and value > 2:
+                overrides[key] = 2  # the last stage of a 64-pixel image still holds a window
         elif isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             if key == "depths":
                 overrides[key] = [1] * len(value)
