@@ -63,3 +63,23 @@ def test_half_prune_halves_every_expert_and_the_hidden_width():
     assert [m.out_features for m in pruned.up] == [6, 6, 6]
     assert pruned.embed.out_features == 4 and pruned.router.in_features == 4
     assert pruned(x).shape == (16, 2)
+
+
+class _Rows(nn.Module):
+    """``h[rows]`` picks tokens (the channels pass); ``g[:, cols]`` picks channels (they are kept)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 6), nn.Linear(4, 5), nn.Linear(9, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.tensor([0, 2, 3])
+        cols = torch.tensor([0, 1, 4])
+        return self.head(torch.cat([self.a(x)[rows], self.b(x)[rows][:, cols]], dim=1))
+
+
+def test_indexing_rows_keeps_channels_prunable_and_indexing_channels_keeps_them():
+    torch.manual_seed(0)
+    graph = analyze_dependencies(_Rows().eval(), torch.randn(5, 4))
+    assert [(g.name, g.size) for g in graph.groups] == [("a", 6)]
+    assert graph.unsupported == []

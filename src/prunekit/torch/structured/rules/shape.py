@@ -268,15 +268,10 @@ def _index_rows(st: LabelState, op: OpRecord, labels: Labels, items: list) -> bo
     ``index_select``, the indexed dimension keeps its channels and the others pass through."""
     out_shape = st.shape(outputs_of(op)[0])
     tensors = [k for k, item in enumerate(items) if is_tensor(item)]
-    if len(tensors) != 1 or len(st.shape(items[tensors[0]])) != 1 or len(out_shape) != len(labels):
+    if len(tensors) != 1 or len(st.shape(items[tensors[0]])) != 1 or len(out_shape) != len(labels) or len(items) > len(labels):
         return False
-    at = tensors[0]
-    rest = [item for k, item in enumerate(items) if k != at]
-    if at >= len(labels) or not all(
-        isinstance(i, slice) and _is_full(i, len(labels[k])) for k, i in enumerate(rest, 0) if k < at
-    ):
-        return False
-    if not all(isinstance(i, slice) and _is_full(i, len(labels[k + 1])) for k, i in enumerate(rest[at:], at)):
+    at = tensors[0]  # with no None/Ellipsis among the items, item k indexes dimension k
+    if not all(isinstance(item, slice) and _is_full(item, len(labels[k])) for k, item in enumerate(items) if k != at):
         return False
     if any(out_shape[d] != len(lab) for d, lab in enumerate(labels) if d != at):
         return False
