@@ -414,8 +414,12 @@ def _build_graph(model: nn.Module, trace: Trace, state: LabelState) -> Dependenc
         tensors,
     )
     names: dict[str, int] = {}
+    # every group's roots in one sort (a mask per group would cost groups x atoms)
+    in_group = np.nonzero(group_of_root >= 0)[0]
+    by_group = in_group[np.argsort(group_of_root[in_group], kind="stable")]
+    roots_of_group = np.split(by_group, np.cumsum(np.bincount(group_of_root[in_group], minlength=len(counts)))[:-1])
     for gid, (first_name, first_dim) in enumerate(firsts):
-        group_roots = np.nonzero(group_of_root == gid)[0]
+        group_roots = roots_of_group[gid]
         base = first_name.rpartition(".")[0] or first_name
         names[base] = names.get(base, 0) + 1
         label = base if names[base] == 1 else f"{base}#{names[base]}"

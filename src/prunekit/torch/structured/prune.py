@@ -26,7 +26,7 @@ from prunekit.errors import ConfigError
 from prunekit.torch.structured.allocation import GroupTarget, check_globs, group_targets, select_channels
 from prunekit.torch.structured.graph import DependencyGraph, analyze_dependencies
 from prunekit.torch.structured.importance import Importance, resolve_importance
-from prunekit.torch.structured.labels import tensor_refs
+from prunekit.torch.structured.labels import FIXED, tensor_refs
 from prunekit.torch.structured.plan import (
     PLAN_FORMAT,
     PLAN_VERSION,
@@ -114,12 +114,21 @@ def _verify(
         old_outs, new_outs = tensor_refs(old.outputs), tensor_refs(new.outputs)
         for o, n in zip(old_outs, new_outs):
             want, got = expected.get(o.vid), trace.shapes[n.vid]
-            if want is not None and tuple(want) != tuple(got):
+            if want is not None and _channels_differ(want, got, graph.state.labels[o.vid]):
                 return _Failure(old.index, old.label, f"output shape {tuple(got)}, expected {tuple(want)}")
     if len(original) != len(trace.ops):
         index = min(len(original), len(trace.ops)) - 1
         return _Failure(index, original[index].label, "the pruned model ran a different number of ops")
     return None
+
+
+def _channels_differ(want: tuple[int, ...], got: tuple[int, ...], labels: list[np.ndarray]) -> bool:
+    """Whether a pruned op's output shape breaks the prediction: a different rank, or a different
+    size in a dimension holding channels. Dimensions holding none (tokens routed by ``nonzero``,
+    data-dependent lengths) may change with the pruned weights' values."""
+    if len(want) != len(got):
+        return True
+    return any(w != g for w, g, lab in zip(want, got, labels) if (lab != FIXED).any())
 
 
 def _check_plain_module(model: Any) -> None:

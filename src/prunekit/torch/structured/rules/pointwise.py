@@ -127,7 +127,9 @@ _INDEX_REDUCTIONS = {
     "sort",
     "argsort",
 }
-_DIM_ARG_INDEX = {"norm": 2, "vector_norm": 2, "linalg_vector_norm": 2}
+_DIM_ARG_INDEX = {"norm": 2, "vector_norm": 2, "linalg_vector_norm": 2, "kthvalue": 2, "topk": 2}
+#: ``dim`` when the call leaves it out, for ops along one dimension whose default is the last
+_DEFAULT_LAST_DIM = {"topk", "sort", "argsort"}
 
 
 def reduction(st: LabelState, op: OpRecord) -> None:
@@ -168,7 +170,7 @@ def along_dim(kind: str) -> Rule:
     def rule(st: LabelState, op: OpRecord) -> None:
         x = first_tensor(op)
         labels = st.get(x)
-        dim = arg(op, 1, "dim", None)
+        dim = arg(op, _DIM_ARG_INDEX.get(op.name, 1), "dim", -1 if op.name in _DEFAULT_LAST_DIM else None)
         dims = range(len(labels)) if dim is None or is_tensor(dim) else [normalise_dim(int(dim), len(labels))]
         for d in dims:
             if kind == "inexact":

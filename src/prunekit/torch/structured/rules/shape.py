@@ -229,6 +229,8 @@ def getitem(st: LabelState, op: OpRecord) -> None:
     labels, shape = st.get(x), st.shape(x)
     index = op.args[1] if len(op.args) > 1 else ()
     items = list(index) if isinstance(index, tuple) else [index]
+    if _index_rows(st, op, labels, items):
+        return
     if any(is_tensor(i) or isinstance(i, (list, bool)) for i in items):
         for lab in labels:
             st.fix(lab)
@@ -261,6 +263,26 @@ def getitem(st: LabelState, op: OpRecord) -> None:
     st.set(out, result)
     if all(isinstance(i, slice) and _is_full(i, shape[k]) for k, i in enumerate(items[: len(shape)])):
         pass_param(st, x, out)
+
+
+def _index_rows(st: LabelState, op: OpRecord, labels: Labels, items: list) -> bool:
+    """``x[rows]`` / ``x[:, rows]`` with one 1-D index tensor and full slices elsewhere: like
+    ``index_select``, the indexed dimension keeps its channels and the others pass through."""
+    out_shape = st.shape(outputs_of(op)[0])
+    tensors = [k for k, item in enumerate(items) if is_tensor(item)]
+    if len(tensors) != 1 or len(st.shape(items[tensors[0]])) != 1 or len(out_shape) != len(labels) or len(items) > len(labels):
+        return False
+    at = tensors[0]  # with no None/Ellipsis among the items, item k indexes dimension k
+    if not all(isinstance(item, slice) and _is_full(item, len(labels[k])) for k, item in enumerate(items) if k != at):
+        return False
+    if any(out_shape[d] != len(lab) for d, lab in enumerate(labels) if d != at):
+        return False
+    st.fix(labels[at])
+    st.fix_value(items[at])
+    result = list(labels)
+    result[at] = np.zeros(out_shape[at], np.int64)
+    st.set(outputs_of(op)[0], result)
+    return True
 
 
 def setitem(st: LabelState, op: OpRecord) -> None:
@@ -304,6 +326,35 @@ def select(st: LabelState, op: OpRecord) -> None:
     st.fix(labels[dim])
     del labels[dim]
     st.set(out, labels)
+
+
+def index_accumulate(st: LabelState, op: OpRecord) -> None:
+    """``x.index_add(dim, index, source)``/``index_copy``: rows of ``source`` land in rows of ``x``
+    (a mixture-of-experts combining its experts' outputs). The indexed dimension keeps its
+    channels; every other dimension of ``source`` is the same channel as ``x``'s (or, where ``x``
+    is a new buffer carrying no channels, gives the output its channels)."""
+    x = first_tensor(op)
+    labels = st.get(x)
+    dim = arg(op, 1, "dim")
+    source = arg(op, 3, "source")
+    if dim is None or not is_tensor(source) or len(st.shape(source)) != len(labels):
+        st.unsupported_op(op, "index_add/index_copy without a dimension and a source of the same rank")
+        return
+    dim = normalise_dim(int(dim), len(labels))
+    st.fix(labels[dim])
+    for ref in tensor_refs(arg(op, 2, "index")):
+        st.fix_value(ref)
+    result = list(labels)
+    for d, lab in enumerate(st.get(source)):
+        if d == dim or len(lab) != len(labels[d]):
+            st.fix(lab)
+            st.fix(labels[d])
+        elif not (labels[d] != FIXED).any():
+            result[d] = lab  # ``x`` is a fresh buffer (``zeros_like(h)``): it carries source's channels
+        else:
+            st.unify(lab, labels[d])
+    for out in outputs_of(op):
+        st.set(out, result if st.shape(out) == st.shape(x) else zeros_like_shape(st.shape(out)))
 
 
 def index_along(st: LabelState, op: OpRecord) -> None:
@@ -425,6 +476,8 @@ _register(narrow, "narrow")
 _register(select, "select")
 
 _register(index_along, "index_select", "gather", "take_along_dim")
+
+_register(index_accumulate, "index_add", "index_copy")
 
 _register(cat, "cat")
 
