@@ -1,0 +1,302 @@
+"""CPU kernels for sparse weights and sparse activations: numba when installed, torch otherwise.
+
+Every kernel computes ``y = x @ W.T`` for a ``(tokens, in)`` float32 input ``x`` and a
+``(out, in)`` weight stored in one of four layouts:
+
+- **CSR** (unstructured): ``indptr`` (out + 1), ``indices`` (column of each nonzero), ``values``;
+  values float32, or int8 with one float32 scale per output row.
+- **BSR** (block sparsity): the same over ``(bh, bw)`` blocks, ``values`` of shape (nblocks, bh, bw).
+- **N:M packed**: ``values`` (out, in / M * N) and ``slots`` (uint8, the position of each kept
+  value inside its group of M).
+- **Column-skipping** (activation sparsity): the weight stored by input column (CSC: ``colptr``,
+  ``rows``, ``values``, or a dense transposed weight), so that only the columns of nonzero inputs
+  are read; the sparser the input, the less weight memory a decode step touches.
+
+The numba kernels transpose ``x`` once so that the innermost loop runs over tokens (contiguous,
+vectorised) and parallelise over output rows; for one token it is a gathered dot product per
+row. Without numba the same layouts run through ``torch.sparse`` (CSR) or dense gathers, which
+are exact but seldom faster than dense: the converter then keeps layers dense, because it
+measures before it chooses.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
+def _numba_kernels() -> dict[str, Any]:
+    """Compile (once, cached on disk) the numba kernels; called only when numba is installed."""
+    import numba
+    from numba import prange
+
+    njit: Any = numba.njit  # the kernels are untyped numba functions; their callers are typed
+
+    opts = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
+
+    @njit(**opts)
+    def csr_vec(indptr, indices, values, scale, x, out):
+        rows = indptr.shape[0] - 1
+        for r in prange(rows):
+            acc = np.float32(0.0)
+            for k in range(indptr[r], indptr[r + 1]):
+                acc += np.float32(values[k]) * x[indices[k]]
+            out[r] = acc * scale[r]
+
+    @njit(**opts)
+    def csr_mat(indptr, indices, values, scale, xt, out):
+        # xt: (in, tokens) contiguous; out: (out, tokens)
+        rows = indptr.shape[0] - 1
+        tokens = xt.shape[1]
+        for r in prange(rows):
+            acc = np.zeros(tokens, dtype=np.float32)
+            for k in range(indptr[r], indptr[r + 1]):
+                v = np.float32(values[k])
+                c = indices[k]
+                for t in range(tokens):
+                    acc[t] += v * xt[c, t]
+            s = scale[r]
+            for t in range(tokens):
+                out[r, t] = acc[t] * s
+
+    @njit(**opts)
+    def bsr_mat(indptr, indices, blocks, xt, out):
+        # blocks: (nblocks, bh, bw); out: (out, tokens)
+        block_rows = indptr.shape[0] - 1
+        bh = blocks.shape[1]
+        bw = blocks.shape[2]
+        tokens = xt.shape[1]
+        for br in prange(block_rows):
+            acc = np.zeros((bh, tokens), dtype=np.float32)
+            for k in range(indptr[br], indptr[br + 1]):
+                c0 = indices[k] * bw
+                for i in range(bh):
+                    for j in range(bw):
+                        v = blocks[k, i, j]
+                        for t in range(tokens):
+                            acc[i, t] += v * xt[c0 + j, t]
+            for i in range(bh):
+                for t in range(tokens):
+                    out[br * bh + i, t] = acc[i, t]
+
+    @njit(**opts)
+    def nm_mat(values, slots, n, m, scale, xt, out):
+        rows = values.shape[0]
+        kept = values.shape[1]
+        tokens = xt.shape[1]
+        for r in prange(rows):
+            acc = np.zeros(tokens, dtype=np.float32)
+            for k in range(kept):
+                c = (k // n) * m + slots[r, k]
+                v = np.float32(values[r, k])
+                for t in range(tokens):
+                    acc[t] += v * xt[c, t]
+            s = scale[r]
+            for t in range(tokens):
+                out[r, t] = acc[t] * s
+
+    @njit(**opts)
+    def dense_skip(wt, x, out, chunk):
+        # wt: (in, out) dense; x: (tokens, in) with many zeros; out: (tokens, out)
+        tokens = x.shape[0]
+        n_in = wt.shape[0]
+        n_out = wt.shape[1]
+        chunks = (n_out + chunk - 1) // chunk
+        for t in range(tokens):
+            active = np.empty(n_in, dtype=np.int64)
+            count = 0
+            for j in range(n_in):
+                if x[t, j] != 0.0:
+                    active[count] = j
+                    count += 1
+            for c in prange(chunks):
+                lo = c * chunk
+                hi = min(lo + chunk, n_out)
+                acc = np.zeros(hi - lo, dtype=np.float32)
+                for a in range(count):
+                    j = active[a]
+                    v = x[t, j]
+                    for o in range(lo, hi):
+                        acc[o - lo] += v * wt[j, o]
+                for o in range(lo, hi):
+                    out[t, o] = acc[o - lo]
+
+    @njit(**opts)
+    def csc_skip(colptr, rows, values, scale, x, out):
+        # weight-sparse and activation-sparse: only columns of nonzero inputs, only their nonzeros
+        tokens = x.shape[0]
+        n_in = colptr.shape[0] - 1
+        n_out = out.shape[1]
+        for t in prange(tokens):
+            acc = np.zeros(n_out, dtype=np.float32)
+            for j in range(n_in):
+                v = x[t, j]
+                if v != 0.0:
+                    for k in range(colptr[j], colptr[j + 1]):
+                        acc[rows[k]] += v * np.float32(values[k])
+            for o in range(n_out):
+                out[t, o] = acc[o] * scale[o]
+
+    return {
+        "csr_vec": csr_vec,
+        "csr_mat": csr_mat,
+        "bsr_mat": bsr_mat,
+        "nm_mat": nm_mat,
+        "dense_skip": dense_skip,
+        "csc_skip": csc_skip,
+    }
+
+
+def set_threads(threads: int) -> None:
+    """Run the kernels (numba and torch) on ``threads`` threads."""
+    torch.set_num_threads(threads)
+    if HAVE_NUMBA:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def _sync_threads() -> None:
+    import numba
+
+    wanted = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().contiguous().numpy()
+
+
+# ``use_numba=None`` below means: numba when installed (read at call time, so tests can switch it off).
+
+
+def csr_matmul(
+    x: torch.Tensor,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    scale: np.ndarray,
+    out_features: int,
+    use_numba: bool | None = None,
+) -> torch.Tensor:
+    """``x @ W.T`` for a CSR weight (float32 or int8 values times a per-row ``scale``); ``x`` is (tokens, in)."""
+    tokens = x.shape[0]
+    if HAVE_NUMBA if use_numba is None else use_numba:
+        _sync_threads()
+        kernels = _numba_kernels()
+        if tokens == 1:
+            out = np.empty(out_features, dtype=np.float32)
+            kernels["csr_vec"](indptr, indices, values, scale, _np(x[0]), out)
+            return torch.from_numpy(out).unsqueeze(0)
+        out2 = np.empty((out_features, tokens), dtype=np.float32)
+        kernels["csr_mat"](indptr, indices, values, scale, np.ascontiguousarray(_np(x).T), out2)
+        return torch.from_numpy(out2).T
+    weight = _torch_csr(indptr, indices, values, scale, out_features, x.shape[1])
+    return (weight @ x.T).T
+
+
+def _torch_csr(
+    indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, scale: np.ndarray, rows: int, cols: int
+) -> torch.Tensor:
+    dequant = values.astype(np.float32) * np.repeat(scale, np.diff(indptr)) if values.dtype != np.float32 else values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(indptr.astype(np.int64)),
+            torch.from_numpy(indices.astype(np.int64)),
+            torch.from_numpy(np.ascontiguousarray(dequant)),
+            size=(rows, cols),
+            check_invariants=False,
+        )
+
+
+def bsr_matmul(
+    x: torch.Tensor,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    blocks: np.ndarray,
+    out_features: int,
+    use_numba: bool | None = None,
+) -> torch.Tensor:
+    """``x @ W.T`` for a block-sparse weight: ``blocks`` (nblocks, bh, bw) at block columns ``indices``."""
+    if HAVE_NUMBA if use_numba is None else use_numba:
+        _sync_threads()
+        out = np.empty((out_features, x.shape[0]), dtype=np.float32)
+        _numba_kernels()["bsr_mat"](indptr, indices, blocks, np.ascontiguousarray(_np(x).T), out)
+        return torch.from_numpy(out).T
+    bh, bw = blocks.shape[1], blocks.shape[2]
+    tokens = x.shape[0]
+    block_rows = torch.from_numpy(np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr)))
+    gathered = x.reshape(tokens, -1, bw)[:, torch.from_numpy(indices.astype(np.int64))]  # (tokens, nblocks, bw)
+    parts = torch.einsum("tkj,kij->tki", gathered, torch.from_numpy(blocks))  # (tokens, nblocks, bh)
+    out = torch.zeros(tokens, out_features // bh, bh, dtype=torch.float32)
+    out.index_add_(1, block_rows, parts)
+    return out.reshape(tokens, out_features)
+
+
+def nm_matmul(
+    x: torch.Tensor,
+    values: np.ndarray,
+    slots: np.ndarray,
+    n: int,
+    m: int,
+    scale: np.ndarray,
+    use_numba: bool | None = None,
+) -> torch.Tensor:
+    """``x @ W.T`` for an N:M-packed weight: ``values`` (out, in/M*N), ``slots`` their places in each group."""
+    out_features = values.shape[0]
+    if HAVE_NUMBA if use_numba is None else use_numba:
+        _sync_threads()
+        out = np.empty((out_features, x.shape[0]), dtype=np.float32)
+        _numba_kernels()["nm_mat"](values, slots, n, m, scale, np.ascontiguousarray(_np(x).T), out)
+        return torch.from_numpy(out).T
+    kept = values.shape[1]
+    columns = (np.arange(kept) // n * m)[None, :] + slots.astype(np.int64)
+    gathered = x[:, torch.from_numpy(columns.reshape(-1))].reshape(x.shape[0], out_features, kept)
+    weight = torch.from_numpy(values.astype(np.float32) * scale[:, None])
+    return torch.einsum("tok,ok->to", gathered, weight)
+
+
+def dense_skip_matmul(x: torch.Tensor, weight_t: np.ndarray, use_numba: bool | None = None) -> torch.Tensor:
+    """``x @ W.T`` reading only the rows of ``weight_t`` (= W.T, (in, out)) whose input entries are nonzero."""
+    if HAVE_NUMBA if use_numba is None else use_numba:
+        _sync_threads()
+        out = np.empty((x.shape[0], weight_t.shape[1]), dtype=np.float32)
+        _numba_kernels()["dense_skip"](weight_t, _np(x), out, 256)
+        return torch.from_numpy(out)
+    active = torch.nonzero(x.abs().sum(0)).flatten()
+    return x[:, active] @ torch.from_numpy(weight_t)[active]
+
+
+def csc_skip_matmul(
+    x: torch.Tensor,
+    colptr: np.ndarray,
+    rows: np.ndarray,
+    values: np.ndarray,
+    scale: np.ndarray,
+    use_numba: bool | None = None,
+) -> torch.Tensor:
+    """``x @ W.T`` for a CSC weight, visiting only the columns whose input entries are nonzero."""
+    if HAVE_NUMBA if use_numba is None else use_numba:
+        _sync_threads()
+        out = np.empty((x.shape[0], scale.shape[0]), dtype=np.float32)
+        _numba_kernels()["csc_skip"](colptr, rows, values, scale, _np(x), out)
+        return torch.from_numpy(out)
+    n_in = colptr.shape[0] - 1
+    counts = np.diff(colptr)
+    cols = np.repeat(np.arange(n_in), counts)
+    dequant = values.astype(np.float32) * scale[rows]
+    active = torch.nonzero(x.abs().sum(0)).flatten().numpy()
+    keep = np.isin(cols, active)
+    dense = torch.zeros(scale.shape[0], n_in)
+    dense[torch.from_numpy(rows[keep].astype(np.int64)), torch.from_numpy(cols[keep])] = torch.from_numpy(dequant[keep])
+    return x @ dense.T
