@@ -104,12 +104,12 @@ def load_sparse(
         bias = _tensor(arrays[bias_key]) if module.bias is not None else None
         layout = Layout("csr", int8=stored.scale is not None)
         _set_module(model, name, SparseLinear(csr, bias, layout))
-        loaded.update({key, bias_key})
+        loaded.add(key)  # the bias is loaded below with the other tensors, into SparseLinear.bias
         report.layers.append(LayerChoice(name, "Linear", shape, sparsity, layout.describe(), None, None, True, "stored sparse"))
     rest = {name: _tensor(value) for name, value in arrays.items() if name not in loaded}
     if on_meta:
         model.to_empty(device="cpu")
-    model.load_state_dict(rest, strict=False)
+    model.load_state_dict(rest, strict=True)  # every tensor but the sparse weights, which the model no longer has
     model.eval()
     if example_input is not None:
         _keep_faster(model, example_input, report, repeats)
