@@ -73,6 +73,11 @@ def detect_layout(weight: np.ndarray) -> Layout:
     return Layout("csr", (1, 1), int8)
 
 
+def _index_dtype(size: int) -> type:
+    """uint16 column indices when they fit (a quarter less memory traffic per nonzero than int32)."""
+    return np.uint16 if size <= 2**16 else np.int32
+
+
 @dataclass
 class CSR:
     """Compressed rows of a (rows, cols) weight; ``values`` float32 or int8 times per-row ``scale``."""
@@ -105,7 +110,7 @@ class CSR:
             stored = values
         else:
             stored = np.rint(values / scale[rows]).astype(np.int8)
-        return cls((int(shape[0]), int(shape[1])), indptr, cols.astype(np.int32), stored, scale.astype(np.float32))
+        return cls((int(shape[0]), int(shape[1])), indptr, cols.astype(_index_dtype(shape[1])), stored, scale.astype(np.float32))
 
     @property
     def nnz(self) -> int:
@@ -126,7 +131,13 @@ class CSR:
         order = np.argsort(self.indices, kind="stable")
         colptr = np.zeros(self.shape[1] + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.indices, minlength=self.shape[1]), out=colptr[1:])
-        return CSR((self.shape[1], self.shape[0]), colptr, rows[order], self.values[order], self.scale)
+        return CSR(
+            (self.shape[1], self.shape[0]),
+            colptr,
+            rows[order].astype(_index_dtype(self.shape[0])),
+            self.values[order],
+            self.scale,
+        )
 
 
 @dataclass
