@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _timing import malloc_settings, pin_malloc_settings, time_interleaved  # noqa: E402
+from _timing import Timing, malloc_settings, pin_malloc_settings, time_interleaved  # noqa: E402
 from torch import nn  # noqa: E402
 
 from prunekit.core.tables import ResultTable  # noqa: E402
@@ -97,17 +97,7 @@ def bench_linear(threads: int, rounds: int, table: ResultTable, workdir: Path) -
         result[str(sparsity)] = {}
         for tokens in TOKENS:
             x = torch.randn(tokens, SIZE, generator=generator)
-            xn = x.numpy()
-            xt = np.ascontiguousarray(xn.T)
-            with torch.no_grad():
-                variants = {
-                    "torch dense": lambda: layer(x),
-                    "onnxruntime dense": lambda: session.run(None, {"x": xn}),  # type: ignore[attr-defined]
-                    "prunekit": lambda: sparse(x),
-                    "torch.sparse csr": lambda: torch_csr @ x.T,
-                    "scipy csr": lambda: scipy_csr @ xt,
-                }
-                timings = time_interleaved(variants, rounds=rounds, repeats=5)
+            timings = _time_linear(x, layer, session, sparse, torch_csr, scipy_csr, rounds)
             ms = {name: t.best * 1e3 for name, t in timings.items()}
             dense = min(ms["torch dense"], ms["onnxruntime dense"])
             result[str(sparsity)][str(tokens)] = round(dense / ms["prunekit"], 3)
@@ -115,10 +105,27 @@ def bench_linear(threads: int, rounds: int, table: ResultTable, workdir: Path) -
                 threads,
                 f"{sparsity:.2f}",
                 tokens,
-                *(f"{ms[name]:.3f}" for name in variants),
+                *(f"{value:.3f}" for value in ms.values()),
                 f"{dense / ms['prunekit']:.2f}x",
             )
     return result
+
+
+def _time_linear(
+    x: torch.Tensor, layer: nn.Module, session: object, sparse: nn.Module, torch_csr: torch.Tensor, scipy_csr: object, rounds: int
+) -> dict[str, Timing]:
+    """Every variant on one input, interleaved: torch, ONNX Runtime, prunekit, torch.sparse CSR, scipy CSR."""
+    xn = x.numpy()
+    xt = np.ascontiguousarray(xn.T)
+    with torch.no_grad():
+        variants = {
+            "torch dense": lambda: layer(x),
+            "onnxruntime dense": lambda: session.run(None, {"x": xn}),  # type: ignore[attr-defined]
+            "prunekit": lambda: sparse(x),
+            "torch.sparse csr": lambda: torch_csr @ x.T,
+            "scipy csr": lambda: scipy_csr @ xt,  # type: ignore[operator]
+        }
+        return dict(time_interleaved(variants, rounds=rounds, repeats=5))
 
 
 class FFNBlock(nn.Module):
