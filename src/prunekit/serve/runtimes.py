@@ -30,6 +30,7 @@ MODEL_FILES: dict[str, str] = {
     "model.tflite": "tflite",
     "model.onnx.enc": "onnx",  # encrypted at rest (prunekit encrypt); decrypted in memory when served
     "model.tflite.enc": "tflite",
+    "model.sparse.safetensors": "sparse",  # a compact sparse file run by prunekit's sparse kernels (serve/sparse_runtime.py)
 }
 
 _ONNX_DTYPES: dict[str, str] = {
@@ -292,6 +293,10 @@ def load_runtime(path: Path, options: RuntimeOptions = RuntimeOptions(), content
     runtime: Runtime
     if model_format(path) == "onnx":
         runtime = OnnxRuntime(path, options, content)
+    elif model_format(path) == "sparse":
+        from prunekit.serve.sparse_runtime import SparseTorchRuntime
+
+        runtime = SparseTorchRuntime(path, options, content)
     else:
         runtime = TFLiteRuntime(path, options, content)
     _check_servable(path, runtime.inputs, "input")

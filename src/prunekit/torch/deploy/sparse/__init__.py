@@ -20,6 +20,7 @@ from prunekit.torch.deploy.sparse.formats import Layout, detect_layout
 from prunekit.torch.deploy.sparse.kernels import HAVE_NUMBA, set_threads
 from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear, SparseConv2d, SparseLinear
 from prunekit.torch.deploy.sparse.load import load_sparse
+from prunekit.torch.deploy.sparse.serving import save_servable
 
 __all__ = [
     "HAVE_NUMBA",
@@ -35,6 +36,7 @@ __all__ = [
     "calibrate_activation_sparsity",
     "detect_layout",
     "load_sparse",
+    "save_servable",
     "set_threads",
     "sparsify",
 ]

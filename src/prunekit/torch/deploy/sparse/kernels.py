@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+#: Below this many tokens the CSR kernel keeps its sums in registers; from it on, in a vectorised array.
+SMALL_BATCH = 16
 
 
 def _kernel_sources() -> dict[str, Any]:
@@ -79,6 +81,45 @@ def _kernel_sources() -> dict[str, Any]:
                 s = scale[r]
                 for t in range(tokens):
                     out[r, t] = acc[t] * s
+
+    def csr_mat_small(indptr, indices, values, scale, xt, out, parts):
+        # few tokens: eight running sums in registers per row (an accumulator array in memory
+        # would make every nonzero wait on a store and a reload of it)
+        rows = indptr.shape[0] - 1
+        tokens = xt.shape[1]
+        full = tokens - tokens % 8
+        step = (rows + parts - 1) // parts
+        for p in prange(parts):
+            for r in range(p * step, min(rows, (p + 1) * step)):
+                lo = indptr[r]
+                hi = indptr[r + 1]
+                s = scale[r]
+                for t0 in range(0, full, 8):
+                    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+                    for k in range(lo, hi):
+                        v = np.float32(values[k])
+                        c = indices[k]
+                        a0 += v * xt[c, t0]
+                        a1 += v * xt[c, t0 + 1]
+                        a2 += v * xt[c, t0 + 2]
+                        a3 += v * xt[c, t0 + 3]
+                        a4 += v * xt[c, t0 + 4]
+                        a5 += v * xt[c, t0 + 5]
+                        a6 += v * xt[c, t0 + 6]
+                        a7 += v * xt[c, t0 + 7]
+                    out[r, t0] = a0 * s
+                    out[r, t0 + 1] = a1 * s
+                    out[r, t0 + 2] = a2 * s
+                    out[r, t0 + 3] = a3 * s
+                    out[r, t0 + 4] = a4 * s
+                    out[r, t0 + 5] = a5 * s
+                    out[r, t0 + 6] = a6 * s
+                    out[r, t0 + 7] = a7 * s
+                for t in range(full, tokens):
+                    a = np.float32(0.0)
+                    for k in range(lo, hi):
+                        a += np.float32(values[k]) * xt[indices[k], t]
+                    out[r, t] = a * s
 
     def bsr_mat(indptr, indices, blocks, xt, out, parts):
         # blocks: (nblocks, bh, bw); out: (out, tokens)
@@ -162,6 +203,7 @@ def _kernel_sources() -> dict[str, Any]:
     return {
         "csr_vec": csr_vec,
         "csr_mat": csr_mat,
+        "csr_mat_small": csr_mat_small,
         "bsr_mat": bsr_mat,
         "nm_mat": nm_mat,
         "dense_skip": dense_skip,
@@ -223,7 +265,8 @@ def csr_matmul(
             kernels["csr_vec"](indptr, indices, values, scale, _np(x[0]), out, parts)
             return torch.from_numpy(out).unsqueeze(0)
         out2 = np.empty((out_features, tokens), dtype=np.float32)
-        kernels["csr_mat"](indptr, indices, values, scale, np.ascontiguousarray(_np(x).T), out2, parts)
+        name = "csr_mat_small" if tokens < SMALL_BATCH else "csr_mat"
+        kernels[name](indptr, indices, values, scale, np.ascontiguousarray(_np(x).T), out2, parts)
         return torch.from_numpy(out2).T
     weight = _torch_csr(indptr, indices, values, scale, out_features, x.shape[1])
     return (weight @ x.T).T
