@@ -276,9 +276,9 @@ def main() -> None:
         small_thresholds = calibrate_activation_sparsity(model, [ids[:4], ids[4:]], target=0.5)
         small_fast = apply_activation_sparsity(model, small_thresholds)
         start = time.perf_counter()
-        dense_ppl = perplexity(model, text, tokenizer).perplexity
+        dense_ppl = perplexity(model, [text], tokenizer).perplexity
         activation_sparsity_report(small_fast, reset=True)
-        sparse_ppl = perplexity(small_fast, text, tokenizer).perplexity
+        sparse_ppl = perplexity(small_fast, [text], tokenizer).perplexity
         per_layer = activation_sparsity_report(small_fast)
         increase = sparse_ppl / dense_ppl - 1
         small_dense_tps, small_sparse_tps = decode_speed(model, small_fast, prompt, new_tokens, rounds)
