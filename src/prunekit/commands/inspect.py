@@ -119,7 +119,7 @@ def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
 
     model.eval()
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
-    return _report(
+    result = _report(
         "torch",
         model,
         summarize(model, torch.zeros(1, *args.input_shape)),
@@ -130,6 +130,14 @@ def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
         "MACs per sample",
         "state_dict",
     )
+    if args.latency:  # pruned layers: dense vs the sparse runtime, per layer and end to end, at the first batch size
+        from prunekit.torch.deploy.sparse.convert import sparse_latency_report
+
+        sparse = sparse_latency_report(model, torch.randn(args.batch_sizes[0], *args.input_shape), repeats=min(args.repeats, 20))
+        if sparse is not None:
+            print(f"sparse runtime at batch {args.batch_sizes[0]} ({sparse.kernel_backend} kernels):\n{sparse.table()}")
+            result["sparse_runtime"] = sparse.to_json()
+    return result
 
 
 def _inspect_onnx(args: argparse.Namespace) -> dict:

@@ -260,3 +260,20 @@ def _choose(
         False,
         f"sparse kernel not faster at this batch ({sparse_ms:.3f} ms vs {dense_ms:.3f} ms dense)",
     )
+
+
+def sparse_latency_report(
+    model: nn.Module, example_input: Any, *, min_sparsity: float = 0.5, repeats: int = 10
+) -> SparseReport | None:
+    """Dense vs sparse-runtime latency per layer and end to end (what ``prunekit inspect --latency`` shows),
+    or None when no Linear/Conv2d layer is at least ``min_sparsity`` sparse (nothing would run sparse).
+
+    Example::
+
+        report = sparse_latency_report(pruned, torch.randn(1, 784))
+        print(report.table() if report else "dense model")
+    """
+    layers = _candidates(model, None)
+    if not any(float((m.weight == 0).float().mean()) >= min_sparsity for m in layers.values()):  # type: ignore[operator]
+        return None
+    return sparsify(model, example_input, min_sparsity=min_sparsity, repeats=repeats)[1]
