@@ -274,6 +274,6 @@ def sparse_latency_report(
         print(report.table() if report else "dense model")
     """
     layers = _candidates(model, None)
-    if not any(float((m.weight == 0).float().mean()) >= min_sparsity for m in layers.values()):  # type: ignore[operator]
+    if not any(float((m.weight == 0).float().mean()) >= min_sparsity for m in layers.values()):
         return None
     return sparsify(model, example_input, min_sparsity=min_sparsity, repeats=repeats)[1]
