@@ -158,3 +158,22 @@ def test_sparsify_rejects_bad_arguments() -> None:
         sparsify(TwoLayer(), torch.randn(1, 63))
     with pytest.raises(ConfigError, match="fc9"):
         sparsify(TwoLayer(), torch.randn(1, 64), layers=["fc9"])
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("tokens", [1, 5, 20])
+def test_parallel_kernels_equal_dense(monkeypatch: pytest.MonkeyPatch, tokens: int) -> None:
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # split even tiny layers over threads
+    threads = torch.get_num_threads()
+    kernels.set_threads(2)
+    try:
+        for layer, layout in [
+            (pruned_linear(96, 40, 0.9), Layout("csr")),
+            (blocky(nn.Linear(64, 48)), Layout("bsr", (8, 8))),
+            (two_four(nn.Linear(64, 32)), Layout("nm", (2, 4))),
+        ]:
+            sparse = SparseLinear.from_linear(layer, layout)
+            x = torch.randn(tokens, layer.in_features)
+            assert_same_outputs(sparse(x), layer(x).detach())
+    finally:
+        kernels.set_threads(threads)

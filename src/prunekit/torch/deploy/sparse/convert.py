@@ -209,7 +209,7 @@ def sparsify(
         report.layers.append(_choose(target, name, module, inputs.get(name), min_sparsity, repeats, force))
     with torch.no_grad():
         report.dense_ms, report.sparse_ms = _time_pair(
-            lambda: _run(model, example_input), lambda: _run(target, example_input), max(3, repeats // 2)
+            lambda: _run(model, example_input), lambda: _run(target, example_input), repeats
         )
     return target, report
 

@@ -32,6 +32,8 @@ import torch
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: Below this many tokens the CSR kernel keeps its sums in registers; from it on, in a vectorised array.
 SMALL_BATCH = 16
+#: Multiply-adds below which a kernel runs on one thread (waking numba's pool costs tens of microseconds).
+PARALLEL_MIN_WORK = 1 << 22
 
 
 def _kernel_sources() -> dict[str, Any]:
@@ -221,11 +223,14 @@ def _numba_kernels(parallel: bool) -> dict[str, Any]:
     return {name: njit(parallel=parallel, cache=True, nogil=True)(fn) for name, fn in _kernel_sources().items()}
 
 
-def _compiled() -> tuple[dict[str, Any], int]:
-    """The kernels for the current thread count and the number of slices to split the work into."""
+def _compiled(work: int) -> tuple[dict[str, Any], int]:
+    """The kernels for the current thread count and the number of slices to split ``work``
+    (multiply-adds) into: serial below :data:`PARALLEL_MIN_WORK`, where waking threads costs more."""
     import numba
 
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if work < PARALLEL_MIN_WORK:
+        threads = 1
     if threads > 1 and numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
     return _numba_kernels(threads > 1), threads
@@ -259,7 +264,7 @@ def csr_matmul(
     """``x @ W.T`` for a CSR weight (float32 or int8 values times a per-row ``scale``); ``x`` is (tokens, in)."""
     tokens = x.shape[0]
     if HAVE_NUMBA if use_numba is None else use_numba:
-        kernels, parts = _compiled()
+        kernels, parts = _compiled(values.size * tokens)
         if tokens == 1:
             out = np.empty(out_features, dtype=np.float32)
             kernels["csr_vec"](indptr, indices, values, scale, _np(x[0]), out, parts)
@@ -297,7 +302,7 @@ def bsr_matmul(
 ) -> torch.Tensor:
     """``x @ W.T`` for a block-sparse weight: ``blocks`` (nblocks, bh, bw) at block columns ``indices``."""
     if HAVE_NUMBA if use_numba is None else use_numba:
-        kernels, parts = _compiled()
+        kernels, parts = _compiled(blocks.size * x.shape[0])
         out = np.empty((out_features, x.shape[0]), dtype=np.float32)
         kernels["bsr_mat"](indptr, indices, blocks, np.ascontiguousarray(_np(x).T), out, parts)
         return torch.from_numpy(out).T
@@ -323,7 +328,7 @@ def nm_matmul(
     """``x @ W.T`` for an N:M-packed weight: ``values`` (out, in/M*N), ``slots`` their places in each group."""
     out_features = values.shape[0]
     if HAVE_NUMBA if use_numba is None else use_numba:
-        kernels, parts = _compiled()
+        kernels, parts = _compiled(values.size * x.shape[0])
         out = np.empty((out_features, x.shape[0]), dtype=np.float32)
         kernels["nm_mat"](values, slots, n, m, scale, np.ascontiguousarray(_np(x).T), out, parts)
         return torch.from_numpy(out).T
@@ -337,7 +342,7 @@ def nm_matmul(
 def dense_skip_matmul(x: torch.Tensor, weight_t: np.ndarray, use_numba: bool | None = None) -> torch.Tensor:
     """``x @ W.T`` reading only the rows of ``weight_t`` (= W.T, (in, out)) whose input entries are nonzero."""
     if HAVE_NUMBA if use_numba is None else use_numba:
-        kernels, parts = _compiled()
+        kernels, parts = _compiled(weight_t.size * x.shape[0] // 2)
         out = np.empty((x.shape[0], weight_t.shape[1]), dtype=np.float32)
         kernels["dense_skip"](weight_t, _np(x), out, parts)
         return torch.from_numpy(out)
@@ -355,7 +360,7 @@ def csc_skip_matmul(
 ) -> torch.Tensor:
     """``x @ W.T`` for a CSC weight, visiting only the columns whose input entries are nonzero."""
     if HAVE_NUMBA if use_numba is None else use_numba:
-        kernels, parts = _compiled()
+        kernels, parts = _compiled(values.size * x.shape[0] // 2)
         out = np.empty((x.shape[0], scale.shape[0]), dtype=np.float32)
         kernels["csc_skip"](colptr, rows, values, scale, _np(x), out, min(parts, x.shape[0]))
         return torch.from_numpy(out)
