@@ -232,7 +232,9 @@ def main() -> None:
         linear: dict[str, object] = {}
         for threads in (1, 2):
             linear[f"threads_{threads}"] = bench_linear(threads, rounds, table, workdir)
-        table.print()
+        from rich.console import Console
+
+        table.print(Console(width=160))  # all columns, also when the output is not a terminal
         figures["linear_speedup"] = linear
         mlp_lines = []
         mlp: dict[str, float] = {}
