@@ -79,15 +79,28 @@ def test_skipping_kernels_equal_dense_on_thresholded_inputs(backend: bool, token
     torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
-def test_activation_sparse_llm_generates_like_the_thresholded_dense_model() -> None:
+def pruned_tiny_llama(weight_sparsity: float) -> nn.Module:
+    """The tiny LLaMA with every decoder Linear magnitude-pruned to ``weight_sparsity`` (per layer)."""
     model = tiny_model("llama")
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if type(module) is nn.Linear and name != "lm_head" and weight_sparsity > 0:
+                cut = module.weight.abs().flatten().kthvalue(int(weight_sparsity * module.weight.numel())).values
+                module.weight[module.weight.abs() <= cut] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("weight_sparsity", [0.0, 0.7])
+def test_activation_sparse_llm_generates_like_the_thresholded_dense_model(weight_sparsity: float) -> None:
+    model = pruned_tiny_llama(weight_sparsity)
     calibration = [tokens(4, 32, seed=s) for s in range(2)]
     thresholds = calibrate_activation_sparsity(model, calibration, target=0.5)
     assert "lm_head" not in thresholds.values and "model.layers.0.mlp.down_proj" in thresholds.values
     assert "model.layers.1.self_attn.q_proj" in thresholds.values
     fast = apply_activation_sparsity(model, thresholds)
-    assert isinstance(fast.model.layers[0].mlp.up_proj, ActivationSparseLinear)
-    reference = thresholded_reference(tiny_model("llama"), thresholds.values)
+    up_proj = fast.model.layers[0].mlp.up_proj
+    assert isinstance(up_proj, ActivationSparseLinear) and (up_proj.csc is not None) == (weight_sparsity > 0)
+    reference = thresholded_reference(pruned_tiny_llama(weight_sparsity), thresholds.values)
     prompt = tokens(1, 8, seed=5)
     settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     generated = fast.generate(prompt, **settings)
