@@ -123,3 +123,16 @@ def test_calibration_batch_of_the_wrong_shape_is_named() -> None:
 def test_no_calibration_batches_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least one calibration batch"):
         calibrate_activation_sparsity(MLP(), [], target=0.5)
+
+
+def test_weight_sparse_llm_generates_exactly_like_the_pruned_model() -> None:
+    from prunekit.torch.deploy.sparse import SparseLinear, sparsify
+
+    model = pruned_tiny_llama(0.7)
+    fast, report = sparsify(model, tokens(1, 8, seed=3), force=True, repeats=1)
+    sparse_layers = {c.name for c in report.layers if c.sparse}
+    assert "model.layers.0.mlp.down_proj" in sparse_layers and "lm_head" not in sparse_layers  # lm_head is dense
+    assert isinstance(fast.model.layers[1].self_attn.q_proj, SparseLinear)
+    prompt = tokens(1, 8, seed=5)
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(fast.generate(prompt, **settings), model.generate(prompt, **settings))
