@@ -256,7 +256,9 @@ def _entry(
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.ndarray]) -> tuple[np.ndarray | None, np.ndarray]:
+    """Check one stored tensor and return its flat positions (None for a dense layout) and stored values."""
+
     def corrupt(reason: str) -> CorruptFileError:
         return CorruptFileError(f"{path}: tensor {name!r} is corrupted ({reason}); re-export the file with save_compressed")
 
@@ -276,7 +278,7 @@ def _decode(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.nd
     if entry.layout == "dense":
         if values.size != entry.numel:
             raise corrupt(f"{values.size} values for shape {entry.shape}")
-        flat = values.reshape(-1).copy()  # writable, not a view of the file buffer
+        return None, values.reshape(-1).copy()  # writable, not a view of the file buffer
     else:
         index = parts["index"]
         if index.dtype != np.uint8:
@@ -296,7 +298,7 @@ def _decode(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.nd
         if entry.layout == "bitmask":
             if index.size != -(-entry.numel // 8):
                 raise corrupt(f"bitmask of {index.size} bytes for {entry.numel} elements")
-            positions = np.flatnonzero(np.unpackbits(index, count=entry.numel, bitorder="little"))
+            positions = _bitmask_positions(index, entry.numel)
         elif entry.layout == "gaps":
             if index.size > entry.numel:
                 raise corrupt(f"gap stream of {index.size} bytes for {entry.numel} elements")
@@ -305,12 +307,35 @@ def _decode(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.nd
             raise corrupt(f"unknown layout {entry.layout!r}")
         if positions.size != values.size or (positions.size and positions[-1] >= entry.numel):
             raise corrupt(f"{values.size} values for {positions.size} positions in {entry.numel} elements")
+        if entry.storage == "int8":
+            scale = parts.get("scale")
+            if scale is None or scale.size != entry.shape[0]:
+                raise corrupt("missing or misshapen per-channel scales")
+        return positions, values.copy()
+
+
+def _bitmask_positions(index: np.ndarray, numel: int, chunk: int = 1 << 20) -> np.ndarray:
+    """Flat positions of the set bits of a little-endian bitmask, unpacked ``chunk`` bytes at a time
+    (so the unpacked mask never takes a byte per element of the whole tensor)."""
+    found = []
+    for start in range(0, index.size, chunk):
+        bits = np.unpackbits(index[start : start + chunk], count=min(numel - start * 8, chunk * 8), bitorder="little")
+        found.append(np.flatnonzero(bits) + start * 8)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def _decode(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+    positions, values = _nonzeros(path, name, entry, parts)
+    dtype = np.dtype(entry.dtype)
+    if positions is None:
+        flat = values
+    else:
         flat = np.zeros(entry.numel, dtype=values.dtype)
         flat[positions] = values
     if entry.storage == "int8":
         scale = parts.get("scale")
         if scale is None or scale.size != entry.shape[0]:
-            raise corrupt("missing or misshapen per-channel scales")
+            raise CorruptFileError(f"{path}: tensor {name!r} is corrupted (missing or misshapen per-channel scales)")
         rows = flat.reshape(entry.shape[0], -1).astype(np.float32) * scale.astype(np.float32)[:, None]
         return rows.astype(dtype).reshape(entry.shape)
     return flat.astype(dtype, copy=False).reshape(entry.shape)
@@ -475,10 +500,63 @@ def load_compact(path: str | os.PathLike, *, max_bytes: int = MAX_DECODED_BYTES)
 
         arrays, header = load_compact("model.safetensors")
     """
+    stored, header = _stored_parts(Path(path), max_bytes)
+    arrays = {name: _decode(Path(path), name, header.tensors[name], parts) for name, parts in stored.items()}
+    return arrays, header
+
+
+@dataclass(frozen=True)
+class SparseArray:
+    """A tensor's nonzeros as the compact file stores them, never expanded: flat ``positions`` (sorted,
+    row-major), ``values`` in their stored dtype (the tensor's own, float16 or int8) and, for int8,
+    one float32 ``scale`` per index of axis 0."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    positions: np.ndarray
+    values: np.ndarray
+    scale: np.ndarray | None = None
+
+    def to_dense(self) -> np.ndarray:
+        """The dense array (as :func:`load_compact` returns it)."""
+        flat = np.zeros(math.prod(self.shape), dtype=np.float32 if self.scale is not None else self.values.dtype)
+        flat[self.positions] = self.values
+        if self.scale is not None:
+            flat = (flat.reshape(self.shape[0], -1) * self.scale[:, None]).reshape(-1)
+        return flat.astype(self.dtype, copy=False).reshape(self.shape)
+
+
+def load_compact_sparse(
+    path: str | os.PathLike, *, max_bytes: int = MAX_DECODED_BYTES
+) -> tuple[dict[str, np.ndarray | SparseArray], CompactHeader]:
+    """Like :func:`load_compact`, but tensors stored sparse come back as :class:`SparseArray` (their nonzeros
+    only), so a sparse runtime can be fed without ever materialising the dense tensor.
+
+    Example::
+
+        arrays, header = load_compact_sparse("model.safetensors")
+        arrays["fc1.weight"].positions.size == header.tensors["fc1.weight"].nnz
+    """
+    path = Path(path)
+    stored, header = _stored_parts(path, max_bytes)
+    arrays: dict[str, np.ndarray | SparseArray] = {}
+    for name, parts in stored.items():
+        entry = header.tensors[name]
+        if entry.layout == "dense":
+            arrays[name] = _decode(path, name, entry, parts)
+            continue
+        positions, values = _nonzeros(path, name, entry, parts)
+        assert positions is not None
+        scale = parts["scale"].astype(np.float32) if entry.storage == "int8" else None
+        arrays[name] = SparseArray(entry.shape, entry.dtype, positions, values, scale)
+    return arrays, header
+
+
+def _stored_parts(path: Path, max_bytes: int) -> tuple[dict[str, dict[str, np.ndarray]], CompactHeader]:
+    """The checked header and each tensor's stored parts (values, index, scale), not yet decoded."""
     from safetensors import SafetensorError
     from safetensors.numpy import load as load_safetensors
 
-    path = Path(path)
     data, meta = _read_container(path)
     header = _header_from_json(path, meta)
     declared = sum(e.numel * np.dtype(e.dtype).itemsize for e in header.tensors.values())
@@ -491,12 +569,11 @@ def load_compact(path: str | os.PathLike, *, max_bytes: int = MAX_DECODED_BYTES)
         stored = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError) as exc:
         raise CorruptFileError(f"{path} is truncated or corrupted: {exc}") from None
-    arrays: dict[str, np.ndarray] = {}
+    tensors: dict[str, dict[str, np.ndarray]] = {}
     for name, entry in header.tensors.items():
         needed = ["values"] + ([] if entry.layout == "dense" else ["index"]) + (["scale"] if entry.storage == "int8" else [])
         missing = [part for part in needed if f"{name}:{part}" not in stored]
         if missing:
             raise CorruptFileError(f"{path}: tensor {name!r} lacks its stored part(s) {', '.join(missing)}")
-        parts = {part: stored[f"{name}:{part}"] for part in needed}
-        arrays[name] = _decode(path, name, entry, parts)
-    return arrays, header
+        tensors[name] = {part: stored[f"{name}:{part}"] for part in needed}
+    return tensors, header

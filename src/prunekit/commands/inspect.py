@@ -139,6 +139,13 @@ def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
     )
     if getattr(args, "structured", False):
         result["structured"] = _structured_torch(model, torch.zeros(1, *args.input_shape))
+    if args.latency:  # pruned layers: dense vs the sparse runtime, per layer and end to end, at the first batch size
+        from prunekit.torch.deploy.sparse.convert import sparse_latency_report
+
+        sparse = sparse_latency_report(model, torch.randn(args.batch_sizes[0], *args.input_shape), repeats=min(args.repeats, 20))
+        if sparse is not None:
+            print(f"sparse runtime at batch {args.batch_sizes[0]} ({sparse.kernel_backend} kernels):\n{sparse.table()}")
+            result["sparse_runtime"] = sparse.to_json()
     return result
 
 

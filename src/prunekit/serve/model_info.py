@@ -145,6 +145,14 @@ def _external_data(path: Path) -> tuple[Path, ...]:
     return external_data_files(path)
 
 
+def _compact_weights(path: Path, content: bytes | None = None) -> tuple[float | None, str | None]:
+    """Sparsity and storage of a compact sparse file, from its header alone."""
+    from prunekit.artifacts.compact import read_compact_header
+
+    header = read_compact_header(path)
+    return header.sparsity, "int8" if header.dtype == "int8" else "none"
+
+
 def inspect_model(path: Path, model_format: str, content: bytes | None = None) -> ModelInfo:
     """Measure a model file: its size, compressed size, weight sparsity and quantization
     (of ``content``, the decrypted or verified bytes of ``path``, when given).
@@ -153,7 +161,7 @@ def inspect_model(path: Path, model_format: str, content: bytes | None = None) -
 
         inspect_model(Path("models/mlp/2/model.onnx"), "onnx").weight_sparsity   # 0.5
     """
-    reader = _onnx_weights if model_format == "onnx" else _tflite_weights
+    reader = {"onnx": _onnx_weights, "sparse": _compact_weights}.get(model_format, _tflite_weights)
     if content is not None:
         sparsity, quantization = reader(path, content)
         sizes = (len(content), gzip_size(content))

@@ -1,4 +1,5 @@
-"""Inference runtimes behind one small interface: ONNX Runtime for ``.onnx``, LiteRT for ``.tflite``.
+"""Inference runtimes behind one small interface: ONNX Runtime for ``.onnx``, LiteRT for ``.tflite``, prunekit's
+sparse CPU kernels for ``model.sparse.safetensors`` (a compact sparse file; see docs/sparse-inference.md).
 
 A runtime knows its input and output :class:`TensorSpec` s and runs a batch::
 
@@ -12,6 +13,7 @@ TFLite interpreter is not, so the TFLite runtime keeps one interpreter per threa
 
 from __future__ import annotations
 
+import importlib
 import threading
 import warnings
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ MODEL_FILES: dict[str, str] = {
     "model.tflite": "tflite",
     "model.onnx.enc": "onnx",  # encrypted at rest (prunekit encrypt); decrypted in memory when served
     "model.tflite.enc": "tflite",
+    "model.sparse.safetensors": "sparse",  # a compact sparse file run by prunekit's sparse kernels (SparseTorchRuntime)
 }
 
 _ONNX_DTYPES: dict[str, str] = {
@@ -292,8 +295,94 @@ def load_runtime(path: Path, options: RuntimeOptions = RuntimeOptions(), content
     runtime: Runtime
     if model_format(path) == "onnx":
         runtime = OnnxRuntime(path, options, content)
+    elif model_format(path) == "sparse":
+        runtime = SparseTorchRuntime(path, options, content)
     else:
         runtime = TFLiteRuntime(path, options, content)
     _check_servable(path, runtime.inputs, "input")
     _check_servable(path, runtime.outputs, "output")
     return runtime
+
+
+# --------------------------------------------------------------------------- the sparse runtime
+# The third runtime beside ONNX Runtime and LiteRT: a compact sparse file (model.sparse.safetensors,
+# written by prunekit.torch.deploy.sparse.save_servable) whose header names the model factory (an
+# importable "module:callable" of an installed package) and the input/output specs. The model is
+# built on the meta device and loaded straight into prunekit's sparse CPU kernels (load_sparse):
+# no dense weight of a sparse layer is ever materialised.
+
+_SPARSE_SERVE_KEY = "serve"  # the header's ``extra`` entry save_servable writes
+
+
+def _sparse_factory(path: Path, spec: Any) -> Any:
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError(f"{path}: the header's serve.factory should be 'module:callable', got {spec!r}")
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path}: the model factory {spec!r} cannot be imported ({exc}); install the package that defines it"
+        ) from None
+    if not callable(target):
+        raise ConfigError(f"{path}: the model factory {spec!r} is not callable")
+    return target
+
+
+def _sparse_specs(path: Path, value: Any, what: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: the header's serve.{what} should be a non-empty list of tensor specs")
+    try:
+        return tuple(
+            TensorSpec(str(s["name"]), tuple(None if d is None or d < 0 else int(d) for d in s["shape"]), np.dtype(s["dtype"]))
+            for s in value
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: a serve.{what} spec is malformed ({exc}); write the file with save_servable") from None
+
+
+class SparseTorchRuntime:
+    """A compact sparse file served through :func:`~prunekit.torch.deploy.sparse.load_sparse`.
+
+    Example::
+
+        runtime = SparseTorchRuntime(Path("models/mlp/3/model.sparse.safetensors"))
+        runtime.run({"x": np.zeros((2, 784), np.float32)})
+    """
+
+    format = "sparse"
+
+    def __init__(self, path: Path, options: RuntimeOptions = RuntimeOptions(), content: bytes | None = None) -> None:
+        if content is not None:
+            raise ConfigError(f"{path}: signed or encrypted sparse files are not supported; serve the plain compact file")
+        try:
+            import torch
+
+            from prunekit.artifacts.compact import read_compact_header
+            from prunekit.torch.deploy.sparse import load_sparse, set_threads
+        except ImportError as exc:
+            raise MissingDependencyError(f"serving {path} needs torch; install it with: pip install 'prunekit[torch]'") from exc
+        meta = read_compact_header(path).extra.get(_SPARSE_SERVE_KEY)
+        if not isinstance(meta, Mapping):
+            raise ConfigError(
+                f"{path}: the compact file names no model factory; write it with "
+                "prunekit.torch.deploy.sparse.save_servable(model, path, example_input, factory='pkg.module:Model')"
+            )
+        self.inputs = _sparse_specs(path, meta.get("inputs"), "inputs")
+        self.outputs = _sparse_specs(path, meta.get("outputs"), "outputs")
+        if options.intra_op_threads:
+            set_threads(options.intra_op_threads)
+        self._model, self.report = load_sparse(path, _sparse_factory(path, meta.get("factory")))
+        self._torch = torch
+        self._lock = threading.Lock()  # numba's thread pool and the layer counters are not re-entrant
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: positional inputs in the order of :attr:`inputs`."""
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[spec.name])) for spec in self.inputs]
+        with self._lock, torch.no_grad():
+            result = self._model(*args)
+        values = result if isinstance(result, (tuple, list)) else (result,)
+        return {spec.name: value.detach().cpu().numpy() for spec, value in zip(self.outputs, values)}

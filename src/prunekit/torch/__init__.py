@@ -14,6 +14,7 @@ from prunekit.schedules import gradual_schedule, iterative_schedule  # noqa: E40
 from prunekit.torch.deploy.compact import load_compressed, save_compressed  # noqa: E402
 from prunekit.torch.deploy.compare import Comparison, compare_artifacts  # noqa: E402
 from prunekit.torch.deploy.export import export_onnx, verify_onnx  # noqa: E402
+from prunekit.torch.deploy.sparse import load_sparse, sparsify  # noqa: E402  (sparse CPU inference)
 from prunekit.torch.measure.latency import LatencyResult, MemoryResult, latency_ratio, measure_latency, measure_peak_memory  # noqa: E402
 from prunekit.torch.measure.macs import count_macs, count_params  # noqa: E402
 from prunekit.torch.measure.metrics import print_sparsity_table, serialized_size, sparsity_report  # noqa: E402
@@ -99,6 +100,8 @@ __all__ = [
     "sparsity_report",
     "summarize",
     "train_sparse",
+    "load_sparse",
+    "sparsify",
     "uniform_channels",
     "verify_onnx",
 ]

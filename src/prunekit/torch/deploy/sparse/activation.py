@@ -1,0 +1,193 @@
+"""Input-adaptive activation sparsity (TEAL-style): zero the small entries of each layer's input at run time.
+
+:func:`calibrate_activation_sparsity` runs sample batches through the model and sets, per
+Linear layer, the threshold below which ``target`` of that layer's input entries fall (the
+``target`` quantile of ``|x|``). :func:`apply_activation_sparsity` swaps those layers for
+:class:`~prunekit.torch.deploy.sparse.layers.ActivationSparseLinear`, whose kernels read only
+the weight columns of the surviving inputs at batch 1-4 (decoding, small-batch serving); a
+weight that is itself pruned is kept as a CSC of its nonzeros, so both sparsities combine.
+:func:`activation_sparsity_report` gives the fraction actually zeroed per layer since the
+last reset. The model keeps its class and its ``generate()``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear
+
+#: Layers never sparsified by default: an LM head's input is the final hidden state (and often tied).
+DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "classifier", "*.classifier")
+_SAMPLE_LIMIT = 200_000  # |x| entries kept per layer for the quantile (a random subsample beyond that)
+
+
+@dataclass(frozen=True)
+class ActivationThresholds:
+    """Per-layer input thresholds for a target fraction of zeroed activations.
+
+    Example::
+
+        thresholds = calibrate_activation_sparsity(model, batches, target=0.5)
+        thresholds.values["model.layers.0.mlp.down_proj"]
+    """
+
+    target: float
+    values: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "thresholds": dict(self.values)}
+
+
+def _check_target(target: float) -> None:
+    if not isinstance(target, (int, float)) or not 0.0 <= float(target) < 1.0:
+        raise ConfigError(
+            f"target activation sparsity should be in [0, 1) (the fraction of input entries zeroed), got {target!r}"
+        )
+
+
+def _linear_layers(model: nn.Module, include: Sequence[str] | None, exclude: Sequence[str]) -> dict[str, nn.Linear]:
+    found = {}
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:
+            continue
+        if include is not None and not any(fnmatchcase(name, pattern) for pattern in include):
+            continue
+        if any(fnmatchcase(name, pattern) for pattern in exclude):
+            continue
+        found[name] = module
+    if not found:
+        raise ConfigError(
+            f"no nn.Linear layer of the model matches include={list(include) if include else None} "
+            f"and exclude={list(exclude)}; name layers as model.named_modules() does (wildcards allowed)"
+        )
+    return found
+
+
+def _run_batch(model: nn.Module, batch: Any, index: int) -> None:
+    try:
+        if isinstance(batch, dict):
+            model(**batch)
+        elif isinstance(batch, (tuple, list)):
+            model(*batch)
+        else:
+            model(batch)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        shape = list(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise ConfigError(
+            f"calibration batch {index} (shape {shape}) does not fit the model: {str(exc).splitlines()[0][:300]}. "
+            "Pass batches shaped like the model's input (token ids of shape [batch, seq] for a causal LM)"
+        ) from None
+
+
+def calibrate_activation_sparsity(
+    model: nn.Module,
+    batches: Iterable[Any],
+    target: float = 0.5,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    seed: int = 0,
+) -> ActivationThresholds:
+    """Per-layer thresholds so that ``target`` of each Linear layer's input entries have ``|x|`` below them.
+
+    ``batches`` are model inputs (tensors, tuples of positional arguments or dicts of keyword
+    arguments); ``include``/``exclude`` pick layers by ``fnmatch`` pattern on their module names.
+    Thresholds are computed on the dense model's activations (each layer sees its unthresholded
+    input), as TEAL does.
+
+    Example::
+
+        thresholds = calibrate_activation_sparsity(lm, [ids[:, :64] for ids in windows], target=0.5)
+    """
+    _check_target(target)
+    layers = _linear_layers(model, include, exclude)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+            values = args[0].detach().abs().float().reshape(-1).cpu().numpy()
+            if values.size > _SAMPLE_LIMIT:
+                values = rng.choice(values, _SAMPLE_LIMIT, replace=False)
+            samples[name].append(values)
+
+        return record
+
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for count, batch in enumerate(batches, start=1):
+                _run_batch(model, batch, count - 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if count == 0:
+        raise ConfigError("calibrate_activation_sparsity needs at least one calibration batch, got none")
+    values = {}
+    for name, parts in samples.items():
+        if parts:
+            values[name] = float(np.quantile(np.concatenate(parts), target)) if target > 0 else 0.0
+    return ActivationThresholds(float(target), values)
+
+
+def apply_activation_sparsity(
+    model: nn.Module,
+    thresholds: ActivationThresholds,
+    *,
+    weight_sparse_above: float = 0.5,
+    inplace: bool = False,
+) -> nn.Module:
+    """A copy of ``model`` whose calibrated Linear layers zero inputs below their thresholds and skip those columns.
+
+    Layers whose weight is sparser than ``weight_sparse_above`` keep only their nonzeros (CSC),
+    combining weight and activation sparsity.
+
+    Example::
+
+        fast = apply_activation_sparsity(lm, thresholds)
+        fast.generate(ids, max_new_tokens=32)
+    """
+    target = model if inplace else copy.deepcopy(model)
+    for name, threshold in thresholds.values.items():
+        try:
+            module = target.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"thresholds name layer {name!r}, which the model does not have") from None
+        if type(module) is not nn.Linear:
+            raise ConfigError(f"layer {name!r} is a {type(module).__name__}, not an nn.Linear")
+        weight = module.weight.detach()
+        sparse_weight = float((weight == 0).float().mean()) > weight_sparse_above
+        replacement = ActivationSparseLinear.from_linear(module, threshold, weight_sparse=sparse_weight)
+        parent_name, _, child = name.rpartition(".")
+        setattr(target.get_submodule(parent_name) if parent_name else target, child, replacement)
+    return target
+
+
+def activation_sparsity_report(model: nn.Module, reset: bool = False) -> dict[str, float]:
+    """``{layer name: fraction of input entries zeroed}`` for every activation-sparse layer since the last reset.
+
+    Example::
+
+        activation_sparsity_report(fast)["model.layers.0.mlp.up_proj"]   # e.g. 0.503
+    """
+    report = {
+        name: module.achieved_sparsity for name, module in model.named_modules() if isinstance(module, ActivationSparseLinear)
+    }
+    if reset:
+        for module in model.modules():
+            if isinstance(module, ActivationSparseLinear):
+                module.reset_counts()
+    return report

@@ -1,0 +1,138 @@
+"""Activation sparsity: calibrated thresholds zero the target fraction of inputs, and the kernels skip exactly those."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.torch.deploy.sparse import (
+    ActivationSparseLinear,
+    activation_sparsity_report,
+    apply_activation_sparsity,
+    calibrate_activation_sparsity,
+    kernels,
+)
+from tests.torch.llm.tiny import tiny_model, tokens
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 64)
+        self.classifier = nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.relu(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+def thresholded_reference(model: nn.Module, thresholds: dict[str, float]) -> nn.Module:
+    """The dense model with each listed layer's input entries below its threshold set to zero (by hooks)."""
+
+    def zero_small(threshold: float):  # type: ignore[no-untyped-def]
+        return lambda module, args: (torch.where(args[0].abs() < threshold, torch.zeros(()), args[0]),)
+
+    for name, threshold in thresholds.items():
+        model.get_submodule(name).register_forward_pre_hook(zero_small(threshold))
+    return model
+
+
+@pytest.fixture(params=[True, False], ids=["numba", "torch-fallback"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    if request.param and not kernels.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", request.param)
+    return bool(request.param)
+
+
+def test_calibration_hits_the_target_fraction_per_layer() -> None:
+    torch.manual_seed(0)
+    model = MLP().eval()
+    batches = [torch.randn(64, 32) for _ in range(4)]
+    thresholds = calibrate_activation_sparsity(model, batches, target=0.4)
+    assert set(thresholds.values) == {"fc1", "fc2"}  # the classifier is excluded by default
+    fast = apply_activation_sparsity(model, thresholds)
+    for batch in batches:
+        fast(batch)
+    achieved = activation_sparsity_report(fast, reset=True)
+    assert achieved["fc1"] == pytest.approx(0.4, abs=0.01)
+    # fc2's input is relu output: half of it is already zero, so the threshold is 0 and nothing more is dropped
+    assert achieved["fc2"] >= 0.4
+    assert activation_sparsity_report(fast) == {"fc1": 0.0, "fc2": 0.0}
+
+
+@pytest.mark.parametrize("tokens_", [1, 3, 8])
+def test_skipping_kernels_equal_dense_on_thresholded_inputs(backend: bool, tokens_: int) -> None:
+    torch.manual_seed(1)
+    model = MLP().eval()
+    with torch.no_grad():
+        model.fc2.weight[torch.rand_like(model.fc2.weight) < 0.8] = 0.0  # combined with weight sparsity
+    thresholds = calibrate_activation_sparsity(model, [torch.randn(32, 32)], target=0.5)
+    fast = apply_activation_sparsity(model, thresholds)
+    assert fast.fc2.csc is not None and fast.fc1.csc is None  # the pruned weight keeps only its nonzeros
+    reference = thresholded_reference(MLP().eval(), thresholds.values)
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(tokens_, 32)
+    expected = reference(x).detach()
+    torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def pruned_tiny_llama(weight_sparsity: float) -> nn.Module:
+    """The tiny LLaMA with every decoder Linear magnitude-pruned to ``weight_sparsity`` (per layer)."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if type(module) is nn.Linear and name != "lm_head" and weight_sparsity > 0:
+                cut = module.weight.abs().flatten().kthvalue(int(weight_sparsity * module.weight.numel())).values
+                module.weight[module.weight.abs() <= cut] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("weight_sparsity", [0.0, 0.7])
+def test_activation_sparse_llm_generates_like_the_thresholded_dense_model(weight_sparsity: float) -> None:
+    model = pruned_tiny_llama(weight_sparsity)
+    calibration = [tokens(4, 32, seed=s) for s in range(2)]
+    thresholds = calibrate_activation_sparsity(model, calibration, target=0.5)
+    assert "lm_head" not in thresholds.values and "model.layers.0.mlp.down_proj" in thresholds.values
+    assert "model.layers.1.self_attn.q_proj" in thresholds.values
+    fast = apply_activation_sparsity(model, thresholds)
+    up_proj = fast.model.layers[0].mlp.up_proj
+    assert isinstance(up_proj, ActivationSparseLinear) and (up_proj.csc is not None) == (weight_sparsity > 0)
+    reference = thresholded_reference(pruned_tiny_llama(weight_sparsity), thresholds.values)
+    prompt = tokens(1, 8, seed=5)
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    generated = fast.generate(prompt, **settings)
+    assert torch.equal(generated, reference.generate(prompt, **settings))
+    achieved = activation_sparsity_report(fast)
+    assert all(0.2 < value < 0.8 for value in achieved.values())
+
+
+@pytest.mark.parametrize("target", [1.0, -0.1, 1.5])
+def test_target_outside_zero_one_is_refused(target: float) -> None:
+    with pytest.raises(ConfigError, match=r"target activation sparsity should be in \[0, 1\)"):
+        calibrate_activation_sparsity(MLP(), [torch.randn(2, 32)], target=target)
+
+
+def test_calibration_batch_of_the_wrong_shape_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"calibration batch 1 \(shape \[2, 31\]\) does not fit the model"):
+        calibrate_activation_sparsity(MLP(), [torch.randn(2, 32), torch.randn(2, 31)], target=0.5)
+
+
+def test_no_calibration_batches_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least one calibration batch"):
+        calibrate_activation_sparsity(MLP(), [], target=0.5)
+
+
+def test_weight_sparse_llm_generates_exactly_like_the_pruned_model() -> None:
+    from prunekit.torch.deploy.sparse import SparseLinear, sparsify
+
+    model = pruned_tiny_llama(0.7)
+    fast, report = sparsify(model, tokens(1, 8, seed=3), force=True, repeats=1)
+    sparse_layers = {c.name for c in report.layers if c.sparse}
+    assert "model.layers.0.mlp.down_proj" in sparse_layers and "lm_head" not in sparse_layers  # lm_head is dense
+    assert isinstance(fast.model.layers[1].self_attn.q_proj, SparseLinear)
+    prompt = tokens(1, 8, seed=5)
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(fast.generate(prompt, **settings), model.generate(prompt, **settings))

@@ -1,0 +1,179 @@
+"""Sparse weight kernels: every layout computes what the dense layer computes, and the converter records its choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.torch.deploy.sparse import Layout, SparseConv2d, SparseLinear, detect_layout, kernels, sparsify
+
+
+def assert_same_outputs(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal within 1e-5 relative to the output's scale (fp32 accumulation order differs)."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+def pruned_linear(in_f: int, out_f: int, sparsity: float, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    layer = nn.Linear(in_f, out_f)
+    with torch.no_grad():
+        layer.weight[torch.rand_like(layer.weight) < sparsity] = 0.0
+    return layer
+
+
+def two_four(layer: nn.Linear) -> nn.Linear:
+    with torch.no_grad():
+        groups = layer.weight.view(layer.out_features, -1, 4)
+        smallest = groups.abs().argsort(dim=2)[:, :, :2]
+        groups.scatter_(2, smallest, 0.0)
+    return layer
+
+
+def blocky(layer: nn.Linear, block: int = 8, keep: float = 0.25) -> nn.Linear:
+    rows, cols = layer.weight.shape
+    mask = (torch.rand(rows // block, cols // block) < keep).repeat_interleave(block, 0).repeat_interleave(block, 1)
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    return layer
+
+
+def int8_quantized(layer: nn.Linear) -> nn.Linear:
+    with torch.no_grad():
+        scale = layer.weight.abs().amax(dim=1, keepdim=True) / 127
+        layer.weight.copy_(torch.round(layer.weight / scale) * scale)
+    return layer
+
+
+@pytest.fixture(params=[True, False], ids=["numba", "torch-fallback"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    if request.param and not kernels.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", request.param)
+    return bool(request.param)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 11, 16])
+def test_csr_layer_equals_dense_for_unstructured_sparsity(backend: bool, tokens: int) -> None:
+    layer = pruned_linear(96, 40, 0.9)
+    assert detect_layout(layer.weight.detach().numpy()) == Layout("csr")
+    sparse = SparseLinear.from_linear(layer, Layout("csr"))
+    assert sparse.nnz == int((layer.weight != 0).sum())
+    x = torch.randn(tokens, 96)
+    assert_same_outputs(sparse(x), layer(x).detach())
+
+
+def test_block_sparse_weight_is_detected_as_bsr_and_equals_dense(backend: bool) -> None:
+    layer = blocky(nn.Linear(64, 48))
+    layout = detect_layout(layer.weight.detach().numpy())
+    assert layout.kind == "bsr" and layout.block == (16, 16) or layout.block == (8, 8)
+    sparse = SparseLinear.from_linear(layer, layout)
+    x = torch.randn(5, 64)
+    assert_same_outputs(sparse(x), layer(x).detach())
+
+
+def test_two_four_weight_is_packed_with_half_the_values_and_equals_dense(backend: bool) -> None:
+    layer = two_four(nn.Linear(64, 32))
+    layout = detect_layout(layer.weight.detach().numpy())
+    assert layout == Layout("nm", (2, 4))
+    sparse = SparseLinear.from_linear(layer, layout)
+    assert sparse.weight_data.values.shape == (32, 32)  # type: ignore[union-attr]
+    x = torch.randn(2, 7, 64)
+    assert_same_outputs(sparse(x), layer(x).detach())
+
+
+def test_int8_quantized_weight_is_stored_as_int8_and_equals_dense(backend: bool) -> None:
+    layer = int8_quantized(pruned_linear(128, 24, 0.8))
+    layout = detect_layout(layer.weight.detach().numpy())
+    assert layout == Layout("csr", int8=True)
+    sparse = SparseLinear.from_linear(layer, layout)
+    assert sparse.weight_data.values.dtype == np.int8  # type: ignore[union-attr]
+    x = torch.randn(4, 128)
+    assert_same_outputs(sparse(x), layer(x).detach())
+
+
+def test_int8_two_four_packs_int8_values(backend: bool) -> None:
+    layer = int8_quantized(two_four(nn.Linear(32, 16)))
+    layout = detect_layout(layer.weight.detach().numpy())
+    assert layout == Layout("nm", (2, 4), int8=True)
+    sparse = SparseLinear.from_linear(layer, layout)
+    x = torch.randn(3, 32)
+    assert_same_outputs(sparse(x), layer(x).detach())
+
+
+@pytest.mark.parametrize("kernel_size,padding", [(1, 0), (3, 1)])
+def test_sparse_conv_equals_dense_conv(backend: bool, kernel_size: int, padding: int) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, kernel_size, padding=padding)
+    with torch.no_grad():
+        conv.weight[torch.rand_like(conv.weight) < 0.85] = 0.0
+    sparse = SparseConv2d.from_conv(conv, Layout("csr"))
+    assert sparse.pointwise == (kernel_size == 1)
+    x = torch.randn(2, 8, 6, 5)
+    assert_same_outputs(sparse(x), conv(x).detach())
+
+
+class TwoLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = pruned_linear(64, 128, 0.95, seed=1)
+        self.fc2 = pruned_linear(128, 10, 0.2, seed=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_sparsify_records_each_layer_choice_and_keeps_outputs() -> None:
+    model = TwoLayer().eval()
+    fast, report = sparsify(model, torch.randn(4, 64), min_sparsity=0.5, force=True, repeats=2)
+    choices = {c.name: c for c in report.layers}
+    assert choices["fc1"].sparse and choices["fc1"].layout == "csr"
+    assert choices["fc1"].sparsity == pytest.approx(1 - int((model.fc1.weight != 0).sum()) / (64 * 128))
+    assert choices["fc1"].dense_ms is not None and choices["fc1"].sparse_ms is not None
+    assert not choices["fc2"].sparse and choices["fc2"].reason == "sparsity 0.20 is below min_sparsity 0.50"
+    assert isinstance(fast.fc1, SparseLinear) and type(fast.fc2) is nn.Linear
+    assert type(model.fc1) is nn.Linear  # the user's model is left alone
+    x = torch.randn(3, 64)
+    assert_same_outputs(fast(x), model(x).detach())
+    assert "fc2" in report.table() and report.to_json()["layers"][0]["name"] == "fc1"
+
+
+def test_sparsify_keeps_a_layer_dense_when_its_kernel_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.torch.deploy.sparse import convert
+
+    monkeypatch.setattr(convert, "_time_pair", lambda dense, sparse, repeats: (1.0, 2.0))
+    fast, report = sparsify(TwoLayer().eval(), torch.randn(4, 64), repeats=1)
+    fc1 = report.layers[0]
+    assert not fc1.sparse and type(fast.fc1) is nn.Linear
+    assert fc1.reason == "sparse kernel not faster at this batch (2.000 ms vs 1.000 ms dense)"
+
+
+def test_sparsify_rejects_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="min_sparsity"):
+        sparsify(TwoLayer(), torch.randn(1, 64), min_sparsity=1.0)
+    with pytest.raises(ConfigError, match="example_input does not run"):
+        sparsify(TwoLayer(), torch.randn(1, 63))
+    with pytest.raises(ConfigError, match="fc9"):
+        sparsify(TwoLayer(), torch.randn(1, 64), layers=["fc9"])
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("tokens", [1, 5, 20])
+def test_parallel_kernels_equal_dense(monkeypatch: pytest.MonkeyPatch, tokens: int) -> None:
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # split even tiny layers over threads
+    threads = torch.get_num_threads()
+    kernels.set_threads(2)
+    try:
+        for layer, layout in [
+            (pruned_linear(96, 40, 0.9), Layout("csr")),
+            (blocky(nn.Linear(64, 48)), Layout("bsr", (8, 8))),
+            (two_four(nn.Linear(64, 32)), Layout("nm", (2, 4))),
+        ]:
+            sparse = SparseLinear.from_linear(layer, layout)
+            x = torch.randn(tokens, layer.in_features)
+            assert_same_outputs(sparse(x), layer(x).detach())
+    finally:
+        kernels.set_threads(threads)
