@@ -229,6 +229,8 @@ def getitem(st: LabelState, op: OpRecord) -> None:
     labels, shape = st.get(x), st.shape(x)
     index = op.args[1] if len(op.args) > 1 else ()
     items = list(index) if isinstance(index, tuple) else [index]
+    if _gather_one_dim(st, op, labels, shape, items):
+        return
     if any(is_tensor(i) or isinstance(i, (list, bool)) for i in items):
         for lab in labels:
             st.fix(lab)
@@ -261,6 +263,29 @@ def getitem(st: LabelState, op: OpRecord) -> None:
     st.set(out, result)
     if all(isinstance(i, slice) and _is_full(i, shape[k]) for k, i in enumerate(items[: len(shape)])):
         pass_param(st, x, out)
+
+
+def _gather_one_dim(st: LabelState, op: OpRecord, labels: Labels, shape: tuple[int, ...], items: list) -> bool:
+    """``x[idx]``/``x[:, idx]`` with one integer tensor index and full slices elsewhere (a relative
+    position bias table read per token pair): the indexed dimension is replaced by the index's
+    dimensions (not channels); every other dimension keeps its channels."""
+    tensors = [k for k, item in enumerate(items) if is_tensor(item)]
+    if len(tensors) != 1 or len(items) > len(shape):
+        return False
+    at = tensors[0]
+    rest = [item for k, item in enumerate(items) if k != at]
+    if not all(isinstance(item, slice) and _is_full(item, shape[k if k < at else k + 1]) for k, item in enumerate(rest)):
+        return False
+    index_ref = items[at]
+    index_shape = st.shape(index_ref)
+    out = outputs_of(op)[0]
+    result = list(labels[:at]) + zeros_like_shape(index_shape) + list(labels[at + 1 :])
+    if [len(lab) for lab in result] != list(st.shape(out)):
+        return False
+    st.fix(labels[at])
+    st.fix_value(index_ref)
+    st.set(out, result)
+    return True
 
 
 def setitem(st: LabelState, op: OpRecord) -> None:
@@ -366,7 +391,9 @@ def stack(st: LabelState, op: OpRecord) -> None:
 
 def split(st: LabelState, op: OpRecord) -> None:
     """``split``/``chunk``/``tensor_split``: equal sections lose the same channels, so they are
-    unified across sections; unequal sections keep the split dimension whole."""
+    unified across sections; sections of listed sizes (``split([q, k, v])``, a grouped-query
+    projection) shrink on their own (a literal list is caught by verification); other unequal
+    sections keep the split dimension whole."""
     x = first_tensor(op)
     labels, shape = st.get(x), st.shape(x)
     outs = outputs_of(op)
@@ -384,7 +411,7 @@ def split(st: LabelState, op: OpRecord) -> None:
         st.unify(sections[1:], np.repeat(sections[:1], len(outs) - 1, axis=0))
         if op.name in ("split", "split_with_sizes") and _has_labels(labels[dim]):
             st.splits.append(SplitRecord(op.index, op.module, sections[0].copy(), sizes[0]))
-    elif len(outs) > 1:
+    elif len(outs) > 1 and not (op.name in ("split", "split_with_sizes") and isinstance(arg(op, 1, "split_size"), (list, tuple))):
         st.fix(labels[dim])
     offset = 0
     for out, size in zip(outs, sizes):
