@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from prunekit.errors import ConfigError
 from prunekit.torch import analyze_dependencies, load_pruned, prune_channels, save_pruned
 from prunekit.torch.structured.prune import PruningShortfallWarning
 from tests.torch.attention_blocks import BLOCKS, build
@@ -142,3 +143,37 @@ def test_swin_relative_position_tables_shrink_with_their_heads():
     assert attention.relative_position_bias.relative_position_bias_table.shape == (49, 2)
     assert attention.num_attention_heads == 2 and attention.head_dim == 8
     assert attention.q_proj.out_features == 16
+
+
+class StackedHeads(torch.nn.Module):
+    """Heads made by stacking chunks (no reshape into heads): the structure cannot be followed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(32, 32) for _ in range(3))
+        self.out = torch.nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (torch.stack(p(x).chunk(4, dim=-1), 1) for p in (self.q, self.k, self.v))
+        heads = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.out(torch.cat(heads.unbind(1), dim=-1)).mean(1)
+
+
+def test_attention_whose_heads_cannot_be_followed_is_named_with_the_reason_and_strict_raises():
+    torch.manual_seed(0)
+    model, x = StackedHeads().eval(), torch.randn(2, 6, 32)
+    graph = analyze_dependencies(model, x)
+    assert [label for label, _ in graph.head_problems] == ["<root>:matmul", "<root>:matmul"]
+    reason = graph.head_problems[0][1]
+    assert reason == "head structure not understood: the heads of <root>:matmul could not be followed back past <root>:stack"
+    assert reason in graph.summary()
+    result = prune_channels(model, x, 0.5)
+    assert reason in result.report.notes
+    with pytest.raises(ConfigError, match="strict=True: head structure not understood: the heads of <root>:matmul"):
+        analyze_dependencies(model, x, strict=True)
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_understood_attention_reports_no_head_problem(name):
+    model, inputs = build(name)
+    assert analyze_dependencies(model, inputs).head_problems == []
