@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from prunekit.errors import ConfigError
-from prunekit.torch.structured.tracing import ExampleInputs, attention_fastpath_disabled, call_model
+from prunekit.torch.structured.tracing import ExampleInputs, attention_fastpath_disabled, call_model, hook_tables
 
 aten = torch.ops.aten
 
@@ -199,14 +199,18 @@ def _model_state_preserved(model: nn.Module) -> Iterator[None]:
     """
     modules = list(model.modules())
     saved = [(dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
+    hooks = [hook_tables(m) for m in modules]
     values = [(buffer, buffer.detach().clone()) for m in modules for buffer in m._buffers.values() if buffer is not None]
     try:
         yield
     finally:
-        for module, (attributes, parameters, buffers, children) in zip(modules, saved):
+        for module, (attributes, parameters, buffers, children), tables in zip(modules, saved, hooks):
             module.__dict__.clear()
             module.__dict__.update(attributes)
             for live, kept in ((module._parameters, parameters), (module._buffers, buffers), (module._modules, children)):
+                live.clear()
+                live.update(kept)
+            for live, kept in tables:  # hooks a forward installs lazily go with the flag that says so
                 live.clear()
                 live.update(kept)
         with torch.no_grad():

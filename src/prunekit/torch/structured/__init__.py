@@ -1,9 +1,9 @@
 """Structured pruning: trace the model, find coupled channels (rules/), rank them, remove them physically, record the plan."""
 
-from prunekit.torch.structured.graph import ChannelGroup, DependencyGraph, analyze_dependencies
+from prunekit.torch.structured.graph import ChannelGroup, DependencyGraph, LeftAlone, analyze_dependencies
 from prunekit.torch.structured.iterative import prune_channels_iteratively
 from prunekit.torch.structured.plan import apply_plan, load_pruned, save_pruned
-from prunekit.torch.structured.prune import StructuredResult, prune_channels, remove_channels
+from prunekit.torch.structured.prune import PruningShortfallWarning, StructuredResult, prune_channels, remove_channels
 from prunekit.torch.structured.rules.base import ChannelRule, Coupling, RuleError, Shrink, TracedRule
 
 __all__ = [
@@ -11,6 +11,8 @@ __all__ = [
     "ChannelRule",
     "Coupling",
     "DependencyGraph",
+    "LeftAlone",
+    "PruningShortfallWarning",
     "RuleError",
     "Shrink",
     "StructuredResult",

@@ -174,6 +174,7 @@ class DependencyGraph:
     black_box_ops: dict[str, OpRecord] = field(default_factory=dict, repr=False)
     rule_modules: list[str] = field(default_factory=list, repr=False)
     left_alone: list[LeftAlone] = field(default_factory=list)
+    head_problems: list[tuple[str, str]] = field(default_factory=list)
 
     def tensor(self, name: str) -> torch.Tensor:
         """The live parameter or buffer called ``name``."""
@@ -217,6 +218,7 @@ class DependencyGraph:
         if self.left_alone:
             lines.append("channels left alone:")
             lines.extend(f"  {entry.text}" for entry in self.left_alone)
+        lines.extend(f"  {reason}" for _, reason in self.head_problems)
         return "\n".join(lines)
 
 
@@ -254,7 +256,7 @@ def analyze_dependencies(
     black_boxes = {n: r for n, r in black_box_modules(model, user_rules).items() if n not in leaf_modules}
     trace = trace_model(model, example_inputs, leaf_modules + list(black_boxes))
     state = LabelState(trace, frozenset(_opaque_ops))
-    state.head_dims = head_split_dims(trace)
+    state.head_dims, head_problems = head_split_dims(trace)
     modules = dict(model.named_modules())
     black_box_ops: dict[str, OpRecord] = {}
     for op in trace.ops:
@@ -272,13 +274,14 @@ def analyze_dependencies(
         state.fix_value(ref, MODEL_INPUT)
     graph = _build_graph(model, trace, state)
     graph.left_alone = _left_alone(state, graph.roots)
+    graph.head_problems = head_problems
     graph.rules = user_rules
     graph.black_box_ops = black_box_ops
     graph.rule_modules = [name for name, module in modules.items() if rule_for(module, user_rules) is not None]
-    problems = [entry for entry in graph.left_alone if not entry.expected]
+    problems = [entry.text for entry in graph.left_alone if not entry.expected] + [r for _, r in graph.head_problems]
     if strict and problems:
         raise ConfigError(
-            f"strict=True: {problems[0].text}. {len(problems)} channel dimension(s) would be left unpruned; pass "
+            f"strict=True: {problems[0]}. {len(problems)} channel dimension(s) would be left unpruned; pass "
             "strict=False to accept that, rules={ModuleClass: ChannelRule()} to describe a custom module, or "
             "leaf_modules=[...] / ignore_outputs=[...] to exclude the modules involved"
         )

@@ -28,23 +28,29 @@ _PRODUCTS = {"matmul", "bmm"}
 _MAX_STEPS = 64
 
 
-def head_split_dims(trace: Trace) -> dict[int, int]:
-    """For each reshape op (by index) that creates an attention heads dimension, that output dimension.
+def head_split_dims(trace: Trace) -> tuple[dict[int, int], list[tuple[str, str]]]:
+    """For each reshape op (by index) that creates an attention heads dimension, that output
+    dimension; and the attention products none of whose operands led back to such a reshape, with
+    the reason (``head structure not understood: ...``).
 
     Example::
 
-        prefer = head_split_dims(trace_model(model, x))   # {3: 2, 9: 2}: view op 3 makes heads at dim 2
+        prefer, unknown = head_split_dims(trace_model(model, x))   # {3: 2, 9: 2}: view op 3 makes heads at dim 2
     """
     producer: dict[int, OpRecord] = {}
     for op in trace.ops:
         for ref in tensor_refs(op.outputs):
             producer[ref.vid] = op
     found: dict[int, int] = {}
+    unknown: list[tuple[str, str]] = []
     for op in trace.ops:
-        for ref in _attention_operands(trace, op):
-            ndim = len(trace.shapes[ref.vid])
-            _walk_back(trace, producer, ref, ndim - 3, found)
-    return found
+        operands = _attention_operands(trace, op)
+        stops = [_walk_back(trace, producer, ref, len(trace.shapes[ref.vid]) - 3, found) for ref in operands]
+        if operands and all(stop is not None for stop in stops):
+            unknown.append(
+                (op.label, f"head structure not understood: the heads of {op.label} could not be followed back {stops[0]}")
+            )
+    return found, unknown
 
 
 def _attention_operands(trace: Trace, op: OpRecord) -> list[TensorRef]:
@@ -57,20 +63,24 @@ def _attention_operands(trace: Trace, op: OpRecord) -> list[TensorRef]:
     return []
 
 
-def _walk_back(trace: Trace, producer: dict[int, OpRecord], ref: TensorRef, dim: int, found: dict[int, int]) -> None:
+def _walk_back(trace: Trace, producer: dict[int, OpRecord], ref: TensorRef, dim: int, found: dict[int, int]) -> str | None:
+    """Follow ``dim`` of ``ref`` back to the reshape that made it (recorded in ``found``); ``None``
+    when found, else where the walk stopped."""
     for _ in range(_MAX_STEPS):
         op = producer.get(ref.vid)
         if op is None:
-            return
+            return "to a reshape: they come from a model input or a parameter"
         outs = tensor_refs(op.outputs)
         if op.name in _RESHAPES:
             if len(outs) == 1 and outs[0].vid == ref.vid:
                 found.setdefault(op.index, dim)
-            return
+                return None
+            return f"past {op.label}"
         step = _input_dim(trace, op, ref, dim)
         if step is None:
-            return
+            return f"past {op.label}"
         ref, dim = step
+    return "within a bounded number of steps"
 
 
 def _input_dim(trace: Trace, op: OpRecord, out: TensorRef, dim: int) -> tuple[TensorRef, int] | None:

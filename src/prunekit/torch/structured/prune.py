@@ -418,6 +418,7 @@ def _run(
     records = [_group_record(t, selection) for t in targets]
     notes = [f"{f.label}: {f.detail}; its channels were kept" for f in failures]
     notes.extend(getattr(notes_from, "notes", []) or [])
+    notes.extend(reason for _, reason in graph.head_problems)
     ignored = {t.group.id: f"{t.group.name}: user ignore ({t.skipped})" for t in targets if t.skipped.startswith("ignore_")}
     left_alone = [(e.text.partition(": ")[0], e.reason) for e in graph.left_alone]
     left_alone += [(text.partition(": ")[0], text.partition(": ")[2]) for text in ignored.values()]

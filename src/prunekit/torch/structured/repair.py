@@ -12,8 +12,10 @@ plan replays them.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -44,18 +46,43 @@ def _forward_source(module: nn.Module) -> str | None:
         return None
 
 
-def _candidates(module: nn.Module, old: int) -> list[str]:
-    """Attribute paths on ``module`` (``name`` or ``config.name``) holding ``old`` that ``forward`` reads."""
+def _names_at(source: str | None, method: str, arity: int, position: int) -> set[str] | None:
+    """Attribute names the forward's ``.method(...)`` calls with ``arity`` sizes use at argument
+    ``position`` (``self.h`` and ``config.h`` both give ``h``), or ``None`` if no call matches."""
+    if source is None:
+        return None
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        return None
+    names: set[str] | None = None
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method):
+            continue
+        args = node.args
+        if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
+            args = list(args[0].elts)
+        if len(args) != arity or any(isinstance(a, ast.Starred) for a in args):
+            continue
+        names = names or set()
+        names.update(n.attr for n in ast.walk(args[position]) if isinstance(n, ast.Attribute))
+    return names
+
+
+def _candidates(module: nn.Module, old: int, method: str, arity: int, position: int) -> list[str]:
+    """Attribute paths on ``module`` (``name`` or ``config.name``) holding ``old`` that ``forward`` reads,
+    at this argument of the size call when the source shows it."""
     source = _forward_source(module)
+    at = _names_at(source, method, arity, position)
     found = []
     for name, value in vars(module).items():
-        if not name.startswith("_") and _is_int(value) and value == old:
+        if not name.startswith("_") and _is_int(value) and value == old and (at is None or name in at):
             if source is None or re.search(rf"\bself\.{re.escape(name)}\b", source):
                 found.append(name)
     config = getattr(module, "config", None)
     if config is not None and not isinstance(config, (nn.Module, dict)) and source is not None:
         for name, value in vars(config).items():
-            if not name.startswith("_") and _is_int(value) and value == old:
+            if not name.startswith("_") and _is_int(value) and value == old and (at is None or name in at):
                 if re.search(rf"\bconfig\.{re.escape(name)}\b", source):
                     found.append(f"config.{name}")
     return found
@@ -84,10 +111,10 @@ def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np
         sizes = _sizes(op.args)
         if len(sizes) != len(old_shape):
             continue
-        for size, old, new in zip(sizes, old_shape, new_shape):
+        for position, (size, old, new) in enumerate(zip(sizes, old_shape, new_shape)):
             if not _is_int(size) or size != old or old == new:
                 continue
-            for name in _candidates(modules[op.module], old):
+            for name in _candidates(modules[op.module], old, op.name, len(sizes), position):
                 key = (op.module, name)
                 if key in wanted and wanted[key] != (old, new):
                     conflicts.add(key)

@@ -31,12 +31,13 @@ class Shortfall:
 
     @property
     def short(self) -> bool:
-        """Whether the achieved ratio is more than 10 % below the requested one."""
-        return self.achieved < (1.0 - SHORTFALL_TOLERANCE) * self.requested
+        """Whether the achieved ratio is more than 10 % below the requested one, because of
+        dimensions left alone (not rounding or ``max_layer_ratio``)."""
+        return bool(self.causes) and self.achieved < (1.0 - SHORTFALL_TOLERANCE) * self.requested
 
     def message(self) -> str:
         """The warning text."""
-        listed = "; ".join(self.causes[:8]) or "no dimension was left alone (rounding or max_layer_ratio)"
+        listed = "; ".join(self.causes[:8])
         more = f" (and {len(self.causes) - 8} more)" if len(self.causes) > 8 else ""
         return (
             f"structured pruning removed {self.achieved:.2f}x of the MACs where the requested ratio asks about "
@@ -55,12 +56,13 @@ def _layer_factors(graph: DependencyGraph, ratio: float, removed: np.ndarray, ig
     state = graph.state
     reason_of, texts = state.fixed_reasons()
     io_numbers = np.array([i for i, t in enumerate(texts) if is_structural(t)] or [-2], np.int64)
-    factors: dict[str, float] = {}
+    per_tensor: dict[str, float] = {}
     seen: set[tuple[str, int]] = set()
     for name, dim in list(state.producers) + sorted(state.consumers):
         if (name, dim) in seen or name not in state.tensor_atoms:
             continue
         seen.add((name, dim))
+        per_tensor.setdefault(name, 1.0)
         atoms = state.tensor_atoms[name][dim]
         if len(atoms) < 2:
             continue  # a depthwise conv's single input position per group: nothing to take a ratio of
@@ -69,9 +71,15 @@ def _layer_factors(graph: DependencyGraph, ratio: float, removed: np.ndarray, ig
         by_io = fixed & np.isin(reason_of[atoms], io_numbers)
         wanted = (fixed & ~by_io) | np.isin(graph.group_of_root[roots], list(ignored))
         kept = (~fixed & ~wanted & ~removed[atoms]).sum() + by_io.sum() + wanted.sum() * (1.0 - ratio)
-        module = name.rpartition(".")[0]
-        factors[module] = factors.get(module, 1.0) * float(kept) / len(atoms)
-    return factors
+        per_tensor[name] *= float(kept) / len(atoms)
+    # a layer's MACs follow its weights' sizes: average its tensors' kept fractions by their sizes
+    weighted: dict[str, list[float]] = {}
+    for name, fraction in per_tensor.items():
+        size = float(np.prod([len(a) for a in state.tensor_atoms[name]]))
+        total = weighted.setdefault(name.rpartition(".")[0], [0.0, 0.0])
+        total[0] += size * fraction
+        total[1] += size
+    return {module: kept / size for module, (kept, size) in weighted.items() if size}
 
 
 def measure_shortfall(

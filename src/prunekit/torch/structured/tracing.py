@@ -280,24 +280,39 @@ def attention_fastpath_disabled() -> Iterator[None]:
         mha.set_fastpath_enabled(previous)
 
 
+def hook_tables(module: nn.Module) -> list[tuple[dict, dict]]:
+    """Each hook table of a module (``_forward_hooks``, ``_forward_pre_hooks`` ...) with a copy of
+    its entries, to put back after a forward that may install hooks lazily (``transformers``'
+    output capturing installs them once and sets a flag beside them: restoring the flag without
+    the hooks would install them twice)."""
+    return [
+        (table, dict(table))
+        for name, table in vars(module).items()
+        if name.startswith(("_forward", "_backward")) and isinstance(table, dict)
+    ]
+
+
 @contextmanager
 def _attributes_kept(model: nn.Module, fake: bool) -> Iterator[None]:
     """Run the block (on fake tensors if ``fake``) and put back every module attribute, parameter
     and buffer entry a forward may set (a cached mask, a fake tensor)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), hook_tables(m)) for m in model.modules()]
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) if fake else nullcontext():
             yield
     finally:
-        for module, attributes, parameters, buffers in saved:
+        for module, attributes, parameters, buffers, hooks in saved:
             module.__dict__.clear()
             module.__dict__.update(attributes)
             module._parameters.clear()
             module._parameters.update(parameters)
             module._buffers.clear()
             module._buffers.update(buffers)
+            for table, entries in hooks:  # see hook_tables
+                table.clear()
+                table.update(entries)
 
 
 def _trace_once(

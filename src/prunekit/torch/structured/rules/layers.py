@@ -159,7 +159,8 @@ def _broadcast_labels(st: LabelState, parts: list[Labels], shape: tuple[int, ...
 
 def matmul(st: LabelState, op: OpRecord) -> None:
     """``matmul``/``mm``/``bmm``/``mv``/``dot`` and the ``add*`` forms (``addmm``: bias + a @ b)."""
-    refs = [r for r in op.args if is_tensor(r)]
+    named = ("input", "batch1", "batch2", "mat1", "mat2", "mat", "vec", "vec1", "vec2", "other")
+    refs = [r for r in op.args if is_tensor(r)] + [op.kwargs[k] for k in named if is_tensor(op.kwargs.get(k))]
     out = _out(op)
     if op.name in ("addmm", "addbmm", "baddbmm", "addmv", "addr"):
         bias, a, b = refs[0], refs[1], refs[2]

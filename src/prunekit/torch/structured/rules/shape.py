@@ -229,7 +229,7 @@ def getitem(st: LabelState, op: OpRecord) -> None:
     labels, shape = st.get(x), st.shape(x)
     index = op.args[1] if len(op.args) > 1 else ()
     items = list(index) if isinstance(index, tuple) else [index]
-    if _index_rows(st, op, labels, items):
+    if _gather_one_dim(st, op, labels, shape, items):
         return
     if any(is_tensor(i) or isinstance(i, (list, bool)) for i in items):
         for lab in labels:
@@ -265,23 +265,26 @@ def getitem(st: LabelState, op: OpRecord) -> None:
         pass_param(st, x, out)
 
 
-def _index_rows(st: LabelState, op: OpRecord, labels: Labels, items: list) -> bool:
-    """``x[rows]`` / ``x[:, rows]`` with one 1-D index tensor and full slices elsewhere: like
-    ``index_select``, the indexed dimension keeps its channels and the others pass through."""
-    out_shape = st.shape(outputs_of(op)[0])
+def _gather_one_dim(st: LabelState, op: OpRecord, labels: Labels, shape: tuple[int, ...], items: list) -> bool:
+    """``x[idx]``/``x[:, idx]`` with one integer tensor index and full slices elsewhere (a relative
+    position bias table read per token pair): the indexed dimension is replaced by the index's
+    dimensions (not channels); every other dimension keeps its channels."""
     tensors = [k for k, item in enumerate(items) if is_tensor(item)]
-    if len(tensors) != 1 or len(st.shape(items[tensors[0]])) != 1 or len(out_shape) != len(labels) or len(items) > len(labels):
+    if len(tensors) != 1 or len(items) > len(shape):
         return False
-    at = tensors[0]  # with no None/Ellipsis among the items, item k indexes dimension k
-    if not all(isinstance(item, slice) and _is_full(item, len(labels[k])) for k, item in enumerate(items) if k != at):
+    at = tensors[0]
+    rest = [item for k, item in enumerate(items) if k != at]
+    if not all(isinstance(item, slice) and _is_full(item, shape[k if k < at else k + 1]) for k, item in enumerate(rest)):
         return False
-    if any(out_shape[d] != len(lab) for d, lab in enumerate(labels) if d != at):
+    index_ref = items[at]
+    index_shape = st.shape(index_ref)
+    out = outputs_of(op)[0]
+    result = list(labels[:at]) + zeros_like_shape(index_shape) + list(labels[at + 1 :])
+    if [len(lab) for lab in result] != list(st.shape(out)):
         return False
     st.fix(labels[at])
-    st.fix_value(items[at])
-    result = list(labels)
-    result[at] = np.zeros(out_shape[at], np.int64)
-    st.set(outputs_of(op)[0], result)
+    st.fix_value(index_ref)
+    st.set(out, result)
     return True
 
 
@@ -417,7 +420,9 @@ def stack(st: LabelState, op: OpRecord) -> None:
 
 def split(st: LabelState, op: OpRecord) -> None:
     """``split``/``chunk``/``tensor_split``: equal sections lose the same channels, so they are
-    unified across sections; unequal sections keep the split dimension whole."""
+    unified across sections; sections of listed sizes (``split([q, k, v])``, a grouped-query
+    projection) shrink on their own (a literal list is caught by verification); other unequal
+    sections keep the split dimension whole."""
     x = first_tensor(op)
     labels, shape = st.get(x), st.shape(x)
     outs = outputs_of(op)
@@ -435,7 +440,7 @@ def split(st: LabelState, op: OpRecord) -> None:
         st.unify(sections[1:], np.repeat(sections[:1], len(outs) - 1, axis=0))
         if op.name in ("split", "split_with_sizes") and _has_labels(labels[dim]):
             st.splits.append(SplitRecord(op.index, op.module, sections[0].copy(), sizes[0]))
-    elif len(outs) > 1:
+    elif len(outs) > 1 and not (op.name in ("split", "split_with_sizes") and isinstance(arg(op, 1, "split_size"), (list, tuple))):
         st.fix(labels[dim])
     offset = 0
     for out, size in zip(outs, sizes):
