@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serve.live import LiveServer, ort_run, place
 
@@ -34,9 +37,13 @@ def client(server):
         yield http
 
 
-def metric(client, line_prefix: str) -> float:
-    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(line_prefix + " ")]
-    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+def metric(client, series: str) -> float:
+    """The value of one series, written ``name{label="value",...}`` (label order free), parsed as Prometheus does."""
+    name, _, rest = series.partition("{")
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    values = [s.value for f in families for s in f.samples if s.name == name and s.labels == labels]
+    return float(values[0]) if values else 0.0
 
 
 def test_healthz_lists_the_loaded_models(client):
@@ -204,7 +211,7 @@ def test_concurrent_requests_are_stacked_into_fewer_inference_calls(server, onnx
 def test_metrics_count_requests_errors_and_latency(client):
     client.post("/v1/models/mlp:predict", json={"instances": [[1, 2, 3]]})
     client.post("/v1/models/mlp:predict", json={"instances": [[1, 2, 3, 4]]})
-    assert client.get("/metrics").headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert client.get("/metrics").headers["content-type"] == prometheus_client.CONTENT_TYPE_LATEST
     assert metric(client, 'prunekit_serve_requests_total{endpoint="predict",model="mlp",code="200"}') >= 1
     assert metric(client, 'prunekit_serve_errors_total{endpoint="predict",model="mlp",code="400"}') >= 1
     assert metric(client, 'prunekit_serve_request_duration_seconds_count{endpoint="predict",model="mlp"}') >= 2

@@ -50,7 +50,7 @@ from prunekit.serve.codec import InvalidRequestError, decode_request, dump_json,
 from prunekit.serve.config import ServeConfig  # noqa: E402
 from prunekit.serve.drift import DriftCollector, DriftMonitor, UnknownPredictionError  # noqa: E402
 from prunekit.serve.guard import ArtifactGuard  # noqa: E402
-from prunekit.serve.metrics import CONTENT_TYPE, ServeMetrics  # noqa: E402
+from prunekit.serve.metrics import ServeMetrics  # noqa: E402
 from prunekit.serve.repository import LoadedModel, ModelNotFoundError, ModelRepository, SyncReport  # noqa: E402
 from prunekit.serve.runtimes import InferenceInputError, RuntimeOptions  # noqa: E402
 
@@ -135,7 +135,7 @@ class ModelServer:
         self.metrics = ServeMetrics()
         self._batchers: dict[LoadedModel, MicroBatcher] = {}
         self._monitors: dict[LoadedModel, DriftMonitor] = {}
-        self._drift_registry = _drift_registry(self._live_monitors)
+        self.metrics.register(DriftCollector(self._live_monitors))
         self._executor: ThreadPoolExecutor | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._loaded_once = False
@@ -157,19 +157,19 @@ class ModelServer:
 
     def _apply(self, report: SyncReport) -> None:
         for model in report.loaded:
-            self.metrics.reloads.inc((model.name, "loaded"))
+            self.metrics.record_reload(model.name, "loaded")
         for name, _, _ in report.failed:
-            self.metrics.reloads.inc((name, "refused"))
+            self.metrics.record_reload(name, "refused")
         for model in report.unloaded:
-            self.metrics.reloads.inc((model.name, "unloaded"))
+            self.metrics.record_reload(model.name, "unloaded")
             self._batchers.pop(model, None)  # in-flight requests keep their reference and finish
             self._monitors.pop(model, None)
         known = set(self.repository.names())
         for name in known:
-            self.metrics.latest_version.set((name,), self.repository.get(name).version)
+            self.metrics.set_latest_version(name, self.repository.get(name).version)
         for model in report.unloaded:
             if model.name not in known:
-                self.metrics.latest_version.remove((model.name,))
+                self.metrics.set_latest_version(model.name, None)
 
     async def _reload_forever(self) -> None:
         while True:
@@ -330,10 +330,7 @@ class ModelServer:
         return _json(body, 200 if names else 503)
 
     async def _metrics(self, request: Request, call: _Call) -> Response:
-        from prometheus_client import generate_latest
-
-        text = self.metrics.registry.render() + generate_latest(self._drift_registry).decode()
-        return Response(text, media_type=CONTENT_TYPE)
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     def _watched(self, request: Request, call: _Call) -> DriftMonitor:
         call.model = request.path_params["name"]
@@ -441,14 +438,6 @@ class ModelServer:
         values = sum(int(v.size) for v in outputs.values())
         payload = await run_in_threadpool(encode) if values > _OFFLOAD_VALUES else encode()
         return Response(payload, media_type="application/json")
-
-
-def _drift_registry(monitors: Callable[[], list[DriftMonitor]]) -> Any:
-    """A ``prometheus_client`` registry holding the drift collector of one server."""
-    prometheus_client = require("prometheus_client", "serve")
-    registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    registry.register(DriftCollector(monitors))
-    return registry
 
 
 def create_app(config: ServeConfig) -> Starlette:
