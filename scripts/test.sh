@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv with every extra (CPU torch pinned by constraints.txt), runs ruff and mypy, then the whole test suite.
+# Sets up .venv with every extra (CPU torch pinned by constraints.txt), runs ruff, mypy and the docs build, then the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -7,6 +7,7 @@ python3 -m venv .venv
 .venv/bin/ruff check src tests benchmarks examples scripts
 .venv/bin/ruff format --check src tests benchmarks examples scripts
 .venv/bin/mypy
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"   # the docs site: broken links or API references fail
 .venv/bin/python -m pytest -q --durations=15 "$@"
 if [ "$#" -eq 0 ]; then
     # The generated transformers zoo's long tail (every discovered family beyond the default subset):

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("prunekit.commands.signing", "verify artifacts' Ed25519 signatures"),
     "encrypt": ("prunekit.commands.encryption", "encrypt an artifact at rest with AES-256-GCM (FILE.enc)"),
     "decrypt": ("prunekit.commands.encryption", "decrypt a FILE.enc written by prunekit encrypt"),
+    # prunekit gate (issue 19): CI quality gate over results files
+    "gate": ("prunekit.commands.gate", "fail a CI pipeline when results cross accuracy, compression or latency bounds"),
 }
 
 

@@ -66,4 +66,11 @@ def run(args: argparse.Namespace) -> int:
             f"{row['gzip_bytes']:,} bytes gzip"
         )
     print(f"report: {Path(args.out) / 'report.html'}")
+    if "gate" in results:  # the recipe's gate: section; exit 1 fails the pipeline
+        from prunekit.report.gate import GateVerdict
+
+        verdict = GateVerdict.from_dict(results["gate"])
+        verdict.table().print()
+        print(f"{verdict.summary()}; JUnit: {Path(args.out) / 'gate.xml'}")
+        return 0 if verdict.passed else 1
     return 0

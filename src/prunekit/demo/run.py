@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.results import Candidate, artifact_candidates, candidate_name, results_block
 from prunekit.demo.tables import artifacts_table, results_table, structured_table
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS
@@ -25,6 +26,32 @@ def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> No
     from prunekit.demo.report import demo_report
 
     console.print(f"report: {demo_report(results, output_dir)['html']}")
+
+
+def _results_schema(results: dict[str, Any]) -> dict[str, Any]:
+    """The demo's results in the schema ``prunekit gate`` reads: dense baseline, each run, each pruned artifact."""
+
+    def entry(name: str, row: dict[str, Any]) -> Candidate:
+        latency = row.get("latency_ms_b64")
+        return Candidate(
+            name,
+            accuracy=row["accuracy"],
+            size_bytes=row["size_bytes"],
+            gzip_bytes=row["gzip_bytes"],
+            latency_ms=latency,
+            latency_batch=None if latency is None else 64,
+        )
+
+    baseline = entry("dense", results["dense"])
+    candidates = [entry(candidate_name(run["method"], run["sparsity"]), run) for run in results["runs"]]
+    if results.get("artifacts"):
+        dense_file, files = artifact_candidates(results["artifacts"]["rows"])
+        candidates += files
+        if baseline.latency_ms is None and dense_file is not None:
+            baseline = Candidate(
+                **{**baseline.to_dict(), "latency_ms": dense_file.latency_ms, "latency_batch": dense_file.latency_batch}
+            )
+    return results_block("demo", baseline, candidates)
 
 
 def run_demo(
@@ -77,6 +104,7 @@ def run_demo(
         from prunekit.demo.keras_demo import run_demo as run_keras_demo
 
         results = run_keras_demo(output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover)
+    results.update(_results_schema(results))
     tables = [results_table(results)]
     if any("macs" in run for run in results["runs"]):
         tables.append(structured_table(results))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from prunekit.core.imports import resolve_import, resolve_trusted_import, trusted_modules
+from prunekit.core.results import candidate_name
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, get_method
 from prunekit.recipes.validation import RecipeError, build, checked
@@ -174,6 +175,28 @@ class ReportConfig:
     sensitivity_ratios: list[float] = checked(_ratios, default_factory=list)
 
 
+def _bound(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return None if value >= 0 and value != float("inf") else f"should be a finite number >= 0, got {value!r}"
+
+
+@dataclass
+class GateConfig:
+    """Bounds checked on the results after the run (like ``prunekit gate``); ``prunekit run`` exits 1 when one
+    fails and writes ``gate.xml`` (JUnit) beside the report. ``max_accuracy_drop`` is in percentage points,
+    ``min_compression`` a ratio of gzip bytes against the dense model, ``max_latency_ms`` at the smallest
+    ``report.latency_batch_sizes``; ``candidate`` gates one run (``gradual 90%``), ``require`` all runs or any."""
+
+    max_accuracy_drop: Optional[float] = checked(_bound, default=None)
+    min_compression: Optional[float] = checked(
+        lambda v: None if v is None or 0 < v < float("inf") else f"should be a finite number > 0, got {v!r}", default=None
+    )
+    max_latency_ms: Optional[float] = checked(_bound, default=None)
+    candidate: Optional[str] = None
+    require: Literal["all", "any"] = "all"
+
+
 @dataclass
 class AllocateConfig:
     """Per-layer ratios for a budget from the sensitivity data, compared with uniform and global allocation.
@@ -262,6 +285,7 @@ class Recipe:
     allocate: Optional[AllocateConfig] = None
     recover: Optional[RecoverConfig] = None
     llm: Optional[LLMConfig] = None
+    gate: Optional[GateConfig] = None
 
     #: Modules this recipe's ``factory``/``loader`` may come from; set by the caller (``--trust-module``),
     #: never by the recipe file (a shared recipe cannot vouch for itself).
@@ -298,6 +322,7 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
         )
     if not isinstance(data, dict) or data.get("llm") is None:
         errors += _method_checks(data, prune)
+    errors += _gate_checks(data, prune)
     allocate = _section(data, "allocate")
     if (
         isinstance(data, dict)
@@ -317,6 +342,29 @@ def _cross_checks(data: Any) -> list[tuple[str, str]]:
         )
     if allocate.get("target") == "size" and allocate.get("pruning") == "channels":
         errors.append(("allocate.target", "with pruning: channels the targets are latency, macs or params"))
+    return errors
+
+
+def _gate_checks(data: Any, prune: dict[str, Any]) -> list[tuple[str, str]]:
+    """The gate section: at least one bound, bounds the run can measure, a candidate the run will produce."""
+    if not isinstance(data, dict) or not isinstance(data.get("gate"), dict):
+        return []
+    gate = data["gate"]
+    errors = []
+    bounds = ("max_accuracy_drop", "min_compression", "max_latency_ms")
+    if all(gate.get(name) is None for name in bounds):
+        errors.append(("gate", f"give at least one bound: {', '.join(bounds)}"))
+    if isinstance(data, dict) and data.get("llm") is not None:
+        errors.append(("gate", "gates check accuracy, size and latency of trained models; LLM recipes are not gated yet"))
+        return errors
+    if gate.get("max_latency_ms") is not None and _section(data, "report").get("latency_batch_sizes", [1]) == []:
+        errors.append(("gate.max_latency_ms", "needs latency measured: give report.latency_batch_sizes (e.g. [1])"))
+    candidate = gate.get("candidate")
+    method, sparsities = prune.get("method", default_method().name), prune.get("sparsities", PruneConfig().sparsities)
+    if isinstance(candidate, str) and isinstance(method, str) and isinstance(sparsities, list):
+        names = [candidate_name(method, s) for s in sparsities if isinstance(s, (int, float))]
+        if candidate not in names:
+            errors.append(("gate.candidate", f"should name a run of this recipe, one of {names}; got {candidate!r}"))
     return errors
 
 

@@ -19,12 +19,14 @@ from typing import Any
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.debris import RunOutputs
 from prunekit.core.records import ModelSummary
+from prunekit.core.results import Candidate, candidate_name, parse_results, results_block, smallest_batch_latency
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
 from prunekit.methods import load_backend, run_method, run_recovery
-from prunekit.recipes.config import ModelConfig, Recipe
+from prunekit.recipes.config import GateConfig, ModelConfig, Recipe
 from prunekit.recipes.validation import to_plain
 from prunekit.report.dynamic import plot_turnover
+from prunekit.report.gate import GateBounds, GateVerdict, evaluate_gate
 from prunekit.report.html import Report, Section, write_report
 from prunekit.report.plots import plot_heatmap, plot_layer_bars, plot_pareto
 from prunekit.tradeoffs.budget import SensitivityTable
@@ -255,6 +257,11 @@ def run_recipe(
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
+    results.update(_results_schema(results))
+    if recipe.gate is not None:
+        verdict = _gate(recipe.gate, results, str(out / "results.json"))
+        results["gate"] = verdict.to_dict()
+        verdict.write_junit(out / "gate.xml")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run is complete
     outputs.finish(p for p in out.iterdir() if p.is_file() and p.stat().st_mtime_ns >= run_started)
@@ -296,6 +303,30 @@ def _profile_exports(files: dict[str, str], split: Any) -> dict[str, str]:
 
 
 CHECKPOINT_DIR = ".checkpoints"
+
+
+def _results_schema(results: dict[str, Any]) -> dict[str, Any]:
+    """The run's results in the schema ``prunekit gate`` reads: the dense model and each pruned run."""
+
+    def entry(name: str, row: dict[str, Any]) -> Candidate:
+        median, batch = smallest_batch_latency(row.get("latency"))
+        return Candidate(
+            name,
+            accuracy=row["accuracy"],
+            size_bytes=row.get("raw_bytes"),
+            gzip_bytes=row.get("gzip_bytes"),
+            latency_ms=median,
+            latency_batch=batch,
+        )
+
+    runs = [entry(candidate_name(row["method"], row["target"]), row) for row in results["runs"]]
+    return results_block("run", entry("dense", results["dense"]), runs)
+
+
+def _gate(gate: GateConfig, results: dict[str, Any], where: str) -> GateVerdict:
+    """The recipe's ``gate:`` bounds checked on this run's results (validated with the recipe)."""
+    bounds = GateBounds(gate.max_accuracy_drop, gate.min_compression, gate.max_latency_ms)
+    return evaluate_gate(parse_results(results, where), bounds, candidate=gate.candidate, require=gate.require)
 
 
 def _legacy_outputs(out: Path) -> list[str]:
@@ -424,6 +455,9 @@ def recipe_report(
                 tables=[allocation_table(results["allocation"], f"Per-layer ratios: {methods}; test accuracy, no fine-tuning")],
             )
         )
+    if "gate" in results:
+        verdict = GateVerdict.from_dict(results["gate"])
+        sections.append(Section("Gate", text=verdict.summary(), tables=[verdict.table()]))
     text = recipe_text if recipe_text is not None else _yaml(recipe)
     return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
 

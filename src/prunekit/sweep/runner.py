@@ -24,6 +24,7 @@ from typing import Any
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.debris import remove_stale_temps
 from prunekit.core.pool import check_workers, run_jobs
+from prunekit.core.results import Candidate, results_block
 from prunekit.errors import ConfigError
 from prunekit.tradeoffs.pareto import pareto_front
 
@@ -152,7 +153,21 @@ class SweepResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trials": self.records, "pareto": self.fronts()}
+        """Trials and fronts, plus the ``prunekit gate`` schema: each finished trial a candidate, no dense baseline."""
+        candidates = [_candidate(record) for record in self.succeeded]
+        return {"trials": self.records, "pareto": self.fronts(), **results_block("sweep", None, candidates)}
+
+
+def _candidate(record: Mapping[str, Any]) -> Candidate:
+    metrics = record.get("metrics") or {}
+    return Candidate(
+        record["id"],
+        accuracy=metrics.get("accuracy"),
+        size_bytes=metrics.get("raw_bytes"),
+        gzip_bytes=metrics.get("gzip_bytes"),
+        latency_ms=metrics.get("latency_ms"),
+        latency_batch=metrics.get("latency_batch"),
+    )
 
 
 def _flat(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from prunekit.artifacts.ort import Samples, as_samples, batch_of, rows, sample_c
 from prunekit.artifacts.quantize import quantize_onnx
 from prunekit.core.atomic import atomic_write_bytes
 from prunekit.core.debris import remove_stale_temps
+from prunekit.core.results import artifact_candidates, results_block
 from prunekit.errors import ConfigError
 from prunekit.torch.deploy.compact import load_compressed, save_compressed
 from prunekit.torch.deploy.export import export_onnx
@@ -108,6 +109,7 @@ class Comparison:
             "batch_sizes": list(self.batch_sizes),
             "threads": self.threads,
             "torch_accuracy": self.torch_accuracy,
+            **results_block("export", *artifact_candidates(rows)),  # what `prunekit gate` reads
         }
 
     def table(self, title: str = "Deployable artifacts") -> Any:
