@@ -239,6 +239,10 @@ def run_recipe(
         if recipe.recover is not None:
             pruned, recovery = _recover(recipe, backend, pruned, dense, split, out / f"pruned-{sparsity:g}")
         row, summaries[f"{sparsity:.0%}"] = _measure(backend, pruned, recipe, split)
+        if recipe.report.latency_batch_sizes:  # what the sparse CPU kernels would make of the zeros (torch)
+            sparse = backend.measure_sparse_runtime(pruned, split.x_test, recipe.report.latency_batch_sizes[0])
+            if sparse is not None:
+                row["sparse_runtime"] = sparse
         row.update({"method": recipe.prune.method, "target": sparsity, "seconds": time.perf_counter() - started})
         if pruning.history:
             row["history"] = pruning.history
@@ -455,11 +459,36 @@ def recipe_report(
                 tables=[allocation_table(results["allocation"], f"Per-layer ratios: {methods}; test accuracy, no fine-tuning")],
             )
         )
+    sparse_runs = [run for run in results["runs"] if run.get("sparse_runtime")]
+    if sparse_runs:
+        sections.append(Section("Sparse CPU runtime", tables=[_sparse_runtime_table(sparse_runs)]))
     if "gate" in results:
         verdict = GateVerdict.from_dict(results["gate"])
         sections.append(Section("Gate", text=verdict.summary(), tables=[verdict.table()]))
     text = recipe_text if recipe_text is not None else _yaml(recipe)
     return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
+
+
+def _sparse_runtime_table(runs: list[dict[str, Any]]) -> ResultTable:
+    """Dense vs sparse-kernel latency of each pruned model (``prunekit.torch.sparsify``'s measured per-layer choice)."""
+    table = ResultTable(
+        "Latency with the sparse CPU kernels (each layer runs sparse only where measured faster)",
+        ["model", "batch", "dense ms", "sparse ms", "speedup", "layers sparse", "kernels"],
+    )
+    for run in runs:
+        sparse = run["sparse_runtime"]
+        chosen = sum(bool(layer["sparse"]) for layer in sparse["layers"])
+        speedup = sparse["speedup"]
+        table.add_row(
+            f"{run['method']} {run['target']:.0%}",
+            sparse["batch_size"],
+            f"{sparse['dense_ms']:.3f}",
+            f"{sparse['sparse_ms']:.3f}",
+            "" if speedup is None else f"{speedup:.2f}x",
+            f"{chosen} of {len(sparse['layers'])}",
+            sparse["kernel_backend"],
+        )
+    return table
 
 
 def _yaml(recipe: Recipe) -> str:
