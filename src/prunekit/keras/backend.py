@@ -133,7 +133,8 @@ def _options(job: TrainJob) -> dict[str, Any]:
             f"{options['scope']!r}, importance {options['importance']!r}: use scope 'layer', importance 'magnitude'"
         )
     keras.utils.set_random_seed(job.seed)
-    return {"lr": options["lr"], "batch_size": job.batch_size, "exclude": tuple(options["exclude"])}
+    checkpoint = {} if job.checkpoint is None else {"checkpoint": job.checkpoint}  # a prunekit.keras.EpochCheckpoint
+    return {"lr": options["lr"], "batch_size": job.batch_size, "exclude": tuple(options["exclude"]), **checkpoint}
 
 
 def prune_gradually_job(job: TrainJob) -> PruningRun:

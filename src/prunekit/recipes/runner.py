@@ -22,7 +22,7 @@ from prunekit.core.records import ModelSummary
 from prunekit.core.results import Candidate, candidate_name, parse_results, results_block, smallest_batch_latency
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
-from prunekit.methods import load_backend, run_method, run_recovery
+from prunekit.methods import get_method, load_backend, run_method, run_recovery
 from prunekit.recipes.config import GateConfig, ModelConfig, Recipe
 from prunekit.recipes.validation import to_plain
 from prunekit.report.dynamic import plot_turnover
@@ -278,15 +278,22 @@ def _checkpoints(recipe: Recipe, out: Path, resume: bool, every: int) -> Callabl
     folder = out / CHECKPOINT_DIR
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ConfigError(f"checkpoint_every (--checkpoint-every) should be an integer >= 1 (epochs), got {every!r}")
-    if recipe.framework != "torch":
+    method = get_method(recipe.prune.method)
+    if recipe.framework == "keras" and method.kind != "unstructured":
         if resume:
-            raise ConfigError(f"--resume needs a torch recipe; {recipe.framework} recipes run from the start")
+            raise ConfigError(
+                f"--resume of a keras recipe needs a method of kind 'unstructured' (prunekit methods --kind unstructured "
+                f"--framework keras); {method.name!r} is {method.kind!r} and runs from the start"
+            )
         return lambda sparsity: None
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise ConfigError(
             f"{folder} holds checkpoints of an interrupted run: pass --resume to continue it, or delete the folder to start over"
         )
-    from prunekit.torch.checkpoint import EpochCheckpoint
+    if recipe.framework == "keras":
+        from prunekit.keras.checkpoint import EpochCheckpoint
+    else:
+        from prunekit.torch.checkpoint import EpochCheckpoint  # type: ignore[assignment]
 
     digest = hashlib.sha256(json.dumps(to_plain(recipe), sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
