@@ -111,8 +111,12 @@ def prepare_tokens(
     )
 
 
-def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 2048) -> int:
-    """Calibration sequences per block call: about ``tokens_per_batch`` tokens, at least one sequence."""
+def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 512) -> int:
+    """Calibration sequences per block call: about ``tokens_per_batch`` tokens, at least one sequence.
+
+    512 tokens keep a block's transient intermediates (MLP activations, attention) small beside the
+    calibration activations held for the whole run, while the matmuls stay large enough to run fast.
+    """
     return max(1, min(n_samples, tokens_per_batch // seq_len))
 
 
