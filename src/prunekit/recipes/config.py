@@ -24,6 +24,8 @@ from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, get_method
 from prunekit.recipes.validation import RecipeError, build, checked
 
+CHECKPOINT_DIR = ".checkpoints"  # under a run's output folder: what `prunekit run --resume` continues from
+
 #: The modules the recipe being validated may import from (set by :func:`parse_recipe`).
 _TRUSTED: ContextVar[tuple[str, ...]] = ContextVar("prunekit_recipe_trusted", default=())
 

@@ -23,7 +23,7 @@ from prunekit.core.results import Candidate, candidate_name, parse_results, resu
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
 from prunekit.methods import get_method, load_backend, run_method, run_recovery
-from prunekit.recipes.config import GateConfig, ModelConfig, Recipe
+from prunekit.recipes.config import CHECKPOINT_DIR, GateConfig, ModelConfig, Recipe
 from prunekit.recipes.validation import to_plain
 from prunekit.report.dynamic import plot_turnover
 from prunekit.report.gate import GateBounds, GateVerdict, evaluate_gate
@@ -190,10 +190,7 @@ def run_recipe(
     if recipe.llm is not None:
         from prunekit.recipes.llm_runner import run_llm_recipe
 
-        if resume:
-            raise ConfigError("--resume is for recipes that train (model: sections); an llm: recipe runs from the start")
-
-        return run_llm_recipe(recipe, out_dir, recipe_text)
+        return run_llm_recipe(recipe, out_dir, recipe_text, resume=resume, checkpoint_every=checkpoint_every)
     out = Path(out_dir)
     checkpoints = _checkpoints(recipe, out, resume, checkpoint_every)
     outputs = RunOutputs(out)
@@ -311,9 +308,6 @@ def _profile_exports(files: dict[str, str], split: Any) -> dict[str, str]:
         profile_artifact(file, split.x_val, split.y_val)  # a full-integer TFLite file gets the data quantized
         profiles[kind] = str(profile_path_for(file))
     return profiles
-
-
-CHECKPOINT_DIR = ".checkpoints"
 
 
 def _results_schema(results: dict[str, Any]) -> dict[str, Any]:
