@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.progress import progress as progress_bar
 from prunekit.demo.tables import artifacts_table, results_table, structured_table
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS
@@ -76,7 +77,10 @@ def run_demo(
         require("keras", "keras")
         from prunekit.demo.keras_demo import run_demo as run_keras_demo
 
-        results = run_keras_demo(output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover)
+        with progress_bar("keras demo", enabled=progress):
+            results = run_keras_demo(
+                output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover
+            )
     tables = [results_table(results)]
     if any("macs" in run for run in results["runs"]):
         tables.append(structured_table(results))
@@ -88,5 +92,6 @@ def run_demo(
         output_dir = Path(output_dir)
         atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
         atomic_write_text(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
-        _write_report(results, output_dir, console)
+        with progress_bar("report", enabled=progress):
+            _write_report(results, output_dir, console)
     return results

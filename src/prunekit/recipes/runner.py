@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.debris import RunOutputs
+from prunekit.core.progress import progress as progress_bar
 from prunekit.core.records import ModelSummary
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
@@ -164,6 +166,13 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         from prunekit.recipes.llm_runner import run_llm_recipe
 
         return run_llm_recipe(recipe, out_dir, recipe_text)
+    steps = 1 + len(recipe.prune.sparsities) + bool(recipe.report.sensitivity_ratios)
+    with progress_bar(f"run {recipe.name}", steps) as stage:
+        return _run_recipe(recipe, out_dir, recipe_text, stage)
+
+
+def _run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None, stage: Callable[..., None]) -> dict[str, Any]:
+    """The body of :func:`run_recipe`; ``stage(note=...)`` is called after the dense model and each pruning."""
     out = Path(out_dir)
     outputs = RunOutputs(out)
     legacy = [] if outputs.previous() or not (out / "results.json").is_file() else _legacy_outputs(out)
@@ -187,6 +196,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         )
     dense_row, dense_summary = _measure(backend, dense, recipe, split)
     dense_row["seconds"] = time.perf_counter() - started
+    stage(note="dense measured")
     results: dict[str, Any] = {"recipe": recipe.name, "framework": recipe.framework, "dense": dense_row, "runs": []}
     summaries = {"dense": dense_summary}
     for sparsity in recipe.prune.sparsities:
@@ -216,6 +226,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
                 pruned, split.x_val, out / f"pruned-{sparsity:g}", int8=recipe.export.int8, calibration=split.x_val[:256]
             )
         results["runs"].append(row)
+        stage(note=f"{recipe.prune.method} at {sparsity:.0%}")
     if recipe.report.sensitivity_ratios:
         table = backend.analyze_sensitivity(
             dense, backend.Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios, metric_name="validation accuracy"
@@ -223,6 +234,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = No
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
+        stage(note="sensitivity")
     write_report(recipe_report(recipe, results, summaries, recipe_text), out)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: the run is complete
     outputs.finish(p for p in out.iterdir() if p.is_file() and p.stat().st_mtime_ns >= run_started)

@@ -24,6 +24,7 @@ from typing import Any
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.debris import remove_stale_temps
 from prunekit.core.pool import check_workers, run_jobs
+from prunekit.core.progress import progress as progress_bar
 from prunekit.errors import ConfigError
 from prunekit.tradeoffs.pareto import pareto_front
 
@@ -249,6 +250,7 @@ def run_sweep(
     backend: str = "processes",
     on_trial: Callable[[dict[str, Any]], None] | None = None,
     on_mismatch: str = "refuse",
+    progress: bool = True,
 ) -> SweepResult:
     """Run every trial not yet in ``out_dir``'s trial log, ``workers`` at a time, and write the results.
 
@@ -262,7 +264,7 @@ def run_sweep(
     :func:`objective_fingerprint`) matches. When the log holds the same trial id measured under
     another configuration, ``on_mismatch="refuse"`` (the default) raises a :class:`ConfigError`
     naming the trial and what differs; ``on_mismatch="rerun"`` runs those trials again (the new
-    records supersede the old ones in the log).
+    records supersede the old ones in the log). ``progress`` shows trials done, elapsed time and ETA.
 
     Example::
 
@@ -302,9 +304,30 @@ def run_sweep(
             f"({first_id}: {why}); use another output folder, or rerun them (--rerun-mismatched / on_mismatch='rerun')"
         )
     todo = [trial for trial in trials if trial.id not in done]
+    result = SweepResult([], [], out)
+    with progress_bar("sweep", len(todo), enabled=progress and bool(todo)) as advance:
+        _run_todo(objective, todo, workers, backend, keys, fingerprint, log, done, result, trials, on_trial, advance)
+    result.records = [done[t.id] for t in trials if t.id in done]
+    write_results(result)
+    return result
+
+
+def _run_todo(
+    objective: Objective,
+    todo: list[Trial],
+    workers: int,
+    backend: str,
+    keys: dict[str, str],
+    fingerprint: dict[str, Any],
+    log: Path,
+    done: dict[str, dict[str, Any]],
+    result: SweepResult,
+    trials: Sequence[Trial],
+    on_trial: Callable[[dict[str, Any]], None] | None,
+    advance: Callable[..., None],
+) -> None:
+    """Run the trials not yet done, logging each record and rewriting the results as they come."""
     run_id = uuid.uuid4().hex[:8]
-    ran: list[str] = []
-    result = SweepResult([], ran, out)
     for index, outcome, error in run_jobs(_run_trial, [(objective, t) for t in todo], workers, backend):
         trial = todo[index]
         if error is not None:  # the worker died or could not unpickle the job
@@ -319,11 +342,9 @@ def run_sweep(
         }
         _append(log, record)
         done[trial.id] = record
-        ran.append(trial.id)
+        result.ran.append(trial.id)
         result.records = [done[t.id] for t in trials if t.id in done]
         write_results(result)
+        advance(note=f"{trial.id} {record['status']}")
         if on_trial is not None:
             on_trial(record)
-    result.records = [done[t.id] for t in trials if t.id in done]
-    write_results(result)
-    return result
