@@ -10,12 +10,13 @@ from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.progress import progress as progress_bar
-from prunekit.demo.tables import artifacts_table, results_table, structured_table
+from prunekit.demo.tables import demo_tables
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS
+from prunekit.recipes.demo_recipe import demo_recipe_text
 
 
-def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> None:
+def _write_report(results: dict[str, Any], output_dir: Path, console: Any, recipe: str) -> None:
     """``report.html`` (self-contained, with plots), ``report.md`` and ``report.json`` beside the results."""
     from rich.console import Console
 
@@ -25,7 +26,7 @@ def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> No
         return
     from prunekit.demo.report import demo_report
 
-    console.print(f"report: {demo_report(results, output_dir)['html']}")
+    console.print(f"report: {demo_report(results, output_dir, recipe=recipe)['html']}")
 
 
 def run_demo(
@@ -81,11 +82,7 @@ def run_demo(
             results = run_keras_demo(
                 output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover
             )
-    tables = [results_table(results)]
-    if any("macs" in run for run in results["runs"]):
-        tables.append(structured_table(results))
-    if results.get("artifacts"):
-        tables.append(artifacts_table(results["artifacts"]))
+    tables = demo_tables(results)
     for table in tables:
         table.print(console)
     if output_dir is not None:
@@ -93,5 +90,9 @@ def run_demo(
         atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
         atomic_write_text(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
         with progress_bar("report", enabled=progress):
-            _write_report(results, output_dir, console)
+            recipe = "---\n".join(
+                demo_recipe_text(framework, method, sparsities, seed=seed, recover=recover, quick=quick)
+                for method in dict.fromkeys(run["method"] for run in results["runs"])
+            )
+            _write_report(results, output_dir, console, recipe)
     return results
