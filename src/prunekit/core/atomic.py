@@ -48,8 +48,34 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def _mode(target: Path) -> int:
-    """The permissions a new version of ``target`` gets: those of the file it replaces, else rw-r--r--."""
-    return target.stat().st_mode & 0o777 if target.exists() else 0o644
+    """The permissions a new version of ``target`` gets: those of the file it replaces, else the umask's default."""
+    return target.stat().st_mode & 0o777 if target.exists() else new_file_mode()
+
+
+def _umask() -> int:
+    try:  # Linux shows it without changing it (os.umask is process-wide, so setting it races other threads)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file (0o666) or folder (0o777) under the current umask.
+
+    Temporary files and folders are created owner-only; a finished artifact gets this mode instead,
+    like any other file the user writes.
+
+    Example::
+
+        os.chmod(tmp_dir, new_file_mode(directory=True))
+    """
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 @contextlib.contextmanager
