@@ -367,3 +367,37 @@ def schedule_from_config(config: dict[str, Any]) -> PruningSchedule:
         return _SCHEDULES[name](**config["config"])
     except TypeError as exc:
         raise ConfigError(f"bad fields for schedule {name}: {exc}") from None
+
+
+def warn_if_short(
+    schedule: PruningSchedule, steps: int, achieved: float, target: float, where: str, tolerance: float = 0.05
+) -> bool:
+    """Warn (:class:`~prunekit.errors.SparsityWarning`) when ``achieved`` sparsity is far below ``target``.
+
+    Called at the end of training and on strip: a schedule whose ``begin_step`` is never reached
+    ends a run with a dense model, which is easy to miss. The message names the schedule, the
+    step count and what to change. Returns whether it warned.
+
+    Example::
+
+        warn_if_short(PolynomialDecay(0, 0.8, 500, 900), steps=100, achieved=0.0, target=0.8, where="strip")
+    """
+    if achieved >= target - tolerance:
+        return False
+    from prunekit.errors import SparsityWarning
+
+    config = schedule.get_config()["config"]
+    begin, end = config.get("begin_step"), config.get("end_step", -1)
+    if isinstance(begin, int) and steps <= begin:
+        hint = f"its begin_step={begin} was never reached; lower begin_step or train longer"
+    elif isinstance(end, int) and end > 0 and steps <= end:
+        hint = f"it ends at end_step={end}; set end_step below {steps} or train longer"
+    else:
+        hint = "check its frequency and end_step against the number of training steps"
+    warnings.warn(
+        f"{where}: sparsity is {achieved:.1%} after {steps} pruner step(s), but the schedule {schedule!r} "
+        f"targets {target:.1%}: {hint}",
+        SparsityWarning,
+        stacklevel=3,
+    )
+    return True

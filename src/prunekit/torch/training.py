@@ -164,6 +164,8 @@ def fit(
                 history.append(record)
                 if checkpoint is not None:
                     checkpoint.save(epoch + 1, model, optimizer, pruner, train_loader, history, epochs=epochs, lr=lr)
+        if pruner is not None and not pruner.stripped:
+            pruner.check_target(f"fit({description!r})")
         for callback in callbacks:
             if hasattr(callback, "on_train_end"):
                 callback.on_train_end()
