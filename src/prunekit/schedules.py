@@ -212,6 +212,11 @@ class PolynomialDecay(PruningSchedule):
         self.end_step = _check_step(end_step, "end_step")
         if self.end_step < self.begin_step:
             raise ConfigError(f"end_step ({end_step}) should be >= begin_step ({begin_step})")
+        if self._final_sparsity < self.initial_sparsity:
+            raise ConfigError(
+                f"final_sparsity ({final_sparsity}) should be >= initial_sparsity ({initial_sparsity}): pruning "
+                "never revives weights, so the sparsity cannot decrease"
+            )
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
             raise ConfigError(f"power should be a number > 0, got {power!r}")
         self.power: float = power

@@ -27,10 +27,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prunekit.recipes.config import load_recipe
-    from prunekit.recipes.runner import run_recipe
+    from prunekit.recipes.runner import check_recipe_model, run_recipe
 
     recipe = load_recipe(args.recipe, trust_modules=args.trust_module)
     if args.check:
+        check_recipe_model(recipe, args.recipe)
         print(f"{args.recipe}: valid recipe {recipe.name!r}")
         return 0
     results = run_recipe(recipe, args.out, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))

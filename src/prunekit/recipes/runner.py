@@ -22,6 +22,7 @@ from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
 from prunekit.methods import load_backend, run_method, run_recovery
 from prunekit.recipes.config import ModelConfig, Recipe
+from prunekit.recipes.preflight import preflight
 from prunekit.recipes.validation import to_plain
 from prunekit.report.dynamic import plot_turnover
 from prunekit.report.html import Report, Section, write_report
@@ -67,6 +68,17 @@ def _build_model(recipe: Recipe, backend: Any) -> Any:
             "set framework: to the model's framework"
         )
     return model
+
+
+def check_recipe_model(recipe: Recipe, source: str = "recipe") -> None:
+    """Build the recipe's model and check ``input_shape`` and ``prune.exclude`` against it (no training).
+
+    Example::
+
+        check_recipe_model(load_recipe("recipe.yaml"))
+    """
+    if recipe.model is not None:
+        preflight(recipe, _build_model(recipe, load_backend(recipe.framework)), source)
 
 
 def _measure(backend: Any, model: Any, recipe: Recipe, split: Any) -> tuple[dict[str, Any], ModelSummary]:
@@ -181,6 +193,7 @@ def _run_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None, st
     backend = load_backend(recipe.framework)
     split = _load_data(recipe)
     dense = _build_model(recipe, backend)
+    preflight(recipe, dense)
     started = time.perf_counter()
     if _model(recipe).weights:
         dense = backend.load_weights(_model(recipe).weights, lambda: _build_model(recipe, backend))
