@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from prunekit.commands import directory
+
 
 def _sparsities(text: str) -> list[float]:
     try:
@@ -36,7 +38,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         choices=method_names(kind="recover"),
         help="recover each pruned model after pruning: fine-tune, distil from the dense model, QAT or PQAT",
     )
-    parser.add_argument("--output", metavar="DIR", help="write results.md and results.json to DIR")
+    parser.add_argument("--output", metavar="DIR", type=directory, help="write results.md and results.json to DIR")
     parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (lower accuracy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

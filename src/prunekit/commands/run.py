@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunekit.commands import directory
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", metavar="RECIPE", help="a YAML recipe file (see `prunekit demo --print-recipe`)")
-    parser.add_argument("--out", default="run-out", metavar="DIR", help="where results and the report go (default: run-out)")
+    parser.add_argument(
+        "--out", default="run-out", metavar="DIR", type=directory, help="where results and the report go (default: run-out)"
+    )
     parser.add_argument("--check", action="store_true", help="only validate the recipe (imports only trusted modules)")
     parser.add_argument(
         "--trust-module",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from prunekit.commands import directory
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -46,7 +48,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="trials at a time: worker processes, or Ray tasks with --ray (default: 1)"
     )
     parser.add_argument(
-        "--out", default="sweep-out", metavar="DIR", help="results, trial log, plots and report (default: sweep-out)"
+        "--out",
+        default="sweep-out",
+        metavar="DIR",
+        type=directory,
+        help="results, trial log, plots and report (default: sweep-out)",
     )
     parser.add_argument("--objective", metavar="MODULE:CALLABLE", help="factory of your own objective instead of the digits CNN")
     parser.add_argument("--epochs", type=int, default=8, help="dense training epochs of the digits CNN (default: 8)")
