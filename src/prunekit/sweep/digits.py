@@ -51,7 +51,7 @@ class DigitsObjective:
         self.latency_repeats = latency_repeats
         self.seed = seed
         self.model_options = dict(model_options or {})
-        # the arrays travel with the objective (a few hundred KB), so workers skip importing scikit-learn
+        # the arrays travel with the objective (a few hundred KiB), so workers skip importing scikit-learn
         self.split = split if split is not None else load_digits(seed=seed)
 
     @classmethod

@@ -4,7 +4,7 @@ The check runs the ONNX file in ONNX Runtime and compares its outputs with PyTor
 example batch and on a batch of another size (which proves the batch dimension is really
 dynamic). A file that fails the check is never written.
 
-Protobuf caps one ONNX file at 2 GB, so a model whose weights come near that is written in
+Protobuf caps one ONNX file at 2 GiB, so a model whose weights come near that is written in
 ONNX's external-data format: ``model.onnx`` (the graph) plus ``model.onnx.data`` (the weights)
 beside it, moved into place together.
 """
@@ -191,7 +191,7 @@ def _save(program: Any, path: Path, external: bool, model: nn.Module) -> None:
         return
     try:
         onnx.save(program.model_proto, str(path))
-    except ValueError as exc:  # protobuf cannot serialise one message over 2 GB
+    except ValueError as exc:  # protobuf cannot serialise one message over 2 GiB
         raise ExportError(
             f"{type(model).__name__} does not fit in one ONNX file {path.name} ({exc}); export it "
             f"with external_data=True (or None) to keep its weights in {path.name}.data beside it"
@@ -313,7 +313,7 @@ def export_onnx(
     one before it is moved into place; see :func:`verify_onnx`.
 
     ``external_data`` True writes the weights to ``<path>.data`` beside ``path`` (ONNX's external
-    data format, needed past protobuf's 2 GB cap), False writes one self-contained file, None
+    data format, needed past protobuf's 2 GiB cap), False writes one self-contained file, None
     (default) chooses external data when the parameters and buffers take more bytes than
     :data:`EXTERNAL_DATA_THRESHOLD`. The pair is written, checked and moved into place together,
     and replaces an old pair (or an old ``.data`` file) whole; move the two files together.
