@@ -40,3 +40,7 @@ class ExportError(PrunekitError, RuntimeError):
 
 class SparsityWarning(UserWarning):
     """A pruning run ends far from the sparsity its schedule targets (say, ``begin_step`` was never reached)."""
+
+
+class ExportFallbackWarning(UserWarning):
+    """The ``dynamo=True`` ONNX exporter could not export a model, so the legacy TorchScript exporter did."""
