@@ -74,7 +74,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from prunekit.commands.export import import_factory
     from prunekit.methods import TRAINING_KINDS, get_method, method_names
-    from prunekit.sweep.report import sweep_report
+    from prunekit.sweep.report import sweep_report, trials_table
     from prunekit.sweep.runner import grid, run_sweep
 
     methods = args.methods or method_names(kind="unstructured", framework="torch")
@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         on_mismatch="rerun" if args.rerun_mismatched else "refuse",
     )
     paths = sweep_report(result, title=f"prunekit sweep: {', '.join(methods)}")
+    trials_table(result).print()
     print(
         f"{len(result.ran)} trial(s) run now, {len(result.records) - len(result.ran)} reused from the log, "
         f"{len(result.failed)} failed; report: {paths['html']}"

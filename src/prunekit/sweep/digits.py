@@ -89,6 +89,11 @@ class DigitsObjective:
         model.load_state_dict(self.dense_state)
         return model
 
+    def baseline(self) -> dict[str, float]:
+        """The unpruned model's metrics (the sweep's dense row), measured like every trial."""
+        torch.manual_seed(self.seed)
+        return measure_model(self.dense_model(), self.split.x_test, self.split.y_test, self.latency_repeats)
+
     def __call__(self, trial: Trial) -> dict[str, float]:
         torch.manual_seed(self.seed + trial.seed)
         split = self.split

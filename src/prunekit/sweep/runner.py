@@ -130,6 +130,8 @@ class SweepResult:
     records: list[dict[str, Any]]
     ran: list[str]
     out_dir: Path
+    #: metrics of the unpruned model, from the objective's ``baseline()`` when it has one
+    baseline: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> list[dict[str, Any]]:
@@ -141,7 +143,8 @@ class SweepResult:
 
     def rows(self) -> list[dict[str, Any]]:
         """Flat rows: trial fields (``target`` is the trial's sparsity) plus metrics, failed trials with their error."""
-        return [_flat(record) for record in self.records]
+        dense = [{"id": "dense", "method": "dense", "target": 0.0, "status": "ok", **self.baseline}] if self.baseline else []
+        return dense + [_flat(record) for record in self.records]
 
     def fronts(self, maximize: str = "accuracy") -> dict[str, list[str]]:
         """Trial ids on the Pareto front of ``maximize`` against each cost the trials reported."""
@@ -153,7 +156,7 @@ class SweepResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trials": self.records, "pareto": self.fronts()}
+        return {"baseline": self.baseline, "trials": self.records, "pareto": self.fronts()}
 
 
 def _flat(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -304,7 +307,8 @@ def run_sweep(
             f"({first_id}: {why}); use another output folder, or rerun them (--rerun-mismatched / on_mismatch='rerun')"
         )
     todo = [trial for trial in trials if trial.id not in done]
-    result = SweepResult([], [], out)
+    baseline = getattr(objective, "baseline", None)
+    result = SweepResult([], [], out, dict(baseline()) if callable(baseline) else None)
     with progress_bar("sweep", len(todo), enabled=progress and bool(todo)) as advance:
         _run_todo(objective, todo, workers, backend, keys, fingerprint, log, done, result, trials, on_trial, advance)
     result.records = [done[t.id] for t in trials if t.id in done]
