@@ -59,7 +59,8 @@ def run_demo(
         if not 0 <= sparsity < 1:
             raise ConfigError(f"demo sparsities should be in [0, 1), got {sparsity}")
     if framework == "torch":
-        from prunekit.demo.torch_demo import run_torch_demo
+        with progress_bar("loading PyTorch", enabled=progress):  # seconds on a cold or busy machine: say so
+            from prunekit.demo.torch_demo import run_torch_demo
 
         artifacts_dir = Path(output_dir) / "artifacts" if output_dir is not None else None
         results = run_torch_demo(
@@ -76,9 +77,9 @@ def run_demo(
         from prunekit.core.optional import require
 
         require("keras", "keras")
-        from prunekit.demo.keras_demo import run_demo as run_keras_demo
+        with progress_bar("keras demo", enabled=progress):  # TensorFlow's import alone takes seconds
+            from prunekit.demo.keras_demo import run_demo as run_keras_demo
 
-        with progress_bar("keras demo", enabled=progress):
             results = run_keras_demo(
                 output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover
             )
