@@ -414,7 +414,11 @@ def load_recipe(path: str | os.PathLike, trust_modules: tuple[str, ...] | list[s
     if not file.is_file():
         raise ConfigError(f"recipe file {file} does not exist")
     try:
-        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_unique_key_loader())  # a SafeLoader
+        loader = _unique_key_loader()(file.read_text(encoding="utf-8"))  # a SafeLoader subclass
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{file} is not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
     except yaml.YAMLError as exc:
