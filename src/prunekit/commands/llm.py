@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prunekit.commands import directory
+
 
 def _ratios(text: str) -> str | dict[str, float]:
     if text in ("uniform", "owl"):
@@ -36,7 +38,9 @@ def _calibration_args(parser: argparse.ArgumentParser, samples: int, seq_len: in
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], help="where each block is pruned (default: where the model is)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output model directory (written atomically)")
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", type=directory, help="output model directory (written atomically)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--eval-text", metavar="FILE", help="also measure perplexity before and after on this text")
 

@@ -18,12 +18,14 @@ from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.debris import RunOutputs
+from prunekit.core.progress import progress as progress_bar
 from prunekit.core.records import ModelSummary
 from prunekit.core.results import Candidate, candidate_name, parse_results, results_block, smallest_batch_latency
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
 from prunekit.methods import get_method, load_backend, run_method, run_recovery
 from prunekit.recipes.config import CHECKPOINT_DIR, GateConfig, ModelConfig, Recipe
+from prunekit.recipes.preflight import preflight
 from prunekit.recipes.validation import to_plain
 from prunekit.report.dynamic import plot_turnover
 from prunekit.report.gate import GateBounds, GateVerdict, evaluate_gate
@@ -83,6 +85,17 @@ def _build_model(recipe: Recipe, backend: Any) -> Any:
             "set framework: to the model's framework"
         )
     return model
+
+
+def check_recipe_model(recipe: Recipe, source: str = "recipe") -> None:
+    """Build the recipe's model and check ``input_shape`` and ``prune.exclude`` against it (no training).
+
+    Example::
+
+        check_recipe_model(load_recipe("recipe.yaml"))
+    """
+    if recipe.model is not None:
+        preflight(recipe, _build_model(recipe, load_backend(recipe.framework)), source)
 
 
 def _measure(backend: Any, model: Any, recipe: Recipe, split: Any) -> tuple[dict[str, Any], ModelSummary]:
@@ -191,6 +204,20 @@ def run_recipe(
         from prunekit.recipes.llm_runner import run_llm_recipe
 
         return run_llm_recipe(recipe, out_dir, recipe_text, resume=resume, checkpoint_every=checkpoint_every)
+    steps = 1 + len(recipe.prune.sparsities) + bool(recipe.report.sensitivity_ratios)
+    with progress_bar(f"run {recipe.name}", steps) as stage:
+        return _run_recipe(recipe, out_dir, recipe_text, stage, resume, checkpoint_every)
+
+
+def _run_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    recipe_text: str | None,
+    stage: Callable[..., None],
+    resume: bool,
+    checkpoint_every: int,
+) -> dict[str, Any]:
+    """The body of :func:`run_recipe`; ``stage(note=...)`` is called after the dense model and each pruning."""
     out = Path(out_dir)
     checkpoints = _checkpoints(recipe, out, resume, checkpoint_every)
     outputs = RunOutputs(out)
@@ -201,6 +228,7 @@ def run_recipe(
     split = _load_data(recipe)
     _seed(recipe)
     dense = _build_model(recipe, backend)
+    preflight(recipe, dense)
     started = time.perf_counter()
     if _model(recipe).weights:
         dense = backend.load_weights(_model(recipe).weights, lambda: _build_model(recipe, backend))
@@ -216,6 +244,7 @@ def run_recipe(
         )
     dense_row, dense_summary = _measure(backend, dense, recipe, split)
     dense_row["seconds"] = time.perf_counter() - started
+    stage(note="dense measured")
     results: dict[str, Any] = {"recipe": recipe.name, "framework": recipe.framework, "dense": dense_row, "runs": []}
     summaries = {"dense": dense_summary}
     for sparsity in recipe.prune.sparsities:
@@ -251,6 +280,7 @@ def run_recipe(
             )
             row["profiles"] = _profile_exports(row["files"], split)
         results["runs"].append(row)
+        stage(note=f"{recipe.prune.method} at {sparsity:.0%}")
     if recipe.report.sensitivity_ratios:
         table = backend.analyze_sensitivity(
             dense, backend.Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios, metric_name="validation accuracy"
@@ -258,6 +288,7 @@ def run_recipe(
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
+        stage(note="sensitivity")
     results.update(_results_schema(results))
     if recipe.gate is not None:
         verdict = _gate(recipe.gate, results, str(out / "results.json"))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from prunekit.core.atomic import new_file_mode
 from prunekit.errors import ConfigError
 
 CACHE_ENV = "PRUNEKIT_CACHE"
@@ -207,6 +208,7 @@ def train_small_lm(
             )
             + "\n"
         )
+        os.chmod(tmp, new_file_mode(directory=True))  # mkdtemp's owner-only mode is not the cache's
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
