@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -191,14 +192,20 @@ def _scores(group: ChannelGroup, importance: Importance) -> np.ndarray:
 
 def prune_channels(
     model: Any,
-    sparsity: float = 0.5,
+    example_inputs: Any = None,
+    ratio: float = 0.5,
+    *,
     importance: Importance = "l1",
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
+    sparsity: float | None = None,
 ) -> StructuredResult:
-    """Remove the fraction ``sparsity`` of the lowest-importance filters/neurons of each channel group,
+    """Remove the fraction ``ratio`` of the lowest-importance filters/neurons of each channel group,
         and of the heads of each MultiHeadAttention (at least one head stays).
 
+        The signature is :func:`prunekit.torch.prune_channels`'s. ``example_inputs`` is optional (a
+        Keras model declares its inputs); when given, both models run on it and the pruned one must
+        return outputs of the same shapes. ``sparsity=`` is the deprecated name of ``ratio``.
         ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
         norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
         ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
@@ -210,12 +217,11 @@ def prune_channels(
 
         Example::
 
-            result = prune_channels(model, sparsity=0.5, importance="l2", exclude=["conv1"])
+            result = prune_channels(model, ratio=0.5, importance="l2", exclude=["conv1"])
             result.model.count_params() < model.count_params()  # True
             print(result.report)
     """
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity should be a fraction of channels in [0, 1), got {sparsity!r}")
+    example_inputs, ratio = _ratio_argument(example_inputs, ratio, sparsity)
     graph = trace(model)
     groups = _groups(model, graph)
     producers = list(dict.fromkeys(name for group in groups for name in group.producers))
@@ -231,12 +237,12 @@ def prune_channels(
             return 0.0, "not selected (layers/exclude)"
         if blocked:
             return 0.0, f"coupled to excluded layer {blocked[0]!r}"
-        return float(sparsity), ""
+        return float(ratio), ""
 
     for group in groups:
         if requested(group)[1]:
             continue  # locked, not chosen, or a coupled producer is excluded: the whole group stays
-        count = min(round(sparsity * (group.size + group.locked)), group.size)
+        count = min(round(ratio * (group.size + group.locked)), group.size)
         count = min(count, group.size + group.locked - 1)
         if count <= 0:
             continue
@@ -248,7 +254,53 @@ def prune_channels(
             extra = [int(i) for i in group.channels[name][order] if i >= 0]
             if extra:
                 target.setdefault(name, []).extend(extra)
-    return _result(model, graph, removal, heads, requested)
+    return _checked(_result(model, graph, removal, heads, requested), model, example_inputs)
+
+
+def _ratio_argument(example_inputs: Any, ratio: Any, sparsity: Any) -> tuple[Any, float]:
+    """``(example_inputs, ratio)`` after the deprecated spellings: ``sparsity=`` and a ratio passed
+    second (where ``example_inputs`` now goes); the ratio checked."""
+    if sparsity is not None:
+        warnings.warn(
+            "prune_channels(sparsity=...) is deprecated; call it ratio= (as prunekit.torch.prune_channels does)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        ratio = sparsity
+    elif isinstance(example_inputs, (int, float)) and not isinstance(example_inputs, bool):
+        warnings.warn(
+            f"prune_channels(model, {example_inputs!r}): the second argument is now example_inputs; "
+            f"pass the fraction as ratio={example_inputs!r}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        example_inputs, ratio = None, example_inputs
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"ratio should be a fraction of channels in [0, 1), got {ratio!r}")
+    return example_inputs, float(ratio)
+
+
+def _checked(result: StructuredResult, model: Any, example_inputs: Any) -> StructuredResult:
+    """``result``, after checking (when ``example_inputs`` is given) that the pruned model runs on them
+    and returns outputs of the same shapes as ``model``."""
+    if example_inputs is None:
+        return result
+    shapes = []
+    for which, net in (("", model), ("pruned ", result.model)):
+        try:
+            shapes.append(keras.tree.map_structure(lambda t: tuple(t.shape), net(example_inputs, training=False)))
+        except Exception as exc:
+            raise ConfigError(
+                f"the {which}model {model.name!r} failed on example_inputs ({type(exc).__name__}: {exc}); "
+                "pass inputs of the shapes model.inputs declares, or leave example_inputs out"
+            ) from exc
+    before, after = shapes
+    if after != before:
+        raise ConfigError(
+            f"the pruned {model.name!r} returns outputs of shapes {after} on example_inputs, the original {before}; "
+            "please report this model (it is a prunekit bug)"
+        )
+    return result
 
 
 def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequence[str], model_name: str) -> set[str]:
@@ -270,10 +322,18 @@ def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequenc
 
 
 def remove_channels(
-    model: Any, channels: Mapping[str, Sequence[int]] | None = None, heads: Mapping[str, Sequence[int]] | None = None
+    model: Any,
+    example_inputs: Any = None,
+    channels: Mapping[str, Sequence[int]] | None = None,
+    *,
+    heads: Mapping[str, Sequence[int]] | None = None,
 ) -> StructuredResult:
     """Remove the given output channels (``{producer name: [indices]}``) and attention heads
     (``{MultiHeadAttention name: [head indices]}``) and everything reading them.
+
+    The signature is :func:`prunekit.torch.remove_channels`'s; ``example_inputs`` is optional and,
+    when given, checks the pruned model's output shapes. A channel mapping passed second (the
+    former place of ``channels``) still works, with a ``DeprecationWarning``.
 
     Channels coupled to another producer (through Add, Multiply, ...) are removed from it too.
     Raises for a channel that cannot be removed (it reaches a model output, or a layer prunekit
@@ -281,15 +341,29 @@ def remove_channels(
 
     Example::
 
-        small = remove_channels(model, {"conv1": [0, 5], "fc1": list(range(64))}).model
-        small = remove_channels(transformer, {"ffn_in": [3, 9]}, heads={"attention": [1, 2]}).model
+        small = remove_channels(model, channels={"conv1": [0, 5], "fc1": list(range(64))}).model
+        small = remove_channels(transformer, channels={"ffn_in": [3, 9]}, heads={"attention": [1, 2]}).model
     """
+    if channels is None and _is_channel_map(model, example_inputs):
+        warnings.warn(
+            "remove_channels(model, {layer: [indices]}): the second argument is now example_inputs; "
+            "pass the mapping as channels={...}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        example_inputs, channels = None, example_inputs
     channels, heads = channels or {}, heads or {}
 
     def requested(group: ChannelGroup, removed: int) -> tuple[float, str]:
         return removed / (group.size + group.locked), "" if removed else "not asked"
 
-    return _result(model, trace(model), channels, heads, requested)
+    return _checked(_result(model, trace(model), channels, heads, requested), model, example_inputs)
+
+
+def _is_channel_map(model: Any, value: Any) -> bool:
+    """Whether ``value`` is a ``{layer name: [indices]}`` mapping rather than inputs keyed by input name."""
+    names = {layer.name for layer in model.layers if not isinstance(layer, L.InputLayer)}
+    return isinstance(value, Mapping) and bool(value) and set(value) <= names
 
 
 def _pruned_roots(
