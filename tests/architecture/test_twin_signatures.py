@@ -12,8 +12,8 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs the keras extra")
 
 SHARED = {
-    "prune_channels": ["model", "example_inputs", "ratio", "importance"],
-    "remove_channels": ["model", "example_inputs", "channels"],
+    "prune_channels": ["model", "example_inputs", "ratio", "importance", "rules"],
+    "remove_channels": ["model", "example_inputs", "channels", "rules"],
 }
 
 
