@@ -104,7 +104,14 @@ class WrongWidthRule(ChannelRule):
         ctx.pass_through(0)
 
 
+class ForgetsTheScaleRule(ChannelRule):
+    def couple(self, layer, ctx: Coupling) -> None:
+        ctx.pass_through(0)
+
+
 def test_an_inconsistent_rule_and_a_bad_rules_argument_are_refused_with_the_names():
+    with pytest.raises(RuleError, match=r"rule ForgetsTheScaleRule for ChannelScale layer 'scale': the rebuilt layer's weights"):
+        pk.prune_channels(scaled_cnn(), ratio=0.5, rules={ChannelScale: ForgetsTheScaleRule()})
     with pytest.raises(
         RuleError, match=r"rule WrongWidthRule for ChannelScale layer 'scale': tie\(\) got label arrays of 3 and 8"
     ):

@@ -29,7 +29,7 @@ from prunekit.core.structured import GroupRecord, LayerRecord, StructuredReport,
 from prunekit.errors import ConfigError, LayerNotFoundError
 from prunekit.keras.measure.summary import summarize
 from prunekit.keras.structured.graph import ChannelGraph, trace
-from prunekit.keras.structured.rules.base import RuleMap, Shrink, resolve
+from prunekit.keras.structured.rules.base import RuleError, RuleMap, Shrink, describe, resolve
 
 L = keras.layers
 REMOVABLE = {
@@ -406,7 +406,7 @@ def _rebuild(
     rebuilt = type(model).from_config(config)
     for layer in model.layers:
         if layer.weights:
-            rebuilt.get_layer(layer.name).set_weights(_sliced_weights(graph, layer))
+            _set_weights(graph, layer, rebuilt.get_layer(layer.name))
     if getattr(model, "compiled", False):
         rebuilt.compile_from_config(model.get_compile_config())
     return rebuilt, set(graph.pruned)
@@ -420,6 +420,23 @@ def _set_field(config: dict, dotted: str, value: Any) -> None:
         config = config[part]
     config.pop("build_config", None)
     config[last] = value
+
+
+def _set_weights(graph: ChannelGraph, layer: Any, new: Any) -> None:
+    """Copy ``layer``'s sliced weights into its rebuilt twin; a mismatch names the layer's rule."""
+    sliced = _sliced_weights(graph, layer)
+    expected = [tuple(w.shape) for w in new.weights]
+    if [w.shape for w in sliced] != expected:
+        rule = graph.rules.get(layer.name)
+        raise RuleError(
+            f"rule {type(rule).__name__} for {describe(layer)}: the rebuilt layer's weights have shapes {expected}, "
+            f"the sliced ones {[w.shape for w in sliced]}; label every weight dimension that follows the channels "
+            "(ctx.weight(...)) and return the config fields that size the layer from shrink()"
+            if rule is not None
+            else f"{describe(layer)} was rebuilt with weights of shapes {expected}, not {[w.shape for w in sliced]}; "
+            "describe it with rules={...} (prunekit.keras.structured.rules)"
+        )
+    new.set_weights(sliced)
 
 
 def _sliced_weights(graph: ChannelGraph, layer: Any) -> list[np.ndarray]:
