@@ -120,3 +120,52 @@ def test_an_inconsistent_rule_and_a_bad_rules_argument_are_refused_with_the_name
         pk.prune_channels(scaled_cnn(), ratio=0.5, rules={"ChannelScale": ChannelScaleRule()})
     with pytest.raises(ConfigError, match=r"rules\[ChannelScale\] should be a ChannelRule instance"):
         pk.remove_channels(scaled_cnn(), channels={}, rules={ChannelScale: object()})
+
+
+@keras.saving.register_keras_serializable(package="prunekit_tests")
+class Projection(L.Layer):
+    """A bias-free projection to ``units`` features with its own kernel (a custom producer)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class ProjectionRule(ChannelRule):
+    """Kernel rows read the input channels; its columns make ``units`` new ones."""
+
+    def couple(self, layer, ctx: Coupling) -> None:
+        ctx.tie(ctx.weight("kernel")[0], ctx.input(0))
+        ctx.set_output(ctx.produce("kernel", 1))
+
+    def shrink(self, layer, ctx):
+        return {"units": ctx.shape("kernel")[1]}
+
+
+def test_a_custom_producer_is_a_group_and_loses_its_lowest_norm_columns():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((10,), name="features")
+    model = keras.Model(x, L.Dense(3, name="out")(L.ReLU()(Projection(12, name="proj")(x))))
+    kernel = model.get_layer("proj").kernel.numpy()
+    kernel[:, [1, 5, 8]] *= 1e-3
+    model.get_layer("proj").kernel.assign(kernel)
+    rules = {Projection: ProjectionRule()}
+    assert [g.producers for g in pk.channel_groups(model)] == [("out",)]  # without the rule: not a producer
+    groups = {g.producers: g for g in pk.channel_groups(model, rules=rules)}
+    np.testing.assert_allclose(groups[("proj",)].norms(1), np.abs(kernel).sum(axis=0), rtol=1e-6)
+    result = pk.prune_channels(model, ratio=0.25, rules=rules)
+    assert result.plan["channels"] == {"proj": [1, 5, 8]}
+    small = result.model
+    assert small.get_layer("proj").units == 9 and small.get_layer("out").kernel.shape == (9, 3)
+    features = np.random.default_rng(0).random((4, 10), dtype=np.float32)
+    np.testing.assert_allclose(small.get_layer("proj").kernel.numpy(), kernel[:, [0, 2, 3, 4, 6, 7, 9, 10, 11]])
+    assert small(features).shape == (4, 3)
