@@ -57,7 +57,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return bool(request.param)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 11, 16])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 11, 16])
 def test_csr_layer_equals_dense_for_unstructured_sparsity(backend: bool, tokens: int) -> None:
     layer = pruned_linear(96, 40, 0.9)
     assert detect_layout(layer.weight.detach().numpy()) == Layout("csr")

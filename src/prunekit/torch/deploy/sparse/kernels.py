@@ -83,16 +83,27 @@ def _bias(bias: np.ndarray | None, size: int) -> np.ndarray:
 
 def _run(name: str, work: int, weight: tuple[Any, ...], bias: np.ndarray | None, x: torch.Tensor, rows: int) -> torch.Tensor:
     """Run kernel ``name`` (``_vec`` for one token, ``_mat_small`` below :data:`SMALL_BATCH` tokens when it
-    has one, ``_mat`` otherwise) on ``x`` (tokens, in) into a fresh (tokens, rows) output."""
+    has one, ``_mat`` otherwise) on ``x`` (tokens, in) into a fresh (tokens, rows) output.
+
+    ``_mat_small`` gets tokens in eights: 2-7 or 9-15 tokens are padded with zero tokens, one pass
+    over the weight per eight (3072x768 at 90 %, 1 thread, CPU time: 4 tokens 0.75 to 0.39 ms,
+    12 tokens 1.14 to 0.84 ms, 15 tokens 1.72 to 0.84 ms, against one pass per leftover token)."""
     kernels, parts = _compiled(work)
     tokens = x.shape[0]
-    out = np.empty((tokens, rows), dtype=np.float32)
     bias = _bias(bias, rows)
     if tokens == 1:
+        out = np.empty((1, rows), dtype=np.float32)
         kernels[f"{name}_vec"](*weight, bias, _np(x[0]), out, parts)
-    else:
-        kernel = f"{name}_mat_small" if tokens < SMALL_BATCH and f"{name}_mat_small" in kernels else f"{name}_mat"
-        kernels[kernel](*weight, bias, np.ascontiguousarray(_np(x).T), out, parts)
+        return torch.from_numpy(out)
+    if tokens < SMALL_BATCH and f"{name}_mat_small" in kernels:
+        padded = -(-tokens // 8) * 8
+        xt = np.zeros((x.shape[1], padded), dtype=np.float32)
+        xt[:, :tokens] = _np(x).T
+        out = np.empty((padded, rows), dtype=np.float32)
+        kernels[f"{name}_mat_small"](*weight, bias, xt, out, parts)
+        return torch.from_numpy(out[:tokens])
+    out = np.empty((tokens, rows), dtype=np.float32)
+    kernels[f"{name}_mat"](*weight, bias, np.ascontiguousarray(_np(x).T), out, parts)
     return torch.from_numpy(out)
 
 

@@ -68,7 +68,9 @@ def kernel_sources() -> dict[str, Any]:
 
     def csr_mat_small(indptr, indices, values, scale, bias, xt, out, parts):
         # few tokens: eight running sums in registers per row (an accumulator array in memory
-        # would make every nonzero wait on a store and a reload of it)
+        # would make every nonzero wait on a store and a reload of it). The caller pads the tokens
+        # to a multiple of 8 (a leftover token costs a pass of its own); the leftover loop keeps the
+        # kernel exact for any count, and dropping it measured 35 % slower code for the eights
         rows = indptr.shape[0] - 1
         tokens = xt.shape[1]
         full = tokens - tokens % 8
