@@ -94,3 +94,10 @@ def test_tables_off_a_terminal_keep_every_digit():
     with contextlib.redirect_stdout(out):
         table.print()
     assert all(f"{123456789 + i:,}" in out.getvalue() for i in range(10))
+
+
+def test_a_method_typo_in_sweep_is_an_argument_error_before_any_trial(tmp_path, capsys):
+    assert main(["sweep", "--methods", "one-shot,one-shoot", "--sparsities", "0.5", "--out", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert "'one-shoot'" in line and "did you mean 'one-shot'" in line
+    assert not any(tmp_path.iterdir())  # no trial log, no failed trial: nothing ran

@@ -121,6 +121,22 @@ def test_a_dynamic_sequence_length_takes_its_size_from_input_shapes(files):
     assert summarize_onnx(dynamic, {"input": (7, 8)}).macs == count_macs(model, torch.zeros(1, 7, 8)).total
 
 
+def test_a_dynamo_exported_bert_takes_its_sequence_length_from_input_shapes(tmp_path):
+    """The dynamo exporter computes a BERT's position ids through Shape/Slice/Expand chains that
+    onnx's shape inference cannot follow; the summary still finds every shape and counts MACs exactly."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    bert = transformers.BertModel(config).eval()
+    example = {"input_ids": torch.zeros(2, 12, dtype=torch.long), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    path = tmp_path / "bert.onnx"
+    export_onnx(bert, example, path, dynamic_dims={"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}})
+    for length in (12, 20):
+        one = {name: torch.ones(1, length, dtype=torch.long) for name in example}
+        assert summarize_onnx(path, input_shapes=(length,)).macs == count_macs(bert, one).total
+
+
 def test_the_cli_names_the_dynamic_input_without_input_shape(files, capsys):
     assert main(["inspect", str(files["paths"]["dynamic"])]) == 2
     assert "input 'input' has the dynamic shape" in capsys.readouterr().err

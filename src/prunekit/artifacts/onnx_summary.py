@@ -217,13 +217,34 @@ def _inferred_shapes(model: Any, path: Path, input_shapes: InputShapes) -> dict[
         given = input_shapes.get(value.name) if isinstance(input_shapes, Mapping) else input_shapes
         _fill_dims(value, given, path)
     del graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     shapes = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
-    for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+    shapes.update(_static_shapes(onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)))
+    if any(output not in shapes for node in graph.node for output in node.output if output):
+        shapes = {**_symbolic_shapes(model), **shapes}
+    return shapes
+
+
+def _static_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """The values of an inferred model whose every dim is a number."""
+    shapes = {}
+    for value in (*model.graph.input, *model.graph.value_info, *model.graph.output):
         tensor_type = value.type.tensor_type
         if tensor_type.HasField("shape") and all(dim.HasField("dim_value") for dim in tensor_type.shape.dim):
             shapes[value.name] = tuple(dim.dim_value for dim in tensor_type.shape.dim)
     return shapes
+
+
+def _symbolic_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Shapes from ONNX Runtime's symbolic inference, which follows the Shape/Slice/Expand chains that
+    the dynamo exporter writes (a BERT's position ids) where ``onnx.shape_inference`` stops; {} without it."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return {}
+    try:
+        return _static_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
+    except Exception:  # an op it does not know: the caller names the value whose shape stays unknown
+        return {}
 
 
 def _fill_dims(value: Any, given: Sequence[int] | None, path: Path) -> None:
