@@ -162,8 +162,8 @@ def main() -> None:
     ):
         latency.add_row(model, threads, f"{t['fp32_ms']:.3f}", f"{t['int8_ms']:.3f}", f"{t['speedup']:.2f}x")
     console.print(latency)
-    files = Table(title="Files (KB) and quality")
-    for column in ("file", "size KB", "gzip KB", "dense / this"):
+    files = Table(title="Files (KiB) and quality")
+    for column in ("file", "size KiB", "gzip KiB", "dense / this"):
         files.add_column(column, justify="left" if column == "file" else "right")
     for name, (raw, packed) in sizes.items():
         reference = sizes["mlp.safetensors"][0] if name.startswith("mlp") else dense_size

@@ -5,13 +5,17 @@ to 80% with a PolynomialDecay schedule while fine-tuning, strip the pruning stat
 TFLite, and compare gzip sizes. Run: ``python examples/keras_tfmot_port.py``.
 """
 
+import tempfile
+
 import keras
 import numpy as np
 
 import prunekit.keras as sparsity  # was: import tensorflow_model_optimization as tfmot; sparsity = tfmot.sparsity.keras
 
 
-def main(epochs: int = 10, prune_epochs: int = 4, log_dir: str = "logs/pruning") -> dict:
+def main(epochs: int = 10, prune_epochs: int = 4, log_dir: str | None = None) -> dict:
+    """``log_dir`` receives the pruning summaries (default: a new temporary folder, not the working one)."""
+    log_dir = log_dir or tempfile.mkdtemp(prefix="prunekit-pruning-logs-")
     keras.utils.set_random_seed(0)
     data = sparsity.load_digits_nhwc()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -59,6 +63,7 @@ def main(epochs: int = 10, prune_epochs: int = 4, log_dir: str = "logs/pruning")
         f"gzipped TFLite: dense {results['dense_gzip_bytes']:,} B, pruned {results['pruned_gzip_bytes']:,} B; "
         f"pruned int8 {results['int8']['gzip_bytes']:,} B at {results['int8']['accuracy']:.2%}"
     )
+    print(f"pruning summaries: {log_dir}")
     return results
 
 

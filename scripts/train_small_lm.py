@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/train_small_lm.py                 # into the cache ($PRUNEKIT_CACHE or ~/.cache/prunekit)
-    python scripts/train_small_lm.py --output DIR --max-seconds 120
+    python scripts/train_small_lm.py --output DIR --steps 200
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ def main() -> None:
     defaults = SmallLMConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(cache_dir() / MODEL_NAME), help="model directory to write")
-    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds, help="training time budget")
+    parser.add_argument(
+        "--max-seconds", type=float, default=defaults.max_seconds, help="stop early after this long (machine-dependent result)"
+    )
     parser.add_argument("--steps", type=int, default=defaults.steps, help="most optimizer steps")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--batch", type=int, default=defaults.batch, help="sequences per step")

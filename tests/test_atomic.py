@@ -4,9 +4,10 @@ import os
 import stat
 
 import pytest
+import torch
 
 from prunekit.core import atomic as _atomic
-from prunekit.core.atomic import atomic_path, atomic_paths, atomic_write_text
+from prunekit.core.atomic import atomic_path, atomic_paths, atomic_write_text, new_file_mode
 
 
 def test_temporary_path_keeps_the_suffixes_and_does_not_exist_yet(tmp_path):
@@ -117,3 +118,27 @@ def test_a_group_whose_first_file_was_not_written_fails_and_keeps_the_old_group(
         with atomic_paths(tmp_path / "model.onnx", tmp_path / "model.onnx.data") as (_, data):
             data.write_bytes(b"new weights")
     assert _contents(tmp_path) == {"model.onnx": b"old graph", "model.onnx.data": b"old weights"}
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it after."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o002, 0o664, 0o775), (0o077, 0o600, 0o700), (0o022, 0o644, 0o755)])
+def test_new_files_and_folders_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
+    umask(mask)
+    atomic_write_text(tmp_path / "results.json", "{}")
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == file_mode
+    assert new_file_mode(directory=True) == dir_mode
+
+
+def test_save_pruned_artifacts_get_the_umask_mode_not_the_temp_file_mode(tmp_path, umask):
+    from prunekit.torch import save_pruned
+
+    umask(0o002)
+    path = save_pruned(torch.nn.Linear(3, 2), tmp_path / "pruned.safetensors")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664

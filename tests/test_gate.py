@@ -203,11 +203,15 @@ def test_gate_on_sweep_results(tmp_path):
     assert main(["sweep", "--quick", "--methods", "one-shot", "--sparsities", "0.5", "--out", str(out)]) == 0
     results = out / "results.json"
     data = read_results(results)
-    assert data.source == "sweep" and data.baseline is None
+    dense = json.loads(results.read_text())["dense"]
+    assert data.source == "sweep" and data.baseline is not None and data.baseline.accuracy == dense["accuracy"]
     trial = json.loads(results.read_text())["trials"][0]["metrics"]
     assert data.candidates[0].latency_ms == trial["latency_ms"]
     assert main(["gate", str(results), "--max-latency-ms", "10000"]) == 0
     assert main(["gate", str(results), "--max-latency-ms", "0"]) == 1
-    assert main(["gate", str(results), "--max-accuracy-drop", "1"]) == 2  # no baseline in a sweep
-    dense = _write(tmp_path, results_block("run", Candidate("dense", accuracy=trial["accuracy"], gzip_bytes=10**9), []))
-    assert main(["gate", str(results), "--max-accuracy-drop", "0", "--min-compression", "2", "--baseline", str(dense)]) == 0
+    drop = 100 * (dense["accuracy"] - trial["accuracy"])
+    assert main(["gate", str(results), "--max-accuracy-drop", f"{drop + 0.01:.4f}"]) == 0  # the sweep's own dense baseline
+    if drop >= 0.01:
+        assert main(["gate", str(results), "--max-accuracy-drop", f"{drop - 0.01:.4f}"]) == 1
+    other = _write(tmp_path, results_block("run", Candidate("dense", accuracy=trial["accuracy"], gzip_bytes=10**9), []))
+    assert main(["gate", str(results), "--max-accuracy-drop", "0", "--min-compression", "2", "--baseline", str(other)]) == 0

@@ -122,8 +122,15 @@ def test_run_command_runs_a_recipe_and_writes_results_and_report(tmp_path, one_t
     assert list(results["sensitivity"]["scores"]) == ["conv1", "conv2", "fc1", "fc2"]
     assert [row["method"] for row in results["allocation"]] == ["sensitivity", "uniform", "global", "search"]
     assert all(abs(row["cost_fraction"] - 0.4) < 0.008 for row in results["allocation"])
+    sparse = results["runs"][1]["sparse_runtime"]  # 80 % sparse: the sparse CPU kernels were measured per layer
+    assert sparse["batch_size"] == 1 and [layer["name"] for layer in sparse["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert all(
+        layer["sparse"] == (layer["sparse_ms"] is not None and layer["sparse_ms"] < layer["dense_ms"])
+        for layer in sparse["layers"]
+    )
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4  # sparsity, MACs, Pareto, sensitivity
+    assert "Sparse CPU runtime" in html
     assert "name: tiny" in html  # the exact recipe
     assert json.loads((out / "report.json").read_text())["recipe"] == path.read_text()
 

@@ -47,6 +47,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with the arguments of the subcommand named in ``argv`` filled in."""
     parser = argparse.ArgumentParser(prog="prunekit", description="Make trained neural networks smaller and faster.")
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the line)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = _chosen_command(argv)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -61,12 +62,30 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``prunekit`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except PrunekitError as exc:
-        print(f"prunekit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        bad_input = _is_bad_input(exc)
+        detail = str(exc) if isinstance(exc, PrunekitError) else f"{type(exc).__name__}: {exc}"
+        hint = "" if bad_input else " (a bug? run again with --debug for the traceback and report it)"
+        print(f"prunekit {args.command}: error: {detail}{hint}", file=sys.stderr)
+        return 2 if bad_input else 1
+
+
+# Errors of the file formats and libraries prunekit reads: a bad input file or argument, not a bug
+_INPUT_ERROR_MODULES = ("google.protobuf", "onnx", "onnxruntime", "h5py", "safetensors", "zipfile", "yaml", "json")
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    """Whether ``exc`` says the input was bad (exit 2) rather than that prunekit failed (exit 1)."""
+    if isinstance(exc, (PrunekitError, OSError, ValueError, UnicodeError)):
+        return True
+    return any(cls.__module__.startswith(_INPUT_ERROR_MODULES) for cls in type(exc).__mro__)
 
 
 if __name__ == "__main__":

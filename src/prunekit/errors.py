@@ -36,3 +36,11 @@ class ExportError(PrunekitError, RuntimeError):
 
     The message names the op, tensor or output and the measured error.
     """
+
+
+class SparsityWarning(UserWarning):
+    """A pruning run ends far from the sparsity its schedule targets (say, ``begin_step`` was never reached)."""
+
+
+class ExportFallbackWarning(UserWarning):
+    """The ``dynamo=True`` ONNX exporter could not export a model, so the legacy TorchScript exporter did."""

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 from prunekit.torch.llm.calibration import calibration_tokens
+from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.depth import DepthResult, block_influence, prune_depth, remove_blocks
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack
 from prunekit.torch.llm.evaluate import Perplexity, comparison_rows, layer_sparsity, model_report, perplexity
@@ -23,6 +24,7 @@ from prunekit.torch.llm.small_lm import SmallLMConfig, byte_tokenizer, ensure_sm
 from prunekit.torch.llm.width import WidthResult, prune_width
 
 __all__ = [
+    "BlockCheckpoint",
     "DecoderStack",
     "DepthResult",
     "LLMMethod",

@@ -212,6 +212,11 @@ class PolynomialDecay(PruningSchedule):
         self.end_step = _check_step(end_step, "end_step")
         if self.end_step < self.begin_step:
             raise ConfigError(f"end_step ({end_step}) should be >= begin_step ({begin_step})")
+        if self._final_sparsity < self.initial_sparsity:
+            raise ConfigError(
+                f"final_sparsity ({final_sparsity}) should be >= initial_sparsity ({initial_sparsity}): pruning "
+                "never revives weights, so the sparsity cannot decrease"
+            )
         if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
             raise ConfigError(f"power should be a number > 0, got {power!r}")
         self.power: float = power
@@ -367,3 +372,37 @@ def schedule_from_config(config: dict[str, Any]) -> PruningSchedule:
         return _SCHEDULES[name](**config["config"])
     except TypeError as exc:
         raise ConfigError(f"bad fields for schedule {name}: {exc}") from None
+
+
+def warn_if_short(
+    schedule: PruningSchedule, steps: int, achieved: float, target: float, where: str, tolerance: float = 0.05
+) -> bool:
+    """Warn (:class:`~prunekit.errors.SparsityWarning`) when ``achieved`` sparsity is far below ``target``.
+
+    Called at the end of training and on strip: a schedule whose ``begin_step`` is never reached
+    ends a run with a dense model, which is easy to miss. The message names the schedule, the
+    step count and what to change. Returns whether it warned.
+
+    Example::
+
+        warn_if_short(PolynomialDecay(0, 0.8, 500, 900), steps=100, achieved=0.0, target=0.8, where="strip")
+    """
+    if achieved >= target - tolerance:
+        return False
+    from prunekit.errors import SparsityWarning
+
+    config = schedule.get_config()["config"]
+    begin, end = config.get("begin_step"), config.get("end_step", -1)
+    if isinstance(begin, int) and steps <= begin:
+        hint = f"its begin_step={begin} was never reached; lower begin_step or train longer"
+    elif isinstance(end, int) and end > 0 and steps <= end:
+        hint = f"it ends at end_step={end}; set end_step below {steps} or train longer"
+    else:
+        hint = "check its frequency and end_step against the number of training steps"
+    warnings.warn(
+        f"{where}: sparsity is {achieved:.1%} after {steps} pruner step(s), but the schedule {schedule!r} "
+        f"targets {target:.1%}: {hint}",
+        SparsityWarning,
+        stacklevel=3,
+    )
+    return True

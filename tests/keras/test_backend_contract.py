@@ -14,6 +14,7 @@ VERBS = [
     "summarize",
     "measure",
     "measure_latency",
+    "measure_sparse_runtime",
     "export",
     "load_weights",
     "prune_channels",
@@ -25,7 +26,7 @@ VERBS = [
 def test_both_backends_have_the_verb_with_the_same_parameter_names(verb):
     torch_backend, keras_backend = load_backend("torch"), load_backend("keras")
     names = [list(inspect.signature(getattr(b, verb)).parameters) for b in (torch_backend, keras_backend)]
-    if verb in ("measure_latency", "analyze_sensitivity"):  # the torch twin adds options (devices, workers, prune)
+    if verb == "measure_latency":  # the torch twin adds options (devices)
         assert names[1] == [n for n in names[0] if n in names[1]]
     else:
         assert names[0] == names[1]

@@ -93,12 +93,43 @@ def test_resuming_with_another_recipe_names_the_checkpoint_and_the_mismatch(tmp_
     assert {p.name: p.read_bytes() for p in (out / ".checkpoints").iterdir()} == before  # nothing overwritten
 
 
-def test_resume_is_refused_for_a_keras_recipe(tmp_path):
+KERAS_RECIPE = {
+    "name": "resume-keras",
+    "framework": "keras",
+    "seed": 0,
+    "model": {"factory": "prunekit.keras:digits_mlp", "kwargs": {"hidden": [32, 16]}, "input_shape": [8, 8, 1]},
+    "data": {"loader": "prunekit.keras:load_digits_nhwc"},
+    "train": {"epochs": 1},
+    "prune": {"method": "gradual", "sparsities": [0.5, 0.8], "epochs": 4},
+    "export": {"tflite": True},
+    "report": {"latency_batch_sizes": []},
+}
+
+
+@pytest.mark.slow
+def test_a_killed_keras_recipe_resumes_to_bitwise_identical_models(tmp_path):
+    pytest.importorskip("keras")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(KERAS_RECIPE))
+    whole = _run(recipe, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    _kill_mid_way(recipe, tmp_path / "resumed")
+    resumed = _run(recipe, tmp_path / "resumed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("pruned-0.5.tflite", "pruned-0.8.tflite"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes(), name
+    runs = [json.loads((tmp_path / out / "results.json").read_text())["runs"] for out in ("whole", "resumed")]
+    assert [[e["loss"] for e in run["history"]] for run in runs[0]] == [[e["loss"] for e in run["history"]] for run in runs[1]]
+    assert [(r["accuracy"], r["nonzeros"]) for r in runs[0]] == [(r["accuracy"], r["nonzeros"]) for r in runs[1]]
+
+
+def test_resume_is_refused_for_a_keras_method_that_cannot_checkpoint(tmp_path):
     from prunekit.errors import ConfigError
     from prunekit.recipes.config import parse_recipe
     from prunekit.recipes.runner import run_recipe
 
     keras_model = {"factory": "prunekit.keras:digits_cnn", "input_shape": [8, 8, 1]}
-    recipe = parse_recipe({**RECIPE, "framework": "keras", "model": keras_model, "export": {"tflite": True}})
-    with pytest.raises(ConfigError, match="--resume needs a torch recipe"):
+    channels = {"method": "channels", "sparsities": [0.5], "epochs": 1}
+    recipe = parse_recipe({**RECIPE, "framework": "keras", "model": keras_model, "prune": channels, "export": {"tflite": True}})
+    with pytest.raises(ConfigError, match="--resume of a keras recipe needs a method of kind 'unstructured'"):
         run_recipe(recipe, tmp_path, resume=True)

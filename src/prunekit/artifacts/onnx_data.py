@@ -14,7 +14,7 @@ from prunekit.errors import ConfigError
 
 
 def external_data_files(path: str | os.PathLike) -> tuple[Path, ...]:
-    """The files beside an ONNX model that hold its external data (weights of models over 2 GB), checked to exist.
+    """The files beside an ONNX model that hold its external data (weights of models over 2 GiB), checked to exist.
 
     Empty for a self-contained file. Raises :class:`~prunekit.errors.ConfigError` naming a data
     file the model refers to that is missing.

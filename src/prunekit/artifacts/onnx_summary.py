@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from prunekit.core.records import LayerStats, ModelSummary
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, CorruptFileError
 
 #: Input shapes of :func:`summarize_onnx`: one per-sample shape for every input, or one per input name.
 InputShapes = Mapping[str, Sequence[int]] | Sequence[int] | None
@@ -77,9 +77,16 @@ def summarize_onnx(path: str | os.PathLike, input_shapes: InputShapes = None) ->
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the .onnx file inside it")
     if not path.is_file():
         raise ConfigError(f"ONNX file {path} does not exist")
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not an ONNX model
+        raise CorruptFileError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise CorruptFileError(f"{path} holds no ONNX graph (an empty or truncated file?); export the model again")
     graph = _Graph(model.graph, path, _inferred_shapes(model, path, input_shapes))
     rows = (graph.row(node, index) for index, node in enumerate(model.graph.node))
     return ModelSummary([row for row in rows if row is not None])

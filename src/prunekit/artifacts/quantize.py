@@ -11,7 +11,7 @@ is compared with its float original and any zero that did not stay zero raises
 :class:`~prunekit.errors.ExportError`.
 
 A model in ONNX's external-data format (``model.onnx`` plus ``model.onnx.data``, as
-:func:`~prunekit.torch.deploy.export_onnx` writes models near 2 GB) gives a quantized model in the same
+:func:`~prunekit.torch.deploy.export_onnx` writes models near 2 GiB) gives a quantized model in the same
 format, ``model.int8.onnx`` plus ``model.int8.onnx.data``, moved into place together.
 """
 

@@ -81,7 +81,7 @@ def tflite_schema() -> Any | None:
 def buffer_bytes(model: Any, data: bytes, index: int) -> bytes | None:
     """The bytes of buffer ``index`` of a parsed TFLite ``model`` read from ``data``; None for an empty buffer.
 
-    Models over 2 GB keep their buffers after the flatbuffer (an offset and a size), smaller ones inside it.
+    Models over 2 GiB keep their buffers after the flatbuffer (an offset and a size), smaller ones inside it.
 
     Example::
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from prunekit.commands import directory
+
 
 def _sparsities(text: str) -> list[float]:
     try:
@@ -36,7 +38,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         choices=method_names(kind="recover"),
         help="recover each pruned model after pruning: fine-tune, distil from the dense model, QAT or PQAT",
     )
-    parser.add_argument("--output", metavar="DIR", help="write results.md and results.json to DIR")
+    parser.add_argument("--output", metavar="DIR", type=directory, help="write results.md and results.json to DIR")
     parser.add_argument("--quick", action="store_true", help="few epochs, for a smoke test (lower accuracy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -49,20 +51,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "print_recipe", False):
-        from prunekit.recipes.config import builtin_recipe_text
-
-        print(builtin_recipe_text("demo" if args.framework == "torch" else f"demo-{args.framework}"), end="")
-        return 0
-    from prunekit.demo import run_demo
     from prunekit.methods import get_method, method_names
 
     methods = method_names(kind="unstructured", framework=args.framework) if args.method == "all" else [args.method]
     channel_ratios = args.method != "all" and get_method(args.method).amount == "channel ratio"
+    sparsities = args.sparsities or ([0.25, 0.5] if channel_ratios else [0.5, 0.8, 0.9])
+    if getattr(args, "print_recipe", False):
+        from prunekit.errors import ConfigError
+        from prunekit.recipes.demo_recipe import demo_recipe_text
+
+        if len(methods) > 1:
+            raise ConfigError("a recipe runs one method; use --print-recipe with --method NAME rather than --method all")
+        print(
+            demo_recipe_text(args.framework, methods[0], sparsities, seed=args.seed, recover=args.recover, quick=args.quick),
+            end="",
+        )
+        return 0
+    from prunekit.demo import run_demo
+
     run_demo(
         framework=args.framework,
         methods=methods,
-        sparsities=args.sparsities or ([0.25, 0.5] if channel_ratios else [0.5, 0.8, 0.9]),
+        sparsities=sparsities,
         output_dir=args.output,
         quick=args.quick,
         seed=args.seed,

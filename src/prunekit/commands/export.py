@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prunekit.commands import directory
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -41,7 +43,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="test and calibration data: the bundled digits (default) or an .npz with x_test, "
         "y_test, x_calib (several model inputs: x_test.NAME and x_calib.NAME per input)",
     )
-    parser.add_argument("--out", default="artifacts", metavar="DIR", help="where to write the artifacts (default: artifacts)")
+    parser.add_argument(
+        "--out", default="artifacts", metavar="DIR", type=directory, help="where to write the artifacts (default: artifacts)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON to FILE")
     parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: ORT's choice)")
     parser.add_argument(

@@ -99,21 +99,25 @@ def _report(
     return result
 
 
-def _inspect_keras(model: object, args: argparse.Namespace) -> dict:
+def _inspect_keras(model: Any, args: argparse.Namespace) -> dict:
+    import numpy as np
+
     from prunekit.keras.measure.metrics import serialized_size
     from prunekit.keras.measure.summary import measure_latency, measure_peak_memory, summarize
 
+    summary = _fitting(lambda: (model(np.zeros((1, *args.input_shape), dtype="float32")), summarize(model))[1], args)
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
+    sizes, name = _file_sizes(args, lambda: serialized_size(model))
     return _report(
         "keras",
         model,
-        summarize(model),
-        serialized_size(model),
+        summary,
+        sizes,
         memory,
         measure_latency,
         args,
         "Keras; MACs per sample",
-        "weights",
+        name or "weights",
     )
 
 
@@ -125,17 +129,19 @@ def _inspect_torch(model: Any, args: argparse.Namespace) -> dict:
     from prunekit.torch.measure.summary import summarize
 
     model.eval()
+    summary = _fitting(lambda: summarize(model, torch.zeros(1, *args.input_shape)), args)
     memory = [measure_peak_memory(model, args.input_shape, size) for size in args.batch_sizes]
+    sizes, name = _file_sizes(args, lambda: serialized_size(model))
     result = _report(
         "torch",
         model,
-        summarize(model, torch.zeros(1, *args.input_shape)),
-        serialized_size(model),
+        summary,
+        sizes,
         memory,
         measure_latency,
         args,
         "MACs per sample",
-        "state_dict",
+        name or "state_dict",
     )
     if getattr(args, "structured", False):
         result["structured"] = _structured_torch(model, torch.zeros(1, *args.input_shape))
@@ -287,15 +293,54 @@ def _load(args: argparse.Namespace) -> object:
     from prunekit.errors import ConfigError
     from prunekit.torch.deploy.weights import load_weights
 
+    if Path(args.model).is_dir():
+        raise ConfigError(f"{args.model} is a directory; give a model file (.keras, .onnx, .tflite, a weight file) or a factory")
     if Path(args.model).is_file():
         if _is_keras_file(args.model):
+            from prunekit.errors import CorruptFileError
             from prunekit.keras import load_model
 
-            return load_model(args.model)
+            try:
+                return load_model(args.model)
+            except ConfigError:
+                raise
+            except Exception as exc:  # zipfile, h5py and Keras errors: the bytes are not a Keras model
+                raise CorruptFileError(f"{args.model} is not a readable Keras model ({type(exc).__name__}: {exc})") from None
         if not args.factory:
             raise ConfigError(f"{args.model} is a weight file; name its architecture with --factory module:callable")
         return load_weights(args.model, import_factory(args.factory))
     return import_factory(args.model)()
+
+
+def _defined_input_shape(model: object) -> list[int] | None:
+    """One sample's shape from a Keras model's defined input (``None`` for torch models or open dimensions)."""
+    inputs = getattr(model, "inputs", None)
+    if type(model).__module__.split(".")[0] != "keras" or not inputs or len(inputs) != 1:
+        return None
+    shape = list(inputs[0].shape[1:])
+    return [int(d) for d in shape] if all(isinstance(d, int) and d > 0 for d in shape) else None
+
+
+def _fitting(summarize: Callable[[], Any], args: argparse.Namespace) -> Any:
+    """Run the first forward pass (``summarize``), turning a shape mismatch into a ConfigError naming --input-shape."""
+    from prunekit.errors import ConfigError
+
+    try:
+        return summarize()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        shape = ",".join(map(str, args.input_shape))
+        raise ConfigError(f"--input-shape {shape} does not fit {args.model}: {first}") from None
+
+
+def _file_sizes(args: argparse.Namespace, model_sizes: Callable[[], dict]) -> tuple[dict, str]:
+    """The size of the file inspected (a compact int8 file is its own size, not its float state_dict's), else the model's."""
+    from prunekit.core.gzip import gzip_file_size
+
+    path = Path(args.model)
+    if path.is_file():
+        return {"raw_bytes": path.stat().st_size, "gzip_bytes": gzip_file_size(path), "files": [path.name]}, path.name
+    return model_sizes(), ""
 
 
 def _inspect_framework(model: object, args: argparse.Namespace) -> dict:
@@ -328,13 +373,15 @@ def run(args: argparse.Namespace) -> int:
         result = _inspect_onnx(args)
     elif args.model.endswith(".tflite"):
         result = _inspect_tflite(args)
-    elif args.input_shape is None:
-        raise ConfigError(
-            f"inspecting {args.model} needs --input-shape: the shape of one input sample without the "
-            "batch dim, e.g. --input-shape 1,8,8 (only .onnx and .tflite files know their own input shape)"
-        )
     else:
-        result = _inspect_framework(_load(args), args)
+        built = _load(args)
+        args.input_shape = args.input_shape or _defined_input_shape(built)
+        if args.input_shape is None:
+            raise ConfigError(
+                f"inspecting {args.model} needs --input-shape: the shape of one input sample without the "
+                "batch dim, e.g. --input-shape 1,8,8 (.onnx, .tflite and Keras models with a defined input know their own)"
+            )
+        result = _inspect_framework(built, args)
     if args.latency:
         table = ResultTable("latency", ["device", "batch", "median ms", "p90 ms", "runs", "threads"])
         for row in result["latency"]:

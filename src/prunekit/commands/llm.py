@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prunekit.commands import directory
+
 
 def _ratios(text: str) -> str | dict[str, float]:
     if text in ("uniform", "owl"):
@@ -36,7 +38,9 @@ def _calibration_args(parser: argparse.ArgumentParser, samples: int, seq_len: in
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], help="where each block is pruned (default: where the model is)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output model directory (written atomically)")
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", type=directory, help="output model directory (written atomically)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--eval-text", metavar="FILE", help="also measure perplexity before and after on this text")
 
@@ -53,6 +57,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     prune.add_argument("--ratios", type=_ratios, default="uniform", help="uniform, owl, or GLOB=SPARSITY,... per layer")
     prune.add_argument("--comparison", choices=["row", "layer"], help="comparison group (default: the method's)")
     prune.add_argument("--skip", action="append", default=[], metavar="GLOB", help="leave matching layers/blocks dense")
+    prune.add_argument("--resume", action="store_true", help="continue a killed run from its block checkpoint (OUTPUT.partial)")
+    prune.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        metavar="BLOCKS",
+        help="blocks between checkpoints in OUTPUT.partial (default 1; removed when the run completes)",
+    )
     _calibration_args(prune, 128, 2048)
 
     evaluate = sub.add_parser("eval", help="perplexity, next-token accuracy, sparsity, params, size")
@@ -132,9 +144,10 @@ def _finish(
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    from prunekit.llm import model_report, prune
+    from prunekit.llm import BlockCheckpoint, model_report, prune
 
     _check_common(args)
+    checkpoint = BlockCheckpoint(f"{Path(args.output)}.partial", every=args.checkpoint_every, resume=args.resume)
     model, tokenizer, directory = _load(args)
     dense = model_report(model, args.eval_text, tokenizer, directory=directory) if args.eval_text else None
     result = prune(
@@ -152,6 +165,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=True,
+        checkpoint=checkpoint,
     )
     print(
         f"{result.recipe['method']}: {result.sparsity:.2%} of {result.params_pruned:,} block weights zeroed "

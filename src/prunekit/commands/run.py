@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunekit.commands import directory
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", metavar="RECIPE", help="a YAML recipe file (see `prunekit demo --print-recipe`)")
-    parser.add_argument("--out", default="run-out", metavar="DIR", help="where results and the report go (default: run-out)")
+    parser.add_argument(
+        "--out", default="run-out", metavar="DIR", type=directory, help="where results and the report go (default: run-out)"
+    )
     parser.add_argument("--check", action="store_true", help="only validate the recipe (imports only trusted modules)")
     parser.add_argument(
         "--resume", action="store_true", help="continue a killed run from the checkpoints in OUT/.checkpoints (torch recipes)"
@@ -37,10 +41,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prunekit.recipes.config import load_recipe
-    from prunekit.recipes.runner import run_recipe
+    from prunekit.recipes.runner import check_recipe_model, run_recipe
 
     recipe = load_recipe(args.recipe, trust_modules=args.trust_module)
     if args.check:
+        check_recipe_model(recipe, args.recipe)
         print(f"{args.recipe}: valid recipe {recipe.name!r}")
         return 0
     results = run_recipe(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from prunekit.commands import directory
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -46,7 +48,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=1, help="trials at a time: worker processes, or Ray tasks with --ray (default: 1)"
     )
     parser.add_argument(
-        "--out", default="sweep-out", metavar="DIR", help="results, trial log, plots and report (default: sweep-out)"
+        "--out",
+        default="sweep-out",
+        metavar="DIR",
+        type=directory,
+        help="results, trial log, plots and report (default: sweep-out)",
     )
     parser.add_argument("--objective", metavar="MODULE:CALLABLE", help="factory of your own objective instead of the digits CNN")
     parser.add_argument("--epochs", type=int, default=8, help="dense training epochs of the digits CNN (default: 8)")
@@ -68,7 +74,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from prunekit.commands.export import import_factory
     from prunekit.methods import TRAINING_KINDS, get_method, method_names
-    from prunekit.sweep.report import sweep_report
+    from prunekit.sweep.report import sweep_report, trials_table
     from prunekit.sweep.runner import grid, run_sweep
 
     methods = args.methods or method_names(kind="unstructured", framework="torch")
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         on_mismatch="rerun" if args.rerun_mismatched else "refuse",
     )
     paths = sweep_report(result, title=f"prunekit sweep: {', '.join(methods)}")
+    trials_table(result).print()
     print(
         f"{len(result.ran)} trial(s) run now, {len(result.records) - len(result.ran)} reused from the log, "
         f"{len(result.failed)} failed; report: {paths['html']}"

@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from prunekit.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -30,6 +32,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             onnx.save(model, tmp)
     """
     target = Path(path)
+    _check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".weights.h5") else target.suffix
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=target.parent)
@@ -47,9 +50,48 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def _check_target(target: Path) -> None:
+    """A clear error for a target that is a folder, or whose folder is a file (else ``os.replace`` fails cryptically)."""
+    if target.is_dir():
+        raise ConfigError(
+            f"cannot write {target}: it is a directory; give a file path such as {target / ('model' + target.suffix)}"
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"cannot write {target}: {parent} is a file, not a directory; choose another path")
+            break
+
+
 def _mode(target: Path) -> int:
-    """The permissions a new version of ``target`` gets: those of the file it replaces, else rw-r--r--."""
-    return target.stat().st_mode & 0o777 if target.exists() else 0o644
+    """The permissions a new version of ``target`` gets: those of the file it replaces, else the umask's default."""
+    return target.stat().st_mode & 0o777 if target.exists() else new_file_mode()
+
+
+def _umask() -> int:
+    try:  # Linux shows it without changing it (os.umask is process-wide, so setting it races other threads)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file (0o666) or folder (0o777) under the current umask.
+
+    Temporary files and folders are created owner-only; a finished artifact gets this mode instead,
+    like any other file the user writes.
+
+    Example::
+
+        os.chmod(tmp_dir, new_file_mode(directory=True))
+    """
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 @contextlib.contextmanager
@@ -73,6 +115,8 @@ def atomic_paths(path: str | os.PathLike[str], *companions: str | os.PathLike[st
     targets = [Path(path), *(Path(companion) for companion in companions)]
     if any(target.parent != targets[0].parent for target in targets) or len({t.name for t in targets}) < len(targets):
         raise ValueError(f"atomic_paths needs distinct file names in one directory, got {[str(t) for t in targets]}")
+    for target in targets:
+        _check_target(target)
     targets[0].parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.{os.getpid()}.", suffix=".tmp", dir=targets[0].parent))
     try:

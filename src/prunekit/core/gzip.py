@@ -21,7 +21,7 @@ def gzip_size(data: bytes) -> int:
 
 
 def gzip_file_size(path: str | os.PathLike[str]) -> int:
-    """:func:`gzip_size` of a file's bytes, read in 1 MiB chunks (a model file over 2 GB never sits in memory).
+    """:func:`gzip_size` of a file's bytes, read in 1 MiB chunks (a model file over 2 GiB never sits in memory).
 
     Example::
 

@@ -9,6 +9,7 @@ each (Ray sets ``OMP_NUM_THREADS=1`` in them, so torch also uses one thread).
 
 from __future__ import annotations
 
+import ast
 import logging
 import multiprocessing
 import os
@@ -44,6 +45,44 @@ def check_workers(workers: Any) -> int:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers should be an integer >= 1 (processes), got {workers!r}")
     return workers
+
+
+def _guarded(tree: ast.Module, line: int) -> bool:
+    """Whether ``line`` lies inside an ``if __name__ == "__main__":`` block of the module ``tree``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
+            if node.lineno <= line <= (node.end_lineno or node.lineno):
+                return True
+    return False
+
+
+def check_main_guard(workers: int) -> None:
+    """Refuse to start worker processes from the top level of an unguarded script, saying what to add.
+
+    Worker processes import the script that started them (``__main__``) before running a job; a
+    script whose pool-starting call is not under ``if __name__ == "__main__":`` would start pools
+    from inside the workers, which Python forbids (the pool breaks with ``BrokenProcessPool``). A
+    script run under ``python -c``, a notebook or the REPL has no file to re-import and passes.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None or not os.path.isfile(path):
+        return  # no script file, or run with ``python -m`` (the module is imported under its own name)
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return  # called from a function: the call happens only when the script calls it
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return
+    if not _guarded(tree, frame.f_lineno):
+        raise ConfigError(
+            f"workers={workers} starts worker processes, which import your script {path} again; put the script's code under "
+            f'`if __name__ == "__main__":` (line {frame.f_lineno} is at its top level), or use workers=1'
+        )
 
 
 BACKENDS = ("processes", "ray")
@@ -154,6 +193,7 @@ def run_jobs(
             except Exception as exc:  # the caller records it with the job's id
                 yield index, None, exc
         return
+    check_main_guard(workers)
     context = _context()
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_one_thread_per_worker) as pool:
         pending: dict[Future[Any], int] = {pool.submit(fn, job): index for index, job in enumerate(jobs)}

@@ -26,7 +26,10 @@ class ResultTable:
         self.rows.append([str(cell) for cell in cells])
 
     def print(self, console: Any = None) -> None:
+        """Print to ``console`` (default: stdout). Off a terminal (a log, a pipe) the table gets its
+        natural width, so no number is cut or wrapped at 80 columns."""
         from rich.console import Console
+        from rich.measure import Measurement
         from rich.table import Table
 
         table = Table(title=self.title)
@@ -34,7 +37,12 @@ class ResultTable:
             table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in self.rows:
             table.add_row(*row)
-        (console or Console()).print(table)
+        if console is None:
+            console = Console()
+            if not console.is_terminal:
+                natural = Measurement.get(console, console.options.update(width=100_000), table).maximum
+                console = Console(width=max(console.width, natural))
+        console.print(table)
 
     def to_markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |"]

@@ -11,15 +11,19 @@ from prunekit.report.plots import plot_layer_bars, plot_pareto
 from prunekit.tradeoffs.pareto import pareto_front
 
 
-def demo_report(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+def demo_report(results: dict[str, Any], out_dir: str | os.PathLike, recipe: str | None = None) -> dict[str, Path]:
     """Write ``report.html``/``.md``/``.json`` for the results of ``run_demo`` (``{"dense": ..., "runs": [...]}``).
+
+    The report holds every table the console showed (results, structured, deployable artifacts)
+    and ``recipe``, the recipe that ran (default: derived from the results' framework, method,
+    amounts and recovery).
 
     Example::
 
         demo_report(run_demo(output_dir=None), "demo-out")["html"]
     """
-    from prunekit.demo.tables import results_table
-    from prunekit.recipes.config import builtin_recipe_text
+    from prunekit.demo.tables import demo_tables
+    from prunekit.recipes.demo_recipe import demo_recipe_text
 
     dense = dict(results["dense"], method="dense", sparsity=0.0)
     rows = [dense] + [dict(run) for run in results["runs"]]
@@ -30,6 +34,17 @@ def demo_report(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str
     figures.append(
         plot_layer_bars(labels, {"accuracy": [row["accuracy"] for row in rows]}, ylabel="test accuracy", title="Accuracy per run")
     )
-    sections = [Section("Before and after", tables=[results_table(results)]), Section("Trade-off", figures=figures)]
-    title = f"prunekit demo ({results.get('framework', 'torch')})"
-    return write_report(Report(title, sections, data=results, recipe=builtin_recipe_text("demo")), out_dir)
+    tables = demo_tables(results)
+    sections = [Section("Before and after", tables=tables[:1])]
+    sections += [Section(table.title, tables=[table]) for table in tables[1:]]
+    sections.append(Section("Trade-off", figures=figures))
+    framework = results.get("framework", "torch")
+    if recipe is None:
+        runs = results["runs"]
+        recipe = demo_recipe_text(
+            framework,
+            runs[0]["method"] if runs else None,
+            list(dict.fromkeys(run["sparsity"] for run in runs)) or None,
+            recover=next((run["recover"] for run in runs if "recover" in run), None),
+        )
+    return write_report(Report(f"prunekit demo ({framework})", sections, data=results, recipe=recipe), out_dir)

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
+from prunekit.core.progress import progress as progress_bar
 from prunekit.core.results import Candidate, artifact_candidates, candidate_name, results_block
-from prunekit.demo.tables import artifacts_table, results_table, structured_table
+from prunekit.demo.tables import demo_tables
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS
+from prunekit.recipes.demo_recipe import demo_recipe_text
 
 
-def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> None:
+def _write_report(results: dict[str, Any], output_dir: Path, console: Any, recipe: str) -> None:
     """``report.html`` (self-contained, with plots), ``report.md`` and ``report.json`` beside the results."""
     from rich.console import Console
 
@@ -25,7 +27,7 @@ def _write_report(results: dict[str, Any], output_dir: Path, console: Any) -> No
         return
     from prunekit.demo.report import demo_report
 
-    console.print(f"report: {demo_report(results, output_dir)['html']}")
+    console.print(f"report: {demo_report(results, output_dir, recipe=recipe)['html']}")
 
 
 def _results_schema(results: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +86,8 @@ def run_demo(
         if not 0 <= sparsity < 1:
             raise ConfigError(f"demo sparsities should be in [0, 1), got {sparsity}")
     if framework == "torch":
-        from prunekit.demo.torch_demo import run_torch_demo
+        with progress_bar("loading PyTorch", enabled=progress):  # seconds on a cold or busy machine: say so
+            from prunekit.demo.torch_demo import run_torch_demo
 
         artifacts_dir = Path(output_dir) / "artifacts" if output_dir is not None else None
         results = run_torch_demo(
@@ -101,20 +104,24 @@ def run_demo(
         from prunekit.core.optional import require
 
         require("keras", "keras")
-        from prunekit.demo.keras_demo import run_demo as run_keras_demo
+        with progress_bar("keras demo", enabled=progress):  # TensorFlow's import alone takes seconds
+            from prunekit.demo.keras_demo import run_demo as run_keras_demo
 
-        results = run_keras_demo(output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover)
+            results = run_keras_demo(
+                output_dir=None, quick=quick, methods=methods, sparsities=sparsities, seed=seed, recover=recover
+            )
     results.update(_results_schema(results))
-    tables = [results_table(results)]
-    if any("macs" in run for run in results["runs"]):
-        tables.append(structured_table(results))
-    if results.get("artifacts"):
-        tables.append(artifacts_table(results["artifacts"]))
+    tables = demo_tables(results)
     for table in tables:
         table.print(console)
     if output_dir is not None:
         output_dir = Path(output_dir)
         atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
         atomic_write_text(output_dir / "results.md", "\n".join(table.to_markdown() for table in tables))
-        _write_report(results, output_dir, console)
+        with progress_bar("report", enabled=progress):
+            recipe = "---\n".join(
+                demo_recipe_text(framework, method, sparsities, seed=seed, recover=recover, quick=quick)
+                for method in dict.fromkeys(run["method"] for run in results["runs"])
+            )
+            _write_report(results, output_dir, console, recipe)
     return results

@@ -97,3 +97,13 @@ def artifacts_table(artifacts: dict[str, Any]) -> ResultTable:
             f"{speedup[big]:.2f}" if speedup.get(big) else "-",
         )
     return table
+
+
+def demo_tables(results: dict[str, Any]) -> list[ResultTable]:
+    """Every table of a demo that ran, dense baseline first: results, structured (if any), artifacts (if any)."""
+    tables = [results_table(results)]
+    if any("macs" in run for run in results["runs"]):
+        tables.append(structured_table(results))
+    if results.get("artifacts"):
+        tables.append(artifacts_table(results["artifacts"]))
+    return tables

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prunekit.core.progress import progress as progress_bar
 from prunekit.data import load_digits
 from prunekit.methods import PruningRun, default_method, get_method, run_method, run_recovery
 from prunekit.torch.measure.metrics import serialized_size, sparsity_report
@@ -72,16 +73,38 @@ def run_torch_demo(
     kinds = {method: get_method(method, framework="torch").kind for method in methods}  # unknown names fail here
     if recover is not None:
         get_method(recover, kind="recover", framework="torch")
-    quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     torch.manual_seed(seed)
     split = load_digits(seed=seed)
     train = make_loader(split.x_train, split.y_train, batch_size=64, seed=seed)
     test = make_loader(split.x_test, split.y_test, batch_size=256, shuffle=False)
     target = torch.device(device) if device else default_device()
 
+    steps = 1 + len(kinds) * len(sparsities) + ("structured" in kinds.values()) + bool(export)
+    with progress_bar("demo", steps, enabled=progress) as stage:
+        return _run(kinds, sparsities, split, train, test, target, quick, seed, progress, artifacts_dir, export, recover, stage)
+
+
+def _run(
+    kinds: dict[str, str],
+    sparsities: Sequence[float],
+    split: Any,
+    train: Any,
+    test: Any,
+    target: torch.device,
+    quick: bool,
+    seed: int,
+    progress: bool,
+    artifacts_dir: str | Path | None,
+    export: bool,
+    recover: str | None,
+    stage: Callable[..., None],
+) -> dict[str, Any]:
+    """The demo's stages (see :func:`run_torch_demo`); ``stage(note=...)`` is called after each."""
+    quick_options: dict[str, Any] = {"epochs": 3} if quick else {}  # a smoke test's fine-tuning budget
     dense = DigitsCNN().to(target)
     started = time.perf_counter()
     fit(dense, train, epochs=4 if quick else 25, lr=2e-3, progress=progress, description="dense")
+    stage(note="dense trained")
     sizes = serialized_size(dense)
     structured = "structured" in kinds.values()
     results: dict[str, Any] = {
@@ -146,6 +169,7 @@ def run_torch_demo(
                     **recovered,
                 }
             )
+            stage(note=f"{method} at {sparsity:.0%}")
             if kind == "structured":
                 smaller.append((results["runs"][-1], run.model))
             if sparsest is None or sparsity > sparsest[0]:
@@ -154,8 +178,10 @@ def run_torch_demo(
         latencies = _latencies_b64([dense, *(model for _, model in smaller)])
         for record, latency in zip([results["dense"], *(record for record, _ in smaller)], latencies):
             record["latency_ms_b64"] = latency
+        stage(note="latency timed")
     if export and sparsest is not None:
         results["artifacts"] = _compare(dense, sparsest[1], split, artifacts_dir)
+        stage(note="artifacts measured")
     return results
 
 

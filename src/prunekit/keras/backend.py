@@ -96,6 +96,12 @@ def measure(model: keras.Model, x: Any) -> dict[str, Any]:
     return {**summarize(model, x).totals(), **serialized_size(model)}
 
 
+def measure_sparse_runtime(model: keras.Model, x: Any, batch_size: int = 1) -> dict[str, Any] | None:
+    """Always None: prunekit's sparse kernels run PyTorch models; a Keras model's sparsity pays off in
+    TFLite, whose XNNPACK delegate chooses its sparse path itself (see ``PruneForLatencyOnXNNPack``)."""
+    return None
+
+
 def export(model: keras.Model, x: Any, path: str | Path, *, int8: bool = False, calibration: Any = None) -> dict[str, str]:
     """Write ``path`` + ``.tflite`` (and, with ``int8``, a full-integer ``.int8.tflite`` calibrated on
     ``calibration``); returns ``{"tflite": file, "int8": file}``.
@@ -127,7 +133,8 @@ def _options(job: TrainJob) -> dict[str, Any]:
             f"{options['scope']!r}, importance {options['importance']!r}: use scope 'layer', importance 'magnitude'"
         )
     keras.utils.set_random_seed(job.seed)
-    return {"lr": options["lr"], "batch_size": job.batch_size, "exclude": tuple(options["exclude"])}
+    checkpoint = {} if job.checkpoint is None else {"checkpoint": job.checkpoint}  # a prunekit.keras.EpochCheckpoint
+    return {"lr": options["lr"], "batch_size": job.batch_size, "exclude": tuple(options["exclude"]), **checkpoint}
 
 
 def prune_gradually_job(job: TrainJob) -> PruningRun:

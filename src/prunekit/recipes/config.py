@@ -11,6 +11,7 @@ Example recipe (the shipped demo, ``prunekit demo --print-recipe``)::
 
 from __future__ import annotations
 
+import math
 import os
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from prunekit.core.results import candidate_name
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, get_method
 from prunekit.recipes.validation import RecipeError, build, checked
+
+CHECKPOINT_DIR = ".checkpoints"  # under a run's output folder: what `prunekit run --resume` continues from
 
 #: The modules the recipe being validated may import from (set by :func:`parse_recipe`).
 _TRUSTED: ContextVar[tuple[str, ...]] = ContextVar("prunekit_recipe_trusted", default=())
@@ -59,7 +62,16 @@ def _ratios(values: list[float]) -> str | None:
 
 
 def _positive_float(value: float) -> str | None:
-    return None if value > 0 else f"should be > 0, got {value!r}"
+    return None if value > 0 and math.isfinite(value) else f"should be > 0 and finite, got {value!r}"
+
+
+def _batch_sizes(values: list[int]) -> str | None:
+    bad = [v for v in values if v < 1]
+    return f"every batch size should be an integer >= 1 ([] skips latency), got {bad}" if bad else None
+
+
+def _seed(value: int) -> str | None:
+    return None if 0 <= value < 2**32 else f"should be an integer in [0, 2**32) (numpy and torch seeds), got {value}"
 
 
 @dataclass
@@ -171,7 +183,7 @@ class ExportConfig:
 class ReportConfig:
     """What the report measures: latency batch sizes (empty: none) and sensitivity ratios (empty: none)."""
 
-    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    latency_batch_sizes: list[int] = checked(_batch_sizes, default_factory=lambda: [1, 32])
     sensitivity_ratios: list[float] = checked(_ratios, default_factory=list)
 
 
@@ -276,7 +288,7 @@ class Recipe:
     framework: str = checked(
         lambda v: None if v in FRAMEWORKS else f"should be one of {list(FRAMEWORKS)}, got {v!r}", default=FRAMEWORKS[0]
     )
-    seed: int = 0
+    seed: int = checked(_seed, default=0)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -452,10 +464,38 @@ def load_recipe(path: str | os.PathLike, trust_modules: tuple[str, ...] | list[s
     if not file.is_file():
         raise ConfigError(f"recipe file {file} does not exist")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        loader = _unique_key_loader()(file.read_text(encoding="utf-8"))  # a SafeLoader subclass
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file} is not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
     return parse_recipe(data, str(file), trust_modules)
+
+
+def _unique_key_loader() -> Any:
+    """A yaml SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def builtin_recipe_text(name: str = "demo") -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
-from prunekit.recipes.config import LLMConfig, Recipe
+from prunekit.recipes.config import CHECKPOINT_DIR, LLMConfig, Recipe
 from prunekit.report.html import Report, Section, write_report
 
 
@@ -24,9 +24,14 @@ def _model_dir(config: LLMConfig) -> Path:
     return ensure_small_lm(log=None) if config.model == "demo" else Path(config.model)
 
 
-def run_llm_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None) -> dict[str, Any]:
+def run_llm_recipe(
+    recipe: Recipe, out_dir: str | Path, recipe_text: str | None = None, *, resume: bool = False, checkpoint_every: int = 1
+) -> dict[str, Any]:
     """Prune ``recipe.llm.model`` one-shot and write ``OUT/pruned`` (a ``from_pretrained`` directory),
     ``results.json`` and ``report.{html,md,json}``.
+
+    The pruned blocks are checkpointed into ``OUT/.checkpoints/llm`` every ``checkpoint_every``
+    blocks; after a kill, ``resume=True`` continues at the next block (removed once complete).
 
     Returns ``{"recipe", "dense": {perplexity, ...}, "pruned": {...}, "prune": {...}, "model_dir"}``.
 
@@ -35,7 +40,7 @@ def run_llm_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None 
         results = run_llm_recipe(load_recipe("llm.yaml"), "out")
         results["pruned"]["perplexity"]
     """
-    from prunekit.llm import comparison_rows, load_model_dir, model_report, prune, save_pruned
+    from prunekit.llm import BlockCheckpoint, comparison_rows, load_model_dir, model_report, prune, save_pruned
 
     config = recipe.llm
     if config is None:
@@ -62,6 +67,7 @@ def run_llm_recipe(recipe: Recipe, out_dir: str | Path, recipe_text: str | None 
         seq_len=config.seq_len,
         seed=recipe.seed,
         device=config.device,
+        checkpoint=BlockCheckpoint(out / CHECKPOINT_DIR / "llm", every=checkpoint_every, resume=resume),
     )
     saved = save_pruned(
         model,

@@ -18,12 +18,14 @@ from typing import Any
 
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.debris import RunOutputs
+from prunekit.core.progress import progress as progress_bar
 from prunekit.core.records import ModelSummary
 from prunekit.core.results import Candidate, candidate_name, parse_results, results_block, smallest_batch_latency
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
-from prunekit.methods import load_backend, run_method, run_recovery
-from prunekit.recipes.config import GateConfig, ModelConfig, Recipe
+from prunekit.methods import get_method, load_backend, run_method, run_recovery
+from prunekit.recipes.config import CHECKPOINT_DIR, GateConfig, ModelConfig, Recipe
+from prunekit.recipes.preflight import preflight
 from prunekit.recipes.validation import to_plain
 from prunekit.report.dynamic import plot_turnover
 from prunekit.report.gate import GateBounds, GateVerdict, evaluate_gate
@@ -83,6 +85,17 @@ def _build_model(recipe: Recipe, backend: Any) -> Any:
             "set framework: to the model's framework"
         )
     return model
+
+
+def check_recipe_model(recipe: Recipe, source: str = "recipe") -> None:
+    """Build the recipe's model and check ``input_shape`` and ``prune.exclude`` against it (no training).
+
+    Example::
+
+        check_recipe_model(load_recipe("recipe.yaml"))
+    """
+    if recipe.model is not None:
+        preflight(recipe, _build_model(recipe, load_backend(recipe.framework)), source)
 
 
 def _measure(backend: Any, model: Any, recipe: Recipe, split: Any) -> tuple[dict[str, Any], ModelSummary]:
@@ -190,10 +203,21 @@ def run_recipe(
     if recipe.llm is not None:
         from prunekit.recipes.llm_runner import run_llm_recipe
 
-        if resume:
-            raise ConfigError("--resume is for recipes that train (model: sections); an llm: recipe runs from the start")
+        return run_llm_recipe(recipe, out_dir, recipe_text, resume=resume, checkpoint_every=checkpoint_every)
+    steps = 1 + len(recipe.prune.sparsities) + bool(recipe.report.sensitivity_ratios)
+    with progress_bar(f"run {recipe.name}", steps) as stage:
+        return _run_recipe(recipe, out_dir, recipe_text, stage, resume, checkpoint_every)
 
-        return run_llm_recipe(recipe, out_dir, recipe_text)
+
+def _run_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    recipe_text: str | None,
+    stage: Callable[..., None],
+    resume: bool,
+    checkpoint_every: int,
+) -> dict[str, Any]:
+    """The body of :func:`run_recipe`; ``stage(note=...)`` is called after the dense model and each pruning."""
     out = Path(out_dir)
     checkpoints = _checkpoints(recipe, out, resume, checkpoint_every)
     outputs = RunOutputs(out)
@@ -204,6 +228,7 @@ def run_recipe(
     split = _load_data(recipe)
     _seed(recipe)
     dense = _build_model(recipe, backend)
+    preflight(recipe, dense)
     started = time.perf_counter()
     if _model(recipe).weights:
         dense = backend.load_weights(_model(recipe).weights, lambda: _build_model(recipe, backend))
@@ -219,6 +244,7 @@ def run_recipe(
         )
     dense_row, dense_summary = _measure(backend, dense, recipe, split)
     dense_row["seconds"] = time.perf_counter() - started
+    stage(note="dense measured")
     results: dict[str, Any] = {"recipe": recipe.name, "framework": recipe.framework, "dense": dense_row, "runs": []}
     summaries = {"dense": dense_summary}
     for sparsity in recipe.prune.sparsities:
@@ -239,6 +265,10 @@ def run_recipe(
         if recipe.recover is not None:
             pruned, recovery = _recover(recipe, backend, pruned, dense, split, out / f"pruned-{sparsity:g}")
         row, summaries[f"{sparsity:.0%}"] = _measure(backend, pruned, recipe, split)
+        if recipe.report.latency_batch_sizes:  # what the sparse CPU kernels would make of the zeros (torch)
+            sparse = backend.measure_sparse_runtime(pruned, split.x_test, recipe.report.latency_batch_sizes[0])
+            if sparse is not None:
+                row["sparse_runtime"] = sparse
         row.update({"method": recipe.prune.method, "target": sparsity, "seconds": time.perf_counter() - started})
         if pruning.history:
             row["history"] = pruning.history
@@ -250,6 +280,7 @@ def run_recipe(
             )
             row["profiles"] = _profile_exports(row["files"], split)
         results["runs"].append(row)
+        stage(note=f"{recipe.prune.method} at {sparsity:.0%}")
     if recipe.report.sensitivity_ratios:
         table = backend.analyze_sensitivity(
             dense, backend.Accuracy(split.x_val, split.y_val), recipe.report.sensitivity_ratios, metric_name="validation accuracy"
@@ -257,6 +288,7 @@ def run_recipe(
         results["sensitivity"] = table.to_dict()
         if recipe.allocate is not None:
             results.update(_allocate(recipe, dense, split, table))
+        stage(note="sensitivity")
     results.update(_results_schema(results))
     if recipe.gate is not None:
         verdict = _gate(recipe.gate, results, str(out / "results.json"))
@@ -274,15 +306,22 @@ def _checkpoints(recipe: Recipe, out: Path, resume: bool, every: int) -> Callabl
     folder = out / CHECKPOINT_DIR
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ConfigError(f"checkpoint_every (--checkpoint-every) should be an integer >= 1 (epochs), got {every!r}")
-    if recipe.framework != "torch":
+    method = get_method(recipe.prune.method)
+    if recipe.framework == "keras" and method.kind != "unstructured":
         if resume:
-            raise ConfigError(f"--resume needs a torch recipe; {recipe.framework} recipes run from the start")
+            raise ConfigError(
+                f"--resume of a keras recipe needs a method of kind 'unstructured' (prunekit methods --kind unstructured "
+                f"--framework keras); {method.name!r} is {method.kind!r} and runs from the start"
+            )
         return lambda sparsity: None
     if not resume and folder.is_dir() and any(folder.iterdir()):
         raise ConfigError(
             f"{folder} holds checkpoints of an interrupted run: pass --resume to continue it, or delete the folder to start over"
         )
-    from prunekit.torch.checkpoint import EpochCheckpoint
+    if recipe.framework == "keras":
+        from prunekit.keras.checkpoint import EpochCheckpoint
+    else:
+        from prunekit.torch.checkpoint import EpochCheckpoint  # type: ignore[assignment]
 
     digest = hashlib.sha256(json.dumps(to_plain(recipe), sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
@@ -300,9 +339,6 @@ def _profile_exports(files: dict[str, str], split: Any) -> dict[str, str]:
         profile_artifact(file, split.x_val, split.y_val)  # a full-integer TFLite file gets the data quantized
         profiles[kind] = str(profile_path_for(file))
     return profiles
-
-
-CHECKPOINT_DIR = ".checkpoints"
 
 
 def _results_schema(results: dict[str, Any]) -> dict[str, Any]:
@@ -455,11 +491,36 @@ def recipe_report(
                 tables=[allocation_table(results["allocation"], f"Per-layer ratios: {methods}; test accuracy, no fine-tuning")],
             )
         )
+    sparse_runs = [run for run in results["runs"] if run.get("sparse_runtime")]
+    if sparse_runs:
+        sections.append(Section("Sparse CPU runtime", tables=[_sparse_runtime_table(sparse_runs)]))
     if "gate" in results:
         verdict = GateVerdict.from_dict(results["gate"])
         sections.append(Section("Gate", text=verdict.summary(), tables=[verdict.table()]))
     text = recipe_text if recipe_text is not None else _yaml(recipe)
     return Report(f"prunekit run: {recipe.name}", sections, data=results, recipe=text)
+
+
+def _sparse_runtime_table(runs: list[dict[str, Any]]) -> ResultTable:
+    """Dense vs sparse-kernel latency of each pruned model (``prunekit.torch.sparsify``'s measured per-layer choice)."""
+    table = ResultTable(
+        "Latency with the sparse CPU kernels (each layer runs sparse only where measured faster)",
+        ["model", "batch", "dense ms", "sparse ms", "speedup", "layers sparse", "kernels"],
+    )
+    for run in runs:
+        sparse = run["sparse_runtime"]
+        chosen = sum(bool(layer["sparse"]) for layer in sparse["layers"])
+        speedup = sparse["speedup"]
+        table.add_row(
+            f"{run['method']} {run['target']:.0%}",
+            sparse["batch_size"],
+            f"{sparse['dense_ms']:.3f}",
+            f"{sparse['sparse_ms']:.3f}",
+            "" if speedup is None else f"{speedup:.2f}x",
+            f"{chosen} of {len(sparse['layers'])}",
+            sparse["kernel_backend"],
+        )
+    return table
 
 
 def _yaml(recipe: Recipe) -> str:

@@ -137,7 +137,7 @@ def _tflite_weights(path: Path, content: bytes | None = None) -> tuple[float | N
 
 
 def _external_data(path: Path) -> tuple[Path, ...]:
-    """The external-data files of an ONNX model over 2 GB (none when ``onnx`` cannot be imported)."""
+    """The external-data files of an ONNX model over 2 GiB (none when ``onnx`` cannot be imported)."""
     if importlib.util.find_spec("onnx") is None:
         return ()
     from prunekit.artifacts.onnx_data import external_data_files

@@ -51,7 +51,7 @@ class DigitsObjective:
         self.latency_repeats = latency_repeats
         self.seed = seed
         self.model_options = dict(model_options or {})
-        # the arrays travel with the objective (a few hundred KB), so workers skip importing scikit-learn
+        # the arrays travel with the objective (a few hundred KiB), so workers skip importing scikit-learn
         self.split = split if split is not None else load_digits(seed=seed)
 
     @classmethod
@@ -88,6 +88,11 @@ class DigitsObjective:
         model = DigitsCNN(**self.model_options)
         model.load_state_dict(self.dense_state)
         return model
+
+    def baseline(self) -> dict[str, float]:
+        """The unpruned model's metrics (the sweep's dense row), measured like every trial."""
+        torch.manual_seed(self.seed)
+        return measure_model(self.dense_model(), self.split.x_test, self.split.y_test, self.latency_repeats)
 
     def __call__(self, trial: Trial) -> dict[str, float]:
         torch.manual_seed(self.seed + trial.seed)

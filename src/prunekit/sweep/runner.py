@@ -24,6 +24,7 @@ from typing import Any
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.debris import remove_stale_temps
 from prunekit.core.pool import check_workers, run_jobs
+from prunekit.core.progress import progress as progress_bar
 from prunekit.core.results import Candidate, results_block
 from prunekit.errors import ConfigError
 from prunekit.tradeoffs.pareto import pareto_front
@@ -130,6 +131,8 @@ class SweepResult:
     records: list[dict[str, Any]]
     ran: list[str]
     out_dir: Path
+    #: metrics of the unpruned model, from the objective's ``baseline()`` when it has one
+    baseline: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> list[dict[str, Any]]:
@@ -141,7 +144,8 @@ class SweepResult:
 
     def rows(self) -> list[dict[str, Any]]:
         """Flat rows: trial fields (``target`` is the trial's sparsity) plus metrics, failed trials with their error."""
-        return [_flat(record) for record in self.records]
+        dense = [{"id": "dense", "method": "dense", "target": 0.0, "status": "ok", **self.baseline}] if self.baseline else []
+        return dense + [_flat(record) for record in self.records]
 
     def fronts(self, maximize: str = "accuracy") -> dict[str, list[str]]:
         """Trial ids on the Pareto front of ``maximize`` against each cost the trials reported."""
@@ -153,9 +157,15 @@ class SweepResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """Trials and fronts, plus the ``prunekit gate`` schema: each finished trial a candidate, no dense baseline."""
+        """The dense model's metrics, trials and fronts, plus the ``prunekit gate`` schema (the dense model its baseline)."""
         candidates = [_candidate(record) for record in self.succeeded]
-        return {"trials": self.records, "pareto": self.fronts(), **results_block("sweep", None, candidates)}
+        baseline = _candidate({"id": "dense", "metrics": self.baseline}) if self.baseline else None
+        return {
+            "dense": self.baseline,
+            "trials": self.records,
+            "pareto": self.fronts(),
+            **results_block("sweep", baseline, candidates),
+        }
 
 
 def _candidate(record: Mapping[str, Any]) -> Candidate:
@@ -264,6 +274,7 @@ def run_sweep(
     backend: str = "processes",
     on_trial: Callable[[dict[str, Any]], None] | None = None,
     on_mismatch: str = "refuse",
+    progress: bool = True,
 ) -> SweepResult:
     """Run every trial not yet in ``out_dir``'s trial log, ``workers`` at a time, and write the results.
 
@@ -277,7 +288,7 @@ def run_sweep(
     :func:`objective_fingerprint`) matches. When the log holds the same trial id measured under
     another configuration, ``on_mismatch="refuse"`` (the default) raises a :class:`ConfigError`
     naming the trial and what differs; ``on_mismatch="rerun"`` runs those trials again (the new
-    records supersede the old ones in the log).
+    records supersede the old ones in the log). ``progress`` shows trials done, elapsed time and ETA.
 
     Example::
 
@@ -317,9 +328,31 @@ def run_sweep(
             f"({first_id}: {why}); use another output folder, or rerun them (--rerun-mismatched / on_mismatch='rerun')"
         )
     todo = [trial for trial in trials if trial.id not in done]
+    baseline = getattr(objective, "baseline", None)
+    result = SweepResult([], [], out, dict(baseline()) if callable(baseline) else None)
+    with progress_bar("sweep", len(todo), enabled=progress and bool(todo)) as advance:
+        _run_todo(objective, todo, workers, backend, keys, fingerprint, log, done, result, trials, on_trial, advance)
+    result.records = [done[t.id] for t in trials if t.id in done]
+    write_results(result)
+    return result
+
+
+def _run_todo(
+    objective: Objective,
+    todo: list[Trial],
+    workers: int,
+    backend: str,
+    keys: dict[str, str],
+    fingerprint: dict[str, Any],
+    log: Path,
+    done: dict[str, dict[str, Any]],
+    result: SweepResult,
+    trials: Sequence[Trial],
+    on_trial: Callable[[dict[str, Any]], None] | None,
+    advance: Callable[..., None],
+) -> None:
+    """Run the trials not yet done, logging each record and rewriting the results as they come."""
     run_id = uuid.uuid4().hex[:8]
-    ran: list[str] = []
-    result = SweepResult([], ran, out)
     for index, outcome, error in run_jobs(_run_trial, [(objective, t) for t in todo], workers, backend):
         trial = todo[index]
         if error is not None:  # the worker died or could not unpickle the job
@@ -334,11 +367,9 @@ def run_sweep(
         }
         _append(log, record)
         done[trial.id] = record
-        ran.append(trial.id)
+        result.ran.append(trial.id)
         result.records = [done[t.id] for t in trials if t.id in done]
         write_results(result)
+        advance(note=f"{trial.id} {record['status']}")
         if on_trial is not None:
             on_trial(record)
-    result.records = [done[t.id] for t in trials if t.id in done]
-    write_results(result)
-    return result

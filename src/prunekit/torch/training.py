@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from prunekit.core.progress import progress as progress_bar
 from prunekit.errors import ConfigError
 from prunekit.torch.unstructured.pruner import Pruner
 
@@ -140,7 +141,8 @@ def fit(
     if checkpoint is not None:
         start, history = checkpoint.restore(model, optimizer, pruner, train_loader, epochs=epochs, lr=lr)
     try:
-        with _progress(progress, description, (epochs - start) * _length(train_loader)) as advance:
+        length = _length(train_loader)
+        with progress_bar(description, None if length is None else (epochs - start) * length, enabled=progress) as advance:
             for epoch in range(start, epochs):
                 model.train()
                 started, total_loss, batches = time.perf_counter(), 0.0, 0
@@ -162,6 +164,8 @@ def fit(
                 history.append(record)
                 if checkpoint is not None:
                     checkpoint.save(epoch + 1, model, optimizer, pruner, train_loader, history, epochs=epochs, lr=lr)
+        if pruner is not None and not pruner.stripped:
+            pruner.check_target(f"fit({description!r})")
         for callback in callbacks:
             if hasattr(callback, "on_train_end"):
                 callback.on_train_end()
@@ -178,27 +182,3 @@ def _length(loader: Iterable) -> int | None:
         return len(loader)
     except TypeError:
         return None
-
-
-class _progress:
-    """A rich progress bar over training steps (a no-op when disabled or off a terminal)."""
-
-    def __init__(self, enabled: bool, description: str, total: int | None):
-        self.enabled, self.description, self.total = enabled, description, total
-        self._bar = None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-        )
-        self._bar.start()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()

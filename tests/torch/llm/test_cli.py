@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prunekit.artifacts.compact import load_compact
@@ -145,3 +146,29 @@ def test_tokenizer_model_vocabulary_mismatch_is_refused(trained_lm_dir, tmp_path
     byte_tokenizer().save_pretrained(directory)  # 259 tokens
     assert main(["llm", "eval", str(directory), "--text", str(trained_lm_dir / "valid.txt")]) == 2
     assert "has 259 tokens but the model's vocabulary has 96" in capsys.readouterr().err
+
+
+def test_a_killed_prune_resumes_from_its_block_checkpoint(trained_lm_dir, tmp_path, monkeypatch):
+    from prunekit.torch.llm.checkpoint import BlockCheckpoint
+
+    args = ["llm", "prune", str(trained_lm_dir), "--method", "wanda", "--calibration", str(trained_lm_dir / "train.txt"), *SMALL]
+    assert main([*args, "--output", str(tmp_path / "whole")]) == 0
+    saved = BlockCheckpoint.save
+
+    def save_then_die(self, done, *rest, **kwargs):
+        saved(self, done, *rest, **kwargs)
+        if done == 1:
+            raise KeyboardInterrupt  # the process is killed after the first block is checkpointed
+
+    monkeypatch.setattr(BlockCheckpoint, "save", save_then_die)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--output", str(out)])
+    assert (tmp_path / "resumed.partial" / "block-00000.safetensors").is_file() and not out.exists()
+    monkeypatch.setattr(BlockCheckpoint, "save", saved)
+    assert main([*args, "--output", str(out)]) == 2  # without --resume the checkpoint is not silently overwritten
+    assert main([*args, "--output", str(out), "--resume"]) == 0
+    whole = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    resumed = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not (tmp_path / "resumed.partial").exists()

@@ -357,7 +357,7 @@ class TFLiteComparison:
         from prunekit.core.tables import ResultTable
 
         base = self.rows[0]
-        table = ResultTable(title, ["variant", "size KB", "gzip KB", "gzip smaller", "accuracy", "b1 ms", "speedup"])
+        table = ResultTable(title, ["variant", "size KiB", "gzip KiB", "gzip smaller", "accuracy", "b1 ms", "speedup"])
         for row in self.rows:
             table.add_row(
                 row["name"],

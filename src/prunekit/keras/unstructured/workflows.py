@@ -16,6 +16,7 @@ import numpy as np
 
 from prunekit.core.records import epoch_records
 from prunekit.errors import ConfigError
+from prunekit.keras.checkpoint import EpochCheckpoint
 from prunekit.keras.unstructured.callbacks import UpdatePruningStep
 from prunekit.keras.unstructured.pruning import prune_low_magnitude, strip_pruning
 from prunekit.keras.unstructured.state import prunings
@@ -42,6 +43,7 @@ def _run(
     exclude: Sequence[str],
     callbacks: Sequence[Any],
     fit_options: dict[str, Any],
+    checkpoint: EpochCheckpoint | None = None,
 ) -> PruningRun:
     pruned = prune_low_magnitude(model, pruning_schedule=schedule, exclude=exclude)
     pruned.compile(
@@ -49,18 +51,50 @@ def _run(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    history = pruned.fit(
-        x,
-        y,
-        batch_size=batch_size,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[UpdatePruningStep(first_step=0), *callbacks],  # prunekit's schedules count from 0
-        **fit_options,
-    )
+    step = UpdatePruningStep(first_step=0)  # prunekit's schedules count from 0
+    if checkpoint is None:
+        fitted = pruned.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[step, *callbacks], **fit_options)
+        history = epoch_records(fitted.history)
+    else:
+        history = _fit_with_checkpoints(pruned, x, y, epochs, lr, batch_size, [step, *callbacks], fit_options, checkpoint)
     masks = [mask for state in prunings(pruned) for mask in state.mask_arrays().values()]
     sparsity = 1.0 - sum(int(m.sum()) for m in masks) / sum(m.size for m in masks)
-    return PruningRun(strip_pruning(pruned), schedule, epoch_records(history.history), sparsity)
+    return PruningRun(strip_pruning(pruned), schedule, history, sparsity)
+
+
+def _fit_with_checkpoints(
+    pruned: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    callbacks: list[Any],
+    fit_options: dict[str, Any],
+    checkpoint: EpochCheckpoint,
+) -> list[dict[str, float]]:
+    """One ``fit`` epoch at a time on an order drawn here (so a resumed run sees the same batches), saving as due."""
+    if "shuffle" in fit_options:
+        raise ConfigError("with checkpoint= the workflow shuffles the data itself each epoch; drop shuffle=")
+    order = np.random.default_rng(int(np.random.randint(2**31 - 1)))  # seeded by keras.utils.set_random_seed
+    done, history = checkpoint.restore(pruned, order, epochs=epochs, lr=lr)
+    for epoch in range(done, epochs):
+        shuffled = order.permutation(len(x))
+        fitted = pruned.fit(
+            x[shuffled],
+            y[shuffled],
+            batch_size=batch_size,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+            **fit_options,
+        )
+        history += [dict(record, epoch=epoch + 1) for record in epoch_records(fitted.history)]
+        checkpoint.save(epoch + 1, pruned, order, history, epochs=epochs, lr=lr)
+    checkpoint.finish()
+    return history
 
 
 def prune_one_shot(
@@ -74,6 +108,7 @@ def prune_one_shot(
     batch_size: int = 32,
     exclude: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
+    checkpoint: EpochCheckpoint | None = None,
     **fit_options: Any,
 ) -> PruningRun:
     """Prune once to ``sparsity`` at the first step, then fine-tune with the masks held.
@@ -85,7 +120,7 @@ def prune_one_shot(
         run = prune_one_shot(model, x_train, y_train, 0.8, finetune_epochs=3)
     """
     schedule = ConstantSparsity(sparsity, begin_step=0, end_step=0, frequency=1)
-    return _run(model, x, y, schedule, finetune_epochs, lr, batch_size, exclude, callbacks, fit_options)
+    return _run(model, x, y, schedule, finetune_epochs, lr, batch_size, exclude, callbacks, fit_options, checkpoint)
 
 
 def prune_iteratively(
@@ -100,6 +135,7 @@ def prune_iteratively(
     batch_size: int = 32,
     exclude: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
+    checkpoint: EpochCheckpoint | None = None,
     **fit_options: Any,
 ) -> PruningRun:
     """Prune, retrain ``epochs_per_round``, repeat ``rounds`` times until ``sparsity`` is reached.
@@ -111,7 +147,7 @@ def prune_iteratively(
     if not isinstance(epochs_per_round, int) or epochs_per_round < 1:
         raise ConfigError(f"epochs_per_round should be an integer >= 1, got {epochs_per_round!r}")
     schedule = iterative_schedule(sparsity, rounds, epochs_per_round * _steps_per_epoch(x, batch_size))
-    return _run(model, x, y, schedule, rounds * epochs_per_round, lr, batch_size, exclude, callbacks, fit_options)
+    return _run(model, x, y, schedule, rounds * epochs_per_round, lr, batch_size, exclude, callbacks, fit_options, checkpoint)
 
 
 def prune_gradually(
@@ -129,6 +165,7 @@ def prune_gradually(
     batch_size: int = 32,
     exclude: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
+    checkpoint: EpochCheckpoint | None = None,
     **fit_options: Any,
 ) -> PruningRun:
     """Raise sparsity along a polynomial (Zhu & Gupta) over ``pruning_epochs``, then fine-tune.
@@ -140,4 +177,4 @@ def prune_gradually(
     schedule = gradual_schedule(
         sparsity, epochs, _steps_per_epoch(x, batch_size), pruning_epochs, frequency, initial_sparsity, power
     )
-    return _run(model, x, y, schedule, epochs, lr, batch_size, exclude, callbacks, fit_options)
+    return _run(model, x, y, schedule, epochs, lr, batch_size, exclude, callbacks, fit_options, checkpoint)

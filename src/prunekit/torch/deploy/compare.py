@@ -113,7 +113,7 @@ class Comparison:
         }
 
     def table(self, title: str = "Deployable artifacts") -> Any:
-        """A ``rich.table.Table``: sizes in KB, latency medians in ms, speedup at the largest batch."""
+        """A ``rich.table.Table``: sizes in KiB, latency medians in ms, speedup at the largest batch."""
         from rich import box
         from rich.table import Table
 
@@ -121,8 +121,8 @@ class Comparison:
         table = Table(title=title, caption=self._caption(), box=box.SIMPLE_HEAD, padding=0, collapse_padding=True, pad_edge=False)
         columns = (
             "artifact",
-            "size KB",
-            "gzip KB",
+            "size KiB",
+            "gzip KiB",
             "smaller",
             "accuracy",
             *(f"b{b} ms" for b in self.batch_sizes),
@@ -151,7 +151,7 @@ class Comparison:
         return (
             f"PyTorch accuracy: {torch_acc}. ONNX Runtime vs PyTorch max abs error: {checks}. "
             f"Latency: ONNX Runtime CPU, {threads} thread(s), interleaved, median of {self._runs()} runs. "
-            + (f"Peak memory added by loading and running (MB): {memory}. " if memory else "")
+            + (f"Peak memory added by loading and running (MiB): {memory}. " if memory else "")
             + "'smaller': vs the dense file of the same kind. Weight files are evaluated after loading "
             "them back into PyTorch."
         )

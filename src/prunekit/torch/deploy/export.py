@@ -4,7 +4,7 @@ The check runs the ONNX file in ONNX Runtime and compares its outputs with PyTor
 example batch and on a batch of another size (which proves the batch dimension is really
 dynamic). A file that fails the check is never written.
 
-Protobuf caps one ONNX file at 2 GB, so a model whose weights come near that is written in
+Protobuf caps one ONNX file at 2 GiB, so a model whose weights come near that is written in
 ONNX's external-data format: ``model.onnx`` (the graph) plus ``model.onnx.data`` (the weights)
 beside it, moved into place together.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 
 from prunekit.artifacts.ort import feed, input_specs, quiet_exporters, session
 from prunekit.core.atomic import atomic_paths
-from prunekit.errors import ConfigError, ExportError
+from prunekit.errors import ConfigError, ExportError, ExportFallbackWarning
 
 #: Weight bytes above which ``export_onnx(external_data=None)`` writes the weights to a ``.data`` file
 #: beside the ``.onnx``: 1.875 GiB, leaving 128 MiB under protobuf's 2 GiB cap for the graph and constants.
@@ -191,11 +192,68 @@ def _save(program: Any, path: Path, external: bool, model: nn.Module) -> None:
         return
     try:
         onnx.save(program.model_proto, str(path))
-    except ValueError as exc:  # protobuf cannot serialise one message over 2 GB
+    except ValueError as exc:  # protobuf cannot serialise one message over 2 GiB
         raise ExportError(
             f"{type(model).__name__} does not fit in one ONNX file {path.name} ({exc}); export it "
             f"with external_data=True (or None) to keep its weights in {path.name}.data beside it"
         ) from None
+
+
+def _legacy_export(
+    model: nn.Module,
+    example: _Example,
+    path: Path,
+    in_names: list[str] | None,
+    out_names: list[str],
+    opset: int | None,
+    dynamic_batch: bool,
+    dynamic_dims: Mapping[str, Mapping[int, str]],
+    dynamo_error: ExportError,
+) -> None:
+    """Export with the legacy TorchScript exporter after the dynamo exporter failed, warning why.
+
+    The legacy exporter traces one run of the forward (so data-dependent Python branches are
+    frozen to the example's path); the file is still verified against PyTorch like any other.
+    When it fails too, the dynamo exporter's explained error is raised.
+    """
+    names = in_names or _names(None, len(example.tensors), "input") or []
+    axes: dict[str, dict[int, str]] = {}
+    for name in names:
+        axes[name] = {**({0: "batch"} if dynamic_batch else {}), **dict(dynamic_dims.get(name, {}))}
+    for name in out_names:
+        if dynamic_batch:
+            axes[name] = {0: "batch"}
+    # a trailing dict holds keyword inputs for the legacy exporter
+    args: tuple[Any, ...] = (dict(zip(example.keys, example.tensors)),) if example.keys else tuple(example.tensors)
+    try:
+        with quiet_exporters():
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                input_names=names,
+                output_names=out_names,
+                opset_version=opset,
+                dynamic_axes={k: v for k, v in axes.items() if v} or None,
+                dynamo=False,
+            )
+    except Exception:
+        raise dynamo_error from None
+    warnings.warn(
+        f"the dynamo ONNX exporter could not export {type(model).__name__} ({dynamo_error}); exported it with the "
+        "legacy TorchScript exporter instead, which records one run of the forward: data-dependent branches "
+        "are fixed to the example's path. Fix the model for torch.export to use the dynamo exporter.",
+        ExportFallbackWarning,
+        stacklevel=3,
+    )
+
+
+def _externalize(path: Path) -> None:
+    """Move the weights of a self-contained ONNX file into ``<name>.data`` beside it."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data")
 
 
 def _graph_io(path: Path, dynamic_batch: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -313,7 +371,7 @@ def export_onnx(
     one before it is moved into place; see :func:`verify_onnx`.
 
     ``external_data`` True writes the weights to ``<path>.data`` beside ``path`` (ONNX's external
-    data format, needed past protobuf's 2 GB cap), False writes one self-contained file, None
+    data format, needed past protobuf's 2 GiB cap), False writes one self-contained file, None
     (default) chooses external data when the parameters and buffers take more bytes than
     :data:`EXTERNAL_DATA_THRESHOLD`. The pair is written, checked and moved into place together,
     and replaces an old pair (or an old ``.data`` file) whole; move the two files together.
@@ -373,8 +431,12 @@ def export_onnx(
                         verbose=False,
                     )
             except Exception as exc:  # torch.onnx raises many types; all become one precise ExportError
-                raise _explain(exc, model) from exc
-            _save(program, tmp, external, model)
+                error = _explain(exc, model)
+                _legacy_export(model, trace, tmp, in_names, out_names, opset, dynamic_batch, dynamic_dims or {}, error)
+                if external:
+                    _externalize(tmp)
+            else:
+                _save(program, tmp, external, model)
             names = _graph_io(tmp, dynamic_batch)
             check = None
             if verify:

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.core.atomic import new_file_mode
 from prunekit.errors import ConfigError
 
 RECORD_NAME = "prunekit_llm.json"
@@ -146,7 +147,7 @@ def save_pruned(
             tokenizer.save_pretrained(tmp)
         if record is not None:
             (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, new_file_mode(directory=True))
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ inputs. Peak memory is the model plus one block's calibration activations.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
 from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inputs, on_device
+from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
 from prunekit.torch.llm.memory import check_memory, resolve_device
 from prunekit.torch.llm.methods import LayerTask, LLMMethod
@@ -111,8 +113,12 @@ def prepare_tokens(
     )
 
 
-def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 2048) -> int:
-    """Calibration sequences per block call: about ``tokens_per_batch`` tokens, at least one sequence."""
+def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 512) -> int:
+    """Calibration sequences per block call: about ``tokens_per_batch`` tokens, at least one sequence.
+
+    512 tokens keep a block's transient intermediates (MLP activations, attention) small beside the
+    calibration activations held for the whole run, while the matmuls stay large enough to run fast.
+    """
     return max(1, min(n_samples, tokens_per_batch // seq_len))
 
 
@@ -239,6 +245,7 @@ def prune(
     owl_threshold: float = 5.0,
     progress: bool = False,
     options: Mapping[str, Any] | None = None,
+    checkpoint: BlockCheckpoint | None = None,
 ) -> PruneResult:
     """Prune ``model``'s decoder blocks in place, one block at a time, and return what was done.
 
@@ -247,7 +254,9 @@ def prune(
     sparsity (then ``sparsity`` is ``1 - N/M``); ``comparison`` ``"row"``/``"layer"`` overrides the
     method's comparison group; ``ratios`` is ``"uniform"``, ``"owl"`` or ``{glob: sparsity}``;
     ``skip`` globs name projections or blocks left dense; ``device="cuda"`` moves one block at
-    a time to the GPU. Every argument is checked before any work.
+    a time to the GPU; ``checkpoint`` (a :class:`~prunekit.torch.llm.checkpoint.BlockCheckpoint`)
+    saves the finished blocks so a killed run resumes at the next one. Every argument is checked
+    before any work.
 
     Example::
 
@@ -288,10 +297,25 @@ def prune(
         tokens = prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
         batch_size = batch_size or default_batch_size(tokens.shape[0], tokens.shape[1])
         check_memory(model, stack, tokens.shape, batch_size, hessian=handler.statistics == "hessian", device=work_device)
+    identity = {
+        "method": name,
+        "options": _jsonable(method_options),
+        "sparsity": sparsity,
+        "pattern": list(parsed) if parsed else None,
+        "comparison": comparison,
+        "ratios": ratios if isinstance(ratios, str) else dict(ratios),
+        "skip": skip,
+        "tokens": None if tokens is None else hashlib.sha256(tokens.cpu().numpy().tobytes()).hexdigest(),
+        "batch_size": batch_size,
+        "shapes": [list(t.shape) for t in model.state_dict().values()],
+    }
+    done, saved_targets, achieved = checkpoint.restore(list(stack.blocks), identity) if checkpoint else (0, {}, {})
     was_training = model.training
     model.eval()
     try:
-        if ratios == "owl":
+        if done:
+            targets = saved_targets  # OWL's ratios came from the dense model, which is gone now
+        elif ratios == "owl":
             assert tokens is not None and batch_size is not None
             block_sparsity = owl_block_sparsities(
                 model,
@@ -308,11 +332,26 @@ def prune(
                 for n in stack.projection_names(i):
                     if n in targets:
                         targets[n] = value
+        resume = _Resume(checkpoint, identity, done, achieved) if checkpoint else None
         achieved = _prune_blocks(
-            model, stack, handler, method_options, tokens, batch_size, targets, parsed, comparison, work_device, progress, name
+            model,
+            stack,
+            handler,
+            method_options,
+            tokens,
+            batch_size,
+            targets,
+            parsed,
+            comparison,
+            work_device,
+            progress,
+            name,
+            resume,
         )
     finally:
         model.train(was_training)
+    if checkpoint is not None:
+        checkpoint.finish()
     modules = dict(model.named_modules())
     params = sum(weight_matrix(modules[n]).numel() for n in achieved)
     zeros = sum(round(achieved[n] * weight_matrix(modules[n]).numel()) for n in achieved)
@@ -345,6 +384,16 @@ def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Resume:
+    """Where a checkpointed run stands: its checkpoint, identity, blocks already pruned and their results."""
+
+    checkpoint: BlockCheckpoint
+    identity: dict[str, Any]
+    done: int
+    achieved: dict[str, float]
+
+
 def _prune_blocks(
     model: nn.Module,
     stack: DecoderStack,
@@ -358,13 +407,20 @@ def _prune_blocks(
     device: torch.device | None,
     progress: bool,
     name: str,
+    resume: _Resume | None = None,
 ) -> dict[str, float]:
-    achieved: dict[str, float] = {}
+    achieved: dict[str, float] = dict(resume.achieved) if resume else {}
     batches = capture_block_inputs(model, stack, tokens, batch_size) if tokens is not None and batch_size else []
     if device is not None:
         batches = [b.to(device) for b in batches]
     with block_progress(len(stack.blocks), name, progress) as advance:
         for index, block in enumerate(stack.blocks):
+            if resume is not None and index < resume.done:  # pruned before the kill: replay it for the next block's inputs
+                if batches:
+                    with on_device(block, device):
+                        _run_block(block, batches, None, None, replace=True)
+                advance(f"{stack.block_name(index)} (restored)")
+                continue
             modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
             with on_device(block, device):
                 stats: dict[str, InputStatistics] = {}
@@ -392,6 +448,8 @@ def _prune_blocks(
                     achieved[n] = _zero_share(weight_matrix(module))
                 if batches and index + 1 < len(stack.blocks):
                     _run_block(block, batches, None, None, replace=True)
+            if resume is not None:
+                resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, dict(targets), achieved)
             advance(f"{stack.block_name(index)}")
     return achieved
 

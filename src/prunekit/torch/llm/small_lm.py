@@ -1,8 +1,10 @@
 """A small byte-level Llama trained here, on the source of Python's standard library (no download needed).
 
 :func:`ensure_small_lm` returns the cached model directory (``$PRUNEKIT_CACHE`` or
-``~/.cache/prunekit``, then ``small-lm-v1``), training it when missing: ~3.4M parameters
-(hidden 256, 4 blocks, vocabulary of 256 bytes + 3 specials), a few minutes on 2 CPU cores.
+``~/.cache/prunekit``, then ``small-lm-v2``), training it when missing: ~1.7M parameters
+(hidden 128, 8 blocks so that depth pruning has blocks to choose from, vocabulary of 256 bytes +
+3 specials). Training is a fixed number of seeded steps (no wall-clock cutoff unless asked), so the
+same machine builds the same model every time.
 The directory holds a ``save_pretrained`` model, its tokenizer, and ``train.txt``/``valid.txt``
 (the stdlib split by file, the validation text held out).
 """
@@ -23,11 +25,12 @@ from typing import Any
 
 import torch
 
+from prunekit.core.atomic import new_file_mode
 from prunekit.errors import ConfigError
 
 CACHE_ENV = "PRUNEKIT_CACHE"
 SPECIALS = ("<s>", "</s>", "<pad>")
-MODEL_NAME = "small-lm-v1"
+MODEL_NAME = "small-lm-v2"
 
 
 def cache_dir() -> Path:
@@ -106,18 +109,23 @@ def stdlib_texts(max_bytes: int = 12_000_000, valid_every: int = 25) -> tuple[st
 
 @dataclass(frozen=True)
 class SmallLMConfig:
-    """Size and training budget of the small LM: 3.3M parameters, at most 9 minutes of training (2 CPU cores)."""
+    """Size and training budget of the small LM: 1.7M parameters in 8 blocks, a fixed number of seeded steps.
 
-    hidden: int = 256
-    intermediate: int = 688
-    layers: int = 4
-    heads: int = 4
+    ``max_seconds`` (default none) stops training early after that much wall-clock time; it makes
+    the result depend on the machine's speed, so the cached model is built without it.
+    """
+
+    hidden: int = 128
+    intermediate: int = 384
+    layers: int = 8
+    heads: int = 2
     context: int = 128
-    steps: int = 1200
+    steps: int = 500
     batch: int = 16
-    lr: float = 3e-3
+    lr: float = 4e-3
+    warmup: int = 30
     seed: int = 0
-    max_seconds: float = 540.0
+    max_seconds: float | None = None
     max_bytes: int = 12_000_000
 
 
@@ -129,7 +137,8 @@ def train_small_lm(
 ) -> Path:
     """Train the byte-level Llama on the stdlib and save it (atomically) with its tokenizer and text split into ``output``.
 
-    Training stops after ``config.steps`` steps or ``config.max_seconds``, whichever comes first;
+    Training runs ``config.steps`` seeded steps (linear warmup, then cosine decay to a tenth of the
+    peak rate), or stops at ``config.max_seconds`` when that is given;
     ``init_from`` (a directory this function wrote) continues training that model instead of a fresh one.
 
     Example::
@@ -159,18 +168,17 @@ def train_small_lm(
     previous = json.loads((Path(init_from) / "training.json").read_text()) if init_from is not None else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.1, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(config.seed)
-    warmup = 20
     started = time.perf_counter()
     model.train()
-    step = 0
+    done = 0
     for step in range(config.steps):
-        elapsed = time.perf_counter() - started
-        if elapsed > config.max_seconds:
+        if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
             break
-        progress = max(step / config.steps, elapsed / config.max_seconds)  # cosine over steps or time, whichever ends first
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+        done = step + 1
+        warm = min(1.0, (step + 1) / max(config.warmup, 1))
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * max(scale, 0.05)
+            group["lr"] = config.lr * warm * decay
         starts = torch.randint(0, stream.numel() - config.context - 1, (config.batch,), generator=generator)
         batch = torch.stack([stream[int(s) : int(s) + config.context] for s in starts])
         loss = model(input_ids=batch, labels=batch).loss
@@ -193,13 +201,14 @@ def train_small_lm(
             json.dumps(
                 {
                     **asdict(config),
-                    "steps_done": step + 1 + previous.get("steps_done", 0),
+                    "steps_done": done + previous.get("steps_done", 0),
                     "seconds": time.perf_counter() - started + previous.get("seconds", 0.0),
                 },
                 indent=2,
             )
             + "\n"
         )
+        os.chmod(tmp, new_file_mode(directory=True))  # mkdtemp's owner-only mode is not the cache's
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

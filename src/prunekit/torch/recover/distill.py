@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.core.progress import progress as progress_bar
 from prunekit.errors import ConfigError, LayerNotFoundError
-from prunekit.torch.training import _length, _model_device, _progress, evaluate
+from prunekit.torch.training import _length, _model_device, evaluate
 from prunekit.torch.unstructured.pruner import Pruner
 
 TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -395,7 +396,7 @@ def distill(
         optimizer.add_param_group({"params": list(distiller.projections.parameters())})
     history: list[dict[str, float]] = []
     try:
-        with _progress(progress, "distil", epochs * (_length(train_loader) or 0) or None) as advance:
+        with progress_bar("distil", epochs * (_length(train_loader) or 0) or None, enabled=progress) as advance:
             for epoch in range(epochs):
                 student.train()
                 started, total, batches = time.perf_counter(), 0.0, 0

@@ -44,8 +44,9 @@ from torch import nn
 
 from prunekit.artifacts.ort import feed, input_specs, quiet_exporters, session
 from prunekit.core.atomic import atomic_paths
+from prunekit.core.progress import progress as progress_bar
 from prunekit.errors import ConfigError, ExportError
-from prunekit.torch.training import _length, _model_device, _progress, evaluate
+from prunekit.torch.training import _length, _model_device, evaluate
 from prunekit.torch.unstructured.pruner import Pruner
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -564,7 +565,9 @@ def qat(
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
     try:
-        with _progress(progress, "quantization-aware training", epochs * (_length(train_loader) or 0) or None) as advance:
+        with progress_bar(
+            "quantization-aware training", epochs * (_length(train_loader) or 0) or None, enabled=progress
+        ) as advance:
             for epoch in range(epochs):
                 model.train()
                 started, total, batches = time.perf_counter(), 0.0, 0

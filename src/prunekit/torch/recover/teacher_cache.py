@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.core.progress import progress as progress_bar
 from prunekit.errors import ConfigError
 from prunekit.torch.recover.distill import _call, _logits, _split, _to
-from prunekit.torch.training import _model_device, _progress
+from prunekit.torch.training import _model_device
 from prunekit.torch.unstructured.pruner import Pruner
 
 
@@ -160,7 +161,7 @@ def distill_from_cache(
             pruner.attach(optimizer)
     history: list[dict[str, float]] = []
     try:
-        with _progress(progress, "distil (cached teacher)", epochs * len(cache)) as advance:
+        with progress_bar("distil (cached teacher)", epochs * len(cache), enabled=progress) as advance:
             for epoch in range(epochs):
                 student.train()
                 started, total = time.perf_counter(), 0.0

@@ -22,7 +22,7 @@ from torch import nn
 from prunekit import masks as mask_selection
 from prunekit.core.deprecation import renamed_globs
 from prunekit.errors import ConfigError, StateMismatchError
-from prunekit.schedules import ConstantSparsity, PruningSchedule
+from prunekit.schedules import ConstantSparsity, PruningSchedule, warn_if_short
 from prunekit.torch._sharded import check_not_fsdp1, count_zeros, full, is_dtensor, layout, shard_like
 from prunekit.torch.unstructured.selection import Targets, resolve_overrides, select_parameters
 
@@ -207,6 +207,7 @@ class Pruner:
         self._optimizers: list[torch.optim.Optimizer] = []
         self._hook_handles: list[Any] = []
         self._stripped = False
+        self._warned = False
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -281,10 +282,26 @@ class Pruner:
         """Fraction of exact zeros in each targeted parameter (under FSDP2, call it on every rank)."""
         return {name: count_zeros(p) / p.numel() for name, p in self.params.items()}
 
+    def check_target(self, where: str = "Pruner") -> bool:
+        """Warn (:class:`~prunekit.errors.SparsityWarning`) if the model is far below the schedule's final sparsity.
+
+        :func:`~prunekit.torch.fit` calls it at the end of training and :meth:`strip` calls it too
+        (once per pruner). Returns whether it warned.
+        """
+        if self._warned or not self.params:
+            return False
+        zeros = sum(count_zeros(p) for p in self.params.values())
+        sizes = {name: p.numel() for name, p in self.params.items()}
+        total = sum(sizes.values())
+        target = sum(self._schedule_of(name).final_sparsity * size for name, size in sizes.items()) / total
+        self._warned = warn_if_short(self.schedule, self._step, zeros / total, target, where)
+        return self._warned
+
     def strip(self) -> nn.Module:
         """Finalise: apply the masks, drop the hooks and masks, and return the plain model."""
         self._check_live()
         self.apply_masks()
+        self.check_target("strip")
         self.detach()
         self._masks.clear()
         self._groups.clear()

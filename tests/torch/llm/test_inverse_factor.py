@@ -1,0 +1,57 @@
+"""SparseGPT's inverse-Hessian factor: the in-place reversal route equals the reference Cholesky chain."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit.torch.llm.methods import _inverse_hessian_factor, _reverse_in_place
+from prunekit.torch.llm.statistics import InputStatistics
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 33])
+def test_reverse_in_place_reverses_rows_and_columns(size: int) -> None:
+    matrix = torch.arange(size * size, dtype=torch.float32).reshape(size, size)
+    reversed_ = matrix.clone()
+    _reverse_in_place(reversed_, chunk=3)  # several chunks, an odd middle element for odd sizes
+    assert torch.equal(reversed_, matrix.flip(0, 1))
+
+
+def _reference_factor(hessian: torch.Tensor, dampening: float) -> torch.Tensor:
+    """The SparseGPT reference: dampen, Cholesky, invert, upper Cholesky of the inverse."""
+    h = hessian.clone()
+    h.diagonal().add_(dampening * h.diagonal().mean())
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h.double())), upper=True).float()
+
+
+def test_factor_equals_reference_chain_and_marks_dead_inputs() -> None:
+    torch.manual_seed(0)
+    stats = InputStatistics(features=24, hessian=True)
+    x = torch.randn(200, 24) * torch.linspace(0.1, 3.0, 24)
+    x[:, 5] = 0.0  # an input that never fires
+    stats.add(x)
+    factor, dead = _inverse_hessian_factor(stats, 0.01, torch.device("cpu"), "layer")
+    hessian = stats.hessian_matrix()
+    hessian[5, 5] = 1.0
+    assert dead.nonzero().flatten().tolist() == [5]
+    assert torch.equal(factor, factor.triu())
+    torch.testing.assert_close(factor, _reference_factor(hessian, 0.01), rtol=1e-4, atol=1e-5)
+
+
+def test_factor_leaves_the_statistics_unchanged() -> None:
+    stats = InputStatistics(features=6, hessian=True)
+    stats.add(torch.randn(30, 6, generator=torch.Generator().manual_seed(1)))
+    before = stats.hessian_matrix()
+    _inverse_hessian_factor(stats, 0.01, torch.device("cpu"), "layer")
+    assert torch.equal(stats.hessian_matrix(), before)
+
+
+def test_singular_hessian_gets_more_dampening() -> None:
+    stats = InputStatistics(features=3, hessian=True)
+    stats.add(torch.ones(4, 3))  # rank one: singular without dampening, so the first retry (1e-4) applies
+    factor, _ = _inverse_hessian_factor(stats, 0.0, torch.device("cpu"), "proj")
+    hessian = stats.hessian_matrix().double()
+    hessian.diagonal().add_(1e-4 * hessian.diagonal().mean())
+    torch.testing.assert_close(
+        (factor.double().t() @ factor.double()) @ hessian, torch.eye(3, dtype=torch.float64), atol=2e-2, rtol=0
+    )
