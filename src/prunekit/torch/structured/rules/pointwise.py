@@ -137,6 +137,8 @@ def reduction(st: LabelState, op: OpRecord) -> None:
     labels, shape = st.get(x), st.shape(x)
     ndim = len(shape)
     dim = arg(op, _DIM_ARG_INDEX.get(op.name, 1), "dim", None)
+    if dim is None:  # torch also takes NumPy's ``axis=`` (``torch.mean(x, axis=-1, keepdim=True)``)
+        dim = op.kwargs.get("axis")
     if isinstance(dim, bool) or is_tensor(dim):
         dim = None
     outs = outputs_of(op)
