@@ -4,7 +4,8 @@ Attention code often reshapes in a helper method rather than in ``forward`` (``s
 copies sizes into local variables first (``n_head, d_head = self.config.n_head,
 self.config.d_head``), and splits a fused projection by a list of section sizes held on the
 module (``split([self.q_size, self.kv_size, self.kv_size])``). Each size must still be traced back
-to the attribute it came from and updated when the heads shrink.
+to the attribute it came from and updated when the heads shrink. A config shared by several
+blocks is copied before one block's field changes, so other readers keep their own sizes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.torch import prune_channels
+from prunekit.torch import analyze_dependencies, prune_channels, remove_channels
 from tests.torch.attention_blocks import DIM, HEADS, TOKENS, Classifier, _attend
 from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401
 
@@ -24,6 +25,7 @@ from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa:
 class _Config:
     n_head: int = HEADS
     d_head: int = DIM // HEADS
+    width: int = DIM
 
 
 class HelperShapeAttention(nn.Module):
@@ -46,9 +48,9 @@ class HelperShapeAttention(nn.Module):
 class LocalSizeAttention(nn.Module):
     """Sizes copied from a config into local variables before every reshape."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: _Config | None = None) -> None:
         super().__init__()
-        self.config = _Config()
+        self.config = config or _Config()
         self.q, self.k, self.v, self.o = (nn.Linear(DIM, DIM) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +75,33 @@ class SplitSectionsAttention(nn.Module):
         q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k, v = (p.reshape(b, t, self.heads, -1).transpose(1, 2) for p in (q, k, v))
         return self.o(_attend(q, k, v).transpose(1, 2).reshape(b, t, self.q_size))
+
+
+class HeadDimScale(nn.Module):
+    """Recomputes the head width from the shared config at every call (as dynamic rotary tables do)."""
+
+    def __init__(self, config: _Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self) -> torch.Tensor:
+        return torch.linspace(0.5, 1.5, self.config.width // self.config.n_head)
+
+
+class SharedConfigStack(nn.Module):
+    """Two attention blocks and a head-width reader sharing one config object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = _Config()
+        self.first, self.second, self.scale = LocalSizeAttention(config), LocalSizeAttention(config), HeadDimScale(config)
+        self.head = nn.Linear(DIM, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.first(x)
+        x = x + self.second(x)
+        scale = self.scale().repeat(DIM // (DIM // HEADS))
+        return self.head((x * scale).mean(1))
 
 
 BLOCKS = {"helper": HelperShapeAttention, "locals": LocalSizeAttention, "split": SplitSectionsAttention}
@@ -115,3 +144,19 @@ def test_split_section_sizes_kept_on_the_module_shrink_with_the_heads():
     assert tuple(attention.qkv.weight.shape) == (3 * DIM // 2, DIM)
     with torch.no_grad():
         assert result.model(*inputs).shape == (2, 3)
+
+
+def test_a_shared_config_is_copied_so_blocks_keep_their_own_head_counts():
+    torch.manual_seed(0)
+    model, inputs = SharedConfigStack().eval(), (torch.randn(2, TOKENS, DIM),)
+    graph = analyze_dependencies(model, inputs)
+    first, second = (
+        next(g.name for g in graph.groups if g.kind == "heads" and f"{b}.q.weight" in {m.tensor for m in g.members})
+        for b in ("first", "second")
+    )
+    result = remove_channels(model, inputs, {first: [0], second: [1, 2]})
+    pruned = result.model
+    assert (pruned.first.config.n_head, pruned.second.config.n_head, pruned.scale.config.n_head) == (3, 2, HEADS)
+    assert model.first.config.n_head == HEADS and model.first.config is model.scale.config
+    with torch.no_grad():
+        assert pruned(*inputs).shape == (2, 3)
