@@ -10,6 +10,9 @@ its ``config``) with that value, which the module's code reads, is updated to th
 code read is every method of the module's class (a helper such as ``_shape(x)`` reshapes too),
 and a size held in a local variable (``n_head, d_head = config.n_head, config.d_head``; ``d =
 self.embed_dim // self.num_heads``) is followed back to the attributes it was computed from.
+An integer attribute the code compares with a size it reads from a shrinking dimension (an input
+check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way; a size the
+code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
 The updates join the plan, so a saved plan replays them.
 """
 
@@ -26,6 +29,7 @@ from torch import nn
 
 from prunekit.torch.structured.graph import DependencyGraph
 from prunekit.torch.structured.labels import tensor_refs
+from prunekit.torch.structured.tracing import SizeOf, TensorRef
 
 _SIZE_OPS = {"view", "reshape", "expand", "new_zeros", "new_ones", "new_empty", "new_full", "broadcast_to"}
 _SPLIT_OPS = {"split", "split_with_sizes"}
@@ -168,6 +172,49 @@ def _size_arguments(graph: DependencyGraph, op: Any, expected: dict) -> list[tup
     return found
 
 
+def _compared_names(source: str | None) -> set[str]:
+    """Attribute names the code compares with something (``if c != self.num_channels: raise``)."""
+    try:
+        tree = ast.parse(source) if source is not None else None
+    except SyntaxError:
+        tree = None
+    if tree is None:
+        return set()
+    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
+    return {
+        sub.attr
+        for node in compares
+        for part in (node.left, *node.comparators)
+        for sub in ast.walk(part)
+        if isinstance(sub, ast.Attribute)
+    }
+
+
+def _checked_sizes(graph: DependencyGraph, op: Any, expected: dict, module: nn.Module) -> list[tuple[str, int, int]]:
+    """``(attribute, old, new)`` for each integer attribute of ``module`` that its code compares with
+    a size it reads (``x.shape``, ``x.size(1)``) from a dimension that shrinks: an input check such
+    as ``if num_channels != self.num_channels: raise``, which must accept the pruned width."""
+    if op.name not in ("size", "shape") or not op.args or not isinstance(op.args[0], TensorRef):
+        return []
+    old_shape = graph.trace.shapes[op.args[0].vid]
+    new_shape = expected.get(op.args[0].vid, old_shape)
+    dims = range(len(old_shape))
+    if op.name == "size" and len(op.args) > 1 and _is_int(op.args[1]):
+        dims = range(op.args[1] % len(old_shape), op.args[1] % len(old_shape) + 1)
+    changes: dict[int, set[int]] = {}
+    for d in dims:
+        if old_shape[d] != new_shape[d]:
+            changes.setdefault(old_shape[d], set()).add(new_shape[d])
+    if not changes:
+        return []
+    compared = _compared_names(_module_source(module))
+    return [
+        (name, value, next(iter(changes[value])))
+        for name, value in vars(module).items()
+        if not name.startswith("_") and _is_int(value) and len(changes.get(value, ())) == 1 and name in compared
+    ]
+
+
 def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> list[dict[str, Any]]:
     """Attribute updates making every size-taking op produce the predicted shape, as plan records.
 
@@ -183,14 +230,16 @@ def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np
     for op in graph.trace.ops:
         if op.module not in modules:
             continue
+        found = [(name, old, new) for name, old, new in _checked_sizes(graph, op, expected, modules[op.module])]
         for method, arity, position, size, old, new in _size_arguments(graph, op, expected):
-            if not _is_int(size) or size != old or old == new:
+            if not _is_int(size) or isinstance(size, SizeOf) or size != old or old == new:  # a read size follows by itself
                 continue
-            for name in _candidates(modules[op.module], old, method, arity, position):
-                key = (op.module, name)
-                if key in wanted and wanted[key] != (old, new):
-                    conflicts.add(key)
-                wanted[key] = (old, new)
+            found += [(name, old, new) for name in _candidates(modules[op.module], old, method, arity, position)]
+        for name, old, new in found:
+            key = (op.module, name)
+            if key in wanted and wanted[key] != (old, new):
+                conflicts.add(key)
+            wanted[key] = (old, new)
     return [
         {"module": module, "name": name, "old": old, "value": new}
         for (module, name), (old, new) in wanted.items()
