@@ -19,6 +19,7 @@ The updates join the plan, so a saved plan replays them.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import re
 import textwrap
@@ -50,15 +51,29 @@ def _is_int(value: Any) -> bool:
 
 def _module_source(module: nn.Module) -> str | None:
     """The source of the module's class and its bases below ``nn.Module`` (forward and helpers)."""
+    return _class_source(type(module))
+
+
+@functools.lru_cache(maxsize=256)
+def _class_source(cls: type) -> str | None:
     parts = []
-    for cls in type(module).__mro__:
-        if cls in (nn.Module, object) or cls.__module__.startswith("torch."):
+    for base in cls.__mro__:
+        if base in (nn.Module, object) or base.__module__.startswith("torch."):
             continue
         try:
-            parts.append(textwrap.dedent(inspect.getsource(cls)))
+            parts.append(textwrap.dedent(inspect.getsource(base)))
         except (OSError, TypeError):
             continue
     return "\n".join(parts) or None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(source: str) -> ast.Module | None:
+    """The syntax tree of a class's source, parsed once however many size ops it runs."""
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        return None
 
 
 def _assignments(tree: ast.AST) -> dict[str, list[ast.expr]]:
@@ -92,14 +107,14 @@ def _attributes_in(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> set[s
     return names
 
 
-def _names_at(source: str | None, method: str, arity: int, position: int) -> set[str] | None:
+@functools.lru_cache(maxsize=1024)
+def _names_at(source: str | None, method: str, arity: int, position: int) -> frozenset[str] | None:
     """Attribute names the forward's ``.method(...)`` calls with ``arity`` sizes use at argument
     ``position`` (``self.h`` and ``config.h`` both give ``h``), or ``None`` if no call matches."""
     if source is None:
         return None
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
+    tree = _parsed(source)
+    if tree is None:
         return None
     assigned = _assignments(tree)
     names: set[str] | None = None
@@ -119,7 +134,7 @@ def _names_at(source: str | None, method: str, arity: int, position: int) -> set
             continue
         names = names or set()
         names.update(_attributes_in(args[position], assigned))
-    return names
+    return None if names is None else frozenset(names)
 
 
 def _is_torch(func: ast.Attribute) -> bool:
@@ -172,12 +187,10 @@ def _size_arguments(graph: DependencyGraph, op: Any, expected: dict) -> list[tup
     return found
 
 
-def _compared_names(source: str | None) -> set[str]:
+@functools.lru_cache(maxsize=256)
+def _compared_names(source: str | None) -> frozenset[str]:
     """Attribute names the code compares with something (``if c != self.num_channels: raise``)."""
-    try:
-        tree = ast.parse(source) if source is not None else None
-    except SyntaxError:
-        tree = None
+    tree = _parsed(source) if source is not None else None
     if tree is None:
         return set()
     compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
