@@ -25,7 +25,7 @@ def main(epochs: int = 30, finetune_epochs: int = 10) -> dict:
     mlp.fit(data.x_train, data.y_train, batch_size=32, epochs=epochs, verbose=0)
     _, dense_accuracy = mlp.evaluate(data.x_test, data.y_test, verbose=0)
 
-    small = _compile(pk.prune_channels(mlp, sparsity=0.5, importance="l1").model, 1e-3)
+    small = _compile(pk.prune_channels(mlp, ratio=0.5, importance="l1").model, 1e-3)
     _, pruned_accuracy = small.evaluate(data.x_test, data.y_test, verbose=0)
     small.fit(data.x_train, data.y_train, batch_size=32, epochs=finetune_epochs, verbose=0)
     _, finetuned_accuracy = small.evaluate(data.x_test, data.y_test, verbose=0)

@@ -50,7 +50,7 @@ def _inputs(model, count=6, seed=0):
 
 def test_half_of_the_filters_removed_gives_fewer_parameters_and_the_same_output_shape():
     model = pk.digits_cnn()
-    small = pk.prune_channels(model, sparsity=0.5).model
+    small = pk.prune_channels(model, ratio=0.5).model
     x = _inputs(model)
     assert small.count_params() < 0.3 * model.count_params()
     assert small(x).shape == model(x).shape == (6, 10)
@@ -61,7 +61,7 @@ def test_half_of_the_filters_removed_gives_fewer_parameters_and_the_same_output_
 
 def test_rebuilt_model_keeps_layer_names_and_classes():
     model = branchy_model()
-    small = pk.prune_channels(model, sparsity=0.5).model
+    small = pk.prune_channels(model, ratio=0.5).model
     assert [(type(a), a.name) for a in small.layers] == [(type(b), b.name) for b in model.layers]
 
 
@@ -79,7 +79,7 @@ def test_oracle_removing_filters_that_contribute_nothing_keeps_digits_cnn_output
     flat_positions = (np.arange(16)[:, None] * 64 + np.array(remove["conv2"])).ravel()
     _zero_inputs(model, "fc1", flat_positions)
     _zero_inputs(model, "fc2", remove["fc1"])
-    small = pk.remove_channels(model, remove).model
+    small = pk.remove_channels(model, channels=remove).model
     x = _inputs(model)
     assert_same_outputs(small(x), model(x), atol=1e-5)
     assert small.get_layer("conv2").kernel.shape == (3, 3, 28, 32)
@@ -94,7 +94,7 @@ def test_oracle_through_add_depthwise_separable_concat_pooling_and_flatten():
     _zero_inputs(model, "separable", [2 * c + k for c in dead_merged for k in range(2)], weight_index=1)
     _zero_inputs(model, "fc_flat", (np.arange(16)[:, None] * 14 + np.array(concat_dead)).ravel())
     _zero_inputs(model, "head", concat_dead)
-    small = pk.remove_channels(model, {"conv_a": dead_merged, "separable": dead_separable}).model
+    small = pk.remove_channels(model, channels={"conv_a": dead_merged, "separable": dead_separable}).model
     x = _inputs(model)
     assert_same_outputs(small(x), model(x), atol=1e-5)
     assert small.get_layer("conv_b").kernel.shape[-1] == 6  # coupled through Add
@@ -107,7 +107,7 @@ def test_producers_joined_by_add_are_one_group_and_lose_the_same_channels():
     model = branchy_model()
     groups = {group.producers: group for group in pk.channel_groups(model)}
     assert set(groups) == {("conv_a", "conv_b"), ("separable",), ("fc_flat",), ("head",)}
-    small = pk.prune_channels(model, sparsity=0.5, layers=["conv_*"]).model
+    small = pk.prune_channels(model, ratio=0.5, layers=["conv_*"]).model
     kept_a = _kept_filters(model.get_layer("conv_a").kernel.numpy(), small.get_layer("conv_a").kernel.numpy())
     kept_b = _kept_filters(model.get_layer("conv_b").kernel.numpy(), small.get_layer("conv_b").kernel.numpy())
     assert kept_a == kept_b and len(kept_a) == 4
@@ -124,7 +124,7 @@ def test_l1_importance_removes_the_filters_with_the_smallest_norm():
     kernel = model.get_layer("conv1").kernel.numpy()
     kernel[..., [2, 7, 11]] *= 1e-3
     model.get_layer("conv1").kernel.assign(kernel)
-    small = pk.prune_channels(model, sparsity=3 / 32, layers=["conv1"]).model
+    small = pk.prune_channels(model, ratio=3 / 32, layers=["conv1"]).model
     kept = _kept_filters(kernel, small.get_layer("conv1").kernel.numpy())
     assert kept == [i for i in range(32) if i not in (2, 7, 11)]
 
@@ -137,7 +137,7 @@ def test_a_callable_importance_gets_each_group_and_decides():
         seen.append(group.producers)
         return -np.arange(group.size, dtype=float)
 
-    small = pk.prune_channels(model, sparsity=0.25, importance=last_channels_first, layers=["fc1"]).model
+    small = pk.prune_channels(model, ratio=0.25, importance=last_channels_first, layers=["fc1"]).model
     assert seen == [("fc1",)]
     kept = _kept_filters(model.get_layer("fc1").kernel.numpy(), small.get_layer("fc1").kernel.numpy())
     assert kept == list(range(96))
@@ -150,7 +150,7 @@ def test_importance_returning_the_wrong_shape_is_refused():
 
 def test_channels_reaching_the_model_output_cannot_be_removed():
     with pytest.raises(ConfigError, match="channel 2 of layer 'fc2' cannot be removed: it reaches the model output 'fc2'"):
-        pk.remove_channels(pk.digits_cnn(), {"fc2": [2]})
+        pk.remove_channels(pk.digits_cnn(), channels={"fc2": [2]})
 
 
 def test_channels_feeding_a_layer_that_is_not_rewritten_are_locked():
@@ -160,7 +160,7 @@ def test_channels_feeding_a_layer_that_is_not_rewritten_are_locked():
     model = keras.Model(inputs, L.Dense(3, name="head")(x))
     group = next(g for g in pk.channel_groups(model) if g.producers == ("conv",))
     assert group.size == 0 and "Reshape layer 'reshape'" in group.locked_reason
-    small = pk.prune_channels(model, 0.5).model
+    small = pk.prune_channels(model, ratio=0.5).model
     assert small.get_layer("conv").filters == 4 and small.get_layer("fc").units == 3
 
 
@@ -186,7 +186,7 @@ def test_subclassed_model_is_refused_with_the_functional_hint():
 
 def test_the_mlp_loses_half_its_hidden_neurons_and_keeps_its_outputs_shape():
     model = pk.digits_mlp()
-    small = pk.prune_channels(model, sparsity=0.5, importance="l2").model
+    small = pk.prune_channels(model, ratio=0.5, importance="l2").model
     assert isinstance(small, keras.Sequential)
     assert [layer.units for layer in small.layers[1:]] == [64, 32, 10]
     assert small(_inputs(model)).shape == (6, 10)

@@ -61,7 +61,7 @@ def _silent_last(group):
 def pruned_pair():
     keras.utils.set_random_seed(0)
     model = silenced_transformer()
-    return model, pk.prune_channels(model, sparsity=0.5, importance=_silent_last).model
+    return model, pk.prune_channels(model, ratio=0.5, importance=_silent_last).model
 
 
 def test_heads_are_a_group_and_the_ffn_is_free_while_the_residual_stream_stays_locked():
@@ -117,13 +117,13 @@ def test_l1_importance_removes_the_heads_with_the_smallest_weights():
     for dense in (attention.query_dense, attention.key_dense, attention.value_dense):
         dense.kernel.assign(dense.kernel.numpy() * scale[:, None])
     attention.output_dense.kernel.assign(attention.output_dense.kernel.numpy() * scale[:, None, None])
-    small = pk.prune_channels(model, sparsity=0.25, layers=["attention"]).model
+    small = pk.prune_channels(model, ratio=0.25, layers=["attention"]).model
     kept = small.get_layer("attention").output_dense.kernel.numpy()
     np.testing.assert_array_equal(kept, attention.output_dense.kernel.numpy()[[0, 1, 3]])
 
 
 def test_a_sparsity_that_would_remove_every_head_keeps_one():
-    small = pk.prune_channels(transformer_block(), sparsity=0.99, layers=["attention"]).model
+    small = pk.prune_channels(transformer_block(), ratio=0.99, layers=["attention"]).model
     assert small.get_layer("attention").num_heads == 1
 
 
@@ -145,7 +145,7 @@ def test_oracle_cross_attention_loses_heads_context_channels_and_output_channels
     _zero(cross.value_dense.kernel, dead_context, axis=0)
     _zero(cross.output_dense.kernel, [0], axis=0)
     _zero(model.get_layer("classifier").kernel, dead_outputs, axis=0)
-    small = pk.remove_channels(model, {"context_proj": dead_context, "cross": dead_outputs}, heads={"cross": [0]}).model
+    small = pk.remove_channels(model, channels={"context_proj": dead_context, "cross": dead_outputs}, heads={"cross": [0]}).model
     x = [_tokens((5, DIM)), _tokens((7, 10), seed=1)]
     assert_same_outputs(small(x), model(x), atol=1e-5)
     pruned = small.get_layer("cross")
@@ -174,7 +174,7 @@ def test_oracle_a_free_residual_stream_couples_the_attention_output_with_its_pro
         _zero(dense.kernel, dead, axis=0)
     _zero(model.get_layer("classifier").kernel, dead, axis=0)
     assert {group.producers for group in pk.channel_groups(model)} >= {("embed", "attention")}
-    small = pk.remove_channels(model, {"embed": dead}).model
+    small = pk.remove_channels(model, channels={"embed": dead}).model
     x = _tokens((6, 10))
     assert_same_outputs(small(x), model(x), atol=1e-5)
     pruned = small.get_layer("attention")

@@ -64,10 +64,10 @@ def _inputs(seed=0):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_oracle_removing_units_that_reach_nothing_keeps_the_outputs(cell, return_sequences, tmp_path):
     model = silenced(cell, return_sequences)
-    small = pk.remove_channels(model, {"rnn1": DEAD1, "rnn2": DEAD2}).model
+    small = pk.remove_channels(model, channels={"rnn1": DEAD1, "rnn2": DEAD2}).model
     x = _inputs()
     assert_same_outputs(small(x), model(x), atol=1e-5)
-    live = pk.remove_channels(model, {"rnn1": [0, 2, 3], "rnn2": [1, 2]}).model  # the oracle can tell: live units matter
+    live = pk.remove_channels(model, channels={"rnn1": [0, 2, 3], "rnn2": [1, 2]}).model  # the oracle can tell: live units matter
     assert np.abs(np.asarray(live(x)) - np.asarray(model(x))).max() > 1e-2
     units1, units2 = UNITS1 - len(DEAD1), UNITS2 - len(DEAD2)
     assert (small.get_layer("rnn1").units, small.get_layer("rnn2").units) == (units1, units2)
@@ -102,10 +102,10 @@ def test_oracle_bidirectional_loses_each_removed_unit_in_both_directions(merge_m
         _zero_rows(direction.cell.kernel, _output_rows(DEAD1, UNITS1, merge_mode))
         _zero_rows(direction.cell.recurrent_kernel, DEAD2)
     _zero_rows(model.get_layer("out").kernel, _output_rows(DEAD2, UNITS2, merge_mode))
-    small = pk.remove_channels(model, {"bi1": DEAD1, "bi2": DEAD2}).model
+    small = pk.remove_channels(model, channels={"bi1": DEAD1, "bi2": DEAD2}).model
     x = _inputs()
     assert_same_outputs(small(x), model(x), atol=1e-5)
-    live = pk.remove_channels(model, {"bi1": [0, 2, 3], "bi2": [1, 2]}).model
+    live = pk.remove_channels(model, channels={"bi1": [0, 2, 3], "bi2": [1, 2]}).model
     assert np.abs(np.asarray(live(x)) - np.asarray(model(x))).max() > 1e-2
     units1, units2 = UNITS1 - len(DEAD1), UNITS2 - len(DEAD2)
     width1 = 2 * units1 if merge_mode == "concat" else units1
@@ -118,7 +118,7 @@ def test_oracle_bidirectional_loses_each_removed_unit_in_both_directions(merge_m
 
 def test_unit_columns_of_every_gate_are_kept_in_order():
     model = stacked("lstm", False)
-    small = pk.remove_channels(model, {"rnn1": [0, 2, 3, 5, 6, 7]}).model  # keeps units 1 and 4
+    small = pk.remove_channels(model, channels={"rnn1": [0, 2, 3, 5, 6, 7]}).model  # keeps units 1 and 4
     kernel, recurrent, bias = (w.numpy() for w in model.get_layer("rnn1").weights)
     columns = [1, 4, 9, 12, 17, 20, 25, 28]  # i, f, c, o gates of units 1 and 4
     new_kernel, new_recurrent, new_bias = (w.numpy() for w in small.get_layer("rnn1").weights)
@@ -142,7 +142,7 @@ def test_a_bidirectional_group_joins_both_directions_and_merge_mode_none_locks()
     forward, backward = L.Bidirectional(L.SimpleRNN(4), merge_mode=None, name="bi")(x)
     model = keras.Model(x, L.Add(name="add")([forward, backward]))
     with pytest.raises(ConfigError, match="merge_mode=None returns two tensors"):
-        pk.remove_channels(model, {"bi": [0]})
+        pk.remove_channels(model, channels={"bi": [0]})
 
 
 def test_return_state_and_stateful_layers_lock_their_units():
@@ -151,11 +151,11 @@ def test_return_state_and_stateful_layers_lock_their_units():
     h = L.GRU(UNITS2, stateful=True, name="rnn2")(L.Dense(4, name="proj")(sequence))
     model = keras.Model(x, [L.Dense(CLASSES, name="out")(h), state_h])
     with pytest.raises(ConfigError, match="whose states are model tensors .*return_state=False"):
-        pk.remove_channels(model, {"rnn1": [0]})
+        pk.remove_channels(model, channels={"rnn1": [0]})
     with pytest.raises(ConfigError, match="keeps its states between batches .*stateful=False"):
-        pk.remove_channels(model, {"rnn2": [0]})
+        pk.remove_channels(model, channels={"rnn2": [0]})
     with pytest.raises(ConfigError, match="channel 0 of layer 'proj' cannot be removed: it feeds GRU layer 'rnn2'"):
-        pk.remove_channels(model, {"proj": [0]})
+        pk.remove_channels(model, channels={"proj": [0]})
 
 
 def masked_classifier() -> keras.Model:
@@ -185,7 +185,7 @@ def _tflite_outputs(flatbuffer: bytes, ids: np.ndarray) -> np.ndarray:
 
 def test_prune_half_of_a_masked_embedding_lstm_classifier_and_convert_it_to_tflite():
     model = masked_classifier()
-    small = pk.prune_channels(model, 0.5).model
+    small = pk.prune_channels(model, ratio=0.5).model
     assert (small.get_layer("embedding").output_dim, small.get_layer("lstm").units) == (8, 6)
     assert (model.count_params(), small.count_params()) == (1911, 30 * 8 + 4 * (8 * 6 + 6 * 6 + 6) + 6 * CLASSES + CLASSES)
     ids = _tokens()

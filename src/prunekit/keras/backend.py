@@ -159,7 +159,7 @@ def prune_channels(model: keras.Model, x: Any, ratio: float) -> Any:
     :class:`~prunekit.core.structured.StructuredResult` (``x`` unused: Keras models carry their shapes)."""
     from prunekit.keras.structured.prune import prune_channels as _prune_channels
 
-    return _prune_channels(model, ratio)
+    return _prune_channels(model, ratio=ratio)
 
 
 def prune_channels_job(job: TrainJob) -> PruningRun:

@@ -60,6 +60,18 @@ def test_distillation_loss_rejects_bad_arguments():
         distillation_loss(logits, logits, None, alpha=0.5)
 
 
+def test_distillation_loss_refuses_softmax_outputs_in_place_of_logits():
+    logits = torch.randn(4, 10)
+    labels = torch.arange(4)
+    with pytest.raises(ConfigError, match="teacher's outputs look like probabilities"):
+        distillation_loss(logits, logits.softmax(-1), labels)
+    with pytest.raises(ConfigError, match="student's outputs look like probabilities"):
+        distillation_loss(logits.softmax(-1), logits, labels)
+    sequence = torch.randn(2, 3, 10)  # per-token logits pass, as do nonnegative logits that are not distributions
+    assert float(distillation_loss(sequence, sequence.clone(), alpha=1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(logits.abs(), logits.abs() + 0.1, labels)) > 0
+
+
 def test_projection_only_where_structured_pruning_changed_the_width():
     torch.manual_seed(0)
     teacher = DigitsCNN().eval()

@@ -157,8 +157,8 @@ def test_export_whose_zeros_differ_from_the_masks_is_refused(tmp_path, monkeypat
     model(x)  # observe ranges
     real = qat_module.weight_codes
 
-    def losing_a_zero(weight, mask=None):
-        codes, scales = real(weight, mask)
+    def losing_a_zero(weight, mask=None, min_scales=None):
+        codes, scales = real(weight, mask, min_scales)
         codes = codes.clone()
         codes.view(-1)[torch.nonzero(codes.view(-1) == 0)[0]] = 1.0
         return codes, scales

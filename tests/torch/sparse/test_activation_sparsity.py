@@ -9,11 +9,13 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.deploy.sparse import (
     ActivationSparseLinear,
+    ActivationThresholds,
     activation_sparsity_report,
     apply_activation_sparsity,
     calibrate_activation_sparsity,
     kernels,
 )
+from prunekit.torch.deploy.sparse.allocation import GRID, greedy_allocation
 from tests.torch.llm.tiny import tiny_model, tokens
 
 
@@ -136,3 +138,64 @@ def test_weight_sparse_llm_generates_exactly_like_the_pruned_model() -> None:
     prompt = tokens(1, 8, seed=5)
     settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(fast.generate(prompt, **settings), model.generate(prompt, **settings))
+
+
+def test_greedy_allocation_spends_the_budget_where_error_is_cheapest() -> None:
+    levels = (0.0, *GRID)
+    errors = {"steep": [10 * s for s in levels], "flat": [0.01 * s for s in levels]}
+    chosen = greedy_allocation(errors, {"steep": 1000, "flat": 1000}, target=0.5)
+    assert chosen == pytest.approx({"steep": 0.05, "flat": 0.95})
+    # weighted by size: a layer three times larger moves the mean three times as much
+    chosen = greedy_allocation(errors, {"steep": 3000, "flat": 1000}, target=0.5)
+    assert 3 * chosen["steep"] + chosen["flat"] == pytest.approx(4 * 0.5)
+    assert chosen["flat"] == pytest.approx(0.95)
+
+
+class TwoBranch(nn.Module):
+    """Output = a(x) + 0.01 b(x): zeroing a's inputs moves the output 100x more than zeroing b's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(32, 16)
+        self.b = nn.Linear(32, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + 0.01 * self.b(x)
+
+
+def test_greedy_calibration_sparsifies_the_insensitive_layer_and_loses_less() -> None:
+    torch.manual_seed(5)
+    model = TwoBranch().eval()
+    batches = [torch.randn(64, 32) for _ in range(2)]
+    uniform = calibrate_activation_sparsity(model, batches, target=0.5)
+    greedy = calibrate_activation_sparsity(model, batches, target=0.5, allocation="greedy")
+    assert uniform.sparsities == {"a": 0.5, "b": 0.5} and greedy.allocation == "greedy"
+    assert greedy.sparsities["b"] == pytest.approx(0.95) and greedy.sparsities["a"] == pytest.approx(0.05)
+    assert greedy.to_json()["sparsities"] == greedy.sparsities
+    x = torch.randn(256, 32)
+    expected = model(x).detach()
+
+    def error(thresholds: ActivationThresholds) -> float:
+        fast = apply_activation_sparsity(model, thresholds)
+        return float((fast(x) - expected).square().sum() / expected.square().sum())
+
+    fast = apply_activation_sparsity(model, greedy)
+    fast(x)
+    achieved = activation_sparsity_report(fast)
+    assert (achieved["a"] + achieved["b"]) / 2 == pytest.approx(0.5, abs=0.05)  # equal sizes: the plain mean
+    assert error(greedy) < 0.25 * error(uniform)
+
+
+def test_unknown_allocation_is_refused() -> None:
+    with pytest.raises(ConfigError, match="allocation should be one of"):
+        calibrate_activation_sparsity(MLP(), [torch.randn(4, 32)], allocation="best")
+
+
+def test_greedy_calibration_of_a_causal_lm_meets_the_weighted_target() -> None:
+    model = pruned_tiny_llama(0.0)
+    layers = ["model.layers.0.mlp.*"]  # three layers keep the search short: it runs the model once per layer and grid point
+    thresholds = calibrate_activation_sparsity(model, [tokens(2, 16, seed=1)], target=0.5, include=layers, allocation="greedy")
+    sizes = {name: model.get_submodule(name).weight.numel() for name in thresholds.sparsities}
+    weighted = sum(thresholds.sparsities[name] * size for name, size in sizes.items()) / sum(sizes.values())
+    assert weighted == pytest.approx(0.5) and set(thresholds.values) == set(sizes)
+    assert len(set(thresholds.sparsities.values())) > 1  # the layers got different fractions

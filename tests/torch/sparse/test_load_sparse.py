@@ -64,6 +64,7 @@ def test_load_sparse_never_materialises_the_dense_weight(tmp_path: Path) -> None
         return model
 
     dense_bytes = 256 * 512 * 4
+    load_sparse(path, MLP)  # the first load imports modules (torch.fx, sympy): tens of MiB that are not the model's
     tracemalloc.start()
     model, _ = load_sparse(path, factory)
     _, peak = tracemalloc.get_traced_memory()
@@ -82,17 +83,68 @@ def test_load_sparse_names_the_first_mismatching_tensor(tmp_path: Path) -> None:
         load_sparse(path, lambda: MLP(hidden=128))
 
 
-def test_load_sparse_with_example_input_records_a_measured_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prunekit.torch.deploy.sparse import load as load_module
+def fixed_timer(ms: dict[str, float]):  # type: ignore[no-untyped-def]
+    """A timer that reports ``ms[name]`` per candidate without calling it: the test decides what is faster."""
+    return lambda candidates, repeats: {name: ms[name] for name in candidates}
 
+
+def test_load_sparse_with_example_input_records_a_measured_choice(tmp_path: Path) -> None:
     path = tmp_path / "mlp.safetensors"
     save_compressed(pruned_mlp(), path)
-    monkeypatch.setattr(load_module, "_time_pair", lambda dense, sparse, repeats: (3.0, 1.0))
-    model, report = load_sparse(path, MLP, example_input=torch.randn(8, 256))
+    x8 = torch.randn(8, 256)
+    model, report = load_sparse(path, MLP, example_input=x8, timer=fixed_timer({"dense": 3.0, "csr": 1.0}))
     assert isinstance(model.fc1, SparseLinear) and report.layers[0].reason == "3.00x faster"
-    monkeypatch.setattr(load_module, "_time_pair", lambda dense, sparse, repeats: (1.0, 3.0))
-    model, report = load_sparse(path, MLP, example_input=torch.randn(8, 256))
+    model, report = load_sparse(path, MLP, example_input=x8, timer=fixed_timer({"dense": 1.0, "csr": 3.0}))
     assert type(model.fc1) is nn.Linear and not report.layers[0].sparse
     expected = load_compressed(path, MLP)
     x = torch.randn(2, 256)
     torch.testing.assert_close(model(x), expected(x))
+
+
+class BlockAndTwoFour(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Linear(64, 64)
+        self.nm = nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nm(torch.relu(self.block(x)))
+
+
+def block_and_two_four() -> BlockAndTwoFour:
+    """``block``: 8x8 blocks, 90 % of them zero; ``nm``: 2:4 (the two largest of every 4 inputs kept)."""
+    torch.manual_seed(4)
+    model = BlockAndTwoFour().eval()
+    with torch.no_grad():
+        keep = (torch.rand(8, 8) < 0.1).repeat_interleave(8, 0).repeat_interleave(8, 1)
+        model.block.weight.mul_(keep)
+        groups = model.nm.weight.view(32, -1, 4)
+        groups.scatter_(2, groups.abs().argsort(dim=2)[:, :, :2], 0.0)
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_load_sparse_loads_block_and_nm_layers_in_their_kernels(tmp_path: Path, dtype: str) -> None:
+    path = tmp_path / "mixed.safetensors"
+    save_compressed(block_and_two_four(), path, dtype=dtype)
+    model, report = load_sparse(path, BlockAndTwoFour)
+    int8 = " int8" if dtype == "int8" else ""
+    assert [(c.name, c.layout) for c in report.layers] == [("block", "bsr 8x8"), ("nm", "2:4" + int8)]
+    expected = load_compressed(path, BlockAndTwoFour).eval()
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(model(x), expected(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_load_sparse_keeps_block_and_nm_kernels_when_measured_faster(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.safetensors"
+    save_compressed(block_and_two_four(), path)
+    faster = fixed_timer({"dense": 3.0, "csr": 2.0, "bsr 8x8": 1.0, "2:4": 1.5})
+    model, report = load_sparse(path, BlockAndTwoFour, example_input=torch.randn(8, 64), timer=faster)
+    assert [(c.layout, c.sparse, c.reason) for c in report.layers] == [
+        ("bsr 8x8", True, "3.00x faster (also tried csr 2.000 ms)"),
+        ("2:4", True, "2.00x faster (also tried csr 2.000 ms)"),
+    ]
+    assert model.block.layout.kind == "bsr" and model.nm.layout.kind == "nm"
+    csr_faster = fixed_timer({"dense": 3.0, "csr": 0.5, "bsr 8x8": 1.0, "2:4": 1.5})
+    model, report = load_sparse(path, BlockAndTwoFour, example_input=torch.randn(8, 64), timer=csr_faster)
+    assert [c.layout for c in report.layers] == ["csr", "csr"] and model.block.layout.kind == "csr"

@@ -9,6 +9,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.torch.deploy.sparse import Layout, SparseConv2d, SparseLinear, detect_layout, kernels, sparsify
+from prunekit.torch.deploy.sparse.formats import BSR, CSR, NMPacked
 
 
 def assert_same_outputs(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -56,7 +57,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return bool(request.param)
 
 
-@pytest.mark.parametrize("tokens", [1, 3, 11, 16])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 11, 16])
 def test_csr_layer_equals_dense_for_unstructured_sparsity(backend: bool, tokens: int) -> None:
     layer = pruned_linear(96, 40, 0.9)
     assert detect_layout(layer.weight.detach().numpy()) == Layout("csr")
@@ -141,14 +142,55 @@ def test_sparsify_records_each_layer_choice_and_keeps_outputs() -> None:
     assert "fc2" in report.table() and report.to_json()["layers"][0]["name"] == "fc1"
 
 
-def test_sparsify_keeps_a_layer_dense_when_its_kernel_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prunekit.torch.deploy.sparse import convert
+def fixed_timer(ms: dict[str, float]):  # type: ignore[no-untyped-def]
+    """A timer that reports ``ms[name]`` for each candidate (calling none), so a test decides which kernel is faster."""
 
-    monkeypatch.setattr(convert, "_time_pair", lambda dense, sparse, repeats: (1.0, 2.0))
-    fast, report = sparsify(TwoLayer().eval(), torch.randn(4, 64), repeats=1)
+    def timer(candidates, repeats):  # type: ignore[no-untyped-def]
+        return {name: ms[name] for name in candidates}
+
+    return timer
+
+
+def test_sparsify_keeps_a_layer_dense_when_its_kernel_is_slower() -> None:
+    fast, report = sparsify(TwoLayer().eval(), torch.randn(4, 64), repeats=1, timer=fixed_timer({"dense": 1.0, "csr": 2.0}))
     fc1 = report.layers[0]
     assert not fc1.sparse and type(fast.fc1) is nn.Linear
     assert fc1.reason == "sparse kernel not faster at this batch (2.000 ms vs 1.000 ms dense)"
+
+
+class BlockAndTwoFour(nn.Module):
+    """One block-pruned (8x8 blocks, 90 % sparse) and one 2:4-pruned layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.block = blocky(nn.Linear(64, 64), block=8, keep=0.1)
+        self.nm = two_four(nn.Linear(64, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nm(torch.relu(self.block(x)))
+
+
+# measured faster than dense and than CSR: the block and N:M kernels must be the ones chosen
+BLOCK_AND_NM_FASTER = {"dense": 3.0, "csr": 2.0, "bsr 8x8": 1.0, "2:4": 1.5}
+
+
+def test_sparsify_chooses_bsr_and_nm_kernels_when_they_measure_fastest() -> None:
+    model = BlockAndTwoFour().eval()
+    fast, report = sparsify(model, torch.randn(8, 64), timer=fixed_timer(BLOCK_AND_NM_FASTER))
+    choices = {c.name: c for c in report.layers}
+    assert (choices["block"].layout, choices["block"].sparse) == ("bsr 8x8", True)
+    assert (choices["nm"].layout, choices["nm"].sparse) == ("2:4", True)
+    assert choices["block"].reason == "3.00x faster (also tried csr 2.000 ms)"
+    assert isinstance(fast.block.weight_data, BSR) and isinstance(fast.nm.weight_data, NMPacked)
+    x = torch.randn(8, 64)
+    assert_same_outputs(fast(x), model(x).detach())
+
+
+def test_sparsify_falls_back_to_csr_when_it_beats_the_block_kernel() -> None:
+    fast, report = sparsify(BlockAndTwoFour().eval(), torch.randn(1, 64), timer=fixed_timer({**BLOCK_AND_NM_FASTER, "csr": 0.5}))
+    assert [(c.layout, c.sparse) for c in report.layers] == [("csr", True), ("csr", True)]
+    assert isinstance(fast.block.weight_data, CSR)
 
 
 def test_sparsify_rejects_bad_arguments() -> None:

@@ -1,20 +1,15 @@
 """Channel dependencies of a Sequential or Functional Keras model, traced from its config.
 
-Every output channel of a *producer* (Dense, Conv1D/2D/3D, SeparableConv1D/2D, MultiHeadAttention's
-output projection) is an "atom".
-Each tensor in the graph carries a map from its channel positions to atoms: per-channel layers
-(BatchNormalization, activations, pooling, DepthwiseConv) pass it on, Flatten tiles it over the
-spatial positions, Concatenate joins maps, and element-wise merges (Add, Multiply, ...) *couple*
-atoms, which must then be removed together (a union-find). Atoms that reach a model output or
-any layer this analysis does not know are locked: removing them would change the model's
-interface or a computation prunekit cannot rewrite. LayerNormalization locks the channels it
-normalises (its mean and variance mix them). Each head of a MultiHeadAttention is an atom of its
-own: heads are removed whole, and the attention's query/key/value inputs are read like a Dense's.
-An LSTM/GRU/SimpleRNN produces ``units`` atoms (its hidden units, whether or not it returns sequences)
-and reads its input features like a Dense; with ``return_state`` or ``stateful`` it locks them. A
-Bidirectional wrapping one produces one atom per unit ``j`` of both directions (Keras needs equal
-forward and backward units): at ``j`` and ``units + j`` with ``merge_mode="concat"``, at ``j`` otherwise.
-An Embedding produces ``output_dim`` atoms (columns of its table).
+Every output channel a layer's rule *produces* (a Dense's units, a Conv's filters, an Embedding's
+columns, an RNN's hidden units, a MultiHeadAttention's heads and output channels) is an "atom";
+so is every position of every weight a rule labels. Each tensor in the graph carries a map from
+its channel (last-axis) positions to atoms. For each call, the layer's
+:class:`~prunekit.keras.structured.rules.ChannelRule` (the user's ``rules=`` first, then the
+built-in rules) says how atoms flow: per-channel layers pass them on, Flatten tiles them over the
+spatial positions, Concatenate joins maps, element-wise merges *tie* atoms, which must then be
+removed together (a union-find), and weights are tied to the channels they read or make.
+Atoms that reach a model output, a shared layer or a layer without a rule are locked: removing
+them would change the model's interface or a computation prunekit cannot rewrite.
 """
 
 from __future__ import annotations
@@ -28,49 +23,19 @@ import keras
 import numpy as np
 
 from prunekit.errors import ConfigError
+from prunekit.keras.structured.rules import BUILTIN_RULES
+from prunekit.keras.structured.rules.base import (
+    ChannelRule,
+    Coupling,
+    RuleError,
+    RuleMap,
+    check_rules,
+    default_filters,
+    describe,
+    rule_for,
+)
 
 L = keras.layers
-PRODUCERS = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.SeparableConv1D, L.SeparableConv2D)
-RECURRENT = (L.LSTM, L.GRU, L.SimpleRNN)
-DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-PER_CHANNEL = (
-    L.ReLU,
-    L.LeakyReLU,
-    L.ELU,
-    L.Dropout,
-    L.SpatialDropout1D,
-    L.SpatialDropout2D,
-    L.SpatialDropout3D,
-    L.GaussianNoise,
-    L.GaussianDropout,
-    L.AlphaDropout,
-    L.ActivityRegularization,
-    L.Identity,
-    L.MaxPooling1D,
-    L.MaxPooling2D,
-    L.MaxPooling3D,
-    L.AveragePooling1D,
-    L.AveragePooling2D,
-    L.AveragePooling3D,
-    L.GlobalAveragePooling1D,
-    L.GlobalAveragePooling2D,
-    L.GlobalAveragePooling3D,
-    L.GlobalMaxPooling1D,
-    L.GlobalMaxPooling2D,
-    L.GlobalMaxPooling3D,
-    L.ZeroPadding1D,
-    L.ZeroPadding2D,
-    L.ZeroPadding3D,
-    L.Cropping1D,
-    L.Cropping2D,
-    L.Cropping3D,
-    L.UpSampling1D,
-    L.UpSampling2D,
-    L.UpSampling3D,
-)
-ELEMENTWISE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
-CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
-ATTENTION_INPUTS = ("query", "value", "key")
 
 
 @dataclass
@@ -98,6 +63,11 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     lock_reason: dict[int, str] = field(default_factory=dict)
     heads: dict[str, np.ndarray] = field(default_factory=dict)
+    weight_labels: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+    produced: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+    rules: dict[str, ChannelRule] = field(default_factory=dict)
+    pruned: set[int] = field(default_factory=set)
+    opaque: dict[str, str] = field(default_factory=dict)
 
     # -- union-find over atoms -------------------------------------------------------------
     def new_atoms(self, producer: str, count: int, lock: str | None = None) -> np.ndarray:
@@ -144,30 +114,17 @@ class ChannelGraph:
         return self.lock_reason.get(self.find(root))
 
     def producer_nodes(self) -> Iterator[Node]:
-        """Nodes of layers whose output channels can be removed (single call, channels_last, groups=1),
-        traced attention layers included."""
-        return (
-            node
-            for node in self.nodes
-            if not node.shared
-            and (
-                getattr(node.layer, "name", None) in self.heads
-                or isinstance(node.layer, PRODUCERS)
-                and _traceable(node.layer)
-                or isinstance(node.layer, RECURRENT + (L.Bidirectional, L.Embedding))
-            )
-        )
+        """Nodes of layers whose rule produced output channels (single call, traced inputs)."""
+        return (node for node in self.nodes if "channels" in self.produced.get(getattr(node.layer, "name", ""), {}))
 
-    def attention_nodes(self) -> dict[str, Node]:
-        """The MultiHeadAttention calls whose heads can be removed, by layer name."""
-        return {node.layer.name: node for node in self.nodes if getattr(node.layer, "name", None) in self.heads}
+    def kept(self, atoms: np.ndarray) -> np.ndarray:
+        """Which of ``atoms`` survive the removal of the classes in ``pruned``."""
+        return ~np.isin(self.roots(atoms), list(self.pruned))
 
-
-def _traceable(layer: Any) -> bool:
-    config = layer.get_config()
-    if config.get("data_format", "channels_last") != "channels_last":
-        return False
-    return config.get("groups", 1) == 1
+    def filters(self, layer: Any, kind: str = "channels") -> np.ndarray:
+        """The rows (one per channel or head of ``kind``) that norm importance ranks, from ``layer``'s rule."""
+        rows = self.rules[layer.name].filters(layer, kind)
+        return rows if rows is not None else default_filters(layer, *self.produced[layer.name][kind])
 
 
 def _tensors(structure: Any) -> Iterator[dict]:
@@ -247,14 +204,16 @@ def _sequential_nodes(model: Any) -> tuple[list[Node], dict[str, tuple], list[st
     previous = "input"
     for layer in model.layers:
         shape = tuple(layer.compute_output_shape(shape))
-        nodes.append(Node(layer, [previous], layer.name))
+        first = next(iter(inspect.signature(layer.call).parameters), "inputs")
+        nodes.append(Node(layer, [previous], layer.name, arguments={first: previous}))
         shapes[layer.name] = shape
         previous = layer.name
     return nodes, shapes, [previous]
 
 
-def trace(model: Any) -> ChannelGraph:
-    """The channel graph of a built Sequential or Functional ``model``.
+def trace(model: Any, rules: RuleMap | None = None) -> ChannelGraph:
+    """The channel graph of a built Sequential or Functional ``model``; ``rules`` (``{LayerClass:
+    ChannelRule()}``) describe custom layers and take precedence over the built-in rules.
 
     Example::
 
@@ -274,8 +233,9 @@ def trace(model: Any) -> ChannelGraph:
             "(keras.Model(inputs, outputs)) to prune its channels"
         )
     graph = ChannelGraph(nodes, shapes, outputs)
+    checked = check_rules(rules)
     for node in nodes:
-        _propagate(graph, node)
+        _propagate(graph, node, checked)
     for tid in outputs:
         if tid in graph.maps:
             graph.lock(graph.maps[tid], f"it reaches the model output {tid.split(':')[0]!r}")
@@ -287,145 +247,47 @@ def _channels(graph: ChannelGraph, tid: str) -> int:
     return int(shape[-1]) if shape and shape[-1] is not None else 0
 
 
-def _propagate(graph: ChannelGraph, node: Node) -> None:
-    layer, maps = node.layer, graph.maps
-    name = "input" if layer is None else layer.name
-    inputs = [maps[tid] for tid in node.inputs if tid in maps]
+def _propagate(graph: ChannelGraph, node: Node, rules: RuleMap) -> None:
+    layer = node.layer
     if layer is None or isinstance(layer, L.InputLayer):
-        maps[node.output] = graph.new_atoms(name, _channels(graph, node.output), lock="it is a model input")
+        name = "input" if layer is None else layer.name
+        graph.maps[node.output] = graph.new_atoms(name, _channels(graph, node.output), lock="it is a model input")
         return
-    reason = _opaque_reason(graph, node)
-    if reason is not None:
-        for atoms in inputs:
-            graph.lock(atoms, reason)
-        maps[node.output] = graph.new_atoms(name, _channels(graph, node.output), lock=reason)
-        return
-    (first, *rest) = inputs
-    if isinstance(layer, L.MultiHeadAttention):
-        _propagate_attention(graph, node)
-    elif isinstance(layer, RECURRENT + (L.Bidirectional,)):
-        _propagate_recurrent(graph, node)
-    elif isinstance(layer, PRODUCERS):
-        config = layer.get_config()
-        maps[node.output] = graph.new_atoms(name, int(config["units"] if "units" in config else config["filters"]))
-    elif isinstance(layer, L.Embedding):
-        graph.lock(first, f"it feeds Embedding layer {name!r} as token ids")
-        maps[node.output] = graph.new_atoms(name, int(layer.get_config()["output_dim"]))
-    elif isinstance(layer, DEPTHWISE):
-        maps[node.output] = np.repeat(first, layer.get_config()["depth_multiplier"])
-    elif isinstance(layer, L.Flatten):
-        spatial = int(np.prod(graph.shapes[node.inputs[0]][1:-1], dtype=np.int64))
-        maps[node.output] = np.tile(first, spatial)
-    elif isinstance(layer, L.Concatenate) and _is_channel_axis(layer.get_config()["axis"], graph.shapes[node.inputs[0]]):
-        maps[node.output] = np.concatenate(inputs)
-    else:  # per-channel layers, BatchNormalization, element-wise merges, Concatenate on another axis
-        for other in rest:
-            for a, b in zip(first, other):
-                graph.union(int(a), int(b))
-        maps[node.output] = first
-
-
-def _propagate_attention(graph: ChannelGraph, node: Node) -> None:
-    """Heads and output channels are new atoms; query/key/value channels are read (like a Dense's inputs),
-    any other tensor input (a mask) is locked."""
-    layer = node.layer
-    streams = {node.arguments.get(role) for role in ATTENTION_INPUTS}
-    for tid in node.inputs:
-        if tid not in streams:
-            graph.lock(graph.maps[tid], f"it is a mask of MultiHeadAttention layer {layer.name!r}")
-    graph.maps[node.output] = graph.new_atoms(layer.name, _channels(graph, node.output))
-    graph.heads[layer.name] = graph.new_atoms(layer.name, layer.num_heads)
-
-
-def _propagate_recurrent(graph: ChannelGraph, node: Node) -> None:
-    """Hidden units are new atoms; the sequence's features are read (like a Dense's inputs), a mask is locked."""
-    layer = node.layer
-    for tid in node.inputs:
-        if tid != node.arguments.get("sequences"):
-            graph.lock(graph.maps[tid], f"it is a mask of {type(layer).__name__} layer {layer.name!r}")
-    if not isinstance(layer, L.Bidirectional):
-        graph.maps[node.output] = graph.new_atoms(layer.name, int(layer.units))
-        return
-    units = graph.new_atoms(layer.name, int(layer.forward_layer.units))
-    graph.maps[node.output] = np.tile(units, 2 if layer.merge_mode == "concat" else 1)
-
-
-def _is_channel_axis(axis: int, shape: tuple) -> bool:
-    return axis == -1 or axis == len(shape) - 1
-
-
-def _opaque_reason(graph: ChannelGraph, node: Node) -> str | None:
-    """Why channels cannot flow through ``node`` (so they are locked), or ``None`` when they can."""
-    layer = node.layer
-    kind = f"{type(layer).__name__} layer {layer.name!r}"
+    kind = describe(layer)
+    rule = rule_for(layer, rules, BUILTIN_RULES)
     if node.shared:
-        return f"it feeds the shared layer {layer.name!r} (called more than once)"
-    if len(node.inputs) == 0 or any(tid not in graph.maps for tid in node.inputs):
-        return f"it feeds {kind}, whose inputs are not traced"
-    if isinstance(layer, L.MultiHeadAttention):
-        return _attention_reason(node, kind)
-    if isinstance(layer, L.LayerNormalization):
-        return f"it feeds {kind}, whose mean and variance mix the channels it normalises"
-    if isinstance(layer, RECURRENT):
-        return _recurrent_reason(node, kind)
-    if isinstance(layer, L.Bidirectional):
-        return _bidirectional_reason(node, kind)
-    if isinstance(layer, PRODUCERS + DEPTHWISE) and not _traceable(layer):
-        return f"it feeds {kind} (channels_first or grouped convolutions are not rewritten)"
-    if isinstance(layer, PRODUCERS + DEPTHWISE + PER_CHANNEL + (L.Flatten, L.Embedding)):
-        return None if len(node.inputs) == 1 else f"it feeds {kind} with several inputs"
-    if isinstance(layer, L.Activation):
-        activation = layer.get_config().get("activation")
-        return f"it feeds {kind}, whose {activation} mixes channels" if activation in CHANNEL_MIXING_ACTIVATIONS else None
-    if isinstance(layer, L.BatchNormalization):
-        axis = layer.get_config()["axis"]
-        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-        shape = graph.shapes[node.inputs[0]]
-        return None if isinstance(axis, int) and _is_channel_axis(axis, shape) else f"it feeds {kind} on a non-channel axis"
-    if isinstance(layer, ELEMENTWISE + (L.Concatenate,)):
-        sizes = {len(graph.maps[tid]) for tid in node.inputs}
-        if isinstance(layer, L.Concatenate) and _is_channel_axis(layer.get_config()["axis"], graph.shapes[node.inputs[0]]):
-            return None
-        return None if len(sizes) == 1 else f"it feeds {kind}, which broadcasts inputs of different widths"
-    return f"it feeds {kind}, which structured pruning does not rewrite"
+        reason: str | None = f"it feeds the shared layer {layer.name!r} (called more than once)"
+    elif not node.inputs or any(tid not in graph.maps for tid in node.inputs):
+        reason = f"it feeds {kind}, whose inputs are not traced"
+    elif rule is None:
+        reason = (
+            f"it feeds {kind}, which structured pruning does not rewrite; "
+            f"describe its channels with rules={{{type(layer).__name__}: ChannelRule()}}"
+        )
+    else:
+        reason = _couple(graph, node, rule)
+    if reason is not None:
+        graph.opaque.setdefault(layer.name, reason)
+        for tid in node.inputs:
+            if tid in graph.maps:
+                graph.lock(graph.maps[tid], reason)
+        graph.maps[node.output] = graph.new_atoms(layer.name, _channels(graph, node.output), lock=reason)
 
 
-def _attention_reason(node: Node, kind: str) -> str | None:
-    """Why a MultiHeadAttention call cannot be rewritten, or ``None`` when its heads and channels can be removed."""
-    if type(node.layer) is not L.MultiHeadAttention:
-        return f"it feeds {kind}, a MultiHeadAttention subclass whose call structured pruning does not know"
-    if "query" not in node.arguments or "value" not in node.arguments:
-        return f"it feeds {kind}, whose query and value inputs are not traced"
-    if node.arguments.get("return_attention_scores"):
-        return f"it feeds {kind}, whose attention scores (one slice per head) are a model tensor"
-    output_shape = node.layer.get_config()["output_shape"]
-    if isinstance(output_shape, (list, tuple)) and len(output_shape) != 1:
-        return f"it feeds {kind}, whose output_shape {tuple(output_shape)} has more than one dimension"
+def _couple(graph: ChannelGraph, node: Node, rule: ChannelRule) -> str | None:
+    """Run ``rule.couple`` on the call; returns why the call is opaque, or ``None`` when channels flow."""
+    ctx = Coupling(graph, node, rule)
+    try:
+        rule.couple(node.layer, ctx)
+    except RuleError:
+        raise
+    except Exception as exc:
+        raise ctx.error(f"couple() raised {type(exc).__name__}: {exc}") from exc
+    if ctx.reason is not None:
+        graph.produced.pop(node.layer.name, None)
+        graph.heads.pop(node.layer.name, None)
+        graph.weight_labels.pop(node.layer.name, None)
+        return ctx.reason
+    ctx._finish()
+    graph.rules[node.layer.name] = rule
     return None
-
-
-def _recurrent_reason(node: Node, kind: str) -> str | None:
-    """Why an LSTM/GRU/SimpleRNN call cannot be rewritten, or ``None`` when its hidden units can be removed."""
-    config = node.layer.get_config()
-    if type(node.layer) not in RECURRENT:
-        return f"it feeds {kind}, a recurrent subclass whose cell structured pruning does not know"
-    if config.get("return_state"):
-        return f"it feeds {kind}, whose states are model tensors (build it with return_state=False to prune it)"
-    if config.get("stateful"):
-        return f"it feeds {kind}, which keeps its states between batches (build it with stateful=False to prune it)"
-    if set(node.inputs) - {node.arguments.get("sequences"), node.arguments.get("mask")}:
-        return f"it feeds {kind} with an initial state (its shape follows the units)"
-    return None
-
-
-def _bidirectional_reason(node: Node, kind: str) -> str | None:
-    """Why a Bidirectional call cannot be rewritten, or ``None`` when its two layers' units can be removed."""
-    layer = node.layer
-    forward, backward = layer.forward_layer, layer.backward_layer
-    if type(forward) not in RECURRENT or type(backward) not in RECURRENT:
-        return f"it feeds {kind}, which wraps {type(forward).__name__}, not an LSTM, GRU or SimpleRNN"
-    if layer.merge_mode is None:
-        return f"it feeds {kind}, whose merge_mode=None returns two tensors (use 'concat' to prune it)"
-    if forward.units != backward.units:
-        return f"it feeds {kind}, whose forward and backward layers have different units"
-    return _recurrent_reason(Node(forward, node.inputs, node.output, arguments=node.arguments), kind)

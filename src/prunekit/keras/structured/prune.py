@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -27,13 +28,14 @@ import numpy as np
 from prunekit.core.structured import GroupRecord, LayerRecord, StructuredReport, StructuredResult
 from prunekit.errors import ConfigError, LayerNotFoundError
 from prunekit.keras.measure.summary import summarize
-from prunekit.keras.structured.graph import DEPTHWISE, PRODUCERS, RECURRENT, ChannelGraph, Node, trace
+from prunekit.keras.structured.graph import ChannelGraph, trace
+from prunekit.keras.structured.rules.base import RuleError, RuleMap, Shrink, describe, resolve
 
 L = keras.layers
 REMOVABLE = {
     "channel": "Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, LSTM/GRU/SimpleRNN (or Bidirectional) or "
     "MultiHeadAttention; "
-    "single call, channels_last, groups=1",
+    "single call, channels_last, groups=1; or a layer whose rules= entry produces channels",
     "head": "keras.layers.MultiHeadAttention itself (not a subclass or GroupQueryAttention), called once on traced "
     "query and value tensors, without return_attention_scores, with a one-dimensional output_shape",
 }
@@ -74,39 +76,14 @@ class ChannelGroup:
 Importance = Union[str, Callable[[ChannelGroup], np.ndarray]]
 
 
-def _kernel_rows(layer: Any) -> np.ndarray:
-    """The producer's filters as ``(out_channels, fan_in)``: for a recurrent layer, each hidden unit's
-    ``kernel`` and ``recurrent_kernel`` columns of every gate; for an Embedding, each column of its table."""
-    if isinstance(layer, RECURRENT):
-        kernel, recurrent = (np.asarray(w.numpy()) for w in (layer.cell.kernel, layer.cell.recurrent_kernel))
-        fan = np.concatenate([kernel, recurrent])
-        gates = fan.shape[1] // layer.cell.units
-        return fan.reshape(len(fan), gates, layer.cell.units).transpose(2, 1, 0).reshape(layer.cell.units, -1)
-    if isinstance(layer, L.Bidirectional):
-        rows = [_kernel_rows(layer.forward_layer), _kernel_rows(layer.backward_layer)]
-        return np.concatenate(rows, axis=1)
-    if isinstance(layer, L.Embedding):
-        return np.asarray(layer.embeddings.numpy()).T
-    if isinstance(layer, L.MultiHeadAttention):
-        kernel = layer.output_dense.kernel
-    else:
-        kernel = layer.pointwise_kernel if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)) else layer.kernel
-    values = np.asarray(kernel.numpy())
-    return values.reshape(-1, values.shape[-1]).T
-
-
-def _head_rows(layer: Any) -> np.ndarray:
-    """Each head's query, key, value and output kernel slices joined, as ``(num_heads, fan)``."""
-    projections = (layer.query_dense, layer.key_dense, layer.value_dense)
-    kernels = [np.moveaxis(dense.kernel.numpy(), -2, 0) for dense in projections] + [layer.output_dense.kernel.numpy()]
-    rows = [kernel.reshape(layer.num_heads, -1) for kernel in kernels]
-    return np.concatenate(rows, axis=1)
-
-
 def _head_groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
     return [
         ChannelGroup(
-            (name,), {name: np.arange(len(atoms))}, {name: _head_rows(model.get_layer(name))}, graph.roots(atoms), kind="heads"
+            (name,),
+            {name: np.arange(len(atoms))},
+            {name: graph.filters(model.get_layer(name), "heads")},
+            graph.roots(atoms),
+            kind="heads",
         )
         for name, atoms in graph.heads.items()
     ]
@@ -140,7 +117,7 @@ def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
         reasons = [graph.locked(r) for r in roots if graph.locked(r) is not None]
         channels, filters = {}, {}
         for name in names:
-            rows = _kernel_rows(model.get_layer(name))
+            rows = graph.filters(model.get_layer(name))
             position: dict[int, int] = {}  # a root's first output index (a Bidirectional concat repeats each unit)
             for index, root in enumerate(by_producer[name]):
                 position.setdefault(int(root), index)
@@ -160,15 +137,16 @@ def _groups(model: Any, graph: ChannelGraph) -> list[ChannelGroup]:
     return groups + _head_groups(model, graph)
 
 
-def channel_groups(model: Any) -> list[ChannelGroup]:
-    """The model's channel groups, with their removable channels and filters (for custom importance).
+def channel_groups(model: Any, *, rules: RuleMap | None = None) -> list[ChannelGroup]:
+    """The model's channel groups, with their removable channels and filters (for custom importance);
+    ``rules`` as in :func:`prune_channels`.
 
     Example::
 
         for group in channel_groups(model):
             print(group.producers, group.size, group.locked_reason)
     """
-    return _groups(model, trace(model))
+    return _groups(model, trace(model, rules))
 
 
 def _scores(group: ChannelGroup, importance: Importance) -> np.ndarray:
@@ -191,32 +169,39 @@ def _scores(group: ChannelGroup, importance: Importance) -> np.ndarray:
 
 def prune_channels(
     model: Any,
-    sparsity: float = 0.5,
+    example_inputs: Any = None,
+    ratio: float = 0.5,
+    *,
     importance: Importance = "l1",
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
+    rules: RuleMap | None = None,
+    sparsity: float | None = None,
 ) -> StructuredResult:
-    """Remove the fraction ``sparsity`` of the lowest-importance filters/neurons of each channel group,
+    """Remove the fraction ``ratio`` of the lowest-importance filters/neurons of each channel group,
         and of the heads of each MultiHeadAttention (at least one head stays).
 
+        The signature is :func:`prunekit.torch.prune_channels`'s. ``example_inputs`` is optional (a
+        Keras model declares its inputs); when given, both models run on it and the pruned one must
+        return outputs of the same shapes. ``sparsity=`` is the deprecated name of ``ratio``.
         ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
         norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
         ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
         ``exclude`` keeps some whole. Channels reaching a model output stay, so the output shape does not
-        change. Returns a :class:`~prunekit.core.structured.StructuredResult` (the PyTorch backend's
+        change. ``rules`` (``{LayerClass: ChannelRule()}``, :mod:`prunekit.keras.structured.rules`)
+        describe custom layers; without one, the channels a custom layer touches stay. Returns a :class:`~prunekit.core.structured.StructuredResult` (the PyTorch backend's
     type): ``.model`` the new, smaller model, ``.report`` requested vs achieved channels per group
     (with why a group stayed whole) and params/MACs per layer, ``.plan`` what was removed
     (``remove_channels(model, **plan)`` replays it); ``model`` is not changed.
 
         Example::
 
-            result = prune_channels(model, sparsity=0.5, importance="l2", exclude=["conv1"])
+            result = prune_channels(model, ratio=0.5, importance="l2", exclude=["conv1"])
             result.model.count_params() < model.count_params()  # True
             print(result.report)
     """
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity should be a fraction of channels in [0, 1), got {sparsity!r}")
-    graph = trace(model)
+    example_inputs, ratio = _ratio_argument(example_inputs, ratio, sparsity)
+    graph = trace(model, rules)
     groups = _groups(model, graph)
     producers = list(dict.fromkeys(name for group in groups for name in group.producers))
     chosen = _select(producers, layers, exclude, model.name)
@@ -231,12 +216,12 @@ def prune_channels(
             return 0.0, "not selected (layers/exclude)"
         if blocked:
             return 0.0, f"coupled to excluded layer {blocked[0]!r}"
-        return float(sparsity), ""
+        return float(ratio), ""
 
     for group in groups:
         if requested(group)[1]:
             continue  # locked, not chosen, or a coupled producer is excluded: the whole group stays
-        count = min(round(sparsity * (group.size + group.locked)), group.size)
+        count = min(round(ratio * (group.size + group.locked)), group.size)
         count = min(count, group.size + group.locked - 1)
         if count <= 0:
             continue
@@ -248,7 +233,53 @@ def prune_channels(
             extra = [int(i) for i in group.channels[name][order] if i >= 0]
             if extra:
                 target.setdefault(name, []).extend(extra)
-    return _result(model, graph, removal, heads, requested)
+    return _checked(_result(model, graph, removal, heads, requested), model, example_inputs)
+
+
+def _ratio_argument(example_inputs: Any, ratio: Any, sparsity: Any) -> tuple[Any, float]:
+    """``(example_inputs, ratio)`` after the deprecated spellings: ``sparsity=`` and a ratio passed
+    second (where ``example_inputs`` now goes); the ratio checked."""
+    if sparsity is not None:
+        warnings.warn(
+            "prune_channels(sparsity=...) is deprecated; call it ratio= (as prunekit.torch.prune_channels does)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        ratio = sparsity
+    elif isinstance(example_inputs, (int, float)) and not isinstance(example_inputs, bool):
+        warnings.warn(
+            f"prune_channels(model, {example_inputs!r}): the second argument is now example_inputs; "
+            f"pass the fraction as ratio={example_inputs!r}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        example_inputs, ratio = None, example_inputs
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"ratio should be a fraction of channels in [0, 1), got {ratio!r}")
+    return example_inputs, float(ratio)
+
+
+def _checked(result: StructuredResult, model: Any, example_inputs: Any) -> StructuredResult:
+    """``result``, after checking (when ``example_inputs`` is given) that the pruned model runs on them
+    and returns outputs of the same shapes as ``model``."""
+    if example_inputs is None:
+        return result
+    shapes = []
+    for which, net in (("", model), ("pruned ", result.model)):
+        try:
+            shapes.append(keras.tree.map_structure(lambda t: tuple(t.shape), net(example_inputs, training=False)))
+        except Exception as exc:
+            raise ConfigError(
+                f"the {which}model {model.name!r} failed on example_inputs ({type(exc).__name__}: {exc}); "
+                "pass inputs of the shapes model.inputs declares, or leave example_inputs out"
+            ) from exc
+    before, after = shapes
+    if after != before:
+        raise ConfigError(
+            f"the pruned {model.name!r} returns outputs of shapes {after} on example_inputs, the original {before}; "
+            "please report this model (it is a prunekit bug)"
+        )
+    return result
 
 
 def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequence[str], model_name: str) -> set[str]:
@@ -270,10 +301,20 @@ def _select(producers: list[str], layers: Sequence[str] | None, exclude: Sequenc
 
 
 def remove_channels(
-    model: Any, channels: Mapping[str, Sequence[int]] | None = None, heads: Mapping[str, Sequence[int]] | None = None
+    model: Any,
+    example_inputs: Any = None,
+    channels: Mapping[str, Sequence[int]] | None = None,
+    *,
+    heads: Mapping[str, Sequence[int]] | None = None,
+    rules: RuleMap | None = None,
 ) -> StructuredResult:
     """Remove the given output channels (``{producer name: [indices]}``) and attention heads
     (``{MultiHeadAttention name: [head indices]}``) and everything reading them.
+
+    The signature is :func:`prunekit.torch.remove_channels`'s; ``example_inputs`` is optional and,
+    when given, checks the pruned model's output shapes. A channel mapping passed second (the
+    former place of ``channels``) still works, with a ``DeprecationWarning``. ``rules`` as in
+    :func:`prune_channels`.
 
     Channels coupled to another producer (through Add, Multiply, ...) are removed from it too.
     Raises for a channel that cannot be removed (it reaches a model output, or a layer prunekit
@@ -281,15 +322,29 @@ def remove_channels(
 
     Example::
 
-        small = remove_channels(model, {"conv1": [0, 5], "fc1": list(range(64))}).model
-        small = remove_channels(transformer, {"ffn_in": [3, 9]}, heads={"attention": [1, 2]}).model
+        small = remove_channels(model, channels={"conv1": [0, 5], "fc1": list(range(64))}).model
+        small = remove_channels(transformer, channels={"ffn_in": [3, 9]}, heads={"attention": [1, 2]}).model
     """
+    if channels is None and _is_channel_map(model, example_inputs):
+        warnings.warn(
+            "remove_channels(model, {layer: [indices]}): the second argument is now example_inputs; "
+            "pass the mapping as channels={...}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        example_inputs, channels = None, example_inputs
     channels, heads = channels or {}, heads or {}
 
     def requested(group: ChannelGroup, removed: int) -> tuple[float, str]:
         return removed / (group.size + group.locked), "" if removed else "not asked"
 
-    return _result(model, trace(model), channels, heads, requested)
+    return _checked(_result(model, trace(model, rules), channels, heads, requested), model, example_inputs)
+
+
+def _is_channel_map(model: Any, value: Any) -> bool:
+    """Whether ``value`` is a ``{layer name: [indices]}`` mapping rather than inputs keyed by input name."""
+    names = {layer.name for layer in model.layers if not isinstance(layer, L.InputLayer)}
+    return isinstance(value, Mapping) and bool(value) and set(value) <= names
 
 
 def _pruned_roots(
@@ -313,57 +368,85 @@ def _pruned_roots(
     return pruned
 
 
-def _check_names(model: Any, removal: Mapping[str, Sequence[int]], targets: Mapping[str, Any], what: str) -> None:
+def _check_names(
+    graph: ChannelGraph, model: Any, removal: Mapping[str, Sequence[int]], targets: Mapping[str, Any], what: str
+) -> None:
     for name in removal:
-        if name not in targets:
-            known = [layer.name for layer in model.layers]
-            raise LayerNotFoundError(
-                f"{name!r} is not a layer whose {what}s can be removed ({REMOVABLE[what]}); the model's layers are {known}"
-            )
+        if name in targets:
+            continue
+        if name in graph.opaque:
+            raise LayerNotFoundError(f"{name!r} is not a layer whose {what}s can be removed: {graph.opaque[name]}")
+        known = [layer.name for layer in model.layers]
+        raise LayerNotFoundError(
+            f"{name!r} is not a layer whose {what}s can be removed ({REMOVABLE[what]}); the model's layers are {known}"
+        )
 
 
 def _rebuild(
     model: Any, graph: ChannelGraph, channels: Mapping[str, Sequence[int]], heads: Mapping[str, Sequence[int]]
 ) -> tuple[keras.Model, set[int]]:
-    """The smaller model without ``channels`` and ``heads``, and the channel classes (roots) removed."""
-    producer_outputs = {node.layer.name: node.output for node in graph.producer_nodes()}
-    producer_maps = {name: graph.maps[output] for name, output in producer_outputs.items()}
-    _check_names(model, channels, producer_maps, "channel")
-    _check_names(model, heads, graph.heads, "head")
-    pruned = list(_pruned_roots(graph, producer_maps, channels, "channel"))
-    pruned += _pruned_roots(graph, graph.heads, heads, "head")
-    keep = {tid: ~np.isin(graph.roots(atoms), pruned) for tid, atoms in graph.maps.items()}
-    head_keep = {name: ~np.isin(graph.roots(atoms), pruned) for name, atoms in graph.heads.items()}
-    new_size = {name: int(keep[output].sum()) for name, output in producer_outputs.items()}
-    attention = graph.attention_nodes()
+    """The smaller model without ``channels`` and ``heads``, and the channel classes (roots) removed:
+    each layer's rule gives its new config fields, and every weight dimension a rule labelled keeps
+    the positions of surviving channels."""
+    producer_maps = {node.layer.name: graph.maps[node.output] for node in graph.producer_nodes()}
+    _check_names(graph, model, channels, producer_maps, "channel")
+    _check_names(graph, model, heads, graph.heads, "head")
+    graph.pruned = _pruned_roots(graph, producer_maps, channels, "channel") | _pruned_roots(graph, graph.heads, heads, "head")
+    keep = {tid: graph.kept(atoms) for tid, atoms in graph.maps.items()}
+    updates = {
+        node.layer.name: graph.rules[node.layer.name].shrink(node.layer, Shrink(graph, node, keep))
+        for node in graph.nodes
+        if getattr(node.layer, "name", None) in graph.rules
+    }
     config = copy.deepcopy(model.get_config())
     for entry in config["layers"]:
         entry.pop("build_config", None)
-        name = entry["config"].get("name")
-        if name in attention:
-            query_width = int(keep[attention[name].arguments["query"]].sum())
-            _resize_attention(entry["config"], new_size[name], int(head_keep[name].sum()), query_width)
-        elif entry["class_name"] == "Bidirectional" and name in new_size:
-            concat = entry["config"]["merge_mode"] == "concat"
-            _resize_bidirectional(entry["config"], new_size[name] // (2 if concat else 1))
-        elif name in new_size:
-            key = next(key for key in ("units", "filters", "output_dim") if key in entry["config"])
-            entry["config"][key] = new_size[name]
+        for key, value in updates.get(entry["config"].get("name"), {}).items():
+            _set_field(entry["config"], key, value)
     rebuilt = type(model).from_config(config)
-    for node in graph.nodes:
-        if node.layer is None or not getattr(node.layer, "weights", None):
-            continue
-        old = node.layer
-        new = rebuilt.get_layer(old.name)
-        if old.name in attention:
-            new.set_weights(_attention_weights(old, node, keep, np.flatnonzero(head_keep[old.name])))
-            continue
-        in_keep = np.flatnonzero(keep[node.inputs[0]]) if node.inputs and node.inputs[0] in keep else None
-        out_keep = np.flatnonzero(keep[node.output]) if old.name in producer_maps else None
-        new.set_weights(_sliced_weights(old, in_keep, out_keep))
+    for layer in model.layers:
+        if layer.weights:
+            _set_weights(graph, layer, rebuilt.get_layer(layer.name))
     if getattr(model, "compiled", False):
         rebuilt.compile_from_config(model.get_compile_config())
-    return rebuilt, set(pruned)
+    return rebuilt, set(graph.pruned)
+
+
+def _set_field(config: dict, dotted: str, value: Any) -> None:
+    """Set ``config[a][b]...`` for ``"a.b..."``, dropping the nested layers' stale ``build_config``."""
+    *path, last = dotted.split(".")
+    for part in path:
+        config.pop("build_config", None)
+        config = config[part]
+    config.pop("build_config", None)
+    config[last] = value
+
+
+def _set_weights(graph: ChannelGraph, layer: Any, new: Any) -> None:
+    """Copy ``layer``'s sliced weights into its rebuilt twin; a mismatch names the layer's rule."""
+    sliced = _sliced_weights(graph, layer)
+    expected = [tuple(w.shape) for w in new.weights]
+    if [w.shape for w in sliced] != expected:
+        rule = graph.rules.get(layer.name)
+        raise RuleError(
+            f"rule {type(rule).__name__} for {describe(layer)}: the rebuilt layer's weights have shapes {expected}, "
+            f"the sliced ones {[w.shape for w in sliced]}; label every weight dimension that follows the channels "
+            "(ctx.weight(...)) and return the config fields that size the layer from shrink()"
+            if rule is not None
+            else f"{describe(layer)} was rebuilt with weights of shapes {expected}, not {[w.shape for w in sliced]}; "
+            "describe it with rules={...} (prunekit.keras.structured.rules)"
+        )
+    new.set_weights(sliced)
+
+
+def _sliced_weights(graph: ChannelGraph, layer: Any) -> list[np.ndarray]:
+    """``layer``'s weights in order, each dimension its rule labelled keeping the surviving positions."""
+    weights = [np.asarray(w.numpy()) for w in layer.weights]
+    for name, labels in graph.weight_labels.get(layer.name, {}).items():
+        variable = resolve(layer, name)
+        index = next(i for i, w in enumerate(layer.weights) if w is variable)
+        weights[index] = weights[index][np.ix_(*(graph.kept(dim) for dim in labels))]
+    return weights
 
 
 def _result(
@@ -422,69 +505,3 @@ def _find_layer(model: Any, name: str) -> dict[str, Any] | None:
         return dict(model.get_layer(name).get_config())
     except ValueError:
         return None
-
-
-def _resize_attention(config: dict, width: int, num_heads: int, query_width: int) -> None:
-    """Set ``num_heads``, and ``output_shape`` unless the output still defaults to the query's width."""
-    config["num_heads"] = num_heads
-    if config["output_shape"] is not None or width != query_width:
-        config["output_shape"] = width
-
-
-def _attention_weights(layer: Any, node: Node, keep: Mapping[str, np.ndarray], heads: np.ndarray) -> list[np.ndarray]:
-    """The kept heads' slices of the query/key/value kernels (rows: kept input channels) and of the
-    output projection (columns: kept output channels), in the layer's weight order."""
-    value = node.arguments["value"]
-    inputs = {"query": node.arguments["query"], "value": value, "key": node.arguments.get("key") or value}
-    weights = []
-    for role, dense in (("query", layer.query_dense), ("key", layer.key_dense), ("value", layer.value_dense)):
-        kernel, *bias = (np.asarray(w.numpy()) for w in dense.weights)
-        weights += [kernel[np.flatnonzero(keep[inputs[role]])][:, heads], *(b[heads] for b in bias)]
-    kernel, *bias = (np.asarray(w.numpy()) for w in layer.output_dense.weights)
-    out_keep = np.flatnonzero(keep[node.output])
-    return weights + [kernel[heads][..., out_keep], *(b[out_keep] for b in bias)]
-
-
-def _sliced_weights(layer: Any, in_keep: np.ndarray | None, out_keep: np.ndarray | None) -> list[np.ndarray]:
-    weights = [np.asarray(w.numpy()) for w in layer.weights]
-    if in_keep is None and out_keep is None:
-        return weights
-    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        depthwise, pointwise, *bias = weights
-        multiplier = depthwise.shape[-1]
-        rows = (in_keep[:, None] * multiplier + np.arange(multiplier)).ravel()
-        return [depthwise[..., in_keep, :], pointwise[..., rows, :][..., out_keep], *(b[out_keep] for b in bias)]
-    if isinstance(layer, PRODUCERS):
-        kernel, *bias = weights
-        return [kernel[..., in_keep, :][..., out_keep], *(b[out_keep] for b in bias)]
-    if isinstance(layer, RECURRENT):
-        return _recurrent_weights(weights, in_keep, out_keep)
-    if isinstance(layer, L.Bidirectional):
-        split = len(layer.forward_layer.weights)
-        units = out_keep[out_keep < layer.forward_layer.units]  # a unit's two concat positions agree
-        return _recurrent_weights(weights[:split], in_keep, units) + _recurrent_weights(weights[split:], in_keep, units)
-    if isinstance(layer, L.Embedding):
-        return [weights[0][:, out_keep]]
-    if isinstance(layer, DEPTHWISE):
-        kernel, *bias = weights
-        multiplier = kernel.shape[-1]
-        return [kernel[..., in_keep, :], *(b.reshape(-1, multiplier)[in_keep].ravel() for b in bias)]
-    if isinstance(layer, L.BatchNormalization):
-        return [w[in_keep] for w in weights]
-    return weights  # any other layer sees only locked (unchanged) channels
-
-
-def _resize_bidirectional(config: dict, units: int) -> None:
-    """Set ``units`` of the wrapped forward and backward layers, built again on the smaller input."""
-    for key in ("layer", "backward_layer"):
-        config[key].pop("build_config", None)
-        config[key]["config"]["units"] = units
-
-
-def _recurrent_weights(weights: list[np.ndarray], in_keep: np.ndarray, out_keep: np.ndarray) -> list[np.ndarray]:
-    """``kernel`` (rows: kept inputs), ``recurrent_kernel`` (rows: kept units) and ``bias`` (any leading
-    axis, as GRU's ``reset_after`` ``(2, 3*units)``), each keeping the kept units' columns of every gate."""
-    kernel, recurrent, *bias = weights
-    units = recurrent.shape[0]
-    columns = (np.arange(kernel.shape[1] // units)[:, None] * units + out_keep).ravel()
-    return [kernel[in_keep][:, columns], recurrent[out_keep][:, columns], *(b[..., columns] for b in bias)]

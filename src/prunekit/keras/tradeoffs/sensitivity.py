@@ -91,7 +91,7 @@ class ChannelPruner:
             raise ConfigError(
                 f"layer {layer!r} of model {model.name!r} has no removable channels; choose from {self.layers(model)}"
             )
-        return prune_channels(model, ratio, layers=list(group.producers)).model
+        return prune_channels(model, ratio=ratio, layers=list(group.producers)).model
 
     def layers(self, model: keras.Model) -> list[str]:
         """One producer per channel group that has removable channels (a group's layers shrink together)."""

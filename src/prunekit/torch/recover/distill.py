@@ -47,6 +47,18 @@ def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
         )
 
 
+def _check_not_probabilities(logits: torch.Tensor, role: str) -> None:
+    """Softmax outputs distilled as logits would be softened twice (near-uniform targets): refuse them."""
+    with torch.no_grad():
+        rows = logits.detach().reshape(-1, logits.shape[-1]).float()
+        probabilities = rows.shape[-1] > 1 and bool((rows >= 0).all()) and float((rows.sum(-1) - 1).abs().max()) <= 1e-4
+    if probabilities:
+        raise ConfigError(
+            f"the {role}'s outputs look like probabilities (every row is >= 0 and sums to 1), not logits; distillation "
+            "softens logits with the temperature, so remove the final softmax (or return the logits before it)"
+        )
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -63,6 +75,8 @@ def distillation_loss(
     averaged over every other position (samples, and tokens for sequence logits), and the
     ``T**2`` keeps gradient magnitudes comparable across temperatures. ``task_loss`` defaults
     to cross-entropy; ``labels`` may be left out only with ``alpha=1`` (pure distillation).
+    Both inputs are logits: outputs that are already probabilities (a model ending in softmax)
+    are a ``ConfigError``, since softening them again would give near-uniform targets.
 
     Example::
 
@@ -70,6 +84,8 @@ def distillation_loss(
     """
     _check_mix(temperature, alpha)
     _check_logits(student_logits, teacher_logits)
+    _check_not_probabilities(teacher_logits, "teacher")
+    _check_not_probabilities(student_logits, "student")
     classes = student_logits.shape[-1]
     log_student = F.log_softmax(student_logits.reshape(-1, classes).float() / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher_logits.reshape(-1, classes).float() / temperature, dim=-1)

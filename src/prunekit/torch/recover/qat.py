@@ -2,7 +2,8 @@
 
 During training every targeted layer (``Linear``, ``Conv1d/2d/3d``) computes with
 
-* weights fake-quantized to int8, symmetric, per output channel (``scale = max|w| / 127``);
+* weights fake-quantized to int8, symmetric, per output channel (``scale = max|w| / 127``, raised
+  where needed so the bias fits int32 at ``input_scale * scale``: see :func:`bias_scale_floor`);
 * its input and its output fake-quantized to uint8, affine, per tensor, with ranges observed
   as an exponential moving average of the batch min/max while the model is in training mode;
 
@@ -55,6 +56,10 @@ QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WEIGHT_QMAX = 127
 ACT_QMIN, ACT_QMAX = 0, 255
 DEFAULT_SQNR_FLOOR_DB = 25.0
+BIAS_INT32_LIMIT = 2**30
+"""Largest int32 code a bias may get: ONNX Runtime's int8 kernels (``QLinearConv``, ``QGemm``) store the bias
+as ``round(bias / (input_scale * weight_scale))`` in int32 and add the accumulator to it; half the int32 range
+leaves the other half for the accumulator (``255 * 127 * fan_in`` fits for ``fan_in`` < 33,000)."""
 
 
 def _act_qparams(low: float, high: float) -> tuple[float, int]:
@@ -73,11 +78,14 @@ def _fake_quant_activation(x: torch.Tensor, scale: float, zero_point: int) -> to
     return x * inside + (quantized - x * inside).detach()
 
 
-def weight_codes(weight: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_codes(
+    weight: torch.Tensor, mask: torch.Tensor | None = None, min_scales: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 codes (as a float tensor) and per-channel scales of ``weight`` (symmetric, axis 0).
 
     With a ``mask`` (True = kept), pruned weights get code 0 and kept weights never do (a kept
     weight that would round to 0 gets +-1), so the codes' zeros are exactly the mask's.
+    ``min_scales`` (one per output channel) is a floor under the scales: see :func:`bias_scale_floor`.
 
     Example::
 
@@ -88,12 +96,33 @@ def weight_codes(weight: torch.Tensor, mask: torch.Tensor | None = None) -> tupl
         w = w * mask
     channels = w.shape[0]
     scales = (w.abs().reshape(channels, -1).amax(dim=1) / WEIGHT_QMAX).clamp_min(1e-12)
+    if min_scales is not None:
+        scales = torch.maximum(scales, min_scales.detach().float().to(scales.device))
     view = (channels,) + (1,) * (w.dim() - 1)
     codes = torch.round(w / scales.view(view)).clamp(-WEIGHT_QMAX, WEIGHT_QMAX)
     if mask is not None:
         away_from_zero = torch.where(w >= 0, torch.ones_like(codes), -torch.ones_like(codes))
         codes = torch.where(mask & (codes == 0), away_from_zero, codes) * mask
     return codes, scales
+
+
+def bias_scale_floor(module: nn.Module, input_scale: float) -> torch.Tensor | None:
+    """Smallest per-channel weight scales that keep ``module``'s bias representable in int32 (None: no bias).
+
+    ONNX Runtime's int8 kernels quantize the bias with scale ``input_scale * weight_scale``. A
+    channel whose weights are all zero (fully pruned) or tiny would get a weight scale so small that
+    its bias overflows int32 and is clipped to almost nothing, so the int8 model loses that bias
+    while the fake-quant model keeps it. Raising such a channel's weight scale to
+    ``|bias| / (input_scale * BIAS_INT32_LIMIT)`` keeps the bias; training and export both use it.
+
+    Example::
+
+        floor = bias_scale_floor(conv, input_scale=1 / 255)   # shape (out_channels,)
+    """
+    bias = module._parameters.get("bias")
+    if bias is None:
+        return None
+    return bias.detach().float().abs() / (float(np.float32(input_scale)) * BIAS_INT32_LIMIT)
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -103,8 +132,8 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return weight
 
 
-def _fake_quant_weight(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    codes, scales = weight_codes(weight, mask)
+def _fake_quant_weight(weight: torch.Tensor, mask: torch.Tensor | None, min_scales: torch.Tensor | None) -> torch.Tensor:
+    codes, scales = weight_codes(weight, mask, min_scales)
     effective = weight * mask if mask is not None else weight
     dequantized = (codes * scales.view((-1,) + (1,) * (weight.dim() - 1))).to(weight.dtype)
     return effective + (dequantized - effective).detach()
@@ -283,9 +312,11 @@ class QuantizationAwareTraining:
             x = args[0]
             if self._observing(layer, layer.input_range):
                 layer.input_range.observe(x, self.momentum)
-            x = _fake_quant_activation(x, *layer.input_range.qparams())
+            input_scale, input_zero_point = layer.input_range.qparams()
+            x = _fake_quant_activation(x, input_scale, input_zero_point)
             # shadow the parameter for this call only: state_dict and parameters() still see it
-            module.__dict__["weight"] = _fake_quant_weight(_weight(module), layer.mask)
+            floor = bias_scale_floor(module, input_scale)
+            module.__dict__["weight"] = _fake_quant_weight(_weight(module), layer.mask, floor)
             return (x, *args[1:])
 
         return hook
@@ -368,7 +399,7 @@ class QuantizationAwareTraining:
 
             onnx.save(proto, str(tmp))
             try:
-                sess = session(tmp)
+                sess = session(tmp, threads=1)  # one thread: the check gives the same figure on every run
                 got = sess.run(None, feed(input_specs(sess), (example_input.cpu().numpy(),), "example input"))[0]
             except Exception as exc:  # onnxruntime raises untyped errors
                 raise ExportError(f"ONNX Runtime could not run the int8 QDQ model of {type(self.model).__name__}: {exc}") from exc
@@ -445,7 +476,9 @@ class QuantizationAwareTraining:
             if compute is None:
                 self.float_layers[name] = "its weight feeds no Conv/Gemm/MatMul in the exported graph; left in float"
                 continue
-            codes, scales = weight_codes(_weight(layer.module).cpu(), layer.mask.cpu() if layer.mask is not None else None)
+            floor = bias_scale_floor(layer.module, layer.input_range.qparams()[0])
+            mask = layer.mask.cpu() if layer.mask is not None else None
+            codes, scales = weight_codes(_weight(layer.module).cpu(), mask, floor.cpu() if floor is not None else None)
             int8 = codes.numpy().astype(np.int8)
             if layer.mask is not None:
                 wrong = int(((int8 == 0) != (~layer.mask.cpu()).numpy()).sum())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -23,16 +23,19 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.torch.deploy.sparse.allocation import GRID, greedy_allocation, layer_errors
 from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear
 
 #: Layers never sparsified by default: an LM head's input is the final hidden state (and often tied).
 DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "classifier", "*.classifier")
 _SAMPLE_LIMIT = 200_000  # |x| entries kept per layer for the quantile (a random subsample beyond that)
+ALLOCATIONS = ("uniform", "greedy")
 
 
 @dataclass(frozen=True)
 class ActivationThresholds:
-    """Per-layer input thresholds for a target fraction of zeroed activations.
+    """Per-layer input thresholds for a target fraction of zeroed activations; ``sparsities`` is the
+    fraction each layer was calibrated for (all ``target`` when ``allocation`` is ``"uniform"``).
 
     Example::
 
@@ -42,9 +45,16 @@ class ActivationThresholds:
 
     target: float
     values: dict[str, float]
+    sparsities: dict[str, float] = field(default_factory=dict)
+    allocation: str = "uniform"
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "thresholds": dict(self.values)}
+        return {
+            "target": self.target,
+            "allocation": self.allocation,
+            "thresholds": dict(self.values),
+            "sparsities": dict(self.sparsities),
+        }
 
 
 def _check_target(target: float) -> None:
@@ -72,14 +82,13 @@ def _linear_layers(model: nn.Module, include: Sequence[str] | None, exclude: Seq
     return found
 
 
-def _run_batch(model: nn.Module, batch: Any, index: int) -> None:
+def _run_batch(model: nn.Module, batch: Any, index: int) -> Any:
     try:
         if isinstance(batch, dict):
-            model(**batch)
-        elif isinstance(batch, (tuple, list)):
-            model(*batch)
-        else:
-            model(batch)
+            return model(**batch)
+        if isinstance(batch, (tuple, list)):
+            return model(*batch)
+        return model(batch)
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:
         shape = list(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
         raise ConfigError(
@@ -96,19 +105,26 @@ def calibrate_activation_sparsity(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     seed: int = 0,
+    allocation: str = "uniform",
 ) -> ActivationThresholds:
     """Per-layer thresholds so that ``target`` of each Linear layer's input entries have ``|x|`` below them.
 
     ``batches`` are model inputs (tensors, tuples of positional arguments or dicts of keyword
     arguments); ``include``/``exclude`` pick layers by ``fnmatch`` pattern on their module names.
     Thresholds are computed on the dense model's activations (each layer sees its unthresholded
-    input), as TEAL does.
+    input), as TEAL does. ``allocation="greedy"`` gives each layer its own fraction instead
+    (:mod:`~prunekit.torch.deploy.sparse.allocation`): more where zeroing moves the model's output
+    least, so that the weight-count-weighted mean is ``target``; it runs the calibration batches
+    once per layer and grid point.
 
     Example::
 
         thresholds = calibrate_activation_sparsity(lm, [ids[:, :64] for ids in windows], target=0.5)
     """
     _check_target(target)
+    if allocation not in ALLOCATIONS:
+        raise ConfigError(f"allocation should be one of {list(ALLOCATIONS)}, got {allocation!r}")
+    batches = list(batches)
     layers = _linear_layers(model, include, exclude)
     rng = np.random.default_rng(seed)
     samples: dict[str, list[np.ndarray]] = {name: [] for name in layers}
@@ -136,11 +152,28 @@ def calibrate_activation_sparsity(
         model.train(was_training)
     if count == 0:
         raise ConfigError("calibrate_activation_sparsity needs at least one calibration batch, got none")
-    values = {}
-    for name, parts in samples.items():
-        if parts:
-            values[name] = float(np.quantile(np.concatenate(parts), target)) if target > 0 else 0.0
-    return ActivationThresholds(float(target), values)
+    magnitudes = {name: np.concatenate(parts) for name, parts in samples.items() if parts}
+    sparsities = dict.fromkeys(magnitudes, float(target))
+    if allocation == "greedy" and target > 0:
+        sparsities = _greedy(model, {name: layers[name] for name in magnitudes}, magnitudes, batches, float(target))
+    values = {
+        name: float(np.quantile(magnitudes[name], sparsity)) if sparsity > 0 else 0.0 for name, sparsity in sparsities.items()
+    }
+    return ActivationThresholds(float(target), values, sparsities, allocation)
+
+
+def _greedy(
+    model: nn.Module, layers: dict[str, nn.Linear], magnitudes: dict[str, np.ndarray], batches: list[Any], target: float
+) -> dict[str, float]:
+    """Per-layer sparsities from each layer's measured output error at the :data:`GRID` sparsities (in eval mode)."""
+    grid = {name: [float(t) for t in np.quantile(values, GRID)] for name, values in magnitudes.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        errors = layer_errors(model, layers, grid, batches, _run_batch)
+    finally:
+        model.train(was_training)
+    return greedy_allocation(errors, {name: layer.weight.numel() for name, layer in layers.items()}, target)
 
 
 def apply_activation_sparsity(

@@ -53,24 +53,49 @@ def detect_layout(weight: np.ndarray) -> Layout:
     if weight.ndim != 2:
         raise ConfigError(f"detect_layout expects a 2-D weight, got shape {list(weight.shape)}")
     int8 = int8_scales(weight) is not None and np.count_nonzero(weight) > 0
-    nonzero = weight != 0
-    rows, cols = weight.shape
-    nnz = int(nonzero.sum())
+    rows, cols = np.nonzero(weight)
+    return detect_layout_coo(weight.shape, rows, cols, int8)
+
+
+def detect_layout_coo(shape: tuple[int, ...], rows: np.ndarray, cols: np.ndarray, int8: bool = False) -> Layout:
+    """The layout that fits the nonzero positions ``(rows, cols)`` of a weight of ``shape``, read
+    without a dense copy (so a compact file's positions go straight in). ``int8``: values are int8."""
+    if len(shape) != 2:
+        raise ConfigError(f"detect_layout expects a 2-D weight, got shape {list(shape)}")
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    nnz = int(rows.size)
+    size = n_rows * n_cols
     for n, m in NM_PATTERNS:
         # an N:M pack stores N of every M: worth it only when the weight really is (nearly) that dense
-        if (
-            cols % m == 0
-            and nnz >= 0.9 * weight.size * n / m
-            and nonzero.reshape(rows, cols // m, m).sum(axis=2).max(initial=0) <= n
-        ):
+        if n_cols % m == 0 and nnz >= 0.9 * size * n / m and _max_run(_cell_ids(rows, cols, n_cols, 1, m)) <= n:
             return Layout("nm", (n, m), int8)
     for bh, bw in BLOCK_SHAPES:
-        if rows % bh or cols % bw or nnz == 0:
+        if n_rows % bh or n_cols % bw or nnz == 0:
             continue
-        blocks = nonzero.reshape(rows // bh, bh, cols // bw, bw).any(axis=(1, 3))
-        if blocks.sum() * bh * bw <= 1.25 * nnz:
+        occupied = np.zeros((n_rows // bh) * (n_cols // bw), dtype=bool)  # one byte per block: no sort of the nonzeros
+        occupied[_cell_ids(rows, cols, n_cols, bh, bw)] = True
+        if np.count_nonzero(occupied) * bh * bw <= 1.25 * nnz:
             return Layout("bsr", (bh, bw), False)
     return Layout("csr", (1, 1), int8)
+
+
+def _cell_ids(rows: np.ndarray, cols: np.ndarray, n_cols: int, bh: int, bw: int) -> np.ndarray:
+    """The row-major index of the (bh, bw) cell holding each nonzero, in int32 when it fits: a compact
+    file's loader checks several cell shapes, each with two small temporaries (no dense copy)."""
+    cells = (int(rows.max(initial=0)) // bh + 1) * (n_cols // bw)
+    dtype = np.int32 if cells < 2**31 else np.int64
+    ids = np.floor_divide(rows, bh, dtype=dtype, casting="same_kind")
+    ids *= n_cols // bw
+    ids += np.floor_divide(cols, bw, dtype=dtype, casting="same_kind")
+    return ids
+
+
+def _max_run(sorted_ids: np.ndarray) -> int:
+    """The longest run of equal values in a sorted array (the most nonzeros of one group)."""
+    if sorted_ids.size == 0:
+        return 0
+    edges = np.flatnonzero(np.diff(sorted_ids)) + 1
+    return int(np.diff(np.concatenate(([0], edges, [sorted_ids.size]))).max())
 
 
 def _index_dtype(size: int) -> type:
@@ -152,45 +177,111 @@ class BSR:
     @classmethod
     def from_dense(cls, weight: np.ndarray, block: tuple[int, int]) -> BSR:
         """Keep every (bh, bw) block of ``weight`` that has a nonzero."""
+        rows, cols = np.nonzero(weight)
+        return cls.from_coo(weight.shape, rows, cols, weight[rows, cols], block)
+
+    @classmethod
+    def from_coo(
+        cls, shape: tuple[int, ...], rows: np.ndarray, cols: np.ndarray, values: np.ndarray, block: tuple[int, int]
+    ) -> BSR:
+        """From nonzero coordinates and float values (dequantised): the blocks that hold a nonzero."""
         bh, bw = block
-        rows, cols = weight.shape
-        if rows % bh or cols % bw:
-            raise ConfigError(f"block {bh}x{bw} does not tile a weight of shape {list(weight.shape)}")
-        tiled = weight.reshape(rows // bh, bh, cols // bw, bw).transpose(0, 2, 1, 3)
-        keep = (tiled != 0).any(axis=(2, 3))
-        block_rows, block_cols = np.nonzero(keep)
-        indptr = np.zeros(rows // bh + 1, dtype=np.int64)
-        np.cumsum(keep.sum(axis=1), out=indptr[1:])
-        blocks = np.ascontiguousarray(tiled[block_rows, block_cols], dtype=np.float32)
-        return cls((rows, cols), indptr, block_cols.astype(np.int32), blocks)
+        n_rows, n_cols = int(shape[0]), int(shape[1])
+        if n_rows % bh or n_cols % bw:
+            raise ConfigError(f"block {bh}x{bw} does not tile a weight of shape {list(shape)}")
+        rows = rows.astype(np.int64, copy=False)
+        cols = cols.astype(np.int64, copy=False)
+        ids, where = np.unique((rows // bh) * (n_cols // bw) + cols // bw, return_inverse=True)
+        blocks = np.zeros((ids.size, bh, bw), dtype=np.float32)
+        blocks[where, rows % bh, cols % bw] = values
+        indptr = np.zeros(n_rows // bh + 1, dtype=np.int64)
+        np.cumsum(np.bincount(ids // (n_cols // bw), minlength=n_rows // bh), out=indptr[1:])
+        return cls((n_rows, n_cols), indptr, (ids % (n_cols // bw)).astype(np.int32), blocks)
+
+    def to_dense(self) -> np.ndarray:
+        """The dense float32 weight (for a layer measured against, or reverted to, dense)."""
+        bh, bw = self.blocks.shape[1:]
+        dense = np.zeros((self.shape[0] // bh, bh, self.shape[1] // bw, bw), dtype=np.float32)
+        block_rows = np.repeat(np.arange(self.shape[0] // bh), np.diff(self.indptr))
+        dense[block_rows, :, self.indices, :] = self.blocks
+        return dense.reshape(self.shape)
 
 
 @dataclass
 class NMPacked:
-    """N:M packing: ``values`` (rows, cols / M * N), ``slots`` (uint8 position in the group), int8 optional."""
+    """N:M packing: ``values`` (rows, cols / M * N) and their input ``columns`` (uint16 when they fit), the
+    same count in every row (no row pointers); int8 values optional.
+
+    Columns, not 1-byte slots within each group: recomputing a column from a slot per value
+    (``group * M + slot``) measured 2.5-40x slower in the numba kernels than loading it."""
 
     shape: tuple[int, int]
     n: int
     m: int
     values: np.ndarray
-    slots: np.ndarray
+    columns: np.ndarray
     scale: np.ndarray
 
     @classmethod
     def from_dense(cls, weight: np.ndarray, n: int, m: int, int8: bool = False) -> NMPacked:
         """Pack a weight with at most ``n`` nonzeros in each group of ``m`` inputs (zeros fill short groups)."""
-        rows, cols = weight.shape
-        if cols % m:
-            raise ConfigError(f"{n}:{m} packing needs the input size ({cols}) to be a multiple of {m}")
-        groups = weight.reshape(rows, cols // m, m)
-        if (groups != 0).sum(axis=2).max(initial=0) > n:
-            raise ConfigError(f"the weight is not {n}:{m} sparse: some group of {m} inputs holds more than {n} nonzeros")
-        # the n largest |w| of each group, in ascending slot order: zeros fill groups with fewer nonzeros
-        slots = np.sort(np.argsort(-np.abs(groups), axis=2, kind="stable")[:, :, :n], axis=2)
-        values = np.take_along_axis(groups, slots, axis=2).reshape(rows, -1)
+        rows, cols = np.nonzero(weight)
         scale = int8_scales(weight) if int8 else None
+        return cls.from_coo(weight.shape, rows, cols, weight[rows, cols], n, m, scale)
+
+    @classmethod
+    def from_coo(
+        cls,
+        shape: tuple[int, ...],
+        rows: np.ndarray,
+        cols: np.ndarray,
+        values: np.ndarray,
+        n: int,
+        m: int,
+        scale: np.ndarray | None,
+    ) -> NMPacked:
+        """From row-major sorted coordinates; ``values`` int8 (or float, rounded) when ``scale`` is given."""
+        n_rows, n_cols = int(shape[0]), int(shape[1])
+        if n_cols % m:
+            raise ConfigError(f"{n}:{m} packing needs the input size ({n_cols}) to be a multiple of {m}")
+        rows = rows.astype(np.int64, copy=False)
+        cols = cols.astype(np.int64, copy=False)
+        group = rows * (n_cols // m) + cols // m
+        # rank of each nonzero inside its group: coordinates are sorted, so a group's nonzeros are adjacent
+        starts = np.ones(group.size, dtype=bool)
+        starts[1:] = group[1:] != group[:-1]
+        index = np.arange(group.size)
+        rank = index - np.maximum.accumulate(np.where(starts, index, 0))
+        if rank.max(initial=0) >= n:
+            raise ConfigError(f"the weight is not {n}:{m} sparse: some group of {m} inputs holds more than {n} nonzeros")
         if scale is None:
-            stored, scale = values.astype(np.float32), np.ones(rows, dtype=np.float32)
+            stored = np.zeros((n_rows, n_cols // m, n), dtype=np.float32)
+            scale = np.ones(n_rows, dtype=np.float32)
         else:
-            stored = np.rint(values / scale[:, None]).astype(np.int8)
-        return cls((rows, cols), n, m, np.ascontiguousarray(stored), slots.reshape(rows, -1).astype(np.uint8), scale)
+            stored = np.zeros((n_rows, n_cols // m, n), dtype=np.int8)
+            if values.dtype != np.int8:
+                values = np.rint(values / scale[rows]).astype(np.int8)
+        # a short group's padding zeros point at the group's first input
+        columns = np.broadcast_to((np.arange(n_cols // m) * m)[None, :, None], (n_rows, n_cols // m, n)).copy()
+        stored[rows, cols // m, rank] = values
+        columns[rows, cols // m, rank] = cols
+        return cls(
+            (n_rows, n_cols),
+            n,
+            m,
+            stored.reshape(n_rows, -1),
+            columns.reshape(n_rows, -1).astype(_index_dtype(n_cols)),
+            scale.astype(np.float32),
+        )
+
+    def to_dense(self) -> np.ndarray:
+        """The dense float32 weight (for a layer measured against, or reverted to, dense)."""
+        rows, kept = self.values.shape
+        columns = self.columns.astype(np.int64)
+        dense = np.zeros(self.shape, dtype=np.float32)
+        np.add.at(
+            dense,
+            (np.repeat(np.arange(rows), kept), columns.reshape(-1)),
+            (self.values.astype(np.float32) * self.scale[:, None]).reshape(-1),
+        )
+        return dense

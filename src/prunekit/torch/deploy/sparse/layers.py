@@ -46,22 +46,22 @@ class SparseLinear(nn.Module):
         return int(data.blocks.size if isinstance(data, BSR) else data.values.size)
 
     def matmul(self, x2: torch.Tensor) -> torch.Tensor:
-        """``x2 @ W.T`` for a 2-D float32 ``x2`` (tokens, in_features), without the bias."""
+        """``x2 @ W.T + bias`` for a 2-D float32 ``x2`` (tokens, in_features); the kernels add the bias."""
         data = self.weight_data
+        bias = None if self.bias is None else self.bias.detach().numpy()
         if isinstance(data, CSR):
-            return kernels.csr_matmul(x2, data.indptr, data.indices, data.values, data.scale, self.out_features)
+            return kernels.csr_matmul(x2, data.indptr, data.indices, data.values, data.scale, self.out_features, bias)
         if isinstance(data, BSR):
-            return kernels.bsr_matmul(x2, data.indptr, data.indices, data.blocks, self.out_features)
-        return kernels.nm_matmul(x2, data.values, data.slots, data.n, data.m, data.scale)
+            return kernels.bsr_matmul(x2, data.indptr, data.indices, data.blocks, self.out_features, bias)
+        return kernels.nm_matmul(x2, data.values, data.columns, data.scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ConfigError(f"SparseLinear expects inputs with {self.in_features} features, got shape {list(x.shape)}")
-        with torch.no_grad():
-            y = self.matmul(x.reshape(-1, self.in_features).float())
-            if self.bias is not None:
-                y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        x2 = x.reshape(-1, self.in_features)
+        y = self.matmul(x2 if x2.dtype == torch.float32 else x2.float())
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
@@ -177,25 +177,32 @@ class ActivationSparseLinear(nn.Module):
             raise ConfigError(
                 f"ActivationSparseLinear expects inputs with {self.in_features} features, got shape {list(x.shape)}"
             )
-        with torch.no_grad():
-            x2 = x.reshape(-1, self.in_features).float()
+        x2 = x.reshape(-1, self.in_features)
+        x2 = (x2 if x2.dtype == torch.float32 else x2.float()).detach()
+        self.zeroed += int((x2.abs() < self.threshold).sum()) if self.threshold > 0 else int((x2 == 0).sum())
+        self.seen += x2.numel()
+        bias = None if self.bias is None else self.bias.detach().numpy()
+        # past max_tokens (prefill) the union of active columns is nearly all of them: plain matmuls win
+        if x2.shape[0] > self.max_tokens:
             x2 = torch.where(x2.abs() < self.threshold, torch.zeros((), dtype=x2.dtype), x2)
-            self.zeroed += int((x2 == 0).sum())
-            self.seen += x2.numel()
-            # past max_tokens (prefill) the union of active columns is nearly all of them: plain matmuls win
-            if self.csr is not None and self.csc is not None:
-                if x2.shape[0] > self.max_tokens:
-                    data = self.csr
-                    y = kernels.csr_matmul(x2, data.indptr, data.indices, data.values, data.scale, self.out_features)
-                else:
-                    y = kernels.csc_skip_matmul(x2, self.csc.indptr, self.csc.indices, self.csc.values, self.csc.scale)
+            if self.csr is not None:
+                data = self.csr
+                y = kernels.csr_matmul(x2, data.indptr, data.indices, data.values, data.scale, self.out_features, bias)
             else:
                 assert self.weight_t is not None
-                weight_t = self.weight_t
-                y = x2 @ torch.from_numpy(weight_t) if x2.shape[0] > self.max_tokens else kernels.dense_skip_matmul(x2, weight_t)
-            if self.bias is not None:
-                y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+                y = (
+                    torch.addmm(self.bias, x2, torch.from_numpy(self.weight_t))
+                    if self.bias is not None
+                    else x2 @ torch.from_numpy(self.weight_t)
+                )
+        elif self.csc is not None:
+            csc = self.csc
+            y = kernels.csc_skip_matmul(x2, csc.indptr, csc.indices, csc.values, csc.scale, self.threshold, bias)
+        else:
+            assert self.weight_t is not None
+            y = kernels.dense_skip_matmul(x2, self.weight_t, self.threshold, bias)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         kind = "sparse" if self.csc is not None else "dense"

@@ -3,8 +3,9 @@
 The model is built by ``model_factory`` on the ``meta`` device (no weight memory), checked
 against the file's tensor names and shapes, and every ``nn.Linear`` whose weight the file stores
 sparse (and at least ``min_sparsity`` sparse) becomes a
-:class:`~prunekit.torch.deploy.sparse.layers.SparseLinear` fed from the stored nonzeros: CSR
-from the positions, int8 values and per-row scales kept as int8 when the file is int8. Only the
+:class:`~prunekit.torch.deploy.sparse.layers.SparseLinear` fed from the stored nonzeros, in the
+layout their positions fit (:func:`~prunekit.torch.deploy.sparse.formats.detect_layout_coo`:
+N:M, BSR or CSR), int8 values and per-row scales kept as int8 when the file is int8. Only the
 remaining tensors (biases, norms, embeddings, dense layers) are materialised.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,19 +22,37 @@ from torch import nn
 from prunekit.artifacts.compact import SparseArray, load_compact_sparse
 from prunekit.errors import ConfigError, CorruptFileError
 from prunekit.torch.deploy.compact import check_state_fits
-from prunekit.torch.deploy.sparse.convert import LayerChoice, SparseReport, _capture_inputs, _set_module, _time_pair
-from prunekit.torch.deploy.sparse.formats import CSR, Layout
+from prunekit.torch.deploy.sparse.convert import (
+    LayerChoice,
+    SparseReport,
+    Timer,
+    _capture_inputs,
+    _set_module,
+    _verdict,
+    choose_kernel,
+    time_candidates,
+)
+from prunekit.torch.deploy.sparse.formats import BSR, CSR, Layout, NMPacked, detect_layout_coo
 from prunekit.torch.deploy.sparse.layers import SparseLinear
 from prunekit.torch.structured.plan import PLAN_FORMAT, apply_plan
 
 
-def _csr_from_stored(array: SparseArray) -> CSR:
+def _pack_stored(array: SparseArray) -> tuple[CSR | BSR | NMPacked, Layout]:
+    """The stored nonzeros in the layout their positions fit, without a dense copy."""
     rows, cols = array.shape
     positions = array.positions
-    row_index = positions // cols
-    col_index = (positions - row_index * cols).astype(np.int32)
+    row_index = (positions // cols).astype(np.int32)
+    col_index = (positions % cols).astype(np.int32)
+    layout = detect_layout_coo(array.shape, row_index, col_index, int8=array.scale is not None)
+    if layout.kind == "nm":
+        return NMPacked.from_coo(array.shape, row_index, col_index, array.values, *layout.block, array.scale), layout
+    if layout.kind == "bsr":
+        values = array.values.astype(np.float32)
+        if array.scale is not None:
+            values *= array.scale[row_index]
+        return BSR.from_coo(array.shape, row_index, col_index, values, layout.block), layout
     values = array.values if array.scale is not None else array.values.astype(np.float32, copy=False)
-    return CSR.from_coo((rows, cols), row_index, col_index, values, array.scale)
+    return CSR.from_coo((rows, cols), row_index, col_index, values, array.scale), layout
 
 
 def _build_on_meta(model_factory: Callable[[], nn.Module]) -> tuple[nn.Module, bool]:
@@ -57,13 +75,15 @@ def load_sparse(
     min_sparsity: float = 0.5,
     example_input: Any = None,
     repeats: int = 10,
+    timer: Timer | None = None,
 ) -> tuple[nn.Module, SparseReport]:
     """Build ``model_factory()`` and load a compact file into it, with its sparse Linear weights in sparse kernels.
 
     Raises :class:`~prunekit.errors.StateMismatchError` naming the first mismatching tensor when
     the file holds another architecture. With ``example_input`` (a batch at the deployment size)
-    every sparse layer is timed against its dense form and reverted to ``nn.Linear`` when not
-    faster; the report records each layer's choice and why.
+    every sparse layer is timed against its dense form (and a block or N:M layer also as CSR): the
+    fastest runs, an ``nn.Linear`` when no sparse layout is faster; the report records each layer's
+    choice and why. ``timer`` replaces the measurement (see :data:`~prunekit.torch.deploy.sparse.convert.Timer`).
 
     Example::
 
@@ -99,11 +119,10 @@ def load_sparse(
             )
             report.layers.append(LayerChoice(name, "Linear", shape, sparsity, "-", None, None, False, reason))
             continue
-        csr = _csr_from_stored(stored)
+        packed, layout = _pack_stored(stored)
         bias_key = f"{name}.bias" if name else "bias"
         bias = _tensor(arrays[bias_key]) if module.bias is not None else None
-        layout = Layout("csr", int8=stored.scale is not None)
-        _set_module(model, name, SparseLinear(csr, bias, layout))
+        _set_module(model, name, SparseLinear(packed, bias, layout))
         loaded.add(key)  # the bias is loaded below with the other tensors, into SparseLinear.bias
         report.layers.append(LayerChoice(name, "Linear", shape, sparsity, layout.describe(), None, None, True, "stored sparse"))
     rest = {name: _tensor(value) for name, value in arrays.items() if name not in loaded}
@@ -112,7 +131,7 @@ def load_sparse(
     model.load_state_dict(rest, strict=True)  # every tensor but the sparse weights, which the model no longer has
     model.eval()
     if example_input is not None:
-        _keep_faster(model, example_input, report, repeats)
+        _keep_faster(model, example_input, report, repeats, timer or time_candidates)
     return model, report
 
 
@@ -121,8 +140,9 @@ def _tensor(value: np.ndarray | SparseArray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)) if array.ndim else torch.tensor(array)
 
 
-def _keep_faster(model: nn.Module, example_input: Any, report: SparseReport, repeats: int) -> None:
-    """Time each loaded sparse layer against its dense form on its real input; revert the slower ones."""
+def _keep_faster(model: nn.Module, example_input: Any, report: SparseReport, repeats: int, timer: Timer) -> None:
+    """Time each loaded sparse layer (and, for a block or N:M layout, its CSR form) against its dense
+    form on its real input; keep the fastest."""
     sparse_layers = {name: m for name, m in model.named_modules() if isinstance(m, SparseLinear)}
     try:
         inputs = _capture_inputs(model, sparse_layers, example_input)
@@ -135,16 +155,22 @@ def _keep_faster(model: nn.Module, example_input: Any, report: SparseReport, rep
         if x is None:
             choice.reason = "not reached by example_input (kept sparse)"
             continue
+        weight = layer.weight_data.to_dense()  # only while measuring: the dense candidate
         dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        data = layer.weight_data
-        assert isinstance(data, CSR)
         with torch.no_grad():
-            dense.weight.copy_(torch.from_numpy(data.to_dense()))
+            dense.weight.copy_(torch.from_numpy(weight))
             if layer.bias is not None:
                 dense.bias.copy_(layer.bias)
-            choice.dense_ms, choice.sparse_ms = _time_pair(partial(dense, x), partial(layer, x), repeats)
+        options: dict[str, nn.Module] = {layer.layout.describe(): layer}
+        if layer.layout.kind != "csr":
+            csr = Layout("csr", int8=layer.layout.int8)
+            options[csr.describe()] = SparseLinear(CSR.from_dense(weight, csr.int8), layer.bias, csr)
+        del weight
+        best, times = choose_kernel(dense, options, x, repeats, timer)
+        choice.dense_ms, choice.sparse_ms, choice.layout = times["dense"], times[best], best
         if choice.sparse_ms < choice.dense_ms:
-            choice.reason = f"{choice.dense_ms / choice.sparse_ms:.2f}x faster"
+            _set_module(model, name, options[best])
+            choice.reason = _verdict(times, best)
         else:
             _set_module(model, name, dense)
             choice.sparse = False
