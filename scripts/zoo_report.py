@@ -2,6 +2,7 @@
 
     python scripts/zoo_report.py                 # every discovered family (tens of minutes on 2 cores)
     python scripts/zoo_report.py vit bert        # only these (merged into the existing record)
+    python scripts/zoo_report.py --help          # this text
 
 Runs ``tests.zoo.generated.check_family`` (the same check the zoo test asserts) on each family,
 writes ``tests/zoo/generated_status.json`` (status, reason, MACs ratio, seconds per family) and
@@ -72,6 +73,9 @@ def _cell(text: str) -> str:
 
 def main(argv: list[str]) -> None:
     """Check the families named in ``argv`` (all when empty), then write the status file and the docs."""
+    if any(arg.startswith("-") for arg in argv):  # no options: --help (or a typo) must not record a family
+        print(__doc__)
+        raise SystemExit(0 if set(argv) <= {"-h", "--help"} else f"unknown option in {argv}; pass family names only")
     warnings.filterwarnings("ignore")
     import torch
 

@@ -85,6 +85,8 @@ def _walk_back(trace: Trace, producer: dict[int, OpRecord], ref: TensorRef, dim:
 
 def _input_dim(trace: Trace, op: OpRecord, out: TensorRef, dim: int) -> tuple[TensorRef, int] | None:
     """The input value and dimension that ``dim`` of ``out`` comes from, for ops that move dimensions."""
+    if op.name in ("cat", "concat", "concatenate"):
+        return _cat_dim(trace, op, out, dim)
     inputs = [r for r in op.args if isinstance(r, TensorRef)]
     if not inputs:
         return None
@@ -116,9 +118,32 @@ def _input_dim(trace: Trace, op: OpRecord, out: TensorRef, dim: int) -> tuple[Te
     return None
 
 
+def _cat_dim(trace: Trace, op: OpRecord, out: TensorRef, dim: int) -> tuple[TensorRef, int] | None:
+    """Through a concatenation along another dimension (partial rotary ``cat((q_rot, q_pass), -1)``,
+    a key/value cache ``cat((past, k), -2)``, a legacy empty cache ``cat((tensor([]), k))``): every
+    operand of the output's rank carries ``dim`` unchanged; follow the first one computed in the
+    model (not a model input or constant) that is not empty along the concatenated axis."""
+    tensors = op.args[0] if op.args and isinstance(op.args[0], (tuple, list)) else []
+    out_shape = trace.shapes[out.vid]
+    axis = normalise_dim(int(_arg(op, 1, "dim", 0)), len(out_shape))
+    if axis == dim:
+        return None
+    operands = [
+        r
+        for r in tensors
+        if isinstance(r, TensorRef) and len(trace.shapes[r.vid]) == len(out_shape) and trace.shapes[r.vid][axis] > 0
+    ]
+    computed = [r for r in operands if trace.sources.get(r.vid, ("", ""))[0] == "op"]
+    chosen = (computed or operands)[:1]
+    return (chosen[0], dim) if chosen else None
+
+
 def _getitem_dim(op: OpRecord, x: TensorRef, in_ndim: int, dim: int) -> tuple[TensorRef, int] | None:
     index = op.args[1] if len(op.args) > 1 else None
     items = list(index) if isinstance(index, tuple) else [index]
+    if items.count(Ellipsis) == 1:  # q[..., :r]: the ellipsis stands for every dimension not indexed
+        at = items.index(Ellipsis)
+        items[at : at + 1] = [slice(None)] * (in_ndim - len(items) + 1)
     if any(item is None or item is Ellipsis or isinstance(item, TensorRef) for item in items):
         return None
     out_dim = 0

@@ -14,6 +14,7 @@ architecture without pickling code.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import zlib
@@ -298,11 +299,12 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
                 store = module._parameters if kind == "param" else module._buffers
                 store[attr] = new
                 undo.append(lambda s=store, a=attr, t=old: s.__setitem__(a, t))
+        private: set[int] = set()
         for attr in plan["attributes"]:
             owner = modules[attr["module"]]
             *path, last = attr["name"].split(".")
             for part in path:
-                owner = getattr(owner, part)
+                owner = _private(owner, part, private, undo)
             previous = getattr(owner, last)
             value = tuple(attr["value"]) if isinstance(previous, tuple) else attr["value"]
             setattr(owner, last, value)
@@ -312,6 +314,22 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> Callable[[], None]:
         rollback()
         raise
     return rollback
+
+
+def _private(parent: Any, part: str, private: set[int], undo: list[Callable[[], None]]) -> Any:
+    """``parent.part``, first replaced by a shallow copy unless it is a module or already copied.
+
+    A ``config`` object is shared by every block of a model: a size set on one block's config must
+    not reach the others (their heads may shrink by other amounts, or not at all, and a rotary
+    embedding may recompute its width from the shared head count)."""
+    child = getattr(parent, part)
+    if isinstance(child, nn.Module) or id(child) in private:
+        return child
+    own = copy.copy(child)
+    setattr(parent, part, own)
+    private.add(id(own))
+    undo.append(lambda p=parent, n=part, c=child: setattr(p, n, c))
+    return own
 
 
 def _refresh_recurrent(model: nn.Module) -> None:

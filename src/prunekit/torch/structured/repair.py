@@ -3,16 +3,23 @@
 Attention code reshapes with sizes it keeps on the module or its config (``view(b, t,
 self.n_local_heads, d)``, ``reshape(b, t, self.inner)``, ``config.num_attention_heads``). When a
 trial pruning fails verification, every size-taking op of the trace (``view``, ``reshape``,
-``expand``, ``new_zeros`` ...) is compared with the shape the plan predicts for its output: a
-size argument equal to an output dimension that shrinks must come from somewhere, and an integer
-attribute of the module running the op (or of its ``config``) with that value, which the
-module's ``forward`` reads, is updated to the new size. The updates join the plan, so a saved
-plan replays them.
+``expand``, ``new_zeros`` ..., and ``split`` by a list of section sizes) is compared with the
+shape the plan predicts for its output: a size argument equal to an output dimension that
+shrinks must come from somewhere, and an integer attribute of the module running the op (or of
+its ``config``) with that value, which the module's code reads, is updated to the new size. The
+code read is every method of the module's class (a helper such as ``_shape(x)`` reshapes too),
+and a size held in a local variable (``n_head, d_head = config.n_head, config.d_head``; ``d =
+self.embed_dim // self.num_heads``) is followed back to the attributes it was computed from.
+An integer attribute the code compares with a size it reads from a shrinking dimension (an input
+check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way; a size the
+code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
+The updates join the plan, so a saved plan replays them.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import re
 import textwrap
@@ -23,8 +30,11 @@ from torch import nn
 
 from prunekit.torch.structured.graph import DependencyGraph
 from prunekit.torch.structured.labels import tensor_refs
+from prunekit.torch.structured.tracing import SizeOf, TensorRef
 
 _SIZE_OPS = {"view", "reshape", "expand", "new_zeros", "new_ones", "new_empty", "new_full", "broadcast_to"}
+_SPLIT_OPS = {"split", "split_with_sizes"}
+_MAX_NAME_HOPS = 4  # local variables followed back per size argument (``d = h; h = self.x``)
 
 
 def _sizes(op_args: tuple) -> list[Any]:
@@ -39,40 +49,102 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _forward_source(module: nn.Module) -> str | None:
+def _module_source(module: nn.Module) -> str | None:
+    """The source of the module's class and its bases below ``nn.Module`` (forward and helpers)."""
+    return _class_source(type(module))
+
+
+@functools.lru_cache(maxsize=256)
+def _class_source(cls: type) -> str | None:
+    parts = []
+    for base in cls.__mro__:
+        if base in (nn.Module, object) or base.__module__.startswith("torch."):
+            continue
+        try:
+            parts.append(textwrap.dedent(inspect.getsource(base)))
+        except (OSError, TypeError):
+            continue
+    return "\n".join(parts) or None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(source: str) -> ast.Module | None:
+    """The syntax tree of a class's source, parsed once however many size ops it runs."""
     try:
-        return inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
+        return ast.parse(source)
+    except SyntaxError:
         return None
 
 
-def _names_at(source: str | None, method: str, arity: int, position: int) -> set[str] | None:
+def _assignments(tree: ast.AST) -> dict[str, list[ast.expr]]:
+    """What each local name is assigned from (``a, b = x, y`` pairs ``a`` with ``x``)."""
+    found: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            if isinstance(target, ast.Name):
+                found.setdefault(target.id, []).append(node.value)
+            elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) and len(target.elts) == len(node.value.elts):
+                for name, value in zip(target.elts, node.value.elts):
+                    if isinstance(name, ast.Name):
+                        found.setdefault(name.id, []).append(value)
+    return found
+
+
+def _attributes_in(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> set[str]:
+    """Attribute names an expression reads, directly or through local variables assigned from them."""
+    names: set[str] = set()
+    todo, seen = [(node, 0)], set()
+    while todo:
+        expr, hops = todo.pop()
+        for sub in ast.walk(expr):
+            if isinstance(sub, ast.Attribute):
+                names.add(sub.attr)
+            elif isinstance(sub, ast.Name) and hops < _MAX_NAME_HOPS and sub.id not in seen:
+                seen.add(sub.id)
+                todo.extend((value, hops + 1) for value in assigned.get(sub.id, ()))
+    return names
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_at(source: str | None, method: str, arity: int, position: int) -> frozenset[str] | None:
     """Attribute names the forward's ``.method(...)`` calls with ``arity`` sizes use at argument
     ``position`` (``self.h`` and ``config.h`` both give ``h``), or ``None`` if no call matches."""
     if source is None:
         return None
-    try:
-        tree = ast.parse(textwrap.dedent(source))
-    except SyntaxError:
+    tree = _parsed(source)
+    if tree is None:
         return None
+    assigned = _assignments(tree)
     names: set[str] | None = None
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
+            continue
+        if (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) != method:
             continue
         args = node.args
+        if isinstance(node.func, ast.Name) or _is_torch(node.func):  # torch.split(x, sizes): after the tensor
+            args = args[1:]
+        if method == "split":  # the sizes, not the dimension after them
+            args = args[:1]
         if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
             args = list(args[0].elts)
         if len(args) != arity or any(isinstance(a, ast.Starred) for a in args):
             continue
         names = names or set()
-        names.update(n.attr for n in ast.walk(args[position]) if isinstance(n, ast.Attribute))
-    return names
+        names.update(_attributes_in(args[position], assigned))
+    return None if names is None else frozenset(names)
+
+
+def _is_torch(func: ast.Attribute) -> bool:
+    return isinstance(func.value, ast.Name) and func.value.id in ("torch", "F")
 
 
 def _candidates(module: nn.Module, old: int, method: str, arity: int, position: int) -> list[str]:
     """Attribute paths on ``module`` (``name`` or ``config.name``) holding ``old`` that ``forward`` reads,
     at this argument of the size call when the source shows it."""
-    source = _forward_source(module)
+    source = _module_source(module)
     at = _names_at(source, method, arity, position)
     found = []
     for name, value in vars(module).items():
@@ -88,6 +160,74 @@ def _candidates(module: nn.Module, old: int, method: str, arity: int, position: 
     return found
 
 
+def _size_arguments(graph: DependencyGraph, op: Any, expected: dict) -> list[tuple[str, int, int, Any, int, int]]:
+    """``(method, arity, position, size argument, old size, predicted size)`` for each size an op takes:
+    one per output dimension of a size-taking op, one per section of a split by a list of sizes."""
+    outs = tensor_refs(op.outputs)
+    shapes = graph.trace.shapes
+    if op.name in _SIZE_OPS and len(outs) == 1:
+        old_shape = shapes[outs[0].vid]
+        new_shape = expected.get(outs[0].vid, old_shape)
+        sizes = _sizes(op.args)
+        if len(sizes) != len(old_shape):
+            return []
+        return [(op.name, len(sizes), i, s, o, n) for i, (s, o, n) in enumerate(zip(sizes, old_shape, new_shape))]
+    sections = op.args[1] if len(op.args) > 1 else op.kwargs.get("split_size")
+    if op.name not in _SPLIT_OPS or not isinstance(sections, (tuple, list)) or len(sections) != len(outs) or not outs:
+        return []
+    ndim = len(shapes[outs[0].vid])
+    dim = op.args[2] if len(op.args) > 2 else op.kwargs.get("dim", 0)
+    dim = dim + ndim if _is_int(dim) and dim < 0 else dim
+    if not _is_int(dim) or not 0 <= dim < ndim:
+        return []
+    found = []
+    for i, (size, out) in enumerate(zip(sections, outs)):
+        old = shapes[out.vid][dim]
+        found.append(("split", len(sections), i, size, old, expected.get(out.vid, shapes[out.vid])[dim]))
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _compared_names(source: str | None) -> frozenset[str]:
+    """Attribute names the code compares with something (``if c != self.num_channels: raise``)."""
+    tree = _parsed(source) if source is not None else None
+    if tree is None:
+        return set()
+    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
+    return {
+        sub.attr
+        for node in compares
+        for part in (node.left, *node.comparators)
+        for sub in ast.walk(part)
+        if isinstance(sub, ast.Attribute)
+    }
+
+
+def _checked_sizes(graph: DependencyGraph, op: Any, expected: dict, module: nn.Module) -> list[tuple[str, int, int]]:
+    """``(attribute, old, new)`` for each integer attribute of ``module`` that its code compares with
+    a size it reads (``x.shape``, ``x.size(1)``) from a dimension that shrinks: an input check such
+    as ``if num_channels != self.num_channels: raise``, which must accept the pruned width."""
+    if op.name not in ("size", "shape") or not op.args or not isinstance(op.args[0], TensorRef):
+        return []
+    old_shape = graph.trace.shapes[op.args[0].vid]
+    new_shape = expected.get(op.args[0].vid, old_shape)
+    dims = range(len(old_shape))
+    if op.name == "size" and len(op.args) > 1 and _is_int(op.args[1]):
+        dims = range(op.args[1] % len(old_shape), op.args[1] % len(old_shape) + 1)
+    changes: dict[int, set[int]] = {}
+    for d in dims:
+        if old_shape[d] != new_shape[d]:
+            changes.setdefault(old_shape[d], set()).add(new_shape[d])
+    if not changes:
+        return []
+    compared = _compared_names(_module_source(module))
+    return [
+        (name, value, next(iter(changes[value])))
+        for name, value in vars(module).items()
+        if not name.startswith("_") and _is_int(value) and len(changes.get(value, ())) == 1 and name in compared
+    ]
+
+
 def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> list[dict[str, Any]]:
     """Attribute updates making every size-taking op produce the predicted shape, as plan records.
 
@@ -101,24 +241,18 @@ def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np
     wanted: dict[tuple[str, str], tuple[int, int]] = {}
     conflicts: set[tuple[str, str]] = set()
     for op in graph.trace.ops:
-        if op.name not in _SIZE_OPS or op.module not in modules:
+        if op.module not in modules:
             continue
-        outs = tensor_refs(op.outputs)
-        if len(outs) != 1:
-            continue
-        old_shape = graph.trace.shapes[outs[0].vid]
-        new_shape = expected.get(outs[0].vid, old_shape)
-        sizes = _sizes(op.args)
-        if len(sizes) != len(old_shape):
-            continue
-        for position, (size, old, new) in enumerate(zip(sizes, old_shape, new_shape)):
-            if not _is_int(size) or size != old or old == new:
+        found = [(name, old, new) for name, old, new in _checked_sizes(graph, op, expected, modules[op.module])]
+        for method, arity, position, size, old, new in _size_arguments(graph, op, expected):
+            if not _is_int(size) or isinstance(size, SizeOf) or size != old or old == new:  # a read size follows by itself
                 continue
-            for name in _candidates(modules[op.module], old, op.name, len(sizes), position):
-                key = (op.module, name)
-                if key in wanted and wanted[key] != (old, new):
-                    conflicts.add(key)
-                wanted[key] = (old, new)
+            found += [(name, old, new) for name in _candidates(modules[op.module], old, method, arity, position)]
+        for name, old, new in found:
+            key = (op.module, name)
+            if key in wanted and wanted[key] != (old, new):
+                conflicts.add(key)
+            wanted[key] = (old, new)
     return [
         {"module": module, "name": name, "old": old, "value": new}
         for (module, name), (old, new) in wanted.items()

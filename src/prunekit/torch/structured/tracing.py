@@ -123,6 +123,31 @@ _ALIASES = {
 }
 
 
+class SizeOf(int):
+    """A size the model read from a traced tensor (``c = x.shape[-1]``, ``x.size(1)``): an ``int``
+    remembering the value id and dimension it came from, so a reshape or split that takes it is tied
+    to that dimension (``y.view(b, t, c)`` makes ``y``'s last dimension as wide as ``x``'s, however
+    either is pruned). Arithmetic on it gives a plain ``int``."""
+
+    vid: int
+    dim: int
+
+    def __new__(cls, value: int, vid: int = -1, dim: int = -1) -> SizeOf:
+        size = super().__new__(cls, value)
+        size.vid, size.dim = vid, dim
+        return size
+
+
+def _sizes_of(out: Any, vid: int, args: tuple, kwargs: dict) -> Any:
+    """``x.shape`` / ``x.size()`` / ``x.size(d)`` with each size a :class:`SizeOf` naming ``x``'s dimension."""
+    if isinstance(out, torch.Size):
+        return torch.Size([SizeOf(v, vid, d) for d, v in enumerate(out)])
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    if isinstance(out, int) and isinstance(dim, int):
+        return SizeOf(out, vid, dim % len(args[0].shape))
+    return out
+
+
 class _Recorder(TorchFunctionMode):
     """Assigns value ids and records each torch call with tensor arguments or results."""
 
@@ -183,6 +208,8 @@ class _Recorder(TorchFunctionMode):
         else:
             out = func(*args, **kwargs)
         self.in_call = False
+        if name in ("size", "shape") and args and isinstance(arg_refs[0], TensorRef):
+            out = _sizes_of(out, arg_refs[0].vid, args, kwargs)
         inplace_target = None
         if name == "setitem" and args and isinstance(args[0], torch.Tensor):
             inplace_target = args[0]

@@ -45,7 +45,10 @@ def pass_param(st: LabelState, src: TensorRef, dst: TensorRef) -> None:
 
 
 def broadcast_unify(st: LabelState, refs: list[TensorRef], out_shape: tuple[int, ...]) -> Labels:
-    """Unify same-position atoms of broadcast operands; returns the output's labels."""
+    """Unify same-position atoms of broadcast operands; returns the output's labels.
+
+    A size-1 dimension broadcast against a longer one keeps its channel: removing it would leave
+    a size-0 dimension that no longer broadcasts (a one-channel query scored against every key)."""
     ndim = len(out_shape)
     result: list[np.ndarray | None] = [None] * ndim
     for ref in refs:
@@ -63,6 +66,8 @@ def broadcast_unify(st: LabelState, refs: list[TensorRef], out_shape: tuple[int,
                     st.unify(result[od], labels[d])
             elif size != 1:
                 st.fix(labels[d])
+            else:  # its one channel is stretched over the others: without it nothing is left to stretch
+                st.fix(labels[d], f"size-1 dimension broadcast to {out_shape[od]} at {st.reason}")
     return [lab if lab is not None else np.zeros(out_shape[i], np.int64) for i, lab in enumerate(result)]
 
 
@@ -137,6 +142,8 @@ def reduction(st: LabelState, op: OpRecord) -> None:
     labels, shape = st.get(x), st.shape(x)
     ndim = len(shape)
     dim = arg(op, _DIM_ARG_INDEX.get(op.name, 1), "dim", None)
+    if dim is None:  # torch also takes NumPy's ``axis=`` (``torch.mean(x, axis=-1, keepdim=True)``)
+        dim = op.kwargs.get("axis")
     if isinstance(dim, bool) or is_tensor(dim):
         dim = None
     outs = outputs_of(op)

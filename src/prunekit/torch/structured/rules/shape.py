@@ -8,6 +8,8 @@ the labels of its outputs. A rule that meets a case it cannot express exactly ca
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from prunekit.torch.structured.labels import (
@@ -23,7 +25,7 @@ from prunekit.torch.structured.labels import (
     zeros_like_shape,
 )
 from prunekit.torch.structured.rules.pointwise import POINTWISE_RULES, Rule, broadcast_unify, first_tensor, outputs_of, pass_param
-from prunekit.torch.structured.tracing import OpRecord
+from prunekit.torch.structured.tracing import OpRecord, SizeOf, TensorRef
 
 
 def _has_labels(lab: np.ndarray) -> bool:
@@ -108,11 +110,7 @@ def _reshape_segment(
 
 
 def _minus_one_dim(op: OpRecord, out_ndim: int) -> int | None:
-    sizes = [a for a in op.args[1:] if not is_tensor(a)]
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        sizes = list(sizes[0])
-    if "shape" in op.kwargs:
-        sizes = list(op.kwargs["shape"])
+    sizes = _size_args(op)
     if op.name == "unflatten":
         dim = normalise_dim(int(arg(op, 1, "dim")), out_ndim)
         inner = list(arg(op, 2, "sizes", ()))
@@ -122,13 +120,35 @@ def _minus_one_dim(op: OpRecord, out_ndim: int) -> int | None:
     return None
 
 
+def _size_args(op: OpRecord) -> list[Any]:
+    sizes = [a for a in op.args[1:] if not is_tensor(a)]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    return list(op.kwargs["shape"]) if "shape" in op.kwargs else sizes
+
+
+def tie_read_sizes(st: LabelState, sizes: list[Any], labels: Labels) -> None:
+    """Tie each dimension sized by a size read from another tensor (a :class:`SizeOf`) to that
+    tensor's dimension: ``y.view(b, t, x.shape[-1])`` only runs while the two stay equal."""
+    for lab, size in zip(labels, sizes):
+        if isinstance(size, SizeOf) and size.vid in st.trace.shapes:
+            source = st.get(TensorRef(size.vid))
+            if 0 <= size.dim < len(source) and len(source[size.dim]) == len(lab):
+                st.unify(lab, source[size.dim])
+
+
 def reshape(st: LabelState, op: OpRecord) -> None:
     x, out = first_tensor(op), outputs_of(op)[0]
     out_shape = st.shape(out)
     prefer = st.head_dims.get(op.index)
     if prefer is None and op.name in ("view", "reshape", "unflatten"):
         prefer = _minus_one_dim(op, len(out_shape))
-    st.set(out, reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer))
+    labels = reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer)
+    st.set(out, labels)
+    if op.name in ("view", "reshape"):
+        sizes = _size_args(op)
+        if len(sizes) == len(out_shape):
+            tie_read_sizes(st, sizes, st.get(out))
     pass_param(st, x, out)
 
 
@@ -442,12 +462,15 @@ def split(st: LabelState, op: OpRecord) -> None:
             st.splits.append(SplitRecord(op.index, op.module, sections[0].copy(), sizes[0]))
     elif len(outs) > 1 and not (op.name in ("split", "split_with_sizes") and isinstance(arg(op, 1, "split_size"), (list, tuple))):
         st.fix(labels[dim])
+    sections = arg(op, 1, "split_size", op.kwargs.get("split_size_or_sections")) if op.name != "tensor_split" else None
+    sections = list(sections) if isinstance(sections, (list, tuple)) and len(sections) == len(outs) else [None] * len(outs)
     offset = 0
-    for out, size in zip(outs, sizes):
+    for out, size, section in zip(outs, sizes, sections):
         piece = list(labels)
         piece[dim] = labels[dim][offset : offset + size]
         offset += size
         st.set(out, piece)
+        tie_read_sizes(st, [section], [piece[dim]])
 
 
 SHAPE_RULES: dict[str, Rule] = dict(POINTWISE_RULES)
