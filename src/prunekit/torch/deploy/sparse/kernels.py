@@ -7,7 +7,8 @@ Every kernel computes ``y = x @ W.T`` for a ``(tokens, in)`` float32 input ``x``
   values float32, or int8 with one float32 scale per output row.
 - **BSR** (block sparsity): the same over ``(bh, bw)`` blocks, ``values`` of shape (nblocks, bh, bw).
 - **N:M packed**: ``values`` (out, in / M * N) and ``columns`` (uint16, the input of each kept
-  value): the same count in every row, so no row pointers.
+  value): the same count in every row, so the file needs no row pointers; the numba path runs
+  it on the CSR kernels with a regular row pointer built at call time.
 - **Column-skipping** (activation sparsity): the weight stored by input column (CSC: ``colptr``,
   ``rows``, ``values``, or a dense transposed weight), so that only the columns of nonzero inputs
   are read; the sparser the input, the less weight memory a decode step touches.
@@ -178,10 +179,12 @@ def nm_matmul(
     use_numba: bool | None = None,
 ) -> torch.Tensor:
     """``x @ W.T + bias`` for an N:M-packed weight: ``values`` (out, in/M*N) at input ``columns``."""
-    out_features = values.shape[0]
+    out_features, kept = values.shape
     if HAVE_NUMBA if use_numba is None else use_numba:
-        return _run("nm", values.size * x.shape[0], (values, columns, scale), bias, x, out_features)
-    kept = values.shape[1]
+        # N:M rows are CSR rows of equal length: the CSR kernels with a regular row pointer
+        indptr = np.arange(0, out_features * kept + 1, kept, dtype=np.int64)
+        weight = (indptr, columns.reshape(-1), values.reshape(-1), scale)
+        return _run("csr", values.size * x.shape[0], weight, bias, x, out_features)
     gathered = x[:, torch.from_numpy(columns.reshape(-1).astype(np.int64))].reshape(x.shape[0], out_features, kept)
     weight = torch.from_numpy(values.astype(np.float32) * scale[:, None])
     return _plus(torch.einsum("tok,ok->to", gathered, weight), bias)

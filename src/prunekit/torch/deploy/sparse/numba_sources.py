@@ -6,7 +6,7 @@ each splits its output rows into ``parts`` independent slices (``prange``: one p
 compiled parallel, a plain loop when compiled serial). Inputs with several tokens arrive
 transposed (``xt``: (in, tokens), contiguous) so the innermost loop runs over tokens.
 
-No ``fastmath`` for the gathered kernels (CSR, N:M): it lets LLVM vectorise the gathered dot
+No ``fastmath`` for the gathered kernels (CSR, which N:M also runs on): it lets LLVM vectorise the gathered dot
 product with gather instructions, which measured 4-10x slower than scalar loads on the AMD EPYC
 development machine. The BSR kernels read contiguous blocks and are compiled with reassociation
 (:data:`FASTMATH`), so their dot products vectorise.
@@ -150,90 +150,6 @@ def kernel_sources() -> dict[str, Any]:
                     for t in range(tokens):
                         out[t, br * bh + i] = acc[i, t] + b
 
-    def nm_vec(values, columns, scale, bias, x, out, parts):
-        # one token: as csr_vec, with the same number of values in every row
-        rows = values.shape[0]
-        kept = values.shape[1]
-        step = (rows + parts - 1) // parts
-        for p in prange(parts):
-            for r in range(p * step, min(rows, (p + 1) * step)):
-                vr = values[r]
-                cr = columns[r]
-                a0 = np.float32(0.0)
-                a1 = np.float32(0.0)
-                a2 = np.float32(0.0)
-                a3 = np.float32(0.0)
-                k = 0
-                while k + 4 <= kept:
-                    a0 += np.float32(vr[k]) * x[cr[k]]
-                    a1 += np.float32(vr[k + 1]) * x[cr[k + 1]]
-                    a2 += np.float32(vr[k + 2]) * x[cr[k + 2]]
-                    a3 += np.float32(vr[k + 3]) * x[cr[k + 3]]
-                    k += 4
-                while k < kept:
-                    a0 += np.float32(vr[k]) * x[cr[k]]
-                    k += 1
-                out[0, r] = ((a0 + a1) + (a2 + a3)) * scale[r] + bias[r]
-
-    def nm_mat(values, columns, scale, bias, xt, out, parts):
-        rows = values.shape[0]
-        kept = values.shape[1]
-        tokens = xt.shape[1]
-        step = (rows + parts - 1) // parts
-        for p in prange(parts):
-            acc = np.zeros(tokens, dtype=np.float32)
-            for r in range(p * step, min(rows, (p + 1) * step)):
-                acc[:] = 0.0
-                for k in range(kept):
-                    v = np.float32(values[r, k])
-                    c = columns[r, k]
-                    for t in range(tokens):
-                        acc[t] += v * xt[c, t]
-                s = scale[r]
-                b = bias[r]
-                for t in range(tokens):
-                    out[t, r] = acc[t] * s + b
-
-    def nm_mat_small(values, columns, scale, bias, xt, out, parts):
-        # few tokens: eight running sums in registers per row, as csr_mat_small
-        rows = values.shape[0]
-        kept = values.shape[1]
-        tokens = xt.shape[1]
-        full = tokens - tokens % 8
-        step = (rows + parts - 1) // parts
-        for p in prange(parts):
-            for r in range(p * step, min(rows, (p + 1) * step)):
-                vr = values[r]
-                cr = columns[r]
-                s = scale[r]
-                b = bias[r]
-                for t0 in range(0, full, 8):
-                    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-                    for k in range(kept):
-                        v = np.float32(vr[k])
-                        c = cr[k]
-                        a0 += v * xt[c, t0]
-                        a1 += v * xt[c, t0 + 1]
-                        a2 += v * xt[c, t0 + 2]
-                        a3 += v * xt[c, t0 + 3]
-                        a4 += v * xt[c, t0 + 4]
-                        a5 += v * xt[c, t0 + 5]
-                        a6 += v * xt[c, t0 + 6]
-                        a7 += v * xt[c, t0 + 7]
-                    out[t0, r] = a0 * s + b
-                    out[t0 + 1, r] = a1 * s + b
-                    out[t0 + 2, r] = a2 * s + b
-                    out[t0 + 3, r] = a3 * s + b
-                    out[t0 + 4, r] = a4 * s + b
-                    out[t0 + 5, r] = a5 * s + b
-                    out[t0 + 6, r] = a6 * s + b
-                    out[t0 + 7, r] = a7 * s + b
-                for t in range(full, tokens):
-                    a = np.float32(0.0)
-                    for k in range(kept):
-                        a += np.float32(vr[k]) * xt[cr[k], t]
-                    out[t, r] = a * s + b
-
     def dense_skip(wt, x, threshold, bias, out, parts):
         # wt: (in, out) dense; x: (tokens, in); out: (tokens, out). Inputs with |x| < threshold count
         # as zero: each surviving input adds one contiguous weight row, the others cost no weight traffic.
@@ -280,9 +196,6 @@ def kernel_sources() -> dict[str, Any]:
         "csr_mat_small": csr_mat_small,
         "bsr_vec": bsr_vec,
         "bsr_mat": bsr_mat,
-        "nm_vec": nm_vec,
-        "nm_mat": nm_mat,
-        "nm_mat_small": nm_mat_small,
         "dense_skip": dense_skip,
         "csc_skip": csc_skip,
     }
