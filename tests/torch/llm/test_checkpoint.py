@@ -32,44 +32,18 @@ def _dying(folder, die_after: int) -> DyingCheckpoint:
 @pytest.mark.parametrize("method", [wanda, sparsegpt])
 def test_a_killed_run_resumes_at_the_next_block_bitwise_identical(tmp_path, method):
     ids = tokens(6, 32)
+    options = dict(method=method, sparsity=0.5, ratios="owl", owl_threshold=2.0, batch_size=4)
     whole = tiny_model("llama", num_hidden_layers=4)
-    expected = prune(whole, ids, method=method, sparsity=0.5, ratios="owl", owl_threshold=2.0, batch_size=4)
+    expected = prune(whole, ids, **options)
     folder = tmp_path / "run.partial"
     killed = tiny_model("llama", num_hidden_layers=4)
     with pytest.raises(KeyboardInterrupt):
-        prune(
-            killed,
-            ids,
-            method=method,
-            sparsity=0.5,
-            ratios="owl",
-            owl_threshold=2.0,
-            batch_size=4,
-            checkpoint=_dying(folder, die_after=2),
-        )
+        prune(killed, ids, **options, checkpoint=_dying(folder, die_after=2))
     assert sorted(p.name for p in folder.iterdir()) == ["block-00000.safetensors", "block-00001.safetensors", "state.json"]
     with pytest.raises(ConfigError, match="pass resume=True"):
-        prune(
-            tiny_model("llama", num_hidden_layers=4),
-            ids,
-            method=method,
-            sparsity=0.5,
-            ratios="owl",
-            owl_threshold=2.0,
-            batch_size=4,
-            checkpoint=BlockCheckpoint(folder),
-        )
+        prune(tiny_model("llama", num_hidden_layers=4), ids, **options, checkpoint=BlockCheckpoint(folder))
     fresh = tiny_model("llama", num_hidden_layers=4)  # a new process: the dense model again
-    resumed = prune(
-        fresh,
-        ids,
-        method=method,
-        sparsity=0.5,
-        ratios="owl",
-        owl_threshold=2.0,
-        batch_size=4,
-        checkpoint=BlockCheckpoint(folder, resume=True),
-    )
+    resumed = prune(fresh, ids, **options, checkpoint=BlockCheckpoint(folder, resume=True))
     for (name, a), (_, b) in zip(whole.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert resumed.targets == expected.targets and resumed.achieved == expected.achieved
