@@ -17,6 +17,7 @@ from prunekit.torch.llm.depth import DepthResult, block_influence, prune_depth, 
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack
 from prunekit.torch.llm.evaluate import Perplexity, comparison_rows, layer_sparsity, model_report, perplexity
 from prunekit.torch.llm.methods import LayerTask, LLMMethod
+from prunekit.torch.llm.profiling import lm_profile
 from prunekit.torch.llm.ratios import owl_sparsities
 from prunekit.torch.llm.saving import check_model_dir, load_model_dir, save_pruned
 from prunekit.torch.llm.sequential import PruneResult, prune
@@ -41,6 +42,7 @@ __all__ = [
     "ensure_small_lm",
     "find_decoder_stack",
     "layer_sparsity",
+    "lm_profile",
     "load_model_dir",
     "model_report",
     "owl_sparsities",

@@ -79,6 +79,29 @@ def test_the_signature_covers_the_external_data_file(tmp_path, keys):
         signing.verify_file(path, keys[1])
 
 
+@pytest.mark.parametrize("profile_name", ["model.onnx.profile.json", "profile.json"])
+def test_the_signature_covers_the_reference_profile(tmp_path, keys, profile_name):
+    path = _artifact(tmp_path)
+    profile = tmp_path / profile_name
+    profile.write_text('{"format": "prunekit-reference-profile"}')
+    document = signing.verify_file(signing.sign_file(path, keys[0]).with_suffix(""), keys[1])
+    assert set(document["files"]) == {"model.onnx", profile_name}
+    profile.write_text('{"format": "prunekit-reference-profile", "x": 1}')  # a swapped profile could hide drift
+    with pytest.raises(SignatureError, match=f"{profile_name} does not match its signature"):
+        signing.verify_file(path, keys[1])
+    profile.unlink()
+    with pytest.raises(SignatureError, match="sign the model again"):
+        signing.verify_file(path, keys[1])
+
+
+def test_a_profile_added_after_signing_is_refused(tmp_path, keys):
+    path = _artifact(tmp_path)
+    signing.sign_file(path, keys[0])
+    (tmp_path / "profile.json").write_text("{}")
+    with pytest.raises(SignatureError, match=r"beside it are \['model.onnx', 'profile.json'\]"):
+        signing.verify_file(path, keys[1])
+
+
 def test_encrypt_decrypt_round_trip_and_key_file_mode(tmp_path):
     key_file = signing.write_encryption_key(tmp_path / "model.key")
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600

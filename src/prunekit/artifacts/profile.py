@@ -39,6 +39,7 @@ from prunekit.core.atomic import atomic_write_text
 from prunekit.errors import ConfigError, CorruptFileError
 
 PROFILE_FILE = "profile.json"
+PROFILE_SUFFIX = ".profile.json"
 FORMAT = "prunekit-reference-profile"
 VERSION = 1
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -46,6 +47,24 @@ BIN_QUANTILES = tuple(i / 10 for i in range(1, 10))  # decile edges: ten bins of
 CONFIDENCE_EDGES = tuple(i / 10 for i in range(1, 10))
 MAX_CLASSES = 1 << 17  # up to a language model's vocabulary
 LAYOUTS = ("elements", "channels", "pooled")
+
+
+def profile_path_for(artifact: str | os.PathLike[str]) -> Path:
+    """Where the profile of ``artifact`` goes: ``<artifact>.profile.json`` (``.enc`` dropped).
+
+    Example::
+
+        profile_path_for("out/pruned.onnx")   # PosixPath('out/pruned.onnx.profile.json')
+    """
+    path = Path(artifact)
+    name = path.name[: -len(".enc")] if path.name.endswith(".enc") else path.name
+    return path.with_name(name + PROFILE_SUFFIX)
+
+
+def profile_files_for(artifact: str | os.PathLike[str]) -> list[Path]:
+    """The reference profiles a server would read for ``artifact``: ``<artifact>.profile.json`` and ``profile.json`` beside it."""
+    path = Path(artifact)
+    return [p for p in (path.with_name(PROFILE_FILE), profile_path_for(path)) if p.is_file()]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from prunekit.artifacts.profile import profile_files_for
 from prunekit.core.atomic import atomic_write_bytes
 from prunekit.core.optional import require
 from prunekit.errors import ConfigError, CorruptFileError
@@ -205,9 +206,12 @@ def load_encryption_key(key_file: str | os.PathLike[str] | None = None, env: str
 
 
 def _companions(path: Path) -> list[Path]:
-    """The file and the ``.data`` external-data file written beside an ONNX model, if present."""
+    """The file, the ``.data`` external-data file of an ONNX model and the reference profiles beside it, if present.
+
+    The profile is signed with the model: a server that verifies signatures must not judge drift
+    against a profile someone swapped (a tampered profile could hide drift)."""
     data = path.with_name(path.name + ".data")
-    return [path, data] if data.is_file() else [path]
+    return [path, *([data] if data.is_file() else []), *profile_files_for(path)]
 
 
 def _digest(path: Path) -> str:
@@ -286,7 +290,10 @@ def verify_file(path: str | os.PathLike[str], public_key: Any, *, content: bytes
         ) from None
     expected = {p.name for p in _companions(target)}
     if set(files) != expected:
-        raise SignatureError(f"{sig} covers {sorted(files)} but beside it are {sorted(expected)}; sign the model again")
+        raise SignatureError(
+            f"{sig} covers {sorted(files)} but beside it are {sorted(expected)} (its .data file and reference profiles are "
+            "signed with it); sign the model again"
+        )
     for name, digest in files.items():
         actual = (
             hashlib.sha256(content).hexdigest() if content is not None and name == target.name else _digest(target.parent / name)

@@ -108,8 +108,8 @@ def _inputs(arrays: Any, key: str) -> Any:
 
 def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
     """Refuse before anything runs when an artifact (or --json) would be written over MODEL, --dense or --data."""
+    from prunekit.artifacts.profile import PROFILE_SUFFIX
     from prunekit.core.paths import refuse_overwriting_inputs
-    from prunekit.serve.profiling import PROFILE_SUFFIX
     from prunekit.torch.deploy.compare import artifact_names
 
     out = Path(args.out)

@@ -132,10 +132,16 @@ def _finish(
     dense: dict[str, Any] | None,
     label: str,
 ) -> int:
-    from prunekit.llm import model_report, save_pruned
+    from prunekit.llm import lm_profile, model_report, save_pruned
+    from prunekit.torch.llm.sequential import prepare_tokens
 
     compact = bool(record.get("recipe", {}).get("pattern"))  # N:M: also the compact sparse file
-    out = save_pruned(model, args.output, tokenizer_dir=directory, record=record, overwrite=args.overwrite, compact=compact)
+    profile = None
+    if args.calibration:  # the reference for drift monitoring: the pruned model on the calibration text
+        profile = lm_profile(model, prepare_tokens(model, args.calibration, tokenizer, args.samples, args.seq_len, args.seed))
+    out = save_pruned(
+        model, args.output, tokenizer_dir=directory, record=record, overwrite=args.overwrite, compact=compact, profile=profile
+    )
     print(f"saved {out}")
     if dense is not None:
         pruned = model_report(model, args.eval_text, tokenizer, directory=out)

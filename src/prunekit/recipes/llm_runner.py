@@ -40,7 +40,8 @@ def run_llm_recipe(
         results = run_llm_recipe(load_recipe("llm.yaml"), "out")
         results["pruned"]["perplexity"]
     """
-    from prunekit.llm import BlockCheckpoint, comparison_rows, load_model_dir, model_report, prune, save_pruned
+    from prunekit.llm import BlockCheckpoint, comparison_rows, lm_profile, load_model_dir, model_report, prune, save_pruned
+    from prunekit.torch.llm.sequential import prepare_tokens
 
     config = recipe.llm
     if config is None:
@@ -76,6 +77,7 @@ def run_llm_recipe(
         record=result.to_dict(),
         overwrite=True,
         compact=config.pattern is not None,
+        profile=lm_profile(model, prepare_tokens(model, calibration, tokenizer, config.samples, config.seq_len, recipe.seed)),
     )
     pruned = model_report(model, evaluation, tokenizer, max_tokens=config.eval_tokens, directory=saved)
     label = f"{config.method} {config.pattern or format(config.sparsity, '.0%')}"

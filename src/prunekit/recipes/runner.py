@@ -332,7 +332,8 @@ def _checkpoints(recipe: Recipe, out: Path, resume: bool, every: int) -> Callabl
 
 def _profile_exports(files: dict[str, str], split: Any) -> dict[str, str]:
     """Write the reference profile (validation data; for drift monitoring in ``prunekit serve``) beside each export."""
-    from prunekit.serve.profiling import profile_artifact, profile_path_for
+    from prunekit.artifacts.profile import profile_path_for
+    from prunekit.serve.profiling import profile_artifact
 
     profiles = {}
     for kind, file in files.items():

@@ -21,23 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.artifacts.profile import ReferenceProfile, build_profile
+from prunekit.artifacts.profile import ReferenceProfile, build_profile, profile_path_for
 from prunekit.errors import ConfigError
 from prunekit.serve.runtimes import OnnxRuntime, Runtime, TFLiteRuntime
-
-PROFILE_SUFFIX = ".profile.json"
-
-
-def profile_path_for(artifact: str | os.PathLike[str]) -> Path:
-    """Where the profile of ``artifact`` goes: ``<artifact>.profile.json`` (``.enc`` dropped).
-
-    Example::
-
-        profile_path_for("out/pruned.onnx")   # PosixPath('out/pruned.onnx.profile.json')
-    """
-    path = Path(artifact)
-    name = path.name[: -len(".enc")] if path.name.endswith(".enc") else path.name
-    return path.with_name(name + PROFILE_SUFFIX)
 
 
 def _runtime(path: Path) -> Runtime:
@@ -131,4 +117,4 @@ def profile_artifact(
     return profile
 
 
-__all__ = ["PROFILE_SUFFIX", "profile_artifact", "profile_path_for"]
+__all__ = ["profile_artifact"]

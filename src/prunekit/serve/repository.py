@@ -33,12 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from prunekit.artifacts.profile import PROFILE_FILE, ReferenceProfile
+from prunekit.artifacts.profile import PROFILE_FILE, ReferenceProfile, profile_path_for
 from prunekit.errors import ConfigError
 from prunekit.serve.drift import check_profile
 from prunekit.serve.guard import ArtifactGuard
 from prunekit.serve.model_info import METADATA_FILE, ModelInfo, inspect_model
-from prunekit.serve.profiling import profile_path_for
 from prunekit.serve.runtimes import MODEL_FILES, Runtime, RuntimeOptions, load_runtime, model_format
 
 log = logging.getLogger("prunekit.serve")

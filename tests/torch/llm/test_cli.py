@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prunekit.artifacts.compact import load_compact
+from prunekit.artifacts.profile import PROFILE_FILE, ReferenceProfile
 from prunekit.cli import main
 from prunekit.torch.llm.evaluate import layer_sparsity, perplexity
 from prunekit.torch.llm.saving import COMPACT_NAME, RECORD_NAME
@@ -55,6 +56,8 @@ def test_prune_then_eval_json(trained_lm_dir, tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert set(layer_sparsity(model).values()) == {0.5}
     assert (out / "tokenizer.json").is_file()
+    profile = ReferenceProfile.load(out / PROFILE_FILE)  # the drift reference: the pruned model on the calibration text
+    assert profile.samples == 8 and sum(profile.outputs[0].class_counts) == 8 * 64
     arrays, _ = load_compact(out / COMPACT_NAME)  # N:M output also comes in the compact sparse format
     weight = model.model.layers[0].mlp.up_proj.weight.detach().numpy()
     assert (arrays["model.layers.0.mlp.up_proj.weight"] == weight).all()

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from prunekit.artifacts.profile import PROFILE_FILE, ReferenceProfile
 from prunekit.core.atomic import new_file_mode
 from prunekit.errors import ConfigError
 
@@ -117,12 +118,15 @@ def save_pruned(
     record: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     compact: bool = False,
+    profile: ReferenceProfile | None = None,
 ) -> Path:
     """Save ``model`` (and tokenizer files, and ``record`` as ``prunekit_llm.json``) into ``path`` atomically.
 
     Tokenizer files are copied from ``tokenizer_dir`` when given, else written by ``tokenizer``.
     ``compact=True`` also writes the weights in prunekit's compact sparse format (``COMPACT_NAME``,
     read with :func:`prunekit.artifacts.compact.load_compact`), worth it for N:M and high sparsity.
+    ``profile`` (from :func:`prunekit.torch.llm.profiling.lm_profile`) is written as ``profile.json``,
+    the reference a server judges drift against.
 
     Example::
 
@@ -145,6 +149,8 @@ def save_pruned(
                     shutil.copy2(source, tmp / name)
         elif tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if profile is not None:
+            profile.save(tmp / PROFILE_FILE)
         if record is not None:
             (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
         os.chmod(tmp, new_file_mode(directory=True))
