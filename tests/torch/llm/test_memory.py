@@ -21,13 +21,13 @@ def test_transients_count_attention_scores_and_four_widest_buffers():
     assert transient_bytes_per_sequence(model, find_decoder_stack(model), 512) == 512 * (12 * 512 + 4 * 3072) * 4
 
 
-def test_gpt2_small_gets_2048_tokens_per_call_at_512_and_one_sequence_at_1024():
+def test_gpt2_small_gets_two_sequences_per_call_at_512_and_one_at_1024():
     model = _gpt2_small()
     stack = find_decoder_stack(model)
-    assert 470 * 2**20 < model_bytes(model) < 480 * 2**20  # 124M float32 parameters (475 MiB): a third is 158 MiB
-    assert default_batch_size(model, stack, 32, 512) == 4  # 36 MiB of transients per sequence
-    assert default_batch_size(model, stack, 32, 1024) == 1  # 96 MiB per sequence: two would exceed a third
-    assert default_batch_size(model, stack, 3, 512) == 3  # never more than the calibration set
+    assert 470 * 2**20 < model_bytes(model) < 480 * 2**20  # 124M float32 parameters (475 MiB): a sixth is 79 MiB
+    assert default_batch_size(model, stack, 32, 512) == 2  # 36 MiB of transients per sequence
+    assert default_batch_size(model, stack, 32, 1024) == 1  # 96 MiB per sequence: even one exceeds a sixth
+    assert default_batch_size(model, stack, 1, 512) == 1  # never more than the calibration set
 
 
 def test_a_small_model_gets_the_full_token_batch():
