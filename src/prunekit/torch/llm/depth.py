@@ -21,8 +21,8 @@ from prunekit.errors import ConfigError
 from prunekit.torch.llm.calibration import CalibrationSource
 from prunekit.torch.llm.capture import call_block, capture_block_inputs, on_device
 from prunekit.torch.llm.discovery import find_decoder_stack
-from prunekit.torch.llm.memory import resolve_device
-from prunekit.torch.llm.sequential import default_batch_size, prepare_tokens
+from prunekit.torch.llm.memory import default_batch_size, resolve_device
+from prunekit.torch.llm.sequential import prepare_tokens
 
 CRITERIA = ("influence", "last")
 
@@ -55,7 +55,7 @@ def block_influence(
         block_influence(model, tokens)  # [0.41, 0.08, 0.05, 0.12]
     """
     stack = find_decoder_stack(model)
-    batch_size = batch_size or default_batch_size(tokens.shape[0], tokens.shape[1])
+    batch_size = batch_size or default_batch_size(model, stack, tokens.shape[0], tokens.shape[1])
     batches = capture_block_inputs(model, stack, tokens, batch_size)
     influence = []
     with torch.no_grad():
