@@ -116,6 +116,7 @@ def _quality(quick: bool) -> dict:
 
     from prunekit.llm import ensure_small_lm, load_model_dir, perplexity, prune, prune_depth
     from prunekit.methods import list_methods
+    from prunekit.torch.llm.depth import CRITERIA
 
     directory = ensure_small_lm(log=lambda line: print(line, file=sys.stderr))
     model, tokenizer = load_model_dir(directory)
@@ -139,7 +140,7 @@ def _quality(quick: bool) -> dict:
         model.load_state_dict(dense_state)
         prune(model, train, tokenizer=tokenizer, method="wanda", sparsity=0.7, ratios=ratios, n_samples=samples, seq_len=seq_len)
         figures[f"ppl_wanda_70_{ratios}"] = ppl(model)
-    for criterion in ("influence", "last"):
+    for criterion in CRITERIA:
         fresh, _ = load_model_dir(directory)
         with torch.no_grad():
             depth = prune_depth(
@@ -230,7 +231,7 @@ def _print_quality(console, quality: dict) -> None:  # noqa: ANN001
     for method, row in quality["ppl"].items():
         for pattern, value in row.items():
             table.add_row(f"{method} {pattern}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
-    for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", "ppl_depth_influence", "ppl_depth_last"):
+    for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", *(k for k in quality if k.startswith("ppl_depth_"))):
         table.add_row(key.removeprefix("ppl_"), f"{quality[key]:.3f}", f"{quality[key] - quality['ppl_dense']:+.3f}")
     console.print(table)
 
