@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import malloc_settings, pin_malloc_settings  # noqa: E402
+from _timing import PINNED_TUNABLES, malloc_settings, pin_malloc_settings  # noqa: E402
 
 
 def _rss_now() -> int:
@@ -66,10 +66,12 @@ def _cost_model(layers: int):  # noqa: ANN202
 def _worker(kind: str, layers: int, samples: int, seq_len: int, batch_size: int | None) -> None:
     import torch
 
+    from prunekit.core.allocator import return_large_frees
     from prunekit.llm import prune
     from prunekit.torch.llm.discovery import find_decoder_stack
     from prunekit.torch.llm.memory import default_batch_size, model_bytes
 
+    allocator = return_large_frees()  # as `prunekit llm` and llm: recipes run (workers start without the timing pin)
     tokens = torch.randint(0, 50257, (samples, seq_len), generator=torch.Generator().manual_seed(1))
     # The same work on a 1-block model and 64 tokens first: imports, library code pages and thread
     # pools are then resident before the baseline RSS is read, so the peak measures the run itself.
@@ -84,7 +86,7 @@ def _worker(kind: str, layers: int, samples: int, seq_len: int, batch_size: int 
     after_model = _rss_now()
     model_rss = after_model  # the model's pages are resident now; the pruning run's growth is measured from here
     _reset_peak_rss()
-    result: dict[str, float] = {"model_bytes": model_bytes(model)}
+    result: dict[str, float] = {"model_bytes": model_bytes(model), "large_frees_returned": allocator}
     if kind != "forward":
         result["batch_size"] = batch_size or default_batch_size(model, find_decoder_stack(model), samples, seq_len)
     started = time.perf_counter()
@@ -102,8 +104,11 @@ def _worker(kind: str, layers: int, samples: int, seq_len: int, batch_size: int 
 def _run_worker(kind: str, layers: int, samples: int, seq_len: int, batch_size: int | None = None) -> dict[str, float]:
     command = [sys.executable, __file__, "--worker", kind, "--layers", str(layers), "--samples", str(samples)]
     command += ["--seq-len", str(seq_len)] + (["--batch-size", str(batch_size)] if batch_size else [])
+    # workers run as `prunekit llm` does: without the timing pin (its trim threshold keeps freed memory), unless the user set one
+    env = {k: v for k, v in os.environ.items() if not (k == "GLIBC_TUNABLES" and v == PINNED_TUNABLES)}
     out = subprocess.run(
         command,
+        env=env,
         check=True,
         capture_output=True,
         text=True,

@@ -289,5 +289,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunekit.core.allocator import return_large_frees
+
+    return_large_frees()  # this process is ours: freed tensors go back to the system (peak memory)
     handlers = {"prune": _run_prune, "eval": _run_eval, "depth": _run_depth, "width": _run_width, "demo": _run_demo}
     return handlers[args.llm_command](args)
