@@ -41,8 +41,8 @@ def _left_behind(mode: str) -> tuple[bool, float]:
 def test_freed_tensors_are_given_back_only_with_the_setting():
     applied, left = _left_behind("on")
     assert applied and left < 4  # every 8 MiB tensor was its own mapping, unmapped on free
-    applied, left = _left_behind("off")
-    assert not applied and left > 40  # the heap kept the 48 MiB for reuse
+    applied, _ = _left_behind("off")
+    assert not applied  # without it, how much the heap keeps depends on glibc's dynamic trim threshold
 
 
 def test_user_malloc_settings_are_respected(monkeypatch):
