@@ -6,7 +6,8 @@ averaged over the calibration tokens: a block that barely turns the residual str
 least. It costs one pass, but it judges each block by its own output; on small models it can
 miss a block whose small turn the later blocks amplify. The perplexity criterion runs the whole
 model once per block with that block skipped and removes the blocks whose absence raises the
-calibration perplexity least: one forward pass per block, judged on what the user cares about. Removal edits the model in place: the ``ModuleList`` loses the blocks, the config's
+calibration perplexity least: one forward pass per block, judged on what the user cares about.
+Removal edits the model in place: the ``ModuleList`` loses the blocks, the config's
 ``num_hidden_layers`` (and any per-layer list in the config, such as ``layer_types``) shrinks,
 and every ``layer_idx`` attribute is renumbered, so ``generate()`` with a KV cache works and
 ``save_pretrained`` output reloads with ``from_pretrained``.

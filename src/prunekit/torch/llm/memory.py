@@ -49,8 +49,9 @@ def available_bytes(device: torch.device | None) -> int | None:
 
 
 # The estimated transient intermediates of one batch may take this share of the model's bytes.
-# Measured RSS grows 2-5x the estimate per extra sequence (glibc keeps the freed heap): with a sixth,
-# GPT-2 small at 32 x 512 gets 2 sequences per call (Wanda's peak 1.67x the model, 2.37x with 4).
+# Under the benchmark's timing malloc pin, RSS grew 2-5x the estimate per extra sequence (glibc kept
+# the freed heap): with a sixth, GPT-2 small at 32 x 512 gets 2 sequences per call (Wanda's peak
+# 1.67x the model there, 2.37x with 4; 1.27x with prunekit.core.allocator.return_large_frees).
 TRANSIENT_SHARE = 1 / 6
 # ... but never less than this (a small model's memory is small anyway; its speed is not) ...
 MIN_TRANSIENT_BYTES = 64 * 2**20
@@ -58,14 +59,17 @@ MIN_TRANSIENT_BYTES = 64 * 2**20
 MAX_BATCH_TOKENS = 2048
 
 
+def _projection_shapes(stack: DecoderStack) -> list[torch.Size]:
+    """The (out, in) shapes of the first block's projections."""
+    return [weight_matrix(m).shape for name, m in stack.blocks[0].named_modules() if name in stack.projections[0]]
+
+
 def _widths(model: nn.Module, stack: DecoderStack) -> tuple[int, int, int]:
     """``(hidden, heads, widest projection side)`` from the config and the first block's projections."""
     config = getattr(model, "config", None)
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
-    first = stack.blocks[0]
-    shapes = [weight_matrix(m).shape for name, m in first.named_modules() if name in stack.projections[0]]
-    widest = max((max(s) for s in shapes), default=hidden)
+    widest = max((max(s) for s in _projection_shapes(stack)), default=hidden)
     return hidden or widest, heads, widest
 
 
@@ -109,7 +113,7 @@ def estimate_bytes(
     """
     n, length = shape
     hidden, _, _ = _widths(model, stack)
-    widths = [weight_matrix(m).shape for name, m in stack.blocks[0].named_modules() if name in stack.projections[0]]
+    widths = _projection_shapes(stack)
     activations = n * length * hidden * 4
     intermediates = batch_size * transient_bytes_per_sequence(model, stack, length)
     stats = sum(s[1] * s[1] * 4 for s in widths) if hessian else sum(s[1] * 4 for s in widths)
