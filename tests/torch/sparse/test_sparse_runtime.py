@@ -219,3 +219,38 @@ def test_parallel_kernels_equal_dense(monkeypatch: pytest.MonkeyPatch, tokens: i
             assert_same_outputs(sparse(x), layer(x).detach())
     finally:
         kernels.set_threads(threads)
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+@pytest.mark.parametrize("in_features", [96, 70_000], ids=["uint16-columns", "int32-columns"])
+def test_slp_compiled_few_token_kernel_equals_dense_for_each_argument_type(int8: bool, in_features: int) -> None:
+    # the signatures compiled with the SLP vectoriser: both column index types, fp32 and int8 values
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, in_features, generator=generator)
+    weight[torch.rand(weight.shape, generator=generator) < 0.95] = 0.0
+    csr = CSR.from_dense(weight.numpy(), int8)
+    assert csr.indices.dtype == (np.uint16 if in_features <= 2**16 else np.int32)
+    x = torch.randn(8, in_features, generator=generator)
+    y = kernels.csr_matmul(x, csr.indptr, csr.indices, csr.values, csr.scale, 24)
+    assert_same_outputs(y, x @ torch.from_numpy(csr.to_dense()).T)
+    compiled = kernels._numba_kernels(False)["csr_mat_small"]
+    assert len(compiled.signatures) >= 4  # compiled up front, not on this call
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")
+def test_few_token_kernel_compiles_to_packed_vector_arithmetic_on_x86() -> None:
+    import platform
+
+    import numba
+
+    from prunekit.torch.deploy.sparse.numba_sources import kernel_sources
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("reads x86 assembly")
+    kernel = numba.njit(nogil=True)(kernel_sources()["csr_mat_small"])  # uncached: its assembly can be read
+    kernels._compile_with_slp(kernel)
+    assembly = kernel.inspect_asm(kernels._slp_signatures()[0])
+    mnemonics = {line.split()[0] for line in assembly.splitlines() if line.split()}
+    # packed single-precision multiplies/adds (the eight sums in one register); scalar code has only *ss forms
+    assert {m for m in mnemonics if m.startswith(("vmul", "vadd", "vfmadd")) and m.endswith("ps")}

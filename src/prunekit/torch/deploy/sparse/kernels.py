@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.torch.deploy.sparse.numba_sources import FASTMATH, kernel_sources
+from prunekit.torch.deploy.sparse.numba_sources import FASTMATH, SLP, kernel_sources
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: Below this many tokens the CSR kernel keeps its sums in registers; from it on, in a vectorised array.
@@ -46,10 +46,45 @@ def _numba_kernels(parallel: bool) -> dict[str, Any]:
     import numba
 
     njit: Any = numba.njit
-    return {
+    compiled = {
         name: njit(parallel=parallel, cache=True, nogil=True, fastmath={"reassoc", "contract"} if name in FASTMATH else False)(fn)
         for name, fn in kernel_sources().items()
     }
+    for name in SLP:
+        _compile_with_slp(compiled[name])
+    return compiled
+
+
+def _slp_signatures() -> list[tuple[Any, ...]]:
+    """The CSR argument types the converter produces: uint16 or int32 columns, float32 or int8 values."""
+    from numba import types
+
+    vector, matrix = types.float32[::1], types.float32[:, ::1]
+    return [
+        (types.int64[::1], index[::1], value[::1], vector, vector, matrix, matrix, types.int64)
+        for index in (types.uint16, types.int32)
+        for value in (types.float32, types.int8)
+    ]
+
+
+def _compile_with_slp(kernel: Any) -> None:
+    """Compile ``kernel`` for :func:`_slp_signatures` with LLVM's SLP vectoriser on.
+
+    numba turns SLP off for every function since numba#8705 (miscompilations in other code);
+    in the few-token CSR kernel it packs the eight running sums into one vector register, which
+    measured 1.8-2x faster (3072x768 at 90 %, 8 tokens, 1 thread: 0.37 to 0.20 ms). numba reads the
+    flag when it optimises a function, so it is set only while these signatures compile; the tests
+    check the result against the dense product. Other argument types compile on first use as usual.
+    """
+    from numba.core import config
+
+    previous = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        for signature in _slp_signatures():
+            kernel.compile(signature)
+    finally:
+        config.SLP_VECTORIZE = previous
 
 
 def _compiled(work: int) -> tuple[dict[str, Any], int]:

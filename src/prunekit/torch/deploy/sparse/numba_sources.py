@@ -20,6 +20,8 @@ import numpy as np
 
 #: Kernels compiled with ``fastmath={"reassoc", "contract"}`` (contiguous dot products only).
 FASTMATH = frozenset({"bsr_vec", "bsr_mat"})
+#: Kernels compiled with LLVM's SLP vectoriser (independent running sums that fit one vector register).
+SLP = frozenset({"csr_mat_small"})
 
 
 def kernel_sources() -> dict[str, Any]:
