@@ -40,3 +40,19 @@ def test_every_keras_training_handler_exists_in_its_backend():
     for method in list_methods(framework="keras"):
         if method.kind in ("unstructured", "structured"):
             assert callable(method.handler("keras"))
+
+
+def test_keras_backend_prune_channels_checks_the_pruned_model_on_the_data_like_torch():
+    import keras
+    import numpy as np
+
+    from prunekit.errors import ConfigError
+
+    backend = load_backend("keras")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+    x = np.random.default_rng(0).normal(size=(20, 6)).astype("float32")
+    result = backend.prune_channels(model, x, 0.5)
+    assert result.model.layers[0].units == 4
+    assert result.model(x[:8]).shape == (8, 3)
+    with pytest.raises(ConfigError, match="example_inputs"):  # the data reaches the pruned-model check
+        backend.prune_channels(model, x[:, :5], 0.5)

@@ -155,11 +155,11 @@ def prune_iteratively_job(job: TrainJob) -> PruningRun:
 
 
 def prune_channels(model: keras.Model, x: Any, ratio: float) -> Any:
-    """Remove ``ratio`` of the channels of every prunable layer (L1); returns the
-    :class:`~prunekit.core.structured.StructuredResult` (``x`` unused: Keras models carry their shapes)."""
+    """Remove ``ratio`` of the channels of every prunable layer (L1), the pruned model checked on a few
+    samples of ``x``; returns the :class:`~prunekit.core.structured.StructuredResult`."""
     from prunekit.keras.structured.prune import prune_channels as _prune_channels
 
-    return _prune_channels(model, ratio=ratio)
+    return _prune_channels(model, np.asarray(x[:8]), ratio=ratio, importance="l1")
 
 
 def prune_channels_job(job: TrainJob) -> PruningRun:

@@ -179,26 +179,28 @@ def prune_channels(
     sparsity: float | None = None,
 ) -> StructuredResult:
     """Remove the fraction ``ratio`` of the lowest-importance filters/neurons of each channel group,
-        and of the heads of each MultiHeadAttention (at least one head stays).
+    and of the heads of each MultiHeadAttention (at least one head stays).
 
-        The signature is :func:`prunekit.torch.prune_channels`'s. ``example_inputs`` is optional (a
-        Keras model declares its inputs); when given, both models run on it and the pruned one must
-        return outputs of the same shapes. ``sparsity=`` is the deprecated name of ``ratio``.
-        ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
-        norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
-        ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
-        ``exclude`` keeps some whole. Channels reaching a model output stay, so the output shape does not
-        change. ``rules`` (``{LayerClass: ChannelRule()}``, :mod:`prunekit.keras.structured.rules`)
-        describe custom layers; without one, the channels a custom layer touches stay. Returns a :class:`~prunekit.core.structured.StructuredResult` (the PyTorch backend's
-    type): ``.model`` the new, smaller model, ``.report`` requested vs achieved channels per group
-    (with why a group stayed whole) and params/MACs per layer, ``.plan`` what was removed
+    The signature is :func:`prunekit.torch.prune_channels`'s. ``example_inputs`` is optional (a
+    Keras model declares its inputs); when given, both models run on it and the pruned one must
+    return outputs of the same shapes. ``sparsity=`` is the deprecated name of ``ratio``.
+    ``importance`` is ``"l1"``/``"l2"`` (filter norm summed over coupled producers; for a head, the
+    norm of its query/key/value/output kernel slices) or a callable ``(ChannelGroup) -> scores``.
+    ``layers`` (name globs; default every producer and attention layer) chooses the layers to shrink,
+    ``exclude`` keeps some whole. Channels reaching a model output stay, so the output shape does not
+    change. ``rules`` (``{LayerClass: ChannelRule()}``, :mod:`prunekit.keras.structured.rules`)
+    describe custom layers; without one, the channels a custom layer touches stay.
+
+    Returns a :class:`~prunekit.core.structured.StructuredResult` (the PyTorch backend's type):
+    ``.model`` the new, smaller model, ``.report`` requested vs achieved channels per group (with
+    why a group stayed whole) and params/MACs per layer, ``.plan`` what was removed
     (``remove_channels(model, **plan)`` replays it); ``model`` is not changed.
 
-        Example::
+    Example::
 
-            result = prune_channels(model, ratio=0.5, importance="l2", exclude=["conv1"])
-            result.model.count_params() < model.count_params()  # True
-            print(result.report)
+        result = prune_channels(model, ratio=0.5, importance="l2", exclude=["conv1"])
+        result.model.count_params() < model.count_params()  # True
+        print(result.report)
     """
     example_inputs, ratio = _ratio_argument(example_inputs, ratio, sparsity)
     graph = trace(model, rules)
