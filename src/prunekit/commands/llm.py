@@ -127,9 +127,19 @@ def _table(reports: dict[str, dict[str, Any]], title: str) -> None:
     ResultTable(title, columns, rows).print()
 
 
+def _calibration(args: argparse.Namespace, model: Any, tokenizer: Any) -> Any:
+    """The calibration tokens, tokenized once for the pruning and the drift profile (``None`` without ``--calibration``)."""
+    from prunekit.torch.llm.sequential import prepare_tokens
+
+    if not args.calibration:
+        return None
+    return prepare_tokens(model, args.calibration, tokenizer, args.samples, args.seq_len, args.seed)
+
+
 def _finish(
     args: argparse.Namespace,
     model: Any,
+    tokens: Any,
     tokenizer: Any,
     directory: Path,
     record: dict[str, Any],
@@ -137,12 +147,10 @@ def _finish(
     label: str,
 ) -> int:
     from prunekit.llm import lm_profile, model_report, save_pruned
-    from prunekit.torch.llm.sequential import prepare_tokens
 
     compact = bool(record.get("recipe", {}).get("pattern"))  # N:M: also the compact sparse file
-    profile = None
-    if args.calibration:  # the reference for drift monitoring: the pruned model on the calibration text
-        profile = lm_profile(model, prepare_tokens(model, args.calibration, tokenizer, args.samples, args.seq_len, args.seed))
+    # the reference for drift monitoring: the pruned model on the calibration tokens
+    profile = lm_profile(model, tokens) if tokens is not None else None
     out = save_pruned(
         model, args.output, tokenizer_dir=directory, record=record, overwrite=args.overwrite, compact=compact, profile=profile
     )
@@ -160,9 +168,10 @@ def _run_prune(args: argparse.Namespace) -> int:
     checkpoint = BlockCheckpoint(f"{Path(args.output)}.partial", every=args.checkpoint_every, resume=args.resume)
     model, tokenizer, directory = _load(args)
     dense = model_report(model, args.eval_text, tokenizer, directory=directory) if args.eval_text else None
+    tokens = _calibration(args, model, tokenizer)
     result = prune(
         model,
-        args.calibration,
+        tokens,
         tokenizer=tokenizer,
         method=args.method,
         sparsity=args.sparsity,
@@ -182,7 +191,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"in {result.seconds:.1f} s"
     )
     label = f"{result.recipe['method']} {result.recipe['pattern'] or format(result.recipe['sparsity'], '.0%')}"
-    return _finish(args, model, tokenizer, directory, result.to_dict(), dense, label)
+    return _finish(args, model, tokens, tokenizer, directory, result.to_dict(), dense, label)
 
 
 def _run_depth(args: argparse.Namespace) -> int:
@@ -191,10 +200,11 @@ def _run_depth(args: argparse.Namespace) -> int:
     _check_common(args)
     model, tokenizer, directory = _load(args)
     dense = model_report(model, args.eval_text, tokenizer, directory=directory) if args.eval_text else None
+    tokens = _calibration(args, model, tokenizer)
     remove = int(args.remove) if args.remove >= 1 else args.remove
     result = prune_depth(
         model,
-        args.calibration,
+        tokens,
         tokenizer=tokenizer,
         remove=remove,
         criterion=args.criterion,
@@ -204,7 +214,9 @@ def _run_depth(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(f"removed blocks {result.removed} ({result.criterion}); {result.blocks_left} left")
-    return _finish(args, model, tokenizer, directory, {"depth": result.to_dict()}, dense, f"-{len(result.removed)} blocks")
+    return _finish(
+        args, model, tokens, tokenizer, directory, {"depth": result.to_dict()}, dense, f"-{len(result.removed)} blocks"
+    )
 
 
 def _run_width(args: argparse.Namespace) -> int:
@@ -213,9 +225,10 @@ def _run_width(args: argparse.Namespace) -> int:
     _check_common(args)
     model, tokenizer, directory = _load(args)
     dense = model_report(model, args.eval_text, tokenizer, directory=directory) if args.eval_text else None
+    tokens = _calibration(args, model, tokenizer)
     result = prune_width(
         model,
-        args.calibration,
+        tokens,
         tokenizer=tokenizer,
         mlp=args.mlp,
         heads=args.heads,
@@ -225,7 +238,7 @@ def _run_width(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(f"MLP width {result.intermediate}, KV groups {result.kv_groups}")
-    return _finish(args, model, tokenizer, directory, {"width": result.to_dict()}, dense, "narrower")
+    return _finish(args, model, tokens, tokenizer, directory, {"width": result.to_dict()}, dense, "narrower")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
