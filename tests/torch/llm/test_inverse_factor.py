@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.torch.llm.methods import _inverse_hessian_factor, _reverse_in_place
+from prunekit.torch.llm.methods import _inverse_hessian_factor, _lapack_in_place, _reverse_in_place, _stable_pivots
 from prunekit.torch.llm.statistics import InputStatistics
 
 
@@ -55,3 +55,42 @@ def test_singular_hessian_gets_more_dampening() -> None:
     torch.testing.assert_close(
         (factor.double().t() @ factor.double()) @ hessian, torch.eye(3, dtype=torch.float64), atol=2e-2, rtol=0
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lapack_steps_overwrite_the_matrix_with_the_lower_factor_and_its_inverse(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 12, dtype=dtype)
+    hessian = x.T @ x + torch.eye(12, dtype=dtype)
+    work = hessian.clone()
+    address = work.data_ptr()
+    assert _lapack_in_place(work, "cholesky")
+    lower = torch.linalg.cholesky(hessian)
+    torch.testing.assert_close(work, lower)  # the upper triangle is cleared
+    assert _lapack_in_place(work, "inverse")
+    torch.testing.assert_close(work, torch.linalg.inv(lower), rtol=1e-4, atol=1e-5)
+    assert work.data_ptr() == address  # no second d x d matrix
+    assert not _lapack_in_place(-hessian.clone(), "cholesky")
+
+
+def test_noise_sized_pivots_are_rejected() -> None:
+    rank_one = torch.full((3, 3), 2.0)
+    factor = torch.tensor([[1.4142135, 0.0, 0.0], [1.4142135, 1e-4, 0.0], [1.4142135, 0.0, 1e-4]])
+    assert not _stable_pivots(factor.diagonal(), rank_one.diagonal())
+    assert _stable_pivots(torch.linalg.cholesky(torch.eye(3) * 2.0).diagonal(), torch.full((3,), 2.0))
+
+
+def test_statistics_with_a_hessian_give_the_norms_from_its_diagonal_and_release_frees_them() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 6)
+    with_hessian, plain = InputStatistics(features=6, hessian=True), InputStatistics(features=6)
+    for stats in (with_hessian, plain):
+        stats.add(x[0])
+        stats.add(x[1])
+    expected = x.reshape(-1, 6).norm(dim=0)
+    torch.testing.assert_close(with_hessian.input_norms(), expected)
+    torch.testing.assert_close(plain.input_norms(), expected)
+    assert with_hessian.sq_norms is None  # one copy of the squares, not two
+    with_hessian.release()
+    with pytest.raises(ValueError, match="no calibration inputs"):
+        with_hessian.input_norms()

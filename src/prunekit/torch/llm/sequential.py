@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -422,27 +423,43 @@ def _prune_blocks(
                     finally:
                         collector.close()
                     stats = collector.stats
+                users = Counter(id(stats[n]) for n in modules if n in stats)
                 for n, module in modules.items():
-                    if targets[n] == 0.0 and pattern is None:
-                        achieved[n] = _zero_share(weight_matrix(module))
-                        continue
-                    task = LayerTask(
-                        name=n,
-                        weight=weight_matrix(module).detach().float(),
-                        stats=stats.get(n),
-                        sparsity=targets[n],
-                        pattern=pattern,
-                        comparison=comparison,
-                    )
-                    pruned = handler(task, **options)
-                    set_weight_matrix(module, pruned)
+                    if not (targets[n] == 0.0 and pattern is None):
+                        _prune_projection(handler, options, n, module, stats.get(n), targets[n], pattern, comparison)
                     achieved[n] = _zero_share(weight_matrix(module))
+                    if n in stats:  # free a statistic (a Hessian: up to d x d floats) once its last projection is done
+                        users[id(stats[n])] -= 1
+                        if not users[id(stats[n])]:
+                            stats[n].release()
                 if batches and index + 1 < len(stack.blocks):
                     _run_block(block, batches, None, None, replace=True)
             if resume is not None:
                 resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, dict(targets), achieved)
             advance(f"{stack.block_name(index)}")
     return achieved
+
+
+def _prune_projection(
+    handler: LLMMethod,
+    options: Mapping[str, Any],
+    name: str,
+    module: nn.Module,
+    stats: InputStatistics | None,
+    sparsity: float,
+    pattern: tuple[int, int] | None,
+    comparison: str | None,
+) -> None:
+    """Prune one projection in place (a function of its own: the working copies die before the next one starts)."""
+    task = LayerTask(
+        name=name,
+        weight=weight_matrix(module).detach().float(),
+        stats=stats,
+        sparsity=sparsity,
+        pattern=pattern,
+        comparison=comparison,
+    )
+    set_weight_matrix(module, handler(task, **options))
 
 
 def _zero_share(weight: torch.Tensor) -> float:

@@ -1,8 +1,9 @@
 """Per-projection statistics of the calibration inputs, accumulated batch by batch.
 
 ``sq_norms[j]`` is the sum over calibration tokens of ``x_j ** 2`` (Wanda's ``||X_j||^2``);
-``xxt`` is the sum of ``x x^T`` (SparseGPT's Hessian is ``2 * xxt / tokens``). Both are kept
-in float32 whatever the model's dtype.
+``xxt`` is the sum of ``x x^T`` (SparseGPT's Hessian is ``2 * xxt / tokens``), whose diagonal
+holds the same squared norms, so only one of the two is kept. Both are float32 whatever the
+model's dtype.
 """
 
 from __future__ import annotations
@@ -32,20 +33,27 @@ class InputStatistics:
     def add(self, inputs: torch.Tensor) -> None:
         """Add a batch of inputs (any leading shape, last dim = ``features``)."""
         x = inputs.detach().reshape(-1, self.features).float()
-        if self.sq_norms is None:
-            self.sq_norms = torch.zeros(self.features, device=x.device)
-        self.sq_norms += (x * x).sum(dim=0)
-        if self.hessian:
+        if self.hessian:  # the squared norms are its diagonal: no (tokens, features) temporary for x * x
             if self.xxt is None:
                 self.xxt = torch.zeros(self.features, self.features, device=x.device)
             self.xxt.addmm_(x.t(), x)
+        else:
+            if self.sq_norms is None:
+                self.sq_norms = torch.zeros(self.features, device=x.device)
+            self.sq_norms += (x * x).sum(dim=0)
         self.tokens += x.shape[0]
 
     def input_norms(self) -> torch.Tensor:
         """``||X_j||_2`` over all calibration tokens, per input feature."""
-        if self.sq_norms is None:
+        squares = self.xxt.diagonal() if self.xxt is not None else self.sq_norms
+        if squares is None:
             raise ValueError("no calibration inputs reached this projection")
-        return self.sq_norms.sqrt()
+        return squares.sqrt()
+
+    def release(self) -> None:
+        """Drop the sums (their memory returns at once); the statistics cannot be read afterwards."""
+        self.sq_norms = None
+        self.xxt = None
 
     def hessian_matrix(self) -> torch.Tensor:
         """SparseGPT's layer Hessian ``H = 2 X X^T / tokens``."""
