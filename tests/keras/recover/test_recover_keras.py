@@ -11,7 +11,10 @@ import prunekit.keras as pk  # noqa: E402
 from prunekit import ConfigError, LayerNotFoundError  # noqa: E402
 from prunekit.keras.deploy.tflite import TFLiteModel  # noqa: E402
 from prunekit.keras.recover import Distiller, distill, export_tflite, kernel_codes, pqat, qat, quantize_model, strip_qat  # noqa: E402
+from prunekit.keras.recover.fold import FoldedAway, FoldedChain, fold_plan, folded_weights  # noqa: E402
 from tests.keras.helpers import accuracy, compile_classifier  # noqa: E402
+
+SQNR_FLOOR_DB = 30.0  # TFLite int8 logits vs the fake-quant model's (about 37 dB measured on the digits CNN)
 
 
 def clone_of(model):
@@ -93,7 +96,10 @@ def test_keras_qat_tflite_accuracy_within_one_point_of_the_fake_quant_model(dens
     assert abs(tflite - fake) <= 0.01, (tflite, fake)
     assert fake > 0.9
     plain = strip_qat(run.model)
-    assert [type(layer) for layer in plain.layers] == [type(layer) for layer in dense_cnn.layers]
+    folded = {"bn1", "relu1", "bn2", "relu2"}  # folded into conv1/conv2 as the converter folds them
+    assert [type(layer) for layer in plain.layers if layer.name not in folded] == [
+        type(layer) for layer in dense_cnn.layers if layer.name not in folded
+    ]
     kernel = plain.get_layer("fc1").kernel.numpy()
     steps = kernel / (np.abs(kernel).max(axis=0, keepdims=True) / 127)
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # weights sit on the int8 grid
@@ -156,7 +162,11 @@ def test_keras_recover_handlers_run_through_the_registry(pruned_90, digits, tmp_
     job = RecoverJob(model, digits.x_train, digits.y_train, method.options(epochs=1), export_path=tmp_path / "m.tflite")
     run = method.handler("keras")(job)
     assert run.artifact.is_file() and run.zeros == zeros and len(run.history) == 1
-    assert [type(layer) for layer in run.model.layers] == [type(layer) for layer in model.layers]  # stripped, plain
+    folded = {"bn1", "relu1", "bn2", "relu2"}  # folded into conv1/conv2: pass-throughs of the same names
+    assert [type(layer) for layer in run.model.layers if layer.name not in folded] == [
+        type(layer) for layer in model.layers if layer.name not in folded
+    ]  # stripped, plain
+    assert {type(run.model.get_layer(name)) for name in folded} == {FoldedAway}
     with pytest.raises(ConfigError, match="teacher"):
         get_method("distill").handler("keras")(RecoverJob(model, digits.x_train, digits.y_train, get_method("distill").options()))
 
@@ -177,3 +187,58 @@ def test_quantize_model_rejects_subclassed_models_and_live_pruning_state():
     pruned = pk.prune_low_magnitude(pk.digits_cnn(channels=(4, 8), hidden=16), pruning_schedule=pk.ConstantSparsity(0.5, 1))
     with pytest.raises(ConfigError, match="strip_pruning"):
         quantize_model(pruned)
+
+
+def _with_random_statistics(model, seed=0):
+    """Random BatchNormalization statistics and affine terms, so that folding them is not the identity."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.moving_mean.shape
+            layer.gamma.assign(rng.uniform(-1.5, 1.5, size).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.5, size).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.5, size).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.2, 3.0, size).astype("float32"))
+    return model
+
+
+def test_fold_plan_takes_single_consumer_conv_bn_relu_chains_only():
+    inputs = keras.Input((8, 8, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    a = keras.layers.ReLU(name="a_relu")(keras.layers.BatchNormalization(name="a_bn")(a))
+    b = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, use_bias=False, name="b")(a)
+    b = keras.layers.BatchNormalization(name="b_bn")(b)  # folded, no ReLU after it
+    c = keras.layers.Conv2D(8, 1, name="c")(b)  # two consumers: not folded
+    d = keras.layers.Add(name="add")([keras.layers.BatchNormalization(name="c_bn")(c), c])
+    outputs = keras.layers.Dense(10, name="head")(keras.layers.GlobalAveragePooling2D(name="gap")(d))
+    plan = fold_plan(keras.Model(inputs, outputs), lambda layer: hasattr(layer, "kernel"))
+    assert plan == {"a": FoldedChain("a", "a_bn", "a_relu"), "b": FoldedChain("b", "b_bn", None)}
+
+
+def test_folded_weights_reproduce_conv_batchnorm_relu_at_inference(digits):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(6, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.ReLU(name="relu")(keras.layers.BatchNormalization(name="bn")(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
+    outputs = keras.layers.BatchNormalization(name="dw_bn")(x)
+    model = _with_random_statistics(keras.Model(inputs, outputs))
+    x = digits.x_val[:16]
+    conv, dw = model.get_layer("conv"), model.get_layer("dw")
+    kernel, bias = folded_weights(conv, model.get_layer("bn"))
+    hidden = np.maximum(np.asarray(keras.ops.conv(x, kernel, padding="same")) + bias, 0)
+    np.testing.assert_allclose(hidden, keras.Model(inputs, model.get_layer("relu").output)(x), rtol=1e-4, atol=1e-4)
+    kernel, bias = folded_weights(dw, model.get_layer("dw_bn"))
+    folded = np.asarray(keras.ops.depthwise_conv(hidden, kernel, padding="same")) + bias
+    np.testing.assert_allclose(folded, model(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+def test_keras_qat_fake_quantizes_after_batchnorm_as_tflite_does(dense_cnn, digits):
+    run = qat(dense_cnn, digits.x_train, digits.y_train, epochs=1, lr=1e-4)
+    assert run.folded == (FoldedChain("conv1", "bn1", "relu1"), FoldedChain("conv2", "bn2", "relu2"))
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in run.model.layers)
+    fake = np.asarray(run.model.predict(digits.x_test, verbose=0))
+    flatbuffer, _ = export_tflite(run.model, digits.x_val)
+    tflite = TFLiteModel(flatbuffer).predict(digits.x_test)
+    sqnr = 10 * np.log10((fake**2).sum() / ((fake - tflite) ** 2).sum())
+    assert sqnr >= SQNR_FLOOR_DB, sqnr
+    assert (fake.argmax(-1) == tflite.argmax(-1)).mean() >= 0.99

@@ -182,10 +182,12 @@ def test_logit_distillation_of_a_2_4_pruned_language_model_over_token_batches():
 
     def kl_to_teacher() -> float:
         with torch.no_grad():
-            return sum(float(distillation_loss(student(**b).logits, teacher(**b).logits, alpha=1.0)) for b in batches)
+            return sum(
+                float(distillation_loss(student(**b).logits, teacher(**b).logits, temperature=2.0, alpha=1.0)) for b in batches
+            )
 
     before = kl_to_teacher()
-    history = distill(student, teacher, batches, epochs=4, lr=2e-3, alpha=1.0, pruner=pruner, progress=False)
+    history = distill(student, teacher, batches, epochs=4, lr=2e-3, temperature=2.0, alpha=1.0, pruner=pruner, progress=False)
     assert kl_to_teacher() < 0.5 * before, (before, history)
     weight = student.model.layers[0].mlp.up_proj.weight
     assert ((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) == 2).all()  # the 2:4 pattern held

@@ -19,7 +19,7 @@ def test_recover_methods_are_registered_for_both_frameworks():
     methods = list_methods(kind="recover")
     assert [m.name for m in methods] == ["finetune", "distill", "qat", "pqat"]
     assert all(m.frameworks == ("torch", "keras") for m in methods)
-    assert get_method("distill").options(alpha=0.7)["temperature"] == 2.0
+    assert get_method("distill").options(alpha=0.7)["temperature"] == 1.0
 
 
 def _trained_mlp():

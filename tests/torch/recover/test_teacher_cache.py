@@ -64,13 +64,15 @@ def test_a_2_4_pruned_llm_distils_from_top_k_cached_logits_without_its_teacher()
     pruner.prune()
     generator = torch.Generator().manual_seed(1)
     batches = [{"input_ids": torch.randint(0, 64, (4, 16), generator=generator)} for _ in range(8)]
-    cache = TeacherLogitCache(teacher, batches, top_k=8)
+    cache = TeacherLogitCache(teacher, batches, top_k=8, temperature=2.0)
     del teacher
     assert len(cache) == 8 and cache.nbytes == 8 * 4 * 16 * 8 * (4 + 8)  # float32 log-probs + int64 indices, 8 of 64
 
     def kl_to_teacher() -> float:
         with torch.no_grad():
-            return sum(float(distillation_loss(student(**b).logits, reference(**b).logits, alpha=1.0)) for b in batches)
+            return sum(
+                float(distillation_loss(student(**b).logits, reference(**b).logits, temperature=2.0, alpha=1.0)) for b in batches
+            )
 
     before = kl_to_teacher()
     distill_from_cache(student, cache, epochs=4, lr=2e-3, pruner=pruner, progress=False)

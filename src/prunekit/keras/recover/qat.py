@@ -8,7 +8,10 @@ config, same weights):
 * kernels: int8 symmetric per output channel (``scale = max|w| / 127``, codes in [-127, 127]),
   the layout TFLite's converter uses, with a straight-through gradient;
 * the layer's input and output: 8-bit per-tensor with ranges observed as a moving average of the
-  batch min/max in training (``keras.quantizers.fake_quant_with_min_max_vars``).
+  batch min/max in training (``keras.quantizers.fake_quant_with_min_max_vars``);
+* a ``BatchNormalization`` (and a ReLU) right after a quantized layer is folded into it first
+  (:mod:`prunekit.keras.recover.fold`), so the output is fake-quantized after BN and ReLU, where
+  the TFLite int8 model quantizes it.
 
 :func:`strip_qat` clones back to the plain layers with the fake-quantized kernels as weights,
 so the TFLite converter (:func:`export_tflite`, full int8 with a representative dataset) finds
@@ -32,6 +35,7 @@ from keras import ops
 
 from prunekit.core.records import epoch_records
 from prunekit.errors import ConfigError, ExportError
+from prunekit.keras.recover.fold import FoldedAway, FoldedChain, fold_plan, folded_weights
 
 WEIGHT_QMAX = 127
 
@@ -206,7 +210,8 @@ def _check_model(model: Any) -> None:
 @dataclass
 class KerasQat:
     """A fake-quant clone of a Keras model: ``model`` (train it with ``fit``), the quantized layer names,
-    the layers left in float (name -> reason), and the masked layers' zero counts (PQAT).
+    the layers left in float (name -> reason), the masked layers' zero counts (PQAT), and the
+    BatchNormalization chains folded into their Dense/Conv before fake quantization.
 
     Example::
 
@@ -219,14 +224,18 @@ class KerasQat:
     float_layers: dict[str, str]
     mask_zeros: dict[str, int]
     history: list[dict[str, float]] = field(default_factory=list)
+    folded: tuple[FoldedChain, ...] = ()
 
 
-def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = ()) -> KerasQat:
+def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = (), fold_batchnorm: bool = True) -> KerasQat:
     """Clone ``model`` with fake-quantized Dense/Conv/DepthwiseConv2D layers (weights copied).
 
     ``masks``: ``None`` (QAT), ``"zeros"`` (keep the exact zeros of the kernels: PQAT) or a dict
     ``{layer name: boolean mask of its kernel}``. Layers with weights of other types stay float
-    and are listed in ``float_layers``; ``exclude`` names layers to leave in float.
+    and are listed in ``float_layers``; ``exclude`` names layers to leave in float. With
+    ``fold_batchnorm`` (default), each ``Dense/Conv -> BatchNormalization [-> ReLU]`` chain is
+    folded into its first layer as the TFLite converter folds it (see :mod:`.fold`), so the
+    fake quantization sits where the int8 file quantizes; ``folded`` lists the chains.
 
     Example::
 
@@ -273,23 +282,35 @@ def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = ()
         and not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))
     }
     sources: dict[str, Any] = {}
+    plan = fold_plan(model, lambda layer: _quant_class(layer) is not None and layer.name not in exclude) if fold_batchnorm else {}
+    absorbed = {name for chain in plan.values() for name in (chain.norm, chain.activation) if name}
 
     def clone(layer: Any) -> Any:
+        if layer.name in absorbed:
+            return FoldedAway(name=layer.name)
         quant = _quant_class(layer)
         if quant is None or layer.name in exclude:
             return layer.__class__.from_config(layer.get_config())
         sources[layer.name] = layer
-        return quant.from_config({**layer.get_config(), "masked": layer.name in layer_masks})
+        config = {**layer.get_config(), "masked": layer.name in layer_masks}
+        if layer.name in plan:
+            config.update(use_bias=True, activation="relu" if plan[layer.name].activation else config["activation"])
+        return quant.from_config(config)
 
     clone_model = keras.models.clone_model(model, clone_function=clone)
     for layer, original in zip(clone_model.layers, model.layers):
-        for target, value in zip(layer.weights, original.weights):
-            target.assign(value)
+        if layer.name in plan:
+            kernel, bias = folded_weights(original, model.get_layer(plan[layer.name].norm))
+            layer.kernel.assign(kernel)
+            layer.bias.assign(bias)
+        elif layer.name not in absorbed:
+            for target, value in zip(layer.weights, original.weights):
+                target.assign(value)
         if layer.name in layer_masks:
             layer.pqat_mask.assign(layer_masks[layer.name].astype(np.float32))
             layer.kernel.assign(np.asarray(layer.kernel) * layer_masks[layer.name])
     zeros = {name: int((~mask).sum()) for name, mask in layer_masks.items()}
-    return KerasQat(clone_model, tuple(sources), float_layers, zeros)
+    return KerasQat(clone_model, tuple(sources), float_layers, zeros, folded=tuple(plan.values()))
 
 
 def strip_qat(model: Any) -> Any:
@@ -412,6 +433,7 @@ def qat(
     batch_size: int = 64,
     masks: Any = None,
     exclude: Sequence[str] = (),
+    fold_batchnorm: bool = True,
     validation_data: Any = None,
     callbacks: Sequence[Any] = (),
 ) -> KerasQat:
@@ -425,7 +447,7 @@ def qat(
         run = qat(model, split.x_train, split.y_train, epochs=2)
         flatbuffer, _ = export_tflite(run.model, split.x_val, "model.int8.tflite")
     """
-    run = quantize_model(model, masks=masks, exclude=exclude)
+    run = quantize_model(model, masks=masks, exclude=exclude, fold_batchnorm=fold_batchnorm)
     run.history = _train(run.model, x, y, epochs, lr, batch_size, validation_data, callbacks)
     return run
 
@@ -442,12 +464,14 @@ def pqat(model: Any, x: Any, y: Any, *, epochs: int, masks: Any = "zeros", **opt
     from prunekit.keras.unstructured.pruning import strip_pruning
     from prunekit.keras.unstructured.state import prunings
 
-    unknown = sorted(set(options) - {"lr", "batch_size", "validation_data", "callbacks", "exclude"})
+    unknown = sorted(set(options) - {"lr", "batch_size", "validation_data", "callbacks", "exclude", "fold_batchnorm"})
     if unknown:
         raise ConfigError(f"pqat got unknown option(s) {unknown}")
     if prunings(model):
         model = strip_pruning(model)
-    run = quantize_model(model, masks=masks, exclude=options.get("exclude", ()))
+    run = quantize_model(
+        model, masks=masks, exclude=options.get("exclude", ()), fold_batchnorm=options.get("fold_batchnorm", True)
+    )
     if not any(run.mask_zeros.values()):
         raise ConfigError(f"PQAT found no pruning masks in {model.name!r} (no zero weights); prune first, or use qat")
     run.history = _train(

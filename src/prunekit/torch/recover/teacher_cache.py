@@ -32,7 +32,7 @@ def cached_distillation_loss(
     teacher_log_probs: torch.Tensor,
     teacher_indices: torch.Tensor | None,
     *,
-    temperature: float = 2.0,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """``T**2 * KL(p_t || p_s)`` per position, averaged, from the teacher's cached log-probabilities at ``T``.
 
@@ -85,7 +85,7 @@ class TeacherLogitCache:
         batches: Iterable[Any],
         *,
         top_k: int | None = 64,
-        temperature: float = 2.0,
+        temperature: float = 1.0,
         dtype: torch.dtype = torch.float32,
     ):
         if not isinstance(teacher, nn.Module):
