@@ -194,7 +194,7 @@ def test_newer_format_version_raises_corrupt_file_error_saying_to_upgrade(tmp_pa
     path = tmp_path / "m.safetensors"
     save_compact(_layer_state(), path)
     _rewrite_metadata(path, lambda meta: meta.update(format_version=FORMAT_VERSION + 1, prunekit_version="9.0"))
-    with pytest.raises(CorruptFileError, match=r"format version 2 .*prunekit 9\.0.*upgrade"):
+    with pytest.raises(CorruptFileError, match=rf"format version {FORMAT_VERSION + 1} .*prunekit 9\.0.*upgrade"):
         load_compact(path)
 
 

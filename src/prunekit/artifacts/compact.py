@@ -5,8 +5,9 @@ adapt their models to the ``{name: array}`` dicts used here.
 
 Each floating-point tensor is stored as its nonzero values plus where they are: a bitmask
 (1 bit per element) or relative indices (1 byte per nonzero, Deep Compression style, with a
-filler zero for gaps over 256), whichever is smaller, and the index bytes are deflated when that
-makes them smaller. Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
+filler zero for gaps over 256), whichever is smaller. The index and the values streams are each
+entropy-coded with zlib or lzma (stdlib, raw LZMA2), whichever is smallest, or kept as they are
+when neither helps (version 1 files deflate only the index). Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
 bit), in float16 (``"fp16"``) or in int8 with one float32 scale per output channel (``"int8"``,
 symmetric, so a zero stays exactly zero; tensors of fewer than 2 dimensions, such as biases and
 norm statistics, stay exact). Tensors for which the sparse layout is not smaller, and
@@ -24,6 +25,7 @@ naming the file and tensor for a truncated, corrupted or newer-version file.
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import os
 import zlib
@@ -38,11 +40,13 @@ from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError, CorruptFileError
 
 FORMAT_NAME = "prunekit.artifacts.compact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: values may be entropy-coded and the index may be lzma; version 1 files still read
 STORAGE_DTYPES = ("fp32", "fp16", "int8")
 _META_KEY = "prunekit"
 _META_CRC_KEY = "prunekit_crc32"
 _MAX_GAP = 256  # one index byte encodes a gap of 1..256 elements
+_CODECS = ("none", "zlib", "lzma")
+_LZMA_MAX_DICT = 1 << 23  # 8 MiB: bounds the lzma decoder's memory whatever a file declares
 _MAX_DIM = 2**40  # no real tensor dimension is this large; a bigger one is a crafted file
 #: Default cap on the bytes a compact file may declare (decoded tensors), checked before anything is decoded.
 MAX_DECODED_BYTES = 2**36
@@ -58,7 +62,8 @@ class TensorEntry:
     layout: str  # "dense", "bitmask" or "gaps"
     nnz: int
     crc32: int
-    deflated: bool = False
+    index_codec: str = "none"  # "none", "zlib" or "lzma"
+    values_codec: str = "none"
 
     @property
     def numel(self) -> int:
@@ -69,14 +74,16 @@ class TensorEntry:
         return 1.0 - self.nnz / self.numel if self.numel else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        """Compact JSON: fields at their default (raw storage, dense layout, not deflated) are left out."""
+        """Compact JSON: fields at their default (raw storage, dense layout, not entropy-coded) are left out."""
         value: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype, "nnz": self.nnz, "crc": self.crc32}
         if self.storage != "raw":
             value["store"] = self.storage
         if self.layout != "dense":
             value["layout"] = self.layout
-        if self.deflated:
-            value["z"] = 1
+        if self.index_codec != "none":
+            value["zi"] = self.index_codec
+        if self.values_codec != "none":
+            value["zv"] = self.values_codec
         return value
 
     @classmethod
@@ -106,12 +113,16 @@ class TensorEntry:
             str(value.get("layout", "dense")),
             value["nnz"],
             value["crc"],
-            bool(value.get("z", 0)),
+            str(value.get("zi", "zlib" if value.get("z") else "none")),  # "z": 1 is version 1's deflated index
+            str(value.get("zv", "none")),
         )
         if entry.storage not in ("raw", "float16", "int8"):
             raise ValueError(f"field 'store' should be raw, float16 or int8, got {entry.storage!r}")
         if entry.layout not in ("dense", "bitmask", "gaps"):
             raise ValueError(f"field 'layout' should be dense, bitmask or gaps, got {entry.layout!r}")
+        for key, codec in (("zi", entry.index_codec), ("zv", entry.values_codec)):
+            if codec not in _CODECS:
+                raise ValueError(f"field {key!r} should be one of {', '.join(_CODECS)}, got {codec!r}"[:200])
         if entry.storage == "int8" and not shape:
             raise ValueError("int8 storage needs at least one dimension (its per-channel scales)")
         return entry
@@ -200,6 +211,47 @@ def _gap_bytes(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return stream, slots
 
 
+def _lzma_filters(size: int) -> list[dict[str, int]]:
+    """Raw LZMA2 (no xz container: ~60 bytes less per stream) with a dictionary no larger than ``size`` needs:
+    the writer sizes it to the stream, the reader to the stream's cap (never smaller), so neither the writer's
+    choice nor a crafted file makes the decoder allocate more than the declared shape allows (4 KiB to 8 MiB)."""
+    return [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": min(max(1 << (size - 1).bit_length(), 4096), _LZMA_MAX_DICT)}]
+
+
+def _pack(array: np.ndarray) -> tuple[str, np.ndarray]:
+    """The smallest of ``array`` as it is, deflated and lzma-compressed: (codec, stored array)."""
+    data = array.tobytes()
+    best: tuple[str, np.ndarray] = ("none", array)
+    for codec, packed in (
+        ("zlib", zlib.compress(data, 9)),
+        ("lzma", lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data)))),
+    ):
+        if len(packed) < best[1].nbytes:
+            best = (codec, np.frombuffer(packed, dtype=np.uint8))
+    return best
+
+
+def _unpack(codec: str, data: bytes, cap: int, limit: str) -> bytes:
+    """Inflate ``data`` to at most ``cap`` bytes (bounded, so a crafted stream never balloons in memory);
+    ``ValueError`` naming ``limit`` (what sets the cap) when it is malformed, truncated or would inflate past it."""
+    try:
+        if codec == "zlib":
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(data, cap)
+            done, rest = inflater.eof, bool(inflater.unconsumed_tail or inflater.unused_data)
+        else:
+            unlzma = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(cap))
+            out = unlzma.decompress(data, cap)
+            done, rest = unlzma.eof, bool(unlzma.unused_data)
+    except (zlib.error, lzma.LZMAError) as exc:
+        raise ValueError(f"{codec} stream does not inflate: {exc}") from None
+    if rest or (not done and len(out) >= cap):
+        raise ValueError(f"{codec} stream inflates past the {cap} bytes that {limit} allows")
+    if not done:
+        raise ValueError(f"{codec} stream is truncated")
+    return out
+
+
 def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict[str, np.ndarray]]:
     """Choose storage and layout for one tensor; return its entry and the arrays to store."""
     array = np.require(array, requirements="C")  # not ascontiguousarray: it turns 0-d into 1-d
@@ -208,7 +260,8 @@ def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict
             f"tensor {name!r} has dtype {array.dtype}; the compact format stores bool, integer and floating-point tensors only"
         )
     if array.dtype.kind != "f" or array.size == 0:
-        return _entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": array}, False)
+        codec, packed = _pack(array.reshape(-1))
+        return _entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": packed}, "none", codec)
     array = np.where(array == 0, np.zeros((), array.dtype), array)  # -0.0 -> +0.0; NaN bits untouched
     scale = None
     if dtype == "int8" and array.ndim >= 2:
@@ -230,27 +283,30 @@ def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict
         stored = np.zeros(len(stream), dtype=flat.dtype)
         stored[slots] = flat[positions]
         candidates.append(("gaps", stream, stored))
+    # the layout is chosen on uncoded values, as in version 1, so a sparse tensor keeps its sparse layout
+    # (load_compact_sparse) even where a regular pattern would compress better dense; then the values are coded
     best_size, best = flat.nbytes, None
     for layout, index, stored in candidates:
-        packed = zlib.compress(index.tobytes(), 9)
-        deflated = len(packed) < index.nbytes
-        index = np.frombuffer(packed, dtype=np.uint8) if deflated else index
+        index_codec, index = _pack(index)
         size = index.nbytes + stored.nbytes + 64  # a part costs about 64 header bytes
         if size < best_size:
-            best_size, best = size, (layout, index, stored, deflated)
+            best_size, best = size, (layout, index, stored, index_codec)
     if best is None:
-        return _entry(array, storage, "dense", nnz, {"values": values, **extra}, False)
-    layout, index, stored, deflated = best
-    return _entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}, deflated)
+        codec, packed = _pack(flat)
+        return _entry(array, storage, "dense", nnz, {"values": packed, **extra}, "none", codec)
+    layout, index, stored, index_codec = best
+    values_codec, stored = _pack(stored)
+    return _entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}, index_codec, values_codec)
 
 
 def _entry(
-    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray], deflated: bool
+    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray], index_codec: str, values_codec: str
 ) -> tuple[TensorEntry, dict[str, np.ndarray]]:
     crc = 0
     for part in parts.values():
         crc = zlib.crc32(part.tobytes(), crc)
-    return TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc, deflated), parts
+    entry = TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc, index_codec, values_codec)
+    return entry, parts
 
 
 # --------------------------------------------------------------------------- decoding
@@ -272,7 +328,23 @@ def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.
     if crc != entry.crc32:
         raise corrupt(f"CRC-32 {crc:#010x} does not match the recorded {entry.crc32:#010x}")
     values = parts["values"]
-    expected = {"float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}.get(entry.storage, dtype)
+    stored_dtypes: dict[str, np.dtype] = {"float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
+    expected = stored_dtypes.get(entry.storage, dtype)
+    # a gap stream holds the nonzeros plus at most one filler per 256 elements; a bitmask layout stores nnz values:
+    # no stream inflates further than the declared shape and nonzero count allow
+    slots = entry.nnz + entry.numel // _MAX_GAP
+    limit = f"shape {entry.shape} with {entry.nnz} nonzeros"
+    if entry.values_codec != "none":
+        if values.dtype != np.uint8 or values.ndim != 1:
+            raise corrupt(f"entropy-coded values stored as {values.dtype}{list(values.shape)}, expected a uint8 vector")
+        try:
+            count = {"dense": entry.numel, "bitmask": entry.nnz}.get(entry.layout, slots)
+            inflated = _unpack(entry.values_codec, values.tobytes(), count * expected.itemsize, limit)
+        except ValueError as exc:
+            raise corrupt(f"values {exc}") from None
+        if len(inflated) % expected.itemsize:
+            raise corrupt(f"values stream of {len(inflated)} bytes is not a whole number of {expected} values")
+        values = np.frombuffer(inflated, dtype=expected)
     if values.dtype != expected or values.ndim != 1 and entry.layout != "dense":
         raise corrupt(f"values stored as {values.dtype}{list(values.shape)}, expected a {expected} vector")
     if entry.layout == "dense":
@@ -283,18 +355,12 @@ def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.
         index = parts["index"]
         if index.dtype != np.uint8:
             raise corrupt(f"index stored as {index.dtype}, expected uint8")
-        if entry.deflated:
-            # a bitmask has exactly ceil(numel / 8) bytes and a gap stream at most one byte per element:
-            # inflate no further than the declared shape allows (a crafted file cannot balloon its index)
-            cap = -(-entry.numel // 8) if entry.layout == "bitmask" else entry.numel
-            inflater = zlib.decompressobj()
+        if entry.index_codec != "none":
+            cap = -(-entry.numel // 8) if entry.layout == "bitmask" else slots  # a bitmask is ceil(numel / 8) bytes
             try:
-                inflated = inflater.decompress(index.tobytes(), cap)
-            except zlib.error as exc:
-                raise corrupt(f"index stream does not inflate: {exc}") from None
-            if inflater.unconsumed_tail or not inflater.eof:
-                raise corrupt(f"index stream inflates past the {cap} bytes that shape {entry.shape} allows")
-            index = np.frombuffer(inflated, dtype=np.uint8)
+                index = np.frombuffer(_unpack(entry.index_codec, index.tobytes(), cap, limit), dtype=np.uint8)
+            except ValueError as exc:
+                raise corrupt(f"index {exc}") from None
         if entry.layout == "bitmask":
             if index.size != -(-entry.numel // 8):
                 raise corrupt(f"bitmask of {index.size} bytes for {entry.numel} elements")

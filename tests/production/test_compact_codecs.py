@@ -1,0 +1,185 @@
+"""Format version 2 of the compact file: entropy-coded values and index streams, version 1 files, crafted streams."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import resource
+import zlib
+
+import numpy as np
+import pytest
+from safetensors.numpy import load as load_st
+from safetensors.numpy import save as save_st
+
+from prunekit.artifacts.compact import FORMAT_VERSION, _lzma_filters, load_compact, load_compact_sparse, save_compact
+from prunekit.errors import CorruptFileError
+
+_CODERS = {
+    "zlib": (lambda data: zlib.compress(data, 9), zlib.decompress),
+    "lzma": (
+        lambda data: lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data))),
+        lambda data: lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(1 << 23)),
+    ),
+}
+
+
+def _pruned(shape, sparsity=0.9, seed=0, levels=None):
+    """Magnitude-pruned gaussian weights; with ``levels``, values drawn from that many shared values (compressible)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal(shape).astype(np.float32)
+    if levels:
+        weights = rng.choice(np.linspace(0.5, 2.0, levels).astype(np.float32), size=shape) * np.sign(weights)
+    weights[np.abs(rng.standard_normal(shape)) < np.quantile(np.abs(rng.standard_normal(10_000)), sparsity)] = 0
+    return weights
+
+
+def _int8_expected(weights):
+    """What int8 storage must give back: symmetric per-row int8, dequantised in float32."""
+    rows = weights.reshape(weights.shape[0], -1).astype(np.float64)
+    peak = np.abs(rows).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(rows / scale[:, None].astype(np.float64)), -127, 127).astype(np.int8)
+    return (q.astype(np.float32) * scale[:, None]).reshape(weights.shape), q, scale
+
+
+def _metadata(path) -> dict:
+    data = path.read_bytes()
+    return json.loads(json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]["prunekit"])
+
+
+def _write(path, meta, parts) -> None:
+    text = json.dumps(meta)
+    path.write_bytes(save_st(parts, metadata={"prunekit": text, "prunekit_crc32": str(zlib.crc32(text.encode()))}))
+
+
+def _crc(*parts) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part.tobytes(), crc)
+    return crc
+
+
+def test_int8_values_are_entropy_coded_and_round_trip_equal(tmp_path):
+    state = {"fc.weight": _pruned((256, 512), levels=6), "fc.bias": np.linspace(-1, 1, 256, dtype=np.float32)}
+    header = save_compact(state, tmp_path / "m.safetensors", dtype="int8")
+    entry = header.tensors["fc.weight"]
+    assert header.format_version == FORMAT_VERSION == 2
+    assert entry.values_codec in ("zlib", "lzma") and entry.index_codec in ("zlib", "lzma")
+    stored = load_st((tmp_path / "m.safetensors").read_bytes())
+    assert stored["fc.weight:values"].nbytes < entry.nnz  # fewer bytes than one int8 per nonzero
+    arrays, _ = load_compact(tmp_path / "m.safetensors")
+    expected, _, _ = _int8_expected(state["fc.weight"])
+    np.testing.assert_array_equal(arrays["fc.weight"], expected)
+    np.testing.assert_array_equal(arrays["fc.bias"], state["fc.bias"])  # vectors stay exact
+    sparse, _ = load_compact_sparse(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(sparse["fc.weight"].to_dense(), expected)
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lzma"])
+@pytest.mark.parametrize("layout_sparsity", [0.5, 0.97])  # bitmask, gaps
+def test_each_codec_round_trips_fp32_values_bit_for_bit(tmp_path, codec, layout_sparsity):
+    weights = _pruned((128, 128), layout_sparsity, levels=5)
+    path = tmp_path / "m.safetensors"
+    save_compact({"w": weights}, path)
+    meta, stored = _metadata(path), load_st(path.read_bytes())
+    entry = meta["tensors"]["w"]
+    raw = stored["w:values"].tobytes()
+    if entry.get("zv", "none") != "none":
+        raw = _CODERS[entry["zv"]][1](raw)
+    packed = np.frombuffer(_CODERS[codec][0](raw), np.uint8)
+    parts = {"w:values": packed, "w:index": stored["w:index"]}
+    entry.update(zv=codec, crc=_crc(packed, stored["w:index"]))
+    _write(path, meta, parts)
+    arrays, _ = load_compact(path)
+    assert arrays["w"].tobytes() == weights.tobytes()
+
+
+def _write_v1(path, arrays) -> None:
+    """A version 1 int8 file as prunekit 0.1 wrote it: raw int8 values, a deflated bitmask, ``"z": 1``."""
+    tensors, parts = {}, {}
+    for name, weights in arrays.items():
+        _, q, scale = _int8_expected(weights)
+        keep = q.reshape(-1) != 0
+        values = q.reshape(-1)[keep]
+        index = np.frombuffer(zlib.compress(np.packbits(keep, bitorder="little").tobytes(), 9), np.uint8)
+        parts.update({f"{name}:values": values, f"{name}:index": index, f"{name}:scale": scale})
+        tensors[name] = {
+            "shape": list(weights.shape),
+            "dtype": "float32",
+            "nnz": int(keep.sum()),
+            "crc": _crc(values, index, scale),
+            "store": "int8",
+            "layout": "bitmask",
+            "z": 1,
+        }
+    meta = {"format": "prunekit.artifacts.compact", "format_version": 1, "prunekit_version": "0.1.0"}
+    meta.update(framework="numpy", dtype="int8", sparsity=0.9, tensors=tensors, plan=None, extra={})
+    _write(path, meta, parts)
+
+
+def test_a_version_1_file_still_loads(tmp_path):
+    weights = {"conv.weight": _pruned((16, 8, 3, 3), 0.6, 1), "fc.weight": _pruned((64, 256), 0.9, 2)}
+    _write_v1(tmp_path / "v1.safetensors", weights)
+    arrays, header = load_compact(tmp_path / "v1.safetensors")
+    assert header.format_version == 1
+    assert header.tensors["fc.weight"].index_codec == "zlib" and header.tensors["fc.weight"].values_codec == "none"
+    for name, original in weights.items():
+        np.testing.assert_array_equal(arrays[name], _int8_expected(original)[0])
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lzma"])
+def test_a_values_stream_that_inflates_past_its_shape_is_refused_before_it_balloons(tmp_path, codec):
+    # 64 MiB of zeros in a few KB, compressed a MiB at a time so that building it does not raise the peak RSS
+    coder = zlib.compressobj(9) if codec == "zlib" else lzma.LZMACompressor(lzma.FORMAT_RAW, filters=_lzma_filters(2**26))
+    chunk = bytes(2**20)
+    bomb = np.frombuffer(b"".join(coder.compress(chunk) for _ in range(64)) + coder.flush(), np.uint8)
+    index = np.frombuffer(np.packbits(np.ones(16, bool), bitorder="little").tobytes(), np.uint8)
+    meta = {"format": "prunekit.artifacts.compact", "format_version": 2, "prunekit_version": "0.1.0"}
+    entry = {"shape": [4, 4], "dtype": "float32", "nnz": 16, "crc": _crc(bomb, index), "layout": "bitmask", "zv": codec}
+    meta.update(framework="numpy", dtype="fp32", tensors={"w": entry})
+    _write(tmp_path / "m.safetensors", meta, {"w:values": bomb, "w:index": index})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CorruptFileError, match=rf"tensor 'w' .*values {codec} stream inflates past the 64 bytes"):
+        load_compact(tmp_path / "m.safetensors")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 * 1024  # KiB: far below the 64 MiB
+
+
+def _coded_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    header = save_compact({"fc.weight": _pruned((256, 512), levels=6)}, path, dtype="int8")
+    assert header.tensors["fc.weight"].values_codec != "none"
+    return path
+
+
+def test_a_flipped_byte_in_a_coded_values_stream_is_detected_naming_the_tensor(tmp_path):
+    path = _coded_file(tmp_path)
+    stored = load_st(path.read_bytes())
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(stored["fc.weight:values"].tobytes()) + 10
+    data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=r"tensor 'fc\.weight' is corrupted \(CRC-32"):
+        load_compact(path)
+
+
+@pytest.mark.parametrize("cut", ["garbled", "truncated"])
+def test_a_malformed_coded_stream_with_a_matching_crc_is_refused_naming_the_tensor(tmp_path, cut):
+    path = _coded_file(tmp_path)
+    meta, stored = _metadata(path), load_st(path.read_bytes())
+    values = stored["fc.weight:values"]
+    values = values[: values.size // 2] if cut == "truncated" else values[::-1].copy()
+    stored["fc.weight:values"] = values
+    meta["tensors"]["fc.weight"]["crc"] = _crc(*(stored[f"fc.weight:{p}"] for p in ("values", "index", "scale")))
+    _write(path, meta, stored)
+    with pytest.raises(CorruptFileError, match=r"tensor 'fc\.weight' is corrupted \(values (zlib|lzma) stream"):
+        load_compact(path)
+
+
+def test_an_unknown_codec_is_refused_naming_the_field(tmp_path):
+    path = _coded_file(tmp_path)
+    meta, stored = _metadata(path), load_st(path.read_bytes())
+    meta["tensors"]["fc.weight"]["zv"] = "brotli"
+    _write(path, meta, stored)
+    with pytest.raises(CorruptFileError, match=r"tensor 'fc\.weight'.*field 'zv' should be one of none, zlib, lzma"):
+        load_compact(path)
