@@ -223,7 +223,7 @@ def _pack(array: np.ndarray) -> tuple[str, np.ndarray]:
     data = array.tobytes()
     best: tuple[str, np.ndarray] = ("none", array)
     for codec, packed in (
-        ("zlib", zlib.compress(data, 9)),
+        ("zlib", zlib.compress(data, 6)),
         ("lzma", lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data)))),
     ):
         if len(packed) < best[1].nbytes:
