@@ -14,6 +14,7 @@ calibration activations are reported separately (``block_activation_bytes``).
 
     python benchmarks/llm_prune.py            # full run
     python benchmarks/llm_prune.py --quick    # fewer tokens, a 4-block cost model
+    python benchmarks/llm_prune.py --skip-quality --compare-batch 1   # cost at the default batch and at 1 sequence
 
 The last line is one JSON object: ``ppl_dense``, ``ppl`` (method -> "0.5"/"2:4" -> value), OWL,
 depth and cost figures.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import malloc_settings, pin_malloc_settings  # noqa: E402
+from _timing import PINNED_TUNABLES, malloc_settings, pin_malloc_settings  # noqa: E402
 
 
 def _rss_now() -> int:
@@ -62,12 +63,15 @@ def _cost_model(layers: int):  # noqa: ANN202
     return GPT2LMHeadModel(config).eval()
 
 
-def _worker(kind: str, layers: int, samples: int, seq_len: int) -> None:
+def _worker(kind: str, layers: int, samples: int, seq_len: int, batch_size: int | None) -> None:
     import torch
 
+    from prunekit.core.allocator import return_large_frees
     from prunekit.llm import prune
-    from prunekit.torch.llm.memory import model_bytes
+    from prunekit.torch.llm.discovery import find_decoder_stack
+    from prunekit.torch.llm.memory import default_batch_size, model_bytes
 
+    allocator = return_large_frees()  # as `prunekit llm` and llm: recipes run (workers start without the timing pin)
     tokens = torch.randint(0, 50257, (samples, seq_len), generator=torch.Generator().manual_seed(1))
     # The same work on a 1-block model and 64 tokens first: imports, library code pages and thread
     # pools are then resident before the baseline RSS is read, so the peak measures the run itself.
@@ -82,33 +86,29 @@ def _worker(kind: str, layers: int, samples: int, seq_len: int) -> None:
     after_model = _rss_now()
     model_rss = after_model  # the model's pages are resident now; the pruning run's growth is measured from here
     _reset_peak_rss()
-    result: dict[str, float] = {"model_bytes": model_bytes(model)}
+    result: dict[str, float] = {"model_bytes": model_bytes(model), "large_frees_returned": allocator}
+    if kind != "forward":
+        result["batch_size"] = batch_size or default_batch_size(model, find_decoder_stack(model), samples, seq_len)
     started = time.perf_counter()
     with torch.no_grad():
         if kind == "forward":
             for start in range(0, samples, 4):
                 model(input_ids=tokens[start : start + 4], use_cache=False)
         else:
-            prune(model, tokens, method=kind, sparsity=0.5, n_samples=samples, seq_len=seq_len)
+            prune(model, tokens, method=kind, sparsity=0.5, n_samples=samples, seq_len=seq_len, batch_size=batch_size)
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_growth"] = _peak_rss() - model_rss + result["model_bytes"]  # model + what the run added on top
     print(json.dumps(result))
 
 
-def _run_worker(kind: str, layers: int, samples: int, seq_len: int) -> dict[str, float]:
+def _run_worker(kind: str, layers: int, samples: int, seq_len: int, batch_size: int | None = None) -> dict[str, float]:
+    command = [sys.executable, __file__, "--worker", kind, "--layers", str(layers), "--samples", str(samples)]
+    command += ["--seq-len", str(seq_len)] + (["--batch-size", str(batch_size)] if batch_size else [])
+    # workers run as `prunekit llm` does: without the timing pin (its trim threshold keeps freed memory), unless the user set one
+    env = {k: v for k, v in os.environ.items() if not (k == "GLIBC_TUNABLES" and v == PINNED_TUNABLES)}
     out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--worker",
-            kind,
-            "--layers",
-            str(layers),
-            "--samples",
-            str(samples),
-            "--seq-len",
-            str(seq_len),
-        ],
+        command,
+        env=env,
         check=True,
         capture_output=True,
         text=True,
@@ -121,6 +121,7 @@ def _quality(quick: bool) -> dict:
 
     from prunekit.llm import ensure_small_lm, load_model_dir, perplexity, prune, prune_depth
     from prunekit.methods import list_methods
+    from prunekit.torch.llm.depth import CRITERIA
 
     directory = ensure_small_lm(log=lambda line: print(line, file=sys.stderr))
     model, tokenizer = load_model_dir(directory)
@@ -144,7 +145,7 @@ def _quality(quick: bool) -> dict:
         model.load_state_dict(dense_state)
         prune(model, train, tokenizer=tokenizer, method="wanda", sparsity=0.7, ratios=ratios, n_samples=samples, seq_len=seq_len)
         figures[f"ppl_wanda_70_{ratios}"] = ppl(model)
-    for criterion in ("influence", "last"):
+    for criterion in CRITERIA:
         fresh, _ = load_model_dir(directory)
         with torch.no_grad():
             depth = prune_depth(
@@ -158,14 +159,27 @@ def _quality(quick: bool) -> dict:
     return figures
 
 
-def _cost(layers: int, samples: int, seq_len: int) -> dict:
+def _cost(layers: int, samples: int, seq_len: int, compare_batch: int | None) -> dict:
+    """Cost figures at the default batch; with ``compare_batch``, the same at that batch, run beside each default run."""
     forward_a = _run_worker("forward", layers, samples, seq_len)
     wanda = _run_worker("wanda", layers, samples, seq_len)
+    wanda_cmp = _run_worker("wanda", layers, samples, seq_len, compare_batch) if compare_batch else None
     forward_b = _run_worker("forward", layers, samples, seq_len)
     sparsegpt = _run_worker("sparsegpt", layers, samples, seq_len)
+    sparsegpt_cmp = _run_worker("sparsegpt", layers, samples, seq_len, compare_batch) if compare_batch else None
     forward_c = _run_worker("forward", layers, samples, seq_len)
     model_bytes = wanda["model_bytes"]
+    compared = {}
+    if wanda_cmp and sparsegpt_cmp:
+        compared["compare_batch"] = {
+            "batch_size": compare_batch,
+            "wanda_time_over_forward": wanda_cmp["seconds"] / ((forward_a["seconds"] + forward_b["seconds"]) / 2),
+            "sparsegpt_time_over_forward": sparsegpt_cmp["seconds"] / ((forward_b["seconds"] + forward_c["seconds"]) / 2),
+            "peak_rss_over_model_bytes_wanda": wanda_cmp["peak_rss_growth"] / model_bytes,
+            "peak_rss_over_model_bytes_sparsegpt": sparsegpt_cmp["peak_rss_growth"] / model_bytes,
+        }
     return {
+        "batch_size": wanda["batch_size"],
         "cost_model": f"random GPT-2, {layers} blocks of 768, {samples} x {seq_len} calibration tokens",
         "forward_seconds": (forward_a["seconds"] + forward_b["seconds"] + forward_c["seconds"]) / 3,
         "wanda_seconds": wanda["seconds"],
@@ -177,6 +191,7 @@ def _cost(layers: int, samples: int, seq_len: int) -> dict:
         "peak_rss_over_model_bytes_sparsegpt": sparsegpt["peak_rss_growth"] / model_bytes,
         "model_bytes": model_bytes,
         "block_activation_bytes": samples * seq_len * 768 * 4,
+        **compared,
     }
 
 
@@ -186,19 +201,21 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true", help="only the cost figures")
     parser.add_argument("--skip-cost", action="store_true", help="only the perplexity figures")
     parser.add_argument("--cost-shape", help="cost model as BLOCKSxSAMPLESxSEQ_LEN (default 12x32x512, quick 4x8x256)")
+    parser.add_argument("--compare-batch", type=int, help="also run the cost part at this many sequences per block call")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, default=12, help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--seq-len", type=int, default=512, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker, args.layers, args.samples, args.seq_len)
+        _worker(args.worker, args.layers, args.samples, args.seq_len, args.batch_size)
         return
     pin_malloc_settings()
     shape = args.cost_shape or ("4x8x256" if args.quick else "12x32x512")
     layers, samples, seq_len = (int(part) for part in shape.split("x"))
     quality = {} if args.skip_quality else _quality(args.quick)
-    cost = {} if args.skip_cost else _cost(layers, samples, seq_len)
+    cost = {} if args.skip_cost else _cost(layers, samples, seq_len, args.compare_batch)
     from rich.console import Console
 
     console = Console()
@@ -219,7 +236,7 @@ def _print_quality(console, quality: dict) -> None:  # noqa: ANN001
     for method, row in quality["ppl"].items():
         for pattern, value in row.items():
             table.add_row(f"{method} {pattern}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
-    for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", "ppl_depth_influence", "ppl_depth_last"):
+    for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", *(k for k in quality if k.startswith("ppl_depth_"))):
         table.add_row(key.removeprefix("ppl_"), f"{quality[key]:.3f}", f"{quality[key] - quality['ppl_dense']:+.3f}")
     console.print(table)
 
@@ -231,6 +248,7 @@ def _print_cost(console, cost: dict) -> None:  # noqa: ANN001
     cost_table.add_column("figure")
     cost_table.add_column("value", justify="right")
     for key in (
+        "batch_size",
         "forward_seconds",
         "wanda_seconds",
         "sparsegpt_seconds",
@@ -242,6 +260,8 @@ def _print_cost(console, cost: dict) -> None:  # noqa: ANN001
     ):
         value = cost[key]
         cost_table.add_row(key, f"{value:.3f}" if isinstance(value, float) else f"{value:,}")
+    for key, value in cost.get("compare_batch", {}).items():
+        cost_table.add_row(f"at compare batch: {key}", f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(cost_table)
 
 

@@ -54,6 +54,9 @@ def test_one_failing_bound_fails_the_gate_unless_require_any_finds_a_passing_can
         ("gradual 50%", False),  # 7 points
         ("gradual 50%", False),  # 2x
     ]
+    summary = every.summary()
+    assert summary.startswith("gate FAILED (require all): gradual 50%: accuracy drop <= 1 pt, got 7.00 pt")
+    assert "gradual 50%: compression >= 4x" in summary and "gradual 90%" not in summary
     assert evaluate_gate(results, bounds, require="any").passed
     assert evaluate_gate(results, bounds, candidate="gradual 90%").passed
     with pytest.raises(ConfigError, match=r"no candidate 'nope'.*gradual 90%"):

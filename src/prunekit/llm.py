@@ -11,9 +11,10 @@ Example::
 
 from __future__ import annotations
 
+from prunekit.core.allocator import return_large_frees
 from prunekit.torch.llm.calibration import calibration_tokens
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
-from prunekit.torch.llm.depth import DepthResult, block_influence, prune_depth, remove_blocks
+from prunekit.torch.llm.depth import DepthResult, block_influence, prune_depth, remove_blocks, skip_perplexity
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack
 from prunekit.torch.llm.evaluate import Perplexity, comparison_rows, layer_sparsity, model_report, perplexity
 from prunekit.torch.llm.methods import LayerTask, LLMMethod
@@ -51,6 +52,8 @@ __all__ = [
     "prune_depth",
     "prune_width",
     "remove_blocks",
+    "return_large_frees",
     "save_pruned",
+    "skip_perplexity",
     "train_small_lm",
 ]

@@ -41,11 +41,14 @@ class CheckedInput(nn.Module):
     def __init__(self, num_channels: int) -> None:
         super().__init__()
         self.num_channels = num_channels
+        self.smoothing = num_channels  # a setting that happens to equal the width, compared with a literal
         self.proj = nn.Linear(num_channels, DIM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.num_channels:
             raise ValueError(f"expected {self.num_channels} channels, got {x.shape[-1]}")
+        if self.smoothing > 1:
+            x = x * (1.0 - 1.0 / self.smoothing)
         return self.proj(x)
 
 
@@ -85,6 +88,7 @@ def test_a_width_the_code_checks_follows_the_pruned_input_and_is_replayed(tmp_pa
     model, inputs = _build()
     result = prune_channels(model, inputs, 0.5)
     assert result.model.embed.num_channels == 6 and tuple(result.model.embed.proj.weight.shape) == (DIM // 2, 6)
+    assert result.model.embed.smoothing == 12  # compared with a literal: a setting, not a size check
     assert tuple(result.model.block.gates.weight.shape) == (DIM + 1, DIM // 2)
     save_pruned(result, tmp_path / "net.safetensors")
     reloaded = load_pruned(tmp_path / "net.safetensors", lambda: _build()[0])

@@ -75,10 +75,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--max-tokens", type=int, help="evaluate the first tokens only")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object (perplexity, tokens, seconds, ...)")
 
-    depth = sub.add_parser("depth", help="remove whole decoder blocks by block influence (or the last ones)")
+    depth = sub.add_parser("depth", help="remove whole decoder blocks by influence or perplexity (or the last ones)")
     depth.add_argument("model", metavar="MODEL_DIR")
     depth.add_argument("--remove", type=float, default=0.25, help="fraction (< 1) or count (>= 1) of blocks to remove")
-    depth.add_argument("--criterion", choices=["influence", "last"], default="influence")
+    depth.add_argument(
+        "--criterion",
+        default="influence",
+        help="influence (default; one pass), perplexity (one forward pass per block) or last",
+    )
     _calibration_args(depth, 32, 512)
 
     width = sub.add_parser("width", help="remove MLP neurons and attention KV groups (a physically smaller model)")
@@ -248,6 +252,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from prunekit.llm import ensure_small_lm, load_model_dir, model_report, prune, prune_depth
     from prunekit.methods import list_methods
+    from prunekit.torch.llm.depth import CRITERIA
 
     directory = ensure_small_lm(rebuild=args.rebuild, log=lambda line: print(line, file=sys.stderr))
     model, tokenizer = load_model_dir(directory)
@@ -269,7 +274,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                 progress=not args.json,
             )
             reports[f"{method.name} {pattern or '50%'}"] = model_report(model, valid, tokenizer, max_tokens=args.max_tokens)
-    for criterion in ("influence", "last"):
+    for criterion in CRITERIA:
         fresh, _ = load_model_dir(directory)
         with torch.no_grad():
             prune_depth(
@@ -284,5 +289,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunekit.core.allocator import return_large_frees
+
+    return_large_frees()  # this process is ours: freed tensors go back to the system (peak memory)
     handlers = {"prune": _run_prune, "eval": _run_eval, "depth": _run_depth, "width": _run_width, "demo": _run_demo}
     return handlers[args.llm_command](args)

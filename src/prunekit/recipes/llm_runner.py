@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prunekit.core.allocator import return_large_frees
 from prunekit.core.atomic import atomic_write_text
 from prunekit.core.tables import ResultTable
 from prunekit.errors import ConfigError
@@ -42,6 +43,8 @@ def run_llm_recipe(
     """
     from prunekit.llm import BlockCheckpoint, comparison_rows, lm_profile, load_model_dir, model_report, prune, save_pruned
     from prunekit.torch.llm.sequential import prepare_tokens
+
+    return_large_frees()  # recipes run in prunekit's own process: freed tensors go back to the system
 
     config = recipe.llm
     if config is None:

@@ -106,7 +106,8 @@ class GateVerdict:
             return (
                 f"gate passed: {candidates - len(failed)} of {candidates} candidate(s) meet every bound (require {self.require})"
             )
-        return f"gate FAILED (require {self.require}): {', '.join(failed)} fail a bound"
+        reasons = "; ".join(f"{c.candidate}: {c.bound}, got {c.value}" for c in self.checks if not c.passed)
+        return f"gate FAILED (require {self.require}): {reasons}"
 
     def to_junit(self) -> str:
         """JUnit XML: one test suite, one test case per check (skipped candidates as skipped cases)."""

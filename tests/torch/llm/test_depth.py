@@ -7,8 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from prunekit.errors import ConfigError
-from prunekit.torch.llm.depth import block_influence, prune_depth, remove_blocks
+from prunekit.torch.llm.depth import block_influence, prune_depth, remove_blocks, skip_perplexity
 from prunekit.torch.llm.discovery import find_decoder_stack
+from prunekit.torch.llm.evaluate import perplexity
 from prunekit.torch.llm.saving import save_pruned
 from tests.torch.llm.tiny import tiny_model, tokens
 
@@ -62,3 +63,29 @@ def test_last_criterion_and_bad_amounts():
             prune_depth(tiny_model("llama", num_hidden_layers=4), tokens(), remove=bad, n_samples=4, seq_len=32)
     with pytest.raises(ConfigError, match="criterion"):
         prune_depth(model, tokens(), criterion="random")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_skip_perplexity_is_the_perplexity_with_that_block_removed(family):
+    layers = {"n_layer": 3} if family == "gpt2" else {"num_hidden_layers": 3}
+    model = tiny_model(family, **layers)
+    ids = tokens(4, 16)
+    got = skip_perplexity(model, ids, batch_size=3)
+    for index in range(3):
+        without = tiny_model(family, **layers)  # same seed, same weights
+        remove_blocks(without, [index])
+        expected = perplexity(without, ids.reshape(-1), context=16).perplexity
+        assert got[index] == pytest.approx(expected, rel=1e-4), index
+    assert len(set(round(p, 3) for p in got)) == 3  # the blocks differ: the score tells them apart
+
+
+def test_the_perplexity_criterion_removes_the_blocks_missed_least():
+    model = tiny_model("llama", num_hidden_layers=4)
+    ids = tokens(4, 32)
+    scores = skip_perplexity(tiny_model("llama", num_hidden_layers=4), ids)
+    result = prune_depth(model, ids, remove=2, criterion="perplexity", n_samples=4, seq_len=32)
+    assert result.removed == sorted(sorted(range(4), key=lambda i: scores[i])[:2])
+    assert result.skip_perplexity == pytest.approx(scores) and result.influence == []
+    assert model.config.num_hidden_layers == 2
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        prune_depth(tiny_model("llama", num_hidden_layers=4), criterion="perplexity")

@@ -48,6 +48,60 @@ def available_bytes(device: torch.device | None) -> int | None:
     return None
 
 
+# The estimated transient intermediates of one batch may take this share of the model's bytes.
+# Under the benchmark's timing malloc pin, RSS grew 2-5x the estimate per extra sequence (glibc kept
+# the freed heap): with a sixth, GPT-2 small at 32 x 512 gets 2 sequences per call (Wanda's peak
+# 1.67x the model there, 2.37x with 4; 1.27x with prunekit.core.allocator.return_large_frees).
+TRANSIENT_SHARE = 1 / 6
+# ... but never less than this (a small model's memory is small anyway; its speed is not) ...
+MIN_TRANSIENT_BYTES = 64 * 2**20
+# ... and a batch need not exceed this many tokens: the block's matmuls run at full speed by then.
+MAX_BATCH_TOKENS = 2048
+
+
+def _projection_shapes(stack: DecoderStack) -> list[torch.Size]:
+    """The (out, in) shapes of the first block's projections."""
+    return [weight_matrix(m).shape for name, m in stack.blocks[0].named_modules() if name in stack.projections[0]]
+
+
+def _widths(model: nn.Module, stack: DecoderStack) -> tuple[int, int, int]:
+    """``(hidden, heads, widest projection side)`` from the config and the first block's projections."""
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    widest = max((max(s) for s in _projection_shapes(stack)), default=hidden)
+    return hidden or widest, heads, widest
+
+
+def transient_bytes_per_sequence(model: nn.Module, stack: DecoderStack, seq_len: int) -> int:
+    """Bytes one calibration sequence adds while a block runs: attention scores and four widest-projection buffers (float32).
+
+    Example::
+
+        transient_bytes_per_sequence(model, find_decoder_stack(model), 512)
+    """
+    _, heads, widest = _widths(model, stack)
+    return seq_len * (heads * seq_len + 4 * widest) * 4
+
+
+def default_batch_size(model: nn.Module, stack: DecoderStack, n_samples: int, seq_len: int) -> int:
+    """Calibration sequences per block call: the most whose transient intermediates fit the budget.
+
+    The budget is ``TRANSIENT_SHARE`` of the model's bytes (at least ``MIN_TRANSIENT_BYTES``), so
+    the memory a run adds stays proportional to the model, while a batch of up to
+    ``MAX_BATCH_TOKENS`` tokens keeps the matmuls large enough to run at full speed: a small
+    model gets the full batch, a model whose sequences are long beside its size gets fewer
+    sequences per call (at least one).
+
+    Example::
+
+        default_batch_size(model, find_decoder_stack(model), n_samples=32, seq_len=512)  # 2 for GPT-2 small
+    """
+    budget = max(TRANSIENT_SHARE * model_bytes(model), MIN_TRANSIENT_BYTES)
+    fits = int(budget // max(1, transient_bytes_per_sequence(model, stack, seq_len)))
+    return max(1, min(n_samples, fits, MAX_BATCH_TOKENS // max(1, seq_len)))
+
+
 def estimate_bytes(
     model: nn.Module, stack: DecoderStack, shape: tuple[int, int], batch_size: int, *, hessian: bool
 ) -> dict[str, int]:
@@ -58,15 +112,10 @@ def estimate_bytes(
         estimate_bytes(model, stack, (128, 2048), 4, hessian=True)["activations"]
     """
     n, length = shape
-    config = getattr(model, "config", None)
-    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
-    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
-    first = stack.blocks[0]
-    widths = [weight_matrix(m).shape for name, m in first.named_modules() if name in stack.projections[0]]
-    widest = max((max(s) for s in widths), default=hidden)
-    hidden = hidden or widest
+    hidden, _, _ = _widths(model, stack)
+    widths = _projection_shapes(stack)
     activations = n * length * hidden * 4
-    intermediates = batch_size * length * (heads * length + 4 * widest) * 4
+    intermediates = batch_size * transient_bytes_per_sequence(model, stack, length)
     stats = sum(s[1] * s[1] * 4 for s in widths) if hessian else sum(s[1] * 4 for s in widths)
     return {"activations": activations, "intermediates": intermediates, "statistics": stats}
 

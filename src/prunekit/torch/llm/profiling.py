@@ -21,6 +21,7 @@ from torch import nn
 
 from prunekit.artifacts.profile import OutputProfile, ReferenceProfile, confidence_counts, profile_tensor
 from prunekit.errors import ConfigError
+from prunekit.torch.llm.capture import model_device
 
 INPUT_NAME = "input_ids"
 OUTPUT_NAME = "logits"
@@ -37,7 +38,7 @@ def lm_profile(model: nn.Module, tokens: torch.Tensor, *, max_tokens: int = 8192
         raise ConfigError(f"lm_profile needs (sequences, length) integer token ids, got {tuple(tokens.shape)} {tokens.dtype}")
     rows = max(1, min(tokens.shape[0], max_tokens // tokens.shape[1]))
     ids = tokens[:rows]
-    device = next(model.parameters()).device
+    device = model_device(model)
     per_call = max(1, chunk_tokens // ids.shape[1])
     predicted, confidence = [], []
     was_training = model.training

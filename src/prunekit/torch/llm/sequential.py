@@ -24,7 +24,7 @@ from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
 from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inputs, on_device
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
-from prunekit.torch.llm.memory import check_memory, resolve_device
+from prunekit.torch.llm.memory import check_memory, default_batch_size, resolve_device
 from prunekit.torch.llm.methods import LayerTask, LLMMethod
 from prunekit.torch.llm.progress import block_progress
 from prunekit.torch.llm.ratios import glob_sparsities, outlier_ratio, owl_sparsities
@@ -111,15 +111,6 @@ def prepare_tokens(
     return calibration_tokens(
         calibration, tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed, vocab_size=_vocab_size(model)
     )
-
-
-def default_batch_size(n_samples: int, seq_len: int, tokens_per_batch: int = 512) -> int:
-    """Calibration sequences per block call: about ``tokens_per_batch`` tokens, at least one sequence.
-
-    512 tokens keep a block's transient intermediates (MLP activations, attention) small beside the
-    calibration activations held for the whole run, while the matmuls stay large enough to run fast.
-    """
-    return max(1, min(n_samples, tokens_per_batch // seq_len))
 
 
 class _StatsCollector:
@@ -295,7 +286,7 @@ def prune(
         if calibration is None:
             raise ConfigError(f"method {name!r} needs calibration data: a text file, a list of strings or token ids")
         tokens = prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
-        batch_size = batch_size or default_batch_size(tokens.shape[0], tokens.shape[1])
+        batch_size = batch_size or default_batch_size(model, stack, tokens.shape[0], tokens.shape[1])
         check_memory(model, stack, tokens.shape, batch_size, hessian=handler.statistics == "hessian", device=work_device)
     identity = {
         "method": name,

@@ -25,8 +25,8 @@ from prunekit.errors import ConfigError
 from prunekit.torch.llm.calibration import CalibrationSource
 from prunekit.torch.llm.capture import capture_block_inputs, on_device
 from prunekit.torch.llm.discovery import find_decoder_stack, is_transposed, weight_matrix
-from prunekit.torch.llm.memory import resolve_device
-from prunekit.torch.llm.sequential import _run_block, _StatsCollector, block_projections, default_batch_size, prepare_tokens
+from prunekit.torch.llm.memory import default_batch_size, resolve_device
+from prunekit.torch.llm.sequential import _run_block, _StatsCollector, block_projections, prepare_tokens
 
 
 @dataclass
@@ -169,7 +169,7 @@ def prune_width(
     work_device = resolve_device(device)
     stack = find_decoder_stack(model)
     tokens = prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
-    batch_size = batch_size or default_batch_size(tokens.shape[0], tokens.shape[1])
+    batch_size = batch_size or default_batch_size(model, stack, tokens.shape[0], tokens.shape[1])
     batches = capture_block_inputs(model, stack, tokens, batch_size)
     if work_device is not None:
         batches = [b.to(work_device) for b in batches]

@@ -189,18 +189,22 @@ def _size_arguments(graph: DependencyGraph, op: Any, expected: dict) -> list[tup
 
 @functools.lru_cache(maxsize=256)
 def _compared_names(source: str | None) -> frozenset[str]:
-    """Attribute names the code compares with something (``if c != self.num_channels: raise``)."""
+    """Attribute names the code compares with a computed value (``if c != self.num_channels: raise``).
+
+    A comparison with a literal (``if self.sr_ratio > 1``) is a setting, not a size check: its
+    attributes are left out, however their values happen to match a shrinking dimension."""
     tree = _parsed(source) if source is not None else None
     if tree is None:
-        return set()
+        return frozenset()
     compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
-    return {
+    return frozenset(
         sub.attr
         for node in compares
+        if not any(isinstance(part, ast.Constant) for part in (node.left, *node.comparators))
         for part in (node.left, *node.comparators)
         for sub in ast.walk(part)
         if isinstance(sub, ast.Attribute)
-    }
+    )
 
 
 def _checked_sizes(graph: DependencyGraph, op: Any, expected: dict, module: nn.Module) -> list[tuple[str, int, int]]:

@@ -28,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from prunekit.core.rule_maps import check_rule_map, rule_for
 from prunekit.errors import ConfigError
 
 
@@ -271,29 +272,13 @@ RuleMap = Mapping[type, ChannelRule]
 
 def check_rules(rules: Any) -> dict[type, ChannelRule]:
     """Validate a ``rules=`` argument: a mapping from Keras layer classes to :class:`ChannelRule` objects."""
-    if rules is None:
-        return {}
-    if not isinstance(rules, Mapping):
-        raise ConfigError(f"rules should be a mapping {{LayerClass: ChannelRule()}}, got {type(rules).__name__}")
-    for key, rule in rules.items():
-        if not (isinstance(key, type) and issubclass(key, keras.layers.Layer)):
-            raise ConfigError(f"rules: key {key!r} should be a keras.layers.Layer subclass (the class, not an instance)")
-        if not isinstance(rule, ChannelRule):
-            raise ConfigError(
-                f"rules[{key.__name__}] should be a ChannelRule instance (prunekit.keras.structured.rules), "
-                f"got {type(rule).__name__}"
-            )
-    return dict(rules)
-
-
-def rule_for(layer: Any, *maps: RuleMap) -> ChannelRule | None:
-    """The rule for the most specific class of ``layer``, searching each map in turn (the user's first)."""
-    for rules in maps:
-        for cls in type(layer).__mro__:
-            rule = rules.get(cls)
-            if rule is not None:
-                return rule
-    return None
+    return check_rule_map(
+        rules,
+        layer_base=keras.layers.Layer,
+        layer_label="a keras.layers.Layer",
+        rule_type=ChannelRule,
+        package="prunekit.keras.structured.rules",
+    )
 
 
 def default_filters(layer: Any, weight: str, dim: int) -> np.ndarray:

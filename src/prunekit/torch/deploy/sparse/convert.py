@@ -138,6 +138,12 @@ def choose_kernel(
     return min(options, key=lambda name: times[name]), times
 
 
+def timed_layouts(layout: Layout) -> list[Layout]:
+    """The layouts a layer is timed in: the one its zeros fit and, for blocks or N:M, CSR too
+    (whose kernels can be faster at the deployment batch)."""
+    return [layout] if layout.kind == "csr" else [layout, Layout("csr", int8=layout.int8)]
+
+
 def _verdict(times: dict[str, float], best: str) -> str:
     """``"3.10x faster"``, with the other sparse layouts' ms when several were tried."""
     others = ", ".join(f"{name} {ms:.3f} ms" for name, ms in times.items() if name not in ("dense", best))
@@ -270,9 +276,8 @@ def _choose(
         reason = f"sparsity {sparsity:.2f} is below min_sparsity {min_sparsity:.2f}"
         return LayerChoice(name, kind, shape, sparsity, "-", None, None, False, reason)
     layout = detect_layout(weight.reshape(weight.shape[0], -1))
-    layouts = [layout] if layout.kind == "csr" else [layout, Layout("csr", int8=layout.int8)]
     options: dict[str, nn.Module] = {}
-    for candidate in layouts:
+    for candidate in timed_layouts(layout):
         if isinstance(module, nn.Conv2d):
             conv = SparseConv2d.from_conv(module, candidate)
             options[candidate.describe() + ("" if conv.pointwise else " im2col")] = conv

@@ -182,12 +182,17 @@ def nm_matmul(
     out_features, kept = values.shape
     if HAVE_NUMBA if use_numba is None else use_numba:
         # N:M rows are CSR rows of equal length: the CSR kernels with a regular row pointer
-        indptr = np.arange(0, out_features * kept + 1, kept, dtype=np.int64)
-        weight = (indptr, columns.reshape(-1), values.reshape(-1), scale)
+        weight = (_regular_indptr(out_features, kept), columns.reshape(-1), values.reshape(-1), scale)
         return _run("csr", values.size * x.shape[0], weight, bias, x, out_features)
     gathered = x[:, torch.from_numpy(columns.reshape(-1).astype(np.int64))].reshape(x.shape[0], out_features, kept)
     weight = torch.from_numpy(values.astype(np.float32) * scale[:, None])
     return _plus(torch.einsum("tok,ok->to", gathered, weight), bias)
+
+
+@functools.lru_cache(maxsize=64)
+def _regular_indptr(rows: int, per_row: int) -> np.ndarray:
+    """The CSR row pointer of ``rows`` rows of ``per_row`` values each (built once per layer shape)."""
+    return np.arange(0, rows * per_row + 1, per_row, dtype=np.int64)
 
 
 def dense_skip_matmul(

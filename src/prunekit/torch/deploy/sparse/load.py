@@ -31,9 +31,10 @@ from prunekit.torch.deploy.sparse.convert import (
     _verdict,
     choose_kernel,
     time_candidates,
+    timed_layouts,
 )
 from prunekit.torch.deploy.sparse.formats import BSR, CSR, Layout, NMPacked, detect_layout_coo
-from prunekit.torch.deploy.sparse.layers import SparseLinear
+from prunekit.torch.deploy.sparse.layers import SparseLinear, pack
 from prunekit.torch.structured.plan import PLAN_FORMAT, apply_plan
 
 
@@ -162,9 +163,8 @@ def _keep_faster(model: nn.Module, example_input: Any, report: SparseReport, rep
             if layer.bias is not None:
                 dense.bias.copy_(layer.bias)
         options: dict[str, nn.Module] = {layer.layout.describe(): layer}
-        if layer.layout.kind != "csr":
-            csr = Layout("csr", int8=layer.layout.int8)
-            options[csr.describe()] = SparseLinear(CSR.from_dense(weight, csr.int8), layer.bias, csr)
+        for other in timed_layouts(layer.layout)[1:]:
+            options[other.describe()] = SparseLinear(pack(weight, other), layer.bias, other)
         del weight
         best, times = choose_kernel(dense, options, x, repeats, timer)
         choice.dense_ms, choice.sparse_ms, choice.layout = times["dense"], times[best], best

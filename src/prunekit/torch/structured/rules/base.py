@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
+from prunekit.core.rule_maps import check_rule_map, rule_for
 from prunekit.errors import ConfigError
 from prunekit.torch.structured.labels import FIXED, Labels, LabelState, tensor_refs
 from prunekit.torch.structured.tracing import OpRecord, TensorRef
@@ -322,30 +323,9 @@ RuleMap = Mapping[type, ChannelRule]
 
 def check_rules(rules: Any) -> dict[type, ChannelRule]:
     """Validate a ``rules=`` argument: a mapping from module classes to :class:`ChannelRule` objects."""
-    if rules is None:
-        return {}
-    if not isinstance(rules, Mapping):
-        raise ConfigError(f"rules should be a mapping {{ModuleClass: ChannelRule()}}, got {type(rules).__name__}")
-    checked: dict[type, ChannelRule] = {}
-    for key, rule in rules.items():
-        if not (isinstance(key, type) and issubclass(key, nn.Module)):
-            raise ConfigError(f"rules: key {key!r} should be an nn.Module subclass (the class, not an instance)")
-        if not isinstance(rule, ChannelRule):
-            raise ConfigError(
-                f"rules[{key.__name__}] should be a ChannelRule instance (prunekit.torch.structured.rules), "
-                f"got {type(rule).__name__}"
-            )
-        checked[key] = rule
-    return checked
-
-
-def rule_for(module: nn.Module, rules: RuleMap) -> ChannelRule | None:
-    """The rule of the most specific class of ``module`` found in ``rules`` (by its MRO)."""
-    for cls in type(module).__mro__:
-        rule = rules.get(cls)
-        if rule is not None:
-            return rule
-    return None
+    return check_rule_map(
+        rules, layer_base=nn.Module, layer_label="an nn.Module", rule_type=ChannelRule, package="prunekit.torch.structured.rules"
+    )
 
 
 def black_box_modules(model: nn.Module, rules: RuleMap) -> dict[str, ChannelRule]:
