@@ -1,4 +1,4 @@
-"""Format version 2 of the compact file: entropy-coded values and index streams, version 1 files, crafted streams."""
+"""Compact files of format versions 1 and 2 (a safetensors tensor per part) still read, and crafted ones are refused."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ import zlib
 import numpy as np
 import pytest
 from safetensors.numpy import load as load_st
-from safetensors.numpy import save as save_st
 
-from prunekit.artifacts.compact import FORMAT_VERSION, _lzma_filters, load_compact, load_compact_sparse, save_compact
+from prunekit.artifacts.compact import load_compact, load_compact_sparse
+from prunekit.artifacts.compact_codecs import lzma_filters
 from prunekit.errors import CorruptFileError
+from tests.production.compact_v2 import crc as _crc
+from tests.production.compact_v2 import write_meta as _write
+from tests.production.compact_v2 import write_v2
 
 _CODERS = {
     "zlib": (lambda data: zlib.compress(data, 9), zlib.decompress),
     "lzma": (
-        lambda data: lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data))),
-        lambda data: lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(1 << 23)),
+        lambda data: lzma.compress(data, format=lzma.FORMAT_RAW, filters=lzma_filters("lzma", len(data))),
+        lambda data: lzma.decompress(data, format=lzma.FORMAT_RAW, filters=lzma_filters("lzma", 1 << 23)),
     ),
 }
 
@@ -48,27 +51,15 @@ def _metadata(path) -> dict:
     return json.loads(json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]["prunekit"])
 
 
-def _write(path, meta, parts) -> None:
-    text = json.dumps(meta)
-    path.write_bytes(save_st(parts, metadata={"prunekit": text, "prunekit_crc32": str(zlib.crc32(text.encode()))}))
-
-
-def _crc(*parts) -> int:
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part.tobytes(), crc)
-    return crc
-
-
-def test_int8_values_are_entropy_coded_and_round_trip_equal(tmp_path):
+def test_a_version_2_int8_file_with_coded_values_loads_equal(tmp_path):
     state = {"fc.weight": _pruned((256, 512), levels=6), "fc.bias": np.linspace(-1, 1, 256, dtype=np.float32)}
-    header = save_compact(state, tmp_path / "m.safetensors", dtype="int8")
+    write_v2(tmp_path / "m.safetensors", state, dtype="int8")
+    arrays, header = load_compact(tmp_path / "m.safetensors")
     entry = header.tensors["fc.weight"]
-    assert header.format_version == FORMAT_VERSION == 2
+    assert header.format_version == 2
     assert entry.values_codec in ("zlib", "lzma") and entry.index_codec in ("zlib", "lzma")
     stored = load_st((tmp_path / "m.safetensors").read_bytes())
     assert stored["fc.weight:values"].nbytes < entry.nnz  # fewer bytes than one int8 per nonzero
-    arrays, _ = load_compact(tmp_path / "m.safetensors")
     expected, _, _ = _int8_expected(state["fc.weight"])
     np.testing.assert_array_equal(arrays["fc.weight"], expected)
     np.testing.assert_array_equal(arrays["fc.bias"], state["fc.bias"])  # vectors stay exact
@@ -81,7 +72,7 @@ def test_int8_values_are_entropy_coded_and_round_trip_equal(tmp_path):
 def test_each_codec_round_trips_fp32_values_bit_for_bit(tmp_path, codec, layout_sparsity):
     weights = _pruned((128, 128), layout_sparsity, levels=5)
     path = tmp_path / "m.safetensors"
-    save_compact({"w": weights}, path)
+    write_v2(path, {"w": weights})
     meta, stored = _metadata(path), load_st(path.read_bytes())
     entry = meta["tensors"]["w"]
     raw = stored["w:values"].tobytes()
@@ -131,7 +122,7 @@ def test_a_version_1_file_still_loads(tmp_path):
 @pytest.mark.parametrize("codec", ["zlib", "lzma"])
 def test_a_values_stream_that_inflates_past_its_shape_is_refused_before_it_balloons(tmp_path, codec):
     # 64 MiB of zeros in a few KB, compressed a MiB at a time so that building it does not raise the peak RSS
-    coder = zlib.compressobj(9) if codec == "zlib" else lzma.LZMACompressor(lzma.FORMAT_RAW, filters=_lzma_filters(2**26))
+    coder = zlib.compressobj(9) if codec == "zlib" else lzma.LZMACompressor(lzma.FORMAT_RAW, filters=lzma_filters("lzma", 2**26))
     chunk = bytes(2**20)
     bomb = np.frombuffer(b"".join(coder.compress(chunk) for _ in range(64)) + coder.flush(), np.uint8)
     index = np.frombuffer(np.packbits(np.ones(16, bool), bitorder="little").tobytes(), np.uint8)
@@ -147,8 +138,8 @@ def test_a_values_stream_that_inflates_past_its_shape_is_refused_before_it_ballo
 
 def _coded_file(tmp_path):
     path = tmp_path / "m.safetensors"
-    header = save_compact({"fc.weight": _pruned((256, 512), levels=6)}, path, dtype="int8")
-    assert header.tensors["fc.weight"].values_codec != "none"
+    meta = write_v2(path, {"fc.weight": _pruned((256, 512), levels=6)}, dtype="int8")
+    assert meta["tensors"]["fc.weight"]["zv"] != "none"
     return path
 
 
@@ -181,5 +172,5 @@ def test_an_unknown_codec_is_refused_naming_the_field(tmp_path):
     meta, stored = _metadata(path), load_st(path.read_bytes())
     meta["tensors"]["fc.weight"]["zv"] = "brotli"
     _write(path, meta, stored)
-    with pytest.raises(CorruptFileError, match=r"tensor 'fc\.weight'.*field 'zv' should be one of none, zlib, lzma"):
+    with pytest.raises(CorruptFileError, match=r"tensor 'fc\.weight'.*field 'zv' should be one of none, zlib, lzma, lzmaCPB"):
         load_compact(path)

@@ -25,7 +25,6 @@ naming the file and tensor for a truncated, corrupted or newer-version file.
 from __future__ import annotations
 
 import json
-import lzma
 import math
 import os
 import zlib
@@ -36,17 +35,20 @@ from typing import Any
 
 import numpy as np
 
+from prunekit.artifacts.compact_codecs import candidates, is_codec, pack, unpack
 from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError, CorruptFileError
 
 FORMAT_NAME = "prunekit.artifacts.compact"
-FORMAT_VERSION = 2  # 2: values may be entropy-coded and the index may be lzma; version 1 files still read
+FORMAT_VERSION = 3  # 3: one data blob + a coded table; 2: a safetensors tensor per coded part; 1: raw values
 STORAGE_DTYPES = ("fp32", "fp16", "int8")
 _META_KEY = "prunekit"
 _META_CRC_KEY = "prunekit_crc32"
 _MAX_GAP = 256  # one index byte encodes a gap of 1..256 elements
-_CODECS = ("none", "zlib", "lzma")
-_LZMA_MAX_DICT = 1 << 23  # 8 MiB: bounds the lzma decoder's memory whatever a file declares
+_TABLE, _DATA = "prunekit:table", "prunekit:data"  # the two safetensors tensors of a version 3 file
+_PARTS = ("values", "index", "scale")  # the order a tensor's CRC-32 runs over its parts
+_GROUP_BYTES = 1 << 16  # dense parts up to this size share one stream (one codec warm-up for all of them)
+_MAX_TABLE_BYTES = 1 << 28  # a table (a few hundred bytes per tensor) never needs more
 _MAX_DIM = 2**40  # no real tensor dimension is this large; a bigger one is a crafted file
 #: Default cap on the bytes a compact file may declare (decoded tensors), checked before anything is decoded.
 MAX_DECODED_BYTES = 2**36
@@ -121,8 +123,8 @@ class TensorEntry:
         if entry.layout not in ("dense", "bitmask", "gaps"):
             raise ValueError(f"field 'layout' should be dense, bitmask or gaps, got {entry.layout!r}")
         for key, codec in (("zi", entry.index_codec), ("zv", entry.values_codec)):
-            if codec not in _CODECS:
-                raise ValueError(f"field {key!r} should be one of {', '.join(_CODECS)}, got {codec!r}"[:200])
+            if not is_codec(codec):
+                raise ValueError(f"field {key!r} should be one of none, zlib, lzma, lzmaCPB, got {codec!r}"[:200])
         if entry.storage == "int8" and not shape:
             raise ValueError("int8 storage needs at least one dimension (its per-channel scales)")
         return entry
@@ -211,74 +213,34 @@ def _gap_bytes(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return stream, slots
 
 
-def _lzma_filters(size: int) -> list[dict[str, int]]:
-    """Raw LZMA2 (no xz container: ~60 bytes less per stream) with a dictionary no larger than ``size`` needs:
-    the writer sizes it to the stream, the reader to the stream's cap (never smaller), so neither the writer's
-    choice nor a crafted file makes the decoder allocate more than the declared shape allows (4 KiB to 8 MiB)."""
-    return [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": min(max(1 << (size - 1).bit_length(), 4096), _LZMA_MAX_DICT)}]
-
-
-def _pack(array: np.ndarray) -> tuple[str, np.ndarray]:
-    """The smallest of ``array`` as it is, deflated and lzma-compressed: (codec, stored array)."""
-    data = array.tobytes()
-    best: tuple[str, np.ndarray] = ("none", array)
-    for codec, packed in (
-        ("zlib", zlib.compress(data, 6)),
-        ("lzma", lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data)))),
-    ):
-        if len(packed) < best[1].nbytes:
-            best = (codec, np.frombuffer(packed, dtype=np.uint8))
-    return best
-
-
-def _unpack(codec: str, data: bytes, cap: int, limit: str) -> bytes:
-    """Inflate ``data`` to at most ``cap`` bytes (bounded, so a crafted stream never balloons in memory);
-    ``ValueError`` naming ``limit`` (what sets the cap) when it is malformed, truncated or would inflate past it."""
-    try:
-        if codec == "zlib":
-            inflater = zlib.decompressobj()
-            out = inflater.decompress(data, cap)
-            done, rest = inflater.eof, bool(inflater.unconsumed_tail or inflater.unused_data)
-        else:
-            unlzma = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(cap))
-            out = unlzma.decompress(data, cap)
-            done, rest = unlzma.eof, bool(unlzma.unused_data)
-    except (zlib.error, lzma.LZMAError) as exc:
-        raise ValueError(f"{codec} stream does not inflate: {exc}") from None
-    if rest or (not done and len(out) >= cap):
-        raise ValueError(f"{codec} stream inflates past the {cap} bytes that {limit} allows")
-    if not done:
-        raise ValueError(f"{codec} stream is truncated")
-    return out
-
-
-def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict[str, np.ndarray]]:
-    """Choose storage and layout for one tensor; return its entry and the arrays to store."""
+def _encode(
+    name: str, array: np.ndarray, dtype: str, codecs: tuple[str, ...]
+) -> tuple[TensorEntry, dict[str, np.ndarray], tuple[str, bytes] | None]:
+    """Choose storage and layout for one tensor: its entry, its uncoded parts (values, index, scale) and
+    the index as coded while choosing the layout (so it is not coded twice)."""
     array = np.require(array, requirements="C")  # not ascontiguousarray: it turns 0-d into 1-d
     if array.dtype.kind not in "biuf":
         raise ConfigError(
             f"tensor {name!r} has dtype {array.dtype}; the compact format stores bool, integer and floating-point tensors only"
         )
     if array.dtype.kind != "f" or array.size == 0:
-        codec, packed = _pack(array.reshape(-1))
-        return _entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": packed}, "none", codec)
+        return (*_entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": array.reshape(-1)}), None)
     array = np.where(array == 0, np.zeros((), array.dtype), array)  # -0.0 -> +0.0; NaN bits untouched
     scale = None
     if dtype == "int8" and array.ndim >= 2:
         values, scale = _quantize_int8(name, array)
-        storage, keep = "int8", values.reshape(-1) != 0
+        storage = "int8"
     elif dtype == "fp16":
         values, storage = array.astype(np.float16), "float16"
-        keep = values.reshape(-1) != 0
     else:
         values, storage = array, "raw"
-        keep = values.reshape(-1) != 0  # NaN is a value
     extra = {} if scale is None else {"scale": scale}
     flat = values.reshape(-1)
+    keep = flat != 0  # NaN is a value
     nnz = int(keep.sum())
-    positions = np.flatnonzero(keep)
     candidates: list[tuple[str, np.ndarray, np.ndarray]] = [("bitmask", np.packbits(keep, bitorder="little"), flat[keep])]
     if nnz:
+        positions = np.flatnonzero(keep)
         stream, slots = _gap_bytes(positions)
         stored = np.zeros(len(stream), dtype=flat.dtype)
         stored[slots] = flat[positions]
@@ -287,26 +249,57 @@ def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict
     # (load_compact_sparse) even where a regular pattern would compress better dense; then the values are coded
     best_size, best = flat.nbytes, None
     for layout, index, stored in candidates:
-        index_codec, index = _pack(index)
-        size = index.nbytes + stored.nbytes + 64  # a part costs about 64 header bytes
+        coded = pack(index.tobytes(), codecs)
+        size = len(coded[1]) + stored.nbytes + 16  # a stream costs about 16 table bytes
         if size < best_size:
-            best_size, best = size, (layout, index, stored, index_codec)
+            best_size, best = size, (layout, index, stored, coded)
     if best is None:
-        codec, packed = _pack(flat)
-        return _entry(array, storage, "dense", nnz, {"values": packed, **extra}, "none", codec)
-    layout, index, stored, index_codec = best
-    values_codec, stored = _pack(stored)
-    return _entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}, index_codec, values_codec)
+        return (*_entry(array, storage, "dense", nnz, {"values": flat, **extra}), None)
+    layout, index, stored, coded = best
+    return (*_entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}), coded)
 
 
 def _entry(
-    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray], index_codec: str, values_codec: str
+    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray]
 ) -> tuple[TensorEntry, dict[str, np.ndarray]]:
     crc = 0
     for part in parts.values():
         crc = zlib.crc32(part.tobytes(), crc)
-    entry = TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc, index_codec, values_codec)
-    return entry, parts
+    return TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc), parts
+
+
+@dataclass
+class _Streams:
+    """The data blob being built: coded streams, and the small dense parts waiting to share one stream."""
+
+    codecs: tuple[str, ...]
+    table: list[list[Any]] = field(default_factory=list)  # [codec, stored bytes, raw bytes, CRC-32 of the stored bytes]
+    blobs: list[bytes] = field(default_factory=list)
+    small: list[tuple[int, list[int], bytes]] = field(default_factory=list)  # (item size, its reference, raw bytes)
+
+    def add(self, raw: bytes, coded: tuple[str, bytes] | None = None) -> list[int]:
+        """Code ``raw`` as a stream of its own; its reference ``[stream, offset, bytes]``."""
+        codec, stored = coded or pack(raw, self.codecs)
+        self.table.append([codec, len(stored), len(raw), zlib.crc32(stored)])
+        self.blobs.append(stored)
+        return [len(self.table) - 1, 0, len(raw)]
+
+    def add_small(self, part: np.ndarray) -> list[int]:
+        """Queue a small part for the shared stream; its reference is filled in by :meth:`finish`."""
+        reference = [0, 0, part.nbytes]
+        self.small.append((part.dtype.itemsize, reference, part.tobytes()))
+        return reference
+
+    def finish(self) -> bytes:
+        """Code the shared stream (wider items first, so every item stays aligned to its size) and join all."""
+        if self.small:
+            self.small.sort(key=lambda item: -item[0])
+            offset, stream = 0, len(self.table)
+            for _, reference, raw in self.small:
+                reference[0], reference[1] = stream, offset
+                offset += len(raw)
+            self.add(b"".join(raw for _, _, raw in self.small))
+        return b"".join(self.blobs)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -339,7 +332,7 @@ def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.
             raise corrupt(f"entropy-coded values stored as {values.dtype}{list(values.shape)}, expected a uint8 vector")
         try:
             count = {"dense": entry.numel, "bitmask": entry.nnz}.get(entry.layout, slots)
-            inflated = _unpack(entry.values_codec, values.tobytes(), count * expected.itemsize, limit)
+            inflated = unpack(entry.values_codec, values.tobytes(), count * expected.itemsize, limit)
         except ValueError as exc:
             raise corrupt(f"values {exc}") from None
         if len(inflated) % expected.itemsize:
@@ -358,7 +351,7 @@ def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.
         if entry.index_codec != "none":
             cap = -(-entry.numel // 8) if entry.layout == "bitmask" else slots  # a bitmask is ceil(numel / 8) bytes
             try:
-                index = np.frombuffer(_unpack(entry.index_codec, index.tobytes(), cap, limit), dtype=np.uint8)
+                index = np.frombuffer(unpack(entry.index_codec, index.tobytes(), cap, limit), dtype=np.uint8)
             except ValueError as exc:
                 raise corrupt(f"index {exc}") from None
         if entry.layout == "bitmask":
@@ -443,7 +436,58 @@ def _read_container(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CorruptFileError(
             f"{path}: the prunekit metadata fails its CRC-32 check (corrupted header); re-export the file with save_compressed"
         )
+    if version >= 3:
+        meta.update(_read_table(path, data, header, 8 + header_len, meta.get("table")))
     return data, meta
+
+
+def _blob(path: Path, data: bytes, header: Mapping[str, Any], base: int, name: str) -> bytes:
+    """The bytes of one uint8 safetensors tensor of a version 3 file, located from the container's own header."""
+    info = header.get(name)
+    offsets = info.get("data_offsets") if isinstance(info, Mapping) else None
+    if (
+        not isinstance(info, Mapping)
+        or info.get("dtype") != "U8"
+        or not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1] <= len(data) - base
+    ):
+        raise CorruptFileError(f"{path}: the container entry {name!r} is missing or malformed (truncated or corrupted file)")
+    return data[base + offsets[0] : base + offsets[1]]
+
+
+def _stream_info(value: Any) -> tuple[str, int, int, int]:
+    """One stream's ``[codec, stored bytes, raw bytes, CRC-32]``; ``ValueError`` when malformed."""
+    if not (isinstance(value, list) and len(value) == 4 and is_codec(value[0]) and all(_is_int(v) and v >= 0 for v in value[1:])):
+        raise ValueError(f"should be [codec, stored bytes, raw bytes, crc], got {value!r}"[:200])
+    return value[0], value[1], value[2], value[3]
+
+
+def _read_table(path: Path, data: bytes, header: Mapping[str, Any], base: int, table: Any) -> dict[str, Any]:
+    """The per-tensor table of a version 3 file (its tensors and streams), checked against its CRC-32 before it
+    is inflated, and inflated no further than the size the plain header declares."""
+    try:
+        codec, size, raw_size, crc = _stream_info(table)
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: metadata field 'table' {exc}") from None
+    stored = _blob(path, data, header, base, _TABLE)
+    if len(stored) != size or zlib.crc32(stored) != crc:
+        raise CorruptFileError(
+            f"{path}: the tensor table fails its CRC-32 check (corrupted file); re-export it with save_compressed"
+        )
+    try:
+        if raw_size > _MAX_TABLE_BYTES:
+            raise ValueError(f"declares {raw_size:,} bytes, over the {_MAX_TABLE_BYTES:,} a table may take")
+        text = unpack(codec, stored, raw_size, "the header")
+        content = json.loads(text) if len(text) == raw_size else None
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: the tensor table is corrupted ({exc})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("streams"), list):
+        raise CorruptFileError(
+            f"{path}: the tensor table is malformed (no 'streams' list); re-export the file with save_compressed"
+        )
+    return {"tensors": content.get("tensors"), "streams": content["streams"], "data": _blob(path, data, header, base, _DATA)}
 
 
 def _header_from_json(path: Path, meta: Mapping[str, Any]) -> CompactHeader:
@@ -487,11 +531,14 @@ def save_compact(
     framework: str = "numpy",
     plan: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    entropy: str = "auto",
 ) -> CompactHeader:
     """Write ``{name: array}`` as a compact sparse file (atomically) and return its header.
 
     ``dtype`` is ``"fp32"`` (exact), ``"fp16"`` or ``"int8"`` (per-channel scales). ``plan`` is an
-    optional JSON-serialisable structured-pruning plan stored in the header.
+    optional JSON-serialisable structured-pruning plan stored in the header. ``entropy`` says how hard
+    each stream's coding is searched: ``"fast"`` (zlib), ``"best"`` (zlib and three lzma models: the
+    smallest file, several times slower) or ``"auto"`` (best up to 64 MiB of tensors, fast above).
 
     Example::
 
@@ -504,23 +551,41 @@ def save_compact(
 
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"dtype should be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
-    entries: dict[str, TensorEntry] = {}
-    stored: dict[str, np.ndarray] = {}
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray):
             raise ConfigError(f"tensor {name!r} is a {type(array).__name__}, expected a numpy array")
-        entry, parts = _encode(name, array, dtype)
+    streams = _Streams(candidates(entropy, sum(array.nbytes for array in arrays.values())))
+    entries: dict[str, TensorEntry] = {}
+    references: dict[str, dict[str, list[int]]] = {}
+    for name, array in arrays.items():
+        entry, parts, coded_index = _encode(name, array, dtype, streams.codecs)
         entries[name] = entry
-        stored.update({f"{name}:{part}": value for part, value in parts.items()})
+        references[name] = {
+            part: streams.add_small(value)
+            if part == "scale" or (entry.layout == "dense" and value.nbytes <= _GROUP_BYTES)
+            else streams.add(value.tobytes(), coded_index if part == "index" else None)
+            for part, value in parts.items()
+        }
+    data = streams.finish()
     header = CompactHeader(
         FORMAT_VERSION, __version__, framework, dtype, entries, dict(plan) if plan is not None else None, dict(extra or {})
     )
+    table = {"streams": streams.table, "tensors": {n: {**e.to_json(), "parts": references[n]} for n, e in entries.items()}}
+    table_text = json.dumps(table, separators=(",", ":")).encode()
+    codec, coded_table = pack(table_text, ("zlib", "lzma"))
+    summary = header.to_json()
+    del summary["tensors"]
+    for key in ("plan", "extra"):
+        if not summary[key]:
+            del summary[key]
+    summary["table"] = [codec, len(coded_table), len(table_text), zlib.crc32(coded_table)]
     try:
-        meta = json.dumps(header.to_json(), separators=(",", ":"), allow_nan=False)
+        meta = json.dumps(summary, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"the plan or extra metadata is not JSON-serialisable: {exc}") from None
     metadata = {_META_KEY: meta, _META_CRC_KEY: str(zlib.crc32(meta.encode()))}
-    atomic_write_bytes(path, save_safetensors(stored, metadata=metadata))
+    blobs = {_TABLE: np.frombuffer(coded_table, dtype=np.uint8), _DATA: np.frombuffer(data, dtype=np.uint8)}
+    atomic_write_bytes(path, save_safetensors(blobs, metadata=metadata))
     return header
 
 
@@ -631,6 +696,8 @@ def _stored_parts(path: Path, max_bytes: int) -> tuple[dict[str, dict[str, np.nd
             f"{path} declares {declared:,} bytes of tensors, over the {max_bytes:,} allowed; if the file is trusted "
             "and really that large, pass a larger max_bytes to load_compact"
         )
+    if header.format_version >= 3:
+        return _inflate_streams(path, meta, header), header
     try:
         stored = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError) as exc:
@@ -643,3 +710,78 @@ def _stored_parts(path: Path, max_bytes: int) -> tuple[dict[str, dict[str, np.nd
             raise CorruptFileError(f"{path}: tensor {name!r} lacks its stored part(s) {', '.join(missing)}")
         tensors[name] = {part: stored[f"{name}:{part}"] for part in needed}
     return tensors, header
+
+
+def _part_cap(entry: TensorEntry, part: str) -> tuple[np.dtype, int]:
+    """The dtype a stored part holds and the most bytes its declared shape and nonzero count allow."""
+    slots = entry.nnz + entry.numel // _MAX_GAP  # a gap stream: the nonzeros plus one filler per 256 elements at most
+    if part == "scale":
+        return np.dtype(np.float32), entry.shape[0] * 4
+    if part == "index":
+        return np.dtype(np.uint8), -(-entry.numel // 8) if entry.layout == "bitmask" else slots
+    dtype = np.dtype({"float16": "float16", "int8": "int8"}.get(entry.storage, entry.dtype))
+    return dtype, {"dense": entry.numel, "bitmask": entry.nnz}.get(entry.layout, slots) * dtype.itemsize
+
+
+def _inflate_streams(path: Path, meta: Mapping[str, Any], header: CompactHeader) -> dict[str, dict[str, np.ndarray]]:
+    """Each tensor's uncoded parts from a version 3 file. Every reference and stream size is checked against the
+    declared shapes, and every stream against its CRC-32, before anything is inflated; no stream inflates
+    further than the parts that reference it."""
+    data: bytes = meta["data"]
+    try:
+        streams = [_stream_info(value) for value in meta["streams"]]
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: a stream of the tensor table {exc}") from None
+    if sum(stream[1] for stream in streams) != len(data):
+        raise CorruptFileError(
+            f"{path} is truncated or corrupted: its streams take {sum(s[1] for s in streams):,} bytes, the file holds {len(data):,}"
+        )
+    users: list[list[str]] = [[] for _ in streams]  # which tensors each stream holds, for messages and size bounds
+    used = [0] * len(streams)
+    references: dict[str, dict[str, tuple[int, int, int, np.dtype]]] = {}
+    for name, entry in header.tensors.items():
+        needed = ["values"] + ([] if entry.layout == "dense" else ["index"]) + (["scale"] if entry.storage == "int8" else [])
+        given = meta["tensors"][name].get("parts")
+        references[name] = {}
+        for part in needed:
+            reference = given.get(part) if isinstance(given, Mapping) else None
+            dtype, cap = _part_cap(entry, part)
+            if not (isinstance(reference, list) and len(reference) == 3 and all(_is_int(r) and r >= 0 for r in reference)):
+                raise CorruptFileError(f"{path}: tensor {name!r} lacks a valid reference to its {part} (field 'parts')")
+            stream, offset, size = reference
+            if stream >= len(streams) or offset + size > streams[stream][2] or size > cap or size % dtype.itemsize:
+                raise CorruptFileError(
+                    f"{path}: tensor {name!r} is corrupted (its {part} reference {reference} does not fit its stream "
+                    f"or the {cap} bytes that shape {entry.shape} with {entry.nnz} nonzeros allows)"
+                )
+            users[stream].append(name)
+            used[stream] += size
+            references[name][part] = (stream, offset, size, dtype)
+    inflated = []
+    for index, (codec, _, raw_size, crc) in enumerate(streams):
+        holders = list(dict.fromkeys(users[index]))
+        names = ("tensors " if len(holders) > 1 else "tensor ") + (", ".join(map(repr, holders)) or "none")
+        start = sum(stream[1] for stream in streams[:index])
+        stored = data[start : start + streams[index][1]]
+        if zlib.crc32(stored) != crc:
+            raise CorruptFileError(
+                f"{path}: {names} is corrupted (CRC-32 {zlib.crc32(stored):#010x} of its stream {index} does not "
+                f"match the recorded {crc:#010x}); re-export the file with save_compressed"
+            )
+        if raw_size > used[index]:
+            raise CorruptFileError(
+                f"{path}: stream {index} ({names}) declares {raw_size} bytes, more than its tensors use ({used[index]})"
+            )
+        try:
+            raw = unpack(codec, stored, raw_size, f"the parts of {names}")
+        except ValueError as exc:
+            raise CorruptFileError(f"{path}: {names} is corrupted (stream {index}: {exc})") from None
+        if len(raw) != raw_size:
+            raise CorruptFileError(
+                f"{path}: {names} is corrupted (stream {index} inflates to {len(raw)} of its {raw_size} bytes)"
+            )
+        inflated.append(raw)
+    return {
+        name: {part: np.frombuffer(inflated[s][o : o + n], dtype=dtype) for part, (s, o, n, dtype) in parts.items()}
+        for name, parts in references.items()
+    }
