@@ -178,3 +178,15 @@ def test_fast_entropy_uses_zlib_only_and_best_is_never_larger(tmp_path):
 def test_an_unknown_entropy_mode_is_a_config_error_listing_the_modes(tmp_path):
     with pytest.raises(ConfigError, match="entropy should be one of auto, fast, best, got 'max'"):
         save_compact(_state(), tmp_path / "m.safetensors", entropy="max")
+
+
+def test_a_stream_longer_than_the_codec_sample_round_trips_bit_for_bit_with_best(tmp_path):
+    from prunekit.artifacts.compact_codecs import SAMPLE_BYTES
+
+    weights = _pruned((256, 1024), 0.5, seed=7)  # 512 KiB of float32 values: coded with the sample's winner
+    assert weights[weights != 0].nbytes > SAMPLE_BYTES
+    save_compact({"w": weights}, tmp_path / "m.safetensors", entropy="best")
+    streams = _open(tmp_path / "m.safetensors")[1]["streams"]
+    assert streams[0][0].startswith("lzma") and streams[0][1] < streams[0][2]  # values: coded and smaller
+    arrays, _ = load_compact(tmp_path / "m.safetensors")
+    assert arrays["w"].tobytes() == weights.tobytes()

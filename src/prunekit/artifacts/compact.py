@@ -246,16 +246,18 @@ def _encode(
         stored[slots] = flat[positions]
         candidates.append(("gaps", stream, stored))
     # the layout is chosen on uncoded values, as in version 1, so a sparse tensor keeps its sparse layout
-    # (load_compact_sparse) even where a regular pattern would compress better dense; then the values are coded
+    # (load_compact_sparse) even where a regular pattern would compress better dense; then the values are coded.
+    # The index sizes compared are zlib's (one fast pass per candidate); only the chosen index gets ``codecs``.
     best_size, best = flat.nbytes, None
     for layout, index, stored in candidates:
-        coded = pack(index.tobytes(), codecs)
+        coded = pack(index.tobytes(), ("zlib",))
         size = len(coded[1]) + stored.nbytes + 16  # a stream costs about 16 table bytes
         if size < best_size:
             best_size, best = size, (layout, index, stored, coded)
     if best is None:
         return (*_entry(array, storage, "dense", nnz, {"values": flat, **extra}), None)
     layout, index, stored, coded = best
+    coded = coded if codecs == ("zlib",) else pack(index.tobytes(), codecs)
     return (*_entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}), coded)
 
 

@@ -22,7 +22,9 @@ _LZMA_NAME = re.compile(r"lzma([0-4])([0-4])([0-4])")
 ENTROPY_MODES = ("auto", "fast", "best")
 #: ``"auto"`` uses ``"best"`` up to this many bytes of input tensors and ``"fast"`` above.
 AUTO_BEST_BYTES = 64 * 2**20
-_CANDIDATES = {"fast": ("zlib",), "best": ("zlib", "lzma", "lzma000", "lzma020")}
+#: Streams longer than this choose their codec on a sample of this many bytes.
+SAMPLE_BYTES = 1 << 16
+_CANDIDATES = {"fast": ("zlib",), "best": ("zlib", "lzma000", "lzma020", "lzma400")}
 
 
 def candidates(entropy: str, total_bytes: int) -> tuple[str, ...]:
@@ -56,7 +58,12 @@ def lzma_filters(codec: str, size: int) -> list[dict[str, int]]:
 
 
 def pack(data: bytes, codecs: tuple[str, ...]) -> tuple[str, bytes]:
-    """The smallest of ``data`` as it is and coded with each of ``codecs``: (codec, stored bytes)."""
+    """The smallest of ``data`` as it is and coded with each of ``codecs``: (codec, stored bytes).
+    A stream over :data:`SAMPLE_BYTES` is coded whole only with the codec that wins on its first
+    ``SAMPLE_BYTES`` (one full pass instead of one per codec)."""
+    if len(data) > SAMPLE_BYTES and len(codecs) > 1:
+        winner = pack(data[:SAMPLE_BYTES], codecs)[0]
+        codecs = () if winner == "none" else (winner,)
     best = ("none", data)
     for codec in codecs:
         if codec == "zlib":
