@@ -36,6 +36,16 @@ from typing import Any
 import numpy as np
 
 from prunekit.artifacts.compact_codecs import candidates, is_codec, pack, unpack
+from prunekit.artifacts.compact_container import (
+    DATA_TENSOR,
+    GROUP_BYTES,
+    MAX_GAP,
+    TABLE_TENSOR,
+    StreamWriter,
+    inflate_streams,
+    is_int,
+    read_table,
+)
 from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError, CorruptFileError
 
@@ -44,11 +54,6 @@ FORMAT_VERSION = 3  # 3: one data blob + a coded table; 2: a safetensors tensor 
 STORAGE_DTYPES = ("fp32", "fp16", "int8")
 _META_KEY = "prunekit"
 _META_CRC_KEY = "prunekit_crc32"
-_MAX_GAP = 256  # one index byte encodes a gap of 1..256 elements
-_TABLE, _DATA = "prunekit:table", "prunekit:data"  # the two safetensors tensors of a version 3 file
-_PARTS = ("values", "index", "scale")  # the order a tensor's CRC-32 runs over its parts
-_GROUP_BYTES = 1 << 16  # dense parts up to this size share one stream (one codec warm-up for all of them)
-_MAX_TABLE_BYTES = 1 << 28  # a table (a few hundred bytes per tensor) never needs more
 _MAX_DIM = 2**40  # no real tensor dimension is this large; a bigger one is a crafted file
 #: Default cap on the bytes a compact file may declare (decoded tensors), checked before anything is decoded.
 MAX_DECODED_BYTES = 2**36
@@ -97,16 +102,16 @@ class TensorEntry:
         if missing:
             raise ValueError(f"field {missing[0]!r} is missing")
         shape = value["shape"]
-        if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < _MAX_DIM for d in shape):
+        if not isinstance(shape, list) or not all(is_int(d) and 0 <= d < _MAX_DIM for d in shape):
             raise ValueError(f"field 'shape' should be a list of non-negative integers, got {shape!r}"[:200])
         try:
             np.dtype(str(value["dtype"]))
         except TypeError:
             raise ValueError(f"field 'dtype' names no dtype: {value['dtype']!r}") from None
         numel = math.prod(shape)
-        if not _is_int(value["nnz"]) or not 0 <= value["nnz"] <= numel:
+        if not is_int(value["nnz"]) or not 0 <= value["nnz"] <= numel:
             raise ValueError(f"field 'nnz' should be an integer in [0, {numel}], got {value['nnz']!r}")
-        if not _is_int(value["crc"]) or not 0 <= value["crc"] < 2**32:
+        if not is_int(value["crc"]) or not 0 <= value["crc"] < 2**32:
             raise ValueError(f"field 'crc' should be a 32-bit checksum, got {value['crc']!r}")
         entry = cls(
             tuple(shape),
@@ -128,10 +133,6 @@ class TensorEntry:
         if entry.storage == "int8" and not shape:
             raise ValueError("int8 storage needs at least one dimension (its per-channel scales)")
         return entry
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -206,10 +207,10 @@ def _quantize_int8(name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _gap_bytes(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relative index bytes (gap - 1) with filler entries for gaps over 256, and where the real entries sit."""
     gaps = np.diff(positions, prepend=-1)
-    fillers = (gaps - 1) // _MAX_GAP
+    fillers = (gaps - 1) // MAX_GAP
     slots = np.cumsum(fillers + 1) - 1  # slot of each real entry in the stream
-    stream = np.full(int(slots[-1]) + 1 if len(slots) else 0, _MAX_GAP - 1, dtype=np.uint8)
-    stream[slots] = gaps - _MAX_GAP * fillers - 1
+    stream = np.full(int(slots[-1]) + 1 if len(slots) else 0, MAX_GAP - 1, dtype=np.uint8)
+    stream[slots] = gaps - MAX_GAP * fillers - 1
     return stream, slots
 
 
@@ -270,40 +271,6 @@ def _entry(
     return TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc), parts
 
 
-@dataclass
-class _Streams:
-    """The data blob being built: coded streams, and the small dense parts waiting to share one stream."""
-
-    codecs: tuple[str, ...]
-    table: list[list[Any]] = field(default_factory=list)  # [codec, stored bytes, raw bytes, CRC-32 of the stored bytes]
-    blobs: list[bytes] = field(default_factory=list)
-    small: list[tuple[int, list[int], bytes]] = field(default_factory=list)  # (item size, its reference, raw bytes)
-
-    def add(self, raw: bytes, coded: tuple[str, bytes] | None = None) -> list[int]:
-        """Code ``raw`` as a stream of its own; its reference ``[stream, offset, bytes]``."""
-        codec, stored = coded or pack(raw, self.codecs)
-        self.table.append([codec, len(stored), len(raw), zlib.crc32(stored)])
-        self.blobs.append(stored)
-        return [len(self.table) - 1, 0, len(raw)]
-
-    def add_small(self, part: np.ndarray) -> list[int]:
-        """Queue a small part for the shared stream; its reference is filled in by :meth:`finish`."""
-        reference = [0, 0, part.nbytes]
-        self.small.append((part.dtype.itemsize, reference, part.tobytes()))
-        return reference
-
-    def finish(self) -> bytes:
-        """Code the shared stream (wider items first, so every item stays aligned to its size) and join all."""
-        if self.small:
-            self.small.sort(key=lambda item: -item[0])
-            offset, stream = 0, len(self.table)
-            for _, reference, raw in self.small:
-                reference[0], reference[1] = stream, offset
-                offset += len(raw)
-            self.add(b"".join(raw for _, _, raw in self.small))
-        return b"".join(self.blobs)
-
-
 # --------------------------------------------------------------------------- decoding
 
 
@@ -327,7 +294,7 @@ def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.
     expected = stored_dtypes.get(entry.storage, dtype)
     # a gap stream holds the nonzeros plus at most one filler per 256 elements; a bitmask layout stores nnz values:
     # no stream inflates further than the declared shape and nonzero count allow
-    slots = entry.nnz + entry.numel // _MAX_GAP
+    slots = entry.nnz + entry.numel // MAX_GAP
     limit = f"shape {entry.shape} with {entry.nnz} nonzeros"
     if entry.values_codec != "none":
         if values.dtype != np.uint8 or values.ndim != 1:
@@ -439,57 +406,8 @@ def _read_container(path: Path) -> tuple[bytes, dict[str, Any]]:
             f"{path}: the prunekit metadata fails its CRC-32 check (corrupted header); re-export the file with save_compressed"
         )
     if version >= 3:
-        meta.update(_read_table(path, data, header, 8 + header_len, meta.get("table")))
+        meta.update(read_table(path, data, header, 8 + header_len, meta.get("table")))
     return data, meta
-
-
-def _blob(path: Path, data: bytes, header: Mapping[str, Any], base: int, name: str) -> bytes:
-    """The bytes of one uint8 safetensors tensor of a version 3 file, located from the container's own header."""
-    info = header.get(name)
-    offsets = info.get("data_offsets") if isinstance(info, Mapping) else None
-    if (
-        not isinstance(info, Mapping)
-        or info.get("dtype") != "U8"
-        or not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(_is_int(o) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1] <= len(data) - base
-    ):
-        raise CorruptFileError(f"{path}: the container entry {name!r} is missing or malformed (truncated or corrupted file)")
-    return data[base + offsets[0] : base + offsets[1]]
-
-
-def _stream_info(value: Any) -> tuple[str, int, int, int]:
-    """One stream's ``[codec, stored bytes, raw bytes, CRC-32]``; ``ValueError`` when malformed."""
-    if not (isinstance(value, list) and len(value) == 4 and is_codec(value[0]) and all(_is_int(v) and v >= 0 for v in value[1:])):
-        raise ValueError(f"should be [codec, stored bytes, raw bytes, crc], got {value!r}"[:200])
-    return value[0], value[1], value[2], value[3]
-
-
-def _read_table(path: Path, data: bytes, header: Mapping[str, Any], base: int, table: Any) -> dict[str, Any]:
-    """The per-tensor table of a version 3 file (its tensors and streams), checked against its CRC-32 before it
-    is inflated, and inflated no further than the size the plain header declares."""
-    try:
-        codec, size, raw_size, crc = _stream_info(table)
-    except ValueError as exc:
-        raise CorruptFileError(f"{path}: metadata field 'table' {exc}") from None
-    stored = _blob(path, data, header, base, _TABLE)
-    if len(stored) != size or zlib.crc32(stored) != crc:
-        raise CorruptFileError(
-            f"{path}: the tensor table fails its CRC-32 check (corrupted file); re-export it with save_compressed"
-        )
-    try:
-        if raw_size > _MAX_TABLE_BYTES:
-            raise ValueError(f"declares {raw_size:,} bytes, over the {_MAX_TABLE_BYTES:,} a table may take")
-        text = unpack(codec, stored, raw_size, "the header")
-        content = json.loads(text) if len(text) == raw_size else None
-    except ValueError as exc:
-        raise CorruptFileError(f"{path}: the tensor table is corrupted ({exc})") from None
-    if not isinstance(content, dict) or not isinstance(content.get("streams"), list):
-        raise CorruptFileError(
-            f"{path}: the tensor table is malformed (no 'streams' list); re-export the file with save_compressed"
-        )
-    return {"tensors": content.get("tensors"), "streams": content["streams"], "data": _blob(path, data, header, base, _DATA)}
 
 
 def _header_from_json(path: Path, meta: Mapping[str, Any]) -> CompactHeader:
@@ -556,7 +474,7 @@ def save_compact(
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray):
             raise ConfigError(f"tensor {name!r} is a {type(array).__name__}, expected a numpy array")
-    streams = _Streams(candidates(entropy, sum(array.nbytes for array in arrays.values())))
+    streams = StreamWriter(candidates(entropy, sum(array.nbytes for array in arrays.values())))
     entries: dict[str, TensorEntry] = {}
     references: dict[str, dict[str, list[int]]] = {}
     for name, array in arrays.items():
@@ -564,7 +482,7 @@ def save_compact(
         entries[name] = entry
         references[name] = {
             part: streams.add_small(value)
-            if part == "scale" or (entry.layout == "dense" and value.nbytes <= _GROUP_BYTES)
+            if part == "scale" or (entry.layout == "dense" and value.nbytes <= GROUP_BYTES)
             else streams.add(value.tobytes(), coded_index if part == "index" else None)
             for part, value in parts.items()
         }
@@ -586,7 +504,7 @@ def save_compact(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"the plan or extra metadata is not JSON-serialisable: {exc}") from None
     metadata = {_META_KEY: meta, _META_CRC_KEY: str(zlib.crc32(meta.encode()))}
-    blobs = {_TABLE: np.frombuffer(coded_table, dtype=np.uint8), _DATA: np.frombuffer(data, dtype=np.uint8)}
+    blobs = {TABLE_TENSOR: np.frombuffer(coded_table, dtype=np.uint8), DATA_TENSOR: np.frombuffer(data, dtype=np.uint8)}
     atomic_write_bytes(path, save_safetensors(blobs, metadata=metadata))
     return header
 
@@ -699,7 +617,7 @@ def _stored_parts(path: Path, max_bytes: int) -> tuple[dict[str, dict[str, np.nd
             "and really that large, pass a larger max_bytes to load_compact"
         )
     if header.format_version >= 3:
-        return _inflate_streams(path, meta, header), header
+        return inflate_streams(path, meta, header.tensors), header
     try:
         stored = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError) as exc:
@@ -712,78 +630,3 @@ def _stored_parts(path: Path, max_bytes: int) -> tuple[dict[str, dict[str, np.nd
             raise CorruptFileError(f"{path}: tensor {name!r} lacks its stored part(s) {', '.join(missing)}")
         tensors[name] = {part: stored[f"{name}:{part}"] for part in needed}
     return tensors, header
-
-
-def _part_cap(entry: TensorEntry, part: str) -> tuple[np.dtype, int]:
-    """The dtype a stored part holds and the most bytes its declared shape and nonzero count allow."""
-    slots = entry.nnz + entry.numel // _MAX_GAP  # a gap stream: the nonzeros plus one filler per 256 elements at most
-    if part == "scale":
-        return np.dtype(np.float32), entry.shape[0] * 4
-    if part == "index":
-        return np.dtype(np.uint8), -(-entry.numel // 8) if entry.layout == "bitmask" else slots
-    dtype = np.dtype({"float16": "float16", "int8": "int8"}.get(entry.storage, entry.dtype))
-    return dtype, {"dense": entry.numel, "bitmask": entry.nnz}.get(entry.layout, slots) * dtype.itemsize
-
-
-def _inflate_streams(path: Path, meta: Mapping[str, Any], header: CompactHeader) -> dict[str, dict[str, np.ndarray]]:
-    """Each tensor's uncoded parts from a version 3 file. Every reference and stream size is checked against the
-    declared shapes, and every stream against its CRC-32, before anything is inflated; no stream inflates
-    further than the parts that reference it."""
-    data: bytes = meta["data"]
-    try:
-        streams = [_stream_info(value) for value in meta["streams"]]
-    except ValueError as exc:
-        raise CorruptFileError(f"{path}: a stream of the tensor table {exc}") from None
-    if sum(stream[1] for stream in streams) != len(data):
-        raise CorruptFileError(
-            f"{path} is truncated or corrupted: its streams take {sum(s[1] for s in streams):,} bytes, the file holds {len(data):,}"
-        )
-    users: list[list[str]] = [[] for _ in streams]  # which tensors each stream holds, for messages and size bounds
-    used = [0] * len(streams)
-    references: dict[str, dict[str, tuple[int, int, int, np.dtype]]] = {}
-    for name, entry in header.tensors.items():
-        needed = ["values"] + ([] if entry.layout == "dense" else ["index"]) + (["scale"] if entry.storage == "int8" else [])
-        given = meta["tensors"][name].get("parts")
-        references[name] = {}
-        for part in needed:
-            reference = given.get(part) if isinstance(given, Mapping) else None
-            dtype, cap = _part_cap(entry, part)
-            if not (isinstance(reference, list) and len(reference) == 3 and all(_is_int(r) and r >= 0 for r in reference)):
-                raise CorruptFileError(f"{path}: tensor {name!r} lacks a valid reference to its {part} (field 'parts')")
-            stream, offset, size = reference
-            if stream >= len(streams) or offset + size > streams[stream][2] or size > cap or size % dtype.itemsize:
-                raise CorruptFileError(
-                    f"{path}: tensor {name!r} is corrupted (its {part} reference {reference} does not fit its stream "
-                    f"or the {cap} bytes that shape {entry.shape} with {entry.nnz} nonzeros allows)"
-                )
-            users[stream].append(name)
-            used[stream] += size
-            references[name][part] = (stream, offset, size, dtype)
-    inflated = []
-    for index, (codec, _, raw_size, crc) in enumerate(streams):
-        holders = list(dict.fromkeys(users[index]))
-        names = ("tensors " if len(holders) > 1 else "tensor ") + (", ".join(map(repr, holders)) or "none")
-        start = sum(stream[1] for stream in streams[:index])
-        stored = data[start : start + streams[index][1]]
-        if zlib.crc32(stored) != crc:
-            raise CorruptFileError(
-                f"{path}: {names} is corrupted (CRC-32 {zlib.crc32(stored):#010x} of its stream {index} does not "
-                f"match the recorded {crc:#010x}); re-export the file with save_compressed"
-            )
-        if raw_size > used[index]:
-            raise CorruptFileError(
-                f"{path}: stream {index} ({names}) declares {raw_size} bytes, more than its tensors use ({used[index]})"
-            )
-        try:
-            raw = unpack(codec, stored, raw_size, f"the parts of {names}")
-        except ValueError as exc:
-            raise CorruptFileError(f"{path}: {names} is corrupted (stream {index}: {exc})") from None
-        if len(raw) != raw_size:
-            raise CorruptFileError(
-                f"{path}: {names} is corrupted (stream {index} inflates to {len(raw)} of its {raw_size} bytes)"
-            )
-        inflated.append(raw)
-    return {
-        name: {part: np.frombuffer(inflated[s][o : o + n], dtype=dtype) for part, (s, o, n, dtype) in parts.items()}
-        for name, parts in references.items()
-    }
