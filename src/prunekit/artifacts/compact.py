@@ -6,8 +6,9 @@ adapt their models to the ``{name: array}`` dicts used here.
 Each floating-point tensor is stored as its nonzero values plus where they are: a bitmask
 (1 bit per element) or relative indices (1 byte per nonzero, Deep Compression style, with a
 filler zero for gaps over 256), whichever is smaller. The index and the values streams are each
-entropy-coded with zlib or lzma (stdlib, raw LZMA2), whichever is smallest, or kept as they are
-when neither helps (version 1 files deflate only the index). Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
+entropy-coded (``compact_codecs``: zlib or raw LZMA2 with a tuned literal model, whichever is
+smallest, or kept as they are when nothing helps; version 1 files deflate only the index).
+Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
 bit), in float16 (``"fp16"``) or in int8 with one float32 scale per output channel (``"int8"``,
 symmetric, so a zero stays exactly zero; tensors of fewer than 2 dimensions, such as biases and
 norm statistics, stay exact). Tensors for which the sparse layout is not smaller, and
@@ -15,11 +16,13 @@ non-float tensors, are stored dense. Zeros are canonical: a ``-0.0`` weight (lef
 with a multiply) is a zero like any other and loads as ``+0.0``; every other value, NaN
 payloads included, round-trips bit for bit in ``"fp32"``.
 
-The safetensors header's metadata holds one JSON object under ``"prunekit"``: the format name
-and version, the prunekit version, the framework, the storage dtype, each tensor's shape,
-dtype, layout, nonzero count and CRC-32, the overall sparsity, and an optional structured
-pruning plan. Reading checks all of it and raises :class:`~prunekit.errors.CorruptFileError`
-naming the file and tensor for a truncated, corrupted or newer-version file.
+The safetensors header's metadata holds one readable JSON object under ``"prunekit"``: the format
+name and version, the prunekit version, the framework, the storage dtype, the overall sparsity,
+an optional structured pruning plan and where the coded per-tensor table is; the table and the
+coded streams are two uint8 tensors (``compact_container``; version 2 files kept a tensor per
+part and the table in the metadata, and still read). Reading checks all of it and raises
+:class:`~prunekit.errors.CorruptFileError` naming the file and tensor for a truncated, corrupted
+or newer-version file.
 """
 
 from __future__ import annotations

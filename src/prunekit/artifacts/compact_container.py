@@ -198,7 +198,7 @@ def inflate_streams(path: Path, meta: Mapping[str, Any], entries: Mapping[str, _
                 f"{path}: stream {index} ({names}) declares {raw_size} bytes, more than its tensors use ({used[index]})"
             )
         try:
-            raw = unpack(codec, stored, raw_size, f"the parts of {names}")
+            raw = unpack(codec, stored, raw_size, f"the declared size of {names}")
         except ValueError as exc:
             raise CorruptFileError(f"{path}: {names} is corrupted (stream {index}: {exc})") from None
         if len(raw) != raw_size:
