@@ -47,6 +47,7 @@ class _Entry(Protocol):
 
 
 def is_int(value: Any) -> bool:
+    """Whether a JSON value is an integer (``True`` is not one, though Python's ``bool`` is an ``int``)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
