@@ -190,3 +190,18 @@ def test_a_stream_longer_than_the_codec_sample_round_trips_bit_for_bit_with_best
     assert streams[0][0].startswith("lzma") and streams[0][1] < streams[0][2]  # values: coded and smaller
     arrays, _ = load_compact(tmp_path / "m.safetensors")
     assert arrays["w"].tobytes() == weights.tobytes()
+
+
+def test_every_flipped_bit_or_cut_is_a_corrupt_file_error_or_changes_nothing(tmp_path):
+    path = tmp_path / "m.safetensors"
+    state = {"fc.weight": _pruned((32, 64)), "fc.bias": np.arange(32, dtype=np.float32), "n": np.array(3, np.int64)}
+    save_compact(state, path, dtype="int8")
+    good, (expected, _) = path.read_bytes(), load_compact(path)
+    changed = [bytes(good[:at]) + bytes([good[at] ^ bit]) + good[at + 1 :] for at in range(len(good)) for bit in (1,)]
+    for data in changed + [good[:cut] for cut in range(len(good))]:
+        path.write_bytes(data)
+        try:
+            arrays, _ = load_compact(path)
+        except CorruptFileError:
+            continue
+        assert all(arrays[name].tobytes() == expected[name].tobytes() for name in state)  # e.g. header padding
