@@ -174,3 +174,27 @@ def test_an_unknown_codec_is_refused_naming_the_field(tmp_path):
     _write(path, meta, stored)
     with pytest.raises(CorruptFileError, match=r"tensor 'fc\.weight'.*field 'zv' should be one of none, zlib, lzma, lzmaCPB"):
         load_compact(path)
+
+
+def _fixture_state():
+    """The arrays the files in tests/production/data were written from (by prunekit's version 2 writer)."""
+    rng = np.random.default_rng(2026)
+    fc = (rng.choice([-2.0, -1.0, 1.0, 2.0], size=(64, 128)) * rng.random((64, 128)).round(1)).astype(np.float32)
+    fc[rng.random((64, 128)) < 0.9] = 0
+    conv = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    conv[np.abs(conv) < 0.6] = 0
+    bias = rng.standard_normal(32).astype(np.float32)
+    return {"fc.weight": fc, "conv.weight": conv, "fc.bias": bias, "bn.num_batches_tracked": np.array(5, np.int64)}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_files_written_by_the_version_2_writer_still_load(dtype):
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / f"compact_v2_{dtype}.safetensors"
+    arrays, header = load_compact(path)
+    assert header.format_version == 2 and header.tensors["fc.weight"].values_codec in ("zlib", "lzma")
+    for name, original in _fixture_state().items():
+        canonical = np.where(original == 0, np.zeros((), original.dtype), original)  # -0.0 loads as +0.0
+        expected = _int8_expected(original)[0] if dtype == "int8" and original.ndim >= 2 else canonical
+        assert arrays[name].tobytes() == expected.tobytes() and arrays[name].shape == original.shape, name
