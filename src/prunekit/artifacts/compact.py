@@ -498,9 +498,10 @@ def save_compact(
     codec, coded_table = pack(table_text, ("zlib", "lzma"))
     summary = header.to_json()
     del summary["tensors"]
-    for key in ("plan", "extra"):
-        if not summary[key]:
-            del summary[key]
+    if summary["plan"] is None:
+        del summary["plan"]
+    if not summary["extra"]:
+        del summary["extra"]
     summary["table"] = [codec, len(coded_table), len(table_text), zlib.crc32(coded_table)]
     try:
         meta = json.dumps(summary, separators=(",", ":"), allow_nan=False)
