@@ -1,4 +1,5 @@
-"""Crafted compact files: bounded inflation, and every malformed field a CorruptFileError naming file and field."""
+"""Crafted version 2 compact files: bounded inflation, and every malformed field a CorruptFileError naming file and field
+(version 3 files: test_compact_v3.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from safetensors.numpy import load as load_st
 from safetensors.numpy import save as save_st
 
-from prunekit.artifacts.compact import load_compact, save_compact
+from prunekit.artifacts.compact import load_compact
 from prunekit.errors import CorruptFileError
+from tests.production.compact_v2 import write_v2
 
 
 def _metadata(path) -> dict:
@@ -34,8 +36,8 @@ def _sparse_file(tmp_path):
     weights = np.zeros((64, 64), np.float32)
     weights[::9, ::7] = 1.5
     path = tmp_path / "m.safetensors"
-    header = save_compact({"fc.weight": weights, "fc.bias": np.ones(64, np.float32)}, path)
-    assert header.tensors["fc.weight"].layout != "dense"
+    meta = write_v2(path, {"fc.weight": weights, "fc.bias": np.ones(64, np.float32)})
+    assert meta["tensors"]["fc.weight"]["layout"] != "dense"
     return path, weights
 
 
@@ -50,7 +52,9 @@ def test_an_index_that_inflates_past_its_shape_is_refused_before_it_balloons(tmp
 
     _rewrite(path, crafted, {"w:values": values, "w:index": bomb})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(CorruptFileError, match=r"tensor 'w' .*inflates past the 16 bytes that shape \(4, 4\) allows"):
+    with pytest.raises(
+        CorruptFileError, match=r"tensor 'w' .*inflates past the 1 bytes that shape \(4, 4\) with 1 nonzeros allows"
+    ):
         load_compact(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: far below the 200 MiB
 

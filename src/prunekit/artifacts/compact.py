@@ -5,8 +5,10 @@ adapt their models to the ``{name: array}`` dicts used here.
 
 Each floating-point tensor is stored as its nonzero values plus where they are: a bitmask
 (1 bit per element) or relative indices (1 byte per nonzero, Deep Compression style, with a
-filler zero for gaps over 256), whichever is smaller, and the index bytes are deflated when that
-makes them smaller. Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
+filler zero for gaps over 256), whichever is smaller. The index and the values streams are each
+entropy-coded (``compact_codecs``: zlib or raw LZMA2 with a tuned literal model, whichever is
+smallest, or kept as they are when nothing helps; version 1 files deflate only the index).
+Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
 bit), in float16 (``"fp16"``) or in int8 with one float32 scale per output channel (``"int8"``,
 symmetric, so a zero stays exactly zero; tensors of fewer than 2 dimensions, such as biases and
 norm statistics, stay exact). Tensors for which the sparse layout is not smaller, and
@@ -14,11 +16,13 @@ non-float tensors, are stored dense. Zeros are canonical: a ``-0.0`` weight (lef
 with a multiply) is a zero like any other and loads as ``+0.0``; every other value, NaN
 payloads included, round-trips bit for bit in ``"fp32"``.
 
-The safetensors header's metadata holds one JSON object under ``"prunekit"``: the format name
-and version, the prunekit version, the framework, the storage dtype, each tensor's shape,
-dtype, layout, nonzero count and CRC-32, the overall sparsity, and an optional structured
-pruning plan. Reading checks all of it and raises :class:`~prunekit.errors.CorruptFileError`
-naming the file and tensor for a truncated, corrupted or newer-version file.
+The safetensors header's metadata holds one readable JSON object under ``"prunekit"``: the format
+name and version, the prunekit version, the framework, the storage dtype, the overall sparsity,
+an optional structured pruning plan and where the coded per-tensor table is; the table and the
+coded streams are two uint8 tensors (``compact_container``; version 2 files kept a tensor per
+part and the table in the metadata, and still read). Reading checks all of it and raises
+:class:`~prunekit.errors.CorruptFileError` naming the file and tensor for a truncated, corrupted
+or newer-version file.
 """
 
 from __future__ import annotations
@@ -34,15 +38,25 @@ from typing import Any
 
 import numpy as np
 
+from prunekit.artifacts.compact_codecs import candidates, is_codec, pack, unpack
+from prunekit.artifacts.compact_container import (
+    DATA_TENSOR,
+    GROUP_BYTES,
+    MAX_GAP,
+    TABLE_TENSOR,
+    StreamWriter,
+    inflate_streams,
+    is_int,
+    read_table,
+)
 from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError, CorruptFileError
 
 FORMAT_NAME = "prunekit.artifacts.compact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # 3: one data blob + a coded table; 2: a safetensors tensor per coded part; 1: raw values
 STORAGE_DTYPES = ("fp32", "fp16", "int8")
 _META_KEY = "prunekit"
 _META_CRC_KEY = "prunekit_crc32"
-_MAX_GAP = 256  # one index byte encodes a gap of 1..256 elements
 _MAX_DIM = 2**40  # no real tensor dimension is this large; a bigger one is a crafted file
 #: Default cap on the bytes a compact file may declare (decoded tensors), checked before anything is decoded.
 MAX_DECODED_BYTES = 2**36
@@ -58,7 +72,8 @@ class TensorEntry:
     layout: str  # "dense", "bitmask" or "gaps"
     nnz: int
     crc32: int
-    deflated: bool = False
+    index_codec: str = "none"  # "none", "zlib" or "lzma"
+    values_codec: str = "none"
 
     @property
     def numel(self) -> int:
@@ -69,14 +84,16 @@ class TensorEntry:
         return 1.0 - self.nnz / self.numel if self.numel else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        """Compact JSON: fields at their default (raw storage, dense layout, not deflated) are left out."""
+        """Compact JSON: fields at their default (raw storage, dense layout, not entropy-coded) are left out."""
         value: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype, "nnz": self.nnz, "crc": self.crc32}
         if self.storage != "raw":
             value["store"] = self.storage
         if self.layout != "dense":
             value["layout"] = self.layout
-        if self.deflated:
-            value["z"] = 1
+        if self.index_codec != "none":
+            value["zi"] = self.index_codec
+        if self.values_codec != "none":
+            value["zv"] = self.values_codec
         return value
 
     @classmethod
@@ -88,16 +105,16 @@ class TensorEntry:
         if missing:
             raise ValueError(f"field {missing[0]!r} is missing")
         shape = value["shape"]
-        if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < _MAX_DIM for d in shape):
+        if not isinstance(shape, list) or not all(is_int(d) and 0 <= d < _MAX_DIM for d in shape):
             raise ValueError(f"field 'shape' should be a list of non-negative integers, got {shape!r}"[:200])
         try:
             np.dtype(str(value["dtype"]))
         except TypeError:
             raise ValueError(f"field 'dtype' names no dtype: {value['dtype']!r}") from None
         numel = math.prod(shape)
-        if not _is_int(value["nnz"]) or not 0 <= value["nnz"] <= numel:
+        if not is_int(value["nnz"]) or not 0 <= value["nnz"] <= numel:
             raise ValueError(f"field 'nnz' should be an integer in [0, {numel}], got {value['nnz']!r}")
-        if not _is_int(value["crc"]) or not 0 <= value["crc"] < 2**32:
+        if not is_int(value["crc"]) or not 0 <= value["crc"] < 2**32:
             raise ValueError(f"field 'crc' should be a 32-bit checksum, got {value['crc']!r}")
         entry = cls(
             tuple(shape),
@@ -106,19 +123,19 @@ class TensorEntry:
             str(value.get("layout", "dense")),
             value["nnz"],
             value["crc"],
-            bool(value.get("z", 0)),
+            str(value.get("zi", "zlib" if value.get("z") else "none")),  # "z": 1 is version 1's deflated index
+            str(value.get("zv", "none")),
         )
         if entry.storage not in ("raw", "float16", "int8"):
             raise ValueError(f"field 'store' should be raw, float16 or int8, got {entry.storage!r}")
         if entry.layout not in ("dense", "bitmask", "gaps"):
             raise ValueError(f"field 'layout' should be dense, bitmask or gaps, got {entry.layout!r}")
+        for key, codec in (("zi", entry.index_codec), ("zv", entry.values_codec)):
+            if not is_codec(codec):
+                raise ValueError(f"field {key!r} should be one of none, zlib, lzma, lzmaCPB, got {codec!r}"[:200])
         if entry.storage == "int8" and not shape:
             raise ValueError("int8 storage needs at least one dimension (its per-channel scales)")
         return entry
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -193,64 +210,68 @@ def _quantize_int8(name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _gap_bytes(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relative index bytes (gap - 1) with filler entries for gaps over 256, and where the real entries sit."""
     gaps = np.diff(positions, prepend=-1)
-    fillers = (gaps - 1) // _MAX_GAP
+    fillers = (gaps - 1) // MAX_GAP
     slots = np.cumsum(fillers + 1) - 1  # slot of each real entry in the stream
-    stream = np.full(int(slots[-1]) + 1 if len(slots) else 0, _MAX_GAP - 1, dtype=np.uint8)
-    stream[slots] = gaps - _MAX_GAP * fillers - 1
+    stream = np.full(int(slots[-1]) + 1 if len(slots) else 0, MAX_GAP - 1, dtype=np.uint8)
+    stream[slots] = gaps - MAX_GAP * fillers - 1
     return stream, slots
 
 
-def _encode(name: str, array: np.ndarray, dtype: str) -> tuple[TensorEntry, dict[str, np.ndarray]]:
-    """Choose storage and layout for one tensor; return its entry and the arrays to store."""
+def _encode(
+    name: str, array: np.ndarray, dtype: str, codecs: tuple[str, ...]
+) -> tuple[TensorEntry, dict[str, np.ndarray], tuple[str, bytes] | None]:
+    """Choose storage and layout for one tensor: its entry, its uncoded parts (values, index, scale) and
+    the index as coded while choosing the layout (so it is not coded twice)."""
     array = np.require(array, requirements="C")  # not ascontiguousarray: it turns 0-d into 1-d
     if array.dtype.kind not in "biuf":
         raise ConfigError(
             f"tensor {name!r} has dtype {array.dtype}; the compact format stores bool, integer and floating-point tensors only"
         )
     if array.dtype.kind != "f" or array.size == 0:
-        return _entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": array}, False)
+        return (*_entry(array, "raw", "dense", int(np.count_nonzero(array)), {"values": array.reshape(-1)}), None)
     array = np.where(array == 0, np.zeros((), array.dtype), array)  # -0.0 -> +0.0; NaN bits untouched
     scale = None
     if dtype == "int8" and array.ndim >= 2:
         values, scale = _quantize_int8(name, array)
-        storage, keep = "int8", values.reshape(-1) != 0
+        storage = "int8"
     elif dtype == "fp16":
         values, storage = array.astype(np.float16), "float16"
-        keep = values.reshape(-1) != 0
     else:
         values, storage = array, "raw"
-        keep = values.reshape(-1) != 0  # NaN is a value
     extra = {} if scale is None else {"scale": scale}
     flat = values.reshape(-1)
+    keep = flat != 0  # NaN is a value
     nnz = int(keep.sum())
-    positions = np.flatnonzero(keep)
     candidates: list[tuple[str, np.ndarray, np.ndarray]] = [("bitmask", np.packbits(keep, bitorder="little"), flat[keep])]
     if nnz:
+        positions = np.flatnonzero(keep)
         stream, slots = _gap_bytes(positions)
         stored = np.zeros(len(stream), dtype=flat.dtype)
         stored[slots] = flat[positions]
         candidates.append(("gaps", stream, stored))
+    # the layout is chosen on uncoded values, as in version 1, so a sparse tensor keeps its sparse layout
+    # (load_compact_sparse) even where a regular pattern would compress better dense; then the values are coded.
+    # The index sizes compared are zlib's (one fast pass per candidate); only the chosen index gets ``codecs``.
     best_size, best = flat.nbytes, None
     for layout, index, stored in candidates:
-        packed = zlib.compress(index.tobytes(), 9)
-        deflated = len(packed) < index.nbytes
-        index = np.frombuffer(packed, dtype=np.uint8) if deflated else index
-        size = index.nbytes + stored.nbytes + 64  # a part costs about 64 header bytes
+        coded = pack(index.tobytes(), ("zlib",))
+        size = len(coded[1]) + stored.nbytes + 16  # a stream costs about 16 table bytes
         if size < best_size:
-            best_size, best = size, (layout, index, stored, deflated)
+            best_size, best = size, (layout, index, stored, coded)
     if best is None:
-        return _entry(array, storage, "dense", nnz, {"values": values, **extra}, False)
-    layout, index, stored, deflated = best
-    return _entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}, deflated)
+        return (*_entry(array, storage, "dense", nnz, {"values": flat, **extra}), None)
+    layout, index, stored, coded = best
+    coded = coded if codecs == ("zlib",) else pack(index.tobytes(), codecs)
+    return (*_entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}), coded)
 
 
 def _entry(
-    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray], deflated: bool
+    array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray]
 ) -> tuple[TensorEntry, dict[str, np.ndarray]]:
     crc = 0
     for part in parts.values():
         crc = zlib.crc32(part.tobytes(), crc)
-    return TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc, deflated), parts
+    return TensorEntry(tuple(array.shape), array.dtype.name, storage, layout, nnz, crc), parts
 
 
 # --------------------------------------------------------------------------- decoding
@@ -272,7 +293,23 @@ def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.
     if crc != entry.crc32:
         raise corrupt(f"CRC-32 {crc:#010x} does not match the recorded {entry.crc32:#010x}")
     values = parts["values"]
-    expected = {"float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}.get(entry.storage, dtype)
+    stored_dtypes: dict[str, np.dtype] = {"float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
+    expected = stored_dtypes.get(entry.storage, dtype)
+    # a gap stream holds the nonzeros plus at most one filler per 256 elements; a bitmask layout stores nnz values:
+    # no stream inflates further than the declared shape and nonzero count allow
+    slots = entry.nnz + entry.numel // MAX_GAP
+    limit = f"shape {entry.shape} with {entry.nnz} nonzeros"
+    if entry.values_codec != "none":
+        if values.dtype != np.uint8 or values.ndim != 1:
+            raise corrupt(f"entropy-coded values stored as {values.dtype}{list(values.shape)}, expected a uint8 vector")
+        try:
+            count = {"dense": entry.numel, "bitmask": entry.nnz}.get(entry.layout, slots)
+            inflated = unpack(entry.values_codec, values.tobytes(), count * expected.itemsize, limit)
+        except ValueError as exc:
+            raise corrupt(f"values {exc}") from None
+        if len(inflated) % expected.itemsize:
+            raise corrupt(f"values stream of {len(inflated)} bytes is not a whole number of {expected} values")
+        values = np.frombuffer(inflated, dtype=expected)
     if values.dtype != expected or values.ndim != 1 and entry.layout != "dense":
         raise corrupt(f"values stored as {values.dtype}{list(values.shape)}, expected a {expected} vector")
     if entry.layout == "dense":
@@ -283,18 +320,12 @@ def _nonzeros(path: Path, name: str, entry: TensorEntry, parts: Mapping[str, np.
         index = parts["index"]
         if index.dtype != np.uint8:
             raise corrupt(f"index stored as {index.dtype}, expected uint8")
-        if entry.deflated:
-            # a bitmask has exactly ceil(numel / 8) bytes and a gap stream at most one byte per element:
-            # inflate no further than the declared shape allows (a crafted file cannot balloon its index)
-            cap = -(-entry.numel // 8) if entry.layout == "bitmask" else entry.numel
-            inflater = zlib.decompressobj()
+        if entry.index_codec != "none":
+            cap = -(-entry.numel // 8) if entry.layout == "bitmask" else slots  # a bitmask is ceil(numel / 8) bytes
             try:
-                inflated = inflater.decompress(index.tobytes(), cap)
-            except zlib.error as exc:
-                raise corrupt(f"index stream does not inflate: {exc}") from None
-            if inflater.unconsumed_tail or not inflater.eof:
-                raise corrupt(f"index stream inflates past the {cap} bytes that shape {entry.shape} allows")
-            index = np.frombuffer(inflated, dtype=np.uint8)
+                index = np.frombuffer(unpack(entry.index_codec, index.tobytes(), cap, limit), dtype=np.uint8)
+            except ValueError as exc:
+                raise corrupt(f"index {exc}") from None
         if entry.layout == "bitmask":
             if index.size != -(-entry.numel // 8):
                 raise corrupt(f"bitmask of {index.size} bytes for {entry.numel} elements")
@@ -377,6 +408,8 @@ def _read_container(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CorruptFileError(
             f"{path}: the prunekit metadata fails its CRC-32 check (corrupted header); re-export the file with save_compressed"
         )
+    if version >= 3:
+        meta.update(read_table(path, data, header, 8 + header_len, meta.get("table")))
     return data, meta
 
 
@@ -421,11 +454,14 @@ def save_compact(
     framework: str = "numpy",
     plan: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    entropy: str = "auto",
 ) -> CompactHeader:
     """Write ``{name: array}`` as a compact sparse file (atomically) and return its header.
 
     ``dtype`` is ``"fp32"`` (exact), ``"fp16"`` or ``"int8"`` (per-channel scales). ``plan`` is an
-    optional JSON-serialisable structured-pruning plan stored in the header.
+    optional JSON-serialisable structured-pruning plan stored in the header. ``entropy`` says how hard
+    each stream's coding is searched: ``"fast"`` (zlib), ``"best"`` (zlib and three lzma models: the
+    smallest file, several times slower) or ``"auto"`` (best up to 64 MiB of tensors, fast above).
 
     Example::
 
@@ -438,23 +474,42 @@ def save_compact(
 
     if dtype not in STORAGE_DTYPES:
         raise ConfigError(f"dtype should be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
-    entries: dict[str, TensorEntry] = {}
-    stored: dict[str, np.ndarray] = {}
     for name, array in arrays.items():
         if not isinstance(array, np.ndarray):
             raise ConfigError(f"tensor {name!r} is a {type(array).__name__}, expected a numpy array")
-        entry, parts = _encode(name, array, dtype)
+    streams = StreamWriter(candidates(entropy, sum(array.nbytes for array in arrays.values())))
+    entries: dict[str, TensorEntry] = {}
+    references: dict[str, dict[str, list[int]]] = {}
+    for name, array in arrays.items():
+        entry, parts, coded_index = _encode(name, array, dtype, streams.codecs)
         entries[name] = entry
-        stored.update({f"{name}:{part}": value for part, value in parts.items()})
+        references[name] = {
+            part: streams.add_small(value)
+            if part == "scale" or (entry.layout == "dense" and value.nbytes <= GROUP_BYTES)
+            else streams.add(value.tobytes(), coded_index if part == "index" else None)
+            for part, value in parts.items()
+        }
+    data = streams.finish()
     header = CompactHeader(
         FORMAT_VERSION, __version__, framework, dtype, entries, dict(plan) if plan is not None else None, dict(extra or {})
     )
+    table = {"streams": streams.table, "tensors": {n: {**e.to_json(), "parts": references[n]} for n, e in entries.items()}}
+    table_text = json.dumps(table, separators=(",", ":")).encode()
+    codec, coded_table = pack(table_text, ("zlib", "lzma"))
+    summary = header.to_json()
+    del summary["tensors"]
+    if summary["plan"] is None:
+        del summary["plan"]
+    if not summary["extra"]:
+        del summary["extra"]
+    summary["table"] = [codec, len(coded_table), len(table_text), zlib.crc32(coded_table)]
     try:
-        meta = json.dumps(header.to_json(), separators=(",", ":"), allow_nan=False)
+        meta = json.dumps(summary, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"the plan or extra metadata is not JSON-serialisable: {exc}") from None
     metadata = {_META_KEY: meta, _META_CRC_KEY: str(zlib.crc32(meta.encode()))}
-    atomic_write_bytes(path, save_safetensors(stored, metadata=metadata))
+    blobs = {TABLE_TENSOR: np.frombuffer(coded_table, dtype=np.uint8), DATA_TENSOR: np.frombuffer(data, dtype=np.uint8)}
+    atomic_write_bytes(path, save_safetensors(blobs, metadata=metadata))
     return header
 
 
@@ -565,6 +620,8 @@ def _stored_parts(path: Path, max_bytes: int) -> tuple[dict[str, dict[str, np.nd
             f"{path} declares {declared:,} bytes of tensors, over the {max_bytes:,} allowed; if the file is trusted "
             "and really that large, pass a larger max_bytes to load_compact"
         )
+    if header.format_version >= 3:
+        return inflate_streams(path, meta, header.tensors), header
     try:
         stored = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError) as exc:

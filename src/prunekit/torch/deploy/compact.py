@@ -94,13 +94,16 @@ def save_compressed(
     path: str | os.PathLike,
     dtype: str = "fp32",
     plan: Any = None,
+    entropy: str = "auto",
 ) -> CompactHeader:
     """Write a model's weights (or a state_dict) as one compact sparse file, atomically.
 
     ``dtype``: ``"fp32"`` (bit-exact), ``"fp16"``, or ``"int8"`` (per-output-channel scales; zeros
     stay exactly zero). ``plan`` is a structured-pruning plan (a dict, or an object with
     ``to_dict()``) kept in the header; by default the plan ``prune_channels`` attached to the
-    model, if any. Returns the header (sparsity, per-tensor layout, ...).
+    model, if any. ``entropy``: ``"fast"`` (zlib), ``"best"`` (zlib and lzma, the smallest file)
+    or ``"auto"`` (best up to 64 MiB of weights, fast above). Returns the header (sparsity,
+    per-tensor layout, ...).
 
     Example::
 
@@ -114,7 +117,7 @@ def save_compressed(
         raise ConfigError(f"model should be an nn.Module or a state_dict, got {type(model).__name__}")
     arrays, torch_dtypes = _state_arrays(state)
     extra = {"torch_dtypes": torch_dtypes} if torch_dtypes else {}
-    return save_compact(arrays, path, dtype, framework="torch", plan=_plan_dict(plan), extra=extra)
+    return save_compact(arrays, path, dtype, framework="torch", plan=_plan_dict(plan), extra=extra, entropy=entropy)
 
 
 def load_compressed(path: str | os.PathLike, model_factory: Callable[[], nn.Module]) -> nn.Module:
