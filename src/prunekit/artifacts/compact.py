@@ -1,7 +1,7 @@
 """The compact sparse model file: one safetensors file that stores only the nonzeros.
 
-Framework-free (numpy + safetensors); ``prunekit.torch.save_compressed`` and the Keras backend
-adapt their models to the ``{name: array}`` dicts used here.
+Framework-free (numpy + safetensors): ``prunekit.torch.save_compressed`` adapts a model to the
+``{name: array}`` dicts used here (the Keras backend writes no compact file yet).
 
 Each floating-point tensor is stored as its nonzero values plus where they are: a bitmask
 (1 bit per element) or relative indices (1 byte per nonzero, Deep Compression style, with a
