@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -199,3 +201,59 @@ def test_greedy_calibration_of_a_causal_lm_meets_the_weighted_target() -> None:
     weighted = sum(thresholds.sparsities[name] * size for name, size in sizes.items()) / sum(sizes.values())
     assert weighted == pytest.approx(0.5) and set(thresholds.values) == set(sizes)
     assert len(set(thresholds.sparsities.values())) > 1  # the layers got different fractions
+
+
+@given(
+    st.lists(st.integers(1, 5000), min_size=1, max_size=6),
+    st.floats(0.0, 0.99),
+    st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_greedy_allocation_never_exceeds_the_target_mean(sizes: list[int], target: float, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    levels = len(GRID) + 1
+    errors = {f"l{i}": torch.rand(levels, generator=generator).cumsum(0).tolist() for i in range(len(sizes))}
+    for curve in errors.values():
+        curve[0] = 0.0
+    weights = {f"l{i}": size for i, size in enumerate(sizes)}
+    chosen = greedy_allocation(errors, weights, target)
+    mean = sum(chosen[name] * weights[name] for name in weights) / sum(weights.values())
+    assert mean <= target + 1e-9
+    assert all(0.0 <= value <= GRID[-1] for value in chosen.values())
+    if target <= GRID[-1]:  # reachable: the budget is spent exactly
+        assert mean == pytest.approx(target, abs=1e-9)
+
+
+def test_column_norm_scores_keep_the_inputs_with_the_largest_reach() -> None:
+    torch.manual_seed(7)
+    layer = nn.Linear(16, 8)
+    with torch.no_grad():
+        layer.weight.mul_(torch.linspace(0.1, 3.0, 16))  # column j's norm grows with j
+    model = nn.Sequential(layer).eval()
+    thresholds = calibrate_activation_sparsity(model, [torch.randn(256, 16)], target=0.5, score="column_norm")
+    assert thresholds.score == "column_norm" and thresholds.to_json()["score"] == "column_norm"
+    fast = apply_activation_sparsity(model, thresholds)
+    x = torch.randn(1, 16)
+    reach = x.abs()[0] * layer.weight.detach().norm(dim=0)
+    kept = reach >= thresholds.values["0"]
+    assert 0 < int(kept.sum()) < 16
+    # the kept inputs are exactly the top entries by |x_j| * ||W[:, j]||, not by |x_j|
+    assert set(reach.argsort(descending=True)[: int(kept.sum())].tolist()) == set(torch.nonzero(kept)[:, 0].tolist())
+    expected = layer(torch.where(kept, x, torch.zeros(()))).detach()
+    torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("score", ["magnitude", "column_norm"])
+def test_a_threshold_calibrated_for_half_zeroes_half_of_the_calibration_entries(score: str) -> None:
+    torch.manual_seed(3)
+    model = MLP().eval()
+    batches = [torch.randn(128, 32) for _ in range(3)]
+    fast = apply_activation_sparsity(model, calibrate_activation_sparsity(model, batches, target=0.5, score=score))
+    for batch in batches:
+        fast(batch)
+    assert activation_sparsity_report(fast)["fc1"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_unknown_score_is_refused() -> None:
+    with pytest.raises(ConfigError, match="score should be one of"):
+        calibrate_activation_sparsity(MLP(), [torch.randn(4, 32)], score="wina")
