@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -32,14 +34,17 @@ class MLP(nn.Module):
         return self.classifier(torch.relu(self.fc2(torch.tanh(self.fc1(x)))))
 
 
-def thresholded_reference(model: nn.Module, thresholds: dict[str, float]) -> nn.Module:
-    """The dense model with each listed layer's input entries below its threshold set to zero (by hooks)."""
+def thresholded_reference(model: nn.Module, thresholds: ActivationThresholds) -> nn.Module:
+    """The dense model with each listed layer's input entries scored below its threshold set to zero (by hooks):
+    the score is ``|x_j|``, times the weight's column norm ``||W[:, j]||`` for ``score="column_norm"``."""
 
-    def zero_small(threshold: float):  # type: ignore[no-untyped-def]
-        return lambda module, args: (torch.where(args[0].abs() < threshold, torch.zeros(()), args[0]),)
+    def zero_small(threshold: float, scale: torch.Tensor):  # type: ignore[no-untyped-def]
+        return lambda module, args: (torch.where(args[0].abs() * scale < threshold, torch.zeros(()), args[0]),)
 
-    for name, threshold in thresholds.items():
-        model.get_submodule(name).register_forward_pre_hook(zero_small(threshold))
+    for name, threshold in thresholds.values.items():
+        layer = model.get_submodule(name)
+        scale = layer.weight.detach().norm(dim=0) if thresholds.score == "column_norm" else torch.ones(())
+        layer.register_forward_pre_hook(zero_small(threshold, scale))
     return model
 
 
@@ -76,8 +81,7 @@ def test_skipping_kernels_equal_dense_on_thresholded_inputs(backend: bool, token
     thresholds = calibrate_activation_sparsity(model, [torch.randn(32, 32)], target=0.5)
     fast = apply_activation_sparsity(model, thresholds)
     assert fast.fc2.csc is not None and fast.fc1.csc is None  # the pruned weight keeps only its nonzeros
-    reference = thresholded_reference(MLP().eval(), thresholds.values)
-    reference.load_state_dict(model.state_dict())
+    reference = thresholded_reference(copy.deepcopy(model), thresholds)
     x = torch.randn(tokens_, 32)
     expected = reference(x).detach()
     torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
@@ -104,7 +108,7 @@ def test_activation_sparse_llm_generates_like_the_thresholded_dense_model(weight
     fast = apply_activation_sparsity(model, thresholds)
     up_proj = fast.model.layers[0].mlp.up_proj
     assert isinstance(up_proj, ActivationSparseLinear) and (up_proj.csc is not None) == (weight_sparsity > 0)
-    reference = thresholded_reference(pruned_tiny_llama(weight_sparsity), thresholds.values)
+    reference = thresholded_reference(pruned_tiny_llama(weight_sparsity), thresholds)
     prompt = tokens(1, 8, seed=5)
     settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     generated = fast.generate(prompt, **settings)

@@ -111,7 +111,7 @@ def calibrate_activation_sparsity(
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     seed: int = 0,
     allocation: str = "uniform",
-    score: str = "magnitude",
+    score: str = "column_norm",
 ) -> ActivationThresholds:
     """Per-layer thresholds so that ``target`` of each Linear layer's input entries have ``|x|`` below them.
 
@@ -121,8 +121,9 @@ def calibrate_activation_sparsity(
     input), as TEAL does. ``allocation="greedy"`` gives each layer its own fraction instead
     (:mod:`~prunekit.torch.deploy.sparse.allocation`): more where zeroing moves the model's output
     least, so that the weight-count-weighted mean is ``target``; it runs the calibration batches
-    once per layer and grid point. ``score="column_norm"`` ranks input ``j`` by ``|x_j| * ||W[:, j]||``
-    (WINA): at the same count of skipped weight columns it keeps the inputs that move the output most.
+    once per layer and grid point. ``score="column_norm"`` (the default) ranks input ``j`` by
+    ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse): at the same count of skipped weight columns it keeps the
+    inputs that move the output most; ``score="magnitude"`` ranks by ``|x_j|`` alone (TEAL, CATS).
 
     Example::
 
