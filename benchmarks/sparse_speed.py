@@ -216,7 +216,7 @@ def decode_speed(
     return new_tokens / timings["dense"].best, new_tokens / timings["sparse"].best, cpu_speedup
 
 
-def small_lm() -> tuple[nn.Module, str] | None:
+def small_lm() -> tuple[nn.Module, str, str] | None:
     import transformers
 
     from prunekit.torch.llm.small_lm import MODEL_NAME, cache_dir
@@ -225,27 +225,34 @@ def small_lm() -> tuple[nn.Module, str] | None:
     if not (path / "model.safetensors").is_file():
         return None
     model = transformers.AutoModelForCausalLM.from_pretrained(path).float().eval()
-    return model, (path / "valid.txt").read_text(encoding="utf-8")
+    return model, (path / "train.txt").read_text(encoding="utf-8"), (path / "valid.txt").read_text(encoding="utf-8")
+
+
+def calibration_windows(train: str, tokenizer: object, count: int = 16, length: int = 128) -> torch.Tensor:
+    """``count`` windows of ``length`` tokens at seeded random places in the training text (never the evaluation text)."""
+    ids = torch.tensor(tokenizer(train[:2_000_000])["input_ids"])  # type: ignore[operator]
+    starts = torch.randint(0, ids.numel() - length, (count,), generator=torch.Generator().manual_seed(0))
+    return torch.stack([ids[int(start) : int(start) + length] for start in starts])
 
 
 def bench_small_lm(
-    model: nn.Module, valid: str, quick: bool, prompt: torch.Tensor, new_tokens: int, rounds: int
+    model: nn.Module, train: str, valid: str, quick: bool, prompt: torch.Tensor, new_tokens: int, rounds: int
 ) -> dict[str, object]:
     """Perplexity of the small LM dense, at 50 % activation sparsity allocated greedily (the figure) and
-    uniformly (beside), and its decode speed with the greedy thresholds."""
+    uniformly (beside), both calibrated on its training text, and its decode speed with the greedy thresholds."""
     from prunekit.torch.llm.evaluate import perplexity
     from prunekit.torch.llm.small_lm import byte_tokenizer
 
     tokenizer = byte_tokenizer()
     text = valid[: 40_000 if quick else 120_000]
-    ids = torch.tensor(tokenizer(valid[-20_000:])["input_ids"][: 8 * 128]).reshape(8, 128)
+    ids = calibration_windows(train, tokenizer)
     start = time.perf_counter()
     dense_ppl = perplexity(model, [text], tokenizer).perplexity
     ppl: dict[str, float] = {"dense": round(dense_ppl, 4)}
     fast: dict[str, nn.Module] = {}
     achieved: dict[str, float] = {}
     for allocation in ("greedy", "uniform"):
-        thresholds = calibrate_activation_sparsity(model, [ids[:4], ids[4:]], target=0.5, allocation=allocation)
+        thresholds = calibrate_activation_sparsity(model, [ids[:8], ids[8:]], target=0.5, allocation=allocation)
         fast[allocation] = apply_activation_sparsity(model, thresholds)
         ppl[allocation] = round(perplexity(fast[allocation], [text], tokenizer).perplexity, 4)
         per_layer = activation_sparsity_report(fast[allocation])

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -30,14 +34,17 @@ class MLP(nn.Module):
         return self.classifier(torch.relu(self.fc2(torch.tanh(self.fc1(x)))))
 
 
-def thresholded_reference(model: nn.Module, thresholds: dict[str, float]) -> nn.Module:
-    """The dense model with each listed layer's input entries below its threshold set to zero (by hooks)."""
+def thresholded_reference(model: nn.Module, thresholds: ActivationThresholds) -> nn.Module:
+    """The dense model with each listed layer's input entries scored below its threshold set to zero (by hooks):
+    the score is ``|x_j|``, times the weight's column norm ``||W[:, j]||`` for ``score="column_norm"``."""
 
-    def zero_small(threshold: float):  # type: ignore[no-untyped-def]
-        return lambda module, args: (torch.where(args[0].abs() < threshold, torch.zeros(()), args[0]),)
+    def zero_small(threshold: float, scale: torch.Tensor):  # type: ignore[no-untyped-def]
+        return lambda module, args: (torch.where(args[0].abs() * scale < threshold, torch.zeros(()), args[0]),)
 
-    for name, threshold in thresholds.items():
-        model.get_submodule(name).register_forward_pre_hook(zero_small(threshold))
+    for name, threshold in thresholds.values.items():
+        layer = model.get_submodule(name)
+        scale = layer.weight.detach().norm(dim=0) if thresholds.score == "column_norm" else torch.ones(())
+        layer.register_forward_pre_hook(zero_small(threshold, scale))
     return model
 
 
@@ -74,8 +81,7 @@ def test_skipping_kernels_equal_dense_on_thresholded_inputs(backend: bool, token
     thresholds = calibrate_activation_sparsity(model, [torch.randn(32, 32)], target=0.5)
     fast = apply_activation_sparsity(model, thresholds)
     assert fast.fc2.csc is not None and fast.fc1.csc is None  # the pruned weight keeps only its nonzeros
-    reference = thresholded_reference(MLP().eval(), thresholds.values)
-    reference.load_state_dict(model.state_dict())
+    reference = thresholded_reference(copy.deepcopy(model), thresholds)
     x = torch.randn(tokens_, 32)
     expected = reference(x).detach()
     torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
@@ -102,7 +108,7 @@ def test_activation_sparse_llm_generates_like_the_thresholded_dense_model(weight
     fast = apply_activation_sparsity(model, thresholds)
     up_proj = fast.model.layers[0].mlp.up_proj
     assert isinstance(up_proj, ActivationSparseLinear) and (up_proj.csc is not None) == (weight_sparsity > 0)
-    reference = thresholded_reference(pruned_tiny_llama(weight_sparsity), thresholds.values)
+    reference = thresholded_reference(pruned_tiny_llama(weight_sparsity), thresholds)
     prompt = tokens(1, 8, seed=5)
     settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     generated = fast.generate(prompt, **settings)
@@ -199,3 +205,59 @@ def test_greedy_calibration_of_a_causal_lm_meets_the_weighted_target() -> None:
     weighted = sum(thresholds.sparsities[name] * size for name, size in sizes.items()) / sum(sizes.values())
     assert weighted == pytest.approx(0.5) and set(thresholds.values) == set(sizes)
     assert len(set(thresholds.sparsities.values())) > 1  # the layers got different fractions
+
+
+@given(
+    st.lists(st.integers(1, 5000), min_size=1, max_size=6),
+    st.floats(0.0, 0.99),
+    st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_greedy_allocation_never_exceeds_the_target_mean(sizes: list[int], target: float, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    levels = len(GRID) + 1
+    errors = {f"l{i}": torch.rand(levels, generator=generator).cumsum(0).tolist() for i in range(len(sizes))}
+    for curve in errors.values():
+        curve[0] = 0.0
+    weights = {f"l{i}": size for i, size in enumerate(sizes)}
+    chosen = greedy_allocation(errors, weights, target)
+    mean = sum(chosen[name] * weights[name] for name in weights) / sum(weights.values())
+    assert mean <= target + 1e-9
+    assert all(0.0 <= value <= GRID[-1] for value in chosen.values())
+    if target <= GRID[-1]:  # reachable: the budget is spent exactly
+        assert mean == pytest.approx(target, abs=1e-9)
+
+
+def test_column_norm_scores_keep_the_inputs_with_the_largest_reach() -> None:
+    torch.manual_seed(7)
+    layer = nn.Linear(16, 8)
+    with torch.no_grad():
+        layer.weight.mul_(torch.linspace(0.1, 3.0, 16))  # column j's norm grows with j
+    model = nn.Sequential(layer).eval()
+    thresholds = calibrate_activation_sparsity(model, [torch.randn(256, 16)], target=0.5, score="column_norm")
+    assert thresholds.score == "column_norm" and thresholds.to_json()["score"] == "column_norm"
+    fast = apply_activation_sparsity(model, thresholds)
+    x = torch.randn(1, 16)
+    reach = x.abs()[0] * layer.weight.detach().norm(dim=0)
+    kept = reach >= thresholds.values["0"]
+    assert 0 < int(kept.sum()) < 16
+    # the kept inputs are exactly the top entries by |x_j| * ||W[:, j]||, not by |x_j|
+    assert set(reach.argsort(descending=True)[: int(kept.sum())].tolist()) == set(torch.nonzero(kept)[:, 0].tolist())
+    expected = layer(torch.where(kept, x, torch.zeros(()))).detach()
+    torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("score", ["magnitude", "column_norm"])
+def test_a_threshold_calibrated_for_half_zeroes_half_of_the_calibration_entries(score: str) -> None:
+    torch.manual_seed(3)
+    model = MLP().eval()
+    batches = [torch.randn(128, 32) for _ in range(3)]
+    fast = apply_activation_sparsity(model, calibrate_activation_sparsity(model, batches, target=0.5, score=score))
+    for batch in batches:
+        fast(batch)
+    assert activation_sparsity_report(fast)["fc1"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_unknown_score_is_refused() -> None:
+    with pytest.raises(ConfigError, match="score should be one of"):
+        calibrate_activation_sparsity(MLP(), [torch.randn(4, 32)], score="wina")

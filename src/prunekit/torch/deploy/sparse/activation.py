@@ -23,13 +23,16 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.torch.deploy.sparse.allocation import GRID, greedy_allocation, layer_errors
-from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear
+from prunekit.torch.deploy.sparse.allocation import GRID, greedy_allocation, input_scores, layer_errors
+from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear, column_norms
 
 #: Layers never sparsified by default: an LM head's input is the final hidden state (and often tied).
 DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "classifier", "*.classifier")
 _SAMPLE_LIMIT = 200_000  # |x| entries kept per layer for the quantile (a random subsample beyond that)
 ALLOCATIONS = ("uniform", "greedy")
+#: How an input entry is scored against its layer's threshold: ``|x_j|`` (TEAL, CATS) or
+#: ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse: the entry's reach into the output).
+SCORES = ("magnitude", "column_norm")
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,13 @@ class ActivationThresholds:
     values: dict[str, float]
     sparsities: dict[str, float] = field(default_factory=dict)
     allocation: str = "uniform"
+    score: str = "magnitude"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "allocation": self.allocation,
+            "score": self.score,
             "thresholds": dict(self.values),
             "sparsities": dict(self.sparsities),
         }
@@ -106,6 +111,7 @@ def calibrate_activation_sparsity(
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     seed: int = 0,
     allocation: str = "uniform",
+    score: str = "column_norm",
 ) -> ActivationThresholds:
     """Per-layer thresholds so that ``target`` of each Linear layer's input entries have ``|x|`` below them.
 
@@ -115,7 +121,9 @@ def calibrate_activation_sparsity(
     input), as TEAL does. ``allocation="greedy"`` gives each layer its own fraction instead
     (:mod:`~prunekit.torch.deploy.sparse.allocation`): more where zeroing moves the model's output
     least, so that the weight-count-weighted mean is ``target``; it runs the calibration batches
-    once per layer and grid point.
+    once per layer and grid point. ``score="column_norm"`` (the default) ranks input ``j`` by
+    ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse): at the same count of skipped weight columns it keeps the
+    inputs that move the output most; ``score="magnitude"`` ranks by ``|x_j|`` alone (TEAL, CATS).
 
     Example::
 
@@ -124,14 +132,17 @@ def calibrate_activation_sparsity(
     _check_target(target)
     if allocation not in ALLOCATIONS:
         raise ConfigError(f"allocation should be one of {list(ALLOCATIONS)}, got {allocation!r}")
+    if score not in SCORES:
+        raise ConfigError(f"score should be one of {list(SCORES)}, got {score!r}")
     batches = list(batches)
     layers = _linear_layers(model, include, exclude)
+    scales = {name: _input_scale(layer, score) for name, layer in layers.items()}
     rng = np.random.default_rng(seed)
     samples: dict[str, list[np.ndarray]] = {name: [] for name in layers}
 
     def hook(name: str) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple[Any, ...]) -> None:
-            values = args[0].detach().abs().float().reshape(-1).cpu().numpy()
+            values = input_scores(args[0].detach(), scales[name]).reshape(-1).cpu().numpy()
             if values.size > _SAMPLE_LIMIT:
                 values = rng.choice(values, _SAMPLE_LIMIT, replace=False)
             samples[name].append(values)
@@ -155,22 +166,35 @@ def calibrate_activation_sparsity(
     magnitudes = {name: np.concatenate(parts) for name, parts in samples.items() if parts}
     sparsities = dict.fromkeys(magnitudes, float(target))
     if allocation == "greedy" and target > 0:
-        sparsities = _greedy(model, {name: layers[name] for name in magnitudes}, magnitudes, batches, float(target))
+        found = {name: layers[name] for name in magnitudes}
+        sparsities = _greedy(model, found, magnitudes, scales, batches, float(target))
     values = {
         name: float(np.quantile(magnitudes[name], sparsity)) if sparsity > 0 else 0.0 for name, sparsity in sparsities.items()
     }
-    return ActivationThresholds(float(target), values, sparsities, allocation)
+    return ActivationThresholds(float(target), values, sparsities, allocation, score)
+
+
+def _input_scale(layer: nn.Linear, score: str) -> torch.Tensor | None:
+    """The per-input factor of the score: the weight's column norms for ``"column_norm"``, none for ``"magnitude"``."""
+    if score == "magnitude":
+        return None
+    return torch.from_numpy(column_norms(layer.weight.detach().float().cpu().numpy())).to(layer.weight.device)
 
 
 def _greedy(
-    model: nn.Module, layers: dict[str, nn.Linear], magnitudes: dict[str, np.ndarray], batches: list[Any], target: float
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    magnitudes: dict[str, np.ndarray],
+    scales: dict[str, torch.Tensor | None],
+    batches: list[Any],
+    target: float,
 ) -> dict[str, float]:
     """Per-layer sparsities from each layer's measured output error at the :data:`GRID` sparsities (in eval mode)."""
     grid = {name: [float(t) for t in np.quantile(values, GRID)] for name, values in magnitudes.items()}
     was_training = model.training
     model.eval()
     try:
-        errors = layer_errors(model, layers, grid, batches, _run_batch)
+        errors = layer_errors(model, layers, grid, scales, batches, _run_batch)
     finally:
         model.train(was_training)
     return greedy_allocation(errors, {name: layer.weight.numel() for name, layer in layers.items()}, target)
@@ -203,7 +227,9 @@ def apply_activation_sparsity(
             raise ConfigError(f"layer {name!r} is a {type(module).__name__}, not an nn.Linear")
         weight = module.weight.detach()
         sparse_weight = float((weight == 0).float().mean()) > weight_sparse_above
-        replacement = ActivationSparseLinear.from_linear(module, threshold, weight_sparse=sparse_weight)
+        replacement = ActivationSparseLinear.from_linear(
+            module, threshold, weight_sparse=sparse_weight, column_norm_scores=thresholds.score == "column_norm"
+        )
         parent_name, _, child = name.rpartition(".")
         setattr(target.get_submodule(parent_name) if parent_name else target, child, replacement)
     return target

@@ -40,18 +40,19 @@ def layer_errors(
     model: nn.Module,
     layers: Mapping[str, nn.Module],
     thresholds: Mapping[str, Sequence[float]],
+    scales: Mapping[str, torch.Tensor | None],
     batches: Sequence[Any],
     run: Callable[[nn.Module, Any, int], Any],
 ) -> dict[str, list[float]]:
     """Per layer, the output error with 0 and with each of its ``thresholds`` applied to that layer alone:
-    ``mean over batches of |y' - y|^2 / |y|^2``."""
+    ``mean over batches of |y' - y|^2 / |y|^2``; inputs are scored by :func:`input_scores` with ``scales``."""
     with torch.no_grad():
         references = [output_tensor(run(model, batch, i)).float() for i, batch in enumerate(batches)]
         errors: dict[str, list[float]] = {}
         for name, layer in layers.items():
             errors[name] = [0.0]
             for threshold in thresholds[name]:
-                handle = layer.register_forward_pre_hook(_zero_below(threshold))
+                handle = layer.register_forward_pre_hook(_zero_below(threshold, scales.get(name)))
                 try:
                     total = 0.0
                     for i, (batch, reference) in enumerate(zip(batches, references)):
@@ -63,10 +64,16 @@ def layer_errors(
     return errors
 
 
-def _zero_below(threshold: float) -> Callable[..., tuple[Any, ...]]:
+def input_scores(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The float score each input entry is thresholded on: ``|x|``, or ``|x| * scale`` along the last axis."""
+    score = x.abs().float()
+    return score if scale is None else score * scale
+
+
+def _zero_below(threshold: float, scale: torch.Tensor | None) -> Callable[..., tuple[Any, ...]]:
     def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
-        return (torch.where(x.abs() < threshold, torch.zeros((), dtype=x.dtype), x), *args[1:])
+        return (torch.where(input_scores(x, scale) < threshold, torch.zeros((), dtype=x.dtype), x), *args[1:])
 
     return hook
 

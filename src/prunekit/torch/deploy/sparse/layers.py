@@ -124,9 +124,18 @@ class SparseConv2d(nn.Module):
         return y.transpose(1, 2).reshape(batch, self.out_channels, out_h, out_w)
 
 
+def column_norms(weight: np.ndarray) -> np.ndarray:
+    """``||W[:, j]||_2`` per input ``j`` of a 2-D (out, in) weight, float32: how much input ``j`` can move the output."""
+    return np.sqrt(np.square(weight.astype(np.float64)).sum(axis=0)).astype(np.float32)
+
+
 class ActivationSparseLinear(nn.Module):
     """A Linear whose input entries with ``|x| < threshold`` are zeroed (TEAL-style), reading only the weight
     columns of the surviving entries. The weight may itself be sparse (CSC). Counts the zeros it made.
+
+    With an ``input_scale`` ``s`` (WINA / R-Sparse: the weight's column norms), the score of input
+    ``j`` is ``|x_j| * s_j``: the layer holds ``W[:, j] / s_j`` and multiplies its input by ``s``, so
+    the kernels compare ``|x_j * s_j|`` with the threshold and the product is unchanged.
 
     Example::
 
@@ -140,10 +149,12 @@ class ActivationSparseLinear(nn.Module):
         bias: torch.Tensor | None,
         threshold: float,
         max_tokens: int = 4,
+        input_scale: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.threshold = float(threshold)
         self.max_tokens = max_tokens
+        self.input_scale = None if input_scale is None else torch.from_numpy(np.asarray(input_scale, dtype=np.float32))
         if isinstance(weight, CSR):
             self.out_features, self.in_features = weight.shape
             self.csr: CSR | None = weight
@@ -158,10 +169,17 @@ class ActivationSparseLinear(nn.Module):
         self.seen = 0
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, threshold: float, weight_sparse: bool = False) -> ActivationSparseLinear:
-        """Wrap ``linear``; ``weight_sparse`` also skips the weight's own zeros (CSC of the nonzeros)."""
+    def from_linear(
+        cls, linear: nn.Linear, threshold: float, weight_sparse: bool = False, column_norm_scores: bool = False
+    ) -> ActivationSparseLinear:
+        """Wrap ``linear``; ``weight_sparse`` also skips the weight's own zeros (CSC of the nonzeros);
+        ``column_norm_scores`` scores input ``j`` by ``|x_j| * ||W[:, j]||`` instead of ``|x_j|``."""
         weight = linear.weight.detach().float().cpu().numpy()
-        return cls(CSR.from_dense(weight) if weight_sparse else weight, linear.bias, threshold)
+        scale = None
+        if column_norm_scores:
+            scale = column_norms(weight)
+            weight = weight / np.where(scale > 0, scale, 1.0)[None, :]  # an all-zero column stays zero
+        return cls(CSR.from_dense(weight) if weight_sparse else weight, linear.bias, threshold, input_scale=scale)
 
     @property
     def achieved_sparsity(self) -> float:
@@ -179,6 +197,8 @@ class ActivationSparseLinear(nn.Module):
             )
         x2 = x.reshape(-1, self.in_features)
         x2 = (x2 if x2.dtype == torch.float32 else x2.float()).detach()
+        if self.input_scale is not None:
+            x2 = x2 * self.input_scale
         self.zeroed += int((x2.abs() < self.threshold).sum()) if self.threshold > 0 else int((x2 == 0).sum())
         self.seen += x2.numel()
         bias = None if self.bias is None else self.bias.detach().numpy()
@@ -206,4 +226,8 @@ class ActivationSparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "sparse" if self.csc is not None else "dense"
-        return f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold:.4g}, weight={kind}"
+        score = "|x|*||W col||" if self.input_scale is not None else "|x|"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, threshold={self.threshold:.4g}, "
+            f"score={score}, weight={kind}"
+        )
