@@ -94,3 +94,32 @@ def test_statistics_with_a_hessian_give_the_norms_from_its_diagonal_and_release_
     with_hessian.release()
     with pytest.raises(ValueError, match="no calibration inputs"):
         with_hessian.input_norms()
+
+
+def test_a_consumed_hessian_is_factored_in_its_own_memory_and_collected_again_to_start_over() -> None:
+    def rank_one() -> InputStatistics:
+        stats = InputStatistics(features=3, hessian=True)
+        stats.add(torch.ones(4, 3))  # singular without dampening: the first attempt fails
+        return stats
+
+    calls = []
+
+    def recollect() -> InputStatistics:
+        calls.append(1)
+        return rank_one()
+
+    stats = rank_one()
+    factor, _ = _inverse_hessian_factor(stats, 0.0, torch.device("cpu"), "proj", recollect)
+    assert stats.xxt is None and len(calls) == 1  # consumed by the first attempt, collected again once
+    hessian = rank_one().hessian_matrix().double()
+    hessian.diagonal().add_(1e-4 * hessian.diagonal().mean())
+    torch.testing.assert_close((factor.double().t() @ factor.double()) @ hessian, torch.eye(3, dtype=torch.float64), atol=2e-2, rtol=0)
+
+    torch.manual_seed(0)
+    healthy = InputStatistics(features=5, hessian=True)
+    healthy.add(torch.randn(50, 5))
+    expected, _ = _inverse_hessian_factor(healthy, 0.01, torch.device("cpu"), "proj")
+    address = healthy.xxt.data_ptr()
+    factor, _ = _inverse_hessian_factor(healthy, 0.01, torch.device("cpu"), "proj", recollect)
+    assert factor.data_ptr() == address and len(calls) == 1  # the sums' memory became the factor
+    torch.testing.assert_close(factor, expected)

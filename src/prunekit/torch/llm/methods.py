@@ -33,7 +33,9 @@ class LayerTask:
 
     ``pattern`` is ``(n, m)`` for N:M or ``None`` for unstructured ``sparsity``; ``comparison``
     is ``"row"`` (each output row loses the same share) or ``"layer"`` (one ranking over the
-    matrix), or ``None`` for the method's own default.
+    matrix), or ``None`` for the method's own default. ``recollect``, given when no other
+    projection reads ``stats``, lets a method consume them (SparseGPT factors the Hessian in its own
+    memory) and collect them again in the rare case it must start over.
     """
 
     name: str
@@ -42,6 +44,7 @@ class LayerTask:
     sparsity: float
     pattern: tuple[int, int] | None = None
     comparison: str | None = None
+    recollect: Callable[[], InputStatistics] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01
     if task.pattern is not None and cols % task.pattern[1]:
         select_mask(task.weight[:1].float(), 0.0, task.pattern, comparison, layer=task.name)  # raises the divisibility error
     n_keep, m = task.pattern if task.pattern is not None else (0, 0)
-    hinv, dead = _inverse_hessian_factor(task.stats, dampening, task.weight.device, task.name)
+    hinv, dead = _inverse_hessian_factor(task.stats, dampening, task.weight.device, task.name, task.recollect)
     weight = task.weight.float().clone()  # after the inverse: the two working copies are never alive together
     weight[:, dead] = 0.0
     if m and blocksize % m:
@@ -151,19 +154,28 @@ def _obs_columns(
 
 
 def _inverse_hessian_factor(
-    stats: InputStatistics, dampening: float, device: torch.device, name: str
+    stats: InputStatistics,
+    dampening: float,
+    device: torch.device,
+    name: str,
+    recollect: Callable[[], InputStatistics] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, dead)``: ``U^T U = H^{-1}`` for the dampened Hessian, and the inputs that never fired (``diag H == 0``).
 
     With ``J`` the reversal permutation and ``K K^T = J H J`` (lower Cholesky), ``U = J K^{-1} J`` is
     upper triangular and ``U^T U = J K^{-T} K^{-1} J = H^{-1}``: one Cholesky and one triangular
-    inverse, both in place (:func:`_lapack_in_place`), and the reversals done in place, so one ``d x d``
-    working matrix is alive besides the statistics (the reference's Cholesky -> inverse -> Cholesky
-    chain holds three or four). A Hessian that is not positive definite (or whose pivots drown in
-    rounding) gets more dampening (1e-4, 1e-2, 0.1 of its mean diagonal) before giving up.
+    inverse, both in place (:func:`_lapack_in_place`), and the reversals done in place. With
+    ``recollect`` the statistics' own sums become the working matrix, so no second ``d x d`` is alive
+    (the reference's Cholesky -> inverse -> Cholesky chain holds three or four). A Hessian that is not
+    positive definite (or whose pivots drown in rounding) gets more dampening (1e-4, 1e-2, 0.1 of its
+    mean diagonal) before giving up; a consumed one is collected again first.
     """
-    for extra in (0.0, 1e-4, 1e-2, 1e-1):
-        hessian = stats.hessian_matrix().to(device)  # a fresh tensor, overwritten below
+    for attempt, extra in enumerate((0.0, 1e-4, 1e-2, 1e-1)):
+        if recollect is None:
+            hessian = stats.hessian_matrix().to(device)  # a fresh tensor, overwritten below
+        else:
+            stats = recollect() if attempt else stats
+            hessian = stats.take_hessian().to(device)
         diagonal = hessian.diagonal()
         dead = diagonal == 0
         diagonal[dead] = 1.0

@@ -9,10 +9,11 @@ inputs. Peak memory is the model plus one block's calibration activations.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -426,7 +427,9 @@ def _prune_blocks(
                 users = Counter(id(stats[n]) for n in modules if n in stats)
                 for n, module in modules.items():
                     if not (targets[n] == 0.0 and pattern is None):
-                        _prune_projection(handler, options, n, module, stats.get(n), targets[n], pattern, comparison)
+                        last = n in stats and users[id(stats[n])] == 1  # no other projection reads these statistics
+                        recollect = functools.partial(_collect_one, block, batches, n, module) if last else None
+                        _prune_projection(handler, options, n, module, stats.get(n), targets[n], pattern, comparison, recollect)
                     achieved[n] = _zero_share(weight_matrix(module))
                     if n in stats:  # free a statistic (a Hessian: up to d x d floats) once its last projection is done
                         users[id(stats[n])] -= 1
@@ -449,17 +452,22 @@ def _prune_projection(
     sparsity: float,
     pattern: tuple[int, int] | None,
     comparison: str | None,
+    recollect: Callable[[], InputStatistics] | None,
 ) -> None:
     """Prune one projection in place (a function of its own: the working copies die before the next one starts)."""
-    task = LayerTask(
-        name=name,
-        weight=weight_matrix(module).detach().float(),
-        stats=stats,
-        sparsity=sparsity,
-        pattern=pattern,
-        comparison=comparison,
-    )
+    weight = weight_matrix(module).detach().float()
+    task = LayerTask(name, weight, stats, sparsity, pattern, comparison, recollect)
     set_weight_matrix(module, handler(task, **options))
+
+
+def _collect_one(block: nn.Module, batches: list[BlockBatch], name: str, module: nn.Module) -> InputStatistics:
+    """One projection's Hessian statistics collected again over the calibration batches (the block as it is now)."""
+    collector = _StatsCollector({name: module}, hessian=True)
+    try:
+        _run_block(block, batches, None, collector, replace=False)
+    finally:
+        collector.close()
+    return collector.stats[name]
 
 
 def _zero_share(weight: torch.Tensor) -> float:

@@ -55,6 +55,14 @@ class InputStatistics:
         self.sq_norms = None
         self.xxt = None
 
+    def take_hessian(self) -> torch.Tensor:
+        """:meth:`hessian_matrix` made in the sums' own memory and handed over (the statistics are released)."""
+        if self.xxt is None:
+            raise ValueError("Hessian statistics were not collected for this projection")
+        hessian = self.xxt.mul_(2.0 / max(self.tokens, 1))
+        self.release()
+        return hessian
+
     def hessian_matrix(self) -> torch.Tensor:
         """SparseGPT's layer Hessian ``H = 2 X X^T / tokens``."""
         if self.xxt is None:
