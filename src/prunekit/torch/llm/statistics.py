@@ -2,7 +2,8 @@
 
 ``sq_norms[j]`` is the sum over calibration tokens of ``x_j ** 2`` (Wanda's ``||X_j||^2``);
 ``xxt`` is the sum of ``x x^T`` (SparseGPT's Hessian is ``2 * xxt / tokens``). Both are kept
-in float32 whatever the model's dtype.
+in float32 whatever the model's dtype. The squared norms are summed over the token axis as
+``square(X)^T @ 1`` (one gemv) rather than a column reduction, which walks the strided axis.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class InputStatistics:
         x = inputs.detach().reshape(-1, self.features).float()
         if self.sq_norms is None:
             self.sq_norms = torch.zeros(self.features, device=x.device)
-        self.sq_norms += (x * x).sum(dim=0)
+        self.sq_norms.addmv_(x.square().t(), torch.ones(x.shape[0], device=x.device))
         if self.hessian:
             if self.xxt is None:
                 self.xxt = torch.zeros(self.features, self.features, device=x.device)
