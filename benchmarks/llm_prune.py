@@ -2,8 +2,10 @@
 
 Quality, on prunekit's small byte-level Llama (trained once, cached; see ``prunekit llm demo``):
 perplexity on held-out stdlib text of the dense model, of each method at 50 % unstructured and
-at 2:4, of Wanda at 70 % with OWL ratios beside uniform, and of removing 25 % of the blocks by
-block influence beside removing the last 25 %.
+at 2:4 (each in its paper's comparison group), of Wanda at 50 % compared per layer and with the
+group chosen per projection by output error (``comparison="auto"``), of Wanda at 70 % with OWL
+ratios beside uniform, and of removing 25 % of the blocks by block influence beside removing the
+last 25 %.
 
 Cost, on a randomly initialised GPT-2-small-size decoder (12 blocks of width 768, ~85M
 parameters in its blocks) with 32 x 512 calibration tokens, each figure from its own process:
@@ -16,8 +18,9 @@ calibration activations are reported separately (``block_activation_bytes``).
     python benchmarks/llm_prune.py --quick    # fewer tokens, a 4-block cost model
     python benchmarks/llm_prune.py --skip-quality --compare-batch 1   # cost at the default batch and at 1 sequence
 
-The last line is one JSON object: ``ppl_dense``, ``ppl`` (method -> "0.5"/"2:4" -> value), OWL,
-depth and cost figures.
+The last line is one JSON object: ``ppl_dense``, ``ppl`` (method -> "0.5"/"2:4" -> value),
+``rise_over_magnitude`` (the issue's goals as ratios), ``ppl_wanda_comparison`` (group -> value at
+50 %), OWL, depth and cost figures.
 """
 
 from __future__ import annotations
@@ -141,6 +144,17 @@ def _quality(quick: bool) -> dict:
             result = prune(model, train, tokenizer=tokenizer, method=method.name, n_samples=samples, seq_len=seq_len, **kwargs)
             figures["ppl"][method.name][label] = ppl(model)
             figures["prune_seconds"][f"{method.name} {label}"] = result.seconds
+    figures["ppl_wanda_comparison"] = {"row": figures["ppl"]["wanda"]["0.5"]}
+    for group in ("layer", "auto"):
+        model.load_state_dict(dense_state)
+        result = prune(
+            model, train, tokenizer=tokenizer, method="wanda", sparsity=0.5, comparison=group, n_samples=samples, seq_len=seq_len
+        )
+        figures["ppl_wanda_comparison"][group] = ppl(model)
+        figures["prune_seconds"][f"wanda 0.5 {group}"] = result.seconds
+        if group == "auto":
+            chosen = list(result.comparisons.values())
+            figures["wanda_auto_layer_share"] = chosen.count("layer") / len(chosen)
     for ratios in ("uniform", "owl"):
         model.load_state_dict(dense_state)
         prune(model, train, tokenizer=tokenizer, method="wanda", sparsity=0.7, ratios=ratios, n_samples=samples, seq_len=seq_len)
@@ -156,6 +170,10 @@ def _quality(quick: bool) -> dict:
     dense = figures["ppl_dense"]
     rise = {m: {p: v - dense for p, v in row.items()} for m, row in figures["ppl"].items()}
     figures["ppl_increase"] = rise
+    figures["rise_over_magnitude"] = {
+        **{f"{m} {p}": rise[m][p] / rise["magnitude"][p] for m in rise if m != "magnitude" for p in rise[m]},
+        **{f"wanda 0.5 {g}": (v - dense) / rise["magnitude"]["0.5"] for g, v in figures["ppl_wanda_comparison"].items()},
+    }
     return figures
 
 
@@ -236,6 +254,8 @@ def _print_quality(console, quality: dict) -> None:  # noqa: ANN001
     for method, row in quality["ppl"].items():
         for pattern, value in row.items():
             table.add_row(f"{method} {pattern}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
+    for group, value in quality["ppl_wanda_comparison"].items():
+        table.add_row(f"wanda 0.5, comparison={group}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
     for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", *(k for k in quality if k.startswith("ppl_depth_"))):
         table.add_row(key.removeprefix("ppl_"), f"{quality[key]:.3f}", f"{quality[key] - quality['ppl_dense']:+.3f}")
     console.print(table)

@@ -110,7 +110,7 @@ def _wanda(task: LayerTask, **_: Any) -> torch.Tensor:
     if task.stats is None:
         raise ConfigError(f"this method needs calibration input norms for layer {task.name!r}")
     weight = task.weight.float()
-    scores = weight.abs() * task.stats.input_norms().to(weight.device).unsqueeze(0)
+    scores = weight.abs().mul_(task.stats.input_norms().to(weight.device).unsqueeze(0))
     keep = select_mask(scores, task.sparsity, task.pattern, task.comparison or "row", layer=task.name)
     return weight * keep
 
