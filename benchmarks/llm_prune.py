@@ -2,8 +2,10 @@
 
 Quality, on prunekit's small byte-level Llama (trained once, cached; see ``prunekit llm demo``):
 perplexity on held-out stdlib text of the dense model, of each method at 50 % unstructured and
-at 2:4, of Wanda at 70 % with OWL ratios beside uniform, and of removing 25 % of the blocks by
-block influence beside removing the last 25 %.
+at 2:4 (each in its paper's comparison group), of Wanda at 50 % compared per layer and with the
+group chosen per projection by output error (``comparison="auto"``), of Wanda at 70 % with OWL
+ratios beside uniform, and of removing 25 % of the blocks by block influence beside removing the
+last 25 %.
 
 Cost, on a randomly initialised GPT-2-small-size decoder (12 blocks of width 768, ~85M
 parameters in its blocks) with 32 x 512 calibration tokens, each figure from its own process:
@@ -16,8 +18,9 @@ calibration activations are reported separately (``block_activation_bytes``).
     python benchmarks/llm_prune.py --quick    # fewer tokens, a 4-block cost model
     python benchmarks/llm_prune.py --skip-quality --compare-batch 1   # cost at the default batch and at 1 sequence
 
-The last line is one JSON object: ``ppl_dense``, ``ppl`` (method -> "0.5"/"2:4" -> value), OWL,
-depth and cost figures.
+The last line is one JSON object: ``ppl_dense``, ``ppl`` (method -> "0.5"/"2:4" -> value),
+``rise_over_magnitude`` (the issue's goals as ratios), ``ppl_wanda_comparison`` (group -> value at
+50 %), OWL, depth and cost figures.
 """
 
 from __future__ import annotations
@@ -141,6 +144,17 @@ def _quality(quick: bool) -> dict:
             result = prune(model, train, tokenizer=tokenizer, method=method.name, n_samples=samples, seq_len=seq_len, **kwargs)
             figures["ppl"][method.name][label] = ppl(model)
             figures["prune_seconds"][f"{method.name} {label}"] = result.seconds
+    figures["ppl_wanda_comparison"] = {"row": figures["ppl"]["wanda"]["0.5"]}
+    for group in ("layer", "auto"):
+        model.load_state_dict(dense_state)
+        result = prune(
+            model, train, tokenizer=tokenizer, method="wanda", sparsity=0.5, comparison=group, n_samples=samples, seq_len=seq_len
+        )
+        figures["ppl_wanda_comparison"][group] = ppl(model)
+        figures["prune_seconds"][f"wanda 0.5 {group}"] = result.seconds
+        if group == "auto":
+            chosen = list(result.comparisons.values())
+            figures["wanda_auto_layer_share"] = chosen.count("layer") / len(chosen)
     for ratios in ("uniform", "owl"):
         model.load_state_dict(dense_state)
         prune(model, train, tokenizer=tokenizer, method="wanda", sparsity=0.7, ratios=ratios, n_samples=samples, seq_len=seq_len)
@@ -156,43 +170,48 @@ def _quality(quick: bool) -> dict:
     dense = figures["ppl_dense"]
     rise = {m: {p: v - dense for p, v in row.items()} for m, row in figures["ppl"].items()}
     figures["ppl_increase"] = rise
+    figures["rise_over_magnitude"] = {
+        **{f"{m} {p}": rise[m][p] / rise["magnitude"][p] for m in rise if m != "magnitude" for p in rise[m]},
+        **{f"wanda 0.5 {g}": (v - dense) / rise["magnitude"]["0.5"] for g, v in figures["ppl_wanda_comparison"].items()},
+    }
     return figures
 
 
-def _cost(layers: int, samples: int, seq_len: int, compare_batch: int | None) -> dict:
-    """Cost figures at the default batch; with ``compare_batch``, the same at that batch, run beside each default run."""
-    forward_a = _run_worker("forward", layers, samples, seq_len)
-    wanda = _run_worker("wanda", layers, samples, seq_len)
-    wanda_cmp = _run_worker("wanda", layers, samples, seq_len, compare_batch) if compare_batch else None
-    forward_b = _run_worker("forward", layers, samples, seq_len)
-    sparsegpt = _run_worker("sparsegpt", layers, samples, seq_len)
-    sparsegpt_cmp = _run_worker("sparsegpt", layers, samples, seq_len, compare_batch) if compare_batch else None
-    forward_c = _run_worker("forward", layers, samples, seq_len)
-    model_bytes = wanda["model_bytes"]
-    compared = {}
-    if wanda_cmp and sparsegpt_cmp:
-        compared["compare_batch"] = {
-            "batch_size": compare_batch,
-            "wanda_time_over_forward": wanda_cmp["seconds"] / ((forward_a["seconds"] + forward_b["seconds"]) / 2),
-            "sparsegpt_time_over_forward": sparsegpt_cmp["seconds"] / ((forward_b["seconds"] + forward_c["seconds"]) / 2),
-            "peak_rss_over_model_bytes_wanda": wanda_cmp["peak_rss_growth"] / model_bytes,
-            "peak_rss_over_model_bytes_sparsegpt": sparsegpt_cmp["peak_rss_growth"] / model_bytes,
-        }
-    return {
-        "batch_size": wanda["batch_size"],
+COST_METHODS = ("wanda", "sparsegpt")
+
+
+def _cost(layers: int, samples: int, seq_len: int, compare_batch: int | None, methods: tuple[str, ...] = COST_METHODS) -> dict:
+    """Cost figures at the default batch, forwards run before and after each method (A B A C A ...).
+
+    With ``compare_batch``, each method also runs at that batch, beside its default run.
+    """
+    forwards = [_run_worker("forward", layers, samples, seq_len)]
+    runs, compared_runs = {}, {}
+    for method in methods:
+        runs[method] = _run_worker(method, layers, samples, seq_len)
+        if compare_batch:
+            compared_runs[method] = _run_worker(method, layers, samples, seq_len, compare_batch)
+        forwards.append(_run_worker("forward", layers, samples, seq_len))
+    around = {m: (forwards[i]["seconds"] + forwards[i + 1]["seconds"]) / 2 for i, m in enumerate(methods)}
+    model_bytes = runs[methods[0]]["model_bytes"]
+    figures: dict = {
+        "batch_size": runs[methods[0]]["batch_size"],
         "cost_model": f"random GPT-2, {layers} blocks of 768, {samples} x {seq_len} calibration tokens",
-        "forward_seconds": (forward_a["seconds"] + forward_b["seconds"] + forward_c["seconds"]) / 3,
-        "wanda_seconds": wanda["seconds"],
-        "sparsegpt_seconds": sparsegpt["seconds"],
-        "wanda_time_over_forward": wanda["seconds"] / ((forward_a["seconds"] + forward_b["seconds"]) / 2),
-        "sparsegpt_time_over_forward": sparsegpt["seconds"] / ((forward_b["seconds"] + forward_c["seconds"]) / 2),
-        "peak_rss_over_model_bytes": max(wanda["peak_rss_growth"], sparsegpt["peak_rss_growth"]) / model_bytes,
-        "peak_rss_over_model_bytes_wanda": wanda["peak_rss_growth"] / model_bytes,
-        "peak_rss_over_model_bytes_sparsegpt": sparsegpt["peak_rss_growth"] / model_bytes,
+        "forward_seconds": sum(f["seconds"] for f in forwards) / len(forwards),
+        "peak_rss_over_model_bytes": max(r["peak_rss_growth"] for r in runs.values()) / model_bytes,
         "model_bytes": model_bytes,
         "block_activation_bytes": samples * seq_len * 768 * 4,
-        **compared,
     }
+    for method, run in runs.items():
+        figures[f"{method}_seconds"] = run["seconds"]
+        figures[f"{method}_time_over_forward"] = run["seconds"] / around[method]
+        figures[f"peak_rss_over_model_bytes_{method}"] = run["peak_rss_growth"] / model_bytes
+    if compared_runs:
+        figures["compare_batch"] = {"batch_size": compare_batch}
+        for method, run in compared_runs.items():
+            figures["compare_batch"][f"{method}_time_over_forward"] = run["seconds"] / around[method]
+            figures["compare_batch"][f"peak_rss_over_model_bytes_{method}"] = run["peak_rss_growth"] / model_bytes
+    return figures
 
 
 def main() -> None:
@@ -202,6 +221,9 @@ def main() -> None:
     parser.add_argument("--skip-cost", action="store_true", help="only the perplexity figures")
     parser.add_argument("--cost-shape", help="cost model as BLOCKSxSAMPLESxSEQ_LEN (default 12x32x512, quick 4x8x256)")
     parser.add_argument("--compare-batch", type=int, help="also run the cost part at this many sequences per block call")
+    parser.add_argument(
+        "--cost-methods", default=",".join(COST_METHODS), help="comma-separated methods timed in the cost part (default: all)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, default=12, help=argparse.SUPPRESS)
@@ -215,7 +237,11 @@ def main() -> None:
     shape = args.cost_shape or ("4x8x256" if args.quick else "12x32x512")
     layers, samples, seq_len = (int(part) for part in shape.split("x"))
     quality = {} if args.skip_quality else _quality(args.quick)
-    cost = {} if args.skip_cost else _cost(layers, samples, seq_len, args.compare_batch)
+    methods = tuple(m.strip() for m in args.cost_methods.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(COST_METHODS))
+    if unknown or not methods:
+        parser.error(f"--cost-methods takes some of {', '.join(COST_METHODS)}, got {args.cost_methods!r}")
+    cost = {} if args.skip_cost else _cost(layers, samples, seq_len, args.compare_batch, methods)
     from rich.console import Console
 
     console = Console()
@@ -236,6 +262,8 @@ def _print_quality(console, quality: dict) -> None:  # noqa: ANN001
     for method, row in quality["ppl"].items():
         for pattern, value in row.items():
             table.add_row(f"{method} {pattern}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
+    for group, value in quality["ppl_wanda_comparison"].items():
+        table.add_row(f"wanda 0.5, comparison={group}", f"{value:.3f}", f"{value - quality['ppl_dense']:+.3f}")
     for key in ("ppl_wanda_70_uniform", "ppl_wanda_70_owl", *(k for k in quality if k.startswith("ppl_depth_"))):
         table.add_row(key.removeprefix("ppl_"), f"{quality[key]:.3f}", f"{quality[key] - quality['ppl_dense']:+.3f}")
     console.print(table)
@@ -258,6 +286,8 @@ def _print_cost(console, cost: dict) -> None:  # noqa: ANN001
         "model_bytes",
         "block_activation_bytes",
     ):
+        if key not in cost:  # a method left out by --cost-methods
+            continue
         value = cost[key]
         cost_table.add_row(key, f"{value:.3f}" if isinstance(value, float) else f"{value:,}")
     for key, value in cost.get("compare_batch", {}).items():

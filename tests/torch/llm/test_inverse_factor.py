@@ -113,7 +113,9 @@ def test_a_consumed_hessian_is_factored_in_its_own_memory_and_collected_again_to
     assert stats.xxt is None and len(calls) == 1  # consumed by the first attempt, collected again once
     hessian = rank_one().hessian_matrix().double()
     hessian.diagonal().add_(1e-4 * hessian.diagonal().mean())
-    torch.testing.assert_close((factor.double().t() @ factor.double()) @ hessian, torch.eye(3, dtype=torch.float64), atol=2e-2, rtol=0)
+    torch.testing.assert_close(
+        (factor.double().t() @ factor.double()) @ hessian, torch.eye(3, dtype=torch.float64), atol=2e-2, rtol=0
+    )
 
     torch.manual_seed(0)
     healthy = InputStatistics(features=5, hessian=True)

@@ -26,6 +26,12 @@ def test_row_mask_drops_the_lowest_scores_of_each_row():
     assert keep.tolist() == [[False, True, False, True], [True, True, False, False]]
 
 
+def test_masks_above_half_sparsity_keep_the_highest_scores():
+    scores = torch.tensor([[1.0, 3.0, 2.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    assert row_mask(scores, 0.75).tolist() == [[False, False, False, True], [True, False, False, False]]
+    assert layer_mask(torch.arange(12.0).reshape(3, 4), 0.75).reshape(-1).tolist() == [False] * 9 + [True] * 3
+
+
 def test_layer_mask_drops_exactly_floor_numel_times_sparsity():
     keep = layer_mask(torch.ones(5, 7), 0.3)  # all ties: still exactly 10 dropped
     assert int((~keep).sum()) == 10

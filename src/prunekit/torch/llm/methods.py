@@ -6,6 +6,12 @@ Calling convention of kind ``"llm"``: a handler is an :class:`LLMMethod` — a c
 driver must collect for it: ``"none"``, ``"norms"`` (``||X_j||``) or ``"hessian"`` (``X X^T``).
 ``options`` are the method record's defaults merged with the user's overrides.
 
+``comparison="auto"`` (any method, unstructured only) prunes the projection with each group,
+``"row"`` and ``"layer"``, and keeps the result whose outputs on the calibration tokens are
+closer to the dense ones, ``||X W^T - X W_m^T||_F`` (computed from ``X X^T``): which group suits a
+layer depends on how its rows' scales differ, which a small model shows more than the 7B models the
+per-row default was tuned on (Wanda, Sun et al. 2023, section 5, compares both groups).
+
 Example::
 
     task = LayerTask(name="fc", weight=w, stats=stats, sparsity=0.5, pattern=(2, 4), comparison="row")
@@ -16,14 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from prunekit.errors import ConfigError
-from prunekit.torch.llm.selection import lowest_k_mask, select_mask
+from prunekit.torch.llm.selection import COMPARISONS, lowest_k_mask, select_mask
 from prunekit.torch.llm.statistics import InputStatistics
 
 
@@ -32,10 +38,11 @@ class LayerTask:
     """One projection to prune: its ``[out, in]`` float32 weight, its input statistics and the target.
 
     ``pattern`` is ``(n, m)`` for N:M or ``None`` for unstructured ``sparsity``; ``comparison``
-    is ``"row"`` (each output row loses the same share) or ``"layer"`` (one ranking over the
-    matrix), or ``None`` for the method's own default. ``recollect``, given when no other
-    projection reads ``stats``, lets a method consume them (SparseGPT factors the Hessian in its own
-    memory) and collect them again in the rare case it must start over.
+    is ``"row"`` (each output row loses the same share), ``"layer"`` (one ranking over the
+    matrix), ``"auto"`` (whichever of the two reconstructs the calibration outputs better; needs
+    ``stats`` with ``X X^T``) or ``None`` for the method's own default. ``recollect``, given when
+    no other projection reads ``stats``, lets a method consume them (SparseGPT factors the Hessian
+    in its own memory) and collect them again in the rare case it must start over.
     """
 
     name: str
@@ -56,7 +63,45 @@ class LLMMethod:
     comparison: str
 
     def __call__(self, task: LayerTask, **options: Any) -> torch.Tensor:
-        return self.prune(task, **options)
+        return self.prune_with_group(task, **options)[0]
+
+    def prune_with_group(self, task: LayerTask, **options: Any) -> tuple[torch.Tensor, str]:
+        """The pruned weight and the comparison group it was chosen in (``"auto"`` resolved to ``"row"``/``"layer"``)."""
+        if task.comparison != "auto":
+            return self.prune(task, **options), task.comparison or self.comparison
+        if task.pattern is not None:  # N:M fixes the groups: every run of M inputs in a row
+            return self.prune(replace(task, comparison=None), **options), self.comparison
+        if task.stats is None or task.stats.xxt is None:
+            raise ConfigError(
+                f"comparison='auto' needs the calibration inputs' X X^T of layer {task.name!r}; "
+                "collect InputStatistics(hessian=True) (prunekit.llm.prune does) or pick 'row' or 'layer'"
+            )
+        best: tuple[float, torch.Tensor, str] | None = None
+        for group in COMPARISONS:
+            pruned = self.prune(replace(task, comparison=group), **options)
+            error = output_error(task.weight, pruned, task.stats)
+            if best is None or error < best[0]:
+                best = (error, pruned, group)
+        assert best is not None
+        return best[1], best[2]
+
+
+def needed_statistics(method: LLMMethod, comparison: str | None, pattern: tuple[int, int] | None) -> str:
+    """What the driver collects for ``method``: its own statistics, or ``X X^T`` when ``"auto"`` compares output errors."""
+    return "hessian" if comparison == "auto" and pattern is None else method.statistics
+
+
+def output_error(weight: torch.Tensor, pruned: torch.Tensor, stats: InputStatistics) -> float:
+    """``||X W^T - X P^T||_F^2`` over the calibration tokens ``X``: ``trace(D X^T X D^T)`` with ``D = W - P``.
+
+    Example::
+
+        output_error(w, w * keep, stats)  # 0.0 when nothing was pruned
+    """
+    if stats.xxt is None:
+        raise ValueError("output_error needs statistics collected with hessian=True")
+    delta = weight.float() - pruned.to(weight.device, torch.float32)
+    return float(((delta @ stats.xxt.to(delta.device)) * delta).sum())
 
 
 def _magnitude(task: LayerTask, **_: Any) -> torch.Tensor:
@@ -69,7 +114,7 @@ def _wanda(task: LayerTask, **_: Any) -> torch.Tensor:
     if task.stats is None:
         raise ConfigError(f"this method needs calibration input norms for layer {task.name!r}")
     weight = task.weight.float()
-    scores = weight.abs() * task.stats.input_norms().to(weight.device).unsqueeze(0)
+    scores = weight.abs().mul_(task.stats.input_norms().to(weight.device).unsqueeze(0))
     keep = select_mask(scores, task.sparsity, task.pattern, task.comparison or "row", layer=task.name)
     return weight * keep
 

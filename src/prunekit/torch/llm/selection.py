@@ -2,7 +2,8 @@
 
 Every function keeps the *highest* scores and returns a boolean ``keep`` mask of the score's
 shape ``[out_features, in_features]``; counts are exact (ties are broken by position, never by
-a threshold that could take too many).
+a threshold that could take too many). Each selection runs ``topk`` on the smaller side, the
+entries dropped or the entries kept, so 70 % sparsity ranks 30 % of the scores.
 """
 
 from __future__ import annotations
@@ -50,10 +51,7 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """A ``keep`` mask of ``scores``' shape that drops exactly the ``k`` lowest entries (over the whole tensor)."""
-    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        keep[torch.topk(scores.reshape(-1), k, largest=False, sorted=False).indices] = False
-    return keep.reshape(scores.shape)
+    return _smaller_side_mask(scores.reshape(1, -1), k).reshape(scores.shape)
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -63,11 +61,19 @@ def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 
         row_mask(torch.tensor([[1.0, 3.0, 2.0, 4.0]]), 0.5)  # [[False, True, False, True]]
     """
-    k = int(scores.shape[1] * sparsity)
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    if k > 0:
-        keep.scatter_(1, torch.topk(scores, k, dim=1, largest=False, sorted=False).indices, False)
-    return keep
+    return _smaller_side_mask(scores, int(scores.shape[1] * sparsity))
+
+
+def _smaller_side_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep all but the ``k`` lowest scores of each row of a 2-D ``scores``, ranking whichever side is smaller."""
+    cols = scores.shape[1]
+    if k <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if 2 * k <= cols:
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        return keep.scatter_(1, torch.topk(scores, k, dim=1, largest=False, sorted=False).indices, False)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    return keep.scatter_(1, torch.topk(scores, cols - k, dim=1, largest=True, sorted=False).indices, True)
 
 
 def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

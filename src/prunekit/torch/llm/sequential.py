@@ -27,7 +27,7 @@ from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inp
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
 from prunekit.torch.llm.memory import check_memory, default_batch_size, resolve_device
-from prunekit.torch.llm.methods import LayerTask, LLMMethod
+from prunekit.torch.llm.methods import LayerTask, LLMMethod, needed_statistics
 from prunekit.torch.llm.progress import block_progress
 from prunekit.torch.llm.ratios import glob_sparsities, outlier_ratio, owl_sparsities
 from prunekit.torch.llm.selection import check_sparsity, parse_pattern
@@ -38,7 +38,9 @@ from prunekit.torch.llm.statistics import InputStatistics
 class PruneResult:
     """What :func:`prune` did: the recipe, per-layer target and achieved sparsity, and the time taken.
 
-    ``to_dict()`` is the JSON saved beside a pruned model.
+    ``comparisons`` names the comparison group each projection pruned in this run was chosen in
+    (``"row"``/``"layer"``; with ``comparison="auto"`` it differs per layer). ``to_dict()`` is the
+    JSON saved beside a pruned model.
     """
 
     recipe: dict[str, Any]
@@ -48,6 +50,7 @@ class PruneResult:
     params_pruned: int = 0
     zeros: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    comparisons: dict[str, str] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:
@@ -60,9 +63,15 @@ class PruneResult:
             "recipe": self.recipe,
             "sparsity": self.sparsity,
             "seconds": self.seconds,
-            "layers": {name: {"target": self.targets[name], "sparsity": self.achieved[name]} for name in self.achieved},
+            "layers": {name: self._layer_record(name) for name in self.achieved},
             **self.extra,
         }
+
+    def _layer_record(self, name: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"target": self.targets[name], "sparsity": self.achieved[name]}
+        if name in self.comparisons:
+            record["comparison"] = self.comparisons[name]
+        return record
 
 
 def resolve_method(method: str | LLMMethod, options: Mapping[str, Any]) -> tuple[str, LLMMethod, dict[str, Any]]:
@@ -245,7 +254,8 @@ def prune(
     ``method`` is a registry name of kind ``"llm"`` (``prunekit methods``) or an
     :class:`~prunekit.torch.llm.methods.LLMMethod`; ``pattern`` ``"2:4"``/``"4:8"`` gives N:M
     sparsity (then ``sparsity`` is ``1 - N/M``); ``comparison`` ``"row"``/``"layer"`` overrides the
-    method's comparison group; ``ratios`` is ``"uniform"``, ``"owl"`` or ``{glob: sparsity}``;
+    method's comparison group, and ``"auto"`` picks per projection whichever of the two reconstructs
+    its calibration outputs better (this collects ``X X^T`` per projection, as SparseGPT does); ``ratios`` is ``"uniform"``, ``"owl"`` or ``{glob: sparsity}``;
     ``skip`` globs name projections or blocks left dense; ``device="cuda"`` moves one block at
     a time to the GPU; ``checkpoint`` (a :class:`~prunekit.torch.llm.checkpoint.BlockCheckpoint`)
     saves the finished blocks so a killed run resumes at the next one. Every argument is checked
@@ -260,8 +270,8 @@ def prune(
     parsed = parse_pattern(pattern)
     sparsity = 1.0 - parsed[0] / parsed[1] if parsed is not None else check_sparsity(sparsity)
     name, handler, method_options = resolve_method(method, options or {})
-    if comparison is not None and comparison not in ("row", "layer"):
-        raise ConfigError(f"comparison must be 'row' or 'layer', got {comparison!r}")
+    if comparison is not None and comparison not in ("row", "layer", "auto"):
+        raise ConfigError(f"comparison must be 'row', 'layer' or 'auto', got {comparison!r}")
     if isinstance(ratios, str) and ratios not in ("uniform", "owl"):
         raise ConfigError(f"ratios must be 'uniform', 'owl' or a dict of glob -> sparsity, got {ratios!r}")
     if parsed is not None and ratios != "uniform":
@@ -282,14 +292,15 @@ def prune(
                     f"pattern {parsed[0]}:{parsed[1]} does not divide layer {n!r}'s {cols} input features; "
                     f"add it to skip or use another M"
                 )
-    needs_data = handler.statistics != "none" or ratios == "owl"
+    statistics = needed_statistics(handler, comparison, parsed)
+    needs_data = statistics != "none" or ratios == "owl"
     tokens = None
     if needs_data:
         if calibration is None:
             raise ConfigError(f"method {name!r} needs calibration data: a text file, a list of strings or token ids")
         tokens = prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
         batch_size = batch_size or default_batch_size(model, stack, tokens.shape[0], tokens.shape[1])
-        check_memory(model, stack, tokens.shape, batch_size, hessian=handler.statistics == "hessian", device=work_device)
+        check_memory(model, stack, tokens.shape, batch_size, hessian=statistics == "hessian", device=work_device)
     identity = {
         "method": name,
         "options": _jsonable(method_options),
@@ -326,10 +337,11 @@ def prune(
                     if n in targets:
                         targets[n] = value
         resume = _Resume(checkpoint, identity, done, achieved) if checkpoint else None
-        achieved = _prune_blocks(
+        achieved, chosen = _prune_blocks(
             model,
             stack,
             handler,
+            statistics,
             method_options,
             tokens,
             batch_size,
@@ -367,6 +379,7 @@ def prune(
         seconds=time.perf_counter() - started,
         params_pruned=params,
         zeros=zeros,
+        comparisons=chosen,
     )
 
 
@@ -391,6 +404,7 @@ def _prune_blocks(
     model: nn.Module,
     stack: DecoderStack,
     handler: LLMMethod,
+    statistics: str,
     options: Mapping[str, Any],
     tokens: torch.Tensor | None,
     batch_size: int | None,
@@ -401,8 +415,10 @@ def _prune_blocks(
     progress: bool,
     name: str,
     resume: _Resume | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Prune block by block; return each projection's achieved sparsity and the comparison group used in this run."""
     achieved: dict[str, float] = dict(resume.achieved) if resume else {}
+    chosen: dict[str, str] = {}
     batches = capture_block_inputs(model, stack, tokens, batch_size) if tokens is not None and batch_size else []
     if device is not None:
         batches = [b.to(device) for b in batches]
@@ -417,8 +433,8 @@ def _prune_blocks(
             modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
             with on_device(block, device):
                 stats: dict[str, InputStatistics] = {}
-                if handler.statistics != "none" and modules:
-                    collector = _StatsCollector(modules, hessian=handler.statistics == "hessian")
+                if statistics != "none" and modules:
+                    collector = _StatsCollector(modules, hessian=statistics == "hessian")
                     try:
                         _run_block(block, batches, None, collector, replace=False)
                     finally:
@@ -427,9 +443,12 @@ def _prune_blocks(
                 users = Counter(id(stats[n]) for n in modules if n in stats)
                 for n, module in modules.items():
                     if not (targets[n] == 0.0 and pattern is None):
-                        last = n in stats and users[id(stats[n])] == 1  # no other projection reads these statistics
+                        # the last projection reading its statistics may consume them ("auto" reads them twice)
+                        last = n in stats and users[id(stats[n])] == 1 and comparison != "auto"
                         recollect = functools.partial(_collect_one, block, batches, n, module) if last else None
-                        _prune_projection(handler, options, n, module, stats.get(n), targets[n], pattern, comparison, recollect)
+                        chosen[n] = _prune_projection(
+                            handler, options, n, module, stats.get(n), targets[n], pattern, comparison, recollect
+                        )
                     achieved[n] = _zero_share(weight_matrix(module))
                     if n in stats:  # free a statistic (a Hessian: up to d x d floats) once its last projection is done
                         users[id(stats[n])] -= 1
@@ -440,7 +459,7 @@ def _prune_blocks(
             if resume is not None:
                 resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, dict(targets), achieved)
             advance(f"{stack.block_name(index)}")
-    return achieved
+    return achieved, chosen
 
 
 def _prune_projection(
@@ -453,11 +472,14 @@ def _prune_projection(
     pattern: tuple[int, int] | None,
     comparison: str | None,
     recollect: Callable[[], InputStatistics] | None,
-) -> None:
-    """Prune one projection in place (a function of its own: the working copies die before the next one starts)."""
+) -> str:
+    """Prune one projection in place and return the comparison group used (a function of its own: the
+    working copies die before the next one starts)."""
     weight = weight_matrix(module).detach().float()
     task = LayerTask(name, weight, stats, sparsity, pattern, comparison, recollect)
-    set_weight_matrix(module, handler(task, **options))
+    pruned, group = handler.prune_with_group(task, **options)
+    set_weight_matrix(module, pruned)
+    return group
 
 
 def _collect_one(block: nn.Module, batches: list[BlockBatch], name: str, module: nn.Module) -> InputStatistics:

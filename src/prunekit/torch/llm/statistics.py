@@ -3,7 +3,8 @@
 ``sq_norms[j]`` is the sum over calibration tokens of ``x_j ** 2`` (Wanda's ``||X_j||^2``);
 ``xxt`` is the sum of ``x x^T`` (SparseGPT's Hessian is ``2 * xxt / tokens``), whose diagonal
 holds the same squared norms, so only one of the two is kept. Both are float32 whatever the
-model's dtype.
+model's dtype. The squared norms are summed over the token axis as ``square(X)^T @ 1`` (one
+gemv) rather than a column reduction, which walks the strided axis.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class InputStatistics:
         else:
             if self.sq_norms is None:
                 self.sq_norms = torch.zeros(self.features, device=x.device)
-            self.sq_norms += (x * x).sum(dim=0)
+            self.sq_norms.addmv_(x.square().t(), torch.ones(x.shape[0], device=x.device))
         self.tokens += x.shape[0]
 
     def input_norms(self) -> torch.Tensor:
