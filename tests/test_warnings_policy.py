@@ -37,20 +37,28 @@ def test_a_new_warning_fails_the_test(tmp_path):
     assert "UserWarning: a warning nobody has seen before" in done.stdout
 
 
-def test_a_listed_third_party_warning_passes(tmp_path):
+def test_a_listed_third_party_warning_passes_also_when_pytest_warns_re_emits_it(tmp_path):
     done = _run_pytest_on(
         tmp_path,
         """
         import warnings
 
+        import pytest
+
+        MESSAGE = "    Warning: tf.lite.Interpreter is deprecated and is scheduled for deletion in TF 2.20."
+        FILE = "/venv/lib/python3.11/site-packages/tensorflow/lite/python/interpreter.py"
+
         def test_emits_tensorflows_interpreter_deprecation():
-            message = "    Warning: tf.lite.Interpreter is deprecated and is scheduled for deletion in TF 2.20."
-            module = "tensorflow.lite.python.interpreter"
-            warnings.warn_explicit(message, UserWarning, "interpreter.py", 457, module=module)
+            warnings.warn_explicit(MESSAGE, UserWarning, FILE, 457, module="tensorflow.lite.python.interpreter")
+
+        def test_pytest_warns_re_emits_it_by_file_path():
+            with pytest.warns(DeprecationWarning, match="ours"):
+                warnings.warn("ours", DeprecationWarning)
+                warnings.warn_explicit(MESSAGE, UserWarning, FILE, 457, module="tensorflow.lite.python.interpreter")
         """,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    assert "2 passed" in done.stdout
     assert "warning" not in done.stdout.lower()
 
 

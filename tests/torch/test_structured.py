@@ -13,6 +13,7 @@ from torch import nn
 from prunekit.errors import ConfigError, LayerNotFoundError
 from prunekit.torch import DigitsCNN, count_macs, count_params, prune_channels, remove_channels
 from tests.assertions import assert_same_outputs
+from tests.legacy_onnx import export_legacy_onnx
 from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -277,7 +278,7 @@ def test_pruned_model_exports_to_onnx_with_equal_outputs(tmp_path):
 
     model = prune_channels(cnn(), X, 0.5).model
     path = tmp_path / "pruned.onnx"
-    torch.onnx.export(model, (X,), str(path), dynamo=False, input_names=["x"])
+    export_legacy_onnx(model, (X,), path, input_names=["x"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {"x": X.numpy()})
     with torch.no_grad():
