@@ -19,6 +19,10 @@ TFMOT_CODE_WARNINGS = (
     "ignore:Argument `input_shape` is deprecated:UserWarning",
     # The on-device inference guide passes shuffle=True with a tf.data.Dataset; Keras ignores it and says so.
     "ignore:`shuffle=True` was passed, but will be ignored:UserWarning",
+    # tf.test.TestCase has a method named test_session (a context manager, not a test) that pytest collects
+    # from TF MOT's test classes; unittest warns that a test returned a value.
+    r"ignore:It is deprecated to return a value that is not None from a test case \(<bound method "
+    r"TensorFlowTestCase.test_session:DeprecationWarning",
 )
 
 
