@@ -375,19 +375,27 @@ def schedule_from_config(config: dict[str, Any]) -> PruningSchedule:
 
 
 def warn_if_short(
-    schedule: PruningSchedule, steps: int, achieved: float, target: float, where: str, tolerance: float = 0.05
+    schedule: PruningSchedule,
+    steps: int,
+    achieved: float,
+    target: float,
+    where: str,
+    tolerance: float = 0.05,
+    reachable: float | None = None,
 ) -> bool:
     """Warn (:class:`~prunekit.errors.SparsityWarning`) when ``achieved`` sparsity is far below ``target``.
 
     Called at the end of training and on strip: a schedule whose ``begin_step`` is never reached
     ends a run with a dense model, which is easy to miss. The message names the schedule, the
-    step count and what to change. Returns whether it warned.
+    step count and what to change. ``reachable`` (at most ``target``) is the most the weights can
+    reach (whole weights per layer); when given, it is what ``achieved`` is compared with, so a
+    tiny layer's rounding is not reported. Returns whether it warned.
 
     Example::
 
         warn_if_short(PolynomialDecay(0, 0.8, 500, 900), steps=100, achieved=0.0, target=0.8, where="strip")
     """
-    if achieved >= target - tolerance:
+    if achieved >= (target if reachable is None else min(reachable, target)) - tolerance:
         return False
     from prunekit.errors import SparsityWarning
 

@@ -46,6 +46,7 @@ def test_a_killed_writer_leaves_temps_that_are_removed_and_live_ones_kept(tmp_pa
     assert remove_stale_temps(tmp_path) == []  # the child is still alive
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
+    child.stdout.close()
     debris = [p.name for p in tmp_path.iterdir() if p.name.startswith(".big.")]
     assert len(debris) == 1
     assert [p.name for p in remove_stale_temps(tmp_path)] == debris

@@ -10,24 +10,19 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
+
+from tests.legacy_onnx import export_legacy_onnx
 
 pytest.importorskip("onnxruntime")
 
 
 def _export(model, example: tuple, inputs: list[str], outputs: list[str], path: Path) -> Path:
-    import torch
-
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {name: {0: "batch"} for name in inputs + outputs}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(), example, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes, dynamo=False
-        )
+    export_legacy_onnx(model.eval(), example, path, input_names=inputs, output_names=outputs, dynamic_axes=axes)
     return path
 
 

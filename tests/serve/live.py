@@ -43,6 +43,7 @@ class LiveServer:
         self.url = ""
         self.process: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -57,7 +58,8 @@ class LiveServer:
     def start(self, timeout: float = 60.0) -> LiveServer:
         """Start the process and wait for its ``server ready`` log line."""
         self.process = subprocess.Popen(self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._ready.wait(timeout) or not self.url:
             self.kill()
             raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-30:]))
@@ -79,10 +81,18 @@ class LiveServer:
             raise
 
     def kill(self) -> None:
-        """Stop the process at once (cleanup after a failure)."""
+        """Stop the process at once (cleanup after a failure, and last step of every use): then close its pipe.
+
+        The log reader ends at the pipe's end of file, once the process has exited; closing the pipe after it
+        keeps the file from being left to the garbage collector (a ``ResourceWarning`` in whatever test runs then).
+        """
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        if self._reader is not None:
+            self._reader.join(10)
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
 
     def __enter__(self) -> LiveServer:
         return self.start()

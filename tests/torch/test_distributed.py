@@ -20,7 +20,7 @@ PRUNABLE = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
 CONFIGS = {
     "global": {"scope": "global"},
     "layer_taylor": {"scope": "layer", "importance": "taylor"},
-    "layer_nm": {"scope": "layer", "pattern": NM(2, 4), "ignore": ["conv1.weight"]},  # conv1 has 1 input channel
+    "layer_nm": {"scope": "layer", "pattern": NM(2, 4), "exclude": ["conv1.weight"]},  # conv1 has 1 input channel
 }
 
 

@@ -9,6 +9,7 @@ import torch
 
 from prunekit.torch import count_macs, count_params, load_pruned, prune_channels, save_pruned
 from tests.assertions import assert_same_outputs
+from tests.legacy_onnx import export_legacy_onnx
 from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401  (one_torch_thread: autouse)
 from tests.zoo import ZOO, main_output, run
 
@@ -50,7 +51,7 @@ def _onnx_output(model: torch.nn.Module, inputs, path):
     names = list(inputs) if isinstance(inputs, dict) else None
     tensors = tuple(inputs.values()) if names else (inputs if isinstance(inputs, tuple) else (inputs,))
     input_names = [f"input_{i}" for i in range(len(tensors))]
-    torch.onnx.export(_MainOutput(model, names), tensors, str(path), dynamo=False, input_names=input_names)
+    export_legacy_onnx(_MainOutput(model, names), tensors, path, input_names=input_names)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
     return session.run(None, {n: t.numpy() for n, t in zip(input_names, tensors) if n in wanted})[0]

@@ -7,7 +7,7 @@ import torch
 
 from prunekit.errors import SparsityWarning
 from prunekit.schedules import ConstantSparsity, PolynomialDecay
-from prunekit.torch import Pruner
+from prunekit.torch import Pruner, prune_unstructured
 from prunekit.torch.training import fit, make_loader
 
 
@@ -45,3 +45,11 @@ def test_a_schedule_that_reaches_its_target_is_silent():
         train()
         pruner.strip()
     assert sum((p == 0).sum().item() for n, p in pruner.model.named_parameters() if n.endswith("weight")) == 36  # 75% of 48
+
+
+def test_a_layer_too_small_for_the_target_is_no_shortfall():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False))  # 6 weights: 90% is 5 zeros, 83.3%
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stripped = prune_unstructured(model, 0.9)
+    assert int((stripped[0].weight == 0).sum()) == 5

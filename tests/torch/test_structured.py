@@ -12,7 +12,9 @@ from torch import nn
 
 from prunekit.errors import ConfigError, LayerNotFoundError
 from prunekit.torch import DigitsCNN, count_macs, count_params, prune_channels, remove_channels
+from prunekit.torch.structured.prune import PruningShortfallWarning
 from tests.assertions import assert_same_outputs
+from tests.legacy_onnx import export_legacy_onnx
 from tests.torch.structured_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread per test)
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -140,13 +142,15 @@ def test_round_to_keeps_channel_counts_multiples_of_it():
 
 
 def test_ignore_outputs_keeps_that_layers_output_channels():
-    result = prune_channels(cnn(), X, 0.5, ignore_outputs=["conv2"])
+    with pytest.warns(PruningShortfallWarning, match=r"left alone: conv2: user ignore \(ignore_outputs='conv2'\)"):
+        result = prune_channels(cnn(), X, 0.5, ignore_outputs=["conv2"])
     assert channels(result.model) == (16, 64, 64, 10)
     assert [g.skipped for g in result.report.groups] == ["", "ignore_outputs='conv2'", ""]
 
 
 def test_ignore_inputs_keeps_that_layers_input_channels():
-    result = prune_channels(cnn(), X, 0.5, ignore_inputs=["fc1"])
+    with pytest.warns(PruningShortfallWarning, match=r"left alone: conv2: user ignore \(ignore_inputs='fc1'\)"):
+        result = prune_channels(cnn(), X, 0.5, ignore_inputs=["fc1"])
     assert channels(result.model) == (16, 64, 64, 10)
     assert result.model.fc1.in_features == 1024
 
@@ -219,7 +223,8 @@ def test_a_literal_split_size_is_found_by_verification_and_its_channels_kept():
     torch.manual_seed(0)
     model = LiteralSplit().eval()
     x = torch.randn(1, 3, 4, 4)
-    result = prune_channels(model, x, 0.5)
+    with pytest.warns(PruningShortfallWarning, match="left alone: a .*unsupported op split"):
+        result = prune_channels(model, x, 0.5)
     assert result.model.a.out_channels == 8
     assert result.model.d.out_channels == 3
     assert result.model(x).shape == (1, 2, 4, 4)
@@ -277,7 +282,7 @@ def test_pruned_model_exports_to_onnx_with_equal_outputs(tmp_path):
 
     model = prune_channels(cnn(), X, 0.5).model
     path = tmp_path / "pruned.onnx"
-    torch.onnx.export(model, (X,), str(path), dynamo=False, input_names=["x"])
+    export_legacy_onnx(model, (X,), path, input_names=["x"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {"x": X.numpy()})
     with torch.no_grad():

@@ -29,5 +29,8 @@ def interpreter_class() -> type:
             "running a .tflite model needs the LiteRT interpreter (ai-edge-litert) or TensorFlow; "
             "install it with: pip install 'prunekit[keras]'"
         ) from exc
-    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+    # Precise (message, category, module), so no other warning is hidden from the user.
+    warnings.filterwarnings(
+        "ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning, module=r"tensorflow\.lite"
+    )
     return tf.lite.Interpreter

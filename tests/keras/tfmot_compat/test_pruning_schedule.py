@@ -16,10 +16,15 @@
 
 Ported from TF MOT's pruning_schedule_test.py (tensorflow/model-optimization, Apache 2.0, header
 above): the import is prunekit.keras; Keras 3 / TF 2 changes only: no ``compat.initialize_variables``
-(variables are eager), ``keras.utils.deserialize_keras_object`` for tfmot's quantize_utils copy.
+(variables are eager), ``keras.utils.deserialize_keras_object`` for tfmot's quantize_utils copy; where a
+valid PolynomialDecay's end_step is not begin_step + k * frequency, prunekit's warning (TF MOT is silent)
+is asserted.
 """
 
+import contextlib
+
 import keras
+import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -33,6 +38,13 @@ class PruningScheduleTest(tf.test.TestCase, parameterized.TestCase):
     to ensure they validate parameters such as begin_step, end_step and frequency
     properly and also apply them correctly during execution.
     """
+
+    @staticmethod
+    def _warns_of_unreached_end_step(schedule_type):
+        # prunekit warns where TF MOT is silent: such a PolynomialDecay never reaches its final sparsity
+        if schedule_type == "polynomial_decay":
+            return pytest.warns(UserWarning, match=r"is not begin_step \+ k \* frequency")
+        return contextlib.nullcontext()
 
     # Argument Validation tests
 
@@ -54,9 +66,10 @@ class PruningScheduleTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaises(ValueError):
             self._construct_pruning_schedule(schedule_type, -5, 1000)
 
-        self._construct_pruning_schedule(schedule_type, 0, 1000)
-        self._construct_pruning_schedule(schedule_type, 1, 1000)
-        self._construct_pruning_schedule(schedule_type, 100, 1000)
+        with self._warns_of_unreached_end_step(schedule_type):
+            self._construct_pruning_schedule(schedule_type, 0, 1000)
+            self._construct_pruning_schedule(schedule_type, 1, 1000)
+            self._construct_pruning_schedule(schedule_type, 100, 1000)
 
     @parameterized.named_parameters(
         {"testcase_name": "ConstantSparsity", "schedule_type": "constant_sparsity"},
@@ -66,9 +79,10 @@ class PruningScheduleTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaises(ValueError):
             self._construct_pruning_schedule(schedule_type, 10, -5)
 
-        self._construct_pruning_schedule(schedule_type, 0, 0)
-        self._construct_pruning_schedule(schedule_type, 0, 1)
-        self._construct_pruning_schedule(schedule_type, 0, 100)
+        with self._warns_of_unreached_end_step(schedule_type):
+            self._construct_pruning_schedule(schedule_type, 0, 0)
+            self._construct_pruning_schedule(schedule_type, 0, 1)
+            self._construct_pruning_schedule(schedule_type, 0, 100)
 
     @parameterized.named_parameters(
         {"testcase_name": "ConstantSparsity", "schedule_type": "constant_sparsity"},
@@ -127,8 +141,9 @@ class PruningScheduleTest(tf.test.TestCase, parameterized.TestCase):
         elif schedule_type == "polynomial_decay":
             # prunekit refuses a final sparsity below the initial one (TF MOT accepts it, and pruning cannot
             # revive weights), so each bound is checked against a partner that keeps the schedule rising
-            self._validate_sparsity(lambda s: pruning_schedule.PolynomialDecay(s, 0.999, 0, 10))
-            self._validate_sparsity(lambda s: pruning_schedule.PolynomialDecay(0.0, s, 0, 10))
+            with self._warns_of_unreached_end_step(schedule_type):
+                self._validate_sparsity(lambda s: pruning_schedule.PolynomialDecay(s, 0.999, 0, 10))
+                self._validate_sparsity(lambda s: pruning_schedule.PolynomialDecay(0.0, s, 0, 10))
 
     # Tests to ensure begin_step, end_step, frequency are used correctly.
 

@@ -9,6 +9,7 @@ revive a pruned weight.
 
 from __future__ import annotations
 
+import math
 import numbers
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -294,7 +295,9 @@ class Pruner:
         sizes = {name: p.numel() for name, p in self.params.items()}
         total = sum(sizes.values())
         target = sum(self._schedule_of(name).final_sparsity * size for name, size in sizes.items()) / total
-        self._warned = warn_if_short(self.schedule, self._step, zeros / total, target, where)
+        # whole weights: a 6-weight layer at 90 % holds at most 5 zeros (83 %), which is no shortfall
+        reachable = sum(math.floor(self._schedule_of(name).final_sparsity * size) for name, size in sizes.items()) / total
+        self._warned = warn_if_short(self.schedule, self._step, zeros / total, target, where, reachable=reachable)
         return self._warned
 
     def strip(self) -> nn.Module:
