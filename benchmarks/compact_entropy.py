@@ -1,6 +1,6 @@
 """Benchmark: save and load seconds and file size of the compact file, entropy="fast" vs "best".
 
-A model of 12 Linear weights of 2048 x 2048 (50.4M elements, 201 MB in fp32) pruned to 90 % by
+A model of 12 Linear weights of 2048 x 2048 (50.4M elements, 192 MiB in fp32) pruned to 90 % by
 magnitude, plus biases, saved with ``save_compact`` as int8 and fp32 in both entropy modes and
 loaded back. The two modes are interleaved (fast best, best fast, ... the order alternating each
 round); medians over the rounds. ``"auto"`` picks ``"fast"`` at this size and ``"best"`` below
@@ -60,15 +60,15 @@ def main() -> None:
                 path.unlink()
     figures: dict[str, object] = {"benchmark": "compact_entropy", "numel": numel, "rounds": args.rounds}
     print(f"{numel:,} elements, 90 % sparse; medians of {args.rounds} rounds (wall clock, shared machine: noisy)")
-    print(f"{'dtype':6} {'entropy':8} {'save s':>8} {'load s':>8} {'MB':>8}")
+    print(f"{'dtype':6} {'entropy':8} {'save s':>8} {'load s':>8} {'MiB':>8}")
     for dtype in ("int8", "fp32"):
         for mode in MODES:
             save_s = statistics.median(times[(dtype, mode, "save")])
             load_s = statistics.median(times[(dtype, mode, "load")])
-            megabytes = sizes[(dtype, mode)] / 1e6
-            print(f"{dtype:6} {mode:8} {save_s:8.2f} {load_s:8.2f} {megabytes:8.2f}")
+            mebibytes = sizes[(dtype, mode)] / 2**20
+            print(f"{dtype:6} {mode:8} {save_s:8.2f} {load_s:8.2f} {mebibytes:8.2f}")
             figures.update({f"{mode}_{dtype}_save_s": round(save_s, 2), f"{mode}_{dtype}_load_s": round(load_s, 2)})
-            figures[f"{mode}_{dtype}_mb"] = round(megabytes, 3)
+            figures[f"{mode}_{dtype}_mib"] = round(mebibytes, 3)
     figures["quick"] = args.quick
     print(json.dumps(figures))
 

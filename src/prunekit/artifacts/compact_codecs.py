@@ -28,7 +28,7 @@ _CANDIDATES = {"fast": ("zlib",), "best": ("zlib", "lzma000", "lzma020", "lzma40
 
 
 def candidates(entropy: str, total_bytes: int) -> tuple[str, ...]:
-    """The codecs tried on every stream for an ``entropy`` mode: ``"fast"`` zlib only (seconds per GB),
+    """The codecs tried on every stream for an ``entropy`` mode: ``"fast"`` zlib only (seconds per GiB),
     ``"best"`` zlib and three lzma models (the smallest file, several times slower), ``"auto"`` best up
     to :data:`AUTO_BEST_BYTES` of tensors and fast above."""
     if entropy not in ENTROPY_MODES:
