@@ -57,14 +57,25 @@ def _save(path, summary, table, data, coded_table=None, declared=None):
 def test_round_trip_is_exact_and_any_safetensors_reader_lists_the_file(tmp_path):
     path = tmp_path / "m.safetensors"
     header = save_compact(_state(), path)
-    assert header.format_version == FORMAT_VERSION == 3
+    assert header.format_version == FORMAT_VERSION == 4
     with safe_open(path, "np") as handle:
         assert sorted(handle.keys()) == ["prunekit:data", "prunekit:table"]
-        assert json.loads(handle.metadata()["prunekit"])["format_version"] == 3
+        assert json.loads(handle.metadata()["prunekit"])["format_version"] == 4
     arrays, loaded = load_compact(path)
     for name, array in _state().items():
         assert arrays[name].tobytes() == array.tobytes() and arrays[name].shape == array.shape, name
     assert loaded.tensors == header.tensors == read_compact_header(path).tensors
+
+
+def test_a_version_3_file_still_reads(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_compact(_state(), path, dtype="int8", entropy="fast")  # zlib streams only: what version 3 wrote
+    summary, table, data = _open(path)
+    summary["format_version"] = 3
+    _save(path, summary, table, data)
+    arrays, header = load_compact(path)
+    assert header.format_version == 3
+    np.testing.assert_array_equal(arrays["bn.running_var"], _state()["bn.running_var"])
 
 
 def test_small_dense_tensors_and_scales_share_one_stream_and_keep_their_own_crc(tmp_path):

@@ -53,7 +53,7 @@ from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError, CorruptFileError
 
 FORMAT_NAME = "prunekit.artifacts.compact"
-FORMAT_VERSION = 3  # 3: one data blob + a coded table; 2: a safetensors tensor per coded part; 1: raw values
+FORMAT_VERSION = 4  # 4: context-mixing codecs; 3: one data blob + a coded table; 2: a tensor per coded part; 1: raw values
 STORAGE_DTYPES = ("fp32", "fp16", "int8")
 _META_KEY = "prunekit"
 _META_CRC_KEY = "prunekit_crc32"
@@ -251,17 +251,20 @@ def _encode(
         candidates.append(("gaps", stream, stored))
     # the layout is chosen on uncoded values, as in version 1, so a sparse tensor keeps its sparse layout
     # (load_compact_sparse) even where a regular pattern would compress better dense; then the values are coded.
-    # The index sizes compared are zlib's (one fast pass per candidate); only the chosen index gets ``codecs``.
+    # The index sizes compared are zlib's (one fast pass per candidate), or, when the bitmask coder is tried
+    # (it models what zlib cannot, so zlib's sizes would mislead), each index coded as it would be stored.
+    row = flat.size // values.shape[0] if values.ndim else 1  # a bitmask row: the elements of one output channel
+    trial = codecs if "cmm" in codecs else ("zlib",)
     best_size, best = flat.nbytes, None
     for layout, index, stored in candidates:
-        coded = pack(index.tobytes(), ("zlib",))
+        coded = pack(index.tobytes(), trial, row if layout == "bitmask" else None)
         size = len(coded[1]) + stored.nbytes + 16  # a stream costs about 16 table bytes
         if size < best_size:
             best_size, best = size, (layout, index, stored, coded)
     if best is None:
         return (*_entry(array, storage, "dense", nnz, {"values": flat, **extra}), None)
     layout, index, stored, coded = best
-    coded = coded if codecs == ("zlib",) else pack(index.tobytes(), codecs)
+    coded = coded if trial == codecs else pack(index.tobytes(), codecs, row if layout == "bitmask" else None)
     return (*_entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}), coded)
 
 

@@ -4,7 +4,8 @@ A codec is named by a short string stored in the file: ``"none"``, ``"zlib"``, `
 defaults, lc=3 lp=0 pb=2, as format version 2 wrote it) or ``"lzmaCPB"`` with three digits giving
 lc, lp and pb (``"lzma000"``: an order-0 literal model, which suits int8 values and bitmasks;
 ``"lzma020"``: the literal model keyed by the byte's position in a 4-byte word, which suits float32
-arrays). Decoding is bounded by a cap that the caller derives from the declared shapes, so a
+arrays), or, from format version 4, a context-mixing coder (:mod:`~prunekit.artifacts.cm_codec`):
+``"cmmR"`` for a bitmask of rows of R bits, ``"cmbW"`` for bytes in words of W. Decoding is bounded by a cap that the caller derives from the declared shapes, so a
 crafted stream never inflates past what the file may hold.
 """
 
@@ -14,6 +15,7 @@ import lzma
 import re
 import zlib
 
+from prunekit.artifacts.cm_codec import cm_decode, cm_encode, is_cm_codec
 from prunekit.errors import ConfigError
 
 _LZMA_MAX_DICT = 1 << 23  # 8 MiB: bounds the lzma decoder's memory whatever a file declares
@@ -24,13 +26,14 @@ ENTROPY_MODES = ("auto", "fast", "best")
 AUTO_BEST_BYTES = 64 * 2**20
 #: Streams longer than this choose their codec on a sample of this many bytes.
 SAMPLE_BYTES = 1 << 16
-_CANDIDATES = {"fast": ("zlib",), "best": ("zlib", "lzma000", "lzma020", "lzma400")}
+#: ``"cmm"`` stands for the bitmask coder of the stream's row length (tried on bitmasks only).
+_CANDIDATES = {"fast": ("zlib",), "best": ("zlib", "lzma000", "lzma020", "lzma400", "cmb1", "cmb4", "cmm")}
 
 
 def candidates(entropy: str, total_bytes: int) -> tuple[str, ...]:
     """The codecs tried on every stream for an ``entropy`` mode: ``"fast"`` zlib only (seconds per GiB),
-    ``"best"`` zlib and three lzma models (the smallest file, several times slower), ``"auto"`` best up
-    to :data:`AUTO_BEST_BYTES` of tensors and fast above."""
+    ``"best"`` zlib, three lzma models and the context-mixing coders (the smallest file, several times
+    slower), ``"auto"`` best up to :data:`AUTO_BEST_BYTES` of tensors and fast above."""
     if entropy not in ENTROPY_MODES:
         raise ConfigError(f"entropy should be one of {', '.join(ENTROPY_MODES)}, got {entropy!r}")
     if entropy == "auto":
@@ -40,7 +43,7 @@ def candidates(entropy: str, total_bytes: int) -> tuple[str, ...]:
 
 def is_codec(name: object) -> bool:
     """Whether ``name`` is a codec this prunekit decodes."""
-    if name in ("none", "zlib", "lzma"):
+    if name in ("none", "zlib", "lzma") or (isinstance(name, str) and is_cm_codec(name)):
         return True
     match = _LZMA_NAME.fullmatch(name) if isinstance(name, str) else None
     return match is not None and int(match.group(1)) + int(match.group(2)) <= 4  # LZMA2 allows lc + lp <= 4
@@ -57,20 +60,24 @@ def lzma_filters(codec: str, size: int) -> list[dict[str, int]]:
     return [options]
 
 
-def pack(data: bytes, codecs: tuple[str, ...]) -> tuple[str, bytes]:
+def pack(data: bytes, codecs: tuple[str, ...], row: int | None = None) -> tuple[str, bytes]:
     """The smallest of ``data`` as it is and coded with each of ``codecs``: (codec, stored bytes).
+    ``row`` says that ``data`` is a bitmask of rows of ``row`` bits (``"cmm"`` is tried only then).
     A stream over :data:`SAMPLE_BYTES` is coded whole only with the codec that wins on its first
     ``SAMPLE_BYTES`` (one full pass instead of one per codec)."""
+    codecs = tuple(f"cmm{row}" if codec == "cmm" else codec for codec in codecs if codec != "cmm" or row)
     if len(data) > SAMPLE_BYTES and len(codecs) > 1:
         winner = pack(data[:SAMPLE_BYTES], codecs)[0]
         codecs = () if winner == "none" else (winner,)
     best = ("none", data)
     for codec in codecs:
         if codec == "zlib":
-            packed = zlib.compress(data, 6)
+            packed: bytes | None = zlib.compress(data, 6)
+        elif is_cm_codec(codec):
+            packed = cm_encode(codec, data)
         else:
             packed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=lzma_filters(codec, len(data)))
-        if len(packed) < len(best[1]):
+        if packed is not None and len(packed) < len(best[1]):
             best = (codec, packed)
     return best
 
@@ -80,6 +87,11 @@ def unpack(codec: str, data: bytes, cap: int, limit: str) -> bytes:
     ``ValueError`` naming ``limit`` (what sets the cap) when it is malformed, truncated or would inflate past it."""
     if codec == "none":
         return data
+    if is_cm_codec(codec):
+        try:
+            return cm_decode(codec, data, cap)
+        except ValueError as exc:
+            raise ValueError(f"context-mixing stream {exc} ({limit} sets the cap)") from None
     family = "zlib" if codec == "zlib" else "lzma"
     try:
         if codec == "zlib":

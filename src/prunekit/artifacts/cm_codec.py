@@ -1,0 +1,102 @@
+"""The context-mixing codecs of the compact file: ``"cmmR"`` for bitmasks of rows of R bits, ``"cmbW"`` for bytes.
+
+Both are adaptive binary arithmetic coders (:mod:`~prunekit.artifacts.cm_sources`) whose contexts order-0
+coders cannot use: a bitmask bit is predicted from its row's and its column's running density and its
+neighbours; a byte from the bytes before it in its lane of ``W``-byte words. A stored stream is the
+varint of its raw length followed by the coded bytes. The kernels are compiled by numba when it is
+installed (once per process, cached on disk) and run as plain Python otherwise (the same integer
+arithmetic, so files are identical either way, only slower).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from typing import Any
+
+import numpy as np
+
+from prunekit.artifacts.cm_sources import kernel_sources, rate_table, squash_table, stretch_table
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+CM_NAME = re.compile(r"cm(m|b)([1-9][0-9]{0,12})")
+BYTE_WIDTHS = (1, 4)  # the word widths tried on byte streams: int8 values and index bytes; float32
+
+
+@functools.cache
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    squash = squash_table()
+    return squash, stretch_table(squash), rate_table()
+
+
+@functools.cache
+def _kernels(compiled: bool) -> dict[str, Any]:
+    """The kernels, compiled by numba when ``compiled`` (once per process, cached on disk)."""
+    sources = kernel_sources()
+    if not compiled:
+        return sources
+    import numba
+
+    return {name: numba.njit(cache=True, nogil=True)(fn) for name, fn in sources.items()}
+
+
+def _run(kind: str, *args: Any) -> int:
+    kernel = _kernels(HAVE_NUMBA)["code_mask" if kind == "m" else "code_bytes"]
+    return int(kernel(*args, *_tables()))
+
+
+def is_cm_codec(name: str) -> bool:
+    """Whether ``name`` is a context-mixing codec (``cmbW`` with W 1, 2 or 4; ``cmmR`` with any row length)."""
+    match = CM_NAME.fullmatch(name)
+    return match is not None and (match.group(1) == "m" or int(match.group(2)) in (1, 2, 4))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 127) | (128 if value > 127 else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes) -> tuple[int, int]:
+    value = 0
+    for i, byte in enumerate(data[:10]):
+        value |= (byte & 127) << (7 * i)
+        if byte < 128:
+            return value, i + 1
+    raise ValueError("its length prefix is malformed")
+
+
+def cm_encode(codec: str, data: bytes) -> bytes | None:
+    """``data`` coded with the context-mixing ``codec``; None when it would not come out smaller than ``data``."""
+    match = CM_NAME.fullmatch(codec)
+    assert match is not None and is_cm_codec(codec), codec
+    kind, parameter = match.group(1), int(match.group(2))
+    head = _varint(len(data))
+    out = np.zeros(max(0, len(data) - len(head)), dtype=np.uint8)
+    source = np.frombuffer(data, dtype=np.uint8)
+    size = _run(kind, source, len(data) * 8 if kind == "m" else len(data), parameter, out, 0)
+    return None if size < 0 else head + out[:size].tobytes()
+
+
+def cm_decode(codec: str, data: bytes, cap: int) -> bytes:
+    """Decode a stream of ``codec`` to at most ``cap`` bytes; ``ValueError`` when its declared length is over
+    ``cap`` or the stream is shorter or longer than its coded symbols take (truncated or padded)."""
+    match = CM_NAME.fullmatch(codec)
+    if match is None or not is_cm_codec(codec):
+        raise ValueError(f"unknown context-mixing codec {codec!r}")
+    kind, parameter = match.group(1), int(match.group(2))
+    size, start = _read_varint(data)
+    if size > cap:
+        raise ValueError(f"declares {size} bytes, more than the {cap} allowed")
+    body = np.frombuffer(data, dtype=np.uint8)[start:]
+    out = np.zeros(size, dtype=np.uint8)
+    read = _run(kind, body, size * 8 if kind == "m" else size, parameter, out, 1)
+    if read != body.size + 3:  # the decoder reads 3 bytes more than the encoder wrote (its 4-byte window)
+        raise ValueError(
+            f"does not end where its coded bits do (truncated, padded or corrupted: {body.size} bytes, {read - 3} coded)"
+        )
+    return out.tobytes()

@@ -1,0 +1,117 @@
+"""The context-mixing codecs of compact format version 4: exact round trips, bounded and strict decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prunekit.artifacts import cm_codec
+from prunekit.artifacts.cm_codec import cm_decode, cm_encode
+from prunekit.artifacts.compact import load_compact, save_compact
+from prunekit.artifacts.compact_codecs import pack, unpack
+
+RNG = np.random.default_rng(11)
+
+
+def _mask(rows: int, columns: int, density: np.ndarray | float) -> bytes:
+    bits = RNG.random((rows, columns)) < density
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+MASKS = {
+    "random": (64, 96, _mask(64, 96, 0.3)),
+    "rows of different density": (32, 512, _mask(32, 512, RNG.random((32, 1)) * 0.3)),
+    "all zeros": (16, 64, bytes(128)),
+    "all ones": (16, 64, b"\xff" * 128),
+    "one element": (1, 1, b"\x01"),
+    "1-D": (1, 4000, _mask(1, 4000, 0.05)),
+    "a row longer than the column statistics": (2, 70000, _mask(2, 70000, 0.02)),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKS))
+def test_a_bitmask_round_trips_exactly(name):
+    _, columns, data = MASKS[name]
+    coded = cm_encode(f"cmm{columns}", data)
+    if coded is None:  # kept as it is: only when coding would not shrink it
+        assert name == "one element"
+        return
+    assert cm_decode(f"cmm{columns}", coded, len(data)) == data
+
+
+def test_a_bitmask_with_dense_and_empty_rows_codes_below_its_order_0_entropy():
+    density = np.repeat([0.02, 0.4], 64)[:, None]  # magnitude pruning leaves rows of very different density
+    data = _mask(128, 1024, density)
+    ones = np.unpackbits(np.frombuffer(data, np.uint8)).mean()
+    order_0 = -(ones * np.log2(ones) + (1 - ones) * np.log2(1 - ones)) * len(data)  # bytes
+    coded = cm_encode("cmm1024", data)
+    assert coded is not None and len(coded) < 0.9 * order_0
+    assert cm_decode("cmm1024", coded, len(data)) == data
+
+
+VALUES = {
+    "laplacian int8": np.clip(np.rint(RNG.laplace(0, 20, 5000)), -127, 127).astype(np.int8).tobytes(),
+    "extremes": np.array([-128, 127, -127, 0, 1, -1] * 300, np.int8).tobytes(),
+    "all zeros": bytes(3000),
+    "one byte": b"\x80",
+    "float32": (RNG.standard_normal(2000) * 0.1).astype(np.float32).tobytes(),
+}
+
+
+@pytest.mark.parametrize("width", [1, 4])
+@pytest.mark.parametrize("name", list(VALUES))
+def test_bytes_round_trip_exactly(name, width):
+    data = VALUES[name]
+    coded = cm_encode(f"cmb{width}", data)
+    if coded is None:
+        assert name == "one byte"
+        return
+    assert len(coded) < len(data)
+    assert cm_decode(f"cmb{width}", coded, len(data)) == data
+
+
+def test_random_bytes_are_not_coded_larger_than_they_are():
+    data = RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    assert cm_encode("cmb1", data) is None
+    assert pack(data, ("cmb1",)) == ("none", data)
+
+
+def test_the_plain_python_kernels_write_the_same_bytes_as_numba():
+    pytest.importorskip("numba")
+    mask, values = MASKS["rows of different density"][2][:400], VALUES["laplacian int8"][:600]
+    compiled = cm_encode("cmm512", mask), cm_encode("cmb1", values)
+    plain = cm_codec._kernels(False)
+    original = cm_codec._kernels
+    try:
+        cm_codec._kernels = lambda _compiled: plain  # type: ignore[assignment]
+        assert (cm_encode("cmm512", mask), cm_encode("cmb1", values)) == compiled
+        assert cm_decode("cmb1", compiled[1] or b"", len(values)) == values
+    finally:
+        cm_codec._kernels = original  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("codec", ["cmm1024", "cmb1"])
+def test_a_truncated_padded_or_oversized_stream_is_refused(codec):
+    data = MASKS["rows of different density"][2] if codec == "cmm1024" else VALUES["laplacian int8"]
+    coded = cm_encode(codec, data)
+    assert coded is not None
+    with pytest.raises(ValueError, match="truncated, padded or corrupted"):
+        unpack(codec, coded[: len(coded) // 2], len(data), "test")
+    with pytest.raises(ValueError, match="truncated, padded or corrupted"):
+        unpack(codec, coded + bytes(8), len(data), "test")
+    with pytest.raises(ValueError, match=f"declares {len(data)} bytes, more than the {len(data) - 1} allowed"):
+        unpack(codec, coded, len(data) - 1, "test")
+
+
+def test_best_entropy_codes_a_pruned_matrix_with_the_mask_coder_and_loads_it_bit_for_bit(tmp_path):
+    weights = RNG.standard_normal((128, 512)).astype(np.float32)
+    weights *= RNG.random((1, 512)).astype(np.float32) * 2  # input columns of different scale
+    weights[np.abs(weights) < np.quantile(np.abs(weights), 0.9)] = 0
+    state = {"w": weights}
+    best = save_compact(state, tmp_path / "best.safetensors", dtype="int8", entropy="best")
+    save_compact(state, tmp_path / "fast.safetensors", dtype="int8", entropy="fast")
+    assert best.format_version == 4 and best.tensors["w"].layout == "bitmask"
+    assert (tmp_path / "best.safetensors").stat().st_size < 0.9 * (tmp_path / "fast.safetensors").stat().st_size
+    fast_arrays, _ = load_compact(tmp_path / "fast.safetensors")
+    best_arrays, _ = load_compact(tmp_path / "best.safetensors")
+    assert best_arrays["w"].tobytes() == fast_arrays["w"].tobytes()
