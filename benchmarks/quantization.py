@@ -12,7 +12,8 @@ Latency: batch 64, fp32 and int8 sessions timed call by call, interleaved (A B A
 rotated every round), median over all calls and speedup as the median of per-round ratios;
 with ONNX Runtime's default threads and with 1 thread. glibc malloc thresholds are pinned
 (see _timing.py). The compact ratios are the dense model's safetensors file size divided by
-the compact file size (``save_compressed``, fp32 and int8) of the 90%-sparse digits CNN.
+the compact file size (``save_compressed``, fp32 and int8) of the 90%-sparse digits CNN; the int8 file
+is loaded back (``load_compressed``) and its test accuracy reported beside the pruned model's.
 
 Run: ``python benchmarks/quantization.py`` (``--quick`` for a smoke run). The last line is JSON.
 Goal (read, never asserted): int8 static >= 1.5x faster than fp32 at batch 64.
@@ -38,7 +39,17 @@ from _timing import malloc_settings, paired_speedup, pin_malloc_settings, time_i
 from prunekit.artifacts.onnx_artifact import file_sizes, onnx_accuracy  # noqa: E402
 from prunekit.artifacts.ort import session  # noqa: E402
 from prunekit.data import load_digits  # noqa: E402
-from prunekit.torch import DigitsCNN, Pruner, export_onnx, fit, make_loader, quantize_onnx, save_compressed  # noqa: E402
+from prunekit.torch import (  # noqa: E402
+    DigitsCNN,
+    Pruner,
+    export_onnx,
+    fit,
+    load_compressed,
+    make_loader,
+    quantize_onnx,
+    save_compressed,
+)
+from prunekit.torch.backend import accuracy  # noqa: E402
 
 SPARSITY = 0.9
 
@@ -128,6 +139,9 @@ def main() -> None:
 
     acc_fp32 = onnx_accuracy(cnn_fp32, split.x_test, split.y_test)
     acc_int8 = onnx_accuracy(cnn_int8, split.x_test, split.y_test)
+    x_test, y_test = torch.from_numpy(split.x_test), torch.from_numpy(split.y_test)
+    acc_pruned = accuracy(pruned, x_test, y_test)
+    acc_compact_int8 = accuracy(load_compressed(work / "cnn.compact-int8.safetensors", DigitsCNN).eval(), x_test, y_test)
     mlp_out = {name: session(path).run(None, {"input": tokens})[0] for name, path in (("fp32", mlp_fp32), ("int8", mlp_int8))}
     sqnr = _sqnr_db(mlp_out["fp32"], mlp_out["int8"])
     sizes = {
@@ -171,7 +185,8 @@ def main() -> None:
     console.print(files)
     console.print(
         f"digits CNN accuracy (ONNX Runtime, test set): fp32 {acc_fp32:.2%}, int8 static {acc_int8:.2%}; "
-        f"MLP block int8 SQNR vs fp32: {sqnr:.1f} dB"
+        f"MLP block int8 SQNR vs fp32: {sqnr:.1f} dB; torch: pruned {acc_pruned:.2%}, "
+        f"reloaded from the compact int8 file {acc_compact_int8:.2%}"
     )
     console.print(
         f"malloc: {malloc_settings()}; ONNX Runtime CPU arena on; torch {torch.__version__}; "
@@ -193,6 +208,8 @@ def main() -> None:
                 "mlp_int8_ms": round(mlp_default["int8_ms"], 4),
                 "cnn_accuracy_fp32": round(acc_fp32, 4),
                 "cnn_accuracy_int8_static": round(acc_int8, 4),
+                "cnn_accuracy_pruned": round(acc_pruned, 4),
+                "cnn_accuracy_compact_int8": round(acc_compact_int8, 4),
                 "mlp_int8_sqnr_db": round(sqnr, 2),
                 "quick": args.quick,
             }

@@ -124,12 +124,20 @@ def test_int8_stores_per_channel_scales_and_keeps_zeros_exactly(tmp_path):
     assert np.all(np.abs(loaded - array) <= step / 2 + 1e-6 * step)
 
 
-def test_int8_keeps_vectors_and_integer_tensors_exact(tmp_path):
+def test_int8_stores_vectors_in_float16_and_integer_tensors_exact(tmp_path):
     arrays = {"bias": _sparse((32,), 0.0), "count": np.array([3, 4], dtype=np.int32)}
-    save_compact(arrays, tmp_path / "m.safetensors", dtype="int8")
+    header = save_compact(arrays, tmp_path / "m.safetensors", dtype="int8")
     loaded = load_compact(tmp_path / "m.safetensors")[0]
-    for name, array in arrays.items():
-        _assert_bitwise_equal(array, loaded[name], name)
+    assert header.tensors["bias"].storage == "float16" and loaded["bias"].dtype == np.float32
+    np.testing.assert_array_equal(loaded["bias"], arrays["bias"].astype(np.float16).astype(np.float32))
+    _assert_bitwise_equal(arrays["count"], loaded["count"], "count")
+
+
+def test_int8_keeps_a_vector_exact_when_float16_would_overflow_it(tmp_path):
+    arrays = {"running_var": np.array([1.5, 7e4, 0.25], dtype=np.float32)}  # 7e4 is past float16's 65504
+    header = save_compact(arrays, tmp_path / "m.safetensors", dtype="int8")
+    assert header.tensors["running_var"].storage == "raw"
+    _assert_bitwise_equal(arrays["running_var"], load_compact(tmp_path / "m.safetensors")[0]["running_var"], "running_var")
 
 
 def test_header_records_versions_framework_shapes_sparsity_and_plan(tmp_path):

@@ -70,12 +70,14 @@ def test_round_trip_is_exact_and_any_safetensors_reader_lists_the_file(tmp_path)
 def test_a_version_3_file_still_reads(tmp_path):
     path = tmp_path / "m.safetensors"
     save_compact(_state(), path, dtype="int8", entropy="fast")  # zlib streams only: what version 3 wrote
+    expected, _ = load_compact(path)
     summary, table, data = _open(path)
     summary["format_version"] = 3
     _save(path, summary, table, data)
     arrays, header = load_compact(path)
     assert header.format_version == 3
-    np.testing.assert_array_equal(arrays["bn.running_var"], _state()["bn.running_var"])
+    for name, array in expected.items():
+        assert arrays[name].tobytes() == array.tobytes(), name
 
 
 def test_small_dense_tensors_and_scales_share_one_stream_and_keep_their_own_crc(tmp_path):
@@ -180,9 +182,9 @@ def test_fast_entropy_uses_zlib_only_and_best_is_never_larger(tmp_path):
     save_compact(state, tmp_path / "best.safetensors", dtype="int8", entropy="best")
     assert {stream[0] for stream in _open(tmp_path / "fast.safetensors")[1]["streams"]} <= {"zlib", "none"}
     assert (tmp_path / "best.safetensors").stat().st_size <= (tmp_path / "fast.safetensors").stat().st_size
-    for name in ("fast", "best"):
-        arrays, _ = load_compact(tmp_path / f"{name}.safetensors")
-        np.testing.assert_array_equal(arrays["fc.bias"], state["fc.bias"])
+    fast_arrays, best_arrays = (load_compact(tmp_path / f"{name}.safetensors")[0] for name in ("fast", "best"))
+    for name, array in fast_arrays.items():
+        assert best_arrays[name].tobytes() == array.tobytes(), name
     assert fast.tensors["fc.weight"].storage == "int8"
 
 

@@ -207,6 +207,16 @@ def _quantize_int8(name: str, array: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return quantized.reshape(array.shape), scale
 
 
+def _fits_float16(array: np.ndarray) -> bool:
+    """Whether a float tensor wider than float16 keeps every finite value finite in float16: under ``"int8"``
+    such tensors of fewer than 2 dimensions (biases, norm statistics) are stored in float16 (a relative error
+    of at most 2^-11, far below the int8 weights' own); others stay exact."""
+    if array.dtype.itemsize <= 2:
+        return False
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(array.astype(np.float16)).sum() == np.isfinite(array).sum())
+
+
 def _gap_bytes(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relative index bytes (gap - 1) with filler entries for gaps over 256, and where the real entries sit."""
     gaps = np.diff(positions, prepend=-1)
@@ -234,7 +244,7 @@ def _encode(
     if dtype == "int8" and array.ndim >= 2:
         values, scale = _quantize_int8(name, array)
         storage = "int8"
-    elif dtype == "fp16":
+    elif dtype == "fp16" or (dtype == "int8" and _fits_float16(array)):
         values, storage = array.astype(np.float16), "float16"
     else:
         values, storage = array, "raw"
