@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Counter and weight state of the models (numbers of contexts) of each kernel.
-MASK_INPUTS = 6  # five context models and a bias
-BYTE_INPUTS = 5  # four context models and a bias
-_MASK_COLUMNS = 1 << 16  # column statistics are kept for this many columns (longer rows share them modulo)
+WEIGHT_LIMIT = 1 << 19  # a mixer weight stays within +-8 (65536 is 1.0)
 
 
 def squash_table() -> np.ndarray:
@@ -55,7 +52,7 @@ def kernel_sources() -> dict[str, object]:
         # the column's running density (magnitude pruning leaves rows and columns of very different density),
         # the bits to the left and above (conv kernels) and an order-0 model; the mixer's weights are chosen by
         # the row's density.
-        columns = min(row, 65536)
+        columns = min(row, 65536)  # column statistics for this many columns (longer rows share them)
         column_ones = np.zeros(columns, dtype=np.int64)
         above = np.zeros(columns, dtype=np.int64)
         sizes = np.array([1, 128, 64, 1024, 256], dtype=np.int64)
@@ -116,8 +113,8 @@ def kernel_sources() -> dict[str, object]:
             if decode and bit:
                 out[i >> 3] |= 1 << (i & 7)
             err = ((bit << 12) - p) * 6
-            for m in range(6):
-                weights[row_bucket, m] += (inputs[m] * err) >> 15
+            for m in range(6):  # clamped: unbounded weights drift over long streams (measured: +3 % over 4 layers)
+                weights[row_bucket, m] = min(WEIGHT_LIMIT, max(-WEIGHT_LIMIT, weights[row_bucket, m] + ((inputs[m] * err) >> 15)))
             for m in range(5):
                 s = slot[m]
                 prob[s] += (((bit << 16) - prob[s]) * rate[seen[s]]) >> 16
@@ -223,7 +220,7 @@ def kernel_sources() -> dict[str, object]:
                     x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
                 err = ((bit << 12) - p) * 6
                 for m in range(5):
-                    weights[row, m] += (inputs[m] * err) >> 12
+                    weights[row, m] = min(WEIGHT_LIMIT, max(-WEIGHT_LIMIT, weights[row, m] + ((inputs[m] * err) >> 12)))
                 for m in range(4):
                     s = slot[m]
                     prob[s] += (((bit << 16) - prob[s]) * rate[seen[s]]) >> 16
