@@ -115,3 +115,12 @@ def test_best_entropy_codes_a_pruned_matrix_with_the_mask_coder_and_loads_it_bit
     fast_arrays, _ = load_compact(tmp_path / "fast.safetensors")
     best_arrays, _ = load_compact(tmp_path / "best.safetensors")
     assert best_arrays["w"].tobytes() == fast_arrays["w"].tobytes()
+
+
+def test_without_numba_only_small_streams_try_the_context_mixing_codecs(monkeypatch):
+    small = MASKS["rows of different density"][2]
+    large = np.clip(np.rint(RNG.laplace(0, 20, 70_000)), -127, 127).astype(np.int8).tobytes()  # over PLAIN_PYTHON_BYTES
+    assert pack(large, ("lzma000", "cmb1"))[0] == "cmb1"
+    monkeypatch.setattr(cm_codec, "HAVE_NUMBA", False)
+    assert pack(small, ("zlib", "cmm"), row=512)[0] == "cmm512"
+    assert pack(large, ("lzma000", "cmb1"))[0] == "lzma000"

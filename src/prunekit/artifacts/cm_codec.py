@@ -21,7 +21,8 @@ from prunekit.artifacts.cm_sources import kernel_sources, rate_table, squash_tab
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 CM_NAME = re.compile(r"cm(m|b)([1-9][0-9]{0,12})")
-BYTE_WIDTHS = (1, 4)  # the word widths tried on byte streams: int8 values and index bytes; float32
+#: Without numba the writer tries these codecs only on streams up to this size (plain Python codes ~50 KiB/s).
+PLAIN_PYTHON_BYTES = 1 << 16
 
 
 @functools.cache
@@ -44,6 +45,12 @@ def _kernels(compiled: bool) -> dict[str, Any]:
 def _run(kind: str, *args: Any) -> int:
     kernel = _kernels(HAVE_NUMBA)["code_mask" if kind == "m" else "code_bytes"]
     return int(kernel(*args, *_tables()))
+
+
+def affordable(size: int) -> bool:
+    """Whether coding ``size`` bytes is quick: always with numba, up to :data:`PLAIN_PYTHON_BYTES` without it
+    (reading never depends on this: every file decodes either way)."""
+    return HAVE_NUMBA or size <= PLAIN_PYTHON_BYTES
 
 
 def is_cm_codec(name: str) -> bool:

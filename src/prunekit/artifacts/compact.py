@@ -6,12 +6,13 @@ Framework-free (numpy + safetensors): ``prunekit.torch.save_compressed`` adapts 
 Each floating-point tensor is stored as its nonzero values plus where they are: a bitmask
 (1 bit per element) or relative indices (1 byte per nonzero, Deep Compression style, with a
 filler zero for gaps over 256), whichever is smaller. The index and the values streams are each
-entropy-coded (``compact_codecs``: zlib or raw LZMA2 with a tuned literal model, whichever is
-smallest, or kept as they are when nothing helps; version 1 files deflate only the index).
+entropy-coded (``compact_codecs``: zlib, raw LZMA2 with a tuned literal model or, from version 4, a
+context-mixing arithmetic coder, whichever is smallest, or kept as they are when nothing helps;
+version 1 files deflate only the index).
 Values are kept exactly (``"fp32"``: every tensor in its own dtype, bit for
 bit), in float16 (``"fp16"``) or in int8 with one float32 scale per output channel (``"int8"``,
 symmetric, so a zero stays exactly zero; tensors of fewer than 2 dimensions, such as biases and
-norm statistics, stay exact). Tensors for which the sparse layout is not smaller, and
+norm statistics, in float16, or exact where float16 would overflow them). Tensors for which the sparse layout is not smaller, and
 non-float tensors, are stored dense. Zeros are canonical: a ``-0.0`` weight (left by masking
 with a multiply) is a zero like any other and loads as ``+0.0``; every other value, NaN
 payloads included, round-trips bit for bit in ``"fp32"``.
@@ -471,10 +472,10 @@ def save_compact(
 ) -> CompactHeader:
     """Write ``{name: array}`` as a compact sparse file (atomically) and return its header.
 
-    ``dtype`` is ``"fp32"`` (exact), ``"fp16"`` or ``"int8"`` (per-channel scales). ``plan`` is an
+    ``dtype`` is ``"fp32"`` (exact), ``"fp16"`` or ``"int8"`` (per-channel scales; vectors in float16). ``plan`` is an
     optional JSON-serialisable structured-pruning plan stored in the header. ``entropy`` says how hard
-    each stream's coding is searched: ``"fast"`` (zlib), ``"best"`` (zlib and three lzma models: the
-    smallest file, several times slower) or ``"auto"`` (best up to 64 MiB of tensors, fast above).
+    each stream's coding is searched: ``"fast"`` (zlib), ``"best"`` (zlib, three lzma models and the
+    context-mixing coders: the smallest file, several times slower) or ``"auto"`` (best up to 64 MiB of tensors, fast above).
 
     Example::
 

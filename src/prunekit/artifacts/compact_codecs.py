@@ -15,6 +15,7 @@ import lzma
 import re
 import zlib
 
+from prunekit.artifacts import cm_codec
 from prunekit.artifacts.cm_codec import cm_decode, cm_encode, is_cm_codec
 from prunekit.errors import ConfigError
 
@@ -64,8 +65,11 @@ def pack(data: bytes, codecs: tuple[str, ...], row: int | None = None) -> tuple[
     """The smallest of ``data`` as it is and coded with each of ``codecs``: (codec, stored bytes).
     ``row`` says that ``data`` is a bitmask of rows of ``row`` bits (``"cmm"`` is tried only then).
     A stream over :data:`SAMPLE_BYTES` is coded whole only with the codec that wins on its first
-    ``SAMPLE_BYTES`` (one full pass instead of one per codec)."""
+    ``SAMPLE_BYTES`` (one full pass instead of one per codec). Without numba the context-mixing
+    codecs are tried only on streams they code quickly in plain Python."""
     codecs = tuple(f"cmm{row}" if codec == "cmm" else codec for codec in codecs if codec != "cmm" or row)
+    if not cm_codec.affordable(len(data)):
+        codecs = tuple(codec for codec in codecs if not is_cm_codec(codec))
     if len(data) > SAMPLE_BYTES and len(codecs) > 1:
         winner = pack(data[:SAMPLE_BYTES], codecs)[0]
         codecs = () if winner == "none" else (winner,)

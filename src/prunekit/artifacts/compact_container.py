@@ -1,4 +1,4 @@
-"""The container of compact format version 3: one data blob of coded streams and a coded per-tensor table.
+"""The container of compact format versions 3 and 4 (4 adds codecs only): one data blob of coded streams and a coded per-tensor table.
 
 The safetensors file holds two uint8 tensors: ``prunekit:data``, the coded streams one after the other,
 and ``prunekit:table``, the coded JSON table listing each stream (``[codec, stored bytes, raw bytes,

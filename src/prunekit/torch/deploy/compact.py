@@ -99,7 +99,7 @@ def save_compressed(
     """Write a model's weights (or a state_dict) as one compact sparse file, atomically.
 
     ``dtype``: ``"fp32"`` (bit-exact), ``"fp16"``, or ``"int8"`` (per-output-channel scales; zeros
-    stay exactly zero). ``plan`` is a structured-pruning plan (a dict, or an object with
+    stay exactly zero; biases and norm statistics in float16). ``plan`` is a structured-pruning plan (a dict, or an object with
     ``to_dict()``) kept in the header; by default the plan ``prune_channels`` attached to the
     model, if any. ``entropy``: ``"fast"`` (zlib), ``"best"`` (zlib and lzma, the smallest file)
     or ``"auto"`` (best up to 64 MiB of weights, fast above). Returns the header (sparsity,
