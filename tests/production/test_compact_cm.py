@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from safetensors.numpy import load as load_st
 
 from prunekit.artifacts import cm_codec
-from prunekit.artifacts.cm_codec import cm_decode, cm_encode
+from prunekit.artifacts.cm_codec import cm_decode, cm_encode, row_contexts
 from prunekit.artifacts.compact import load_compact, save_compact
 from prunekit.artifacts.compact_codecs import pack, unpack
+from prunekit.artifacts.compact_container import row_counts
 
 RNG = np.random.default_rng(11)
 
@@ -124,3 +128,43 @@ def test_without_numba_only_small_streams_try_the_context_mixing_codecs(monkeypa
     monkeypatch.setattr(cm_codec, "HAVE_NUMBA", False)
     assert pack(small, ("zlib", "cmm"), row=512)[0] == "cmm512"
     assert pack(large, ("lzma000", "cmb1"))[0] == "lzma000"
+
+
+def test_row_counts_count_each_rows_set_bits_across_byte_boundaries():
+    bits = RNG.random((7, 13)) < 0.4  # rows of 13 bits: no row starts on a byte
+    packed = np.packbits(bits.reshape(-1), bitorder="little")
+    np.testing.assert_array_equal(row_counts((7, 13), packed), bits.sum(axis=1))
+    np.testing.assert_array_equal(row_counts((7, 13), None), np.full(7, 13))
+
+
+def test_row_contexts_are_half_octaves_of_the_scale_from_the_median_row():
+    scale = np.array([1.0, 1.0, 2.0, 0.25, 1.5, 2.0**-20], np.float32)
+    np.testing.assert_array_equal(row_contexts(scale, np.array([1, 0, 2, 1, 1, 1])), [8, 10, 10, 4, 9, 0])
+
+
+def test_int8_values_keyed_by_their_rows_scale_round_trip_and_need_those_keys():
+    side = RNG.permutation(np.repeat(np.arange(16), 300))  # shuffled: the running contexts cannot guess the key
+    values = np.clip(np.rint(RNG.laplace(0, 1, side.size) * (side + 1) * 4), -127, 127).astype(np.int8).tobytes()
+    coded = cm_encode("cms1", values, side)
+    assert coded is not None and len(coded) < len(cm_encode("cmb1", values) or values)  # the keys pay
+    assert cm_decode("cms1", coded, len(values), side) == values
+    with pytest.raises(ValueError, match=f"declares {len(values)} values, but its tensor has 10 nonzeros"):
+        cm_decode("cms1", coded, len(values), side[:10])
+
+
+def test_best_entropy_keys_int8_values_by_their_rows_scale_when_that_is_smaller(tmp_path):
+    weights = RNG.standard_normal((256, 256)).astype(np.float32) * np.geomspace(0.01, 1, 256, dtype=np.float32)[:, None]
+    weights[np.abs(weights) < np.quantile(np.abs(weights), 0.8)] = 0  # one global threshold: rows of every scale
+    save_compact({"w": weights}, tmp_path / "best.safetensors", dtype="int8", entropy="best")
+    save_compact({"w": weights}, tmp_path / "fast.safetensors", dtype="int8", entropy="fast")
+    table = json.loads(unpack(*_table(tmp_path / "best.safetensors")))
+    assert table["streams"][table["tensors"]["w"]["parts"]["values"][0]][0] == "cms1"
+    best, fast = load_compact(tmp_path / "best.safetensors")[0], load_compact(tmp_path / "fast.safetensors")[0]
+    assert best["w"].tobytes() == fast["w"].tobytes()
+
+
+def _table(path):
+    raw = path.read_bytes()
+    summary = json.loads(json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]["prunekit"])
+    codec, _, size, _ = summary["table"]
+    return codec, load_st(raw)["prunekit:table"].tobytes(), size, "test"

@@ -218,3 +218,14 @@ def test_every_flipped_bit_or_cut_is_a_corrupt_file_error_or_changes_nothing(tmp
         except CorruptFileError:
             continue
         assert all(arrays[name].tobytes() == expected[name].tobytes() for name in state)  # e.g. header padding
+
+
+def test_a_row_keyed_stream_that_holds_no_int8_values_is_a_corrupt_file_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_compact(_state(), path, dtype="int8", entropy="fast")
+    summary, table, data = _open(path)
+    shared = table["tensors"]["fc.bias"]["parts"]["values"][0]  # the shared stream of vectors and scales
+    table["streams"][shared][0] = "cms1"
+    _save(path, summary, table, data)
+    with pytest.raises(CorruptFileError, match=r"stream \d+ is coded with cms1 but does not hold one int8 tensor's values"):
+        load_compact(path)

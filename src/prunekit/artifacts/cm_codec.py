@@ -1,8 +1,11 @@
-"""The context-mixing codecs of the compact file: ``"cmmR"`` for bitmasks of rows of R bits, ``"cmbW"`` for bytes.
+"""The context-mixing codecs of the compact file: ``"cmmR"`` for bitmasks of rows of R bits, ``"cmbW"`` for bytes,
+``"cms1"`` for a tensor's int8 values keyed by their row's scale.
 
-Both are adaptive binary arithmetic coders (:mod:`~prunekit.artifacts.cm_sources`) whose contexts order-0
+All are adaptive binary arithmetic coders (:mod:`~prunekit.artifacts.cm_sources`) whose contexts order-0
 coders cannot use: a bitmask bit is predicted from its row's and its column's running density and its
-neighbours; a byte from the bytes before it in its lane of ``W``-byte words. A stored stream is the
+neighbours; a byte from the bytes before it in its lane of ``W``-byte words, and for ``"cms1"`` also from
+its row's scale (:func:`row_contexts`: magnitude pruning keeps the weights above one global threshold,
+so the row's scale sets where its int8 magnitudes start and how they spread). A stored stream is the
 varint of its raw length followed by the coded bytes. The kernels are compiled by numba when it is
 installed (once per process, cached on disk) and run as plain Python otherwise (the same integer
 arithmetic, so files are identical either way, only slower).
@@ -20,7 +23,8 @@ import numpy as np
 from prunekit.artifacts.cm_sources import kernel_sources, rate_table, squash_table, stretch_table
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-CM_NAME = re.compile(r"cm(m|b)([1-9][0-9]{0,12})")
+CM_NAME = re.compile(r"cm(m|b|s)([1-9][0-9]{0,12})")
+SIDE_CODEC = "cms1"  # the codec that needs each value's row context to decode
 #: Without numba the writer tries these codecs only on streams up to this size (plain Python codes ~50 KiB/s).
 PLAIN_PYTHON_BYTES = 1 << 16
 
@@ -42,9 +46,20 @@ def _kernels(compiled: bool) -> dict[str, Any]:
     return {name: numba.njit(cache=True, nogil=True)(fn) for name, fn in sources.items()}
 
 
-def _run(kind: str, *args: Any) -> int:
-    kernel = _kernels(HAVE_NUMBA)["code_mask" if kind == "m" else "code_bytes"]
-    return int(kernel(*args, *_tables()))
+def _run(kind: str, side: np.ndarray | None, *args: Any) -> int:
+    if kind == "m":
+        return int(_kernels(HAVE_NUMBA)["code_mask"](*args, *_tables()))
+    known = np.zeros(0, dtype=np.int64) if side is None else side
+    return int(_kernels(HAVE_NUMBA)["code_bytes"](*args, *_tables(), known))
+
+
+def row_contexts(scale: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each value's context for ``"cms1"``: its row's float32 ``scale`` in half octaves from the median row's
+    (0..15), repeated ``counts[row]`` times. Read from the scale's bits, so every machine agrees exactly."""
+    bits = np.ascontiguousarray(scale, dtype=np.float32).view(np.uint32).astype(np.int64)
+    half_octaves = 2 * ((bits >> 23) & 255) + ((bits >> 22) & 1)
+    middle = int(np.median(half_octaves)) if half_octaves.size else 0
+    return np.repeat(np.clip(half_octaves - middle + 8, 0, 15), counts)
 
 
 def affordable(size: int) -> bool:
@@ -54,9 +69,11 @@ def affordable(size: int) -> bool:
 
 
 def is_cm_codec(name: str) -> bool:
-    """Whether ``name`` is a context-mixing codec (``cmbW`` with W 1, 2 or 4; ``cmmR`` with any row length)."""
+    """Whether ``name`` is a context-mixing codec (``cmbW`` with W 1, 2 or 4; ``cmmR`` with any row length; ``cms1``)."""
     match = CM_NAME.fullmatch(name)
-    return match is not None and (match.group(1) == "m" or int(match.group(2)) in (1, 2, 4))
+    return match is not None and (
+        match.group(1) == "m" or name == SIDE_CODEC or name[2] == "b" and int(match.group(2)) in (1, 2, 4)
+    )
 
 
 def _varint(value: int) -> bytes:
@@ -77,21 +94,24 @@ def _read_varint(data: bytes) -> tuple[int, int]:
     raise ValueError("its length prefix is malformed")
 
 
-def cm_encode(codec: str, data: bytes) -> bytes | None:
-    """``data`` coded with the context-mixing ``codec``; None when it would not come out smaller than ``data``."""
+def cm_encode(codec: str, data: bytes, side: np.ndarray | None = None) -> bytes | None:
+    """``data`` coded with the context-mixing ``codec``; None when it would not come out smaller than ``data``.
+    ``side`` (``"cms1"`` only) holds each byte's context, from :func:`row_contexts`."""
     match = CM_NAME.fullmatch(codec)
     assert match is not None and is_cm_codec(codec), codec
+    assert (side is not None and side.size == len(data)) == (codec == SIDE_CODEC), codec
     kind, parameter = match.group(1), int(match.group(2))
     head = _varint(len(data))
     out = np.zeros(max(0, len(data) - len(head)), dtype=np.uint8)
     source = np.frombuffer(data, dtype=np.uint8)
-    size = _run(kind, source, len(data) * 8 if kind == "m" else len(data), parameter, out, 0)
+    size = _run(kind, side, source, len(data) * 8 if kind == "m" else len(data), parameter, out, 0)
     return None if size < 0 else head + out[:size].tobytes()
 
 
-def cm_decode(codec: str, data: bytes, cap: int) -> bytes:
-    """Decode a stream of ``codec`` to at most ``cap`` bytes; ``ValueError`` when its declared length is over
-    ``cap`` or the stream is shorter or longer than its coded symbols take (truncated or padded)."""
+def cm_decode(codec: str, data: bytes, cap: int, side: np.ndarray | None = None) -> bytes:
+    """Decode a stream of ``codec`` to at most ``cap`` bytes (``side``: as given to :func:`cm_encode`); ``ValueError``
+    when its declared length is over ``cap``, differs from the contexts given, or the stream is shorter or longer
+    than its coded symbols take (truncated or padded)."""
     match = CM_NAME.fullmatch(codec)
     if match is None or not is_cm_codec(codec):
         raise ValueError(f"unknown context-mixing codec {codec!r}")
@@ -99,9 +119,11 @@ def cm_decode(codec: str, data: bytes, cap: int) -> bytes:
     size, start = _read_varint(data)
     if size > cap:
         raise ValueError(f"declares {size} bytes, more than the {cap} allowed")
+    if codec == SIDE_CODEC and (side is None or side.size != size):
+        raise ValueError(f"declares {size} values, but its tensor has {0 if side is None else side.size} nonzeros")
     body = np.frombuffer(data, dtype=np.uint8)[start:]
     out = np.zeros(size, dtype=np.uint8)
-    read = _run(kind, body, size * 8 if kind == "m" else size, parameter, out, 1)
+    read = _run(kind, side if codec == SIDE_CODEC else None, body, size * 8 if kind == "m" else size, parameter, out, 1)
     if read != body.size + 3:  # the decoder reads 3 bytes more than the encoder wrote (its 4-byte window)
         raise ValueError(
             f"does not end where its coded bits do (truncated, padded or corrupted: {body.size} bytes, {read - 3} coded)"

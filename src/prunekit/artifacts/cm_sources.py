@@ -135,25 +135,26 @@ def kernel_sources() -> dict[str, object]:
             pos += 1
         return pos
 
-    def code_bytes(data, nbytes, width, out, decode, squash, stretch, rate):
+    def code_bytes(data, nbytes, width, out, decode, squash, stretch, rate, side):
         # A stream of ``nbytes`` bytes read as words of ``width`` bytes (1 for int8 values or index bytes, 4 for
         # float32). Each byte is coded as a signed magnitude (int8 values are symmetric): 8 magnitude bits MSB first
         # through a binary tree (the contexts include the tree node: the bits coded so far), then the sign.
         # Contexts, each per byte lane: the node alone, with the previous magnitude, with the mean of the last four,
-        # with the previous byte; the mixer's weights are chosen by lane and tree depth.
+        # with the previous byte, and with ``side[i]`` (0..15, what the caller knows of byte i, such as its row's
+        # scale; an empty ``side`` means none); the mixer's weights are chosen by lane and tree depth.
         lanes = width
-        sizes = np.array([256 * lanes, 256 * 16 * lanes, 256 * 16 * lanes, 256 * 256 * lanes], dtype=np.int64)
-        limits = np.array([1023, 255, 255, 127], dtype=np.int64)
-        offsets = np.zeros(5, dtype=np.int64)
-        for m in range(4):
+        sizes = np.array([256 * lanes, 256 * 16 * lanes, 256 * 16 * lanes, 256 * 256 * lanes, 256 * 16], dtype=np.int64)
+        limits = np.array([1023, 255, 255, 127, 255], dtype=np.int64)
+        offsets = np.zeros(6, dtype=np.int64)
+        for m in range(5):
             offsets[m + 1] = offsets[m] + sizes[m]
-        prob = np.full(offsets[4], 32768, dtype=np.int64)
-        seen = np.zeros(offsets[4], dtype=np.int64)
-        weights = np.full((9 * lanes, 5), 14000, dtype=np.int64)
+        prob = np.full(offsets[5], 32768, dtype=np.int64)
+        seen = np.zeros(offsets[5], dtype=np.int64)
+        weights = np.full((9 * lanes, 6), 14000, dtype=np.int64)
         last = np.zeros((lanes, 4), dtype=np.int64)  # the last four magnitudes per lane
         previous = np.zeros(lanes, dtype=np.int64)
-        slot = np.zeros(5, dtype=np.int64)
-        inputs = np.zeros(5, dtype=np.int64)
+        slot = np.zeros(6, dtype=np.int64)
+        inputs = np.zeros(6, dtype=np.int64)
         x1, x2, x, pos = 0, 0xFFFFFFFF, 0, 0
         if decode:
             for _ in range(4):
@@ -161,6 +162,7 @@ def kernel_sources() -> dict[str, object]:
                 pos += 1
         for i in range(nbytes):
             lane = i % lanes
+            known = side[i] if side.shape[0] else 0
             value = 0
             if not decode:
                 value = int(data[i])
@@ -187,14 +189,15 @@ def kernel_sources() -> dict[str, object]:
                 slot[1] = (lane * 16 + near) * 256 + tree
                 slot[2] = (lane * 16 + spread) * 256 + tree
                 slot[3] = (lane * 256 + previous[lane]) * 256 + tree
+                slot[4] = known * 256 + tree
                 row = lane * 9 + mix
                 dot = 0
-                for m in range(4):
+                for m in range(5):
                     slot[m] += offsets[m]
                     inputs[m] = stretch[prob[slot[m]] >> 4]
                     dot += inputs[m] * weights[row, m]
-                inputs[4] = 256
-                dot += 256 * weights[row, 4]
+                inputs[5] = 256
+                dot += 256 * weights[row, 5]
                 p = squash[min(2047, max(-2047, dot >> 16)) + 2047]
                 p = min(4095, max(1, p))
                 xmid = x1 + ((x2 - x1) >> 12) * p
@@ -219,9 +222,9 @@ def kernel_sources() -> dict[str, object]:
                     x1 = (x1 << 8) & 0xFFFFFFFF
                     x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
                 err = ((bit << 12) - p) * 6
-                for m in range(5):
+                for m in range(6):
                     weights[row, m] = min(WEIGHT_LIMIT, max(-WEIGHT_LIMIT, weights[row, m] + ((inputs[m] * err) >> 12)))
-                for m in range(4):
+                for m in range(5):
                     s = slot[m]
                     prob[s] += (((bit << 16) - prob[s]) * rate[seen[s]]) >> 16
                     prob[s] = min(65535, max(1, prob[s]))

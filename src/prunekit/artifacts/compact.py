@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.artifacts.compact_codecs import candidates, is_codec, pack, unpack
+from prunekit.artifacts.cm_codec import row_contexts
+from prunekit.artifacts.compact_codecs import candidates, is_codec, pack, pack_values, unpack
 from prunekit.artifacts.compact_container import (
     DATA_TENSOR,
     GROUP_BYTES,
@@ -49,6 +50,7 @@ from prunekit.artifacts.compact_container import (
     inflate_streams,
     is_int,
     read_table,
+    row_counts,
 )
 from prunekit.core.atomic import atomic_write_bytes
 from prunekit.errors import ConfigError, CorruptFileError
@@ -279,6 +281,15 @@ def _encode(
     return (*_entry(array, storage, layout, nnz, {"values": stored, "index": index, **extra}), coded)
 
 
+def _coded_values(entry: TensorEntry, parts: Mapping[str, np.ndarray], codecs: tuple[str, ...]) -> tuple[str, bytes] | None:
+    """The values part of an int8 tensor stored whole or as a bitmask, coded with its row contexts as one more
+    candidate (None for any other part: coded as usual)."""
+    if entry.storage != "int8" or entry.layout == "gaps" or "cmb1" not in codecs:
+        return None
+    counts = row_counts(entry.shape, parts["index"] if entry.layout == "bitmask" else None)
+    return pack_values(parts["values"].tobytes(), codecs, row_contexts(parts["scale"], counts))
+
+
 def _entry(
     array: np.ndarray, storage: str, layout: str, nnz: int, parts: dict[str, np.ndarray]
 ) -> tuple[TensorEntry, dict[str, np.ndarray]]:
@@ -500,7 +511,7 @@ def save_compact(
         references[name] = {
             part: streams.add_small(value)
             if part == "scale" or (entry.layout == "dense" and value.nbytes <= GROUP_BYTES)
-            else streams.add(value.tobytes(), coded_index if part == "index" else None)
+            else streams.add(value.tobytes(), coded_index if part == "index" else _coded_values(entry, parts, streams.codecs))
             for part, value in parts.items()
         }
     data = streams.finish()

@@ -15,6 +15,8 @@ import lzma
 import re
 import zlib
 
+import numpy as np
+
 from prunekit.artifacts import cm_codec
 from prunekit.artifacts.cm_codec import cm_decode, cm_encode, is_cm_codec
 from prunekit.errors import ConfigError
@@ -68,6 +70,7 @@ def pack(data: bytes, codecs: tuple[str, ...], row: int | None = None) -> tuple[
     ``SAMPLE_BYTES`` (one full pass instead of one per codec). Without numba the context-mixing
     codecs are tried only on streams they code quickly in plain Python."""
     codecs = tuple(f"cmm{row}" if codec == "cmm" else codec for codec in codecs if codec != "cmm" or row)
+    codecs = tuple(codec for codec in codecs if codec != cm_codec.SIDE_CODEC)  # it needs contexts: pack_values
     if not cm_codec.affordable(len(data)):
         codecs = tuple(codec for codec in codecs if not is_cm_codec(codec))
     if len(data) > SAMPLE_BYTES and len(codecs) > 1:
@@ -86,14 +89,15 @@ def pack(data: bytes, codecs: tuple[str, ...], row: int | None = None) -> tuple[
     return best
 
 
-def unpack(codec: str, data: bytes, cap: int, limit: str) -> bytes:
+def unpack(codec: str, data: bytes, cap: int, limit: str, side: np.ndarray | None = None) -> bytes:
     """Inflate ``data`` to at most ``cap`` bytes (bounded, so a crafted stream never balloons in memory);
-    ``ValueError`` naming ``limit`` (what sets the cap) when it is malformed, truncated or would inflate past it."""
+    ``ValueError`` naming ``limit`` (what sets the cap) when it is malformed, truncated or would inflate past it.
+    ``side``: each value's context, for the codec that needs it (``cm_codec.SIDE_CODEC``)."""
     if codec == "none":
         return data
     if is_cm_codec(codec):
         try:
-            return cm_decode(codec, data, cap)
+            return cm_decode(codec, data, cap, side)
         except ValueError as exc:
             raise ValueError(f"context-mixing stream {exc} ({limit} sets the cap)") from None
     family = "zlib" if codec == "zlib" else "lzma"
@@ -113,3 +117,14 @@ def unpack(codec: str, data: bytes, cap: int, limit: str) -> bytes:
     if not done:
         raise ValueError(f"{family} stream is truncated")
     return out
+
+
+def pack_values(data: bytes, codecs: tuple[str, ...], side: np.ndarray) -> tuple[str, bytes]:
+    """Like :func:`pack` for a tensor's int8 values, also trying ``"cms1"`` with each value's row context
+    ``side`` (when ``codecs`` hold the context-mixing coders)."""
+    best = pack(data, codecs)
+    if "cmb1" in codecs and cm_codec.affordable(len(data)):
+        coded = cm_encode(cm_codec.SIDE_CODEC, data, side)
+        if coded is not None and len(coded) < len(best[1]):
+            best = (cm_codec.SIDE_CODEC, coded)
+    return best

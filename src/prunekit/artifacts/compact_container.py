@@ -12,6 +12,7 @@ the bytes its parts take; each tensor's own CRC-32 (over its inflated parts) is 
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from prunekit.artifacts.cm_codec import SIDE_CODEC, row_contexts
 from prunekit.artifacts.compact_codecs import is_codec, pack, unpack
 from prunekit.errors import CorruptFileError
 
@@ -149,6 +151,47 @@ def _part_cap(entry: _Entry, part: str) -> tuple[np.dtype, int]:
     return dtype, {"dense": entry.numel, "bitmask": entry.nnz}.get(entry.layout, slots) * dtype.itemsize
 
 
+def row_counts(shape: tuple[int, ...], bitmask: np.ndarray | None) -> np.ndarray:
+    """The nonzeros in each row (index of axis 0) of a tensor of ``shape``: from its little-endian ``bitmask``,
+    unpacked a few MiB at a time, or every element when it has none (a dense layout)."""
+    rows = shape[0]
+    length = math.prod(shape) // rows
+    if bitmask is None:
+        return np.full(rows, length, dtype=np.int64)
+    counts = np.zeros(rows, dtype=np.int64)
+    step = max(1, (1 << 23) // max(length, 1))
+    for first in range(0, rows, step):
+        last = min(rows, first + step)
+        start, stop = first * length, last * length
+        bits = np.unpackbits(bitmask[start // 8 : -(-stop // 8)], bitorder="little")[start % 8 : start % 8 + stop - start]
+        counts[first:last] = bits.reshape(last - first, length).sum(axis=1)
+    return counts
+
+
+def _side(
+    path: Path,
+    index: int,
+    owners: list[tuple[str, str]],
+    entries: Mapping[str, _Entry],
+    parts: Mapping[str, Any],
+    inflated: list[bytes | None],
+) -> np.ndarray:
+    """The row contexts that the values stream ``index`` (coded with ``SIDE_CODEC``) needs, from its tensor's
+    scale and bitmask; :class:`CorruptFileError` unless it holds exactly one int8 tensor's values."""
+    name, part = owners[0] if len(owners) == 1 else ("", "")
+    entry = entries.get(name)
+    if part != "values" or entry is None or entry.storage != "int8" or entry.layout not in ("bitmask", "dense"):
+        raise CorruptFileError(f"{path}: stream {index} is coded with {SIDE_CODEC} but does not hold one int8 tensor's values")
+    found = {}
+    for needed in ("scale", "index") if entry.layout == "bitmask" else ("scale",):
+        stream, offset, size, dtype = parts[name][needed]
+        raw = inflated[stream]
+        if raw is None or size != {"scale": entry.shape[0] * 4, "index": -(-entry.numel // 8)}[needed]:
+            raise CorruptFileError(f"{path}: tensor {name!r} is corrupted (its {needed} cannot key its values' stream {index})")
+        found[needed] = np.frombuffer(raw[offset : offset + size], dtype=dtype)
+    return row_contexts(found["scale"], row_counts(entry.shape, found.get("index")))
+
+
 def inflate_streams(path: Path, meta: Mapping[str, Any], entries: Mapping[str, _Entry]) -> dict[str, dict[str, np.ndarray]]:
     """Each tensor's uncoded parts from a version 3 file. Every reference and stream size is checked against the
     declared shapes, and every stream against its CRC-32, before anything is inflated; no stream inflates
@@ -163,6 +206,7 @@ def inflate_streams(path: Path, meta: Mapping[str, Any], entries: Mapping[str, _
             f"{path} is truncated or corrupted: its streams take {sum(s[1] for s in streams):,} bytes, the file holds {len(data):,}"
         )
     users: list[list[str]] = [[] for _ in streams]  # which tensors each stream holds, for messages and size bounds
+    owners: list[list[tuple[str, str]]] = [[] for _ in streams]  # (tensor, part) of each reference
     used = [0] * len(streams)
     references: dict[str, dict[str, tuple[int, int, int, np.dtype]]] = {}
     for name, entry in entries.items():
@@ -181,9 +225,11 @@ def inflate_streams(path: Path, meta: Mapping[str, Any], entries: Mapping[str, _
                     f"or the {cap} bytes that shape {entry.shape} with {entry.nnz} nonzeros allows)"
                 )
             users[stream].append(name)
+            owners[stream].append((name, part))
             used[stream] += size
             references[name][part] = (stream, offset, size, dtype)
-    inflated = []
+    inflated: list[bytes | None] = []
+    deferred = []  # streams whose codec needs their tensor's scale and mask: decoded after all others
     for index, (codec, _, raw_size, crc) in enumerate(streams):
         holders = list(dict.fromkeys(users[index]))
         names = ("tensors " if len(holders) > 1 else "tensor ") + (", ".join(map(repr, holders)) or "none")
@@ -198,16 +244,26 @@ def inflate_streams(path: Path, meta: Mapping[str, Any], entries: Mapping[str, _
             raise CorruptFileError(
                 f"{path}: stream {index} ({names}) declares {raw_size} bytes, more than its tensors use ({used[index]})"
             )
-        try:
-            raw = unpack(codec, stored, raw_size, f"the declared size of {names}")
-        except ValueError as exc:
-            raise CorruptFileError(f"{path}: {names} is corrupted (stream {index}: {exc})") from None
-        if len(raw) != raw_size:
-            raise CorruptFileError(
-                f"{path}: {names} is corrupted (stream {index} inflates to {len(raw)} of its {raw_size} bytes)"
-            )
-        inflated.append(raw)
+        inflated.append(None)
+        if codec == SIDE_CODEC:
+            deferred.append((index, stored, names))
+        else:
+            inflated[index] = _inflate(path, index, codec, stored, raw_size, names, None)
+    for index, stored, names in deferred:
+        side = _side(path, index, owners[index], entries, references, inflated)
+        inflated[index] = _inflate(path, index, SIDE_CODEC, stored, streams[index][2], names, side)
     return {
-        name: {part: np.frombuffer(inflated[s][o : o + n], dtype=dtype) for part, (s, o, n, dtype) in parts.items()}
+        name: {part: np.frombuffer((inflated[s] or b"")[o : o + n], dtype=dtype) for part, (s, o, n, dtype) in parts.items()}
         for name, parts in references.items()
     }
+
+
+def _inflate(path: Path, index: int, codec: str, stored: bytes, raw_size: int, names: str, side: np.ndarray | None) -> bytes:
+    """One stream inflated to exactly ``raw_size`` bytes; :class:`CorruptFileError` naming its tensors otherwise."""
+    try:
+        raw = unpack(codec, stored, raw_size, f"the declared size of {names}", side)
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: {names} is corrupted (stream {index}: {exc})") from None
+    if len(raw) != raw_size:
+        raise CorruptFileError(f"{path}: {names} is corrupted (stream {index} inflates to {len(raw)} of its {raw_size} bytes)")
+    return raw
