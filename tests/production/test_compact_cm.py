@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load as load_st
 
 from prunekit.artifacts import cm_codec
@@ -168,3 +170,27 @@ def _table(path):
     summary = json.loads(json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]["prunekit"])
     codec, _, size, _ = summary["table"]
     return codec, load_st(raw)["prunekit:table"].tobytes(), size, "test"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    columns=st.integers(1, 300),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_bitmask_round_trips_or_is_kept_as_it_is(rows, columns, density, seed):
+    bits = np.random.default_rng(seed).random(rows * columns) < density
+    data = np.packbits(bits, bitorder="little").tobytes()
+    codec, stored = pack(data, ("cmm",), row=columns)
+    assert unpack(codec, stored, len(data), "test") == data
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.binary(min_size=0, max_size=3000), width=st.sampled_from([1, 2, 4]))
+def test_any_bytes_round_trip_or_are_kept_as_they_are(values, width):
+    codec, stored = pack(values, (f"cmb{width}",))
+    assert unpack(codec, stored, len(values), "test") == values
+    side = np.arange(len(values), dtype=np.int64) % 16
+    coded = cm_encode("cms1", values, side)
+    assert coded is None or cm_decode("cms1", coded, len(values), side) == values
