@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.commands import directory
+from prunekit.methods.llm_options import COMPARISON_CHOICES, RATIO_SCHEMES
 
 
 def _ratios(text: str) -> str | dict[str, float]:
-    if text in ("uniform", "owl"):
+    if text in RATIO_SCHEMES:
         return text
     try:
         return {glob: float(value) for glob, value in (part.rsplit("=", 1) for part in text.split(",") if part.strip())}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected uniform, owl or GLOB=SPARSITY[,GLOB=SPARSITY...], got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {' or '.join(RATIO_SCHEMES)} or GLOB=SPARSITY[,GLOB=SPARSITY...], got {text!r}"
+        ) from None
 
 
 def _calibration_args(parser: argparse.ArgumentParser, samples: int, seq_len: int) -> None:
@@ -54,8 +57,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     prune.add_argument("--method", required=True, choices=[m.name for m in list_methods(kind="llm")])
     prune.add_argument("--sparsity", type=float, default=0.5, help="share of weights to zero, in [0, 1) (default 0.5)")
     prune.add_argument("--pattern", help="N:M pattern such as 2:4 or 4:8 (then sparsity is 1 - N/M)")
-    prune.add_argument("--ratios", type=_ratios, default="uniform", help="uniform, owl, or GLOB=SPARSITY,... per layer")
-    prune.add_argument("--comparison", choices=["row", "layer"], help="comparison group (default: the method's)")
+    prune.add_argument(
+        "--ratios", type=_ratios, default="uniform", help=f"{', '.join(RATIO_SCHEMES)}, or GLOB=SPARSITY,... per layer"
+    )
+    prune.add_argument(
+        "--comparison",
+        choices=COMPARISON_CHOICES,
+        help="rank scores per output row or per layer, or auto: per projection, whichever reconstructs its "
+        "calibration outputs better (default: the method's group)",
+    )
     prune.add_argument("--skip", action="append", default=[], metavar="GLOB", help="leave matching layers/blocks dense")
     prune.add_argument("--resume", action="store_true", help="continue a killed run from its block checkpoint (OUTPUT.partial)")
     prune.add_argument(

@@ -23,6 +23,7 @@ from prunekit.core.imports import resolve_import, resolve_trusted_import, truste
 from prunekit.core.results import candidate_name
 from prunekit.errors import ConfigError
 from prunekit.methods import FRAMEWORKS, TRAINING_KINDS, default_method, get_method
+from prunekit.methods.llm_options import COMPARISON_CHOICES, RATIO_SCHEMES
 from prunekit.recipes.validation import RecipeError, build, checked
 
 CHECKPOINT_DIR = ".checkpoints"  # under a run's output folder: what `prunekit run --resume` continues from
@@ -267,7 +268,13 @@ class LLMConfig:
     method: str = checked(_llm_method)
     sparsity: float = checked(lambda v: None if 0 <= v < 1 else f"should be in [0, 1), got {v!r}", default=0.5)
     pattern: Optional[str] = checked(_pattern, default=None)
-    ratios: Literal["uniform", "owl"] = "uniform"
+    ratios: str = checked(
+        lambda v: None if v in RATIO_SCHEMES else f"should be one of {list(RATIO_SCHEMES)}, got {v!r}", default="uniform"
+    )
+    comparison: Optional[str] = checked(
+        lambda v: None if v is None or v in COMPARISON_CHOICES else f"should be one of {list(COMPARISON_CHOICES)}, got {v!r}",
+        default=None,
+    )
     layer_ratios: dict[str, float] = field(default_factory=dict)
     skip: list[str] = field(default_factory=list)
     calibration: Optional[str] = checked(_text_file, default=None)

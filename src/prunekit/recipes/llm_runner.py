@@ -66,6 +66,7 @@ def run_llm_recipe(
         sparsity=config.sparsity,
         pattern=config.pattern,
         ratios=config.layer_ratios or config.ratios,
+        comparison=config.comparison,
         skip=config.skip,
         n_samples=config.samples,
         seq_len=config.seq_len,

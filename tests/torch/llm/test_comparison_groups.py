@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prunekit.cli import build_parser
 from prunekit.errors import ConfigError
+from prunekit.methods.llm_options import COMPARISON_CHOICES
+from prunekit.recipes import RecipeError, parse_recipe
 from prunekit.torch.llm.discovery import find_decoder_stack
 from prunekit.torch.llm.methods import LayerTask, magnitude, output_error, sparsegpt, wanda
 from prunekit.torch.llm.sequential import prune
@@ -95,3 +98,17 @@ def test_prune_with_auto_records_each_projection_s_group():
 def test_auto_makes_magnitude_ask_for_calibration_data():
     with pytest.raises(ConfigError, match="needs calibration data"):
         prune(tiny_model("llama"), method="magnitude", sparsity=0.5, comparison="auto")
+
+
+def test_the_recipe_and_the_cli_offer_the_backend_s_comparison_choices(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    recipe = parse_recipe({"name": "x", "llm": {"model": str(tmp_path), "method": "wanda", "comparison": "auto"}})
+    assert recipe.llm is not None and recipe.llm.comparison == "auto"
+    with pytest.raises(RecipeError, match=r"llm.comparison.*should be one of \['row', 'layer', 'auto'\], got 'rows'"):
+        parse_recipe({"name": "x", "llm": {"model": str(tmp_path), "method": "wanda", "comparison": "rows"}})
+    with pytest.raises(RecipeError, match=r"llm.ratios.*should be one of \['uniform', 'owl'\]"):
+        parse_recipe({"name": "x", "llm": {"model": str(tmp_path), "method": "wanda", "ratios": "owls"}})
+    argv = ["llm", "prune", "m", "--method", "wanda", "--comparison", "auto", "--output", str(tmp_path / "o")]
+    args = build_parser(argv).parse_args(argv)
+    assert args.comparison == "auto" and COMPARISON_CHOICES == ("row", "layer", "auto")

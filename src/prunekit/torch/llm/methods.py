@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from prunekit.errors import ConfigError
-from prunekit.torch.llm.selection import COMPARISONS, lowest_k_mask, select_mask
+from prunekit.methods.llm_options import COMPARISONS
+from prunekit.torch.llm.selection import lowest_k_mask, select_mask
 from prunekit.torch.llm.statistics import InputStatistics
 
 

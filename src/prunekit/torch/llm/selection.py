@@ -13,8 +13,7 @@ import re
 import torch
 
 from prunekit.errors import ConfigError
-
-COMPARISONS = ("row", "layer")
+from prunekit.methods.llm_options import COMPARISONS
 
 
 def parse_pattern(pattern: str | tuple[int, int] | None) -> tuple[int, int] | None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.methods.llm_options import COMPARISON_CHOICES, RATIO_SCHEMES
 from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
 from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inputs, on_device
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
@@ -270,10 +271,10 @@ def prune(
     parsed = parse_pattern(pattern)
     sparsity = 1.0 - parsed[0] / parsed[1] if parsed is not None else check_sparsity(sparsity)
     name, handler, method_options = resolve_method(method, options or {})
-    if comparison is not None and comparison not in ("row", "layer", "auto"):
-        raise ConfigError(f"comparison must be 'row', 'layer' or 'auto', got {comparison!r}")
-    if isinstance(ratios, str) and ratios not in ("uniform", "owl"):
-        raise ConfigError(f"ratios must be 'uniform', 'owl' or a dict of glob -> sparsity, got {ratios!r}")
+    if comparison is not None and comparison not in COMPARISON_CHOICES:
+        raise ConfigError(f"comparison must be one of {', '.join(COMPARISON_CHOICES)}, got {comparison!r}")
+    if isinstance(ratios, str) and ratios not in RATIO_SCHEMES:
+        raise ConfigError(f"ratios must be one of {', '.join(RATIO_SCHEMES)} or a dict of glob -> sparsity, got {ratios!r}")
     if parsed is not None and ratios != "uniform":
         raise ConfigError(f"an N:M pattern fixes every layer's sparsity at {sparsity:g}; use ratios='uniform' with it")
     skip = list(skip)
