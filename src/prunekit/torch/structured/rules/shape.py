@@ -84,7 +84,8 @@ def _reshape_segment(
     labelled = [d for d in seg_in if _has_labels(labels[d])]
     if not labelled:
         return
-    keep = max(labelled, key=lambda d: len(np.unique(labels[d])))
+    heads = [d for d in labelled if _is_heads(st, labels[d])]
+    keep = heads[0] if heads else max(labelled, key=lambda d: len(np.unique(labels[d])))
     for d in labelled:
         if d != keep:
             st.fix(labels[d])
@@ -107,6 +108,13 @@ def _reshape_segment(
         t = max(range(len(seg_out)), key=lambda k: (out_shape[seg_out[k]], -k))
     rows = np.moveaxis(grid, t, 0).reshape(grid.shape[t], -1)
     result[seg_out[t]] = st.coarsen(rows)
+
+
+def _is_heads(st: LabelState, lab: np.ndarray) -> bool:
+    """Whether these labels are the query heads of an attention seen so far: merging heads with a
+    per-head width that is itself labelled (multi-query attention, whose one key/value head is never
+    split into heads) keeps the heads and the head width whole, not the other way round."""
+    return any(len(r.query_heads) == len(lab) and np.array_equal(r.query_heads, lab) for r in st.attention)
 
 
 def _minus_one_dim(op: OpRecord, out_ndim: int) -> int | None:
@@ -141,7 +149,9 @@ def reshape(st: LabelState, op: OpRecord) -> None:
     x, out = first_tensor(op), outputs_of(op)[0]
     out_shape = st.shape(out)
     prefer = st.head_dims.get(op.index)
-    if prefer is None and op.name in ("view", "reshape", "unflatten"):
+    if prefer is not None:
+        st.head_outputs[out.vid] = prefer
+    elif op.name in ("view", "reshape", "unflatten"):
         prefer = _minus_one_dim(op, len(out_shape))
     labels = reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer)
     st.set(out, labels)
@@ -191,6 +201,8 @@ def expand(st: LabelState, op: OpRecord) -> None:
     for d, size in enumerate(shape):
         if size == out_shape[d + offset]:
             result[d + offset] = labels[d]
+        elif size == 1:  # copies of one slice hold no channel: they may shrink with what they meet
+            result[d + offset] = st.fresh(out_shape[d + offset])
     st.set(out, result)
 
 
@@ -455,6 +467,10 @@ def split(st: LabelState, op: OpRecord) -> None:
         return
     sizes = [st.shape(o)[dim] for o in outs]
     equal = len(set(sizes)) == 1 and sizes[0] * len(sizes) == shape[dim]
+    if not equal and dim > st.head_outputs.get(x.vid, len(shape)):
+        # per-head sections of unequal sizes (LeViT's key/value split of one head): their sizes are
+        # expressions of attributes that cannot all follow a free choice of channels; keep them whole
+        st.fix(labels[dim], f"per-head split into unequal sections at node {op.label} keeps the head width whole")
     if equal and len(outs) > 1:
         sections = labels[dim].reshape(len(outs), sizes[0])
         st.unify(sections[1:], np.repeat(sections[:1], len(outs) - 1, axis=0))

@@ -1,0 +1,55 @@
+"""Attention patterns behind the generated zoo's failures, each on a small hand-written module:
+the pruned model runs, its MACs fall, the heads' attributes follow, and the oracle holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit.torch import analyze_dependencies, prune_channels
+from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401
+from tests.torch.zoo_patterns import MultiQueryAttention, UnequalHeadSplitAttention, build_pattern
+
+
+@pytest.mark.parametrize("mode", ["matmul", "repeat", "gqa"])
+def test_multi_query_attention_prunes_query_heads_and_keeps_the_shared_key_value_head(mode):
+    model, inputs = build_pattern(MultiQueryAttention(mode))
+    heads = [g for g in analyze_dependencies(model, inputs).groups if g.kind == "heads"]
+    assert [(g.name, g.size) for g in heads] == [("attention.c_attn", 4)]
+    result = prune_channels(model, inputs, 0.5)
+    attention = result.model.attention
+    assert tuple(attention.c_attn.weight.shape) == (16 + 2 * 8, 32)  # two query heads left, k and v whole
+    assert (attention.num_heads, attention.embed_dim, attention.kv_dim) == (2, 16, 8)
+    assert attention.groups == (2 if mode == "repeat" else 4)  # the repeat count follows the heads
+    assert result.report.macs_ratio >= 1.6
+    with torch.no_grad():
+        assert result.model(*inputs).shape == model(*inputs).shape
+
+
+@pytest.mark.parametrize("mode", ["matmul", "repeat", "gqa"])
+def test_multi_query_attention_oracle(mode):
+    model, inputs = build_pattern(MultiQueryAttention(mode))
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert result.model.attention.num_heads == 2
+
+
+def test_unequal_per_head_split_prunes_whole_heads():
+    model, inputs = build_pattern(UnequalHeadSplitAttention(heads=4))
+    result = prune_channels(model, inputs, 0.5)
+    attention = result.model.attention
+    assert (attention.num_attention_heads, attention.key_dim, attention.out_dim) == (2, 8, 32)
+    assert tuple(attention.qkv.weight.shape) == (2 * 32, 32)
+    assert result.report.macs_ratio >= 1.6
+    with torch.no_grad():
+        assert result.model(*inputs).shape == model(*inputs).shape
+
+
+def test_unequal_split_of_a_single_head_keeps_the_head_width_whole_and_the_oracle_holds():
+    model, inputs = build_pattern(UnequalHeadSplitAttention(heads=1))
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    attention = result.model.attention
+    assert tuple(attention.qkv.weight.shape)[0] == 32 and attention.key_dim == 8
+    reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
+    assert "per-head split into unequal sections" in reasons

@@ -1,0 +1,74 @@
+"""Small hand-written modules reproducing the attention patterns of the generated zoo's failures.
+
+Each mirrors how a ``transformers`` family writes its attention (no class of theirs is imported):
+multi-query attention whose one key/value head is never reshaped into heads (gpt_bigcode), and
+LeViT's per-head split of one projection into unequal key and value sections.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.torch.attention_blocks import DIM, TOKENS, Classifier, _attend
+
+
+def repeat_kv(states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``(b, kv, t, d)`` -> ``(b, kv * n_rep, t, d)`` by expand and reshape (the transformers helper)."""
+    b, kv, t, d = states.shape
+    return states[:, :, None, :, :].expand(b, kv, n_rep, t, d).reshape(b, kv * n_rep, t, d)
+
+
+class MultiQueryAttention(nn.Module):
+    """One projection split into ``(embed_dim, kv_dim, kv_dim)``: four query heads, one key/value head.
+
+    ``mode`` is how the key/value head meets the queries: broadcast by ``matmul``, repeated by
+    ``expand``/``reshape`` before SDPA, or SDPA's ``enable_gqa``."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode, self.embed_dim, self.num_heads, self.head_dim = mode, DIM, 4, DIM // 4
+        self.kv_dim, self.groups = self.head_dim, self.num_heads
+        self.c_attn = nn.Linear(DIM, self.embed_dim + 2 * self.kv_dim)
+        self.c_proj = nn.Linear(self.embed_dim, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        q, k, v = self.c_attn(x).unsqueeze(1).split((self.embed_dim, self.kv_dim, self.kv_dim), dim=3)
+        q = q.view(*shape, -1, self.head_dim).transpose(1, 2)
+        if self.mode == "matmul":
+            out = _attend(q, k, v)
+        elif self.mode == "repeat":
+            out = F.scaled_dot_product_attention(q, repeat_kv(k, self.groups), repeat_kv(v, self.groups))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.c_proj(out.transpose(1, 2).reshape(*shape, -1))
+
+
+class UnequalHeadSplitAttention(nn.Module):
+    """LeViT's layout: ``view(b, t, heads, -1).split([key_dim, key_dim, ratio * key_dim], dim=3)``."""
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.num_attention_heads, self.key_dim, self.attention_ratio = heads, 8, 2
+        self.out_dim = heads * self.attention_ratio * self.key_dim
+        self.qkv = nn.Linear(DIM, heads * (2 + self.attention_ratio) * self.key_dim)
+        self.proj = nn.Linear(self.out_dim, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            self.qkv(x)
+            .view(b, t, self.num_attention_heads, -1)
+            .split([self.key_dim, self.key_dim, self.attention_ratio * self.key_dim], dim=3)
+        )
+        out = _attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(F.hardswish(out.transpose(1, 2).reshape(b, t, self.out_dim)))
+
+
+def build_pattern(block: nn.Module) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """A seeded eval-mode classifier around ``block`` and its example input."""
+    torch.manual_seed(0)
+    model = Classifier(block).eval()
+    return model, (torch.randn(2, TOKENS, DIM),)
