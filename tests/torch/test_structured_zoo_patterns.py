@@ -8,7 +8,12 @@ import torch
 
 from prunekit.torch import analyze_dependencies, prune_channels
 from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401
-from tests.torch.zoo_patterns import MultiQueryAttention, UnequalHeadSplitAttention, build_pattern
+from tests.torch.zoo_patterns import (
+    CreatedBiasAttention,
+    MultiQueryAttention,
+    UnequalHeadSplitAttention,
+    build_pattern,
+)
 
 
 @pytest.mark.parametrize("mode", ["matmul", "repeat", "gqa"])
@@ -53,3 +58,35 @@ def test_unequal_split_of_a_single_head_keeps_the_head_width_whole_and_the_oracl
     assert tuple(attention.qkv.weight.shape)[0] == 32 and attention.key_dim == 8
     reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
     assert "per-head split into unequal sections" in reasons
+
+
+def test_heads_meeting_a_created_position_bias_are_pruned_and_its_size_attribute_follows():
+    model, inputs = build_pattern(CreatedBiasAttention())
+    result = prune_channels(model, inputs, 0.5)
+    attention = result.model.attention
+    assert (attention.n_heads, attention.inner_dim) == (2, 16)
+    assert tuple(attention.q.weight.shape) == (16, 32)
+    assert result.report.macs_ratio >= 1.6
+    expected, actual, _ = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+class _CatByAxis(torch.nn.Module):
+    """``torch.cat(..., axis=1)`` (numpy's keyword, as funnel writes it) of two convolutions' channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 6, 1), torch.nn.Conv2d(3, 4, 1)
+        self.out = torch.nn.Conv2d(10, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.a(x), self.b(x)], axis=1))
+
+
+def test_concatenation_along_an_axis_keyword_keeps_each_branch_prunable():
+    model, x = _CatByAxis().eval(), torch.randn(2, 3, 5, 5)
+    sizes = sorted(g.size for g in analyze_dependencies(model, x).groups)
+    assert sizes == [4, 6]
+    expected, actual, result = run_oracle(model, x)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert result.model.out.in_channels == 5

@@ -72,3 +72,21 @@ def build_pattern(block: nn.Module) -> tuple[nn.Module, tuple[torch.Tensor]]:
     torch.manual_seed(0)
     model = Classifier(block).eval()
     return model, (torch.randn(2, TOKENS, DIM),)
+
+
+class CreatedBiasAttention(nn.Module):
+    """T5's attention without a bias table: ``torch.zeros((1, n_heads, q, k))`` as the position bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_heads, self.key_value_proj_dim = 4, DIM // 4
+        self.inner_dim = self.n_heads * self.key_value_proj_dim
+        self.q, self.k, self.v = (nn.Linear(DIM, self.inner_dim, bias=False) for _ in range(3))
+        self.o = nn.Linear(self.inner_dim, DIM, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, -1, self.key_value_proj_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        position_bias = torch.zeros((1, self.n_heads, t, t), dtype=x.dtype)
+        out = _attend(q, k, v, position_bias)
+        return self.o(out.transpose(1, 2).reshape(b, t, self.inner_dim))

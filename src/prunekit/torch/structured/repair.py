@@ -30,9 +30,11 @@ from torch import nn
 
 from prunekit.torch.structured.graph import DependencyGraph
 from prunekit.torch.structured.labels import tensor_refs
+from prunekit.torch.structured.rules.shape import creation_sizes
 from prunekit.torch.structured.tracing import SizeOf, TensorRef
 
-_SIZE_OPS = {"view", "reshape", "expand", "new_zeros", "new_ones", "new_empty", "new_full", "broadcast_to"}
+_SIZE_OPS = {"view", "reshape", "expand", "broadcast_to"}
+_CREATION_OPS = {"zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty", "new_full"}
 _SPLIT_OPS = {"split", "split_with_sizes"}
 _MAX_NAME_HOPS = 4  # local variables followed back per size argument (``d = h; h = self.x``)
 
@@ -124,9 +126,9 @@ def _names_at(source: str | None, method: str, arity: int, position: int) -> fro
         if (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) != method:
             continue
         args = node.args
-        if isinstance(node.func, ast.Name) or _is_torch(node.func):  # torch.split(x, sizes): after the tensor
-            args = args[1:]
-        if method == "split":  # the sizes, not the dimension after them
+        if method not in _CREATION_OPS and (isinstance(node.func, ast.Name) or _is_torch(node.func)):
+            args = args[1:]  # torch.split(x, sizes): after the tensor (torch.zeros(sizes) has none)
+        if method in ("split", "full", "new_full"):  # the sizes, not the dimension or value after them
             args = args[:1]
         if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
             args = list(args[0].elts)
@@ -165,10 +167,10 @@ def _size_arguments(graph: DependencyGraph, op: Any, expected: dict) -> list[tup
     one per output dimension of a size-taking op, one per section of a split by a list of sizes."""
     outs = tensor_refs(op.outputs)
     shapes = graph.trace.shapes
-    if op.name in _SIZE_OPS and len(outs) == 1:
+    if (op.name in _SIZE_OPS or op.name in _CREATION_OPS) and len(outs) == 1:
         old_shape = shapes[outs[0].vid]
         new_shape = expected.get(outs[0].vid, old_shape)
-        sizes = _sizes(op.args)
+        sizes = creation_sizes(op) if op.name in _CREATION_OPS else _sizes(op.args)
         if len(sizes) != len(old_shape):
             return []
         return [(op.name, len(sizes), i, s, o, n) for i, (s, o, n) in enumerate(zip(sizes, old_shape, new_shape))]

@@ -424,7 +424,7 @@ def cat(st: LabelState, op: OpRecord) -> None:
     tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
     out = outputs_of(op)[0]
     out_shape = st.shape(out)
-    dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(out_shape))
+    dim = normalise_dim(int(arg(op, 1, "dim", op.kwargs.get("axis", 0))), len(out_shape))
     tensors = [t for t in tensors if st.shape(t) != (0,)]
     pieces: list[np.ndarray] = []
     result: Labels = [None] * len(out_shape)
@@ -445,7 +445,7 @@ def cat(st: LabelState, op: OpRecord) -> None:
 def stack(st: LabelState, op: OpRecord) -> None:
     tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
     out = outputs_of(op)[0]
-    dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(st.shape(out)))
+    dim = normalise_dim(int(arg(op, 1, "dim", op.kwargs.get("axis", 0))), len(st.shape(out)))
     base = broadcast_unify(st, tensors, st.shape(tensors[0]))
     st.set(out, base[:dim] + [np.zeros(len(tensors), np.int64)] + base[dim:])
 
@@ -489,6 +489,31 @@ def split(st: LabelState, op: OpRecord) -> None:
         tie_read_sizes(st, [section], [piece[dim]])
 
 
+def creation_sizes(op: OpRecord) -> list[Any]:
+    """The size arguments of a tensor-creating call: ``zeros(1, h, q, k)``, ``zeros((1, h, q, k))``,
+    ``full((n, d), value)``, ``x.new_zeros(n, d)`` (after the tensor)."""
+    args = list(op.args[1:] if op.name.startswith("new_") else op.args)
+    if args and isinstance(args[0], (tuple, list)):
+        return list(args[0])
+    if "size" in op.kwargs and isinstance(op.kwargs["size"], (tuple, list)):
+        return list(op.kwargs["size"])
+    return [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+
+
+def created(st: LabelState, op: OpRecord) -> None:
+    """A tensor the code creates (``torch.zeros((1, n_heads, q, k))`` for a position bias, a buffer
+    to accumulate into): its positions hold no channel of their own, so each dimension wider than one
+    may shrink with whatever it meets (its size, read from an attribute, is updated after pruning);
+    a dimension sized by reading another tensor (``x.shape[1]``) is tied to that tensor's."""
+    for out in outputs_of(op):
+        shape = st.shape(out)
+        labels = [st.fresh(size) if size > 1 else np.zeros(size, np.int64) for size in shape]
+        st.set(out, labels)
+        sizes = creation_sizes(op)
+        if len(sizes) == len(shape):
+            tie_read_sizes(st, sizes, labels)
+
+
 SHAPE_RULES: dict[str, Rule] = dict(POINTWISE_RULES)
 
 
@@ -528,6 +553,8 @@ _register(cat, "cat")
 _register(stack, "stack")
 
 _register(split, "split", "split_with_sizes", "chunk", "tensor_split", "unbind")
+
+_register(created, "zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty", "new_full")
 
 
 def all_outputs_zero(st: LabelState, op: OpRecord) -> None:
