@@ -10,6 +10,7 @@ from prunekit.torch import analyze_dependencies, prune_channels
 from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401
 from tests.torch.zoo_patterns import (
     CreatedBiasAttention,
+    HelperCreatedAttention,
     MultiQueryAttention,
     UnequalHeadSplitAttention,
     build_pattern,
@@ -90,3 +91,13 @@ def test_concatenation_along_an_axis_keyword_keeps_each_branch_prunable():
     expected, actual, result = run_oracle(model, x)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
     assert result.model.out.in_channels == 5
+
+
+def test_a_buffer_created_in_a_childs_helper_gets_the_childs_size_attribute_not_a_same_valued_one():
+    model, inputs = build_pattern(HelperCreatedAttention())
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    attention = result.model.attention
+    assert attention.experts.hidden_size == attention.experts.linear.out_features == 16
+    assert attention.kv_projection_size == 32  # same value, never a size: left as it was
+    assert result.report.macs_ratio > 1.3

@@ -90,3 +90,37 @@ class CreatedBiasAttention(nn.Module):
         position_bias = torch.zeros((1, self.n_heads, t, t), dtype=x.dtype)
         out = _attend(q, k, v, position_bias)
         return self.o(out.transpose(1, 2).reshape(b, t, self.inner_dim))
+
+
+class ExpertProjections(nn.Module):
+    """Query projections whose rows are scattered back by ``index_add`` into a buffer the helper
+    creates as ``torch.zeros((n, self.hidden_size))`` (jetmoe's mixture of attention experts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden_size = DIM
+        self.linear = nn.Linear(DIM, self.hidden_size)
+
+    def map(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        order = torch.arange(flat.shape[0] - 1, -1, -1)
+        rows = self.linear(flat[order])
+        return torch.zeros((flat.shape[0], self.hidden_size), dtype=rows.dtype).index_add(0, order, rows)
+
+
+class HelperCreatedAttention(nn.Module):
+    """The parent calls ``self.experts.map(x)`` directly, so the op runs under the parent's name; the
+    parent also holds ``kv_projection_size`` of the same value, which the code never uses as a size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.kv_projection_size = 4, DIM // 4, DIM
+        self.experts = ExpertProjections()
+        self.kv = nn.Linear(DIM, 2 * DIM)
+        self.o = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.experts.map(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        k, v = (p.view(b, t, -1, self.head_dim).transpose(1, 2) for p in self.kv(x).chunk(2, dim=-1))
+        return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1))

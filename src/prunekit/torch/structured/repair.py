@@ -13,6 +13,11 @@ self.embed_dim // self.num_heads``) is followed back to the attributes it was co
 An integer attribute the code compares with a size it reads from a shrinking dimension (an input
 check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way; a size the
 code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
+A size-taking op the module's own class never writes may come from a helper method of a child that
+the forward calls directly (``self.experts.map(x)`` runs under the parent's name): the children whose
+code makes that call are searched next, and only then any same-valued attribute the module reads (a
+module-level helper such as ``repeat_kv`` leaves no other trace). Tensor-creating calls
+(``torch.zeros((1, self.n_heads, q, k))``) take sizes too.
 The updates join the plan, so a saved plan replays them.
 """
 
@@ -143,11 +148,15 @@ def _is_torch(func: ast.Attribute) -> bool:
     return isinstance(func.value, ast.Name) and func.value.id in ("torch", "F")
 
 
-def _candidates(module: nn.Module, old: int, method: str, arity: int, position: int) -> list[str]:
+def _candidates(module: nn.Module, old: int, method: str, arity: int, position: int, guess: bool = True) -> list[str]:
     """Attribute paths on ``module`` (``name`` or ``config.name``) holding ``old`` that ``forward`` reads,
-    at this argument of the size call when the source shows it."""
+    at this argument of the size call when the source shows it. Where the class's code never makes
+    the call (a module-level helper such as ``repeat_kv`` does), any attribute holding ``old`` that
+    the code reads is a candidate, unless ``guess`` is off."""
     source = _module_source(module)
     at = _names_at(source, method, arity, position)
+    if at is None and not guess:
+        return []
     found = []
     for name, value in vars(module).items():
         if not name.startswith("_") and _is_int(value) and value == old and (at is None or name in at):
@@ -159,6 +168,19 @@ def _candidates(module: nn.Module, old: int, method: str, arity: int, position: 
             if not name.startswith("_") and _is_int(value) and value == old and (at is None or name in at):
                 if re.search(rf"\bconfig\.{re.escape(name)}\b", source):
                     found.append(f"config.{name}")
+    return found
+
+
+def _child_candidates(
+    module: nn.Module, path: str, old: int, new: int, method: str, arity: int, position: int
+) -> list[tuple[str, str, int, int]]:
+    """Attributes of the module's direct children whose own code makes this call: a helper method
+    the parent calls directly (``self.experts.map(x)``, which builds ``torch.zeros((n,
+    self.hidden_size))``) runs the op under the parent's name, but reads the child's attributes."""
+    found = []
+    for name, child in module.named_children():
+        child_path = f"{path}.{name}" if path else name
+        found += [(child_path, attr, old, new) for attr in _candidates(child, old, method, arity, position, guess=False)]
     return found
 
 
@@ -249,13 +271,18 @@ def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np
     for op in graph.trace.ops:
         if op.module not in modules:
             continue
-        found = [(name, old, new) for name, old, new in _checked_sizes(graph, op, expected, modules[op.module])]
+        found = [(op.module, name, old, new) for name, old, new in _checked_sizes(graph, op, expected, modules[op.module])]
         for method, arity, position, size, old, new in _size_arguments(graph, op, expected):
             if not _is_int(size) or isinstance(size, SizeOf) or size != old or old == new:  # a read size follows by itself
                 continue
-            found += [(name, old, new) for name in _candidates(modules[op.module], old, method, arity, position)]
-        for name, old, new in found:
-            key = (op.module, name)
+            module = modules[op.module]
+            here = _candidates(module, old, method, arity, position, guess=False)
+            children = [] if here else _child_candidates(module, op.module, old, new, method, arity, position)
+            if not here and not children:
+                here = _candidates(module, old, method, arity, position)
+            found += [(op.module, name, old, new) for name in here] + children
+        for path, name, old, new in found:
+            key = (path, name)
             if key in wanted and wanted[key] != (old, new):
                 conflicts.add(key)
             wanted[key] = (old, new)
