@@ -12,6 +12,7 @@ from tests.torch.zoo_patterns import (
     CreatedBiasAttention,
     HelperCreatedAttention,
     MultiQueryAttention,
+    SingleHeadAttention,
     UnequalHeadSplitAttention,
     build_pattern,
 )
@@ -58,7 +59,7 @@ def test_unequal_split_of_a_single_head_keeps_the_head_width_whole_and_the_oracl
     attention = result.model.attention
     assert tuple(attention.qkv.weight.shape)[0] == 32 and attention.key_dim == 8
     reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
-    assert "per-head split into unequal sections" in reasons
+    assert "width of a single attention head" in reasons
 
 
 def test_heads_meeting_a_created_position_bias_are_pruned_and_its_size_attribute_follows():
@@ -101,3 +102,13 @@ def test_a_buffer_created_in_a_childs_helper_gets_the_childs_size_attribute_not_
     assert attention.experts.hidden_size == attention.experts.linear.out_features == 16
     assert attention.kv_projection_size == 32  # same value, never a size: left as it was
     assert result.report.macs_ratio > 1.3
+
+
+def test_a_single_heads_width_is_kept_whole_so_q_k_and_v_views_stay_consistent():
+    model, inputs = build_pattern(SingleHeadAttention())
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    attention = result.model.attention
+    assert attention.attention_head_size == 32 and attention.query.out_features == 32
+    reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
+    assert "width of a single attention head" in reasons

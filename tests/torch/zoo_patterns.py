@@ -124,3 +124,21 @@ class HelperCreatedAttention(nn.Module):
         q = self.experts.map(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         k, v = (p.view(b, t, -1, self.head_dim).transpose(1, 2) for p in self.kv(x).chunk(2, dim=-1))
         return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1))
+
+
+class SingleHeadAttention(nn.Module):
+    """pvt_v2's first stage: one head, q, k and v each viewed ``(..., num_heads, attention_head_size)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = 1, DIM
+        self.query, self.key, self.value = (nn.Linear(DIM, DIM) for _ in range(3))
+        self.proj = nn.Linear(DIM, DIM)
+
+    def transpose_for_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.size()[:-1] + (self.num_attention_heads, self.attention_head_size)).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (self.transpose_for_scores(p(x)) for p in (self.query, self.key, self.value))
+        return self.proj(_attend(q, k, v).transpose(1, 2).reshape(b, t, c))

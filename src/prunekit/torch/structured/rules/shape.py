@@ -154,6 +154,14 @@ def reshape(st: LabelState, op: OpRecord) -> None:
     elif op.name in ("view", "reshape", "unflatten"):
         prefer = _minus_one_dim(op, len(out_shape))
     labels = reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer)
+    if out.vid in st.head_outputs and out_shape[prefer] == 1:
+        # one attention head: its width is sized by attributes shared by q, k and v (or split into
+        # unequal per-head sections, LeViT's [key_dim, key_dim, ratio * key_dim]) that cannot shrink
+        # apart; as with several heads (the unit pruned), the width is kept whole
+        for lab in labels[prefer + 1 :]:
+            st.fix(
+                lab, f"tied at node {op.label} as the width of a single attention head, kept whole (heads are the unit pruned)"
+            )
     st.set(out, labels)
     if op.name in ("view", "reshape"):
         sizes = _size_args(op)
@@ -467,10 +475,6 @@ def split(st: LabelState, op: OpRecord) -> None:
         return
     sizes = [st.shape(o)[dim] for o in outs]
     equal = len(set(sizes)) == 1 and sizes[0] * len(sizes) == shape[dim]
-    if not equal and dim > st.head_outputs.get(x.vid, len(shape)):
-        # per-head sections of unequal sizes (LeViT's key/value split of one head): their sizes are
-        # expressions of attributes that cannot all follow a free choice of channels; keep them whole
-        st.fix(labels[dim], f"per-head split into unequal sections at node {op.label} keeps the head width whole")
     if equal and len(outs) > 1:
         sections = labels[dim].reshape(len(outs), sizes[0])
         st.unify(sections[1:], np.repeat(sections[:1], len(outs) - 1, axis=0))
