@@ -12,6 +12,7 @@ from tests.torch.zoo_patterns import (
     CreatedBiasAttention,
     HelperCreatedAttention,
     MultiQueryAttention,
+    PartialWrites,
     SingleHeadAttention,
     UnequalHeadSplitAttention,
     build_pattern,
@@ -112,3 +113,13 @@ def test_a_single_heads_width_is_kept_whole_so_q_k_and_v_views_stay_consistent()
     assert attention.attention_head_size == 32 and attention.query.out_features == 32
     reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
     assert "width of a single attention head" in reasons
+
+
+def test_strided_chunks_picked_rows_and_partial_writes_keep_their_channels_prunable():
+    model, inputs = build_pattern(PartialWrites())
+    graph = analyze_dependencies(model, inputs)
+    proj = [g for g in graph.groups if g.producers == ["attention.proj"]]
+    assert len(proj) == 1 and proj[0].size == 32 and proj[0].exact
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert result.model.attention.proj.out_features == 16 and result.model.attention.out.in_features == 16

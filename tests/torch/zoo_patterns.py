@@ -142,3 +142,25 @@ class SingleHeadAttention(nn.Module):
         b, t, c = x.shape
         q, k, v = (self.transpose_for_scores(p(x)) for p in (self.query, self.key, self.value))
         return self.proj(_attend(q, k, v).transpose(1, 2).reshape(b, t, c))
+
+
+class PartialWrites(nn.Module):
+    """longformer's bookkeeping around its attention, on a projection's channels: overlapping
+    chunks by ``as_strided``, rows of some tokens picked by two index tensors, and a band of tokens
+    written into a created buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM)
+        self.out = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x).contiguous()
+        b, t, c = h.shape
+        chunks = h.as_strided(size=(b, t - 2, 3, c), stride=(t * c, c, c, 1)).mean(2)  # windows of 3 tokens
+        rows, cols = torch.tensor([0, 1]), torch.tensor([2, 0])
+        picked = h[rows, cols]  # (2, c): two tokens' rows
+        band = h.new_zeros(b, t, c)
+        band[:, 1 : t - 1] = chunks
+        band[rows, cols] = picked
+        return self.out(band)

@@ -21,8 +21,16 @@ from prunekit.torch.structured.labels import (
     as_int_list,
     is_tensor,
     normalise_dim,
-    tensor_refs,
     zeros_like_shape,
+)
+from prunekit.torch.structured.rules.indexing import (
+    as_strided,
+    getitem,
+    index_accumulate,
+    index_along,
+    narrow,
+    select,
+    setitem,
 )
 from prunekit.torch.structured.rules.pointwise import POINTWISE_RULES, Rule, broadcast_unify, first_tensor, outputs_of, pass_param
 from prunekit.torch.structured.tracing import OpRecord, SizeOf, TensorRef
@@ -256,175 +264,6 @@ def roll(st: LabelState, op: OpRecord) -> None:
     st.set(out, labels)
 
 
-# -- indexing -----------------------------------------------------------------------------
-
-
-def _is_full(index: slice, size: int) -> bool:
-    start, stop, step = index.indices(size)
-    return start == 0 and stop == size and step == 1
-
-
-def getitem(st: LabelState, op: OpRecord) -> None:
-    x, out = first_tensor(op), outputs_of(op)[0]
-    labels, shape = st.get(x), st.shape(x)
-    index = op.args[1] if len(op.args) > 1 else ()
-    items = list(index) if isinstance(index, tuple) else [index]
-    if _gather_one_dim(st, op, labels, shape, items):
-        return
-    if any(is_tensor(i) or isinstance(i, (list, bool)) for i in items):
-        for lab in labels:
-            st.fix(lab)
-        st.set(out, zeros_like_shape(st.shape(out)))
-        return
-    explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
-        items = items[:at] + [slice(None)] * (len(shape) - explicit) + items[at + 1 :]
-    else:
-        items += [slice(None)] * (len(shape) - explicit)
-    result: Labels = []
-    d = 0
-    for item in items:
-        if item is None:
-            result.append(np.zeros(1, np.int64))
-        elif isinstance(item, int):
-            st.fix(labels[d])
-            d += 1
-        elif isinstance(item, slice):
-            if d >= len(shape):
-                break
-            if not _is_full(item, shape[d]):
-                st.fix(labels[d])
-            result.append(labels[d][item])
-            d += 1
-    if [len(lab) for lab in result] != list(st.shape(out)):
-        st.unsupported_op(op, "could not follow this indexing")
-        return
-    st.set(out, result)
-    if all(isinstance(i, slice) and _is_full(i, shape[k]) for k, i in enumerate(items[: len(shape)])):
-        pass_param(st, x, out)
-
-
-def _gather_one_dim(st: LabelState, op: OpRecord, labels: Labels, shape: tuple[int, ...], items: list) -> bool:
-    """``x[idx]``/``x[:, idx]`` with one integer tensor index and full slices elsewhere (a relative
-    position bias table read per token pair): the indexed dimension is replaced by the index's
-    dimensions (not channels); every other dimension keeps its channels."""
-    tensors = [k for k, item in enumerate(items) if is_tensor(item)]
-    if len(tensors) != 1 or len(items) > len(shape):
-        return False
-    at = tensors[0]
-    rest = [item for k, item in enumerate(items) if k != at]
-    if not all(isinstance(item, slice) and _is_full(item, shape[k if k < at else k + 1]) for k, item in enumerate(rest)):
-        return False
-    index_ref = items[at]
-    index_shape = st.shape(index_ref)
-    out = outputs_of(op)[0]
-    result = list(labels[:at]) + zeros_like_shape(index_shape) + list(labels[at + 1 :])
-    if [len(lab) for lab in result] != list(st.shape(out)):
-        return False
-    st.fix(labels[at])
-    st.fix_value(index_ref)
-    st.set(out, result)
-    return True
-
-
-def setitem(st: LabelState, op: OpRecord) -> None:
-    x, out = op.args[0], outputs_of(op)[0]
-    labels, shape = st.get(x), st.shape(x)
-    index = op.args[1]
-    value = op.args[2] if len(op.args) > 2 else None
-    items = list(index) if isinstance(index, tuple) else [index]
-    full = all(isinstance(i, slice) and k < len(shape) and _is_full(i, shape[k]) for k, i in enumerate(items)) or items == [
-        Ellipsis
-    ]
-    if full and is_tensor(value):
-        broadcast_unify(st, [x, value], shape)
-    else:
-        for lab in labels:
-            st.fix(lab)
-        if is_tensor(value):
-            st.fix_value(value)
-    st.set(out, labels)
-
-
-def narrow(st: LabelState, op: OpRecord) -> None:
-    x, out = first_tensor(op), outputs_of(op)[0]
-    labels, shape = list(st.get(x)), st.shape(x)
-    dim = normalise_dim(int(arg(op, 1, "dim")), len(shape))
-    start, length = arg(op, 2, "start"), arg(op, 3, "length")
-    if is_tensor(start):
-        st.unsupported_op(op, "narrow with a tensor start")
-        return
-    start = normalise_dim(int(start), shape[dim])
-    if not (start == 0 and length == shape[dim]):
-        st.fix(labels[dim])
-    labels[dim] = labels[dim][start : start + int(length)]
-    st.set(out, labels)
-
-
-def select(st: LabelState, op: OpRecord) -> None:
-    x, out = first_tensor(op), outputs_of(op)[0]
-    labels = list(st.get(x))
-    dim = normalise_dim(int(arg(op, 1, "dim")), len(labels))
-    st.fix(labels[dim])
-    del labels[dim]
-    st.set(out, labels)
-
-
-def index_accumulate(st: LabelState, op: OpRecord) -> None:
-    """``x.index_add(dim, index, source)``/``index_copy``: rows of ``source`` land in rows of ``x``
-    (a mixture-of-experts combining its experts' outputs). The indexed dimension keeps its
-    channels; every other dimension of ``source`` is the same channel as ``x``'s (or, where ``x``
-    is a new buffer carrying no channels, gives the output its channels)."""
-    x = first_tensor(op)
-    labels = st.get(x)
-    dim = arg(op, 1, "dim")
-    source = arg(op, 3, "source")
-    if dim is None or not is_tensor(source) or len(st.shape(source)) != len(labels):
-        st.unsupported_op(op, "index_add/index_copy without a dimension and a source of the same rank")
-        return
-    dim = normalise_dim(int(dim), len(labels))
-    st.fix(labels[dim])
-    for ref in tensor_refs(arg(op, 2, "index")):
-        st.fix_value(ref)
-    result = list(labels)
-    for d, lab in enumerate(st.get(source)):
-        if d == dim or len(lab) != len(labels[d]):
-            st.fix(lab)
-            st.fix(labels[d])
-        elif not (labels[d] != FIXED).any():
-            result[d] = lab  # ``x`` is a fresh buffer (``zeros_like(h)``): it carries source's channels
-        else:
-            st.unify(lab, labels[d])
-    for out in outputs_of(op):
-        st.set(out, result if st.shape(out) == st.shape(x) else zeros_like_shape(st.shape(out)))
-
-
-def index_along(st: LabelState, op: OpRecord) -> None:
-    """``index_select``/``gather``: the indexed dimension keeps its channels; others pass."""
-    x = first_tensor(op)
-    labels = st.get(x)
-    dim = arg(op, 1, "dim")
-    if op.name == "take_along_dim":
-        dim = arg(op, 2, "dim")
-    if dim is None:
-        st.unsupported_op(op, "indexing without a dimension")
-        return
-    dim = normalise_dim(int(dim), len(labels))
-    st.fix(labels[dim])
-    for ref in tensor_refs((op.args[1:], op.kwargs)):
-        st.fix_value(ref)
-    for out in outputs_of(op):
-        out_shape = st.shape(out)
-        result = zeros_like_shape(out_shape)
-        for d, lab in enumerate(labels):
-            if d != dim and d < len(out_shape) and len(lab) == out_shape[d]:
-                result[d] = lab
-            elif d != dim:
-                st.fix(lab)
-        st.set(out, result)
-
-
 # -- concatenation and splitting ----------------------------------------------------------
 
 
@@ -537,6 +376,8 @@ _register(repeat, "repeat", "tile")
 _register(repeat_interleave, "repeat_interleave")
 
 _register(flip, "flip", "fliplr", "flipud")
+
+_register(as_strided, "as_strided")
 
 _register(roll, "roll")
 
