@@ -10,6 +10,7 @@ from prunekit.torch import analyze_dependencies, prune_channels
 from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401
 from tests.torch.zoo_patterns import (
     CreatedBiasAttention,
+    EinsumHeadsAttention,
     HelperCreatedAttention,
     MultiQueryAttention,
     PartialWrites,
@@ -123,3 +124,14 @@ def test_strided_chunks_picked_rows_and_partial_writes_keep_their_channels_pruna
     expected, actual, result = run_oracle(model, inputs)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
     assert result.model.attention.proj.out_features == 16 and result.model.attention.out.in_features == 16
+
+
+def test_widths_sized_by_one_attribute_are_pruned_together():
+    model, inputs = build_pattern(EinsumHeadsAttention())
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    pruned = prune_channels(model, inputs, 0.5)
+    attention = pruned.model.attention
+    assert attention.q.out_features == attention.v.out_features == 4 * attention.head_dim == 16
+    with torch.no_grad():
+        assert pruned.model(*inputs).shape == model(*inputs).shape

@@ -164,3 +164,24 @@ class PartialWrites(nn.Module):
         band[:, 1 : t - 1] = chunks
         band[rows, cols] = picked
         return self.out(band)
+
+
+class EinsumHeadsAttention(nn.Module):
+    """Heads the analysis does not follow (scores by ``einsum``, heads merged into the batch, as
+    longformer and mra do): q, k and v are each viewed with the same ``self.head_dim``, while the
+    query/key width and the value width would otherwise form groups of their own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 4, DIM // 4
+        self.q, self.k, self.v = (nn.Linear(DIM, DIM) for _ in range(3))
+        self.o = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        v = v - v.mean(-1, keepdim=True)  # the value width is centred: not an exact group alone
+        q, k, v = (z.reshape(b * self.num_heads, t, -1) for z in (q, k, v))
+        scores = torch.einsum("bqd,bkd->bqk", q, k).softmax(-1)
+        out = torch.einsum("bqk,bkd->bqd", scores, v).reshape(b, self.num_heads, t, -1)
+        return self.o(out.transpose(1, 2).reshape(b, t, -1))

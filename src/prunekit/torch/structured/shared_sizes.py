@@ -1,0 +1,77 @@
+"""Reshape dimensions sized by one attribute stay equal: they are tied channel by channel.
+
+``q.view(b, t, self.num_heads, self.head_dim)`` and ``v.view(b, t, self.num_heads, self.head_dim)``
+read one ``head_dim``; after pruning, the attribute holds one new value, so both dimensions must
+keep the same number of positions. Where the head structure is not understood (longformer's
+heads merged into the batch for its banded attention), the query/key width and the value width
+would otherwise be pruned apart and no value of ``head_dim`` could serve both. Tying the
+positions (the first with the first ...) keeps them equal; it is only done where exactly one
+attribute the module's code reads at that argument holds the traced size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from prunekit.torch.structured.labels import LabelState, tensor_refs
+from prunekit.torch.structured.sources import module_source, names_at
+from prunekit.torch.structured.tracing import OpRecord, SizeOf
+
+_RESHAPES = ("view", "reshape")
+
+
+def tie_attribute_sizes(st: LabelState, modules: Mapping[str, nn.Module]) -> None:
+    """Unify, position by position, the output dimensions of reshapes in one module sized by one attribute.
+
+    Example::
+
+        tie_attribute_sizes(state, dict(model.named_modules()))   # q's and v's head widths move together
+    """
+    first: dict[tuple[str, str, int], np.ndarray] = {}
+    for op in st.trace.ops:
+        module = modules.get(op.module)
+        outs = tensor_refs(op.outputs)
+        if op.name not in _RESHAPES or module is None or len(outs) != 1 or outs[0].vid not in st.labels:
+            continue
+        labels, sizes = st.labels[outs[0].vid], _sizes(op)
+        source = module_source(module)
+        if source is None or len(sizes) != len(labels):
+            continue
+        for position, size in enumerate(sizes):
+            name = _single_attribute(module, source, op, len(sizes), position, size)
+            if name is None:
+                continue
+            key = (op.module, name, size)
+            if key not in first:
+                first[key] = labels[position]
+                continue
+            st.reason = f"tied at node {op.label} to another dimension sized by {name!r}, which is kept there"
+            st.unify(first[key], labels[position])
+
+
+def _sizes(op: OpRecord) -> list[Any]:
+    if "shape" in op.kwargs:
+        return list(op.kwargs["shape"])
+    rest = list(op.args[1:])
+    return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+
+
+def _single_attribute(module: nn.Module, source: str, op: OpRecord, arity: int, position: int, size: Any) -> str | None:
+    """The one attribute of ``module`` read at this argument (in some call of this form) that holds the
+    traced size; ``None`` if none or several do."""
+    if not _is_size(size) or isinstance(size, SizeOf) or size <= 1:
+        return None
+    names = names_at(source, op.name, arity, position) or frozenset()
+    held = [n for n in sorted(names) if _is_size(vars(module).get(n)) and vars(module)[n] == size]
+    return held[0] if len(held) == 1 else None
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+__all__ = ["tie_attribute_sizes"]
