@@ -12,6 +12,7 @@ from tests.torch.zoo_patterns import (
     CreatedBiasAttention,
     EinsumHeadsAttention,
     HelperCreatedAttention,
+    LiteralGate,
     MultiQueryAttention,
     PartialWrites,
     SingleHeadAttention,
@@ -135,3 +136,12 @@ def test_widths_sized_by_one_attribute_are_pruned_together():
     assert attention.q.out_features == attention.v.out_features == 4 * attention.head_dim == 16
     with torch.no_grad():
         assert pruned.model(*inputs).shape == model(*inputs).shape
+
+
+def test_a_dimension_the_code_sizes_with_a_literal_is_kept():
+    model, inputs = build_pattern(LiteralGate())
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert result.model.attention.gate.out_features == 8 and result.model.attention.num_heads == 4
+    reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
+    assert "a size the code writes as a literal (4)" in reasons

@@ -185,3 +185,19 @@ class EinsumHeadsAttention(nn.Module):
         scores = torch.einsum("bqd,bkd->bqk", q, k).softmax(-1)
         out = torch.einsum("bqk,bkd->bqd", scores, v).reshape(b, self.num_heads, t, -1)
         return self.o(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class LiteralGate(nn.Module):
+    """wavlm's gated position bias: a projection to 8 viewed as ``shape[:-1] + (2, 4)`` (literals)
+    and summed, next to a view of the same form sized by ``self.num_heads``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads = 4
+        self.gate = nn.Linear(DIM // self.num_heads, 8)
+        self.out = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_head = x.view(x.shape[:-1] + (self.num_heads, -1))
+        gate = self.gate(per_head).view(per_head.shape[:-1] + (2, 4)).sum(-1).sigmoid().mean(-1, keepdim=True)
+        return self.out((per_head * gate).flatten(2))

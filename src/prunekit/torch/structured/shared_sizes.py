@@ -6,7 +6,8 @@ keep the same number of positions. Where the head structure is not understood (l
 heads merged into the batch for its banded attention), the query/key width and the value width
 would otherwise be pruned apart and no value of ``head_dim`` could serve both. Tying the
 positions (the first with the first ...) keeps them equal; it is only done where exactly one
-attribute the module's code reads at that argument holds the traced size.
+attribute the module's code reads at that argument holds the traced size. A dimension the code
+sizes with an integer literal (``x.view(y.shape[:-1] + (2, 4))``) cannot change at all: it is kept.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import numpy as np
 from torch import nn
 
 from prunekit.torch.structured.labels import LabelState, tensor_refs
-from prunekit.torch.structured.sources import module_source, names_at
+from prunekit.torch.structured.sources import literal_at, module_source, names_at
 from prunekit.torch.structured.tracing import OpRecord, SizeOf
 
 _RESHAPES = ("view", "reshape")
 
 
 def tie_attribute_sizes(st: LabelState, modules: Mapping[str, nn.Module]) -> None:
-    """Unify, position by position, the output dimensions of reshapes in one module sized by one attribute.
+    """Unify, position by position, the output dimensions of reshapes in one module sized by one
+    attribute; keep those sized by a literal.
 
     Example::
 
@@ -41,7 +43,11 @@ def tie_attribute_sizes(st: LabelState, modules: Mapping[str, nn.Module]) -> Non
         source = module_source(module)
         if source is None or len(sizes) != len(labels):
             continue
+        traced = tuple(len(lab) for lab in labels)
         for position, size in enumerate(sizes):
+            if _is_size(size) and size > 1 and literal_at(source, op.name, traced, position, vars(module)):
+                st.fix(labels[position], f"tied at node {op.label} to a size the code writes as a literal ({size})")
+                continue
             name = _single_attribute(module, source, op, len(sizes), position, size)
             if name is None:
                 continue

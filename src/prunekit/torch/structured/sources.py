@@ -14,6 +14,8 @@ import ast
 import functools
 import inspect
 import textwrap
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -91,6 +93,64 @@ def names_at(source: str | None, method: str, arity: int, position: int) -> froz
         return None
     assigned = _assignments(tree)
     names: set[str] | None = None
+    for args in _size_calls(tree, method):
+        if len(args) != arity or any(isinstance(a, ast.Starred) for a in args):
+            continue
+        names = names or set()
+        names.update(_attributes_in(args[position], assigned))
+    return None if names is None else frozenset(names)
+
+
+def literal_at(source: str | None, method: str, sizes: tuple[int, ...], position: int, values: Mapping[str, Any]) -> bool:
+    """Whether the ``.method(...)`` calls of the code that can have made this op (``sizes`` traced;
+    their literals and the attributes in ``values`` agree with them) all write an integer literal at
+    ``position``, and at least one does: a size no attribute update can change. A call is read whole
+    (``x.view(b, t, 2, 4)``) or by its tail (``x.view(y.shape[:-1] + (2, 4))`` gives the last sizes)."""
+    tree = parsed(source) if source is not None else None
+    if tree is None:
+        return False
+    found = False
+    for args in _size_calls(tree, method):
+        aligned = _aligned(args, len(sizes))
+        if aligned is None or position not in aligned or not _agrees(aligned, sizes, values):
+            continue
+        if _literal(aligned[position]) is None:
+            return False
+        found = True
+    return found
+
+
+def _aligned(args: list[ast.expr], arity: int) -> dict[int, ast.expr] | None:
+    if len(args) == 1 and isinstance(args[0], ast.BinOp) and isinstance(args[0].op, ast.Add):
+        tail = args[0].right
+        if isinstance(tail, ast.Tuple) and len(tail.elts) <= arity:
+            return {arity - len(tail.elts) + k: e for k, e in enumerate(tail.elts)}
+        return None
+    if len(args) == arity and not any(isinstance(a, ast.Starred) for a in args):
+        return dict(enumerate(args))
+    return None
+
+
+def _literal(expr: ast.expr) -> int | None:
+    """The integer a size argument writes literally (``-1``, inferred, is not one)."""
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, int) and not isinstance(expr.value, bool):
+        return expr.value if expr.value != -1 else None
+    return None
+
+
+def _agrees(aligned: dict[int, ast.expr], sizes: tuple[int, ...], values: Mapping[str, Any]) -> bool:
+    for at, expr in aligned.items():
+        literal = _literal(expr)
+        if literal is not None and literal != sizes[at]:
+            return False
+        if isinstance(expr, ast.Attribute) and isinstance(values.get(expr.attr), int) and values[expr.attr] != sizes[at]:
+            return False
+    return True
+
+
+def _size_calls(tree: ast.Module, method: str) -> list[list[ast.expr]]:
+    """The size arguments of every call of ``method`` in the code (a single tuple unpacked)."""
+    calls = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
             continue
@@ -103,15 +163,12 @@ def names_at(source: str | None, method: str, arity: int, position: int) -> froz
             args = args[:1]
         if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
             args = list(args[0].elts)
-        if len(args) != arity or any(isinstance(a, ast.Starred) for a in args):
-            continue
-        names = names or set()
-        names.update(_attributes_in(args[position], assigned))
-    return None if names is None else frozenset(names)
+        calls.append(list(args))
+    return calls
 
 
 def _is_torch(func: ast.Attribute) -> bool:
     return isinstance(func.value, ast.Name) and func.value.id in ("torch", "F")
 
 
-__all__ = ["CREATION_OPS", "class_source", "module_source", "names_at", "parsed"]
+__all__ = ["CREATION_OPS", "class_source", "literal_at", "module_source", "names_at", "parsed"]
