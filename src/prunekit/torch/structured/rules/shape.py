@@ -162,20 +162,25 @@ def reshape(st: LabelState, op: OpRecord) -> None:
     elif op.name in ("view", "reshape", "unflatten"):
         prefer = _minus_one_dim(op, len(out_shape))
     labels = reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer)
-    if out.vid in st.head_outputs and out_shape[prefer] == 1:
-        # one attention head: its width is sized by attributes shared by q, k and v (or split into
-        # unequal per-head sections, LeViT's [key_dim, key_dim, ratio * key_dim]) that cannot shrink
-        # apart; as with several heads (the unit pruned), the width is kept whole
-        for lab in labels[prefer + 1 :]:
-            st.fix(
-                lab, f"tied at node {op.label} as the width of a single attention head, kept whole (heads are the unit pruned)"
-            )
+    if out.vid in st.head_outputs:
+        _keep_single_head_width(st, op, labels, out_shape, st.head_outputs[out.vid])
     st.set(out, labels)
     if op.name in ("view", "reshape"):
         sizes = _size_args(op)
         if len(sizes) == len(out_shape):
             tie_read_sizes(st, sizes, st.get(out))
     pass_param(st, x, out)
+
+
+def _keep_single_head_width(st: LabelState, op: OpRecord, labels: Labels, out_shape: tuple[int, ...], heads: int) -> None:
+    """One attention head whose width is the only dimension after it: the width is sized by
+    attributes shared by q, k and v (or split into unequal per-head sections, LeViT's ``[key_dim,
+    key_dim, ratio * key_dim]``) that cannot shrink apart; as with several heads (the unit pruned),
+    it is kept whole."""
+    widths = [d for d in range(heads + 1, len(out_shape)) if out_shape[d] > 1]
+    if out_shape[heads] == 1 and len(widths) == 1:
+        reason = f"tied at node {op.label} as the width of a single attention head, kept whole (heads are the unit pruned)"
+        st.fix(labels[widths[0]], reason)
 
 
 def permute(st: LabelState, op: OpRecord) -> None:
