@@ -85,7 +85,8 @@ def _attributes_in(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> set[s
 @functools.lru_cache(maxsize=1024)
 def names_at(source: str | None, method: str, arity: int, position: int) -> frozenset[str] | None:
     """Attribute names the forward's ``.method(...)`` calls with ``arity`` sizes use at argument
-    ``position`` (``self.h`` and ``config.h`` both give ``h``), or ``None`` if no call matches."""
+    ``position`` (``self.h`` and ``config.h`` both give ``h``), or ``None`` if no call matches. A
+    call ``x.view(y.shape[:-1] + (a, b))`` gives its last two sizes."""
     if source is None:
         return None
     tree = parsed(source)
@@ -94,10 +95,11 @@ def names_at(source: str | None, method: str, arity: int, position: int) -> froz
     assigned = _assignments(tree)
     names: set[str] | None = None
     for args in _size_calls(tree, method):
-        if len(args) != arity or any(isinstance(a, ast.Starred) for a in args):
+        aligned = _aligned(args, arity)
+        if aligned is None or position not in aligned:
             continue
         names = names or set()
-        names.update(_attributes_in(args[position], assigned))
+        names.update(_attributes_in(aligned[position], assigned))
     return None if names is None else frozenset(names)
 
 
