@@ -22,7 +22,7 @@ def test_names_at_reads_the_tail_of_a_shape_plus_tuple_and_follows_local_variabl
     assert names_at(SOURCE, "view", 5, 4) == frozenset()  # the literal 4 (and -1) read no attribute
     assert names_at(SOURCE, "view", 5, 3) == frozenset({"num_heads"})
     assert names_at(SOURCE, "view", 4, 3) >= {"embed_dim", "num_heads"}
-    assert names_at(SOURCE, "reshape", 4, 3) is None  # no such call
+    assert names_at(SOURCE, "expand", 4, 3) is None  # no such call
 
 
 def test_literal_at_matches_the_call_by_the_traced_sizes():
@@ -30,3 +30,21 @@ def test_literal_at_matches_the_call_by_the_traced_sizes():
     assert literal_at(SOURCE, "view", (2, 6, 4, 2, 4), 4, attributes)  # the gate: (2, 4) agrees
     assert not literal_at(SOURCE, "view", (2, 6, 4, 4, 8), 4, attributes)  # per_head: num_heads, -1
     assert not literal_at(SOURCE, "view", (2, 6, 4, 8), 2, attributes)
+
+
+LOCALS = textwrap.dedent(
+    """
+    class Merged:
+        def forward(self, x):
+            hidden_shape = (*x.shape[:-1], -1, self.head_dim)
+            y = x.reshape(hidden_shape)
+            new_shape = y.size()[:-2] + (self.num_heads * self.head_dim,)
+            return y.view(*new_shape)
+    """
+)
+
+
+def test_sizes_held_in_a_local_tuple_are_read_from_its_assignment():
+    assert names_at(LOCALS, "reshape", 4, 3) == frozenset({"head_dim"})  # (*x.shape[:-1], -1, self.head_dim)
+    assert names_at(LOCALS, "reshape", 4, 2) == frozenset()  # the -1
+    assert names_at(LOCALS, "view", 3, 2) == frozenset({"num_heads", "head_dim"})  # *new_shape

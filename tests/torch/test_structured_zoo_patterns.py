@@ -16,6 +16,7 @@ from tests.torch.zoo_patterns import (
     MultiQueryAttention,
     PartialWrites,
     SingleHeadAttention,
+    TwoBranchHeads,
     UnequalHeadSplitAttention,
     build_pattern,
 )
@@ -145,3 +146,12 @@ def test_a_dimension_the_code_sizes_with_a_literal_is_kept():
     assert result.model.attention.gate.out_features == 8 and result.model.attention.num_heads == 4
     reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
     assert "a size the code writes as a literal (4)" in reasons
+
+
+def test_a_dimension_computed_from_kept_attributes_is_kept():
+    model, inputs = build_pattern(TwoBranchHeads())
+    expected, actual, result = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert (result.model.attention.num_heads, result.model.attention.q.out_features) == (2, 16)
+    reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
+    assert "a size computed from head_dim, num_heads, which are kept" in reasons

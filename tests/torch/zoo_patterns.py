@@ -201,3 +201,26 @@ class LiteralGate(nn.Module):
         per_head = x.view(x.shape[:-1] + (self.num_heads, -1))
         gate = self.gate(per_head).view(per_head.shape[:-1] + (2, 4)).sum(-1).sigmoid().mean(-1, keepdim=True)
         return self.out((per_head * gate).flatten(2))
+
+
+class TwoBranchHeads(nn.Module):
+    """convbert's layout: attention heads (viewed with ``-1``) concatenated along the heads dimension
+    with a second branch whose heads are merged into the rows (kept), then viewed as
+    ``num_heads * head_dim * 2`` through a local ``new_shape``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 2, 8
+        self.q, self.k, self.v, self.conv = (nn.Linear(DIM, 16) for _ in range(4))
+        self.out = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        hidden_shape = (*x.shape[:-1], -1, self.head_dim)
+        q, k, v = (p(x).view(hidden_shape).transpose(1, 2) for p in (self.q, self.k, self.v))
+        context = _attend(q, k, v).transpose(1, 2)
+        rows = self.conv(x).reshape(-1, self.head_dim)
+        rows = rows.roll(1, 0)  # moves rows across heads and tokens: the heads are positions now
+        both = torch.cat([context, rows.reshape(b, -1, self.num_heads, self.head_dim)], 2)
+        new_shape = both.size()[:-2] + (self.num_heads * self.head_dim * 2,)
+        return self.out(both.view(*new_shape))

@@ -34,6 +34,7 @@ def tie_attribute_sizes(st: LabelState, modules: Mapping[str, nn.Module]) -> Non
         tie_attribute_sizes(state, dict(model.named_modules()))   # q's and v's head widths move together
     """
     first: dict[tuple[str, str, int], np.ndarray] = {}
+    compound: list[tuple[OpRecord, np.ndarray, frozenset[str]]] = []
     for op in st.trace.ops:
         module = modules.get(op.module)
         outs = tensor_refs(op.outputs)
@@ -50,6 +51,9 @@ def tie_attribute_sizes(st: LabelState, modules: Mapping[str, nn.Module]) -> Non
                 continue
             name = _single_attribute(module, source, op, len(sizes), position, size)
             if name is None:
+                product = _attribute_expression(module, source, op, len(sizes), position, size)
+                if product:
+                    compound.append((op, labels[position], product))
                 continue
             key = (op.module, name, size)
             if key not in first:
@@ -57,6 +61,33 @@ def tie_attribute_sizes(st: LabelState, modules: Mapping[str, nn.Module]) -> Non
                 continue
             st.reason = f"tied at node {op.label} to another dimension sized by {name!r}, which is kept there"
             st.unify(first[key], labels[position])
+    _keep_pinned_products(st, first, compound)
+
+
+def _keep_pinned_products(
+    st: LabelState, single: dict[tuple[str, str, int], np.ndarray], compound: list[tuple[OpRecord, np.ndarray, frozenset[str]]]
+) -> None:
+    """Keep a dimension sized by arithmetic on attributes (convbert's ``num_attention_heads *
+    attention_head_size * 2``) when each of those attributes also sizes a dimension that is kept:
+    no update of them can give it another size."""
+    if not compound:
+        return
+    roots = st.components()
+    pinned = {(module, name) for (module, name, _), lab in single.items() if (roots[lab] == 0).all()}
+    for op, lab, names in compound:
+        if all((op.module, name) in pinned for name in names):
+            st.fix(lab, f"tied at node {op.label} to a size computed from {', '.join(sorted(names))}, which are kept")
+
+
+def _attribute_expression(module: nn.Module, source: str, op: OpRecord, arity: int, position: int, size: Any) -> frozenset[str]:
+    """The attributes an argument computes its size from, when it reads integer attributes of the
+    module and nothing else (two or more of them); empty otherwise."""
+    if not _is_size(size) or isinstance(size, SizeOf) or size <= 1:
+        return frozenset()
+    names = names_at(source, op.name, arity, position) or frozenset()
+    if len(names) < 2 or not all(_is_size(vars(module).get(n)) for n in names):
+        return frozenset()
+    return names
 
 
 def _sizes(op: OpRecord) -> list[Any]:

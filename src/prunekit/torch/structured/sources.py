@@ -128,8 +128,12 @@ def _aligned(args: list[ast.expr], arity: int) -> dict[int, ast.expr] | None:
         if isinstance(tail, ast.Tuple) and len(tail.elts) <= arity:
             return {arity - len(tail.elts) + k: e for k, e in enumerate(tail.elts)}
         return None
-    if len(args) == arity and not any(isinstance(a, ast.Starred) for a in args):
+    starred = [k for k, a in enumerate(args) if isinstance(a, ast.Starred)]
+    if not starred and len(args) == arity:
         return dict(enumerate(args))
+    if len(starred) == 1 and len(args) - 1 <= arity:  # (*input_shape, -1, self.head_dim): ends align
+        at = starred[0]
+        return {**dict(enumerate(args[:at])), **{arity - len(args) + k: a for k, a in enumerate(args) if k > at}}
     return None
 
 
@@ -151,7 +155,9 @@ def _agrees(aligned: dict[int, ast.expr], sizes: tuple[int, ...], values: Mappin
 
 
 def _size_calls(tree: ast.Module, method: str) -> list[list[ast.expr]]:
-    """The size arguments of every call of ``method`` in the code (a single tuple unpacked)."""
+    """The size arguments of every call of ``method`` in the code (a single tuple unpacked; a single
+    local variable, ``view(hidden_shape)`` or ``view(*new_shape)``, replaced by what it is assigned)."""
+    assigned = _assignments(tree)
     calls = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
@@ -163,6 +169,10 @@ def _size_calls(tree: ast.Module, method: str) -> list[list[ast.expr]]:
             args = args[1:]  # torch.split(x, sizes): after the tensor (torch.zeros(sizes) has none)
         if method in ("split", "full", "new_full"):  # the sizes, not the dimension or value after them
             args = args[:1]
+        if len(args) == 1:
+            name = args[0].value if isinstance(args[0], ast.Starred) else args[0]
+            if isinstance(name, ast.Name) and len(assigned.get(name.id, ())) == 1:
+                args = [assigned[name.id][0]]
         if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
             args = list(args[0].elts)
         calls.append(list(args))
