@@ -92,9 +92,9 @@ def names_at(source: str | None, method: str, arity: int, position: int) -> froz
     tree = parsed(source)
     if tree is None:
         return None
-    assigned = _assignments(tree)
+    assigned = _assigned(source)
     names: set[str] | None = None
-    for args in _size_calls(tree, method):
+    for args in _size_calls(source, method):
         aligned = _aligned(args, arity)
         if aligned is None or position not in aligned:
             continue
@@ -108,11 +108,10 @@ def literal_at(source: str | None, method: str, sizes: tuple[int, ...], position
     their literals and the attributes in ``values`` agree with them) all write an integer literal at
     ``position``, and at least one does: a size no attribute update can change. A call is read whole
     (``x.view(b, t, 2, 4)``) or by its tail (``x.view(y.shape[:-1] + (2, 4))`` gives the last sizes)."""
-    tree = parsed(source) if source is not None else None
-    if tree is None:
+    if source is None:
         return False
     found = False
-    for args in _size_calls(tree, method):
+    for args in _size_calls(source, method):
         aligned = _aligned(args, len(sizes))
         if aligned is None or position not in aligned or not _agrees(aligned, sizes, values):
             continue
@@ -154,10 +153,21 @@ def _agrees(aligned: dict[int, ast.expr], sizes: tuple[int, ...], values: Mappin
     return True
 
 
-def _size_calls(tree: ast.Module, method: str) -> list[list[ast.expr]]:
+@functools.lru_cache(maxsize=256)
+def _assigned(source: str) -> dict[str, list[ast.expr]]:
+    tree = parsed(source)
+    return _assignments(tree) if tree is not None else {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _size_calls(source: str, method: str) -> tuple[list[ast.expr], ...]:
     """The size arguments of every call of ``method`` in the code (a single tuple unpacked; a single
-    local variable, ``view(hidden_shape)`` or ``view(*new_shape)``, replaced by what it is assigned)."""
-    assigned = _assignments(tree)
+    local variable, ``view(hidden_shape)`` or ``view(*new_shape)``, replaced by what it is assigned),
+    read once per class and method."""
+    tree = parsed(source)
+    if tree is None:
+        return ()
+    assigned = _assigned(source)
     calls = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
@@ -176,7 +186,7 @@ def _size_calls(tree: ast.Module, method: str) -> list[list[ast.expr]]:
         if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
             args = list(args[0].elts)
         calls.append(list(args))
-    return calls
+    return tuple(calls)
 
 
 def _is_torch(func: ast.Attribute) -> bool:
