@@ -22,6 +22,7 @@ from prunekit.torch.structured.labels import FIXED, LabelState, connected_roots,
 from prunekit.torch.structured.rules.base import ChannelRule, apply_black_box_rule, black_box_modules, check_rules, rule_for
 from prunekit.torch.structured.rules.layers import LAYER_RULES
 from prunekit.torch.structured.rules.shape import SHAPE_RULES, all_outputs_zero
+from prunekit.torch.structured.shared_sizes import tie_attribute_sizes
 from prunekit.torch.structured.tracing import ExampleInputs, OpRecord, Trace, trace_model
 
 
@@ -267,6 +268,7 @@ def analyze_dependencies(
             all_outputs_zero(state, op)
         else:
             _apply_rule(state, op, modules)
+    tie_attribute_sizes(state, modules)
     if protect_outputs:
         for ref in tensor_refs(trace.outputs):
             state.fix_value(ref, MODEL_OUTPUT)

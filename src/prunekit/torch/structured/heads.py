@@ -125,7 +125,7 @@ def _cat_dim(trace: Trace, op: OpRecord, out: TensorRef, dim: int) -> tuple[Tens
     model (not a model input or constant) that is not empty along the concatenated axis."""
     tensors = op.args[0] if op.args and isinstance(op.args[0], (tuple, list)) else []
     out_shape = trace.shapes[out.vid]
-    axis = normalise_dim(int(_arg(op, 1, "dim", 0)), len(out_shape))
+    axis = normalise_dim(int(_arg(op, 1, "dim", op.kwargs.get("axis", 0))), len(out_shape))
     if axis == dim:
         return None
     operands = [

@@ -87,6 +87,8 @@ class LabelState:
     reason: str = ""
     # reshape op index -> the output dimension that is attention heads (see ``heads``)
     head_dims: dict[int, int] = field(default_factory=dict)
+    # traced value id -> its attention heads dimension, for the outputs of those reshapes
+    head_outputs: dict[int, int] = field(default_factory=dict)
 
     # -- atoms -----------------------------------------------------------------------------
 

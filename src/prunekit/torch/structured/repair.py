@@ -13,6 +13,11 @@ self.embed_dim // self.num_heads``) is followed back to the attributes it was co
 An integer attribute the code compares with a size it reads from a shrinking dimension (an input
 check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way; a size the
 code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
+A size-taking op the module's own class never writes may come from a helper method of a child that
+the forward calls directly (``self.experts.map(x)`` runs under the parent's name): the children whose
+code makes that call are searched next, and only then any same-valued attribute the module reads (a
+module-level helper such as ``repeat_kv`` leaves no other trace). Tensor-creating calls
+(``torch.zeros((1, self.n_heads, q, k))``) take sizes too.
 The updates join the plan, so a saved plan replays them.
 """
 
@@ -20,9 +25,7 @@ from __future__ import annotations
 
 import ast
 import functools
-import inspect
 import re
-import textwrap
 from typing import Any
 
 import numpy as np
@@ -30,11 +33,12 @@ from torch import nn
 
 from prunekit.torch.structured.graph import DependencyGraph
 from prunekit.torch.structured.labels import tensor_refs
+from prunekit.torch.structured.rules.shape import creation_sizes
+from prunekit.torch.structured.sources import CREATION_OPS, module_source, names_at, parsed
 from prunekit.torch.structured.tracing import SizeOf, TensorRef
 
-_SIZE_OPS = {"view", "reshape", "expand", "new_zeros", "new_ones", "new_empty", "new_full", "broadcast_to"}
+_SIZE_OPS = {"view", "reshape", "expand", "broadcast_to"}
 _SPLIT_OPS = {"split", "split_with_sizes"}
-_MAX_NAME_HOPS = 4  # local variables followed back per size argument (``d = h; h = self.x``)
 
 
 def _sizes(op_args: tuple) -> list[Any]:
@@ -49,103 +53,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _module_source(module: nn.Module) -> str | None:
-    """The source of the module's class and its bases below ``nn.Module`` (forward and helpers)."""
-    return _class_source(type(module))
-
-
-@functools.lru_cache(maxsize=256)
-def _class_source(cls: type) -> str | None:
-    parts = []
-    for base in cls.__mro__:
-        if base in (nn.Module, object) or base.__module__.startswith("torch."):
-            continue
-        try:
-            parts.append(textwrap.dedent(inspect.getsource(base)))
-        except (OSError, TypeError):
-            continue
-    return "\n".join(parts) or None
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed(source: str) -> ast.Module | None:
-    """The syntax tree of a class's source, parsed once however many size ops it runs."""
-    try:
-        return ast.parse(source)
-    except SyntaxError:
-        return None
-
-
-def _assignments(tree: ast.AST) -> dict[str, list[ast.expr]]:
-    """What each local name is assigned from (``a, b = x, y`` pairs ``a`` with ``x``)."""
-    found: dict[str, list[ast.expr]] = {}
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Assign):
-            continue
-        for target in node.targets:
-            if isinstance(target, ast.Name):
-                found.setdefault(target.id, []).append(node.value)
-            elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) and len(target.elts) == len(node.value.elts):
-                for name, value in zip(target.elts, node.value.elts):
-                    if isinstance(name, ast.Name):
-                        found.setdefault(name.id, []).append(value)
-    return found
-
-
-def _attributes_in(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> set[str]:
-    """Attribute names an expression reads, directly or through local variables assigned from them."""
-    names: set[str] = set()
-    todo, seen = [(node, 0)], set()
-    while todo:
-        expr, hops = todo.pop()
-        for sub in ast.walk(expr):
-            if isinstance(sub, ast.Attribute):
-                names.add(sub.attr)
-            elif isinstance(sub, ast.Name) and hops < _MAX_NAME_HOPS and sub.id not in seen:
-                seen.add(sub.id)
-                todo.extend((value, hops + 1) for value in assigned.get(sub.id, ()))
-    return names
-
-
-@functools.lru_cache(maxsize=1024)
-def _names_at(source: str | None, method: str, arity: int, position: int) -> frozenset[str] | None:
-    """Attribute names the forward's ``.method(...)`` calls with ``arity`` sizes use at argument
-    ``position`` (``self.h`` and ``config.h`` both give ``h``), or ``None`` if no call matches."""
-    if source is None:
-        return None
-    tree = _parsed(source)
-    if tree is None:
-        return None
-    assigned = _assignments(tree)
-    names: set[str] | None = None
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))):
-            continue
-        if (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id) != method:
-            continue
-        args = node.args
-        if isinstance(node.func, ast.Name) or _is_torch(node.func):  # torch.split(x, sizes): after the tensor
-            args = args[1:]
-        if method == "split":  # the sizes, not the dimension after them
-            args = args[:1]
-        if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
-            args = list(args[0].elts)
-        if len(args) != arity or any(isinstance(a, ast.Starred) for a in args):
-            continue
-        names = names or set()
-        names.update(_attributes_in(args[position], assigned))
-    return None if names is None else frozenset(names)
-
-
-def _is_torch(func: ast.Attribute) -> bool:
-    return isinstance(func.value, ast.Name) and func.value.id in ("torch", "F")
-
-
-def _candidates(module: nn.Module, old: int, method: str, arity: int, position: int) -> list[str]:
+def _candidates(module: nn.Module, old: int, method: str, arity: int, position: int, guess: bool = True) -> list[str]:
     """Attribute paths on ``module`` (``name`` or ``config.name``) holding ``old`` that ``forward`` reads,
-    at this argument of the size call when the source shows it."""
-    source = _module_source(module)
-    at = _names_at(source, method, arity, position)
+    at this argument of the size call when the source shows it. Where the class's code never makes
+    the call (a module-level helper such as ``repeat_kv`` does), any attribute holding ``old`` that
+    the code reads is a candidate, unless ``guess`` is off."""
+    source = module_source(module)
+    at = names_at(source, method, arity, position)
+    if at is None and not guess:
+        return []
     found = []
     for name, value in vars(module).items():
         if not name.startswith("_") and _is_int(value) and value == old and (at is None or name in at):
@@ -160,15 +76,28 @@ def _candidates(module: nn.Module, old: int, method: str, arity: int, position: 
     return found
 
 
+def _child_candidates(
+    module: nn.Module, path: str, old: int, new: int, method: str, arity: int, position: int
+) -> list[tuple[str, str, int, int]]:
+    """Attributes of the module's direct children whose own code makes this call: a helper method
+    the parent calls directly (``self.experts.map(x)``, which builds ``torch.zeros((n,
+    self.hidden_size))``) runs the op under the parent's name, but reads the child's attributes."""
+    found = []
+    for name, child in module.named_children():
+        child_path = f"{path}.{name}" if path else name
+        found += [(child_path, attr, old, new) for attr in _candidates(child, old, method, arity, position, guess=False)]
+    return found
+
+
 def _size_arguments(graph: DependencyGraph, op: Any, expected: dict) -> list[tuple[str, int, int, Any, int, int]]:
     """``(method, arity, position, size argument, old size, predicted size)`` for each size an op takes:
     one per output dimension of a size-taking op, one per section of a split by a list of sizes."""
     outs = tensor_refs(op.outputs)
     shapes = graph.trace.shapes
-    if op.name in _SIZE_OPS and len(outs) == 1:
+    if (op.name in _SIZE_OPS or op.name in CREATION_OPS) and len(outs) == 1:
         old_shape = shapes[outs[0].vid]
         new_shape = expected.get(outs[0].vid, old_shape)
-        sizes = _sizes(op.args)
+        sizes = creation_sizes(op) if op.name in CREATION_OPS else _sizes(op.args)
         if len(sizes) != len(old_shape):
             return []
         return [(op.name, len(sizes), i, s, o, n) for i, (s, o, n) in enumerate(zip(sizes, old_shape, new_shape))]
@@ -193,7 +122,7 @@ def _compared_names(source: str | None) -> frozenset[str]:
 
     A comparison with a literal (``if self.sr_ratio > 1``) is a setting, not a size check: its
     attributes are left out, however their values happen to match a shrinking dimension."""
-    tree = _parsed(source) if source is not None else None
+    tree = parsed(source) if source is not None else None
     if tree is None:
         return frozenset()
     compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
@@ -224,7 +153,7 @@ def _checked_sizes(graph: DependencyGraph, op: Any, expected: dict, module: nn.M
             changes.setdefault(old_shape[d], set()).add(new_shape[d])
     if not changes:
         return []
-    compared = _compared_names(_module_source(module))
+    compared = _compared_names(module_source(module))
     return [
         (name, value, next(iter(changes[value])))
         for name, value in vars(module).items()
@@ -247,13 +176,18 @@ def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np
     for op in graph.trace.ops:
         if op.module not in modules:
             continue
-        found = [(name, old, new) for name, old, new in _checked_sizes(graph, op, expected, modules[op.module])]
+        found = [(op.module, name, old, new) for name, old, new in _checked_sizes(graph, op, expected, modules[op.module])]
         for method, arity, position, size, old, new in _size_arguments(graph, op, expected):
             if not _is_int(size) or isinstance(size, SizeOf) or size != old or old == new:  # a read size follows by itself
                 continue
-            found += [(name, old, new) for name in _candidates(modules[op.module], old, method, arity, position)]
-        for name, old, new in found:
-            key = (op.module, name)
+            module = modules[op.module]
+            here = _candidates(module, old, method, arity, position, guess=False)
+            children = [] if here else _child_candidates(module, op.module, old, new, method, arity, position)
+            if not here and not children:
+                here = _candidates(module, old, method, arity, position)
+            found += [(op.module, name, old, new) for name in here] + children
+        for path, name, old, new in found:
+            key = (path, name)
             if key in wanted and wanted[key] != (old, new):
                 conflicts.add(key)
             wanted[key] = (old, new)

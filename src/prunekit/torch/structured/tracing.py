@@ -69,6 +69,8 @@ class Trace:
     outputs: Any
     leaf_ops: list[OpRecord] = field(default_factory=list)
     fake: bool = False
+    # the strides of the inputs of ops that address memory by strides (``as_strided``), by value id
+    strides: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def param_name(self, vid: int) -> str | None:
         """Qualified name of the parameter or buffer a value id is, else ``None``."""
@@ -170,6 +172,7 @@ class _Recorder(TorchFunctionMode):
         self.shapes: dict[int, tuple[int, ...]] = {}
         self.sources: dict[int, tuple[str, str]] = {}
         self.ops: list[OpRecord] = []
+        self.strides: dict[int, tuple[int, ...]] = {}
         self.current: str = ""
         self.in_call = False
         self.observer_failed = False
@@ -202,6 +205,8 @@ class _Recorder(TorchFunctionMode):
         self.current = f"{module or '<root>'}:{name}"
         arg_refs = pytree.tree_map(self.ref, args)
         kwarg_refs = pytree.tree_map(self.ref, kwargs)
+        if name == "as_strided" and args and isinstance(args[0], torch.Tensor):
+            self.strides[arg_refs[0].vid] = tuple(args[0].stride())
         self.in_call = True
         if self.fake and name in _SAME_SHAPE_OPS and args and isinstance(args[0], torch.Tensor):
             out = torch.empty_like(args[0])  # fake kernels decompose these op by op: slow, same shape
@@ -396,7 +401,7 @@ def _trace_once(
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    return Trace(recorder.ops, recorder.shapes, recorder.sources, input_refs, output_refs, leaf_ops, fake)
+    return Trace(recorder.ops, recorder.shapes, recorder.sources, input_refs, output_refs, leaf_ops, fake, recorder.strides)
 
 
 def _enter(stack: list[str], name: str, leaf_depth: list[int], is_leaf: bool, recorder: _Recorder) -> Callable:

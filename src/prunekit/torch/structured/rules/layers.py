@@ -304,6 +304,8 @@ def scaled_dot_product_attention(st: LabelState, op: OpRecord) -> None:
     hq, hk = len(ql[-3]), len(kl[-3])
     if hq == hk:
         st.unify(ql[-3], kl[-3])
+    elif hk == 1:
+        pass  # multi-query: the one key/value head serves any number of query heads
     elif hq % hk == 0:
         st.unify(ql[-3], np.repeat(kl[-3], hq // hk))
     else:

@@ -21,8 +21,16 @@ from prunekit.torch.structured.labels import (
     as_int_list,
     is_tensor,
     normalise_dim,
-    tensor_refs,
     zeros_like_shape,
+)
+from prunekit.torch.structured.rules.indexing import (
+    as_strided,
+    getitem,
+    index_accumulate,
+    index_along,
+    narrow,
+    select,
+    setitem,
 )
 from prunekit.torch.structured.rules.pointwise import POINTWISE_RULES, Rule, broadcast_unify, first_tensor, outputs_of, pass_param
 from prunekit.torch.structured.tracing import OpRecord, SizeOf, TensorRef
@@ -84,7 +92,8 @@ def _reshape_segment(
     labelled = [d for d in seg_in if _has_labels(labels[d])]
     if not labelled:
         return
-    keep = max(labelled, key=lambda d: len(np.unique(labels[d])))
+    heads = [d for d in labelled if _is_heads(st, labels[d])]
+    keep = heads[0] if heads else max(labelled, key=lambda d: len(np.unique(labels[d])))
     for d in labelled:
         if d != keep:
             st.fix(labels[d])
@@ -107,6 +116,13 @@ def _reshape_segment(
         t = max(range(len(seg_out)), key=lambda k: (out_shape[seg_out[k]], -k))
     rows = np.moveaxis(grid, t, 0).reshape(grid.shape[t], -1)
     result[seg_out[t]] = st.coarsen(rows)
+
+
+def _is_heads(st: LabelState, lab: np.ndarray) -> bool:
+    """Whether these labels are the query heads of an attention seen so far: merging heads with a
+    per-head width that is itself labelled (multi-query attention, whose one key/value head is never
+    split into heads) keeps the heads and the head width whole, not the other way round."""
+    return any(len(r.query_heads) == len(lab) and np.array_equal(r.query_heads, lab) for r in st.attention)
 
 
 def _minus_one_dim(op: OpRecord, out_ndim: int) -> int | None:
@@ -141,15 +157,30 @@ def reshape(st: LabelState, op: OpRecord) -> None:
     x, out = first_tensor(op), outputs_of(op)[0]
     out_shape = st.shape(out)
     prefer = st.head_dims.get(op.index)
-    if prefer is None and op.name in ("view", "reshape", "unflatten"):
+    if prefer is not None:
+        st.head_outputs[out.vid] = prefer
+    elif op.name in ("view", "reshape", "unflatten"):
         prefer = _minus_one_dim(op, len(out_shape))
     labels = reshape_labels(st, st.get(x), st.shape(x), out_shape, prefer)
+    if out.vid in st.head_outputs:
+        _keep_single_head_width(st, op, labels, out_shape, st.head_outputs[out.vid])
     st.set(out, labels)
     if op.name in ("view", "reshape"):
         sizes = _size_args(op)
         if len(sizes) == len(out_shape):
             tie_read_sizes(st, sizes, st.get(out))
     pass_param(st, x, out)
+
+
+def _keep_single_head_width(st: LabelState, op: OpRecord, labels: Labels, out_shape: tuple[int, ...], heads: int) -> None:
+    """One attention head whose width is the only dimension after it: the width is sized by
+    attributes shared by q, k and v (or split into unequal per-head sections, LeViT's ``[key_dim,
+    key_dim, ratio * key_dim]``) that cannot shrink apart; as with several heads (the unit pruned),
+    it is kept whole."""
+    widths = [d for d in range(heads + 1, len(out_shape)) if out_shape[d] > 1]
+    if out_shape[heads] == 1 and len(widths) == 1:
+        reason = f"tied at node {op.label} as the width of a single attention head, kept whole (heads are the unit pruned)"
+        st.fix(labels[widths[0]], reason)
 
 
 def permute(st: LabelState, op: OpRecord) -> None:
@@ -191,6 +222,8 @@ def expand(st: LabelState, op: OpRecord) -> None:
     for d, size in enumerate(shape):
         if size == out_shape[d + offset]:
             result[d + offset] = labels[d]
+        elif size == 1:  # copies of one slice hold no channel: they may shrink with what they meet
+            result[d + offset] = st.fresh(out_shape[d + offset])
     st.set(out, result)
 
 
@@ -236,175 +269,6 @@ def roll(st: LabelState, op: OpRecord) -> None:
     st.set(out, labels)
 
 
-# -- indexing -----------------------------------------------------------------------------
-
-
-def _is_full(index: slice, size: int) -> bool:
-    start, stop, step = index.indices(size)
-    return start == 0 and stop == size and step == 1
-
-
-def getitem(st: LabelState, op: OpRecord) -> None:
-    x, out = first_tensor(op), outputs_of(op)[0]
-    labels, shape = st.get(x), st.shape(x)
-    index = op.args[1] if len(op.args) > 1 else ()
-    items = list(index) if isinstance(index, tuple) else [index]
-    if _gather_one_dim(st, op, labels, shape, items):
-        return
-    if any(is_tensor(i) or isinstance(i, (list, bool)) for i in items):
-        for lab in labels:
-            st.fix(lab)
-        st.set(out, zeros_like_shape(st.shape(out)))
-        return
-    explicit = sum(1 for i in items if i is not None and i is not Ellipsis)
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
-        items = items[:at] + [slice(None)] * (len(shape) - explicit) + items[at + 1 :]
-    else:
-        items += [slice(None)] * (len(shape) - explicit)
-    result: Labels = []
-    d = 0
-    for item in items:
-        if item is None:
-            result.append(np.zeros(1, np.int64))
-        elif isinstance(item, int):
-            st.fix(labels[d])
-            d += 1
-        elif isinstance(item, slice):
-            if d >= len(shape):
-                break
-            if not _is_full(item, shape[d]):
-                st.fix(labels[d])
-            result.append(labels[d][item])
-            d += 1
-    if [len(lab) for lab in result] != list(st.shape(out)):
-        st.unsupported_op(op, "could not follow this indexing")
-        return
-    st.set(out, result)
-    if all(isinstance(i, slice) and _is_full(i, shape[k]) for k, i in enumerate(items[: len(shape)])):
-        pass_param(st, x, out)
-
-
-def _gather_one_dim(st: LabelState, op: OpRecord, labels: Labels, shape: tuple[int, ...], items: list) -> bool:
-    """``x[idx]``/``x[:, idx]`` with one integer tensor index and full slices elsewhere (a relative
-    position bias table read per token pair): the indexed dimension is replaced by the index's
-    dimensions (not channels); every other dimension keeps its channels."""
-    tensors = [k for k, item in enumerate(items) if is_tensor(item)]
-    if len(tensors) != 1 or len(items) > len(shape):
-        return False
-    at = tensors[0]
-    rest = [item for k, item in enumerate(items) if k != at]
-    if not all(isinstance(item, slice) and _is_full(item, shape[k if k < at else k + 1]) for k, item in enumerate(rest)):
-        return False
-    index_ref = items[at]
-    index_shape = st.shape(index_ref)
-    out = outputs_of(op)[0]
-    result = list(labels[:at]) + zeros_like_shape(index_shape) + list(labels[at + 1 :])
-    if [len(lab) for lab in result] != list(st.shape(out)):
-        return False
-    st.fix(labels[at])
-    st.fix_value(index_ref)
-    st.set(out, result)
-    return True
-
-
-def setitem(st: LabelState, op: OpRecord) -> None:
-    x, out = op.args[0], outputs_of(op)[0]
-    labels, shape = st.get(x), st.shape(x)
-    index = op.args[1]
-    value = op.args[2] if len(op.args) > 2 else None
-    items = list(index) if isinstance(index, tuple) else [index]
-    full = all(isinstance(i, slice) and k < len(shape) and _is_full(i, shape[k]) for k, i in enumerate(items)) or items == [
-        Ellipsis
-    ]
-    if full and is_tensor(value):
-        broadcast_unify(st, [x, value], shape)
-    else:
-        for lab in labels:
-            st.fix(lab)
-        if is_tensor(value):
-            st.fix_value(value)
-    st.set(out, labels)
-
-
-def narrow(st: LabelState, op: OpRecord) -> None:
-    x, out = first_tensor(op), outputs_of(op)[0]
-    labels, shape = list(st.get(x)), st.shape(x)
-    dim = normalise_dim(int(arg(op, 1, "dim")), len(shape))
-    start, length = arg(op, 2, "start"), arg(op, 3, "length")
-    if is_tensor(start):
-        st.unsupported_op(op, "narrow with a tensor start")
-        return
-    start = normalise_dim(int(start), shape[dim])
-    if not (start == 0 and length == shape[dim]):
-        st.fix(labels[dim])
-    labels[dim] = labels[dim][start : start + int(length)]
-    st.set(out, labels)
-
-
-def select(st: LabelState, op: OpRecord) -> None:
-    x, out = first_tensor(op), outputs_of(op)[0]
-    labels = list(st.get(x))
-    dim = normalise_dim(int(arg(op, 1, "dim")), len(labels))
-    st.fix(labels[dim])
-    del labels[dim]
-    st.set(out, labels)
-
-
-def index_accumulate(st: LabelState, op: OpRecord) -> None:
-    """``x.index_add(dim, index, source)``/``index_copy``: rows of ``source`` land in rows of ``x``
-    (a mixture-of-experts combining its experts' outputs). The indexed dimension keeps its
-    channels; every other dimension of ``source`` is the same channel as ``x``'s (or, where ``x``
-    is a new buffer carrying no channels, gives the output its channels)."""
-    x = first_tensor(op)
-    labels = st.get(x)
-    dim = arg(op, 1, "dim")
-    source = arg(op, 3, "source")
-    if dim is None or not is_tensor(source) or len(st.shape(source)) != len(labels):
-        st.unsupported_op(op, "index_add/index_copy without a dimension and a source of the same rank")
-        return
-    dim = normalise_dim(int(dim), len(labels))
-    st.fix(labels[dim])
-    for ref in tensor_refs(arg(op, 2, "index")):
-        st.fix_value(ref)
-    result = list(labels)
-    for d, lab in enumerate(st.get(source)):
-        if d == dim or len(lab) != len(labels[d]):
-            st.fix(lab)
-            st.fix(labels[d])
-        elif not (labels[d] != FIXED).any():
-            result[d] = lab  # ``x`` is a fresh buffer (``zeros_like(h)``): it carries source's channels
-        else:
-            st.unify(lab, labels[d])
-    for out in outputs_of(op):
-        st.set(out, result if st.shape(out) == st.shape(x) else zeros_like_shape(st.shape(out)))
-
-
-def index_along(st: LabelState, op: OpRecord) -> None:
-    """``index_select``/``gather``: the indexed dimension keeps its channels; others pass."""
-    x = first_tensor(op)
-    labels = st.get(x)
-    dim = arg(op, 1, "dim")
-    if op.name == "take_along_dim":
-        dim = arg(op, 2, "dim")
-    if dim is None:
-        st.unsupported_op(op, "indexing without a dimension")
-        return
-    dim = normalise_dim(int(dim), len(labels))
-    st.fix(labels[dim])
-    for ref in tensor_refs((op.args[1:], op.kwargs)):
-        st.fix_value(ref)
-    for out in outputs_of(op):
-        out_shape = st.shape(out)
-        result = zeros_like_shape(out_shape)
-        for d, lab in enumerate(labels):
-            if d != dim and d < len(out_shape) and len(lab) == out_shape[d]:
-                result[d] = lab
-            elif d != dim:
-                st.fix(lab)
-        st.set(out, result)
-
-
 # -- concatenation and splitting ----------------------------------------------------------
 
 
@@ -412,7 +276,7 @@ def cat(st: LabelState, op: OpRecord) -> None:
     tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
     out = outputs_of(op)[0]
     out_shape = st.shape(out)
-    dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(out_shape))
+    dim = normalise_dim(int(arg(op, 1, "dim", op.kwargs.get("axis", 0))), len(out_shape))
     tensors = [t for t in tensors if st.shape(t) != (0,)]
     pieces: list[np.ndarray] = []
     result: Labels = [None] * len(out_shape)
@@ -433,7 +297,7 @@ def cat(st: LabelState, op: OpRecord) -> None:
 def stack(st: LabelState, op: OpRecord) -> None:
     tensors = [t for t in (arg(op, 0, "tensors") or ()) if is_tensor(t)]
     out = outputs_of(op)[0]
-    dim = normalise_dim(int(arg(op, 1, "dim", 0)), len(st.shape(out)))
+    dim = normalise_dim(int(arg(op, 1, "dim", op.kwargs.get("axis", 0))), len(st.shape(out)))
     base = broadcast_unify(st, tensors, st.shape(tensors[0]))
     st.set(out, base[:dim] + [np.zeros(len(tensors), np.int64)] + base[dim:])
 
@@ -473,6 +337,31 @@ def split(st: LabelState, op: OpRecord) -> None:
         tie_read_sizes(st, [section], [piece[dim]])
 
 
+def creation_sizes(op: OpRecord) -> list[Any]:
+    """The size arguments of a tensor-creating call: ``zeros(1, h, q, k)``, ``zeros((1, h, q, k))``,
+    ``full((n, d), value)``, ``x.new_zeros(n, d)`` (after the tensor)."""
+    args = list(op.args[1:] if op.name.startswith("new_") else op.args)
+    if args and isinstance(args[0], (tuple, list)):
+        return list(args[0])
+    if "size" in op.kwargs and isinstance(op.kwargs["size"], (tuple, list)):
+        return list(op.kwargs["size"])
+    return [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+
+
+def created(st: LabelState, op: OpRecord) -> None:
+    """A tensor the code creates (``torch.zeros((1, n_heads, q, k))`` for a position bias, a buffer
+    to accumulate into): its positions hold no channel of their own, so each dimension wider than one
+    may shrink with whatever it meets (its size, read from an attribute, is updated after pruning);
+    a dimension sized by reading another tensor (``x.shape[1]``) is tied to that tensor's."""
+    for out in outputs_of(op):
+        shape = st.shape(out)
+        labels = [st.fresh(size) if size > 1 else np.zeros(size, np.int64) for size in shape]
+        st.set(out, labels)
+        sizes = creation_sizes(op)
+        if len(sizes) == len(shape):
+            tie_read_sizes(st, sizes, labels)
+
+
 SHAPE_RULES: dict[str, Rule] = dict(POINTWISE_RULES)
 
 
@@ -493,6 +382,8 @@ _register(repeat_interleave, "repeat_interleave")
 
 _register(flip, "flip", "fliplr", "flipud")
 
+_register(as_strided, "as_strided")
+
 _register(roll, "roll")
 
 _register(getitem, "getitem")
@@ -512,6 +403,8 @@ _register(cat, "cat")
 _register(stack, "stack")
 
 _register(split, "split", "split_with_sizes", "chunk", "tensor_split", "unbind")
+
+_register(created, "zeros", "ones", "empty", "full", "new_zeros", "new_ones", "new_empty", "new_full")
 
 
 def all_outputs_zero(st: LabelState, op: OpRecord) -> None:
