@@ -15,6 +15,7 @@ and every ``layer_idx`` attribute is renumbered, so ``generate()`` with a KV cac
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,12 +69,12 @@ def block_influence(
     batches = capture_block_inputs(model, stack, tokens, batch_size)
     influence = []
     with torch.no_grad():
-        for block in stack.blocks:
+        for index, block in enumerate(stack.blocks):
             total, count = 0.0, 0
             with on_device(block, device):
                 for batch in batches:
                     work = batch.to(device) if device is not None else batch
-                    out = call_block(block, work)
+                    out = call_block(block, work, index)
                     cos = torch.nn.functional.cosine_similarity(work.hidden.float(), out.float(), dim=-1)
                     total += float(cos.sum())
                     count += cos.numel()
@@ -128,16 +129,40 @@ def remove_blocks(model: nn.Module, indices: Sequence[int]) -> None:
         del stack.blocks[len(stack.blocks) - 1]
     for block in kept:
         stack.blocks.append(block)
-    for new_index, block in enumerate(kept):
+    for old_index, (new_index, block) in zip(keep, enumerate(kept), strict=True):
         for module in block.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index
+            for key, value in list(vars(module).items()):
+                if _LAYER_INDEX.match(key) and type(value) is int and value == old_index:
+                    setattr(module, key, new_index)
     config = getattr(model, "config", None)
     if config is not None:
-        for key, value in list(vars(config).items()):
-            if isinstance(value, list) and len(value) == count and key != "architectures":
-                setattr(config, key, [value[i] for i in keep])
-        config.num_hidden_layers = len(keep)
+        for part in _configs(config):
+            _shrink_config(part, count, keep)
+
+
+_LAYER_INDEX = re.compile(r"^layer_?(idx|id|index)$")  # the attribute a block's attention reads its cache slot from
+_LAYER_COUNTS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers")
+
+
+def _configs(config: Any) -> list[Any]:
+    """``config`` and every config nested in it (a multimodal model's ``text_config``...)."""
+    found = [config]
+    for value in vars(config).values():
+        if hasattr(value, "to_dict") and hasattr(value, "model_type") and value is not config:
+            found += _configs(value)
+    return found
+
+
+def _shrink_config(config: Any, count: int, keep: list[int]) -> None:
+    """Make a config that describes ``count`` blocks describe blocks ``keep`` (counts and per-layer lists)."""
+    counts = [key for key in _LAYER_COUNTS if getattr(config, key, None) == count]
+    if not counts:
+        return
+    for key, value in list(vars(config).items()):
+        if isinstance(value, list) and len(value) == count and key != "architectures":
+            setattr(config, key, [value[i] for i in keep])
+    for key in counts:
+        setattr(config, key, len(keep))
 
 
 def prune_depth(

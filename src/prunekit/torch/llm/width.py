@@ -187,7 +187,7 @@ def prune_width(
         with on_device(block, work_device):
             collector = _StatsCollector(modules, hessian=False)
             try:
-                _run_block(block, batches, None, collector, replace=False)
+                _run_block(block, index, batches, None, collector, replace=False)
             finally:
                 collector.close()
             assert hidden is not None
@@ -229,7 +229,7 @@ def prune_width(
                 result.removed_groups[stack.block_name(index)] = removed
                 result.kv_groups = (n_kv, n_kv - drop_groups)
             if index + 1 < len(stack.blocks):
-                _run_block(block, batches, None, None, replace=True)
+                _run_block(block, index, batches, None, None, replace=True)
     if mlp and width is not None and result.intermediate is not None:
         _set_intermediate(config, width, result.intermediate[1])
     if heads:
