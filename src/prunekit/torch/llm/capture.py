@@ -86,6 +86,13 @@ def capture_block_inputs(model: nn.Module, stack: DecoderStack, tokens: torch.Te
                     f"could not find the hidden states among the inputs of block {stack.block_name(index)!r} of "
                     f"{type(model).__name__}: it is called with keywords {sorted(kwargs)} and no positional input"
                 )
+            if calls and not _same_tensor(hidden, calls[-1][0]):
+                raise ConfigError(
+                    f"the forward of {type(model).__name__} changes the hidden states between {stack.block_name(index - 1)!r} "
+                    f"and {stack.block_name(index)!r}, so {stack.path!r} is not a stack of decoder blocks that "
+                    "prunekit.llm can replay one by one (its layers may be split over parallel ModuleLists); "
+                    "prune it with prunekit.torch (unstructured or structured) instead"
+                )
             calls.append((hidden.detach(), rest, named, in_kwargs))
             if index == last:
                 raise _StopForward
@@ -105,7 +112,7 @@ def capture_block_inputs(model: nn.Module, stack: DecoderStack, tokens: torch.Te
                 batch = tokens[start : start + batch_size].to(device)
                 calls.clear()
                 try:
-                    _call_model(model, batch)
+                    call_model(model, batch)
                 except _StopForward:
                     captured.append(_batch_from_calls(calls))
                     continue
@@ -134,6 +141,11 @@ def _batch_from_calls(calls: list[tuple[torch.Tensor, tuple[Any, ...], dict[str,
     return BlockBatch(calls[0][0], per_block, calls[0][3])
 
 
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` holds the very values of ``b`` (the same storage, shape and strides)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
 def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
     """``output`` (a block's return value) with its hidden states replaced by ``hidden``."""
     if isinstance(output, torch.Tensor):
@@ -145,7 +157,8 @@ def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
     return hidden
 
 
-def _call_model(model: nn.Module, input_ids: torch.Tensor) -> Any:
+def call_model(model: nn.Module, input_ids: torch.Tensor) -> Any:
+    """``model(input_ids=..., use_cache=False)``, or ``model(input_ids)`` for a forward without those keywords."""
     try:
         return model(input_ids=input_ids, use_cache=False)
     except TypeError:
