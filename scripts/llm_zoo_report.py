@@ -48,7 +48,9 @@ def render(records: dict[str, dict]) -> str:
     for family, r in records.items():
         ppl = r["ppl"]
         cells = [" / ".join(_number(ppl.get(m, {}).get(p)) for m in ("magnitude", "wanda", "sparsegpt")) for p in ("0.5", "2:4")]
-        note = r["reason"] or ("" if r["generate"].startswith("dense") else r["generate"])
+        notes = [r["reason"], "" if r["generate"].startswith("dense") else r["generate"], r["dense_weights"]]
+        notes += [f"depth {r['depth']}" if r["depth"].startswith("none") else ""]
+        note = "; ".join(n for n in notes if n)
         lines.append(
             f"| {family} | {r['status']} | {_cell(r['stack'])} | {_number(r['ppl_dense'])} | {cells[0]} | {cells[1]} "
             f"| {_cell(r['width'])} | {_cell(note)} |"

@@ -35,14 +35,14 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.discovery import in_features
-from tests.zoo.generated import HEAD_DIM, VOCAB, WIDTH, FamilySkipped, first_line, shrunk_config, time_limit
+from tests.zoo.generated import HEAD_DIM, INTERMEDIATE, VOCAB, WIDTH, FamilySkipped, first_line, shrunk_config, time_limit
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("0.5", "2:4")
 #: New families (beyond tests/torch/llm/tiny.py) the default test run checks: sliding-window
 #: attention with soft-capping, fused q/k/v with parallel attention + MLP, a mixture of experts
-#: and a hybrid attention / state-space stack.
-DEFAULT_LLM_FAMILIES = ("gemma2", "falcon", "qwen2_moe", "bamba")
+#: (fused 3-D expert tensors) and a hybrid stack of short-convolution and attention blocks.
+DEFAULT_LLM_FAMILIES = ("gemma2", "falcon", "qwen2_moe", "lfm2")
 MAX_FAMILY_SECONDS = 20.0  # the budget of one family's whole check on a loaded 2-core machine
 SAMPLES, SEQ_LEN, EVAL_TOKENS, PROMPT, NEW_TOKENS = 4, 32, 96, 6, 4
 
@@ -52,7 +52,8 @@ class LLMOutcome:
     """What :func:`check_llm_family` found: ``status`` is ``"pass"``, ``"fail"`` or ``"skip"``.
 
     ``ppl`` maps method -> pattern (``"0.5"``, ``"2:4"``) -> perplexity after pruning;
-    ``width`` says what the width prune removed or why the family has none.
+    ``width`` / ``depth`` say what the width / depth prune removed or why the family has none;
+    ``dense_weights`` names the block weights no LLM method prunes (fused 3-D expert tensors...).
     """
 
     family: str
@@ -66,6 +67,7 @@ class LLMOutcome:
     depth: str = ""
     width: str = ""
     generate: str = ""
+    dense_weights: str = ""
     seconds: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class LLMOutcome:
             "depth": self.depth,
             "width": self.width,
             "generate": self.generate,
+            "dense_weights": self.dense_weights,
             "seconds": round(self.seconds, 1),
         }
 
@@ -130,6 +133,7 @@ _DEEP_FIELDS = re.compile(
     r"(rotary_dim|head_dim|dim_head|_rank$|^dff$|dim_ff|d_ssm|d_state|state_size|chunk_size|_n_heads$|num_heads$|topk$)"
 )
 _MODEL_WIDTHS = re.compile(r"^(emb_dim|d_embed|n_embed)$")  # hidden sizes under names the zoo does not shrink
+_MLP_WIDTHS = re.compile(r"^(d_inner|dim_feedforward)$")  # MLP widths under names the zoo does not shrink
 DEEP_WIDTH = 16
 
 
@@ -140,7 +144,11 @@ def _deep_overrides(config: Any) -> dict[str, Any]:
         for key, value in config.to_dict().items()
         if type(value) is int and value > DEEP_WIDTH and _DEEP_FIELDS.search(key)
     }
-    deep.update({k: WIDTH for k, v in config.to_dict().items() if type(v) is int and v > WIDTH and _MODEL_WIDTHS.match(k)})
+    for key, value in config.to_dict().items():
+        if type(value) is int and value > WIDTH and _MODEL_WIDTHS.match(key):
+            deep[key] = WIDTH
+        elif type(value) is int and value > INTERMEDIATE and _MLP_WIDTHS.match(key):
+            deep[key] = INTERMEDIATE
     return deep
 
 
@@ -257,7 +265,8 @@ def _checks(model: nn.Module, outcome: LLMOutcome, stages: list[str]) -> None:
 
     stages.append("discovery")
     stack = pl.find_decoder_stack(model)
-    outcome.stack = f"{stack.path} ({len(stack.blocks)} x {type(stack.blocks[0]).__name__})"
+    classes = "/".join(dict.fromkeys(type(block).__name__ for block in stack.blocks))
+    outcome.stack = f"{stack.path} ({len(stack.blocks)} x {classes})"
     outcome.projections = sum(len(p) for p in stack.projections)
     calibration = token_ids(model, (SAMPLES, SEQ_LEN), seed=1)
     text = token_ids(model, (EVAL_TOKENS,), seed=2)
@@ -280,6 +289,9 @@ def _checks(model: nn.Module, outcome: LLMOutcome, stages: list[str]) -> None:
             spec: dict[str, Any] = {"pattern": pattern, "skip": indivisible} if ":" in pattern else {"sparsity": float(pattern)}
             result = pl.prune(pruned, calibration, method=method, n_samples=SAMPLES, seq_len=SEQ_LEN, **spec)
             _assert_exact_sparsity(model, pruned, result, pattern)
+            if "dense_weight_share" in result.extra:
+                names = ", ".join(sorted({n.rsplit(".", 1)[0] for n in result.extra["dense_weights"]})[:3])
+                outcome.dense_weights = f"{result.extra['dense_weight_share']:.0%} of block weights are no projection ({names})"
             outcome.ppl.setdefault(method, {})[pattern] = _perplexity(pruned, text)
     stages.append("generate after pruning")
     if outcome.generate.startswith("dense"):
@@ -402,6 +414,8 @@ def _assert_config_rebuilds(model: nn.Module) -> None:
 __all__ = [
     "DEFAULT_LLM_FAMILIES",
     "LLMOutcome",
+    "METHODS",
+    "PATTERNS",
     "build_causal_lm",
     "check_llm_family",
     "discover_causal_families",

@@ -39,8 +39,11 @@ class PruneResult:
     """What :func:`prune` did: the recipe, per-layer target and achieved sparsity, and the time taken.
 
     ``comparisons`` names the comparison group each projection pruned in this run was chosen in
-    (``"row"``/``"layer"``; with ``comparison="auto"`` it differs per layer). ``to_dict()`` is the
-    JSON saved beside a pruned model.
+    (``"row"``/``"layer"``; with ``comparison="auto"`` it differs per layer). ``extra`` holds
+    ``unreached`` (projections no calibration token reached, pruned by magnitude) and
+    ``dense_weights`` / ``dense_weight_share`` (block weights that are no ``Linear``/``Conv1D``,
+    such as fused 3-D expert tensors, left dense). ``to_dict()`` is the JSON saved beside a
+    pruned model.
     """
 
     recipe: dict[str, Any]
@@ -388,8 +391,25 @@ def prune(
         params_pruned=params,
         zeros=zeros,
         comparisons=chosen,
-        extra={"unreached": unreached} if unreached else {},
+        extra={**({"unreached": unreached} if unreached else {}), **_dense_weights(stack)},
     )
+
+
+def _dense_weights(stack: DecoderStack) -> dict[str, Any]:
+    """The blocks' weight tensors (2-D and up) that are no projection, so no LLM method prunes them: fused 3-D
+    expert tensors of a mixture of experts, state-space convolutions... by block-relative name, with their share
+    of all block weights (``{}`` when every weight is a projection's)."""
+    total, dense = 0, Counter[str]()
+    for index, block in enumerate(stack.blocks):
+        owned = {f"{name}.weight" for name in stack.projections[index]}
+        for name, param in block.named_parameters():
+            if param.dim() >= 2:
+                total += param.numel()
+                if name not in owned:
+                    dense[name] += param.numel()
+    if not dense:
+        return {}
+    return {"dense_weights": dict(dense), "dense_weight_share": sum(dense.values()) / total}
 
 
 def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:

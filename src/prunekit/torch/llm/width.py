@@ -6,7 +6,7 @@ a width ``I != hidden`` writing ``hidden``, its *ups* are those writing ``I``; t
 *q/k/v* are a group of three reading the hidden states (q writes ``heads * head_dim``), its *o*
 the lone projection reading ``heads * head_dim``. Importance is Wanda's, summed over a unit:
 neuron ``j`` scores ``||X_j|| * ||W_down[:, j]||``, a KV group sums that over the ``o`` columns of
-its query heads. Every block loses the same count (the config holds one width), the config is
+its query heads. Every block laid out like the most common one loses the same count (the config holds one width; others, such as MoE blocks beside dense ones, stay as they are), the config is
 updated (``intermediate_size``-like key, ``num_attention_heads``, ``num_key_value_heads``,
 ``head_dim``) and the model reloads with ``from_pretrained``.
 """
@@ -38,6 +38,7 @@ class WidthResult:
     kv_groups: tuple[int, int] | None = None
     removed_neurons: dict[str, list[int]] = field(default_factory=dict)
     removed_groups: dict[str, list[int]] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)  # blocks laid out unlike the most common (MoE beside dense)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class WidthResult:
             "kv_groups": self.kv_groups,
             "removed_neurons": self.removed_neurons,
             "removed_groups": self.removed_groups,
+            "unchanged": self.unchanged,
         }
 
 
@@ -188,8 +190,16 @@ def prune_width(
         )
     changes: list[tuple[int, str, Any]] = []
     extra: dict[str, str] = {}
+    layouts = [{n: tuple(p.shape) for n, p in block.named_parameters()} for block in stack.blocks]
+    common = max(layouts, key=layouts.count)
+    same = [i for i, layout in enumerate(layouts) if layout == common]  # the blocks the config's one width describes
     for index, block in enumerate(stack.blocks):
         modules = block_projections(stack, index)
+        if index not in same:
+            result.unchanged.append(stack.block_name(index))
+            with on_device(block, work_device):
+                _run_block(block, index, batches, None, None, replace=True)
+            continue
         with on_device(block, work_device):
             collector = _StatsCollector(modules, hessian=False)
             try:
@@ -231,9 +241,9 @@ def prune_width(
                 )
                 result.removed_groups[stack.block_name(index)] = gone
                 result.kv_groups = (n_kv, n_kv - drop_groups)
-            if index == 0:  # before any weight changes: the config must describe the result, and the block must run
+            if index == same[0]:  # before any weight changes: the config must describe the result, and the block must run
                 changes, extra = _check_plan(
-                    model, stack, block, modules, plan, batches, result, n_kv - drop_groups, group_size, head_dim
+                    model, stack, same, block, modules, plan, batches, result, n_kv - drop_groups, group_size, head_dim
                 )
             _apply(block, modules, plan, extra)
             if index + 1 < len(stack.blocks):
@@ -279,6 +289,7 @@ def _apply(block: nn.Module, modules: Mapping[str, nn.Module], plan: _Plan, extr
 def _check_plan(
     model: nn.Module,
     stack: Any,
+    same: list[int],
     block: nn.Module,
     modules: Mapping[str, nn.Module],
     plan: _Plan,
@@ -288,9 +299,11 @@ def _check_plan(
     group_size: int,
     head_dim: int,
 ) -> tuple[list[tuple[int, str, Any]], dict[str, str]]:
-    """Plan block 0 on a copy: the config changes that rebuild it, the extra vectors to slice; the copy must run."""
+    """Plan the first block to prune on a copy: the config changes that rebuild it, the extra vectors to slice;
+    the copy must run."""
+    index = same[0]
     trial = copy.deepcopy(block)
-    prefix = f"{stack.block_name(0)}."
+    prefix = f"{stack.block_name(index)}."
     trial_modules = dict(trial.named_modules())
     trial_projections = {n: trial_modules[n[len(prefix) :]] for n in modules}
     _apply(trial, trial_projections, plan, {})
@@ -307,14 +320,14 @@ def _check_plan(
         q_before = int(weight_matrix(modules[plan.roles.o]).shape[1]) if plan.roles.o else 0
         vectors[(q_before, int(plan.keep["q"].numel()))] = "q"
         vectors.setdefault((q_before // group_size, int(plan.keep["kv"].numel())), "kv")
-    changes, extra = narrower_config(model, planned, result.intermediate, heads, vectors)
+    changes, extra = narrower_config(model, planned, result.intermediate, heads, vectors, [stack.block_name(i) for i in same])
     for param, which in extra.items():
         slice_vector(trial, param, plan.keep[which])
     try:
-        call_block(trial, batches[0], 0)
+        call_block(trial, batches[0], index)
     except Exception as exc:
         raise ConfigError(
-            f"width pruning would break {type(model).__name__} block {stack.block_name(0)!r} "
+            f"width pruning would break {type(model).__name__} block {stack.block_name(index)!r} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}): a module between its projections holds the "
             "old width; prune the other part only (mlp=0 or heads=0), or use depth or unstructured pruning"
         ) from exc

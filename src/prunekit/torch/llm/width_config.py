@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.torch.llm.discovery import find_decoder_stack
 
 #: Config fields that name an MLP width; tried together first, before each field holding the width alone.
 _WIDTH_WORDS = ("inter", "ffn", "inner", "_ff")
@@ -79,6 +78,7 @@ def narrower_config(
     mlp: tuple[int, int] | None,
     heads: Mapping[str, int],
     vectors: Mapping[tuple[int, int], str],
+    blocks: list[str],
 ) -> tuple[list[tuple[int, str, Any]], dict[str, str]]:
     """The config changes that build every block with the ``planned`` shapes (block-relative parameter names, as
     block 0 will be) and the rest of the model as it is, and the extra vectors to slice.
@@ -87,13 +87,13 @@ def narrower_config(
     fields to set (``num_attention_heads``...), ``vectors`` maps a 1-D ``(before, after)`` size
     change to the kept-index set that slices it (``"mlp"``, ``"q"``, ``"kv"``). Returns the changes
     as ``[(index into nested_configs(model.config), field, value)]`` and ``{parameter of block 0:
-    index set}`` for the extra vectors. Raises
+    index set}`` for the extra vectors. ``blocks`` names the blocks that will be pruned (those laid out as
+    block 0); every other parameter must rebuild as it is. Raises
     :class:`~prunekit.errors.ConfigError` when no candidate config builds the planned shapes.
     """
     current = _shapes(model)
     name = type(model).__name__
-    stack = find_decoder_stack(model)
-    prefixes = [f"{stack.block_name(i)}." for i in range(len(stack.blocks))]
+    prefixes = [f"{block}." for block in blocks]
     tries = width_fields(model.config, mlp[0]) if mlp else [[]]
     if not tries:
         raise ConfigError(
