@@ -164,3 +164,18 @@ def test_depth_renumbers_layer_id_so_generate_runs():
     assert model.config.num_layers == 2 and len(model.config.attention_layers) == 2
     out = model.generate(tokens(1, 4), max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 7)
+
+
+def test_depth_the_config_cannot_describe_puts_every_block_back():
+    from prunekit.torch.llm.depth import remove_blocks
+    from tests.torch.llm.tiny import tiny_model
+
+    model = tiny_model("llama", num_hidden_layers=3)
+    model.config.num_hidden_layers = 4  # a config out of step with the model: no field says 3 blocks
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"removing blocks \[1\] of LlamaForCausalLM: its config cannot describe"):
+        remove_blocks(model, [1])
+    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 4
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -229,11 +229,24 @@ def _check_reload(model: nn.Module, parts: list[Any], count: int, left: int) -> 
     )
 
 
-def _check_runs(model: nn.Module, tokens: torch.Tensor, drop: list[int], undo: Callable[[], None]) -> None:
-    """The shallower model must run a forward on a calibration sequence; else put the blocks back and say so."""
+def _runs_with_cache(model: nn.Module, ids: torch.Tensor) -> bool:
+    """Whether ``model`` runs ``ids`` with a KV cache, as ``generate()`` does (``False`` for a forward without one)."""
     try:
         with torch.no_grad():
-            call_model(model, tokens[:1].to(model_device(model)))
+            model(input_ids=ids, use_cache=True)
+    except Exception:  # noqa: BLE001 - any failure means "no cached forward to keep working"
+        return False
+    return True
+
+
+def _check_runs(model: nn.Module, ids: torch.Tensor, cached: bool, drop: list[int], undo: Callable[[], None]) -> None:
+    """The shallower model must run ``ids`` (and with a KV cache when the whole model did); else put the blocks
+    back and say so."""
+    try:
+        with torch.no_grad():
+            call_model(model, ids)
+            if cached:
+                model(input_ids=ids, use_cache=True)
     except Exception as exc:
         undo()
         raise ConfigError(
@@ -299,9 +312,11 @@ def prune_depth(
             skipped = skip_perplexity(model, tokens, batch_size=batch_size)
             scores = skipped
         drop = sorted(sorted(range(count), key=lambda i: scores[i])[:number])
+    ids = None if tokens is None else tokens[:1].to(model_device(model))
+    cached = ids is not None and _runs_with_cache(model, ids)
     undo = _remove_blocks(model, drop)
-    if tokens is not None:
-        _check_runs(model, tokens, drop, undo)
+    if ids is not None:
+        _check_runs(model, ids, cached, drop, undo)
     return DepthResult(
         removed=drop, influence=influence, criterion=criterion, blocks_left=count - number, skip_perplexity=skipped
     )
