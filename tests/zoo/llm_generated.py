@@ -244,10 +244,10 @@ def build_causal_lm(family: str) -> nn.Module:
             errors.append(f"{class_name} does not run a forward on token ids: {first_line(exc)}")
             continue
         return model
-    raise FamilySkipped(f"{errors[-1]}{_default_note(family, model_class)}")
+    raise FamilySkipped(f"{errors[-1]}{_default_note(family, model_class, built=' forward ' in errors[-1])}")
 
 
-def _default_note(family: str, model_class: type) -> str:
+def _default_note(family: str, model_class: type, built: bool = False) -> str:
     """Whether the family's own, unshrunk default config builds (on ``meta``): says whose constraint failed."""
     from transformers import AutoConfig
 
@@ -263,6 +263,8 @@ def _default_note(family: str, model_class: type) -> str:
             model_class(config)
     except Exception as exc:
         return f" (its unshrunk default config fails to build too: {first_line(exc)[:100]})"
+    if built:  # the shrunk model built but its forward failed: the full-size forward is too big to try here
+        return " (its unshrunk default config builds too, on meta; its full-size forward is not tried)"
     return " (its unshrunk default config builds: the generic shrink breaks a constraint between its fields)"
 
 
