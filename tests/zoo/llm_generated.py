@@ -134,7 +134,15 @@ _DEEP_FIELDS = re.compile(
 )
 _MODEL_WIDTHS = re.compile(r"^(emb_dim|d_embed|n_embed)$")  # hidden sizes under names the zoo does not shrink
 _MLP_WIDTHS = re.compile(r"^(d_inner|dim_feedforward|expert_ffn_hidden_size)$")  # MLP widths the zoo does not shrink
-_ROUTING = {"n_group": 1, "topk_group": 1, "num_expert_group": 1, "num_experts_per_token": 2, "zero_expert_num": 2}
+_ROUTING = {
+    "n_group": 1,
+    "topk_group": 1,
+    "num_expert_group": 1,
+    "num_experts_per_token": 2,
+    "num_experts_per_tok": 2,
+    "moe_k": 2,
+    "zero_expert_num": 2,
+}
 DEEP_WIDTH = 16
 
 
@@ -150,11 +158,13 @@ def _deep_overrides(config: Any) -> dict[str, Any]:
             deep[key] = WIDTH
         elif type(value) is int and value > INTERMEDIATE and _MLP_WIDTHS.match(key):
             deep[key] = INTERMEDIATE
-        elif type(value) is int and value > _ROUTING.get(key, value):  # expert groups for 4 experts
+        elif key in _ROUTING and (value is None or (type(value) is int and value > _ROUTING[key])):  # for 4 experts
             deep[key] = _ROUTING[key]
     parts = [k for k in ("qk_nope_head_dim", "qk_rope_head_dim") if k in config.to_dict()]
     if "qk_head_dim" in config.to_dict() and len(parts) == 2:  # a derived field: keep it the sum of its parts
         deep["qk_head_dim"] = sum(deep.get(k, config.to_dict()[k]) for k in parts)
+    if len(parts) == 2 and "head_dim" in config.to_dict():  # latent attention rotates head_dim = the rope part
+        deep["head_dim"] = deep.get("qk_rope_head_dim", config.to_dict()["qk_rope_head_dim"])
     return deep
 
 
