@@ -1,4 +1,4 @@
-"""Capture what a causal LM feeds its first decoder block, and replay blocks on captured inputs.
+"""Capture what a causal LM feeds each of its decoder blocks, and replay blocks on captured inputs.
 
 The embeddings run once over the calibration tokens with every decoder block standing in as the
 identity: each block records what the model calls it with (the hidden states, and every other

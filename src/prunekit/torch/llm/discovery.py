@@ -145,7 +145,8 @@ def find_decoder_stack(model: nn.Module) -> DecoderStack:
         children = list(module)
         counts = [len(_block_projections(child)) for child in children]
         classes = sorted({type(child).__name__ for child in children})
-        seen.append(f"{name or '<root>'} ({len(children)} x {'/'.join(classes)}, projections per block {counts})")
+        spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+        seen.append(f"{name or '<root>'} ({len(children)} x {'/'.join(classes)}, {spread} projections per block)")
         if min(counts) > 0:
             candidates.append((name, module))
     outermost = [(name, blocks) for name, blocks in candidates if not any(_inside(name, other) for other, _ in candidates)]
