@@ -179,3 +179,17 @@ def test_depth_the_config_cannot_describe_puts_every_block_back():
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_width_slices_a_fused_gate_up_chunk_by_chunk_as_the_oracle_wants():
+    from tests.torch.llm.tiny import tiny_model
+
+    model = tiny_model("phi3")
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    result = prune_width(model, tokens(4, 32), mlp=0.5, n_samples=4, seq_len=32)
+    kept = [j for j in range(64) if j not in set(result.removed_neurons["model.layers.0"])]
+    fused = model.model.layers[0].mlp.gate_up_proj.weight
+    assert fused.shape == (64, 32) and model.config.intermediate_size == 32
+    gate_up = dense["model.layers.0.mlp.gate_up_proj.weight"]
+    assert torch.equal(fused, torch.cat([gate_up[kept], gate_up[[64 + j for j in kept]]]))  # gate rows, then up rows
+    assert torch.isfinite(model(tokens(1)).logits).all()

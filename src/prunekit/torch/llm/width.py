@@ -58,6 +58,7 @@ class _Roles:
     kv: list[str] = field(default_factory=list)
     o: str | None = None
     problems: list[str] = field(default_factory=list)
+    chunks: dict[str, int] = field(default_factory=dict)  # a fused up (gate and up in one): its number of chunks
 
 
 def _config_value(config: Any, *keys: str) -> int | None:
@@ -93,8 +94,17 @@ def _roles(modules: Mapping[str, nn.Module], owner: Mapping[str, str], hidden: i
         roles.down = downs[0]
         width = shape[roles.down][1]
         roles.ups = [n for n in modules if shape[n] == (width, hidden)]
+        fused = [
+            n
+            for n in alone
+            if n != roles.down and shape[n][1] == hidden and shape[n][0] % width == 0 and shape[n][0] // width > 1
+        ]
+        lone = len(roles.ups) == 1 and roles.ups[0] in alone  # a non-gated up, or a fused q/k/v of the same width
+        if (not roles.ups or lone) and len(fused) == 1:  # gate and up in one projection: chunks of the MLP width
+            # (a wrong pick is caught before any change: the config rebuild and the silenced-neuron oracle)
+            roles.ups, roles.chunks = fused, {fused[0]: shape[fused[0]][0] // width}
         if not roles.ups:
-            roles.problems.append(f"no projection writes the MLP width {width} read by {roles.down!r} (a fused gate/up?)")
+            roles.problems.append(f"no projection writes the MLP width {width} read by {roles.down!r}")
     else:
         roles.problems.append(f"found {len(downs)} candidate MLP down projections")
     qkv = [g for g in groups.values() if len(g) == 3 and all(shape[n][1] == hidden for n in g)]
@@ -227,6 +237,7 @@ def prune_width(
                 removed = torch.topk(scores, drop, largest=False).indices.sort().values
                 dropped = set(removed.tolist())
                 plan.keep["mlp"] = torch.tensor([j for j in range(width) if j not in dropped])
+                plan.width = width
                 result.removed_neurons[stack.block_name(index)] = removed.tolist()
                 result.intermediate = (width, width - drop)
             if heads:
@@ -263,15 +274,17 @@ class _Plan:
 
     roles: _Roles
     keep: dict[str, torch.Tensor] = field(default_factory=dict)
+    width: int = 0  # the MLP width before
 
 
 def _apply(block: nn.Module, modules: Mapping[str, nn.Module], plan: _Plan, extra: Mapping[str, str]) -> None:
     """Slice the block's projections (and the extra per-feature vectors) to the plan, in place."""
     roles = plan.roles
     if "mlp" in plan.keep:
-        for up in roles.ups:
-            _slice(modules[up], plan.keep["mlp"].to(modules[up].weight.device), "out")
         assert roles.down is not None
+        for up in roles.ups:
+            rows = torch.cat([plan.keep["mlp"] + chunk * plan.width for chunk in range(roles.chunks.get(up, 1))])
+            _slice(modules[up], rows.to(modules[up].weight.device), "out")
         _slice(modules[roles.down], plan.keep["mlp"].to(modules[roles.down].weight.device), "in")
     if "q" in plan.keep:
         assert roles.q is not None and roles.o is not None
@@ -324,14 +337,41 @@ def _check_plan(
     for param, which in extra.items():
         slice_vector(trial, param, plan.keep[which])
     try:
-        call_block(trial, batches[0], index)
+        with torch.no_grad():
+            narrowed = call_block(trial, batches[0], index)
     except Exception as exc:
         raise ConfigError(
             f"width pruning would break {type(model).__name__} block {stack.block_name(index)!r} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}): a module between its projections holds the "
             "old width; prune the other part only (mlp=0 or heads=0), or use depth or unstructured pruning"
         ) from exc
+    if extra:  # a norm over the sliced width renormalises what is left: no silenced copy can match it exactly
+        return changes, extra
+    with torch.no_grad():
+        expected = call_block(_silenced(block, prefix, modules, plan), batches[0], index)
+    if not torch.allclose(narrowed, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()) + 1e-6):
+        raise ConfigError(
+            f"width pruning would change {type(model).__name__} block {stack.block_name(index)!r}'s outputs beyond the "
+            "removed neurons/heads (its projections are not laid out as found, e.g. an interleaved fused gate/up); "
+            "prune the other part only (mlp=0 or heads=0), or use depth or unstructured pruning"
+        )
     return changes, extra
+
+
+def _silenced(block: nn.Module, prefix: str, modules: Mapping[str, nn.Module], plan: _Plan) -> nn.Module:
+    """A copy of ``block`` whose removed neurons and heads contribute nothing (their down / o columns zeroed): the
+    oracle the narrowed block must match."""
+    copy_ = copy.deepcopy(block)
+    named = dict(copy_.named_modules())
+    with torch.no_grad():
+        for role, which, width in ((plan.roles.down, "mlp", plan.width), (plan.roles.o, "q", 0)):
+            if which not in plan.keep or role is None:
+                continue
+            matrix = weight_matrix(named[role[len(prefix) :]])
+            gone = torch.ones(width or matrix.shape[1], dtype=torch.bool)
+            gone[plan.keep[which]] = False
+            matrix[:, gone.to(matrix.device)] = 0
+    return copy_
 
 
 def _config_describes_fewer_heads(model: nn.Module, heads: int, kv: int, head_dim: int) -> bool:
