@@ -34,11 +34,14 @@ def render(records: dict[str, dict]) -> str:
     counts = {status: sum(r["status"] == status for r in records.values()) for status in ("pass", "fail", "skip")}
     width = sum(r["status"] == "pass" and not r["width"].startswith("none") for r in records.values())
     seconds = sum(r["seconds"] for r in records.values())
+    experts = sum(r["status"] == "pass" and "experts" in r["dense_weights"] for r in records.values())
     lines = [
         START,
         f"The sweep covers **{len(records)}** families (every `model_type` of `transformers`' "
         f"`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`): **{counts['pass']} pass**, **{counts['fail']} fail**, "
         f"**{counts['skip']} skipped**; {width} of the passing families also width-prune. "
+        f"In {experts} passing families the experts of a mixture of experts are fused 3-D tensors, no projection, "
+        "and stay dense (the share is in the notes). "
         f"The whole sweep took {seconds:.0f} s on 2 CPU cores (written by `scripts/llm_zoo_report.py`; do not edit by hand).",
         "",
         "| family | status | decoder stack | ppl dense | ppl 50 % (mag / wanda / sgpt) | ppl 2:4 (mag / wanda / sgpt) "
