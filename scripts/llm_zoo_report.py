@@ -33,13 +33,14 @@ def render(records: dict[str, dict]) -> str:
     """The Markdown block for ``docs/llm.md``: the counts, then one row per family."""
     counts = {status: sum(r["status"] == status for r in records.values()) for status in ("pass", "fail", "skip")}
     width = sum(r["status"] == "pass" and not r["width"].startswith("none") for r in records.values())
+    depth = sum(r["status"] == "pass" and r["depth"].startswith("removed") for r in records.values())
     seconds = sum(r["seconds"] for r in records.values())
     experts = sum(r["status"] == "pass" and "experts" in r["dense_weights"] for r in records.values())
     lines = [
         START,
         f"The sweep covers **{len(records)}** families (every `model_type` of `transformers`' "
         f"`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`): **{counts['pass']} pass**, **{counts['fail']} fail**, "
-        f"**{counts['skip']} skipped**; {width} of the passing families also width-prune. "
+        f"**{counts['skip']} skipped**; of the passing families {depth} also depth-prune a block and {width} width-prune. "
         f"In {experts} passing families the experts of a mixture of experts are fused 3-D tensors, no projection, "
         "and stay dense (the share is in the notes). "
         f"The whole sweep took {seconds:.0f} s on 2 CPU cores (written by `scripts/llm_zoo_report.py`; do not edit by hand).",

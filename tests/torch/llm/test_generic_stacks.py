@@ -193,3 +193,24 @@ def test_width_slices_a_fused_gate_up_chunk_by_chunk_as_the_oracle_wants():
     gate_up = dense["model.layers.0.mlp.gate_up_proj.weight"]
     assert torch.equal(fused, torch.cat([gate_up[kept], gate_up[[64 + j for j in kept]]]))  # gate rows, then up rows
     assert torch.isfinite(model(tokens(1)).logits).all()
+
+
+def test_depth_passes_over_a_block_the_config_needs_where_it_is():
+    from tests.zoo.llm_generated import build_causal_lm
+
+    model = build_causal_lm("glm4_moe")  # a dense block 0 (first_k_dense_replace=1), then MoE blocks
+    result = prune_depth(model, tokens(4, 32), remove=1, n_samples=4, seq_len=32)
+    assert result.removed == [1] and len(model.model.layers) == 1  # block 0 cannot go, whatever its influence
+    assert model.config.num_hidden_layers == 1
+    with torch.device("meta"):
+        rebuilt = type(model)(model.config)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_depth_shrinks_the_text_config_not_the_vision_tower_s():
+    from tests.zoo.llm_generated import build_causal_lm
+
+    model = build_causal_lm("gemma3")  # vision and text configs both count 2 layers
+    prune_depth(model, tokens(4, 32), remove=1, n_samples=4, seq_len=32)
+    assert model.config.text_config.num_hidden_layers == 1
+    assert model.config.vision_config.num_hidden_layers == 2

@@ -140,6 +140,11 @@ def _remove_blocks(model: nn.Module, indices: Sequence[int]) -> Callable[[], Non
     saved_configs = [dict(vars(part)) for part in parts]
     renumbered: list[tuple[nn.Module, str, int]] = []
 
+    def restore_configs() -> None:
+        for part, saved in zip(parts, saved_configs, strict=True):
+            vars(part).clear()
+            vars(part).update(saved)
+
     def undo() -> None:
         while len(stack.blocks):
             del stack.blocks[len(stack.blocks) - 1]
@@ -147,9 +152,7 @@ def _remove_blocks(model: nn.Module, indices: Sequence[int]) -> Callable[[], Non
             stack.blocks.append(block)
         for module, key, value in renumbered:
             setattr(module, key, value)
-        for part, saved in zip(parts, saved_configs, strict=True):
-            vars(part).clear()
-            vars(part).update(saved)
+        restore_configs()
 
     while len(stack.blocks):
         del stack.blocks[len(stack.blocks) - 1]
@@ -161,14 +164,19 @@ def _remove_blocks(model: nn.Module, indices: Sequence[int]) -> Callable[[], Non
                 if _LAYER_INDEX.match(key) and type(value) is int and value == old_index:
                     renumbered.append((module, key, value))
                     setattr(module, key, new_index)
-    for part in parts:
-        _shrink_config(part, count, keep)
-    try:
-        _check_reload(model, parts, count, len(keep))
-    except ConfigError as exc:
-        undo()
-        raise ConfigError(f"removing blocks {drop} of {type(model).__name__}: {exc}") from exc
-    return undo
+    # every config part that counts the blocks, then each alone (a vision tower's config may count as many)
+    for attempt in [parts] + ([[part] for part in parts] if len(parts) > 1 else []):
+        restore_configs()
+        for part in attempt:
+            _shrink_config(part, count, keep)
+        try:
+            _check_reload(model, parts, count, len(keep))
+        except ConfigError as exc:
+            error = exc
+            continue
+        return undo
+    undo()
+    raise ConfigError(f"removing blocks {drop} of {type(model).__name__}: {error}") from error
 
 
 _LAYER_INDEX = re.compile(r"^layer_?(idx|id|index)$")  # the attribute a block's attention reads its cache slot from
@@ -239,6 +247,38 @@ def _runs_with_cache(model: nn.Module, ids: torch.Tensor) -> bool:
     return True
 
 
+def _remove_in_order(model: nn.Module, order: list[int], number: int, ids: torch.Tensor | None) -> list[int]:
+    """Remove ``number`` blocks, the first of ``order`` (original indices) whose removal the config can describe
+    and the model runs without (a dense block before MoE ones may be needed where it is); sorted indices removed.
+
+    The best-scored blocks go together when they can; otherwise one at a time down the order."""
+    cached = ids is not None and _runs_with_cache(model, ids)
+    first = sorted(order[:number])
+    try:
+        undo = _remove_blocks(model, first)
+        if ids is not None:
+            _check_runs(model, ids, cached, first, undo)
+        return first
+    except ConfigError as exc:
+        reason = exc
+    alive, removed, undos = list(range(len(order))), [], []
+    for block in order:
+        try:
+            undo = _remove_blocks(model, [alive.index(block)])
+            if ids is not None:
+                _check_runs(model, ids, cached, [block], undo)
+        except ConfigError:
+            continue
+        alive.remove(block)
+        removed.append(block)
+        undos.append(undo)
+        if len(removed) == number:
+            return sorted(removed)
+    for undo in reversed(undos):
+        undo()
+    raise ConfigError(f"no {number} blocks of {type(model).__name__} can go: {reason}")
+
+
 def _check_runs(model: nn.Module, ids: torch.Tensor, cached: bool, drop: list[int], undo: Callable[[], None]) -> None:
     """The shallower model must run ``ids`` (and with a KV cache when the whole model did); else put the blocks
     back and say so."""
@@ -295,9 +335,7 @@ def prune_depth(
     if calibration is None and criterion != "last":
         raise ConfigError(f"depth criterion {criterion!r} needs calibration data: a text file, a list of strings or token ids")
     tokens = None if calibration is None else prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
-    if criterion == "last":
-        drop = list(range(count - number, count))
-    else:
+    if criterion != "last":
         assert tokens is not None
         if criterion == "influence":
             influence = block_influence(model, tokens, batch_size=batch_size, device=work_device)
@@ -311,12 +349,11 @@ def prune_depth(
                 )
             skipped = skip_perplexity(model, tokens, batch_size=batch_size)
             scores = skipped
-        drop = sorted(sorted(range(count), key=lambda i: scores[i])[:number])
+        order = sorted(range(count), key=lambda i: scores[i])
+    if criterion == "last":
+        order = list(range(count - 1, -1, -1))
     ids = None if tokens is None else tokens[:1].to(model_device(model))
-    cached = ids is not None and _runs_with_cache(model, ids)
-    undo = _remove_blocks(model, drop)
-    if ids is not None:
-        _check_runs(model, ids, cached, drop, undo)
+    drop = _remove_in_order(model, order, number, ids)
     return DepthResult(
         removed=drop, influence=influence, criterion=criterion, blocks_left=count - number, skip_perplexity=skipped
     )
