@@ -169,7 +169,8 @@ def shrink_overrides(config: Any) -> dict[str, Any]:
     return overrides
 
 
-def _shrunk_config(family: str) -> Any:
+def shrunk_config(family: str) -> Any:
+    """The default config of ``family`` (a ``model_type``) with :func:`shrink_overrides` applied, sub-configs too."""
     from transformers import AutoConfig, PretrainedConfig
 
     config = AutoConfig.for_model(family)
@@ -218,15 +219,15 @@ def build_family(family: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     try:
         model_class = getattr(transformers, class_name)  # imports the family's module (not timed)
     except Exception as exc:
-        raise FamilySkipped(f"cannot import {class_name}: {_first_line(exc)}") from exc
-    with _time_limit(MAX_BUILD_SECONDS, f"building and running {class_name} took over {MAX_BUILD_SECONDS:.0f} s"):
+        raise FamilySkipped(f"cannot import {class_name}: {first_line(exc)}") from exc
+    with time_limit(MAX_BUILD_SECONDS, f"building and running {class_name} took over {MAX_BUILD_SECONDS:.0f} s"):
         try:
-            config = _shrunk_config(family)
+            config = shrunk_config(family)
             model = model_class(config).eval()
         except FamilySkipped:
             raise
         except Exception as exc:
-            raise FamilySkipped(f"cannot build {class_name} from a shrunk config: {_first_line(exc)}") from exc
+            raise FamilySkipped(f"cannot build {class_name} from a shrunk config: {first_line(exc)}") from exc
         errors = []
         for inputs in _input_candidates(model, config):
             try:
@@ -235,14 +236,14 @@ def build_family(family: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
             except FamilySkipped:
                 raise
             except Exception as exc:
-                errors.append(_first_line(exc))
+                errors.append(first_line(exc))
                 continue
             return model, inputs
     raise FamilySkipped(f"{class_name} does not run on generated {modality} inputs: {errors[0]}")
 
 
 @contextmanager
-def _time_limit(seconds: float, reason: str) -> Iterator[None]:
+def time_limit(seconds: float, reason: str) -> Iterator[None]:
     """Raise :class:`FamilySkipped` with ``reason`` if the block runs longer than ``seconds``
     (by a timer signal in the main thread; elsewhere, by checking the time afterwards)."""
     start = time.perf_counter()
@@ -264,7 +265,8 @@ def _time_limit(seconds: float, reason: str) -> Iterator[None]:
         raise FamilySkipped(reason)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``"ErrorType: first line of the message"``, at most 200 characters: a reason fit for a status table."""
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     return text[:200]
 
@@ -323,7 +325,7 @@ def check_family(family: str, tmp_dir: str | None = None) -> FamilyOutcome:
             raise AssertionError("the loaded model's outputs differ from the pruned model's")
         outcome.notes = [f"{label}: {reason}" for label, reason in report.unsupported] + shortfalls
     except Exception as exc:
-        outcome.status, outcome.reason = "fail", f"{stage}: {_first_line(exc)}"
+        outcome.status, outcome.reason = "fail", f"{stage}: {first_line(exc)}"
     outcome.seconds = time.perf_counter() - start
     return outcome
 
@@ -340,5 +342,8 @@ __all__ = [
     "build_family",
     "check_family",
     "discover_families",
+    "first_line",
     "shrink_overrides",
+    "shrunk_config",
+    "time_limit",
 ]

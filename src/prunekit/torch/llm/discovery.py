@@ -1,8 +1,11 @@
 """Find a causal LM's stack of decoder blocks and the linear projections inside each block.
 
-Nothing here keys on a class name: the stack is the longest ``nn.ModuleList`` whose children all
-share one class and one parameter layout, and the projections are the ``nn.Linear`` modules and
-the transposed ``Conv1D`` modules of ``transformers`` (GPT-2) inside a block.
+Nothing here keys on a class name: the stack is an outermost ``nn.ModuleList`` whose every child
+holds projections, and the projections are the ``nn.Linear`` modules and the transposed ``Conv1D``
+modules of ``transformers`` (GPT-2) inside a block. The blocks need not be identical: hybrid stacks
+(attention and state-space blocks), dense-then-MoE stacks and per-layer-type blocks are one stack.
+Among several such lists (a vision tower beside the language model, an audio encoder) the one
+nearest the input embeddings in the module tree wins, then the shallowest, the longest, the largest.
 """
 
 from __future__ import annotations
@@ -90,19 +93,44 @@ class DecoderStack:
         return [f"{self.block_name(index)}.{name}" for name in self.projections[index]]
 
 
-def _layout(module: nn.Module) -> tuple:
-    return (type(module), tuple((name, tuple(p.shape)) for name, p in module.named_parameters()))
-
-
 def _block_projections(block: nn.Module) -> tuple[str, ...]:
     return tuple(name for name, module in block.named_modules() if name and is_projection(module))
 
 
-def find_decoder_stack(model: nn.Module) -> DecoderStack:
-    """Find the decoder blocks of ``model``: the longest ``ModuleList`` of identical blocks holding projections.
+def _shared_depth(a: str, b: str) -> int:
+    """How many leading name parts ``a`` and ``b`` share."""
+    depth = 0
+    for x, y in zip(a.split("."), b.split("."), strict=False):
+        if x != y:
+            break
+        depth += 1
+    return depth
 
-    Raises :class:`~prunekit.errors.ConfigError` listing the ``ModuleList`` candidates seen when
-    none holds at least one block with a ``Linear``/``Conv1D`` projection.
+
+def _inside(name: str, other: str) -> bool:
+    """Whether module ``name`` lies strictly inside module ``other`` (``""`` is the root)."""
+    return name != other and (other == "" or name.startswith(f"{other}."))
+
+
+def _input_embedding_name(model: nn.Module) -> str:
+    getter = getattr(model, "get_input_embeddings", None)
+    try:
+        embeddings = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        embeddings = None
+    for name, module in model.named_modules():
+        if embeddings is not None and module is embeddings:
+            return name
+    return next((name for name, module in model.named_modules() if isinstance(module, nn.Embedding)), "")
+
+
+def find_decoder_stack(model: nn.Module) -> DecoderStack:
+    """Find the decoder blocks of ``model``: the outermost ``ModuleList`` of blocks that all hold projections.
+
+    When several qualify, the one sharing the longest module path with the input embeddings wins
+    (the language model, not a vision or audio tower), then the shallowest, then the longest and
+    the largest. Raises :class:`~prunekit.errors.ConfigError` naming the model and listing the
+    ``ModuleList`` candidates seen when none qualifies.
 
     Example::
 
@@ -110,28 +138,31 @@ def find_decoder_stack(model: nn.Module) -> DecoderStack:
         stack.path  # "model.layers"
     """
     seen: list[str] = []
-    best: tuple[tuple[int, int], str, nn.ModuleList] | None = None
+    candidates: list[tuple[str, nn.ModuleList]] = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         children = list(module)
-        layouts = {_layout(child) for child in children}
-        projections = _block_projections(children[0])
-        seen.append(
-            f"{name or '<root>'} ({len(children)} x {type(children[0]).__name__}, "
-            f"{'identical' if len(layouts) == 1 else 'mixed'}, {len(projections)} projections)"
-        )
-        if len(layouts) != 1 or not projections:
-            continue
-        size = sum(p.numel() for p in module.parameters())
-        key = (len(children), size)
-        if best is None or key > best[0]:
-            best = (key, name, module)
-    if best is None:
+        counts = [len(_block_projections(child)) for child in children]
+        classes = sorted({type(child).__name__ for child in children})
+        spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+        seen.append(f"{name or '<root>'} ({len(children)} x {'/'.join(classes)}, {spread} projections per block)")
+        if min(counts) > 0:
+            candidates.append((name, module))
+    outermost = [(name, blocks) for name, blocks in candidates if not any(_inside(name, other) for other, _ in candidates)]
+    if not outermost:
         listing = "; ".join(seen) if seen else "no nn.ModuleList at all"
         raise ConfigError(
-            f"found no stack of decoder blocks in {type(model).__name__}: prunekit.llm looks for the longest nn.ModuleList "
-            f"of identical blocks holding nn.Linear or transformers Conv1D projections; seen: {listing}"
+            f"found no stack of decoder blocks in {type(model).__name__}: prunekit.llm looks for an nn.ModuleList whose "
+            f"every block holds nn.Linear or transformers Conv1D projections; seen: {listing}. Pass a model whose "
+            "decoder layers live in an nn.ModuleList"
         )
-    _, path, blocks = best
+    embedding = _input_embedding_name(model)
+
+    def rank(item: tuple[str, nn.ModuleList]) -> tuple[int, int, int, int]:
+        name, blocks = item
+        size = sum(p.numel() for p in blocks.parameters())
+        return (_shared_depth(name, embedding), -name.count("."), len(blocks), size)
+
+    path, blocks = max(outermost, key=rank)
     return DecoderStack(path=path, blocks=blocks, projections=tuple(_block_projections(block) for block in blocks))

@@ -92,6 +92,12 @@ def needed_statistics(method: LLMMethod, comparison: str | None, pattern: tuple[
     return "hessian" if comparison == "auto" and pattern is None else method.statistics
 
 
+def unreached_method(method: LLMMethod) -> LLMMethod:
+    """The stand-in for ``method`` on a projection no calibration token reached (a decoder's cross-attention
+    run without encoder states, an expert no token was routed to): magnitude, in ``method``'s comparison group."""
+    return LLMMethod(prune=_magnitude, statistics="none", comparison=method.comparison)
+
+
 def output_error(weight: torch.Tensor, pruned: torch.Tensor, stats: InputStatistics) -> float:
     """``||X W^T - X P^T||_F^2`` over the calibration tokens ``X``: ``trace(D X^T X D^T)`` with ``D = W - P``.
 

@@ -28,7 +28,7 @@ from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inp
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
 from prunekit.torch.llm.memory import check_memory, default_batch_size, resolve_device
-from prunekit.torch.llm.methods import LayerTask, LLMMethod, needed_statistics
+from prunekit.torch.llm.methods import LayerTask, LLMMethod, needed_statistics, unreached_method
 from prunekit.torch.llm.progress import block_progress
 from prunekit.torch.llm.ratios import glob_sparsities, outlier_ratio, owl_sparsities
 from prunekit.torch.llm.selection import check_sparsity, parse_pattern
@@ -40,8 +40,11 @@ class PruneResult:
     """What :func:`prune` did: the recipe, per-layer target and achieved sparsity, and the time taken.
 
     ``comparisons`` names the comparison group each projection pruned in this run was chosen in
-    (``"row"``/``"layer"``; with ``comparison="auto"`` it differs per layer). ``to_dict()`` is the
-    JSON saved beside a pruned model.
+    (``"row"``/``"layer"``; with ``comparison="auto"`` it differs per layer). ``extra`` holds
+    ``unreached`` (projections no calibration token reached, pruned by magnitude) and
+    ``dense_weights`` / ``dense_weight_share`` (block weights that are no ``Linear``/``Conv1D``,
+    such as fused 3-D expert tensors, left dense). ``to_dict()`` is the JSON saved beside a
+    pruned model.
     """
 
     recipe: dict[str, Any]
@@ -172,16 +175,22 @@ class _StatsCollector:
 
 
 def _run_block(
-    block: nn.Module, batches: list[BlockBatch], device: torch.device | None, collector: _StatsCollector | None, replace: bool
+    block: nn.Module,
+    index: int,
+    batches: list[BlockBatch],
+    device: torch.device | None,
+    collector: _StatsCollector | None,
+    replace: bool,
 ) -> None:
+    """Run block ``index`` of the stack over every batch (collecting statistics; replacing the hidden states)."""
     with torch.no_grad():
-        for index, batch in enumerate(batches):
+        for batch in batches:
             if collector is not None:
                 collector.new_batch()
             work = batch.to(device) if device is not None else batch
-            out = call_block(block, work)
+            out = call_block(block, work, index)
             if replace:
-                batches[index].hidden = out.to(batch.hidden.device) if device is not None else out
+                batch.hidden = out.to(batch.hidden.device) if device is not None else out
 
 
 def block_projections(stack: DecoderStack, index: int) -> dict[str, nn.Module]:
@@ -216,7 +225,7 @@ def owl_block_sparsities(
         with on_device(block, device):
             collector = _StatsCollector(modules, hessian=False)
             try:
-                _run_block(block, batches, device, collector, replace=True)
+                _run_block(block, index, batches, device, collector, replace=True)
             finally:
                 collector.close()
             scores = [
@@ -338,6 +347,7 @@ def prune(
                     if n in targets:
                         targets[n] = value
         resume = _Resume(checkpoint, identity, done, achieved) if checkpoint else None
+        unreached: list[str] = []
         achieved, chosen = _prune_blocks(
             model,
             stack,
@@ -352,6 +362,7 @@ def prune(
             work_device,
             progress,
             name,
+            unreached,
             resume,
         )
     finally:
@@ -381,7 +392,25 @@ def prune(
         params_pruned=params,
         zeros=zeros,
         comparisons=chosen,
+        extra={**({"unreached": unreached} if unreached else {}), **_dense_weights(stack)},
     )
+
+
+def _dense_weights(stack: DecoderStack) -> dict[str, Any]:
+    """The blocks' weight tensors (2-D and up) that are no projection, so no LLM method prunes them: fused 3-D
+    expert tensors of a mixture of experts, state-space convolutions... by block-relative name, with their share
+    of all block weights (``{}`` when every weight is a projection's)."""
+    total, dense = 0, Counter[str]()
+    for index, block in enumerate(stack.blocks):
+        owned = {f"{name}.weight" for name in stack.projections[index]}
+        for name, param in block.named_parameters():
+            if param.dim() >= 2:
+                total += param.numel()
+                if name not in owned:
+                    dense[name] += param.numel()
+    if not dense:
+        return {}
+    return {"dense_weights": dict(dense), "dense_weight_share": sum(dense.values()) / total}
 
 
 def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -415,9 +444,13 @@ def _prune_blocks(
     device: torch.device | None,
     progress: bool,
     name: str,
+    unreached: list[str],
     resume: _Resume | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Prune block by block; return each projection's achieved sparsity and the comparison group used in this run."""
+    """Prune block by block; return each projection's achieved sparsity and the comparison group used in this run.
+
+    A projection the calibration data never reached (its statistics are missing) is pruned by
+    magnitude in the method's comparison group and its name appended to ``unreached``."""
     achieved: dict[str, float] = dict(resume.achieved) if resume else {}
     chosen: dict[str, str] = {}
     batches = capture_block_inputs(model, stack, tokens, batch_size) if tokens is not None and batch_size else []
@@ -428,7 +461,7 @@ def _prune_blocks(
             if resume is not None and index < resume.done:  # pruned before the kill: replay it for the next block's inputs
                 if batches:
                     with on_device(block, device):
-                        _run_block(block, batches, None, None, replace=True)
+                        _run_block(block, index, batches, None, None, replace=True)
                 advance(f"{stack.block_name(index)} (restored)")
                 continue
             modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
@@ -437,7 +470,7 @@ def _prune_blocks(
                 if statistics != "none" and modules:
                     collector = _StatsCollector(modules, hessian=statistics == "hessian")
                     try:
-                        _run_block(block, batches, None, collector, replace=False)
+                        _run_block(block, index, batches, None, collector, replace=False)
                     finally:
                         collector.close()
                     stats = collector.stats
@@ -446,9 +479,13 @@ def _prune_blocks(
                     if not (targets[n] == 0.0 and pattern is None):
                         # the last projection reading its statistics may consume them ("auto" reads them twice)
                         last = n in stats and users[id(stats[n])] == 1 and comparison != "auto"
-                        recollect = functools.partial(_collect_one, block, batches, n, module) if last else None
+                        recollect = functools.partial(_collect_one, block, index, batches, n, module) if last else None
+                        use, group = handler, comparison
+                        if statistics != "none" and n not in stats:
+                            unreached.append(n)
+                            use, group = unreached_method(handler), None if comparison == "auto" else comparison
                         chosen[n] = _prune_projection(
-                            handler, options, n, module, stats.get(n), targets[n], pattern, comparison, recollect
+                            use, options, n, module, stats.get(n), targets[n], pattern, group, recollect
                         )
                     achieved[n] = _zero_share(weight_matrix(module))
                     if n in stats:  # free a statistic (a Hessian: up to d x d floats) once its last projection is done
@@ -456,7 +493,7 @@ def _prune_blocks(
                         if not users[id(stats[n])]:
                             stats[n].release()
                 if batches and index + 1 < len(stack.blocks):
-                    _run_block(block, batches, None, None, replace=True)
+                    _run_block(block, index, batches, None, None, replace=True)
             if resume is not None:
                 resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, dict(targets), achieved)
             advance(f"{stack.block_name(index)}")
@@ -483,11 +520,11 @@ def _prune_projection(
     return group
 
 
-def _collect_one(block: nn.Module, batches: list[BlockBatch], name: str, module: nn.Module) -> InputStatistics:
+def _collect_one(block: nn.Module, index: int, batches: list[BlockBatch], name: str, module: nn.Module) -> InputStatistics:
     """One projection's Hessian statistics collected again over the calibration batches (the block as it is now)."""
     collector = _StatsCollector({name: module}, hessian=True)
     try:
-        _run_block(block, batches, None, collector, replace=False)
+        _run_block(block, index, batches, None, collector, replace=False)
     finally:
         collector.close()
     return collector.stats[name]
