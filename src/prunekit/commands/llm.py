@@ -200,8 +200,22 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"{result.recipe['method']}: {result.sparsity:.2%} of {result.params_pruned:,} block weights zeroed "
         f"in {result.seconds:.1f} s"
     )
+    _note_left_dense(result.extra)
     label = f"{result.recipe['method']} {result.recipe['pattern'] or format(result.recipe['sparsity'], '.0%')}"
     return _finish(args, model, tokens, tokenizer, directory, result.to_dict(), dense, label)
+
+
+def _note_left_dense(extra: dict[str, Any]) -> None:
+    """Say which block weights no projection owns (fused expert tensors...) and which projections fell back to magnitude."""
+    dense = extra.get("dense_weights") or {}
+    if dense:
+        largest = ", ".join(sorted(dense, key=lambda name: -dense[name])[:3])
+        print(
+            f"note: {extra['dense_weight_share']:.1%} of the blocks' weights are not Linear/Conv1D projections and stay "
+            f"dense (largest: {largest}); the sparsity above counts the projections only"
+        )
+    if extra.get("unreached"):
+        print(f"note: no calibration token reached {len(extra['unreached'])} projection(s); pruned by magnitude")
 
 
 def _run_depth(args: argparse.Namespace) -> int:

@@ -124,6 +124,22 @@ def test_fused_expert_tensors_are_reported_as_left_dense():
     assert 0.5 < result.extra["dense_weight_share"] < 1.0 and experts > 0
 
 
+def test_the_cli_says_which_weights_stay_dense_and_which_fell_back_to_magnitude(capsys):
+    from prunekit.commands.llm import _note_left_dense
+
+    _note_left_dense(
+        {"dense_weights": {"mlp.experts.gate_up_proj": 300, "mlp.experts.down_proj": 100}, "dense_weight_share": 0.8}
+    )
+    _note_left_dense({"unreached": ["a.q_proj", "a.k_proj"]})
+    _note_left_dense({})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "note: 80.0% of the blocks' weights are not Linear/Conv1D projections and stay dense "
+        "(largest: mlp.experts.gate_up_proj, mlp.experts.down_proj); the sparsity above counts the projections only",
+        "note: no calibration token reached 2 projection(s); pruned by magnitude",
+    ]
+
+
 def test_layers_split_over_parallel_lists_are_refused_naming_the_model():
     model = _causal_lm("XLMConfig", emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=64)
     with pytest.raises(ConfigError, match=r"XLMWithLMHeadModel changes the hidden states between"):
