@@ -103,7 +103,7 @@ def test_cross_attention_no_token_reaches_is_pruned_by_magnitude_and_named():
     assert all(result.achieved[name] == 0.5 for name in result.achieved)
 
 
-def test_fused_expert_tensors_are_reported_as_left_dense():
+def test_fused_expert_tensors_stay_dense_and_are_reported_when_no_calibration_shows_their_use():
     model = _causal_lm(
         "Qwen2MoeConfig",
         hidden_size=32,
@@ -117,7 +117,7 @@ def test_fused_expert_tensors_are_reported_as_left_dense():
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    result = prune(model, tokens(4, 32), method="magnitude", sparsity=0.5, n_samples=4, seq_len=32)
+    result = prune(model, method="magnitude", sparsity=0.5)  # how the experts are used is learned from a forward
     assert set(result.extra["dense_weights"]) >= {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
     experts = 2 * 4 * (2 * 32 * 32 + 32 * 32)
     assert result.extra["dense_weights"]["mlp.experts.gate_up_proj"] == 2 * 4 * 2 * 32 * 32

@@ -103,9 +103,10 @@ def default_batch_size(model: nn.Module, stack: DecoderStack, n_samples: int, se
 
 
 def estimate_bytes(
-    model: nn.Module, stack: DecoderStack, shape: tuple[int, int], batch_size: int, *, hessian: bool
+    model: nn.Module, stack: DecoderStack, shape: tuple[int, int], batch_size: int, *, hessian: bool, experts: bool = False
 ) -> dict[str, int]:
-    """Estimated bytes of a run: calibration activations, one batch's block intermediates, statistics.
+    """Estimated bytes of a run: calibration activations, one batch's block intermediates, statistics (with
+    ``experts``, also one block's per-expert statistics of fused expert tensors).
 
     Example::
 
@@ -117,17 +118,41 @@ def estimate_bytes(
     activations = n * length * hidden * 4
     intermediates = batch_size * transient_bytes_per_sequence(model, stack, length)
     stats = sum(s[1] * s[1] * 4 for s in widths) if hessian else sum(s[1] * 4 for s in widths)
+    if experts:
+        stats += expert_statistics_bytes(stack, hessian=hessian)
     return {"activations": activations, "intermediates": intermediates, "statistics": stats}
 
 
+def expert_statistics_bytes(stack: DecoderStack, *, hessian: bool) -> int:
+    """The most bytes one block's per-expert statistics may take: for each 3-D parameter ``[E, a, b]``, ``E``
+    statistics of the wider side (``E * max(a, b)^2`` floats with Hessians), whichever side turns out the input.
+
+    Example::
+
+        expert_statistics_bytes(stack, hessian=True)
+    """
+    largest = 0
+    for block in stack.blocks:
+        sides = [(p.shape[0], max(p.shape[1:])) for p in block.parameters() if p.dim() == 3]
+        largest = max(largest, sum(e * (d * d if hessian else d) * 4 for e, d in sides))
+    return largest
+
+
 def check_memory(
-    model: nn.Module, stack: DecoderStack, shape: tuple[int, int], batch_size: int, *, hessian: bool, device: torch.device | None
+    model: nn.Module,
+    stack: DecoderStack,
+    shape: tuple[int, int],
+    batch_size: int,
+    *,
+    hessian: bool,
+    device: torch.device | None,
+    experts: bool = False,
 ) -> dict[str, int]:
     """Raise a :class:`ConfigError` with settings that would fit when the run's estimate exceeds free memory.
 
     Set ``PRUNEKIT_SKIP_MEMORY_CHECK=1`` to skip the check.
     """
-    parts = estimate_bytes(model, stack, shape, batch_size, hessian=hessian)
+    parts = estimate_bytes(model, stack, shape, batch_size, hessian=hessian, experts=experts)
     if os.environ.get("PRUNEKIT_SKIP_MEMORY_CHECK"):
         return parts
     free = available_bytes(device)

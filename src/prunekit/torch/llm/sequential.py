@@ -9,6 +9,7 @@ inputs. Peak memory is the model plus one block's calibration activations.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import time
@@ -27,6 +28,13 @@ from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
 from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inputs, on_device
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
+from prunekit.torch.llm.experts import (
+    ExpertUses,
+    expert_matrix,
+    expert_slice_name,
+    fused_candidates,
+    set_expert_matrix,
+)
 from prunekit.torch.llm.memory import check_memory, default_batch_size, resolve_device
 from prunekit.torch.llm.methods import LayerTask, LLMMethod, needed_statistics, unreached_method
 from prunekit.torch.llm.progress import block_progress
@@ -181,12 +189,16 @@ def _run_block(
     device: torch.device | None,
     collector: _StatsCollector | None,
     replace: bool,
+    uses: ExpertUses | None = None,
 ) -> None:
-    """Run block ``index`` of the stack over every batch (collecting statistics; replacing the hidden states)."""
-    with torch.no_grad():
+    """Run block ``index`` of the stack over every batch (collecting statistics, per expert too under ``uses``;
+    replacing the hidden states)."""
+    with torch.no_grad(), uses if uses is not None else contextlib.nullcontext():
         for batch in batches:
             if collector is not None:
                 collector.new_batch()
+            if uses is not None:
+                uses.new_batch()
             work = batch.to(device) if device is not None else batch
             out = call_block(block, work, index)
             if replace:
@@ -303,14 +315,15 @@ def prune(
                     f"add it to skip or use another M"
                 )
     statistics = needed_statistics(handler, comparison, parsed)
-    needs_data = statistics != "none" or ratios == "owl"
+    fused = _has_fused(stack)
+    needs_data = statistics != "none" or ratios == "owl" or (fused and calibration is not None)
     tokens = None
     if needs_data:
         if calibration is None:
             raise ConfigError(f"method {name!r} needs calibration data: a text file, a list of strings or token ids")
         tokens = prepare_tokens(model, calibration, tokenizer, n_samples, seq_len, seed)
         batch_size = batch_size or default_batch_size(model, stack, tokens.shape[0], tokens.shape[1])
-        check_memory(model, stack, tokens.shape, batch_size, hessian=statistics == "hessian", device=work_device)
+        check_memory(model, stack, tokens.shape, batch_size, hessian=statistics == "hessian", device=work_device, experts=fused)
     identity = {
         "method": name,
         "options": _jsonable(method_options),
@@ -346,8 +359,19 @@ def prune(
                 for n in stack.projection_names(i):
                     if n in targets:
                         targets[n] = value
+        else:
+            block_sparsity = [sparsity] * len(stack.blocks)
+
+        def expert_target(slice_name: str, block: int) -> float | None:
+            if _skipped(slice_name, skip):
+                return None
+            if isinstance(ratios, Mapping):
+                return next((v for g, v in ratios.items() if fnmatchcase(slice_name, g)), sparsity)
+            return block_sparsity[block]
+
         resume = _Resume(checkpoint, identity, done, achieved) if checkpoint else None
         unreached: list[str] = []
+        plan = _ExpertPlan(expert_target)
         achieved, chosen = _prune_blocks(
             model,
             stack,
@@ -364,14 +388,16 @@ def prune(
             name,
             unreached,
             resume,
+            plan,
         )
     finally:
         model.train(was_training)
     if checkpoint is not None:
         checkpoint.finish()
-    modules = dict(model.named_modules())
-    params = sum(weight_matrix(modules[n]).numel() for n in achieved)
-    zeros = sum(round(achieved[n] * weight_matrix(modules[n]).numel()) for n in achieved)
+    targets = {**targets, **plan.targets}
+    sizes = {n: _weight_numel(model, n) for n in achieved}
+    params = sum(sizes.values())
+    zeros = sum(round(achieved[n] * sizes[n]) for n in achieved)
     recipe = {
         "method": name,
         "options": _jsonable(method_options),
@@ -392,22 +418,45 @@ def prune(
         params_pruned=params,
         zeros=zeros,
         comparisons=chosen,
-        extra={**({"unreached": unreached} if unreached else {}), **_dense_weights(stack)},
+        extra={**({"unreached": unreached} if unreached else {}), **_dense_weights(stack, plan)},
     )
 
 
-def _dense_weights(stack: DecoderStack) -> dict[str, Any]:
-    """The blocks' weight tensors (2-D and up) that are no projection, so no LLM method prunes them: fused 3-D
-    expert tensors of a mixture of experts, state-space convolutions... by block-relative name, with their share
-    of all block weights (``{}`` when every weight is a projection's)."""
+def _has_fused(stack: DecoderStack) -> bool:
+    """Whether any block holds a 3-D parameter outside its projections (fused experts, maybe)."""
+    return any(p.dim() == 3 for i, block in enumerate(stack.blocks) for p in fused_candidates(block, _owned(stack, i)).values())
+
+
+def _owned(stack: DecoderStack, index: int) -> set[str]:
+    return {f"{name}.weight" for name in stack.projections[index]}
+
+
+def _weight_numel(model: nn.Module, name: str) -> int:
+    """The number of weights of a pruned projection or expert slice (``...experts.down_proj[5]``)."""
+    if name.endswith("]"):
+        param, _, expert = name[:-1].rpartition("[")
+        return model.get_parameter(param)[int(expert)].numel()
+    try:
+        return weight_matrix(model.get_submodule(name)).numel()
+    except AttributeError:  # a 2-D parameter used as a projection (a router's weight)
+        return model.get_parameter(name).numel()
+
+
+def _dense_weights(stack: DecoderStack, plan: _ExpertPlan) -> dict[str, Any]:
+    """The blocks' weight tensors (2-D and up) that are neither a projection nor pruned per expert, so no LLM
+    method prunes them: fused expert tensors used some other way, state-space convolutions... by block-relative
+    name, with their share of all block weights (``{}`` when every weight is pruned). Stacked per-expert biases
+    (``plan.vectors``) are no weights."""
     total, dense = 0, Counter[str]()
     for index, block in enumerate(stack.blocks):
-        owned = {f"{name}.weight" for name in stack.projections[index]}
+        owned = _owned(stack, index)
         for name, param in block.named_parameters():
-            if param.dim() >= 2:
-                total += param.numel()
-                if name not in owned:
-                    dense[name] += param.numel()
+            qualified = f"{stack.block_name(index)}.{name}"
+            if param.dim() < 2 or qualified in plan.vectors:
+                continue
+            total += param.numel()
+            if name not in owned and qualified not in plan.pruned:
+                dense[name] += param.numel()
     if not dense:
         return {}
     return {"dense_weights": dict(dense), "dense_weight_share": sum(dense.values()) / total}
@@ -418,6 +467,16 @@ def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
         k: (v if isinstance(v, (int, float, str, bool, type(None))) else list(v) if isinstance(v, (list, tuple)) else str(v))
         for k, v in options.items()
     }
+
+
+@dataclass
+class _ExpertPlan:
+    """Fused expert tensors: each slice's target (``None``: skipped), and what was pruned or found to be a stacked bias."""
+
+    target: Callable[[str, int], float | None]
+    targets: dict[str, float] = field(default_factory=dict)
+    pruned: set[str] = field(default_factory=set)
+    vectors: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -446,6 +505,7 @@ def _prune_blocks(
     name: str,
     unreached: list[str],
     resume: _Resume | None = None,
+    plan: _ExpertPlan | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Prune block by block; return each projection's achieved sparsity and the comparison group used in this run.
 
@@ -467,13 +527,16 @@ def _prune_blocks(
             modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
             with on_device(block, device):
                 stats: dict[str, InputStatistics] = {}
-                if statistics != "none" and modules:
-                    collector = _StatsCollector(modules, hessian=statistics == "hessian")
+                fused = fused_candidates(block, _owned(stack, index)) if plan is not None and batches else {}
+                uses = ExpertUses(fused, statistics) if fused else None
+                if (statistics != "none" and modules) or uses is not None:
+                    collector = _StatsCollector(modules, hessian=statistics == "hessian") if statistics != "none" else None
                     try:
-                        _run_block(block, index, batches, None, collector, replace=False)
+                        _run_block(block, index, batches, None, collector, replace=False, uses=uses)
                     finally:
-                        collector.close()
-                    stats = collector.stats
+                        if collector is not None:
+                            collector.close()
+                    stats = collector.stats if collector is not None else {}
                 users = Counter(id(stats[n]) for n in modules if n in stats)
                 for n, module in modules.items():
                     if not (targets[n] == 0.0 and pattern is None):
@@ -492,10 +555,14 @@ def _prune_blocks(
                         users[id(stats[n])] -= 1
                         if not users[id(stats[n])]:
                             stats[n].release()
+                if uses is not None and plan is not None:
+                    expert_run = _ExpertRun(handler, options, statistics, pattern, comparison, achieved, chosen, unreached)
+                    _prune_experts(expert_run, stack.block_name(index), index, fused, uses, plan)
                 if batches and index + 1 < len(stack.blocks):
                     _run_block(block, index, batches, None, None, replace=True)
             if resume is not None:
-                resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, dict(targets), achieved)
+                targets_now = {**targets, **(plan.targets if plan is not None else {})}
+                resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, targets_now, achieved)
             advance(f"{stack.block_name(index)}")
     return achieved, chosen
 
@@ -518,6 +585,53 @@ def _prune_projection(
     pruned, group = handler.prune_with_group(task, **options)
     set_weight_matrix(module, pruned)
     return group
+
+
+@dataclass
+class _ExpertRun:
+    """What pruning one block's expert slices shares with its projections: the method and where results go."""
+
+    handler: LLMMethod
+    options: Mapping[str, Any]
+    statistics: str
+    pattern: tuple[int, int] | None
+    comparison: str | None
+    achieved: dict[str, float]
+    chosen: dict[str, str]
+    unreached: list[str]
+
+
+def _prune_experts(
+    run: _ExpertRun, block_name: str, index: int, fused: Mapping[str, nn.Parameter], uses: ExpertUses, plan: _ExpertPlan
+) -> None:
+    """Prune every expert slice of the block's fused tensors used as per-expert projections, each as its own
+    projection; an expert no calibration token reached is pruned by magnitude and listed in ``unreached``."""
+    for name, stored_in_out in uses.pruneable().items():
+        param = fused[name]
+        qualified = f"{block_name}.{name}"
+        skipped = False
+        experts: list[int | None] = list(range(param.shape[0])) if param.dim() == 3 else [None]
+        for expert in experts:
+            slice_name = qualified if expert is None else expert_slice_name(qualified, expert)
+            target = plan.target(slice_name, index)
+            stats = uses.stats.pop((name, expert), None)
+            if target is None:
+                skipped = True
+                continue
+            plan.targets[slice_name] = target
+            use, group = run.handler, run.comparison
+            if run.statistics != "none" and stats is None:
+                run.unreached.append(slice_name)
+                use, group = unreached_method(run.handler), None if run.comparison == "auto" else run.comparison
+            if not (target == 0.0 and run.pattern is None):
+                weight = expert_matrix(param, expert, stored_in_out).detach().float()
+                task = LayerTask(slice_name, weight, stats, target, run.pattern, group)
+                pruned, run.chosen[slice_name] = use.prune_with_group(task, **run.options)
+                set_expert_matrix(param, expert, stored_in_out, pruned)
+            run.achieved[slice_name] = _zero_share(expert_matrix(param, expert, stored_in_out))
+        if not skipped:
+            plan.pruned.add(qualified)
+    plan.vectors.update(f"{block_name}.{name}" for name in uses.vectors())
 
 
 def _collect_one(block: nn.Module, index: int, batches: list[BlockBatch], name: str, module: nn.Module) -> InputStatistics:
