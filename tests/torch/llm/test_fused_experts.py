@@ -26,9 +26,10 @@ FAMILIES = {
 }
 
 
-def _moe(family: str, layers: int = 2) -> nn.Module:
+def _moe(family: str, layers: int = 2, **overrides: int) -> nn.Module:
     torch.manual_seed(0)
     name, extra = FAMILIES[family]
+    extra = {**extra, **overrides}
     config = getattr(transformers, name)(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -158,3 +159,38 @@ def test_per_expert_hessians_that_would_not_fit_are_refused_before_work(monkeypa
     with pytest.raises(ConfigError, match=r"statistics .* GiB is free"):
         prune(model, tokens(4, 32), method="sparsegpt", sparsity=0.5, n_samples=4, seq_len=32, batch_size=4)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_an_expert_no_token_reached_is_pruned_by_magnitude_and_listed():
+    model = _moe("gpt_oss")
+    stack = find_decoder_stack(model)
+    with torch.no_grad():
+        for block in stack.blocks:
+            block.mlp.router.bias[3] = -1e4  # the router never picks expert 3
+    dense = model.get_parameter("model.layers.0.mlp.experts.down_proj")[3].detach().clone()
+    result = prune(model, tokens(4, 32), method="wanda", sparsity=0.5, n_samples=4, seq_len=32)
+    assert sorted(result.extra["unreached"]) == sorted(
+        f"model.layers.{i}.mlp.experts.{p}[3]" for i in range(2) for p in ("gate_up_proj", "down_proj")
+    )
+    by_magnitude = magnitude(LayerTask("down_proj[3]", dense.t(), None, 0.5, comparison="row"))  # x @ W[e]: [in, out]
+    assert torch.equal(model.get_parameter("model.layers.0.mlp.experts.down_proj")[3], by_magnitude.t())
+    assert result.extra["fused_input_dims"]["model.layers.0.mlp.experts.down_proj"] == 0
+
+
+def test_a_pattern_that_does_not_divide_a_fused_tensor_is_refused_before_work_naming_it():
+    model = _moe("qwen2_moe", moe_intermediate_size=24)  # down_proj [4, 32, 24]: 16 divides the projections' 32 only
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(ConfigError, match=r"sides \(32, 24\) of the fused expert tensor 'model.layers.0.mlp.experts.down_proj'"):
+        prune(model, tokens(4, 32), method="magnitude", pattern="2:16", n_samples=4, seq_len=32)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_skipping_a_fused_tensor_by_name_leaves_it_dense_and_reported():
+    model = _moe("qwen2_moe")
+    before = model.get_parameter("model.layers.1.mlp.experts.down_proj").detach().clone()
+    result = prune(
+        model, tokens(4, 32), method="wanda", sparsity=0.5, n_samples=4, seq_len=32, skip=["*.1.mlp.experts.down_proj"]
+    )
+    assert torch.equal(model.get_parameter("model.layers.1.mlp.experts.down_proj"), before)
+    assert result.extra["dense_weights"] == {"mlp.experts.down_proj": before.numel()}
+    assert not any(n.startswith("model.layers.1.mlp.experts.down_proj") for n in result.achieved)

@@ -94,8 +94,13 @@ def needed_statistics(method: LLMMethod, comparison: str | None, pattern: tuple[
 
 def unreached_method(method: LLMMethod) -> LLMMethod:
     """The stand-in for ``method`` on a projection no calibration token reached (a decoder's cross-attention
-    run without encoder states, an expert no token was routed to): magnitude, in ``method``'s comparison group."""
-    return LLMMethod(prune=_magnitude, statistics="none", comparison=method.comparison)
+    run without encoder states, an expert no token was routed to): magnitude, in ``method``'s comparison group
+    (the group reported for it is the one it is pruned in)."""
+
+    def _magnitude_in_group(task: LayerTask, **options: Any) -> torch.Tensor:
+        return _magnitude(replace(task, comparison=task.comparison or method.comparison), **options)
+
+    return LLMMethod(prune=_magnitude_in_group, statistics="none", comparison=method.comparison)
 
 
 def output_error(weight: torch.Tensor, pruned: torch.Tensor, stats: InputStatistics) -> float:

@@ -49,9 +49,12 @@ class PruneResult:
 
     ``comparisons`` names the comparison group each projection pruned in this run was chosen in
     (``"row"``/``"layer"``; with ``comparison="auto"`` it differs per layer). ``extra`` holds
-    ``unreached`` (projections no calibration token reached, pruned by magnitude) and
-    ``dense_weights`` / ``dense_weight_share`` (block weights that are no ``Linear``/``Conv1D``,
-    such as fused 3-D expert tensors, left dense). ``to_dict()`` is the JSON saved beside a
+    ``unreached`` (projections and expert slices no calibration token reached, pruned by magnitude),
+    ``fused_input_dims`` (for each fused expert tensor pruned per slice, e.g.
+    ``"model.layers.0.mlp.experts.down_proj"``, the dim of ``param[e]`` its inputs run along: 1 for
+    ``linear(x, W[e])``, 0 for ``x @ W[e]``; a 2-D router weight pruned whole is listed the same way) and
+    ``dense_weights`` / ``dense_weight_share`` (block weights neither a ``Linear``/``Conv1D`` nor a
+    fused tensor used per expert as a projection, left dense). ``to_dict()`` is the JSON saved beside a
     pruned model.
     """
 
@@ -118,7 +121,7 @@ def _skipped(name: str, skip: Sequence[str]) -> bool:
 
 
 def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
-    names = [name for name, _ in model.named_modules() if name]
+    names = [name for name, _ in model.named_modules() if name] + [name for name, p in model.named_parameters() if p.dim() == 3]
     for glob in skip:
         if not any(_skipped(name, [glob]) for name in names):
             raise ConfigError(f"skip glob {glob!r} matches no module of the model (names look like {names[:4]})")
@@ -314,6 +317,7 @@ def prune(
                     f"pattern {parsed[0]}:{parsed[1]} does not divide layer {n!r}'s {cols} input features; "
                     f"add it to skip or use another M"
                 )
+        _check_fused_pattern(stack, parsed, skip)
     statistics = needed_statistics(handler, comparison, parsed)
     fused = _has_fused(stack)
     needs_data = statistics != "none" or ratios == "owl" or (fused and calibration is not None)
@@ -363,7 +367,7 @@ def prune(
             block_sparsity = [sparsity] * len(stack.blocks)
 
         def expert_target(slice_name: str, block: int) -> float | None:
-            if _skipped(slice_name, skip):
+            if _skipped(slice_name, skip) or _skipped(slice_name.rpartition("[")[0], skip):
                 return None
             if isinstance(ratios, Mapping):
                 return next((v for g, v in ratios.items() if fnmatchcase(slice_name, g)), sparsity)
@@ -418,8 +422,25 @@ def prune(
         params_pruned=params,
         zeros=zeros,
         comparisons=chosen,
-        extra={**({"unreached": unreached} if unreached else {}), **_dense_weights(stack, plan)},
+        extra={
+            **({"unreached": unreached} if unreached else {}),
+            **({"fused_input_dims": plan.input_dims} if plan.input_dims else {}),
+            **_dense_weights(stack, plan),
+        },
     )
+
+
+def _check_fused_pattern(stack: DecoderStack, pattern: tuple[int, int], skip: Sequence[str]) -> None:
+    """Refuse, before any work, an N:M pattern that does not divide both sides of a fused 3-D tensor (which side
+    is the input is learned only while the blocks run)."""
+    for index, block in enumerate(stack.blocks):
+        for name, param in fused_candidates(block, _owned(stack, index)).items():
+            qualified = f"{stack.block_name(index)}.{name}"
+            if param.dim() == 3 and not _skipped(qualified, skip) and any(side % pattern[1] for side in param.shape[1:]):
+                raise ConfigError(
+                    f"pattern {pattern[0]}:{pattern[1]} does not divide both sides {tuple(param.shape[1:])} of the fused "
+                    f"expert tensor {qualified!r} (either may be its input); add it to skip or use another M"
+                )
 
 
 def _has_fused(stack: DecoderStack) -> bool:
@@ -475,6 +496,7 @@ class _ExpertPlan:
 
     target: Callable[[str, int], float | None]
     targets: dict[str, float] = field(default_factory=dict)
+    input_dims: dict[str, int] = field(default_factory=dict)
     pruned: set[str] = field(default_factory=set)
     vectors: set[str] = field(default_factory=set)
 
@@ -629,6 +651,7 @@ def _prune_experts(
                 pruned, run.chosen[slice_name] = use.prune_with_group(task, **run.options)
                 set_expert_matrix(param, expert, stored_in_out, pruned)
             run.achieved[slice_name] = _zero_share(expert_matrix(param, expert, stored_in_out))
+        plan.input_dims[qualified] = 0 if stored_in_out else 1
         if not skipped:
             plan.pruned.add(qualified)
     plan.vectors.update(f"{block_name}.{name}" for name in uses.vectors())
