@@ -35,15 +35,22 @@ def render(records: dict[str, dict]) -> str:
     width = sum(r["status"] == "pass" and not r["width"].startswith("none") for r in records.values())
     depth = sum(r["status"] == "pass" and r["depth"].startswith("removed") for r in records.values())
     seconds = sum(r["seconds"] for r in records.values())
+    fused = sum(r["status"] == "pass" and bool(r.get("fused_pruned")) for r in records.values())
     experts = sum(r["status"] == "pass" and "experts" in r["dense_weights"] for r in records.values())
     lines = [
         START,
         f"The sweep covers **{len(records)}** families (every `model_type` of `transformers`' "
         f"`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`): **{counts['pass']} pass**, **{counts['fail']} fail**, "
         f"**{counts['skip']} skipped**; of the passing families {depth} also depth-prune a block and {width} width-prune. "
-        f"In {experts} passing families the experts of a mixture of experts are fused 3-D tensors, no projection, "
-        "and stay dense (the share is in the notes). "
-        f"The whole sweep took {seconds:.0f} s on 2 CPU cores (written by `scripts/llm_zoo_report.py`; do not edit by hand).",
+        f"In {fused} passing families fused 3-D expert tensors (and tensor-held routers) are pruned slice by slice "
+        "as projections"
+        + (
+            f"; in {experts} some weights named `experts` stay dense (used other than as per-expert projections; "
+            "the share is in the notes). "
+            if experts
+            else " (weights that stay dense, with their share, are in the notes). "
+        )
+        + f"The whole sweep took {seconds:.0f} s on 2 CPU cores (written by `scripts/llm_zoo_report.py`; do not edit by hand).",
         "",
         "| family | status | decoder stack | ppl dense | ppl 50 % (mag / wanda / sgpt) | ppl 2:4 (mag / wanda / sgpt) "
         "| width | reason or note |",
@@ -52,7 +59,8 @@ def render(records: dict[str, dict]) -> str:
     for family, r in records.items():
         ppl = r["ppl"]
         cells = [" / ".join(_number(ppl.get(m, {}).get(p)) for m in ("magnitude", "wanda", "sparsegpt")) for p in ("0.5", "2:4")]
-        notes = [r["reason"], "" if r["generate"].startswith("dense") else r["generate"], r["dense_weights"]]
+        notes = [r["reason"], "" if r["generate"].startswith("dense") else r["generate"], r.get("fused_pruned", "")]
+        notes += [r["dense_weights"]]
         notes += [f"depth {r['depth']}" if r["depth"].startswith("none") else ""]
         note = "; ".join(n for n in notes if n)
         lines.append(

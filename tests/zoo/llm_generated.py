@@ -35,6 +35,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.discovery import in_features
+from prunekit.torch.llm.experts import stacked_matrices
 from tests.zoo.generated import HEAD_DIM, INTERMEDIATE, VOCAB, WIDTH, FamilySkipped, first_line, shrunk_config, time_limit
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -53,7 +54,9 @@ class LLMOutcome:
 
     ``ppl`` maps method -> pattern (``"0.5"``, ``"2:4"``) -> perplexity after pruning;
     ``width`` / ``depth`` say what the width / depth prune removed or why the family has none;
-    ``dense_weights`` names the block weights no LLM method prunes (fused 3-D expert tensors...).
+    ``dense_weights`` names the block weights no LLM method prunes (fused tensors used other than as
+    per-expert projections, state-space convolutions...); ``fused_pruned`` counts the fused expert tensors
+    (and 2-D router weights) pruned slice by slice.
     """
 
     family: str
@@ -68,6 +71,7 @@ class LLMOutcome:
     width: str = ""
     generate: str = ""
     dense_weights: str = ""
+    fused_pruned: str = ""
     seconds: float = 0.0
 
     def to_record(self) -> dict[str, Any]:
@@ -84,6 +88,7 @@ class LLMOutcome:
             "width": self.width,
             "generate": self.generate,
             "dense_weights": self.dense_weights,
+            "fused_pruned": self.fused_pruned,
             "seconds": round(self.seconds, 1),
         }
 
@@ -321,6 +326,11 @@ def _checks(model: nn.Module, outcome: LLMOutcome, stages: list[str]) -> None:
         outcome.generate = "dense and pruned"
     modules = dict(model.named_modules())
     indivisible = [n for i in range(len(stack.blocks)) for n in stack.projection_names(i) if in_features(modules[n]) % 4]
+    indivisible += [  # a fused expert tensor's input side is learned while pruning: both sides must divide
+        n
+        for n, p in model.named_parameters()
+        if stacked_matrices(p) and n.startswith(f"{stack.path}.") and any(s % 4 for s in p.shape[1:])
+    ]
     pruned = model
     for method in METHODS:
         for pattern in PATTERNS:
@@ -329,6 +339,10 @@ def _checks(model: nn.Module, outcome: LLMOutcome, stages: list[str]) -> None:
             spec: dict[str, Any] = {"pattern": pattern, "skip": indivisible} if ":" in pattern else {"sparsity": float(pattern)}
             result = pl.prune(pruned, calibration, method=method, n_samples=SAMPLES, seq_len=SEQ_LEN, **spec)
             _assert_exact_sparsity(model, pruned, result, pattern)
+            fused = result.extra.get("fused_input_dims", {})
+            if fused:
+                slices = sum(n.endswith("]") for n in result.achieved)
+                outcome.fused_pruned = f"{len(fused)} fused weight tensors pruned per expert ({slices} expert slices)"
             if "dense_weight_share" in result.extra:
                 names = ", ".join(sorted({n.rsplit(".", 1)[0] for n in result.extra["dense_weights"]})[:3])
                 outcome.dense_weights = f"{result.extra['dense_weight_share']:.0%} of block weights are no projection ({names})"
@@ -351,22 +365,37 @@ def _perplexity(model: nn.Module, text: torch.Tensor) -> float:
     return value
 
 
-def _assert_exact_sparsity(dense: nn.Module, pruned: nn.Module, result: Any, pattern: str) -> None:
-    """Every discovered projection holds exactly the zeros its comparison group asks for (or the N:M pattern)."""
-    import prunekit.llm as pl
+def _matrix(model: nn.Module, name: str, input_dims: dict[str, int]) -> torch.Tensor:
+    """A pruned projection's or expert slice's (``...experts.down_proj[3]``) weight as ``[out, in]``."""
     from prunekit.torch.llm.discovery import weight_matrix
+
+    param, _, expert = name[:-1].rpartition("[") if name.endswith("]") else (name, "", "")
+    if param in input_dims:
+        piece = model.get_parameter(param)
+        piece = piece[int(expert)] if expert else piece
+        return (piece.t() if input_dims[param] == 0 else piece).detach()
+    return weight_matrix(model.get_submodule(name)).detach()
+
+
+def _assert_exact_sparsity(dense: nn.Module, pruned: nn.Module, result: Any, pattern: str) -> None:
+    """Every discovered projection and every slice of a fused expert tensor pruned per expert holds exactly the
+    zeros its comparison group asks for (or the N:M pattern along its input dim)."""
+    import prunekit.llm as pl
 
     names = [
         n for i in range(len(pl.find_decoder_stack(pruned).blocks)) for n in pl.find_decoder_stack(pruned).projection_names(i)
     ]
     names = [n for n in names if n not in result.recipe["skip"]]  # N:M: the layers whose inputs M does not divide
-    if sorted(result.achieved) != sorted(names):
-        raise AssertionError(f"pruned {len(result.achieved)} projections of the {len(names)} discovered")
-    before, after = dict(dense.named_modules()), dict(pruned.named_modules())
-    for name in names:
-        weight = weight_matrix(after[name]).detach()
+    input_dims = result.extra.get("fused_input_dims", {})
+    fused = [n for n in result.achieved if n not in names]
+    if not set(names) <= set(result.achieved) or any((n[:-1].rpartition("[")[0] or n) not in input_dims for n in fused):
+        raise AssertionError(
+            f"pruned {len(result.achieved)} weights: not the {len(names)} projections discovered plus fused experts"
+        )
+    for name in names + fused:
+        weight = _matrix(pruned, name, input_dims)
         zeros = int((weight == 0).sum())
-        already = int((weight_matrix(before[name]) == 0).sum())
+        already = int((_matrix(dense, name, input_dims) == 0).sum())
         rows, cols = weight.shape
         if ":" in pattern:
             n, m = (int(x) for x in pattern.split(":"))

@@ -211,8 +211,8 @@ def _note_left_dense(extra: dict[str, Any]) -> None:
     if dense:
         largest = ", ".join(sorted(dense, key=lambda name: -dense[name])[:3])
         print(
-            f"note: {extra['dense_weight_share']:.1%} of the blocks' weights are not Linear/Conv1D projections and stay "
-            f"dense (largest: {largest}); the sparsity above counts the projections only"
+            f"note: {extra['dense_weight_share']:.1%} of the blocks' weights are no Linear/Conv1D or per-expert projection "
+            f"and stay dense (largest: {largest}); the sparsity above counts the pruned weights only"
         )
     if extra.get("unreached"):
         print(f"note: no calibration token reached {len(extra['unreached'])} projection(s); pruned by magnitude")

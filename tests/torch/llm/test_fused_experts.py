@@ -194,3 +194,27 @@ def test_skipping_a_fused_tensor_by_name_leaves_it_dense_and_reported():
     assert torch.equal(model.get_parameter("model.layers.1.mlp.experts.down_proj"), before)
     assert result.extra["dense_weights"] == {"mlp.experts.down_proj": before.numel()}
     assert not any(n.startswith("model.layers.1.mlp.experts.down_proj") for n in result.achieved)
+
+
+def test_ratio_globs_set_fused_tensors_targets_and_owl_gives_slices_their_block_s_sparsity():
+    model = _moe("qwen2_moe")
+    result = prune(model, tokens(4, 32), method="wanda", ratios={"*.experts.down_proj": 0.75}, n_samples=4, seq_len=32)
+    experts = _experts(result)
+    assert {v for n, v in experts.items() if ".down_proj[" in n} == {0.75}
+    assert {v for n, v in experts.items() if ".gate_up_proj[" in n} == {0.5}
+    model = _moe("qwen2_moe")
+    result = prune(model, tokens(4, 32), method="wanda", sparsity=0.5, ratios="owl", n_samples=4, seq_len=32)
+    for name, share in _experts(result).items():
+        block = name.split(".mlp.")[0]
+        assert result.targets[name] == result.targets[f"{block}.self_attn.q_proj"]
+        assert abs(share - result.targets[name]) < 1 / 32, name
+
+
+def test_a_batched_matmul_over_all_experts_gives_each_expert_its_own_batch_row():
+    weight = nn.Parameter(torch.randn(3, 8, 6))  # [E, in, out], used as bmm(x[E, tokens, in], W)
+    x = torch.randn(3, 5, 8)
+    with ExpertUses({"w": weight}, "hessian") as uses, torch.no_grad():
+        torch.bmm(x, weight)
+    assert uses.pruneable() == {"w": True}
+    for expert in range(3):
+        assert torch.allclose(uses.stats[("w", expert)].xxt, x[expert].t() @ x[expert])

@@ -134,8 +134,8 @@ def test_the_cli_says_which_weights_stay_dense_and_which_fell_back_to_magnitude(
     _note_left_dense({})
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "note: 80.0% of the blocks' weights are not Linear/Conv1D projections and stay dense "
-        "(largest: mlp.experts.gate_up_proj, mlp.experts.down_proj); the sparsity above counts the projections only",
+        "note: 80.0% of the blocks' weights are no Linear/Conv1D or per-expert projection and stay dense "
+        "(largest: mlp.experts.gate_up_proj, mlp.experts.down_proj); the sparsity above counts the pruned weights only",
         "note: no calibration token reached 2 projection(s); pruned by magnitude",
     ]
 

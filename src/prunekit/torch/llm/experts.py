@@ -4,8 +4,8 @@ Mixture-of-experts blocks keep their experts as one ``[E, a, b]`` parameter used
 here keys on a class or attribute name: while the block runs its calibration forward under
 :class:`ExpertUses` (a ``TorchFunctionMode``), a 2-D slice ``param[e]`` (``select``/``unbind`` too)
 fed to ``linear`` has its inputs along the slice's last dim, one fed to ``matmul``/``@``/``mm`` along
-its first dim, and the whole (possibly transposed) tensor fed to ``grouped_mm`` with ``offs`` gives
-each expert its run of rows; a whole 2-D parameter fed to ``linear``/``matmul`` (a router's weight) is one
+its first dim; the whole (possibly transposed) tensor fed to ``grouped_mm`` with ``offs`` gives
+each expert its run of rows, and fed to ``bmm``/``@`` with an ``[E, tokens, in]`` batch its row ``e``; a whole 2-D parameter fed to ``linear``/``matmul`` (a router's weight) is one
 projection. Any other use leaves the tensor dense. A 2-D parameter only ever indexed
 by expert (a stacked bias) is no weight matrix.
 """
@@ -28,6 +28,7 @@ _SWAPS = {"transpose", "swapaxes", "swapdims"}
 _LINEAR = {"linear"}
 _MATMUL = {"matmul", "__matmul__", "mm"}
 _GROUPED = {"grouped_mm", "_grouped_mm"}
+_BATCHED = {"bmm", "matmul", "__matmul__"}
 _METADATA = {"size", "dim", "numel", "__len__", "is_floating_point", "data_ptr", "stride", "element_size"}
 
 
@@ -48,6 +49,12 @@ def expert_slice_name(param: str, expert: int) -> str:
 def fused_candidates(block: nn.Module, owned: set[str]) -> dict[str, nn.Parameter]:
     """The block's parameters of 2 or more dims that belong to no projection (``owned`` holds ``"<proj>.weight"``)."""
     return {n: p for n, p in block.named_parameters() if p.dim() >= 2 and n not in owned}
+
+
+def stacked_matrices(param: torch.Tensor) -> bool:
+    """Whether ``param`` may hold one matrix per expert: 3-D with both matrix sides above 1 (a depthwise
+    convolution's ``[C, 1, K]`` weight is no stack of projections)."""
+    return param.dim() == 3 and min(param.shape[1:]) > 1
 
 
 class ExpertUses(TorchFunctionMode):
@@ -150,6 +157,13 @@ class ExpertUses(TorchFunctionMode):
             if not self._set_layout(view.name, stored_in_out):
                 return False
             self._add(view.name, view.expert, x)
+            return True
+        stacked = view.expert is None and args[1].dim() == 3 and isinstance(x, torch.Tensor)
+        if stacked and name in _BATCHED and x.dim() == 3 and x.shape[0] == args[1].shape[0]:
+            if not self._set_layout(view.name, not view.swapped):
+                return False
+            for expert in range(x.shape[0]):
+                self._add(view.name, expert, x[expert])
             return True
         if view.expert is None and name in _GROUPED and isinstance(x, torch.Tensor) and x.dim() == 2:
             offs = args[2] if len(args) > 2 else kwargs.get("offs")

@@ -9,6 +9,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.discovery import DecoderStack, weight_matrix
+from prunekit.torch.llm.experts import stacked_matrices
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
@@ -133,7 +134,7 @@ def expert_statistics_bytes(stack: DecoderStack, *, hessian: bool) -> int:
     """
     largest = 0
     for block in stack.blocks:
-        sides = [(p.shape[0], max(p.shape[1:])) for p in block.parameters() if p.dim() == 3]
+        sides = [(p.shape[0], max(p.shape[1:])) for p in block.parameters() if stacked_matrices(p)]
         largest = max(largest, sum(e * (d * d if hessian else d) * 4 for e, d in sides))
     return largest
 

@@ -34,6 +34,7 @@ from prunekit.torch.llm.experts import (
     expert_slice_name,
     fused_candidates,
     set_expert_matrix,
+    stacked_matrices,
 )
 from prunekit.torch.llm.memory import check_memory, default_batch_size, resolve_device
 from prunekit.torch.llm.methods import LayerTask, LLMMethod, needed_statistics, unreached_method
@@ -307,7 +308,11 @@ def prune(
     stack = find_decoder_stack(model)
     all_names = [n for i in range(len(stack.blocks)) for n in stack.projection_names(i)]
     names = [n for n in all_names if not _skipped(n, skip)]
-    targets = glob_sparsities(names, ratios, sparsity) if isinstance(ratios, Mapping) else dict.fromkeys(names, sparsity)
+    if isinstance(ratios, Mapping):  # a glob may name fused expert tensors only: they are checked with the projections
+        fused_names = [n for n, p in stack.blocks.named_parameters(prefix=stack.path) if p.dim() == 3]
+        targets = {n: v for n, v in glob_sparsities(names + fused_names, ratios, sparsity).items() if n in set(names)}
+    else:
+        targets = dict.fromkeys(names, sparsity)
     if parsed is not None:
         modules = dict(model.named_modules())
         for n in names:
@@ -363,14 +368,16 @@ def prune(
                 for n in stack.projection_names(i):
                     if n in targets:
                         targets[n] = value
-        else:
-            block_sparsity = [sparsity] * len(stack.blocks)
+        block_sparsity = [  # a fused tensor's slices take their block's target (OWL's, or a restored run's)
+            next((targets[n] for n in stack.projection_names(i) if n in targets), sparsity) for i in range(len(stack.blocks))
+        ]
 
         def expert_target(slice_name: str, block: int) -> float | None:
-            if _skipped(slice_name, skip) or _skipped(slice_name.rpartition("[")[0], skip):
+            param = slice_name.rpartition("[")[0] or slice_name
+            if _skipped(slice_name, skip) or _skipped(param, skip):
                 return None
             if isinstance(ratios, Mapping):
-                return next((v for g, v in ratios.items() if fnmatchcase(slice_name, g)), sparsity)
+                return next((v for g, v in ratios.items() if fnmatchcase(slice_name, g) or fnmatchcase(param, g)), sparsity)
             return block_sparsity[block]
 
         resume = _Resume(checkpoint, identity, done, achieved) if checkpoint else None
@@ -436,7 +443,7 @@ def _check_fused_pattern(stack: DecoderStack, pattern: tuple[int, int], skip: Se
     for index, block in enumerate(stack.blocks):
         for name, param in fused_candidates(block, _owned(stack, index)).items():
             qualified = f"{stack.block_name(index)}.{name}"
-            if param.dim() == 3 and not _skipped(qualified, skip) and any(side % pattern[1] for side in param.shape[1:]):
+            if stacked_matrices(param) and not _skipped(qualified, skip) and any(side % pattern[1] for side in param.shape[1:]):
                 raise ConfigError(
                     f"pattern {pattern[0]}:{pattern[1]} does not divide both sides {tuple(param.shape[1:])} of the fused "
                     f"expert tensor {qualified!r} (either may be its input); add it to skip or use another M"
@@ -444,8 +451,10 @@ def _check_fused_pattern(stack: DecoderStack, pattern: tuple[int, int], skip: Se
 
 
 def _has_fused(stack: DecoderStack) -> bool:
-    """Whether any block holds a 3-D parameter outside its projections (fused experts, maybe)."""
-    return any(p.dim() == 3 for i, block in enumerate(stack.blocks) for p in fused_candidates(block, _owned(stack, i)).values())
+    """Whether any block holds a stack of matrices outside its projections (fused experts, maybe)."""
+    return any(
+        stacked_matrices(p) for i, block in enumerate(stack.blocks) for p in fused_candidates(block, _owned(stack, i)).values()
+    )
 
 
 def _owned(stack: DecoderStack, index: int) -> set[str]:
