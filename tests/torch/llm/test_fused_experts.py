@@ -218,3 +218,22 @@ def test_a_batched_matmul_over_all_experts_gives_each_expert_its_own_batch_row()
     assert uses.pruneable() == {"w": True}
     for expert in range(3):
         assert torch.allclose(uses.stats[("w", expert)].xxt, x[expert].t() @ x[expert])
+
+
+def test_a_killed_moe_run_resumes_to_the_same_experts_and_the_same_report(tmp_path):
+    from prunekit.torch.llm.checkpoint import BlockCheckpoint
+    from tests.torch.llm.test_checkpoint import _dying
+
+    ids = tokens(4, 32)
+    options = dict(method="wanda", sparsity=0.5, ratios="owl", owl_threshold=2.0, n_samples=4, seq_len=32, batch_size=4)
+    whole = _moe("qwen2_moe", layers=3)
+    expected = prune(whole, ids, **options)
+    folder = tmp_path / "run.partial"
+    with pytest.raises(KeyboardInterrupt):
+        prune(_moe("qwen2_moe", layers=3), ids, **options, checkpoint=_dying(folder, die_after=2))
+    fresh = _moe("qwen2_moe", layers=3)
+    resumed = prune(fresh, ids, **options, checkpoint=BlockCheckpoint(folder, resume=True))
+    for (name, a), (_, b) in zip(whole.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.targets == expected.targets and resumed.achieved == expected.achieved
+    assert resumed.extra == expected.extra and "dense_weights" not in resumed.extra

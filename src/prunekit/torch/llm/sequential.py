@@ -551,8 +551,12 @@ def _prune_blocks(
         for index, block in enumerate(stack.blocks):
             if resume is not None and index < resume.done:  # pruned before the kill: replay it for the next block's inputs
                 if batches:
+                    fused = fused_candidates(block, _owned(stack, index)) if plan is not None else {}
+                    uses = ExpertUses(fused, "none") if fused else None
                     with on_device(block, device):
-                        _run_block(block, index, batches, None, None, replace=True)
+                        _run_block(block, index, batches, None, None, replace=True, uses=uses)
+                    if uses is not None and plan is not None:  # what it pruned per expert, for the report
+                        _note_restored_experts(stack.block_name(index), fused, uses, plan, achieved)
                 advance(f"{stack.block_name(index)} (restored)")
                 continue
             modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
@@ -616,6 +620,20 @@ def _prune_projection(
     pruned, group = handler.prune_with_group(task, **options)
     set_weight_matrix(module, pruned)
     return group
+
+
+def _note_restored_experts(
+    block_name: str, fused: Mapping[str, nn.Parameter], uses: ExpertUses, plan: _ExpertPlan, achieved: Mapping[str, float]
+) -> None:
+    """Record in ``plan`` the fused tensors a restored block had pruned per expert (their slices are in ``achieved``)."""
+    for name, stored_in_out in uses.pruneable().items():
+        qualified = f"{block_name}.{name}"
+        slices = [expert_slice_name(qualified, e) for e in range(fused[name].shape[0])] if fused[name].dim() == 3 else [qualified]
+        if any(n in achieved for n in slices):
+            plan.input_dims[qualified] = 0 if stored_in_out else 1
+        if all(n in achieved for n in slices):
+            plan.pruned.add(qualified)
+    plan.vectors.update(f"{block_name}.{name}" for name in uses.vectors())
 
 
 @dataclass
