@@ -28,13 +28,17 @@ from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
 from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inputs, on_device
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
-from prunekit.torch.llm.experts import (
-    ExpertUses,
-    expert_matrix,
-    expert_slice_name,
-    fused_candidates,
-    set_expert_matrix,
-    stacked_matrices,
+from prunekit.torch.llm.experts import ExpertUses, fused_candidates, stacked_matrices
+from prunekit.torch.llm.fused_pruning import (
+    ExpertPlan,
+    ExpertRun,
+    dense_weights,
+    has_fused,
+    note_restored_experts,
+    owned_weights,
+    prune_experts,
+    weight_numel,
+    zero_share,
 )
 from prunekit.torch.llm.memory import check_memory, default_batch_size, resolve_device
 from prunekit.torch.llm.methods import LayerTask, LLMMethod, needed_statistics, unreached_method
@@ -324,7 +328,7 @@ def prune(
                 )
         _check_fused_pattern(stack, parsed, skip)
     statistics = needed_statistics(handler, comparison, parsed)
-    fused = _has_fused(stack)
+    fused = has_fused(stack)
     needs_data = statistics != "none" or ratios == "owl" or (fused and calibration is not None)
     tokens = None
     if needs_data:
@@ -382,7 +386,7 @@ def prune(
 
         resume = _Resume(checkpoint, identity, done, achieved) if checkpoint else None
         unreached: list[str] = []
-        plan = _ExpertPlan(expert_target)
+        plan = ExpertPlan(expert_target)
         achieved, chosen = _prune_blocks(
             model,
             stack,
@@ -406,7 +410,7 @@ def prune(
     if checkpoint is not None:
         checkpoint.finish()
     targets = {**targets, **plan.targets}
-    sizes = {n: _weight_numel(model, n) for n in achieved}
+    sizes = {n: weight_numel(model, n) for n in achieved}
     params = sum(sizes.values())
     zeros = sum(round(achieved[n] * sizes[n]) for n in achieved)
     recipe = {
@@ -432,7 +436,7 @@ def prune(
         extra={
             **({"unreached": unreached} if unreached else {}),
             **({"fused_input_dims": plan.input_dims} if plan.input_dims else {}),
-            **_dense_weights(stack, plan),
+            **dense_weights(stack, plan),
         },
     )
 
@@ -441,7 +445,7 @@ def _check_fused_pattern(stack: DecoderStack, pattern: tuple[int, int], skip: Se
     """Refuse, before any work, an N:M pattern that does not divide both sides of a fused 3-D tensor (which side
     is the input is learned only while the blocks run)."""
     for index, block in enumerate(stack.blocks):
-        for name, param in fused_candidates(block, _owned(stack, index)).items():
+        for name, param in fused_candidates(block, owned_weights(stack, index)).items():
             qualified = f"{stack.block_name(index)}.{name}"
             if stacked_matrices(param) and not _skipped(qualified, skip) and any(side % pattern[1] for side in param.shape[1:]):
                 raise ConfigError(
@@ -450,64 +454,11 @@ def _check_fused_pattern(stack: DecoderStack, pattern: tuple[int, int], skip: Se
                 )
 
 
-def _has_fused(stack: DecoderStack) -> bool:
-    """Whether any block holds a stack of matrices outside its projections (fused experts, maybe)."""
-    return any(
-        stacked_matrices(p) for i, block in enumerate(stack.blocks) for p in fused_candidates(block, _owned(stack, i)).values()
-    )
-
-
-def _owned(stack: DecoderStack, index: int) -> set[str]:
-    return {f"{name}.weight" for name in stack.projections[index]}
-
-
-def _weight_numel(model: nn.Module, name: str) -> int:
-    """The number of weights of a pruned projection or expert slice (``...experts.down_proj[5]``)."""
-    if name.endswith("]"):
-        param, _, expert = name[:-1].rpartition("[")
-        return model.get_parameter(param)[int(expert)].numel()
-    try:
-        return weight_matrix(model.get_submodule(name)).numel()
-    except AttributeError:  # a 2-D parameter used as a projection (a router's weight)
-        return model.get_parameter(name).numel()
-
-
-def _dense_weights(stack: DecoderStack, plan: _ExpertPlan) -> dict[str, Any]:
-    """The blocks' weight tensors (2-D and up) that are neither a projection nor pruned per expert, so no LLM
-    method prunes them: fused expert tensors used some other way, state-space convolutions... by block-relative
-    name, with their share of all block weights (``{}`` when every weight is pruned). Stacked per-expert biases
-    (``plan.vectors``) are no weights."""
-    total, dense = 0, Counter[str]()
-    for index, block in enumerate(stack.blocks):
-        owned = _owned(stack, index)
-        for name, param in block.named_parameters():
-            qualified = f"{stack.block_name(index)}.{name}"
-            if param.dim() < 2 or qualified in plan.vectors:
-                continue
-            total += param.numel()
-            if name not in owned and qualified not in plan.pruned:
-                dense[name] += param.numel()
-    if not dense:
-        return {}
-    return {"dense_weights": dict(dense), "dense_weight_share": sum(dense.values()) / total}
-
-
 def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: (v if isinstance(v, (int, float, str, bool, type(None))) else list(v) if isinstance(v, (list, tuple)) else str(v))
         for k, v in options.items()
     }
-
-
-@dataclass
-class _ExpertPlan:
-    """Fused expert tensors: each slice's target (``None``: skipped), and what was pruned or found to be a stacked bias."""
-
-    target: Callable[[str, int], float | None]
-    targets: dict[str, float] = field(default_factory=dict)
-    input_dims: dict[str, int] = field(default_factory=dict)
-    pruned: set[str] = field(default_factory=set)
-    vectors: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -536,7 +487,7 @@ def _prune_blocks(
     name: str,
     unreached: list[str],
     resume: _Resume | None = None,
-    plan: _ExpertPlan | None = None,
+    plan: ExpertPlan | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Prune block by block; return each projection's achieved sparsity and the comparison group used in this run.
 
@@ -551,18 +502,18 @@ def _prune_blocks(
         for index, block in enumerate(stack.blocks):
             if resume is not None and index < resume.done:  # pruned before the kill: replay it for the next block's inputs
                 if batches:
-                    fused = fused_candidates(block, _owned(stack, index)) if plan is not None else {}
+                    fused = fused_candidates(block, owned_weights(stack, index)) if plan is not None else {}
                     uses = ExpertUses(fused, "none") if fused else None
                     with on_device(block, device):
                         _run_block(block, index, batches, None, None, replace=True, uses=uses)
                     if uses is not None and plan is not None:  # what it pruned per expert, for the report
-                        _note_restored_experts(stack.block_name(index), fused, uses, plan, achieved)
+                        note_restored_experts(stack.block_name(index), fused, uses, plan, achieved)
                 advance(f"{stack.block_name(index)} (restored)")
                 continue
             modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
             with on_device(block, device):
                 stats: dict[str, InputStatistics] = {}
-                fused = fused_candidates(block, _owned(stack, index)) if plan is not None and batches else {}
+                fused = fused_candidates(block, owned_weights(stack, index)) if plan is not None and batches else {}
                 uses = ExpertUses(fused, statistics) if fused else None
                 if (statistics != "none" and modules) or uses is not None:
                     collector = _StatsCollector(modules, hessian=statistics == "hessian") if statistics != "none" else None
@@ -585,14 +536,14 @@ def _prune_blocks(
                         chosen[n] = _prune_projection(
                             use, options, n, module, stats.get(n), targets[n], pattern, group, recollect
                         )
-                    achieved[n] = _zero_share(weight_matrix(module))
+                    achieved[n] = zero_share(weight_matrix(module))
                     if n in stats:  # free a statistic (a Hessian: up to d x d floats) once its last projection is done
                         users[id(stats[n])] -= 1
                         if not users[id(stats[n])]:
                             stats[n].release()
                 if uses is not None and plan is not None:
-                    expert_run = _ExpertRun(handler, options, statistics, pattern, comparison, achieved, chosen, unreached)
-                    _prune_experts(expert_run, stack.block_name(index), index, fused, uses, plan)
+                    expert_run = ExpertRun(handler, options, statistics, pattern, comparison, achieved, chosen, unreached)
+                    prune_experts(expert_run, stack.block_name(index), index, fused, uses, plan)
                 if batches and index + 1 < len(stack.blocks):
                     _run_block(block, index, batches, None, None, replace=True)
             if resume is not None:
@@ -622,68 +573,6 @@ def _prune_projection(
     return group
 
 
-def _note_restored_experts(
-    block_name: str, fused: Mapping[str, nn.Parameter], uses: ExpertUses, plan: _ExpertPlan, achieved: Mapping[str, float]
-) -> None:
-    """Record in ``plan`` the fused tensors a restored block had pruned per expert (their slices are in ``achieved``)."""
-    for name, stored_in_out in uses.pruneable().items():
-        qualified = f"{block_name}.{name}"
-        slices = [expert_slice_name(qualified, e) for e in range(fused[name].shape[0])] if fused[name].dim() == 3 else [qualified]
-        if any(n in achieved for n in slices):
-            plan.input_dims[qualified] = 0 if stored_in_out else 1
-        if all(n in achieved for n in slices):
-            plan.pruned.add(qualified)
-    plan.vectors.update(f"{block_name}.{name}" for name in uses.vectors())
-
-
-@dataclass
-class _ExpertRun:
-    """What pruning one block's expert slices shares with its projections: the method and where results go."""
-
-    handler: LLMMethod
-    options: Mapping[str, Any]
-    statistics: str
-    pattern: tuple[int, int] | None
-    comparison: str | None
-    achieved: dict[str, float]
-    chosen: dict[str, str]
-    unreached: list[str]
-
-
-def _prune_experts(
-    run: _ExpertRun, block_name: str, index: int, fused: Mapping[str, nn.Parameter], uses: ExpertUses, plan: _ExpertPlan
-) -> None:
-    """Prune every expert slice of the block's fused tensors used as per-expert projections, each as its own
-    projection; an expert no calibration token reached is pruned by magnitude and listed in ``unreached``."""
-    for name, stored_in_out in uses.pruneable().items():
-        param = fused[name]
-        qualified = f"{block_name}.{name}"
-        skipped = False
-        experts: list[int | None] = list(range(param.shape[0])) if param.dim() == 3 else [None]
-        for expert in experts:
-            slice_name = qualified if expert is None else expert_slice_name(qualified, expert)
-            target = plan.target(slice_name, index)
-            stats = uses.stats.pop((name, expert), None)
-            if target is None:
-                skipped = True
-                continue
-            plan.targets[slice_name] = target
-            use, group = run.handler, run.comparison
-            if run.statistics != "none" and stats is None:
-                run.unreached.append(slice_name)
-                use, group = unreached_method(run.handler), None if run.comparison == "auto" else run.comparison
-            if not (target == 0.0 and run.pattern is None):
-                weight = expert_matrix(param, expert, stored_in_out).detach().float()
-                task = LayerTask(slice_name, weight, stats, target, run.pattern, group)
-                pruned, run.chosen[slice_name] = use.prune_with_group(task, **run.options)
-                set_expert_matrix(param, expert, stored_in_out, pruned)
-            run.achieved[slice_name] = _zero_share(expert_matrix(param, expert, stored_in_out))
-        plan.input_dims[qualified] = 0 if stored_in_out else 1
-        if not skipped:
-            plan.pruned.add(qualified)
-    plan.vectors.update(f"{block_name}.{name}" for name in uses.vectors())
-
-
 def _collect_one(block: nn.Module, index: int, batches: list[BlockBatch], name: str, module: nn.Module) -> InputStatistics:
     """One projection's Hessian statistics collected again over the calibration batches (the block as it is now)."""
     collector = _StatsCollector({name: module}, hessian=True)
@@ -692,7 +581,3 @@ def _collect_one(block: nn.Module, index: int, batches: list[BlockBatch], name: 
     finally:
         collector.close()
     return collector.stats[name]
-
-
-def _zero_share(weight: torch.Tensor) -> float:
-    return float((weight == 0).sum()) / weight.numel()
