@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.artifacts.cm_sources import kernel_sources, rate_table, squash_table, stretch_table
+from prunekit.artifacts.cm_sources import CODER_HELPERS, kernel_sources, rate_table, squash_table, stretch_table
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 CM_NAME = re.compile(r"cm(m|b|s)([1-9][0-9]{0,12})")
@@ -38,12 +38,14 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 @functools.cache
 def _kernels(compiled: bool) -> dict[str, Any]:
     """The kernels, compiled by numba when ``compiled`` (once per process, cached on disk)."""
-    sources = kernel_sources()
     if not compiled:
-        return sources
+        return kernel_sources()
     import numba
+    from numba.extending import register_jitable
 
-    return {name: numba.njit(cache=True, nogil=True)(fn) for name, fn in sources.items()}
+    for helper in CODER_HELPERS:
+        register_jitable(helper)  # the kernels call them by name; numba now compiles them with each kernel
+    return {name: numba.njit(cache=True, nogil=True)(fn) for name, fn in kernel_sources().items()}
 
 
 def _run(kind: str, side: np.ndarray | None, *args: Any) -> int:

@@ -7,10 +7,16 @@ so the writer and any reader, compiled or not, on any machine, compute the same 
 
 Each kernel runs in both directions (``decode`` 0 or 1), so the model exists once. It returns the bytes
 written (encoding) or read (decoding), or -1 when the coded stream would outgrow ``out`` (the caller then
-keeps the stream as it is).
+keeps the stream as it is). Their model's state, the coder's start and its flush are
+shared helpers (:data:`CODER_HELPERS`: plain Python calls, which numba compiles with a kernel once they are
+registered with it). The per-bit step (mix, code, learn) is written out in each kernel on purpose: as a shared
+helper, even inlined by numba, it made both kernels 1.5-1.7x slower (the reference counting of its array
+arguments on every bit), and the two steps differ in their mixer's learning rate.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +50,45 @@ def rate_table() -> np.ndarray:
     return np.array([65536 * 2 // (2 * n + 3) for n in range(1024)], dtype=np.int64)
 
 
-def kernel_sources() -> dict[str, object]:
-    """Every kernel by name, as a plain Python function."""
+def new_model(sizes, limits, mixer_rows):
+    """The adaptive state of five context models of ``sizes`` slots (each slot's 16-bit probability and how often
+    it was seen, up to ``limits``) and a mixer with ``mixer_rows`` weight sets: ``(offsets, prob, seen, limits,
+    weights, inputs)``."""
+    offsets = np.zeros(6, dtype=np.int64)
+    for m in range(5):
+        offsets[m + 1] = offsets[m] + sizes[m]
+    prob = np.full(offsets[5], 32768, dtype=np.int64)
+    seen = np.zeros(offsets[5], dtype=np.int64)
+    weights = np.full((mixer_rows, 6), 14000, dtype=np.int64)
+    return offsets, prob, seen, limits, weights, np.zeros(6, dtype=np.int64)
+
+
+def start_coder(data, decode):
+    """The coder's state ``(x1, x2, x, pos)`` before the first bit (a decoder reads its 4-byte window first)."""
+    x, pos = 0, 0
+    if decode:
+        for _ in range(4):
+            x = (x << 8) | (int(data[pos]) if pos < data.shape[0] else 255)
+            pos += 1
+    return 0, 0xFFFFFFFF, x, pos
+
+
+def finish_coder(x1, pos, out, decode):
+    """The stream's length once every bit is coded: an encoder flushes its last byte (-1 when ``out`` is full)."""
+    if decode:
+        return pos
+    if pos >= out.shape[0]:
+        return -1
+    out[pos] = x1 >> 24
+    return pos + 1
+
+
+#: The helpers the kernels call: numba compiles them along with a kernel once they are registered with it.
+CODER_HELPERS = (new_model, start_coder, finish_coder)
+
+
+def kernel_sources() -> dict[str, Any]:
+    """Every kernel by name, as a plain Python function (calling :data:`CODER_HELPERS`)."""
 
     def code_mask(data, nbits, row, out, decode, squash, stretch, rate):
         # A bitmask of rows of ``row`` bits (row-major), packed little-endian. Contexts: the row's running density,
@@ -56,20 +99,9 @@ def kernel_sources() -> dict[str, object]:
         column_ones = np.zeros(columns, dtype=np.int64)
         above = np.zeros(columns, dtype=np.int64)
         sizes = np.array([1, 128, 64, 1024, 256], dtype=np.int64)
-        limits = np.array([1023, 255, 255, 255, 255], dtype=np.int64)
-        offsets = np.zeros(6, dtype=np.int64)
-        for m in range(5):
-            offsets[m + 1] = offsets[m] + sizes[m]
-        prob = np.full(offsets[5], 32768, dtype=np.int64)
-        seen = np.zeros(offsets[5], dtype=np.int64)
-        weights = np.full((32, 6), 14000, dtype=np.int64)
+        offsets, prob, seen, limits, weights, inputs = new_model(sizes, np.array([1023, 255, 255, 255, 255], dtype=np.int64), 32)
         slot = np.zeros(6, dtype=np.int64)
-        inputs = np.zeros(6, dtype=np.int64)
-        x1, x2, x, pos = 0, 0xFFFFFFFF, 0, 0
-        if decode:
-            for _ in range(4):
-                x = (x << 8) | (int(data[pos]) if pos < data.shape[0] else 255)
-                pos += 1
+        x1, x2, x, pos = start_coder(data, decode)
         r, c, row_ones, left = 0, 0, 0, 0
         for i in range(nbits):
             k = c % columns
@@ -128,12 +160,7 @@ def kernel_sources() -> dict[str, object]:
             c += 1
             if c == row:
                 c, r, row_ones, left = 0, r + 1, 0, 0
-        if not decode:
-            if pos >= out.shape[0]:
-                return -1
-            out[pos] = x1 >> 24
-            pos += 1
-        return pos
+        return finish_coder(x1, pos, out, decode)
 
     def code_bytes(data, nbytes, width, out, decode, squash, stretch, rate, side):
         # A stream of ``nbytes`` bytes read as words of ``width`` bytes (1 for int8 values or index bytes, 4 for
@@ -144,22 +171,13 @@ def kernel_sources() -> dict[str, object]:
         # scale; an empty ``side`` means none); the mixer's weights are chosen by lane and tree depth.
         lanes = width
         sizes = np.array([256 * lanes, 256 * 16 * lanes, 256 * 16 * lanes, 256 * 256 * lanes, 256 * 16], dtype=np.int64)
-        limits = np.array([1023, 255, 255, 127, 255], dtype=np.int64)
-        offsets = np.zeros(6, dtype=np.int64)
-        for m in range(5):
-            offsets[m + 1] = offsets[m] + sizes[m]
-        prob = np.full(offsets[5], 32768, dtype=np.int64)
-        seen = np.zeros(offsets[5], dtype=np.int64)
-        weights = np.full((9 * lanes, 6), 14000, dtype=np.int64)
+        offsets, prob, seen, limits, weights, inputs = new_model(
+            sizes, np.array([1023, 255, 255, 127, 255], dtype=np.int64), 9 * lanes
+        )
         last = np.zeros((lanes, 4), dtype=np.int64)  # the last four magnitudes per lane
         previous = np.zeros(lanes, dtype=np.int64)
         slot = np.zeros(6, dtype=np.int64)
-        inputs = np.zeros(6, dtype=np.int64)
-        x1, x2, x, pos = 0, 0xFFFFFFFF, 0, 0
-        if decode:
-            for _ in range(4):
-                x = (x << 8) | (int(data[pos]) if pos < data.shape[0] else 255)
-                pos += 1
+        x1, x2, x, pos = start_coder(data, decode)
         for i in range(nbytes):
             lane = i % lanes
             known = side[i] if side.shape[0] else 0
@@ -244,11 +262,6 @@ def kernel_sources() -> dict[str, object]:
             last[lane, 1] = last[lane, 0]
             last[lane, 0] = magnitude
             previous[lane] = value & 255
-        if not decode:
-            if pos >= out.shape[0]:
-                return -1
-            out[pos] = x1 >> 24
-            pos += 1
-        return pos
+        return finish_coder(x1, pos, out, decode)
 
     return {"code_mask": code_mask, "code_bytes": code_bytes}
