@@ -111,6 +111,9 @@ def test_skip_globs_leave_blocks_dense_and_ratios_set_per_layer_targets():
     assert result.achieved["model.layers.1.mlp.up_proj"] == 0.75
     assert result.achieved["model.layers.1.self_attn.q_proj"] == 0.5
     assert not any(n.startswith("model.layers.0.") for n in result.achieved)
+    assert set(result.targets) == set(result.achieved)  # a target for every pruned projection, none for skipped ones
+    assert {v for n, v in result.targets.items() if ".mlp." in n} == {0.75}
+    assert {v for n, v in result.targets.items() if ".self_attn." in n} == {0.5}
 
 
 def test_owl_keeps_the_mean_block_sparsity_and_spreads_it():

@@ -314,7 +314,8 @@ def prune(
     names = [n for n in all_names if not _skipped(n, skip)]
     if isinstance(ratios, Mapping):  # a glob may name fused expert tensors only: they are checked with the projections
         fused_names = [n for n, p in stack.blocks.named_parameters(prefix=stack.path) if p.dim() == 3]
-        targets = {n: v for n, v in glob_sparsities(names + fused_names, ratios, sparsity).items() if n in set(names)}
+        projections = set(names)
+        targets = {n: v for n, v in glob_sparsities(names + fused_names, ratios, sparsity).items() if n in projections}
     else:
         targets = dict.fromkeys(names, sparsity)
     if parsed is not None:
