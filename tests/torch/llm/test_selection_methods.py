@@ -32,9 +32,20 @@ def test_masks_above_half_sparsity_keep_the_highest_scores():
     assert layer_mask(torch.arange(12.0).reshape(3, 4), 0.75).reshape(-1).tolist() == [False] * 9 + [True] * 3
 
 
-def test_layer_mask_drops_exactly_floor_numel_times_sparsity():
-    keep = layer_mask(torch.ones(5, 7), 0.3)  # all ties: still exactly 10 dropped
-    assert int((~keep).sum()) == 10
+def test_layer_mask_drops_exactly_round_numel_times_sparsity():
+    keep = layer_mask(torch.ones(5, 7), 0.31)  # 10.85: all ties, still exactly 11 dropped (as prunekit.masks counts)
+    assert int((~keep).sum()) == 11
+    assert int((~row_mask(torch.ones(5, 10), 0.36)).sum(dim=1).max()) == 4  # 3.6 per row rounds to 4
+
+
+@pytest.mark.parametrize("blocksize", [4, 128])
+def test_sparsegpt_prunes_the_rounded_count_however_its_blocks_split_the_row(blocksize):
+    weight, x = _weight(6, 10, seed=3), torch.randn(64, 10, generator=torch.Generator().manual_seed(4))
+    by_row = sparsegpt(LayerTask("fc", weight, _stats(x), 0.36, comparison="row"), blocksize=blocksize)
+    assert (by_row == 0).sum(dim=1).tolist() == [4] * 6  # 10 * 0.36 = 3.6: round, as row_mask and wanda count
+    assert (wanda(LayerTask("fc", weight, _stats(x), 0.36, comparison="row")) == 0).sum(dim=1).tolist() == [4] * 6
+    by_layer = sparsegpt(LayerTask("fc", weight, _stats(x), 0.36, comparison="layer"), blocksize=blocksize)
+    assert int((by_layer == 0).sum()) == 22  # 60 * 0.36 = 21.6
 
 
 def test_every_n_m_group_keeps_exactly_n():

@@ -30,7 +30,7 @@ import torch
 
 from prunekit.errors import ConfigError
 from prunekit.methods.llm_options import COMPARISONS
-from prunekit.torch.llm.selection import lowest_k_mask, select_mask
+from prunekit.torch.llm.selection import lowest_k_mask, pruned_count, select_mask
 from prunekit.torch.llm.statistics import InputStatistics
 
 
@@ -151,7 +151,6 @@ def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01
         blocksize = max(m, blocksize - blocksize % m)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
-        count = end - start
         w1 = weight[:, start:end].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[start:end, start:end]
@@ -159,13 +158,16 @@ def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01
         inv_diag1 = 1.0 / diag1
         if not m:
             scores = w1**2 / diag1.unsqueeze(0) ** 2
+            # each block prunes its share of the matrix's count, so the blocks add up to exactly that count
             if comparison == "row":
-                k = int(round(count * task.sparsity))
+                k = pruned_count(end, task.sparsity) - pruned_count(start, task.sparsity)
                 prune = torch.zeros_like(w1, dtype=torch.bool)
                 if k:
                     prune.scatter_(1, torch.topk(scores, k, dim=1, largest=False, sorted=False).indices, True)
             elif comparison == "layer":
-                prune = ~lowest_k_mask(scores, int(round(scores.numel() * task.sparsity)))
+                prune = ~lowest_k_mask(
+                    scores, pruned_count(rows * end, task.sparsity) - pruned_count(rows * start, task.sparsity)
+                )
             else:
                 raise ConfigError(f"comparison must be 'row' or 'layer', got {comparison!r}")
         else:

@@ -53,14 +53,25 @@ def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return _smaller_side_mask(scores.reshape(1, -1), k).reshape(scores.shape)
 
 
+def pruned_count(size: int, sparsity: float) -> int:
+    """How many of ``size`` weights a ``sparsity`` prunes: ``round(size * sparsity)``, as :mod:`prunekit.masks`
+    (the unstructured pruner) counts, so a layer pruned here and there holds the same number of zeros.
+
+    Example::
+
+        pruned_count(10, 0.33)  # 3
+    """
+    return round(size * sparsity)
+
+
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Drop the ``floor(in_features * sparsity)`` lowest scores of every row.
+    """Drop the ``pruned_count(in_features, sparsity)`` lowest scores of every row.
 
     Example::
 
         row_mask(torch.tensor([[1.0, 3.0, 2.0, 4.0]]), 0.5)  # [[False, True, False, True]]
     """
-    return _smaller_side_mask(scores, int(scores.shape[1] * sparsity))
+    return _smaller_side_mask(scores, pruned_count(scores.shape[1], sparsity))
 
 
 def _smaller_side_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -76,8 +87,8 @@ def _smaller_side_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def layer_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Drop the ``floor(numel * sparsity)`` lowest scores of the whole matrix."""
-    return lowest_k_mask(scores, int(scores.numel() * sparsity))
+    """Drop the ``pruned_count(numel, sparsity)`` lowest scores of the whole matrix."""
+    return lowest_k_mask(scores, pruned_count(scores.numel(), sparsity))
 
 
 def n_m_mask(scores: torch.Tensor, n: int, m: int, *, layer: str = "layer") -> torch.Tensor:
