@@ -235,7 +235,29 @@ def test_slp_compiled_few_token_kernel_equals_dense_for_each_argument_type(int8:
     y = kernels.csr_matmul(x, csr.indptr, csr.indices, csr.values, csr.scale, 24)
     assert_same_outputs(y, x @ torch.from_numpy(csr.to_dense()).T)
     compiled = kernels._numba_kernels(False)["csr_mat_small"]
-    assert len(compiled.signatures) >= 4  # compiled up front, not on this call
+    index, value = (numba_type(csr.indices.dtype), numba_type(csr.values.dtype))
+    assert any(sig[1].dtype == index and sig[2].dtype == value for sig in compiled.signatures)
+
+
+def numba_type(dtype: np.dtype) -> object:
+    from numba import from_dtype
+
+    return from_dtype(dtype)
+
+
+@pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")
+def test_converting_one_layer_compiles_only_the_kernel_signatures_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    kernels._numba_kernels.cache_clear()  # fresh dispatchers: no signature loaded yet (each loads from disk on use)
+    monkeypatch.setattr(kernels, "_SLP_READY", set())
+    layer = pruned_linear(96, 40, 0.9)
+    sparse = SparseLinear.from_linear(layer, Layout("csr"))
+    x = torch.randn(8, 96)
+    assert_same_outputs(sparse(x), layer(x).detach())
+    compiled = kernels._numba_kernels(False)
+    loaded = {name: kernel.signatures for name, kernel in compiled.items() if kernel.signatures}
+    assert list(loaded) == ["csr_mat_small"]  # not the other layouts' kernels, not the 1-token or many-token ones
+    [signature] = loaded["csr_mat_small"]  # fp32 values at uint16 columns only, not the int8 or int32 variants
+    assert (signature[1].dtype, signature[2].dtype) == (numba_type(np.dtype(np.uint16)), numba_type(np.dtype(np.float32)))
 
 
 @pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba not installed")
@@ -249,8 +271,10 @@ def test_few_token_kernel_compiles_to_packed_vector_arithmetic_on_x86() -> None:
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("reads x86 assembly")
     kernel = numba.njit(nogil=True)(kernel_sources()["csr_mat_small"])  # uncached: its assembly can be read
-    kernels._compile_with_slp(kernel)
-    assembly = kernel.inspect_asm(kernels._slp_signatures()[0])
+    vector, matrix = numba.types.float32[::1], numba.types.float32[:, ::1]
+    signature = (numba.types.int64[::1], numba.types.uint16[::1], vector, vector, vector, matrix, matrix, numba.types.int64)
+    kernels._compile_with_slp(kernel, signature)
+    assembly = kernel.inspect_asm(signature)
     mnemonics = {line.split()[0] for line in assembly.splitlines() if line.split()}
     # packed single-precision multiplies/adds (the eight sums in one register); scalar code has only *ss forms
     assert {m for m in mnemonics if m.startswith(("vmul", "vadd", "vfmadd")) and m.endswith("ps")}

@@ -41,48 +41,52 @@ PARALLEL_MIN_WORK = 1 << 22
 
 @functools.cache
 def _numba_kernels(parallel: bool) -> dict[str, Any]:
-    """The kernels compiled by numba (once per process, cached on disk): serial for one thread,
-    ``parallel=True`` for several (numba's thread pool spins, so one thread runs without it)."""
+    """The kernels compiled by numba (once per process, cached on disk; each signature on its first call):
+    serial for one thread, ``parallel=True`` for several (numba's thread pool spins, so one thread runs without it)."""
     import numba
 
     njit: Any = numba.njit
-    compiled = {
+    return {
         name: njit(parallel=parallel, cache=True, nogil=True, fastmath={"reassoc", "contract"} if name in FASTMATH else False)(fn)
         for name, fn in kernel_sources().items()
     }
-    for name in SLP:
-        _compile_with_slp(compiled[name])
-    return compiled
 
 
-def _slp_signatures() -> list[tuple[Any, ...]]:
-    """The CSR argument types the converter produces: uint16 or int32 columns, float32 or int8 values."""
-    from numba import types
-
-    vector, matrix = types.float32[::1], types.float32[:, ::1]
-    return [
-        (types.int64[::1], index[::1], value[::1], vector, vector, matrix, matrix, types.int64)
-        for index in (types.uint16, types.int32)
-        for value in (types.float32, types.int8)
-    ]
+#: The (kernel, argument dtypes) pairs whose signature :func:`_call` has compiled with SLP (or found compiled).
+_SLP_READY: set[tuple[int, tuple[str, ...]]] = set()
 
 
-def _compile_with_slp(kernel: Any) -> None:
-    """Compile ``kernel`` for :func:`_slp_signatures` with LLVM's SLP vectoriser on.
+def _call(kernels: dict[str, Any], name: str, *args: Any) -> None:
+    """Run kernel ``name``; one of :data:`SLP` is first compiled for these arguments' types with SLP on, when
+    they are new to it (only the signatures a model uses are compiled: each costs about a second)."""
+    kernel = kernels[name]
+    if name in SLP:
+        key = (id(kernel), tuple(a.dtype.str if isinstance(a, np.ndarray) else type(a).__name__ for a in args))
+        if key not in _SLP_READY:
+            import numba
+
+            signature = tuple(numba.typeof(a) for a in args)
+            if signature not in kernel.signatures:
+                _compile_with_slp(kernel, signature)
+            _SLP_READY.add(key)
+    kernel(*args)
+
+
+def _compile_with_slp(kernel: Any, signature: tuple[Any, ...]) -> None:
+    """Compile ``kernel`` for ``signature`` with LLVM's SLP vectoriser on.
 
     numba turns SLP off for every function since numba#8705 (miscompilations in other code);
     in the few-token CSR kernel it packs the eight running sums into one vector register, which
     measured 1.8-2x faster (3072x768 at 90 %, 8 tokens, 1 thread: 0.37 to 0.20 ms). numba reads the
-    flag when it optimises a function, so it is set only while these signatures compile; the tests
-    check the result against the dense product. Other argument types compile on first use as usual.
+    flag when it optimises a function, so it is set only while this signature compiles; the tests
+    check the result against the dense product.
     """
     from numba.core import config
 
     previous = config.SLP_VECTORIZE
     config.SLP_VECTORIZE = 1
     try:
-        for signature in _slp_signatures():
-            kernel.compile(signature)
+        kernel.compile(signature)
     finally:
         config.SLP_VECTORIZE = previous
 
@@ -129,17 +133,17 @@ def _run(name: str, work: int, weight: tuple[Any, ...], bias: np.ndarray | None,
     bias = _bias(bias, rows)
     if tokens == 1:
         out = np.empty((1, rows), dtype=np.float32)
-        kernels[f"{name}_vec"](*weight, bias, _np(x[0]), out, parts)
+        _call(kernels, f"{name}_vec", *weight, bias, _np(x[0]), out, parts)
         return torch.from_numpy(out)
     if tokens < SMALL_BATCH and f"{name}_mat_small" in kernels:
         padded = -(-tokens // 8) * 8
         xt = np.zeros((x.shape[1], padded), dtype=np.float32)
         xt[:, :tokens] = _np(x).T
         out = np.empty((padded, rows), dtype=np.float32)
-        kernels[f"{name}_mat_small"](*weight, bias, xt, out, parts)
+        _call(kernels, f"{name}_mat_small", *weight, bias, xt, out, parts)
         return torch.from_numpy(out[:tokens])
     out = np.empty((tokens, rows), dtype=np.float32)
-    kernels[f"{name}_mat"](*weight, bias, np.ascontiguousarray(_np(x).T), out, parts)
+    _call(kernels, f"{name}_mat", *weight, bias, np.ascontiguousarray(_np(x).T), out, parts)
     return torch.from_numpy(out)
 
 
