@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -133,7 +133,13 @@ def _time_one(model: nn.Module, batch: torch.Tensor, device: str, warmup: int, r
 
 
 def latency_ratio(
-    model: nn.Module, reference: nn.Module, example_inputs: ExampleInputs, *, rounds: int = 30, warmup: int = 3
+    model: nn.Module,
+    reference: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    rounds: int = 30,
+    warmup: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Latency of ``model`` divided by that of ``reference`` on the same inputs (0.5: twice as fast).
 
@@ -142,7 +148,8 @@ def latency_ratio(
     the result is the median of the per-round ratios, so load that comes and goes on a shared
     machine affects both sides of each ratio alike. ``example_inputs`` is a tensor, a tuple of
     positional inputs or a dict of keyword inputs; its batch size is the one that is timed, with
-    torch's current intra-op thread count (set it to the deployment's, one per free core).
+    torch's current intra-op thread count (set it to the deployment's, one per free core). ``clock``
+    reads the time in seconds (a deterministic cost model in tests).
 
     Example::
 
@@ -166,10 +173,10 @@ def latency_ratio(
                 seconds = []
                 for m in (model, reference):
                     sync()
-                    start = time.perf_counter()
+                    start = clock()
                     call_model(m, inputs)
                     sync()
-                    seconds.append(time.perf_counter() - start)
+                    seconds.append(clock() - start)
                 ratios.append(seconds[0] / max(seconds[1], 1e-12))
     finally:
         for m, training, original in states:
