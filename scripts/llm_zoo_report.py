@@ -12,24 +12,19 @@ results, seconds per family) and replaces the block between the ``llm-zoo`` mark
 
 from __future__ import annotations
 
-import json
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.zoo.llm_generated import check_llm_family, discover_causal_families  # noqa: E402
+from tests.zoo.report import Record, Report, cell, run_families  # noqa: E402
 
-from prunekit.core.atomic import atomic_write_text  # noqa: E402
-
-STATUS = ROOT / "tests" / "zoo" / "llm_status.json"
-DOCS = ROOT / "docs" / "llm.md"
-START, END = "<!-- llm-zoo:start -->", "<!-- llm-zoo:end -->"
+REPORT = Report("tests/zoo/llm_status.json", "docs/llm.md", "llm-zoo", "Every causal-LM family of transformers")
 
 
-def render(records: dict[str, dict]) -> str:
+def render(records: dict[str, Record]) -> str:
     """The Markdown block for ``docs/llm.md``: the counts, then one row per family."""
     counts = {status: sum(r["status"] == status for r in records.values()) for status in ("pass", "fail", "skip")}
     width = sum(r["status"] == "pass" and not r["width"].startswith("none") for r in records.values())
@@ -38,7 +33,7 @@ def render(records: dict[str, dict]) -> str:
     fused = sum(r["status"] == "pass" and bool(r.get("fused_pruned")) for r in records.values())
     experts = sum(r["status"] == "pass" and "experts" in r["dense_weights"] for r in records.values())
     lines = [
-        START,
+        REPORT.start,
         f"The sweep covers **{len(records)}** families (every `model_type` of `transformers`' "
         f"`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`): **{counts['pass']} pass**, **{counts['fail']} fail**, "
         f"**{counts['skip']} skipped**; of the passing families {depth} also depth-prune a block and {width} width-prune. "
@@ -64,10 +59,10 @@ def render(records: dict[str, dict]) -> str:
         notes += [f"depth {r['depth']}" if r["depth"].startswith("none") else ""]
         note = "; ".join(n for n in notes if n)
         lines.append(
-            f"| {family} | {r['status']} | {_cell(r['stack'])} | {_number(r['ppl_dense'])} | {cells[0]} | {cells[1]} "
-            f"| {_cell(r['width'])} | {_cell(note)} |"
+            f"| {family} | {r['status']} | {cell(r['stack'], 160)} | {_number(r['ppl_dense'])} | {cells[0]} | {cells[1]} "
+            f"| {cell(r['width'], 160)} | {cell(note, 160)} |"
         )
-    lines.append(END)
+    lines.append(REPORT.end)
     return "\n".join(lines)
 
 
@@ -75,36 +70,16 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")[:160]
+def _check(family: str) -> tuple[Record, str]:
+    outcome = check_llm_family(family)
+    return outcome.to_record(), f"{family:<28} {outcome.status:<5} {outcome.seconds:>5.1f} s  {outcome.reason}"
 
 
 def main(argv: list[str]) -> None:
     """Check the families named in ``argv`` (all when empty), then write the status file and the docs."""
-    if any(arg.startswith("-") for arg in argv):
-        print(__doc__)
-        raise SystemExit(0 if set(argv) <= {"-h", "--help"} else f"unknown option in {argv}; pass family names only")
-    warnings.filterwarnings("ignore")
-    import torch
-
-    torch.set_num_threads(1)
-    families = argv or list(discover_causal_families())
-    records: dict[str, dict] = json.loads(STATUS.read_text(encoding="utf-8")) if STATUS.exists() and argv else {}
-    for family in families:
-        outcome = check_llm_family(family)
-        records[family] = outcome.to_record()
-        print(f"{family:<28} {outcome.status:<5} {outcome.seconds:>5.1f} s  {outcome.reason}", flush=True)
-    records = dict(sorted(records.items()))
-    atomic_write_text(STATUS, json.dumps(records, indent=1) + "\n")
-    text = DOCS.read_text(encoding="utf-8")
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + render(records) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Every causal-LM family of transformers\n\n" + render(records) + "\n"
-    atomic_write_text(DOCS, text)
+    records = run_families(argv, __doc__ or "", REPORT, discover_causal_families, _check, render)
     counts = {s: sum(r["status"] == s for r in records.values()) for s in ("pass", "fail", "skip")}
-    print(f"{len(records)} families: {counts}; wrote {STATUS.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
+    print(f"{len(records)} families: {counts}; wrote {REPORT.status.relative_to(ROOT)} and {REPORT.docs.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -12,30 +12,25 @@ and the table of failing and skipped families, so the docs are never typed by ha
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.zoo.generated import check_family, discover_families  # noqa: E402
+from tests.zoo.report import Record, Report, cell, run_families  # noqa: E402
 
-from prunekit.core.atomic import atomic_write_text  # noqa: E402
-
-STATUS = ROOT / "tests" / "zoo" / "generated_status.json"
-DOCS = ROOT / "docs" / "structured.md"
-START, END = "<!-- zoo-report:start -->", "<!-- zoo-report:end -->"
+REPORT = Report("tests/zoo/generated_status.json", "docs/structured.md", "zoo-report", "The generated transformers zoo")
 
 
-def render(records: dict[str, dict]) -> str:
+def render(records: dict[str, Record]) -> str:
     """The Markdown block for ``docs/structured.md``: counts per modality and the non-passing families."""
     built = {f: r for f, r in records.items() if r["status"] != "skip"}
     passed = [f for f, r in built.items() if r["status"] == "pass"]
     lines = [
-        START,
+        REPORT.start,
         f"The generated zoo discovers **{len(records)}** families from `transformers`' image-, audio- and "
         f"sequence-classification auto mappings; **{len(built)}** build small on CPU, and **{len(passed)}** "
         f"of those ({100 * len(passed) / max(len(built), 1):.0f} %) pass the oracle and the 50 % prune with "
@@ -56,54 +51,37 @@ def render(records: dict[str, dict]) -> str:
     failing = {f: r for f, r in records.items() if r["status"] == "fail"}
     if failing:
         lines += ["", "Families that build but fail, and why:", "", "| family | modality | failure |", "|---|---|---|"]
-        lines += [f"| {f} | {r['modality']} | {_cell(r['reason'])} |" for f, r in failing.items()]
+        lines += [f"| {f} | {r['modality']} | {cell(r['reason'], 220)} |" for f, r in failing.items()]
     skipped = {f: r for f, r in records.items() if r["status"] == "skip"}
     if skipped:
         lines += ["", "<details><summary>Families skipped (not built), with the reason</summary>", ""]
         lines += ["| family | modality | reason |", "|---|---|---|"]
-        lines += [f"| {f} | {r['modality']} | {_cell(r['reason'])} |" for f, r in skipped.items()]
+        lines += [f"| {f} | {r['modality']} | {cell(r['reason'], 220)} |" for f, r in skipped.items()]
         lines += ["", "</details>"]
-    lines.append(END)
+    lines.append(REPORT.end)
     return "\n".join(lines)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")[:220]
+def _check(family: str) -> tuple[Record, str]:
+    start = time.perf_counter()
+    outcome = check_family(family)
+    record = {
+        "modality": outcome.modality,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "macs_ratio": round(outcome.macs_ratio, 3) if outcome.macs_ratio else None,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return record, f"{family:<36} {outcome.status:<5} {record['seconds']:>6.1f} s  {outcome.reason}"
 
 
 def main(argv: list[str]) -> None:
     """Check the families named in ``argv`` (all when empty), then write the status file and the docs."""
-    if any(arg.startswith("-") for arg in argv):  # no options: --help (or a typo) must not record a family
-        print(__doc__)
-        raise SystemExit(0 if set(argv) <= {"-h", "--help"} else f"unknown option in {argv}; pass family names only")
-    warnings.filterwarnings("ignore")
-    import torch
-
-    torch.set_num_threads(1)
-    families = argv or list(discover_families())
-    records: dict[str, dict] = json.loads(STATUS.read_text(encoding="utf-8")) if STATUS.exists() and argv else {}
-    for family in families:
-        start = time.perf_counter()
-        outcome = check_family(family)
-        records[family] = {
-            "modality": outcome.modality,
-            "status": outcome.status,
-            "reason": outcome.reason,
-            "macs_ratio": round(outcome.macs_ratio, 3) if outcome.macs_ratio else None,
-            "seconds": round(time.perf_counter() - start, 1),
-        }
-        print(f"{family:<36} {outcome.status:<5} {records[family]['seconds']:>6.1f} s  {outcome.reason}", flush=True)
-    records = dict(sorted(records.items()))
-    atomic_write_text(STATUS, json.dumps(records, indent=1) + "\n")
-    text = DOCS.read_text(encoding="utf-8")
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + render(records) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## The generated transformers zoo\n\n" + render(records) + "\n"
-    atomic_write_text(DOCS, text)
+    records = run_families(argv, __doc__ or "", REPORT, discover_families, _check, render)
     seconds = sum(r["seconds"] for r in records.values())
-    print(f"{len(records)} families, {seconds:.0f} s in all; wrote {STATUS.relative_to(ROOT)} and {DOCS.relative_to(ROOT)}")
+    print(
+        f"{len(records)} families, {seconds:.0f} s in all; wrote {REPORT.status.relative_to(ROOT)} and {REPORT.docs.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":
