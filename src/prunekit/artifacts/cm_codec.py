@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.artifacts.cm_sources import CODER_HELPERS, kernel_sources, rate_table, squash_table, stretch_table
+from prunekit.artifacts.cm_sources import CODER_HELPERS, HELPER_OPTIONS, kernel_sources, rate_table, squash_table, stretch_table
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 CM_NAME = re.compile(r"cm(m|b|s)([1-9][0-9]{0,12})")
@@ -44,7 +44,7 @@ def _kernels(compiled: bool) -> dict[str, Any]:
     from numba.extending import register_jitable
 
     for helper in CODER_HELPERS:
-        register_jitable(helper)  # the kernels call them by name; numba now compiles them with each kernel
+        register_jitable(**HELPER_OPTIONS)(helper)  # the kernels call them by name; numba compiles them into each
     return {name: numba.njit(cache=True, nogil=True)(fn) for name, fn in kernel_sources().items()}
 
 

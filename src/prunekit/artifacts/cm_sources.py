@@ -7,11 +7,11 @@ so the writer and any reader, compiled or not, on any machine, compute the same 
 
 Each kernel runs in both directions (``decode`` 0 or 1), so the model exists once. It returns the bytes
 written (encoding) or read (decoding), or -1 when the coded stream would outgrow ``out`` (the caller then
-keeps the stream as it is). Their model's state, the coder's start and its flush are
-shared helpers (:data:`CODER_HELPERS`: plain Python calls, which numba compiles with a kernel once they are
-registered with it). The per-bit step (mix, code, learn) is written out in each kernel on purpose: as a shared
-helper, even inlined by numba, it made both kernels 1.5-1.7x slower (the reference counting of its array
-arguments on every bit), and the two steps differ in their mixer's learning rate.
+keeps the stream as it is). The kernels differ only in their contexts and bit order: the
+model's state, each bit's step (:func:`predict`, the arithmetic coder's :func:`code_bit`, :func:`learn`) and the
+coder's start and flush are shared helpers (:data:`CODER_HELPERS`), plain Python calls that numba compiles with a
+kernel once they are registered with it (inlined). The step stays three small functions: one helper for all of it
+(a tuple of state in and out, eleven arrays) measured 1.4-1.8x slower under numba 0.61, these three are not.
 """
 
 from __future__ import annotations
@@ -73,6 +73,59 @@ def start_coder(data, decode):
     return 0, 0xFFFFFFFF, x, pos
 
 
+def code_bit(p, bit, x1, x2, x, pos, data, out, decode):
+    """The arithmetic coder's step: code ``bit`` (or decode it: ``decode`` 1) with probability ``p``/4096 of a 1
+    into the interval ``[x1, x2]`` (``x``: the decoder's window), shifting out (or in) its settled top bytes at
+    ``pos``. Returns ``(bit, x1, x2, x, pos)``; ``pos`` is -1 when an encoder's ``out`` is full."""
+    xmid = x1 + ((x2 - x1) >> 12) * p
+    if decode:
+        bit = 1 if x <= xmid else 0
+    if bit:
+        x2 = xmid
+    else:
+        x1 = xmid + 1
+    while ((x1 ^ x2) & 0xFF000000) == 0:
+        if decode:
+            x = ((x << 8) & 0xFFFFFFFF) | (int(data[pos]) if pos < data.shape[0] else 255)
+        else:
+            if pos >= out.shape[0]:
+                return bit, x1, x2, x, -1
+            out[pos] = x2 >> 24
+        pos += 1
+        x1 = (x1 << 8) & 0xFFFFFFFF
+        x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+    return bit, x1, x2, x, pos
+
+
+def predict(slot, row, offsets, prob, weights, inputs, squash, stretch):
+    """The next bit's probability of a 1 (1..4095 in 4096ths): the five models' predictions at their context
+    ``slot`` (offset here into each model's slots) in the logistic domain (kept in ``inputs`` for
+    :func:`learn`), mixed by the mixer's weight set ``row``."""
+    dot = 0
+    for m in range(5):
+        slot[m] += offsets[m]
+        inputs[m] = stretch[prob[slot[m]] >> 4]
+        dot += inputs[m] * weights[row, m]
+    inputs[5] = 256
+    dot += 256 * weights[row, 5]
+    p = squash[min(2047, max(-2047, dot >> 16)) + 2047]
+    return min(4095, max(1, p))
+
+
+def learn(bit, p, slot, row, shift, prob, seen, limits, weights, inputs, rate):
+    """Learn the coded ``bit`` that :func:`predict` gave ``p``: the mixer's weight set ``row`` by its error
+    (step ``>> shift``), and each model's slot towards it, fast while it is seldom seen."""
+    err = ((bit << 12) - p) * 6
+    for m in range(6):  # clamped: unbounded weights drift over long streams (measured: +3 % over 4 layers)
+        weights[row, m] = min(WEIGHT_LIMIT, max(-WEIGHT_LIMIT, weights[row, m] + ((inputs[m] * err) >> shift)))
+    for m in range(5):
+        s = slot[m]
+        prob[s] += (((bit << 16) - prob[s]) * rate[seen[s]]) >> 16
+        prob[s] = min(65535, max(1, prob[s]))
+        if seen[s] < limits[m]:
+            seen[s] += 1
+
+
 def finish_coder(x1, pos, out, decode):
     """The stream's length once every bit is coded: an encoder flushes its last byte (-1 when ``out`` is full)."""
     if decode:
@@ -84,7 +137,10 @@ def finish_coder(x1, pos, out, decode):
 
 
 #: The helpers the kernels call: numba compiles them along with a kernel once they are registered with it.
-CODER_HELPERS = (new_model, start_coder, finish_coder)
+CODER_HELPERS = (new_model, start_coder, predict, code_bit, learn, finish_coder)
+#: How numba compiles them: inlined into each kernel (as calls the step measured 1.2-1.4x slower). Kept here, not in
+#: the caller, so that changing it changes this file and numba's on-disk cache of the kernels is rebuilt.
+HELPER_OPTIONS = {"inline": "always"}
 
 
 def kernel_sources() -> dict[str, Any]:
@@ -114,45 +170,14 @@ def kernel_sources() -> dict[str, Any]:
             slot[2] = column_bucket * 2 + up
             slot[3] = row_bucket * 32 + column_bucket
             slot[4] = (left & 15) * 16 + up * 8 + up_left * 4 + (above[(c + 1) % columns] if r else 0) * 2 + (r > 0)
-            dot = 0
-            for m in range(5):
-                slot[m] += offsets[m]
-                inputs[m] = stretch[prob[slot[m]] >> 4]
-                dot += inputs[m] * weights[row_bucket, m]
-            inputs[5] = 256
-            dot += 256 * weights[row_bucket, 5]
-            p = squash[min(2047, max(-2047, dot >> 16)) + 2047]
-            p = min(4095, max(1, p))
-            xmid = x1 + ((x2 - x1) >> 12) * p
-            if decode:
-                bit = 1 if x <= xmid else 0
-            else:
-                bit = (int(data[i >> 3]) >> (i & 7)) & 1
-            if bit:
-                x2 = xmid
-            else:
-                x1 = xmid + 1
-            while ((x1 ^ x2) & 0xFF000000) == 0:
-                if decode:
-                    x = ((x << 8) & 0xFFFFFFFF) | (int(data[pos]) if pos < data.shape[0] else 255)
-                else:
-                    if pos >= out.shape[0]:
-                        return -1
-                    out[pos] = x2 >> 24
-                pos += 1
-                x1 = (x1 << 8) & 0xFFFFFFFF
-                x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+            p = predict(slot, row_bucket, offsets, prob, weights, inputs, squash, stretch)
+            bit = 0 if decode else (int(data[i >> 3]) >> (i & 7)) & 1
+            bit, x1, x2, x, pos = code_bit(p, bit, x1, x2, x, pos, data, out, decode)
+            if pos < 0:
+                return -1
             if decode and bit:
                 out[i >> 3] |= 1 << (i & 7)
-            err = ((bit << 12) - p) * 6
-            for m in range(6):  # clamped: unbounded weights drift over long streams (measured: +3 % over 4 layers)
-                weights[row_bucket, m] = min(WEIGHT_LIMIT, max(-WEIGHT_LIMIT, weights[row_bucket, m] + ((inputs[m] * err) >> 15)))
-            for m in range(5):
-                s = slot[m]
-                prob[s] += (((bit << 16) - prob[s]) * rate[seen[s]]) >> 16
-                prob[s] = min(65535, max(1, prob[s]))
-                if seen[s] < limits[m]:
-                    seen[s] += 1
+            learn(bit, p, slot, row_bucket, 15, prob, seen, limits, weights, inputs, rate)
             row_ones += bit
             column_ones[k] += bit
             above[k] = bit
@@ -209,45 +234,12 @@ def kernel_sources() -> dict[str, Any]:
                 slot[3] = (lane * 256 + previous[lane]) * 256 + tree
                 slot[4] = known * 256 + tree
                 row = lane * 9 + mix
-                dot = 0
-                for m in range(5):
-                    slot[m] += offsets[m]
-                    inputs[m] = stretch[prob[slot[m]] >> 4]
-                    dot += inputs[m] * weights[row, m]
-                inputs[5] = 256
-                dot += 256 * weights[row, 5]
-                p = squash[min(2047, max(-2047, dot >> 16)) + 2047]
-                p = min(4095, max(1, p))
-                xmid = x1 + ((x2 - x1) >> 12) * p
-                if decode:
-                    bit = 1 if x <= xmid else 0
-                elif depth == 8:
-                    bit = 1 if value < 0 else 0
-                else:
-                    bit = (magnitude >> (7 - depth)) & 1
-                if bit:
-                    x2 = xmid
-                else:
-                    x1 = xmid + 1
-                while ((x1 ^ x2) & 0xFF000000) == 0:
-                    if decode:
-                        x = ((x << 8) & 0xFFFFFFFF) | (int(data[pos]) if pos < data.shape[0] else 255)
-                    else:
-                        if pos >= out.shape[0]:
-                            return -1
-                        out[pos] = x2 >> 24
-                    pos += 1
-                    x1 = (x1 << 8) & 0xFFFFFFFF
-                    x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
-                err = ((bit << 12) - p) * 6
-                for m in range(6):
-                    weights[row, m] = min(WEIGHT_LIMIT, max(-WEIGHT_LIMIT, weights[row, m] + ((inputs[m] * err) >> 12)))
-                for m in range(5):
-                    s = slot[m]
-                    prob[s] += (((bit << 16) - prob[s]) * rate[seen[s]]) >> 16
-                    prob[s] = min(65535, max(1, prob[s]))
-                    if seen[s] < limits[m]:
-                        seen[s] += 1
+                p = predict(slot, row, offsets, prob, weights, inputs, squash, stretch)
+                bit = (1 if value < 0 else 0) if depth == 8 else (magnitude >> (7 - depth)) & 1
+                bit, x1, x2, x, pos = code_bit(p, bit, x1, x2, x, pos, data, out, decode)
+                if pos < 0:
+                    return -1
+                learn(bit, p, slot, row, 12, prob, seen, limits, weights, inputs, rate)
                 if depth < 8:
                     node = node * 2 + bit
                     coded = coded * 2 + bit
