@@ -381,6 +381,7 @@ def _assert_exact_sparsity(dense: nn.Module, pruned: nn.Module, result: Any, pat
     """Every discovered projection and every slice of a fused expert tensor pruned per expert holds exactly the
     zeros its comparison group asks for (or the N:M pattern along its input dim)."""
     import prunekit.llm as pl
+    from prunekit.torch.llm.selection import pruned_count
 
     names = [
         n for i in range(len(pl.find_decoder_stack(pruned).blocks)) for n in pl.find_decoder_stack(pruned).projection_names(i)
@@ -406,7 +407,7 @@ def _assert_exact_sparsity(dense: nn.Module, pruned: nn.Module, result: Any, pat
         else:
             share = float(pattern)
             comparison = result.comparisons.get(name, "row")
-            expected = rows * int(cols * share) if comparison == "row" else int(rows * cols * share)
+            expected = rows * pruned_count(cols, share) if comparison == "row" else pruned_count(rows * cols, share)
         dead = rows * int((weight == 0).all(dim=0).sum())  # SparseGPT zeroes the weights of inputs that are always 0
         if not expected <= zeros <= expected + already + dead:
             raise AssertionError(
