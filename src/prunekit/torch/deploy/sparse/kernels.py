@@ -53,7 +53,7 @@ def _numba_kernels(parallel: bool) -> dict[str, Any]:
 
 
 #: The (kernel, argument dtypes) pairs whose signature :func:`_call` has compiled with SLP (or found compiled).
-_SLP_READY: set[tuple[int, tuple[str, ...]]] = set()
+_SLP_READY: set[tuple[Any, tuple[str, ...]]] = set()
 
 
 def _call(kernels: dict[str, Any], name: str, *args: Any) -> None:
@@ -61,7 +61,7 @@ def _call(kernels: dict[str, Any], name: str, *args: Any) -> None:
     they are new to it (only the signatures a model uses are compiled: each costs about a second)."""
     kernel = kernels[name]
     if name in SLP:
-        key = (id(kernel), tuple(a.dtype.str if isinstance(a, np.ndarray) else type(a).__name__ for a in args))
+        key = (kernel, tuple(a.dtype.str if isinstance(a, np.ndarray) else type(a).__name__ for a in args))
         if key not in _SLP_READY:
             import numba
 
