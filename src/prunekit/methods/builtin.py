@@ -132,7 +132,15 @@ BUILTIN_METHODS: tuple[Method, ...] = (
             (
                 "distill",
                 "knowledge distillation from the dense teacher: T^2-scaled KL on logits (+ projected features)",
-                {"epochs": 4, "lr": 1e-3, "temperature": 1.0, "alpha": 0.5, "features": (), "feature_weight": 1.0},
+                {
+                    "epochs": 4,
+                    "lr": 1e-3,
+                    "temperature": 1.0,
+                    "alpha": 0.5,
+                    "features": (),
+                    "feature_weight": 1.0,
+                    "feature_loss": "mse",
+                },
             ),
             (
                 "qat",

@@ -242,3 +242,14 @@ def test_keras_qat_fake_quantizes_after_batchnorm_as_tflite_does(dense_cnn, digi
     sqnr = 10 * np.log10((fake**2).sum() / ((fake - tflite) ** 2).sum())
     assert sqnr >= SQNR_FLOOR_DB, sqnr
     assert (fake.argmax(-1) == tflite.argmax(-1)).mean() >= 0.99
+
+
+def test_keras_distill_handler_refuses_the_torch_only_feature_options(digits):
+    from prunekit.methods import get_method
+    from prunekit.methods.recover import RecoverJob
+
+    method = get_method("distill")
+    teacher, student = pk.digits_cnn(), pk.digits_cnn()
+    for options in (method.options(feature_loss="cosine"), method.options(features="penultimate")):
+        with pytest.raises(ConfigError, match="PyTorch-only"):
+            method.handler("keras")(RecoverJob(student, digits.x_train, digits.y_train, options, teacher=teacher))

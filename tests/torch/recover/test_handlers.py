@@ -59,3 +59,19 @@ def test_pqat_handler_writes_an_int8_onnx_with_the_pruned_zeros(tmp_path):
     with pytest.raises(ConfigError, match="prune first"):
         method.handler("torch")(RecoverJob(DigitsMLP(), split.x_train, split.y_train, method.options(epochs=1)))
     assert np.isfinite(run.history[0]["loss"])
+
+
+def test_distill_handler_passes_penultimate_features_and_the_feature_loss_through():
+    split = digits()
+    teacher = _trained_mlp()
+    student = prune_unstructured(copy.deepcopy(teacher), 0.9)
+    method = get_method("distill")
+    assert method.options("torch")["feature_loss"] == "mse"
+    options = method.options(epochs=1, features="penultimate", feature_loss="cosine", feature_weight=0.5)
+    run = method.handler("torch")(RecoverJob(student, split.x_train, split.y_train, options, teacher=teacher))
+    assert len(run.history) == 1 and run.history[0]["loss"] > 0
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in run.model.modules())
+    with pytest.raises(ConfigError, match="feature_loss should be one of"):
+        method.handler("torch")(
+            RecoverJob(student, split.x_train, split.y_train, method.options(epochs=1, feature_loss="l1"), teacher=teacher)
+        )

@@ -62,6 +62,12 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
     if job.teacher is None:
         raise ConfigError("distillation needs job.teacher: the dense model the pruned one came from")
     options = job.options
+    if options["feature_loss"] != "mse" or isinstance(options["features"], str):
+        raise ConfigError(
+            "Keras distillation matches named layers by MSE (keras.distillation's FeatureDistillation): set "
+            f"feature_loss='mse' (got {options['feature_loss']!r}) and features to a list of layer names "
+            f"(got {options['features']!r}); 'penultimate' and the scale-free distances are PyTorch-only"
+        )
     history = distill(
         job.model,
         job.teacher,

@@ -2,7 +2,9 @@
 
 The loss is Hinton's: ``alpha * T**2 * KL(softmax(teacher / T) || softmax(student / T)) +
 (1 - alpha) * task_loss(student, labels)``, plus, for feature distillation, ``feature_weight``
-times the mean squared error between named intermediate outputs. Where structured pruning made
+times a distance between named intermediate outputs (raw MSE, or a scale-free one: see
+:mod:`prunekit.torch.recover.features`; ``"penultimate"`` names the logits layer's input, found
+without a name). Where structured pruning made
 a student layer narrower than its teacher's, a learned linear projection (student width ->
 teacher width, no bias) maps the student's feature first; it exists only in the
 :class:`Distiller` and is dropped with it, so the student stays a plain model.
@@ -25,6 +27,7 @@ from torch import nn
 
 from prunekit.core.progress import progress as progress_bar
 from prunekit.errors import ConfigError, LayerNotFoundError
+from prunekit.torch.recover.features import PENULTIMATE, check_feature_loss, feature_distance, head_layer
 from prunekit.torch.training import _length, _model_device, evaluate
 from prunekit.torch.unstructured.pruner import Pruner
 
@@ -146,30 +149,61 @@ def _module(model: nn.Module, name: str, role: str) -> nn.Module:
     return modules[name]
 
 
+def _feature_module(model: nn.Module, name: str, role: str, example_input: Any) -> nn.Module:
+    """The module named ``name``; for ``"penultimate"``, the layer producing the logits (its input is captured)."""
+    if name != PENULTIMATE:
+        return _module(model, name, role)
+    if PENULTIMATE in dict(model.named_modules()):
+        raise ConfigError(
+            f"the {role} has a module named {PENULTIMATE!r}, which features reserve for the input of the logits layer; "
+            "rename the module to distil its output"
+        )
+    inputs = _to(example_input, _model_device(model))
+    return model.get_submodule(head_layer(model, inputs, lambda out: _logits(out, role)))
+
+
 def _feature_pairs(features: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
     if features is None:
         return {}
+    if features == PENULTIMATE:
+        return {PENULTIMATE: PENULTIMATE}
     if isinstance(features, str):
-        raise ConfigError(f"features should be a list of layer names or a {{student: teacher}} dict, got the string {features!r}")
+        raise ConfigError(
+            f"features should be a list of layer names, a {{student: teacher}} dict or {PENULTIMATE!r}, got the string {features!r}"
+        )
     if isinstance(features, Mapping):
         return {str(s): str(t) for s, t in features.items()}
     return {str(name): str(name) for name in features}
 
 
 class _Capture:
-    """Forward hooks that keep the latest output of named modules."""
+    """Forward hooks that keep the latest output of named modules (their first input for the ``inputs`` names)."""
 
-    def __init__(self, modules: Mapping[str, nn.Module]):
+    def __init__(self, modules: Mapping[str, nn.Module], inputs: frozenset[str] = frozenset()):
         self.values: dict[str, torch.Tensor] = {}
-        self._handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
+        self._handles = [
+            module.register_forward_pre_hook(self._pre_hook(name))
+            if name in inputs
+            else module.register_forward_hook(self._hook(name))
+            for name, module in modules.items()
+        ]
+
+    def _keep(self, name: str, value: Any, what: str) -> None:
+        if isinstance(value, (tuple, list)):
+            value = value[0] if value else None
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(f"feature layer {name!r} {what} {type(value).__name__}, not a tensor")
+        self.values[name] = value
 
     def _hook(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            if not isinstance(output, torch.Tensor):
-                raise ConfigError(f"feature layer {name!r} returns {type(output).__name__}, not a tensor")
-            self.values[name] = output
+            self._keep(name, output, "returns")
+
+        return hook
+
+    def _pre_hook(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: Any) -> None:
+            self._keep(name, inputs, "takes")
 
         return hook
 
@@ -215,8 +249,12 @@ class Distiller:
         teacher: the reference (e.g. the dense model); run in eval mode without gradients.
         temperature, alpha: see :func:`distillation_loss`.
         features: intermediate layers to match: a list of module names present in both models,
-            or ``{student_name: teacher_name}``. Needs ``example_input``.
-        feature_weight: weight of the summed feature MSE terms.
+            or ``{student_name: teacher_name}``; ``"penultimate"`` (alone or in the list) is the input
+            of each model's logits layer (:func:`~prunekit.torch.recover.features.head_layer`).
+            Needs ``example_input``.
+        feature_weight: weight of the summed feature terms.
+        feature_loss: their distance: ``"mse"`` (raw), or the scale-free ``"cosine"`` or
+            ``"standardized"`` (:mod:`prunekit.torch.recover.features`).
         example_input: one batch used once to find feature widths, so that the projections
             (only where the student's width differs from the teacher's) exist before you build
             the optimizer over :meth:`parameters`.
@@ -243,6 +281,7 @@ class Distiller:
         alpha: float = 0.5,
         features: Mapping[str, str] | Sequence[str] | None = None,
         feature_weight: float = 1.0,
+        feature_loss: str = "mse",
         example_input: Any = None,
         task_loss: TaskLoss | None = None,
     ):
@@ -257,16 +296,16 @@ class Distiller:
         self.student, self.teacher = student, teacher
         self.temperature, self.alpha, self.feature_weight = float(temperature), float(alpha), float(feature_weight)
         self.task_loss = task_loss
+        self.feature_kind = check_feature_loss(feature_loss)
         self.pairs = _feature_pairs(features)
-        student_modules = {s: _module(student, s, "student") for s in self.pairs}
-        teacher_modules = {t: _module(teacher, t, "teacher") for t in set(self.pairs.values())}
+        if self.pairs and example_input is None:
+            raise ConfigError("feature distillation needs example_input (one batch) to size the width projections")
+        student_modules = {s: _feature_module(student, s, "student", example_input) for s in self.pairs}
+        teacher_modules = {t: _feature_module(teacher, t, "teacher", example_input) for t in set(self.pairs.values())}
         self.projections = nn.ModuleDict()
-        self._student_capture = _Capture(student_modules)
-        self._teacher_capture = _Capture(teacher_modules)
+        self._student_capture = _Capture(student_modules, inputs=frozenset({PENULTIMATE}))
+        self._teacher_capture = _Capture(teacher_modules, inputs=frozenset({PENULTIMATE}))
         if self.pairs:
-            if example_input is None:
-                self.close()
-                raise ConfigError("feature distillation needs example_input (one batch) to size the width projections")
             try:
                 self._build_projections(example_input)
             except Exception:
@@ -315,7 +354,7 @@ class Distiller:
         return student_out, teacher_out
 
     def feature_loss(self) -> torch.Tensor:
-        """Sum of the feature MSE terms of the last forward pass (0 without features)."""
+        """Sum of the feature distances of the last forward pass (0 without features)."""
         total = torch.zeros(())
         for s_name, t_name in self.pairs.items():
             student = self._student_capture.values[s_name]
@@ -323,7 +362,7 @@ class Distiller:
             projection = self.projection(s_name)
             if projection is not None:
                 student = projection(student)
-            total = total.to(student.device) + F.mse_loss(student.float(), teacher.float())
+            total = total.to(student.device) + feature_distance(student, teacher, self.feature_kind)
         return total
 
     def __call__(self, inputs: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -361,6 +400,7 @@ def distill(
     alpha: float = 0.5,
     features: Mapping[str, str] | Sequence[str] | None = None,
     feature_weight: float = 1.0,
+    feature_loss: str = "mse",
     task_loss: TaskLoss | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     pruner: Pruner | None = None,
@@ -390,29 +430,34 @@ def distill(
     device = torch.device(device) if device is not None else _model_device(student)
     student.to(device)
     teacher.to(device)
-    example = None
-    if features:
-        first = next(iter(train_loader), None)
-        if first is None:
-            raise ConfigError("the training loader is empty")
-        example = _split(first)[0]
-    distiller = Distiller(
-        student,
-        teacher,
-        temperature=temperature,
-        alpha=alpha,
-        features=features,
-        feature_weight=feature_weight,
-        example_input=example,
-        task_loss=task_loss,
-    )
-    own_optimizer = optimizer is None
-    if optimizer is None:
-        optimizer = torch.optim.Adam(distiller.parameters(), lr=lr, weight_decay=weight_decay)
-        if pruner is not None:
-            pruner.attach(optimizer)
-    elif distiller.projections:
-        optimizer.add_param_group({"params": list(distiller.projections.parameters())})
+    _check_mix(temperature, alpha)
+    check_feature_loss(feature_loss)
+    distiller: Distiller | None = None
+    stepper: torch.optim.Optimizer | None = None  # the optimizer in use once the first batch built the distiller
+
+    def start(example: Any) -> tuple[Distiller, torch.optim.Optimizer]:
+        # built on the first training batch, so the loader is not iterated an extra time (its shuffling
+        # generator would advance, and the epochs would see other batches than fit() on the same loader)
+        made = Distiller(
+            student,
+            teacher,
+            temperature=temperature,
+            alpha=alpha,
+            features=features,
+            feature_weight=feature_weight,
+            feature_loss=feature_loss,
+            example_input=example if features else None,
+            task_loss=task_loss,
+        )
+        if optimizer is None:
+            built = torch.optim.Adam(made.parameters(), lr=lr, weight_decay=weight_decay)
+            if pruner is not None:
+                pruner.attach(built)
+            return made, built
+        if made.projections:
+            optimizer.add_param_group({"params": list(made.projections.parameters())})
+        return made, optimizer
+
     history: list[dict[str, float]] = []
     try:
         with progress_bar("distil", epochs * (_length(train_loader) or 0) or None, enabled=progress) as advance:
@@ -421,21 +466,26 @@ def distill(
                 started, total, batches = time.perf_counter(), 0.0, 0
                 for batch in train_loader:
                     inputs, labels = _split(batch)
-                    optimizer.zero_grad(set_to_none=True)
+                    if distiller is None or stepper is None:
+                        distiller, stepper = start(inputs)
+                    stepper.zero_grad(set_to_none=True)
                     loss = distiller(inputs, labels)
                     loss.backward()
-                    optimizer.step()
+                    stepper.step()
                     if pruner is not None:
                         pruner.step()
                     total += float(loss.detach())
                     batches += 1
                     advance()
+                if distiller is None and features:
+                    raise ConfigError("the training loader is empty")
                 record = {"epoch": epoch + 1, "loss": total / max(batches, 1), "seconds": time.perf_counter() - started}
                 if val_loader is not None:
                     record["val_accuracy"] = evaluate(student, val_loader, device)
                 history.append(record)
     finally:
-        distiller.close()
-        if own_optimizer and pruner is not None and not pruner.stripped:
-            pruner.detach()
+        if distiller is not None:
+            distiller.close()
+        if optimizer is None and stepper is not None and pruner is not None and not pruner.stripped:
+            pruner.detach()  # only the hooks distill attached to its own optimizer
     return history

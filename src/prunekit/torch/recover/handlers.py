@@ -52,6 +52,13 @@ def finetune_job(job: RecoverJob) -> RecoveryRun:
     return RecoveryRun(job.model, history)
 
 
+def _features(features: Any) -> Any:
+    """The ``features`` option as ``distill`` takes it: None for none, ``"penultimate"`` or a list of names."""
+    if not features:
+        return None
+    return features if isinstance(features, str) else list(features)
+
+
 def distill_job(job: RecoverJob) -> RecoveryRun:
     """Distil ``job.teacher`` into the pruned model (logits, plus ``features`` when given)."""
     if job.teacher is None:
@@ -66,8 +73,9 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
         lr=options["lr"],
         temperature=options["temperature"],
         alpha=options["alpha"],
-        features=list(options["features"]) or None,
+        features=_features(options["features"]),
         feature_weight=options["feature_weight"],
+        feature_loss=options["feature_loss"],
         pruner=pruner,
         device=job.device,
         progress=job.progress,
