@@ -10,11 +10,13 @@ import transformers
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.depth import prune_depth
 from prunekit.torch.llm.discovery import find_decoder_stack
 from prunekit.torch.llm.methods import sparsegpt
 from prunekit.torch.llm.sequential import prune
 from prunekit.torch.llm.width import prune_width
+from tests.torch.llm.test_checkpoint import _dying
 from tests.torch.llm.test_prune import _reference_all_in_memory
 from tests.torch.llm.tiny import VOCAB, tokens
 
@@ -169,3 +171,18 @@ def test_xlm_prunes_with_wanda_to_half_of_every_row():
     for name in result.achieved:
         weight = model.get_submodule(name).weight
         assert (weight == 0).sum(dim=1).tolist() == [weight.shape[1] // 2] * weight.shape[0], name
+
+
+def test_a_killed_run_on_parallel_lists_resumes_bitwise_identical(tmp_path):
+    ids = tokens(6, 24)
+    options = dict(method="wanda", sparsity=0.5, n_samples=6, seq_len=24, batch_size=4)
+    whole = _ParallelListsLM()
+    expected = prune(whole, ids, **options)
+    folder = tmp_path / "run.partial"
+    with pytest.raises(KeyboardInterrupt):
+        prune(_ParallelListsLM(), ids, **options, checkpoint=_dying(folder, die_after=2))
+    fresh = _ParallelListsLM()  # a new process: the dense model again, its first two units restored
+    resumed = prune(fresh, ids, **options, checkpoint=BlockCheckpoint(folder, resume=True))
+    for (name, a), (_, b) in zip(whole.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.achieved == expected.achieved
