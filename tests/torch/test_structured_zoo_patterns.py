@@ -6,16 +6,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prunekit.errors import ConfigError
 from prunekit.torch import analyze_dependencies, prune_channels
+from prunekit.torch.structured.prune import HeadsNotFollowedWarning
 from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401
 from tests.torch.zoo_patterns import (
     CreatedBiasAttention,
     EinsumHeadsAttention,
+    EinsumScoresAttention,
     HelperCreatedAttention,
     LiteralGate,
     MultiQueryAttention,
     PartialWrites,
     SingleHeadAttention,
+    TrilOverChannels,
     TwoBranchHeads,
     UnequalHeadSplitAttention,
     build_pattern,
@@ -155,3 +159,39 @@ def test_a_dimension_computed_from_kept_attributes_is_kept():
     assert (result.model.attention.num_heads, result.model.attention.q.out_features) == (2, 16)
     reasons = " ".join(entry.reason for entry in analyze_dependencies(model, inputs).left_alone)
     assert "a size computed from head_dim, num_heads, which are kept" in reasons
+
+
+def test_heads_not_followed_through_einsum_are_kept_whole_with_a_warning_and_strict_raises():
+    model, inputs = build_pattern(EinsumScoresAttention())
+    graph = analyze_dependencies(model, inputs)
+    assert graph.unsupported == []  # the data-sized narrow and the tril band have rules
+    assert [label for label, _ in graph.head_problems] == ["attention:matmul"]
+    with pytest.warns(HeadsNotFollowedWarning):
+        expected, actual, _ = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    with pytest.warns(HeadsNotFollowedWarning, match=r"1 attention product\(s\) keep all their heads, whose structure"):
+        pruned = prune_channels(model, inputs, 0.5)
+    attention = pruned.model.attention
+    assert attention.num_heads == 4  # every head kept; the width inside each is pruned alike in q, k and v
+    assert attention.q.out_features == attention.k.out_features == attention.v.out_features == 4 * attention.head_dim == 16
+    with torch.no_grad():
+        assert pruned.model(*inputs).shape == model(*inputs).shape
+    with pytest.raises(ConfigError, match=r"strict=True: .*head structure not understood: the heads of attention:matmul"):
+        prune_channels(model, inputs, 0.5, strict=True)
+
+
+def test_a_narrow_sized_from_data_keeps_only_the_narrowed_dimension():
+    model, inputs = build_pattern(EinsumScoresAttention())
+    graph = analyze_dependencies(model, inputs)
+    o_group = [g for g in graph.groups if g.producers == ["attention.o"]]
+    assert len(o_group) == 1 and o_group[0].size == 32  # the tokens were narrowed, o's channels stay prunable
+
+
+def test_a_tril_over_channels_keeps_them_with_a_reason():
+    model, inputs = build_pattern(TrilOverChannels())
+    graph = analyze_dependencies(model, inputs)
+    assert graph.unsupported == []
+    kept = [entry for entry in graph.left_alone if entry.tensor == "attention.proj.weight"]
+    assert len(kept) == 1 and kept[0].channels == 32 and "tril" in kept[0].reason
+    expected, actual, _ = run_oracle(model, inputs)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)

@@ -224,3 +224,39 @@ class TwoBranchHeads(nn.Module):
         both = torch.cat([context, rows.reshape(b, -1, self.num_heads, self.head_dim)], 2)
         new_shape = both.size()[:-2] + (self.num_heads * self.head_dim * 2,)
         return self.out(both.view(*new_shape))
+
+
+class EinsumScoresAttention(nn.Module):
+    """longformer's attention in small: scores (``blhd,bshd->blhs``, as its global keys) and values each
+    from an ``einsum``, met by a ``matmul`` whose heads cannot be followed back to the reshape that made
+    them; a data-sized ``narrow`` of the tokens (its global tokens) and a ``tril`` band mask ride along."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 4, DIM // 4
+        self.q, self.k, self.v = (nn.Linear(DIM, DIM) for _ in range(3))
+        self.scale = nn.Parameter(torch.ones(DIM // 4))
+        self.o = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, self.num_heads, self.head_dim) for p in (self.q, self.k, self.v))
+        scores = torch.einsum("blhd,bshd->bhls", q, k)
+        band = torch.ones(t, t).tril()  # a causal band, as longformer masks its windows
+        probs = (scores + (band - 1) * 1e4).softmax(-1)
+        values = torch.einsum("bshd,d->bhsd", v, self.scale)
+        out = torch.matmul(probs, values).transpose(1, 2).reshape(b, t, -1)
+        kept = (x[:, :, 0] > -1e9).sum() // b  # the token count, read from data (longformer's global tokens)
+        return self.o(out.narrow(1, 0, kept))
+
+
+class TrilOverChannels(nn.Module):
+    """A ``tril`` whose last dimension holds a projection's channels: removing one would move the diagonal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM)
+        self.out = nn.Linear(DIM, DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.proj(x).tril())

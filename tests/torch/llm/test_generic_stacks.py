@@ -140,10 +140,25 @@ def test_the_cli_says_which_weights_stay_dense_and_which_fell_back_to_magnitude(
     ]
 
 
-def test_layers_split_over_parallel_lists_are_refused_naming_the_model():
-    model = _causal_lm("XLMConfig", emb_dim=32, n_layers=2, n_heads=4, max_position_embeddings=64)
-    with pytest.raises(ConfigError, match=r"XLMWithLMHeadModel changes the hidden states between"):
-        prune(model, tokens(4, 32), method="wanda", sparsity=0.5, n_samples=4, seq_len=32)
+class _NormedBetweenBlocks(nn.Module):
+    """One list of blocks whose forward normalises the hidden states between them: no block can be replayed alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 8)
+        self.layers = nn.ModuleList([nn.Sequential(nn.Linear(8, 8)) for _ in range(2)])
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = self.norm(layer(x))
+        return x
+
+
+def test_a_forward_changing_the_hidden_states_between_blocks_is_refused_naming_the_model():
+    with pytest.raises(ConfigError, match=r"_NormedBetweenBlocks changes the hidden states between 'layers.0' and 'layers.1'"):
+        prune(_NormedBetweenBlocks(), tokens(4, 32), method="wanda", sparsity=0.5, n_samples=4, seq_len=32)
 
 
 def test_width_refused_by_the_config_leaves_the_model_untouched():

@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from prunekit.errors import ConfigError
-from prunekit.torch.llm.discovery import DecoderStack
+from prunekit.torch.llm.discovery import DecoderStack, require_whole_blocks
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook once the first block's inputs are recorded."""
+class StopForward(Exception):
+    """Raised by a hook to stop a model's forward once what it needs is recorded (no later block or head runs)."""
 
 
 @dataclass
@@ -69,6 +69,7 @@ def capture_block_inputs(model: nn.Module, stack: DecoderStack, tokens: torch.Te
         batches = capture_block_inputs(model, find_decoder_stack(model), tokens, batch_size=4)
         batches[0].hidden.shape  # [4, L, hidden]
     """
+    require_whole_blocks(model, stack, "capturing each block's inputs")
     captured: list[BlockBatch] = []
     calls: list[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any], bool]] = []
     template: list[Any] = []  # one real output of block 0: the shape of what a block returns
@@ -90,12 +91,12 @@ def capture_block_inputs(model: nn.Module, stack: DecoderStack, tokens: torch.Te
                 raise ConfigError(
                     f"the forward of {type(model).__name__} changes the hidden states between {stack.block_name(index - 1)!r} "
                     f"and {stack.block_name(index)!r}, so {stack.path!r} is not a stack of decoder blocks that "
-                    "prunekit.llm can replay one by one (its layers may be split over parallel ModuleLists); "
+                    "prunekit.llm can replay one by one (code of the model's forward runs between them); "
                     "prune it with prunekit.torch (unstructured or structured) instead"
                 )
             calls.append((hidden.detach(), rest, named, in_kwargs))
             if index == last:
-                raise _StopForward
+                raise StopForward
             if not template:
                 template.append(real(*args, **kwargs))
             return _with_hidden(template[0], hidden)
@@ -113,7 +114,7 @@ def capture_block_inputs(model: nn.Module, stack: DecoderStack, tokens: torch.Te
                 calls.clear()
                 try:
                     call_model(model, batch)
-                except _StopForward:
+                except StopForward:
                     captured.append(_batch_from_calls(calls))
                     continue
                 raise ConfigError(

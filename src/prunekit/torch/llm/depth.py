@@ -26,7 +26,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.calibration import CalibrationSource
 from prunekit.torch.llm.capture import call_block, call_model, capture_block_inputs, model_device, on_device
-from prunekit.torch.llm.discovery import find_decoder_stack
+from prunekit.torch.llm.discovery import find_decoder_stack, require_whole_blocks
 from prunekit.torch.llm.evaluate import perplexity
 from prunekit.torch.llm.memory import default_batch_size, resolve_device
 from prunekit.torch.llm.sequential import prepare_tokens
@@ -66,6 +66,7 @@ def block_influence(
         block_influence(model, tokens)  # [0.41, 0.08, 0.05, 0.12]
     """
     stack = find_decoder_stack(model)
+    require_whole_blocks(model, stack, "block influence")
     batch_size = batch_size or default_batch_size(model, stack, tokens.shape[0], tokens.shape[1])
     batches = capture_block_inputs(model, stack, tokens, batch_size)
     influence = []
@@ -93,6 +94,7 @@ def skip_perplexity(model: nn.Module, tokens: torch.Tensor, *, batch_size: int |
         skip_perplexity(model, tokens)  # [412.0, 9.1, 9.6, 9.2]: block 1 matters least
     """
     stack = find_decoder_stack(model)
+    require_whole_blocks(model, stack, "skipping a block")
     stream = tokens.reshape(-1)
     scores = []
     for block in stack.blocks:
@@ -323,6 +325,7 @@ def prune_depth(
     if criterion not in CRITERIA:
         raise ConfigError(f"depth criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     stack = find_decoder_stack(model)
+    require_whole_blocks(model, stack, "depth pruning")
     count = len(stack.blocks)
     if isinstance(remove, float) and not 0.0 < remove < 1.0:
         raise ConfigError(f"remove must be a fraction in (0, 1) or a block count, got {remove}")

@@ -6,6 +6,8 @@ modules of ``transformers`` (GPT-2) inside a block. The blocks need not be ident
 (attention and state-space blocks), dense-then-MoE stacks and per-layer-type blocks are one stack.
 Among several such lists (a vision tower beside the language model, an audio encoder) the one
 nearest the input embeddings in the module tree wins, then the shallowest, the longest, the largest.
+A model whose layers are split over parallel lists indexed together by its forward (XLM's
+``attentions[i]``, ``ffns[i]``) gets a stack of their units, layer by layer, in list order.
 """
 
 from __future__ import annotations
@@ -72,7 +74,11 @@ class DecoderStack:
 
     ``path`` is the qualified name of the ``ModuleList`` (``"model.layers"``, ``"transformer.h"``),
     ``blocks`` the list itself, and ``projections[i]`` the qualified names (relative to the block)
-    of the projections inside block ``i``, in module order.
+    of the projections inside block ``i``, in module order. When the layers are split over parallel
+    lists of equal length (``lists``: ``"transformer.attentions"``, ``"transformer.ffns"``...), the
+    blocks are the units holding projections, layer by layer in list order, ``names`` their qualified
+    names and ``path`` the lists' parent; the model's forward runs the code between them, so such a
+    stack is replayed through that forward (:class:`~prunekit.torch.llm.replay.ForwardReplay`).
 
     Example::
 
@@ -83,9 +89,18 @@ class DecoderStack:
     path: str
     blocks: nn.ModuleList
     projections: tuple[tuple[str, ...], ...]
+    names: tuple[str, ...] = ()
+    lists: tuple[str, ...] = ()
+
+    @property
+    def parallel(self) -> bool:
+        """Whether the blocks are units of parallel lists (whose forward code lives in the model's forward)."""
+        return bool(self.lists)
 
     def block_name(self, index: int) -> str:
-        """The qualified name of block ``index``, e.g. ``"model.layers.3"``."""
+        """The qualified name of block ``index``, e.g. ``"model.layers.3"`` (``"transformer.ffns.1"`` for a unit)."""
+        if self.names:
+            return self.names[index]
         return f"{self.path}.{index}" if self.path else str(index)
 
     def projection_names(self, index: int) -> list[str]:
@@ -165,4 +180,43 @@ def find_decoder_stack(model: nn.Module) -> DecoderStack:
         return (_shared_depth(name, embedding), -name.count("."), len(blocks), size)
 
     path, blocks = max(outermost, key=rank)
+    parallel = _parallel_lists(model, path, len(blocks))
+    holding = [(name, lst) for name, lst in parallel if all(_block_projections(child) for child in lst)]
+    if len(holding) > 1:
+        units = [(f"{name}.{i}", lst[i]) for i in range(len(blocks)) for name, lst in holding]
+        return DecoderStack(
+            path=path.rpartition(".")[0],
+            blocks=nn.ModuleList([unit for _, unit in units]),
+            projections=tuple(_block_projections(unit) for _, unit in units),
+            names=tuple(name for name, _ in units),
+            lists=tuple(name for name, _ in parallel),
+        )
     return DecoderStack(path=path, blocks=blocks, projections=tuple(_block_projections(block) for block in blocks))
+
+
+def _parallel_lists(model: nn.Module, path: str, length: int) -> list[tuple[str, nn.ModuleList]]:
+    """The ``ModuleList`` children of ``path``'s parent as long as it (``path`` among them), by qualified name."""
+    parent = path.rpartition(".")[0]
+    return [
+        (f"{parent}.{name}" if parent else name, child)
+        for name, child in model.get_submodule(parent).named_children()
+        if isinstance(child, nn.ModuleList) and len(child) == length
+    ]
+
+
+def require_whole_blocks(model: nn.Module, stack: DecoderStack, job: str) -> None:
+    """Refuse ``job`` (depth or width pruning, a block replayed alone) on a stack split over parallel lists.
+
+    Such a model's forward runs code of its own between the units (residuals, norms) and loops over
+    the lists by a count it keeps, so a unit cannot run alone nor a layer be removed by removing a block.
+
+    Example::
+
+        require_whole_blocks(model, find_decoder_stack(model), "depth pruning")
+    """
+    if stack.parallel:
+        raise ConfigError(
+            f"{job} needs whole decoder blocks in one nn.ModuleList, but {type(model).__name__} splits its layers over "
+            f"the parallel lists {', '.join(repr(name) for name in stack.lists)}, indexed together by its forward; "
+            "unstructured and N:M pruning (prunekit.llm.prune) work on it, or prune it with prunekit.torch's structured engine"
+        )

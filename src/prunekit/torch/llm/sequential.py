@@ -25,7 +25,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.methods.llm_options import COMPARISON_CHOICES, RATIO_SCHEMES
 from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
-from prunekit.torch.llm.capture import BlockBatch, call_block, capture_block_inputs, on_device
+from prunekit.torch.llm.capture import on_device
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
 from prunekit.torch.llm.experts import ExpertUses, fused_candidates, stacked_matrices
@@ -44,6 +44,7 @@ from prunekit.torch.llm.memory import check_memory, default_batch_size, resolve_
 from prunekit.torch.llm.methods import LayerTask, LLMMethod, needed_statistics, unreached_method
 from prunekit.torch.llm.progress import block_progress
 from prunekit.torch.llm.ratios import glob_sparsities, outlier_ratio, owl_sparsities
+from prunekit.torch.llm.replay import BlockReplay, block_replay
 from prunekit.torch.llm.selection import check_sparsity, parse_pattern
 from prunekit.torch.llm.statistics import InputStatistics
 
@@ -193,7 +194,7 @@ class _StatsCollector:
 def _run_block(
     block: nn.Module,
     index: int,
-    batches: list[BlockBatch],
+    replay: BlockReplay,
     device: torch.device | None,
     collector: _StatsCollector | None,
     replace: bool,
@@ -201,16 +202,16 @@ def _run_block(
 ) -> None:
     """Run block ``index`` of the stack over every batch (collecting statistics, per expert too under ``uses``;
     replacing the hidden states)."""
+
+    def before_batch() -> None:
+        if collector is not None:
+            collector.new_batch()
+        if uses is not None:
+            uses.new_batch()
+
+    observing = collector is not None or uses is not None
     with torch.no_grad(), uses if uses is not None else contextlib.nullcontext():
-        for batch in batches:
-            if collector is not None:
-                collector.new_batch()
-            if uses is not None:
-                uses.new_batch()
-            work = batch.to(device) if device is not None else batch
-            out = call_block(block, work, index)
-            if replace:
-                batch.hidden = out.to(batch.hidden.device) if device is not None else out
+        replay.run(block, index, device, before_batch if observing else None, replace)
 
 
 def block_projections(stack: DecoderStack, index: int) -> dict[str, nn.Module]:
@@ -238,14 +239,14 @@ def owl_block_sparsities(
 
         owl_block_sparsities(model, find_decoder_stack(model), tokens, 0.7)
     """
-    batches = capture_block_inputs(model, stack, tokens, batch_size)
+    replay = block_replay(model, stack, tokens, batch_size)
     ratios = []
     for index, block in enumerate(stack.blocks):
         modules = {n: m for n, m in block_projections(stack, index).items() if not _skipped(n, skip)}
         with on_device(block, device):
             collector = _StatsCollector(modules, hessian=False)
             try:
-                _run_block(block, index, batches, device, collector, replace=True)
+                _run_block(block, index, replay, device, collector, replace=True)
             finally:
                 collector.close()
             scores = [
@@ -310,10 +311,21 @@ def prune(
     _check_skip(model, skip)
     work_device = resolve_device(device)
     stack = find_decoder_stack(model)
+    if stack.parallel and work_device is not None:
+        raise ConfigError(
+            f"device={device!r} moves one block at a time, but {type(model).__name__} splits its layers over the parallel "
+            f"lists {', '.join(repr(n) for n in stack.lists)}, which only its own forward can run: move the model to the "
+            "device and leave device unset"
+        )
     all_names = [n for i in range(len(stack.blocks)) for n in stack.projection_names(i)]
     names = [n for n in all_names if not _skipped(n, skip)]
     if isinstance(ratios, Mapping):  # a glob may name fused expert tensors only: they are checked with the projections
-        fused_names = [n for n, p in stack.blocks.named_parameters(prefix=stack.path) if p.dim() == 3]
+        fused_names = [
+            f"{stack.block_name(i)}.{n}"
+            for i, block in enumerate(stack.blocks)
+            for n, p in block.named_parameters()
+            if p.dim() == 3
+        ]
         projections = set(names)
         targets = {n: v for n, v in glob_sparsities(names + fused_names, ratios, sparsity).items() if n in projections}
     else:
@@ -496,17 +508,15 @@ def _prune_blocks(
     magnitude in the method's comparison group and its name appended to ``unreached``."""
     achieved: dict[str, float] = dict(resume.achieved) if resume else {}
     chosen: dict[str, str] = {}
-    batches = capture_block_inputs(model, stack, tokens, batch_size) if tokens is not None and batch_size else []
-    if device is not None:
-        batches = [b.to(device) for b in batches]
+    replay = block_replay(model, stack, tokens, batch_size, device)
     with block_progress(len(stack.blocks), name, progress) as advance:
         for index, block in enumerate(stack.blocks):
             if resume is not None and index < resume.done:  # pruned before the kill: replay it for the next block's inputs
-                if batches:
+                if replay:
                     fused = fused_candidates(block, owned_weights(stack, index)) if plan is not None else {}
                     uses = ExpertUses(fused, "none") if fused else None
                     with on_device(block, device):
-                        _run_block(block, index, batches, None, None, replace=True, uses=uses)
+                        _run_block(block, index, replay, None, None, replace=True, uses=uses)
                     if uses is not None and plan is not None:  # what it pruned per expert, for the report
                         note_restored_experts(stack.block_name(index), fused, uses, plan, achieved)
                 advance(f"{stack.block_name(index)} (restored)")
@@ -514,12 +524,12 @@ def _prune_blocks(
             modules = {n: m for n, m in block_projections(stack, index).items() if n in targets}
             with on_device(block, device):
                 stats: dict[str, InputStatistics] = {}
-                fused = fused_candidates(block, owned_weights(stack, index)) if plan is not None and batches else {}
+                fused = fused_candidates(block, owned_weights(stack, index)) if plan is not None and replay else {}
                 uses = ExpertUses(fused, statistics) if fused else None
                 if (statistics != "none" and modules) or uses is not None:
                     collector = _StatsCollector(modules, hessian=statistics == "hessian") if statistics != "none" else None
                     try:
-                        _run_block(block, index, batches, None, collector, replace=False, uses=uses)
+                        _run_block(block, index, replay, None, collector, replace=False, uses=uses)
                     finally:
                         if collector is not None:
                             collector.close()
@@ -529,7 +539,7 @@ def _prune_blocks(
                     if not (targets[n] == 0.0 and pattern is None):
                         # the last projection reading its statistics may consume them ("auto" reads them twice)
                         last = n in stats and users[id(stats[n])] == 1 and comparison != "auto"
-                        recollect = functools.partial(_collect_one, block, index, batches, n, module) if last else None
+                        recollect = functools.partial(_collect_one, block, index, replay, n, module) if last else None
                         use, group = handler, comparison
                         if statistics != "none" and n not in stats:
                             unreached.append(n)
@@ -545,8 +555,8 @@ def _prune_blocks(
                 if uses is not None and plan is not None:
                     expert_run = ExpertRun(handler, options, statistics, pattern, comparison, achieved, chosen, unreached)
                     prune_experts(expert_run, stack.block_name(index), index, fused, uses, plan)
-                if batches and index + 1 < len(stack.blocks):
-                    _run_block(block, index, batches, None, None, replace=True)
+                if replay and index + 1 < len(stack.blocks):
+                    _run_block(block, index, replay, None, None, replace=True)
             if resume is not None:
                 targets_now = {**targets, **(plan.targets if plan is not None else {})}
                 resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, targets_now, achieved)
@@ -574,11 +584,11 @@ def _prune_projection(
     return group
 
 
-def _collect_one(block: nn.Module, index: int, batches: list[BlockBatch], name: str, module: nn.Module) -> InputStatistics:
+def _collect_one(block: nn.Module, index: int, replay: BlockReplay, name: str, module: nn.Module) -> InputStatistics:
     """One projection's Hessian statistics collected again over the calibration batches (the block as it is now)."""
     collector = _StatsCollector({name: module}, hessian=True)
     try:
-        _run_block(block, index, batches, None, collector, replace=False)
+        _run_block(block, index, replay, None, collector, replace=False)
     finally:
         collector.close()
     return collector.stats[name]

@@ -24,8 +24,9 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.calibration import CalibrationSource
 from prunekit.torch.llm.capture import call_block, capture_block_inputs, on_device
-from prunekit.torch.llm.discovery import find_decoder_stack, is_transposed, weight_matrix
+from prunekit.torch.llm.discovery import find_decoder_stack, is_transposed, require_whole_blocks, weight_matrix
 from prunekit.torch.llm.memory import default_batch_size, resolve_device
+from prunekit.torch.llm.replay import CapturedReplay
 from prunekit.torch.llm.sequential import _run_block, _StatsCollector, block_projections, prepare_tokens
 from prunekit.torch.llm.width_config import apply_changes, narrower_config, slice_vector, text_config
 
@@ -174,6 +175,7 @@ def prune_width(
     if mlp == 0.0 and heads == 0.0:
         raise ConfigError("give a fraction of MLP neurons (mlp) and/or of attention KV groups (heads) to remove")
     name = type(model).__name__
+    require_whole_blocks(model, find_decoder_stack(model), "width pruning")
     config = text_config(getattr(model, "config", None))
     hidden = _config_value(config, "hidden_size", "n_embd")
     n_heads, n_kv, head_dim = _heads(config, name)
@@ -190,6 +192,7 @@ def prune_width(
     batches = capture_block_inputs(model, stack, tokens, batch_size)
     if work_device is not None:
         batches = [b.to(work_device) for b in batches]
+    replay = CapturedReplay(batches)
     result = WidthResult()
     group_size = n_heads // n_kv
     drop_groups = int(round(heads * n_kv))
@@ -208,12 +211,12 @@ def prune_width(
         if index not in same:
             result.unchanged.append(stack.block_name(index))
             with on_device(block, work_device):
-                _run_block(block, index, batches, None, None, replace=True)
+                _run_block(block, index, replay, None, None, replace=True)
             continue
         with on_device(block, work_device):
             collector = _StatsCollector(modules, hessian=False)
             try:
-                _run_block(block, index, batches, None, collector, replace=False)
+                _run_block(block, index, replay, None, collector, replace=False)
             finally:
                 collector.close()
             assert hidden is not None
@@ -258,7 +261,7 @@ def prune_width(
                 )
             _apply(block, modules, plan, extra)
             if index + 1 < len(stack.blocks):
-                _run_block(block, index, batches, None, None, replace=True)
+                _run_block(block, index, replay, None, None, replace=True)
     apply_changes(model.config, changes)
     if heads:
         for module in model.modules():  # attention modules that cached their head counts

@@ -3,7 +3,13 @@
 from prunekit.torch.structured.graph import ChannelGroup, DependencyGraph, LeftAlone, analyze_dependencies
 from prunekit.torch.structured.iterative import prune_channels_iteratively
 from prunekit.torch.structured.plan import apply_plan, load_pruned, save_pruned
-from prunekit.torch.structured.prune import PruningShortfallWarning, StructuredResult, prune_channels, remove_channels
+from prunekit.torch.structured.prune import (
+    HeadsNotFollowedWarning,
+    PruningShortfallWarning,
+    StructuredResult,
+    prune_channels,
+    remove_channels,
+)
 from prunekit.torch.structured.rules.base import ChannelRule, Coupling, RuleError, Shrink, TracedRule
 
 __all__ = [
@@ -11,6 +17,7 @@ __all__ = [
     "ChannelRule",
     "Coupling",
     "DependencyGraph",
+    "HeadsNotFollowedWarning",
     "LeftAlone",
     "PruningShortfallWarning",
     "RuleError",

@@ -39,7 +39,7 @@ from prunekit.torch.structured.plan import (
 from prunekit.torch.structured.repair import size_attribute_repairs
 from prunekit.torch.structured.report import GroupRecord, build_report, measure
 from prunekit.torch.structured.rules.base import ChannelRule, RuleError, check_rules, rule_for
-from prunekit.torch.structured.shortfall import measure_shortfall
+from prunekit.torch.structured.shortfall import heads_kept_whole, measure_shortfall
 from prunekit.torch.structured.surgery import plan_attributes
 from prunekit.torch.structured.tracing import ExampleInputs, TraceError, trace_model
 
@@ -48,6 +48,11 @@ _MAX_ATTEMPTS = 6
 
 class PruningShortfallWarning(UserWarning):
     """The achieved MACs reduction is more than 10 % below what the channel ratio asked for."""
+
+
+class HeadsNotFollowedWarning(PruningShortfallWarning):
+    """An attention product's heads could not be followed back to the reshape that makes them: its
+    heads are not pruned as heads (the report's notes name the product and where the walk stopped)."""
 
 
 @dataclass
@@ -419,6 +424,15 @@ def _run(
     notes = [f"{f.label}: {f.detail}; its channels were kept" for f in failures]
     notes.extend(getattr(notes_from, "notes", []) or [])
     notes.extend(reason for _, reason in graph.head_problems)
+    kept_whole = heads_kept_whole(graph)
+    if kept_whole:
+        listed = "; ".join(kept_whole[:4]) + (f" (and {len(kept_whole) - 4} more)" if len(kept_whole) > 4 else "")
+        warnings.warn(
+            f"{len(kept_whole)} attention product(s) keep all their heads, whose structure was not understood: {listed}; "
+            "describe the module with rules={ModuleClass: ChannelRule()} or pass strict=True to stop on it",
+            HeadsNotFollowedWarning,
+            stacklevel=3,
+        )
     ignored = {t.group.id: f"{t.group.name}: user ignore ({t.skipped})" for t in targets if t.skipped.startswith("ignore_")}
     left_alone = [(e.text.partition(": ")[0], e.reason) for e in graph.left_alone]
     left_alone += [(text.partition(": ")[0], text.partition(": ")[2]) for text in ignored.values()]

@@ -16,7 +16,7 @@ import numpy as np
 
 from prunekit.torch.measure.macs import MacsReport
 from prunekit.torch.structured.graph import DependencyGraph, is_structural
-from prunekit.torch.structured.labels import FIXED
+from prunekit.torch.structured.labels import FIXED, tensor_refs
 
 SHORTFALL_TOLERANCE = 0.10
 
@@ -107,4 +107,22 @@ def measure_shortfall(
     return Shortfall(requested, achieved, [text for _, text in entries])
 
 
-__all__ = ["SHORTFALL_TOLERANCE", "Shortfall", "measure_shortfall"]
+def heads_kept_whole(graph: DependencyGraph) -> list[str]:
+    """The head problems (``head structure not understood``) of attention products none of whose
+    operands' heads dimension (``-3``) holds a prunable channel: there the heads are kept whole, silently
+    but for this list (where another path prunes the heads, as multi-query attention's, none is listed)."""
+    state = graph.state
+    pending: dict[str, list[str]] = {}
+    for label, reason in graph.head_problems:
+        pending.setdefault(label, []).append(reason)
+    found = []
+    for op in state.trace.ops:
+        if not pending.get(op.label):
+            continue
+        operands = [r for r in tensor_refs(op.args[:3]) if len(state.trace.shapes[r.vid]) >= 3]
+        if all((graph.roots[state.get(r)[-3]] == FIXED).all() for r in operands):
+            found.append(pending[op.label].pop(0))
+    return found
+
+
+__all__ = ["SHORTFALL_TOLERANCE", "Shortfall", "heads_kept_whole", "measure_shortfall"]

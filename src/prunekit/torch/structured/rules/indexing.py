@@ -227,8 +227,10 @@ def narrow(st: LabelState, op: OpRecord) -> None:
     labels, shape = list(st.get(x)), st.shape(x)
     dim = normalise_dim(int(arg(op, 1, "dim")), len(shape))
     start, length = arg(op, 2, "start"), arg(op, 3, "length")
-    if is_tensor(start):
-        st.unsupported_op(op, "narrow with a tensor start")
+    if is_tensor(start) or is_tensor(length):  # which positions it keeps is data: the dimension keeps its channels
+        st.fix(labels[dim], f"{st.reason} (narrow by a start or length computed from data)")
+        labels[dim] = np.zeros(st.shape(out)[dim], np.int64)
+        st.set(out, labels)
         return
     start = normalise_dim(int(start), shape[dim])
     if not (start == 0 and length == shape[dim]):

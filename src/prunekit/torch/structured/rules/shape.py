@@ -260,6 +260,16 @@ def flip(st: LabelState, op: OpRecord) -> None:
     st.set(out, labels)
 
 
+def triangle(st: LabelState, op: OpRecord) -> None:
+    """``tril``/``triu``: a mask by row and column index over the last two dimensions. Channels
+    there are kept (removing one would move the diagonal for the rest); others pass through."""
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels = st.get(x)
+    for d in range(max(0, len(labels) - 2), len(labels)):
+        st.fix(labels[d])
+    st.set(out, labels)
+
+
 def roll(st: LabelState, op: OpRecord) -> None:
     x, out = first_tensor(op), outputs_of(op)[0]
     labels = st.get(x)
@@ -385,6 +395,8 @@ _register(flip, "flip", "fliplr", "flipud")
 _register(as_strided, "as_strided")
 
 _register(roll, "roll")
+
+_register(triangle, "tril", "triu")
 
 _register(getitem, "getitem")
 
