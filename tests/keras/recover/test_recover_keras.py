@@ -242,3 +242,67 @@ def test_keras_qat_fake_quantizes_after_batchnorm_as_tflite_does(dense_cnn, digi
     sqnr = 10 * np.log10((fake**2).sum() / ((fake - tflite) ** 2).sum())
     assert sqnr >= SQNR_FLOOR_DB, sqnr
     assert (fake.argmax(-1) == tflite.argmax(-1)).mean() >= 0.99
+
+
+def _quant_ranges(model):
+    names = ("input_low", "input_high", "output_low", "output_high")
+    return {layer.name: [float(getattr(layer, n)) for n in names] for layer in model.layers if hasattr(layer, "observed")}
+
+
+def test_keras_activation_ranges_frozen_after_n_training_batches_are_exactly_constant(digits):
+    model = _with_random_statistics(pk.digits_cnn(channels=(4, 8), hidden=16))
+    frozen = quantize_model(model, freeze_ranges_after=2).model
+    moving = quantize_model(model).model
+    x = digits.x_val[:32]
+    for run in (frozen, moving):
+        run(x, training=True)
+        run(x * 0.5, training=True)
+    reached = _quant_ranges(frozen)
+    assert reached == _quant_ranges(moving)  # the same EMA until the freeze
+    for run in (frozen, moving):
+        for _ in range(3):
+            run(x * 4.0, training=True)  # a much wider batch range
+    assert _quant_ranges(frozen) == reached
+    assert _quant_ranges(moving) != reached
+    assert float(frozen.get_layer("conv1").observed) == 5.0
+
+
+def test_keras_qat_trains_the_conv_kernel_and_batchnorm_parameters_not_a_baked_fold(digits):
+    model = _with_random_statistics(pk.digits_cnn(channels=(4, 8), hidden=16))
+    run = quantize_model(model)
+    conv1 = run.model.get_layer("conv1")
+    np.testing.assert_array_equal(conv1.kernel.numpy(), model.get_layer("conv1").kernel.numpy())  # not pre-multiplied
+    np.testing.assert_array_equal(conv1.bn_gamma.numpy(), model.get_layer("bn1").gamma.numpy())
+    trainable = {w.path.split("/")[-1] for w in conv1.trainable_weights}
+    assert trainable == {"kernel", "bias", "bn_gamma", "bn_beta"}
+    # at inference conv1 computes the folded arithmetic of the stripped model (what the converter gets), fake-quantized
+    x = digits.x_val[:32]
+    run.model(x, training=True)  # observe the ranges once
+    plain = strip_qat(run.model).get_layer("conv1")
+    fq = keras.quantizers.fake_quant_with_min_max_vars
+    expected = fq(plain(fq(x, conv1.input_low, conv1.input_high)), conv1.output_low, conv1.output_high)
+    got = keras.Model(run.model.input, conv1.output)(x, training=False)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_keras_folded_batchnorm_statistics_frozen_after_n_training_batches(digits):
+    model = _with_random_statistics(pk.digits_cnn(channels=(4, 8), hidden=16))
+    qat_model = quantize_model(model, freeze_bn_after=1).model
+    conv1, x = qat_model.get_layer("conv1"), digits.x_val[:32]
+    before = conv1.bn_mean.numpy().copy()
+    qat_model(x, training=True)  # batch 1 updates the moving statistics
+    after_first = conv1.bn_mean.numpy().copy()
+    assert not np.array_equal(after_first, before)
+    out = qat_model(x * 2.0, training=True)
+    np.testing.assert_array_equal(conv1.bn_mean.numpy(), after_first)
+    np.testing.assert_allclose(out, qat_model(x * 2.0, training=False), rtol=1e-5, atol=1e-5)  # frozen: as at inference
+    never = quantize_model(model, freeze_bn_after=0).model
+    never(x, training=True)
+    np.testing.assert_array_equal(never.get_layer("conv1").bn_mean.numpy(), model.get_layer("bn1").moving_mean.numpy())
+
+
+def test_keras_freeze_options_are_validated_by_name():
+    with pytest.raises(ConfigError, match="freeze_ranges_after should be None or an integer >= 1"):
+        quantize_model(pk.digits_cnn(channels=(4, 8), hidden=16), freeze_ranges_after=0)
+    with pytest.raises(ConfigError, match="freeze_bn_after should be None or an integer >= 0"):
+        quantize_model(pk.digits_cnn(channels=(4, 8), hidden=16), freeze_bn_after=-1)
