@@ -306,3 +306,27 @@ def test_keras_freeze_options_are_validated_by_name():
         quantize_model(pk.digits_cnn(channels=(4, 8), hidden=16), freeze_ranges_after=0)
     with pytest.raises(ConfigError, match="freeze_bn_after should be None or an integer >= 0"):
         quantize_model(pk.digits_cnn(channels=(4, 8), hidden=16), freeze_bn_after=-1)
+
+
+def test_keras_qat_registry_options_carry_the_freezes_to_the_layers(pruned_90, digits, monkeypatch):
+    import prunekit.keras.recover.handlers as handlers
+    from prunekit.keras.recover.qat import FREEZE_BN_AFTER
+    from prunekit.methods import get_method
+    from prunekit.methods.recover import RecoverJob
+
+    method = get_method("pqat")
+    assert method.options("keras")["freeze_bn_after"] == FREEZE_BN_AFTER == 0
+    assert method.options("torch")["freeze_bn_after"] is None
+    seen = {}
+
+    def spy(*args, **kwargs):
+        run = pqat(*args, **kwargs)
+        seen.update({layer.name: (layer.freeze_ranges_after, layer.freeze_bn_after) for layer in run.model.layers
+                     if hasattr(layer, "observed")})  # fmt: skip
+        return run
+
+    monkeypatch.setattr(handlers, "pqat", spy)
+    options = method.options("keras", epochs=1, freeze_ranges_after=3, freeze_bn_after=2)
+    method.handler("keras")(RecoverJob(clone_of(pruned_90.model), digits.x_train[:256], digits.y_train[:256], options))
+    # every quantized layer freezes its ranges; only those that absorbed a BatchNormalization have statistics to freeze
+    assert seen == {"conv1": (3, 2), "conv2": (3, 2), "fc1": (3, None), "fc2": (3, None)}
