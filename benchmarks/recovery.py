@@ -18,15 +18,17 @@ the shuffling):
   or trained with PQAT and exported to int8 QDQ; both int8 files evaluated in ONNX Runtime
   (goal >= 0). ``pqat_zeros_preserved``: every PQAT file holds exactly the masks' zeros.
 * ``keras_pqat_minus_ptq_pt``: the same with the Keras digits CNN (``prune_gradually`` to 90%),
-  PTQ = masked fine-tune then full-int8 TFLite conversion, PQAT = ``pqat`` then int8 TFLite,
-  both evaluated in the TFLite interpreter (goal >= 0).
+  PTQ = float fine-tune with the pruned zeros held exactly (``KeepZeros``; ``keras_ptq_zeros_held``
+  checks it) then full-int8 TFLite conversion, PQAT = ``pqat`` (its defaults) then int8 TFLite,
+  both evaluated in the TFLite interpreter (goal >= 0); ``..._per_seed`` lists the seeds' gains.
 * ``llm_kd_recovered_fraction``: the small LM of ``prunekit llm demo`` (cached; trained once when
   missing) pruned 2:4 by magnitude, then distilled from the dense model's cached top-64 logits
   (``TeacherLogitCache``, T=1) for one pass over 256 x 128 training tokens with the 2:4 zeros held
   (``Pruner.from_zeros``): the share of the perplexity rise (held-out text) that distillation wins
   back (goal >= 0.3).
 
-Run: ``python benchmarks/recovery.py`` (``--quick``: one seed, fewer epochs). The last line is JSON.
+Run: ``python benchmarks/recovery.py`` (``--quick``: one seed, fewer epochs; ``--arms keras``: only the
+Keras comparison, any of ``kd pqat keras llm``). The last line is JSON; the figures of arms not run are null.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from statistics import mean
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from prunekit.artifacts.onnx_artifact import onnx_accuracy  # noqa: E402
@@ -145,6 +148,7 @@ def keras_arm(seed: int, epochs: int, dense_epochs: int) -> dict[str, float] | N
     from prunekit.keras.deploy.tflite import TFLiteModel, convert_to_tflite
     from prunekit.keras.recover import export_tflite
     from prunekit.keras.recover import pqat as keras_pqat
+    from prunekit.keras.recover.handlers import KeepZeros
 
     split = pk.load_digits_nhwc(seed=seed)
     keras.utils.set_random_seed(seed)
@@ -156,17 +160,22 @@ def keras_arm(seed: int, epochs: int, dense_epochs: int) -> dict[str, float] | N
     def tflite_accuracy(flatbuffer: bytes) -> float:
         return float((TFLiteModel(flatbuffer).predict(split.x_test).argmax(-1) == split.y_test).mean())
 
-    clone = keras.models.clone_model(pruned)
-    clone.set_weights(pruned.get_weights())
+    # PTQ arm: the same recovery epochs in float with the pruned zeros held exactly, then int8 TFLite
+    held = keras.models.clone_model(pruned)
+    held.set_weights(pruned.get_weights())
     keras.utils.set_random_seed(seed)
-    held = pk.prune_low_magnitude(clone, pruning_schedule=pk.ConstantSparsity(0.9, begin_step=0, frequency=10**6))
     held.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    held.fit(split.x_train, split.y_train, epochs=epochs, batch_size=64, verbose=0, callbacks=[pk.UpdatePruningStep()])
-    ptq = tflite_accuracy(convert_to_tflite(pk.strip_pruning(held), "int8", split.x_val))
+    held.fit(split.x_train, split.y_train, epochs=epochs, batch_size=64, verbose=0, callbacks=[KeepZeros(held)])
+    ptq_zeros_held = all(
+        np.array_equal(np.asarray(a) == 0, np.asarray(b) == 0) for a, b in zip(pruned.weights, held.weights) if len(a.shape) > 1
+    )
+    ptq = tflite_accuracy(convert_to_tflite(held, "int8", split.x_val))
     keras.utils.set_random_seed(seed)
     run = keras_pqat(pruned, split.x_train, split.y_train, epochs=epochs, lr=1e-4)
     flatbuffer, zeros = export_tflite(run.model, split.x_val)
-    return {"ptq": ptq, "pqat": tflite_accuracy(flatbuffer), "zeros_preserved": zeros == run.mask_zeros}
+    return {"pruned_ptq": tflite_accuracy(convert_to_tflite(pruned, "int8", split.x_val)), "ptq": ptq,
+            "pqat": tflite_accuracy(flatbuffer), "zeros_preserved": zeros == run.mask_zeros,
+            "ptq_zeros_held": ptq_zeros_held}  # fmt: skip
 
 
 def llm_arm(quick: bool) -> dict[str, float] | None:
@@ -197,10 +206,15 @@ def llm_arm(quick: bool) -> dict[str, float] | None:
     return {"dense": ppl(dense), "pruned": before, "distilled": ppl(student)}
 
 
+ARMS = ("kd", "pqat", "keras", "llm")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed and fewer epochs (a smoke run)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="run only these comparisons")
     args = parser.parse_args()
+    arms = set(args.arms)
     seeds = [0] if args.quick else [0, 1, 2]
     dense_epochs, recover_epochs = (4, 1) if args.quick else (10, 3)
     torch.set_num_threads(1)  # the tiny CNN trains fastest on one thread of the shared 2-core machines
@@ -208,60 +222,77 @@ def main() -> None:
     kd, pq, kq = [], [], []
     with tempfile.TemporaryDirectory(prefix="prunekit-recovery-") as tmp:
         for seed in seeds:
-            split = load_digits(seed=seed)
-            dense = _torch_dense(split, seed, dense_epochs)
-            kd.append(kd_arm(split, dense, seed, recover_epochs))
-            work = Path(tmp) / f"seed{seed}"
-            work.mkdir()
-            pq.append(pqat_arm(split, dense, seed, recover_epochs, work))
-            result = keras_arm(seed, recover_epochs, dense_epochs)
+            if arms & {"kd", "pqat"}:
+                split = load_digits(seed=seed)
+                dense = _torch_dense(split, seed, dense_epochs)
+            if "kd" in arms:
+                kd.append(kd_arm(split, dense, seed, recover_epochs))
+                print(f"seed {seed}: kd {kd[-1]}", file=sys.stderr)
+            if "pqat" in arms:
+                work = Path(tmp) / f"seed{seed}"
+                work.mkdir()
+                pq.append(pqat_arm(split, dense, seed, recover_epochs, work))
+                print(f"seed {seed}: pqat {pq[-1]}", file=sys.stderr)
+            result = keras_arm(seed, recover_epochs, dense_epochs) if "keras" in arms else None
             if result is not None:
                 kq.append(result)
-            print(f"seed {seed}: kd {kd[-1]}\n        pqat {pq[-1]}\n        keras {result}", file=sys.stderr)
+                print(f"seed {seed}: keras {result}", file=sys.stderr)
 
     def avg(rows, key):
         return mean(float(r[key]) for r in rows)
 
+    def gain(rows, method, baseline):
+        return round(100 * (avg(rows, method) - avg(rows, baseline)), 2) if rows else None
+
     print(f"\nrecovery on digits, mean over seeds {seeds}, {recover_epochs} recovery epoch(s) per arm")
     print(f"{'comparison':44} {'baseline':>9} {'method':>9} {'gain pt':>8}")
-    print(f"{'torch 75% channels: finetune vs distill':44} {avg(kd, 'finetune'):9.2%} {avg(kd, 'distill'):9.2%} "
-          f"{100 * (avg(kd, 'distill') - avg(kd, 'finetune')):+8.2f}")  # fmt: skip
-    print(f"{'torch 75% channels: finetune vs distill T=2':44} {avg(kd, 'finetune'):9.2%} {avg(kd, 'distill_t2'):9.2%} "
-          f"{100 * (avg(kd, 'distill_t2') - avg(kd, 'finetune')):+8.2f}")  # fmt: skip
-    print(f"{'torch 75% channels, shifted: ft vs distill':44} {avg(kd, 'finetune_shifted'):9.2%} "
-          f"{avg(kd, 'distill_shifted'):9.2%} {100 * (avg(kd, 'distill_shifted') - avg(kd, 'finetune_shifted')):+8.2f}")  # fmt: skip
-    print(f"{'torch 90% + int8 (ORT): PTQ vs PQAT':44} {avg(pq, 'ptq'):9.2%} {avg(pq, 'pqat'):9.2%} "
-          f"{100 * (avg(pq, 'pqat') - avg(pq, 'ptq')):+8.2f}")  # fmt: skip
+    table = [("torch 75% channels: finetune vs distill", kd, "finetune", "distill"),
+             ("torch 75% channels: finetune vs distill T=2", kd, "finetune", "distill_t2"),
+             ("torch 75% channels, shifted: ft vs distill", kd, "finetune_shifted", "distill_shifted"),
+             ("torch 90% + int8 (ORT): PTQ vs PQAT", pq, "ptq", "pqat"),
+             ("keras 90% + int8 (TFLite): PTQ vs PQAT", kq, "ptq", "pqat")]  # fmt: skip
+    for label, rows, baseline, method in table:
+        if rows:
+            print(f"{label:44} {avg(rows, baseline):9.2%} {avg(rows, method):9.2%} {gain(rows, method, baseline):+8.2f}")
+    if kd and pq:
+        print(f"(dense torch {avg(kd, 'dense'):.2%}, 75%-channel pruned before recovery {avg(kd, 'pruned'):.2%}, "
+              f"90% pruned fp32 {avg(pq, 'pruned_fp32'):.2%}, PQAT int8 SQNR vs fake-quant {avg(pq, 'pqat_sqnr_db'):.1f} dB)")  # fmt: skip
     if kq:
-        print(f"{'keras 90% + int8 (TFLite): PTQ vs PQAT':44} {avg(kq, 'ptq'):9.2%} {avg(kq, 'pqat'):9.2%} "
-              f"{100 * (avg(kq, 'pqat') - avg(kq, 'ptq')):+8.2f}")  # fmt: skip
-    print(f"(dense torch {avg(kd, 'dense'):.2%}, 75%-channel pruned before recovery {avg(kd, 'pruned'):.2%}, "
-          f"90% pruned fp32 {avg(pq, 'pruned_fp32'):.2%}, PQAT int8 SQNR vs fake-quant {avg(pq, 'pqat_sqnr_db'):.1f} dB; "
-          f"{time.perf_counter() - started:.0f} s)")  # fmt: skip
-    llm = llm_arm(args.quick)
+        print(f"(keras 90% pruned, int8 before recovery {avg(kq, 'pruned_ptq'):.2%})")
+    print(f"({time.perf_counter() - started:.0f} s)")
+    llm = llm_arm(args.quick) if "llm" in arms else None
     if llm is not None:
         print(
             f"small LM 2:4 (magnitude): perplexity dense {llm['dense']:.3f}, pruned {llm['pruned']:.3f}, "
             f"distilled {llm['distilled']:.3f}"
         )
     recovered = None if llm is None else (llm["pruned"] - llm["distilled"]) / (llm["pruned"] - llm["dense"])
+
+    def mean_of(rows, key, digits=4):
+        return round(avg(rows, key), digits) if rows else None
+
     figures = {
         "benchmark": "recovery",
         "seeds": seeds,
         "recover_epochs": recover_epochs,
-        "kd_gain_pt": round(100 * (avg(kd, "distill") - avg(kd, "finetune")), 2),
-        "kd_t2_gain_pt": round(100 * (avg(kd, "distill_t2") - avg(kd, "finetune")), 2),
-        "kd_finetune_accuracy": round(avg(kd, "finetune"), 4),
-        "kd_distill_accuracy": round(avg(kd, "distill"), 4),
-        "kd_gain_shifted_pt": round(100 * (avg(kd, "distill_shifted") - avg(kd, "finetune_shifted")), 2),
-        "kd_shifted_finetune_accuracy": round(avg(kd, "finetune_shifted"), 4),
-        "kd_shifted_distill_accuracy": round(avg(kd, "distill_shifted"), 4),
-        "pqat_minus_ptq_pt": round(100 * (avg(pq, "pqat") - avg(pq, "ptq")), 2),
-        "ptq_int8_accuracy": round(avg(pq, "ptq"), 4),
-        "pqat_int8_accuracy": round(avg(pq, "pqat"), 4),
-        "pqat_zeros_preserved": all(r["zeros_preserved"] for r in pq),
-        "keras_pqat_minus_ptq_pt": round(100 * (avg(kq, "pqat") - avg(kq, "ptq")), 2) if kq else None,
+        "arms": sorted(arms),
+        "kd_gain_pt": gain(kd, "distill", "finetune"),
+        "kd_t2_gain_pt": gain(kd, "distill_t2", "finetune"),
+        "kd_finetune_accuracy": mean_of(kd, "finetune"),
+        "kd_distill_accuracy": mean_of(kd, "distill"),
+        "kd_gain_shifted_pt": gain(kd, "distill_shifted", "finetune_shifted"),
+        "kd_shifted_finetune_accuracy": mean_of(kd, "finetune_shifted"),
+        "kd_shifted_distill_accuracy": mean_of(kd, "distill_shifted"),
+        "pqat_minus_ptq_pt": gain(pq, "pqat", "ptq"),
+        "ptq_int8_accuracy": mean_of(pq, "ptq"),
+        "pqat_int8_accuracy": mean_of(pq, "pqat"),
+        "pqat_zeros_preserved": all(r["zeros_preserved"] for r in pq) if pq else None,
+        "keras_pqat_minus_ptq_pt": gain(kq, "pqat", "ptq"),
+        "keras_pqat_minus_ptq_pt_per_seed": [round(100 * (r["pqat"] - r["ptq"]), 2) for r in kq] if kq else None,
+        "keras_ptq_int8_accuracy": mean_of(kq, "ptq"),
+        "keras_pqat_int8_accuracy": mean_of(kq, "pqat"),
         "keras_pqat_zeros_preserved": all(r["zeros_preserved"] for r in kq) if kq else None,
+        "keras_ptq_zeros_held": all(r["ptq_zeros_held"] for r in kq) if kq else None,
         "llm_kd_recovered_fraction": None if recovered is None else round(recovered, 3),
         "llm_ppl": None if llm is None else {k: round(v, 4) for k, v in llm.items()},
     }

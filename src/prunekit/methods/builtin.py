@@ -14,6 +14,10 @@ from prunekit.methods.record import Method
 
 _TRAINING = {"scope": "global", "importance": "magnitude", "exclude": ()}
 _KERAS_LAYERWISE = {"scope": "layer"}  # prune_low_magnitude (as TF MOT) prunes every layer to the sparsity on its own
+# QAT/PQAT: the observers' and BatchNorm statistics' freezes in training batches (None: never); Keras folds BN
+# into the fake-quant layer and keeps its moving statistics from the start (prunekit.keras.recover.qat.FREEZE_BN_AFTER)
+_QAT_DEFAULTS = {"epochs": 2, "lr": 1e-4, "freeze_ranges_after": None, "freeze_bn_after": None}
+_QAT_FRAMEWORK_DEFAULTS = {"keras": {"freeze_bn_after": 0}}
 
 
 def _channels_importance(section: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -126,9 +130,10 @@ BUILTIN_METHODS: tuple[Method, ...] = (
             handlers={framework: f"prunekit.{framework}.recover.handlers:{name}_job" for framework in ("torch", "keras")},
             amount="epochs",
             defaults=defaults,
+            framework_defaults=framework_defaults,
         )
-        for name, summary, defaults in (
-            ("finetune", "fine-tune the pruned model with the task loss (the baseline)", {"epochs": 4, "lr": 1e-3}),
+        for name, summary, defaults, framework_defaults in (
+            ("finetune", "fine-tune the pruned model with the task loss (the baseline)", {"epochs": 4, "lr": 1e-3}, {}),
             (
                 "distill",
                 "knowledge distillation from the dense teacher: T^2-scaled KL on logits (+ projected features)",
@@ -141,16 +146,19 @@ BUILTIN_METHODS: tuple[Method, ...] = (
                     "feature_weight": 1.0,
                     "feature_loss": "mse",
                 },
+                {},
             ),
             (
                 "qat",
                 "quantization-aware training: int8 fake-quant weights and activations, int8 export",
-                {"epochs": 2, "lr": 1e-4},
+                _QAT_DEFAULTS,
+                _QAT_FRAMEWORK_DEFAULTS,
             ),
             (
                 "pqat",
                 "sparsity-preserving QAT: the pruning masks kept exactly through int8 fake quantization and export",
-                {"epochs": 2, "lr": 1e-4},
+                _QAT_DEFAULTS,
+                _QAT_FRAMEWORK_DEFAULTS,
             ),
         )
     ),

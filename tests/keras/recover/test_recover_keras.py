@@ -253,3 +253,91 @@ def test_keras_distill_handler_refuses_the_torch_only_feature_options(digits):
     for options in (method.options(feature_loss="cosine"), method.options(features="penultimate")):
         with pytest.raises(ConfigError, match="PyTorch-only"):
             method.handler("keras")(RecoverJob(student, digits.x_train, digits.y_train, options, teacher=teacher))
+
+
+def _quant_ranges(model):
+    names = ("input_low", "input_high", "output_low", "output_high")
+    return {layer.name: [float(getattr(layer, n)) for n in names] for layer in model.layers if hasattr(layer, "observed")}
+
+
+def test_keras_activation_ranges_frozen_after_n_training_batches_are_exactly_constant(digits):
+    model = _with_random_statistics(pk.digits_cnn(channels=(4, 8), hidden=16))
+    frozen = quantize_model(model, freeze_ranges_after=2).model
+    moving = quantize_model(model).model
+    x = digits.x_val[:32]
+    for run in (frozen, moving):
+        run(x, training=True)
+        run(x * 0.5, training=True)
+    reached = _quant_ranges(frozen)
+    assert reached == _quant_ranges(moving)  # the same EMA until the freeze
+    for run in (frozen, moving):
+        for _ in range(3):
+            run(x * 4.0, training=True)  # a much wider batch range
+    assert _quant_ranges(frozen) == reached
+    assert _quant_ranges(moving) != reached
+    assert float(frozen.get_layer("conv1").observed) == 5.0
+
+
+def test_keras_qat_trains_the_conv_kernel_and_batchnorm_parameters_not_a_baked_fold(digits):
+    model = _with_random_statistics(pk.digits_cnn(channels=(4, 8), hidden=16))
+    run = quantize_model(model)
+    conv1 = run.model.get_layer("conv1")
+    np.testing.assert_array_equal(conv1.kernel.numpy(), model.get_layer("conv1").kernel.numpy())  # not pre-multiplied
+    np.testing.assert_array_equal(conv1.bn_gamma.numpy(), model.get_layer("bn1").gamma.numpy())
+    trainable = {w.path.split("/")[-1] for w in conv1.trainable_weights}
+    assert trainable == {"kernel", "bias", "bn_gamma", "bn_beta"}
+    # at inference conv1 computes the folded arithmetic of the stripped model (what the converter gets), fake-quantized
+    x = digits.x_val[:32]
+    run.model(x, training=True)  # observe the ranges once
+    plain = strip_qat(run.model).get_layer("conv1")
+    fq = keras.quantizers.fake_quant_with_min_max_vars
+    expected = fq(plain(fq(x, conv1.input_low, conv1.input_high)), conv1.output_low, conv1.output_high)
+    got = keras.Model(run.model.input, conv1.output)(x, training=False)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_keras_folded_batchnorm_statistics_frozen_after_n_training_batches(digits):
+    model = _with_random_statistics(pk.digits_cnn(channels=(4, 8), hidden=16))
+    qat_model = quantize_model(model, freeze_bn_after=1).model
+    conv1, x = qat_model.get_layer("conv1"), digits.x_val[:32]
+    before = conv1.bn_mean.numpy().copy()
+    qat_model(x, training=True)  # batch 1 updates the moving statistics
+    after_first = conv1.bn_mean.numpy().copy()
+    assert not np.array_equal(after_first, before)
+    out = qat_model(x * 2.0, training=True)
+    np.testing.assert_array_equal(conv1.bn_mean.numpy(), after_first)
+    np.testing.assert_allclose(out, qat_model(x * 2.0, training=False), rtol=1e-5, atol=1e-5)  # frozen: as at inference
+    never = quantize_model(model, freeze_bn_after=0).model
+    never(x, training=True)
+    np.testing.assert_array_equal(never.get_layer("conv1").bn_mean.numpy(), model.get_layer("bn1").moving_mean.numpy())
+
+
+def test_keras_freeze_options_are_validated_by_name():
+    with pytest.raises(ConfigError, match="freeze_ranges_after should be None or an integer >= 1"):
+        quantize_model(pk.digits_cnn(channels=(4, 8), hidden=16), freeze_ranges_after=0)
+    with pytest.raises(ConfigError, match="freeze_bn_after should be None or an integer >= 0"):
+        quantize_model(pk.digits_cnn(channels=(4, 8), hidden=16), freeze_bn_after=-1)
+
+
+def test_keras_qat_registry_options_carry_the_freezes_to_the_layers(pruned_90, digits, monkeypatch):
+    import prunekit.keras.recover.handlers as handlers
+    from prunekit.keras.recover.qat import FREEZE_BN_AFTER
+    from prunekit.methods import get_method
+    from prunekit.methods.recover import RecoverJob
+
+    method = get_method("pqat")
+    assert method.options("keras")["freeze_bn_after"] == FREEZE_BN_AFTER == 0
+    assert method.options("torch")["freeze_bn_after"] is None
+    seen = {}
+
+    def spy(*args, **kwargs):
+        run = pqat(*args, **kwargs)
+        seen.update({layer.name: (layer.freeze_ranges_after, layer.freeze_bn_after) for layer in run.model.layers
+                     if hasattr(layer, "observed")})  # fmt: skip
+        return run
+
+    monkeypatch.setattr(handlers, "pqat", spy)
+    options = method.options("keras", epochs=1, freeze_ranges_after=3, freeze_bn_after=2)
+    method.handler("keras")(RecoverJob(clone_of(pruned_90.model), digits.x_train[:256], digits.y_train[:256], options))
+    # every quantized layer freezes its ranges; only those that absorbed a BatchNormalization have statistics to freeze
+    assert seen == {"conv1": (3, 2), "conv2": (3, 2), "fc1": (3, None), "fc2": (3, None)}

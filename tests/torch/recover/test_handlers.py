@@ -75,3 +75,22 @@ def test_distill_handler_passes_penultimate_features_and_the_feature_loss_throug
         method.handler("torch")(
             RecoverJob(student, split.x_train, split.y_train, method.options(epochs=1, feature_loss="l1"), teacher=teacher)
         )
+
+
+def test_pqat_registry_options_reach_the_qat_controller(monkeypatch):
+    import prunekit.torch.recover.handlers as handlers
+    from tests.torch.pruned_digits import pruned_cnn
+
+    seen = {}
+    real = handlers.qat
+
+    def spy(*args, **kwargs):
+        controller = real(*args, **kwargs)
+        seen.update(ranges=controller.freeze_ranges_after, bn=controller.freeze_bn_after, steps=controller.steps)
+        return controller
+
+    monkeypatch.setattr(handlers, "qat", spy)
+    split = digits()
+    options = get_method("pqat").options("torch", epochs=1, freeze_ranges_after=3, freeze_bn_after=2)
+    get_method("pqat").handler("torch")(RecoverJob(pruned_cnn(), split.x_train[:256], split.y_train[:256], options))
+    assert seen == {"ranges": 3, "bn": 2, "steps": 4}  # 256 images in batches of 64

@@ -235,3 +235,56 @@ def test_qat_export_handles_conv1d_depthwise_and_matmul_linears(tmp_path):
 
     got = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert sqnr_db(fake, got) >= 35.0
+
+
+def _ranges(controller):
+    return [(r.low, r.high) for layer in controller.layers.values() for r in (layer.input_range, layer.output_range)]
+
+
+def test_activation_ranges_frozen_after_n_training_batches_are_exactly_constant():
+    x = torch.as_tensor(digits().x_val[:32])
+    frozen, moving = QuantizationAwareTraining(dense_cnn(), freeze_ranges_after=2), QuantizationAwareTraining(dense_cnn())
+    for controller in (frozen, moving):
+        controller.model.train()
+        controller.model(x)
+        controller.model(x * 0.5)
+    reached = _ranges(frozen)
+    assert reached == _ranges(moving)  # the same EMA until the freeze
+    for controller in (frozen, moving):
+        for _ in range(3):
+            controller.model(x * 4.0)  # a much wider batch range
+    assert frozen.steps == 5 and _ranges(frozen) == reached
+    assert _ranges(moving) != reached
+
+
+def test_batchnorm_statistics_frozen_after_n_training_batches():
+    model = dense_cnn()
+    controller = QuantizationAwareTraining(model, freeze_bn_after=1)
+    x = torch.as_tensor(digits().x_val[:32])
+    model.train()
+    before = model.bn1.running_mean.clone()
+    model(x)  # batch 1 still updates the statistics
+    after_first = model.bn1.running_mean.clone()
+    assert not torch.equal(after_first, before)
+    model.train()  # a training loop's model.train() each epoch does not unfreeze them
+    out = model(x * 2.0)
+    assert torch.equal(model.bn1.running_mean, after_first) and not model.bn1.training
+    model.eval()
+    torch.testing.assert_close(out, model(x * 2.0))  # frozen: training forward == inference forward
+    controller.close()
+
+
+def test_freeze_options_are_validated_by_name():
+    with pytest.raises(ConfigError, match="freeze_ranges_after should be None or an integer >= 1"):
+        QuantizationAwareTraining(dense_cnn(), freeze_ranges_after=0)
+    with pytest.raises(ConfigError, match="freeze_bn_after should be None or an integer >= 0"):
+        QuantizationAwareTraining(dense_cnn(), freeze_bn_after=True)
+
+
+def test_pqat_with_frozen_ranges_and_batchnorm_keeps_exactly_the_masks_zeros(tmp_path):
+    model = pruned_cnn()
+    masks = {n: p != 0 for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
+    controller = pqat(model, loaders()[0], epochs=1, lr=1e-4, freeze_ranges_after=5, freeze_bn_after=5, progress=False)
+    assert controller.steps == len(loaders()[0])
+    result = controller.export_onnx(torch.as_tensor(digits().x_val[:64]), tmp_path / "pqat.int8.onnx")
+    assert {n: result.zeros[n] for n in masks} == {n: int((~m).sum()) for n, m in masks.items()}

@@ -19,7 +19,7 @@ import numpy as np
 from prunekit.core.records import epoch_records
 from prunekit.errors import ConfigError
 from prunekit.keras.recover.distill import distill
-from prunekit.keras.recover.qat import export_tflite, pqat, qat, strip_qat
+from prunekit.keras.recover.qat import FREEZE_BN_AFTER, export_tflite, pqat, qat, strip_qat
 from prunekit.methods.recover import RecoverJob, RecoveryRun
 
 
@@ -95,16 +95,23 @@ def _finish(job: RecoverJob, run: Any) -> RecoveryRun:
     return RecoveryRun(strip_qat(run.model), run.history, artifact, zeros, dict(run.float_layers))
 
 
+def _qat_options(job: RecoverJob) -> dict[str, Any]:
+    options = job.options
+    return {
+        "epochs": options["epochs"],
+        "lr": options["lr"],
+        "batch_size": job.batch_size,
+        "freeze_ranges_after": options.get("freeze_ranges_after"),
+        "freeze_bn_after": options.get("freeze_bn_after", FREEZE_BN_AFTER),
+    }
+
+
 def qat_job(job: RecoverJob) -> RecoveryRun:
     """Quantization-aware fine-tuning; with ``export_path``, the int8 TFLite file."""
-    run = qat(job.model, job.x, job.y, epochs=job.options["epochs"], lr=job.options["lr"], batch_size=job.batch_size)
-    return _finish(job, run)
+    return _finish(job, qat(job.model, job.x, job.y, **_qat_options(job)))
 
 
 def pqat_job(job: RecoverJob) -> RecoveryRun:
     """Sparsity-preserving QAT (the model's exact zeros, or ``job.masks``: ``{layer: kernel mask}``)."""
     masks = job.masks if job.masks is not None else "zeros"
-    run = pqat(
-        job.model, job.x, job.y, epochs=job.options["epochs"], lr=job.options["lr"], batch_size=job.batch_size, masks=masks
-    )
-    return _finish(job, run)
+    return _finish(job, pqat(job.model, job.x, job.y, masks=masks, **_qat_options(job)))

@@ -35,9 +35,13 @@ from keras import ops
 
 from prunekit.core.records import epoch_records
 from prunekit.errors import ConfigError, ExportError
-from prunekit.keras.recover.fold import FoldedAway, FoldedChain, fold_plan, folded_weights
+from prunekit.keras.recover.fold import FoldedAway, FoldedBatchNorm, FoldedChain, fold_arrays, fold_plan
 
 WEIGHT_QMAX = 127
+FREEZE_BN_AFTER = 0
+"""Default ``freeze_bn_after``: a folded BatchNormalization keeps its moving statistics from the start (``gamma``
+and ``beta`` still train), so training computes the int8 model's arithmetic; chosen on the digits validation
+split by ``scripts/keras_pqat_search.py`` (docs/recovery.md, "Keras PQAT vs PTQ")."""
 
 
 def _channel_axes(layer: Any) -> tuple[int, ...]:
@@ -63,10 +67,39 @@ def kernel_codes(kernel: np.ndarray, mask: np.ndarray | None, axes: Sequence[int
     return codes.astype(np.int8), scale
 
 
-class _FakeQuant:
-    """Mixin: fake-quantized kernel, input and output; ``pqat_mask`` (1 kept, 0 pruned) when PQAT."""
+class _FakeQuant(FoldedBatchNorm):
+    """Mixin: fake-quantized kernel, input and output; ``pqat_mask`` (1 kept, 0 pruned) when PQAT;
+    activation ranges frozen after ``freeze_ranges_after`` training batches (``None``: never); a folded
+    BatchNormalization (``batchnorm``, statistics frozen after ``freeze_bn_after`` batches), see :mod:`.fold`."""
 
     momentum = 0.9
+    freeze_ranges_after: int | None = None
+
+    def __init__(
+        self,
+        *args: Any,
+        masked: bool = False,
+        freeze_ranges_after: int | None = None,
+        batchnorm: dict[str, Any] | None = None,
+        freeze_bn_after: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.masked = masked
+        self.freeze_ranges_after = freeze_ranges_after
+        self.batchnorm = batchnorm
+        self.freeze_bn_after = freeze_bn_after
+
+    def build(self, input_shape: Any) -> None:
+        super().build(input_shape)
+        self._add_quant_state(self.masked)
+        shape = self._kernel_shape()
+        self._add_norm_state(shape[-2] * shape[-1] if isinstance(self, keras.layers.DepthwiseConv2D) else shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        extra = {"masked": self.masked, "freeze_ranges_after": self.freeze_ranges_after}
+        extra.update(batchnorm=self.batchnorm, freeze_bn_after=self.freeze_bn_after)
+        return {**super().get_config(), **extra}
 
     def _add_quant_state(self, masked: bool) -> None:
         scalar = {"shape": (), "trainable": False}
@@ -83,20 +116,26 @@ class _FakeQuant:
         return tuple(self.kernel.shape)
 
     def _range(self, x: Any, low: Any, high: Any, training: bool) -> tuple[Any, Any]:
-        if training:
-            batch_low, batch_high = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
-            first = ops.equal(self.observed, 0.0)
-            new_low = ops.where(first, batch_low, self.momentum * low + (1 - self.momentum) * batch_low)
-            new_high = ops.where(first, batch_high, self.momentum * high + (1 - self.momentum) * batch_high)
-            low.assign(new_low)
-            high.assign(new_high)
-            return new_low, new_high
-        return low, high
+        """The range to quantize ``x`` with; in training, an EMA of the batch min/max until ``freeze_ranges_after``
+        training batches were observed, then exactly the range reached (``observed`` counts the batches)."""
+        if not training:
+            return low, high
+        batch_low, batch_high = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
+        first = ops.equal(self.observed, 0.0)
+        new_low = ops.where(first, batch_low, self.momentum * low + (1 - self.momentum) * batch_low)
+        new_high = ops.where(first, batch_high, self.momentum * high + (1 - self.momentum) * batch_high)
+        if self.freeze_ranges_after is not None:
+            frozen = ops.greater_equal(self.observed, float(self.freeze_ranges_after))
+            new_low, new_high = ops.where(frozen, low, new_low), ops.where(frozen, high, new_high)
+        low.assign(new_low)
+        high.assign(new_high)
+        return new_low, new_high
 
     def _fake_quant_kernel(self) -> Any:
         kernel = self.kernel
         if self.pqat_mask is not None:
             kernel = kernel * self.pqat_mask
+        kernel = self._fold_kernel(kernel)
         axes = _channel_axes(self)
         scale = ops.maximum(ops.max(ops.abs(kernel), axis=axes, keepdims=True) / WEIGHT_QMAX, 1e-12)
         codes = ops.clip(ops.round(kernel / scale), -WEIGHT_QMAX, WEIGHT_QMAX)
@@ -111,13 +150,15 @@ class _FakeQuant:
         low, high = self._range(inputs, self.input_low, self.input_high, training)
         x = keras.quantizers.fake_quant_with_min_max_vars(inputs, low, high, num_bits=8)
         outputs = self._linear(x, self._fake_quant_kernel())
-        if self.use_bias:
+        if self.batchnorm is not None:
+            outputs = self._norm_output(outputs, training, self.observed)
+        elif self.use_bias:
             outputs = ops.add(outputs, ops.reshape(self.bias, self._bias_shape()))
         if self.activation is not None:
             outputs = self.activation(outputs)
         low, high = self._range(outputs, self.output_low, self.output_high, training)
         if training:
-            self.observed.assign(1.0)
+            self.observed.assign_add(1.0)
         return keras.quantizers.fake_quant_with_min_max_vars(outputs, low, high, num_bits=8)
 
     def _bias_shape(self) -> tuple[int, ...]:
@@ -131,31 +172,12 @@ class _FakeQuant:
 class QuantDense(_FakeQuant, keras.layers.Dense):
     """``Dense`` with int8 fake quantization (see the module docstring)."""
 
-    def __init__(self, *args: Any, masked: bool = False, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.masked = masked
-
-    def build(self, input_shape: Any) -> None:
-        super().build(input_shape)
-        self._add_quant_state(self.masked)
-
     def _linear(self, x: Any, kernel: Any) -> Any:
         return ops.matmul(x, kernel)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "masked": self.masked}
 
 
 def _conv_class(base: type) -> type:
     class QuantConv(_FakeQuant, base):
-        def __init__(self, *args: Any, masked: bool = False, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.masked = masked
-
-        def build(self, input_shape: Any) -> None:
-            super().build(input_shape)
-            self._add_quant_state(self.masked)
-
         def _linear(self, x: Any, kernel: Any) -> Any:
             if isinstance(self, keras.layers.DepthwiseConv2D):
                 return ops.depthwise_conv(
@@ -167,9 +189,6 @@ def _conv_class(base: type) -> type:
                     data_format=self.data_format,
                 )
             return self.convolution_op(x, kernel)
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "masked": self.masked}
 
     QuantConv.__name__ = QuantConv.__qualname__ = f"Quant{base.__name__}"
     return keras.saving.register_keras_serializable(package="prunekit")(QuantConv)
@@ -227,7 +246,15 @@ class KerasQat:
     folded: tuple[FoldedChain, ...] = ()
 
 
-def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = (), fold_batchnorm: bool = True) -> KerasQat:
+def quantize_model(
+    model: Any,
+    *,
+    masks: Any = None,
+    exclude: Sequence[str] = (),
+    fold_batchnorm: bool = True,
+    freeze_ranges_after: int | None = None,
+    freeze_bn_after: int | None = FREEZE_BN_AFTER,
+) -> KerasQat:
     """Clone ``model`` with fake-quantized Dense/Conv/DepthwiseConv2D layers (weights copied).
 
     ``masks``: ``None`` (QAT), ``"zeros"`` (keep the exact zeros of the kernels: PQAT) or a dict
@@ -236,12 +263,19 @@ def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = ()
     ``fold_batchnorm`` (default), each ``Dense/Conv -> BatchNormalization [-> ReLU]`` chain is
     folded into its first layer as the TFLite converter folds it (see :mod:`.fold`), so the
     fake quantization sits where the int8 file quantizes; ``folded`` lists the chains.
+    ``freeze_ranges_after``: training batches after which each layer's activation ranges stop
+    moving (the observers are frozen, as PyTorch's QAT recipe does after the first epochs); ``None``
+    keeps them moving. ``freeze_bn_after``: training batches after which a folded BatchNormalization
+    stops using batch statistics and updating its moving ones (default ``0``: frozen from the start;
+    ``None``: never, as in a float fine-tune); its ``gamma``/``beta`` train either way.
 
     Example::
 
         qat_model = quantize_model(pruned, masks="zeros").model
     """
     _check_model(model)
+    _check_freeze("freeze_ranges_after", freeze_ranges_after, 1)
+    _check_freeze("freeze_bn_after", freeze_bn_after, 0)
     from prunekit.keras.unstructured.state import prunings
 
     if prunings(model):
@@ -292,17 +326,21 @@ def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = ()
         if quant is None or layer.name in exclude:
             return layer.__class__.from_config(layer.get_config())
         sources[layer.name] = layer
-        config = {**layer.get_config(), "masked": layer.name in layer_masks}
+        config = {**layer.get_config(), "masked": layer.name in layer_masks, "freeze_ranges_after": freeze_ranges_after}
         if layer.name in plan:
-            config.update(use_bias=True, activation="relu" if plan[layer.name].activation else config["activation"])
+            norm = model.get_layer(plan[layer.name].norm)
+            batchnorm = {"epsilon": float(norm.epsilon), "momentum": float(norm.momentum)}
+            batchnorm.update(center=bool(norm.center), scale=bool(norm.scale))
+            config.update(batchnorm=batchnorm, freeze_bn_after=freeze_bn_after, use_bias=True)
+            config.update(activation="relu" if plan[layer.name].activation else config["activation"])
         return quant.from_config(config)
 
     clone_model = keras.models.clone_model(model, clone_function=clone)
     for layer, original in zip(clone_model.layers, model.layers):
         if layer.name in plan:
-            kernel, bias = folded_weights(original, model.get_layer(plan[layer.name].norm))
-            layer.kernel.assign(kernel)
-            layer.bias.assign(bias)
+            layer.kernel.assign(original.kernel)
+            layer.bias.assign(original.bias if original.use_bias else np.zeros(layer.bias.shape, np.float32))
+            layer.set_norm(model.get_layer(plan[layer.name].norm))
         elif layer.name not in absorbed:
             for target, value in zip(layer.weights, original.weights):
                 target.assign(value)
@@ -311,6 +349,11 @@ def quantize_model(model: Any, *, masks: Any = None, exclude: Sequence[str] = ()
             layer.kernel.assign(np.asarray(layer.kernel) * layer_masks[layer.name])
     zeros = {name: int((~mask).sum()) for name, mask in layer_masks.items()}
     return KerasQat(clone_model, tuple(sources), float_layers, zeros, folded=tuple(plan.values()))
+
+
+def _check_freeze(name: str, value: Any, least: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ConfigError(f"{name} should be None or an integer >= {least} (training batches), got {value!r}")
 
 
 def strip_qat(model: Any) -> Any:
@@ -326,6 +369,8 @@ def strip_qat(model: Any) -> Any:
         if isinstance(layer, _QUANT_TYPES):
             config = dict(layer.get_config())
             config.pop("masked", None)
+            for key in ("freeze_ranges_after", "batchnorm", "freeze_bn_after"):
+                config.pop(key, None)
             base = next(b for b, q in _QUANT_CLASSES if isinstance(layer, q))
             return base.from_config(config)
         return layer.__class__.from_config(layer.get_config())
@@ -334,10 +379,14 @@ def strip_qat(model: Any) -> Any:
     for layer, source in zip(plain.layers, model.layers):
         if isinstance(source, _QUANT_TYPES):
             mask = np.asarray(source.pqat_mask, dtype=np.bool_) if source.pqat_mask is not None else None
-            codes, scale = kernel_codes(np.asarray(source.kernel), mask, _channel_axes(source))
+            kernel, bias = np.asarray(source.kernel), np.asarray(source.bias) if source.use_bias else None
+            if source.batchnorm is not None:
+                depthwise = isinstance(source, keras.layers.DepthwiseConv2D)
+                kernel, bias = fold_arrays(kernel, bias, source.norm_values(), source.batchnorm["epsilon"], depthwise)
+            codes, scale = kernel_codes(kernel, mask, _channel_axes(source))
             layer.kernel.assign(codes.astype(np.float32) * scale)
-            if source.use_bias:
-                layer.bias.assign(source.bias)
+            if bias is not None:
+                layer.bias.assign(bias)
         else:
             for target, value in zip(layer.weights, source.weights):
                 target.assign(value)
@@ -434,6 +483,8 @@ def qat(
     masks: Any = None,
     exclude: Sequence[str] = (),
     fold_batchnorm: bool = True,
+    freeze_ranges_after: int | None = None,
+    freeze_bn_after: int | None = FREEZE_BN_AFTER,
     validation_data: Any = None,
     callbacks: Sequence[Any] = (),
 ) -> KerasQat:
@@ -447,7 +498,14 @@ def qat(
         run = qat(model, split.x_train, split.y_train, epochs=2)
         flatbuffer, _ = export_tflite(run.model, split.x_val, "model.int8.tflite")
     """
-    run = quantize_model(model, masks=masks, exclude=exclude, fold_batchnorm=fold_batchnorm)
+    run = quantize_model(
+        model,
+        masks=masks,
+        exclude=exclude,
+        fold_batchnorm=fold_batchnorm,
+        freeze_ranges_after=freeze_ranges_after,
+        freeze_bn_after=freeze_bn_after,
+    )
     run.history = _train(run.model, x, y, epochs, lr, batch_size, validation_data, callbacks)
     return run
 
@@ -464,13 +522,20 @@ def pqat(model: Any, x: Any, y: Any, *, epochs: int, masks: Any = "zeros", **opt
     from prunekit.keras.unstructured.pruning import strip_pruning
     from prunekit.keras.unstructured.state import prunings
 
-    unknown = sorted(set(options) - {"lr", "batch_size", "validation_data", "callbacks", "exclude", "fold_batchnorm"})
+    known = {"lr", "batch_size", "validation_data", "callbacks", "exclude", "fold_batchnorm"}
+    known |= {"freeze_ranges_after", "freeze_bn_after"}
+    unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"pqat got unknown option(s) {unknown}")
     if prunings(model):
         model = strip_pruning(model)
     run = quantize_model(
-        model, masks=masks, exclude=options.get("exclude", ()), fold_batchnorm=options.get("fold_batchnorm", True)
+        model,
+        masks=masks,
+        exclude=options.get("exclude", ()),
+        fold_batchnorm=options.get("fold_batchnorm", True),
+        freeze_ranges_after=options.get("freeze_ranges_after"),
+        freeze_bn_after=options.get("freeze_bn_after", FREEZE_BN_AFTER),
     )
     if not any(run.mask_zeros.values()):
         raise ConfigError(f"PQAT found no pruning masks in {model.name!r} (no zero weights); prune first, or use qat")

@@ -87,7 +87,15 @@ def distill_job(job: RecoverJob) -> RecoveryRun:
 def _quantize(job: RecoverJob, masks: Any) -> RecoveryRun:
     options = job.options
     controller = qat(
-        job.model, _loader(job), epochs=options["epochs"], lr=options["lr"], masks=masks, device=job.device, progress=job.progress
+        job.model,
+        _loader(job),
+        epochs=options["epochs"],
+        lr=options["lr"],
+        masks=masks,
+        freeze_ranges_after=options.get("freeze_ranges_after"),
+        freeze_bn_after=options.get("freeze_bn_after"),
+        device=job.device,
+        progress=job.progress,
     )
     artifact, zeros, sqnr = None, {}, None
     if job.export_path is not None:

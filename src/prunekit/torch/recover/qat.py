@@ -198,6 +198,11 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return math.inf if noise == 0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
+def _check_freeze(name: str, value: Any, least: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ConfigError(f"{name} should be None or an integer >= {least} (training batches), got {value!r}")
+
+
 def _masks_from(masks: Any, model: nn.Module) -> dict[str, torch.Tensor]:
     """Masks by parameter name from a Pruner, a dict, or ``"zeros"`` (the exact zeros of the weights)."""
     if isinstance(masks, Pruner):
@@ -237,6 +242,11 @@ class QuantizationAwareTraining:
         masks: for PQAT, a :class:`Pruner`, ``{param name: bool mask}`` or ``"zeros"``; kept exactly.
         quantize_outputs: fake-quantize each layer's output too (lets ONNX Runtime fuse int8 kernels).
         momentum: EMA factor of the observed activation ranges.
+        freeze_ranges_after: training batches (forwards in training mode) after which the activation
+            ranges stop moving, as PyTorch's QAT recipe disables its observers; ``None``: never.
+        freeze_bn_after: training batches after which BatchNorm layers run on their running
+            statistics and stop updating them (``torch.ao``'s ``freeze_bn_stats``; 0: from the
+            start); ``None``: never. Their weight and bias train either way.
 
     Layers with weights that cannot be fake-quantized (e.g. ``ConvTranspose2d``, ``Embedding``)
     stay in float and are listed in :attr:`float_layers` with the reason.
@@ -258,6 +268,8 @@ class QuantizationAwareTraining:
         masks: Any = None,
         quantize_outputs: bool = True,
         momentum: float = 0.1,
+        freeze_ranges_after: int | None = None,
+        freeze_bn_after: int | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model should be a torch.nn.Module, got {type(model).__name__}")
@@ -265,8 +277,14 @@ class QuantizationAwareTraining:
             raise ConfigError(f"momentum should be in (0, 1], got {momentum!r}")
         if isinstance(targets, str) or isinstance(exclude, str):
             raise ConfigError("targets and exclude take lists of module-name globs, e.g. ['features.*']")
+        _check_freeze("freeze_ranges_after", freeze_ranges_after, 1)
+        _check_freeze("freeze_bn_after", freeze_bn_after, 0)
         self.model = model
         self.momentum = float(momentum)
+        self.freeze_ranges_after = freeze_ranges_after
+        self.freeze_bn_after = freeze_bn_after
+        self.steps = 0
+        """Training batches seen while attached (forwards of the model in training mode)."""
         self.quantize_outputs = bool(quantize_outputs)
         self.masks = _masks_from(masks, model) if masks is not None else {}
         self.float_layers: dict[str, str] = {}
@@ -300,12 +318,26 @@ class QuantizationAwareTraining:
 
     # ------------------------------------------------------------------ hooks
     def _attach(self) -> None:
+        self._handles.append(self.model.register_forward_pre_hook(self._count_step))
         for layer in self.layers.values():
             self._handles.append(layer.module.register_forward_pre_hook(self._pre_hook(layer)))
             self._handles.append(layer.module.register_forward_hook(self._post_hook(layer)))
 
+    def _count_step(self, model: nn.Module, args: tuple[Any, ...]) -> None:
+        """Count a training batch; past ``freeze_bn_after``, put the BatchNorm layers in eval mode for it."""
+        if not model.training:
+            return
+        self.steps += 1
+        if self.freeze_bn_after is not None and self.steps > self.freeze_bn_after:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def _observing(self, layer: _Layer, which: _Range) -> bool:
-        return layer.module.training or not which.seen
+        if not which.seen:
+            return True
+        frozen = self.freeze_ranges_after is not None and self.steps > self.freeze_ranges_after
+        return layer.module.training and not frozen
 
     def _pre_hook(self, layer: _Layer) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -569,6 +601,8 @@ def qat(
     targets: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     quantize_outputs: bool = True,
+    freeze_ranges_after: int | None = None,
+    freeze_bn_after: int | None = None,
     loss_fn: Any = None,
     val_loader: Iterable | None = None,
     device: torch.device | str | None = None,
@@ -591,7 +625,13 @@ def qat(
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
     controller = QuantizationAwareTraining(
-        model, targets=targets, exclude=exclude, masks=masks, quantize_outputs=quantize_outputs
+        model,
+        targets=targets,
+        exclude=exclude,
+        masks=masks,
+        quantize_outputs=quantize_outputs,
+        freeze_ranges_after=freeze_ranges_after,
+        freeze_bn_after=freeze_bn_after,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     handle = optimizer.register_step_post_hook(lambda *_: controller.apply_masks())
