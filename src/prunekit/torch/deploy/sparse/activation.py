@@ -24,12 +24,13 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.torch.deploy.sparse.allocation import GRID, greedy_allocation, input_scores, layer_errors
+from prunekit.torch.deploy.sparse.kl_allocation import kl_allocation
 from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear, column_norms
 
 #: Layers never sparsified by default: an LM head's input is the final hidden state (and often tied).
 DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "classifier", "*.classifier")
 _SAMPLE_LIMIT = 200_000  # |x| entries kept per layer for the quantile (a random subsample beyond that)
-ALLOCATIONS = ("uniform", "greedy")
+ALLOCATIONS = ("uniform", "greedy", "kl")
 #: How an input entry is scored against its layer's threshold: ``|x_j|`` (TEAL, CATS) or
 #: ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse: the entry's reach into the output).
 SCORES = ("magnitude", "column_norm")
@@ -121,7 +122,10 @@ def calibrate_activation_sparsity(
     input), as TEAL does. ``allocation="greedy"`` gives each layer its own fraction instead
     (:mod:`~prunekit.torch.deploy.sparse.allocation`): more where zeroing moves the model's output
     least, so that the weight-count-weighted mean is ``target``; it runs the calibration batches
-    once per layer and grid point. ``score="column_norm"`` (the default) ranks input ``j`` by
+    once per layer and grid point. ``allocation="kl"``
+    (:mod:`~prunekit.torch.deploy.sparse.kl_allocation`) grows the fractions step by step on the
+    whole model's KL divergence from the dense one, every layer measured with the others at their
+    current sparsity, to the same weighted mean. ``score="column_norm"`` (the default) ranks input ``j`` by
     ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse): at the same count of skipped weight columns it keeps the
     inputs that move the output most; ``score="magnitude"`` ranks by ``|x_j|`` alone (TEAL, CATS).
 
@@ -165,9 +169,11 @@ def calibrate_activation_sparsity(
         raise ConfigError("calibrate_activation_sparsity needs at least one calibration batch, got none")
     magnitudes = {name: np.concatenate(parts) for name, parts in samples.items() if parts}
     sparsities = dict.fromkeys(magnitudes, float(target))
+    found = {name: layers[name] for name in magnitudes}
     if allocation == "greedy" and target > 0:
-        found = {name: layers[name] for name in magnitudes}
         sparsities = _greedy(model, found, magnitudes, scales, batches, float(target))
+    if allocation == "kl" and target > 0:
+        sparsities = _joint_kl(model, found, magnitudes, scales, batches, float(target))
     values = {
         name: float(np.quantile(magnitudes[name], sparsity)) if sparsity > 0 else 0.0 for name, sparsity in sparsities.items()
     }
@@ -198,6 +204,29 @@ def _greedy(
     finally:
         model.train(was_training)
     return greedy_allocation(errors, {name: layer.weight.numel() for name, layer in layers.items()}, target)
+
+
+def _joint_kl(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    magnitudes: dict[str, np.ndarray],
+    scales: dict[str, torch.Tensor | None],
+    batches: list[Any],
+    target: float,
+) -> dict[str, float]:
+    """Per-layer sparsities grown on the whole model's KL divergence from the dense one (in eval mode)."""
+    ordered = {name: np.sort(values) for name, values in magnitudes.items()}
+
+    def threshold(name: str, sparsity: float) -> float:
+        return float(np.quantile(ordered[name], sparsity)) if sparsity > 0 else 0.0
+
+    was_training = model.training
+    model.eval()
+    try:
+        sparsities, _ = kl_allocation(model, layers, threshold, scales, batches, _run_batch, target)
+    finally:
+        model.train(was_training)
+    return sparsities
 
 
 def apply_activation_sparsity(
