@@ -26,6 +26,7 @@ from prunekit.errors import ConfigError
 from prunekit.torch.deploy.sparse.allocation import GRID, greedy_allocation, input_scores, layer_errors
 from prunekit.torch.deploy.sparse.kl_allocation import kl_allocation
 from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear, column_norms
+from prunekit.torch.deploy.sparse.rescale import output_scales
 
 #: Layers never sparsified by default: an LM head's input is the final hidden state (and often tied).
 DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "classifier", "*.classifier")
@@ -39,7 +40,8 @@ SCORES = ("magnitude", "column_norm")
 @dataclass(frozen=True)
 class ActivationThresholds:
     """Per-layer input thresholds for a target fraction of zeroed activations; ``sparsities`` is the
-    fraction each layer was calibrated for (all ``target`` when ``allocation`` is ``"uniform"``).
+    fraction each layer was calibrated for (all ``target`` when ``allocation`` is ``"uniform"``);
+    ``output_scales`` the factor each layer's kept output is scaled by (empty: none, see ``rescale``).
 
     Example::
 
@@ -52,6 +54,7 @@ class ActivationThresholds:
     sparsities: dict[str, float] = field(default_factory=dict)
     allocation: str = "uniform"
     score: str = "magnitude"
+    output_scales: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +63,7 @@ class ActivationThresholds:
             "score": self.score,
             "thresholds": dict(self.values),
             "sparsities": dict(self.sparsities),
+            "output_scales": dict(self.output_scales),
         }
 
 
@@ -113,6 +117,7 @@ def calibrate_activation_sparsity(
     seed: int = 0,
     allocation: str = "uniform",
     score: str = "column_norm",
+    rescale: bool = False,
 ) -> ActivationThresholds:
     """Per-layer thresholds so that ``target`` of each Linear layer's input entries have ``|x|`` below them.
 
@@ -128,6 +133,9 @@ def calibrate_activation_sparsity(
     current sparsity, to the same weighted mean. ``score="column_norm"`` (the default) ranks input ``j`` by
     ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse): at the same count of skipped weight columns it keeps the
     inputs that move the output most; ``score="magnitude"`` ranks by ``|x_j|`` alone (TEAL, CATS).
+    ``rescale=True`` also fits one scale per layer for its kept output (least squares onto the dense
+    output on the calibration batches, :mod:`~prunekit.torch.deploy.sparse.rescale`), folded into the
+    weight so the kernels are unchanged.
 
     Example::
 
@@ -177,7 +185,14 @@ def calibrate_activation_sparsity(
     values = {
         name: float(np.quantile(magnitudes[name], sparsity)) if sparsity > 0 else 0.0 for name, sparsity in sparsities.items()
     }
-    return ActivationThresholds(float(target), values, sparsities, allocation, score)
+    rescaled: dict[str, float] = {}
+    if rescale:
+        model.eval()
+        try:
+            rescaled = output_scales(model, found, values, scales, batches, _run_batch)
+        finally:
+            model.train(was_training)
+    return ActivationThresholds(float(target), values, sparsities, allocation, score, rescaled)
 
 
 def _input_scale(layer: nn.Linear, score: str) -> torch.Tensor | None:
@@ -257,7 +272,11 @@ def apply_activation_sparsity(
         weight = module.weight.detach()
         sparse_weight = float((weight == 0).float().mean()) > weight_sparse_above
         replacement = ActivationSparseLinear.from_linear(
-            module, threshold, weight_sparse=sparse_weight, column_norm_scores=thresholds.score == "column_norm"
+            module,
+            threshold,
+            weight_sparse=sparse_weight,
+            column_norm_scores=thresholds.score == "column_norm",
+            output_scale=thresholds.output_scales.get(name, 1.0),
         )
         parent_name, _, child = name.rpartition(".")
         setattr(target.get_submodule(parent_name) if parent_name else target, child, replacement)
