@@ -16,11 +16,11 @@ minimum of per-round medians):
    issue (hidden 128: too small for any kernel to beat Python overhead; reported beside).
 4. The small LM's validation perplexity dense vs 50 % activation sparsity
    (``activation_sparsity_ppl_increase_50``, relative), with the per-layer fractions allocated on
-   the whole model's KL from the dense one and one output scale per layer (``allocation="kl"``,
-   ``rescale=True``: 50 % of the weight elements' columns skipped, weighted by layer size, which for
-   Linear layers is also the share of multiply-adds); the uniform allocation (50 % of every
-   layer's inputs) is reported beside. ``scripts/activation_sparsity_search.py`` runs this part
-   alone and compares allocations.
+   the whole model's KL from the dense one and one output scale per layer (``allocation="kl"``
+   with the default ``rescale=True``: 50 % of the weight elements' columns skipped, weighted by
+   layer size, which for Linear layers is also the share of multiply-adds); the uniform
+   allocation (50 % of every layer's inputs, also rescaled) is reported beside.
+   ``scripts/activation_sparsity_search.py`` runs this part alone and compares allocations.
 
 One-thread figures also come as the calling thread's CPU time (``*_cpu``): on a shared machine
 the wall clock of a call of several milliseconds includes the time other processes held the core.
@@ -256,9 +256,7 @@ def bench_small_lm(
     fast: dict[str, nn.Module] = {}
     achieved: dict[str, float] = {}
     for allocation in ("kl", "uniform"):
-        rescale = allocation == "kl"
-        calibration = [ids[:8], ids[8:]]
-        thresholds = calibrate_activation_sparsity(model, calibration, target=0.5, allocation=allocation, rescale=rescale)
+        thresholds = calibrate_activation_sparsity(model, [ids[:8], ids[8:]], target=0.5, allocation=allocation)
         fast[allocation] = apply_activation_sparsity(model, thresholds)
         ppl[allocation] = round(perplexity(fast[allocation], [text], tokenizer).perplexity, 4)
         per_layer = activation_sparsity_report(fast[allocation])

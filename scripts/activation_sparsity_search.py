@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--allocations", nargs="+", default=["greedy", "kl"])
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--chars", type=int, default=40_000, help="validation characters scored")
-    parser.add_argument("--rescale", action="store_true", help="also fit each layer's output scale (rescale=True)")
+    parser.add_argument("--no-rescale", action="store_true", help="no per-layer output scale (rescale=False)")
     parser.add_argument("--save", type=Path, help="a folder to write each allocation's thresholds to (JSON)")
     args = parser.parse_args()
     loaded = small_lm()
@@ -51,7 +51,7 @@ def main() -> None:
     for allocation in args.allocations:
         start = time.perf_counter()
         thresholds = calibrate_activation_sparsity(
-            model, [ids[:8], ids[8:]], target=args.target, allocation=allocation, rescale=args.rescale
+            model, [ids[:8], ids[8:]], target=args.target, allocation=allocation, rescale=not args.no_rescale
         )
         seconds = time.perf_counter() - start
         if args.save:

@@ -117,7 +117,7 @@ def calibrate_activation_sparsity(
     seed: int = 0,
     allocation: str = "uniform",
     score: str = "column_norm",
-    rescale: bool = False,
+    rescale: bool = True,
 ) -> ActivationThresholds:
     """Per-layer thresholds so that ``target`` of each Linear layer's input entries have ``|x|`` below them.
 
@@ -133,9 +133,10 @@ def calibrate_activation_sparsity(
     current sparsity, to the same weighted mean. ``score="column_norm"`` (the default) ranks input ``j`` by
     ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse): at the same count of skipped weight columns it keeps the
     inputs that move the output most; ``score="magnitude"`` ranks by ``|x_j|`` alone (TEAL, CATS).
-    ``rescale=True`` also fits one scale per layer for its kept output (least squares onto the dense
-    output on the calibration batches, :mod:`~prunekit.torch.deploy.sparse.rescale`), folded into the
-    weight so the kernels are unchanged.
+    ``rescale=True`` (the default) also fits one scale per layer for its kept output (least squares
+    onto the dense output on the calibration batches, :mod:`~prunekit.torch.deploy.sparse.rescale`),
+    folded into the weight so the kernels are unchanged; ``rescale=False`` keeps the kept entries as
+    they are (the layer then equals the dense one on thresholded inputs).
 
     Example::
 
