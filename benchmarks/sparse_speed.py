@@ -15,9 +15,12 @@ minimum of per-round medians):
    (``activation_sparsity_decode_speedup_50``), and the same on the trained small LM of the LLM
    issue (hidden 128: too small for any kernel to beat Python overhead; reported beside).
 4. The small LM's validation perplexity dense vs 50 % activation sparsity
-   (``activation_sparsity_ppl_increase_50``, relative), with the per-layer fractions allocated
-   greedily (``allocation="greedy"``: 50 % of the weight columns skipped, weighted by layer size);
-   the uniform allocation (50 % of every layer's inputs) is reported beside.
+   (``activation_sparsity_ppl_increase_50``, relative), with the per-layer fractions allocated on
+   the whole model's KL from the dense one and one output scale per layer (``allocation="kl"``
+   with the default ``rescale=True``: 50 % of the weight elements' columns skipped, weighted by
+   layer size, which for Linear layers is also the share of multiply-adds); the uniform
+   allocation (50 % of every layer's inputs, also rescaled) is reported beside.
+   ``scripts/activation_sparsity_search.py`` runs this part alone and compares allocations.
 
 One-thread figures also come as the calling thread's CPU time (``*_cpu``): on a shared machine
 the wall clock of a call of several milliseconds includes the time other processes held the core.
@@ -238,8 +241,9 @@ def calibration_windows(train: str, tokenizer: object, count: int = 16, length: 
 def bench_small_lm(
     model: nn.Module, train: str, valid: str, quick: bool, prompt: torch.Tensor, new_tokens: int, rounds: int
 ) -> dict[str, object]:
-    """Perplexity of the small LM dense, at 50 % activation sparsity allocated greedily (the figure) and
-    uniformly (beside), both calibrated on its training text, and its decode speed with the greedy thresholds."""
+    """Perplexity of the small LM dense, at 50 % activation sparsity allocated on the joint KL with per-layer
+    output scales (the figure) and uniformly (beside), both calibrated on its training text, and its decode
+    speed with the KL thresholds."""
     from prunekit.torch.llm.evaluate import perplexity
     from prunekit.torch.llm.small_lm import byte_tokenizer
 
@@ -251,23 +255,23 @@ def bench_small_lm(
     ppl: dict[str, float] = {"dense": round(dense_ppl, 4)}
     fast: dict[str, nn.Module] = {}
     achieved: dict[str, float] = {}
-    for allocation in ("greedy", "uniform"):
+    for allocation in ("kl", "uniform"):
         thresholds = calibrate_activation_sparsity(model, [ids[:8], ids[8:]], target=0.5, allocation=allocation)
         fast[allocation] = apply_activation_sparsity(model, thresholds)
         ppl[allocation] = round(perplexity(fast[allocation], [text], tokenizer).perplexity, 4)
         per_layer = activation_sparsity_report(fast[allocation])
         sizes = {name: model.get_submodule(name).weight.numel() for name in per_layer}
         achieved[allocation] = sum(per_layer[name] * sizes[name] for name in per_layer) / sum(sizes.values())
-    dense_tps, sparse_tps, _ = decode_speed(model, fast["greedy"], prompt, new_tokens, rounds)
-    increase = {name: ppl[name] / dense_ppl - 1 for name in ("greedy", "uniform")}
+    dense_tps, sparse_tps, _ = decode_speed(model, fast["kl"], prompt, new_tokens, rounds)
+    increase = {name: ppl[name] / dense_ppl - 1 for name in ("kl", "uniform")}
     print(
-        f"small LM (128/384 x8): perplexity dense {dense_ppl:.3f}, 50 % activation-sparse greedy {ppl['greedy']:.3f} "
-        f"(+{100 * increase['greedy']:.2f} %, weighted achieved sparsity {achieved['greedy']:.3f}), uniform "
+        f"small LM (128/384 x8): perplexity dense {dense_ppl:.3f}, 50 % activation-sparse kl {ppl['kl']:.3f} "
+        f"(+{100 * increase['kl']:.2f} %, weighted achieved sparsity {achieved['kl']:.3f}), uniform "
         f"{ppl['uniform']:.3f} (+{100 * increase['uniform']:.2f} %, {achieved['uniform']:.3f}); decode dense "
         f"{dense_tps:.1f} tok/s vs sparse {sparse_tps:.1f} tok/s ({time.perf_counter() - start:.0f} s)"
     )
     return {
-        "activation_sparsity_ppl_increase_50": round(increase["greedy"], 4),
+        "activation_sparsity_ppl_increase_50": round(increase["kl"], 4),
         "activation_sparsity_ppl_increase_50_uniform": round(increase["uniform"], 4),
         "small_lm_perplexity": ppl,
         "small_lm_weighted_activation_sparsity": {name: round(value, 3) for name, value in achieved.items()},

@@ -78,7 +78,7 @@ def test_skipping_kernels_equal_dense_on_thresholded_inputs(backend: bool, token
     model = MLP().eval()
     with torch.no_grad():
         model.fc2.weight[torch.rand_like(model.fc2.weight) < 0.8] = 0.0  # combined with weight sparsity
-    thresholds = calibrate_activation_sparsity(model, [torch.randn(32, 32)], target=0.5)
+    thresholds = calibrate_activation_sparsity(model, [torch.randn(32, 32)], target=0.5, rescale=False)
     fast = apply_activation_sparsity(model, thresholds)
     assert fast.fc2.csc is not None and fast.fc1.csc is None  # the pruned weight keeps only its nonzeros
     reference = thresholded_reference(copy.deepcopy(model), thresholds)
@@ -102,7 +102,7 @@ def pruned_tiny_llama(weight_sparsity: float) -> nn.Module:
 def test_activation_sparse_llm_generates_like_the_thresholded_dense_model(weight_sparsity: float) -> None:
     model = pruned_tiny_llama(weight_sparsity)
     calibration = [tokens(4, 32, seed=s) for s in range(2)]
-    thresholds = calibrate_activation_sparsity(model, calibration, target=0.5)
+    thresholds = calibrate_activation_sparsity(model, calibration, target=0.5, rescale=False)
     assert "lm_head" not in thresholds.values and "model.layers.0.mlp.down_proj" in thresholds.values
     assert "model.layers.1.self_attn.q_proj" in thresholds.values
     fast = apply_activation_sparsity(model, thresholds)
@@ -173,8 +173,8 @@ def test_greedy_calibration_sparsifies_the_insensitive_layer_and_loses_less() ->
     torch.manual_seed(5)
     model = TwoBranch().eval()
     batches = [torch.randn(64, 32) for _ in range(2)]
-    uniform = calibrate_activation_sparsity(model, batches, target=0.5)
-    greedy = calibrate_activation_sparsity(model, batches, target=0.5, allocation="greedy")
+    uniform = calibrate_activation_sparsity(model, batches, target=0.5, rescale=False)
+    greedy = calibrate_activation_sparsity(model, batches, target=0.5, allocation="greedy", rescale=False)
     assert uniform.sparsities == {"a": 0.5, "b": 0.5} and greedy.allocation == "greedy"
     assert greedy.sparsities["b"] == pytest.approx(0.95) and greedy.sparsities["a"] == pytest.approx(0.05)
     assert greedy.to_json()["sparsities"] == greedy.sparsities
@@ -234,7 +234,7 @@ def test_column_norm_scores_keep_the_inputs_with_the_largest_reach() -> None:
     with torch.no_grad():
         layer.weight.mul_(torch.linspace(0.1, 3.0, 16))  # column j's norm grows with j
     model = nn.Sequential(layer).eval()
-    thresholds = calibrate_activation_sparsity(model, [torch.randn(256, 16)], target=0.5, score="column_norm")
+    thresholds = calibrate_activation_sparsity(model, [torch.randn(256, 16)], target=0.5, score="column_norm", rescale=False)
     assert thresholds.score == "column_norm" and thresholds.to_json()["score"] == "column_norm"
     fast = apply_activation_sparsity(model, thresholds)
     x = torch.randn(1, 16)

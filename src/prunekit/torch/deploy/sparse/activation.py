@@ -24,12 +24,14 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.torch.deploy.sparse.allocation import GRID, greedy_allocation, input_scores, layer_errors
+from prunekit.torch.deploy.sparse.kl_allocation import kl_allocation
 from prunekit.torch.deploy.sparse.layers import ActivationSparseLinear, column_norms
+from prunekit.torch.deploy.sparse.rescale import output_scales
 
 #: Layers never sparsified by default: an LM head's input is the final hidden state (and often tied).
 DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "classifier", "*.classifier")
 _SAMPLE_LIMIT = 200_000  # |x| entries kept per layer for the quantile (a random subsample beyond that)
-ALLOCATIONS = ("uniform", "greedy")
+ALLOCATIONS = ("uniform", "greedy", "kl")
 #: How an input entry is scored against its layer's threshold: ``|x_j|`` (TEAL, CATS) or
 #: ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse: the entry's reach into the output).
 SCORES = ("magnitude", "column_norm")
@@ -38,7 +40,8 @@ SCORES = ("magnitude", "column_norm")
 @dataclass(frozen=True)
 class ActivationThresholds:
     """Per-layer input thresholds for a target fraction of zeroed activations; ``sparsities`` is the
-    fraction each layer was calibrated for (all ``target`` when ``allocation`` is ``"uniform"``).
+    fraction each layer was calibrated for (all ``target`` when ``allocation`` is ``"uniform"``);
+    ``output_scales`` the factor each layer's kept output is scaled by (empty: none, see ``rescale``).
 
     Example::
 
@@ -51,6 +54,7 @@ class ActivationThresholds:
     sparsities: dict[str, float] = field(default_factory=dict)
     allocation: str = "uniform"
     score: str = "magnitude"
+    output_scales: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,7 @@ class ActivationThresholds:
             "score": self.score,
             "thresholds": dict(self.values),
             "sparsities": dict(self.sparsities),
+            "output_scales": dict(self.output_scales),
         }
 
 
@@ -112,6 +117,7 @@ def calibrate_activation_sparsity(
     seed: int = 0,
     allocation: str = "uniform",
     score: str = "column_norm",
+    rescale: bool = True,
 ) -> ActivationThresholds:
     """Per-layer thresholds so that ``target`` of each Linear layer's input entries have ``|x|`` below them.
 
@@ -121,9 +127,16 @@ def calibrate_activation_sparsity(
     input), as TEAL does. ``allocation="greedy"`` gives each layer its own fraction instead
     (:mod:`~prunekit.torch.deploy.sparse.allocation`): more where zeroing moves the model's output
     least, so that the weight-count-weighted mean is ``target``; it runs the calibration batches
-    once per layer and grid point. ``score="column_norm"`` (the default) ranks input ``j`` by
+    once per layer and grid point. ``allocation="kl"``
+    (:mod:`~prunekit.torch.deploy.sparse.kl_allocation`) grows the fractions step by step on the
+    whole model's KL divergence from the dense one, every layer measured with the others at their
+    current sparsity, to the same weighted mean. ``score="column_norm"`` (the default) ranks input ``j`` by
     ``|x_j| * ||W[:, j]||`` (WINA, R-Sparse): at the same count of skipped weight columns it keeps the
     inputs that move the output most; ``score="magnitude"`` ranks by ``|x_j|`` alone (TEAL, CATS).
+    ``rescale=True`` (the default) also fits one scale per layer for its kept output (least squares
+    onto the dense output on the calibration batches, :mod:`~prunekit.torch.deploy.sparse.rescale`),
+    folded into the weight so the kernels are unchanged; ``rescale=False`` keeps the kept entries as
+    they are (the layer then equals the dense one on thresholded inputs).
 
     Example::
 
@@ -165,13 +178,22 @@ def calibrate_activation_sparsity(
         raise ConfigError("calibrate_activation_sparsity needs at least one calibration batch, got none")
     magnitudes = {name: np.concatenate(parts) for name, parts in samples.items() if parts}
     sparsities = dict.fromkeys(magnitudes, float(target))
+    found = {name: layers[name] for name in magnitudes}
     if allocation == "greedy" and target > 0:
-        found = {name: layers[name] for name in magnitudes}
         sparsities = _greedy(model, found, magnitudes, scales, batches, float(target))
+    if allocation == "kl" and target > 0:
+        sparsities = _joint_kl(model, found, magnitudes, scales, batches, float(target))
     values = {
         name: float(np.quantile(magnitudes[name], sparsity)) if sparsity > 0 else 0.0 for name, sparsity in sparsities.items()
     }
-    return ActivationThresholds(float(target), values, sparsities, allocation, score)
+    rescaled: dict[str, float] = {}
+    if rescale:
+        model.eval()
+        try:
+            rescaled = output_scales(model, found, values, scales, batches, _run_batch)
+        finally:
+            model.train(was_training)
+    return ActivationThresholds(float(target), values, sparsities, allocation, score, rescaled)
 
 
 def _input_scale(layer: nn.Linear, score: str) -> torch.Tensor | None:
@@ -198,6 +220,29 @@ def _greedy(
     finally:
         model.train(was_training)
     return greedy_allocation(errors, {name: layer.weight.numel() for name, layer in layers.items()}, target)
+
+
+def _joint_kl(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    magnitudes: dict[str, np.ndarray],
+    scales: dict[str, torch.Tensor | None],
+    batches: list[Any],
+    target: float,
+) -> dict[str, float]:
+    """Per-layer sparsities grown on the whole model's KL divergence from the dense one (in eval mode)."""
+    ordered = {name: np.sort(values) for name, values in magnitudes.items()}
+
+    def threshold(name: str, sparsity: float) -> float:
+        return float(np.quantile(ordered[name], sparsity)) if sparsity > 0 else 0.0
+
+    was_training = model.training
+    model.eval()
+    try:
+        sparsities, _ = kl_allocation(model, layers, threshold, scales, batches, _run_batch, target)
+    finally:
+        model.train(was_training)
+    return sparsities
 
 
 def apply_activation_sparsity(
@@ -228,7 +273,11 @@ def apply_activation_sparsity(
         weight = module.weight.detach()
         sparse_weight = float((weight == 0).float().mean()) > weight_sparse_above
         replacement = ActivationSparseLinear.from_linear(
-            module, threshold, weight_sparse=sparse_weight, column_norm_scores=thresholds.score == "column_norm"
+            module,
+            threshold,
+            weight_sparse=sparse_weight,
+            column_norm_scores=thresholds.score == "column_norm",
+            output_scale=thresholds.output_scales.get(name, 1.0),
         )
         parent_name, _, child = name.rpartition(".")
         setattr(target.get_submodule(parent_name) if parent_name else target, child, replacement)

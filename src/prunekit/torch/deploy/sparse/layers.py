@@ -170,15 +170,23 @@ class ActivationSparseLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, threshold: float, weight_sparse: bool = False, column_norm_scores: bool = False
+        cls,
+        linear: nn.Linear,
+        threshold: float,
+        weight_sparse: bool = False,
+        column_norm_scores: bool = False,
+        output_scale: float = 1.0,
     ) -> ActivationSparseLinear:
         """Wrap ``linear``; ``weight_sparse`` also skips the weight's own zeros (CSC of the nonzeros);
-        ``column_norm_scores`` scores input ``j`` by ``|x_j| * ||W[:, j]||`` instead of ``|x_j|``."""
+        ``column_norm_scores`` scores input ``j`` by ``|x_j| * ||W[:, j]||`` instead of ``|x_j|``;
+        ``output_scale`` multiplies ``W x`` (not the bias), folded into the weight after the scores are fixed."""
         weight = linear.weight.detach().float().cpu().numpy()
         scale = None
         if column_norm_scores:
             scale = column_norms(weight)
             weight = weight / np.where(scale > 0, scale, 1.0)[None, :]  # an all-zero column stays zero
+        if output_scale != 1.0:
+            weight = weight * np.float32(output_scale)
         return cls(CSR.from_dense(weight) if weight_sparse else weight, linear.bias, threshold, input_scale=scale)
 
     @property
