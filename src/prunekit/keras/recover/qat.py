@@ -101,6 +101,15 @@ class _FakeQuant(FoldedBatchNorm):
         extra.update(batchnorm=self.batchnorm, freeze_bn_after=self.freeze_bn_after)
         return {**super().get_config(), **extra}
 
+    def save_own_variables(self, store: Any) -> None:
+        """Save every variable (kernel, bias, observed ranges, step counter, mask, BN state), not only the
+        kernel and bias that ``Dense``/``Conv`` save, so ``model.save`` then ``load_model`` resumes QAT exactly."""
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store: Any) -> None:
+        """Load what :meth:`save_own_variables` saved, in the same order."""
+        keras.layers.Layer.load_own_variables(self, store)
+
     def _add_quant_state(self, masked: bool) -> None:
         scalar = {"shape": (), "trainable": False}
         self.input_low = self.add_weight(name="input_low", initializer="zeros", **scalar)
