@@ -288,3 +288,46 @@ def test_pqat_with_frozen_ranges_and_batchnorm_keeps_exactly_the_masks_zeros(tmp
     assert controller.steps == len(loaders()[0])
     result = controller.export_onnx(torch.as_tensor(digits().x_val[:64]), tmp_path / "pqat.int8.onnx")
     assert {n: result.zeros[n] for n in masks} == {n: int((~m).sum()) for n, m in masks.items()}
+
+
+def _ranges_of(controller):
+    return {n: (layer.input_range, layer.output_range) for n, layer in controller.layers.items()}
+
+
+def test_a_checkpoint_of_model_and_controller_resumes_qat_exactly(tmp_path):
+    model = pruned_cnn()
+    x = torch.as_tensor(digits().x_val[:32])
+    controller = QuantizationAwareTraining(model, masks="zeros", freeze_ranges_after=2, freeze_bn_after=1)
+    model.train()
+    for scale in (1.0, 0.5):
+        model(x * scale)
+    torch.save({"model": model.state_dict(), "qat": controller.state_dict()}, tmp_path / "checkpoint.pt")
+    assert set(model.state_dict()) == set(pruned_cnn().state_dict())  # no wrapper keys in the model's state
+
+    saved = torch.load(tmp_path / "checkpoint.pt")
+    resumed_model = pruned_cnn()
+    resumed_model.load_state_dict(saved["model"])
+    resumed = QuantizationAwareTraining(resumed_model, masks="zeros", freeze_ranges_after=2, freeze_bn_after=1)
+    resumed.load_state_dict(saved["qat"])
+    assert resumed.steps == controller.steps == 2
+    assert _ranges_of(resumed) == _ranges_of(controller)
+    for name, layer in controller.layers.items():
+        assert torch.equal(resumed.layers[name].mask, layer.mask), name
+    for run in (model, resumed_model):  # past both freezes: ranges fixed, BatchNorm on its running statistics
+        run.train()
+        run(x * 4.0)
+    assert _ranges_of(resumed) == _ranges_of(controller)
+    assert not resumed_model.bn1.training and not model.bn1.training
+    model.eval()
+    resumed_model.eval()
+    torch.testing.assert_close(resumed_model(x), model(x), rtol=0, atol=0)
+
+
+def test_a_qat_state_for_other_options_or_layers_is_refused():
+    state = QuantizationAwareTraining(dense_cnn(), freeze_ranges_after=3).state_dict()
+    with pytest.raises(ConfigError, match="freeze_ranges_after=3"):
+        QuantizationAwareTraining(dense_cnn()).load_state_dict(state)
+    with pytest.raises(ConfigError, match="different layers"):
+        QuantizationAwareTraining(dense_cnn(), freeze_ranges_after=3, exclude=["fc2"]).load_state_dict(state)
+    with pytest.raises(ConfigError, match="not a prunekit QAT state"):
+        QuantizationAwareTraining(dense_cnn()).load_state_dict({"steps": 1})

@@ -56,6 +56,7 @@ QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WEIGHT_QMAX = 127
 ACT_QMIN, ACT_QMAX = 0, 255
 DEFAULT_SQNR_FLOOR_DB = 25.0
+STATE_FORMAT = "prunekit.qat"
 BIAS_INT32_LIMIT = 2**30
 """Largest int32 code a bias may get: ONNX Runtime's int8 kernels (``QLinearConv``, ``QGemm``) store the bias
 as ``round(bias / (input_scale * weight_scale))`` in int32 and add the accumulator to it; half the int32 range
@@ -363,6 +364,57 @@ class QuantizationAwareTraining:
             return _fake_quant_activation(output, *layer.output_range.qparams())
 
         return hook
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the model's ``state_dict`` does not hold: the training-batch count (which drives the freezes),
+        each layer's observed activation ranges and the PQAT masks; ``torch.save`` it beside the model's.
+
+        Example::
+
+            torch.save({"model": model.state_dict(), "qat": controller.state_dict()}, "checkpoint.pt")
+        """
+        return {
+            "format": STATE_FORMAT,
+            "steps": self.steps,
+            "options": {"freeze_ranges_after": self.freeze_ranges_after, "freeze_bn_after": self.freeze_bn_after},
+            "ranges": {
+                name: [[r.low, r.high, r.seen] for r in (layer.input_range, layer.output_range)]
+                for name, layer in self.layers.items()
+            },
+            "masks": {f"{name}.weight": layer.mask.cpu() for name, layer in self.layers.items() if layer.mask is not None},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (a controller built on the same model with the same options);
+        a state for other layers, masks or freeze options is refused, naming the first difference.
+
+        Example::
+
+            controller = QuantizationAwareTraining(model, masks="zeros"); controller.load_state_dict(saved["qat"])
+        """
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise ConfigError("not a prunekit QAT state (expected the dict from QuantizationAwareTraining.state_dict())")
+        options = {"freeze_ranges_after": self.freeze_ranges_after, "freeze_bn_after": self.freeze_bn_after}
+        for key, value in options.items():
+            if state["options"].get(key) != value:
+                raise ConfigError(
+                    f"the QAT state was saved with {key}={state['options'].get(key)!r}, this controller has {value!r}"
+                )
+        if sorted(state["ranges"]) != sorted(self.layers):
+            extra = sorted(set(state["ranges"]) ^ set(self.layers))
+            raise ConfigError(f"the QAT state and this controller quantize different layers (first: {extra[0]!r})")
+        mine = {f"{name}.weight" for name, layer in self.layers.items() if layer.mask is not None}
+        if set(state["masks"]) != mine:
+            raise ConfigError(
+                f"the QAT state has masks for {sorted(state['masks'])[:5]}, this controller for {sorted(mine)[:5]}: "
+                "build it with the same masks (PQAT: masks='zeros' on the pruned model)"
+            )
+        for name, layer in self.layers.items():
+            for target, (low, high, seen) in zip((layer.input_range, layer.output_range), state["ranges"][name]):
+                target.low, target.high, target.seen = float(low), float(high), bool(seen)
+            if layer.mask is not None:
+                layer.mask = torch.as_tensor(state["masks"][f"{name}.weight"]).bool().to(layer.mask.device)
+        self.steps = int(state["steps"])
 
     @property
     def attached(self) -> bool:
