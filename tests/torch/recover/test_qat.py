@@ -16,7 +16,8 @@ from prunekit.torch import NM, DigitsCNN, Pruner, evaluate, make_loader
 from prunekit.torch.recover.qat import QuantizationAwareTraining, pqat, qat, sqnr_db, weight_codes
 from tests.torch.pruned_digits import dense_cnn, digits, pruned_cnn
 
-qat_module = importlib.import_module("prunekit.torch.recover.qat")  # the module (the package exports the function qat)
+fake_quant = importlib.import_module("prunekit.torch.recover.fake_quant")
+qdq = importlib.import_module("prunekit.torch.recover.qdq")
 
 
 @functools.cache
@@ -58,10 +59,10 @@ def test_weight_codes_match_a_hand_computation():
 
 
 def test_activation_qparams_and_fake_quant_match_a_hand_computation():
-    scale, zero_point = qat_module._act_qparams(-1.0, 3.0)
+    scale, zero_point = fake_quant._act_qparams(-1.0, 3.0)
     assert scale == pytest.approx(4.0 / 255) and zero_point == 64
     x = torch.tensor([-2.0, -1.0, 0.0, 0.01, 3.0, 5.0], requires_grad=True)
-    out = qat_module._fake_quant_activation(x, scale, zero_point)
+    out = fake_quant._fake_quant_activation(x, scale, zero_point)
     expected = [(-64) * scale, (-64) * scale, 0.0, round(0.01 / scale) * scale, 191 * scale, 191 * scale]
     assert out.tolist() == pytest.approx(expected, abs=1e-6)
     out.sum().backward()
@@ -155,7 +156,7 @@ def test_export_whose_zeros_differ_from_the_masks_is_refused(tmp_path, monkeypat
     controller = QuantizationAwareTraining(model, masks="zeros")
     x = torch.as_tensor(digits().x_val[:16])
     model(x)  # observe ranges
-    real = qat_module.weight_codes
+    real = qdq.weight_codes
 
     def losing_a_zero(weight, mask=None, min_scales=None):
         codes, scales = real(weight, mask, min_scales)
@@ -163,7 +164,7 @@ def test_export_whose_zeros_differ_from_the_masks_is_refused(tmp_path, monkeypat
         codes.view(-1)[torch.nonzero(codes.view(-1) == 0)[0]] = 1.0
         return codes, scales
 
-    monkeypatch.setattr(qat_module, "weight_codes", losing_a_zero)
+    monkeypatch.setattr(qdq, "weight_codes", losing_a_zero)
     with pytest.raises(ExportError, match="differ from its pruning mask"):
         controller.export_onnx(x, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
