@@ -63,7 +63,8 @@ def test_a_taken_name_or_alias_is_refused_unless_replaced(toy):
 
 def test_options_merge_defaults_framework_defaults_and_overrides():
     method = _toy(handlers={"torch": lambda job: job, "keras": lambda job: job}, framework_defaults={"keras": {"epochs": 5}})
-    assert method.options() == {"epochs": 2, "lr": 1e-3}
+    assert method.options("torch") == {"epochs": 2, "lr": 1e-3}
+    assert method.options(epochs=3) == {"epochs": 3, "lr": 1e-3}  # framework-free once the differing option is set
     assert method.options("keras") == {"epochs": 5, "lr": 1e-3}
     assert method.options("keras", epochs=1) == {"epochs": 1, "lr": 1e-3}
     with pytest.raises(ConfigError, match=r"method 'toy-registry' has no option 'rounds'; its options are \['epochs', 'lr'\]"):
@@ -118,5 +119,27 @@ def test_to_dict_has_what_prunekit_methods_json_promises(toy):
         "amount": "sparsity",
         "aliases": ["toy-alias"],
         "defaults": {"epochs": 2, "lr": 1e-3},
+        "by_framework": {},
         "sensitivity": [],
     }
+
+
+def test_options_without_a_framework_refuse_a_default_that_differs_by_framework():
+    method = _toy(handlers={"torch": lambda job: job, "keras": lambda job: job}, framework_defaults={"keras": {"epochs": 5}})
+    assert method.by_framework() == {"epochs": {"torch": 2, "keras": 5}}
+    with pytest.raises(ConfigError, match=r"default of \['epochs'\] differs by framework \(epochs: \{'torch': 2, 'keras': 5\}\)"):
+        method.options(lr=0.1)
+    with pytest.raises(ConfigError, match=r"has no keras handler"):
+        _toy().options("keras")
+    same = _toy(handlers={"torch": lambda job: job, "keras": lambda job: job}, framework_defaults={"keras": {"epochs": 2}})
+    assert same.by_framework() == {} and same.options() == {"epochs": 2, "lr": 1e-3}  # an override equal to the default
+
+
+def test_pqat_freeze_bn_after_is_given_per_framework_never_guessed():
+    method = get_method("pqat")
+    assert method.by_framework() == {"freeze_bn_after": {"torch": None, "keras": 0}}
+    assert method.options("torch")["freeze_bn_after"] is None and method.options("keras")["freeze_bn_after"] == 0
+    with pytest.raises(ConfigError, match=r"call options\(framework\) with one of \['torch', 'keras'\]"):
+        method.options(epochs=1)
+    assert method.options(freeze_bn_after=3)["freeze_bn_after"] == 3
+    assert method.to_dict()["by_framework"] == {"freeze_bn_after": {"torch": None, "keras": 0}}

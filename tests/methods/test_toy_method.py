@@ -105,6 +105,7 @@ def test_the_cli_lists_it_and_runs_it_from_a_recipe(toy, tmp_path, capsys):
         "amount": "sparsity",
         "aliases": [],
         "defaults": {"epochs": 0, "lr": 0.0},
+        "by_framework": {},
         "sensitivity": [],
     }
     path = tmp_path / "toy.yaml"

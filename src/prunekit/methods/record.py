@@ -120,22 +120,51 @@ class Method:
         except AttributeError:
             raise ConfigError(f"method {self.name!r}: {module_name} has no {attribute!r} (handler {handler!r})") from None
 
-    def options(self, framework: str | None = None, **overrides: Any) -> dict[str, Any]:
-        """The method's options: its defaults (for ``framework``, if given) updated with ``overrides``.
+    def by_framework(self) -> dict[str, dict[str, Any]]:
+        """The options whose default differs between this method's frameworks: ``{option: {framework: default}}``.
 
-        Unknown option names are an error that lists the known ones.
+        Example::
+
+            get_method("pqat").by_framework()   # {"freeze_bn_after": {"torch": None, "keras": 0}}
+        """
+        keys = sorted({key for overrides in self.framework_defaults.values() for key in overrides})
+        found: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            values = {fw: self.framework_defaults.get(fw, {}).get(key, self.defaults[key]) for fw in self.frameworks}
+            if len({repr(value) for value in values.values()}) > 1:
+                found[key] = values
+        return found
+
+    def options(self, framework: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """The method's options: its defaults for ``framework`` updated with ``overrides``.
+
+        Unknown option names are an error that lists the known ones. Without a framework, an option
+        whose default differs by framework (:meth:`by_framework`) must be given in ``overrides``:
+        there is no framework-free value to hand a handler, so the call is refused rather than
+        answered with one framework's default.
 
         Example::
 
             get_method("iterative").options(epochs=6)["rounds"]   # 3
+            get_method("pqat").options("keras")["freeze_bn_after"]   # 0
         """
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
             raise ConfigError(
                 f"method {self.name!r} has no option {', '.join(map(repr, unknown))}; its options are {sorted(self.defaults)}"
             )
+        if framework is not None and framework not in self.handlers:
+            raise ConfigError(f"method {self.name!r} has no {framework} handler; it runs on {list(self.frameworks)}")
         options = dict(self.defaults)
-        if framework is not None:
+        if framework is None:
+            ambiguous = {key: values for key, values in self.by_framework().items() if key not in overrides}
+            if ambiguous:
+                differ = "; ".join(f"{key}: {values}" for key, values in ambiguous.items())
+                raise ConfigError(
+                    f"method {self.name!r}: the default of {sorted(ambiguous)} differs by framework ({differ}); "
+                    f"call options(framework) with one of {list(self.frameworks)}, or set {sorted(ambiguous)} yourself"
+                )
+        else:
             options.update(self.framework_defaults.get(framework, {}))
         options.update(overrides)
         return options
@@ -154,5 +183,6 @@ class Method:
             "amount": self.amount,
             "aliases": list(self.aliases),
             "defaults": dict(self.defaults),
+            "by_framework": self.by_framework(),
             "sensitivity": list(self.layer_pruners),
         }

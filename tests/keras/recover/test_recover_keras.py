@@ -159,7 +159,7 @@ def test_keras_recover_handlers_run_through_the_registry(pruned_90, digits, tmp_
     method = get_method("pqat")
     model = clone_of(pruned_90.model)
     zeros = {layer.name: int((layer.kernel.numpy() == 0).sum()) for layer in model.layers if hasattr(layer, "kernel")}
-    job = RecoverJob(model, digits.x_train, digits.y_train, method.options(epochs=1), export_path=tmp_path / "m.tflite")
+    job = RecoverJob(model, digits.x_train, digits.y_train, method.options("keras", epochs=1), export_path=tmp_path / "m.tflite")
     run = method.handler("keras")(job)
     assert run.artifact.is_file() and run.zeros == zeros and len(run.history) == 1
     folded = {"bn1", "relu1", "bn2", "relu2"}  # folded into conv1/conv2: pass-throughs of the same names

@@ -50,14 +50,14 @@ def test_pqat_handler_writes_an_int8_onnx_with_the_pruned_zeros(tmp_path):
     model = prune_unstructured(_trained_mlp(), 0.8)
     zeros = {n: int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight")}
     method = get_method("pqat")
-    job = RecoverJob(model, split.x_train, split.y_train, method.options(epochs=1), export_path=tmp_path / "m.onnx")
+    job = RecoverJob(model, split.x_train, split.y_train, method.options("torch", epochs=1), export_path=tmp_path / "m.onnx")
     run = method.handler("torch")(job)
     assert run.artifact == tmp_path / "m.onnx" and run.zeros == zeros and run.sqnr_db > 30
     stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(run.artifact)).graph.initializer}
     assert {n: int((stored[f"{n}_quantized"] == 0).sum()) for n in zeros} == zeros
     assert all(not m._forward_hooks for m in run.model.modules())
     with pytest.raises(ConfigError, match="prune first"):
-        method.handler("torch")(RecoverJob(DigitsMLP(), split.x_train, split.y_train, method.options(epochs=1)))
+        method.handler("torch")(RecoverJob(DigitsMLP(), split.x_train, split.y_train, method.options("torch", epochs=1)))
     assert np.isfinite(run.history[0]["loss"])
 
 

@@ -16,7 +16,8 @@ from prunekit.torch import NM, DigitsCNN, Pruner, evaluate, make_loader
 from prunekit.torch.recover.qat import QuantizationAwareTraining, pqat, qat, sqnr_db, weight_codes
 from tests.torch.pruned_digits import dense_cnn, digits, pruned_cnn
 
-qat_module = importlib.import_module("prunekit.torch.recover.qat")  # the module (the package exports the function qat)
+fake_quant = importlib.import_module("prunekit.torch.recover.fake_quant")
+qdq = importlib.import_module("prunekit.torch.recover.qdq")
 
 
 @functools.cache
@@ -58,10 +59,10 @@ def test_weight_codes_match_a_hand_computation():
 
 
 def test_activation_qparams_and_fake_quant_match_a_hand_computation():
-    scale, zero_point = qat_module._act_qparams(-1.0, 3.0)
+    scale, zero_point = fake_quant._act_qparams(-1.0, 3.0)
     assert scale == pytest.approx(4.0 / 255) and zero_point == 64
     x = torch.tensor([-2.0, -1.0, 0.0, 0.01, 3.0, 5.0], requires_grad=True)
-    out = qat_module._fake_quant_activation(x, scale, zero_point)
+    out = fake_quant._fake_quant_activation(x, scale, zero_point)
     expected = [(-64) * scale, (-64) * scale, 0.0, round(0.01 / scale) * scale, 191 * scale, 191 * scale]
     assert out.tolist() == pytest.approx(expected, abs=1e-6)
     out.sum().backward()
@@ -155,7 +156,7 @@ def test_export_whose_zeros_differ_from_the_masks_is_refused(tmp_path, monkeypat
     controller = QuantizationAwareTraining(model, masks="zeros")
     x = torch.as_tensor(digits().x_val[:16])
     model(x)  # observe ranges
-    real = qat_module.weight_codes
+    real = qdq.weight_codes
 
     def losing_a_zero(weight, mask=None, min_scales=None):
         codes, scales = real(weight, mask, min_scales)
@@ -163,7 +164,7 @@ def test_export_whose_zeros_differ_from_the_masks_is_refused(tmp_path, monkeypat
         codes.view(-1)[torch.nonzero(codes.view(-1) == 0)[0]] = 1.0
         return codes, scales
 
-    monkeypatch.setattr(qat_module, "weight_codes", losing_a_zero)
+    monkeypatch.setattr(qdq, "weight_codes", losing_a_zero)
     with pytest.raises(ExportError, match="differ from its pruning mask"):
         controller.export_onnx(x, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
@@ -288,3 +289,46 @@ def test_pqat_with_frozen_ranges_and_batchnorm_keeps_exactly_the_masks_zeros(tmp
     assert controller.steps == len(loaders()[0])
     result = controller.export_onnx(torch.as_tensor(digits().x_val[:64]), tmp_path / "pqat.int8.onnx")
     assert {n: result.zeros[n] for n in masks} == {n: int((~m).sum()) for n, m in masks.items()}
+
+
+def _ranges_of(controller):
+    return {n: (layer.input_range, layer.output_range) for n, layer in controller.layers.items()}
+
+
+def test_a_checkpoint_of_model_and_controller_resumes_qat_exactly(tmp_path):
+    model = pruned_cnn()
+    x = torch.as_tensor(digits().x_val[:32])
+    controller = QuantizationAwareTraining(model, masks="zeros", freeze_ranges_after=2, freeze_bn_after=1)
+    model.train()
+    for scale in (1.0, 0.5):
+        model(x * scale)
+    torch.save({"model": model.state_dict(), "qat": controller.state_dict()}, tmp_path / "checkpoint.pt")
+    assert set(model.state_dict()) == set(pruned_cnn().state_dict())  # no wrapper keys in the model's state
+
+    saved = torch.load(tmp_path / "checkpoint.pt")
+    resumed_model = pruned_cnn()
+    resumed_model.load_state_dict(saved["model"])
+    resumed = QuantizationAwareTraining(resumed_model, masks="zeros", freeze_ranges_after=2, freeze_bn_after=1)
+    resumed.load_state_dict(saved["qat"])
+    assert resumed.steps == controller.steps == 2
+    assert _ranges_of(resumed) == _ranges_of(controller)
+    for name, layer in controller.layers.items():
+        assert torch.equal(resumed.layers[name].mask, layer.mask), name
+    for run in (model, resumed_model):  # past both freezes: ranges fixed, BatchNorm on its running statistics
+        run.train()
+        run(x * 4.0)
+    assert _ranges_of(resumed) == _ranges_of(controller)
+    assert not resumed_model.bn1.training and not model.bn1.training
+    model.eval()
+    resumed_model.eval()
+    torch.testing.assert_close(resumed_model(x), model(x), rtol=0, atol=0)
+
+
+def test_a_qat_state_for_other_options_or_layers_is_refused():
+    state = QuantizationAwareTraining(dense_cnn(), freeze_ranges_after=3).state_dict()
+    with pytest.raises(ConfigError, match="freeze_ranges_after=3"):
+        QuantizationAwareTraining(dense_cnn()).load_state_dict(state)
+    with pytest.raises(ConfigError, match="different layers"):
+        QuantizationAwareTraining(dense_cnn(), freeze_ranges_after=3, exclude=["fc2"]).load_state_dict(state)
+    with pytest.raises(ConfigError, match="not a prunekit QAT state"):
+        QuantizationAwareTraining(dense_cnn()).load_state_dict({"steps": 1})

@@ -5,7 +5,7 @@ stripped model (kernels on the int8 grid) and write the int8 TFLite file to ``ex
 
 Example::
 
-    run = get_method("distill").handler("keras")(RecoverJob(pruned, x, y, get_method("distill").options(), teacher=dense))
+    run = get_method("distill").handler("keras")(RecoverJob(pruned, x, y, get_method("distill").options("keras"), teacher=dense))
 """
 
 from __future__ import annotations

@@ -20,210 +20,40 @@ weights already on the int8 grid and stores exactly those codes.
 PQAT (:func:`pqat`) keeps the zeros of a pruned model (or the masks of a model still carrying
 prunekit pruning state): pruned weights are multiplied out in every forward pass and a kept
 weight never rounds to 0, so the int8 TFLite file has exactly the mask's zeros (checked).
+
+Modules: :mod:`.quant_layers` holds the fake-quant layers (serialisable: ``model.save`` then
+``keras.models.load_model`` resumes QAT), :mod:`.qat_export` strips them and writes the TFLite file,
+:mod:`.fold` folds BatchNormalization; this module clones a model and trains it. Their public names
+stay importable from here.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from prunekit.core.records import epoch_records
-from prunekit.errors import ConfigError, ExportError
-from prunekit.keras.recover.fold import FoldedAway, FoldedBatchNorm, FoldedChain, fold_arrays, fold_plan
+from prunekit.errors import ConfigError
+from prunekit.keras.recover.fold import FoldedAway, FoldedChain, fold_plan
+from prunekit.keras.recover.qat_export import export_tflite as export_tflite
+from prunekit.keras.recover.qat_export import strip_qat as strip_qat
+from prunekit.keras.recover.quant_layers import WEIGHT_QMAX as WEIGHT_QMAX
+from prunekit.keras.recover.quant_layers import QuantConv1D as QuantConv1D
+from prunekit.keras.recover.quant_layers import QuantConv2D as QuantConv2D
+from prunekit.keras.recover.quant_layers import QuantConv3D as QuantConv3D
+from prunekit.keras.recover.quant_layers import QuantDense as QuantDense
+from prunekit.keras.recover.quant_layers import QuantDepthwiseConv2D as QuantDepthwiseConv2D
+from prunekit.keras.recover.quant_layers import _check_model, _quant_class
+from prunekit.keras.recover.quant_layers import kernel_codes as kernel_codes
 
-WEIGHT_QMAX = 127
 FREEZE_BN_AFTER = 0
 """Default ``freeze_bn_after``: a folded BatchNormalization keeps its moving statistics from the start (``gamma``
 and ``beta`` still train), so training computes the int8 model's arithmetic; chosen on the digits validation
 split by ``scripts/keras_pqat_search.py`` (docs/recovery.md, "Keras PQAT vs PTQ")."""
-
-
-def _channel_axes(layer: Any) -> tuple[int, ...]:
-    """Kernel axes reduced to get one scale per output channel (TFLite's per-channel layout)."""
-    rank = len(layer.kernel.shape)
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return tuple(range(rank - 2))  # (kh, kw | in, multiplier): one scale per in * multiplier
-    return tuple(range(rank - 1))
-
-
-def kernel_codes(kernel: np.ndarray, mask: np.ndarray | None, axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes and per-channel scales of a kernel; with a mask, codes are 0 exactly where it is False.
-
-    Example::
-
-        codes, scale = kernel_codes(dense.kernel.numpy(), None, axes=(0,))   # scale of shape (1, units)
-    """
-    w = np.asarray(kernel, np.float32) * (mask if mask is not None else 1)
-    scale = np.maximum(np.abs(w).max(axis=tuple(axes), keepdims=True) / WEIGHT_QMAX, 1e-12).astype(np.float32)
-    codes = np.clip(np.round(w / scale), -WEIGHT_QMAX, WEIGHT_QMAX)
-    if mask is not None:
-        codes = np.where(mask & (codes == 0), np.where(w >= 0, 1.0, -1.0), codes) * mask
-    return codes.astype(np.int8), scale
-
-
-class _FakeQuant(FoldedBatchNorm):
-    """Mixin: fake-quantized kernel, input and output; ``pqat_mask`` (1 kept, 0 pruned) when PQAT;
-    activation ranges frozen after ``freeze_ranges_after`` training batches (``None``: never); a folded
-    BatchNormalization (``batchnorm``, statistics frozen after ``freeze_bn_after`` batches), see :mod:`.fold`."""
-
-    momentum = 0.9
-    freeze_ranges_after: int | None = None
-
-    def __init__(
-        self,
-        *args: Any,
-        masked: bool = False,
-        freeze_ranges_after: int | None = None,
-        batchnorm: dict[str, Any] | None = None,
-        freeze_bn_after: int | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(*args, **kwargs)
-        self.masked = masked
-        self.freeze_ranges_after = freeze_ranges_after
-        self.batchnorm = batchnorm
-        self.freeze_bn_after = freeze_bn_after
-
-    def build(self, input_shape: Any) -> None:
-        super().build(input_shape)
-        self._add_quant_state(self.masked)
-        shape = self._kernel_shape()
-        self._add_norm_state(shape[-2] * shape[-1] if isinstance(self, keras.layers.DepthwiseConv2D) else shape[-1])
-
-    def get_config(self) -> dict[str, Any]:
-        extra = {"masked": self.masked, "freeze_ranges_after": self.freeze_ranges_after}
-        extra.update(batchnorm=self.batchnorm, freeze_bn_after=self.freeze_bn_after)
-        return {**super().get_config(), **extra}
-
-    def _add_quant_state(self, masked: bool) -> None:
-        scalar = {"shape": (), "trainable": False}
-        self.input_low = self.add_weight(name="input_low", initializer="zeros", **scalar)
-        self.input_high = self.add_weight(name="input_high", initializer="zeros", **scalar)
-        self.output_low = self.add_weight(name="output_low", initializer="zeros", **scalar)
-        self.output_high = self.add_weight(name="output_high", initializer="zeros", **scalar)
-        self.observed = self.add_weight(name="observed", initializer="zeros", **scalar)
-        self.pqat_mask = (
-            self.add_weight(name="pqat_mask", shape=self._kernel_shape(), initializer="ones", trainable=False) if masked else None
-        )
-
-    def _kernel_shape(self) -> tuple[int, ...]:
-        return tuple(self.kernel.shape)
-
-    def _range(self, x: Any, low: Any, high: Any, training: bool) -> tuple[Any, Any]:
-        """The range to quantize ``x`` with; in training, an EMA of the batch min/max until ``freeze_ranges_after``
-        training batches were observed, then exactly the range reached (``observed`` counts the batches)."""
-        if not training:
-            return low, high
-        batch_low, batch_high = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
-        first = ops.equal(self.observed, 0.0)
-        new_low = ops.where(first, batch_low, self.momentum * low + (1 - self.momentum) * batch_low)
-        new_high = ops.where(first, batch_high, self.momentum * high + (1 - self.momentum) * batch_high)
-        if self.freeze_ranges_after is not None:
-            frozen = ops.greater_equal(self.observed, float(self.freeze_ranges_after))
-            new_low, new_high = ops.where(frozen, low, new_low), ops.where(frozen, high, new_high)
-        low.assign(new_low)
-        high.assign(new_high)
-        return new_low, new_high
-
-    def _fake_quant_kernel(self) -> Any:
-        kernel = self.kernel
-        if self.pqat_mask is not None:
-            kernel = kernel * self.pqat_mask
-        kernel = self._fold_kernel(kernel)
-        axes = _channel_axes(self)
-        scale = ops.maximum(ops.max(ops.abs(kernel), axis=axes, keepdims=True) / WEIGHT_QMAX, 1e-12)
-        codes = ops.clip(ops.round(kernel / scale), -WEIGHT_QMAX, WEIGHT_QMAX)
-        if self.pqat_mask is not None:
-            away = ops.where(kernel >= 0, 1.0, -1.0)
-            kept = ops.cast(self.pqat_mask, "bool")
-            codes = ops.where(ops.logical_and(kept, ops.equal(codes, 0.0)), away, codes) * self.pqat_mask
-        return kernel + ops.stop_gradient(codes * scale - kernel)
-
-    def call(self, inputs: Any, training: bool | None = None) -> Any:
-        training = bool(training)
-        low, high = self._range(inputs, self.input_low, self.input_high, training)
-        x = keras.quantizers.fake_quant_with_min_max_vars(inputs, low, high, num_bits=8)
-        outputs = self._linear(x, self._fake_quant_kernel())
-        if self.batchnorm is not None:
-            outputs = self._norm_output(outputs, training, self.observed)
-        elif self.use_bias:
-            outputs = ops.add(outputs, ops.reshape(self.bias, self._bias_shape()))
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        low, high = self._range(outputs, self.output_low, self.output_high, training)
-        if training:
-            self.observed.assign_add(1.0)
-        return keras.quantizers.fake_quant_with_min_max_vars(outputs, low, high, num_bits=8)
-
-    def _bias_shape(self) -> tuple[int, ...]:
-        channels_first = getattr(self, "data_format", "channels_last") == "channels_first"
-        rank = getattr(self, "rank", 0)
-        size = int(self.bias.shape[0])
-        return (1, size) + (1,) * rank if channels_first else (1,) * (rank + 1) + (size,) if rank else (size,)
-
-
-@keras.saving.register_keras_serializable(package="prunekit")
-class QuantDense(_FakeQuant, keras.layers.Dense):
-    """``Dense`` with int8 fake quantization (see the module docstring)."""
-
-    def _linear(self, x: Any, kernel: Any) -> Any:
-        return ops.matmul(x, kernel)
-
-
-def _conv_class(base: type) -> type:
-    class QuantConv(_FakeQuant, base):
-        def _linear(self, x: Any, kernel: Any) -> Any:
-            if isinstance(self, keras.layers.DepthwiseConv2D):
-                return ops.depthwise_conv(
-                    x,
-                    kernel,
-                    strides=self.strides,
-                    padding=self.padding,
-                    dilation_rate=self.dilation_rate,
-                    data_format=self.data_format,
-                )
-            return self.convolution_op(x, kernel)
-
-    QuantConv.__name__ = QuantConv.__qualname__ = f"Quant{base.__name__}"
-    return keras.saving.register_keras_serializable(package="prunekit")(QuantConv)
-
-
-QuantConv1D = _conv_class(keras.layers.Conv1D)
-QuantConv2D = _conv_class(keras.layers.Conv2D)
-QuantConv3D = _conv_class(keras.layers.Conv3D)
-QuantDepthwiseConv2D = _conv_class(keras.layers.DepthwiseConv2D)
-
-# DepthwiseConv2D first: it is a Conv subclass in some Keras versions
-_QUANT_CLASSES: list[tuple[type, type]] = [
-    (keras.layers.DepthwiseConv2D, QuantDepthwiseConv2D),
-    (keras.layers.Conv1D, QuantConv1D),
-    (keras.layers.Conv2D, QuantConv2D),
-    (keras.layers.Conv3D, QuantConv3D),
-    (keras.layers.Dense, QuantDense),
-]
-_QUANT_TYPES = tuple(quant for _, quant in _QUANT_CLASSES)
-
-
-def _quant_class(layer: Any) -> type | None:
-    if isinstance(layer, _QUANT_TYPES):
-        return None
-    for base, quant in _QUANT_CLASSES:
-        if type(layer) is base:
-            return quant
-    return None
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, keras.Model) or not (isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")):
-        raise ConfigError(
-            f"Keras QAT clones Sequential and Functional models; got {type(model).__name__} (rebuild it as a Functional model)"
-        )
 
 
 @dataclass
@@ -354,106 +184,6 @@ def quantize_model(
 def _check_freeze(name: str, value: Any, least: int) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
         raise ConfigError(f"{name} should be None or an integer >= {least} (training batches), got {value!r}")
-
-
-def strip_qat(model: Any) -> Any:
-    """A plain clone of a fake-quant model: the original layer classes, kernels set to their fake-quantized values.
-
-    Example::
-
-        plain = strip_qat(run.model)   # Dense/Conv2D again; convert it with export_tflite
-    """
-    _check_model(model)
-
-    def clone(layer: Any) -> Any:
-        if isinstance(layer, _QUANT_TYPES):
-            config = dict(layer.get_config())
-            config.pop("masked", None)
-            for key in ("freeze_ranges_after", "batchnorm", "freeze_bn_after"):
-                config.pop(key, None)
-            base = next(b for b, q in _QUANT_CLASSES if isinstance(layer, q))
-            return base.from_config(config)
-        return layer.__class__.from_config(layer.get_config())
-
-    plain = keras.models.clone_model(model, clone_function=clone)
-    for layer, source in zip(plain.layers, model.layers):
-        if isinstance(source, _QUANT_TYPES):
-            mask = np.asarray(source.pqat_mask, dtype=np.bool_) if source.pqat_mask is not None else None
-            kernel, bias = np.asarray(source.kernel), np.asarray(source.bias) if source.use_bias else None
-            if source.batchnorm is not None:
-                depthwise = isinstance(source, keras.layers.DepthwiseConv2D)
-                kernel, bias = fold_arrays(kernel, bias, source.norm_values(), source.batchnorm["epsilon"], depthwise)
-            codes, scale = kernel_codes(kernel, mask, _channel_axes(source))
-            layer.kernel.assign(codes.astype(np.float32) * scale)
-            if bias is not None:
-                layer.bias.assign(bias)
-        else:
-            for target, value in zip(layer.weights, source.weights):
-                target.assign(value)
-    return plain
-
-
-def _int8_kernels(flatbuffer: bytes) -> list[tuple[str, np.ndarray]]:
-    from prunekit.artifacts.litert import interpreter_class
-
-    interpreter = interpreter_class()(model_content=flatbuffer)
-    interpreter.allocate_tensors()
-    found = []
-    for detail in interpreter.get_tensor_details():
-        if detail["dtype"] == np.int8 and len(detail["shape"]) >= 2:
-            try:
-                found.append((detail["name"], np.array(interpreter.get_tensor(detail["index"]))))
-            except ValueError:
-                continue
-    return found
-
-
-def export_tflite(
-    model: Any,
-    representative_data: Any,
-    output_path: str | os.PathLike | None = None,
-    *,
-    calibration_samples: int = 200,
-) -> tuple[bytes, dict[str, int]]:
-    """Full-integer int8 TFLite of a fake-quant model (stripped first); returns the flatbuffer and int8 kernel zeros.
-
-    For PQAT layers the int8 kernel must hold exactly the mask's zeros, otherwise
-    :class:`~prunekit.errors.ExportError` (and nothing is written).
-
-    Example::
-
-        flatbuffer, zeros = export_tflite(run.model, split.x_val, "model.int8.tflite")
-    """
-    from prunekit.keras.deploy.tflite import convert_to_tflite
-
-    plain = strip_qat(model)
-    flatbuffer = convert_to_tflite(plain, "int8", representative_data, calibration_samples=calibration_samples)
-    kernels = _int8_kernels(flatbuffer)
-    zeros: dict[str, int] = {}
-    for layer in model.layers:
-        if not isinstance(layer, _QUANT_TYPES):
-            continue
-        size = int(np.prod(layer.kernel.shape))
-        candidates = [(n, k) for n, k in kernels if k.size == size and f"{layer.name}" in n] or [
-            (n, k) for n, k in kernels if k.size == size
-        ]
-        if layer.pqat_mask is None:
-            if candidates:
-                zeros[layer.name] = int((candidates[0][1] == 0).sum())
-            continue
-        expected = int((np.asarray(layer.pqat_mask) == 0).sum())
-        counts = [int((k == 0).sum()) for _, k in candidates]
-        if expected not in counts:
-            raise ExportError(
-                f"the int8 TFLite kernel of {layer.name!r} has {counts[:1] or 'no'} zero(s) but its pruning mask has {expected}; "
-                "the export would not keep the pruned sparsity"
-            )
-        zeros[layer.name] = expected
-    if output_path is not None:
-        from prunekit.core.atomic import atomic_write_bytes
-
-        atomic_write_bytes(output_path, flatbuffer)
-    return flatbuffer, zeros
 
 
 def _train(

@@ -2,7 +2,7 @@
 
 See :mod:`prunekit.methods.recover` for the convention. Example::
 
-    run = get_method("pqat").handler("torch")(RecoverJob(pruned, x, y, get_method("pqat").options(), export_path="m.onnx"))
+    run = get_method("pqat").handler("torch")(RecoverJob(pruned, x, y, get_method("pqat").options("torch"), export_path="m.onnx"))
 """
 
 from __future__ import annotations

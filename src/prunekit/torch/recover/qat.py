@@ -24,6 +24,10 @@ Why not torchao: its QAT flow (``torchao.quantization.qat``) fake-quantizes ``nn
 ``nn.Embedding`` only (no convolutions) and converts to torchao tensor subclasses for PyTorch
 inference rather than to an ONNX Runtime graph; the arithmetic above is the few lines it needs.
 
+Modules: :mod:`.fake_quant` holds the arithmetic (codes, scales, observed ranges), :mod:`.qdq` writes the
+int8 QDQ graph; this module is the controller (hooks, masks, checkpoint state) and the training drivers.
+Their public names stay importable from here.
+
 The model is not wrapped: its class and ``state_dict`` keys are unchanged (ranges and masks live
 in the controller). While the controller is attached, each targeted layer carries a forward
 pre-hook and a forward hook; :meth:`~QuantizationAwareTraining.close` removes them.
@@ -32,10 +36,8 @@ pre-hook and a forward hook; :meth:`~QuantizationAwareTraining.close` removes th
 from __future__ import annotations
 
 import fnmatch
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,155 +49,26 @@ from prunekit.artifacts.ort import feed, input_specs, quiet_exporters, session
 from prunekit.core.atomic import atomic_paths
 from prunekit.core.progress import progress as progress_bar
 from prunekit.errors import ConfigError, ExportError
+from prunekit.torch.recover.fake_quant import BIAS_INT32_LIMIT as BIAS_INT32_LIMIT
+from prunekit.torch.recover.fake_quant import (
+    QUANTIZABLE,
+    LayerState,
+    ObservedRange,
+    _fake_quant_activation,
+    _fake_quant_weight,
+    _weight,
+)
+from prunekit.torch.recover.fake_quant import bias_scale_floor as bias_scale_floor
+from prunekit.torch.recover.fake_quant import weight_codes as weight_codes
+from prunekit.torch.recover.qdq import QatExport as QatExport
+from prunekit.torch.recover.qdq import _first, insert_qdq
+from prunekit.torch.recover.qdq import sqnr_db as sqnr_db
 from prunekit.torch.training import _length, _model_device, evaluate
 from prunekit.torch.unstructured.pruner import Pruner
 
-QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""Layer types QAT fake-quantizes: weight of shape ``(out_channels, ...)`` read as ``self.weight`` in forward."""
-
-WEIGHT_QMAX = 127
-ACT_QMIN, ACT_QMAX = 0, 255
 DEFAULT_SQNR_FLOOR_DB = 25.0
-BIAS_INT32_LIMIT = 2**30
-"""Largest int32 code a bias may get: ONNX Runtime's int8 kernels (``QLinearConv``, ``QGemm``) store the bias
-as ``round(bias / (input_scale * weight_scale))`` in int32 and add the accumulator to it; half the int32 range
-leaves the other half for the accumulator (``255 * 127 * fan_in`` fits for ``fan_in`` < 33,000)."""
-
-
-def _act_qparams(low: float, high: float) -> tuple[float, int]:
-    """uint8 affine scale and zero point of a range (widened to include 0), as float32 like ONNX stores it."""
-    low, high = min(low, 0.0), max(high, 0.0)
-    scale = float(np.float32(max((high - low) / (ACT_QMAX - ACT_QMIN), 1e-8)))
-    zero_point = int(min(max(round(-low / scale), ACT_QMIN), ACT_QMAX))
-    return scale, zero_point
-
-
-def _fake_quant_activation(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """``(clamp(round(x / s) + z, 0, 255) - z) * s`` with a straight-through gradient inside the range."""
-    scaled = torch.round(x / scale) + zero_point
-    quantized = (scaled.clamp(ACT_QMIN, ACT_QMAX) - zero_point) * scale
-    inside = ((scaled >= ACT_QMIN) & (scaled <= ACT_QMAX)).to(x.dtype)
-    return x * inside + (quantized - x * inside).detach()
-
-
-def weight_codes(
-    weight: torch.Tensor, mask: torch.Tensor | None = None, min_scales: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes (as a float tensor) and per-channel scales of ``weight`` (symmetric, axis 0).
-
-    With a ``mask`` (True = kept), pruned weights get code 0 and kept weights never do (a kept
-    weight that would round to 0 gets +-1), so the codes' zeros are exactly the mask's.
-    ``min_scales`` (one per output channel) is a floor under the scales: see :func:`bias_scale_floor`.
-
-    Example::
-
-        codes, scales = weight_codes(layer.weight)   # codes in [-127, 127], scales of shape (out,)
-    """
-    w = weight.detach().float()
-    if mask is not None:
-        w = w * mask
-    channels = w.shape[0]
-    scales = (w.abs().reshape(channels, -1).amax(dim=1) / WEIGHT_QMAX).clamp_min(1e-12)
-    if min_scales is not None:
-        scales = torch.maximum(scales, min_scales.detach().float().to(scales.device))
-    view = (channels,) + (1,) * (w.dim() - 1)
-    codes = torch.round(w / scales.view(view)).clamp(-WEIGHT_QMAX, WEIGHT_QMAX)
-    if mask is not None:
-        away_from_zero = torch.where(w >= 0, torch.ones_like(codes), -torch.ones_like(codes))
-        codes = torch.where(mask & (codes == 0), away_from_zero, codes) * mask
-    return codes, scales
-
-
-def bias_scale_floor(module: nn.Module, input_scale: float) -> torch.Tensor | None:
-    """Smallest per-channel weight scales that keep ``module``'s bias representable in int32 (None: no bias).
-
-    ONNX Runtime's int8 kernels quantize the bias with scale ``input_scale * weight_scale``. A
-    channel whose weights are all zero (fully pruned) or tiny would get a weight scale so small that
-    its bias overflows int32 and is clipped to almost nothing, so the int8 model loses that bias
-    while the fake-quant model keeps it. Raising such a channel's weight scale to
-    ``|bias| / (input_scale * BIAS_INT32_LIMIT)`` keeps the bias; training and export both use it.
-
-    Example::
-
-        floor = bias_scale_floor(conv, input_scale=1 / 255)   # shape (out_channels,)
-    """
-    bias = module._parameters.get("bias")
-    if bias is None:
-        return None
-    return bias.detach().float().abs() / (float(np.float32(input_scale)) * BIAS_INT32_LIMIT)
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    """The module's own ``weight`` parameter (not the per-call fake-quant shadow)."""
-    weight = module._parameters["weight"]
-    assert weight is not None
-    return weight
-
-
-def _fake_quant_weight(weight: torch.Tensor, mask: torch.Tensor | None, min_scales: torch.Tensor | None) -> torch.Tensor:
-    codes, scales = weight_codes(weight, mask, min_scales)
-    effective = weight * mask if mask is not None else weight
-    dequantized = (codes * scales.view((-1,) + (1,) * (weight.dim() - 1))).to(weight.dtype)
-    return effective + (dequantized - effective).detach()
-
-
-@dataclass
-class _Range:
-    """An observed activation range (EMA of batch min/max once initialised)."""
-
-    low: float = 0.0
-    high: float = 0.0
-    seen: bool = False
-
-    def observe(self, x: torch.Tensor, momentum: float) -> None:
-        low, high = float(x.detach().min()), float(x.detach().max())
-        if not self.seen:
-            self.low, self.high, self.seen = low, high, True
-        else:
-            self.low += momentum * (low - self.low)
-            self.high += momentum * (high - self.high)
-
-    def qparams(self) -> tuple[float, int]:
-        return _act_qparams(self.low, self.high)
-
-
-@dataclass
-class _Layer:
-    name: str
-    module: nn.Module
-    mask: torch.Tensor | None
-    input_range: _Range = field(default_factory=_Range)
-    output_range: _Range = field(default_factory=_Range)
-
-
-@dataclass(frozen=True)
-class QatExport:
-    """An int8 QDQ ONNX file from QAT: its path, the SQNR of ONNX Runtime's output against the fake-quant
-    PyTorch model, the int8 zeros per weight, and the layers left in float (name -> reason).
-
-    Example::
-
-        result = controller.export_onnx(x[:8], "model.int8.onnx")
-        result.sqnr_db, result.zeros["fc1.weight"]
-    """
-
-    path: Path
-    sqnr_db: float
-    zeros: dict[str, int]
-    float_layers: dict[str, str]
-
-
-def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio of ``other`` against ``reference``, in dB (inf when equal).
-
-    Example::
-
-        sqnr_db(np.array([1.0, 2.0]), np.array([1.0, 2.1]))   # 26.99
-    """
-    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
-    noise = float(((reference - other) ** 2).sum())
-    signal = float((reference**2).sum())
-    return math.inf if noise == 0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
+STATE_FORMAT = "prunekit.qat"
+"""``format`` of :meth:`QuantizationAwareTraining.state_dict`."""
 
 
 def _check_freeze(name: str, value: Any, least: int) -> None:
@@ -288,7 +161,7 @@ class QuantizationAwareTraining:
         self.quantize_outputs = bool(quantize_outputs)
         self.masks = _masks_from(masks, model) if masks is not None else {}
         self.float_layers: dict[str, str] = {}
-        self.layers: dict[str, _Layer] = {}
+        self.layers: dict[str, LayerState] = {}
         matched: set[str] = set()
         for name, module in model.named_modules():
             weight = getattr(module, "weight", None)
@@ -303,7 +176,7 @@ class QuantizationAwareTraining:
                     self.float_layers[name] = f"{type(module).__name__} cannot be fake-quantized; left in float"
                 continue
             mask = self.masks.get(f"{name}.weight")
-            self.layers[name] = _Layer(name, module, mask.to(weight.device) if mask is not None else None)
+            self.layers[name] = LayerState(name, module, mask.to(weight.device) if mask is not None else None)
         unmatched = sorted(set(targets or ()) - matched)
         if unmatched:
             raise ConfigError(f"target glob(s) {unmatched} match no layer of {type(model).__name__}")
@@ -333,13 +206,13 @@ class QuantizationAwareTraining:
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
-    def _observing(self, layer: _Layer, which: _Range) -> bool:
+    def _observing(self, layer: LayerState, which: ObservedRange) -> bool:
         if not which.seen:
             return True
         frozen = self.freeze_ranges_after is not None and self.steps > self.freeze_ranges_after
         return layer.module.training and not frozen
 
-    def _pre_hook(self, layer: _Layer) -> Any:
+    def _pre_hook(self, layer: LayerState) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             x = args[0]
             if self._observing(layer, layer.input_range):
@@ -353,7 +226,7 @@ class QuantizationAwareTraining:
 
         return hook
 
-    def _post_hook(self, layer: _Layer) -> Any:
+    def _post_hook(self, layer: LayerState) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             module.__dict__.pop("weight", None)
             if not self.quantize_outputs:
@@ -363,6 +236,57 @@ class QuantizationAwareTraining:
             return _fake_quant_activation(output, *layer.output_range.qparams())
 
         return hook
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the model's ``state_dict`` does not hold: the training-batch count (which drives the freezes),
+        each layer's observed activation ranges and the PQAT masks; ``torch.save`` it beside the model's.
+
+        Example::
+
+            torch.save({"model": model.state_dict(), "qat": controller.state_dict()}, "checkpoint.pt")
+        """
+        return {
+            "format": STATE_FORMAT,
+            "steps": self.steps,
+            "options": {"freeze_ranges_after": self.freeze_ranges_after, "freeze_bn_after": self.freeze_bn_after},
+            "ranges": {
+                name: [[r.low, r.high, r.seen] for r in (layer.input_range, layer.output_range)]
+                for name, layer in self.layers.items()
+            },
+            "masks": {f"{name}.weight": layer.mask.cpu() for name, layer in self.layers.items() if layer.mask is not None},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (a controller built on the same model with the same options);
+        a state for other layers, masks or freeze options is refused, naming the first difference.
+
+        Example::
+
+            controller = QuantizationAwareTraining(model, masks="zeros"); controller.load_state_dict(saved["qat"])
+        """
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise ConfigError("not a prunekit QAT state (expected the dict from QuantizationAwareTraining.state_dict())")
+        options = {"freeze_ranges_after": self.freeze_ranges_after, "freeze_bn_after": self.freeze_bn_after}
+        for key, value in options.items():
+            if state["options"].get(key) != value:
+                raise ConfigError(
+                    f"the QAT state was saved with {key}={state['options'].get(key)!r}, this controller has {value!r}"
+                )
+        if sorted(state["ranges"]) != sorted(self.layers):
+            extra = sorted(set(state["ranges"]) ^ set(self.layers))
+            raise ConfigError(f"the QAT state and this controller quantize different layers (first: {extra[0]!r})")
+        mine = {f"{name}.weight" for name, layer in self.layers.items() if layer.mask is not None}
+        if set(state["masks"]) != mine:
+            raise ConfigError(
+                f"the QAT state has masks for {sorted(state['masks'])[:5]}, this controller for {sorted(mine)[:5]}: "
+                "build it with the same masks (PQAT: masks='zeros' on the pruned model)"
+            )
+        for name, layer in self.layers.items():
+            for target, (low, high, seen) in zip((layer.input_range, layer.output_range), state["ranges"][name]):
+                target.low, target.high, target.seen = float(low), float(high), bool(seen)
+            if layer.mask is not None:
+                layer.mask = torch.as_tensor(state["masks"][f"{name}.weight"]).bool().to(layer.mask.device)
+        self.steps = int(state["steps"])
 
     @property
     def attached(self) -> bool:
@@ -424,7 +348,7 @@ class QuantizationAwareTraining:
             proto = self._export_float(example_input.to(device))
         finally:
             self.model.train(was_training)
-        zeros = self._insert_qdq(proto)
+        zeros = insert_qdq(proto, self.layers, self.quantize_outputs, self.float_layers)
         target = Path(path)
         with atomic_paths(target) as (tmp,):
             import onnx
@@ -468,126 +392,6 @@ class QuantizationAwareTraining:
         if program is None:
             raise ExportError(f"torch.onnx.export returned no program for {type(self.model).__name__}")
         return program.model_proto
-
-    def _insert_qdq(self, proto: Any) -> dict[str, int]:
-        from onnx import helper, numpy_helper
-
-        graph = proto.graph
-        initializers = {init.name: init for init in graph.initializer}
-        consumers: dict[str, list[Any]] = {}
-        for node in graph.node:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
-        producers = {out: node for node in graph.node for out in node.output}
-        new_nodes: dict[int, list[Any]] = {}  # insert after node index (-1: at the start)
-        index = {id(node): i for i, node in enumerate(graph.node)}
-        zeros: dict[str, int] = {}
-
-        def qdq(tensor: str, scale: float, zero_point: int, tag: str, after: int) -> str:
-            out = f"{tag}_dequantized"
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(np.array(scale, np.float32), f"{tag}_scale"),
-                    numpy_helper.from_array(np.array(zero_point, np.uint8), f"{tag}_zero_point"),
-                ]
-            )
-            new_nodes.setdefault(after, []).extend(
-                [
-                    helper.make_node("QuantizeLinear", [tensor, f"{tag}_scale", f"{tag}_zero_point"], [f"{tag}_quantized"]),
-                    helper.make_node("DequantizeLinear", [f"{tag}_quantized", f"{tag}_scale", f"{tag}_zero_point"], [out]),
-                ]
-            )
-            return out
-
-        for name, layer in self.layers.items():
-            weight_name = f"{name}.weight"
-            if weight_name not in initializers:
-                self.float_layers[name] = "not found in the exported graph; left in float"
-                continue
-            compute, weight_input = _compute_node(weight_name, consumers)
-            if compute is None:
-                self.float_layers[name] = "its weight feeds no Conv/Gemm/MatMul in the exported graph; left in float"
-                continue
-            floor = bias_scale_floor(layer.module, layer.input_range.qparams()[0])
-            mask = layer.mask.cpu() if layer.mask is not None else None
-            codes, scales = weight_codes(_weight(layer.module).cpu(), mask, floor.cpu() if floor is not None else None)
-            int8 = codes.numpy().astype(np.int8)
-            if layer.mask is not None:
-                wrong = int(((int8 == 0) != (~layer.mask.cpu()).numpy()).sum())
-                if wrong:
-                    raise ExportError(f"the int8 weight of {name!r} has {wrong} zero(s) that differ from its pruning mask")
-            zeros[weight_name] = int((int8 == 0).sum())
-            init = initializers[weight_name]
-            graph.initializer.remove(init)
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(int8, f"{weight_name}_quantized"),
-                    numpy_helper.from_array(scales.numpy().astype(np.float32), f"{weight_name}_scale"),
-                    numpy_helper.from_array(np.zeros(len(scales), np.int8), f"{weight_name}_zero_point"),
-                ]
-            )
-            new_nodes.setdefault(-1, []).append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [f"{weight_name}_quantized", f"{weight_name}_scale", f"{weight_name}_zero_point"],
-                    [weight_name],
-                    axis=0,
-                )
-            )
-            activation = next(i for i, value in enumerate(compute.input) if value and value != weight_input)
-            producer = producers.get(compute.input[activation])
-            after = index[id(producer)] if producer is not None else -1
-            compute.input[activation] = qdq(compute.input[activation], *layer.input_range.qparams(), f"{name}.input", after)
-            if self.quantize_outputs:
-                output_node = _output_node(compute, f"{name}.bias", consumers)
-                original = output_node.output[0]
-                raw = f"{name}.output_float"
-                output_node.output[0] = raw
-                dequantized = qdq(raw, *layer.output_range.qparams(), f"{name}.output", index[id(output_node)])
-                rename = helper.make_node("Identity", [dequantized], [original])
-                new_nodes.setdefault(index[id(output_node)], []).append(rename)  # consumers keep the old name
-        ordered = list(new_nodes.get(-1, []))
-        for i, node in enumerate(graph.node):
-            ordered.append(node)
-            ordered.extend(new_nodes.get(i, []))
-        del graph.node[:]
-        graph.node.extend(ordered)
-        return zeros
-
-
-def _first(out: Any) -> torch.Tensor:
-    if isinstance(out, Mapping):
-        out = next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise ConfigError(f"the model should return a tensor (or a tuple/dict of them), got {type(out).__name__}")
-    return out.detach().float()
-
-
-def _compute_node(weight: str, consumers: Mapping[str, list[Any]]) -> tuple[Any, str]:
-    """The Conv/Gemm/MatMul that ``weight`` feeds (through Transposes), and the name it arrives under."""
-    name = weight
-    for _ in range(4):
-        users = consumers.get(name, [])
-        if len(users) != 1:
-            return None, name
-        node = users[0]
-        if node.op_type in ("Conv", "Gemm", "MatMul"):
-            return node, name
-        if node.op_type not in ("Transpose", "Identity"):
-            return None, name
-        name = node.output[0]
-    return None, name
-
-
-def _output_node(compute: Any, bias: str, consumers: Mapping[str, list[Any]]) -> Any:
-    """The node whose output is the layer's: the compute node, or the Add of the bias after a MatMul."""
-    if compute.op_type == "MatMul":
-        users = consumers.get(compute.output[0], [])
-        if len(users) == 1 and users[0].op_type == "Add" and bias in users[0].input:
-            return users[0]
-    return compute
 
 
 def qat(
