@@ -136,3 +136,18 @@ def test_a_pass_that_replaces_the_hidden_states_refuses_a_collector_that_stops_e
     with pytest.raises(ValueError, match="stop_early=False"):
         run_block(block, 0, [], None, collector, replace=True)
     collector.close()
+
+
+def test_projections_fed_the_very_same_tensor_share_one_statistics_object():
+    model = tiny_model("llama")
+    stack = find_decoder_stack(model)
+    modules = dict(stack.blocks[0].named_modules())
+    names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj"]
+    batches = sequential.capture_block_inputs(model, stack, tokens(4, 16), 2)
+    collector = StatsCollector({n: modules[n] for n in names + ["mlp.down_proj"]}, hessian=False)
+    run_block(stack.blocks[0], 0, batches, None, collector, replace=False)
+    collector.close()
+    stats = collector.stats
+    assert stats[names[0]] is stats[names[1]] is stats[names[2]] and stats[names[4]] is stats[names[5]]
+    assert len({id(s) for s in stats.values()}) == 4  # qkv, o, gate/up, down
+    assert stats[names[0]].tokens == 4 * 16  # counted once, not three times
