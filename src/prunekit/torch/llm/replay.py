@@ -54,7 +54,10 @@ class CapturedReplay:
             if before_batch is not None:
                 before_batch()
             work = batch.to(device) if device is not None else batch
-            out = call_block(block, work, index)
+            try:
+                out = call_block(block, work, index)
+            except StopForward:  # a statistics pass that has seen every projection call it needs
+                continue
             if replace:
                 batch.hidden = out.to(batch.hidden.device) if device is not None else out
 

@@ -9,7 +9,6 @@ inputs. Peak memory is the model plus one block's calibration activations.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import time
@@ -27,6 +26,7 @@ from prunekit.methods.llm_options import COMPARISON_CHOICES, RATIO_SCHEMES
 from prunekit.torch.llm.calibration import CalibrationSource, calibration_tokens
 from prunekit.torch.llm.capture import on_device
 from prunekit.torch.llm.checkpoint import BlockCheckpoint
+from prunekit.torch.llm.collector import StatsCollector, run_block
 from prunekit.torch.llm.discovery import DecoderStack, find_decoder_stack, set_weight_matrix, weight_matrix
 from prunekit.torch.llm.experts import ExpertUses, fused_candidates, stacked_matrices
 from prunekit.torch.llm.fused_pruning import (
@@ -145,75 +145,6 @@ def prepare_tokens(
     )
 
 
-class _StatsCollector:
-    """Forward pre-hooks on a block's projections that add their inputs to :class:`InputStatistics`.
-
-    Projections fed the very same tensor (q/k/v, gate/up) share one statistics object, found on
-    the first batch; the tensors seen in a batch are held until the next batch so that no freed
-    address can be mistaken for a shared input.
-    """
-
-    def __init__(self, modules: Mapping[str, nn.Module], hessian: bool) -> None:
-        self.stats: dict[str, InputStatistics] = {}
-        self.owner: dict[str, str] = {}
-        self._seen: dict[tuple, tuple[torch.Tensor, str]] = {}
-        self._batches = 0
-        self._handles = [
-            module.register_forward_pre_hook(self._hook(name, weight_matrix(module).shape[1], hessian))
-            for name, module in modules.items()
-        ]
-
-    def new_batch(self) -> None:
-        self._seen = {}
-        self._batches += 1
-
-    def _hook(self, name: str, features: int, hessian: bool):  # noqa: ANN202
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            if name in self.owner:
-                return
-            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
-            if self._batches <= 1 and key in self._seen and self._seen[key][0] is not None:
-                first = self._seen[key][1]
-                self.owner[name] = first
-                self.stats[name] = self.stats[first]
-                return
-            self._seen[key] = (x, name)
-            if name not in self.stats:
-                self.stats[name] = InputStatistics(features=features, hessian=hessian)
-            self.stats[name].add(x)
-
-        return hook
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._seen = {}
-
-
-def _run_block(
-    block: nn.Module,
-    index: int,
-    replay: BlockReplay,
-    device: torch.device | None,
-    collector: _StatsCollector | None,
-    replace: bool,
-    uses: ExpertUses | None = None,
-) -> None:
-    """Run block ``index`` of the stack over every batch (collecting statistics, per expert too under ``uses``;
-    replacing the hidden states)."""
-
-    def before_batch() -> None:
-        if collector is not None:
-            collector.new_batch()
-        if uses is not None:
-            uses.new_batch()
-
-    observing = collector is not None or uses is not None
-    with torch.no_grad(), uses if uses is not None else contextlib.nullcontext():
-        replay.run(block, index, device, before_batch if observing else None, replace)
-
-
 def block_projections(stack: DecoderStack, index: int) -> dict[str, nn.Module]:
     """Block ``index``'s projections by their qualified model names."""
     block = stack.blocks[index]
@@ -244,9 +175,9 @@ def owl_block_sparsities(
     for index, block in enumerate(stack.blocks):
         modules = {n: m for n, m in block_projections(stack, index).items() if not _skipped(n, skip)}
         with on_device(block, device):
-            collector = _StatsCollector(modules, hessian=False)
+            collector = StatsCollector(modules, hessian=False, stop_early=False)  # the next block needs its outputs
             try:
-                _run_block(block, index, replay, device, collector, replace=True)
+                run_block(block, index, replay, device, collector, replace=True)
             finally:
                 collector.close()
             scores = [
@@ -516,7 +447,7 @@ def _prune_blocks(
                     fused = fused_candidates(block, owned_weights(stack, index)) if plan is not None else {}
                     uses = ExpertUses(fused, "none") if fused else None
                     with on_device(block, device):
-                        _run_block(block, index, replay, None, None, replace=True, uses=uses)
+                        run_block(block, index, replay, None, None, replace=True, uses=uses)
                     if uses is not None and plan is not None:  # what it pruned per expert, for the report
                         note_restored_experts(stack.block_name(index), fused, uses, plan, achieved)
                 advance(f"{stack.block_name(index)} (restored)")
@@ -527,9 +458,15 @@ def _prune_blocks(
                 fused = fused_candidates(block, owned_weights(stack, index)) if plan is not None and replay else {}
                 uses = ExpertUses(fused, statistics) if fused else None
                 if (statistics != "none" and modules) or uses is not None:
-                    collector = _StatsCollector(modules, hessian=statistics == "hessian") if statistics != "none" else None
+                    # the forward stops after the last projection call, but not where fused experts are watched (their
+                    # uses after that call would be missed)
+                    collector = (
+                        StatsCollector(modules, hessian=statistics == "hessian", stop_early=uses is None)
+                        if statistics != "none"
+                        else None
+                    )
                     try:
-                        _run_block(block, index, replay, None, collector, replace=False, uses=uses)
+                        run_block(block, index, replay, None, collector, replace=False, uses=uses)
                     finally:
                         if collector is not None:
                             collector.close()
@@ -556,7 +493,7 @@ def _prune_blocks(
                     expert_run = ExpertRun(handler, options, statistics, pattern, comparison, achieved, chosen, unreached)
                     prune_experts(expert_run, stack.block_name(index), index, fused, uses, plan)
                 if replay and index + 1 < len(stack.blocks):
-                    _run_block(block, index, replay, None, None, replace=True)
+                    run_block(block, index, replay, None, None, replace=True)
             if resume is not None:
                 targets_now = {**targets, **(plan.targets if plan is not None else {})}
                 resume.checkpoint.save(index + 1, len(stack.blocks), list(stack.blocks), resume.identity, targets_now, achieved)
@@ -586,9 +523,9 @@ def _prune_projection(
 
 def _collect_one(block: nn.Module, index: int, replay: BlockReplay, name: str, module: nn.Module) -> InputStatistics:
     """One projection's Hessian statistics collected again over the calibration batches (the block as it is now)."""
-    collector = _StatsCollector({name: module}, hessian=True)
+    collector = StatsCollector({name: module}, hessian=True)
     try:
-        _run_block(block, index, replay, None, collector, replace=False)
+        run_block(block, index, replay, None, collector, replace=False)
     finally:
         collector.close()
     return collector.stats[name]

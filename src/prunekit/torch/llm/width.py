@@ -24,10 +24,11 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.calibration import CalibrationSource
 from prunekit.torch.llm.capture import call_block, capture_block_inputs, on_device
+from prunekit.torch.llm.collector import StatsCollector, run_block
 from prunekit.torch.llm.discovery import find_decoder_stack, is_transposed, require_whole_blocks, weight_matrix
 from prunekit.torch.llm.memory import default_batch_size, resolve_device
 from prunekit.torch.llm.replay import CapturedReplay
-from prunekit.torch.llm.sequential import _run_block, _StatsCollector, block_projections, prepare_tokens
+from prunekit.torch.llm.sequential import block_projections, prepare_tokens
 from prunekit.torch.llm.width_config import apply_changes, narrower_config, slice_vector, text_config
 
 
@@ -211,12 +212,12 @@ def prune_width(
         if index not in same:
             result.unchanged.append(stack.block_name(index))
             with on_device(block, work_device):
-                _run_block(block, index, replay, None, None, replace=True)
+                run_block(block, index, replay, None, None, replace=True)
             continue
         with on_device(block, work_device):
-            collector = _StatsCollector(modules, hessian=False)
+            collector = StatsCollector(modules, hessian=False)
             try:
-                _run_block(block, index, replay, None, collector, replace=False)
+                run_block(block, index, replay, None, collector, replace=False)
             finally:
                 collector.close()
             assert hidden is not None
@@ -261,7 +262,7 @@ def prune_width(
                 )
             _apply(block, modules, plan, extra)
             if index + 1 < len(stack.blocks):
-                _run_block(block, index, replay, None, None, replace=True)
+                run_block(block, index, replay, None, None, replace=True)
     apply_changes(model.config, changes)
     if heads:
         for module in model.modules():  # attention modules that cached their head counts

@@ -1,0 +1,47 @@
+"""Input statistics: wide inputs keep only the blocks of ``x x^T`` on and above its diagonal."""
+
+from __future__ import annotations
+
+import torch
+
+from prunekit.torch.llm.statistics import BLOCK, InputStatistics
+
+
+def _wide_inputs(features: int) -> torch.Tensor:
+    return torch.randn(3, 40, features, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 2.0, features)
+
+
+def test_wide_inputs_sum_the_upper_blocks_into_the_whole_x_xt():
+    features = 2 * BLOCK + 7  # three column ranges, the last one short
+    x = _wide_inputs(features)
+    stats = InputStatistics(features=features, hessian=True)
+    for batch in x:
+        stats.add(batch)
+    flat = x.reshape(-1, features).double()
+    expected = flat.t() @ flat
+    assert stats.upper is not None and sorted(stats.upper) == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+    whole = stats.xxt
+    assert whole is not None and torch.equal(whole[BLOCK:, :BLOCK], whole[:BLOCK, BLOCK:].t())  # mirrored blocks
+    torch.testing.assert_close(whole.double(), expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(stats.input_norms().double(), flat.norm(dim=0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.hessian_matrix().double(), 2 * expected / 120, rtol=1e-5, atol=1e-5)
+
+
+def test_the_blocks_hold_less_than_the_whole_matrix_and_taking_the_hessian_frees_them():
+    features = 6 * BLOCK  # an MLP down projection of GPT-2 small: 21 of 36 blocks
+    stats = InputStatistics(features=features, hessian=True)
+    stats.add(torch.randn(8, features))
+    assert stats.upper is not None
+    held = sum(b.numel() for b in stats.upper.values())
+    assert held == 21 * BLOCK * BLOCK and held < features * features * 0.6
+    expected = stats.hessian_matrix()
+    taken = stats.take_hessian()
+    assert stats.upper is None and torch.equal(taken, expected)
+
+
+def test_narrow_inputs_keep_one_matrix_that_the_hessian_is_made_in():
+    stats = InputStatistics(features=2 * BLOCK, hessian=True)
+    stats.add(torch.randn(8, 2 * BLOCK))
+    assert stats.upper is not None and list(stats.upper) == [(0, 0)]
+    address = stats.upper[(0, 0)].data_ptr()
+    assert stats.take_hessian().data_ptr() == address
