@@ -9,9 +9,10 @@ import transformers
 from torch import nn
 
 from prunekit.torch.llm import sequential
-from prunekit.torch.llm.capture import BlockBatch
+from prunekit.torch.llm.capture import BlockBatch, capture_block_inputs
 from prunekit.torch.llm.collector import CallOrder, StatsCollector, run_block
 from prunekit.torch.llm.discovery import find_decoder_stack
+from prunekit.torch.llm.replay import CapturedReplay
 from prunekit.torch.llm.sequential import prune
 from tests.torch.llm.tiny import VOCAB, tiny_model, tokens
 
@@ -108,7 +109,7 @@ def test_calls_that_depend_on_the_data_are_collected_in_full(signs):
     sums = []
     for stop_early in (True, False):
         collector = StatsCollector({"a": block.a, "b": block.b}, hessian=True, stop_early=stop_early)
-        run_block(block, 0, _signs(*signs), None, collector, replace=False)
+        run_block(block, 0, CapturedReplay(_signs(*signs)), None, collector, replace=False)
         collector.close()
         sums.append({n: (s.tokens, s.xxt) for n, s in collector.stats.items()})
         if stop_early:
@@ -134,7 +135,7 @@ def test_a_pass_that_replaces_the_hidden_states_refuses_a_collector_that_stops_e
     block = stack.blocks[0]
     collector = StatsCollector({"q": block.self_attn.q_proj}, hessian=False)
     with pytest.raises(ValueError, match="stop_early=False"):
-        run_block(block, 0, [], None, collector, replace=True)
+        run_block(block, 0, CapturedReplay([]), None, collector, replace=True)
     collector.close()
 
 
@@ -143,9 +144,9 @@ def test_projections_fed_the_very_same_tensor_share_one_statistics_object():
     stack = find_decoder_stack(model)
     modules = dict(stack.blocks[0].named_modules())
     names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj"]
-    batches = sequential.capture_block_inputs(model, stack, tokens(4, 16), 2)
+    batches = capture_block_inputs(model, stack, tokens(4, 16), 2)
     collector = StatsCollector({n: modules[n] for n in names + ["mlp.down_proj"]}, hessian=False)
-    run_block(stack.blocks[0], 0, batches, None, collector, replace=False)
+    run_block(stack.blocks[0], 0, CapturedReplay(batches), None, collector, replace=False)
     collector.close()
     stats = collector.stats
     assert stats[names[0]] is stats[names[1]] is stats[names[2]] and stats[names[4]] is stats[names[5]]
