@@ -9,18 +9,7 @@ from torch import nn
 from prunekit.torch.deploy.sparse import activation_sparsity_report, apply_activation_sparsity, calibrate_activation_sparsity
 from prunekit.torch.deploy.sparse.kl_allocation import MAX_SPARSITY
 from tests.torch.llm.tiny import tiny_model, tokens
-
-
-class TwoBranch(nn.Module):
-    """Output = a(x) + 0.01 b(x): zeroing a's inputs moves the output 100x more than zeroing b's."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(32, 16)
-        self.b = nn.Linear(32, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.a(x) + 0.01 * self.b(x)
+from tests.torch.sparse.test_activation_sparsity import TwoBranch
 
 
 def weighted_mean(model: nn.Module, sparsities: dict[str, float]) -> float:

@@ -13,7 +13,8 @@ last reset. The model keeps its class and its ``generate()``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -164,16 +165,13 @@ def calibrate_activation_sparsity(
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
     count = 0
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _eval_mode(model), torch.no_grad():
             for count, batch in enumerate(batches, start=1):
                 _run_batch(model, batch, count - 1)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if count == 0:
         raise ConfigError("calibrate_activation_sparsity needs at least one calibration batch, got none")
     magnitudes = {name: np.concatenate(parts) for name, parts in samples.items() if parts}
@@ -188,12 +186,20 @@ def calibrate_activation_sparsity(
     }
     rescaled: dict[str, float] = {}
     if rescale:
-        model.eval()
-        try:
+        with _eval_mode(model):
             rescaled = output_scales(model, found, values, scales, batches, _run_batch)
-        finally:
-            model.train(was_training)
     return ActivationThresholds(float(target), values, sparsities, allocation, score, rescaled)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode (dropout off) for the calibration passes, its mode given back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _input_scale(layer: nn.Linear, score: str) -> torch.Tensor | None:
@@ -213,12 +219,8 @@ def _greedy(
 ) -> dict[str, float]:
     """Per-layer sparsities from each layer's measured output error at the :data:`GRID` sparsities (in eval mode)."""
     grid = {name: [float(t) for t in np.quantile(values, GRID)] for name, values in magnitudes.items()}
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         errors = layer_errors(model, layers, grid, scales, batches, _run_batch)
-    finally:
-        model.train(was_training)
     return greedy_allocation(errors, {name: layer.weight.numel() for name, layer in layers.items()}, target)
 
 
@@ -236,12 +238,8 @@ def _joint_kl(
     def threshold(name: str, sparsity: float) -> float:
         return float(np.quantile(ordered[name], sparsity)) if sparsity > 0 else 0.0
 
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         sparsities, _ = kl_allocation(model, layers, threshold, scales, batches, _run_batch, target)
-    finally:
-        model.train(was_training)
     return sparsities
 
 
