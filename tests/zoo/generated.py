@@ -291,7 +291,9 @@ def check_family(family: str, tmp_dir: str | None = None) -> FamilyOutcome:
         return outcome
     stage = "oracle"
     try:
-        expected, actual, oracle = run_oracle(model, inputs, fraction=0.5, seed=0)
+        with warnings.catch_warnings():  # shortfalls (heads kept whole) are recorded by the 50 % prune below
+            warnings.simplefilter("ignore", PruningShortfallWarning)
+            expected, actual, oracle = run_oracle(model, inputs, fraction=0.5, seed=0)
         if expected.shape != actual.shape or not torch.allclose(actual, expected, atol=1e-5, rtol=1e-5):
             difference = (actual - expected).abs().max().item() if expected.shape == actual.shape else "shape"
             raise AssertionError(f"outputs differ after removing silenced channels (max |diff| {difference})")
