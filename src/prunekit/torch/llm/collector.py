@@ -6,7 +6,7 @@ the block (in execution order) has been seen, the rest of its forward (that proj
 an MLP's down projection, the residual adds) is wasted work, so the pass stops there: the first batch
 runs the block in full and records the sequence of projection calls (a projection may be called more
 than once); every later batch follows that sequence call by call and raises a private exception from
-the pre-hook of its last call, which :func:`run_block` catches. The statistics are the sums of the
+the pre-hook of its last call (a :class:`StopForward`, which the block replays catch). The statistics are the sums of the
 very same inputs, so the pruning is identical. The exit is turned off for good when the first batch
 did not reach every projection or a later batch strays from the sequence (routing that depends on the
 data, as in a mixture of experts built from separate modules); the batch that strays runs in full.
