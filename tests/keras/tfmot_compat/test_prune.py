@@ -155,6 +155,10 @@ class PruneTest(test.TestCase):
         self._validate_pruned_layer(self.custom_prunable_layer, wrapped_layer)
         self.assertEqual([wrapped_layer.kernel], wrapped_layer.get_prunable_weights())
 
+    def testPruneCustomNonPrunableLayer(self):
+        with self.assertRaises(ValueError):
+            prune.prune_low_magnitude(self.custom_non_prunable_layer, **self.params)
+
     def testPruneModelValidLayersSuccessful(self):
         model = keras.Sequential([self.keras_prunable_layer, self.keras_non_prunable_layer, self.custom_prunable_layer])
         pruned_model = prune.prune_low_magnitude(model, **self.params)
@@ -173,6 +177,20 @@ class PruneTest(test.TestCase):
                         self.keras_non_prunable_layer,
                         self.custom_prunable_layer,
                         self.keras_unsupported_layer,
+                    ]
+                ),
+                **self.params,
+            )
+
+    def testPruneModelCustomNonPrunableLayerRaisesError(self):
+        with self.assertRaises(ValueError):
+            prune.prune_low_magnitude(
+                keras.Sequential(
+                    [
+                        self.keras_prunable_layer,
+                        self.keras_non_prunable_layer,
+                        self.custom_prunable_layer,
+                        self.custom_non_prunable_layer,
                     ]
                 ),
                 **self.params,

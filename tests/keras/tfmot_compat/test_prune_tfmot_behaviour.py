@@ -157,9 +157,12 @@ def test_a_layer_pruned_layer_wise_refuses_h5_until_stripped(tmp_path):
     "make",
     [
         lambda: keras.layers.LSTM(4, name="rnn"),
+        lambda: keras.layers.GRU(4, name="rnn"),
+        lambda: keras.layers.SimpleRNN(4, name="rnn"),
+        lambda: keras.layers.RNN(keras.layers.LSTMCell(4), name="rnn"),
         lambda: keras.layers.Bidirectional(keras.layers.GRU(3), name="rnn"),
     ],
-    ids=["lstm", "bidirectional-gru"],
+    ids=["lstm", "gru", "simple-rnn", "rnn-of-a-cell", "bidirectional-gru"],
 )
 def test_a_recurrent_layer_pruned_layer_wise_prunes_its_cells_kernels_like_tfmot(make):
     layer = pk.prune_low_magnitude(make(), pruning_schedule=EVERY_STEP_HALF)
@@ -170,6 +173,19 @@ def test_a_recurrent_layer_pruned_layer_wise_prunes_its_cells_kernels_like_tfmot
     cell_kernels = [w for w in layer.weights if w.path.endswith("kernel")]
     assert sorted(masks) == sorted(w.path for w in cell_kernels) and len(masks) in (2, 4)  # kernel + recurrent, per cell
     for weight in cell_kernels:
+        assert _zeros(weight) == round(0.5 * weight.numpy().size)
+    assert _zeros(model.get_layer("out").kernel) == 0
+
+
+def test_multi_head_attention_pruned_layer_wise_prunes_its_projection_kernels_like_tfmot():
+    attention = pk.prune_low_magnitude(keras.layers.MultiHeadAttention(2, 4, name="mha"), pruning_schedule=EVERY_STEP_HALF)
+    inputs = keras.Input((5, 6))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(keras.layers.Flatten()(attention(inputs, inputs))))
+    rng = np.random.default_rng(7)
+    _fit(model, rng.normal(size=(8, 5, 6)).astype("float32"), rng.normal(size=(8, 2)).astype("float32"))
+    kernels = [w for w in attention.weights if w.path.endswith("kernel")]
+    assert sorted(pk.get_masks(attention)) == sorted(w.path for w in kernels) and len(kernels) == 4  # query, key, value, output
+    for weight in kernels:
         assert _zeros(weight) == round(0.5 * weight.numpy().size)
     assert _zeros(model.get_layer("out").kernel) == 0
 
@@ -212,3 +228,23 @@ def test_a_model_whose_custom_layer_cannot_be_cloned_raises_a_config_error_sayin
         pk.prune_low_magnitude(model, EVERY_STEP_HALF)
     pruned = pk.prune_low_magnitude(model, EVERY_STEP_HALF, inplace=True)  # the way out the message names
     assert pruned is model and len(pk.pruned_layers(model)) == 1
+
+
+def test_a_subclass_of_dense_without_get_prunable_weights_is_refused_naming_the_layer_and_the_fix_like_tfmot():
+    class MyDense(keras.layers.Dense):  # may use its kernel differently: it must say what to prune
+        pass
+
+    class MyPrunableDense(keras.layers.Dense):
+        def get_prunable_weights(self):
+            return [self.kernel]
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="plain"), MyDense(2, name="mine")])
+    with pytest.raises(
+        ConfigError, match=r"layer 'mine' is a MyDense, a subclass of Dense.*exclude=\['mine'\].*get_prunable_weights"
+    ):
+        pk.prune_low_magnitude(model, EVERY_STEP_HALF)
+    with pytest.raises(ConfigError, match="layer 'unbuilt' is a MyDense, a subclass of Dense"):
+        pk.prune_low_magnitude(MyDense(2, name="unbuilt"), EVERY_STEP_HALF)
+    assert pk.pruned_layers(pk.prune_low_magnitude(model, EVERY_STEP_HALF, exclude=["mine"])) == ["plain"]
+    opted_in = keras.Sequential([keras.Input((4,)), MyPrunableDense(2, name="opted_in")])
+    assert pk.pruned_layers(pk.prune_low_magnitude(opted_in, EVERY_STEP_HALF)) == ["opted_in"]

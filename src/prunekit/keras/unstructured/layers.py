@@ -1,8 +1,9 @@
 """Which weights of which Keras 3 layers are pruned (TF MOT's registry), and how a layer opts in.
 
 Built-in layers prune their kernels; normalisation and depthwise layers are known and left
-dense; layers without weights need nothing. Any other layer with weights must either be
-excluded or say what to prune through TF MOT's protocol, a ``get_prunable_weights()`` method.
+dense; layers without weights need nothing. Any other layer with weights, a subclass of a
+built-in one included (as in TF MOT), must either be excluded or say what to prune through
+TF MOT's protocol, a ``get_prunable_weights()`` method.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ DENSE_ONLY: tuple[type, ...] = (
     _layers.PReLU,
     _layers.Normalization,
 )
+
+
+#: Built-in layers whose prunable sublayers only exist once built (TF MOT prunes their projections' kernels):
+#: an unbuilt one is accepted, its weights are found when it is built.
+BUILT_FROM_SUBLAYERS: tuple[type, ...] = (_layers.MultiHeadAttention,)
 
 
 #: Built-in layers without weights: TF MOT wraps them as no-ops, so prunekit marks them, built or not.
@@ -125,15 +131,16 @@ def _own_weights(layer: Any) -> list[Any]:
 
 def prunable_weight_names(layer: Any) -> tuple[str, ...] | None:
     """Attribute names of the weights pruned by default, ``()`` for known dense-only layers, or
-    ``None`` when the layer type is unknown (and has no ``get_prunable_weights``)."""
-    for cls, names in PRUNABLE_WEIGHTS.items():
-        if type(layer) is cls:
-            return names
+    ``None`` when the layer type is unknown (and has no ``get_prunable_weights``).
+
+    Only the built-in classes themselves are known, as in TF MOT: a subclass (of ``Dense``, say)
+    may use its weights differently, so it says what to prune through ``get_prunable_weights``.
+    """
+    names = PRUNABLE_WEIGHTS.get(type(layer))
+    if names is not None:
+        return names
     if isinstance(layer, DENSE_ONLY):
         return ()
-    for cls, names in PRUNABLE_WEIGHTS.items():
-        if isinstance(layer, cls):
-            return names
     return None
 
 
@@ -171,6 +178,8 @@ def check_unbuilt_layer(layer: Any) -> None:
     """Raise now for an unbuilt layer prunekit will not know how to prune once built (TF MOT raises at wrap time)."""
     if hasattr(layer, "get_prunable_weights") or prunable_weight_names(layer) is not None or isinstance(layer, WEIGHTLESS):
         return
+    if type(layer) in BUILT_FROM_SUBLAYERS:
+        return
     if _is_container(layer):
         for child in layer._flatten_layers(include_self=False, recursive=False):
             check_unbuilt_layer(child)
@@ -181,8 +190,15 @@ def check_unbuilt_layer(layer: Any) -> None:
 def unsupported_layer_error(layer: Any) -> ConfigError:
     """The error for a layer with weights prunekit does not know how to prune."""
     cls = type(layer).__name__
+    base = next((known for known in PRUNABLE_WEIGHTS if isinstance(layer, known)), None)
+    why = (
+        f"a subclass of {base.__name__}, which may use its weights differently, so prunekit (like TF MOT) does not "
+        f"guess which to prune"
+        if base is not None
+        else "which has weights prunekit does not know how to prune"
+    )
     return ConfigError(
-        f"layer {layer.name!r} is a {cls}, which has weights prunekit does not know how to prune; "
+        f"layer {layer.name!r} is a {cls}, {why}; "
         f"pass exclude=[{layer.name!r}] to leave it dense, or give {cls} a get_prunable_weights() method "
         "returning the variables to prune (TF MOT's PrunableLayer protocol, prunekit.keras.PrunableLayer)"
     )
