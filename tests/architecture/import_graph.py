@@ -15,8 +15,17 @@ def module_name(path: Path) -> str:
 
 
 def is_shim(tree: ast.Module) -> bool:
-    """A moved module's old path (it only calls ``alias_module``)."""
-    return any(isinstance(node, ast.ImportFrom) and node.module == "prunekit.core.moved" for node in tree.body)
+    """A moved module's old path: besides its docstring, only ``from prunekit.core.moved import alias_module``
+    and the ``alias_module(...)`` call (a module that merely uses ``moved_names`` is still checked)."""
+    body = [node for node in tree.body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    return (
+        len(body) == 2
+        and isinstance(body[0], ast.ImportFrom)
+        and body[0].module == "prunekit.core.moved"
+        and isinstance(body[1], ast.Expr)
+        and isinstance(body[1].value, ast.Call)
+        and ast.unparse(body[1].value.func) == "alias_module"
+    )
 
 
 def _resolve(module: str, node: ast.ImportFrom, is_package: bool) -> str:

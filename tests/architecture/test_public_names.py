@@ -68,3 +68,34 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         warnings.simplefilter("error")
         with pytest.raises(AttributeError, match="prunekit.torch.*no attribute 'prune_everything'"):
             pt.prune_everything  # noqa: B018
+
+
+def test_a_report_function_the_docs_named_before_it_moved_still_imports_from_its_old_module_with_a_warning() -> None:
+    from prunekit.sweep.report import sweep_report
+
+    with pytest.warns(DeprecationWarning, match=r"prunekit\.report\.html\.sweep_report moved to prunekit\.sweep\.report"):
+        from prunekit.report.html import sweep_report as old
+    assert old is sweep_report
+
+
+def _moved_modules() -> list[tuple[str, str]]:
+    """``(old path, new path)`` of every shim: a module whose body is ``alias_module(__name__, "new")``."""
+    from tests.architecture.import_graph import PACKAGE, is_shim, module_name
+
+    moved = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if is_shim(tree):
+            call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "alias_module")
+            moved.append((module_name(path), call.args[1].value))  # type: ignore[attr-defined]
+    return moved
+
+
+@pytest.mark.parametrize(("old", "new"), _moved_modules(), ids=lambda path: path)
+def test_a_moved_module_imports_from_its_old_path_for_one_release_with_a_warning(old: str, new: str) -> None:
+    import sys
+
+    sys.modules.pop(old, None)  # an earlier import would hide the warning
+    with pytest.warns(DeprecationWarning, match=rf"{re.escape(old)} moved to {re.escape(new)}"):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.core.atomic import atomic_write_bytes, atomic_write_text
+from prunekit.core.moved import moved_names
 from prunekit.core.tables import ResultTable
 from prunekit.report.plots import Figure
 
@@ -167,3 +168,8 @@ def write_report(report: Report, out_dir: str | os.PathLike, stem: str = "report
     payload = {"title": report.title, "data": report.data, "recipe": report.recipe, "versions": report.versions}
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
     return paths
+
+
+# docs/tradeoffs.md named ``from prunekit.report.html import sweep_report`` before sweeps' reports moved up to
+# the sweep package; the old name works for one release, with a warning (imported by name only when asked for)
+__getattr__ = moved_names(__name__, {"sweep_report": "prunekit.sweep.report"})
