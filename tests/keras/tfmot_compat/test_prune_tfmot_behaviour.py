@@ -248,3 +248,21 @@ def test_a_subclass_of_dense_without_get_prunable_weights_is_refused_naming_the_
     assert pk.pruned_layers(pk.prune_low_magnitude(model, EVERY_STEP_HALF, exclude=["mine"])) == ["plain"]
     opted_in = keras.Sequential([keras.Input((4,)), MyPrunableDense(2, name="opted_in")])
     assert pk.pruned_layers(pk.prune_low_magnitude(opted_in, EVERY_STEP_HALF)) == ["opted_in"]
+
+
+def test_after_the_guides_clone_function_pattern_the_original_model_shares_the_pruned_layers_and_says_so():
+    import tensorflow as tf
+
+    base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="fc"), keras.layers.Flatten()])
+
+    def prune_dense(layer):
+        return pk.prune_low_magnitude(layer, EVERY_STEP_HALF) if isinstance(layer, keras.layers.Dense) else layer
+
+    clone = keras.models.clone_model(base, clone_function=prune_dense)
+    assert clone.get_layer("fc") is base.get_layer("fc")  # as tfmot's wrapper wraps the original layer object
+    x = np.random.default_rng(8).normal(size=(8, 4)).astype("float32")
+    base.compile(keras.optimizers.SGD(0.01), "mse")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)pruning step did not advance.*clone_function.*callback too"):
+        base.fit(x, x, batch_size=4, epochs=1, verbose=0)
+    _fit(base, x, x)  # with UpdatePruningStep, as the message says: the shared layer is pruned
+    assert _zeros(base.get_layer("fc").kernel) == 8

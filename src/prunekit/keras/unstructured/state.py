@@ -48,7 +48,8 @@ POOLING_TYPES = ("AVG", "MAX")
 MISSING_CALLBACK = (
     "an optimizer step updated pruned weight {weight!r} of layer {layer!r} but the pruning step did not "
     "advance: pass callbacks=[prunekit.keras.UpdatePruningStep()] to model.fit, or in a custom training loop "
-    "call UpdatePruningStep.on_train_batch_begin() before every optimizer step"
+    "call UpdatePruningStep.on_train_batch_begin() before every optimizer step (a layer pruned through "
+    "keras.models.clone_model(..., clone_function=...) is shared with the original model, which needs the callback too)"
 )
 
 
