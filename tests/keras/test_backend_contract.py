@@ -17,6 +17,10 @@ VERBS = [
     "measure_sparse_runtime",
     "export",
     "load_weights",
+    "save",
+    "layers",
+    "serialized_size",
+    "measure_peak_memory",
     "prune_channels",
     "analyze_sensitivity",
 ]
@@ -56,3 +60,34 @@ def test_keras_backend_prune_channels_checks_the_pruned_model_on_the_data_like_t
     assert result.model(x[:8]).shape == (8, 3)
     with pytest.raises(ConfigError, match="example_inputs"):  # the data reaches the pruned-model check
         backend.prune_channels(model, x[:, :5], 0.5)
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_save_layers_size_and_memory_verbs_agree_across_backends(framework, tmp_path):
+    import numpy as np
+
+    from prunekit.core.records import MemoryResult
+
+    backend = load_backend(framework)
+    if framework == "torch":
+        from prunekit.torch import DigitsMLP as factory
+    else:
+        from prunekit.keras import digits_mlp as factory
+    model = factory()
+    x = np.random.default_rng(0).normal(size=(16, 8, 8) if framework == "torch" else (16, 8, 8, 1)).astype("float32")
+    y = np.arange(16) % 10
+    if framework == "keras":
+        model(x[:1])
+    assert backend.layers(model) == ["fc1", "fc2", "fc3"]
+    size = backend.serialized_size(model)
+    assert set(size) == {"raw_bytes", "gzip_bytes"} and size["raw_bytes"] > 4 * (64 * 128 + 128 * 64 + 64 * 10)
+    memory = backend.measure_peak_memory(model, x, batch_size=4)
+    assert isinstance(memory, MemoryResult) and memory.batch_size == 4
+    assert memory.weight_bytes == 4 * (64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10)
+    file = backend.save(model, tmp_path / "mlp")
+    assert file.startswith(str(tmp_path / "mlp")) and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    again = backend.load_weights(file, factory)
+    assert backend.accuracy(again, x, y) == backend.accuracy(model, x, y)
+    reloaded = np.asarray(again(x) if framework == "keras" else again(__import__("torch").as_tensor(x)).detach())
+    original = np.asarray(model(x) if framework == "keras" else model(__import__("torch").as_tensor(x)).detach())
+    np.testing.assert_array_equal(reloaded, original)

@@ -15,13 +15,15 @@ import numpy as np
 from prunekit.core.records import epoch_records
 from prunekit.keras.measure.metrics import serialized_size
 from prunekit.keras.measure.summary import measure_latency
+from prunekit.keras.measure.summary import measure_peak_memory as _measure_peak_memory
 from prunekit.keras.measure.summary import summarize as _summarize
+from prunekit.keras.tradeoffs.allocation import prunable_layers
 from prunekit.keras.tradeoffs.sensitivity import Accuracy, analyze_sensitivity
 from prunekit.keras.unstructured.workflows import prune_gradually, prune_iteratively, prune_one_shot
 from prunekit.methods.contract import PruningRun, TrainJob
 
 name = "keras"
-__all__ = ["Accuracy", "analyze_sensitivity", "measure_latency"]  # verbs re-exported as they are
+__all__ = ["Accuracy", "analyze_sensitivity", "measure_latency", "serialized_size"]  # verbs re-exported as they are
 
 
 def is_model(obj: Any) -> bool:
@@ -94,6 +96,39 @@ def measure(model: keras.Model, x: Any) -> dict[str, Any]:
         measure(model, split.x_test)["sparse_macs"]
     """
     return {**summarize(model, x).totals(), **serialized_size(model)}
+
+
+def measure_peak_memory(model: keras.Model, x: Any, batch_size: int = 1) -> Any:
+    """Peak memory of one inference pass at ``batch_size`` samples shaped like ``x[0]`` (a
+    :class:`~prunekit.core.records.MemoryResult`, from a liveness analysis of the layer graph).
+
+    Example::
+
+        measure_peak_memory(model, split.x_test, batch_size=64).peak_bytes
+    """
+    return _measure_peak_memory(model, tuple(np.asarray(x[:1]).shape[1:]), batch_size)
+
+
+def layers(model: keras.Model) -> list[str]:
+    """Names of the layers whose weights the unstructured methods prune (Dense, Conv*, ...)."""
+    return prunable_layers(model)
+
+
+def save(model: keras.Model, path: str | Path) -> str:
+    """Write the model's weights to ``path`` + ``.weights.h5``; :func:`load_weights` reads them back into a
+    model its factory builds.
+
+    Example::
+
+        load_weights(save(model, "out/pruned"), prunekit.keras.digits_cnn)
+    """
+    from prunekit.core.atomic import atomic_path
+
+    file = Path(path)
+    file = file.with_name(file.name + ".weights.h5")
+    with atomic_path(file) as temporary:
+        model.save_weights(str(temporary))
+    return str(file)
 
 
 def measure_sparse_runtime(model: keras.Model, x: Any, batch_size: int = 1) -> dict[str, Any] | None:

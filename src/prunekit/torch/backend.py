@@ -18,15 +18,22 @@ from torch import nn
 from prunekit.methods.contract import PruningRun, TrainJob
 from prunekit.torch.deploy.weights import load_weights
 from prunekit.torch.measure.latency import measure_latency
+from prunekit.torch.measure.latency import measure_peak_memory as _measure_peak_memory
 from prunekit.torch.measure.metrics import serialized_size
 from prunekit.torch.measure.summary import summarize as _summarize
-from prunekit.torch.tradeoffs.sensitivity import Accuracy, analyze_sensitivity
+from prunekit.torch.tradeoffs.sensitivity import Accuracy, analyze_sensitivity, prunable_layers
 from prunekit.torch.training import fit as _fit
 from prunekit.torch.training import make_loader
 from prunekit.torch.unstructured.workflows import prune_gradually, prune_iteratively, prune_one_shot
 
 name = "torch"
-__all__ = ["Accuracy", "analyze_sensitivity", "load_weights", "measure_latency"]  # verbs re-exported as they are
+__all__ = [
+    "Accuracy",
+    "analyze_sensitivity",
+    "load_weights",
+    "measure_latency",
+    "serialized_size",
+]  # verbs re-exported as they are
 
 
 def is_model(obj: Any) -> bool:
@@ -71,6 +78,42 @@ def measure(model: nn.Module, x: Any) -> dict[str, Any]:
         measure(model, split.x_test)["sparse_macs"]
     """
     return {**summarize(model, x).totals(), **serialized_size(model)}
+
+
+def measure_peak_memory(model: nn.Module, x: Any, batch_size: int = 1) -> Any:
+    """Peak memory of one inference pass at ``batch_size`` samples shaped like ``x[0]`` (a
+    :class:`~prunekit.core.records.MemoryResult`), on the device the model is on.
+
+    Example::
+
+        measure_peak_memory(model, split.x_test, batch_size=64).peak_bytes
+    """
+    device = next(model.parameters()).device
+    return _measure_peak_memory(model, tuple(np.asarray(x[:1]).shape[1:]), batch_size, device=str(device))
+
+
+def layers(model: nn.Module) -> list[str]:
+    """Names of the layers whose weights the unstructured methods prune by default (Linear, Conv*, Embedding)."""
+    return prunable_layers(model)
+
+
+def save(model: nn.Module, path: str | Path) -> str:
+    """Write the model's weights to ``path`` + ``.safetensors``; :func:`load_weights` reads them back into a
+    model its factory builds (for a channel-pruned model, pass ``save_pruned``'s plan-carrying file instead).
+
+    Example::
+
+        load_weights(save(model, "out/pruned"), DigitsCNN)
+    """
+    from safetensors.torch import save_model
+
+    from prunekit.core.atomic import atomic_path
+
+    file = Path(path)
+    file = file.with_name(file.name + ".safetensors")
+    with atomic_path(file) as temporary:
+        save_model(model, str(temporary))
+    return str(file)
 
 
 def measure_sparse_runtime(model: nn.Module, x: Any, batch_size: int = 1) -> dict[str, Any] | None:
