@@ -87,6 +87,31 @@ def test_skipping_kernels_equal_dense_on_thresholded_inputs(backend: bool, token
     torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tokens_", [1, 4])
+@pytest.mark.parametrize("n_out", [37, 200])  # neither a multiple of the 16-float slices nor of the 8 rows summed at once
+def test_row_gathering_kernel_equals_dense_on_scaled_thresholded_inputs(
+    backend: bool, monkeypatch: pytest.MonkeyPatch, threads: int, tokens_: int, n_out: int
+) -> None:
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # split even a tiny layer over the threads
+    generator = torch.Generator().manual_seed(tokens_ * 1000 + n_out)
+    weight_t = torch.randn(61, n_out, generator=generator)  # (in, out): the transposed weight
+    x = torch.randn(tokens_, 61, generator=generator)
+    scale = torch.rand(61, generator=generator) + 0.5
+    bias = torch.randn(n_out, generator=generator)
+    scored = x * scale
+    kept = torch.where(scored.abs() < 0.6, torch.zeros(()), scored)
+    expected = kept.double() @ weight_t.double() + bias.double()
+    previous = torch.get_num_threads()
+    kernels.set_threads(threads)
+    try:
+        y, survived = kernels.dense_skip_matmul(x, weight_t.numpy(), 0.6, bias.numpy(), scale.numpy())
+    finally:
+        kernels.set_threads(previous)
+    assert survived == int((kept != 0).sum()) and 0 < survived < x.numel()
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
 def pruned_tiny_llama(weight_sparsity: float) -> nn.Module:
     """The tiny LLaMA with every decoder Linear magnitude-pruned to ``weight_sparsity`` (per layer)."""
     model = tiny_model("llama")

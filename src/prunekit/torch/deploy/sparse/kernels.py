@@ -235,18 +235,33 @@ def _regular_indptr(rows: int, per_row: int) -> np.ndarray:
 
 
 def dense_skip_matmul(
-    x: torch.Tensor, weight_t: np.ndarray, threshold: float, bias: np.ndarray | None = None, use_numba: bool | None = None
-) -> torch.Tensor:
-    """``x' @ W.T + bias`` with ``x'`` = ``x`` where ``|x| >= threshold``, else 0, reading only the rows of
-    ``weight_t`` (= W.T, (in, out)) of the surviving entries."""
+    x: torch.Tensor,
+    weight_t: np.ndarray,
+    threshold: float,
+    bias: np.ndarray | None = None,
+    input_scale: np.ndarray | None = None,
+    use_numba: bool | None = None,
+) -> tuple[torch.Tensor, int]:
+    """``x' @ W.T + bias`` and the count of surviving entries, reading only the rows of ``weight_t`` (= W.T,
+    (in, out)) of those entries: ``x'`` = ``x * input_scale`` where ``|x * input_scale| >= threshold``, else 0
+    (``input_scale`` all ones when ``None``). The scaling, the selection and the count run inside the kernel."""
+    n_in, n_out = weight_t.shape
+    scale = _ones(n_in) if input_scale is None else input_scale
     if HAVE_NUMBA if use_numba is None else use_numba:
         kernels, parts = _compiled(weight_t.size * x.shape[0] // 2)
-        out = np.empty((x.shape[0], weight_t.shape[1]), dtype=np.float32)
-        kernels["dense_skip"](weight_t, _np(x), np.float32(threshold), _bias(bias, weight_t.shape[1]), out, parts)
-        return torch.from_numpy(out)
+        out = np.empty((x.shape[0], n_out), dtype=np.float32)
+        survived = kernels["dense_skip"](weight_t, _np(x), scale, np.float32(threshold), _bias(bias, n_out), out, parts)
+        return torch.from_numpy(out), int(survived)
+    x = x * torch.from_numpy(scale)
     x = torch.where(x.abs() < threshold, torch.zeros((), dtype=x.dtype), x)
     active = torch.nonzero(x.abs().sum(0)).flatten()
-    return _plus(x[:, active] @ torch.from_numpy(weight_t)[active], bias)
+    return _plus(x[:, active] @ torch.from_numpy(weight_t)[active], bias), int((x != 0).sum())
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(size: int) -> np.ndarray:
+    """A float32 vector of ``size`` ones (built once per input width; the kernels only read it)."""
+    return np.ones(size, dtype=np.float32)
 
 
 def csc_skip_matmul(

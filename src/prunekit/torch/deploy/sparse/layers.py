@@ -205,32 +205,36 @@ class ActivationSparseLinear(nn.Module):
             )
         x2 = x.reshape(-1, self.in_features)
         x2 = (x2 if x2.dtype == torch.float32 else x2.float()).detach()
+        bias = None if self.bias is None else self.bias.detach().numpy()
+        self.seen += x2.numel()
+        if x2.shape[0] <= self.max_tokens and self.csc is None:
+            # decoding: the kernel scales, selects and counts the surviving inputs itself
+            assert self.weight_t is not None
+            scale = None if self.input_scale is None else self.input_scale.numpy()
+            y, survived = kernels.dense_skip_matmul(x2, self.weight_t, self.threshold, bias, scale)
+            self.zeroed += x2.numel() - survived
+        else:
+            y = self._matmul_thresholded(x2, bias)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def _matmul_thresholded(self, x2: torch.Tensor, bias: np.ndarray | None) -> torch.Tensor:
+        """The CSC kernel (a sparse weight), or past ``max_tokens`` (prefill, where the union of active columns is
+        nearly all of them) plain matmuls over the thresholded input; counts the zeroed entries."""
         if self.input_scale is not None:
             x2 = x2 * self.input_scale
         self.zeroed += int((x2.abs() < self.threshold).sum()) if self.threshold > 0 else int((x2 == 0).sum())
-        self.seen += x2.numel()
-        bias = None if self.bias is None else self.bias.detach().numpy()
-        # past max_tokens (prefill) the union of active columns is nearly all of them: plain matmuls win
-        if x2.shape[0] > self.max_tokens:
-            x2 = torch.where(x2.abs() < self.threshold, torch.zeros((), dtype=x2.dtype), x2)
-            if self.csr is not None:
-                data = self.csr
-                y = kernels.csr_matmul(x2, data.indptr, data.indices, data.values, data.scale, self.out_features, bias)
-            else:
-                assert self.weight_t is not None
-                y = (
-                    torch.addmm(self.bias, x2, torch.from_numpy(self.weight_t))
-                    if self.bias is not None
-                    else x2 @ torch.from_numpy(self.weight_t)
-                )
-        elif self.csc is not None:
+        if x2.shape[0] <= self.max_tokens:
             csc = self.csc
-            y = kernels.csc_skip_matmul(x2, csc.indptr, csc.indices, csc.values, csc.scale, self.threshold, bias)
-        else:
-            assert self.weight_t is not None
-            y = kernels.dense_skip_matmul(x2, self.weight_t, self.threshold, bias)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if x.dtype == torch.float32 else y.to(x.dtype)
+            assert csc is not None
+            return kernels.csc_skip_matmul(x2, csc.indptr, csc.indices, csc.values, csc.scale, self.threshold, bias)
+        x2 = torch.where(x2.abs() < self.threshold, torch.zeros((), dtype=x2.dtype), x2)
+        if self.csr is not None:
+            data = self.csr
+            return kernels.csr_matmul(x2, data.indptr, data.indices, data.values, data.scale, self.out_features, bias)
+        assert self.weight_t is not None
+        weight_t = torch.from_numpy(self.weight_t)
+        return torch.addmm(self.bias, x2, weight_t) if self.bias is not None else x2 @ weight_t
 
     def extra_repr(self) -> str:
         kind = "sparse" if self.csc is not None else "dense"
