@@ -70,16 +70,18 @@ def head_split_dims(trace: Trace) -> tuple[dict[int, int], list[tuple[str, str]]
 
 def _product_heads(trace: Trace, op: OpRecord) -> tuple[list[Step], bool]:
     """The operand dimensions that hold an attention product's heads, and whether the product is
-    one whose heads must be found (a 4-D product; a 3-D one, heads merged into the batch, is
-    followed where it can be but not reported)."""
+    one whose heads must be found (a 4-D product; an ``einsum`` is followed where it can be but
+    not reported). A 3-D product (heads merged into the batch, ``(b·h, t, d)``) starts no walk: where
+    the batch meets a per-token mask repeated over heads (a fixed position), choosing heads there
+    would keep them all, where the default choice keeps the head width prunable."""
     if op.name == "scaled_dot_product_attention":
         refs = [r for r in op.args[:3] if isinstance(r, TensorRef)]
         return [(r, len(trace.shapes[r.vid]) - 3) for r in refs], True
     if op.name in _PRODUCTS:
         refs = [r for r in op.args[:2] if isinstance(r, TensorRef)]
         ranks = [len(trace.shapes[r.vid]) for r in refs]
-        if len(refs) == 2 and min(ranks) >= 3 and all(trace.param_name(r.vid) is None for r in refs):
-            return [(r, n - 3) for r, n in zip(refs, ranks)], min(ranks) >= 4
+        if len(refs) == 2 and min(ranks) >= 4 and all(trace.param_name(r.vid) is None for r in refs):
+            return [(r, n - 3) for r, n in zip(refs, ranks)], True
         return [], False
     if op.name == "einsum":
         terms, operands, rhs = _einsum_terms(op)

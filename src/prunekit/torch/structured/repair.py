@@ -11,8 +11,10 @@ code read is every method of the module's class (a helper such as ``_shape(x)`` 
 and a size held in a local variable (``n_head, d_head = config.n_head, config.d_head``; ``d =
 self.embed_dim // self.num_heads``) is followed back to the attributes it was computed from.
 An integer attribute the code compares with a size it reads from a shrinking dimension (an input
-check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way; a size the
-code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
+check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way, where every
+read of that value shrinks alike (longformer reads 8 both as ``head_dim``, kept, and as ``batch *
+heads``, halved: the check's attribute is then left to the size arguments that read it); a size
+the code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
 A size-taking op the module's own class never writes may come from a helper method of a child that
 the forward calls directly (``self.experts.map(x)`` runs under the parent's name): the children whose
 code makes that call are searched next, and only then any same-valued attribute the module reads (a
