@@ -156,7 +156,10 @@ def _walk_back(
         if op is None:
             stop = stop or "to a reshape: they come from a model input or a parameter"
             continue
-        steps, made = _step(trace, op, ref, dim, found)
+        try:
+            steps, made = _step(trace, op, ref, dim, found)
+        except (TypeError, ValueError, IndexError, KeyError):  # an argument form a step does not know: stop there
+            steps, made = [], False
         hit = hit or made
         if not steps and not made:
             stop = stop or f"past {op.label}"
