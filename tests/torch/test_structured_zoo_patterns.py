@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.errors import ConfigError
 from prunekit.torch import analyze_dependencies, prune_channels
 from prunekit.torch.structured.prune import HeadsNotFollowedWarning
 from tests.torch.structured_helpers import one_torch_thread, run_oracle  # noqa: F401
@@ -132,13 +131,16 @@ def test_strided_chunks_picked_rows_and_partial_writes_keep_their_channels_pruna
     assert result.model.attention.proj.out_features == 16 and result.model.attention.out.in_features == 16
 
 
-def test_widths_sized_by_one_attribute_are_pruned_together():
+def test_heads_merged_into_the_batch_of_an_einsum_are_pruned_whole():
     model, inputs = build_pattern(EinsumHeadsAttention())
+    heads = [g for g in analyze_dependencies(model, inputs).groups if g.kind == "heads"]
+    assert [(g.name, g.size) for g in heads] == [("attention.q", 4)]
     expected, actual, result = run_oracle(model, inputs)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
     pruned = prune_channels(model, inputs, 0.5)
     attention = pruned.model.attention
-    assert attention.q.out_features == attention.v.out_features == 4 * attention.head_dim == 16
+    assert (attention.num_heads, attention.head_dim) == (2, 8)  # two whole heads left, each as wide as before
+    assert attention.q.out_features == attention.k.out_features == attention.v.out_features == 16
     with torch.no_grad():
         assert pruned.model(*inputs).shape == model(*inputs).shape
 
@@ -161,23 +163,20 @@ def test_a_dimension_computed_from_kept_attributes_is_kept():
     assert "a size computed from head_dim, num_heads, which are kept" in reasons
 
 
-def test_heads_not_followed_through_einsum_are_kept_whole_with_a_warning_and_strict_raises():
+def test_heads_followed_through_einsum_scores_and_values_are_pruned_whole(recwarn):
     model, inputs = build_pattern(EinsumScoresAttention())
     graph = analyze_dependencies(model, inputs)
-    assert graph.unsupported == []  # the data-sized narrow and the tril band have rules
-    assert [label for label, _ in graph.head_problems] == ["attention:matmul"]
-    with pytest.warns(HeadsNotFollowedWarning):
-        expected, actual, _ = run_oracle(model, inputs)
+    assert graph.unsupported == [] and graph.head_problems == []  # the data-sized narrow and the tril band have rules
+    assert [(g.name, g.size) for g in graph.groups if g.kind == "heads"] == [("attention.q", 4)]
+    expected, actual, _ = run_oracle(model, inputs)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
-    with pytest.warns(HeadsNotFollowedWarning, match=r"1 attention product\(s\) keep all their heads, whose structure"):
-        pruned = prune_channels(model, inputs, 0.5)
+    pruned = prune_channels(model, inputs, 0.5)
     attention = pruned.model.attention
-    assert attention.num_heads == 4  # every head kept; the width inside each is pruned alike in q, k and v
-    assert attention.q.out_features == attention.k.out_features == attention.v.out_features == 4 * attention.head_dim == 16
+    assert (attention.num_heads, attention.head_dim) == (2, 8)  # two whole heads left
+    assert attention.q.out_features == attention.k.out_features == attention.v.out_features == 16
+    assert not [w for w in recwarn if issubclass(w.category, HeadsNotFollowedWarning)]
     with torch.no_grad():
         assert pruned.model(*inputs).shape == model(*inputs).shape
-    with pytest.raises(ConfigError, match=r"strict=True: .*head structure not understood: the heads of attention:matmul"):
-        prune_channels(model, inputs, 0.5, strict=True)
 
 
 def test_a_narrow_sized_from_data_keeps_only_the_narrowed_dimension():

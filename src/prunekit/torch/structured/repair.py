@@ -11,8 +11,10 @@ code read is every method of the module's class (a helper such as ``_shape(x)`` 
 and a size held in a local variable (``n_head, d_head = config.n_head, config.d_head``; ``d =
 self.embed_dim // self.num_heads``) is followed back to the attributes it was computed from.
 An integer attribute the code compares with a size it reads from a shrinking dimension (an input
-check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way; a size the
-code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
+check such as ``if x.shape[1] != self.num_channels: raise``) is updated the same way, where every
+read of that value shrinks alike (longformer reads 8 both as ``head_dim``, kept, and as ``batch *
+heads``, halved: the check's attribute is then left to the size arguments that read it); a size
+the code read from a tensor (``c = x.shape[-1]``) needs nothing, since it follows that tensor.
 A size-taking op the module's own class never writes may come from a helper method of a child that
 the forward calls directly (``self.experts.map(x)`` runs under the parent's name): the children whose
 code makes that call are searched next, and only then any same-valued attribute the module reads (a
@@ -136,28 +138,38 @@ def _compared_names(source: str | None) -> frozenset[str]:
     )
 
 
-def _checked_sizes(graph: DependencyGraph, op: Any, expected: dict, module: nn.Module) -> list[tuple[str, int, int]]:
+def _read_sizes(graph: DependencyGraph, expected: dict) -> dict[str, dict[int, set[int]]]:
+    """Per module, each size its code reads from a tensor (``x.shape``, ``x.size(1)``) and what
+    those reads become after the pruning: ``{module: {8: {4}}}``."""
+    found: dict[str, dict[int, set[int]]] = {}
+    for op in graph.trace.ops:
+        if op.name not in ("size", "shape") or not op.args or not isinstance(op.args[0], TensorRef):
+            continue
+        old_shape = graph.trace.shapes[op.args[0].vid]
+        new_shape = expected.get(op.args[0].vid, old_shape)
+        dims = range(len(old_shape))
+        if op.name == "size" and len(op.args) > 1 and _is_int(op.args[1]):
+            dims = range(op.args[1] % len(old_shape), op.args[1] % len(old_shape) + 1)
+        reads = found.setdefault(op.module, {})
+        for d in dims:
+            reads.setdefault(old_shape[d], set()).add(new_shape[d])
+    return found
+
+
+def _checked_sizes(reads: dict[int, set[int]], module: nn.Module) -> list[tuple[str, int, int]]:
     """``(attribute, old, new)`` for each integer attribute of ``module`` that its code compares with
-    a size it reads (``x.shape``, ``x.size(1)``) from a dimension that shrinks: an input check such
-    as ``if num_channels != self.num_channels: raise``, which must accept the pruned width."""
-    if op.name not in ("size", "shape") or not op.args or not isinstance(op.args[0], TensorRef):
-        return []
-    old_shape = graph.trace.shapes[op.args[0].vid]
-    new_shape = expected.get(op.args[0].vid, old_shape)
-    dims = range(len(old_shape))
-    if op.name == "size" and len(op.args) > 1 and _is_int(op.args[1]):
-        dims = range(op.args[1] % len(old_shape), op.args[1] % len(old_shape) + 1)
-    changes: dict[int, set[int]] = {}
-    for d in dims:
-        if old_shape[d] != new_shape[d]:
-            changes.setdefault(old_shape[d], set()).add(new_shape[d])
-    if not changes:
+    a size it reads from a dimension that shrinks: an input check such as ``if num_channels !=
+    self.num_channels: raise``, which must accept the pruned width. Where reads of the attribute's
+    value become different sizes (one dimension of 8 shrinks to 4, another stays 8), which one the
+    check compares is unknown, and the attribute is left to the size arguments that read it."""
+    changed = {old: next(iter(new)) for old, new in reads.items() if len(new) == 1 and old not in new}
+    if not changed:
         return []
     compared = _compared_names(module_source(module))
     return [
-        (name, value, next(iter(changes[value])))
+        (name, value, changed[value])
         for name, value in vars(module).items()
-        if not name.startswith("_") and _is_int(value) and len(changes.get(value, ())) == 1 and name in compared
+        if not name.startswith("_") and _is_int(value) and value in changed and name in compared
     ]
 
 
@@ -173,10 +185,15 @@ def size_attribute_repairs(model: nn.Module, graph: DependencyGraph, removed: np
     expected = graph.expected_shapes(removed)
     wanted: dict[tuple[str, str], tuple[int, int]] = {}
     conflicts: set[tuple[str, str]] = set()
+    reads = _read_sizes(graph, expected)
+    for path, sizes in reads.items():
+        if path in modules:
+            for name, old, new in _checked_sizes(sizes, modules[path]):
+                wanted[(path, name)] = (old, new)
     for op in graph.trace.ops:
         if op.module not in modules:
             continue
-        found = [(op.module, name, old, new) for name, old, new in _checked_sizes(graph, op, expected, modules[op.module])]
+        found = []
         for method, arity, position, size, old, new in _size_arguments(graph, op, expected):
             if not _is_int(size) or isinstance(size, SizeOf) or size != old or old == new:  # a read size follows by itself
                 continue

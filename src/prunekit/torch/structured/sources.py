@@ -14,7 +14,7 @@ import ast
 import functools
 import inspect
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from torch import nn
@@ -73,13 +73,32 @@ def _attributes_in(node: ast.expr, assigned: dict[str, list[ast.expr]]) -> set[s
     todo, seen = [(node, 0)], set()
     while todo:
         expr, hops = todo.pop()
-        for sub in ast.walk(expr):
+        for sub in _read_nodes(expr):
             if isinstance(sub, ast.Attribute):
                 names.add(sub.attr)
             elif isinstance(sub, ast.Name) and hops < _MAX_NAME_HOPS and sub.id not in seen:
                 seen.add(sub.id)
                 todo.extend((value, hops + 1) for value in assigned.get(sub.id, ()))
     return names
+
+
+_SIZE_READS = frozenset({"size", "dim", "numel", "stride"})
+
+
+def _read_nodes(expr: ast.expr) -> Iterator[ast.AST]:
+    """The nodes of an expression, except inside a size read from a tensor (``x.shape``,
+    ``x.size(0)``): that size is the tensor's, traced as such while the model runs, not the
+    attributes the tensor was built from (``b = k.shape[0]`` after ``k = k.view(.., self.head_dim)``
+    does not read ``head_dim``)."""
+    stack: list[ast.AST] = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Attribute) and node.attr == "shape":
+            continue
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _SIZE_READS:
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
 
 
 @functools.lru_cache(maxsize=1024)

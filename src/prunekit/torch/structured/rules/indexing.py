@@ -7,6 +7,9 @@ labels of its outputs; positions indexed partially (some tokens, a band of score
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from prunekit.torch.structured.labels import (
@@ -20,7 +23,7 @@ from prunekit.torch.structured.labels import (
     zeros_like_shape,
 )
 from prunekit.torch.structured.rules.pointwise import broadcast_unify, first_tensor, outputs_of, pass_param
-from prunekit.torch.structured.tracing import OpRecord
+from prunekit.torch.structured.tracing import OpRecord, TensorRef
 
 
 def as_strided(st: LabelState, op: OpRecord) -> None:
@@ -36,18 +39,29 @@ def as_strided(st: LabelState, op: OpRecord) -> None:
     if in_strides is None or not isinstance(stride, (tuple, list)) or len(stride) != len(out_shape) or offset:
         st.unsupported_op(op, "as_strided without known strides or with a storage offset")
         return
-    out_strides = [int(s) for s in stride]
     result = zeros_like_shape(out_shape)
-    used: set[int] = set()
-    for j, size in enumerate(out_shape):
-        matches = [i for i, n in enumerate(in_shape) if n == size > 1 and in_strides[i] == out_strides[j] and i not in used]
-        if matches and _separable(out_shape, out_strides, j) and _separable(in_shape, in_strides, matches[0]):
-            used.add(matches[0])
-            result[j] = labels[matches[0]]
+    sources = strided_sources(in_shape, in_strides, out_shape, [int(s) for s in stride])
+    for j, i in sources.items():
+        result[j] = labels[i]
     for i, lab in enumerate(labels):
-        if i not in used:
+        if i not in sources.values():
             st.fix(lab)
     st.set(out, result)
+
+
+def strided_sources(
+    in_shape: tuple[int, ...], in_strides: tuple[int, ...], out_shape: tuple[int, ...], out_strides: list[int]
+) -> dict[int, int]:
+    """``{output dimension: input dimension}`` of a strided view of a tensor, for the output
+    dimensions that address exactly one input dimension (same size and stride, each index readable
+    back from the memory offset in both tensors)."""
+    sources: dict[int, int] = {}
+    for j, size in enumerate(out_shape):
+        used = sources.values()
+        matches = [i for i, n in enumerate(in_shape) if n == size > 1 and in_strides[i] == out_strides[j] and i not in used]
+        if matches and _separable(out_shape, out_strides, j) and _separable(in_shape, in_strides, matches[0]):
+            sources[j] = matches[0]
+    return sources
 
 
 def _separable(shape: tuple[int, ...] | list[int], strides: tuple[int, ...] | list[int], j: int) -> bool:
@@ -139,12 +153,45 @@ def _gather_one_dim(st: LabelState, op: OpRecord, labels: Labels, shape: tuple[i
     return True
 
 
+def write_items(op: OpRecord, ndim: int) -> tuple[list, Any] | None:
+    """Where a write into a tensor ``x`` of ``ndim`` dimensions lands and what it writes, as
+    ``(index items, value)``: ``x[index] = value``, ``x.index_put_((rows, cols), value)`` (a ``None``
+    index is a whole slice), ``torch.slice_scatter(x, value, dim, start, end, step)``,
+    ``torch.select_scatter(x, value, dim, i)``; ``None`` for another form."""
+    if op.name == "setitem":
+        index = op.args[1] if len(op.args) > 1 else None
+        return (list(index) if isinstance(index, tuple) else [index]), (op.args[2] if len(op.args) > 2 else None)
+    if op.name == "index_put":
+        indices = arg(op, 1, "indices")
+        if not isinstance(indices, (tuple, list)):
+            return None
+        return [slice(None) if i is None else i for i in indices], arg(op, 2, "values")
+    value, dim = arg(op, 1, "src"), arg(op, 2, "dim", 0)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        return None
+    lead: list[Any] = [slice(None)] * normalise_dim(dim, ndim)
+    if op.name == "slice_scatter":
+        start, end, step = arg(op, 3, "start"), arg(op, 4, "end"), arg(op, 5, "step", 1)
+        if any(is_tensor(v) for v in (start, end, step)):
+            return None
+        return lead + [slice(start, end, step)], value
+    if op.name == "select_scatter":
+        index = arg(op, 3, "index")
+        return (lead + [int(index)], value) if isinstance(index, int) else None
+    return None
+
+
 def setitem(st: LabelState, op: OpRecord) -> None:
+    """``x[index] = value`` and the other writes of :func:`write_items`: the written part of ``x``
+    takes the value's channels (a buffer created empty carries the channels written into it);
+    positions indexed partially are kept."""
     x, out = op.args[0], outputs_of(op)[0]
     labels, shape = st.get(x), st.shape(x)
-    index = op.args[1]
-    value = op.args[2] if len(op.args) > 2 else None
-    items = list(index) if isinstance(index, tuple) else [index]
+    written = write_items(op, len(shape))
+    if written is None:
+        st.unsupported_op(op, "a write whose index is not a slice, an integer or integer tensors")
+        return
+    items, value = written
     full = all(isinstance(i, slice) and k < len(shape) and _is_full(i, shape[k]) for k, i in enumerate(items)) or items == [
         Ellipsis
     ]
@@ -168,19 +215,33 @@ def setitem(st: LabelState, op: OpRecord) -> None:
 
 
 def _selection(st: LabelState, labels: Labels, shape: tuple[int, ...], items: list) -> tuple[Labels, list[int]] | None:
-    """Labels of ``x[items]`` and the dimensions of ``x`` it indexes partially, for basic indexing
-    (slices, integers, ``None``, ``...``) or integer tensors on the leading dimensions (``x[rows,
-    cols]``, all of one shape) followed by whole slices; ``None`` for any other index."""
+    """Labels of ``x[items]`` and the dimensions of ``x`` it indexes partially (see :func:`selection_plan`)."""
+    found = selection_plan(shape, items, st.shape)
+    if found is None:
+        return None
+    plan, partial = found
+    chosen = [labels[d][item] if d is not None else np.zeros(item, np.int64) for d, item in plan]
+    return chosen, partial
+
+
+def selection_plan(
+    shape: tuple[int, ...], items: list, shape_of: Callable[[TensorRef], tuple[int, ...]]
+) -> tuple[list[tuple[int | None, Any]], list[int]] | None:
+    """Where each dimension of ``x[items]`` comes from, for basic indexing (slices, integers,
+    ``None``, ``...``) or integer tensors on the leading dimensions (``x[rows, cols]``, all of one
+    shape) followed by whole slices: ``(d, item)`` is dimension ``d`` of ``x`` sliced by ``item``,
+    ``(None, n)`` a dimension of ``n`` positions that holds no channel (an index's, a new axis);
+    with the dimensions of ``x`` indexed partially. ``None`` for any other index."""
     tensors = [k for k, item in enumerate(items) if is_tensor(item)]
     if tensors:
-        index_shapes = {st.shape(items[k]) for k in tensors}
+        index_shapes = {shape_of(items[k]) for k in tensors}
         if len(index_shapes) != 1 or len(items) > len(shape) or Ellipsis in items:
             return None
         items = items + [slice(None)] * (len(shape) - len(items))
         if not all(is_tensor(i) or (isinstance(i, slice) and _is_full(i, shape[k])) for k, i in enumerate(items)):
             return None
-        index = zeros_like_shape(index_shapes.pop())
-        kept = [labels[k] for k in range(len(shape)) if k not in tensors]
+        index: list[tuple[int | None, Any]] = [(None, n) for n in index_shapes.pop()]
+        kept: list[tuple[int | None, Any]] = [(k, slice(None)) for k in range(len(shape)) if k not in tensors]
         if tensors == list(range(tensors[0], tensors[-1] + 1)):  # adjacent: the index takes their place
             return kept[: tensors[0]] + index + kept[tensors[0] :], tensors
         return index + kept, tensors  # apart: numpy puts the index dimensions first
@@ -191,21 +252,21 @@ def _selection(st: LabelState, labels: Labels, shape: tuple[int, ...], items: li
         return None
     at = items.index(Ellipsis) if Ellipsis in items else len(items)
     items = items[:at] + [slice(None)] * (len(shape) - explicit) + items[at + 1 :]
-    chosen: Labels = []
+    plan: list[tuple[int | None, Any]] = []
     partial: list[int] = []
     d = 0
     for item in items:
         if item is None:
-            chosen.append(np.zeros(1, np.int64))
+            plan.append((None, 1))
             continue
         if not isinstance(item, (int, slice)):
             return None
         if isinstance(item, int) or not _is_full(item, shape[d]):
             partial.append(d)
         if isinstance(item, slice):
-            chosen.append(labels[d][item])
+            plan.append((d, item))
         d += 1
-    return chosen, partial
+    return plan, partial
 
 
 def _unify_trailing(st: LabelState, value: Labels, chosen: Labels) -> None:

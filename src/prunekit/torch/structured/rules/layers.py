@@ -14,6 +14,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from prunekit.torch.structured.labels import (
+    FIXED,
     AttentionRecord,
     Labels,
     LabelState,
@@ -210,6 +211,32 @@ def einsum(st: LabelState, op: OpRecord) -> None:
         if st.tensor_name(operand) is not None:
             for d, letter in enumerate(term):
                 (st.mark_producer if letter in rhs else st.mark_consumer)(operand, d)
+    _record_einsum_heads(st, op, terms, operands, rhs)
+
+
+def _record_einsum_heads(st: LabelState, op: OpRecord, terms: list[str], operands: list, rhs: str) -> None:
+    """An ``einsum`` of two computed tensors that carries a labelled letter from both to its output
+    and contracts another (``bhqd,bhkd->bhqk``; longformer's ``bcxd,bcyd->bcxy`` with the heads merged
+    into the batch) is an attention product: that letter holds its heads (each head once, however
+    often a merged batch repeats it)."""
+    computed = [(t, o) for t, o in zip(terms, operands) if st.tensor_name(o) is None]
+    if len(computed) != 2 or all(ch in rhs for t, _ in computed for ch in t):
+        return
+    (ta, a), (tb, b) = computed
+    for letter in rhs:
+        if letter in ta and letter in tb:
+            heads_a, heads_b = st.get(a)[ta.index(letter)], st.get(b)[tb.index(letter)]
+            if (heads_a != FIXED).any() and len(heads_a) > 1:
+                contracted = [ch for ch in ta if ch in tb and ch not in rhs]
+                width = len(st.get(a)[ta.index(contracted[0])]) if contracted else 0
+                st.attention.append(AttentionRecord(op.index, op.module, _distinct(heads_a), _distinct(heads_b), width))
+                return
+
+
+def _distinct(atoms: np.ndarray) -> np.ndarray:
+    """The atoms in order of first appearance, each once."""
+    _, first = np.unique(atoms, return_index=True)
+    return atoms[np.sort(first)].copy()
 
 
 # -- normalisation ------------------------------------------------------------------------

@@ -270,6 +270,31 @@ def triangle(st: LabelState, op: OpRecord) -> None:
     st.set(out, labels)
 
 
+def unfold(st: LabelState, op: OpRecord) -> None:
+    """``x.unfold(dim, size, step)``: overlapping windows along ``dim`` (positions, kept) and a new
+    last dimension inside each window; every other dimension keeps its channels (the heads of a
+    sliding-window attention)."""
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels = list(st.get(x))
+    dim = normalise_dim(int(arg(op, 1, "dimension")), len(labels))
+    st.fix(labels[dim])
+    out_shape = st.shape(out)
+    labels[dim] = np.zeros(out_shape[dim], np.int64)
+    st.set(out, labels + [np.zeros(out_shape[-1], np.int64)])
+
+
+def diagonal(st: LabelState, op: OpRecord) -> None:
+    """``x.diagonal(offset, dim1, dim2)``: the two dimensions (positions, kept) become one last
+    dimension; the others keep their channels."""
+    x, out = first_tensor(op), outputs_of(op)[0]
+    labels = st.get(x)
+    pair = {normalise_dim(int(arg(op, k, name, default)), len(labels)) for k, name, default in ((2, "dim1", 0), (3, "dim2", 1))}
+    for d in pair:
+        st.fix(labels[d])
+    out_shape = st.shape(out)
+    st.set(out, [lab for d, lab in enumerate(labels) if d not in pair] + [np.zeros(out_shape[-1], np.int64)])
+
+
 def roll(st: LabelState, op: OpRecord) -> None:
     x, out = first_tensor(op), outputs_of(op)[0]
     labels = st.get(x)
@@ -400,7 +425,11 @@ _register(triangle, "tril", "triu")
 
 _register(getitem, "getitem")
 
-_register(setitem, "setitem")
+_register(setitem, "setitem", "index_put", "slice_scatter", "select_scatter")
+
+_register(unfold, "unfold")
+
+_register(diagonal, "diagonal")
 
 _register(narrow, "narrow")
 
