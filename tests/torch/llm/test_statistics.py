@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prunekit.torch.llm.statistics import BLOCK, InputStatistics
+from prunekit.torch.llm.statistics import BLOCK, InputStatistics, statistics_bytes
 
 
 def _wide_inputs(features: int) -> torch.Tensor:
@@ -45,3 +45,23 @@ def test_narrow_inputs_keep_one_matrix_that_the_hessian_is_made_in():
     assert stats.upper is not None and list(stats.upper) == [(0, 0)]
     address = stats.upper[(0, 0)].data_ptr()
     assert stats.take_hessian().data_ptr() == address
+
+
+def _allocated(stats: InputStatistics) -> int:
+    held = list(stats.upper.values()) if stats.upper is not None else [stats.sq_norms]
+    return sum(t.numel() * t.element_size() for t in held if t is not None)
+
+
+def test_statistics_bytes_count_what_the_sums_allocate():
+    for features, hessian in ((2 * BLOCK + 7, True), (6 * BLOCK, True), (2 * BLOCK, True), (768, True), (3072, False)):
+        stats = InputStatistics(features=features, hessian=hessian)
+        stats.add(torch.randn(4, features))
+        assert statistics_bytes(features, hessian) == _allocated(stats), (features, hessian)
+
+
+def test_statistics_bytes_by_hand():
+    # ranges 512, 512, 7: blocks (0,0) (0,1) (1,1) of 512 x 512, (0,2) (1,2) of 512 x 7, (2,2) of 7 x 7
+    assert statistics_bytes(2 * BLOCK + 7, hessian=True) == (3 * 512 * 512 + 2 * 512 * 7 + 7 * 7) * 4
+    assert statistics_bytes(3072, hessian=True) == 21 * 512 * 512 * 4  # not 3072 * 3072 * 4
+    assert statistics_bytes(1024, hessian=True) == 1024 * 1024 * 4  # up to 2 * BLOCK: one whole matrix
+    assert statistics_bytes(3072, hessian=False) == 3072 * 4

@@ -22,6 +22,26 @@ import torch
 BLOCK = 512
 
 
+def column_ranges(features: int) -> list[slice]:
+    """The column ranges the sum of ``x x^T`` is kept in: one when ``features <= 2 * BLOCK``, else ``BLOCK`` each."""
+    if features <= 2 * BLOCK:
+        return [slice(0, features)]
+    return [slice(start, min(start + BLOCK, features)) for start in range(0, features, BLOCK)]
+
+
+def statistics_bytes(features: int, hessian: bool) -> int:
+    """Bytes :class:`InputStatistics` allocates for one projection: its upper ``x x^T`` blocks, or its squared norms.
+
+    Example::
+
+        statistics_bytes(3072, hessian=True)  # 21 blocks of 512 x 512 float32: 22020096
+    """
+    if not hessian:
+        return features * 4
+    sides = [r.stop - r.start for r in column_ranges(features)]
+    return sum(sides[i] * sides[j] * 4 for i in range(len(sides)) for j in range(i, len(sides)))
+
+
 @dataclass
 class InputStatistics:
     """Running sums over the calibration tokens that reach one projection.
@@ -41,9 +61,7 @@ class InputStatistics:
     upper: dict[tuple[int, int], torch.Tensor] | None = field(default=None, repr=False)
 
     def _ranges(self) -> list[slice]:
-        if self.features <= 2 * BLOCK:
-            return [slice(0, self.features)]
-        return [slice(start, min(start + BLOCK, self.features)) for start in range(0, self.features, BLOCK)]
+        return column_ranges(self.features)
 
     def add(self, inputs: torch.Tensor) -> None:
         """Add a batch of inputs (any leading shape, last dim = ``features``)."""
