@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from prunekit.torch.llm import statistics
+from prunekit.torch.llm.sequential import prune
 from prunekit.torch.llm.statistics import BLOCK, InputStatistics, statistics_bytes
+from tests.torch.llm.tiny import tiny_model, tokens
 
 
 def _wide_inputs(features: int) -> torch.Tensor:
@@ -65,3 +68,29 @@ def test_statistics_bytes_by_hand():
     assert statistics_bytes(3072, hessian=True) == 21 * 512 * 512 * 4  # not 3072 * 3072 * 4
     assert statistics_bytes(1024, hessian=True) == 1024 * 1024 * 4  # up to 2 * BLOCK: one whole matrix
     assert statistics_bytes(3072, hessian=False) == 3072 * 4
+
+
+def test_squared_norms_summed_in_row_chunks_equal_the_float64_sums(monkeypatch):
+    monkeypatch.setattr(statistics, "SQUARE_CHUNK_BYTES", 7 * 4 * 96)  # 7 rows of 96 features: a short last chunk
+    x = _wide_inputs(96)
+    stats = InputStatistics(features=96)
+    for batch in x:
+        stats.add(batch)
+    assert stats.sq_norms is not None and stats.tokens == 120
+    expected = x.reshape(-1, 96).double().square().sum(0)
+    torch.testing.assert_close(stats.sq_norms.double(), expected, rtol=1e-6, atol=0.0)
+    whole = torch.zeros(96)
+    for batch in x:  # the former whole-batch gemv: the chunks add the rows in the same order, so no bit differs
+        whole.addmv_(batch.square().t(), torch.ones(batch.shape[0]))
+    assert torch.equal(stats.sq_norms, whole)
+
+
+def test_the_row_chunks_leave_wanda_s_pruned_weights_unchanged(monkeypatch):
+    ids = tokens(6, 32)
+    whole, chunked = tiny_model("llama"), tiny_model("llama")
+    monkeypatch.setattr(statistics, "SQUARE_CHUNK_BYTES", 1 << 30)  # one chunk per batch: the whole-batch gemv
+    prune(whole, ids, method="wanda", sparsity=0.5, n_samples=6, seq_len=32, batch_size=3)
+    monkeypatch.setattr(statistics, "SQUARE_CHUNK_BYTES", 5 * 4 * 64)  # 5 rows of the widest (64) input a chunk
+    prune(chunked, ids, method="wanda", sparsity=0.5, n_samples=6, seq_len=32, batch_size=3)
+    for (name, a), (_, b) in zip(whole.named_parameters(), chunked.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
