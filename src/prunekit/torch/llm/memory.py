@@ -51,9 +51,10 @@ def available_bytes(device: torch.device | None) -> int | None:
 
 
 # The estimated transient intermediates of one batch may take this share of the model's bytes.
-# Under the benchmark's timing malloc pin, RSS grew 2-5x the estimate per extra sequence (glibc kept
-# the freed heap): with a sixth, GPT-2 small at 32 x 512 gets 2 sequences per call (Wanda's peak
-# 1.67x the model there, 2.37x with 4; 1.27x with prunekit.core.allocator.return_large_frees).
+# With freed tensors given back (prunekit.core.allocator.return_large_frees) each extra 512-token
+# sequence of GPT-2 small adds 30 MiB of peak RSS (the estimate counts 36): at 32 x 512 a sixth gives
+# 2 sequences per call, Wanda / SparseGPT peaking at 1.24x / 1.29x the model; 3 sequences (a quarter)
+# would give 1.31x / 1.36x, over the 1.3 (measured 2026-12-08, docs/llm.md).
 TRANSIENT_SHARE = 1 / 6
 # ... but never less than this (a small model's memory is small anyway; its speed is not) ...
 MIN_TRANSIENT_BYTES = 64 * 2**20
