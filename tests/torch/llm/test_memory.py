@@ -6,7 +6,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from prunekit.torch.llm.discovery import find_decoder_stack
-from prunekit.torch.llm.memory import MAX_BATCH_TOKENS, default_batch_size, model_bytes, transient_bytes_per_sequence
+from prunekit.torch.llm.memory import (
+    MAX_BATCH_TOKENS,
+    default_batch_size,
+    estimate_bytes,
+    model_bytes,
+    transient_bytes_per_sequence,
+)
 from tests.torch.llm.tiny import tiny_model
 
 
@@ -36,3 +42,15 @@ def test_a_small_model_gets_the_full_token_batch():
     assert default_batch_size(model, stack, 128, 32) == MAX_BATCH_TOKENS // 32
     assert default_batch_size(model, stack, 6, 32) == 6
     assert default_batch_size(model, stack, 4, 4096) == 1  # longer than the token cap: still one sequence
+
+
+def test_the_estimate_counts_the_upper_blocks_the_collector_sums_for_wide_inputs():
+    model = _gpt2_small()
+    stack = find_decoder_stack(model)
+    parts = estimate_bytes(model, stack, (32, 512), 2, hessian=True)
+    # c_attn, attn.c_proj and c_fc read 768 features (one 768 x 768 sum each); mlp.c_proj reads 3072,
+    # kept as the 21 blocks of 512 x 512 on and above the diagonal of its 6 x 6 block grid
+    assert parts["statistics"] == (3 * 768 * 768 + 21 * 512 * 512) * 4  # 28 MiB, not 42.75
+    assert parts["activations"] == 32 * 512 * 768 * 4
+    assert parts["intermediates"] == 2 * 512 * (12 * 512 + 4 * 3072) * 4
+    assert estimate_bytes(model, stack, (32, 512), 2, hessian=False)["statistics"] == (3 * 768 + 3072) * 4

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from prunekit.torch.llm.statistics import BLOCK, InputStatistics
+from prunekit.torch.llm import statistics
+from prunekit.torch.llm.sequential import prune
+from prunekit.torch.llm.statistics import BLOCK, InputStatistics, statistics_bytes
+from tests.torch.llm.tiny import tiny_model, tokens
 
 
 def _wide_inputs(features: int) -> torch.Tensor:
@@ -45,3 +48,49 @@ def test_narrow_inputs_keep_one_matrix_that_the_hessian_is_made_in():
     assert stats.upper is not None and list(stats.upper) == [(0, 0)]
     address = stats.upper[(0, 0)].data_ptr()
     assert stats.take_hessian().data_ptr() == address
+
+
+def _allocated(stats: InputStatistics) -> int:
+    held = list(stats.upper.values()) if stats.upper is not None else [stats.sq_norms]
+    return sum(t.numel() * t.element_size() for t in held if t is not None)
+
+
+def test_statistics_bytes_count_what_the_sums_allocate():
+    for features, hessian in ((2 * BLOCK + 7, True), (6 * BLOCK, True), (2 * BLOCK, True), (768, True), (3072, False)):
+        stats = InputStatistics(features=features, hessian=hessian)
+        stats.add(torch.randn(4, features))
+        assert statistics_bytes(features, hessian) == _allocated(stats), (features, hessian)
+
+
+def test_statistics_bytes_by_hand():
+    # ranges 512, 512, 7: blocks (0,0) (0,1) (1,1) of 512 x 512, (0,2) (1,2) of 512 x 7, (2,2) of 7 x 7
+    assert statistics_bytes(2 * BLOCK + 7, hessian=True) == (3 * 512 * 512 + 2 * 512 * 7 + 7 * 7) * 4
+    assert statistics_bytes(3072, hessian=True) == 21 * 512 * 512 * 4  # not 3072 * 3072 * 4
+    assert statistics_bytes(1024, hessian=True) == 1024 * 1024 * 4  # up to 2 * BLOCK: one whole matrix
+    assert statistics_bytes(3072, hessian=False) == 3072 * 4
+
+
+def test_squared_norms_summed_in_row_chunks_equal_the_float64_sums(monkeypatch):
+    monkeypatch.setattr(statistics, "SQUARE_CHUNK_BYTES", 7 * 4 * 96)  # 7 rows of 96 features: a short last chunk
+    x = _wide_inputs(96)
+    stats = InputStatistics(features=96)
+    for batch in x:
+        stats.add(batch)
+    assert stats.sq_norms is not None and stats.tokens == 120
+    expected = x.reshape(-1, 96).double().square().sum(0)
+    torch.testing.assert_close(stats.sq_norms.double(), expected, rtol=1e-6, atol=0.0)
+    whole = torch.zeros(96)
+    for batch in x:  # the former whole-batch gemv: the chunks add the rows in the same order, so no bit differs
+        whole.addmv_(batch.square().t(), torch.ones(batch.shape[0]))
+    assert torch.equal(stats.sq_norms, whole)
+
+
+def test_the_row_chunks_leave_wanda_s_pruned_weights_unchanged(monkeypatch):
+    ids = tokens(6, 32)
+    whole, chunked = tiny_model("llama"), tiny_model("llama")
+    monkeypatch.setattr(statistics, "SQUARE_CHUNK_BYTES", 1 << 30)  # one chunk per batch: the whole-batch gemv
+    prune(whole, ids, method="wanda", sparsity=0.5, n_samples=6, seq_len=32, batch_size=3)
+    monkeypatch.setattr(statistics, "SQUARE_CHUNK_BYTES", 5 * 4 * 64)  # 5 rows of the widest (64) input a chunk
+    prune(chunked, ids, method="wanda", sparsity=0.5, n_samples=6, seq_len=32, batch_size=3)
+    for (name, a), (_, b) in zip(whole.named_parameters(), chunked.named_parameters(), strict=True):
+        assert torch.equal(a, b), name

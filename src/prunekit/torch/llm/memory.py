@@ -10,6 +10,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.torch.llm.discovery import DecoderStack, weight_matrix
 from prunekit.torch.llm.experts import stacked_matrices
+from prunekit.torch.llm.statistics import statistics_bytes
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
@@ -50,9 +51,10 @@ def available_bytes(device: torch.device | None) -> int | None:
 
 
 # The estimated transient intermediates of one batch may take this share of the model's bytes.
-# Under the benchmark's timing malloc pin, RSS grew 2-5x the estimate per extra sequence (glibc kept
-# the freed heap): with a sixth, GPT-2 small at 32 x 512 gets 2 sequences per call (Wanda's peak
-# 1.67x the model there, 2.37x with 4; 1.27x with prunekit.core.allocator.return_large_frees).
+# With freed tensors given back (prunekit.core.allocator.return_large_frees) each extra 512-token
+# sequence of GPT-2 small adds 30 MiB of peak RSS (the estimate counts 36): at 32 x 512 a sixth gives
+# 2 sequences per call, Wanda / SparseGPT peaking at 1.24x / 1.29x the model; 3 sequences (a quarter)
+# would give 1.31x / 1.36x, over the issue's 1.3 (measured 2026-12-08, docs/llm.md).
 TRANSIENT_SHARE = 1 / 6
 # ... but never less than this (a small model's memory is small anyway; its speed is not) ...
 MIN_TRANSIENT_BYTES = 64 * 2**20
@@ -106,7 +108,8 @@ def default_batch_size(model: nn.Module, stack: DecoderStack, n_samples: int, se
 def estimate_bytes(
     model: nn.Module, stack: DecoderStack, shape: tuple[int, int], batch_size: int, *, hessian: bool, experts: bool = False
 ) -> dict[str, int]:
-    """Estimated bytes of a run: calibration activations, one batch's block intermediates, statistics (with
+    """Estimated bytes of a run: calibration activations, one batch's block intermediates, one block's statistics
+    as the collector allocates them (with ``hessian``, only the upper ``x x^T`` blocks of wide inputs; with
     ``experts``, also one block's per-expert statistics of fused expert tensors).
 
     Example::
@@ -118,7 +121,7 @@ def estimate_bytes(
     widths = _projection_shapes(stack)
     activations = n * length * hidden * 4
     intermediates = batch_size * transient_bytes_per_sequence(model, stack, length)
-    stats = sum(s[1] * s[1] * 4 for s in widths) if hessian else sum(s[1] * 4 for s in widths)
+    stats = sum(statistics_bytes(s[1], hessian) for s in widths)
     if experts:
         stats += expert_statistics_bytes(stack, hessian=hessian)
     return {"activations": activations, "intermediates": intermediates, "statistics": stats}
@@ -126,7 +129,8 @@ def estimate_bytes(
 
 def expert_statistics_bytes(stack: DecoderStack, *, hessian: bool) -> int:
     """The most bytes one block's per-expert statistics may take: for each 3-D parameter ``[E, a, b]``, ``E``
-    statistics of the wider side (``E * max(a, b)^2`` floats with Hessians), whichever side turns out the input.
+    statistics of the side whose statistics are larger (with Hessians ``a^2`` or ``b^2`` floats, fewer where wide
+    inputs keep only the upper blocks), whichever side turns out the input.
 
     Example::
 
@@ -134,8 +138,12 @@ def expert_statistics_bytes(stack: DecoderStack, *, hessian: bool) -> int:
     """
     largest = 0
     for block in stack.blocks:
-        sides = [(p.shape[0], max(p.shape[1:])) for p in block.parameters() if stacked_matrices(p)]
-        largest = max(largest, sum(e * (d * d if hessian else d) * 4 for e, d in sides))
+        per_expert = [
+            (p.shape[0], max(statistics_bytes(side, hessian) for side in p.shape[1:]))
+            for p in block.parameters()
+            if stacked_matrices(p)
+        ]
+        largest = max(largest, sum(e * size for e, size in per_expert))
     return largest
 
 

@@ -20,8 +20,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +31,7 @@ from prunekit.errors import ConfigError
 from prunekit.methods.llm_options import COMPARISONS
 from prunekit.torch.llm.selection import lowest_k_mask, pruned_count, select_mask
 from prunekit.torch.llm.statistics import InputStatistics
+from prunekit.torch.llm.threads import one_thread
 
 
 @dataclass
@@ -173,21 +173,11 @@ def _sparsegpt(task: LayerTask, *, blocksize: int = 128, dampening: float = 0.01
         else:
             prune = torch.zeros_like(w1, dtype=torch.bool)
         pruned = prune.to(w1.dtype)
-        with _one_thread():  # the column loop is many tiny ops: thread hand-offs cost more than they save
+        with one_thread():  # the column loop is many tiny ops: thread hand-offs cost more than they save
             _obs_columns(w1, err1, hinv1, diag1, inv_diag1, prune, pruned, m, n_keep)
         weight[:, start:end] = w1.masked_fill_(prune, 0.0)
         weight[:, end:].addmm_(err1, hinv[start:end, end:], alpha=-1.0)
     return weight
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _obs_columns(

@@ -3,8 +3,9 @@
 ``sq_norms[j]`` is the sum over calibration tokens of ``x_j ** 2`` (Wanda's ``||X_j||^2``);
 ``xxt`` is the sum of ``x x^T`` (SparseGPT's Hessian is ``2 * xxt / tokens``), whose diagonal
 holds the same squared norms, so only one of the two is kept. Both are float32 whatever the
-model's dtype. The squared norms are summed over the token axis as ``square(X)^T @ 1`` (one
-gemv) rather than a column reduction, which walks the strided axis.
+model's dtype. The squared norms are summed over the token axis as ``square(X)^T @ 1`` (a gemv)
+rather than a column reduction, which walks the strided axis, a few hundred KiB of rows at a time
+through one reused buffer (a fresh token x feature square cost more in page faults than in arithmetic).
 
 ``x x^T`` is symmetric, so for inputs wider than ``2 * BLOCK`` only its blocks on and above the
 diagonal are summed (``BLOCK`` columns each): 21 blocks of 512 x 512 hold 21 MiB where the whole
@@ -19,7 +20,33 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunekit.torch.llm.threads import one_thread
+
 BLOCK = 512
+# Squared norms are summed this many bytes of input rows at a time: a buffer under glibc's 1 MiB mmap
+# threshold (prunekit.core.allocator) is reused from the heap, where a whole-batch square(x) was a fresh
+# mapping whose page faults took 20 of the 21 ms per 1024 x 3072 input (one thread, 2026-12-08).
+SQUARE_CHUNK_BYTES = 512 * 1024
+
+
+def column_ranges(features: int) -> list[slice]:
+    """The column ranges the sum of ``x x^T`` is kept in: one when ``features <= 2 * BLOCK``, else ``BLOCK`` each."""
+    if features <= 2 * BLOCK:
+        return [slice(0, features)]
+    return [slice(start, min(start + BLOCK, features)) for start in range(0, features, BLOCK)]
+
+
+def statistics_bytes(features: int, hessian: bool) -> int:
+    """Bytes :class:`InputStatistics` allocates for one projection: its upper ``x x^T`` blocks, or its squared norms.
+
+    Example::
+
+        statistics_bytes(3072, hessian=True)  # 21 blocks of 512 x 512 float32: 22020096
+    """
+    if not hessian:
+        return features * 4
+    sides = [r.stop - r.start for r in column_ranges(features)]
+    return sum(sides[i] * sides[j] * 4 for i in range(len(sides)) for j in range(i, len(sides)))
 
 
 @dataclass
@@ -41,9 +68,7 @@ class InputStatistics:
     upper: dict[tuple[int, int], torch.Tensor] | None = field(default=None, repr=False)
 
     def _ranges(self) -> list[slice]:
-        if self.features <= 2 * BLOCK:
-            return [slice(0, self.features)]
-        return [slice(start, min(start + BLOCK, self.features)) for start in range(0, self.features, BLOCK)]
+        return column_ranges(self.features)
 
     def add(self, inputs: torch.Tensor) -> None:
         """Add a batch of inputs (any leading shape, last dim = ``features``)."""
@@ -60,10 +85,24 @@ class InputStatistics:
             for (i, j), block in self.upper.items():
                 block.addmm_(x[:, ranges[i]].t(), x[:, ranges[j]])
         else:
-            if self.sq_norms is None:
-                self.sq_norms = torch.zeros(self.features, device=x.device)
-            self.sq_norms.addmv_(x.square().t(), torch.ones(x.shape[0], device=x.device))
+            self._add_squares(x)
         self.tokens += x.shape[0]
+
+    def _add_squares(self, x: torch.Tensor) -> None:
+        """Add ``square(x)^T @ 1`` to the squared norms; on CPU ``SQUARE_CHUNK_BYTES`` of rows at a time through
+        one reused buffer, on one thread (the gemv adds the rows one after another, so the chunks change no bit
+        on the CPU BLAS measured here)."""
+        norms = self.sq_norms if self.sq_norms is not None else torch.zeros(self.features, device=x.device)
+        self.sq_norms = norms
+        if x.device.type != "cpu":
+            norms.addmv_(x.square().t(), torch.ones(x.shape[0], device=x.device))
+            return
+        rows = min(x.shape[0], max(1, SQUARE_CHUNK_BYTES // (4 * self.features)))
+        buffer, ones = torch.empty(rows, self.features), torch.ones(rows)
+        with one_thread():
+            for start in range(0, x.shape[0], rows):
+                part = x[start : start + rows]
+                norms.addmv_(torch.square(part, out=buffer[: part.shape[0]]).t(), ones[: part.shape[0]])
 
     @property
     def xxt(self) -> torch.Tensor | None:
