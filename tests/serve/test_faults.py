@@ -74,7 +74,7 @@ def test_a_full_queue_is_answered_503_with_retry_after_and_the_queued_requests_s
     slow = model.runtime = _Slow(model.runtime)
     body = {"instances": [[1, 2, 3, 4]]}
     with TestClient(server.app) as client:
-        answers: dict[str, object] = {}
+        answers: dict = {}
         running = threading.Thread(target=lambda: answers.setdefault("running", client.post("/v1/models/mlp:predict", json=body)))
         running.start()
         assert slow.entered.wait(5)  # the one inference thread is busy
@@ -89,7 +89,7 @@ def test_a_full_queue_is_answered_503_with_retry_after_and_the_queued_requests_s
         queued.join(5)
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert "model 'mlp' version 1: 1 requests are already queued" in refused.json()["error"]
-    assert [answers[name].status_code for name in ("running", "queued")] == [200, 200]  # type: ignore[attr-defined]
+    assert [answers[name].status_code for name in ("running", "queued")] == [200, 200]
 
 
 def test_request_timeout_must_be_positive():
