@@ -1,8 +1,10 @@
 """The examples run as written and do what they say."""
 
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_example(name: str) -> str:
-    """Run ``examples/NAME`` in a fresh interpreter; its standard output."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, check=True, timeout=300
-    ).stdout
+    """Run ``examples/NAME`` in a fresh interpreter from an empty folder; its standard output.
+
+    The folder must stay empty: an example writes under a temporary directory, never where it is run.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as folder:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / name)],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout
+        assert sorted(os.listdir(folder)) == [], f"examples/{name} left files where it was run"
+    return out
 
 
 def test_prune_in_your_loop_example_reaches_80_percent_and_keeps_accuracy():

@@ -1,5 +1,6 @@
-"""The server under faults: a slow inference times out with a 504, and no request body — however
-malformed — gets anything but a JSON 200 or 4xx (a Hypothesis fuzz over bodies)."""
+"""The server under faults: a slow inference times out with a 504, a full queue answers 503 with
+Retry-After, and no request body — however malformed — gets anything but a JSON 200 or 4xx (a
+Hypothesis fuzz over bodies)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ class _Slow:
         self.format, self.inputs, self.outputs = runtime.format, runtime.inputs, runtime.outputs
         self.release = threading.Event()
 
+        self.entered = threading.Event()
+
     def run(self, feeds):
+        self.entered.set()
         self.release.wait(10)
         return self.runtime.run(feeds)
 
@@ -57,6 +61,35 @@ def test_a_predict_past_the_request_timeout_is_answered_504_and_the_server_goes_
     assert "no answer within the request timeout of 0.2 s" in timed_out.json()["error"] and "'mlp'" in timed_out.json()["error"]
     expected = slow.runtime.run({"x": np.array([[1, 2, 3, 4]], np.float32)})["y"]
     assert after.status_code == 200 and np.allclose(after.json()["predictions"], expected, atol=1e-6)
+
+
+def test_a_full_queue_is_answered_503_with_retry_after_and_the_queued_requests_still_succeed(tmp_path, onnx_models):
+    from starlette.testclient import TestClient
+
+    from tests.serve.live import place
+
+    place(tmp_path, "mlp", 1, onnx_models["mlp_v1"])
+    server = _server(tmp_path, batching=False, inference_threads=1, max_queued_requests=1)
+    model = server.repository.get("mlp")
+    slow = model.runtime = _Slow(model.runtime)
+    body = {"instances": [[1, 2, 3, 4]]}
+    with TestClient(server.app) as client:
+        answers: dict = {}
+        running = threading.Thread(target=lambda: answers.setdefault("running", client.post("/v1/models/mlp:predict", json=body)))
+        running.start()
+        assert slow.entered.wait(5)  # the one inference thread is busy
+        queued = threading.Thread(target=lambda: answers.setdefault("queued", client.post("/v1/models/mlp:predict", json=body)))
+        queued.start()
+        deadline = time.monotonic() + 5
+        while server._batchers[model].queued < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = client.post("/v1/models/mlp:predict", json=body)
+        slow.release.set()
+        running.join(5)
+        queued.join(5)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert "model 'mlp' version 1: 1 requests are already queued" in refused.json()["error"]
+    assert [answers[name].status_code for name in ("running", "queued")] == [200, 200]
 
 
 def test_request_timeout_must_be_positive():
