@@ -23,6 +23,7 @@ from typing import Any
 
 from prunekit.torch.structured.labels import normalise_dim, tensor_refs
 from prunekit.torch.structured.rules.indexing import selection_plan, strided_sources, write_items
+from prunekit.torch.structured.rules.shape import reshape_segments
 from prunekit.torch.structured.tracing import OpRecord, TensorRef, Trace
 
 _RESHAPES = {"view", "reshape", "unflatten", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel"}
@@ -243,29 +244,9 @@ def _reshape_step(trace: Trace, op: OpRecord, out: TensorRef, dim: int, found: d
 def _segment_of(in_shape: tuple[int, ...], out_shape: tuple[int, ...], dim: int) -> tuple[list[int], list[int]] | None:
     """The input and output dimensions (of more than one position) that a reshape maps onto each
     other as a block, for the block holding output dimension ``dim`` (as ``reshape_labels`` pairs them)."""
-    ins = [d for d, s in enumerate(in_shape) if s != 1]
-    outs = [d for d, s in enumerate(out_shape) if s != 1]
     if 0 in in_shape:
         return None
-    i = j = 0
-    while i < len(ins) and j < len(outs):
-        seg_in, seg_out = [ins[i]], [outs[j]]
-        p_in, p_out = in_shape[ins[i]], out_shape[outs[j]]
-        i, j = i + 1, j + 1
-        while p_in != p_out:
-            if p_in < p_out and i < len(ins):
-                seg_in.append(ins[i])
-                p_in *= in_shape[ins[i]]
-                i += 1
-            elif p_out < p_in and j < len(outs):
-                seg_out.append(outs[j])
-                p_out *= out_shape[outs[j]]
-                j += 1
-            else:
-                return None
-        if dim in seg_out:
-            return seg_in, seg_out
-    return None
+    return next(((seg_in, seg_out) for seg_in, seg_out in reshape_segments(in_shape, out_shape) if dim in seg_out), None)
 
 
 def _product_step(trace: Trace, op: OpRecord, out: TensorRef, dim: int) -> list[Step]:

@@ -8,6 +8,7 @@ the labels of its outputs. A rule that meets a case it cannot express exactly ca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -53,30 +54,40 @@ def reshape_labels(
     heads ``(H, D)``) unifies each block into one channel along the preferred output dimension:
     the one the code wrote as ``-1``, else the largest.
     """
-    ins = [d for d, s in enumerate(in_shape) if s != 1]
-    outs = [d for d, s in enumerate(out_shape) if s != 1]
     for d, size in enumerate(in_shape):
         if size == 1:
             st.fix(labels[d])
     result = zeros_like_shape(out_shape)
     if 0 in in_shape:
         return result
+    for seg_in, seg_out in reshape_segments(in_shape, out_shape):
+        _reshape_segment(st, labels, in_shape, out_shape, seg_in, seg_out, result, prefer)
+    return result
+
+
+def reshape_segments(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Iterator[tuple[list[int], list[int]]]:
+    """The blocks of input and output dimensions (of more than one position) that a reshape maps onto
+    each other, in order: ``(2, 12) -> (2, 3, 4)`` gives ``([0], [0])`` then ``([1], [1, 2])``.
+    Stops at a block whose sizes never match (not a reshape of these shapes)."""
+    ins = [d for d, s in enumerate(in_shape) if s != 1]
+    outs = [d for d, s in enumerate(out_shape) if s != 1]
     i = j = 0
     while i < len(ins) and j < len(outs):
         seg_in, seg_out = [ins[i]], [outs[j]]
         p_in, p_out = in_shape[ins[i]], out_shape[outs[j]]
         i, j = i + 1, j + 1
         while p_in != p_out:
-            if p_in < p_out:
+            if p_in < p_out and i < len(ins):
                 seg_in.append(ins[i])
                 p_in *= in_shape[ins[i]]
                 i += 1
-            else:
+            elif p_out < p_in and j < len(outs):
                 seg_out.append(outs[j])
                 p_out *= out_shape[outs[j]]
                 j += 1
-        _reshape_segment(st, labels, in_shape, out_shape, seg_in, seg_out, result, prefer)
-    return result
+            else:
+                return
+        yield seg_in, seg_out
 
 
 def _reshape_segment(
