@@ -10,6 +10,7 @@ VERBS = [
     "is_model",
     "clone",
     "fit",
+    "predict",
     "accuracy",
     "summarize",
     "measure",
@@ -91,3 +92,29 @@ def test_save_layers_size_and_memory_verbs_agree_across_backends(framework, tmp_
     reloaded = np.asarray(again(x) if framework == "keras" else again(__import__("torch").as_tensor(x)).detach())
     original = np.asarray(model(x) if framework == "keras" else model(__import__("torch").as_tensor(x)).detach())
     np.testing.assert_array_equal(reloaded, original)
+
+
+def test_one_accuracy_class_serves_both_backends_and_refuses_other_objects():
+    import keras
+    import numpy as np
+    import torch
+
+    import prunekit.keras as pk
+    import prunekit.torch as pt
+    from prunekit.errors import ConfigError
+
+    assert pt.Accuracy is pk.Accuracy
+    x = np.random.default_rng(1).normal(size=(40, 6)).astype("float32")
+    y = np.arange(40) % 3
+    dense = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    linear = torch.nn.Linear(6, 3)
+    with torch.no_grad():  # the same weights: both backends must agree image for image
+        linear.weight.copy_(torch.as_tensor(np.asarray(dense.layers[0].kernel).T))
+        linear.bias.copy_(torch.as_tensor(np.asarray(dense.layers[0].bias)))
+    expected = float((x @ np.asarray(dense.layers[0].kernel) + np.asarray(dense.layers[0].bias)).argmax(-1).__eq__(y).mean())
+    metric = pt.Accuracy(x, y, batch_size=7)  # batches that do not divide the samples
+    linear.train()
+    assert metric(linear) == pytest.approx(expected) and metric(dense) == pytest.approx(expected)
+    assert linear.training  # the training mode is restored
+    with pytest.raises(ConfigError, match="not a model of any backend"):
+        metric(object())

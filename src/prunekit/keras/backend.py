@@ -61,11 +61,20 @@ def fit(
     return epoch_records(history.history)
 
 
+def predict(model: keras.Model, x: Any) -> np.ndarray:
+    """The model's outputs for arrays ``x`` (one batch) in inference mode, as numpy.
+
+    Example::
+
+        predict(model, split.x_test[:64]).argmax(-1)
+    """
+    # a direct call, not predict(): predict() traces a new function for every model
+    return np.asarray(model(np.asarray(x), training=False))
+
+
 def accuracy(model: keras.Model, x: Any, y: Any) -> float:
     """Top-1 accuracy of a classifier on arrays ``(x, y)``, in [0, 1]."""
-    # a direct call in batches, not predict(): predict() traces a new function for every model
-    logits = np.concatenate([np.asarray(model(x[i : i + 512], training=False)) for i in range(0, len(x), 512)])
-    return float((logits.argmax(-1) == np.asarray(y)).mean())
+    return Accuracy(x, y, batch_size=512)(model)
 
 
 def summarize(model: keras.Model, x: Any) -> Any:

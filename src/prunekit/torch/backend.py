@@ -58,6 +58,24 @@ def fit(
     return _fit(model, make_loader(x, y, batch_size=batch_size, seed=seed), epochs=epochs, lr=lr, progress=progress)
 
 
+def predict(model: nn.Module, x: Any) -> np.ndarray:
+    """The model's outputs for arrays ``x`` (one batch), in eval mode without gradients, as numpy; the model's
+    training mode is restored.
+
+    Example::
+
+        predict(model, split.x_test[:64]).argmax(-1)
+    """
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            return model(torch.as_tensor(np.asarray(x)).to(device)).cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
 def accuracy(model: nn.Module, x: Any, y: Any) -> float:
     """Top-1 accuracy of a classifier on arrays ``(x, y)``, in [0, 1]."""
     return Accuracy(x, y)(model)

@@ -13,41 +13,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from prunekit.errors import ConfigError
 from prunekit.keras.tradeoffs.allocation import apply_ratios, prunable_layers
 from prunekit.methods import get_method
+from prunekit.methods.accuracy import Accuracy as Accuracy  # one metric for both backends, re-exported here
 from prunekit.tradeoffs.budget import SensitivityTable, check_ratios, evaluate_metric
 
 Metric = Callable[[keras.Model], float]
 LayerPruner = Callable[[keras.Model, str, float], keras.Model]
-
-
-class Accuracy:
-    """A metric: top-1 accuracy of a Keras classifier (logits or probabilities) on arrays ``(x, y)``, in [0, 1].
-
-    Example::
-
-        metric = Accuracy(split.x_val, split.y_val)
-        metric(model)  # 0.97
-    """
-
-    def __init__(self, x: Any, y: Any, batch_size: int = 256):
-        self.x = np.asarray(x)
-        self.y = np.asarray(y)
-        if len(self.x) != len(self.y) or len(self.x) == 0:
-            raise ConfigError(f"Accuracy needs as many labels as samples (and at least one), got {len(self.x)} and {len(self.y)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size should be an integer >= 1, got {batch_size!r}")
-        self.batch_size = batch_size
-
-    def __call__(self, model: keras.Model) -> float:
-        correct = 0
-        for start in range(0, len(self.x), self.batch_size):
-            outputs = np.asarray(model(self.x[start : start + self.batch_size], training=False))
-            correct += int((outputs.argmax(axis=-1) == self.y[start : start + self.batch_size]).sum())
-        return correct / len(self.x)
 
 
 class MagnitudePruner:

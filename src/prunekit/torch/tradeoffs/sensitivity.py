@@ -13,48 +13,18 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from prunekit.core.pool import run_jobs
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.methods import get_method
+from prunekit.methods.accuracy import Accuracy as Accuracy  # one metric for both backends, re-exported here
 from prunekit.torch.unstructured.pruner import prune_unstructured
 from prunekit.torch.unstructured.selection import select_parameters
 from prunekit.tradeoffs.budget import MetricError, SensitivityTable, check_ratios, evaluate_metric
 
 Metric = Callable[[nn.Module], float]
 LayerPruner = Callable[[nn.Module, str, float], nn.Module]
-
-
-class Accuracy:
-    """A picklable metric: top-1 accuracy of a classifier on arrays ``(x, y)``, in [0, 1].
-
-    Example::
-
-        metric = Accuracy(split.x_val, split.y_val)
-        metric(model)  # 0.97
-    """
-
-    def __init__(self, x: Any, y: Any, batch_size: int = 256):
-        self.x = torch.as_tensor(np.asarray(x))
-        self.y = torch.as_tensor(np.asarray(y))
-        if len(self.x) != len(self.y) or len(self.x) == 0:
-            raise ConfigError(f"Accuracy needs as many labels as samples (and at least one), got {len(self.x)} and {len(self.y)}")
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module) -> float:
-        was_training = model.training
-        model.eval()
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        correct = 0
-        for start in range(0, len(self.x), self.batch_size):
-            logits = model(self.x[start : start + self.batch_size].to(device))
-            correct += int((logits.argmax(dim=1).cpu() == self.y[start : start + self.batch_size]).sum())
-        model.train(was_training)
-        return correct / len(self.x)
 
 
 def prune_layer_unstructured(model: nn.Module, layer: str, ratio: float) -> nn.Module:
