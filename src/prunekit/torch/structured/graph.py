@@ -22,7 +22,7 @@ from prunekit.torch.structured.labels import FIXED, LabelState, connected_roots,
 from prunekit.torch.structured.rules.base import ChannelRule, apply_black_box_rule, black_box_modules, check_rules, rule_for
 from prunekit.torch.structured.rules.layers import LAYER_RULES
 from prunekit.torch.structured.rules.shape import SHAPE_RULES, all_outputs_zero
-from prunekit.torch.structured.shared_sizes import tie_attribute_sizes
+from prunekit.torch.structured.shared_sizes import drop_literal_heads, tie_attribute_sizes
 from prunekit.torch.structured.tracing import ExampleInputs, OpRecord, Trace, trace_model
 
 
@@ -257,8 +257,9 @@ def analyze_dependencies(
     black_boxes = {n: r for n, r in black_box_modules(model, user_rules).items() if n not in leaf_modules}
     trace = trace_model(model, example_inputs, leaf_modules + list(black_boxes))
     state = LabelState(trace, frozenset(_opaque_ops))
-    state.head_dims, head_problems = head_split_dims(trace)
     modules = dict(model.named_modules())
+    head_dims, head_problems = head_split_dims(trace)
+    state.head_dims = drop_literal_heads(head_dims, trace, modules)
     black_box_ops: dict[str, OpRecord] = {}
     for op in trace.ops:
         state.reason = f"{TIED_PREFIX}{op.label} to positions that are not prunable channels (batch, space, tokens or inputs)"

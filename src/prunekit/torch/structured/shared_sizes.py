@@ -111,4 +111,26 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-__all__ = ["tie_attribute_sizes"]
+def drop_literal_heads(head_dims: Mapping[int, int], trace: Any, modules: Mapping[str, nn.Module]) -> dict[int, int]:
+    """``head_dims`` (reshape op index -> heads dimension) without the reshapes whose code sizes the heads
+    with an integer literal (``q.reshape(b, t, 4, -1)``): no attribute update can remove such heads, so
+    the reshape keeps its default choice, the head width (``-1``), which stays prunable.
+
+    Example::
+
+        state.head_dims = drop_literal_heads(state.head_dims, trace, dict(model.named_modules()))
+    """
+    ops = {op.index: op for op in trace.ops}
+    kept = {}
+    for index, dim in head_dims.items():
+        op = ops[index]
+        module, outs = modules.get(op.module), tensor_refs(op.outputs)
+        if module is not None and op.name in _RESHAPES and len(outs) == 1:
+            traced = tuple(trace.shapes[outs[0].vid])
+            if literal_at(module_source(module), op.name, traced, dim, vars(module)):
+                continue
+        kept[index] = dim
+    return kept
+
+
+__all__ = ["drop_literal_heads", "tie_attribute_sizes"]
