@@ -404,7 +404,10 @@ def warn_if_short(
     if isinstance(begin, int) and steps <= begin:
         hint = f"its begin_step={begin} was never reached; lower begin_step or train longer"
     elif isinstance(end, int) and end > 0 and steps <= end:
-        hint = f"it ends at end_step={end}; set end_step below {steps} or train longer"
+        hint = (
+            f"it reaches its target at end_step={end} but training stopped at step {steps}; train longer, "
+            "or set end_step from the run's length (at most steps_per_epoch * epochs)"
+        )
     else:
         hint = "check its frequency and end_step against the number of training steps"
     warnings.warn(

@@ -20,6 +20,10 @@ def _train(model, batches):
     model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[pk.UpdatePruningStep()], shuffle=False)
 
 
+# Saving mid-schedule is the point of these tests: the end of each short fit warns (SparsityWarning), on purpose.
+STOPS_EARLY = pytest.mark.filterwarnings("ignore::prunekit.errors.SparsityWarning")
+
+
 @pytest.fixture(scope="module")
 def halfway(tmp_path_factory):
     """A tiny CNN pruned for 6 of 16 steps (two pruning steps done), saved to a .keras file (read-only)."""
@@ -30,6 +34,7 @@ def halfway(tmp_path_factory):
     return model, path
 
 
+@STOPS_EARLY
 def test_load_model_restores_masks_step_and_schedule(halfway):
     model, path = halfway
     loaded = pk.load_model(path)
@@ -42,6 +47,7 @@ def test_load_model_restores_masks_step_and_schedule(halfway):
         assert state.spec.schedule == SCHEDULE
 
 
+@STOPS_EARLY
 def test_training_resumes_after_loading_and_ends_exactly_at_the_final_sparsity(halfway):
     model, path = halfway
     loaded = pk.load_model(path)
@@ -53,6 +59,7 @@ def test_training_resumes_after_loading_and_ends_exactly_at_the_final_sparsity(h
         assert (kernel.numpy()[pruned_before[kernel.path]] == 0).all(), f"{name}: a pruned weight came back"
 
 
+@STOPS_EARLY
 def test_plain_keras_load_gives_the_model_with_its_zeros_and_no_pruning_state(halfway):
     model, path = halfway
     plain = keras.saving.load_model(path)
@@ -60,6 +67,7 @@ def test_plain_keras_load_gives_the_model_with_its_zeros_and_no_pruning_state(ha
     np.testing.assert_array_equal(plain.get_layer("fc1").kernel.numpy(), model.get_layer("fc1").kernel.numpy())
 
 
+@STOPS_EARLY
 def test_the_state_is_stored_next_to_the_layer_weights_in_the_keras_file(halfway):
     _, path = halfway
     with zipfile.ZipFile(path) as archive:
@@ -77,6 +85,7 @@ class PrunedNet(keras.Model):
         return self.fc2(self.fc1(self.flatten(x)))
 
 
+@STOPS_EARLY
 def test_subclassed_model_gets_its_state_back_through_plain_keras_load(tmp_path):
     model = PrunedNet()
     model(np.zeros((1, 8, 8, 1), np.float32))

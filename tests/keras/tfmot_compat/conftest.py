@@ -23,6 +23,9 @@ TFMOT_CODE_WARNINGS = (
     # from TF MOT's test classes; unittest warns that a test returned a value.
     r"ignore:It is deprecated to return a value that is not None from a test case \(<bound method "
     r"TensorFlowTestCase.test_session:DeprecationWarning",
+    # TF MOT's tests stop mid-schedule on purpose (a few batches of a long PolynomialDecay) and TF MOT never
+    # warns; prunekit's end-of-fit / strip_pruning SparsityWarning is tested in tests/keras/test_schedule_warning.py.
+    "ignore::prunekit.errors.SparsityWarning",
 )
 
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 from prunekit.core.atomic import atomic_write_text
 from prunekit.errors import ConfigError
 from prunekit.keras.unstructured.state import LayerPruning, prunings
+from prunekit.keras.unstructured.target import check_targets
 from prunekit.schedules import schedule_value
 
 
@@ -37,6 +38,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
     20th batch. A restored model continues from its saved step. ``first_step=0`` numbers the
     first batch 0 instead, as ``prunekit.torch``'s ``Pruner`` does (prunekit's own workflows use it).
 
+    At the end of training it warns (``SparsityWarning``, once per layer) when a layer is far below
+    its schedule's final sparsity; ``check_target=False`` leaves that to ``strip_pruning``, for a run
+    made of several short ``fit`` calls.
+
     Required while training a pruned model: an optimizer step without it raises. In a custom
     loop, call it as TF MOT documents::
 
@@ -55,11 +60,14 @@ class UpdatePruningStep(keras.callbacks.Callback):
         model.fit(x, y, epochs=4, callbacks=[UpdatePruningStep()])
     """
 
-    def __init__(self, first_step: int = 1) -> None:
+    def __init__(self, first_step: int = 1, check_target: bool = True) -> None:
         super().__init__()
         if first_step not in (0, 1):
             raise ConfigError(f"first_step should be 1 (TF MOT's numbering) or 0 (prunekit.torch's), got {first_step!r}")
+        if not isinstance(check_target, bool):
+            raise ConfigError(f"check_target should be True or False, got {check_target!r}")
         self.first_step = first_step
+        self.check_target = check_target
         self._states: list[LayerPruning] = []
         self._pending: list[LayerPruning] = []
         self._counters: dict[int, list[Any]] = {}
@@ -130,7 +138,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
                 state.apply_masks()
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        """Warn (``SparsityWarning``) once if a layer ended far below its schedule's final sparsity."""
         self._counters = {}
+        if self.check_target:
+            check_targets(self._states, "UpdatePruningStep (end of training)")
 
     @property
     def step(self) -> int:

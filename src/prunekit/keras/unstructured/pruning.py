@@ -24,6 +24,7 @@ from prunekit.keras.unstructured.state import (
     prunings,
     set_pruning,
 )
+from prunekit.keras.unstructured.target import check_targets
 from prunekit.schedules import ConstantSparsity, PruningSchedule
 
 
@@ -213,7 +214,9 @@ def strip_pruning(model: Any) -> Any:
 
     Sequential and Functional models are cloned (the pruning model is left as it was); a
     subclassed model, or a single layer, is stripped in place and returned. A model without
-    pruned layers is returned as it is (TF MOT's clone reuses its unpruned layers too).
+    pruned layers is returned as it is (TF MOT's clone reuses its unpruned layers too). A layer
+    far below its schedule's final sparsity raises a ``SparsityWarning`` (unless the end of ``fit``
+    already warned for it): TF MOT strips such a model silently.
 
     Example::
 
@@ -227,6 +230,7 @@ def strip_pruning(model: Any) -> Any:
     for state in states:
         if state.attached:
             state.apply_masks()
+    check_targets(states, "strip_pruning")
     if isinstance(model, keras.Model) and (isinstance(model, keras.Sequential) or _is_functional(model)):
         return _clone(model)
     for state in states:

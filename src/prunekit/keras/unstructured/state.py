@@ -227,6 +227,7 @@ class LayerPruning(KerasSaveable):
         self.masks: list[tf.Variable] = []
         self.applied: list[tf.Variable] = []
         self._inner_constraints: list[Any] = []
+        self.warned = False  # a SparsityWarning for this layer was raised (check_targets warns once)
 
     # KerasSaveable asks for one of Keras's object types; "Loss" makes the saver walk no attribute of ours.
     def _obj_type(self) -> str:

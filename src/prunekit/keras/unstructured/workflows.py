@@ -51,7 +51,8 @@ def _run(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    step = UpdatePruningStep(first_step=0)  # prunekit's schedules count from 0
+    # prunekit's schedules count from 0; a checkpointed run is one fit per epoch, so strip_pruning checks the target
+    step = UpdatePruningStep(first_step=0, check_target=checkpoint is None)
     if checkpoint is None:
         fitted = pruned.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=[step, *callbacks], **fit_options)
         history = epoch_records(fitted.history)
