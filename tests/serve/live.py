@@ -69,6 +69,16 @@ class LiveServer:
         """The log lines so far that are JSON objects."""
         return [entry for entry in map(_parse, list(self.lines)) if entry is not None]
 
+    def wait_for_logs(self, **fields: Any) -> list[dict[str, Any]]:
+        """The JSON log entries holding ``fields``, waiting up to 10 s for the first: the server writes its
+        access line after the response, so a test that reads right after a request can be early."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            found = [e for e in self.logs() if all(e.get(k) == v for k, v in fields.items())]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait for the exit status."""
         assert self.process is not None

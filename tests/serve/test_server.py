@@ -227,9 +227,9 @@ def test_unknown_model_names_do_not_become_metric_labels(client):
 
 def test_logs_are_json_lines_with_one_access_entry_per_request(client, server):
     client.post("/v1/models/mlp:predict", json={"instances": [[1, 2, 3, 4]]}, headers={"x-request-id": "log-check-1"})
+    entries = server.wait_for_logs(request_id="log-check-1")
     lines = [line for line in server.lines if line.strip()]
     assert all(line.startswith("{") for line in lines)
-    entries = [e for e in server.logs() if e.get("request_id") == "log-check-1"]
     assert len(entries) == 1
     entry = entries[0]
     assert {k: entry[k] for k in ("level", "msg", "method", "path", "status", "model", "version", "rows")} == {
